@@ -1,0 +1,61 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::ApiState;
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The body of `/healthz` and `/readyz`.
+#[derive(Debug, Serialize)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<String>,
+}
+
+/// `GET /healthz`: the process is up. Checks nothing else, so an outage of a
+/// dependency never gets the API restarted.
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        postgres: None,
+        redis: None,
+    })
+}
+
+/// `GET /readyz`: PostgreSQL and Redis answer. 503 names the one that does not.
+async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
+    let (postgres, redis) = tokio::join!(state.store.ping(), state.redis.ping());
+    let postgres = postgres.map_or_else(|error| error.to_string(), |()| "ok".to_owned());
+    let redis = redis.map_or_else(|error| error.to_string(), |()| "ok".to_owned());
+    let ready = postgres == "ok" && redis == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Health {
+        status: if ready { "ready" } else { "unavailable" },
+        postgres: Some(postgres),
+        redis: Some(redis),
+    };
+    (status, Json(body))
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics() -> String {
+    crate::telemetry::prometheus().render()
+}

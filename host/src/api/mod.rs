@@ -1,0 +1,127 @@
+//! The control plane: REST routes over PostgreSQL.
+//!
+//! The API keeps no job state in memory. Each request validates its input,
+//! runs one short transaction and answers; a restarted API loses nothing.
+//! After a commit that makes jobs `available` it publishes a Redis wake-up
+//! so an idle worker starts them within milliseconds.
+//!
+//! - [`modules`]: `PUT /v1/modules`, `GET /v1/modules[/{hash}]`
+//! - [`jobs`]: `POST /v1/jobs[/batch]`, `GET /v1/jobs[/{id}[/attempts]]`,
+//!   `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`
+//! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! - [`error`]: the one error type, `{"error": {"code", "message"}}`
+//! - [`types`]: request and response bodies, shared with the CLI client
+
+pub mod error;
+pub mod health;
+pub mod jobs;
+pub mod modules;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRequest;
+use axum::extract::FromRequestParts;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::config::{ApiConfig, JobLimits};
+use crate::lease::{Leases, Redis, Waker};
+use crate::sandbox::Sandbox;
+use crate::store::Store;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// PostgreSQL.
+    pub store: Store,
+    /// Redis, for readiness checks.
+    pub redis: Redis,
+    /// Leases, to revoke the lease of a cancelled running job.
+    pub leases: Leases,
+    /// Wake-ups after jobs become available.
+    pub waker: Waker,
+    /// Compiles uploads to validate them.
+    pub sandbox: Sandbox,
+    /// Limits on what clients may ask for.
+    pub limits: Arc<JobLimits>,
+    /// API settings.
+    pub config: Arc<ApiConfig>,
+    /// Bounds concurrent compilations of uploads.
+    pub compile_slots: Arc<Semaphore>,
+}
+
+/// All routes, with their state.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .merge(modules::router(&state))
+        .merge(jobs::router(&state))
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`, finishing requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "route_not_found",
+        "no such route; see the API reference in README.md",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// A JSON body whose rejections are [`ApiError`]s.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+/// Path parameters whose rejections are [`ApiError`]s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathParams<T>(pub T);
+
+/// A query string whose rejections are [`ApiError`]s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryParams<T>(pub T);
+
+/// Resolves a page size: `default` when absent, an error above `max`.
+fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<i64, ApiError> {
+    match limit.unwrap_or(default) {
+        0 => Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be at least 1",
+        )),
+        n if n > max => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be at most {max}"),
+        )),
+        n => Ok(i64::from(n)),
+    }
+}
+
+/// Default and largest page size of list routes.
+const PAGE_DEFAULT: u32 = 50;
+const PAGE_MAX: u32 = 500;

@@ -1,0 +1,148 @@
+//! Module upload and lookup.
+//!
+//! An upload is validated by compiling it and resolving it against the
+//! `taskflow:task` world exactly as a worker would, so a module that is
+//! accepted can run. Compilation is bounded: at most
+//! `max_concurrent_compiles` at once, each abandoned after
+//! `compile_timeout` (the compiling thread keeps its slot until it ends, so
+//! abandoned compilations cannot pile up).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+
+use super::types::{ModulePage, ModuleQuery, ModuleView};
+use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
+use crate::sandbox::InvalidModule;
+use crate::store::is_valid_module_hash;
+
+/// Routes under `/v1/modules`.
+pub fn router(state: &ApiState) -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/v1/modules",
+            put(upload)
+                .get(list)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    state.limits.max_module_bytes,
+                )),
+        )
+        .route("/v1/modules/{hash}", get(get_one))
+}
+
+/// `PUT /v1/modules`: the raw component bytes. 201 with the module when
+/// new, 200 when these bytes were uploaded before.
+async fn upload(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<ModuleView>), ApiError> {
+    let limit = state.limits.max_module_bytes;
+    let bytes = body.map_err(|rejection| ApiError::from_body_rejection(rejection, limit))?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "send the component's bytes as the request body",
+        ));
+    }
+    let hash = hex::encode(Sha256::digest(&bytes));
+    if let Some(existing) = state.store.get_module(&hash).await? {
+        return Ok((StatusCode::OK, Json(existing.into())));
+    }
+    validate(&state, bytes.clone()).await?;
+    let record = state.store.insert_module(&hash, &bytes).await?;
+    metrics::counter!("taskflow_modules_uploaded_total").increment(1);
+    tracing::info!(hash = %record.hash, size_bytes = record.size_bytes, "module uploaded");
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// Compiles and type-checks an upload off the async executor, bounded in
+/// concurrency and time.
+async fn validate(state: &ApiState, bytes: Bytes) -> Result<(), ApiError> {
+    let permit = state
+        .compile_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let sandbox = state.sandbox.clone();
+    let compile = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        sandbox.validate(&bytes)
+    });
+    let timeout = state.config.compile_timeout;
+    match tokio::time::timeout(timeout, compile).await {
+        Err(_) => Err(ApiError::unprocessable(
+            "compile_timeout",
+            format!(
+                "the component did not compile within {timeout:?}; it is too large or too complex"
+            ),
+        )),
+        Ok(Err(join_error)) => Err(ApiError::internal(join_error)),
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(invalid))) => Err(match invalid {
+            InvalidModule::NotWasm => ApiError::bad_request("not_wasm", invalid.to_string()),
+            InvalidModule::Invalid(_) => {
+                ApiError::bad_request("invalid_component", invalid.to_string())
+            }
+            InvalidModule::CoreModule => {
+                ApiError::unprocessable("core_module", invalid.to_string())
+            }
+            InvalidModule::WrongWorld(_) => {
+                ApiError::unprocessable("wrong_world", invalid.to_string())
+            }
+        }),
+    }
+}
+
+/// `GET /v1/modules/{hash}`.
+async fn get_one(
+    State(state): State<ApiState>,
+    PathParams(hash): PathParams<String>,
+) -> Result<Json<ModuleView>, ApiError> {
+    check_hash("hash", &hash)?;
+    let module = state.store.get_module(&hash).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "module_not_found",
+            format!("module {hash} was never uploaded"),
+        )
+    })?;
+    Ok(Json(module.into()))
+}
+
+/// `GET /v1/modules?limit=&cursor=`: modules in hash order.
+async fn list(
+    State(state): State<ApiState>,
+    QueryParams(query): QueryParams<ModuleQuery>,
+) -> Result<Json<ModulePage>, ApiError> {
+    let limit = page_limit(query.limit, PAGE_DEFAULT, PAGE_MAX)?;
+    if let Some(cursor) = &query.cursor {
+        check_hash("cursor", cursor)?;
+    }
+    let modules = state
+        .store
+        .list_modules(query.cursor.as_deref(), limit)
+        .await?;
+    let next_cursor = (modules.len() as i64 == limit)
+        .then(|| modules.last().map(|m| m.hash.clone()))
+        .flatten();
+    Ok(Json(ModulePage {
+        modules: modules.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Rejects anything but 64 lowercase hex digits.
+pub(super) fn check_hash(field: &str, hash: &str) -> Result<(), ApiError> {
+    if is_valid_module_hash(hash) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_hash",
+            format!("{field} must be a module's SHA-256: 64 lowercase hex digits"),
+        ))
+    }
+}

@@ -1,0 +1,323 @@
+//! The API's request and response bodies, shared by the server and the
+//! `taskflow` CLI client so both always agree on the wire format.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::{AttemptOutcome, AttemptRecord, JobDetail, JobRecord, JobState, ModuleRecord};
+
+/// `POST /v1/jobs`: a job to run. Only `module` and one of `input` /
+/// `input_base64` are required; every other field has a server default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// SHA-256 (hex) of an uploaded module.
+    pub module: String,
+    /// Input as JSON; the task receives its UTF-8 encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// Input as raw bytes, base64-encoded; for binary payloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_base64: Option<String>,
+    /// Attempts before the job is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Wall-clock limit of one attempt, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// CPU budget of one attempt, in fuel units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Memory limit of one attempt, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Queue; defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Higher runs first; defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i16>,
+    /// Earliest start (RFC 3339); defaults to now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Makes the submission idempotent: resubmitting with the same key
+    /// returns the original job instead of creating another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `POST /v1/jobs/batch`: many jobs, inserted in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    /// The jobs.
+    pub jobs: Vec<SubmitJob>,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// Id.
+    pub id: Uuid,
+    /// Module hash.
+    pub module: String,
+    /// Queue.
+    pub queue: String,
+    /// Priority; higher runs first.
+    pub priority: i16,
+    /// Lifecycle state.
+    pub state: JobState,
+    /// Number of the latest attempt over the job's life (0 before the first).
+    pub attempt: i32,
+    /// Attempts allowed (per user retry).
+    pub max_attempts: i32,
+    /// Attempts left before the job is dead-lettered.
+    pub attempts_left: i32,
+    /// Wall-clock limit per attempt, ms.
+    pub timeout_ms: i32,
+    /// Fuel per attempt.
+    pub fuel: i64,
+    /// Memory limit per attempt, bytes.
+    pub memory_limit_bytes: i64,
+    /// When it is or was due.
+    pub run_at: DateTime<Utc>,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Start of the latest attempt.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached succeeded, dead or cancelled.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Idempotency key, if submitted with one.
+    pub idempotency_key: Option<String>,
+    /// Worker of the latest attempt.
+    pub worker_id: Option<String>,
+    /// Fencing token of the latest attempt.
+    pub lease_token: Option<i64>,
+    /// `{"kind", "message"}` of the latest failure.
+    pub last_error: Option<serde_json::Value>,
+    /// Input as JSON, when it is JSON (single-job reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// Input as base64, when it is not JSON (single-job reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_base64: Option<String>,
+    /// Output as JSON, when it is JSON (single-job reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// Output as base64, when it is not JSON (single-job reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_base64: Option<String>,
+    /// Resources the latest finished attempt used (single-job reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_use: Option<ResourceUse>,
+}
+
+/// Resources an attempt used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceUse {
+    /// Fuel burned.
+    pub fuel_consumed: Option<i64>,
+    /// Wall time in milliseconds.
+    pub duration_ms: Option<f64>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(job: JobRecord) -> Self {
+        Self {
+            id: job.id,
+            module: job.module_hash,
+            queue: job.queue,
+            priority: job.priority,
+            state: job.state,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            attempts_left: (job.max_attempts - (job.attempt - job.attempt_base)).max(0),
+            timeout_ms: job.timeout_ms,
+            fuel: job.fuel,
+            memory_limit_bytes: job.memory_limit_bytes,
+            run_at: job.run_at,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            started_at: job.attempted_at,
+            finished_at: job.finished_at,
+            idempotency_key: job.idempotency_key,
+            worker_id: job.worker_id,
+            lease_token: job.lease_token,
+            last_error: job.last_error.map(|error| error.0),
+            input: None,
+            input_base64: None,
+            output: None,
+            output_base64: None,
+            resource_use: None,
+        }
+    }
+}
+
+impl From<JobDetail> for JobView {
+    fn from(detail: JobDetail) -> Self {
+        let mut view = JobView::from(detail.job);
+        (view.input, view.input_base64) = render_payload(&detail.input);
+        if let Some(output) = &detail.output {
+            (view.output, view.output_base64) = render_payload(output);
+        }
+        if detail.last_fuel_consumed.is_some() || detail.last_duration_us.is_some() {
+            view.resource_use = Some(ResourceUse {
+                fuel_consumed: detail.last_fuel_consumed,
+                duration_ms: detail.last_duration_us.map(|us| us as f64 / 1000.0),
+            });
+        }
+        view
+    }
+}
+
+/// Bytes as JSON when they are JSON, as base64 otherwise.
+fn render_payload(bytes: &[u8]) -> (Option<serde_json::Value>, Option<String>) {
+    match serde_json::from_slice(bytes) {
+        Ok(value) => (Some(value), None),
+        Err(_) => (None, Some(BASE64.encode(bytes))),
+    }
+}
+
+/// The response to a submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmittedJob {
+    /// The job.
+    #[serde(flatten)]
+    pub job: JobView,
+    /// `false` when an earlier submission with the same idempotency key
+    /// created the job.
+    pub created: bool,
+}
+
+/// The response to a batch submission, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmittedBatch {
+    /// The jobs.
+    pub jobs: Vec<SubmittedJob>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPage {
+    /// The jobs.
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs on this queue.
+    pub queue: Option<String>,
+    /// Page size (default 50, at most 500).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One finished attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    /// Number over the job's life, from 1.
+    pub attempt: i32,
+    /// Fencing token it held.
+    pub lease_token: i64,
+    /// Worker that ran it.
+    pub worker_id: String,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: DateTime<Utc>,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Machine-readable failure reason (`timeout`, `fuel_exhausted`, …).
+    pub error_kind: Option<String>,
+    /// Failure message.
+    pub error_message: Option<String>,
+    /// Fuel burned.
+    pub fuel_consumed: Option<i64>,
+    /// Wall time in milliseconds.
+    pub duration_ms: Option<f64>,
+    /// Captured guest log: `[{"source", "level"?, "message"}]`.
+    pub logs: serde_json::Value,
+    /// Log lines dropped past the per-attempt bound.
+    pub logs_dropped: i32,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(record: AttemptRecord) -> Self {
+        Self {
+            attempt: record.attempt,
+            lease_token: record.lease_token,
+            worker_id: record.worker_id,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            outcome: record.outcome,
+            error_kind: record.error_kind,
+            error_message: record.error_message,
+            fuel_consumed: record.fuel_consumed,
+            duration_ms: record.duration_us.map(|us| us as f64 / 1000.0),
+            logs: record.logs.0,
+            logs_dropped: record.logs_dropped,
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}/attempts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptList {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its finished attempts, oldest first. A running attempt appears once
+    /// it ends; the job itself shows it meanwhile.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// A module as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleView {
+    /// SHA-256 of the component, hex; jobs name the module by it.
+    pub hash: String,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// First upload.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<ModuleRecord> for ModuleView {
+    fn from(record: ModuleRecord) -> Self {
+        Self {
+            hash: record.hash,
+            size_bytes: record.size_bytes,
+            created_at: record.created_at,
+        }
+    }
+}
+
+/// A page of modules, in hash order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModulePage {
+    /// The modules.
+    pub modules: Vec<ModuleView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/modules`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleQuery {
+    /// Page size (default 50, at most 500).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}

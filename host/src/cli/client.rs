@@ -1,0 +1,297 @@
+//! The client commands: `taskflow module …` and `taskflow job …`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use super::{ClientArgs, JobCommand, ModuleCommand};
+use crate::api::types::{AttemptList, JobQuery, JobView, ModuleView, SubmitJob};
+use crate::client::Client;
+
+/// `taskflow job submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// SHA-256 of an uploaded module.
+    #[arg(long)]
+    pub module: String,
+    /// Input as JSON.
+    #[arg(long, conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the input bytes from this file (sent as-is).
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+    /// Queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Priority; higher runs first.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i16>,
+    /// Attempts before the job is dead-lettered.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Wall-clock limit per attempt, in milliseconds.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// CPU budget per attempt, in fuel units.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Memory limit per attempt, in bytes.
+    #[arg(long)]
+    pub memory_limit_bytes: Option<u64>,
+    /// Idempotency key: resubmitting with it returns the original job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait for the job to finish and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits, e.g. `30s`, `5m`.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub wait_timeout: Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// Runs a `taskflow module` command.
+pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
+    match command {
+        ModuleCommand::Push { file, client } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (module, created) = Client::new(&client.api_url).push_module(bytes).await?;
+            print(&client, &module, || {
+                let verb = if created {
+                    "uploaded"
+                } else {
+                    "already uploaded:"
+                };
+                format!(
+                    "{verb} module {} ({} bytes)",
+                    module.hash, module.size_bytes
+                )
+            })
+        }
+        ModuleCommand::Get { hash, client } => {
+            let module = Client::new(&client.api_url).get_module(&hash).await?;
+            print(&client, &module, || describe_module(&module))
+        }
+        ModuleCommand::List {
+            limit,
+            cursor,
+            client,
+        } => {
+            let page = Client::new(&client.api_url)
+                .list_modules(limit, cursor.as_deref())
+                .await?;
+            print(&client, &page, || {
+                let mut text: Vec<String> = page.modules.iter().map(describe_module).collect();
+                if let Some(cursor) = &page.next_cursor {
+                    text.push(format!("more: --cursor {cursor}"));
+                }
+                text.join("\n")
+            })
+        }
+    }
+}
+
+/// Runs a `taskflow job` command.
+pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
+    match command {
+        JobCommand::Submit(args) => submit(args).await,
+        JobCommand::Get { id, client } => {
+            let job = Client::new(&client.api_url).get_job(id).await?;
+            print(&client, &job, || describe_job(&job))
+        }
+        JobCommand::List {
+            state,
+            queue,
+            limit,
+            cursor,
+            client,
+        } => {
+            let query = JobQuery {
+                state,
+                queue,
+                limit,
+                cursor,
+            };
+            let page = Client::new(&client.api_url).list_jobs(&query).await?;
+            print(&client, &page, || {
+                let mut lines = vec![format!(
+                    "{:<36}  {:<10}  {:<12}  {:>7}  CREATED",
+                    "ID", "STATE", "QUEUE", "ATTEMPT"
+                )];
+                lines.extend(page.jobs.iter().map(|job| {
+                    format!(
+                        "{:<36}  {:<10}  {:<12}  {:>7}  {}",
+                        job.id,
+                        job.state,
+                        job.queue,
+                        format!("{}/{}", job.attempt, job.max_attempts),
+                        job.created_at.format("%Y-%m-%d %H:%M:%S")
+                    )
+                }));
+                if let Some(cursor) = &page.next_cursor {
+                    lines.push(format!("more: --cursor {cursor}"));
+                }
+                lines.join("\n")
+            })
+        }
+        JobCommand::Attempts { id, client } => {
+            let attempts = Client::new(&client.api_url).attempts(id).await?;
+            print(&client, &attempts, || describe_attempts(&attempts))
+        }
+        JobCommand::Cancel { id, client } => {
+            let job = Client::new(&client.api_url).cancel(id).await?;
+            print(&client, &job, || format!("job {} is {}", job.id, job.state))
+        }
+        JobCommand::Retry { id, client } => {
+            let job = Client::new(&client.api_url).retry(id).await?;
+            print(&client, &job, || {
+                format!("job {} is {} again", job.id, job.state)
+            })
+        }
+    }
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let mut request = SubmitJob {
+        module: args.module,
+        max_attempts: args.max_attempts,
+        timeout_ms: args.timeout_ms,
+        fuel: args.fuel,
+        memory_limit_bytes: args.memory_limit_bytes,
+        queue: args.queue,
+        priority: args.priority,
+        idempotency_key: args.idempotency_key,
+        ..SubmitJob::default()
+    };
+    match (args.input, args.input_file) {
+        (Some(json), _) => {
+            request.input =
+                Some(serde_json::from_str(&json).context("--input must be valid JSON")?);
+        }
+        (None, Some(file)) => {
+            use base64::Engine as _;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        (None, None) => request.input = Some(serde_json::Value::Null),
+    }
+    let client = Client::new(&args.client.api_url);
+    let submitted = client.submit(&request).await?;
+    if !args.wait {
+        return print(&args.client, &submitted, || {
+            let verb = if submitted.created {
+                "submitted"
+            } else {
+                "already submitted (same idempotency key):"
+            };
+            format!("{verb} job {} ({})", submitted.job.id, submitted.job.state)
+        });
+    }
+    let job = client.wait(submitted.job.id, args.wait_timeout).await?;
+    print(&args.client, &job, || describe_job(&job))
+}
+
+fn print<T: Serialize>(
+    args: &ClientArgs,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", human());
+    }
+    Ok(())
+}
+
+fn describe_module(module: &ModuleView) -> String {
+    format!(
+        "{}  {:>10} bytes  {}",
+        module.hash,
+        module.size_bytes,
+        module.created_at.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// A job as a few aligned lines.
+pub fn describe_job(job: &JobView) -> String {
+    let mut lines = vec![
+        format!("job       {}", job.id),
+        format!("state     {}", job.state),
+        format!("module    {}", job.module),
+        format!("queue     {} (priority {})", job.queue, job.priority),
+        format!(
+            "attempts  {} of {} ({} left)",
+            job.attempt, job.max_attempts, job.attempts_left
+        ),
+        format!("created   {}", job.created_at),
+    ];
+    if let Some(finished) = job.finished_at {
+        lines.push(format!("finished  {finished}"));
+    }
+    if let Some(usage) = &job.resource_use {
+        lines.push(format!(
+            "used      {} fuel, {:.3} ms",
+            usage.fuel_consumed.unwrap_or(0),
+            usage.duration_ms.unwrap_or(0.0)
+        ));
+    }
+    if let Some(error) = &job.last_error {
+        lines.push(format!(
+            "error     {}: {}",
+            error["kind"].as_str().unwrap_or("?"),
+            error["message"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(output) = &job.output {
+        lines.push(format!("output    {output}"));
+    } else if let Some(output) = &job.output_base64 {
+        lines.push(format!("output    (base64) {output}"));
+    }
+    lines.join("\n")
+}
+
+/// Attempts with their logs.
+pub fn describe_attempts(list: &AttemptList) -> String {
+    if list.attempts.is_empty() {
+        return format!("job {} has no finished attempts yet", list.job_id);
+    }
+    let mut lines = Vec::new();
+    for attempt in &list.attempts {
+        let reason = match (&attempt.error_kind, &attempt.error_message) {
+            (Some(kind), Some(message)) => format!(" [{kind}] {message}"),
+            _ => String::new(),
+        };
+        lines.push(format!(
+            "#{} {} on {} (token {}, {:.3} ms, {} fuel){reason}",
+            attempt.attempt,
+            attempt.outcome.as_str(),
+            attempt.worker_id,
+            attempt.lease_token,
+            attempt.duration_ms.unwrap_or(0.0),
+            attempt.fuel_consumed.unwrap_or(0),
+        ));
+        for line in attempt.logs.as_array().into_iter().flatten() {
+            let source = line["source"].as_str().unwrap_or("?");
+            let level = line["level"]
+                .as_str()
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default();
+            lines.push(format!(
+                "    {source}{level}: {}",
+                line["message"].as_str().unwrap_or("")
+            ));
+        }
+        if attempt.logs_dropped > 0 {
+            lines.push(format!("    ({} more lines dropped)", attempt.logs_dropped));
+        }
+    }
+    lines.join("\n")
+}

@@ -1,0 +1,172 @@
+//! `taskflow dev`: the whole system on one machine, with a demo.
+//!
+//! Applies migrations, starts the API and two workers in this process
+//! (each worker with its own sandbox, leases and dispatch services, exactly
+//! as `taskflow worker` runs them), builds the `hello` plugin, uploads it
+//! through the API, submits a job and prints its result and log. Then it
+//! keeps serving until Ctrl-C, so you can submit your own jobs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::client::{describe_attempts, describe_job};
+use super::server::{
+    Backends, api_state, prepare_database, shutdown_on_signal, spawn_api, spawn_worker,
+};
+use crate::api::types::SubmitJob;
+use crate::client::Client;
+use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig};
+
+/// `taskflow dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connections: Connections,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api: ApiConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub worker: WorkerConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: JobLimits,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lease: LeaseConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub retry: RetryPolicy,
+    /// Number of workers to start.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// The demo component; built from plugins/hello when not given.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Stop after the demo job instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit_after_demo: bool,
+}
+
+/// Runs `taskflow dev`.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    crate::telemetry::prometheus();
+    prepare_database(&args.connections).await?;
+    let backends = Backends::connect(&args.connections, &args.lease)?;
+    let shutdown = shutdown_on_signal();
+    let (address, api) = spawn_api(
+        api_state(&backends, args.limits.clone(), args.api)?,
+        shutdown.clone(),
+    )
+    .await?;
+    let base_id = args.worker.effective_worker_id();
+    let mut workers = Vec::new();
+    for index in 1..=args.workers {
+        let mut config = args.worker.clone();
+        config.worker_id = Some(format!("{base_id}-{index}"));
+        workers.push(spawn_worker(
+            &backends,
+            config,
+            &args.limits,
+            args.retry.clone(),
+            shutdown.clone(),
+        )?);
+    }
+    let url = format!("http://{address}");
+    println!("TaskFlow is up: API at {url}, {} workers", args.workers);
+
+    let plugin = match args.plugin {
+        Some(path) => path,
+        None => build_plugin("taskflow-plugin-hello").await?,
+    };
+    demo(&url, &plugin).await?;
+
+    if args.exit_after_demo {
+        shutdown.cancel();
+    } else {
+        println!("\nServing until Ctrl-C. Try: taskflow job list --api {url}");
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    api.await??;
+    Ok(())
+}
+
+/// Uploads the plugin, runs one job through the whole system and prints it.
+async fn demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
+    let client = Client::new(url);
+    let bytes =
+        std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
+    let (module, _) = client.push_module(bytes).await?;
+    println!(
+        "\n$ taskflow module push {}\nmodule {} ({} bytes)",
+        plugin.display(),
+        module.hash,
+        module.size_bytes
+    );
+    let submitted = client
+        .submit(&SubmitJob {
+            module: module.hash.clone(),
+            input: Some(serde_json::json!({ "name": "TaskFlow" })),
+            ..SubmitJob::default()
+        })
+        .await?;
+    println!(
+        "\n$ taskflow job submit --module {} --input '{{\"name\":\"TaskFlow\"}}' --wait",
+        module.hash
+    );
+    let job = client
+        .wait(submitted.job.id, Duration::from_secs(60))
+        .await?;
+    println!("{}", describe_job(&job));
+    println!("\n$ taskflow job attempts {}", job.id);
+    println!("{}", describe_attempts(&client.attempts(job.id).await?));
+    if job.state != crate::store::JobState::Succeeded {
+        bail!("the demo job did not succeed");
+    }
+    Ok(())
+}
+
+/// Builds a plugin of this repository for `wasm32-wasip2` and returns the
+/// component's path, as reported by cargo.
+pub async fn build_plugin(package: &str) -> anyhow::Result<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    println!("building {package} for wasm32-wasip2 …");
+    let output =
+        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--profile",
+                "plugin",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                package,
+            ])
+            .args(["--message-format", "json-render-diagnostics"])
+            .current_dir(&workspace)
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .context("cannot run cargo to build the plugin (or pass --plugin FILE)")?;
+    if !output.status.success() {
+        bail!(
+            "building {package} failed; is the wasm32-wasip2 target installed? \
+             (rustup target add wasm32-wasip2)"
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .flat_map(|message| message["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|name| name.as_str().map(PathBuf::from))
+        .find(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .context("cargo built no .wasm file")
+}

@@ -1,0 +1,206 @@
+//! The `taskflow` binary: server roles (`api`, `worker`, `dev`, `migrate`)
+//! and an HTTP client of the API (`module …`, `job …`).
+
+pub mod client;
+pub mod dev;
+pub mod server;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig};
+use crate::store::JobState;
+
+/// TaskFlow: run untrusted WebAssembly tasks as durable background jobs.
+#[derive(Debug, Parser)]
+#[command(name = "taskflow", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the REST API (control plane). Applies migrations on start.
+    Api(ApiArgs),
+    /// Run a worker (execution plane), with the dispatch services.
+    Worker(WorkerArgs),
+    /// Create the database if needed and apply migrations.
+    Migrate(MigrateArgs),
+    /// Run everything locally (migrations, API, two workers), build and
+    /// upload the example plugin, and run a demo job.
+    Dev(dev::DevArgs),
+    /// Manage task modules.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Submit and inspect jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+/// `taskflow api`.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connections: Connections,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api: ApiConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: JobLimits,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lease: LeaseConfig,
+}
+
+/// `taskflow worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connections: Connections,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub worker: WorkerConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: JobLimits,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lease: LeaseConfig,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub retry: RetryPolicy,
+}
+
+/// `taskflow migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connections: Connections,
+}
+
+/// Options of every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of the TaskFlow API.
+    #[arg(
+        long = "api",
+        env = "TASKFLOW_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub api_url: String,
+    /// Print JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `taskflow module …`.
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// Upload a component (.wasm built for wasm32-wasip2).
+    Push {
+        /// The component file.
+        file: PathBuf,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+    /// Show a module.
+    Get {
+        /// Its SHA-256.
+        hash: String,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+    /// List modules.
+    List {
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+}
+
+/// `taskflow job …`.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job.
+    Submit(client::SubmitArgs),
+    /// Show a job with its input and output.
+    Get {
+        /// The job id.
+        id: Uuid,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<JobState>,
+        /// Only jobs on this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+    /// Show every finished attempt of a job, with its log.
+    Attempts {
+        /// The job id.
+        id: Uuid,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+    /// Cancel a job that has not finished.
+    Cancel {
+        /// The job id.
+        id: Uuid,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+    /// Requeue a dead or cancelled job.
+    Retry {
+        /// The job id.
+        id: Uuid,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Api(args) => server::run_api(args).await,
+        Command::Worker(args) => server::run_worker(args).await,
+        Command::Migrate(args) => server::run_migrate(args).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Module(command) => client::run_module(command).await,
+        Command::Job(command) => client::run_job(command).await,
+    }
+}

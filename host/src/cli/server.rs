@@ -1,0 +1,204 @@
+//! Assembles the server roles from configuration. The binary and the
+//! integration tests build processes through these functions, so tests run
+//! exactly what production runs.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::migrate::MigrateDatabase;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiArgs, MigrateArgs, WorkerArgs};
+use crate::api::{self, ApiState};
+use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig};
+use crate::dispatch::{self, Rescuer, Scheduler};
+use crate::lease::{Leases, Redis, Waker};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::Store;
+use crate::worker::Worker;
+
+/// PostgreSQL and Redis handles shared by a process's roles.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// PostgreSQL.
+    pub store: Store,
+    /// Redis.
+    pub redis: Redis,
+    /// Leases in Redis.
+    pub leases: Leases,
+}
+
+impl Backends {
+    /// Prepares connections (made lazily, so a process can start while a
+    /// dependency restarts).
+    pub fn connect(connections: &Connections, lease: &LeaseConfig) -> anyhow::Result<Self> {
+        connections.validate()?;
+        lease.validate()?;
+        let store = Store::connect_lazy(
+            &connections.database_url,
+            connections.database_max_connections,
+        )
+        .context("invalid DATABASE_URL")?;
+        let redis = Redis::connect_lazy(&connections.redis_url, &connections.redis_prefix)
+            .context("invalid REDIS_URL")?;
+        let leases = Leases::new(redis.clone(), lease.lease_ttl);
+        Ok(Self {
+            store,
+            redis,
+            leases,
+        })
+    }
+}
+
+/// Creates the database if it does not exist and applies migrations.
+pub async fn prepare_database(connections: &Connections) -> anyhow::Result<Store> {
+    let url = &connections.database_url;
+    if !sqlx::Postgres::database_exists(url)
+        .await
+        .context("cannot reach PostgreSQL (DATABASE_URL)")?
+    {
+        sqlx::Postgres::create_database(url)
+            .await
+            .context("cannot create the database")?;
+        tracing::info!("created the database");
+    }
+    let store = Store::connect_lazy(url, 2)?;
+    store.migrate().await.context("cannot apply migrations")?;
+    Ok(store)
+}
+
+/// The API's state: its own sandbox for validating uploads, sized for
+/// `max_concurrent_compiles` and never running a guest.
+pub fn api_state(
+    backends: &Backends,
+    limits: JobLimits,
+    config: ApiConfig,
+) -> anyhow::Result<ApiState> {
+    limits.validate()?;
+    config.validate()?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_attempts: 1,
+        max_memory_bytes: limits.max_memory_limit_bytes,
+        max_output_bytes: limits.max_output_bytes,
+        max_log_bytes: limits.max_log_bytes,
+        cache_dir: None,
+        memory_cache_capacity: 1,
+    })?;
+    Ok(ApiState {
+        store: backends.store.clone(),
+        redis: backends.redis.clone(),
+        leases: backends.leases.clone(),
+        waker: Waker::new(backends.redis.clone()),
+        sandbox,
+        compile_slots: Arc::new(Semaphore::new(config.max_concurrent_compiles)),
+        limits: Arc::new(limits),
+        config: Arc::new(config),
+    })
+}
+
+/// Binds the API's listener and serves it in a task until `shutdown`.
+pub async fn spawn_api(
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(&state.config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", state.config.listen))?;
+    let address = listener.local_addr()?;
+    Ok((address, tokio::spawn(api::serve(listener, state, shutdown))))
+}
+
+/// Starts a worker and its dispatch services in tasks; the handle ends when
+/// both have stopped after `shutdown`.
+pub fn spawn_worker(
+    backends: &Backends,
+    config: WorkerConfig,
+    limits: &JobLimits,
+    retry: RetryPolicy,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    config.validate()?;
+    limits.validate()?;
+    retry.validate()?;
+    let id = config.effective_worker_id();
+    let dispatch_interval = config.dispatch_interval;
+    let worker = Worker::new(
+        id,
+        config,
+        limits,
+        retry.clone(),
+        backends.store.clone(),
+        backends.redis.clone(),
+        backends.leases.clone(),
+    )?;
+    let scheduler = Scheduler::new(backends.store.clone(), Waker::new(backends.redis.clone()));
+    let rescuer = Rescuer::new(backends.store.clone(), backends.leases.clone(), retry);
+    Ok(tokio::spawn(async move {
+        tokio::join!(
+            worker.run(shutdown.clone()),
+            dispatch::run(scheduler, rescuer, dispatch_interval, shutdown),
+        );
+    }))
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down: finishing work in progress (signal again to force)");
+        cancel.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+    token
+}
+
+/// `taskflow api`.
+pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
+    crate::telemetry::prometheus();
+    prepare_database(&args.connections).await?;
+    let backends = Backends::connect(&args.connections, &args.lease)?;
+    let state = api_state(&backends, args.limits, args.api)?;
+    let (address, server) = spawn_api(state, shutdown_on_signal()).await?;
+    tracing::info!(%address, "API listening");
+    server.await??;
+    Ok(())
+}
+
+/// `taskflow worker`.
+pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if let Some(listen) = args.worker.metrics_listen.clone() {
+        tokio::spawn(async move {
+            if let Err(error) = crate::telemetry::serve_metrics(&listen).await {
+                tracing::error!(%error, %listen, "cannot serve worker metrics");
+            }
+        });
+    }
+    let backends = Backends::connect(&args.connections, &args.lease)?;
+    spawn_worker(
+        &backends,
+        args.worker,
+        &args.limits,
+        args.retry,
+        shutdown_on_signal(),
+    )?
+    .await?;
+    Ok(())
+}
+
+/// `taskflow migrate`.
+pub async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    prepare_database(&args.connections).await?;
+    tracing::info!("database is up to date");
+    Ok(())
+}

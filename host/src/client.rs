@@ -1,0 +1,205 @@
+//! A typed HTTP client for the TaskFlow API, used by the CLI and by tests.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::api::error::ErrorBody;
+use crate::api::types::{
+    AttemptList, JobPage, JobQuery, JobView, ModulePage, ModuleView, SubmitBatch, SubmitJob,
+    SubmittedBatch, SubmittedJob,
+};
+
+/// What went wrong talking to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API could not be reached.
+    #[error(
+        "cannot reach the TaskFlow API at {url} ({source}); is `taskflow api` running? (--api / TASKFLOW_API_URL)"
+    )]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The API answered with an error.
+    #[error("{message} ({status}, {code})")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The error's stable code.
+        code: String,
+        /// The error's message.
+        message: String,
+    },
+    /// The API answered with something this client does not understand.
+    #[error("unexpected response from the API: {0}")]
+    Unexpected(String),
+    /// `wait` gave up.
+    #[error("job {0} did not finish within {1:?}")]
+    WaitTimedOut(Uuid, Duration),
+}
+
+/// A client of one TaskFlow API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// A client of the API at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("a default HTTP client builds"),
+            base: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Uploads a component. Returns the module and whether it is new.
+    pub async fn push_module(&self, bytes: Vec<u8>) -> Result<(ModuleView, bool), ClientError> {
+        let request = self
+            .http
+            .put(self.url("/v1/modules"))
+            .header("content-type", "application/wasm")
+            .body(bytes);
+        let (status, module) = self.send_with_status(request).await?;
+        Ok((module, status == StatusCode::CREATED))
+    }
+
+    /// A module's record.
+    pub async fn get_module(&self, hash: &str) -> Result<ModuleView, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/modules/{hash}"))))
+            .await
+    }
+
+    /// A page of modules.
+    pub async fn list_modules(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<ModulePage, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_owned()));
+        }
+        self.send(self.http.get(self.url("/v1/modules")).query(&query))
+            .await
+    }
+
+    /// Submits a job.
+    pub async fn submit(&self, job: &SubmitJob) -> Result<SubmittedJob, ClientError> {
+        self.send(self.http.post(self.url("/v1/jobs")).json(job))
+            .await
+    }
+
+    /// Submits jobs in one transaction.
+    pub async fn submit_batch(&self, jobs: &SubmitBatch) -> Result<SubmittedBatch, ClientError> {
+        self.send(self.http.post(self.url("/v1/jobs/batch")).json(jobs))
+            .await
+    }
+
+    /// A job with its payloads.
+    pub async fn get_job(&self, id: Uuid) -> Result<JobView, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/jobs/{id}"))))
+            .await
+    }
+
+    /// A page of jobs.
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<JobPage, ClientError> {
+        self.send(self.http.get(self.url("/v1/jobs")).query(query))
+            .await
+    }
+
+    /// A job's finished attempts.
+    pub async fn attempts(&self, id: Uuid) -> Result<AttemptList, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/attempts"))))
+            .await
+    }
+
+    /// Cancels a job.
+    pub async fn cancel(&self, id: Uuid) -> Result<JobView, ClientError> {
+        self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/cancel"))))
+            .await
+    }
+
+    /// Requeues a dead or cancelled job.
+    pub async fn retry(&self, id: Uuid) -> Result<JobView, ClientError> {
+        self.send(self.http.post(self.url(&format!("/v1/jobs/{id}/retry"))))
+            .await
+    }
+
+    /// Polls a job until it reaches `succeeded`, `dead` or `cancelled`.
+    pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<JobView, ClientError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let job = self.get_job(id).await?;
+            if job.state.is_final() {
+                return Ok(job);
+            }
+            if started.elapsed() >= timeout {
+                return Err(ClientError::WaitTimedOut(id, timeout));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        Ok(self.send_with_status(request).await?.1)
+    }
+
+    async fn send_with_status<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(error) => ClientError::Api {
+                    status,
+                    code: error.error.code,
+                    message: error.error.message,
+                },
+                Err(_) => {
+                    ClientError::Unexpected(format!("{status}: {}", String::from_utf8_lossy(&body)))
+                }
+            });
+        }
+        let value = serde_json::from_slice(&body).map_err(|error| {
+            ClientError::Unexpected(format!("{error}: {}", String::from_utf8_lossy(&body)))
+        })?;
+        Ok((status, value))
+    }
+}

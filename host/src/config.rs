@@ -1,0 +1,340 @@
+//! Every knob TaskFlow has, in one place.
+//!
+//! Each setting is a command-line flag with an environment-variable twin
+//! (`DATABASE_URL`, `REDIS_URL`, and `TASKFLOW_*` for the rest) and a default
+//! that is the fast, safe configuration. The structs are shared by every
+//! command that needs them (`api`, `worker`, `dev`), so a setting is parsed
+//! exactly once and means the same thing everywhere. [`validate`] functions
+//! run at startup and reject combinations that cannot work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A configuration that cannot work, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(message()))
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// Where PostgreSQL and Redis live.
+#[derive(Debug, Clone, Args)]
+pub struct Connections {
+    /// PostgreSQL connection URL. The database must exist; TaskFlow creates
+    /// its tables with `taskflow migrate` (or on start of `api` and `dev`).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/taskflow"
+    )]
+    pub database_url: String,
+
+    /// Most PostgreSQL connections this process opens. Too low and requests
+    /// queue for a connection; too high and PostgreSQL spends memory and
+    /// context switches on idle backends.
+    #[arg(long, env = "TASKFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Redis connection URL. Redis only coordinates (leases, wake-ups): it
+    /// may be flushed or restarted at any time without losing a job.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel TaskFlow uses, so several
+    /// deployments (or test runs) can share one Redis.
+    #[arg(long, env = "TASKFLOW_REDIS_PREFIX", default_value = "taskflow:")]
+    pub redis_prefix: String,
+}
+
+impl Connections {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.database_max_connections >= 2, || {
+            "--database-max-connections must be at least 2".into()
+        })
+    }
+}
+
+/// What a job may ask for, and what it gets when it asks for nothing.
+///
+/// The API enforces the maxima when a job is submitted; workers size their
+/// sandbox for them, so API and workers must share these settings.
+#[derive(Debug, Clone, Args)]
+pub struct JobLimits {
+    /// Largest module (component) upload, in bytes.
+    #[arg(long, env = "TASKFLOW_MAX_MODULE_BYTES", default_value_t = 64 << 20)]
+    pub max_module_bytes: usize,
+
+    /// Largest job input, in bytes. Bigger payloads belong in a module or in
+    /// object storage referenced from the input.
+    #[arg(long, env = "TASKFLOW_MAX_INPUT_BYTES", default_value_t = 1 << 20)]
+    pub max_input_bytes: usize,
+
+    /// Largest output a task may return, in bytes. A bigger output fails the
+    /// attempt with `output_too_large`.
+    #[arg(long, env = "TASKFLOW_MAX_OUTPUT_BYTES", default_value_t = 1 << 20)]
+    pub max_output_bytes: usize,
+
+    /// Most bytes of guest log (log calls, stdout, stderr) kept per attempt.
+    /// Further lines are counted and dropped; the task keeps running.
+    #[arg(long, env = "TASKFLOW_MAX_LOG_BYTES", default_value_t = 64 << 10)]
+    pub max_log_bytes: usize,
+
+    /// Most jobs in one `POST /v1/jobs/batch` request.
+    #[arg(long, env = "TASKFLOW_MAX_BATCH_JOBS", default_value_t = 1000)]
+    pub max_batch_jobs: usize,
+
+    /// Largest `POST /v1/jobs/batch` request body, in bytes.
+    #[arg(long, env = "TASKFLOW_MAX_BATCH_REQUEST_BYTES", default_value_t = 64 << 20)]
+    pub max_batch_request_bytes: usize,
+
+    /// Attempts a job gets when it does not say.
+    #[arg(long, env = "TASKFLOW_DEFAULT_MAX_ATTEMPTS", default_value_t = 5)]
+    pub default_max_attempts: u32,
+
+    /// Most attempts a job may ask for.
+    #[arg(long, env = "TASKFLOW_MAX_ATTEMPTS_LIMIT", default_value_t = 100)]
+    pub max_attempts_limit: u32,
+
+    /// Wall-clock limit of one attempt when the job does not say. It covers
+    /// everything the guest does, including time spent in host calls.
+    #[arg(long, env = "TASKFLOW_DEFAULT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub default_timeout: Duration,
+
+    /// Longest wall-clock limit a job may ask for.
+    #[arg(long, env = "TASKFLOW_MAX_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub max_timeout: Duration,
+
+    /// CPU budget of one attempt, in fuel units (about one per WebAssembly
+    /// instruction), when the job does not say. Deterministic: the same
+    /// input burns the same fuel on every machine.
+    #[arg(long, env = "TASKFLOW_DEFAULT_FUEL", default_value_t = 10_000_000_000)]
+    pub default_fuel: u64,
+
+    /// Largest fuel budget a job may ask for.
+    #[arg(long, env = "TASKFLOW_MAX_FUEL", default_value_t = 1_000_000_000_000)]
+    pub max_fuel: u64,
+
+    /// Linear-memory limit of one attempt, in bytes, when the job does not say.
+    #[arg(long, env = "TASKFLOW_DEFAULT_MEMORY_LIMIT_BYTES", default_value_t = 64 << 20)]
+    pub default_memory_limit_bytes: u64,
+
+    /// Largest memory limit a job may ask for. Workers reserve address space
+    /// for this much per concurrent job, so keep it no larger than needed.
+    #[arg(long, env = "TASKFLOW_MAX_MEMORY_LIMIT_BYTES", default_value_t = 512 << 20)]
+    pub max_memory_limit_bytes: u64,
+}
+
+impl JobLimits {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.max_batch_jobs >= 1, || {
+            "--max-batch-jobs must be at least 1".into()
+        })?;
+        check(
+            (1..=self.max_attempts_limit).contains(&self.default_max_attempts),
+            || "--default-max-attempts must be between 1 and --max-attempts-limit".into(),
+        )?;
+        check(
+            !self.default_timeout.is_zero() && self.default_timeout <= self.max_timeout,
+            || "--default-timeout must be positive and at most --max-timeout".into(),
+        )?;
+        check(self.max_timeout.as_millis() <= i32::MAX as u128, || {
+            "--max-timeout must be under 24 days".into()
+        })?;
+        check(
+            self.default_fuel >= 1 && self.default_fuel <= self.max_fuel,
+            || "--default-fuel must be positive and at most --max-fuel".into(),
+        )?;
+        check(self.max_fuel <= i64::MAX as u64, || {
+            "--max-fuel must fit in a signed 64-bit integer".into()
+        })?;
+        check(
+            self.default_memory_limit_bytes >= 1 << 16
+                && self.default_memory_limit_bytes <= self.max_memory_limit_bytes,
+            || {
+                "--default-memory-limit-bytes must be at least 64 KiB and at most --max-memory-limit-bytes"
+                    .into()
+            },
+        )?;
+        check(self.max_memory_limit_bytes <= 4 << 30, || {
+            "--max-memory-limit-bytes must be at most 4 GiB (32-bit WebAssembly memories)".into()
+        })
+    }
+}
+
+/// The retry schedule of failed attempts; see [`crate::backoff`].
+#[derive(Debug, Clone, Args)]
+pub struct RetryPolicy {
+    /// Delay before the second attempt. Each further attempt doubles it.
+    #[arg(long, env = "TASKFLOW_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+
+    /// Longest delay between two attempts.
+    #[arg(long, env = "TASKFLOW_BACKOFF_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.backoff_base <= self.backoff_max, || {
+            "--backoff-base must be at most --backoff-max".into()
+        })
+    }
+}
+
+/// How leases behave; shared by workers (which hold them) and the rescuer
+/// (which recovers them).
+#[derive(Debug, Clone, Args)]
+pub struct LeaseConfig {
+    /// How long a lease lives without renewal. A worker renews its leases
+    /// every third of this, and a dead worker's jobs are rescued about this
+    /// long after it stopped. Too low and a worker stalled by a long pause
+    /// loses its jobs (they are safely re-run, but the work is wasted); too
+    /// high and a crashed worker's jobs wait that long.
+    #[arg(long, env = "TASKFLOW_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+impl LeaseConfig {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.lease_ttl >= Duration::from_millis(300), || {
+            "--lease-ttl must be at least 300ms".into()
+        })
+    }
+
+    /// How often a holder renews its leases: three renewals fit in one TTL,
+    /// so one lost renewal never costs a lease.
+    pub fn renew_interval(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
+
+/// The control plane.
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    /// Address the REST API listens on.
+    #[arg(long, env = "TASKFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Longest time one module upload may spend compiling before it is
+    /// rejected. Compilation is not covered by wasmtime's denial-of-service
+    /// guarantees, so it is bounded here.
+    #[arg(long, env = "TASKFLOW_COMPILE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub compile_timeout: Duration,
+
+    /// Most module uploads compiled at the same time; further uploads wait.
+    #[arg(long, env = "TASKFLOW_MAX_CONCURRENT_COMPILES", default_value_t = 2)]
+    pub max_concurrent_compiles: usize,
+}
+
+impl ApiConfig {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.max_concurrent_compiles >= 1, || {
+            "--max-concurrent-compiles must be at least 1".into()
+        })
+    }
+}
+
+/// The execution plane.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// This worker's name in attempt records and logs. Defaults to
+    /// `<hostname>-<pid>`; it must be unique among running workers.
+    #[arg(long, env = "TASKFLOW_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Queues this worker serves, comma-separated.
+    #[arg(
+        long,
+        env = "TASKFLOW_QUEUES",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub queues: Vec<String>,
+
+    /// Jobs this worker runs at once. Guests are CPU-bound (they have no I/O),
+    /// so the default is one per core; more only adds contention.
+    #[arg(long, env = "TASKFLOW_WORKER_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+
+    /// Directory of this worker's compiled-module cache. Only this worker
+    /// writes it, and only files it wrote are ever loaded from it.
+    #[arg(
+        long,
+        env = "TASKFLOW_CACHE_DIR",
+        default_value = "/var/tmp/taskflow-cache"
+    )]
+    pub cache_dir: PathBuf,
+
+    /// Longest a worker with free capacity waits before looking for work on
+    /// its own, in case a wake-up was lost (for example while Redis was
+    /// down). Submitted jobs normally start within milliseconds through a
+    /// Redis wake-up.
+    #[arg(long, env = "TASKFLOW_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// How often the dispatch services (scheduler, rescuer) run in this
+    /// worker. Every worker runs them; their statements are guarded, so
+    /// running them concurrently is safe.
+    #[arg(long, env = "TASKFLOW_DISPATCH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub dispatch_interval: Duration,
+
+    /// Address for this worker's Prometheus metrics (`/metrics`); off when unset.
+    #[arg(long, env = "TASKFLOW_WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+impl WorkerConfig {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(!self.queues.is_empty(), || {
+            "--queues must name at least one queue".into()
+        })?;
+        for queue in &self.queues {
+            check(crate::store::is_valid_queue_name(queue), || {
+                format!("--queues: {queue:?} is not a valid queue name (1-64 of a-z, 0-9, _ and -)")
+            })?;
+        }
+        check(self.concurrency != Some(0), || {
+            "--concurrency must be at least 1".into()
+        })?;
+        check(!self.poll_interval.is_zero(), || {
+            "--poll-interval must be positive".into()
+        })?;
+        check(!self.dispatch_interval.is_zero(), || {
+            "--dispatch-interval must be positive".into()
+        })
+    }
+
+    /// Jobs run at once: the configured value, or one per core.
+    pub fn effective_concurrency(&self) -> usize {
+        self.concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    /// The configured worker id, or `<hostname>-<pid>`.
+    pub fn effective_worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

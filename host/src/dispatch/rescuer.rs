@@ -1,0 +1,166 @@
+//! The rescuer: ends attempts whose worker is gone, so their jobs run again.
+//!
+//! A running job is rescued when both of these hold:
+//!
+//! 1. PostgreSQL's `lease_expires_at` has passed. It is set to claim time +
+//!    TTL and pushed forward by this rescuer whenever Redis shows the lease
+//!    alive, so a long job costs one PostgreSQL write per TTL, not per
+//!    heartbeat.
+//! 2. Redis no longer holds the attempt's token under its lease key (the
+//!    worker stopped renewing and the key expired, or it never got written).
+//!
+//! and Redis has held TaskFlow's state for at least one TTL
+//! ([`Leases::redis_age`]): right after a flush or restart every key is
+//! missing, and live workers need one renewal round to restore theirs. If
+//! Redis is unreachable the rescuer does nothing; it cannot tell a dead
+//! worker from a live one.
+//!
+//! A rescue is the same guarded write as a worker's finish
+//! ([`Store::finish_if_lease_matches`], outcome `lease_expired`), so it can
+//! never overwrite an attempt that finished or was claimed again meanwhile.
+//! The job then retries after its backoff, or is dead-lettered if that was
+//! its last attempt. Rescue latency: about one TTL after the worker's last
+//! renewal, plus up to one `dispatch_interval`.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff;
+use crate::config::RetryPolicy;
+use crate::lease::Leases;
+use crate::sandbox::FailureKind;
+use crate::store::{AttemptOutcome, FinishedAttempt, RunningLease, Store, StoreError, Transition};
+
+/// Most leases examined per pass.
+pub const BATCH_SIZE: usize = 1000;
+
+/// Rescues jobs of vanished workers; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Rescuer {
+    store: Store,
+    leases: Leases,
+    retry: RetryPolicy,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RescueCounts {
+    /// Leases past their PostgreSQL expiry that were examined.
+    pub examined: usize,
+    /// Of those, confirmed alive in Redis and extended.
+    pub extended: usize,
+    /// Attempts ended and their jobs sent to retry or dead.
+    pub rescued: usize,
+    /// The pass was skipped: Redis was flushed or restarted less than one
+    /// TTL ago.
+    pub in_grace_period: bool,
+}
+
+/// Why a pass could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RescueError {
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Redis failed; nothing was rescued.
+    #[error(transparent)]
+    Redis(#[from] crate::lease::RedisError),
+}
+
+impl Rescuer {
+    /// A rescuer over `store` and `leases`, retrying rescued jobs on `retry`.
+    pub fn new(store: Store, leases: Leases, retry: RetryPolicy) -> Self {
+        Self {
+            store,
+            leases,
+            retry,
+        }
+    }
+
+    /// Runs passes every `interval` until `shutdown`.
+    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            match self.run_once().await {
+                Ok(counts) if counts.rescued > 0 => {
+                    tracing::info!(rescued = counts.rescued, "rescued jobs of vanished workers");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "rescuer pass failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One pass over up to [`BATCH_SIZE`] expired leases.
+    pub async fn run_once(&self) -> Result<RescueCounts, RescueError> {
+        if self.leases.redis_age().await? < self.leases.ttl() {
+            return Ok(RescueCounts {
+                in_grace_period: true,
+                ..Default::default()
+            });
+        }
+        let candidates = self.store.running_past_lease(BATCH_SIZE).await?;
+        if candidates.is_empty() {
+            return Ok(RescueCounts::default());
+        }
+        let ids: Vec<_> = candidates.iter().map(|c| c.job_id).collect();
+        let holders = self.leases.holders(&ids).await?;
+        let (alive, gone): (Vec<_>, Vec<_>) = candidates
+            .into_iter()
+            .zip(holders)
+            .partition(|(candidate, holder)| *holder == Some(candidate.lease_token));
+
+        let alive: Vec<_> = alive
+            .iter()
+            .map(|(candidate, _)| candidate.lease())
+            .collect();
+        let extended = self
+            .store
+            .extend_leases_if_token_matches(&alive, self.leases.ttl())
+            .await?;
+
+        let rescues: Vec<FinishedAttempt> = gone.iter().map(|(c, _)| self.rescue_of(c)).collect();
+        let transitions = self.store.finish_if_lease_matches(&rescues).await?;
+        let rescued = transitions
+            .iter()
+            .filter(|t| **t == Transition::Applied)
+            .count();
+        metrics::counter!("taskflow_jobs_rescued_total").increment(rescued as u64);
+        Ok(RescueCounts {
+            examined: alive.len() + gone.len(),
+            extended: extended as usize,
+            rescued,
+            in_grace_period: false,
+        })
+    }
+
+    fn rescue_of(&self, lease: &RunningLease) -> FinishedAttempt {
+        FinishedAttempt {
+            lease: lease.lease(),
+            attempt: lease.attempt,
+            worker_id: lease.worker_id.clone(),
+            started_at: lease.attempted_at,
+            outcome: AttemptOutcome::LeaseExpired,
+            error_kind: Some(FailureKind::LeaseExpired.code().to_owned()),
+            error_message: Some(format!(
+                "worker {} stopped renewing its lease (it crashed, hung or lost its connection)",
+                lease.worker_id
+            )),
+            fuel_consumed: None,
+            duration_us: None,
+            logs: serde_json::Value::Array(Vec::new()),
+            logs_dropped: 0,
+            next: backoff::after_failure(
+                &self.retry,
+                lease.job_id,
+                (lease.attempt - lease.attempt_base) as u32,
+                lease.max_attempts as u32,
+                true,
+            ),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Everything TaskFlow keeps in Redis: job leases and wake-ups.
+//!
+//! Redis coordinates; it never holds the truth. A job exists in PostgreSQL
+//! before Redis hears of it, and every decision that matters (who may finish
+//! a job) is fenced by PostgreSQL. Redis may be flushed or restarted at any
+//! moment: workers restore their lease keys on the next renewal, the
+//! rescuer waits a grace period after it notices ([`Leases::redis_age`]), and
+//! wake-ups fall back to polling until Redis is back.
+//!
+//! # Keys
+//!
+//! | key / channel              | value                       | written by          |
+//! |----------------------------|-----------------------------|---------------------|
+//! | `{prefix}lease:{job_id}`   | fencing token, TTL = lease  | worker; API revokes |
+//! | `{prefix}epoch`            | Redis time (ms) first seen  | rescuer             |
+//! | `{prefix}wake:{queue}`     | pub/sub channel             | API, scheduler      |
+
+pub mod wakeup;
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use uuid::Uuid;
+
+use crate::store::LeaseRef;
+
+pub use wakeup::{Waker, WakeupListener};
+
+/// Redis failed or is unreachable. Callers degrade (poll, skip a rescue
+/// pass) and try again; no job depends on Redis being up.
+#[derive(Debug, thiserror::Error)]
+#[error("redis error: {0}")]
+pub struct RedisError(#[from] redis::RedisError);
+
+/// A handle to Redis with TaskFlow's key prefix. Cheap to clone; clones share
+/// one multiplexed, automatically reconnecting connection.
+#[derive(Clone)]
+pub struct Redis {
+    client: redis::Client,
+    connection: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long one Redis command may take before it fails. A stalled Redis must
+/// never stall a worker: every caller has a fallback.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Redis {
+    /// Prepares a connection; it is made on first use, so a process can
+    /// start while Redis is down.
+    pub fn connect_lazy(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self {
+            client,
+            connection,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Whether Redis answers `PING`.
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING").query_async(&mut connection).await?;
+        Ok(())
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    fn lease_key(&self, job_id: Uuid) -> String {
+        format!("{}lease:{job_id}", self.prefix)
+    }
+}
+
+/// What a renewal found for one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The key held our token; its TTL is reset.
+    Renewed,
+    /// The key was gone (Redis was flushed or restarted, or we were paused
+    /// past the TTL) and has been written again. The caller must confirm
+    /// with PostgreSQL that the lease is still current.
+    Restored,
+    /// The key holds another token or was revoked: the lease is lost.
+    Lost,
+}
+
+/// Per-job leases in Redis.
+///
+/// A lease is the key `{prefix}lease:{job_id}` holding the attempt's fencing
+/// token with a TTL. The worker running the attempt renews it every third
+/// of the TTL; when the worker dies the key expires and the rescuer, which
+/// only acts once PostgreSQL's `lease_expires_at` has also passed, ends the
+/// attempt. The token itself always comes from PostgreSQL, so wiping Redis
+/// can never make a token repeat.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    redis: Redis,
+    ttl: Duration,
+}
+
+/// Renews each lease whose key still holds its token, restores a missing
+/// key, and reports a key holding anything else as lost.
+/// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
+/// Returns one code per key: 1 renewed, 2 restored, 0 lost.
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local token = ARGV[i + 1]
+  local held = redis.call('GET', key)
+  if held == token then
+    redis.call('PEXPIRE', key, ARGV[1])
+    out[i] = 1
+  elseif not held then
+    redis.call('SET', key, token, 'PX', ARGV[1])
+    out[i] = 2
+  else
+    out[i] = 0
+  end
+end
+return out
+",
+    )
+});
+
+/// Deletes each lease key that still holds its token (a newer attempt's
+/// key is left alone). KEYS: lease keys. ARGV[i]: token of KEYS[i].
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then redis.call('DEL', key) end
+end
+return 0
+",
+    )
+});
+
+/// Returns how long (ms, by Redis's clock) the epoch key has existed,
+/// creating it if missing. KEYS[1]: the epoch key.
+static EPOCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local since = redis.call('GET', KEYS[1])
+if not since then
+  redis.call('SET', KEYS[1], now_ms)
+  return 0
+end
+return now_ms - tonumber(since)
+",
+    )
+});
+
+/// The value a revoked lease key holds: never a valid token, so the holder's
+/// next renewal reports [`Renewal::Lost`].
+const REVOKED: &str = "revoked";
+
+impl Leases {
+    /// Leases in `redis` with the given TTL.
+    pub fn new(redis: Redis, ttl: Duration) -> Self {
+        Self { redis, ttl }
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    /// Writes lease keys for freshly claimed attempts, in one round trip.
+    pub async fn acquire(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for lease in leases {
+            pipe.set_options(
+                self.redis.lease_key(lease.job_id),
+                lease.lease_token,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
+            )
+            .ignore();
+        }
+        let mut connection = self.redis.connection.clone();
+        let () = pipe.query_async(&mut connection).await?;
+        Ok(())
+    }
+
+    /// Renews `leases` in one round trip; see [`Renewal`].
+    pub async fn renew(&self, leases: &[LeaseRef]) -> Result<Vec<Renewal>, RedisError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = RENEW_SCRIPT.prepare_invoke();
+        invocation.arg(self.ttl_ms());
+        for lease in leases {
+            invocation
+                .key(self.redis.lease_key(lease.job_id))
+                .arg(lease.lease_token);
+        }
+        let mut connection = self.redis.connection.clone();
+        let codes: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        Ok(codes
+            .into_iter()
+            .map(|code| match code {
+                1 => Renewal::Renewed,
+                2 => Renewal::Restored,
+                _ => Renewal::Lost,
+            })
+            .collect())
+    }
+
+    /// Deletes the keys of finished attempts, in one round trip.
+    pub async fn release(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = RELEASE_SCRIPT.prepare_invoke();
+        for lease in leases {
+            invocation
+                .key(self.redis.lease_key(lease.job_id))
+                .arg(lease.lease_token);
+        }
+        let mut connection = self.redis.connection.clone();
+        let () = invocation.invoke_async(&mut connection).await?;
+        Ok(())
+    }
+
+    /// Marks a job's lease as revoked, so whichever worker holds it learns at
+    /// its next renewal that it must stop (used when a running job is
+    /// cancelled). The marker expires after one TTL.
+    pub async fn revoke(&self, job_id: Uuid) -> Result<(), RedisError> {
+        let mut connection = self.redis.connection.clone();
+        let () = connection
+            .set_options(
+                self.redis.lease_key(job_id),
+                REVOKED,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The token each job's lease key holds, if any, in one round trip.
+    pub async fn holders(&self, job_ids: &[Uuid]) -> Result<Vec<Option<i64>>, RedisError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = job_ids.iter().map(|id| self.redis.lease_key(*id)).collect();
+        let mut connection = self.redis.connection.clone();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut connection)
+            .await?;
+        Ok(values
+            .into_iter()
+            .map(|value| value.and_then(|v| v.parse().ok()))
+            .collect())
+    }
+
+    /// How long this Redis has held TaskFlow's state, by Redis's clock.
+    ///
+    /// After a flush or a restart the answer starts again from zero. Until
+    /// it exceeds one lease TTL, a missing lease key proves nothing (its
+    /// holder may not have restored it yet), so the rescuer waits.
+    pub async fn redis_age(&self) -> Result<Duration, RedisError> {
+        let mut connection = self.redis.connection.clone();
+        let age_ms: i64 = EPOCH_SCRIPT
+            .key(self.redis.key("epoch"))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(Duration::from_millis(age_ms.max(0) as u64))
+    }
+}

@@ -1,0 +1,181 @@
+//! Why an attempt failed, precisely.
+//!
+//! Every failed attempt is stored with a [`FailureKind`] code (the
+//! `error_kind` column) and a message. The codes are stable: users alert on
+//! them and scripts match them, so a variant is never renamed. Keep in sync
+//! with the table in `docs/failure-semantics.md`.
+
+use std::fmt;
+
+use super::capture::{CapturedLog, LogSource};
+
+/// What stopped an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The task returned an error (`task-error`).
+    GuestError,
+    /// The attempt ran past its wall-clock `timeout_ms`.
+    Timeout,
+    /// The attempt used up its `fuel` (CPU budget).
+    FuelExhausted,
+    /// The guest tried to grow its memory past `memory_limit_bytes`.
+    MemoryLimit,
+    /// The guest overflowed the WebAssembly stack (e.g. runaway recursion).
+    StackOverflow,
+    /// The guest panicked (a Rust panic aborts with a trap after printing
+    /// its message to stderr).
+    Panic,
+    /// Any other WebAssembly trap (unreachable, out-of-bounds access,
+    /// division by zero, …).
+    Trap,
+    /// The task's output exceeded the server's output limit.
+    OutputTooLarge,
+    /// The worker lost the job's lease (it was cancelled, or the worker could
+    /// not renew it) and stopped the attempt so that no two attempts run at
+    /// once.
+    LeaseLost,
+    /// The worker vanished and the rescuer ended the attempt.
+    LeaseExpired,
+    /// A user cancelled the job while this attempt ran.
+    Cancelled,
+    /// The module could not be loaded or instantiated on the worker.
+    ModuleUnavailable,
+}
+
+impl FailureKind {
+    /// The stable code stored in `job_attempts.error_kind`.
+    pub fn code(self) -> &'static str {
+        match self {
+            FailureKind::GuestError => "guest_error",
+            FailureKind::Timeout => "timeout",
+            FailureKind::FuelExhausted => "fuel_exhausted",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::Panic => "panic",
+            FailureKind::Trap => "trap",
+            FailureKind::OutputTooLarge => "output_too_large",
+            FailureKind::LeaseLost => "lease_lost",
+            FailureKind::LeaseExpired => "lease_expired",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::ModuleUnavailable => "module_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A failed attempt: what stopped it, a message, and whether another attempt
+/// may help. Only a guest error can say "do not retry"; a sandbox limit is
+/// retried like any other failure until the job runs out of attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What stopped the attempt.
+    pub kind: FailureKind,
+    /// Details for whoever reads the attempt record.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+impl Failure {
+    /// A retryable failure of `kind`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// Why the host interrupted the guest; raised from the epoch callback and
+/// recognised again when the trap comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Interrupted {
+    #[error("the attempt exceeded its wall-clock limit")]
+    Timeout,
+    #[error("the worker lost the job's lease")]
+    LeaseLost,
+}
+
+/// The guest asked for more memory than its limit; raised by the store's
+/// resource limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("memory limit exceeded: the guest asked for {desired} bytes, the limit is {limit}")]
+pub(super) struct MemoryLimitExceeded {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+/// Longest panic message kept from stderr.
+const PANIC_MESSAGE_LIMIT: usize = 2048;
+
+/// Turns an error from instantiating or calling the guest into a [`Failure`].
+pub(super) fn classify(
+    error: &wasmtime::Error,
+    log: &CapturedLog,
+    timeout_ms: u64,
+    fuel: u64,
+) -> Failure {
+    if let Some(interrupted) = error.downcast_ref::<Interrupted>() {
+        return match interrupted {
+            Interrupted::Timeout => Failure::new(
+                FailureKind::Timeout,
+                format!("the attempt exceeded its wall-clock limit of {timeout_ms} ms"),
+            ),
+            Interrupted::LeaseLost => Failure::new(FailureKind::LeaseLost, interrupted.to_string()),
+        };
+    }
+    if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return Failure::new(FailureKind::MemoryLimit, exceeded.to_string());
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => Failure::new(
+            FailureKind::FuelExhausted,
+            format!("the attempt used up its fuel budget of {fuel}"),
+        ),
+        Some(wasmtime::Trap::StackOverflow) => Failure::new(
+            FailureKind::StackOverflow,
+            "the guest overflowed its WebAssembly stack",
+        ),
+        Some(wasmtime::Trap::UnreachableCodeReached) => match panic_message(log) {
+            Some(message) => Failure::new(FailureKind::Panic, message),
+            None => Failure::new(FailureKind::Trap, trap_message(error)),
+        },
+        _ => Failure::new(FailureKind::Trap, trap_message(error)),
+    }
+}
+
+/// The panic report a Rust guest printed to stderr before aborting:
+/// everything from the line containing "panicked at" on.
+fn panic_message(log: &CapturedLog) -> Option<String> {
+    let stderr: Vec<&str> = log
+        .lines
+        .iter()
+        .filter(|line| line.source == LogSource::Stderr)
+        .map(|line| line.message.as_str())
+        .collect();
+    let start = stderr
+        .iter()
+        .position(|line| line.contains("panicked at"))?;
+    let mut message = stderr[start..].join("\n");
+    if message.len() > PANIC_MESSAGE_LIMIT {
+        let cut = (0..=PANIC_MESSAGE_LIMIT)
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        message.truncate(cut);
+    }
+    Some(message)
+}
+
+/// The error and its causes on one line (wasmtime puts the trap reason and
+/// the guest backtrace in the chain).
+fn trap_message(error: &wasmtime::Error) -> String {
+    format!("{error:#}")
+}

@@ -1,0 +1,547 @@
+//! Runs untrusted task components under hard limits.
+//!
+//! # Architecture
+//!
+//! - One [`Sandbox`] per process, holding one `wasmtime::Engine` configured
+//!   for hostile code, one `Linker` with the WASI and TaskFlow imports, a
+//!   cache of compiled components, and an epoch ticker thread.
+//! - One `TaskPre` (an `InstancePre`: a component whose imports are already
+//!   resolved) per module hash, cached in memory and compiled code cached on
+//!   disk; see [`cache`](self::cache).
+//! - One fresh `Store` per attempt, dropped when the attempt ends: nothing a
+//!   guest does survives into another attempt.
+//!
+//! # Limits and how each fails
+//!
+//! | limit | mechanism | failure kind |
+//! |---|---|---|
+//! | CPU | fuel, set per attempt, consumed per instruction | `fuel_exhausted` |
+//! | wall time | epoch deadline checked every [`EPOCH_TICK`], plus an async timeout around host calls | `timeout` |
+//! | memory | resource limiter on the sum of all linear memories, and the pooling allocator's per-memory cap | `memory_limit` |
+//! | stack | `max_wasm_stack` | `stack_overflow` |
+//! | output | checked after the call | `output_too_large` |
+//! | log | bounded capture; excess lines dropped and counted | (never fails) |
+//! | capabilities | WASI context granting nothing | the call fails inside the guest |
+//!
+//! # When to use fuel vs. epochs
+//!
+//! Both are on. Fuel is deterministic: the same input burns the same fuel on
+//! any machine, so it is the billable, reproducible CPU budget and is
+//! recorded per attempt. It cannot see time spent blocked, and costs more per
+//! instruction. Epochs are cheap and measure wall time: a background thread
+//! bumps the engine's epoch every [`EPOCH_TICK`] and compiled code checks it
+//! at loop headers and function entries, so a guest cannot skip the check.
+//! At each tick the store's callback checks the attempt's deadline and its
+//! [`RunGrant`] (whether the worker still holds the lease), and yields to the
+//! async executor so one busy guest cannot starve the worker's other tasks.
+//! Epoch checks do not fire while the guest is blocked in a host call (e.g.
+//! a WASI sleep), so the whole attempt also runs under a tokio timeout.
+//! The deadline therefore covers everything: guest code and host calls.
+
+pub mod capture;
+pub mod failure;
+
+mod bindings;
+mod cache;
+mod guest;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+
+pub use bindings::JobContext;
+pub use cache::CacheSource;
+pub use capture::{CapturedLog, LogLine, LogSource};
+pub use failure::{Failure, FailureKind};
+
+use bindings::{TaskError, TaskPre};
+use capture::LogCapture;
+use failure::Interrupted;
+use guest::GuestState;
+
+/// How often the epoch advances: the resolution of wall-clock deadlines and
+/// of lease checks, and how often a running guest yields to the executor.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Extra time the outer timeout allows past the deadline before it fires,
+/// so a guest running wasm code is stopped by the precise epoch check and the
+/// outer timeout only catches guests blocked in a host call.
+const HOST_CALL_GRACE: Duration = Duration::from_millis(50);
+
+/// WebAssembly stack a guest may use. Deep enough for real programs; runaway
+/// recursion traps with `stack_overflow`.
+const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Native stack each attempt runs on. Must exceed [`MAX_WASM_STACK`] with
+/// room for host frames: running out of the host part would abort the
+/// process instead of trapping.
+const ASYNC_STACK_SIZE: usize = 2 << 20;
+
+/// Per-component caps of the pooling allocator. A Rust component has one
+/// memory and a few core instances; components built from interpreters
+/// (Python, JavaScript) need more.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+const MAX_TABLES_PER_COMPONENT: u32 = 16;
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Longest guest error message kept.
+const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
+
+/// How a [`Sandbox`] is sized.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Attempts that may run at once; the pooling allocator reserves a slot
+    /// for each.
+    pub max_concurrent_attempts: usize,
+    /// Largest memory limit any attempt may have.
+    pub max_memory_bytes: u64,
+    /// Largest output an attempt may return.
+    pub max_output_bytes: usize,
+    /// Log bytes kept per attempt.
+    pub max_log_bytes: usize,
+    /// Directory for compiled code; `None` keeps it in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Prepared components kept in memory.
+    pub memory_cache_capacity: usize,
+}
+
+/// The sandbox could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// wasmtime rejected the configuration (for example, not enough address
+    /// space for the pooling allocator).
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The cache directory could not be created.
+    #[error("cannot create the compiled-module cache directory: {0}")]
+    CacheDir(#[from] std::io::Error),
+}
+
+/// Why an uploaded module was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidModule {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly binary (it does not start with \\0asm)")]
+    NotWasm,
+    /// A core module rather than a component.
+    #[error(
+        "this is a core WebAssembly module, not a component; build the task for \
+         wasm32-wasip2 (cargo build --target wasm32-wasip2) or wrap it with \
+         `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// Malformed, or rejected by the compiler.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// A valid component, but not of the `taskflow:task` world.
+    #[error("the component does not fit the taskflow:task world: {0}")]
+    WrongWorld(String),
+}
+
+/// An attempt's right to keep running.
+///
+/// The worker extends it each time it renews the attempt's lease and revokes
+/// it when the lease is lost. The sandbox stops the guest at the next epoch
+/// tick once the grant lapses, so an attempt never outlives the lease that
+/// makes it the only live execution of its job.
+#[derive(Debug)]
+pub struct RunGrant {
+    origin: Instant,
+    valid_for_ms: AtomicU64,
+    revoked: AtomicBool,
+    revoked_notify: Notify,
+}
+
+impl RunGrant {
+    /// A grant valid until `until`.
+    pub fn until(until: Instant) -> Arc<Self> {
+        let origin = Instant::now();
+        let grant = Arc::new(Self {
+            origin,
+            valid_for_ms: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
+            revoked_notify: Notify::new(),
+        });
+        grant.extend_until(until);
+        grant
+    }
+
+    /// A grant that never lapses (for running a task outside a worker).
+    pub fn unlimited() -> Arc<Self> {
+        let grant = Self::until(Instant::now());
+        grant.valid_for_ms.store(u64::MAX, Ordering::Release);
+        grant
+    }
+
+    /// Extends the grant to `until` (never shortens it).
+    pub fn extend_until(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.origin).as_millis() as u64;
+        self.valid_for_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Ends the grant now.
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+        self.revoked_notify.notify_waiters();
+    }
+
+    /// Whether the attempt may still run at `now`.
+    pub fn is_valid_at(&self, now: Instant) -> bool {
+        !self.revoked.load(Ordering::Acquire)
+            && (now.saturating_duration_since(self.origin).as_millis() as u64)
+                < self.valid_for_ms.load(Ordering::Acquire)
+    }
+
+    async fn wait_revoked(&self) {
+        let notified = self.revoked_notify.notified();
+        if !self.revoked.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+}
+
+/// What an attempt may use.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLimits {
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// CPU budget in fuel units.
+    pub fuel: u64,
+    /// Limit on the sum of the guest's linear memories.
+    pub memory_bytes: u64,
+}
+
+/// One attempt to run.
+#[derive(Debug)]
+pub struct Attempt {
+    /// Input bytes passed to `run`.
+    pub input: Vec<u8>,
+    /// What `host.context` returns.
+    pub context: JobContext,
+    /// Resource limits.
+    pub limits: AttemptLimits,
+    /// The attempt's right to run.
+    pub grant: Arc<RunGrant>,
+}
+
+/// How an attempt went.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// The output, or why there is none.
+    pub result: Result<Vec<u8>, Failure>,
+    /// Fuel the guest burned.
+    pub fuel_consumed: u64,
+    /// Wall time from instantiation to the end of the call.
+    pub duration: Duration,
+    /// What the guest logged.
+    pub log: CapturedLog,
+}
+
+/// A component ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct PreparedTask(TaskPre<GuestState>);
+
+/// Runs task components; see the [module docs](self). Cheap to clone;
+/// clones share the engine, linker and caches.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<SandboxInner>,
+}
+
+struct SandboxInner {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache: cache::ComponentCache,
+    compile_lock: tokio::sync::Mutex<()>,
+    config: SandboxConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for SandboxInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Release);
+    }
+}
+
+impl Sandbox {
+    /// Creates the engine, linker, cache and epoch ticker.
+    ///
+    /// # Errors
+    ///
+    /// If wasmtime rejects the configuration or the cache directory cannot
+    /// be created.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|error| SandboxError::Engine(format!("{error:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| {
+                bindings::Task::add_to_linker::<_, wasmtime::component::HasSelf<GuestState>>(
+                    &mut linker,
+                    |state| state,
+                )
+            })
+            .map_err(|error| SandboxError::Engine(format!("{error:#}")))?;
+        let cache = cache::ComponentCache::new(
+            engine.clone(),
+            config.cache_dir.as_deref(),
+            config.memory_cache_capacity,
+        )?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        Ok(Self {
+            inner: Arc::new(SandboxInner {
+                engine,
+                linker,
+                cache,
+                compile_lock: tokio::sync::Mutex::new(()),
+                config,
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// Checks that `bytes` are a component of the `taskflow:task` world that
+    /// this host can run: it compiles it and resolves its imports and
+    /// exports, exactly as a worker will. Blocking and possibly slow (it
+    /// compiles): run it off the async executor, with a time limit.
+    pub fn validate(&self, bytes: &[u8]) -> Result<(), InvalidModule> {
+        const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+        const CORE_MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(InvalidModule::NotWasm);
+        }
+        if bytes[4..8] == CORE_MODULE_VERSION {
+            return Err(InvalidModule::CoreModule);
+        }
+        if bytes[4..8] != COMPONENT_VERSION {
+            return Err(InvalidModule::Invalid(format!(
+                "unsupported WebAssembly version/layer {:02x?}",
+                &bytes[4..8]
+            )));
+        }
+        let component = Component::new(&self.inner.engine, bytes)
+            .map_err(|error| InvalidModule::Invalid(format!("{error:#}")))?;
+        self.inner
+            .prepare_component(&component)
+            .map(drop)
+            .map_err(InvalidModule::WrongWorld)
+    }
+
+    /// The prepared component for `hash`: from memory, from this worker's
+    /// disk cache, or compiled from the bytes `fetch` returns (only called on
+    /// a miss). Concurrent misses compile once.
+    pub async fn prepare<F>(
+        &self,
+        hash: &str,
+        fetch: F,
+    ) -> Result<(PreparedTask, CacheSource), Failure>
+    where
+        F: Future<Output = Result<Vec<u8>, String>>,
+    {
+        let inner = &self.inner;
+        if let Some(pre) = inner.cache.get(hash) {
+            return Ok((PreparedTask(pre), CacheSource::Memory));
+        }
+        let _compiling = inner.compile_lock.lock().await;
+        if let Some(pre) = inner.cache.get(hash) {
+            return Ok((PreparedTask(pre), CacheSource::Memory));
+        }
+        let unavailable = |message: String| Failure::new(FailureKind::ModuleUnavailable, message);
+        let owned_hash = hash.to_owned();
+        let (component, source) = match self
+            .blocking(move |inner| inner.cache.load_from_disk(&owned_hash))
+            .await
+        {
+            Some(component) => (component, CacheSource::Disk),
+            None => {
+                let bytes = fetch.await.map_err(unavailable)?;
+                let owned_hash = hash.to_owned();
+                let component = self
+                    .blocking(move |inner| inner.cache.compile(&owned_hash, &bytes))
+                    .await
+                    .map_err(unavailable)?;
+                (component, CacheSource::Compiled)
+            }
+        };
+        let pre = inner.prepare_component(&component).map_err(unavailable)?;
+        inner.cache.insert(hash, pre.clone());
+        Ok((PreparedTask(pre), source))
+    }
+
+    /// Runs `f` on tokio's blocking pool, keeping compilation and file I/O
+    /// off the threads that drive async tasks.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SandboxInner) -> R + Send + 'static,
+    ) -> R {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+    }
+
+    /// Runs one attempt in a fresh store. Never panics or fails: everything
+    /// that can go wrong becomes the [`Execution`]'s failure.
+    pub async fn run(&self, task: &PreparedTask, attempt: Attempt) -> Execution {
+        let Attempt {
+            input,
+            context,
+            limits,
+            grant,
+        } = attempt;
+        let config = &self.inner.config;
+        let log = LogCapture::new(config.max_log_bytes);
+        let memory_bytes = limits.memory_bytes.min(config.max_memory_bytes) as usize;
+        let mut store = Store::new(
+            &self.inner.engine,
+            GuestState::new(log.clone(), context, memory_bytes),
+        );
+        store.limiter(|state| &mut state.limiter);
+        let started = Instant::now();
+        let deadline = started + limits.timeout;
+        if let Err(error) = store.set_fuel(limits.fuel) {
+            return host_failure(&log, started, format!("cannot set fuel: {error:#}"));
+        }
+        store.set_epoch_deadline(1);
+        let callback_grant = grant.clone();
+        store.epoch_deadline_callback(move |_| {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Interrupted::Timeout.into());
+            }
+            if !callback_grant.is_valid_at(now) {
+                return Err(Interrupted::LeaseLost.into());
+            }
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+
+        let call = async {
+            let instance = task.0.instantiate_async(&mut store).await?;
+            instance.call_run(&mut store, &input).await
+        };
+        let outcome = tokio::select! {
+            outcome = call => outcome,
+            () = tokio::time::sleep_until((deadline + HOST_CALL_GRACE).into()) => {
+                Err(Interrupted::Timeout.into())
+            }
+            () = grant.wait_revoked() => Err(Interrupted::LeaseLost.into()),
+        };
+        let duration = started.elapsed();
+        let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        drop(store);
+        let captured = log.finish();
+        let result = match outcome {
+            Ok(Ok(output)) if output.len() > config.max_output_bytes => Err(Failure::new(
+                FailureKind::OutputTooLarge,
+                format!(
+                    "the task returned {} bytes; the limit is {}",
+                    output.len(),
+                    config.max_output_bytes
+                ),
+            )),
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(guest_failure(error)),
+            Err(error) => Err(failure::classify(
+                &error,
+                &captured,
+                limits.timeout.as_millis() as u64,
+                limits.fuel,
+            )),
+        };
+        Execution {
+            result,
+            fuel_consumed,
+            duration,
+            log: captured,
+        }
+    }
+}
+
+impl SandboxInner {
+    fn prepare_component(&self, component: &Component) -> Result<TaskPre<GuestState>, String> {
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|error| {
+            format!("it imports something TaskFlow does not provide ({error:#})")
+        })?;
+        TaskPre::new(instance_pre).map_err(|error| {
+            format!(
+                "it must export `run: func(input: list<u8>) -> result<list<u8>, task-error>` \
+                 ({error:#})"
+            )
+        })
+    }
+}
+
+fn host_failure(log: &LogCapture, started: Instant, message: String) -> Execution {
+    Execution {
+        result: Err(Failure::new(FailureKind::ModuleUnavailable, message)),
+        fuel_consumed: 0,
+        duration: started.elapsed(),
+        log: log.finish(),
+    }
+}
+
+fn guest_failure(error: TaskError) -> Failure {
+    let mut message = error.message;
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let cut = (0..=MAX_ERROR_MESSAGE_BYTES)
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        message.truncate(cut);
+    }
+    Failure {
+        kind: FailureKind::GuestError,
+        message,
+        retryable: error.retryable,
+    }
+}
+
+fn engine_config(config: &SandboxConfig) -> wasmtime::Config {
+    let slots = config.max_concurrent_attempts.max(1) as u32;
+    let mut pooling = PoolingAllocationConfig::new();
+    pooling
+        .total_component_instances(slots)
+        .total_core_instances(slots * MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(slots * MAX_MEMORIES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .total_tables(slots * MAX_TABLES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .total_stacks(slots)
+        .max_memory_size(config.max_memory_bytes as usize);
+
+    let mut wasm = wasmtime::Config::new();
+    wasm.wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(ASYNC_STACK_SIZE)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    wasm
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until `stop` is set.
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("taskflow-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

@@ -1,0 +1,412 @@
+//! The statements on a job's execution path, used by workers and the
+//! dispatch services. Each is batched: one statement moves many jobs, so
+//! PostgreSQL commits per batch rather than per job.
+//!
+//! Fencing: a claim stamps the job with a fresh `lease_token` from the
+//! `lease_tokens` sequence. Every later write about that attempt carries the
+//! token and matches `state = 'running' AND lease_token = $token`; a writer
+//! whose token is no longer current (it was paused past its lease and the job
+//! was rescued and claimed again) changes nothing. See
+//! `docs/adr/001-fencing-tokens.md`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{AttemptOutcome, JobState, Store, StoreResult, Transition, millis};
+
+/// A job a worker has claimed, with everything needed to run it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    /// The job.
+    pub id: Uuid,
+    /// Module to run.
+    pub module_hash: String,
+    /// Queue it came from.
+    pub queue: String,
+    /// Input bytes.
+    pub input: Vec<u8>,
+    /// This attempt's number over the job's life, from 1.
+    pub attempt: i32,
+    /// `attempt` at the last user retry; `attempt - attempt_base` attempts
+    /// of `max_attempts` are used, this one included.
+    pub attempt_base: i32,
+    /// Attempts allowed between user retries.
+    pub max_attempts: i32,
+    /// Wall-clock limit.
+    pub timeout_ms: i32,
+    /// CPU budget.
+    pub fuel: i64,
+    /// Linear-memory limit.
+    pub memory_limit_bytes: i64,
+    /// The fencing token of this attempt.
+    pub lease_token: i64,
+    /// When the attempt started, by PostgreSQL's clock.
+    pub attempted_at: DateTime<Utc>,
+}
+
+impl ClaimedJob {
+    /// This attempt's lease.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            job_id: self.id,
+            lease_token: self.lease_token,
+        }
+    }
+}
+
+/// A job and the fencing token of one of its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::FromRow)]
+pub struct LeaseRef {
+    /// The job.
+    pub job_id: Uuid,
+    /// The attempt's fencing token.
+    pub lease_token: i64,
+}
+
+/// A running job whose lease the rescuer should check.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunningLease {
+    /// The job.
+    pub job_id: Uuid,
+    /// Fencing token of the running attempt.
+    pub lease_token: i64,
+    /// Attempt number.
+    pub attempt: i32,
+    /// See [`ClaimedJob::attempt_base`].
+    pub attempt_base: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Worker holding the lease.
+    pub worker_id: String,
+    /// When the attempt started.
+    pub attempted_at: DateTime<Utc>,
+}
+
+impl RunningLease {
+    /// This attempt's lease.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            job_id: self.job_id,
+            lease_token: self.lease_token,
+        }
+    }
+}
+
+/// Where a job goes when its attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextState {
+    /// It produced this output.
+    Succeeded {
+        /// The output bytes.
+        output: Vec<u8>,
+    },
+    /// It failed and runs again after `delay`.
+    Retrying {
+        /// Backoff before the next attempt.
+        delay: Duration,
+    },
+    /// It failed for good.
+    Dead,
+}
+
+impl NextState {
+    fn state(&self) -> JobState {
+        match self {
+            NextState::Succeeded { .. } => JobState::Succeeded,
+            NextState::Retrying { .. } => JobState::Retrying,
+            NextState::Dead => JobState::Dead,
+        }
+    }
+}
+
+/// The record of an ended attempt and the job's next state, written together.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    /// The attempt's lease; the write applies only if it is still current.
+    pub lease: LeaseRef,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Worker that ran it.
+    pub worker_id: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Machine-readable failure reason.
+    pub error_kind: Option<String>,
+    /// Human-readable failure message.
+    pub error_message: Option<String>,
+    /// Fuel consumed.
+    pub fuel_consumed: Option<i64>,
+    /// Wall time in microseconds.
+    pub duration_us: Option<i64>,
+    /// Captured log lines, as a JSON array.
+    pub logs: serde_json::Value,
+    /// Lines dropped past the bound.
+    pub logs_dropped: i32,
+    /// Where the job goes.
+    pub next: NextState,
+}
+
+impl Store {
+    /// Claims up to `limit` due jobs of `queue` for `worker_id`, in priority
+    /// order, and leases each for `lease_ttl`.
+    ///
+    /// Guard: `state = 'available'`, rows locked with `FOR UPDATE SKIP
+    /// LOCKED` so concurrent workers never claim the same job and never wait
+    /// for each other. Each claimed job gets a fresh fencing token. Served by
+    /// `jobs_claim_idx`: no table scan however many jobs wait.
+    pub async fn claim_available(
+        &self,
+        queue: &str,
+        worker_id: &str,
+        limit: usize,
+        lease_ttl: Duration,
+    ) -> StoreResult<Vec<ClaimedJob>> {
+        Ok(sqlx::query_as::<_, ClaimedJob>(
+            "WITH due AS (
+                 SELECT id FROM jobs
+                 WHERE state = 'available' AND queue = $1
+                 ORDER BY priority DESC, run_at, id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs j
+             SET state = 'running', attempt = j.attempt + 1,
+                 lease_token = nextval('lease_tokens'), worker_id = $3,
+                 lease_expires_at = now() + $4 * interval '1 millisecond',
+                 attempted_at = now(), updated_at = now()
+             FROM due WHERE j.id = due.id
+             RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
+                       j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
+                       j.lease_token, j.attempted_at",
+        )
+        .bind(queue)
+        .bind(limit as i64)
+        .bind(worker_id)
+        .bind(millis(lease_ttl))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Ends attempts: records each in `job_attempts` and moves its job to
+    /// the next state, in one statement for the whole batch.
+    ///
+    /// Guard, per job: `state = 'running' AND lease_token = <the attempt's
+    /// token>`. An attempt whose guard does not match (the job was rescued,
+    /// cancelled, or claimed again) is not recorded and its job is untouched:
+    /// the result says [`Transition::Stale`] and the caller discards it.
+    pub async fn finish_if_lease_matches(
+        &self,
+        attempts: &[FinishedAttempt],
+    ) -> StoreResult<Vec<Transition>> {
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last_errors: Vec<Option<serde_json::Value>> = attempts
+            .iter()
+            .map(|a| {
+                a.error_kind
+                    .as_ref()
+                    .map(|kind| serde_json::json!({ "kind": kind, "message": a.error_message }))
+            })
+            .collect();
+        let applied: Vec<LeaseRef> = sqlx::query_as::<_, LeaseRef>(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::job_state[], $4::bytea[],
+                                      $5::bigint[], $6::jsonb[], $7::int[], $8::text[],
+                                      $9::timestamptz[], $10::attempt_outcome[], $11::text[],
+                                      $12::text[], $13::bigint[], $14::bigint[], $15::jsonb[],
+                                      $16::int[])
+                      AS i(job_id, lease_token, next_state, output, retry_delay_ms, last_error,
+                           attempt, worker_id, started_at, outcome, error_kind, error_message,
+                           fuel_consumed, duration_us, logs, logs_dropped)
+             ),
+             finished AS (
+                 UPDATE jobs j
+                 SET state = i.next_state,
+                     output = i.output,
+                     run_at = CASE WHEN i.next_state = 'retrying'
+                                   THEN now() + i.retry_delay_ms * interval '1 millisecond'
+                                   ELSE j.run_at END,
+                     last_error = COALESCE(i.last_error, j.last_error),
+                     finished_at = CASE WHEN i.next_state = 'retrying' THEN NULL ELSE now() END,
+                     lease_expires_at = NULL,
+                     updated_at = now()
+                 FROM input i
+                 WHERE j.id = i.job_id AND j.state = 'running' AND j.lease_token = i.lease_token
+                 RETURNING j.id, j.lease_token
+             )
+             INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
+                                       outcome, error_kind, error_message, fuel_consumed,
+                                       duration_us, logs, logs_dropped)
+             SELECT i.job_id, i.lease_token, i.attempt, i.worker_id, i.started_at, i.outcome,
+                    i.error_kind, i.error_message, i.fuel_consumed, i.duration_us, i.logs,
+                    i.logs_dropped
+             FROM input i JOIN finished f ON f.id = i.job_id AND f.lease_token = i.lease_token
+             RETURNING job_id, lease_token",
+        )
+        .bind(attempts.iter().map(|a| a.lease.job_id).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.lease.lease_token)
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|a| a.next.state()).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| match &a.next {
+                    NextState::Succeeded { output } => Some(output.as_slice()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|a| match a.next {
+                    NextState::Retrying { delay } => Some(millis(delay)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(last_errors)
+        .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.worker_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.outcome).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.error_kind.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.error_message.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|a| a.fuel_consumed).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.duration_us).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| &a.logs).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.logs_dropped).collect::<Vec<_>>())
+        .fetch_all(self.pool())
+        .await?;
+        Ok(attempts
+            .iter()
+            .map(|a| {
+                if applied.contains(&a.lease) {
+                    Transition::Applied
+                } else {
+                    Transition::Stale
+                }
+            })
+            .collect())
+    }
+
+    /// Which of `leases` are still current: the job is running under that
+    /// token. A worker asks this when Redis lost its lease keys, before
+    /// trusting that it still holds them.
+    pub async fn leases_still_held(&self, leases: &[LeaseRef]) -> StoreResult<Vec<LeaseRef>> {
+        Ok(sqlx::query_as::<_, LeaseRef>(
+            "SELECT j.id AS job_id, j.lease_token
+             FROM jobs j JOIN unnest($1::uuid[], $2::bigint[]) AS l(id, token)
+                  ON j.id = l.id AND j.lease_token = l.token
+             WHERE j.state = 'running'",
+        )
+        .bind(leases.iter().map(|l| l.job_id).collect::<Vec<_>>())
+        .bind(leases.iter().map(|l| l.lease_token).collect::<Vec<_>>())
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Running jobs whose `lease_expires_at` has passed, oldest first: the
+    /// rescuer asks Redis whether their leases are still alive. Served by
+    /// `jobs_lease_idx`.
+    pub async fn running_past_lease(&self, limit: usize) -> StoreResult<Vec<RunningLease>> {
+        Ok(sqlx::query_as::<_, RunningLease>(
+            "SELECT id AS job_id, lease_token, attempt, attempt_base, max_attempts, worker_id,
+                    attempted_at
+             FROM jobs
+             WHERE state = 'running' AND lease_expires_at < now()
+             ORDER BY lease_expires_at
+             LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Pushes `lease_expires_at` of leases Redis confirmed alive `lease_ttl`
+    /// into the future, so the rescuer does not check them again until then.
+    ///
+    /// Guard: `state = 'running' AND lease_token = <token>`.
+    pub async fn extend_leases_if_token_matches(
+        &self,
+        leases: &[LeaseRef],
+        lease_ttl: Duration,
+    ) -> StoreResult<u64> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "UPDATE jobs j
+             SET lease_expires_at = now() + $3 * interval '1 millisecond'
+             FROM unnest($1::uuid[], $2::bigint[]) AS l(id, token)
+             WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token",
+        )
+        .bind(leases.iter().map(|l| l.job_id).collect::<Vec<_>>())
+        .bind(leases.iter().map(|l| l.lease_token).collect::<Vec<_>>())
+        .bind(millis(lease_ttl))
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Makes up to `limit` scheduled and retrying jobs whose `run_at` has
+    /// come `available`, and returns the queues they are on (one entry per
+    /// job) so their workers can be woken.
+    ///
+    /// Guard: `state IN ('scheduled', 'retrying') AND run_at <= now()`, rows
+    /// locked `SKIP LOCKED` so concurrent schedulers split the work. Served
+    /// by `jobs_due_idx`.
+    pub async fn promote_due(&self, limit: usize) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "WITH due AS (
+                 SELECT id FROM jobs
+                 WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
+                 ORDER BY run_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs j SET state = 'available', updated_at = now()
+             FROM due WHERE j.id = due.id
+             RETURNING j.queue",
+        )
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// How long until the next scheduled or retrying job falls due, if any
+    /// is waiting. Zero when one is already due.
+    pub async fn next_due_in(&self) -> StoreResult<Option<Duration>> {
+        let millis: Option<f64> = sqlx::query_scalar(
+            "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(run_at) - now())) * 1000)::float8
+             FROM jobs WHERE state IN ('scheduled', 'retrying')",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(millis.map(|ms| Duration::from_millis(ms as u64)))
+    }
+}

@@ -1,0 +1,528 @@
+//! Submission, reads and user actions on jobs.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{AttemptOutcome, JobState, Store, StoreError, StoreResult};
+
+/// Columns of [`JobRecord`], shared by every statement that returns one.
+macro_rules! job_columns {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "id, ",
+            $prefix,
+            "module_hash, ",
+            $prefix,
+            "queue, ",
+            $prefix,
+            "priority, ",
+            $prefix,
+            "state, ",
+            $prefix,
+            "attempt, ",
+            $prefix,
+            "attempt_base, ",
+            $prefix,
+            "max_attempts, ",
+            $prefix,
+            "timeout_ms, ",
+            $prefix,
+            "fuel, ",
+            $prefix,
+            "memory_limit_bytes, ",
+            $prefix,
+            "run_at, ",
+            $prefix,
+            "lease_token, ",
+            $prefix,
+            "worker_id, ",
+            $prefix,
+            "idempotency_key, ",
+            $prefix,
+            "last_error, ",
+            $prefix,
+            "created_at, ",
+            $prefix,
+            "updated_at, ",
+            $prefix,
+            "attempted_at, ",
+            $prefix,
+            "finished_at"
+        )
+    };
+}
+
+/// A job to insert. The API has validated every field.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Id (UUIDv7) chosen by the caller.
+    pub id: Uuid,
+    /// Module to run.
+    pub module_hash: String,
+    /// Queue to run it on.
+    pub queue: String,
+    /// Higher runs first.
+    pub priority: i16,
+    /// Input bytes handed to the task.
+    pub input: Vec<u8>,
+    /// Attempts before the job is dead-lettered.
+    pub max_attempts: i32,
+    /// Wall-clock limit of one attempt.
+    pub timeout_ms: i32,
+    /// CPU budget of one attempt.
+    pub fuel: i64,
+    /// Linear-memory limit of one attempt.
+    pub memory_limit_bytes: i64,
+    /// When to run it; `None` means now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Deduplicates retried submissions.
+    pub idempotency_key: Option<String>,
+    /// Digest of the submission, compared when the idempotency key repeats.
+    pub request_fingerprint: Option<Vec<u8>>,
+}
+
+/// A job's metadata: everything but its input and output.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRecord {
+    /// The job's id.
+    pub id: Uuid,
+    /// The module it runs.
+    pub module_hash: String,
+    /// Its queue.
+    pub queue: String,
+    /// Higher runs first.
+    pub priority: i16,
+    /// Where it is in its lifecycle.
+    pub state: JobState,
+    /// Attempts started over the job's life (numbers attempt records).
+    pub attempt: i32,
+    /// `attempt` at the last user retry.
+    pub attempt_base: i32,
+    /// Attempts allowed between user retries.
+    pub max_attempts: i32,
+    /// Wall-clock limit of one attempt.
+    pub timeout_ms: i32,
+    /// CPU budget of one attempt.
+    pub fuel: i64,
+    /// Memory limit of one attempt.
+    pub memory_limit_bytes: i64,
+    /// When it is (or was) due.
+    pub run_at: DateTime<Utc>,
+    /// Fencing token of the latest claim.
+    pub lease_token: Option<i64>,
+    /// Worker of the latest claim.
+    pub worker_id: Option<String>,
+    /// The submission's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// `{"kind", "message"}` of the latest failed attempt.
+    pub last_error: Option<Json<serde_json::Value>>,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When its latest attempt started.
+    pub attempted_at: Option<DateTime<Utc>>,
+    /// When it reached `succeeded`, `dead` or `cancelled`.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job with its payloads and the resource use of its latest attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobDetail {
+    /// Metadata.
+    #[sqlx(flatten)]
+    pub job: JobRecord,
+    /// Input bytes.
+    pub input: Vec<u8>,
+    /// Output bytes, once succeeded.
+    pub output: Option<Vec<u8>>,
+    /// Fuel the latest finished attempt consumed.
+    pub last_fuel_consumed: Option<i64>,
+    /// Wall time of the latest finished attempt, in microseconds.
+    pub last_duration_us: Option<i64>,
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The job, new or existing.
+    pub job: JobRecord,
+    /// `false` when an earlier submission with the same idempotency key
+    /// created it.
+    pub created: bool,
+}
+
+/// One finished attempt of a job.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AttemptRecord {
+    /// Attempt number over the job's life, from 1.
+    pub attempt: i32,
+    /// Fencing token the attempt held.
+    pub lease_token: i64,
+    /// Worker that ran it.
+    pub worker_id: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Machine-readable failure reason (see `sandbox::FailureKind`).
+    pub error_kind: Option<String>,
+    /// Human-readable failure message.
+    pub error_message: Option<String>,
+    /// Fuel the guest consumed.
+    pub fuel_consumed: Option<i64>,
+    /// Wall time, in microseconds.
+    pub duration_us: Option<i64>,
+    /// Captured guest log lines.
+    pub logs: Json<serde_json::Value>,
+    /// Log lines dropped past the per-attempt bound.
+    pub logs_dropped: i32,
+}
+
+/// Filters of [`Store::list_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs on this queue.
+    pub queue: Option<String>,
+    /// Only jobs older than this id (the previous page's last id).
+    pub before: Option<Uuid>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone)]
+pub struct CancelOutcome {
+    /// The job after cancelling.
+    pub job: JobRecord,
+    /// Its state before; `Running` means a worker may still be executing it
+    /// and should be told to stop.
+    pub previous: JobState,
+}
+
+/// The row a guarded single-job update returns: the job, whether the guard
+/// matched, and the state it was in before.
+#[derive(sqlx::FromRow)]
+struct GuardedUpdate {
+    #[sqlx(flatten)]
+    job: JobRecord,
+    applied: bool,
+    previous: Option<JobState>,
+}
+
+impl Store {
+    /// Inserts jobs in one statement and one transaction: all or none.
+    ///
+    /// A job whose idempotency key already exists is not inserted; the
+    /// existing job is returned instead (`created: false`) if it was
+    /// submitted with the same fingerprint, and
+    /// [`StoreError::IdempotencyConflict`] is returned otherwise. The unique
+    /// index makes this safe against concurrent submissions.
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<Submitted>> {
+        let mut tx = self.pool().begin().await?;
+        let inserted = sqlx::query_as::<_, JobRecord>(concat!(
+            "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
+                               timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
+                               request_fingerprint)
+             SELECT id, module_hash, queue, priority,
+                    CASE WHEN run_at IS NULL OR run_at <= now() THEN 'available'::job_state
+                         ELSE 'scheduled'::job_state END,
+                    input, max_attempts, timeout_ms, fuel, memory_limit_bytes,
+                    COALESCE(run_at, now()), idempotency_key, request_fingerprint
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::bytea[],
+                         $6::int[], $7::int[], $8::bigint[], $9::bigint[], $10::timestamptz[],
+                         $11::text[], $12::bytea[])
+                  AS t(id, module_hash, queue, priority, input, max_attempts, timeout_ms, fuel,
+                       memory_limit_bytes, run_at, idempotency_key, request_fingerprint)
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING ",
+            job_columns!("")
+        ))
+        .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.module_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.input.as_slice()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.fuel).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.memory_limit_bytes)
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.request_fingerprint.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await;
+        let inserted = match inserted {
+            Ok(rows) => rows,
+            Err(error) if is_foreign_key_violation(&error, "jobs_module_hash_fkey") => {
+                drop(tx);
+                return Err(self.unknown_modules_error(jobs).await);
+            }
+            Err(error) => return Err(error.into()),
+        };
+
+        let mut inserted: std::collections::HashMap<Uuid, JobRecord> =
+            inserted.into_iter().map(|row| (row.id, row)).collect();
+        let duplicates: Vec<&NewJob> = jobs
+            .iter()
+            .filter(|j| !inserted.contains_key(&j.id))
+            .collect();
+        let mut existing = existing_for_duplicates(&mut tx, &duplicates).await?;
+        let mut submitted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if let Some(row) = inserted.remove(&job.id) {
+                submitted.push(Submitted {
+                    job: row,
+                    created: true,
+                });
+                continue;
+            }
+            let key = job.idempotency_key.clone().unwrap_or_default();
+            let (record, fingerprint) = existing
+                .remove(&key)
+                .expect("a job not inserted lost an idempotency-key conflict to a committed job");
+            if fingerprint != job.request_fingerprint {
+                return Err(StoreError::IdempotencyConflict {
+                    key,
+                    job_id: record.id,
+                });
+            }
+            submitted.push(Submitted {
+                job: record,
+                created: false,
+            });
+        }
+        tx.commit().await?;
+        Ok(submitted)
+    }
+
+    async fn unknown_modules_error(&self, jobs: &[NewJob]) -> StoreError {
+        let mut hashes: Vec<String> = jobs.iter().map(|j| j.module_hash.clone()).collect();
+        hashes.sort();
+        hashes.dedup();
+        match self.missing_modules(&hashes).await {
+            Ok(missing) if !missing.is_empty() => StoreError::UnknownModules(missing),
+            Ok(_) => StoreError::UnknownModules(hashes),
+            Err(error) => error,
+        }
+    }
+
+    /// One job with its payloads, or `None` if no job has this id.
+    pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobDetail>> {
+        Ok(sqlx::query_as::<_, JobDetail>(concat!(
+            "SELECT ",
+            job_columns!("j."),
+            ", j.input, j.output,
+               a.fuel_consumed AS last_fuel_consumed, a.duration_us AS last_duration_us
+             FROM jobs j
+             LEFT JOIN LATERAL (
+                 SELECT fuel_consumed, duration_us FROM job_attempts
+                 WHERE job_id = j.id ORDER BY lease_token DESC LIMIT 1
+             ) a ON true
+             WHERE j.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Jobs newest first, filtered, one page at a time.
+    pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        Ok(sqlx::query_as::<_, JobRecord>(concat!(
+            "SELECT ",
+            job_columns!(""),
+            " FROM jobs
+             WHERE ($1::job_state IS NULL OR state = $1)
+               AND ($2::text IS NULL OR queue = $2)
+               AND ($3::uuid IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(filter.state)
+        .bind(filter.queue.as_deref())
+        .bind(filter.before)
+        .bind(filter.limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every finished attempt of a job, oldest first, or `None` if no job
+    /// has this id.
+    pub async fn list_attempts(&self, id: Uuid) -> StoreResult<Option<Vec<AttemptRecord>>> {
+        let mut tx = self.pool().begin().await?;
+        let exists =
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let attempts = sqlx::query_as::<_, AttemptRecord>(
+            "SELECT attempt, lease_token, worker_id, started_at, finished_at, outcome,
+                    error_kind, error_message, fuel_consumed, duration_us, logs, logs_dropped
+             FROM job_attempts WHERE job_id = $1 ORDER BY lease_token",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(attempts))
+    }
+
+    /// Cancels a job that has not finished.
+    ///
+    /// Guard: `state IN (scheduled, available, running, retrying)`. A running
+    /// attempt is ended in the same statement (recorded as `cancelled`), so
+    /// the worker's later write finds the job no longer running and is
+    /// discarded; the caller should also revoke the attempt's lease so the
+    /// worker stops early.
+    pub async fn cancel_if_unfinished(&self, id: Uuid) -> StoreResult<CancelOutcome> {
+        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+            "WITH target AS (
+                 SELECT id, state, lease_token, attempt, worker_id, attempted_at
+                 FROM jobs WHERE id = $1 FOR UPDATE
+             ),
+             cancelled AS (
+                 UPDATE jobs j
+                 SET state = 'cancelled', finished_at = now(), updated_at = now(),
+                     lease_expires_at = NULL
+                 FROM target t
+                 WHERE j.id = t.id AND t.state IN ('scheduled', 'available', 'running', 'retrying')
+                 RETURNING j.*
+             ),
+             ended_attempt AS (
+                 INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
+                                           outcome, error_kind, error_message)
+                 SELECT t.id, t.lease_token, t.attempt, t.worker_id, t.attempted_at,
+                        'cancelled', 'cancelled', 'cancelled by a user while running'
+                 FROM target t JOIN cancelled c ON c.id = t.id
+                 WHERE t.state = 'running'
+             )
+             SELECT ",
+            job_columns!("c."),
+            ", true AS applied, t.state AS previous
+             FROM target t JOIN cancelled c ON c.id = t.id
+             UNION ALL
+             SELECT ",
+            job_columns!("j."),
+            ", false AS applied, j.state AS previous
+             FROM jobs j
+             WHERE j.id = $1 AND NOT EXISTS (SELECT 1 FROM cancelled)"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::JobNotFound(id))?;
+        if !row.applied {
+            return Err(StoreError::InvalidTransition {
+                id,
+                state: row.job.state,
+                action: "cancel",
+                allowed: "scheduled, available, running or retrying",
+            });
+        }
+        Ok(CancelOutcome {
+            previous: row.previous.unwrap_or(row.job.state),
+            job: row.job,
+        })
+    }
+
+    /// Requeues a dead or cancelled job with a fresh set of attempts.
+    ///
+    /// Guard: `state IN (dead, cancelled)`. Earlier attempts are kept.
+    pub async fn requeue_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
+        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+            "WITH requeued AS (
+                 UPDATE jobs
+                 SET state = 'available', attempt_base = attempt, run_at = now(),
+                     finished_at = NULL, updated_at = now()
+                 WHERE id = $1 AND state IN ('dead', 'cancelled')
+                 RETURNING *
+             )
+             SELECT ",
+            job_columns!(""),
+            ", true AS applied, NULL::job_state AS previous FROM requeued
+             UNION ALL
+             SELECT ",
+            job_columns!(""),
+            ", false AS applied, NULL::job_state AS previous FROM jobs
+             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM requeued)"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::JobNotFound(id))?;
+        if !row.applied {
+            return Err(StoreError::InvalidTransition {
+                id,
+                state: row.job.state,
+                action: "retry",
+                allowed: "dead or cancelled",
+            });
+        }
+        Ok(row.job)
+    }
+}
+
+/// The committed jobs owning the idempotency keys of `duplicates`, with
+/// their fingerprints, by key.
+async fn existing_for_duplicates(
+    tx: &mut sqlx::PgConnection,
+    duplicates: &[&NewJob],
+) -> StoreResult<std::collections::HashMap<String, (JobRecord, Option<Vec<u8>>)>> {
+    #[derive(sqlx::FromRow)]
+    struct Existing {
+        #[sqlx(flatten)]
+        job: JobRecord,
+        request_fingerprint: Option<Vec<u8>>,
+    }
+    if duplicates.is_empty() {
+        return Ok(Default::default());
+    }
+    let keys: Vec<&str> = duplicates
+        .iter()
+        .filter_map(|job| job.idempotency_key.as_deref())
+        .collect();
+    let rows = sqlx::query_as::<_, Existing>(concat!(
+        "SELECT ",
+        job_columns!(""),
+        ", request_fingerprint FROM jobs WHERE idempotency_key = ANY($1)"
+    ))
+    .bind(keys)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let key = row.job.idempotency_key.clone()?;
+            Some((key, (row.job, row.request_fingerprint)))
+        })
+        .collect())
+}
+
+fn is_foreign_key_violation(error: &sqlx::Error, constraint: &str) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.constraint() == Some(constraint))
+}

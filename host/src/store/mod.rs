@@ -1,0 +1,150 @@
+//! Every SQL statement TaskFlow runs, and the only place that touches
+//! PostgreSQL.
+//!
+//! PostgreSQL is the single source of truth: a job exists once its `INSERT`
+//! commits, and every state change is one guarded statement that commits on
+//! its own. Functions that move a job name their guard
+//! (`finish_if_lease_matches`, `requeue_if_finished`) and report
+//! [`Transition::Stale`] when the guard did not match, so a late or
+//! duplicate writer can tell it lost and discard its result.
+//!
+//! - [`modules`]: content-addressed task components.
+//! - [`jobs`]: submission, reads and user actions (cancel, retry).
+//! - [`execution`]: the worker's and the dispatch services' statements:
+//!   claim, finish, lease checks, promotion of due jobs.
+//! - [`state`]: the job state machine.
+
+pub mod execution;
+pub mod jobs;
+pub mod modules;
+pub mod state;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef, NextState, RunningLease};
+pub use jobs::{AttemptRecord, CancelOutcome, JobDetail, JobFilter, JobRecord, NewJob, Submitted};
+pub use modules::ModuleRecord;
+pub use state::{AttemptOutcome, JobState};
+
+/// Whether a guarded statement found the row in the state it required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The guard matched and the change is committed.
+    Applied,
+    /// The guard did not match (another writer got there first, or the
+    /// fencing token is old): nothing changed.
+    Stale,
+}
+
+/// Errors from the store, phrased for whoever has to act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A submission named modules that were never uploaded.
+    #[error("unknown module {}: upload it with PUT /v1/modules first", .0.join(", "))]
+    UnknownModules(Vec<String>),
+    /// An idempotency key was reused for a different submission.
+    #[error(
+        "idempotency key {key:?} already belongs to job {job_id}, submitted with different \
+         parameters; reuse a key only to retry the same request"
+    )]
+    IdempotencyConflict {
+        /// The reused key.
+        key: String,
+        /// The job that owns it.
+        job_id: Uuid,
+    },
+    /// No job has this id.
+    #[error("job {0} does not exist")]
+    JobNotFound(Uuid),
+    /// The job is in a state the requested action does not apply to.
+    #[error("job {id} is {state}; {action} applies only to {allowed} jobs")]
+    InvalidTransition {
+        /// The job.
+        id: Uuid,
+        /// Its current state.
+        state: JobState,
+        /// What was asked (`cancel`, `retry`).
+        action: &'static str,
+        /// The states the action applies to, for the message.
+        allowed: &'static str,
+    },
+    /// PostgreSQL failed or is unreachable; callers may retry.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The migrations in the repository's `migrations/` directory, embedded in
+/// the binary so a deployed `taskflow` can migrate its own database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Handle to PostgreSQL. Cheap to clone; clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects a pool of at most `max_connections`. Does not wait for
+    /// PostgreSQL to be up: connections are made on first use, so a process
+    /// can start while the database restarts.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url)?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool (tests get one per test database).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations. Safe to run concurrently from several
+    /// processes: sqlx serialises them with an advisory lock.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether PostgreSQL answers a trivial query.
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Whether `name` is a valid queue name: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
+/// Queue names appear in Redis channel names and metrics labels, so they are
+/// kept to a safe alphabet.
+pub fn is_valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether `hash` is a module hash: 64 lowercase hex digits.
+pub fn is_valid_module_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Converts a duration to whole milliseconds for SQL interval arithmetic.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

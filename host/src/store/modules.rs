@@ -1,0 +1,91 @@
+//! Task components, stored content-addressed by their SHA-256.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Store, StoreResult};
+
+/// A stored module, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ModuleRecord {
+    /// SHA-256 of the bytes, lowercase hex.
+    pub hash: String,
+    /// Size of the component in bytes.
+    pub size_bytes: i64,
+    /// When it was first uploaded.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Stores a module under its hash. Idempotent: storing the same bytes
+    /// again returns the original record. The caller computes `hash` from
+    /// `bytes` and has validated them.
+    pub async fn insert_module(&self, hash: &str, bytes: &[u8]) -> StoreResult<ModuleRecord> {
+        let inserted = sqlx::query_as::<_, ModuleRecord>(
+            "INSERT INTO modules (hash, size_bytes, bytes) VALUES ($1, $2, $3)
+             ON CONFLICT (hash) DO NOTHING
+             RETURNING hash, size_bytes, created_at",
+        )
+        .bind(hash)
+        .bind(bytes.len() as i64)
+        .bind(bytes)
+        .fetch_optional(self.pool())
+        .await?;
+        match inserted {
+            Some(record) => Ok(record),
+            None => Ok(self
+                .get_module(hash)
+                .await?
+                .expect("a module that conflicted on insert exists")),
+        }
+    }
+
+    /// The module's record, if it was uploaded.
+    pub async fn get_module(&self, hash: &str) -> StoreResult<Option<ModuleRecord>> {
+        Ok(sqlx::query_as::<_, ModuleRecord>(
+            "SELECT hash, size_bytes, created_at FROM modules WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// The module's bytes, if it was uploaded.
+    pub async fn module_bytes(&self, hash: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT bytes FROM modules WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// Modules in hash order, starting after `after` (keyset pagination).
+    pub async fn list_modules(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<ModuleRecord>> {
+        Ok(sqlx::query_as::<_, ModuleRecord>(
+            "SELECT hash, size_bytes, created_at FROM modules
+             WHERE $1::text IS NULL OR hash > $1
+             ORDER BY hash LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Which of `hashes` were never uploaded.
+    pub async fn missing_modules(&self, hashes: &[String]) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT h FROM unnest($1::text[]) AS h
+             WHERE NOT EXISTS (SELECT 1 FROM modules WHERE hash = h)
+             ORDER BY h",
+        )
+        .bind(hashes)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

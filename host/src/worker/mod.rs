@@ -1,0 +1,327 @@
+//! The execution plane: claim → lease → run → finish.
+//!
+//! A [`Worker`] is stateless; run as many as you like. Its loop:
+//!
+//! 1. **Claim** up to as many jobs as it has free slots, from PostgreSQL
+//!    ([`Store::claim_available`]): one statement, `FOR UPDATE SKIP LOCKED`,
+//!    fresh fencing token per job.
+//! 2. **Lease** them in Redis ([`Leases::acquire`], one round trip) and
+//!    track them in [`InFlight`]; the [`Heartbeat`] renews the leases.
+//! 3. **Run** each in the [`Sandbox`], in a fresh store, under the job's
+//!    limits and its [`RunGrant`](crate::sandbox::RunGrant).
+//! 4. **Finish**: the slot is freed and the outcome goes to the
+//!    [`Completer`], which commits outcomes in batches, guarded by the
+//!    fencing token ([`Store::finish_if_lease_matches`]).
+//!
+//! When it has free slots and found no work, the worker sleeps until a
+//! Redis wake-up arrives or `poll_interval` passes.
+
+pub mod completer;
+pub mod heartbeat;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use completer::Completer;
+pub use heartbeat::{Heartbeat, InFlight};
+
+use crate::backoff;
+use crate::config::{JobLimits, RetryPolicy, WorkerConfig};
+use crate::lease::{Leases, Redis, WakeupListener};
+use crate::sandbox::{Attempt, AttemptLimits, Execution, JobContext, Sandbox, SandboxConfig};
+use crate::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, NextState, Store};
+
+/// Prepared components a worker keeps in memory.
+const MEMORY_CACHE_CAPACITY: usize = 256;
+
+/// How long a worker backs off after a failed claim (PostgreSQL down).
+const CLAIM_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A worker process's execution loop; see the [module docs](self).
+pub struct Worker {
+    id: String,
+    config: WorkerConfig,
+    concurrency: usize,
+    retry: RetryPolicy,
+    store: Store,
+    redis: Redis,
+    leases: Leases,
+    sandbox: Sandbox,
+}
+
+impl Worker {
+    /// A worker named `id` with its own sandbox sized for `config` and
+    /// `limits`.
+    ///
+    /// # Errors
+    ///
+    /// If the sandbox cannot be created.
+    pub fn new(
+        id: String,
+        config: WorkerConfig,
+        limits: &JobLimits,
+        retry: RetryPolicy,
+        store: Store,
+        redis: Redis,
+        leases: Leases,
+    ) -> Result<Self, crate::sandbox::SandboxError> {
+        let concurrency = config.effective_concurrency();
+        let sandbox = Sandbox::new(SandboxConfig {
+            max_concurrent_attempts: concurrency,
+            max_memory_bytes: limits.max_memory_limit_bytes,
+            max_output_bytes: limits.max_output_bytes,
+            max_log_bytes: limits.max_log_bytes,
+            cache_dir: Some(config.cache_dir.clone()),
+            memory_cache_capacity: MEMORY_CACHE_CAPACITY,
+        })?;
+        Ok(Self {
+            id,
+            config,
+            concurrency,
+            retry,
+            store,
+            redis,
+            leases,
+            sandbox,
+        })
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `shutdown`, then stops claiming, lets running attempts
+    /// finish and writes their outcomes before returning.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let in_flight = InFlight::default();
+        let (completer, completer_task) =
+            Completer::spawn(this.store.clone(), this.leases.clone(), in_flight.clone());
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(
+            Heartbeat {
+                in_flight: in_flight.clone(),
+                leases: this.leases.clone(),
+                store: this.store.clone(),
+            }
+            .run(heartbeat_stop.clone()),
+        );
+        let wakeups =
+            WakeupListener::spawn(this.redis.clone(), &this.config.queues, shutdown.clone());
+        let slots = Arc::new(Semaphore::new(this.concurrency));
+        tracing::info!(worker_id = %this.id, concurrency = this.concurrency, queues = ?this.config.queues, "worker started");
+
+        this.claim_loop(&slots, &wakeups, &in_flight, &completer, &shutdown)
+            .await;
+
+        // Drain: wait for running attempts, then for their outcomes.
+        let _all_slots = slots.acquire_many(this.concurrency as u32).await;
+        drop(completer);
+        let _ = completer_task.await;
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+        tracing::info!(worker_id = %this.id, "worker stopped");
+    }
+
+    async fn claim_loop(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        wakeups: &Notify,
+        in_flight: &InFlight,
+        completer: &Completer,
+        shutdown: &CancellationToken,
+    ) {
+        let mut next_queue = 0;
+        while !shutdown.is_cancelled() {
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => drop(permit),
+                    () = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            let queue = &self.config.queues[next_queue % self.config.queues.len()];
+            next_queue += 1;
+            let lease_valid_until = Instant::now() + self.leases.ttl();
+            let claimed = match self
+                .store
+                .claim_available(queue, &self.id, free, self.leases.ttl())
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim jobs; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(CLAIM_RETRY_DELAY) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            let full_batch = claimed.len() == free;
+            self.start(claimed, lease_valid_until, slots, in_flight, completer)
+                .await;
+            if full_batch || next_queue % self.config.queues.len() != 0 {
+                continue;
+            }
+            tokio::select! {
+                () = wakeups.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Leases the claimed jobs in Redis and spawns their executions.
+    async fn start(
+        self: &Arc<Self>,
+        claimed: Vec<ClaimedJob>,
+        lease_valid_until: Instant,
+        slots: &Arc<Semaphore>,
+        in_flight: &InFlight,
+        completer: &Completer,
+    ) {
+        if claimed.is_empty() {
+            return;
+        }
+        metrics::counter!("taskflow_jobs_claimed_total").increment(claimed.len() as u64);
+        let leases: Vec<_> = claimed.iter().map(ClaimedJob::lease).collect();
+        if let Err(error) = self.leases.acquire(&leases).await {
+            // PostgreSQL already fences these attempts; without Redis keys
+            // they run until their grant lapses and are then retried.
+            tracing::warn!(%error, "cannot write leases to Redis");
+        }
+        for job in claimed {
+            let permit = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("claimed no more jobs than free slots");
+            let grant = in_flight.register(job.lease(), lease_valid_until);
+            let worker = self.clone();
+            let completer = completer.clone();
+            tokio::spawn(async move {
+                let finished = worker.execute(job, grant, permit).await;
+                completer.submit(finished);
+            });
+        }
+    }
+
+    /// Runs one attempt and turns its execution into the outcome to write.
+    /// The slot is released as soon as the guest is done.
+    async fn execute(
+        &self,
+        job: ClaimedJob,
+        grant: Arc<crate::sandbox::RunGrant>,
+        permit: OwnedSemaphorePermit,
+    ) -> FinishedAttempt {
+        let store = self.store.clone();
+        let hash = job.module_hash.clone();
+        let prepared = self
+            .sandbox
+            .prepare(&job.module_hash, async move {
+                match store.module_bytes(&hash).await {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(format!("module {hash} is not in the database")),
+                    Err(error) => Err(format!("cannot load module {hash}: {error}")),
+                }
+            })
+            .await;
+        let execution = match prepared {
+            Ok((task, _source)) => {
+                let attempt = Attempt {
+                    input: job.input.clone(),
+                    context: JobContext {
+                        job_id: job.id.to_string(),
+                        attempt: job.attempt as u32,
+                        max_attempts: job.max_attempts as u32,
+                        queue: job.queue.clone(),
+                    },
+                    limits: AttemptLimits {
+                        timeout: std::time::Duration::from_millis(job.timeout_ms as u64),
+                        fuel: job.fuel as u64,
+                        memory_bytes: job.memory_limit_bytes as u64,
+                    },
+                    grant,
+                };
+                self.sandbox.run(&task, attempt).await
+            }
+            Err(failure) => Execution {
+                result: Err(failure),
+                fuel_consumed: 0,
+                duration: std::time::Duration::ZERO,
+                log: Default::default(),
+            },
+        };
+        drop(permit);
+        finished_attempt(&self.id, &self.retry, &job, execution)
+    }
+}
+
+/// The outcome record of `job`'s attempt.
+fn finished_attempt(
+    worker_id: &str,
+    retry: &RetryPolicy,
+    job: &ClaimedJob,
+    execution: Execution,
+) -> FinishedAttempt {
+    let (outcome, next, error) = match execution.result {
+        Ok(output) => (
+            AttemptOutcome::Succeeded,
+            NextState::Succeeded { output },
+            None,
+        ),
+        Err(failure) => {
+            let next = backoff::after_failure(
+                retry,
+                job.id,
+                (job.attempt - job.attempt_base) as u32,
+                job.max_attempts as u32,
+                failure.retryable,
+            );
+            metrics::counter!("taskflow_attempts_failed_total", "kind" => failure.kind.code())
+                .increment(1);
+            (AttemptOutcome::Failed, next, Some(failure))
+        }
+    };
+    let logs: Vec<serde_json::Value> = execution
+        .log
+        .lines
+        .iter()
+        .map(|line| {
+            let mut line = serde_json::to_value(line).expect("log lines serialize");
+            if let Some(message) = line
+                .get_mut("message")
+                .and_then(|m| m.as_str())
+                .map(without_nul)
+            {
+                line["message"] = message.into();
+            }
+            line
+        })
+        .collect();
+    FinishedAttempt {
+        lease: job.lease(),
+        attempt: job.attempt,
+        worker_id: worker_id.to_owned(),
+        started_at: job.attempted_at,
+        outcome,
+        error_kind: error.as_ref().map(|f| f.kind.code().to_owned()),
+        error_message: error.map(|f| without_nul(&f.message)),
+        fuel_consumed: Some(execution.fuel_consumed.min(i64::MAX as u64) as i64),
+        duration_us: Some(execution.duration.as_micros().min(i64::MAX as u128) as i64),
+        logs: serde_json::Value::Array(logs),
+        logs_dropped: execution.log.dropped.min(i32::MAX as u32) as i32,
+        next,
+    }
+}
+
+/// PostgreSQL text and jsonb cannot hold NUL characters; a guest's message
+/// may contain them.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
