@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Command, FromArgMatches};
 
 /// A configuration that cannot work, reported before anything starts.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,17 @@ fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> 
     }
 }
 
+/// The settings a process gets with no flags: environment variables where
+/// set, defaults otherwise. Used by embedders and tests.
+pub fn from_env<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(Command::new("taskflow"));
+    let matches = command
+        .try_get_matches_from(["taskflow"])
+        .unwrap_or_else(|error| panic!("invalid TASKFLOW_* environment: {error}"));
+    T::from_arg_matches(&matches)
+        .unwrap_or_else(|error| panic!("invalid TASKFLOW_* environment: {error}"))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
@@ -32,8 +43,8 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
 /// Where PostgreSQL and Redis live.
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
-    /// PostgreSQL connection URL. The database must exist; TaskFlow creates
-    /// its tables with `taskflow migrate` (or on start of `api` and `dev`).
+    /// PostgreSQL connection URL. `taskflow migrate`, `api` and `dev` create
+    /// the database if it is missing and apply migrations.
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -50,8 +50,8 @@ pub struct SubmitArgs {
     /// How long `--wait` waits, e.g. `30s`, `5m`.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub wait_timeout: Duration,
+    /// API address and output format.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub client: ClientArgs,
 }
 

@@ -24,23 +24,23 @@ use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy,
 /// `taskflow dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
+    /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub connections: Connections,
+    /// API settings.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub api: ApiConfig,
+    /// Worker settings.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub worker: WorkerConfig,
+    /// Job limits.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub limits: JobLimits,
+    /// Lease settings.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub lease: LeaseConfig,
+    /// Retry schedule.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub retry: RetryPolicy,
     /// Number of workers to start.
     #[arg(long, default_value_t = 2)]

@@ -45,45 +45,45 @@ pub enum Command {
 /// `taskflow api`.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
+    /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub connections: Connections,
+    /// API settings.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub api: ApiConfig,
+    /// Job limits.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub limits: JobLimits,
+    /// Lease settings.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub lease: LeaseConfig,
 }
 
 /// `taskflow worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
+    /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub connections: Connections,
+    /// Worker settings.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub worker: WorkerConfig,
+    /// Job limits.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub limits: JobLimits,
+    /// Lease settings.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub lease: LeaseConfig,
+    /// Retry schedule.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub retry: RetryPolicy,
 }
 
 /// `taskflow migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
+    /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub connections: Connections,
 }
 
@@ -110,16 +110,16 @@ pub enum ModuleCommand {
     Push {
         /// The component file.
         file: PathBuf,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
     /// Show a module.
     Get {
         /// Its SHA-256.
         hash: String,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
     /// List modules.
@@ -130,8 +130,8 @@ pub enum ModuleCommand {
         /// `next_cursor` of the previous page.
         #[arg(long)]
         cursor: Option<String>,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
 }
@@ -145,8 +145,8 @@ pub enum JobCommand {
     Get {
         /// The job id.
         id: Uuid,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
     /// List jobs, newest first.
@@ -163,32 +163,32 @@ pub enum JobCommand {
         /// `next_cursor` of the previous page.
         #[arg(long)]
         cursor: Option<String>,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
     /// Show every finished attempt of a job, with its log.
     Attempts {
         /// The job id.
         id: Uuid,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
     /// Cancel a job that has not finished.
     Cancel {
         /// The job id.
         id: Uuid,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
     /// Requeue a dead or cancelled job.
     Retry {
         /// The job id.
         id: Uuid,
+        /// API address and output format.
         #[command(flatten)]
-        #[allow(missing_docs)]
         client: ClientArgs,
     },
 }

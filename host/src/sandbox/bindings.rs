@@ -9,4 +9,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use taskflow::task::host::{JobContext, Level};
+pub use self::taskflow::task::host::{JobContext, Level};

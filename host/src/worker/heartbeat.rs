@@ -29,10 +29,13 @@ use crate::lease::{Leases, Renewal};
 use crate::sandbox::RunGrant;
 use crate::store::{LeaseRef, Store};
 
+/// Per job: the fencing token of the attempt this worker runs, and its grant.
+type HeldLeases = HashMap<Uuid, (i64, Arc<RunGrant>)>;
+
 /// The attempts a worker holds leases for.
 #[derive(Debug, Clone, Default)]
 pub struct InFlight {
-    attempts: Arc<Mutex<HashMap<Uuid, (i64, Arc<RunGrant>)>>>,
+    attempts: Arc<Mutex<HeldLeases>>,
 }
 
 impl InFlight {
@@ -81,7 +84,7 @@ impl InFlight {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (i64, Arc<RunGrant>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldLeases> {
         self.attempts
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())

@@ -15,8 +15,11 @@ enum Mode {
     Spin,
     /// Grows memory without bound.
     Allocate,
-    /// Recurses without bound.
+    /// Recurses without bound, using only the WebAssembly call stack.
     Recurse,
+    /// Recurses without bound with big frames, overflowing the stack the
+    /// guest keeps in its linear memory.
+    DeepStack,
     /// Executes `unreachable`.
     Trap,
     /// Panics with `message`.
@@ -63,6 +66,7 @@ impl Guest for Misbehave {
                 }
             }
             Mode::Recurse => Ok(recurse(0).to_le_bytes().to_vec()),
+            Mode::DeepStack => Ok(recurse_with_frames(0).to_le_bytes().to_vec()),
             Mode::Trap => {
                 #[cfg(target_arch = "wasm32")]
                 core::arch::wasm32::unreachable();
@@ -106,11 +110,18 @@ impl Guest for Misbehave {
     }
 }
 
-// Unbounded on purpose: the host must stop it with `stack_overflow`.
+// Unbounded on purpose: the host must stop it with `stack_overflow`. The
+// rotate-then-xor keeps LLVM from turning the recursion into a loop.
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
+    recurse(depth + 1).rotate_left(1) ^ depth
+}
+
+// Like `recurse`, but each frame holds an array in linear memory.
+#[allow(unconditional_recursion)]
+fn recurse_with_frames(depth: u64) -> u64 {
     let frame = std::hint::black_box([depth; 16]);
-    recurse(depth + 1) + frame[3]
+    recurse_with_frames(depth + 1) + frame[3]
 }
 
 taskflow_sdk::export_task!(Misbehave);

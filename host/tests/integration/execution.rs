@@ -1,0 +1,230 @@
+//! Retries, dead-lettering and sandbox limits, through real workers.
+
+use std::time::Duration;
+
+use serde_json::json;
+use taskflow::api::types::SubmitJob;
+use taskflow::backoff::retry_delay;
+use taskflow::store::JobState;
+
+use crate::support::TestApp;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_job_retries_on_the_documented_schedule_then_is_dead_lettered() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let job = app
+        .submit_with(SubmitJob {
+            module,
+            input: Some(json!({"mode": "retryable_error", "message": "upstream busy"})),
+            max_attempts: Some(4),
+            ..Default::default()
+        })
+        .await;
+    let job = app.wait_final(job.id).await;
+
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(job.attempt, 4);
+    assert_eq!(job.attempts_left, 0);
+    assert_eq!(job.last_error.as_ref().unwrap()["kind"], "guest_error");
+    assert_eq!(job.last_error.as_ref().unwrap()["message"], "upstream busy");
+
+    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    assert_eq!(
+        attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    for pair in attempts.windows(2) {
+        let (failed, next) = (&pair[0], &pair[1]);
+        assert_eq!(failed.error_kind.as_deref(), Some("guest_error"));
+        let delay = retry_delay(&app.retry, job.id, failed.attempt as u32);
+        let waited = (next.started_at - failed.finished_at).to_std().unwrap();
+        assert!(
+            waited >= delay,
+            "attempt {} started {waited:?} after the failure, before its backoff {delay:?}",
+            next.attempt
+        );
+        assert!(
+            waited < delay + Duration::from_secs(2),
+            "attempt {} waited {waited:?}, far past {delay:?}",
+            next.attempt
+        );
+        assert!(
+            next.lease_token > failed.lease_token,
+            "every attempt gets a larger fencing token"
+        );
+    }
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_retryable_error_dead_letters_at_once_and_retry_gives_fresh_attempts() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let fatal = app
+        .submit(
+            &module,
+            json!({"mode": "fatal_error", "message": "bad input"}),
+        )
+        .await;
+    let fatal = app.wait_final(fatal.id).await;
+    assert_eq!(fatal.state, JobState::Dead);
+    assert_eq!(
+        fatal.attempt, 1,
+        "not retried although 5 attempts were allowed"
+    );
+    assert_eq!(fatal.last_error.unwrap()["message"], "bad input");
+
+    // Out of attempts, then requeued: succeeds on the second attempt overall.
+    let flaky = app
+        .submit_with(SubmitJob {
+            module,
+            input: Some(json!({"mode": "fail_until", "succeed_on": 2})),
+            max_attempts: Some(1),
+            ..Default::default()
+        })
+        .await;
+    let flaky = app.wait_final(flaky.id).await;
+    assert_eq!(flaky.state, JobState::Dead);
+    assert_eq!(app.client.retry(flaky.id).await.unwrap().attempts_left, 1);
+    let flaky = app.wait_final(flaky.id).await;
+    assert_eq!(flaky.state, JobState::Succeeded);
+    assert_eq!(flaky.output, Some(json!({"attempt": 2})));
+    let attempts = app.client.attempts(flaky.id).await.unwrap().attempts;
+    assert_eq!(attempts.len(), 2, "the dead attempt is kept");
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps_serving() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let hostile = |input: serde_json::Value, tweak: fn(&mut SubmitJob)| {
+        let mut job = SubmitJob {
+            module: module.clone(),
+            input: Some(input),
+            max_attempts: Some(1),
+            ..Default::default()
+        };
+        tweak(&mut job);
+        job
+    };
+    let cases = vec![
+        (
+            "timeout",
+            hostile(json!({"mode": "spin"}), |j| {
+                j.timeout_ms = Some(300);
+                j.fuel = Some(1_000_000_000_000)
+            }),
+        ),
+        (
+            "timeout",
+            hostile(json!({"mode": "sleep", "ms": 60_000}), |j| {
+                j.timeout_ms = Some(300)
+            }),
+        ),
+        (
+            "fuel_exhausted",
+            hostile(json!({"mode": "spin"}), |j| j.fuel = Some(5_000_000)),
+        ),
+        (
+            "memory_limit",
+            hostile(json!({"mode": "allocate"}), |j| {
+                j.memory_limit_bytes = Some(16 << 20)
+            }),
+        ),
+        (
+            "stack_overflow",
+            hostile(json!({"mode": "recurse"}), |_| {}),
+        ),
+        (
+            "stack_overflow",
+            hostile(json!({"mode": "deep_stack"}), |_| {}),
+        ),
+        ("trap", hostile(json!({"mode": "trap"}), |_| {})),
+        (
+            "panic",
+            hostile(json!({"mode": "panic", "message": "it broke"}), |_| {}),
+        ),
+        (
+            "output_too_large",
+            hostile(json!({"mode": "big_output", "bytes": 2 << 20}), |_| {}),
+        ),
+    ];
+    let mut submitted = Vec::new();
+    for (kind, request) in &cases {
+        submitted.push((*kind, app.submit_with(request.clone()).await));
+    }
+    let healthy = app
+        .submit(
+            &module,
+            json!({"mode": "succeed", "output": {"fine": true}}),
+        )
+        .await;
+
+    for (kind, job) in submitted {
+        let job = app.wait_final(job.id).await;
+        assert_eq!(job.state, JobState::Dead, "{kind}");
+        let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+        assert_eq!(
+            attempts[0].error_kind.as_deref(),
+            Some(kind),
+            "{kind}: {:?}",
+            attempts[0].error_message
+        );
+        assert_eq!(attempts[0].worker_id, "w1");
+        if kind == "panic" {
+            assert!(
+                attempts[0]
+                    .error_message
+                    .as_deref()
+                    .unwrap()
+                    .contains("it broke")
+            );
+        }
+        if kind == "fuel_exhausted" {
+            assert_eq!(attempts[0].fuel_consumed, Some(5_000_000));
+        }
+    }
+    let healthy = app.wait_final(healthy.id).await;
+    assert_eq!(healthy.state, JobState::Succeeded);
+    assert_eq!(healthy.worker_id.as_deref(), Some("w1"));
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_flood_is_bounded_and_does_not_fail_the_job() {
+    let mut options = crate::support::TestOptions::default();
+    options.limits.max_log_bytes = 10_000;
+    let app = TestApp::start_with(options).await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let job = app
+        .submit(
+            &module,
+            json!({"mode": "log_spam", "lines": 5000, "width": 100}),
+        )
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    let kept = attempt.logs.as_array().unwrap();
+    let bytes: usize = kept
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().len())
+        .sum();
+    assert!(bytes <= 10_000, "kept {bytes} bytes");
+    assert_eq!(
+        kept.len() + attempt.logs_dropped as usize,
+        10_000,
+        "every line is kept or counted"
+    );
+    worker.stop().await;
+    app.finish().await;
+}

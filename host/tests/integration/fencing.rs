@@ -1,0 +1,221 @@
+//! Fencing tokens: only the attempt holding the current token may finish a
+//! job. These exercise the store directly with `#[sqlx::test]` (a database
+//! per test), playing each actor's statements in the order that breaks
+//! naive queues.
+
+use std::time::Duration;
+
+use sha2::Digest;
+use sqlx::PgPool;
+use taskflow::store::{
+    AttemptOutcome, ClaimedJob, FinishedAttempt, JobState, NewJob, NextState, Store, Transition,
+};
+use uuid::Uuid;
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn store_with_job(pool: PgPool) -> (Store, Uuid) {
+    let store = Store::from_pool(pool);
+    let bytes = b"not run by these tests".to_vec();
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    store.insert_module(&hash, &bytes).await.unwrap();
+    let id = Uuid::now_v7();
+    store
+        .insert_jobs(&[NewJob {
+            id,
+            module_hash: hash,
+            queue: "default".into(),
+            priority: 0,
+            input: b"{}".to_vec(),
+            max_attempts: 5,
+            timeout_ms: 1000,
+            fuel: 1000,
+            memory_limit_bytes: 1 << 20,
+            run_at: None,
+            idempotency_key: None,
+            request_fingerprint: None,
+        }])
+        .await
+        .unwrap();
+    (store, id)
+}
+
+fn outcome(
+    job: &ClaimedJob,
+    worker: &str,
+    outcome: AttemptOutcome,
+    next: NextState,
+) -> FinishedAttempt {
+    FinishedAttempt {
+        lease: job.lease(),
+        attempt: job.attempt,
+        worker_id: worker.into(),
+        started_at: job.attempted_at,
+        outcome,
+        error_kind: (outcome != AttemptOutcome::Succeeded).then(|| "lease_expired".into()),
+        error_message: None,
+        fuel_consumed: None,
+        duration_us: None,
+        logs: serde_json::json!([]),
+        logs_dropped: 0,
+        next,
+    }
+}
+
+fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt {
+    outcome(
+        job,
+        worker,
+        AttemptOutcome::Succeeded,
+        NextState::Succeeded {
+            output: output.to_vec(),
+        },
+    )
+}
+
+#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
+async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted(pool: PgPool) {
+    let (store, id) = store_with_job(pool).await;
+
+    let old = store
+        .claim_available("default", "paused-worker", 10, TTL)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(old.id, id);
+    assert!(
+        store
+            .claim_available("default", "other", 10, TTL)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a running job is not claimable"
+    );
+
+    // The paused worker's lease expires; the rescuer ends its attempt.
+    let rescue = outcome(
+        &old,
+        "paused-worker",
+        AttemptOutcome::LeaseExpired,
+        NextState::Retrying {
+            delay: Duration::ZERO,
+        },
+    );
+    assert_eq!(
+        store.finish_if_lease_matches(&[rescue]).await.unwrap(),
+        [Transition::Applied]
+    );
+    assert_eq!(store.promote_due(10).await.unwrap(), ["default"]);
+    let new = store
+        .claim_available("default", "healthy-worker", 10, TTL)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(new.lease_token > old.lease_token);
+    assert_eq!(new.attempt, 2);
+
+    // The paused worker wakes up and reports success with its old token.
+    let stale = store
+        .finish_if_lease_matches(&[success(&old, "paused-worker", b"\"stale\"")])
+        .await
+        .unwrap();
+    assert_eq!(stale, [Transition::Stale]);
+    let job = store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.job.state, JobState::Running);
+    assert_eq!(job.job.lease_token, Some(new.lease_token));
+    assert_eq!(job.output, None, "the stale result was not written");
+
+    // The current holder finishes; a duplicate of its write changes nothing.
+    let current = success(&new, "healthy-worker", b"\"fresh\"");
+    assert_eq!(
+        store
+            .finish_if_lease_matches(std::slice::from_ref(&current))
+            .await
+            .unwrap(),
+        [Transition::Applied]
+    );
+    assert_eq!(
+        store.finish_if_lease_matches(&[current]).await.unwrap(),
+        [Transition::Stale]
+    );
+    let job = store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.job.state, JobState::Succeeded);
+    assert_eq!(job.output.as_deref(), Some(&b"\"fresh\""[..]));
+
+    let attempts = store.list_attempts(id).await.unwrap().unwrap();
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.lease_token, a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (old.lease_token, AttemptOutcome::LeaseExpired),
+            (new.lease_token, AttemptOutcome::Succeeded)
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
+async fn a_cancel_wins_over_a_running_attempt_that_finishes_later(pool: PgPool) {
+    let (store, id) = store_with_job(pool).await;
+    let running = store
+        .claim_available("default", "w", 1, TTL)
+        .await
+        .unwrap()
+        .remove(0);
+    let cancelled = store.cancel_if_unfinished(id).await.unwrap();
+    assert_eq!(cancelled.previous, JobState::Running);
+    assert_eq!(cancelled.job.state, JobState::Cancelled);
+
+    let late = store
+        .finish_if_lease_matches(&[success(&running, "w", b"1")])
+        .await
+        .unwrap();
+    assert_eq!(late, [Transition::Stale]);
+    let job = store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.job.state, JobState::Cancelled);
+    let attempts = store.list_attempts(id).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Cancelled);
+}
+
+#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
+async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished(pool: PgPool) {
+    let (store, id) = store_with_job(pool).await;
+    let job = store
+        .claim_available("default", "w", 1, TTL)
+        .await
+        .unwrap()
+        .remove(0);
+    let finished = store
+        .finish_if_lease_matches(&[success(&job, "w", b"1")])
+        .await
+        .unwrap();
+    assert_eq!(finished, [Transition::Applied]);
+
+    // A rescuer that read the job as running a moment earlier acts now.
+    let rescue = outcome(
+        &job,
+        "w",
+        AttemptOutcome::LeaseExpired,
+        NextState::Retrying {
+            delay: Duration::ZERO,
+        },
+    );
+    assert_eq!(
+        store.finish_if_lease_matches(&[rescue]).await.unwrap(),
+        [Transition::Stale]
+    );
+    assert_eq!(
+        store.get_job(id).await.unwrap().unwrap().job.state,
+        JobState::Succeeded
+    );
+    assert_eq!(
+        store
+            .extend_leases_if_token_matches(&[job.lease()], TTL)
+            .await
+            .unwrap(),
+        0
+    );
+}

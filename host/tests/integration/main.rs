@@ -1,0 +1,13 @@
+//! Integration tests: real PostgreSQL, real Redis, real wasmtime, real
+//! plugins. Each test gets its own database and Redis key prefix, so they
+//! run in parallel. Run them with `scripts/test`.
+
+mod support;
+
+mod execution;
+mod fencing;
+mod jobs_api;
+mod modules_api;
+mod race;
+mod recovery;
+mod sandbox;

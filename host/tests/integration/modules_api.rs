@@ -1,0 +1,153 @@
+//! Module upload validation.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{TestApp, TestOptions, plugin};
+
+async fn put_module(app: &TestApp, body: Vec<u8>) -> (StatusCode, Value) {
+    let response = app
+        .http()
+        .put(format!("{}/v1/modules", app.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (
+        status,
+        response.json().await.expect("every response is JSON"),
+    )
+}
+
+async fn module_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM modules")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_component_is_stored_by_hash_and_reuploading_it_is_idempotent() {
+    let app = TestApp::start().await;
+    let bytes = plugin("hello");
+    let expected_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+
+    let (status, body) = put_module(&app, bytes.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["hash"], expected_hash.as_str());
+    assert_eq!(body["size_bytes"], bytes.len());
+
+    let (status, again) = put_module(&app, bytes).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["hash"], expected_hash.as_str());
+    assert_eq!(again["created_at"], body["created_at"]);
+    assert_eq!(module_count(&app).await, 1);
+
+    let fetched = app.client.get_module(&expected_hash).await.unwrap();
+    assert_eq!(fetched.size_bytes as usize, plugin("hello").len());
+    let listed = app.client.list_modules(None, None).await.unwrap();
+    assert_eq!(listed.modules.len(), 1);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anything_but_a_task_component_is_rejected_with_a_reason_and_not_stored() {
+    let app = TestApp::start().await;
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str, &str)> = vec![
+        (
+            "garbage",
+            b"definitely not wasm".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not_wasm",
+            "not a WebAssembly binary",
+        ),
+        (
+            "empty",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "component's bytes",
+        ),
+        (
+            "core module",
+            wat::parse_str("(module)").unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "core_module",
+            "not a component",
+        ),
+        (
+            "truncated component",
+            plugin("hello")[..1000].to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_component",
+            "invalid component",
+        ),
+        (
+            "component of another world",
+            wat::parse_str("(component)").unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_world",
+            "must export `run",
+        ),
+        (
+            "component importing an unknown interface",
+            wat::parse_str(
+                r#"(component (import "acme:evil/network" (instance (export "connect" (func)))))"#,
+            )
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_world",
+            "acme:evil/network",
+        ),
+    ];
+    for (name, bytes, status, code, message) in cases {
+        let (actual_status, body) = put_module(&app, bytes).await;
+        assert_eq!(actual_status, status, "{name}: {body}");
+        assert_eq!(body["error"]["code"], code, "{name}: {body}");
+        let text = body["error"]["message"].as_str().unwrap();
+        assert!(
+            text.contains(message),
+            "{name}: {text:?} should mention {message:?}"
+        );
+    }
+    assert_eq!(module_count(&app).await, 0);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_over_the_size_limit_gets_413() {
+    let mut options = TestOptions::default();
+    options.limits.max_module_bytes = 10_000;
+    let app = TestApp::start_with(options).await;
+    let (status, body) = put_module(&app, plugin("hello")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "body_too_large");
+    assert!(body["error"]["message"].as_str().unwrap().contains("10000"));
+    assert_eq!(module_count(&app).await, 0);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn module_lookups_validate_the_hash() {
+    let app = TestApp::start().await;
+    let response = app
+        .http()
+        .get(format!("{}/v1/modules/not-a-hash", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_hash");
+
+    let missing = "0".repeat(64);
+    let response = app
+        .http()
+        .get(format!("{}/v1/modules/{missing}", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.finish().await;
+}

@@ -1,0 +1,141 @@
+//! Recovery from failures: a worker process killed mid-job, and Redis losing
+//! every key mid-run.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use taskflow::api::types::{SubmitBatch, SubmitJob};
+use taskflow::store::JobState;
+use uuid::Uuid;
+
+use crate::support::{TestApp, eventually};
+
+/// Starts `taskflow worker` as its own OS process against the test's
+/// database and Redis prefix.
+fn worker_process(app: &TestApp, id: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
+        .arg("worker")
+        .env("DATABASE_URL", &app.db.url)
+        .env("REDIS_URL", &app.connections.redis_url)
+        .env("TASKFLOW_REDIS_PREFIX", &app.connections.redis_prefix)
+        .env("TASKFLOW_LEASE_TTL", "1s")
+        .env("TASKFLOW_WORKER_ID", id)
+        .env("TASKFLOW_CACHE_DIR", &app.cache_dir)
+        .env("TASKFLOW_DISPATCH_INTERVAL", "100ms")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the taskflow binary starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expires() {
+    let app = TestApp::start().await;
+    let module = app.upload("misbehave").await;
+    let mut doomed = worker_process(&app, "doomed");
+    let job = app
+        .submit(&module, json!({"mode": "sleep", "ms": 2000}))
+        .await;
+    eventually(Duration::from_secs(30), || async {
+        let job = app.client.get_job(job.id).await.unwrap();
+        (job.state == JobState::Running && job.worker_id.as_deref() == Some("doomed")).then_some(())
+    })
+    .await;
+
+    doomed.kill().expect("SIGKILL the worker");
+    doomed.wait().unwrap();
+    let killed_at = chrono::Utc::now();
+    let survivor = app.spawn_worker("survivor");
+
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.worker_id.as_deref(), Some("survivor"));
+    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].outcome.as_str(), "lease_expired");
+    assert_eq!(attempts[0].worker_id, "doomed");
+    assert!(
+        attempts[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("doomed")
+    );
+    assert_eq!(attempts[1].outcome.as_str(), "succeeded");
+    let rescue_after = (attempts[0].finished_at - killed_at)
+        .to_std()
+        .unwrap_or_default();
+    assert!(
+        rescue_after < Duration::from_secs(5),
+        "rescued {rescue_after:?} after the kill; the lease TTL is 1 s"
+    );
+    survivor.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run() {
+    let app = TestApp::start().await;
+    let module = app.upload("misbehave").await;
+    let workers = [app.spawn_worker("w1"), app.spawn_worker("w2")];
+    let jobs: Vec<SubmitJob> = (0..200)
+        .map(|_| SubmitJob {
+            module: module.clone(),
+            input: Some(json!({"mode": "sleep", "ms": 15})),
+            ..Default::default()
+        })
+        .collect();
+    let ids: Vec<Uuid> = app
+        .client
+        .submit_batch(&SubmitBatch { jobs })
+        .await
+        .unwrap()
+        .jobs
+        .iter()
+        .map(|j| j.job.id)
+        .collect();
+
+    let started = Instant::now();
+    let mut flushes = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+        if done == ids.len() as i64 {
+            break;
+        }
+        if app.flush_redis().await > 0 {
+            flushes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        flushes >= 2,
+        "the run should span several flushes (had {flushes})"
+    );
+
+    let attempts: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
+        "SELECT job_id, count(*) FROM job_attempts GROUP BY job_id",
+    )
+    .fetch_all(app.store().pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for id in &ids {
+        let job = app.client.get_job(*id).await.unwrap();
+        assert_eq!(job.state, JobState::Succeeded, "job {id}");
+        assert_eq!(
+            attempts.get(id),
+            Some(&1),
+            "job {id} ran more than once: live leases were restored, not rescued"
+        );
+    }
+    for worker in workers {
+        worker.stop().await;
+    }
+    app.finish().await;
+}

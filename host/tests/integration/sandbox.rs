@@ -1,0 +1,133 @@
+//! The sandbox on its own: compiled-code cache, determinism, lease loss.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+use taskflow::sandbox::{
+    Attempt, AttemptLimits, CacheSource, FailureKind, JobContext, RunGrant, Sandbox, SandboxConfig,
+};
+
+use crate::support::plugin;
+
+fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        max_concurrent_attempts: 2,
+        max_memory_bytes: 64 << 20,
+        max_output_bytes: 1 << 20,
+        max_log_bytes: 64 << 10,
+        cache_dir,
+        memory_cache_capacity: 8,
+    })
+    .expect("sandbox starts")
+}
+
+fn attempt(input: &str, fuel: u64, grant: Arc<RunGrant>) -> Attempt {
+    Attempt {
+        input: input.as_bytes().to_vec(),
+        context: JobContext {
+            job_id: "test".into(),
+            attempt: 1,
+            max_attempts: 1,
+            queue: "default".into(),
+        },
+        limits: AttemptLimits {
+            timeout: Duration::from_secs(20),
+            fuel,
+            memory_bytes: 32 << 20,
+        },
+        grant,
+    }
+}
+
+async fn prepare(
+    sandbox: &Sandbox,
+    bytes: Vec<u8>,
+) -> (taskflow::sandbox::PreparedTask, CacheSource) {
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    sandbox
+        .prepare(&hash, async move { Ok(bytes) })
+        .await
+        .expect("plugin prepares")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_loads_compiled_code_from_its_disk_cache() {
+    let dir = std::env::temp_dir().join(format!(
+        "taskflow-cache-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let first = sandbox(Some(dir.clone()));
+    assert_eq!(
+        prepare(&first, plugin("hello")).await.1,
+        CacheSource::Compiled
+    );
+    assert_eq!(
+        prepare(&first, plugin("hello")).await.1,
+        CacheSource::Memory
+    );
+    drop(first);
+
+    let restarted = sandbox(Some(dir.clone()));
+    let (task, source) = prepare(&restarted, plugin("hello")).await;
+    assert_eq!(source, CacheSource::Disk);
+    let execution = restarted
+        .run(
+            &task,
+            attempt(r#"{"name":"cache"}"#, 1 << 30, RunGrant::unlimited()),
+        )
+        .await;
+    assert_eq!(
+        execution.result.unwrap(),
+        br#"{"greeting":"Hello, cache!"}"#
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fuel_use_is_deterministic() {
+    let sandbox = sandbox(None);
+    let (task, _) = prepare(&sandbox, plugin("misbehave")).await;
+    let input = r#"{"mode":"burn","iterations":100000}"#;
+    let first = sandbox
+        .run(&task, attempt(input, 1 << 40, RunGrant::unlimited()))
+        .await;
+    let second = sandbox
+        .run(&task, attempt(input, 1 << 40, RunGrant::unlimited()))
+        .await;
+    assert!(first.result.is_ok() && second.result.is_ok());
+    assert!(first.fuel_consumed > 100_000);
+    assert_eq!(first.fuel_consumed, second.fuel_consumed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_stops_when_its_grant_lapses_or_is_revoked() {
+    let sandbox = sandbox(None);
+    let (task, _) = prepare(&sandbox, plugin("misbehave")).await;
+
+    let lapsing = RunGrant::until(Instant::now() + Duration::from_millis(200));
+    let started = Instant::now();
+    let execution = sandbox
+        .run(&task, attempt(r#"{"mode":"spin"}"#, u64::MAX / 2, lapsing))
+        .await;
+    assert_eq!(execution.result.unwrap_err().kind, FailureKind::LeaseLost);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let revoked = RunGrant::unlimited();
+    let revoker = revoked.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        revoker.revoke();
+    });
+    let execution = sandbox
+        .run(
+            &task,
+            attempt(r#"{"mode":"sleep","ms":60000}"#, 1 << 30, revoked),
+        )
+        .await;
+    assert_eq!(
+        execution.result.unwrap_err().kind,
+        FailureKind::LeaseLost,
+        "even while blocked in a host call"
+    );
+}

@@ -1,0 +1,310 @@
+//! Shared test setup: a fresh PostgreSQL database and Redis key prefix per
+//! test, the real API on an ephemeral port, real workers, real plugins.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use taskflow::api::types::{JobView, SubmitJob};
+use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
+use taskflow::client::Client;
+use taskflow::config::{
+    self, ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
+};
+use taskflow::store::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The server every test database is created on (its own database is only
+/// used to create and drop test databases).
+pub fn admin_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Redis for tests; each test uses its own key prefix.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A component built from `plugins/<name>` by `scripts/build-plugins`.
+pub fn plugin(name: &str) -> Vec<u8> {
+    let dir = match std::env::var("TASKFLOW_PLUGIN_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("wasm32-wasip2/plugin"),
+    };
+    let path = dir.join(format!("taskflow_plugin_{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; build the plugins first with scripts/build-plugins",
+            path.display()
+        )
+    })
+}
+
+/// A database of its own for one test, migrated.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub store: Store,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let admin_url = admin_database_url();
+        let name = format!("taskflow_test_{}", Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = match admin_url.rfind('/') {
+            Some(slash) => format!("{}/{name}", &admin_url[..slash]),
+            None => panic!("DATABASE_URL has no database name"),
+        };
+        let store = Store::connect_lazy(&url, 8).expect("valid URL");
+        store.migrate().await.expect("migrations apply");
+        Self { name, url, store }
+    }
+
+    pub async fn drop_database(self) {
+        self.store.pool().close().await;
+        let admin = sqlx::PgPool::connect(&admin_database_url())
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await
+        .expect("drop test database");
+    }
+}
+
+/// Settings a test may change before the app starts.
+pub struct TestOptions {
+    pub limits: JobLimits,
+    pub lease_ttl: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            limits: config::from_env(),
+            lease_ttl: Duration::from_secs(1),
+            retry: RetryPolicy {
+                backoff_base: Duration::from_millis(50),
+                backoff_max: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+/// A running API (and, on demand, workers) over a fresh database and Redis
+/// prefix.
+pub struct TestApp {
+    pub db: TestDb,
+    pub connections: Connections,
+    pub backends: Backends,
+    pub client: Client,
+    pub url: String,
+    pub limits: JobLimits,
+    pub retry: RetryPolicy,
+    pub cache_dir: PathBuf,
+    shutdown: CancellationToken,
+    api: JoinHandle<std::io::Result<()>>,
+}
+
+/// A worker started by a test.
+pub struct TestWorker {
+    pub id: String,
+    shutdown: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl TestWorker {
+    /// Stops claiming, lets running attempts finish, and waits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("worker task ends cleanly");
+    }
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(TestOptions::default()).await
+    }
+
+    pub async fn start_with(options: TestOptions) -> Self {
+        let db = TestDb::create().await;
+        let connections = Connections {
+            database_url: db.url.clone(),
+            database_max_connections: 16,
+            redis_url: redis_url(),
+            redis_prefix: format!("tftest:{}:", Uuid::new_v4().simple()),
+        };
+        let lease = LeaseConfig {
+            lease_ttl: options.lease_ttl,
+        };
+        let backends = Backends::connect(&connections, &lease).expect("valid connections");
+        let api_config = ApiConfig {
+            listen: "127.0.0.1:0".into(),
+            ..config::from_env()
+        };
+        let state =
+            api_state(&backends, options.limits.clone(), api_config).expect("valid API config");
+        let shutdown = CancellationToken::new();
+        let (address, api) = spawn_api(state, shutdown.clone()).await.expect("API binds");
+        let url = format!("http://{address}");
+        Self {
+            client: Client::new(&url),
+            url,
+            db,
+            connections,
+            backends,
+            limits: options.limits,
+            retry: options.retry,
+            cache_dir: std::env::temp_dir()
+                .join(format!("taskflow-test-cache-{}", Uuid::new_v4().simple())),
+            shutdown,
+            api,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.db.store
+    }
+
+    /// Worker settings suited to tests: fast polling and dispatch.
+    pub fn worker_config(&self, id: &str) -> WorkerConfig {
+        WorkerConfig {
+            worker_id: Some(id.to_owned()),
+            queues: vec!["default".into()],
+            concurrency: Some(2),
+            cache_dir: self.cache_dir.clone(),
+            poll_interval: Duration::from_millis(500),
+            dispatch_interval: Duration::from_millis(100),
+            metrics_listen: None,
+        }
+    }
+
+    pub fn spawn_worker(&self, id: &str) -> TestWorker {
+        self.spawn_worker_with(self.worker_config(id))
+    }
+
+    pub fn spawn_worker_with(&self, config: WorkerConfig) -> TestWorker {
+        let shutdown = self.shutdown.child_token();
+        let id = config.worker_id.clone().expect("test workers are named");
+        let handle = spawn_worker(
+            &self.backends,
+            config,
+            &self.limits,
+            self.retry.clone(),
+            shutdown.clone(),
+        )
+        .expect("worker starts");
+        TestWorker {
+            id,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// Uploads a plugin and returns its hash.
+    pub async fn upload(&self, name: &str) -> String {
+        self.client
+            .push_module(plugin(name))
+            .await
+            .expect("plugin uploads")
+            .0
+            .hash
+    }
+
+    /// Submits a job of `module` with JSON `input` and default options.
+    pub async fn submit(&self, module: &str, input: Value) -> JobView {
+        self.submit_with(SubmitJob {
+            module: module.into(),
+            input: Some(input),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn submit_with(&self, job: SubmitJob) -> JobView {
+        self.client.submit(&job).await.expect("job submits").job
+    }
+
+    /// Waits (up to a minute) for a job to reach a final state.
+    pub async fn wait_final(&self, id: Uuid) -> JobView {
+        self.client
+            .wait(id, Duration::from_secs(60))
+            .await
+            .expect("job finishes")
+    }
+
+    /// Raw HTTP against the API, for requests the typed client cannot make.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// Deletes every Redis key of this app: what a `FLUSHALL` does to it,
+    /// without disturbing tests running alongside.
+    pub async fn flush_redis(&self) -> usize {
+        let client = redis::Client::open(redis_url()).expect("valid Redis URL");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is reachable");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.connections.redis_prefix))
+            .query_async(&mut connection)
+            .await
+            .expect("KEYS");
+        if !keys.is_empty() {
+            let () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await
+                .expect("DEL");
+        }
+        keys.len()
+    }
+
+    /// Stops everything and drops the database.
+    pub async fn finish(self) {
+        self.shutdown.cancel();
+        let _ = self.api.await;
+        let _ = std::fs::remove_dir_all(&self.cache_dir);
+        self.db.drop_database().await;
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for up to `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
