@@ -178,6 +178,7 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 /// `taskflow worker`.
 pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.worker.metrics_listen.clone() {
+        crate::telemetry::prometheus();
         tokio::spawn(async move {
             if let Err(error) = crate::telemetry::serve_metrics(&listen).await {
                 tracing::error!(%error, %listen, "cannot serve worker metrics");

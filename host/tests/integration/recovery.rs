@@ -10,7 +10,7 @@ use taskflow::api::types::{SubmitBatch, SubmitJob};
 use taskflow::store::JobState;
 use uuid::Uuid;
 
-use crate::support::{TestApp, eventually};
+use crate::support::{TcpProxy, TestApp, eventually};
 
 /// Starts `taskflow worker` as its own OS process against the test's
 /// database and Redis prefix.
@@ -137,5 +137,65 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
     for worker in workers {
         worker.stop().await;
     }
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_back() {
+    let app = TestApp::start().await;
+    let module = app.upload("misbehave").await;
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxied_url = format!("postgres://postgres@{}/{}", proxy.address, app.db.name);
+    let worker = app.spawn_worker_via(&proxied_url, "partitioned");
+
+    let jobs: Vec<SubmitJob> = (0..6)
+        .map(|_| SubmitJob {
+            module: module.clone(),
+            input: Some(json!({"mode": "sleep", "ms": 400})),
+            ..Default::default()
+        })
+        .collect();
+    let ids: Vec<Uuid> = app
+        .client
+        .submit_batch(&SubmitBatch { jobs })
+        .await
+        .unwrap()
+        .jobs
+        .iter()
+        .map(|j| j.job.id)
+        .collect();
+    eventually(Duration::from_secs(30), || async {
+        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+        (running == 2).then_some(())
+    })
+    .await;
+
+    // The two running attempts finish while the worker cannot reach PostgreSQL.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    proxy.restore();
+
+    for id in &ids {
+        let job = app.wait_final(*id).await;
+        assert_eq!(job.state, JobState::Succeeded, "job {id}");
+        assert_eq!(job.attempt, 1, "job {id} was not run again");
+    }
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(attempts, ids.len() as i64);
+    assert!(
+        written < 2,
+        "the outage hid at least one finished outcome from PostgreSQL ({written} written)"
+    );
+    worker.stop().await;
     app.finish().await;
 }

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -204,10 +207,28 @@ impl TestApp {
     }
 
     pub fn spawn_worker_with(&self, config: WorkerConfig) -> TestWorker {
+        self.spawn_worker_on(&self.backends, config)
+    }
+
+    /// Starts a worker whose PostgreSQL traffic goes to `database_url`
+    /// (e.g. through a [`TcpProxy`]) instead of the test database directly.
+    pub fn spawn_worker_via(&self, database_url: &str, id: &str) -> TestWorker {
+        let connections = Connections {
+            database_url: database_url.to_owned(),
+            ..self.connections.clone()
+        };
+        let lease = LeaseConfig {
+            lease_ttl: self.backends.leases.ttl(),
+        };
+        let backends = Backends::connect(&connections, &lease).expect("valid connections");
+        self.spawn_worker_on(&backends, self.worker_config(id))
+    }
+
+    fn spawn_worker_on(&self, backends: &Backends, config: WorkerConfig) -> TestWorker {
         let shutdown = self.shutdown.child_token();
         let id = config.worker_id.clone().expect("test workers are named");
         let handle = spawn_worker(
-            &self.backends,
+            backends,
             config,
             &self.limits,
             self.retry.clone(),
@@ -306,5 +327,51 @@ where
             "condition not met within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP proxy a test can cut, to simulate a network partition between one
+/// process and a server without disturbing anything else on that server.
+pub struct TcpProxy {
+    pub address: SocketAddr,
+    down: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (accept_down, accept_cut) = (down.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if accept_down.load(Ordering::Acquire) {
+                    continue; // dropping the socket refuses the connection
+                }
+                let mut cuts = accept_cut.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { address, down, cut }
+    }
+
+    /// Cuts every open connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::Release);
+        self.cut.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::Release);
     }
 }
