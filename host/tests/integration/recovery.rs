@@ -199,3 +199,43 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
     worker.stop().await;
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_running_for_several_lease_ttls_keeps_its_lease_through_heartbeats() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let job = app
+        .submit(&module, json!({"mode": "sleep", "ms": 3500}))
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(
+        job.attempt, 1,
+        "the lease (TTL 1 s) was renewed, never rescued"
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
+    let app = TestApp::start().await;
+    let mut config = app.worker_config("w1");
+    config.poll_interval = Duration::from_secs(3600);
+    let worker = app.spawn_worker_with(config);
+    let module = app.upload("hello").await;
+    // Let the worker find the queue empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let job = app.submit(&module, json!({})).await;
+        let job = app
+            .client
+            .wait(job.id, Duration::from_secs(20))
+            .await
+            .expect("woken, not polled");
+        assert_eq!(job.state, JobState::Succeeded);
+    }
+    worker.stop().await;
+    app.finish().await;
+}
