@@ -227,12 +227,6 @@ impl LeaseConfig {
             "--lease-ttl must be at least 300ms".into()
         })
     }
-
-    /// How often a holder renews its leases: three renewals fit in one TTL,
-    /// so one lost renewal never costs a lease.
-    pub fn renew_interval(&self) -> Duration {
-        self.lease_ttl / 3
-    }
 }
 
 /// The control plane.
@@ -279,13 +273,15 @@ pub struct WorkerConfig {
     )]
     pub queues: Vec<String>,
 
-    /// Jobs this worker runs at once. Guests are CPU-bound (they have no I/O),
-    /// so the default is one per core; more only adds contention.
+    /// Jobs this worker runs at once. Guests have no network or files, so
+    /// they are CPU-bound (or sleeping): the default is one per core; more
+    /// only adds contention unless jobs mostly sleep.
     #[arg(long, env = "TASKFLOW_WORKER_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
-    /// Directory of this worker's compiled-module cache. Only this worker
-    /// writes it, and only files it wrote are ever loaded from it.
+    /// Directory of compiled modules. Only TaskFlow workers write it (files
+    /// they compiled themselves, never uploaded bytes); it may be shared by
+    /// the workers of one host and must not be writable by anyone else.
     #[arg(
         long,
         env = "TASKFLOW_CACHE_DIR",

@@ -86,7 +86,8 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "the database is unreachable; nothing was changed, retry the request",
+            "the database is unreachable; retry the request (send an idempotency_key so \
+             that a retried submission can never create a second job)",
         )
     }
 

@@ -124,6 +124,7 @@ pub fn spawn_worker(
     retry.validate()?;
     let id = config.effective_worker_id();
     let dispatch_interval = config.dispatch_interval;
+    let scheduler = Scheduler::new(backends.store.clone(), Waker::new(backends.redis.clone()));
     let worker = Worker::new(
         id,
         config,
@@ -132,8 +133,8 @@ pub fn spawn_worker(
         backends.store.clone(),
         backends.redis.clone(),
         backends.leases.clone(),
+        scheduler.nudge(),
     )?;
-    let scheduler = Scheduler::new(backends.store.clone(), Waker::new(backends.redis.clone()));
     let rescuer = Rescuer::new(backends.store.clone(), backends.leases.clone(), retry);
     Ok(tokio::spawn(async move {
         tokio::join!(

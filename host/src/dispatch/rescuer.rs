@@ -18,6 +18,10 @@
 //! A rescue is the same guarded write as a worker's finish
 //! ([`Store::finish_if_lease_matches`], outcome `lease_expired`), so it can
 //! never overwrite an attempt that finished or was claimed again meanwhile.
+//! Afterwards the rescuer marks the attempt's lease key as revoked (unless a
+//! newer attempt already owns it): if the old worker was only paused and
+//! restored its key between the rescuer's check and its write, its next
+//! renewal sees the marker and stops the attempt.
 //! The job then retries after its backoff, or is dead-lettered if that was
 //! its last attempt. Rescue latency: about one TTL after the worker's last
 //! renewal, plus up to one `dispatch_interval`.

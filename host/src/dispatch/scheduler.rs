@@ -1,13 +1,18 @@
 //! The scheduler: `scheduled | retrying → available` when `run_at` comes.
 //!
 //! Runs every `dispatch_interval` (default 1 s), or sooner when the next job
-//! falls due earlier, so a retry's backoff is honoured to within a few
-//! milliseconds rather than a whole interval. Each pass promotes due jobs in
-//! batches of [`BATCH_SIZE`] with one guarded statement per batch, then
-//! publishes one wake-up per queue that received jobs.
+//! falls due earlier. A worker [`nudge`](Scheduler::nudge)s the scheduler of
+//! its process whenever it schedules a retry, so the scheduler looks again
+//! at once: backoffs of this process's jobs are honoured to within a few
+//! milliseconds. (A retry scheduled by another process, while this
+//! scheduler sleeps, is promoted by that process's own scheduler.) Each pass
+//! promotes due jobs in batches of [`BATCH_SIZE`] with one guarded statement
+//! per batch, then publishes one wake-up per queue that received jobs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::Waker;
@@ -25,12 +30,23 @@ const MIN_SLEEP: Duration = Duration::from_millis(2);
 pub struct Scheduler {
     store: Store,
     waker: Waker,
+    nudge: Arc<Notify>,
 }
 
 impl Scheduler {
     /// A scheduler over `store`, waking workers through `waker`.
     pub fn new(store: Store, waker: Waker) -> Self {
-        Self { store, waker }
+        Self {
+            store,
+            waker,
+            nudge: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Signal this to make the scheduler recompute its next wake-up now
+    /// (after scheduling a job for a time sooner than it may be sleeping).
+    pub fn nudge(&self) -> Arc<Notify> {
+        self.nudge.clone()
     }
 
     /// Runs passes until `shutdown`, at least every `interval`.
@@ -53,6 +69,7 @@ impl Scheduler {
             };
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
+                () = self.nudge.notified() => {}
                 () = shutdown.cancelled() => return,
             }
         }

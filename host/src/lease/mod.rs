@@ -3,15 +3,21 @@
 //! Redis coordinates; it never holds the truth. A job exists in PostgreSQL
 //! before Redis hears of it, and every decision that matters (who may finish
 //! a job) is fenced by PostgreSQL. Redis may be flushed or restarted at any
-//! moment: workers restore their lease keys on the next renewal, the
-//! rescuer waits a grace period after it notices ([`Leases::redis_age`]), and
-//! wake-ups fall back to polling until Redis is back.
+//! moment: workers restore their lease keys on the next renewal (after
+//! PostgreSQL confirms them), the rescuer waits a grace period after it
+//! notices ([`Leases::redis_age`]), and wake-ups fall back to polling until
+//! Redis is back.
+//!
+//! Redis must not evict keys on its own (`maxmemory-policy noeviction`, the
+//! default): lease keys carry a TTL, so a `volatile-*` or `allkeys-*` policy
+//! could remove a live lease, and the rescuer would then end a live attempt
+//! (safely fenced, but wasted). Workers warn at startup if the policy differs.
 //!
 //! # Keys
 //!
 //! | key / channel              | value                       | written by          |
 //! |----------------------------|-----------------------------|---------------------|
-//! | `{prefix}lease:{job_id}`   | fencing token, TTL = lease  | worker; API revokes |
+//! | `{prefix}lease:{job_id}`   | fencing token, TTL = lease  | worker; API and rescuer revoke |
 //! | `{prefix}epoch`            | Redis time (ms) first seen  | rescuer             |
 //! | `{prefix}wake:{queue}`     | pub/sub channel             | API, scheduler      |
 
@@ -20,8 +26,8 @@ pub mod wakeup;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use crate::store::LeaseRef;
@@ -73,6 +79,26 @@ impl Redis {
         })
     }
 
+    /// Logs a warning if Redis may evict keys on its own (see the module
+    /// docs). Silent when `CONFIG` is not allowed, as on some managed Redis.
+    pub async fn warn_if_evicting(&self) {
+        let mut connection = self.connection.clone();
+        let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut connection)
+            .await;
+        if let Ok(policy) = policy
+            && let Some(value) = policy.get(1)
+            && value != "noeviction"
+        {
+            tracing::warn!(
+                policy = %value,
+                "Redis may evict lease keys under memory pressure; set maxmemory-policy noeviction"
+            );
+        }
+    }
+
     /// Whether Redis answers `PING`.
     pub async fn ping(&self) -> Result<(), RedisError> {
         let mut connection = self.connection.clone();
@@ -94,10 +120,10 @@ impl Redis {
 pub enum Renewal {
     /// The key held our token; its TTL is reset.
     Renewed,
-    /// The key was gone (Redis was flushed or restarted, or we were paused
-    /// past the TTL) and has been written again. The caller must confirm
-    /// with PostgreSQL that the lease is still current.
-    Restored,
+    /// The key is gone (Redis was flushed or restarted, or we were paused
+    /// past the TTL). Nothing was written: the caller confirms with
+    /// PostgreSQL that the lease is still current, then [`Leases::restore`]s it.
+    Missing,
     /// The key holds another token or was revoked: the lease is lost.
     Lost,
 }
@@ -116,28 +142,68 @@ pub struct Leases {
     ttl: Duration,
 }
 
-/// Renews each lease whose key still holds its token, restores a missing
-/// key, and reports a key holding anything else as lost.
+/// Renews each lease whose key still holds its token and reports the others
+/// as missing or lost; writes nothing else.
 /// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
-/// Returns one code per key: 1 renewed, 2 restored, 0 lost.
+/// Returns one code per key: 1 renewed, 2 missing, 0 lost.
 static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local out = {}
 for i, key in ipairs(KEYS) do
-  local token = ARGV[i + 1]
   local held = redis.call('GET', key)
-  if held == token then
+  if held == ARGV[i + 1] then
     redis.call('PEXPIRE', key, ARGV[1])
     out[i] = 1
   elseif not held then
-    redis.call('SET', key, token, 'PX', ARGV[1])
     out[i] = 2
   else
     out[i] = 0
   end
 end
 return out
+",
+    )
+});
+
+/// Writes each lease key that is missing or already holds its token, and
+/// reports a key holding anything else as lost. Used only for leases
+/// PostgreSQL has just confirmed.
+/// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
+/// Returns one code per key: 1 restored, 0 lost.
+static RESTORE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local held = redis.call('GET', key)
+  if not held or held == ARGV[i + 1] then
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+",
+    )
+});
+
+/// Marks each lease key as revoked unless it already belongs to a newer
+/// attempt (holds a token other than the one given).
+/// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[2]: the revoked marker;
+/// ARGV[2 + i]: token of KEYS[i], or the marker to revoke whatever is there.
+static REVOKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i, key in ipairs(KEYS) do
+  local held = redis.call('GET', key)
+  local token = ARGV[i + 2]
+  if token == ARGV[2] or not held or held == token then
+    redis.call('SET', key, ARGV[2], 'PX', ARGV[1])
+  end
+end
+return 0
 ",
     )
 });
@@ -187,6 +253,12 @@ impl Leases {
         self.ttl
     }
 
+    /// How often a holder renews its leases: three renewals fit in one TTL,
+    /// so one lost renewal never costs a lease.
+    pub fn renew_interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
     fn ttl_ms(&self) -> u64 {
         self.ttl.as_millis() as u64
     }
@@ -228,10 +300,29 @@ impl Leases {
             .into_iter()
             .map(|code| match code {
                 1 => Renewal::Renewed,
-                2 => Renewal::Restored,
+                2 => Renewal::Missing,
                 _ => Renewal::Lost,
             })
             .collect())
+    }
+
+    /// Rewrites the keys of leases PostgreSQL confirmed after a renewal found
+    /// them [`Renewal::Missing`]. Returns, per lease, whether it is held; a
+    /// key another attempt wrote meanwhile means the lease is lost.
+    pub async fn restore(&self, leases: &[LeaseRef]) -> Result<Vec<bool>, RedisError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = RESTORE_SCRIPT.prepare_invoke();
+        invocation.arg(self.ttl_ms());
+        for lease in leases {
+            invocation
+                .key(self.redis.lease_key(lease.job_id))
+                .arg(lease.lease_token);
+        }
+        let mut connection = self.redis.connection.clone();
+        let codes: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        Ok(codes.into_iter().map(|code| code == 1).collect())
     }
 
     /// Deletes the keys of finished attempts, in one round trip.
@@ -250,18 +341,36 @@ impl Leases {
         Ok(())
     }
 
-    /// Marks a job's lease as revoked, so whichever worker holds it learns at
-    /// its next renewal that it must stop (used when a running job is
+    /// Marks a job's lease as revoked, whoever holds it, so the holder learns
+    /// at its next renewal that it must stop (used when a running job is
     /// cancelled). The marker expires after one TTL.
     pub async fn revoke(&self, job_id: Uuid) -> Result<(), RedisError> {
+        self.revoke_keys(&[(job_id, REVOKED.to_owned())]).await
+    }
+
+    /// Marks the leases of ended attempts as revoked unless a newer attempt
+    /// already wrote its own key (used by the rescuer, so a worker that comes
+    /// back after its attempt was rescued learns at its next renewal that it
+    /// must stop).
+    pub async fn revoke_if_held(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
+        let keys: Vec<_> = leases
+            .iter()
+            .map(|l| (l.job_id, l.lease_token.to_string()))
+            .collect();
+        self.revoke_keys(&keys).await
+    }
+
+    async fn revoke_keys(&self, keys: &[(Uuid, String)]) -> Result<(), RedisError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = REVOKE_SCRIPT.prepare_invoke();
+        invocation.arg(self.ttl_ms()).arg(REVOKED);
+        for (job_id, token) in keys {
+            invocation.key(self.redis.lease_key(*job_id)).arg(token);
+        }
         let mut connection = self.redis.connection.clone();
-        let () = connection
-            .set_options(
-                self.redis.lease_key(job_id),
-                REVOKED,
-                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
-            )
-            .await?;
+        let () = invocation.invoke_async(&mut connection).await?;
         Ok(())
     }
 

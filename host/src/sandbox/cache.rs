@@ -8,8 +8,10 @@
 //! loads machine code instead of recompiling.
 //!
 //! Safety of the disk cache: `Component::deserialize_file` trusts its input
-//! (it is machine code). It only ever reads files this worker wrote, in a
-//! directory it created with mode 0700, under a subdirectory named after
+//! (it is machine code). The cache only ever holds files a TaskFlow worker
+//! wrote from components it compiled itself, in a directory created with
+//! mode 0700 (shared by the workers of one host and user, never writable by
+//! anyone else), under a subdirectory named after
 //! [`wasmtime::Engine::precompile_compatibility_hash`] so artifacts from a
 //! different wasmtime version or configuration are never loaded. Bytes a
 //! user uploaded are never deserialized: they are always compiled.
@@ -78,9 +80,9 @@ impl ComponentCache {
         if !path.exists() {
             return None;
         }
-        // SAFETY: `path` is inside this worker's private cache directory and
-        // was written by `write_to_disk` from a component this engine
-        // compiled; the directory name pins the engine's compatibility hash.
+        // SAFETY: `path` is inside the workers' private cache directory and
+        // was written by `write_to_disk` from a component a worker compiled;
+        // the directory name pins the engine's compatibility hash.
         match unsafe { Component::deserialize_file(&self.engine, &path) } {
             Ok(component) => Some(component),
             Err(error) => {
@@ -131,7 +133,12 @@ impl ComponentCache {
             .and_then(|code| {
                 // Write then rename, so a crash never leaves a truncated file
                 // under the final name.
-                let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+                // Unique per writer: workers of one host share the directory.
+                let temporary = path.with_extension(format!(
+                    "tmp.{}.{}",
+                    std::process::id(),
+                    uuid::Uuid::new_v4().simple()
+                ));
                 let mut file = std::fs::File::create(&temporary)?;
                 file.write_all(&code)?;
                 file.sync_all()?;

@@ -54,8 +54,16 @@ struct CaptureState {
     bytes: usize,
     limit: usize,
     dropped: u32,
-    stdout_partial: Vec<u8>,
-    stderr_partial: Vec<u8>,
+    stdout_partial: Partial,
+    stderr_partial: Partial,
+}
+
+/// An unterminated stdout or stderr line.
+#[derive(Debug, Default)]
+struct Partial {
+    bytes: Vec<u8>,
+    /// Whether bytes of this line were already dropped (and counted).
+    cut: bool,
 }
 
 /// What an attempt said, once it is over.
@@ -63,7 +71,7 @@ struct CaptureState {
 pub struct CapturedLog {
     /// Lines kept, in order.
     pub lines: Vec<LogLine>,
-    /// Lines dropped past the bound.
+    /// Lines dropped past the bound, or cut short by it.
     pub dropped: u32,
 }
 
@@ -76,8 +84,8 @@ impl LogCapture {
                 bytes: 0,
                 limit,
                 dropped: 0,
-                stdout_partial: Vec::new(),
-                stderr_partial: Vec::new(),
+                stdout_partial: Partial::default(),
+                stderr_partial: Partial::default(),
             }),
         })
     }
@@ -109,10 +117,7 @@ impl LogCapture {
     pub fn finish(&self) -> CapturedLog {
         let mut state = self.lock();
         for source in [LogSource::Stdout, LogSource::Stderr] {
-            let partial = std::mem::take(state.partial(source));
-            if !partial.is_empty() {
-                state.push(source, None, String::from_utf8_lossy(&partial).into_owned());
-            }
+            state.end_line(source);
         }
         CapturedLog {
             lines: std::mem::take(&mut state.lines),
@@ -124,21 +129,11 @@ impl LogCapture {
         let mut state = self.lock();
         let mut rest = bytes;
         while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
-            let mut line = std::mem::take(state.partial(source));
-            line.extend_from_slice(&rest[..newline]);
-            state.push(source, None, String::from_utf8_lossy(&line).into_owned());
+            state.append(source, &rest[..newline]);
+            state.end_line(source);
             rest = &rest[newline + 1..];
         }
-        // An unterminated line is held until its newline, but never beyond
-        // the bound: a guest writing one endless line must not grow it forever.
-        let room = state
-            .limit
-            .saturating_sub(state.bytes + state.partial(source).len());
-        if rest.len() > room {
-            state.dropped += 1;
-        }
-        let keep = rest.len().min(room);
-        state.partial(source).extend_from_slice(&rest[..keep]);
+        state.append(source, rest);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CaptureState> {
@@ -164,7 +159,43 @@ impl CaptureState {
         });
     }
 
-    fn partial(&mut self, source: LogSource) -> &mut Vec<u8> {
+    /// Adds bytes to the unterminated line of `source`, but never beyond the
+    /// bound: a guest writing one endless line must not grow it forever. A
+    /// line cut short counts as one dropped line.
+    fn append(&mut self, source: LogSource, bytes: &[u8]) {
+        let pending = self.stdout_partial.bytes.len() + self.stderr_partial.bytes.len();
+        let room = self.limit.saturating_sub(self.bytes + pending);
+        let keep = bytes.len().min(room);
+        let cut_now = keep < bytes.len() && !self.partial(source).cut;
+        let partial = self.partial(source);
+        partial.bytes.extend_from_slice(&bytes[..keep]);
+        if cut_now {
+            partial.cut = true;
+            self.dropped += 1;
+        }
+    }
+
+    /// Ends the unterminated line of `source` (at a newline or at the end).
+    fn end_line(&mut self, source: LogSource) {
+        let Partial { bytes, cut } = std::mem::take(self.partial(source));
+        if bytes.is_empty() {
+            return;
+        }
+        let message = String::from_utf8_lossy(&bytes).into_owned();
+        if cut {
+            // Already counted; keep what fit.
+            self.bytes += message.len();
+            self.lines.push(LogLine {
+                source,
+                level: None,
+                message,
+            });
+        } else {
+            self.push(source, None, message);
+        }
+    }
+
+    fn partial(&mut self, source: LogSource) -> &mut Partial {
         match source {
             LogSource::Stderr => &mut self.stderr_partial,
             _ => &mut self.stdout_partial,
@@ -290,13 +321,14 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_line_stays_within_the_bound() {
+    fn an_endless_line_stays_within_the_bound_and_counts_once() {
         let capture = LogCapture::new(100);
         for _ in 0..1000 {
             capture.write(LogSource::Stdout, &[b'x'; 1000]);
         }
         let log = capture.finish();
-        assert!(log.lines.iter().map(|l| l.message.len()).sum::<usize>() <= 100);
-        assert!(log.dropped > 0);
+        assert_eq!(log.lines.len(), 1);
+        assert_eq!(log.lines[0].message.len(), 100);
+        assert_eq!(log.dropped, 1);
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! # Architecture
 //!
-//! - One [`Sandbox`] per process, holding one `wasmtime::Engine` configured
-//!   for hostile code, one `Linker` with the WASI and TaskFlow imports, a
-//!   cache of compiled components, and an epoch ticker thread.
+//! - One [`Sandbox`] per worker (and one in the API, to validate uploads),
+//!   holding one `wasmtime::Engine` configured for hostile code, one `Linker`
+//!   with the WASI and TaskFlow imports, a cache of compiled components, and
+//!   an epoch ticker thread.
 //! - One `TaskPre` (an `InstancePre`: a component whose imports are already
 //!   resolved) per module hash, cached in memory and compiled code cached on
 //!   disk; see [`cache`](self::cache).
@@ -149,9 +150,10 @@ pub enum InvalidModule {
 /// An attempt's right to keep running.
 ///
 /// The worker extends it each time it renews the attempt's lease and revokes
-/// it when the lease is lost. The sandbox stops the guest at the next epoch
-/// tick once the grant lapses, so an attempt never outlives the lease that
-/// makes it the only live execution of its job.
+/// it when the lease is lost. The sandbox stops the guest once the grant is
+/// revoked or lapses (at the next epoch tick while it runs wasm code; at
+/// once while it is blocked in a host call), so an attempt does not outlive
+/// the lease that makes it the only live execution of its job.
 #[derive(Debug)]
 pub struct RunGrant {
     origin: Instant,
@@ -200,10 +202,25 @@ impl RunGrant {
                 < self.valid_for_ms.load(Ordering::Acquire)
     }
 
-    async fn wait_revoked(&self) {
-        let notified = self.revoked_notify.notified();
-        if !self.revoked.load(Ordering::Acquire) {
-            notified.await;
+    /// Resolves once the grant is revoked or has lapsed. This covers a guest
+    /// blocked in a host call, where epoch checks do not run.
+    async fn invalidated(&self) {
+        loop {
+            let notified = self.revoked_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let elapsed_ms = self.origin.elapsed().as_millis() as u64;
+            let valid_for_ms = self.valid_for_ms.load(Ordering::Acquire);
+            if self.revoked.load(Ordering::Acquire) || elapsed_ms >= valid_for_ms {
+                return;
+            }
+            // Extensions move the end, so wake at least every second to look again.
+            let remaining =
+                Duration::from_millis(valid_for_ms - elapsed_ms).min(Duration::from_secs(1));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(remaining) => {}
+            }
         }
     }
 }
@@ -336,9 +353,12 @@ impl Sandbox {
             .map_err(InvalidModule::WrongWorld)
     }
 
-    /// The prepared component for `hash`: from memory, from this worker's
-    /// disk cache, or compiled from the bytes `fetch` returns (only called on
-    /// a miss). Concurrent misses compile once.
+    /// The prepared component for `hash`: from memory, from the disk cache,
+    /// or compiled from the bytes `fetch` returns (only called on a miss).
+    /// Misses are handled one at a time, so concurrent misses of one module
+    /// compile it once (and misses of different modules wait their turn,
+    /// which on a small machine costs little: compilation already uses every
+    /// core).
     pub async fn prepare<F>(
         &self,
         hash: &str,
@@ -436,7 +456,7 @@ impl Sandbox {
             () = tokio::time::sleep_until((deadline + HOST_CALL_GRACE).into()) => {
                 Err(Interrupted::Timeout.into())
             }
-            () = grant.wait_revoked() => Err(Interrupted::LeaseLost.into()),
+            () = grant.invalidated() => Err(Interrupted::LeaseLost.into()),
         };
         let duration = started.elapsed();
         let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));

@@ -350,22 +350,32 @@ impl Store {
     }
 
     /// Jobs newest first, filtered, one page at a time.
+    ///
+    /// The statement names only the filters given, so PostgreSQL can serve
+    /// it from `jobs_state_list_idx` or `jobs_queue_list_idx` (a catch-all
+    /// `$1 IS NULL OR state = $1` would defeat them in a generic plan).
     pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
-        Ok(sqlx::query_as::<_, JobRecord>(concat!(
+        let mut query = sqlx::QueryBuilder::new(concat!(
             "SELECT ",
             job_columns!(""),
-            " FROM jobs
-             WHERE ($1::job_state IS NULL OR state = $1)
-               AND ($2::text IS NULL OR queue = $2)
-               AND ($3::uuid IS NULL OR id < $3)
-             ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(filter.state)
-        .bind(filter.queue.as_deref())
-        .bind(filter.before)
-        .bind(filter.limit)
-        .fetch_all(self.pool())
-        .await?)
+            " FROM jobs WHERE true"
+        ));
+        if let Some(state) = filter.state {
+            query.push(" AND state = ").push_bind(state);
+        }
+        if let Some(queue) = &filter.queue {
+            query.push(" AND queue = ").push_bind(queue);
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND id < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(filter.limit);
+        Ok(query
+            .build_query_as::<JobRecord>()
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// Every finished attempt of a job, oldest first, or `None` if no job
@@ -398,8 +408,12 @@ impl Store {
     /// attempt is ended in the same statement (recorded as `cancelled`), so
     /// the worker's later write finds the job no longer running and is
     /// discarded; the caller should also revoke the attempt's lease so the
-    /// worker stops early.
-    pub async fn cancel_if_unfinished(&self, id: Uuid) -> StoreResult<CancelOutcome> {
+    /// worker stops early. `error_kind` is recorded on that attempt.
+    pub async fn cancel_if_unfinished(
+        &self,
+        id: Uuid,
+        error_kind: &str,
+    ) -> StoreResult<CancelOutcome> {
         let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
             "WITH target AS (
                  SELECT id, state, lease_token, attempt, worker_id, attempted_at
@@ -417,7 +431,7 @@ impl Store {
                  INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
                                            outcome, error_kind, error_message)
                  SELECT t.id, t.lease_token, t.attempt, t.worker_id, t.attempted_at,
-                        'cancelled', 'cancelled', 'cancelled by a user while running'
+                        'cancelled', $2, 'cancelled by a user while running'
                  FROM target t JOIN cancelled c ON c.id = t.id
                  WHERE t.state = 'running'
              )
@@ -433,6 +447,7 @@ impl Store {
              WHERE j.id = $1 AND NOT EXISTS (SELECT 1 FROM cancelled)"
         ))
         .bind(id)
+        .bind(error_kind)
         .fetch_optional(self.pool())
         .await?
         .ok_or(StoreError::JobNotFound(id))?;

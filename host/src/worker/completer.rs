@@ -11,12 +11,14 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::heartbeat::InFlight;
 use crate::lease::Leases;
-use crate::store::{FinishedAttempt, Store, Transition};
+use crate::store::{FinishedAttempt, NextState, Store, Transition};
 
 /// Most outcomes written in one statement.
 pub const MAX_BATCH: usize = 512;
@@ -33,10 +35,22 @@ pub struct Completer {
 
 impl Completer {
     /// Starts the completer task. It runs until every [`Completer`] clone is
-    /// dropped and the queue is written out.
-    pub fn spawn(store: Store, leases: Leases, in_flight: InFlight) -> (Self, JoinHandle<()>) {
+    /// dropped and the queue is written out. `retry_scheduled` is signalled
+    /// after writing outcomes that schedule a retry.
+    pub fn spawn(
+        store: Store,
+        leases: Leases,
+        in_flight: InFlight,
+        retry_scheduled: Arc<Notify>,
+    ) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(write_outcomes(receiver, store, leases, in_flight));
+        let task = tokio::spawn(write_outcomes(
+            receiver,
+            store,
+            leases,
+            in_flight,
+            retry_scheduled,
+        ));
         (Self { sender }, task)
     }
 
@@ -55,15 +69,20 @@ async fn write_outcomes(
     store: Store,
     leases: Leases,
     in_flight: InFlight,
+    retry_scheduled: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let transitions = write_with_retry(&store, &batch).await;
         let mut applied = Vec::with_capacity(batch.len());
+        let mut retries = false;
         for (attempt, transition) in batch.iter().zip(transitions) {
             in_flight.remove(attempt.lease);
             match transition {
-                Transition::Applied => applied.push(attempt.lease),
+                Transition::Applied => {
+                    applied.push(attempt.lease);
+                    retries |= matches!(attempt.next, NextState::Retrying { .. });
+                }
                 Transition::Stale => {
                     metrics::counter!("taskflow_stale_outcomes_total").increment(1);
                     tracing::warn!(
@@ -74,6 +93,9 @@ async fn write_outcomes(
                     );
                 }
             }
+        }
+        if retries {
+            retry_scheduled.notify_one();
         }
         metrics::counter!("taskflow_attempts_finished_total").increment(applied.len() as u64);
         if let Err(error) = leases.release(&applied).await {

@@ -8,9 +8,11 @@
 //! [`RunGrant`]:
 //!
 //! - renewed: the grant is extended to (time the renewal was sent + TTL);
-//! - restored (the key had vanished: Redis was flushed, or this worker was
-//!   paused past its TTL): extended only if PostgreSQL confirms the job is
-//!   still running under this token;
+//! - missing (the key vanished: Redis was flushed, or this worker was paused
+//!   past its TTL): the key is written again and the grant extended only if
+//!   PostgreSQL first confirms the job is still running under this token, so
+//!   a worker that was rescued while away can never put its stale token back
+//!   over a live attempt's key;
 //! - lost (another token or a revocation in the key): revoked at once.
 //!
 //! If Redis cannot be reached, no grant is extended, so each attempt stops
@@ -114,7 +116,7 @@ impl Heartbeat {
     /// Renews every in-flight lease every third of the lease TTL until
     /// `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut interval = tokio::time::interval(self.leases.ttl() / 3);
+        let mut interval = tokio::time::interval(self.leases.renew_interval());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -140,20 +142,20 @@ impl Heartbeat {
                 return HeartbeatCounts::default();
             }
         };
-        let restored: Vec<LeaseRef> = refs
+        let missing: Vec<LeaseRef> = refs
             .iter()
             .zip(&renewals)
-            .filter(|(_, renewal)| **renewal == Renewal::Restored)
+            .filter(|(_, renewal)| **renewal == Renewal::Missing)
             .map(|(lease, _)| *lease)
             .collect();
-        let confirmed = self.confirm_restored(&restored).await;
+        let restored = self.restore_confirmed(&missing).await;
 
         let valid_until = sent_at + self.leases.ttl();
         let mut counts = HeartbeatCounts::default();
         for ((lease, grant), renewal) in held.iter().zip(renewals) {
             let still_held = match renewal {
                 Renewal::Renewed => Some(true),
-                Renewal::Restored => confirmed.as_ref().map(|held| held.contains(lease)),
+                Renewal::Missing => restored.as_ref().map(|held| held.contains(lease)),
                 Renewal::Lost => Some(false),
             };
             match still_held {
@@ -174,14 +176,30 @@ impl Heartbeat {
         counts
     }
 
-    async fn confirm_restored(&self, restored: &[LeaseRef]) -> Option<Vec<LeaseRef>> {
-        if restored.is_empty() {
+    /// Of `missing` leases, those PostgreSQL confirms as current and whose
+    /// keys could be written again; `None` if either store cannot answer.
+    async fn restore_confirmed(&self, missing: &[LeaseRef]) -> Option<Vec<LeaseRef>> {
+        if missing.is_empty() {
             return Some(Vec::new());
         }
-        match self.store.leases_still_held(restored).await {
-            Ok(held) => Some(held),
+        let confirmed = match self.store.leases_still_held(missing).await {
+            Ok(held) => held,
             Err(error) => {
-                tracing::warn!(%error, "cannot confirm restored leases with PostgreSQL");
+                tracing::warn!(%error, "cannot confirm leases missing from Redis with PostgreSQL");
+                return None;
+            }
+        };
+        match self.leases.restore(&confirmed).await {
+            Ok(held) => Some(
+                confirmed
+                    .into_iter()
+                    .zip(held)
+                    .filter(|(_, held)| *held)
+                    .map(|(lease, _)| lease)
+                    .collect(),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "cannot restore leases in Redis");
                 None
             }
         }

@@ -50,11 +50,14 @@ pub struct Worker {
     redis: Redis,
     leases: Leases,
     sandbox: Sandbox,
+    retry_scheduled: Arc<Notify>,
 }
 
 impl Worker {
     /// A worker named `id` with its own sandbox sized for `config` and
-    /// `limits`.
+    /// `limits`. It signals `retry_scheduled` after committing outcomes that
+    /// schedule a retry (give it the [`Scheduler::nudge`](crate::dispatch::Scheduler::nudge)
+    /// of the process's scheduler).
     ///
     /// # Errors
     ///
@@ -67,6 +70,7 @@ impl Worker {
         store: Store,
         redis: Redis,
         leases: Leases,
+        retry_scheduled: Arc<Notify>,
     ) -> Result<Self, crate::sandbox::SandboxError> {
         let concurrency = config.effective_concurrency();
         let sandbox = Sandbox::new(SandboxConfig {
@@ -86,6 +90,7 @@ impl Worker {
             redis,
             leases,
             sandbox,
+            retry_scheduled,
         })
     }
 
@@ -99,8 +104,12 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let in_flight = InFlight::default();
-        let (completer, completer_task) =
-            Completer::spawn(this.store.clone(), this.leases.clone(), in_flight.clone());
+        let (completer, completer_task) = Completer::spawn(
+            this.store.clone(),
+            this.leases.clone(),
+            in_flight.clone(),
+            this.retry_scheduled.clone(),
+        );
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(
             Heartbeat {
@@ -237,7 +246,7 @@ impl Worker {
                     input: job.input.clone(),
                     context: JobContext {
                         job_id: job.id.to_string(),
-                        attempt: job.attempt as u32,
+                        attempt: (job.attempt - job.attempt_base) as u32,
                         max_attempts: job.max_attempts as u32,
                         queue: job.queue.clone(),
                     },

@@ -164,7 +164,7 @@ async fn a_cancel_wins_over_a_running_attempt_that_finishes_later(pool: PgPool) 
         .await
         .unwrap()
         .remove(0);
-    let cancelled = store.cancel_if_unfinished(id).await.unwrap();
+    let cancelled = store.cancel_if_unfinished(id, "cancelled").await.unwrap();
     assert_eq!(cancelled.previous, JobState::Running);
     assert_eq!(cancelled.job.state, JobState::Cancelled);
 
