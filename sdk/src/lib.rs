@@ -1,28 +1,87 @@
-//! The guest SDK for TaskFlow tasks.
+//! Write TaskFlow tasks as plain Rust functions.
 //!
-//! A task is a WebAssembly component of the `taskflow:task` world (see
-//! `wit/task.wit`): it exports `run(input) -> result<output, task-error>` and
-//! may log through the host. This crate generates the bindings once so task
-//! crates do not run `wit-bindgen` themselves.
+//! A TaskFlow task is a WebAssembly component of the `taskflow:task` world
+//! (`wit/task.wit`). This crate hides the component plumbing: write a
+//! function from your input type to your output type, mark it
+//! [`#[task]`](task), build for `wasm32-wasip2`, and upload the `.wasm`.
 //!
-//! ```ignore
-//! use taskflow_sdk::{Guest, TaskError};
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use taskflow_sdk::{TaskError, task};
 //!
-//! struct Echo;
+//! #[derive(Deserialize)]
+//! struct Order { items: Vec<u32> }
 //!
-//! impl Guest for Echo {
-//!     fn run(input: Vec<u8>) -> Result<Vec<u8>, TaskError> {
-//!         Ok(input)
+//! #[derive(Serialize)]
+//! struct Total { total: u64 }
+//!
+//! #[task]
+//! fn total(order: Order) -> Result<Total, TaskError> {
+//!     if order.items.is_empty() {
+//!         return Err(TaskError::fatal("an order needs at least one item"));
 //!     }
+//!     taskflow_sdk::log::info!("adding {} items", order.items.len());
+//!     Ok(Total { total: order.items.iter().map(|&i| u64::from(i)).sum() })
 //! }
-//!
-//! taskflow_sdk::export_task!(Echo);
+//! # fn main() {}
 //! ```
 //!
-//! Build it with `cargo build --release --target wasm32-wasip2`.
+//! ```sh
+//! cargo build --release --target wasm32-wasip2
+//! taskflow module push target/wasm32-wasip2/release/my_task.wasm
+//! taskflow job submit --module <hash> --input '{"items": [1, 2, 3]}' --wait
+//! ```
+//!
+//! # Input and output
+//!
+//! JSON by default: the input bytes are deserialized into the argument's
+//! type with serde, and the output is serialized back. Use `Vec<u8>` or
+//! [`Bytes`] as the argument or output type to get the raw bytes instead
+//! (images, archives, anything not JSON). An input that does not deserialize
+//! fails the job as not retryable: retrying cannot fix it.
+//!
+//! # Errors
+//!
+//! Return a [`TaskError`] and say whether another attempt may help:
+//! [`TaskError::retry`] for transient trouble (the job is retried with
+//! backoff), [`TaskError::fatal`] for bad input (the job goes straight to
+//! the dead-letter state). `?` converts any `std::error::Error` into a
+//! retryable `TaskError`; [`ResultExt::fatal`] marks one as fatal instead.
+//! A panic fails the attempt as not retryable, and its message and source
+//! location are in the attempt's record.
+//!
+//! # Logging
+//!
+//! [`log::info!`] and friends write to the attempt's log, which the API
+//! returns with the attempt. Records from the [`log`](https://docs.rs/log)
+//! crate facade (for example from your dependencies) land there too. The log
+//! is bounded by the server; past the bound lines are counted and dropped.
+//!
+//! # Job context
+//!
+//! [`context()`] tells the task which job and attempt it is running.
+//!
+//! # Testing a task
+//!
+//! The `#[task]` function stays an ordinary function: call it from a
+//! `#[test]` on your machine. Outside WebAssembly, logging prints to stderr
+//! and [`context()`] returns a placeholder. To run the built component
+//! under the same sandbox and limits as a worker, without a server:
+//! `taskflow run target/wasm32-wasip2/release/my_task.wasm --input '{…}'`.
 #![deny(missing_docs)]
 
-/// Bindings generated from `wit/task.wit`.
+mod bytes;
+mod error;
+pub mod log;
+mod runtime;
+
+pub use bytes::Bytes;
+pub use error::{ResultExt, TaskError};
+pub use runtime::{JobContext, context};
+pub use taskflow_sdk_macros::task;
+
+/// Bindings generated from `wit/task.wit`; used by `#[task]`.
+#[doc(hidden)]
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -34,26 +93,14 @@ pub mod bindings {
     });
 }
 
-pub use bindings::taskflow::task::host::{JobContext, Level, context, log};
-pub use bindings::taskflow::task::types::TaskError;
-pub use bindings::{Guest, export_task};
+/// What `#[task]` expands to. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::taskflow::task::types::TaskError as WitTaskError;
+    pub use crate::bindings::{Guest, export_task};
+    pub use crate::runtime::{decode_json, decode_raw, encode_json, encode_raw, run};
 
-impl TaskError {
-    /// A failure that another attempt may fix (an overloaded dependency, a
-    /// transient outage). The job is retried with backoff.
-    pub fn retry(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
-    }
-
-    /// A failure no retry can fix (the input is invalid). The job goes
-    /// straight to the dead-letter state.
-    pub fn fatal(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-        }
+    pub mod bindings {
+        pub use crate::bindings::*;
     }
 }

@@ -19,6 +19,7 @@ use super::{
     ApiError, ApiState, JsonBody, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit,
 };
 use crate::config::JobLimits;
+use crate::sandbox::FailureKind;
 use crate::store::{JobFilter, JobState, NewJob, Submitted, is_valid_queue_name};
 
 /// Queue of jobs that do not name one.
@@ -141,7 +142,7 @@ async fn insert(state: &ApiState, jobs: Vec<NewJob>) -> Result<Vec<SubmittedJob>
 
 /// Checks a submission against the server's limits and fills in defaults.
 /// `field` prefixes field names in errors (`jobs[3].`).
-fn resolve(request: SubmitJob, limits: &JobLimits, field: &str) -> Result<NewJob, ApiError> {
+pub fn resolve(request: SubmitJob, limits: &JobLimits, field: &str) -> Result<NewJob, ApiError> {
     let invalid = |name: &str, message: String| {
         ApiError::bad_request("invalid_field", format!("{field}{name}: {message}"))
     };
@@ -349,7 +350,10 @@ async fn cancel(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
 ) -> Result<Json<JobView>, ApiError> {
-    let cancelled = state.store.cancel_if_unfinished(id).await?;
+    let cancelled = state
+        .store
+        .cancel_if_unfinished(id, FailureKind::Cancelled.code())
+        .await?;
     if cancelled.previous == JobState::Running
         && let Err(error) = state.leases.revoke(id).await
     {

@@ -176,7 +176,7 @@ impl From<JobDetail> for JobView {
 }
 
 /// Bytes as JSON when they are JSON, as base64 otherwise.
-fn render_payload(bytes: &[u8]) -> (Option<serde_json::Value>, Option<String>) {
+pub fn render_payload(bytes: &[u8]) -> (Option<serde_json::Value>, Option<String>) {
     match serde_json::from_slice(bytes) {
         Ok(value) => (Some(value), None),
         Err(_) => (None, Some(BASE64.encode(bytes))),

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dev;
+pub mod run;
 pub mod server;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Submit and inspect jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Run a task component locally, in the worker's sandbox, without a
+    /// server.
+    Run(run::RunArgs),
 }
 
 /// `taskflow api`.
@@ -202,5 +206,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Module(command) => client::run_module(command).await,
         Command::Job(command) => client::run_job(command).await,
+        Command::Run(args) => run::run(args).await,
     }
 }

@@ -23,8 +23,8 @@ pub enum FailureKind {
     MemoryLimit,
     /// The guest overflowed the WebAssembly stack (e.g. runaway recursion).
     StackOverflow,
-    /// The guest panicked (a Rust panic aborts with a trap after printing
-    /// its message to stderr).
+    /// The guest panicked (a Rust panic aborts with a trap after reporting
+    /// its message). Not retried: a bug does not fix itself.
     Panic,
     /// Any other WebAssembly trap (unreachable, out-of-bounds access,
     /// division by zero, …).
@@ -70,8 +70,9 @@ impl fmt::Display for FailureKind {
 }
 
 /// A failed attempt: what stopped it, a message, and whether another attempt
-/// may help. Only a guest error can say "do not retry"; a sandbox limit is
-/// retried like any other failure until the job runs out of attempts.
+/// may help. A guest error says so itself and a panic is never retried; every
+/// other failure (a sandbox limit, a trap, a lost lease) is retried until the
+/// job runs out of attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// What stopped the attempt.
@@ -149,7 +150,12 @@ pub(super) fn classify(
              address 0); a Rust guest's stack is 1 MiB unless linked with `-z stack-size`",
         ),
         Some(wasmtime::Trap::UnreachableCodeReached) => match panic_message(log) {
-            Some(message) => Failure::new(FailureKind::Panic, message),
+            // A panic is a bug in the task: running it again will not help.
+            Some(message) => Failure {
+                kind: FailureKind::Panic,
+                message,
+                retryable: false,
+            },
             None => Failure::new(FailureKind::Trap, trap_message(error)),
         },
         _ => Failure::new(FailureKind::Trap, trap_message(error)),
@@ -176,19 +182,21 @@ fn is_shadow_stack_overflow(error: &wasmtime::Error) -> bool {
     })
 }
 
-/// The panic report a Rust guest printed to stderr before aborting:
-/// everything from the line containing "panicked at" on.
+/// The panic report a Rust guest left before aborting: the line containing
+/// "panicked at" (written to the log by the SDK's panic hook, or to stderr
+/// by Rust's default hook) and the lines of the same source after it.
 fn panic_message(log: &CapturedLog) -> Option<String> {
-    let stderr: Vec<&str> = log
-        .lines
+    let start = log.lines.iter().position(|line| {
+        matches!(line.source, LogSource::Stderr | LogSource::Log)
+            && line.message.contains("panicked at")
+    })?;
+    let source = log.lines[start].source;
+    let mut message = log.lines[start..]
         .iter()
-        .filter(|line| line.source == LogSource::Stderr)
+        .filter(|line| line.source == source)
         .map(|line| line.message.as_str())
-        .collect();
-    let start = stderr
-        .iter()
-        .position(|line| line.contains("panicked at"))?;
-    let mut message = stderr[start..].join("\n");
+        .collect::<Vec<_>>()
+        .join("\n");
     if message.len() > PANIC_MESSAGE_LIMIT {
         let cut = (0..=PANIC_MESSAGE_LIMIT)
             .rev()

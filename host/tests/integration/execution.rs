@@ -60,7 +60,7 @@ async fn a_failing_job_retries_on_the_documented_schedule_then_is_dead_lettered(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_non_retryable_error_dead_letters_at_once_and_retry_gives_fresh_attempts() {
+async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh_attempts() {
     let app = TestApp::start().await;
     let worker = app.spawn_worker("w1");
     let module = app.upload("misbehave").await;
@@ -78,8 +78,22 @@ async fn a_non_retryable_error_dead_letters_at_once_and_retry_gives_fresh_attemp
     );
     assert_eq!(fatal.last_error.unwrap()["message"], "bad input");
 
-    // Out of attempts, then requeued: succeeds on the second attempt overall.
+    // Attempts as the task sees them: the third of three succeeds.
     let flaky = app
+        .submit_with(SubmitJob {
+            module: module.clone(),
+            input: Some(json!({"mode": "fail_until", "succeed_on": 3})),
+            max_attempts: Some(3),
+            ..Default::default()
+        })
+        .await;
+    let flaky = app.wait_final(flaky.id).await;
+    assert_eq!(flaky.state, JobState::Succeeded);
+    assert_eq!(flaky.output, Some(json!({"attempt": 3})));
+
+    // Out of attempts, then requeued by a user: a fresh budget, counted from 1
+    // again for the task, while attempt records keep numbering the job's life.
+    let exhausted = app
         .submit_with(SubmitJob {
             module,
             input: Some(json!({"mode": "fail_until", "succeed_on": 2})),
@@ -87,14 +101,27 @@ async fn a_non_retryable_error_dead_letters_at_once_and_retry_gives_fresh_attemp
             ..Default::default()
         })
         .await;
-    let flaky = app.wait_final(flaky.id).await;
-    assert_eq!(flaky.state, JobState::Dead);
-    assert_eq!(app.client.retry(flaky.id).await.unwrap().attempts_left, 1);
-    let flaky = app.wait_final(flaky.id).await;
-    assert_eq!(flaky.state, JobState::Succeeded);
-    assert_eq!(flaky.output, Some(json!({"attempt": 2})));
-    let attempts = app.client.attempts(flaky.id).await.unwrap().attempts;
-    assert_eq!(attempts.len(), 2, "the dead attempt is kept");
+    let exhausted = app.wait_final(exhausted.id).await;
+    assert_eq!(exhausted.state, JobState::Dead);
+    assert_eq!(
+        app.client.retry(exhausted.id).await.unwrap().attempts_left,
+        1
+    );
+    let exhausted = app.wait_final(exhausted.id).await;
+    assert_eq!(exhausted.state, JobState::Dead);
+    assert_eq!(exhausted.attempt, 2);
+    let attempts = app.client.attempts(exhausted.id).await.unwrap().attempts;
+    assert_eq!(
+        attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        [1, 2],
+        "the dead attempt is kept"
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.error_message.as_deref() == Some("attempt 1 fails on purpose")),
+        "{attempts:?}"
+    );
     worker.stop().await;
     app.finish().await;
 }

@@ -1,12 +1,12 @@
 //! The README's demo task: greets whoever the input names.
 //!
-//! Input: `{"name": "Ada"}` (name optional). Output: `{"greeting": "Hello, Ada!"}`.
+//! Input `{"name": "Ada"}` (name optional) → output `{"greeting": "Hello, Ada!"}`.
 
 use serde::{Deserialize, Serialize};
-use taskflow_sdk::{Guest, Level, TaskError};
+use taskflow_sdk::{TaskError, task};
 
 #[derive(Deserialize)]
-struct Request {
+struct Greet {
     #[serde(default = "world")]
     name: String,
 }
@@ -15,31 +15,34 @@ fn world() -> String {
     "world".to_owned()
 }
 
-#[derive(Serialize)]
-struct Response {
+#[derive(Debug, PartialEq, Serialize)]
+struct Greeting {
     greeting: String,
 }
 
-struct Hello;
-
-impl Guest for Hello {
-    fn run(input: Vec<u8>) -> Result<Vec<u8>, TaskError> {
-        let request: Request = serde_json::from_slice(&input).map_err(|error| {
-            TaskError::fatal(format!("input must be {{\"name\": string}}: {error}"))
-        })?;
-        let context = taskflow_sdk::context();
-        taskflow_sdk::log(
-            Level::Info,
-            &format!(
-                "greeting {} (job {}, attempt {})",
-                request.name, context.job_id, context.attempt
-            ),
-        );
-        let response = Response {
-            greeting: format!("Hello, {}!", request.name),
-        };
-        Ok(serde_json::to_vec(&response).expect("a greeting serializes"))
-    }
+#[task]
+fn hello(request: Greet) -> Result<Greeting, TaskError> {
+    let context = taskflow_sdk::context();
+    taskflow_sdk::log::info!(
+        "greeting {} (job {}, attempt {})",
+        request.name,
+        context.job_id,
+        context.attempt
+    );
+    Ok(Greeting {
+        greeting: format!("Hello, {}!", request.name),
+    })
 }
 
-taskflow_sdk::export_task!(Hello);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greets_by_name_or_the_world() {
+        let named = hello(Greet { name: "Ada".into() }).unwrap();
+        assert_eq!(named.greeting, "Hello, Ada!");
+        let anonymous: Greet = serde_json::from_str("{}").unwrap();
+        assert_eq!(hello(anonymous).unwrap().greeting, "Hello, world!");
+    }
+}

@@ -4,7 +4,7 @@
 //! Input: `{"mode": "...", ...}`; see [`Mode`].
 
 use serde::Deserialize;
-use taskflow_sdk::{Guest, Level, TaskError};
+use taskflow_sdk::{Bytes, TaskError, task};
 
 #[derive(Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
@@ -42,70 +42,67 @@ enum Mode {
     Burn { iterations: u64 },
 }
 
-struct Misbehave;
+fn json(value: serde_json::Value) -> Bytes {
+    Bytes(serde_json::to_vec(&value).expect("JSON values serialize"))
+}
 
-impl Guest for Misbehave {
-    fn run(input: Vec<u8>) -> Result<Vec<u8>, TaskError> {
-        let mode: Mode = serde_json::from_slice(&input)
-            .map_err(|error| TaskError::fatal(format!("bad input: {error}")))?;
-        match mode {
-            Mode::Succeed { output } => {
-                Ok(serde_json::to_vec(&output.unwrap_or_else(|| serde_json::json!({}))).unwrap())
+#[task]
+fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
+    match mode {
+        Mode::Succeed { output } => Ok(json(output.unwrap_or_else(|| serde_json::json!({})))),
+        Mode::Spin => {
+            let mut counter: u64 = 0;
+            loop {
+                counter = std::hint::black_box(counter.wrapping_add(1));
             }
-            Mode::Spin => {
-                let mut counter: u64 = 0;
-                loop {
-                    counter = std::hint::black_box(counter.wrapping_add(1));
-                }
+        }
+        Mode::Allocate => {
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            loop {
+                chunks.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&chunks);
             }
-            Mode::Allocate => {
-                let mut chunks: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    chunks.push(vec![1u8; 1 << 20]);
-                    std::hint::black_box(&chunks);
-                }
+        }
+        Mode::Recurse => Ok(Bytes(recurse(0).to_le_bytes().to_vec())),
+        Mode::DeepStack => Ok(Bytes(recurse_with_frames(0).to_le_bytes().to_vec())),
+        Mode::Trap => {
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_arch = "wasm32"))]
+            unreachable!()
+        }
+        Mode::Panic { message } => panic!("{message}"),
+        Mode::RetryableError { message } => Err(TaskError::retry(message)),
+        Mode::FatalError { message } => Err(TaskError::fatal(message)),
+        Mode::FailUntil { succeed_on } => {
+            let attempt = taskflow_sdk::context().attempt;
+            if attempt < succeed_on {
+                Err(TaskError::retry(format!(
+                    "attempt {attempt} fails on purpose"
+                )))
+            } else {
+                Ok(json(serde_json::json!({ "attempt": attempt })))
             }
-            Mode::Recurse => Ok(recurse(0).to_le_bytes().to_vec()),
-            Mode::DeepStack => Ok(recurse_with_frames(0).to_le_bytes().to_vec()),
-            Mode::Trap => {
-                #[cfg(target_arch = "wasm32")]
-                core::arch::wasm32::unreachable();
-                #[cfg(not(target_arch = "wasm32"))]
-                unreachable!()
+        }
+        Mode::BigOutput { bytes } => Ok(Bytes(vec![b'x'; bytes])),
+        Mode::LogSpam { lines, width } => {
+            let line = "y".repeat(width);
+            for _ in 0..lines {
+                taskflow_sdk::log::debug!("{line}");
+                println!("{line}");
             }
-            Mode::Panic { message } => panic!("{message}"),
-            Mode::RetryableError { message } => Err(TaskError::retry(message)),
-            Mode::FatalError { message } => Err(TaskError::fatal(message)),
-            Mode::FailUntil { succeed_on } => {
-                let attempt = taskflow_sdk::context().attempt;
-                if attempt < succeed_on {
-                    Err(TaskError::retry(format!(
-                        "attempt {attempt} fails on purpose"
-                    )))
-                } else {
-                    Ok(serde_json::to_vec(&serde_json::json!({ "attempt": attempt })).unwrap())
-                }
+            Ok(json(serde_json::json!({})))
+        }
+        Mode::Sleep { ms } => {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(json(serde_json::json!({})))
+        }
+        Mode::Burn { iterations } => {
+            let mut hash: u64 = 0xcbf29ce484222325;
+            for i in 0..iterations {
+                hash = (hash ^ i).wrapping_mul(0x100000001b3);
             }
-            Mode::BigOutput { bytes } => Ok(vec![b'x'; bytes]),
-            Mode::LogSpam { lines, width } => {
-                let line = "y".repeat(width);
-                for _ in 0..lines {
-                    taskflow_sdk::log(Level::Debug, &line);
-                    println!("{line}");
-                }
-                Ok(b"{}".to_vec())
-            }
-            Mode::Sleep { ms } => {
-                std::thread::sleep(std::time::Duration::from_millis(ms));
-                Ok(b"{}".to_vec())
-            }
-            Mode::Burn { iterations } => {
-                let mut hash: u64 = 0xcbf29ce484222325;
-                for i in 0..iterations {
-                    hash = (hash ^ i).wrapping_mul(0x100000001b3);
-                }
-                Ok(serde_json::to_vec(&serde_json::json!({ "checksum": hash })).unwrap())
-            }
+            Ok(json(serde_json::json!({ "checksum": hash })))
         }
     }
 }
@@ -124,4 +121,37 @@ fn recurse_with_frames(depth: u64) -> u64 {
     recurse_with_frames(depth + 1) + frame[3]
 }
 
-taskflow_sdk::export_task!(Misbehave);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_behaved_modes_work_natively() {
+        let out = misbehave(Mode::Succeed {
+            output: Some(serde_json::json!({"a": 1})),
+        })
+        .unwrap();
+        assert_eq!(out.0, br#"{"a":1}"#);
+        assert_eq!(misbehave(Mode::BigOutput { bytes: 3 }).unwrap().0, b"xxx");
+        assert!(
+            !misbehave(Mode::FatalError {
+                message: "x".into()
+            })
+            .unwrap_err()
+            .is_retryable()
+        );
+        assert!(
+            misbehave(Mode::RetryableError {
+                message: "x".into()
+            })
+            .unwrap_err()
+            .is_retryable()
+        );
+        let parsed: Mode =
+            serde_json::from_str(r#"{"mode": "fail_until", "succeed_on": 2}"#).unwrap();
+        assert!(
+            misbehave(parsed).is_err(),
+            "the placeholder context is attempt 1"
+        );
+    }
+}

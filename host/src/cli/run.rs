@@ -1,0 +1,183 @@
+//! `taskflow run`: runs a task component locally, without a server.
+//!
+//! The component is validated exactly as an upload is, and run in the same
+//! sandbox with the same limits and defaults as on a worker, so what works
+//! here works in production. Nothing touches PostgreSQL or Redis.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::jobs::resolve;
+use crate::api::types::SubmitJob;
+use crate::config::JobLimits;
+use crate::sandbox::{
+    Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sandbox, SandboxConfig,
+};
+
+/// `taskflow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The component (.wasm built for wasm32-wasip2).
+    pub file: PathBuf,
+    /// Input as JSON.
+    #[arg(long, conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the input bytes from this file (passed as-is).
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+    /// Wall-clock limit, in milliseconds.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// CPU budget, in fuel units.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Memory limit, in bytes.
+    #[arg(long)]
+    pub memory_limit_bytes: Option<u64>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Job limits and defaults.
+    #[command(flatten)]
+    pub limits: JobLimits,
+}
+
+/// The `--json` report.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    succeeded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+    fuel_consumed: u64,
+    duration_ms: f64,
+    logs: &'a [LogLine],
+    logs_dropped: u32,
+}
+
+/// Runs `taskflow run`; fails (exit status 1) when the task fails.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.limits.validate()?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let mut request = SubmitJob {
+        module: hex::encode(Sha256::digest(&bytes)),
+        timeout_ms: args.timeout_ms,
+        fuel: args.fuel,
+        memory_limit_bytes: args.memory_limit_bytes,
+        max_attempts: Some(1),
+        ..SubmitJob::default()
+    };
+    match (&args.input, &args.input_file) {
+        (Some(json), _) => {
+            request.input = Some(serde_json::from_str(json).context("--input must be valid JSON")?)
+        }
+        (None, Some(file)) => {
+            use base64::Engine as _;
+            let input =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(input));
+        }
+        (None, None) => request.input = Some(serde_json::Value::Null),
+    }
+    let job = resolve(request, &args.limits, "").map_err(|error| anyhow::anyhow!(error.message))?;
+
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_attempts: 1,
+        max_memory_bytes: args.limits.max_memory_limit_bytes,
+        max_output_bytes: args.limits.max_output_bytes,
+        max_log_bytes: args.limits.max_log_bytes,
+        cache_dir: None,
+        memory_cache_capacity: 1,
+    })?;
+    let validator = sandbox.clone();
+    let component = bytes.clone();
+    tokio::task::spawn_blocking(move || validator.validate(&component))
+        .await?
+        .with_context(|| format!("{} cannot run on TaskFlow", args.file.display()))?;
+    let (task, _) = sandbox
+        .prepare(&job.module_hash, async move { Ok(bytes) })
+        .await
+        .map_err(|failure| anyhow::anyhow!(failure.message))?;
+    let execution = sandbox
+        .run(
+            &task,
+            Attempt {
+                input: job.input,
+                context: JobContext {
+                    job_id: "local".into(),
+                    attempt: 1,
+                    max_attempts: 1,
+                    queue: job.queue,
+                },
+                limits: AttemptLimits {
+                    timeout: Duration::from_millis(job.timeout_ms as u64),
+                    fuel: job.fuel as u64,
+                    memory_bytes: job.memory_limit_bytes as u64,
+                },
+                grant: RunGrant::unlimited(),
+            },
+        )
+        .await;
+
+    let duration_ms = execution.duration.as_secs_f64() * 1000.0;
+    let (output, output_base64) = match &execution.result {
+        Ok(output) => crate::api::types::render_payload(output),
+        Err(_) => (None, None),
+    };
+    let error = execution.result.as_ref().err().map(|failure| {
+        serde_json::json!({
+            "kind": failure.kind.code(),
+            "message": failure.message,
+            "retryable": failure.retryable,
+        })
+    });
+    if args.json {
+        let report = Report {
+            succeeded: execution.result.is_ok(),
+            output,
+            output_base64,
+            error,
+            fuel_consumed: execution.fuel_consumed,
+            duration_ms,
+            logs: &execution.log.lines,
+            logs_dropped: execution.log.dropped,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for line in &execution.log.lines {
+            let level = line.level.map(|l| format!(" {l}")).unwrap_or_default();
+            eprintln!("{:?}{level}: {}", line.source, line.message);
+        }
+        if execution.log.dropped > 0 {
+            eprintln!("({} log lines dropped)", execution.log.dropped);
+        }
+        eprintln!("{} fuel, {duration_ms:.3} ms", execution.fuel_consumed);
+        match (&output, &output_base64) {
+            (Some(json), _) => println!("{json}"),
+            (None, Some(base64)) => println!("(base64) {base64}"),
+            (None, None) => {}
+        }
+    }
+    if let Err(failure) = execution.result {
+        let retry = if failure.retryable {
+            "retryable"
+        } else {
+            "not retryable"
+        };
+        bail!(
+            "the task failed [{}, {retry}]: {}",
+            failure.kind,
+            failure.message
+        );
+    }
+    Ok(())
+}
