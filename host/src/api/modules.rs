@@ -71,7 +71,7 @@ async fn validate(state: &ApiState, bytes: Bytes) -> Result<(), ApiError> {
     let sandbox = state.sandbox.clone();
     let compile = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        sandbox.validate(&bytes)
+        sandbox.validate(&bytes).map(drop)
     });
     let timeout = state.config.compile_timeout;
     match tokio::time::timeout(timeout, compile).await {

@@ -1,5 +1,6 @@
-//! The `taskflow` binary: server roles (`api`, `worker`, `dev`, `migrate`)
-//! and an HTTP client of the API (`module …`, `job …`).
+//! The `taskflow` binary: server roles (`api`, `worker`, `dev`, `migrate`),
+//! an HTTP client of the API (`module …`, `job …`), and `run`, which runs a
+//! task component locally without a server.
 
 pub mod client;
 pub mod dev;

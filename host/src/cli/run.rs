@@ -97,16 +97,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_log_bytes: args.limits.max_log_bytes,
         cache_dir: None,
         memory_cache_capacity: 1,
+        optimize: true,
     })?;
     let validator = sandbox.clone();
-    let component = bytes.clone();
-    tokio::task::spawn_blocking(move || validator.validate(&component))
+    let task = tokio::task::spawn_blocking(move || validator.validate(&bytes))
         .await?
         .with_context(|| format!("{} cannot run on TaskFlow", args.file.display()))?;
-    let (task, _) = sandbox
-        .prepare(&job.module_hash, async move { Ok(bytes) })
-        .await
-        .map_err(|failure| anyhow::anyhow!(failure.message))?;
     let execution = sandbox
         .run(
             &task,

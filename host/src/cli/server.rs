@@ -85,6 +85,7 @@ pub fn api_state(
         max_log_bytes: limits.max_log_bytes,
         cache_dir: None,
         memory_cache_capacity: 1,
+        optimize: false,
     })?;
     Ok(ApiState {
         store: backends.store.clone(),
@@ -122,16 +123,13 @@ pub fn spawn_worker(
     config.validate()?;
     limits.validate()?;
     retry.validate()?;
-    let id = config.effective_worker_id();
     let dispatch_interval = config.dispatch_interval;
     let scheduler = Scheduler::new(backends.store.clone(), Waker::new(backends.redis.clone()));
     let worker = Worker::new(
-        id,
         config,
         limits,
         retry.clone(),
         backends.store.clone(),
-        backends.redis.clone(),
         backends.leases.clone(),
         scheduler.nudge(),
     )?;
@@ -187,6 +185,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         });
     }
     let backends = Backends::connect(&args.connections, &args.lease)?;
+    backends.redis.warn_if_evicting().await;
     spawn_worker(
         &backends,
         args.worker,

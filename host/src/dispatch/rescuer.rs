@@ -129,10 +129,18 @@ impl Rescuer {
 
         let rescues: Vec<FinishedAttempt> = gone.iter().map(|(c, _)| self.rescue_of(c)).collect();
         let transitions = self.store.finish_if_lease_matches(&rescues).await?;
-        let rescued = transitions
+        let rescued: Vec<_> = rescues
             .iter()
-            .filter(|t| **t == Transition::Applied)
-            .count();
+            .zip(&transitions)
+            .filter(|(_, transition)| **transition == Transition::Applied)
+            .map(|(rescue, _)| rescue.lease)
+            .collect();
+        // A worker that was only paused may come back and find its key
+        // missing; the marker makes its next renewal report the lease lost.
+        if let Err(error) = self.leases.revoke_if_held(&rescued).await {
+            tracing::warn!(%error, "cannot mark rescued leases as revoked");
+        }
+        let rescued = rescued.len();
         metrics::counter!("taskflow_jobs_rescued_total").increment(rescued as u64);
         Ok(RescueCounts {
             examined: alive.len() + gone.len(),

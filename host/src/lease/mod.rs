@@ -248,6 +248,11 @@ impl Leases {
         Self { redis, ttl }
     }
 
+    /// The Redis these leases live in.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
     /// The lease TTL.
     pub fn ttl(&self) -> Duration {
         self.ttl

@@ -4,7 +4,7 @@
 //! instantiating a ready [`TaskPre`] (a component with its imports already
 //! resolved against the linker) takes microseconds. So each worker keeps a
 //! bounded in-memory map from module hash to `TaskPre`, and writes every
-//! component it compiles to its own cache directory, so a restarted worker
+//! component it compiles to the cache directory, so a restarted worker
 //! loads machine code instead of recompiling.
 //!
 //! Safety of the disk cache: `Component::deserialize_file` trusts its input
@@ -29,7 +29,7 @@ use wasmtime::component::Component;
 use super::bindings::TaskPre;
 use super::guest::GuestState;
 
-/// Ready-to-instantiate components this worker loaded or compiled, by module hash.
+/// Ready-to-instantiate components a worker loaded or compiled, by module hash.
 pub(super) struct ComponentCache {
     engine: Engine,
     dir: Option<PathBuf>,
@@ -42,7 +42,8 @@ pub(super) struct ComponentCache {
 pub enum CacheSource {
     /// Already loaded in this process.
     Memory,
-    /// Loaded from this worker's disk cache.
+    /// Loaded from the disk cache (compiled earlier by this or another
+    /// worker of the host).
     Disk,
     /// Compiled from the module's bytes.
     Compiled,
@@ -73,7 +74,7 @@ impl ComponentCache {
         self.lock().get(hash).cloned()
     }
 
-    /// Loads the component compiled earlier by this worker, if its disk
+    /// Loads the component compiled earlier by a worker, if the disk
     /// cache has it. Blocking.
     pub(super) fn load_from_disk(&self, hash: &str) -> Option<Component> {
         let path = self.path(hash)?;

@@ -25,7 +25,8 @@ pub enum LogSource {
     Log,
     /// The guest's stdout.
     Stdout,
-    /// The guest's stderr (where a Rust guest's panic message goes).
+    /// The guest's stderr (where Rust's default panic hook writes; the SDK's
+    /// hook logs panics through `host.log` instead).
     Stderr,
 }
 

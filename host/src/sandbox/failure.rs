@@ -113,7 +113,7 @@ pub(super) struct MemoryLimitExceeded {
     pub limit: usize,
 }
 
-/// Longest panic message kept from stderr.
+/// Longest panic message kept in the attempt's error message.
 const PANIC_MESSAGE_LIMIT: usize = 2048;
 
 /// Turns an error from instantiating or calling the guest into a [`Failure`].

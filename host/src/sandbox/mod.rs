@@ -112,6 +112,10 @@ pub struct SandboxConfig {
     pub cache_dir: Option<PathBuf>,
     /// Prepared components kept in memory.
     pub memory_cache_capacity: usize,
+    /// Whether to optimise compiled code. Off for a sandbox that only
+    /// validates uploads (the API's): the checks are the same, and an
+    /// unoptimised compile of a large component is several times faster.
+    pub optimize: bool,
 }
 
 /// The sandbox could not be created.
@@ -328,9 +332,10 @@ impl Sandbox {
 
     /// Checks that `bytes` are a component of the `taskflow:task` world that
     /// this host can run: it compiles it and resolves its imports and
-    /// exports, exactly as a worker will. Blocking and possibly slow (it
-    /// compiles): run it off the async executor, with a time limit.
-    pub fn validate(&self, bytes: &[u8]) -> Result<(), InvalidModule> {
+    /// exports, exactly as a worker will, and returns it ready to run.
+    /// Blocking and possibly slow (it compiles): run it off the async
+    /// executor, with a time limit.
+    pub fn validate(&self, bytes: &[u8]) -> Result<PreparedTask, InvalidModule> {
         const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
         const CORE_MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -349,7 +354,7 @@ impl Sandbox {
             .map_err(|error| InvalidModule::Invalid(format!("{error:#}")))?;
         self.inner
             .prepare_component(&component)
-            .map(drop)
+            .map(PreparedTask)
             .map_err(InvalidModule::WrongWorld)
     }
 
@@ -544,6 +549,9 @@ fn engine_config(config: &SandboxConfig) -> wasmtime::Config {
         .max_memory_size(config.max_memory_bytes as usize);
 
     let mut wasm = wasmtime::Config::new();
+    if !config.optimize {
+        wasm.cranelift_opt_level(wasmtime::OptLevel::None);
+    }
     wasm.wasm_component_model(true)
         .consume_fuel(true)
         .epoch_interruption(true)

@@ -20,7 +20,7 @@ pub mod completer;
 pub mod heartbeat;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -31,14 +31,16 @@ pub use heartbeat::{Heartbeat, InFlight};
 use crate::backoff;
 use crate::config::{JobLimits, RetryPolicy, WorkerConfig};
 use crate::lease::{Leases, Redis, WakeupListener};
-use crate::sandbox::{Attempt, AttemptLimits, Execution, JobContext, Sandbox, SandboxConfig};
+use crate::sandbox::{
+    Attempt, AttemptLimits, Execution, JobContext, RunGrant, Sandbox, SandboxConfig,
+};
 use crate::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, NextState, Store};
 
 /// Prepared components a worker keeps in memory.
 const MEMORY_CACHE_CAPACITY: usize = 256;
 
 /// How long a worker backs off after a failed claim (PostgreSQL down).
-const CLAIM_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// A worker process's execution loop; see the [module docs](self).
 pub struct Worker {
@@ -54,8 +56,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker named `id` with its own sandbox sized for `config` and
-    /// `limits`. It signals `retry_scheduled` after committing outcomes that
+    /// A worker named by `config` (see [`WorkerConfig::effective_worker_id`])
+    /// with its own sandbox sized for `config` and `limits`. It signals `retry_scheduled` after committing outcomes that
     /// schedule a retry (give it the [`Scheduler::nudge`](crate::dispatch::Scheduler::nudge)
     /// of the process's scheduler).
     ///
@@ -63,15 +65,15 @@ impl Worker {
     ///
     /// If the sandbox cannot be created.
     pub fn new(
-        id: String,
         config: WorkerConfig,
         limits: &JobLimits,
         retry: RetryPolicy,
         store: Store,
-        redis: Redis,
         leases: Leases,
         retry_scheduled: Arc<Notify>,
     ) -> Result<Self, crate::sandbox::SandboxError> {
+        let id = config.effective_worker_id();
+        let redis = leases.redis().clone();
         let concurrency = config.effective_concurrency();
         let sandbox = Sandbox::new(SandboxConfig {
             max_concurrent_attempts: concurrency,
@@ -80,6 +82,7 @@ impl Worker {
             max_log_bytes: limits.max_log_bytes,
             cache_dir: Some(config.cache_dir.clone()),
             memory_cache_capacity: MEMORY_CACHE_CAPACITY,
+            optimize: true,
         })?;
         Ok(Self {
             id,
@@ -225,20 +228,16 @@ impl Worker {
     async fn execute(
         &self,
         job: ClaimedJob,
-        grant: Arc<crate::sandbox::RunGrant>,
+        grant: Arc<RunGrant>,
         permit: OwnedSemaphorePermit,
     ) -> FinishedAttempt {
-        let store = self.store.clone();
-        let hash = job.module_hash.clone();
+        let give_up_at = Instant::now() + Duration::from_millis(job.timeout_ms as u64);
         let prepared = self
             .sandbox
-            .prepare(&job.module_hash, async move {
-                match store.module_bytes(&hash).await {
-                    Ok(Some(bytes)) => Ok(bytes),
-                    Ok(None) => Err(format!("module {hash} is not in the database")),
-                    Err(error) => Err(format!("cannot load module {hash}: {error}")),
-                }
-            })
+            .prepare(
+                &job.module_hash,
+                fetch_module(&self.store, &job.module_hash, &grant, give_up_at),
+            )
             .await;
         let execution = match prepared {
             Ok((task, _source)) => {
@@ -251,7 +250,7 @@ impl Worker {
                         queue: job.queue.clone(),
                     },
                     limits: AttemptLimits {
-                        timeout: std::time::Duration::from_millis(job.timeout_ms as u64),
+                        timeout: Duration::from_millis(job.timeout_ms as u64),
                         fuel: job.fuel as u64,
                         memory_bytes: job.memory_limit_bytes as u64,
                     },
@@ -262,12 +261,44 @@ impl Worker {
             Err(failure) => Execution {
                 result: Err(failure),
                 fuel_consumed: 0,
-                duration: std::time::Duration::ZERO,
+                duration: Duration::ZERO,
                 log: Default::default(),
             },
         };
         drop(permit);
         finished_attempt(&self.id, &self.retry, &job, execution)
+    }
+}
+
+/// First delay before retrying a failed module fetch; doubles up to
+/// [`MAX_FETCH_RETRY_DELAY`].
+const FIRST_FETCH_RETRY_DELAY: Duration = Duration::from_millis(50);
+const MAX_FETCH_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// The module's bytes, for a worker that has not compiled it yet. A
+/// PostgreSQL blip must not cost the job an attempt, so failures are retried
+/// while the attempt still holds its lease, until `give_up_at`.
+async fn fetch_module(
+    store: &Store,
+    hash: &str,
+    grant: &RunGrant,
+    give_up_at: Instant,
+) -> Result<Vec<u8>, String> {
+    let mut delay = FIRST_FETCH_RETRY_DELAY;
+    loop {
+        match store.module_bytes(hash).await {
+            Ok(Some(bytes)) => return Ok(bytes),
+            Ok(None) => return Err(format!("module {hash} is not in the database")),
+            Err(error) => {
+                let now = Instant::now();
+                if now + delay >= give_up_at || !grant.is_valid_at(now) {
+                    return Err(format!("cannot load module {hash}: {error}"));
+                }
+                tracing::warn!(%error, module = hash, retry_in = ?delay, "cannot load module; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_FETCH_RETRY_DELAY);
+            }
+        }
     }
 }
 

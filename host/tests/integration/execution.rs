@@ -176,7 +176,10 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
         ("trap", hostile(json!({"mode": "trap"}), |_| {})),
         (
             "panic",
-            hostile(json!({"mode": "panic", "message": "it broke"}), |_| {}),
+            // Three attempts allowed, yet a panic is not retried.
+            hostile(json!({"mode": "panic", "message": "it broke"}), |j| {
+                j.max_attempts = Some(3)
+            }),
         ),
         (
             "output_too_large",
@@ -206,12 +209,15 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
         );
         assert_eq!(attempts[0].worker_id, "w1");
         if kind == "panic" {
+            assert_eq!(attempts.len(), 1, "a panic is not retried");
+            let message = attempts[0].error_message.as_deref().unwrap();
             assert!(
-                attempts[0]
-                    .error_message
-                    .as_deref()
-                    .unwrap()
-                    .contains("it broke")
+                message.contains("panicked at") && message.contains("it broke"),
+                "{message}"
+            );
+            assert!(
+                message.contains("src/lib.rs:"),
+                "the panic's location is recorded: {message}"
             );
         }
         if kind == "fuel_exhausted" {

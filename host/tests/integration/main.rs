@@ -4,10 +4,12 @@
 
 mod support;
 
+mod cli;
 mod execution;
 mod fencing;
 mod jobs_api;
 mod modules_api;
+mod plugins;
 mod race;
 mod recovery;
 mod sandbox;

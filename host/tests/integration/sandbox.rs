@@ -18,6 +18,7 @@ fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
         max_log_bytes: 64 << 10,
         cache_dir,
         memory_cache_capacity: 8,
+        optimize: true,
     })
     .expect("sandbox starts")
 }

@@ -33,8 +33,9 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A component built from `plugins/<name>` by `scripts/build-plugins`.
-pub fn plugin(name: &str) -> Vec<u8> {
+/// Where `scripts/build-plugins` puts the component of `plugins/<name>`
+/// (`name` with underscores: `python_csv`).
+pub fn plugin_path(name: &str) -> PathBuf {
     let dir = match std::env::var("TASKFLOW_PLUGIN_DIR") {
         Ok(dir) => PathBuf::from(dir),
         Err(_) => std::env::var("CARGO_TARGET_DIR")
@@ -42,7 +43,12 @@ pub fn plugin(name: &str) -> Vec<u8> {
             .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
             .join("wasm32-wasip2/plugin"),
     };
-    let path = dir.join(format!("taskflow_plugin_{name}.wasm"));
+    dir.join(format!("taskflow_plugin_{name}.wasm"))
+}
+
+/// A component built from `plugins/<name>` by `scripts/build-plugins`.
+pub fn plugin(name: &str) -> Vec<u8> {
+    let path = plugin_path(name);
     std::fs::read(&path).unwrap_or_else(|error| {
         panic!(
             "{}: {error}; build the plugins first with scripts/build-plugins",

@@ -56,7 +56,8 @@ fn mandelbrot(render: Render) -> Result<Bytes, TaskError> {
             "width and height must be between 1 and 4096",
         ));
     }
-    if !(1..=100_000).contains(&render.max_iterations) || !(render.span > 0.0) {
+    if !(1..=100_000).contains(&render.max_iterations) || render.span.is_nan() || render.span <= 0.0
+    {
         return Err(TaskError::fatal(
             "max_iterations must be 1..=100000 and span positive",
         ));
@@ -130,7 +131,11 @@ mod tests {
     #[test]
     fn the_origin_is_inside_and_far_points_escape_at_once() {
         assert_eq!(escape_time(0.0, 0.0, 100), 100);
-        assert_eq!(escape_time(2.5, 2.5, 100), 1, "one step takes it out of the radius-2 disc");
+        assert_eq!(
+            escape_time(2.5, 2.5, 100),
+            1,
+            "one step takes it out of the radius-2 disc"
+        );
     }
 
     #[test]

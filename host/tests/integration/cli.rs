@@ -1,0 +1,172 @@
+//! The `taskflow` binary as a user runs it: local runs and client commands.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::{TestApp, plugin_path};
+
+fn taskflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_taskflow"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the taskflow binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn taskflow_run_executes_a_component_locally_under_the_worker_limits() {
+    let hello = plugin_path("hello");
+    let output = taskflow(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--input",
+        r#"{"name":"cli"}"#,
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout).trim(), r#"{"greeting":"Hello, cli!"}"#);
+    assert!(text(&output.stderr).contains("greeting cli (job local, attempt 1)"));
+
+    let misbehave = plugin_path("misbehave");
+    let output = taskflow(&[
+        "run",
+        misbehave.to_str().unwrap(),
+        "--input",
+        r#"{"mode":"spin"}"#,
+        "--timeout-ms",
+        "200",
+        "--json",
+    ]);
+    assert!(!output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+    assert_eq!(report["succeeded"], false);
+    assert_eq!(report["error"]["kind"], "timeout");
+    assert!(text(&output.stderr).contains("the task failed [timeout, retryable]"));
+
+    let output = taskflow(&[
+        "run",
+        misbehave.to_str().unwrap(),
+        "--input",
+        r#"{"mode":"allocate"}"#,
+    ]);
+    assert!(
+        text(&output.stderr).contains("[memory_limit"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn taskflow_run_refuses_what_an_upload_would_refuse() {
+    let dir = std::env::temp_dir().join(format!("taskflow-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
+    let output = taskflow(&["run", core.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("core WebAssembly module"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let hello = plugin_path("hello");
+    let output = taskflow(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--input",
+        "{}",
+        "--fuel",
+        "0",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("fuel: must be between"),
+        "{}",
+        text(&output.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_commands_push_submit_wait_and_inspect() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let url = app.url.clone();
+    let hello = plugin_path("hello");
+    let run = move |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = args;
+            all.extend(["--api".to_owned(), url]);
+            taskflow(&all.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+
+    let pushed = run(vec![
+        "module".into(),
+        "push".into(),
+        hello.display().to_string(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    let module: Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    let hash = module["hash"].as_str().unwrap().to_owned();
+
+    let submitted = run(vec![
+        "job".into(),
+        "submit".into(),
+        "--module".into(),
+        hash.clone(),
+        "--input".into(),
+        r#"{"name":"shell"}"#.into(),
+        "--wait".into(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let job: Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["output"]["greeting"], "Hello, shell!");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let attempts = run(vec!["job".into(), "attempts".into(), id.clone()])
+        .await
+        .unwrap();
+    let attempts = text(&attempts.stdout);
+    assert!(attempts.contains("#1 succeeded on w1"), "{attempts}");
+    assert!(attempts.contains("greeting shell"), "{attempts}");
+
+    let listed = run(vec![
+        "job".into(),
+        "list".into(),
+        "--state".into(),
+        "succeeded".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(text(&listed.stdout).contains(&id));
+
+    let missing = run(vec![
+        "job".into(),
+        "get".into(),
+        uuid::Uuid::now_v7().to_string(),
+    ])
+    .await
+    .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("does not exist"),
+        "{}",
+        text(&missing.stderr)
+    );
+    worker.stop().await;
+    app.finish().await;
+}

@@ -1,0 +1,161 @@
+//! Every example plugin, run by a real worker: outputs, errors, logs.
+
+use base64::Engine as _;
+use serde_json::json;
+use taskflow::api::types::SubmitJob;
+use taskflow::store::JobState;
+
+use crate::support::{TestApp, plugin_path};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_example_plugins_compute_what_they_promise() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+
+    let wordstats = app.upload("wordstats").await;
+    let job = app
+        .submit(
+            &wordstats,
+            json!({"text": "a rose is a rose is a rose", "top": 2}),
+        )
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(
+        job.output,
+        Some(json!({
+            "bytes": 26, "chars": 26, "lines": 1, "words": 8, "unique_words": 3,
+            "top_words": [{"word": "a", "count": 3}, {"word": "rose", "count": 3}]
+        }))
+    );
+    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    assert_eq!(attempt.logs[0]["message"], "8 words, 3 distinct");
+
+    let digest = app.upload("digest").await;
+    let payload = [0u8, 159, 146, 150];
+    let job = app
+        .submit_with(SubmitJob {
+            module: digest,
+            input_base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            ..Default::default()
+        })
+        .await;
+    let job = app.wait_final(job.id).await;
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload));
+    assert_eq!(
+        job.output,
+        Some(json!({"size": 4, "sha256": sha256, "base64": "AJ+Slg=="}))
+    );
+
+    let jsonpipe = app.upload("jsonpipe").await;
+    let job = app
+        .submit(
+            &jsonpipe,
+            json!({
+                "records": [{"n": "a", "v": 3}, {"n": "b", "v": 1}, {"n": "c", "v": 2}],
+                "where": [{"field": "v", "op": "gte", "value": 2}],
+                "sort_by": "v",
+                "select": ["n"]
+            }),
+        )
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(
+        job.output,
+        Some(json!({"matched": 2, "records": [{"n": "c"}, {"n": "a"}]}))
+    );
+    let bad = app
+        .submit(
+            &jsonpipe,
+            json!({"records": [], "where": [{"field": "v", "op": "like"}]}),
+        )
+        .await;
+    let bad = app.wait_final(bad.id).await;
+    assert_eq!(bad.state, JobState::Dead, "bad input is fatal: no retries");
+    assert_eq!(bad.attempt, 1);
+    assert!(
+        bad.last_error.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("like")
+    );
+
+    let mandelbrot = app.upload("mandelbrot").await;
+    let job = app
+        .submit(&mandelbrot, json!({"width": 16, "height": 8}))
+        .await;
+    let job = app.wait_final(job.id).await;
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(job.output_base64.unwrap())
+        .unwrap();
+    assert!(image.starts_with(b"P6\n16 8\n255\n"));
+    assert_eq!(image.len(), b"P6\n16 8\n255\n".len() + 16 * 8 * 3);
+    let summary = app
+        .submit(
+            &mandelbrot,
+            json!({"width": 64, "height": 64, "format": "summary"}),
+        )
+        .await;
+    let summary = app.wait_final(summary.id).await.output.unwrap();
+    assert_eq!(summary["width"], 64);
+    assert!(summary["inside"].as_u64().unwrap() > 0);
+
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_written_in_python_runs_end_to_end() {
+    let path = plugin_path("python_csv");
+    if !path.exists() {
+        eprintln!(
+            "SKIPPED: {} is not built; install componentize-py (pip install componentize-py) \
+             and run scripts/build-plugins",
+            path.display()
+        );
+        return;
+    }
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("python_csv").await;
+    let job = app
+        .submit_with(SubmitJob {
+            module: module.clone(),
+            input: Some(json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"})),
+            memory_limit_bytes: Some(256 << 20),
+            ..Default::default()
+        })
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    assert_eq!(
+        job.output,
+        Some(json!({
+            "count": 2,
+            "columns": ["name", "age"],
+            "rows": [{"name": "Ada", "age": "36"}, {"name": "Alan", "age": "41"}]
+        }))
+    );
+    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    let line = attempt.logs[0]["message"].as_str().unwrap();
+    assert_eq!(line, format!("parsed 2 rows (job {}, attempt 1)", job.id));
+
+    let bad = app
+        .submit_with(SubmitJob {
+            module,
+            input: Some(json!({"rows": []})),
+            memory_limit_bytes: Some(256 << 20),
+            ..Default::default()
+        })
+        .await;
+    let bad = app.wait_final(bad.id).await;
+    assert_eq!(bad.state, JobState::Dead);
+    assert_eq!(bad.attempt, 1, "the Python task's error said not to retry");
+    assert!(
+        bad.last_error.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("csv")
+    );
+    worker.stop().await;
+    app.finish().await;
+}
