@@ -261,3 +261,40 @@ async fn a_log_flood_is_bounded_and_does_not_fail_the_job() {
     worker.stop().await;
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_log_macros_the_log_facade_and_stderr_all_reach_the_attempt_log_in_order() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let job = app.submit(&module, json!({"mode": "log_levels"})).await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    let lines: Vec<(String, String, String)> = attempt
+        .logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| {
+            let text = |key: &str| line[key].as_str().unwrap_or("").to_owned();
+            (text("source"), text("level"), text("message"))
+        })
+        .collect();
+    let expected = [
+        ("log", "trace", "t"),
+        ("log", "debug", "d"),
+        ("log", "info", "i"),
+        ("log", "warn", "w"),
+        ("log", "error", "e"),
+        ("log", "warn", "taskflow_plugin_misbehave: from the facade"),
+        ("stderr", "", "to stderr"),
+    ];
+    let expected: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(lines, expected);
+    worker.stop().await;
+    app.finish().await;
+}

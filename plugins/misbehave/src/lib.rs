@@ -38,6 +38,9 @@ enum Mode {
     LogSpam { lines: usize, width: usize },
     /// Sleeps `ms` milliseconds in a host call (WASI), then succeeds.
     Sleep { ms: u64 },
+    /// Logs one line at each level through the SDK, one through the `log`
+    /// crate facade, and one on stderr, then succeeds.
+    LogLevels,
     /// Burns roughly `iterations` loop iterations, then succeeds with a checksum.
     Burn { iterations: u64 },
 }
@@ -91,6 +94,16 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
                 taskflow_sdk::log::debug!("{line}");
                 println!("{line}");
             }
+            Ok(json(serde_json::json!({})))
+        }
+        Mode::LogLevels => {
+            taskflow_sdk::log::trace!("t");
+            taskflow_sdk::log::debug!("d");
+            taskflow_sdk::log::info!("i");
+            taskflow_sdk::log::warn!("w");
+            taskflow_sdk::log::error!("e");
+            log::warn!("from the facade");
+            eprintln!("to stderr");
             Ok(json(serde_json::json!({})))
         }
         Mode::Sleep { ms } => {
