@@ -48,6 +48,7 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    token: Option<String>,
 }
 
 impl Client {
@@ -59,7 +60,14 @@ impl Client {
                 .build()
                 .expect("a default HTTP client builds"),
             base: base_url.trim_end_matches('/').to_owned(),
+            token: None,
         }
+    }
+
+    /// Sends `token` as `Authorization: Bearer <token>` on every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Uploads a component. Returns the module and whether it is new.
@@ -170,6 +178,10 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, T), ClientError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request
             .send()
             .await

@@ -245,6 +245,13 @@ pub struct ApiConfig {
     /// Most module uploads compiled at the same time; further uploads wait.
     #[arg(long, env = "TASKFLOW_MAX_CONCURRENT_COMPILES", default_value_t = 2)]
     pub max_concurrent_compiles: usize,
+
+    /// SHA-256 (hex) of each accepted API token, comma-separated; make one
+    /// with `taskflow token create`. Every `/v1` route then requires
+    /// `Authorization: Bearer <token>`. Empty: the API is open to anyone who
+    /// can reach it (a warning is logged at startup).
+    #[arg(long, env = "TASKFLOW_API_TOKEN_SHA256", value_delimiter = ',')]
+    pub api_token_sha256: Vec<String>,
 }
 
 impl ApiConfig {
@@ -252,7 +259,10 @@ impl ApiConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(self.max_concurrent_compiles >= 1, || {
             "--max-concurrent-compiles must be at least 1".into()
-        })
+        })?;
+        crate::api::auth::TokenHashes::parse(&self.api_token_sha256)
+            .map(drop)
+            .map_err(|error| ConfigError(error.to_string()))
     }
 }
 

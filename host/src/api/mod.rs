@@ -9,9 +9,11 @@
 //! - [`jobs`]: `POST /v1/jobs[/batch]`, `GET /v1/jobs[/{id}[/attempts]]`,
 //!   `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! - [`auth`]: bearer tokens on every `/v1` route
 //! - [`error`]: the one error type, `{"error": {"code", "message"}}`
 //! - [`types`]: request and response bodies, shared with the CLI client
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod jobs;
@@ -52,13 +54,21 @@ pub struct ApiState {
     pub config: Arc<ApiConfig>,
     /// Bounds concurrent compilations of uploads.
     pub compile_slots: Arc<Semaphore>,
+    /// Accepted API tokens; empty means the API is open.
+    pub tokens: auth::TokenHashes,
 }
 
 /// All routes, with their state.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let authenticated = Router::new()
         .merge(modules::router(&state))
         .merge(jobs::router(&state))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .merge(authenticated)
         .merge(health::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

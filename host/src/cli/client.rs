@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::{ClientArgs, JobCommand, ModuleCommand};
 use crate::api::types::{AttemptList, JobQuery, JobView, ModuleView, SubmitJob};
-use crate::client::Client;
 
 /// `taskflow job submit`.
 #[derive(Debug, Args)]
@@ -61,7 +60,7 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
         ModuleCommand::Push { file, client } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let (module, created) = Client::new(&client.api_url).push_module(bytes).await?;
+            let (module, created) = client.client().push_module(bytes).await?;
             print(&client, &module, || {
                 let verb = if created {
                     "uploaded"
@@ -75,7 +74,7 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             })
         }
         ModuleCommand::Get { hash, client } => {
-            let module = Client::new(&client.api_url).get_module(&hash).await?;
+            let module = client.client().get_module(&hash).await?;
             print(&client, &module, || describe_module(&module))
         }
         ModuleCommand::List {
@@ -83,7 +82,8 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             cursor,
             client,
         } => {
-            let page = Client::new(&client.api_url)
+            let page = client
+                .client()
                 .list_modules(limit, cursor.as_deref())
                 .await?;
             print(&client, &page, || {
@@ -102,7 +102,7 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
     match command {
         JobCommand::Submit(args) => submit(args).await,
         JobCommand::Get { id, client } => {
-            let job = Client::new(&client.api_url).get_job(id).await?;
+            let job = client.client().get_job(id).await?;
             print(&client, &job, || describe_job(&job))
         }
         JobCommand::List {
@@ -118,7 +118,7 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
                 limit,
                 cursor,
             };
-            let page = Client::new(&client.api_url).list_jobs(&query).await?;
+            let page = client.client().list_jobs(&query).await?;
             print(&client, &page, || {
                 let mut lines = vec![format!(
                     "{:<36}  {:<10}  {:<12}  {:>7}  CREATED",
@@ -141,15 +141,15 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
             })
         }
         JobCommand::Attempts { id, client } => {
-            let attempts = Client::new(&client.api_url).attempts(id).await?;
+            let attempts = client.client().attempts(id).await?;
             print(&client, &attempts, || describe_attempts(&attempts))
         }
         JobCommand::Cancel { id, client } => {
-            let job = Client::new(&client.api_url).cancel(id).await?;
+            let job = client.client().cancel(id).await?;
             print(&client, &job, || format!("job {} is {}", job.id, job.state))
         }
         JobCommand::Retry { id, client } => {
-            let job = Client::new(&client.api_url).retry(id).await?;
+            let job = client.client().retry(id).await?;
             print(&client, &job, || {
                 format!("job {} is {} again", job.id, job.state)
             })
@@ -182,7 +182,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         }
         (None, None) => request.input = Some(serde_json::Value::Null),
     }
-    let client = Client::new(&args.client.api_url);
+    let client = args.client.client();
     let submitted = client.submit(&request).await?;
     if !args.wait {
         return print(&args.client, &submitted, || {

@@ -59,11 +59,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     prepare_database(&args.connections).await?;
     let backends = Backends::connect(&args.connections, &args.lease)?;
     let shutdown = shutdown_on_signal();
-    let (address, api) = spawn_api(
-        api_state(&backends, args.limits.clone(), args.api)?,
-        shutdown.clone(),
-    )
-    .await?;
+    let state = api_state(&backends, args.limits.clone(), args.api)?;
+    let open = state.tokens.is_open();
+    let (address, api) = spawn_api(state, shutdown.clone()).await?;
     let base_id = args.worker.effective_worker_id();
     let mut workers = Vec::new();
     for index in 1..=args.workers {
@@ -79,6 +77,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let url = format!("http://{address}");
     println!("TaskFlow is up: API at {url}, {} workers", args.workers);
+    if open {
+        println!("The API is open (no TASKFLOW_API_TOKEN_SHA256 configured): do not expose it.");
+    }
 
     let plugin = match args.plugin {
         Some(path) => path,
@@ -100,7 +101,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Uploads the plugin, runs one job through the whole system and prints it.
 async fn demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
-    let client = Client::new(url);
+    // With tokens configured, the demo authenticates like any client.
+    let client = Client::new(url).with_token(std::env::var("TASKFLOW_API_TOKEN").ok());
     let bytes =
         std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
     let (module, _) = client.push_module(bytes).await?;

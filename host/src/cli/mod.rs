@@ -45,6 +45,18 @@ pub enum Command {
     /// Run a task component locally, in the worker's sandbox, without a
     /// server.
     Run(run::RunArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `taskflow token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a random API token. Give the token to clients
+    /// (TASKFLOW_API_TOKEN) and its SHA-256 to the API
+    /// (TASKFLOW_API_TOKEN_SHA256); the server never needs the token itself.
+    Create,
 }
 
 /// `taskflow api`.
@@ -103,9 +115,24 @@ pub struct ClientArgs {
         global = true
     )]
     pub api_url: String,
+    /// API token (see `taskflow token create`).
+    #[arg(
+        long,
+        env = "TASKFLOW_API_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// Print JSON instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl ClientArgs {
+    /// A client of the configured API.
+    pub fn client(&self) -> crate::client::Client {
+        crate::client::Client::new(&self.api_url).with_token(self.token.clone())
+    }
 }
 
 /// `taskflow module …`.
@@ -208,5 +235,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Module(command) => client::run_module(command).await,
         Command::Job(command) => client::run_job(command).await,
         Command::Run(args) => run::run(args).await,
+        Command::Token(TokenCommand::Create) => {
+            let (token, hash) = crate::api::auth::create_token();
+            println!("token:  {token}\nsha256: {hash}");
+            println!(
+                "\nclients: TASKFLOW_API_TOKEN={token}\nserver:  TASKFLOW_API_TOKEN_SHA256={hash}"
+            );
+            Ok(())
+        }
     }
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiArgs, MigrateArgs, WorkerArgs};
+use crate::api::auth::TokenHashes;
 use crate::api::{self, ApiState};
 use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig};
 use crate::dispatch::{self, Rescuer, Scheduler};
@@ -94,6 +95,7 @@ pub fn api_state(
         waker: Waker::new(backends.redis.clone()),
         sandbox,
         compile_slots: Arc::new(Semaphore::new(config.max_concurrent_compiles)),
+        tokens: TokenHashes::parse(&config.api_token_sha256)?,
         limits: Arc::new(limits),
         config: Arc::new(config),
     })
@@ -168,8 +170,15 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     prepare_database(&args.connections).await?;
     let backends = Backends::connect(&args.connections, &args.lease)?;
     let state = api_state(&backends, args.limits, args.api)?;
+    let open = state.tokens.is_open();
     let (address, server) = spawn_api(state, shutdown_on_signal()).await?;
     tracing::info!(%address, "API listening");
+    if open {
+        tracing::warn!(
+            "the API is OPEN: no TASKFLOW_API_TOKEN_SHA256 configured, so anyone who can reach \
+             {address} can upload and run code; create a token with `taskflow token create`"
+        );
+    }
     server.await??;
     Ok(())
 }

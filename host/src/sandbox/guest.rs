@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, JobContext, Level};
 use super::capture::LogCapture;
+use super::clocks::{AttemptMonotonicClock, CoarseWallClock};
 use super::failure::MemoryLimitExceeded;
 
 /// Most table elements one attempt may allocate. Tables hold function
@@ -28,7 +29,9 @@ pub struct GuestState {
 impl GuestState {
     /// State for one attempt. The WASI context grants nothing: no files, no
     /// environment, no arguments, no sockets, no name lookups; stdin is
-    /// closed and stdout/stderr go to the attempt's log.
+    /// closed and stdout/stderr go to the attempt's log; the clocks are
+    /// coarse (see [`super::clocks`]); randomness comes from the host's
+    /// cryptographic generator.
     pub(super) fn new(
         log: Arc<LogCapture>,
         context: JobContext,
@@ -40,6 +43,8 @@ impl GuestState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .wall_clock(CoarseWallClock)
+            .monotonic_clock(AttemptMonotonicClock::new())
             .build();
         Self {
             wasi,

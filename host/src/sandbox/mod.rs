@@ -22,7 +22,8 @@
 //! | stack | `max_wasm_stack` | `stack_overflow` |
 //! | output | checked after the call | `output_too_large` |
 //! | log | bounded capture; excess lines dropped and counted | (never fails) |
-//! | capabilities | WASI context granting nothing | the call fails inside the guest |
+//! | capabilities | WASI context granting nothing: no files, environment, arguments, sockets or name lookups | the call fails inside the guest |
+//! | clocks | 1 ms resolution; the monotonic clock starts at 0 per attempt ([`clocks`]) | — |
 //!
 //! # When to use fuel vs. epochs
 //!
@@ -40,6 +41,7 @@
 //! The deadline therefore covers everything: guest code and host calls.
 
 pub mod capture;
+pub mod clocks;
 pub mod failure;
 
 mod bindings;

@@ -13,3 +13,4 @@ mod plugins;
 mod race;
 mod recovery;
 mod sandbox;
+mod security;

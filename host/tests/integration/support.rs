@@ -105,6 +105,8 @@ pub struct TestOptions {
     pub limits: JobLimits,
     pub lease_ttl: Duration,
     pub retry: RetryPolicy,
+    /// SHA-256 of accepted API tokens; empty leaves the API open.
+    pub api_token_sha256: Vec<String>,
 }
 
 impl Default for TestOptions {
@@ -116,6 +118,7 @@ impl Default for TestOptions {
                 backoff_base: Duration::from_millis(50),
                 backoff_max: Duration::from_secs(1),
             },
+            api_token_sha256: Vec::new(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl TestApp {
         let backends = Backends::connect(&connections, &lease).expect("valid connections");
         let api_config = ApiConfig {
             listen: "127.0.0.1:0".into(),
+            api_token_sha256: options.api_token_sha256.clone(),
             ..config::from_env()
         };
         let state =

@@ -41,6 +41,10 @@ enum Mode {
     /// Logs one line at each level through the SDK, one through the `log`
     /// crate facade, and one on stderr, then succeeds.
     LogLevels,
+    /// Tries to reach everything a sandbox must deny (files, directories,
+    /// environment, arguments, TCP, UDP, name lookup) and reports what
+    /// happened, with what the clocks look like.
+    Probe,
     /// Burns roughly `iterations` loop iterations, then succeeds with a checksum.
     Burn { iterations: u64 },
 }
@@ -106,6 +110,7 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             eprintln!("to stderr");
             Ok(json(serde_json::json!({})))
         }
+        Mode::Probe => Ok(json(probe())),
         Mode::Sleep { ms } => {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(json(serde_json::json!({})))
@@ -118,6 +123,39 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             Ok(json(serde_json::json!({ "checksum": hash })))
         }
     }
+}
+
+/// What each forbidden operation returned: `"denied: <error>"` or
+/// `"ALLOWED…"`.
+fn probe() -> serde_json::Value {
+    fn outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -> String {
+        match result {
+            Ok(value) => format!("ALLOWED: {value:?}"),
+            Err(error) => format!("denied: {error}"),
+        }
+    }
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let smallest_step = loop {
+        let elapsed = started.elapsed();
+        if !elapsed.is_zero() {
+            break elapsed;
+        }
+    };
+    serde_json::json!({
+        "read_file": outcome(std::fs::read("/etc/passwd").map(|b| b.len())),
+        "read_dir": outcome(std::fs::read_dir("/").map(|d| d.count())),
+        "write_file": outcome(std::fs::write("/tmp/taskflow-escape", b"x")),
+        "env_vars": std::env::vars().count(),
+        "args": std::env::args().count(),
+        "tcp": outcome(std::net::TcpStream::connect("127.0.0.1:5432").map(|_| ())),
+        "udp": outcome(std::net::UdpSocket::bind("127.0.0.1:0").map(|_| ())),
+        "dns": outcome(std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| a.count())),
+        "wall_clock_sub_ms_nanos": since_epoch.subsec_nanos() % 1_000_000,
+        "smallest_monotonic_step_ns": smallest_step.as_nanos() as u64,
+    })
 }
 
 // Unbounded on purpose: the host must stop it with `stack_overflow`. The

@@ -1,0 +1,122 @@
+//! Who may do what: API tokens, and the sandbox's capability policy.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use taskflow::api::auth::create_token;
+use taskflow::store::JobState;
+
+use crate::support::{TestApp, TestOptions, plugin};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns_nothing() {
+    let (token, hash) = create_token();
+    let app = TestApp::start_with(TestOptions {
+        api_token_sha256: vec![hash],
+        ..Default::default()
+    })
+    .await;
+    let http = app.http();
+    let job = uuid::Uuid::now_v7();
+    let requests = |auth: Option<&str>| {
+        let with = |request: reqwest::RequestBuilder| match auth {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        };
+        vec![
+            with(
+                http.put(format!("{}/v1/modules", app.url))
+                    .body(plugin("hello")),
+            ),
+            with(http.get(format!("{}/v1/modules", app.url))),
+            with(http.get(format!("{}/v1/modules/{}", app.url, "0".repeat(64)))),
+            with(
+                http.post(format!("{}/v1/jobs", app.url))
+                    .json(&json!({"module": "0".repeat(64), "input": {}})),
+            ),
+            with(
+                http.post(format!("{}/v1/jobs/batch", app.url))
+                    .json(&json!({"jobs": []})),
+            ),
+            with(http.get(format!("{}/v1/jobs", app.url))),
+            with(http.get(format!("{}/v1/jobs/{job}", app.url))),
+            with(http.get(format!("{}/v1/jobs/{job}/attempts", app.url))),
+            with(http.post(format!("{}/v1/jobs/{job}/cancel", app.url))),
+            with(http.post(format!("{}/v1/jobs/{job}/retry", app.url))),
+        ]
+    };
+    let mut bodies = std::collections::HashSet::new();
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some(&format!("Basic {token}")),
+        Some("Bearer "),
+    ] {
+        for request in requests(auth) {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            bodies.insert(response.text().await.unwrap());
+        }
+    }
+    assert_eq!(bodies.len(), 1, "every refusal looks the same: {bodies:?}");
+    let body: Value = serde_json::from_str(bodies.iter().next().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let counts: (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM modules), (SELECT count(*) FROM jobs)")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(counts, (0, 0), "refused requests wrote nothing");
+
+    let client = app.client.clone().with_token(Some(token));
+    let (module, _) = client.push_module(plugin("hello")).await.unwrap();
+    let submitted = client
+        .submit(&taskflow::api::types::SubmitJob {
+            module: module.hash,
+            input: Some(json!({})),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(submitted.job.state, JobState::Available);
+
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let response = http.get(format!("{}{open}", app.url)).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{open} stays open for probes"
+        );
+    }
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_reaches_no_file_socket_environment_or_fine_clock() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let job = app.submit(&module, json!({"mode": "probe"})).await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    let report = job.output.unwrap();
+    for capability in ["read_file", "read_dir", "write_file", "tcp", "udp", "dns"] {
+        let outcome = report[capability].as_str().unwrap();
+        assert!(outcome.starts_with("denied"), "{capability}: {outcome}");
+    }
+    assert_eq!(report["env_vars"], 0, "no environment variables");
+    assert_eq!(report["args"], 0, "no arguments");
+    assert_eq!(
+        report["wall_clock_sub_ms_nanos"], 0,
+        "the wall clock ticks in milliseconds"
+    );
+    let step = report["smallest_monotonic_step_ns"].as_u64().unwrap();
+    assert!(
+        step >= 1_000_000 && step % 1_000_000 == 0,
+        "the monotonic clock cannot time anything shorter than a millisecond ({step} ns)"
+    );
+    assert!(!std::path::Path::new("/tmp/taskflow-escape").exists());
+    worker.stop().await;
+    app.finish().await;
+}
