@@ -128,14 +128,17 @@ pub struct JobLimits {
     #[arg(long, env = "TASKFLOW_MAX_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     pub max_timeout: Duration,
 
-    /// CPU budget of one attempt, in fuel units (about one per WebAssembly
+    /// CPU budget of one attempt, in fuel units (one per WebAssembly
     /// instruction), when the job does not say. Deterministic: the same
-    /// input burns the same fuel on every machine.
-    #[arg(long, env = "TASKFLOW_DEFAULT_FUEL", default_value_t = 10_000_000_000)]
+    /// input burns the same fuel on every machine. Compiled code runs several
+    /// instructions per CPU cycle (a tight loop burns about 2·10¹⁰ a second
+    /// here), so the default lets the wall-clock timeout bind first; set a
+    /// lower `fuel` per job for a reproducible CPU cap.
+    #[arg(long, env = "TASKFLOW_DEFAULT_FUEL", default_value_t = 1_000_000_000_000)]
     pub default_fuel: u64,
 
     /// Largest fuel budget a job may ask for.
-    #[arg(long, env = "TASKFLOW_MAX_FUEL", default_value_t = 1_000_000_000_000)]
+    #[arg(long, env = "TASKFLOW_MAX_FUEL", default_value_t = 100_000_000_000_000)]
     pub max_fuel: u64,
 
     /// Linear-memory limit of one attempt, in bytes, when the job does not say.

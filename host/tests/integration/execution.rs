@@ -298,3 +298,47 @@ async fn sdk_log_macros_the_log_facade_and_stderr_all_reach_the_attempt_log_in_o
     worker.stop().await;
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crowd_of_hostile_jobs_does_not_stop_well_behaved_ones() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let hello = app.upload("hello").await;
+    let mut hostile = Vec::new();
+    let mut healthy = Vec::new();
+    for round in 0..4 {
+        for (mode, timeout_ms) in [("spin", 500), ("allocate", 30_000), ("recurse", 30_000)] {
+            let job = SubmitJob {
+                module: module.clone(),
+                input: Some(json!({"mode": mode})),
+                max_attempts: Some(1),
+                timeout_ms: Some(timeout_ms),
+                memory_limit_bytes: Some(16 << 20),
+                ..Default::default()
+            };
+            hostile.push(app.submit_with(job).await.id);
+        }
+        for i in 0..5 {
+            healthy.push(
+                app.submit(&hello, json!({"name": format!("{round}-{i}")}))
+                    .await
+                    .id,
+            );
+        }
+    }
+    for id in healthy {
+        assert_eq!(app.wait_final(id).await.state, JobState::Succeeded);
+    }
+    for id in hostile {
+        let job = app.wait_final(id).await;
+        assert_eq!(job.state, JobState::Dead);
+        let kind = job.last_error.unwrap()["kind"].as_str().unwrap().to_owned();
+        assert!(
+            ["timeout", "memory_limit", "stack_overflow"].contains(&kind.as_str()),
+            "{kind}"
+        );
+    }
+    worker.stop().await;
+    app.finish().await;
+}

@@ -547,3 +547,50 @@ async fn health_and_readiness() {
     assert_eq!(ready["redis"], "ok");
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
+    let app = TestApp::start().await;
+    let module = app.upload("hello").await;
+    let key = "🦀-ключ-مفتاح-\u{202e}-\u{fffd}";
+    let input = json!({"name": "nul\u{0000}byte, emoji 🦀, rtl \u{202e}, combining e\u{301}", "deep": [[[["x"]]]]});
+    let first = app
+        .submit_with(SubmitJob {
+            module: module.clone(),
+            input: Some(input.clone()),
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        })
+        .await;
+    let again = app
+        .client
+        .submit(&SubmitJob {
+            module: module.clone(),
+            input: Some(input.clone()),
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.job.id, first.id);
+    assert!(!again.created);
+    let stored = app.client.get_job(first.id).await.unwrap();
+    assert_eq!(stored.input, Some(input));
+    assert_eq!(stored.idempotency_key.as_deref(), Some(key));
+
+    let deep = format!(
+        r#"{{"module": "{module}", "input": {}1{}}}"#,
+        "[".repeat(1000),
+        "]".repeat(1000)
+    );
+    let lone_surrogate = format!(r#"{{"module": "{module}", "input": "\ud800"}}"#);
+    let unicode_queue = format!(r#"{{"module": "{module}", "input": 1, "queue": "défaut"}}"#);
+    let nul_key = format!(r#"{{"module": "{module}", "input": 1, "idempotency_key": "a\u0000b"}}"#);
+    for body in [deep, lone_surrogate, unicode_queue, nul_key] {
+        let (status, response) = post_json(&app, "/v1/jobs", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:.80} → {response}");
+        assert!(response["error"]["message"].is_string());
+    }
+    assert_eq!(job_count(&app).await, 1);
+    app.finish().await;
+}

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod execution;
 mod fencing;
+mod fuzz;
 mod jobs_api;
 mod modules_api;
 mod plugins;

@@ -151,3 +151,52 @@ async fn module_lookups_validate_the_hash() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pathological_modules_are_refused_in_bounded_time_without_harm() {
+    let app = TestApp::start().await;
+    // A 32 MiB data section.
+    let huge_data = format!(
+        "(component (core module (memory 600) (data (i32.const 0) \"{}\")))",
+        "\\00".repeat(32 << 20)
+    );
+    // 50 000 nested blocks.
+    let deep = format!(
+        "(component (core module (func {} {})))",
+        "(block ".repeat(50_000),
+        ")".repeat(50_000)
+    );
+    // 100 000 functions in one table.
+    let wide = format!(
+        "(component (core module (table 100000 funcref) (elem (i32.const 0) func {}) {}))",
+        "$f ".repeat(100_000),
+        "(func $f)"
+    );
+    for (name, text) in [
+        ("huge data", huge_data),
+        ("deep nesting", deep),
+        ("huge element section", wide),
+    ] {
+        let bytes = wat::parse_str(&text).unwrap();
+        let (status, body) = put_module(&app, bytes).await;
+        assert!(status.is_client_error(), "{name}: {status} {body}");
+        assert!(body["error"]["code"].is_string(), "{name}: {body}");
+    }
+    // The API still serves.
+    let (status, _) = put_module(&app, plugin("hello")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_compiles_too_slowly_is_refused() {
+    let app = TestApp::start_with_api(TestOptions::default(), |api| {
+        api.compile_timeout = std::time::Duration::from_millis(1)
+    })
+    .await;
+    let (status, body) = put_module(&app, plugin("misbehave")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "compile_timeout");
+    assert_eq!(module_count(&app).await, 0);
+    app.finish().await;
+}

@@ -159,6 +159,14 @@ impl TestApp {
     }
 
     pub async fn start_with(options: TestOptions) -> Self {
+        Self::start_with_api(options, |_| {}).await
+    }
+
+    /// Starts with API settings adjusted by `configure`.
+    pub async fn start_with_api(
+        options: TestOptions,
+        configure: impl FnOnce(&mut ApiConfig),
+    ) -> Self {
         let db = TestDb::create().await;
         let connections = Connections {
             database_url: db.url.clone(),
@@ -170,11 +178,12 @@ impl TestApp {
             lease_ttl: options.lease_ttl,
         };
         let backends = Backends::connect(&connections, &lease).expect("valid connections");
-        let api_config = ApiConfig {
+        let mut api_config = ApiConfig {
             listen: "127.0.0.1:0".into(),
             api_token_sha256: options.api_token_sha256.clone(),
             ..config::from_env()
         };
+        configure(&mut api_config);
         let state =
             api_state(&backends, options.limits.clone(), api_config).expect("valid API config");
         let shutdown = CancellationToken::new();

@@ -1,0 +1,194 @@
+//! Property-based fuzzing of the two places hostile bytes enter: module
+//! validation and request parsing. Bounded for CI; set
+//! `TASKFLOW_FUZZ_CASES` for a longer run.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use taskflow::sandbox::{InvalidModule, Sandbox, SandboxConfig};
+
+use crate::support::{TestApp, plugin};
+
+fn cases(default: u32) -> u32 {
+    std::env::var("TASKFLOW_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+fn validator() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        max_concurrent_attempts: 1,
+        max_memory_bytes: 64 << 20,
+        max_output_bytes: 1 << 20,
+        max_log_bytes: 1 << 16,
+        cache_dir: None,
+        memory_cache_capacity: 1,
+        optimize: false,
+    })
+    .unwrap()
+}
+
+/// Corrupts a real component: flips bytes, truncates, or splices garbage in.
+fn mutated_component() -> impl Strategy<Value = Vec<u8>> {
+    let original = plugin("hello");
+    let len = original.len();
+    prop_oneof![
+        proptest::collection::vec((0..len, any::<u8>()), 1..8).prop_map({
+            let original = original.clone();
+            move |flips| {
+                let mut bytes = original.clone();
+                for (at, value) in flips {
+                    bytes[at] = value;
+                }
+                bytes
+            }
+        }),
+        (0..len).prop_map({
+            let original = original.clone();
+            move |cut| original[..cut].to_vec()
+        }),
+        (8..len, proptest::collection::vec(any::<u8>(), 1..64)).prop_map(move |(at, junk)| {
+            let mut bytes = original.clone();
+            bytes.splice(at..at, junk);
+            bytes
+        }),
+        proptest::collection::vec(any::<u8>(), 0..256).prop_map(|mut bytes| {
+            bytes.splice(0..0, *b"\0asm\x0d\0\x01\0");
+            bytes
+        }),
+    ]
+}
+
+#[test]
+fn module_validation_never_panics_on_corrupted_components() {
+    let sandbox = validator();
+    let mut runner = TestRunner::new(Config {
+        cases: cases(64),
+        ..Config::default()
+    });
+    runner
+        .run(&mutated_component(), |bytes| {
+            // Any answer is fine; a panic, hang or crash is not.
+            match sandbox.validate(&bytes) {
+                Ok(_) | Err(InvalidModule::Invalid(_) | InvalidModule::WrongWorld(_)) => {}
+                Err(InvalidModule::NotWasm | InvalidModule::CoreModule) => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Arbitrary JSON, biased towards the fields a submission has; `module`
+/// names the uploaded module half of the time, so cases get past the hash
+/// check into limits, payloads and the insert.
+fn submission(module: String) -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        ".{0,40}".prop_map(Value::String),
+        Just(json!("'; DROP TABLE jobs; --")),
+        Just(json!("\u{202e}\u{0000}\u{fffd}🦀")),
+    ];
+    let value = leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(".{0,8}", inner, 0..4)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    });
+    let field = prop_oneof![
+        Just("module"),
+        Just("input"),
+        Just("input_base64"),
+        Just("max_attempts"),
+        Just("timeout_ms"),
+        Just("fuel"),
+        Just("memory_limit_bytes"),
+        Just("queue"),
+        Just("priority"),
+        Just("run_at"),
+        Just("idempotency_key"),
+        Just("other"),
+    ];
+    let fields = proptest::collection::btree_map(field, value, 0..8).prop_map(|map| {
+        map.into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<serde_json::Map<_, _>>()
+    });
+    (fields, any::<bool>(), any::<bool>()).prop_map(move |(mut fields, real_module, give_input)| {
+        if real_module {
+            fields.insert("module".into(), json!(module));
+        }
+        if give_input && !fields.contains_key("input_base64") {
+            fields.entry("input").or_insert(json!({}));
+        }
+        Value::Object(fields)
+    })
+}
+
+#[test]
+fn arbitrary_submissions_get_a_json_answer_never_a_server_error() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = runtime.block_on(TestApp::start());
+    let module = runtime.block_on(app.upload("hello"));
+    let http = app.http();
+    let accepted = std::cell::Cell::new(0i64);
+    let mut runner = TestRunner::new(Config {
+        cases: cases(200),
+        ..Config::default()
+    });
+    runner
+        .run(&submission(module), |body| {
+            let (status, answer) = runtime.block_on(async {
+                let response = http
+                    .post(format!("{}/v1/jobs", app.url))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await)
+            });
+            prop_assert!(!status.is_server_error(), "{body} → {status}");
+            let answer = answer
+                .map_err(|e| TestCaseError::fail(format!("{body} → non-JSON answer: {e}")))?;
+            if status.is_client_error() {
+                prop_assert!(
+                    answer["error"]["code"].is_string() && answer["error"]["message"].is_string()
+                );
+            }
+            if status == StatusCode::CREATED {
+                accepted.set(accepted.get() + 1);
+                let state = answer["state"].as_str().unwrap_or_default();
+                prop_assert!(
+                    state == "available" || state == "scheduled",
+                    "{body} → {answer}"
+                );
+            } else {
+                prop_assert!(
+                    status.is_client_error() || status == StatusCode::OK,
+                    "{body} → {status}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    let jobs: i64 = runtime
+        .block_on(sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(app.store().pool()))
+        .unwrap();
+    assert_eq!(
+        jobs,
+        accepted.get(),
+        "exactly the accepted submissions were written"
+    );
+    runtime.block_on(app.finish());
+}
