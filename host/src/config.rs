@@ -134,7 +134,11 @@ pub struct JobLimits {
     /// instructions per CPU cycle (a tight loop burns about 2·10¹⁰ a second
     /// here), so the default lets the wall-clock timeout bind first; set a
     /// lower `fuel` per job for a reproducible CPU cap.
-    #[arg(long, env = "TASKFLOW_DEFAULT_FUEL", default_value_t = 1_000_000_000_000)]
+    #[arg(
+        long,
+        env = "TASKFLOW_DEFAULT_FUEL",
+        default_value_t = 1_000_000_000_000
+    )]
     pub default_fuel: u64,
 
     /// Largest fuel budget a job may ask for.

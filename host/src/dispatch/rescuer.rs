@@ -3,9 +3,10 @@
 //! A running job is rescued when both of these hold:
 //!
 //! 1. PostgreSQL's `lease_expires_at` has passed. It is set to claim time +
-//!    TTL and pushed forward by this rescuer whenever Redis shows the lease
-//!    alive, so a long job costs one PostgreSQL write per TTL, not per
-//!    heartbeat.
+//!    TTL; whenever Redis shows the lease alive the rescuer moves it to the
+//!    moment the Redis key would expire unless renewed, so it looks again
+//!    exactly when the lease could next be gone, and a long job costs one
+//!    PostgreSQL write per two thirds of a TTL or so, not one per heartbeat.
 //! 2. Redis no longer holds the attempt's token under its lease key (the
 //!    worker stopped renewing and the key expired, or it never got written).
 //!
@@ -23,8 +24,9 @@
 //! restored its key between the rescuer's check and its write, its next
 //! renewal sees the marker and stops the attempt.
 //! The job then retries after its backoff, or is dead-lettered if that was
-//! its last attempt. Rescue latency: about one TTL after the worker's last
-//! renewal, plus up to one `dispatch_interval`.
+//! its last attempt. Rescue latency: the key expires at most one TTL after
+//! the worker's last renewal, and the rescuer notices within one
+//! `dispatch_interval`.
 
 use std::time::Duration;
 
@@ -113,19 +115,21 @@ impl Rescuer {
         }
         let ids: Vec<_> = candidates.iter().map(|c| c.job_id).collect();
         let holders = self.leases.holders(&ids).await?;
-        let (alive, gone): (Vec<_>, Vec<_>) = candidates
-            .into_iter()
-            .zip(holders)
-            .partition(|(candidate, holder)| *holder == Some(candidate.lease_token));
+        let (alive, gone): (Vec<_>, Vec<_>) =
+            candidates
+                .into_iter()
+                .zip(holders)
+                .partition(|(candidate, holder)| {
+                    holder.is_some_and(|holder| holder.lease_token == candidate.lease_token)
+                });
 
         let alive: Vec<_> = alive
             .iter()
-            .map(|(candidate, _)| candidate.lease())
+            .filter_map(|(candidate, holder)| {
+                Some((candidate.lease(), holder.as_ref()?.expires_in))
+            })
             .collect();
-        let extended = self
-            .store
-            .extend_leases_if_token_matches(&alive, self.leases.ttl())
-            .await?;
+        let extended = self.store.extend_leases_if_token_matches(&alive).await?;
 
         let rescues: Vec<FinishedAttempt> = gone.iter().map(|(c, _)| self.rescue_of(c)).collect();
         let transitions = self.store.finish_if_lease_matches(&rescues).await?;

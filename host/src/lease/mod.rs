@@ -115,6 +115,16 @@ impl Redis {
     }
 }
 
+/// The attempt a lease key names, and how long until the key expires unless
+/// renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The fencing token in the key.
+    pub lease_token: i64,
+    /// Time to live left on the key.
+    pub expires_in: Duration,
+}
+
 /// What a renewal found for one lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
@@ -379,20 +389,28 @@ impl Leases {
         Ok(())
     }
 
-    /// The token each job's lease key holds, if any, in one round trip.
-    pub async fn holders(&self, job_ids: &[Uuid]) -> Result<Vec<Option<i64>>, RedisError> {
+    /// Who holds each job's lease key, if anyone, and until when, in one
+    /// round trip.
+    pub async fn holders(&self, job_ids: &[Uuid]) -> Result<Vec<Option<Holder>>, RedisError> {
         if job_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = job_ids.iter().map(|id| self.redis.lease_key(*id)).collect();
+        let mut pipe = redis::pipe();
+        for id in job_ids {
+            let key = self.redis.lease_key(*id);
+            pipe.get(&key).pttl(&key);
+        }
         let mut connection = self.redis.connection.clone();
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut connection)
-            .await?;
+        let values: Vec<(Option<String>, i64)> = pipe.query_async(&mut connection).await?;
         Ok(values
             .into_iter()
-            .map(|value| value.and_then(|v| v.parse().ok()))
+            .map(|(value, ttl_ms)| {
+                let lease_token = value?.parse().ok()?;
+                Some(Holder {
+                    lease_token,
+                    expires_in: Duration::from_millis(ttl_ms.max(0) as u64),
+                })
+            })
             .collect())
     }
 

@@ -347,27 +347,37 @@ impl Store {
         .await?)
     }
 
-    /// Pushes `lease_expires_at` of leases Redis confirmed alive `lease_ttl`
-    /// into the future, so the rescuer does not check them again until then.
+    /// Moves `lease_expires_at` of leases Redis confirmed alive to when
+    /// their Redis key expires unless renewed, so the rescuer looks again
+    /// exactly when the lease could next be gone.
     ///
     /// Guard: `state = 'running' AND lease_token = <token>`.
     pub async fn extend_leases_if_token_matches(
         &self,
-        leases: &[LeaseRef],
-        lease_ttl: Duration,
+        leases: &[(LeaseRef, Duration)],
     ) -> StoreResult<u64> {
         if leases.is_empty() {
             return Ok(0);
         }
         Ok(sqlx::query(
             "UPDATE jobs j
-             SET lease_expires_at = now() + $3 * interval '1 millisecond'
-             FROM unnest($1::uuid[], $2::bigint[]) AS l(id, token)
+             SET lease_expires_at = now() + l.ms * interval '1 millisecond'
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS l(id, token, ms)
              WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token",
         )
-        .bind(leases.iter().map(|l| l.job_id).collect::<Vec<_>>())
-        .bind(leases.iter().map(|l| l.lease_token).collect::<Vec<_>>())
-        .bind(millis(lease_ttl))
+        .bind(leases.iter().map(|(l, _)| l.job_id).collect::<Vec<_>>())
+        .bind(
+            leases
+                .iter()
+                .map(|(l, _)| l.lease_token)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            leases
+                .iter()
+                .map(|(_, until)| millis(*until))
+                .collect::<Vec<_>>(),
+        )
         .execute(self.pool())
         .await?
         .rows_affected())

@@ -256,7 +256,22 @@ impl Worker {
                     },
                     grant,
                 };
-                self.sandbox.run(&task, attempt).await
+                // These two events bracket every execution of guest code; the
+                // chaos suite (tests/chaos) reads them to prove no two
+                // executions of one job overlap.
+                tracing::info!(
+                    target: "taskflow::attempt",
+                    job_id = %job.id, lease_token = job.lease_token, attempt = job.attempt,
+                    "attempt started"
+                );
+                let execution = self.sandbox.run(&task, attempt).await;
+                tracing::info!(
+                    target: "taskflow::attempt",
+                    job_id = %job.id, lease_token = job.lease_token,
+                    outcome = execution.result.as_ref().err().map_or("succeeded", |f| f.kind.code()),
+                    "attempt ended"
+                );
+                execution
             }
             Err(failure) => Execution {
                 result: Err(failure),

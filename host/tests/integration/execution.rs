@@ -169,8 +169,11 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
             "stack_overflow",
             hostile(json!({"mode": "recurse"}), |_| {}),
         ),
+        // A Rust guest's own stack lives in linear memory: overflowing it is
+        // an out-of-bounds access, reported as stack_overflow when wasmtime
+        // knows the faulting address and as a plain trap otherwise.
         (
-            "stack_overflow",
+            "stack_overflow|trap",
             hostile(json!({"mode": "deep_stack"}), |_| {}),
         ),
         ("trap", hostile(json!({"mode": "trap"}), |_| {})),
@@ -201,12 +204,19 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
         let job = app.wait_final(job.id).await;
         assert_eq!(job.state, JobState::Dead, "{kind}");
         let attempts = app.client.attempts(job.id).await.unwrap().attempts;
-        assert_eq!(
-            attempts[0].error_kind.as_deref(),
-            Some(kind),
-            "{kind}: {:?}",
+        let actual = attempts[0].error_kind.as_deref().unwrap_or_default();
+        assert!(
+            kind.split('|').any(|expected| expected == actual),
+            "{kind}: got {actual}: {:?}",
             attempts[0].error_message
         );
+        if kind == "stack_overflow|trap" {
+            let message = attempts[0].error_message.as_deref().unwrap();
+            assert!(
+                message.contains("stack") || message.contains("out of bounds memory access"),
+                "{message}"
+            );
+        }
         assert_eq!(attempts[0].worker_id, "w1");
         if kind == "panic" {
             assert_eq!(attempts.len(), 1, "a panic is not retried");

@@ -213,7 +213,7 @@ async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished(pool: PgPool
     );
     assert_eq!(
         store
-            .extend_leases_if_token_matches(&[job.lease()], TTL)
+            .extend_leases_if_token_matches(&[(job.lease(), TTL)])
             .await
             .unwrap(),
         0

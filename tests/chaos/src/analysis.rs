@@ -1,0 +1,245 @@
+//! What the suite checks once the dust settles: every execution recorded by
+//! the workers, against every outcome recorded in PostgreSQL.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// One execution of guest code, as a worker logged it.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub worker: String,
+    pub job_id: Uuid,
+    pub lease_token: i64,
+    pub started: DateTime<Utc>,
+    pub ended: Option<DateTime<Utc>>,
+}
+
+/// What happened to a worker process, as the suite did it.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerFate {
+    pub killed_at: Option<DateTime<Utc>>,
+    pub paused: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Executions and stale-outcome warnings read from the workers' JSON logs.
+#[derive(Debug, Default)]
+pub struct WorkerLogs {
+    pub executions: Vec<Execution>,
+    pub stale_outcomes: usize,
+}
+
+/// Reads `{worker}.log` for each worker.
+pub fn read_logs(dir: &Path, workers: &[String]) -> anyhow::Result<WorkerLogs> {
+    let mut logs = WorkerLogs::default();
+    for worker in workers {
+        let text = std::fs::read_to_string(dir.join(format!("{worker}.log")))?;
+        let mut open: HashMap<(Uuid, i64), usize> = HashMap::new();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let fields = &event["fields"];
+            let message = fields["message"].as_str().unwrap_or_default();
+            let timestamp = event["timestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<DateTime<Utc>>().ok());
+            let job = fields["job_id"]
+                .as_str()
+                .and_then(|id| id.parse::<Uuid>().ok());
+            let token = fields["lease_token"].as_i64();
+            match (message, timestamp, job, token) {
+                ("attempt started", Some(at), Some(job_id), Some(lease_token)) => {
+                    open.insert((job_id, lease_token), logs.executions.len());
+                    logs.executions.push(Execution {
+                        worker: worker.clone(),
+                        job_id,
+                        lease_token,
+                        started: at,
+                        ended: None,
+                    });
+                }
+                ("attempt ended", Some(at), Some(job_id), Some(lease_token)) => {
+                    if let Some(index) = open.remove(&(job_id, lease_token)) {
+                        logs.executions[index].ended = Some(at);
+                    }
+                }
+                _ if message.starts_with("lost the lease before the outcome was written") => {
+                    logs.stale_outcomes += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(logs)
+}
+
+/// The stretches of wall time an execution was actually running: from its
+/// start to its end (or to its worker's death), minus the time its worker
+/// was paused by SIGSTOP (a stopped process executes nothing).
+fn running_spans(
+    execution: &Execution,
+    fate: &WorkerFate,
+    now: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let end = execution.ended.or(fate.killed_at).unwrap_or(now);
+    let mut spans = vec![(execution.started, end)];
+    for &(stop, resume) in &fate.paused {
+        spans = spans
+            .into_iter()
+            .flat_map(|(from, to)| {
+                if resume <= from || stop >= to {
+                    vec![(from, to)]
+                } else {
+                    [(from, stop), (resume, to)]
+                        .into_iter()
+                        .filter(|(a, b)| a < b)
+                        .collect()
+                }
+            })
+            .collect();
+    }
+    spans
+}
+
+/// A pair of executions of the same job that ran at the same time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overlap {
+    pub job_id: Uuid,
+    pub tokens: (i64, i64),
+    pub workers: (String, String),
+    pub overlap_ms: f64,
+}
+
+/// Every pair of executions of one job whose running spans intersect.
+pub fn overlaps(
+    logs: &WorkerLogs,
+    fates: &HashMap<String, WorkerFate>,
+    now: DateTime<Utc>,
+) -> Vec<Overlap> {
+    let mut by_job: HashMap<Uuid, Vec<&Execution>> = HashMap::new();
+    for execution in &logs.executions {
+        by_job.entry(execution.job_id).or_default().push(execution);
+    }
+    let mut found = Vec::new();
+    for (job_id, executions) in by_job {
+        for (i, a) in executions.iter().enumerate() {
+            for b in &executions[i + 1..] {
+                let spans_a = running_spans(a, &fates[&a.worker], now);
+                let spans_b = running_spans(b, &fates[&b.worker], now);
+                let shared: i64 = spans_a
+                    .iter()
+                    .flat_map(|x| spans_b.iter().map(move |y| (x, y)))
+                    .map(|(x, y)| {
+                        (x.1.min(y.1) - x.0.max(y.0))
+                            .num_microseconds()
+                            .unwrap_or(0)
+                            .max(0)
+                    })
+                    .sum();
+                if shared > 0 {
+                    found.push(Overlap {
+                        job_id,
+                        tokens: (a.lease_token, b.lease_token),
+                        workers: (a.worker.clone(), b.worker.clone()),
+                        overlap_ms: shared as f64 / 1000.0,
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The p-th percentile (0–100) of `values`, by nearest rank.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil().max(1.0) as usize;
+    values[rank.min(values.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_000_000 + ms).unwrap()
+    }
+
+    fn execution(worker: &str, token: i64, start: i64, end: Option<i64>) -> Execution {
+        Execution {
+            worker: worker.into(),
+            job_id: Uuid::nil(),
+            lease_token: token,
+            started: at(start),
+            ended: end.map(at),
+        }
+    }
+
+    #[test]
+    fn a_paused_worker_does_not_overlap_while_stopped_but_does_after_resuming() {
+        let logs = WorkerLogs {
+            executions: vec![
+                execution("zombie", 1, 0, Some(10_010)),
+                execution("healthy", 2, 3_000, Some(4_000)),
+            ],
+            stale_outcomes: 0,
+        };
+        let mut fates = HashMap::new();
+        fates.insert(
+            "zombie".to_owned(),
+            WorkerFate {
+                killed_at: None,
+                paused: vec![(at(100), at(10_000))],
+            },
+        );
+        fates.insert("healthy".to_owned(), WorkerFate::default());
+        assert!(overlaps(&logs, &fates, at(20_000)).is_empty());
+
+        let late = WorkerLogs {
+            executions: vec![
+                execution("zombie", 1, 0, Some(10_010)),
+                execution("healthy", 2, 3_000, Some(10_005)),
+            ],
+            stale_outcomes: 0,
+        };
+        let found = overlaps(&late, &fates, at(20_000));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].overlap_ms, 5.0);
+    }
+
+    #[test]
+    fn a_killed_worker_stops_executing_when_it_dies() {
+        let logs = WorkerLogs {
+            executions: vec![
+                execution("dead", 1, 0, None),
+                execution("alive", 2, 2_000, Some(3_000)),
+            ],
+            stale_outcomes: 0,
+        };
+        let mut fates = HashMap::new();
+        fates.insert(
+            "dead".to_owned(),
+            WorkerFate {
+                killed_at: Some(at(1_000)),
+                paused: vec![],
+            },
+        );
+        fates.insert("alive".to_owned(), WorkerFate::default());
+        assert!(overlaps(&logs, &fates, at(5_000)).is_empty());
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut values = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&mut values, 50.0), 3.0);
+        assert_eq!(percentile(&mut values, 100.0), 5.0);
+        assert_eq!(percentile(&mut [], 50.0), 0.0);
+    }
+}

@@ -1,0 +1,504 @@
+//! TaskFlow's fault-injection suite.
+//!
+//! Starts a private PostgreSQL cluster, a private Redis, the API and several
+//! workers as separate OS processes, submits jobs through the API with
+//! idempotency keys, and while they run: SIGKILLs workers (and starts
+//! replacements), SIGSTOPs one past its lease and resumes it, kills and
+//! restarts the API mid-submission, flushes Redis, restarts Redis, and
+//! crashes PostgreSQL. Then it checks, from the workers' execution logs and
+//! PostgreSQL, that every job finished, none was lost or duplicated, no two
+//! executions of a job overlapped, and every outcome came from the attempt
+//! holding the job's current fencing token; and it measures how long dead
+//! workers' jobs waited to be rescued. See docs/reliability.md.
+//!
+//! `cargo run -p taskflow-chaos -- --jobs 2000` (the short variant the test
+//! command runs); `--rounds 5 --jobs 10000` for a long one.
+
+mod analysis;
+mod cluster;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde_json::json;
+use taskflow::api::types::SubmitJob;
+use taskflow::client::Client;
+use uuid::Uuid;
+
+use analysis::{Overlap, WorkerFate};
+use cluster::{PgCluster, RedisServer, Taskflow, TaskflowSetup, free_port};
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(about = "TaskFlow's fault-injection suite")]
+struct Args {
+    /// Jobs to submit.
+    #[arg(long, default_value_t = 2000)]
+    jobs: usize,
+    /// Workers running at any time.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Jobs each worker runs at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Rounds of the fault schedule (each about 16 s).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Lease TTL of the workers, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    lease_ttl_ms: u64,
+    /// The `taskflow` binary (default: next to this one).
+    #[arg(long)]
+    taskflow: Option<PathBuf>,
+    /// The misbehave plugin (default: as built by scripts/build-plugins).
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Where to write the JSON report (default: in the run's directory).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Keep the run's directory (logs, database) even if every check passes.
+    #[arg(long)]
+    keep: bool,
+    /// Seed of the choice of which worker to hit.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+/// The report printed and written at the end.
+#[derive(Debug, Serialize)]
+struct Report {
+    jobs_submitted: usize,
+    jobs_in_database: i64,
+    jobs_succeeded: i64,
+    lost: usize,
+    duplicates: i64,
+    submit_retries: usize,
+    executions: usize,
+    overlapping_pairs: usize,
+    overlaps: Vec<Overlap>,
+    fencing_violations: i64,
+    stale_outcomes_rejected: usize,
+    rescued: usize,
+    rescue_p50_ms: f64,
+    rescue_max_ms: f64,
+    faults: HashMap<&'static str, usize>,
+    duration_s: f64,
+}
+
+impl Report {
+    fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicates == 0
+            && self.overlapping_pairs == 0
+            && self.fencing_violations == 0
+            && self.jobs_succeeded as usize == self.jobs_submitted
+    }
+}
+
+/// Everything the fault schedule works on.
+struct Chaos {
+    setup: TaskflowSetup,
+    api: Taskflow,
+    api_port: u16,
+    workers: Vec<Taskflow>,
+    next_worker: usize,
+    fates: HashMap<String, WorkerFate>,
+    faults: HashMap<&'static str, usize>,
+    random: u64,
+}
+
+impl Chaos {
+    fn spawn_worker(&mut self) -> anyhow::Result<()> {
+        self.next_worker += 1;
+        let name = format!("worker-{}", self.next_worker);
+        let worker = self
+            .setup
+            .spawn("worker", &name, &[("TASKFLOW_WORKER_ID", name.clone())])?;
+        self.fates.insert(name, WorkerFate::default());
+        self.workers.push(worker);
+        Ok(())
+    }
+
+    /// A worker that is not paused, chosen by a fixed-seed generator.
+    fn pick_worker(&mut self) -> usize {
+        let running: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| {
+                self.fates[&self.workers[i].name]
+                    .paused
+                    .last()
+                    .is_none_or(|(_, resumed)| *resumed <= Utc::now())
+            })
+            .collect();
+        self.random = self
+            .random
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        running[(self.random >> 33) as usize % running.len()]
+    }
+
+    fn count(&mut self, fault: &'static str) {
+        *self.faults.entry(fault).or_default() += 1;
+        println!("chaos: {fault}");
+    }
+
+    fn kill_a_worker(&mut self) -> anyhow::Result<()> {
+        let index = self.pick_worker();
+        let mut worker = self.workers.remove(index);
+        worker.kill()?;
+        self.fates.get_mut(&worker.name).unwrap().killed_at = Some(Utc::now());
+        self.count("worker SIGKILL");
+        self.spawn_worker()
+    }
+
+    async fn pause_a_worker(&mut self, for_how_long: Duration) -> anyhow::Result<()> {
+        let index = self.pick_worker();
+        let worker = &self.workers[index];
+        worker.signal(Signal::SIGSTOP)?;
+        let stopped = Utc::now();
+        let name = worker.name.clone();
+        let pid = worker.pid();
+        self.fates
+            .get_mut(&name)
+            .unwrap()
+            .paused
+            .push((stopped, stopped + for_how_long));
+        self.count("worker SIGSTOP past its lease");
+        tokio::spawn(async move {
+            tokio::time::sleep(for_how_long).await;
+            let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
+        });
+        Ok(())
+    }
+
+    async fn restart_api(&mut self) -> anyhow::Result<()> {
+        self.api.kill()?;
+        self.count("API SIGKILL mid-submission");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        self.api = spawn_api(&self.setup, self.api_port)?;
+        Ok(())
+    }
+}
+
+fn spawn_api(setup: &TaskflowSetup, port: u16) -> anyhow::Result<Taskflow> {
+    setup.spawn(
+        "api",
+        "api",
+        &[("TASKFLOW_LISTEN", format!("127.0.0.1:{port}"))],
+    )
+}
+
+/// Submits `count` jobs from 8 concurrent clients, each retrying with the same
+/// idempotency key until the API accepts it (through API restarts and
+/// database crashes). Returns the job ids and how many retries it took.
+async fn submit_all(client: Client, module: String, count: usize) -> (Vec<Uuid>, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let ids = Arc::new(Mutex::new(vec![Uuid::nil(); count]));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, module, next, ids, retries) = (
+                client.clone(),
+                module.clone(),
+                next.clone(),
+                ids.clone(),
+                retries.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    let job = SubmitJob {
+                        module: module.clone(),
+                        input: Some(json!({"mode": "sleep", "ms": 30 + (i * 37) % 170})),
+                        idempotency_key: Some(format!("chaos-{i}")),
+                        max_attempts: Some(25),
+                        ..SubmitJob::default()
+                    };
+                    loop {
+                        match client.submit(&job).await {
+                            Ok(submitted) => {
+                                ids.lock().unwrap()[i] = submitted.job.id;
+                                break;
+                            }
+                            Err(_) => {
+                                retries.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("submitter task");
+    }
+    let ids = ids.lock().unwrap().clone();
+    (ids, retries.load(Ordering::Relaxed))
+}
+
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !ready().await {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("taskflow-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let here = std::env::current_exe()?;
+    let binary = args
+        .taskflow
+        .clone()
+        .unwrap_or_else(|| here.with_file_name("taskflow"));
+    let plugin = args.plugin.clone().unwrap_or_else(|| {
+        here.parent()
+            .unwrap()
+            .join("../wasm32-wasip2/plugin/taskflow_plugin_misbehave.wasm")
+    });
+    let plugin_bytes = std::fs::read(&plugin)
+        .with_context(|| format!("{}: run scripts/build-plugins first", plugin.display()))?;
+    anyhow::ensure!(
+        binary.exists(),
+        "{} not found: cargo build -p taskflow first",
+        binary.display()
+    );
+
+    let pg = PgCluster::start(&dir)?;
+    let mut redis = RedisServer::start()?;
+    let ttl = Duration::from_millis(args.lease_ttl_ms);
+    let setup = TaskflowSetup {
+        binary,
+        database_url: pg.url("taskflow"),
+        redis_url: redis.url(),
+        dir: dir.clone(),
+        env: vec![
+            (
+                "TASKFLOW_LEASE_TTL".into(),
+                format!("{}ms", args.lease_ttl_ms),
+            ),
+            ("TASKFLOW_DISPATCH_INTERVAL".into(), "250ms".into()),
+            ("TASKFLOW_POLL_INTERVAL".into(), "500ms".into()),
+            (
+                "TASKFLOW_WORKER_CONCURRENCY".into(),
+                args.concurrency.to_string(),
+            ),
+            (
+                "TASKFLOW_CACHE_DIR".into(),
+                dir.join("cache").display().to_string(),
+            ),
+            ("TASKFLOW_BACKOFF_BASE".into(), "200ms".into()),
+            ("TASKFLOW_BACKOFF_MAX".into(), "2s".into()),
+            ("TASKFLOW_REDIS_PREFIX".into(), "chaos:".into()),
+        ],
+    };
+    let api_port = free_port();
+    let api = spawn_api(&setup, api_port)?;
+    let client = Client::new(&format!("http://127.0.0.1:{api_port}"));
+    wait_until(Duration::from_secs(60), "the API", || async {
+        client.list_modules(Some(1), None).await.is_ok()
+    })
+    .await?;
+    let module = client.push_module(plugin_bytes).await?.0.hash;
+
+    let mut chaos = Chaos {
+        setup,
+        api,
+        api_port,
+        workers: Vec::new(),
+        next_worker: 0,
+        fates: HashMap::new(),
+        faults: HashMap::new(),
+        random: args.seed,
+    };
+    for _ in 0..args.workers {
+        chaos.spawn_worker()?;
+    }
+    let database = sqlx::PgPool::connect(&pg.url("taskflow")).await?;
+    let submitter = tokio::spawn(submit_all(client.clone(), module, args.jobs));
+
+    // The fault schedule: (seconds into the round, fault).
+    for round in 0..args.rounds {
+        let round_start = Instant::now();
+        let at = |seconds: f64| round_start + Duration::from_secs_f64(seconds);
+        if round == 0 {
+            tokio::time::sleep_until(at(0.3).into()).await;
+            chaos.restart_api().await?;
+        }
+        tokio::time::sleep_until(at(2.0).into()).await;
+        chaos.kill_a_worker()?;
+        tokio::time::sleep_until(at(4.0).into()).await;
+        chaos.pause_a_worker(ttl * 3).await?;
+        tokio::time::sleep_until(at(5.0).into()).await;
+        chaos.kill_a_worker()?;
+        tokio::time::sleep_until(at(6.0).into()).await;
+        let mut connection = redis::Client::open(redis.url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let () = redis::cmd("FLUSHALL").query_async(&mut connection).await?;
+        chaos.count("Redis FLUSHALL");
+        tokio::time::sleep_until(at(8.0).into()).await;
+        chaos.kill_a_worker()?;
+        tokio::time::sleep_until(at(9.0).into()).await;
+        redis.restart(Duration::from_millis(500))?;
+        chaos.count("Redis restart (all keys lost)");
+        tokio::time::sleep_until(at(12.0).into()).await;
+        pg.crash()?;
+        chaos.count("PostgreSQL crash and restart");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pg.up()?;
+        tokio::time::sleep_until(at(15.0).into()).await;
+        chaos.kill_a_worker()?;
+    }
+
+    let (ids, submit_retries) = submitter.await?;
+    wait_until(Duration::from_secs(300), "every job to finish", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'dead', 'cancelled')",
+        )
+        .fetch_one(&database)
+        .await
+        .is_ok_and(|unfinished| unfinished == 0)
+    })
+    .await?;
+    // Let a paused worker resume and report before stopping everything.
+    tokio::time::sleep(ttl).await;
+    for worker in &mut chaos.workers {
+        worker.stop(Duration::from_secs(20));
+    }
+    chaos.api.stop(Duration::from_secs(5));
+
+    let report = analyse(&database, &dir, &chaos, &ids, submit_retries, started).await?;
+    let report_path = args
+        .report
+        .clone()
+        .unwrap_or_else(|| dir.join("report.json"));
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    println!(
+        "chaos summary: jobs={} terminal={} lost={} duplicates={} overlapping_executions={} \
+         fencing_violations={} stale_outcomes_rejected={} rescued={} rescue_p50={:.0}ms rescue_max={:.0}ms \
+         faults={:?} duration={:.1}s report={}",
+        report.jobs_submitted,
+        report.jobs_succeeded,
+        report.lost,
+        report.duplicates,
+        report.overlapping_pairs,
+        report.fencing_violations,
+        report.stale_outcomes_rejected,
+        report.rescued,
+        report.rescue_p50_ms,
+        report.rescue_max_ms,
+        report.faults,
+        report.duration_s,
+        report_path.display(),
+    );
+    database.close().await;
+    pg.stop();
+    redis.stop();
+    if !report.passed() {
+        bail!(
+            "chaos checks failed; logs and the database are in {}",
+            dir.display()
+        );
+    }
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+async fn analyse(
+    database: &sqlx::PgPool,
+    dir: &std::path::Path,
+    chaos: &Chaos,
+    ids: &[Uuid],
+    submit_retries: usize,
+    started: Instant,
+) -> anyhow::Result<Report> {
+    let names: Vec<String> = chaos.fates.keys().cloned().collect();
+    let logs = analysis::read_logs(dir, &names)?;
+    let now: DateTime<Utc> = Utc::now();
+    let overlaps = analysis::overlaps(&logs, &chaos.fates, now);
+
+    let (jobs_in_database, distinct_keys, jobs_succeeded): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT idempotency_key), count(*) FILTER (WHERE state = 'succeeded') FROM jobs",
+    )
+    .fetch_one(database)
+    .await?;
+    let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(database)
+        .await?;
+    // A job's accepted outcome must come from the attempt holding its current
+    // token, which must be the largest token any of its attempts held.
+    let fencing_violations: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j
+         WHERE j.state = 'succeeded' AND (
+             NOT EXISTS (SELECT 1 FROM job_attempts a
+                         WHERE a.job_id = j.id AND a.outcome = 'succeeded' AND a.lease_token = j.lease_token)
+             OR (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id AND a.outcome = 'succeeded') <> 1
+             OR j.lease_token < (SELECT max(lease_token) FROM job_attempts a WHERE a.job_id = j.id))",
+    )
+    .fetch_one(database)
+    .await?;
+
+    // Every attempt the rescuer ended, timed from the moment its worker
+    // vanished (was killed, or paused past its lease).
+    let rescues: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT worker_id, finished_at FROM job_attempts WHERE outcome = 'lease_expired'",
+    )
+    .fetch_all(database)
+    .await?;
+    let mut rescue_ms = Vec::new();
+    for (worker, rescued) in &rescues {
+        let fate = &chaos.fates[worker];
+        let vanished = fate
+            .killed_at
+            .into_iter()
+            .chain(fate.paused.iter().map(|(stop, _)| *stop));
+        if let Some(vanished) = vanished.filter(|at| at <= rescued).max() {
+            rescue_ms.push((*rescued - vanished).num_milliseconds() as f64);
+        }
+    }
+    Ok(Report {
+        jobs_submitted: ids.len(),
+        jobs_in_database,
+        jobs_succeeded,
+        lost: ids.len() - found.len(),
+        duplicates: jobs_in_database - distinct_keys,
+        submit_retries,
+        executions: logs.executions.len(),
+        overlapping_pairs: overlaps.len(),
+        overlaps,
+        fencing_violations,
+        stale_outcomes_rejected: logs.stale_outcomes,
+        rescued: rescue_ms.len(),
+        rescue_p50_ms: analysis::percentile(&mut rescue_ms.clone(), 50.0),
+        rescue_max_ms: analysis::percentile(&mut rescue_ms, 100.0),
+        faults: chaos.faults.clone(),
+        duration_s: started.elapsed().as_secs_f64(),
+    })
+}
