@@ -128,8 +128,9 @@ pub struct JobLimits {
     #[arg(long, env = "TASKFLOW_MAX_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     pub max_timeout: Duration,
 
-    /// CPU budget of one attempt, in fuel units (one per WebAssembly
-    /// instruction), when the job does not say. Deterministic: the same
+    /// CPU budget of one attempt, in fuel units (about one per WebAssembly
+    /// instruction; a few, like `nop` and `block`, are free), when the job
+    /// does not say. Deterministic: the same
     /// input burns the same fuel on every machine. Compiled code runs several
     /// instructions per CPU cycle (a tight loop burns about 2·10¹⁰ a second
     /// here), so the default lets the wall-clock timeout bind first; set a

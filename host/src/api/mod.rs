@@ -60,18 +60,20 @@ pub struct ApiState {
 
 /// All routes, with their state.
 pub fn router(state: ApiState) -> Router {
+    // Everything but the probes sits behind the token check, unknown paths
+    // included, so a stranger cannot even tell which routes exist.
     let authenticated = Router::new()
         .merge(modules::router(&state))
         .merge(jobs::router(&state))
-        .route_layer(axum::middleware::from_fn_with_state(
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_token,
         ));
     Router::new()
-        .merge(authenticated)
         .merge(health::router())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .merge(authenticated)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

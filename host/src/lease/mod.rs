@@ -11,7 +11,8 @@
 //! Redis must not evict keys on its own (`maxmemory-policy noeviction`, the
 //! default): lease keys carry a TTL, so a `volatile-*` or `allkeys-*` policy
 //! could remove a live lease, and the rescuer would then end a live attempt
-//! (safely fenced, but wasted). Workers warn at startup if the policy differs.
+//! (safely fenced, but wasted). `taskflow worker` warns at startup if the
+//! policy differs.
 //!
 //! # Keys
 //!

@@ -362,10 +362,11 @@ impl Sandbox {
 
     /// The prepared component for `hash`: from memory, from the disk cache,
     /// or compiled from the bytes `fetch` returns (only called on a miss).
-    /// Misses are handled one at a time, so concurrent misses of one module
-    /// compile it once (and misses of different modules wait their turn,
-    /// which on a small machine costs little: compilation already uses every
-    /// core).
+    /// Loading and compiling happen one module at a time, so concurrent
+    /// misses of one module compile it once (and misses of different modules
+    /// wait their turn, which on a small machine costs little: compilation
+    /// already uses every core). Fetching the bytes happens outside that turn,
+    /// so a slow fetch delays only its own module.
     pub async fn prepare<F>(
         &self,
         hash: &str,
@@ -378,30 +379,35 @@ impl Sandbox {
         if let Some(pre) = inner.cache.get(hash) {
             return Ok((PreparedTask(pre), CacheSource::Memory));
         }
+        let unavailable = |message: String| Failure::new(FailureKind::ModuleUnavailable, message);
+        {
+            let _loading = inner.compile_lock.lock().await;
+            if let Some(pre) = inner.cache.get(hash) {
+                return Ok((PreparedTask(pre), CacheSource::Memory));
+            }
+            let owned_hash = hash.to_owned();
+            if let Some(component) = self
+                .blocking(move |inner| inner.cache.load_from_disk(&owned_hash))
+                .await
+            {
+                let pre = inner.prepare_component(&component).map_err(unavailable)?;
+                inner.cache.insert(hash, pre.clone());
+                return Ok((PreparedTask(pre), CacheSource::Disk));
+            }
+        }
+        let bytes = fetch.await.map_err(unavailable)?;
         let _compiling = inner.compile_lock.lock().await;
         if let Some(pre) = inner.cache.get(hash) {
             return Ok((PreparedTask(pre), CacheSource::Memory));
         }
-        let unavailable = |message: String| Failure::new(FailureKind::ModuleUnavailable, message);
         let owned_hash = hash.to_owned();
-        let (component, source) = match self
-            .blocking(move |inner| inner.cache.load_from_disk(&owned_hash))
+        let component = self
+            .blocking(move |inner| inner.cache.compile(&owned_hash, &bytes))
             .await
-        {
-            Some(component) => (component, CacheSource::Disk),
-            None => {
-                let bytes = fetch.await.map_err(unavailable)?;
-                let owned_hash = hash.to_owned();
-                let component = self
-                    .blocking(move |inner| inner.cache.compile(&owned_hash, &bytes))
-                    .await
-                    .map_err(unavailable)?;
-                (component, CacheSource::Compiled)
-            }
-        };
+            .map_err(unavailable)?;
         let pre = inner.prepare_component(&component).map_err(unavailable)?;
         inner.cache.insert(hash, pre.clone());
-        Ok((PreparedTask(pre), source))
+        Ok((PreparedTask(pre), CacheSource::Compiled))
     }
 
     /// Runs `f` on tokio's blocking pool, keeping compilation and file I/O

@@ -2,7 +2,8 @@
 //!
 //! A [`Worker`] is stateless; run as many as you like. Its loop:
 //!
-//! 1. **Claim** up to as many jobs as it has free slots, from PostgreSQL
+//! 1. **Claim** as many jobs as it has free slots plus as many as it expects
+//!    to start soon ([`Capacity`]), from PostgreSQL
 //!    ([`Store::claim_available`]): one statement, `FOR UPDATE SKIP LOCKED`,
 //!    fresh fencing token per job.
 //! 2. **Lease** them in Redis ([`Leases::acquire`], one round trip) and
@@ -16,15 +17,18 @@
 //! When it has free slots and found no work, the worker sleeps until a
 //! Redis wake-up arrives or `poll_interval` passes.
 
+pub mod capacity;
 pub mod completer;
 pub mod heartbeat;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+pub use capacity::{Capacity, Slot};
 pub use completer::Completer;
 pub use heartbeat::{Heartbeat, InFlight};
 
@@ -102,8 +106,8 @@ impl Worker {
         &self.id
     }
 
-    /// Runs until `shutdown`, then stops claiming, lets running attempts
-    /// finish and writes their outcomes before returning.
+    /// Runs until `shutdown`, then stops claiming, lets claimed attempts
+    /// run and writes their outcomes before returning.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let in_flight = InFlight::default();
@@ -124,14 +128,18 @@ impl Worker {
         );
         let wakeups =
             WakeupListener::spawn(this.redis.clone(), &this.config.queues, shutdown.clone());
-        let slots = Arc::new(Semaphore::new(this.concurrency));
+        let capacity = Capacity::new(this.concurrency);
+        let attempts = TaskTracker::new();
         tracing::info!(worker_id = %this.id, concurrency = this.concurrency, queues = ?this.config.queues, "worker started");
 
-        this.claim_loop(&slots, &wakeups, &in_flight, &completer, &shutdown)
-            .await;
+        this.claim_loop(
+            &capacity, &wakeups, &in_flight, &completer, &attempts, &shutdown,
+        )
+        .await;
 
-        // Drain: wait for running attempts, then for their outcomes.
-        let _all_slots = slots.acquire_many(this.concurrency as u32).await;
+        // Drain: every claimed attempt runs, then its outcome is written.
+        attempts.close();
+        attempts.wait().await;
         drop(completer);
         let _ = completer_task.await;
         heartbeat_stop.cancel();
@@ -141,18 +149,19 @@ impl Worker {
 
     async fn claim_loop(
         self: &Arc<Self>,
-        slots: &Arc<Semaphore>,
+        capacity: &Arc<Capacity>,
         wakeups: &Notify,
         in_flight: &InFlight,
         completer: &Completer,
+        attempts: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
         let mut next_queue = 0;
         while !shutdown.is_cancelled() {
-            let free = slots.available_permits();
-            if free == 0 {
+            let wanted = capacity.claimable();
+            if wanted == 0 {
                 tokio::select! {
-                    permit = slots.clone().acquire_owned() => drop(permit),
+                    () = capacity.changed() => {}
                     () = shutdown.cancelled() => return,
                 }
                 continue;
@@ -162,7 +171,7 @@ impl Worker {
             let lease_valid_until = Instant::now() + self.leases.ttl();
             let claimed = match self
                 .store
-                .claim_available(queue, &self.id, free, self.leases.ttl())
+                .claim_available(queue, &self.id, wanted, self.leases.ttl())
                 .await
             {
                 Ok(claimed) => claimed,
@@ -175,9 +184,16 @@ impl Worker {
                     continue;
                 }
             };
-            let full_batch = claimed.len() == free;
-            self.start(claimed, lease_valid_until, slots, in_flight, completer)
-                .await;
+            let full_batch = claimed.len() == wanted;
+            self.start(
+                claimed,
+                lease_valid_until,
+                capacity,
+                in_flight,
+                completer,
+                attempts,
+            )
+            .await;
             if full_batch || next_queue % self.config.queues.len() != 0 {
                 continue;
             }
@@ -189,14 +205,16 @@ impl Worker {
         }
     }
 
-    /// Leases the claimed jobs in Redis and spawns their executions.
+    /// Leases the claimed jobs in Redis and spawns their executions, which
+    /// wait for a slot in claim order.
     async fn start(
         self: &Arc<Self>,
         claimed: Vec<ClaimedJob>,
         lease_valid_until: Instant,
-        slots: &Arc<Semaphore>,
+        capacity: &Arc<Capacity>,
         in_flight: &InFlight,
         completer: &Completer,
+        attempts: &TaskTracker,
     ) {
         if claimed.is_empty() {
             return;
@@ -208,16 +226,15 @@ impl Worker {
             // they run until their grant lapses and are then retried.
             tracing::warn!(%error, "cannot write leases to Redis");
         }
+        capacity.claimed(claimed.len());
         for job in claimed {
-            let permit = slots
-                .clone()
-                .try_acquire_owned()
-                .expect("claimed no more jobs than free slots");
             let grant = in_flight.register(job.lease(), lease_valid_until);
             let worker = self.clone();
             let completer = completer.clone();
-            tokio::spawn(async move {
-                let finished = worker.execute(job, grant, permit).await;
+            let capacity = capacity.clone();
+            attempts.spawn(async move {
+                let slot = capacity.slot().await;
+                let finished = worker.execute(job, grant, slot).await;
                 completer.submit(finished);
             });
         }
@@ -225,12 +242,7 @@ impl Worker {
 
     /// Runs one attempt and turns its execution into the outcome to write.
     /// The slot is released as soon as the guest is done.
-    async fn execute(
-        &self,
-        job: ClaimedJob,
-        grant: Arc<RunGrant>,
-        permit: OwnedSemaphorePermit,
-    ) -> FinishedAttempt {
+    async fn execute(&self, job: ClaimedJob, grant: Arc<RunGrant>, slot: Slot) -> FinishedAttempt {
         let give_up_at = Instant::now() + Duration::from_millis(job.timeout_ms as u64);
         let prepared = self
             .sandbox
@@ -280,7 +292,7 @@ impl Worker {
                 log: Default::default(),
             },
         };
-        drop(permit);
+        slot.release(execution.duration);
         finished_attempt(&self.id, &self.retry, &job, execution)
     }
 }

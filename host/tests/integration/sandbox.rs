@@ -114,6 +114,19 @@ async fn an_attempt_stops_when_its_grant_lapses_or_is_revoked() {
     assert_eq!(execution.result.unwrap_err().kind, FailureKind::LeaseLost);
     assert!(started.elapsed() < Duration::from_secs(5));
 
+    let lapsing = RunGrant::until(Instant::now() + Duration::from_millis(200));
+    let execution = sandbox
+        .run(
+            &task,
+            attempt(r#"{"mode":"sleep","ms":60000}"#, 1 << 30, lapsing),
+        )
+        .await;
+    assert_eq!(
+        execution.result.unwrap_err().kind,
+        FailureKind::LeaseLost,
+        "a grant lapsing while the guest is blocked in a host call"
+    );
+
     let revoked = RunGrant::unlimited();
     let revoker = revoked.clone();
     tokio::spawn(async move {

@@ -11,8 +11,8 @@
 //! holding the job's current fencing token; and it measures how long dead
 //! workers' jobs waited to be rescued. See docs/reliability.md.
 //!
-//! `cargo run -p taskflow-chaos -- --jobs 2000` (the short variant the test
-//! command runs); `--rounds 5 --jobs 10000` for a long one.
+//! `taskflow-chaos --jobs 2000` is the short variant `scripts/test` runs;
+//! `--jobs 6000 --rounds 4` is the long one recorded in docs/reliability.md.
 
 mod analysis;
 mod cluster;

@@ -1,0 +1,142 @@
+//! How many jobs a worker claims at a time.
+//!
+//! A worker runs at most `concurrency` attempts at once, but claiming only
+//! when a slot is free costs one PostgreSQL round trip per few jobs, which
+//! caps a worker of short jobs at a few thousand jobs a second. So a worker
+//! claims ahead: as many jobs as it expects to start within
+//! [`PREFETCH_HORIZON`], judged from how long its recent attempts took.
+//! Jobs of a few microseconds are claimed hundreds at a time (one statement
+//! for hundreds of jobs); jobs of a minute are never claimed ahead, so no job
+//! waits behind a long one on a busy worker while another worker idles.
+//! Claimed jobs wait for a slot in claim order, their leases renewed by the
+//! heartbeat like those of running ones.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// How far ahead a worker claims, in expected execution time.
+pub const PREFETCH_HORIZON: Duration = Duration::from_millis(20);
+
+/// Most jobs claimed ahead of a free slot.
+pub const PREFETCH_MAX: usize = 256;
+
+/// A worker's execution slots and claimed-but-waiting jobs.
+#[derive(Debug)]
+pub struct Capacity {
+    concurrency: usize,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    /// Moving average of attempt durations, in microseconds.
+    average_us: AtomicU64,
+    changed: Notify,
+}
+
+impl Capacity {
+    /// Capacity for `concurrency` attempts at once.
+    pub fn new(concurrency: usize) -> Arc<Self> {
+        Arc::new(Self {
+            concurrency,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            waiting: AtomicUsize::new(0),
+            // Until attempts have been timed, claim one job ahead per slot.
+            average_us: AtomicU64::new(PREFETCH_HORIZON.as_micros() as u64),
+            changed: Notify::new(),
+        })
+    }
+
+    /// How many jobs to claim now: free slots, plus the prefetch target, less
+    /// jobs already claimed and waiting.
+    pub fn claimable(&self) -> usize {
+        let average = self.average_us.load(Ordering::Relaxed).max(1);
+        let prefetch = (self.concurrency as u64 * PREFETCH_HORIZON.as_micros() as u64 / average)
+            .min(PREFETCH_MAX as u64) as usize;
+        (self.slots.available_permits() + prefetch)
+            .saturating_sub(self.waiting.load(Ordering::Acquire))
+    }
+
+    /// Records `count` claimed jobs that will wait for a slot.
+    pub fn claimed(&self, count: usize) {
+        self.waiting.fetch_add(count, Ordering::AcqRel);
+    }
+
+    /// Waits for an execution slot for a claimed job (in claim order).
+    pub async fn slot(self: &Arc<Self>) -> Slot {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        Slot {
+            capacity: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    /// Resolves when a slot frees up.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    fn record(&self, duration: Duration) {
+        let sample = duration.as_micros().min(u64::MAX as u128) as u64;
+        // Exponential moving average with weight 1/8: follows a change of
+        // workload within a few dozen attempts.
+        let _ = self
+            .average_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(average - average / 8 + sample / 8)
+            });
+    }
+}
+
+/// An execution slot, held while the guest runs.
+#[derive(Debug)]
+pub struct Slot {
+    capacity: Arc<Capacity>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Frees the slot, recording how long the attempt ran.
+    pub fn release(self, ran_for: Duration) {
+        self.capacity.record(ran_for);
+        let capacity = self.capacity.clone();
+        drop(self);
+        capacity.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn short_jobs_are_claimed_far_ahead_and_long_ones_not_at_all() {
+        let capacity = Capacity::new(2);
+        assert_eq!(capacity.claimable(), 2 + 2, "untimed: one ahead per slot");
+        for _ in 0..100 {
+            let slot = capacity.slot_for_test().await;
+            slot.release(Duration::from_micros(50));
+        }
+        assert_eq!(capacity.claimable(), 2 + PREFETCH_MAX);
+        for _ in 0..100 {
+            let slot = capacity.slot_for_test().await;
+            slot.release(Duration::from_secs(60));
+        }
+        assert_eq!(capacity.claimable(), 2, "only free slots");
+        capacity.claimed(2);
+        assert_eq!(capacity.claimable(), 0);
+    }
+
+    impl Capacity {
+        async fn slot_for_test(self: &Arc<Self>) -> Slot {
+            self.claimed(1);
+            self.slot().await
+        }
+    }
+}
