@@ -152,6 +152,11 @@ impl From<StoreError> for ApiError {
                 "idempotency_conflict",
                 error.to_string(),
             ),
+            StoreError::KeyInFlight { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_flight",
+                error.to_string(),
+            ),
             StoreError::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", error.to_string())
             }

@@ -65,8 +65,8 @@ async fn submit(
     JsonBody(request): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
     let job = resolve(request, &state.limits, "")?;
-    let submitted = insert(&state, vec![job])
-        .await?
+    let submitted = state.submitter.submit(job).await?;
+    let submitted = announce(&state, vec![submitted])
         .pop()
         .expect("one job in, one job out");
     let status = if submitted.created {
@@ -113,31 +113,33 @@ async fn submit_batch(
         }
         jobs.push(job);
     }
-    let jobs = insert(&state, jobs).await?;
-    Ok((StatusCode::CREATED, Json(SubmittedBatch { jobs })))
+    let submitted = state.store.insert_jobs(&jobs).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SubmittedBatch {
+            jobs: announce(&state, submitted),
+        }),
+    ))
 }
 
-/// Inserts validated jobs and wakes the workers of those due now.
-async fn insert(state: &ApiState, jobs: Vec<NewJob>) -> Result<Vec<SubmittedJob>, ApiError> {
-    let submitted = state.store.insert_jobs(&jobs).await?;
+/// Counts newly created jobs, wakes the workers of those due now, and
+/// renders the answer.
+fn announce(state: &ApiState, submitted: Vec<Submitted>) -> Vec<SubmittedJob> {
     let created: Vec<&Submitted> = submitted.iter().filter(|s| s.created).collect();
     metrics::counter!("taskflow_jobs_submitted_total").increment(created.len() as u64);
-    state
-        .waker
-        .wake_or_log(
-            created
-                .iter()
-                .filter(|s| s.job.state == JobState::Available)
-                .map(|s| s.job.queue.as_str()),
-        )
-        .await;
-    Ok(submitted
+    state.waker.wake(
+        created
+            .iter()
+            .filter(|s| s.job.state == JobState::Available)
+            .map(|s| s.job.queue.as_str()),
+    );
+    submitted
         .into_iter()
         .map(|s| SubmittedJob {
             job: s.job.into(),
             created: s.created,
         })
-        .collect())
+        .collect()
 }
 
 /// Checks a submission against the server's limits and fills in defaults.
@@ -371,7 +373,7 @@ async fn retry(
     PathParams(id): PathParams<Uuid>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = state.store.requeue_if_finished(id).await?;
-    state.waker.wake_or_log([job.queue.as_str()]).await;
+    state.waker.wake([job.queue.as_str()]);
     Ok(Json(job.into()))
 }
 

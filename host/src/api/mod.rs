@@ -18,6 +18,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod modules;
+pub mod submitter;
 pub mod types;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub leases: Leases,
     /// Wake-ups after jobs become available.
     pub waker: Waker,
+    /// Group commit of single-job submissions.
+    pub submitter: submitter::Submitter,
     /// Compiles uploads to validate them.
     pub sandbox: Sandbox,
     /// Limits on what clients may ask for.

@@ -92,7 +92,8 @@ pub fn api_state(
         store: backends.store.clone(),
         redis: backends.redis.clone(),
         leases: backends.leases.clone(),
-        waker: Waker::new(backends.redis.clone()),
+        waker: Waker::spawn(backends.redis.clone()),
+        submitter: crate::api::submitter::Submitter::spawn(backends.store.clone()),
         sandbox,
         compile_slots: Arc::new(Semaphore::new(config.max_concurrent_compiles)),
         tokens: TokenHashes::parse(&config.api_token_sha256)?,
@@ -126,7 +127,7 @@ pub fn spawn_worker(
     limits.validate()?;
     retry.validate()?;
     let dispatch_interval = config.dispatch_interval;
-    let scheduler = Scheduler::new(backends.store.clone(), Waker::new(backends.redis.clone()));
+    let scheduler = Scheduler::new(backends.store.clone(), Waker::spawn(backends.redis.clone()));
     let worker = Worker::new(
         config,
         limits,

@@ -81,9 +81,7 @@ impl Scheduler {
         let queues = self.store.promote_due(BATCH_SIZE).await?;
         if !queues.is_empty() {
             tracing::debug!(promoted = queues.len(), "promoted due jobs");
-            self.waker
-                .wake_or_log(queues.iter().map(String::as_str))
-                .await;
+            self.waker.wake(queues.iter().map(String::as_str));
         }
         Ok(queues.len())
     }

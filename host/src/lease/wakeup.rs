@@ -13,49 +13,59 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{REDIS_RESPONSE_TIMEOUT, Redis, RedisError};
 
-/// Publishes wake-ups.
+/// Publishes wake-ups without making anyone wait for Redis.
+///
+/// [`Waker::wake`] only queues the queue names; a background task publishes
+/// them, one pipelined round trip per burst, with each queue named once per
+/// burst however many jobs it received. A request that made a job available
+/// answers as soon as its commit is done, and a flood of submissions costs a
+/// handful of `PUBLISH`es, not one per job. If Redis is unreachable the
+/// wake-up is logged and dropped: the job is committed, and workers find it
+/// by polling.
 #[derive(Debug, Clone)]
 pub struct Waker {
-    redis: Redis,
+    sender: mpsc::UnboundedSender<String>,
 }
 
 impl Waker {
-    /// A waker publishing through `redis`.
-    pub fn new(redis: Redis) -> Self {
-        Self { redis }
+    /// Starts the publisher task on the current runtime.
+    pub fn spawn(redis: Redis) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(publish(redis, receiver));
+        Self { sender }
     }
 
-    /// Wakes the workers of each distinct queue in `queues`, in one round trip.
-    pub async fn wake<'a>(
-        &self,
-        queues: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), RedisError> {
-        let queues: BTreeSet<&str> = queues.into_iter().collect();
-        if queues.is_empty() {
-            return Ok(());
+    /// Wakes the workers of each queue in `queues`.
+    pub fn wake<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
+        for queue in queues {
+            // Fails only when the runtime is shutting down.
+            let _ = self.sender.send(queue.to_owned());
         }
+    }
+}
+
+/// Most queued wake-ups taken in one burst.
+const BURST: usize = 1024;
+
+async fn publish(redis: Redis, mut receiver: mpsc::UnboundedReceiver<String>) {
+    let mut burst = Vec::with_capacity(BURST);
+    while receiver.recv_many(&mut burst, BURST).await > 0 {
+        let queues: BTreeSet<&str> = burst.iter().map(String::as_str).collect();
         let mut pipe = redis::pipe();
         for queue in queues {
-            pipe.publish(self.redis.key(&format!("wake:{queue}")), "")
+            pipe.publish(redis.key(&format!("wake:{queue}")), "")
                 .ignore();
         }
-        let mut connection = self.redis.connection.clone();
-        let () = pipe.query_async(&mut connection).await?;
-        Ok(())
-    }
-
-    /// Wakes the workers of `queues`, logging rather than failing if Redis is
-    /// unreachable: the job is already committed and workers will find it
-    /// by polling.
-    pub async fn wake_or_log<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
-        if let Err(error) = self.wake(queues).await {
-            tracing::warn!(%error, "could not publish a wake-up; workers will find the job by polling");
+        let mut connection = redis.connection.clone();
+        if let Err(error) = pipe.query_async::<()>(&mut connection).await {
+            tracing::warn!(%error, "could not publish a wake-up; workers will find the jobs by polling");
         }
+        burst.clear();
     }
 }
 

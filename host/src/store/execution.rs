@@ -165,6 +165,7 @@ impl Store {
         limit: usize,
         lease_ttl: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
+        super::statement("claim_available");
         Ok(sqlx::query_as::<_, ClaimedJob>(
             "WITH due AS (
                  SELECT id FROM jobs
@@ -205,6 +206,7 @@ impl Store {
         if attempts.is_empty() {
             return Ok(Vec::new());
         }
+        super::statement("finish_if_lease_matches");
         let last_errors: Vec<Option<serde_json::Value>> = attempts
             .iter()
             .map(|a| {
@@ -318,6 +320,7 @@ impl Store {
     /// token. A worker asks this when Redis lost its lease keys, before
     /// trusting that it still holds them.
     pub async fn leases_still_held(&self, leases: &[LeaseRef]) -> StoreResult<Vec<LeaseRef>> {
+        super::statement("leases_still_held");
         Ok(sqlx::query_as::<_, LeaseRef>(
             "SELECT j.id AS job_id, j.lease_token
              FROM jobs j JOIN unnest($1::uuid[], $2::bigint[]) AS l(id, token)
@@ -334,6 +337,7 @@ impl Store {
     /// rescuer asks Redis whether their leases are still alive. Served by
     /// `jobs_lease_idx`.
     pub async fn running_past_lease(&self, limit: usize) -> StoreResult<Vec<RunningLease>> {
+        super::statement("running_past_lease");
         Ok(sqlx::query_as::<_, RunningLease>(
             "SELECT id AS job_id, lease_token, attempt, attempt_base, max_attempts, worker_id,
                     attempted_at
@@ -359,6 +363,7 @@ impl Store {
         if leases.is_empty() {
             return Ok(0);
         }
+        super::statement("extend_leases_if_token_matches");
         Ok(sqlx::query(
             "UPDATE jobs j
              SET lease_expires_at = now() + l.ms * interval '1 millisecond'
@@ -391,6 +396,7 @@ impl Store {
     /// locked `SKIP LOCKED` so concurrent schedulers split the work. Served
     /// by `jobs_due_idx`.
     pub async fn promote_due(&self, limit: usize) -> StoreResult<Vec<String>> {
+        super::statement("promote_due");
         Ok(sqlx::query_scalar::<_, String>(
             "WITH due AS (
                  SELECT id FROM jobs
@@ -411,6 +417,7 @@ impl Store {
     /// How long until the next scheduled or retrying job falls due, if any
     /// is waiting. Zero when one is already due.
     pub async fn next_due_in(&self) -> StoreResult<Option<Duration>> {
+        super::statement("next_due_in");
         let millis: Option<f64> = sqlx::query_scalar(
             "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(run_at) - now())) * 1000)::float8
              FROM jobs WHERE state IN ('scheduled', 'retrying')",

@@ -218,15 +218,71 @@ struct GuardedUpdate {
 }
 
 impl Store {
-    /// Inserts jobs in one statement and one transaction: all or none.
+    /// Inserts jobs, all or none.
     ///
     /// A job whose idempotency key already exists is not inserted; the
     /// existing job is returned instead (`created: false`) if it was
     /// submitted with the same fingerprint, and
     /// [`StoreError::IdempotencyConflict`] is returned otherwise. The unique
     /// index makes this safe against concurrent submissions.
+    ///
+    /// One statement is atomic by itself, so a single job, or jobs without
+    /// idempotency keys, cost one round trip and one commit; only a batch
+    /// with keys (which may conflict after others were inserted) needs a
+    /// transaction around the insert and the lookup of conflicts.
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<Submitted>> {
+        if jobs.len() == 1 || jobs.iter().all(|job| job.idempotency_key.is_none()) {
+            let mut connection = self.pool().acquire().await?;
+            return self
+                .insert(&mut connection, jobs)
+                .await?
+                .into_iter()
+                .collect();
+        }
         let mut tx = self.pool().begin().await?;
+        let submitted = self
+            .insert(&mut tx, jobs)
+            .await?
+            .into_iter()
+            .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(submitted)
+    }
+
+    /// Inserts jobs that do not belong together (concurrent requests grouped
+    /// into one commit): each gets its own result, so one request's
+    /// idempotency conflict or unknown module does not fail the others.
+    pub async fn insert_jobs_independently(
+        &self,
+        jobs: &[NewJob],
+    ) -> StoreResult<Vec<StoreResult<Submitted>>> {
+        let mut connection = self.pool().acquire().await?;
+        match self.insert(&mut connection, jobs).await {
+            // The statement failed as a whole; retry each job on its own so
+            // that only those naming a missing module fail.
+            Err(StoreError::UnknownModules(_)) if jobs.len() > 1 => {
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    let result = self
+                        .insert(&mut connection, std::slice::from_ref(job))
+                        .await;
+                    results.push(result.and_then(|mut one| one.remove(0)));
+                }
+                Ok(results)
+            }
+            other => other,
+        }
+    }
+
+    /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs`, then one lookup of
+    /// the jobs owning the keys that conflicted. Per job: the inserted job,
+    /// the existing one, or an idempotency conflict.
+    async fn insert(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        jobs: &[NewJob],
+    ) -> StoreResult<Vec<StoreResult<Submitted>>> {
+        super::statement("insert_jobs");
         let inserted = sqlx::query_as::<_, JobRecord>(concat!(
             "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
@@ -273,12 +329,11 @@ impl Store {
                 .map(|j| j.request_fingerprint.as_deref())
                 .collect::<Vec<_>>(),
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *connection)
         .await;
         let inserted = match inserted {
             Ok(rows) => rows,
             Err(error) if is_foreign_key_violation(&error, "jobs_module_hash_fkey") => {
-                drop(tx);
                 return Err(self.unknown_modules_error(jobs).await);
             }
             Err(error) => return Err(error.into()),
@@ -290,33 +345,37 @@ impl Store {
             .iter()
             .filter(|j| !inserted.contains_key(&j.id))
             .collect();
-        let mut existing = existing_for_duplicates(&mut tx, &duplicates).await?;
-        let mut submitted = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            if let Some(row) = inserted.remove(&job.id) {
-                submitted.push(Submitted {
-                    job: row,
-                    created: true,
-                });
-                continue;
-            }
-            let key = job.idempotency_key.clone().unwrap_or_default();
-            let (record, fingerprint) = existing
-                .remove(&key)
-                .expect("a job not inserted lost an idempotency-key conflict to a committed job");
-            if fingerprint != job.request_fingerprint {
-                return Err(StoreError::IdempotencyConflict {
-                    key,
-                    job_id: record.id,
-                });
-            }
-            submitted.push(Submitted {
-                job: record,
-                created: false,
-            });
-        }
-        tx.commit().await?;
-        Ok(submitted)
+        // Several jobs of one group may carry the same key (a client retrying
+        // concurrently): they all resolve to the one job that owns it.
+        let existing = existing_for_duplicates(connection, &duplicates).await?;
+        Ok(jobs
+            .iter()
+            .map(|job| {
+                if let Some(row) = inserted.remove(&job.id) {
+                    return Ok(Submitted {
+                        job: row,
+                        created: true,
+                    });
+                }
+                let key = job.idempotency_key.clone().unwrap_or_default();
+                match existing.get(&key).cloned() {
+                    Some((record, fingerprint)) if fingerprint == job.request_fingerprint => {
+                        Ok(Submitted {
+                            job: record,
+                            created: false,
+                        })
+                    }
+                    Some((record, _)) => Err(StoreError::IdempotencyConflict {
+                        key,
+                        job_id: record.id,
+                    }),
+                    // The owner of the key vanished between the two
+                    // statements (a concurrent insert rolled back): the
+                    // caller may simply retry.
+                    None => Err(StoreError::KeyInFlight { key }),
+                }
+            })
+            .collect())
     }
 
     async fn unknown_modules_error(&self, jobs: &[NewJob]) -> StoreError {
@@ -332,6 +391,7 @@ impl Store {
 
     /// One job with its payloads, or `None` if no job has this id.
     pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobDetail>> {
+        super::statement("get_job");
         Ok(sqlx::query_as::<_, JobDetail>(concat!(
             "SELECT ",
             job_columns!("j."),
@@ -355,6 +415,7 @@ impl Store {
     /// it from `jobs_state_list_idx` or `jobs_queue_list_idx` (a catch-all
     /// `$1 IS NULL OR state = $1` would defeat them in a generic plan).
     pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        super::statement("list_jobs");
         let mut query = sqlx::QueryBuilder::new(concat!(
             "SELECT ",
             job_columns!(""),
@@ -381,6 +442,7 @@ impl Store {
     /// Every finished attempt of a job, oldest first, or `None` if no job
     /// has this id.
     pub async fn list_attempts(&self, id: Uuid) -> StoreResult<Option<Vec<AttemptRecord>>> {
+        super::statement("list_attempts");
         let mut tx = self.pool().begin().await?;
         let exists =
             sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)")
@@ -414,6 +476,7 @@ impl Store {
         id: Uuid,
         error_kind: &str,
     ) -> StoreResult<CancelOutcome> {
+        super::statement("cancel_if_unfinished");
         let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
             "WITH target AS (
                  SELECT id, state, lease_token, attempt, worker_id, attempted_at
@@ -469,6 +532,7 @@ impl Store {
     ///
     /// Guard: `state IN (dead, cancelled)`. Earlier attempts are kept.
     pub async fn requeue_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
+        super::statement("requeue_if_finished");
         let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
             "WITH requeued AS (
                  UPDATE jobs
@@ -505,7 +569,7 @@ impl Store {
 /// The committed jobs owning the idempotency keys of `duplicates`, with
 /// their fingerprints, by key.
 async fn existing_for_duplicates(
-    tx: &mut sqlx::PgConnection,
+    connection: &mut sqlx::PgConnection,
     duplicates: &[&NewJob],
 ) -> StoreResult<std::collections::HashMap<String, (JobRecord, Option<Vec<u8>>)>> {
     #[derive(sqlx::FromRow)]
@@ -527,7 +591,7 @@ async fn existing_for_duplicates(
         ", request_fingerprint FROM jobs WHERE idempotency_key = ANY($1)"
     ))
     .bind(keys)
-    .fetch_all(tx)
+    .fetch_all(connection)
     .await?;
     Ok(rows
         .into_iter()

@@ -57,6 +57,15 @@ pub enum StoreError {
         /// The job that owns it.
         job_id: Uuid,
     },
+    /// Another submission with this idempotency key was being written and
+    /// rolled back while this one was inserted; a retry settles it.
+    #[error(
+        "idempotency key {key:?} was in use by a concurrent submission that did not commit; retry"
+    )]
+    KeyInFlight {
+        /// The key.
+        key: String,
+    },
     /// No job has this id.
     #[error("job {0} does not exist")]
     JobNotFound(Uuid),
@@ -142,6 +151,13 @@ pub fn is_valid_queue_name(name: &str) -> bool {
 /// Whether `hash` is a module hash: 64 lowercase hex digits.
 pub fn is_valid_module_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Counts one call that sends SQL, by name: operators see the database load
+/// per operation on `/metrics`, and `taskflow bench` derives statements per
+/// job from it.
+fn statement(name: &'static str) {
+    metrics::counter!("taskflow_db_statements_total", "statement" => name).increment(1);
 }
 
 /// Converts a duration to whole milliseconds for SQL interval arithmetic.

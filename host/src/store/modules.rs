@@ -21,6 +21,7 @@ impl Store {
     /// again returns the original record. The caller computes `hash` from
     /// `bytes` and has validated them.
     pub async fn insert_module(&self, hash: &str, bytes: &[u8]) -> StoreResult<ModuleRecord> {
+        super::statement("insert_module");
         let inserted = sqlx::query_as::<_, ModuleRecord>(
             "INSERT INTO modules (hash, size_bytes, bytes) VALUES ($1, $2, $3)
              ON CONFLICT (hash) DO NOTHING
@@ -42,6 +43,7 @@ impl Store {
 
     /// The module's record, if it was uploaded.
     pub async fn get_module(&self, hash: &str) -> StoreResult<Option<ModuleRecord>> {
+        super::statement("get_module");
         Ok(sqlx::query_as::<_, ModuleRecord>(
             "SELECT hash, size_bytes, created_at FROM modules WHERE hash = $1",
         )
@@ -52,6 +54,7 @@ impl Store {
 
     /// The module's bytes, if it was uploaded.
     pub async fn module_bytes(&self, hash: &str) -> StoreResult<Option<Vec<u8>>> {
+        super::statement("module_bytes");
         Ok(
             sqlx::query_scalar::<_, Vec<u8>>("SELECT bytes FROM modules WHERE hash = $1")
                 .bind(hash)
@@ -66,6 +69,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<ModuleRecord>> {
+        super::statement("list_modules");
         Ok(sqlx::query_as::<_, ModuleRecord>(
             "SELECT hash, size_bytes, created_at FROM modules
              WHERE $1::text IS NULL OR hash > $1
@@ -79,6 +83,7 @@ impl Store {
 
     /// Which of `hashes` were never uploaded.
     pub async fn missing_modules(&self, hashes: &[String]) -> StoreResult<Vec<String>> {
+        super::statement("missing_modules");
         Ok(sqlx::query_scalar::<_, String>(
             "SELECT h FROM unnest($1::text[]) AS h
              WHERE NOT EXISTS (SELECT 1 FROM modules WHERE hash = h)
