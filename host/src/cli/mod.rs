@@ -48,6 +48,9 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Measure throughput and latency against a local deployment (see
+    /// docs/benchmarks.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `taskflow token …`.
@@ -235,6 +238,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Module(command) => client::run_module(command).await,
         Command::Job(command) => client::run_job(command).await,
         Command::Run(args) => run::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Token(TokenCommand::Create) => {
             let (token, hash) = crate::api::auth::create_token();
             println!("token:  {token}\nsha256: {hash}");

@@ -1,0 +1,170 @@
+//! `taskflow bench`: the performance scenarios of docs/benchmarks.md, run
+//! against a real deployment (API and workers as separate processes of this
+//! binary, the local PostgreSQL and Redis) or, for the sandbox, in process.
+//!
+//! Each scenario runs `--runs` times and reports min / median / max of each
+//! figure next to its target. Build with `--release`: a debug build measures
+//! the compiler, not TaskFlow.
+
+mod cluster;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+pub use cluster::{Deployment, Target};
+
+/// `taskflow bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scenarios to run.
+    #[arg(value_enum, default_value = "all")]
+    pub scenarios: Vec<Scenario>,
+    /// Runs of each scenario.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Scale every job count by this factor (e.g. 0.05 for a quick smoke run).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// PostgreSQL server; each run creates and drops its own database there.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// Redis; each run uses its own key prefix.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Directory of the built plugins (default: next to the target directory
+    /// this binary was built into).
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
+}
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Every scenario below.
+    All,
+    /// Submit over REST, one client, one job per request, sequentially.
+    Submit,
+    /// Submit over REST, 32 concurrent clients.
+    SubmitConcurrent,
+    /// Submit over REST, 1,000 jobs per batch request.
+    SubmitBatch,
+    /// Drain 20,000 queued no-op jobs with the API and 2 workers.
+    Drain,
+    /// Enqueue-to-start latency at 200 jobs/s for 20 s.
+    Latency,
+    /// Instantiate and call a no-op component in a warm sandbox.
+    Sandbox,
+    /// First job of a large module: cold compile vs. a restarted worker's disk cache.
+    Cache,
+    /// CPU-bound jobs on 1 worker vs. 2 workers.
+    Cpu,
+}
+
+/// One figure of one run.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// What it measures.
+    pub name: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// Its unit.
+    pub unit: &'static str,
+    /// The target, as text (`≥ 2500`).
+    pub target: &'static str,
+}
+
+impl Figure {
+    fn new(name: &'static str, value: f64, unit: &'static str, target: &'static str) -> Self {
+        Self {
+            name,
+            value,
+            unit,
+            target,
+        }
+    }
+}
+
+/// Runs the requested scenarios and prints the results table.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; build with --release for meaningful figures");
+    }
+    let exe = std::env::current_exe()?;
+    let plugin_dir = args.plugin_dir.clone().unwrap_or_else(|| {
+        exe.parent()
+            .and_then(|dir| dir.parent())
+            .unwrap_or(&exe)
+            .join("wasm32-wasip2/plugin")
+    });
+    let target = Target {
+        database_url: args.database_url.clone(),
+        redis_url: args.redis_url.clone(),
+        plugin_dir,
+        cache_dir: std::env::temp_dir().join("taskflow-bench-cache"),
+    };
+    let scenarios: Vec<Scenario> = if args.scenarios.contains(&Scenario::All) {
+        Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|s| *s != Scenario::All)
+            .collect()
+    } else {
+        args.scenarios.clone()
+    };
+    let mut rows: Vec<(Scenario, Vec<Vec<Figure>>)> = Vec::new();
+    for scenario in scenarios {
+        let mut runs = Vec::new();
+        for run in 1..=args.runs {
+            eprintln!("== {scenario:?}, run {run}/{}", args.runs);
+            runs.push(scenarios::run(scenario, &target, args.scale).await?);
+        }
+        rows.push((scenario, runs));
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[(Scenario, Vec<Vec<Figure>>)]) {
+    println!(
+        "\n| scenario | figure | min | median | max | unit | target |\n|---|---|---:|---:|---:|---|---|"
+    );
+    for (scenario, runs) in rows {
+        let Some(first) = runs.first() else { continue };
+        for (index, figure) in first.iter().enumerate() {
+            let mut values: Vec<f64> = runs.iter().map(|run| run[index].value).collect();
+            values.sort_by(f64::total_cmp);
+            println!(
+                "| {scenario:?} | {} | {} | {} | {} | {} | {} |",
+                figure.name,
+                format_value(values[0]),
+                format_value(values[values.len() / 2]),
+                format_value(values[values.len() - 1]),
+                figure.unit,
+                figure.target
+            );
+        }
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// The `p`-th percentile (0–100) of sorted `values`, by nearest rank.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}

@@ -1,0 +1,435 @@
+//! The scenarios. Each returns the figures of one run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::cluster::{Deployment, Target};
+use super::{Figure, Scenario, percentile};
+use crate::api::types::{SubmitBatch, SubmitJob};
+use crate::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox, SandboxConfig};
+use crate::store::Store;
+
+/// Runs one scenario once.
+pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Result<Vec<Figure>> {
+    let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
+    match scenario {
+        Scenario::All => unreachable!("expanded by the caller"),
+        Scenario::Submit => submit(target, scaled(5_000), 1).await,
+        Scenario::SubmitConcurrent => submit(target, scaled(20_000), 32).await,
+        Scenario::SubmitBatch => submit_batch(target, scaled(100)).await,
+        Scenario::Drain => drain(target, scaled(20_000)).await,
+        Scenario::Latency => latency(target, scaled(4_000)).await,
+        Scenario::Sandbox => sandbox(target, scaled(20_000)).await,
+        Scenario::Cache => cache(target).await,
+        Scenario::Cpu => cpu(target, scaled(48)).await,
+    }
+}
+
+fn job(module: &str) -> SubmitJob {
+    SubmitJob {
+        module: module.to_owned(),
+        input: Some(json!({})),
+        ..SubmitJob::default()
+    }
+}
+
+fn progress(length: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(length as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}}"))
+            .expect("a valid template"),
+    );
+    bar
+}
+
+/// Waits until `count` jobs have succeeded in the deployment.
+async fn wait_succeeded(store: &Store, count: usize, what: &str) -> anyhow::Result<()> {
+    let bar = progress(count, what);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(store.pool())
+            .await?;
+        bar.set_position(done as u64);
+        if done as usize >= count {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: only {done} of {count} jobs succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `count` single-job submissions from `clients` concurrent clients.
+async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result<Vec<Figure>> {
+    let deployment = Deployment::start(target).await?;
+    let module = deployment.upload("noop").await?;
+    let bar = progress(count, "submitting");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (api, module, bar) = (deployment.client.clone(), module.clone(), bar.clone());
+            let share = count / clients + usize::from(client < count % clients);
+            tokio::spawn(async move {
+                for _ in 0..share {
+                    api.submit(&job(&module)).await?;
+                    bar.inc(1);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    deployment.stop().await?;
+    let target = if clients == 1 {
+        "≥ 2500"
+    } else {
+        "≥ 10000"
+    };
+    Ok(vec![Figure::new("submitted", rate, "jobs/s", target)])
+}
+
+/// `requests` batch submissions of 1,000 jobs each, one after another.
+async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Figure>> {
+    let deployment = Deployment::start(target).await?;
+    let module = deployment.upload("noop").await?;
+    let batch = SubmitBatch {
+        jobs: vec![job(&module); 1000],
+    };
+    let bar = progress(requests * 1000, "submitting");
+    let started = Instant::now();
+    for _ in 0..requests {
+        deployment.client.submit_batch(&batch).await?;
+        bar.inc(1000);
+    }
+    let rate = (requests * 1000) as f64 / started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    deployment.stop().await?;
+    Ok(vec![Figure::new("submitted", rate, "jobs/s", "≥ 100000")])
+}
+
+/// Starts the API and two workers with a warm no-op module.
+async fn warm_deployment(
+    target: &Target,
+    workers: usize,
+    concurrency: usize,
+    plugin: &str,
+) -> anyhow::Result<(Deployment, String)> {
+    let mut deployment = Deployment::start(target).await?;
+    let module = deployment.upload(plugin).await?;
+    for _ in 0..workers {
+        deployment.start_worker(concurrency)?;
+    }
+    Ok((deployment, module))
+}
+
+/// Queues `count` no-op jobs, then lets two workers drain them.
+async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (mut deployment, module) = warm_deployment(target, 2, cores, "noop").await?;
+    let warmup = 8;
+    for _ in 0..warmup {
+        deployment.client.submit(&job(&module)).await?;
+    }
+    wait_succeeded(&deployment.store, warmup, "warming up").await?;
+
+    // Every job falls due at the same moment, so the drain starts with the
+    // whole backlog in place and the workers already warm.
+    let run_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let mut remaining = count;
+    while remaining > 0 {
+        let size = remaining.min(1000);
+        let jobs = vec![
+            SubmitJob {
+                run_at: Some(run_at),
+                ..job(&module)
+            };
+            size
+        ];
+        deployment
+            .client
+            .submit_batch(&SubmitBatch { jobs })
+            .await?;
+        remaining -= size;
+    }
+    let (commits_before, statements_before) = (
+        deployment.commits().await?,
+        deployment.worker_statements().await?,
+    );
+    let mut peak_rss_kib = 0;
+    {
+        let wait = wait_succeeded(&deployment.store, warmup + count, "draining");
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                result = &mut wait => { result?; break; }
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    let rss = deployment.worker_rss_kib().into_iter().max().unwrap_or(0);
+                    peak_rss_kib = peak_rss_kib.max(rss);
+                }
+            }
+        }
+    }
+    let drained_s: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM max(finished_at) - $1)::float8 FROM jobs WHERE run_at = $1",
+    )
+    .bind(run_at)
+    .fetch_one(deployment.store.pool())
+    .await?;
+    let statements = deployment.worker_statements().await? - statements_before;
+    deployment.stop_workers().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let commits = deployment.commits().await? - commits_before;
+    let peak_mib = peak_rss_kib as f64 / 1024.0;
+    deployment.stop().await?;
+    Ok(vec![
+        Figure::new("drained", count as f64 / drained_s, "jobs/s", "≥ 14000"),
+        Figure::new(
+            "PostgreSQL commits per job",
+            commits as f64 / count as f64,
+            "commits",
+            "≤ 0.1",
+        ),
+        Figure::new(
+            "worker statements per job",
+            statements as f64 / count as f64,
+            "statements",
+            "report",
+        ),
+        Figure::new("worker peak RSS", peak_mib, "MiB", "≤ 150"),
+    ])
+}
+
+/// Submits `count` jobs at 200 a second, each on its own schedule (an open
+/// loop: a slow answer does not delay the next submission), and measures
+/// from each job's insert to the start of its first attempt.
+async fn latency(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (deployment, module) = warm_deployment(target, 2, cores, "noop").await?;
+    for _ in 0..8 {
+        deployment.client.submit(&job(&module)).await?;
+    }
+    wait_succeeded(&deployment.store, 8, "warming up").await?;
+    let bar = progress(count, "submitting at 200/s");
+    let started = tokio::time::Instant::now();
+    let mut submissions = Vec::with_capacity(count);
+    for i in 0..count {
+        tokio::time::sleep_until(started + Duration::from_millis(5 * i as u64)).await;
+        let (api, module, bar) = (deployment.client.clone(), module.clone(), bar.clone());
+        submissions.push(tokio::spawn(async move {
+            let submitted = api.submit(&job(&module)).await;
+            bar.inc(1);
+            submitted.map(|s| s.job.id)
+        }));
+    }
+    let mut ids: Vec<Uuid> = Vec::with_capacity(count);
+    for submission in submissions {
+        ids.push(submission.await??);
+    }
+    bar.finish_and_clear();
+    wait_succeeded(&deployment.store, 8 + count, "finishing").await?;
+    let mut latencies: Vec<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM attempted_at - created_at)::float8 * 1000 FROM jobs WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(deployment.store.pool())
+    .await?;
+    latencies.sort_by(f64::total_cmp);
+    deployment.stop().await?;
+    Ok(vec![
+        Figure::new(
+            "enqueue→start p50",
+            percentile(&latencies, 50.0),
+            "ms",
+            "≤ 1.5",
+        ),
+        Figure::new(
+            "enqueue→start p95",
+            percentile(&latencies, 95.0),
+            "ms",
+            "≤ 4",
+        ),
+        Figure::new(
+            "enqueue→start p99",
+            percentile(&latencies, 99.0),
+            "ms",
+            "≤ 8",
+        ),
+    ])
+}
+
+fn plugin_bytes(target: &Target, name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = target
+        .plugin_dir
+        .join(format!("taskflow_plugin_{name}.wasm"));
+    std::fs::read(&path).with_context(|| format!("{}: build the plugins first", path.display()))
+}
+
+fn sandbox_for(cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Sandbox> {
+    Ok(Sandbox::new(SandboxConfig {
+        max_concurrent_attempts: 1,
+        max_memory_bytes: 512 << 20,
+        max_output_bytes: 1 << 20,
+        max_log_bytes: 64 << 10,
+        cache_dir,
+        memory_cache_capacity: 4,
+        optimize: true,
+    })?)
+}
+
+fn attempt(input: &[u8], memory_bytes: u64) -> Attempt {
+    Attempt {
+        input: input.to_vec(),
+        context: JobContext {
+            job_id: "bench".into(),
+            attempt: 1,
+            max_attempts: 1,
+            queue: "default".into(),
+        },
+        limits: AttemptLimits {
+            timeout: Duration::from_secs(60),
+            fuel: 1 << 40,
+            memory_bytes,
+        },
+        grant: RunGrant::unlimited(),
+    }
+}
+
+/// Instantiates and calls the no-op component `count` times in a warm sandbox.
+async fn sandbox(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let bytes = plugin_bytes(target, "noop")?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let sandbox = sandbox_for(None)?;
+    let (task, _) = sandbox
+        .prepare(&hash, async move { Ok(bytes) })
+        .await
+        .map_err(|failure| anyhow::anyhow!(failure.message))?;
+    for _ in 0..1000 {
+        sandbox
+            .run(&task, attempt(b"", 64 << 20))
+            .await
+            .result
+            .map_err(|f| anyhow::anyhow!(f.message))?;
+    }
+    let mut micros = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let execution = sandbox.run(&task, attempt(b"", 64 << 20)).await;
+        micros.push(started.elapsed().as_secs_f64() * 1e6);
+        execution
+            .result
+            .map_err(|failure| anyhow::anyhow!(failure.message))?;
+    }
+    micros.sort_by(f64::total_cmp);
+    Ok(vec![
+        Figure::new(
+            "instantiate + call, median",
+            percentile(&micros, 50.0),
+            "µs",
+            "≤ 20",
+        ),
+        Figure::new(
+            "instantiate + call, p99",
+            percentile(&micros, 99.0),
+            "µs",
+            "report",
+        ),
+    ])
+}
+
+/// The first job of a large module: compiled from scratch, then by a
+/// restarted worker that finds it in its disk cache.
+async fn cache(target: &Target) -> anyhow::Result<Vec<Figure>> {
+    let (name, input) = if target
+        .plugin_dir
+        .join("taskflow_plugin_python_csv.wasm")
+        .exists()
+    {
+        ("python_csv", br#"{"csv": "a,b\n1,2\n"}"#.to_vec())
+    } else {
+        ("jsonpipe", br#"{"records": []}"#.to_vec())
+    };
+    let bytes = plugin_bytes(target, name)?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let dir = std::env::temp_dir().join(format!("taskflow-bench-cold-{}", Uuid::new_v4().simple()));
+    let first_job = |sandbox: Sandbox, bytes: Vec<u8>| {
+        let (hash, input) = (hash.clone(), input.clone());
+        async move {
+            let started = Instant::now();
+            let (task, _) = sandbox
+                .prepare(&hash, async move { Ok(bytes) })
+                .await
+                .map_err(|failure| anyhow::anyhow!(failure.message))?;
+            sandbox
+                .run(&task, attempt(&input, 256 << 20))
+                .await
+                .result
+                .map_err(|f| anyhow::anyhow!(f.message))?;
+            anyhow::Ok(started.elapsed().as_secs_f64() * 1000.0)
+        }
+    };
+    let cold = first_job(sandbox_for(Some(dir.clone()))?, bytes.clone()).await?;
+    let restarted = first_job(sandbox_for(Some(dir.clone()))?, bytes).await?;
+    let _ = std::fs::remove_dir_all(dir);
+    eprintln!("cache: module {name}");
+    Ok(vec![
+        Figure::new("first job, cold compile", cold, "ms", "report"),
+        Figure::new("first job, restarted worker", restarted, "ms", "report"),
+        Figure::new("speed-up", cold / restarted, "×", "≥ 10"),
+    ])
+}
+
+/// `count` CPU-bound jobs on one single-slot worker, then on two.
+async fn cpu(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let mut rates = Vec::new();
+    for workers in [1, 2] {
+        let (deployment, module) = warm_deployment(target, workers, 1, "mandelbrot").await?;
+        let render =
+            json!({"width": 160, "height": 160, "max_iterations": 2000, "format": "summary"});
+        deployment
+            .client
+            .submit(&SubmitJob {
+                input: Some(render.clone()),
+                ..job(&module)
+            })
+            .await?;
+        wait_succeeded(&deployment.store, 1, "warming up").await?;
+        let jobs = vec![
+            SubmitJob {
+                input: Some(render),
+                ..job(&module)
+            };
+            count
+        ];
+        let started = Instant::now();
+        deployment
+            .client
+            .submit_batch(&SubmitBatch { jobs })
+            .await?;
+        wait_succeeded(
+            &deployment.store,
+            1 + count,
+            &format!("{workers} worker(s)"),
+        )
+        .await?;
+        rates.push(count as f64 / started.elapsed().as_secs_f64());
+        deployment.stop().await?;
+    }
+    Ok(vec![
+        Figure::new("1 worker", rates[0], "jobs/s", "report"),
+        Figure::new("2 workers", rates[1], "jobs/s", "report"),
+        Figure::new("scaling", rates[1] / rates[0], "×", "≥ 1.8"),
+    ])
+}
