@@ -95,6 +95,15 @@ const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
 const MAX_TABLES_PER_COMPONENT: u32 = 16;
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
+/// Bytes at the start of each pooled memory and table kept resident between
+/// attempts: resetting them with `memset` is cheaper than returning the pages
+/// to the kernel and taking a page fault on each first touch by the next
+/// attempt. A task built with a small stack (see `.cargo/config.toml`) keeps
+/// what it touches in this window and starts twice as fast; one with Rust's
+/// default 1 MiB stack touches pages past it and gains nothing, so the window
+/// stays small enough to cost such tasks little (docs/benchmarks.md).
+const KEEP_RESIDENT_BYTES: usize = 256 << 10;
+
 /// Longest guest error message kept.
 const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
 
@@ -554,7 +563,9 @@ fn engine_config(config: &SandboxConfig) -> wasmtime::Config {
         .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .table_elements(MAX_TABLE_ELEMENTS)
         .total_stacks(slots)
-        .max_memory_size(config.max_memory_bytes as usize);
+        .max_memory_size(config.max_memory_bytes as usize)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_BYTES);
 
     let mut wasm = wasmtime::Config::new();
     if !config.optimize {
