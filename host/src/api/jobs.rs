@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::JobLimits;
 use crate::sandbox::FailureKind;
-use crate::store::{JobFilter, JobState, NewJob, Submitted, is_valid_queue_name};
+use crate::store::{JobFilter, JobState, LeaseRef, NewJob, Submitted, is_valid_queue_name};
 
 /// Queue of jobs that do not name one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -356,8 +356,18 @@ async fn cancel(
         .store
         .cancel_if_unfinished(id, FailureKind::Cancelled.code())
         .await?;
-    if cancelled.previous == JobState::Running
-        && let Err(error) = state.leases.revoke(id).await
+    let running = cancelled
+        .job
+        .lease_token
+        .filter(|_| cancelled.previous == JobState::Running);
+    if let Some(lease_token) = running
+        && let Err(error) = state
+            .leases
+            .revoke(&[LeaseRef {
+                job_id: id,
+                lease_token,
+            }])
+            .await
     {
         // The cancel is committed; the worker's result will be discarded.
         // It just keeps running until its attempt ends on its own.

@@ -141,7 +141,7 @@ impl Rescuer {
             .collect();
         // A worker that was only paused may come back and find its key
         // missing; the marker makes its next renewal report the lease lost.
-        if let Err(error) = self.leases.revoke_if_held(&rescued).await {
+        if let Err(error) = self.leases.revoke(&rescued).await {
             tracing::warn!(%error, "cannot mark rescued leases as revoked");
         }
         let rescued = rescued.len();

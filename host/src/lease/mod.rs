@@ -177,19 +177,25 @@ return out
     )
 });
 
-/// Writes each lease key that is missing or already holds its token, and
-/// reports a key holding anything else as lost. Used only for leases
-/// PostgreSQL has just confirmed.
+/// Writes each lease key that is missing, already holds its token, or holds
+/// the revocation of an older attempt, and reports a key holding anything
+/// else (a newer token, or this attempt's revocation) as lost. Used only for
+/// leases known current (fresh claims, or confirmed by PostgreSQL).
 /// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
-/// Returns one code per key: 1 restored, 0 lost.
+/// Returns one code per key: 1 held, 0 lost.
 static RESTORE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local out = {}
 for i, key in ipairs(KEYS) do
+  local token = ARGV[i + 1]
   local held = redis.call('GET', key)
-  if not held or held == ARGV[i + 1] then
-    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+  local free = not held or held == token
+  if not free and string.sub(held, 1, 8) == 'revoked:' then
+    free = tonumber(string.sub(held, 9)) < tonumber(token)
+  end
+  if free then
+    redis.call('SET', key, token, 'PX', ARGV[1])
     out[i] = 1
   else
     out[i] = 0
@@ -200,18 +206,22 @@ return out
     )
 });
 
-/// Marks each lease key as revoked unless it already belongs to a newer
-/// attempt (holds a token other than the one given).
-/// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[2]: the revoked marker;
-/// ARGV[2 + i]: token of KEYS[i], or the marker to revoke whatever is there.
+/// Marks attempts' leases as revoked (`revoked:<token>`) unless a newer
+/// attempt already wrote its own key. The marker blocks only its own attempt
+/// and older ones: a newer attempt of the job may overwrite it.
+/// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
 static REVOKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 for i, key in ipairs(KEYS) do
+  local token = ARGV[i + 1]
   local held = redis.call('GET', key)
-  local token = ARGV[i + 2]
-  if token == ARGV[2] or not held or held == token then
-    redis.call('SET', key, ARGV[2], 'PX', ARGV[1])
+  local older = not held or held == token
+  if not older and string.sub(held, 1, 8) == 'revoked:' then
+    older = tonumber(string.sub(held, 9)) < tonumber(token)
+  end
+  if older then
+    redis.call('SET', key, 'revoked:' .. token, 'PX', ARGV[1])
   end
 end
 return 0
@@ -249,10 +259,6 @@ return now_ms - tonumber(since)
     )
 });
 
-/// The value a revoked lease key holds: never a valid token, so the holder's
-/// next renewal reports [`Renewal::Lost`].
-const REVOKED: &str = "revoked";
-
 impl Leases {
     /// Leases in `redis` with the given TTL.
     pub fn new(redis: Redis, ttl: Duration) -> Self {
@@ -279,25 +285,6 @@ impl Leases {
         self.ttl.as_millis() as u64
     }
 
-    /// Writes lease keys for freshly claimed attempts, in one round trip.
-    pub async fn acquire(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
-        if leases.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for lease in leases {
-            pipe.set_options(
-                self.redis.lease_key(lease.job_id),
-                lease.lease_token,
-                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
-            )
-            .ignore();
-        }
-        let mut connection = self.redis.connection.clone();
-        let () = pipe.query_async(&mut connection).await?;
-        Ok(())
-    }
-
     /// Renews `leases` in one round trip; see [`Renewal`].
     pub async fn renew(&self, leases: &[LeaseRef]) -> Result<Vec<Renewal>, RedisError> {
         if leases.is_empty() {
@@ -322,9 +309,10 @@ impl Leases {
             .collect())
     }
 
-    /// Rewrites the keys of leases PostgreSQL confirmed after a renewal found
-    /// them [`Renewal::Missing`]. Returns, per lease, whether it is held; a
-    /// key another attempt wrote meanwhile means the lease is lost.
+    /// Writes the keys of leases whose holder knows them current: fresh
+    /// claims, and leases PostgreSQL confirmed after a renewal found them
+    /// [`Renewal::Missing`]. Returns, per lease, whether it is held; a key
+    /// another attempt (or a revocation) wrote meanwhile means it is lost.
     pub async fn restore(&self, leases: &[LeaseRef]) -> Result<Vec<bool>, RedisError> {
         if leases.is_empty() {
             return Ok(Vec::new());
@@ -357,33 +345,21 @@ impl Leases {
         Ok(())
     }
 
-    /// Marks a job's lease as revoked, whoever holds it, so the holder learns
-    /// at its next renewal that it must stop (used when a running job is
-    /// cancelled). The marker expires after one TTL.
-    pub async fn revoke(&self, job_id: Uuid) -> Result<(), RedisError> {
-        self.revoke_keys(&[(job_id, REVOKED.to_owned())]).await
-    }
-
-    /// Marks the leases of ended attempts as revoked unless a newer attempt
-    /// already wrote its own key (used by the rescuer, so a worker that comes
-    /// back after its attempt was rescued learns at its next renewal that it
-    /// must stop).
-    pub async fn revoke_if_held(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
-        let keys: Vec<_> = leases
-            .iter()
-            .map(|l| (l.job_id, l.lease_token.to_string()))
-            .collect();
-        self.revoke_keys(&keys).await
-    }
-
-    async fn revoke_keys(&self, keys: &[(Uuid, String)]) -> Result<(), RedisError> {
-        if keys.is_empty() {
+    /// Marks attempts' leases as revoked (unless a newer attempt already
+    /// wrote its own key), so a worker still running one learns at its next
+    /// renewal that it must stop: used when a running job is cancelled, and
+    /// by the rescuer for the attempts it ended. The marker expires after
+    /// one TTL.
+    pub async fn revoke(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
+        if leases.is_empty() {
             return Ok(());
         }
         let mut invocation = REVOKE_SCRIPT.prepare_invoke();
-        invocation.arg(self.ttl_ms()).arg(REVOKED);
-        for (job_id, token) in keys {
-            invocation.key(self.redis.lease_key(*job_id)).arg(token);
+        invocation.arg(self.ttl_ms());
+        for lease in leases {
+            invocation
+                .key(self.redis.lease_key(lease.job_id))
+                .arg(lease.lease_token);
         }
         let mut connection = self.redis.connection.clone();
         let () = invocation.invoke_async(&mut connection).await?;

@@ -110,6 +110,10 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // No ping before each use: that is a round trip per statement. A
+            // connection that broke fails its statement, which the callers
+            // retry, and the pool replaces it.
+            .test_before_acquire(false)
             .connect_lazy(url)?;
         Ok(Self { pool })
     }

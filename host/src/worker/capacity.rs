@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How far ahead a worker claims, in expected execution time.
-pub const PREFETCH_HORIZON: Duration = Duration::from_millis(20);
+pub const PREFETCH_HORIZON: Duration = Duration::from_millis(100);
 
 /// Most jobs claimed ahead of a free slot.
 pub const PREFETCH_MAX: usize = 256;

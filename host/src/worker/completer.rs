@@ -74,13 +74,17 @@ async fn write_outcomes(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let transitions = write_with_retry(&store, &batch).await;
-        let mut applied = Vec::with_capacity(batch.len());
+        let mut to_release = Vec::new();
+        let mut finished = 0;
         let mut retries = false;
         for (attempt, transition) in batch.iter().zip(transitions) {
-            in_flight.remove(attempt.lease);
+            let in_redis = in_flight.remove(attempt.lease);
             match transition {
                 Transition::Applied => {
-                    applied.push(attempt.lease);
+                    finished += 1;
+                    if in_redis {
+                        to_release.push(attempt.lease);
+                    }
                     retries |= matches!(attempt.next, NextState::Retrying { .. });
                 }
                 Transition::Stale => {
@@ -97,8 +101,8 @@ async fn write_outcomes(
         if retries {
             retry_scheduled.notify_one();
         }
-        metrics::counter!("taskflow_attempts_finished_total").increment(applied.len() as u64);
-        if let Err(error) = leases.release(&applied).await {
+        metrics::counter!("taskflow_attempts_finished_total").increment(finished);
+        if let Err(error) = leases.release(&to_release).await {
             tracing::debug!(%error, "could not release leases; they expire on their own");
         }
         batch.clear();

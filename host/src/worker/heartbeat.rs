@@ -3,10 +3,16 @@
 //! Every attempt this worker claimed stays in [`InFlight`] from its claim
 //! until its outcome is committed (or found stale), including while the
 //! completer retries a write against an unreachable PostgreSQL. The
-//! [`Heartbeat`] renews all of them in Redis every third of the lease TTL in
-//! one round trip and, for each, extends or revokes the attempt's
-//! [`RunGrant`]:
+//! [`Heartbeat`] runs every third of the lease TTL and, in one Redis round
+//! trip, writes or renews the lease key of every attempt, extending or
+//! revoking each attempt's [`RunGrant`]:
 //!
+//! - **fresh** (claimed since the last round, no key written yet): the key is
+//!   written now. A claim's PostgreSQL lease runs for one TTL, so the rescuer
+//!   cannot act on a fresh attempt before this round: a job that finishes
+//!   within a third of a TTL, as most do, never touches Redis at all. A fresh
+//!   attempt whose grant has already lapsed (the worker was paused) is
+//!   treated as missing instead;
 //! - renewed: the grant is extended to (time the renewal was sent + TTL);
 //! - missing (the key vanished: Redis was flushed, or this worker was paused
 //!   past its TTL): the key is written again and the grant extended only if
@@ -31,13 +37,19 @@ use crate::lease::{Leases, Renewal};
 use crate::sandbox::RunGrant;
 use crate::store::{LeaseRef, Store};
 
-/// Per job: the fencing token of the attempt this worker runs, and its grant.
-type HeldLeases = HashMap<Uuid, (i64, Arc<RunGrant>)>;
+/// An attempt this worker holds the lease of.
+#[derive(Debug, Clone)]
+struct Held {
+    lease_token: i64,
+    grant: Arc<RunGrant>,
+    /// Whether its lease key has been written to Redis.
+    in_redis: bool,
+}
 
 /// The attempts a worker holds leases for.
 #[derive(Debug, Clone, Default)]
 pub struct InFlight {
-    attempts: Arc<Mutex<HeldLeases>>,
+    attempts: Arc<Mutex<HashMap<Uuid, Held>>>,
 }
 
 impl InFlight {
@@ -45,19 +57,24 @@ impl InFlight {
     /// `valid_until`; returns its grant.
     pub fn register(&self, lease: LeaseRef, valid_until: Instant) -> Arc<RunGrant> {
         let grant = RunGrant::until(valid_until);
-        self.lock()
-            .insert(lease.job_id, (lease.lease_token, grant.clone()));
+        let held = Held {
+            lease_token: lease.lease_token,
+            grant: grant.clone(),
+            in_redis: false,
+        };
+        self.lock().insert(lease.job_id, held);
         grant
     }
 
-    /// Stops tracking an attempt whose outcome is settled.
-    pub fn remove(&self, lease: LeaseRef) {
+    /// Stops tracking an attempt whose outcome is settled. Returns whether
+    /// its lease key was written to Redis (and so should be released).
+    pub fn remove(&self, lease: LeaseRef) -> bool {
         let mut attempts = self.lock();
-        if attempts
-            .get(&lease.job_id)
-            .is_some_and(|(token, _)| *token == lease.lease_token)
-        {
-            attempts.remove(&lease.job_id);
+        match attempts.get(&lease.job_id) {
+            Some(held) if held.lease_token == lease.lease_token => attempts
+                .remove(&lease.job_id)
+                .is_some_and(|held| held.in_redis),
+            _ => false,
         }
     }
 
@@ -71,22 +88,33 @@ impl InFlight {
         self.len() == 0
     }
 
-    fn snapshot(&self) -> Vec<(LeaseRef, Arc<RunGrant>)> {
+    fn snapshot(&self) -> Vec<(LeaseRef, Held)> {
         self.lock()
             .iter()
-            .map(|(job_id, (lease_token, grant))| {
+            .map(|(job_id, held)| {
                 (
                     LeaseRef {
                         job_id: *job_id,
-                        lease_token: *lease_token,
+                        lease_token: held.lease_token,
                     },
-                    grant.clone(),
+                    held.clone(),
                 )
             })
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HeldLeases> {
+    fn mark_in_redis(&self, leases: &[LeaseRef]) {
+        let mut attempts = self.lock();
+        for lease in leases {
+            if let Some(held) = attempts.get_mut(&lease.job_id)
+                && held.lease_token == lease.lease_token
+            {
+                held.in_redis = true;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Held>> {
         self.attempts
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -134,45 +162,79 @@ impl Heartbeat {
             return HeartbeatCounts::default();
         }
         let sent_at = Instant::now();
-        let refs: Vec<LeaseRef> = held.iter().map(|(lease, _)| *lease).collect();
-        let renewals = match self.leases.renew(&refs).await {
-            Ok(renewals) => renewals,
+        let (fresh, written): (Vec<_>, Vec<_>) = held.iter().partition(|(_, held)| !held.in_redis);
+        let (fresh, lapsed): (Vec<_>, Vec<_>) = fresh
+            .into_iter()
+            .partition(|(_, held)| held.grant.is_valid_at(sent_at));
+        let refs = |leases: &[&(LeaseRef, Held)]| {
+            leases.iter().map(|(lease, _)| *lease).collect::<Vec<_>>()
+        };
+        let (fresh_refs, written_refs) = (refs(&fresh), refs(&written));
+
+        let (written_now, renewals) = match tokio::try_join!(
+            self.leases.restore(&fresh_refs),
+            self.leases.renew(&written_refs),
+        ) {
+            Ok(results) => results,
             Err(error) => {
-                tracing::warn!(%error, leases = refs.len(), "cannot renew leases; attempts stop when they lapse");
+                tracing::warn!(%error, leases = held.len(), "cannot renew leases; attempts stop when they lapse");
                 return HeartbeatCounts::default();
             }
         };
-        let missing: Vec<LeaseRef> = refs
-            .iter()
-            .zip(&renewals)
-            .filter(|(_, renewal)| **renewal == Renewal::Missing)
-            .map(|(lease, _)| *lease)
-            .collect();
+        let mut missing = refs(&lapsed);
+        missing.extend(
+            written_refs
+                .iter()
+                .zip(&renewals)
+                .filter(|(_, r)| **r == Renewal::Missing)
+                .map(|(l, _)| *l),
+        );
         let restored = self.restore_confirmed(&missing).await;
+
+        // Per lease: held (Some(true)), lost (Some(false)), or unknown (None:
+        // PostgreSQL could not confirm; the grant lapses unless a later round
+        // confirms it).
+        let mut verdicts: Vec<(&(LeaseRef, Held), Option<bool>)> = Vec::with_capacity(held.len());
+        verdicts.extend(
+            fresh
+                .iter()
+                .zip(&written_now)
+                .map(|(attempt, held)| (*attempt, Some(*held))),
+        );
+        verdicts.extend(written.iter().zip(&renewals).map(|(attempt, renewal)| {
+            let verdict = match renewal {
+                Renewal::Renewed => Some(true),
+                Renewal::Missing => restored.as_ref().map(|held| held.contains(&attempt.0)),
+                Renewal::Lost => Some(false),
+            };
+            (*attempt, verdict)
+        }));
+        verdicts.extend(lapsed.iter().map(|attempt| {
+            (
+                *attempt,
+                restored.as_ref().map(|held| held.contains(&attempt.0)),
+            )
+        }));
 
         let valid_until = sent_at + self.leases.ttl();
         let mut counts = HeartbeatCounts::default();
-        for ((lease, grant), renewal) in held.iter().zip(renewals) {
-            let still_held = match renewal {
-                Renewal::Renewed => Some(true),
-                Renewal::Missing => restored.as_ref().map(|held| held.contains(lease)),
-                Renewal::Lost => Some(false),
-            };
-            match still_held {
+        let mut now_in_redis = Vec::new();
+        for ((lease, held), verdict) in verdicts {
+            match verdict {
                 Some(true) => {
-                    grant.extend_until(valid_until);
+                    held.grant.extend_until(valid_until);
+                    now_in_redis.push(*lease);
                     counts.renewed += 1;
                 }
                 Some(false) => {
                     tracing::warn!(job_id = %lease.job_id, lease_token = lease.lease_token, "lost the lease; stopping the attempt");
-                    grant.revoke();
+                    held.grant.revoke();
                     counts.lost += 1;
                 }
-                // PostgreSQL could not confirm: leave the grant to lapse
-                // unless a later round confirms it.
                 None => {}
             }
         }
+        self.in_flight.mark_in_redis(&now_in_redis);
         counts
     }
 

@@ -6,8 +6,10 @@
 //!    to start soon ([`Capacity`]), from PostgreSQL
 //!    ([`Store::claim_available`]): one statement, `FOR UPDATE SKIP LOCKED`,
 //!    fresh fencing token per job.
-//! 2. **Lease** them in Redis ([`Leases::acquire`], one round trip) and
-//!    track them in [`InFlight`]; the [`Heartbeat`] renews the leases.
+//! 2. **Lease** them: PostgreSQL's claim holds each for one TTL, and the
+//!    [`Heartbeat`] writes and renews the Redis lease key of every attempt
+//!    still in [`InFlight`] every third of a TTL (short jobs finish before
+//!    they need one).
 //! 3. **Run** each in the [`Sandbox`], in a fresh store, under the job's
 //!    limits and its [`RunGrant`](crate::sandbox::RunGrant).
 //! 4. **Finish**: the slot is freed and the outcome goes to the
@@ -220,12 +222,8 @@ impl Worker {
             return;
         }
         metrics::counter!("taskflow_jobs_claimed_total").increment(claimed.len() as u64);
-        let leases: Vec<_> = claimed.iter().map(ClaimedJob::lease).collect();
-        if let Err(error) = self.leases.acquire(&leases).await {
-            // PostgreSQL already fences these attempts; without Redis keys
-            // they run until their grant lapses and are then retried.
-            tracing::warn!(%error, "cannot write leases to Redis");
-        }
+        // No Redis round trip here: the heartbeat writes the lease keys of
+        // attempts still running at its next round (see `heartbeat`).
         capacity.claimed(claimed.len());
         for job in claimed {
             let grant = in_flight.register(job.lease(), lease_valid_until);
@@ -271,13 +269,13 @@ impl Worker {
                 // These two events bracket every execution of guest code; the
                 // chaos suite (tests/chaos) reads them to prove no two
                 // executions of one job overlap.
-                tracing::info!(
+                tracing::debug!(
                     target: "taskflow::attempt",
                     job_id = %job.id, lease_token = job.lease_token, attempt = job.attempt,
                     "attempt started"
                 );
                 let execution = self.sandbox.run(&task, attempt).await;
-                tracing::info!(
+                tracing::debug!(
                     target: "taskflow::attempt",
                     job_id = %job.id, lease_token = job.lease_token,
                     outcome = execution.result.as_ref().err().map_or("succeeded", |f| f.kind.code()),

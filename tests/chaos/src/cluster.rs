@@ -238,7 +238,7 @@ impl TaskflowSetup {
             .env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", &self.redis_url)
             .env("TASKFLOW_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,taskflow::attempt=debug")
             .stdout(Stdio::null())
             .stderr(File::options().create(true).append(true).open(&log)?);
         for (key, value) in &self.env {
