@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::modules::check_hash;
 use super::types::{
-    AttemptList, JobPage, JobQuery, JobView, SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
+    AttemptList, BatchEntry, JobPage, JobQuery, JobView, SubmitBatch, SubmitJob, SubmittedBatch,
+    SubmittedJob,
 };
 use super::{
     ApiError, ApiState, JsonBody, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit,
@@ -66,9 +67,11 @@ async fn submit(
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
     let job = resolve(request, &state.limits, "")?;
     let submitted = state.submitter.submit(job).await?;
-    let submitted = announce(&state, vec![submitted])
-        .pop()
-        .expect("one job in, one job out");
+    announce(&state, std::slice::from_ref(&submitted));
+    let submitted = SubmittedJob {
+        job: submitted.job.into(),
+        created: submitted.created,
+    };
     let status = if submitted.created {
         StatusCode::CREATED
     } else {
@@ -114,17 +117,20 @@ async fn submit_batch(
         jobs.push(job);
     }
     let submitted = state.store.insert_jobs(&jobs).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SubmittedBatch {
-            jobs: announce(&state, submitted),
-        }),
-    ))
+    announce(&state, &submitted);
+    let jobs = submitted
+        .into_iter()
+        .map(|s| BatchEntry {
+            id: s.job.id,
+            state: s.job.state,
+            created: s.created,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(SubmittedBatch { jobs })))
 }
 
-/// Counts newly created jobs, wakes the workers of those due now, and
-/// renders the answer.
-fn announce(state: &ApiState, submitted: Vec<Submitted>) -> Vec<SubmittedJob> {
+/// Counts newly created jobs and wakes the workers of those due now.
+fn announce(state: &ApiState, submitted: &[Submitted]) {
     let created: Vec<&Submitted> = submitted.iter().filter(|s| s.created).collect();
     metrics::counter!("taskflow_jobs_submitted_total").increment(created.len() as u64);
     state.waker.wake(
@@ -133,13 +139,6 @@ fn announce(state: &ApiState, submitted: Vec<Submitted>) -> Vec<SubmittedJob> {
             .filter(|s| s.job.state == JobState::Available)
             .map(|s| s.job.queue.as_str()),
     );
-    submitted
-        .into_iter()
-        .map(|s| SubmittedJob {
-            job: s.job.into(),
-            created: s.created,
-        })
-        .collect()
 }
 
 /// Checks a submission against the server's limits and fills in defaults.

@@ -194,11 +194,25 @@ pub struct SubmittedJob {
     pub created: bool,
 }
 
-/// The response to a batch submission, in request order.
+/// The response to a batch submission: one entry per job, in request order.
+/// Deliberately small (a thousand full job views would dominate the cost of
+/// the request); fetch a job for its details.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmittedBatch {
     /// The jobs.
-    pub jobs: Vec<SubmittedJob>,
+    pub jobs: Vec<BatchEntry>,
+}
+
+/// One job of a batch submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchEntry {
+    /// The job's id.
+    pub id: Uuid,
+    /// Its state (`available`, or `scheduled` with a future `run_at`).
+    pub state: JobState,
+    /// `false` when an earlier submission with the same idempotency key
+    /// created the job.
+    pub created: bool,
 }
 
 /// A page of jobs, newest first.

@@ -145,6 +145,44 @@ pub struct JobDetail {
     pub last_duration_us: Option<i64>,
 }
 
+/// What PostgreSQL decided about an inserted job; the rest of its record is
+/// what was submitted, so only this travels back.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Inserted {
+    id: Uuid,
+    state: JobState,
+    run_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+}
+
+impl NewJob {
+    /// The record of this job as it was just inserted.
+    fn record(&self, inserted: Inserted) -> JobRecord {
+        JobRecord {
+            id: inserted.id,
+            module_hash: self.module_hash.clone(),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            state: inserted.state,
+            attempt: 0,
+            attempt_base: 0,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            fuel: self.fuel,
+            memory_limit_bytes: self.memory_limit_bytes,
+            run_at: inserted.run_at,
+            lease_token: None,
+            worker_id: None,
+            idempotency_key: self.idempotency_key.clone(),
+            last_error: None,
+            created_at: inserted.created_at,
+            updated_at: inserted.created_at,
+            attempted_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// The result of a submission.
 #[derive(Debug, Clone)]
 pub struct Submitted {
@@ -224,14 +262,14 @@ impl Store {
     /// existing job is returned instead (`created: false`) if it was
     /// submitted with the same fingerprint, and
     /// [`StoreError::IdempotencyConflict`] is returned otherwise. The unique
-    /// index makes this safe against concurrent submissions.
+    /// index makes this safe against concurrent submissions. A job naming a
+    /// module that was never uploaded fails the whole call with
+    /// [`StoreError::UnknownModules`].
     ///
-    /// One statement is atomic by itself, so a single job, or jobs without
-    /// idempotency keys, cost one round trip and one commit; only a batch
-    /// with keys (which may conflict after others were inserted) needs a
-    /// transaction around the insert and the lookup of conflicts.
+    /// A single job is one statement, one round trip and one commit; several
+    /// are inserted in a transaction, so that one failure undoes the rest.
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<Submitted>> {
-        if jobs.len() == 1 || jobs.iter().all(|job| job.idempotency_key.is_none()) {
+        if jobs.len() == 1 {
             let mut connection = self.pool().acquire().await?;
             return self
                 .insert(&mut connection, jobs)
@@ -257,33 +295,21 @@ impl Store {
         jobs: &[NewJob],
     ) -> StoreResult<Vec<StoreResult<Submitted>>> {
         let mut connection = self.pool().acquire().await?;
-        match self.insert(&mut connection, jobs).await {
-            // The statement failed as a whole; retry each job on its own so
-            // that only those naming a missing module fail.
-            Err(StoreError::UnknownModules(_)) if jobs.len() > 1 => {
-                let mut results = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    let result = self
-                        .insert(&mut connection, std::slice::from_ref(job))
-                        .await;
-                    results.push(result.and_then(|mut one| one.remove(0)));
-                }
-                Ok(results)
-            }
-            other => other,
-        }
+        self.insert(&mut connection, jobs).await
     }
 
-    /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs`, then one lookup of
-    /// the jobs owning the keys that conflicted. Per job: the inserted job,
-    /// the existing one, or an idempotency conflict.
+    /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs` (joined with
+    /// `modules`, so a job naming an unknown module is simply not inserted),
+    /// then, only if some were not inserted, one lookup of the jobs owning
+    /// their keys and of their modules. Per job: the inserted job, the
+    /// existing one, an idempotency conflict, or an unknown module.
     async fn insert(
         &self,
         connection: &mut sqlx::PgConnection,
         jobs: &[NewJob],
     ) -> StoreResult<Vec<StoreResult<Submitted>>> {
         super::statement("insert_jobs");
-        let inserted = sqlx::query_as::<_, JobRecord>(concat!(
+        let inserted = sqlx::query_as::<_, Inserted>(concat!(
             "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
                                request_fingerprint)
@@ -297,9 +323,9 @@ impl Store {
                          $11::text[], $12::bytea[])
                   AS t(id, module_hash, queue, priority, input, max_attempts, timeout_ms, fuel,
                        memory_limit_bytes, run_at, idempotency_key, request_fingerprint)
+             WHERE EXISTS (SELECT 1 FROM modules m WHERE m.hash = t.module_hash)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING ",
-            job_columns!("")
+             RETURNING id, state, run_at, created_at"
         ))
         .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
         .bind(
@@ -331,15 +357,9 @@ impl Store {
         )
         .fetch_all(&mut *connection)
         .await;
-        let inserted = match inserted {
-            Ok(rows) => rows,
-            Err(error) if is_foreign_key_violation(&error, "jobs_module_hash_fkey") => {
-                return Err(self.unknown_modules_error(jobs).await);
-            }
-            Err(error) => return Err(error.into()),
-        };
+        let inserted = inserted?;
 
-        let mut inserted: std::collections::HashMap<Uuid, JobRecord> =
+        let mut inserted: std::collections::HashMap<Uuid, Inserted> =
             inserted.into_iter().map(|row| (row.id, row)).collect();
         let duplicates: Vec<&NewJob> = jobs
             .iter()
@@ -348,16 +368,20 @@ impl Store {
         // Several jobs of one group may carry the same key (a client retrying
         // concurrently): they all resolve to the one job that owns it.
         let existing = existing_for_duplicates(connection, &duplicates).await?;
+        let unknown = unknown_modules(connection, &duplicates).await?;
         Ok(jobs
             .iter()
             .map(|job| {
                 if let Some(row) = inserted.remove(&job.id) {
                     return Ok(Submitted {
-                        job: row,
+                        job: job.record(row),
                         created: true,
                     });
                 }
                 let key = job.idempotency_key.clone().unwrap_or_default();
+                if unknown.contains(&job.module_hash) {
+                    return Err(StoreError::UnknownModules(vec![job.module_hash.clone()]));
+                }
                 match existing.get(&key).cloned() {
                     Some((record, fingerprint)) if fingerprint == job.request_fingerprint => {
                         Ok(Submitted {
@@ -376,17 +400,6 @@ impl Store {
                 }
             })
             .collect())
-    }
-
-    async fn unknown_modules_error(&self, jobs: &[NewJob]) -> StoreError {
-        let mut hashes: Vec<String> = jobs.iter().map(|j| j.module_hash.clone()).collect();
-        hashes.sort();
-        hashes.dedup();
-        match self.missing_modules(&hashes).await {
-            Ok(missing) if !missing.is_empty() => StoreError::UnknownModules(missing),
-            Ok(_) => StoreError::UnknownModules(hashes),
-            Err(error) => error,
-        }
     }
 
     /// One job with its payloads, or `None` if no job has this id.
@@ -566,6 +579,26 @@ impl Store {
     }
 }
 
+/// Which of the modules `jobs` name were never uploaded.
+async fn unknown_modules(
+    connection: &mut sqlx::PgConnection,
+    jobs: &[&NewJob],
+) -> StoreResult<std::collections::HashSet<String>> {
+    if jobs.is_empty() {
+        return Ok(Default::default());
+    }
+    let hashes: Vec<&str> = jobs.iter().map(|job| job.module_hash.as_str()).collect();
+    Ok(sqlx::query_scalar::<_, String>(
+        "SELECT DISTINCT h FROM unnest($1::text[]) AS h
+         WHERE NOT EXISTS (SELECT 1 FROM modules WHERE hash = h)",
+    )
+    .bind(hashes)
+    .fetch_all(connection)
+    .await?
+    .into_iter()
+    .collect())
+}
+
 /// The committed jobs owning the idempotency keys of `duplicates`, with
 /// their fingerprints, by key.
 async fn existing_for_duplicates(
@@ -600,8 +633,4 @@ async fn existing_for_duplicates(
             Some((key, (row.job, row.request_fingerprint)))
         })
         .collect())
-}
-
-fn is_foreign_key_violation(error: &sqlx::Error, constraint: &str) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.constraint() == Some(constraint))
 }

@@ -80,17 +80,4 @@ impl Store {
         .fetch_all(self.pool())
         .await?)
     }
-
-    /// Which of `hashes` were never uploaded.
-    pub async fn missing_modules(&self, hashes: &[String]) -> StoreResult<Vec<String>> {
-        super::statement("missing_modules");
-        Ok(sqlx::query_scalar::<_, String>(
-            "SELECT h FROM unnest($1::text[]) AS h
-             WHERE NOT EXISTS (SELECT 1 FROM modules WHERE hash = h)
-             ORDER BY h",
-        )
-        .bind(hashes)
-        .fetch_all(self.pool())
-        .await?)
-    }
 }

@@ -364,7 +364,7 @@ async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_req
         ],
     };
     let submitted = app.client.submit_batch(&batch).await.unwrap().jobs;
-    assert_eq!(submitted[0].job.id, *ids.iter().next().unwrap());
+    assert_eq!(submitted[0].id, *ids.iter().next().unwrap());
     assert!(!submitted[0].created);
     assert!(submitted[1].created);
     assert_eq!(job_count(&app).await, 2);
@@ -409,7 +409,7 @@ async fn a_batch_is_inserted_in_one_transaction_and_listed_with_keyset_paginatio
             None => break,
         }
     }
-    let mut expected: Vec<_> = submitted.iter().map(|s| s.job.id).collect();
+    let mut expected: Vec<_> = submitted.iter().map(|s| s.id).collect();
     expected.reverse();
     assert_eq!(seen, expected, "newest first, every job exactly once");
 

@@ -94,7 +94,7 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
         .unwrap()
         .jobs
         .iter()
-        .map(|j| j.job.id)
+        .map(|j| j.id)
         .collect();
 
     let started = Instant::now();
@@ -162,7 +162,7 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
         .unwrap()
         .jobs
         .iter()
-        .map(|j| j.job.id)
+        .map(|j| j.id)
         .collect();
     // Cut as soon as the worker has claimed jobs, before any (400 ms) job can
     // have finished: every outcome then waits out the outage.
