@@ -1,5 +1,6 @@
 //! The scenarios. Each returns the figures of one run.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -101,23 +102,45 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     Ok(vec![Figure::new("submitted", rate, "jobs/s", target)])
 }
 
-/// `requests` batch submissions of 1,000 jobs each, one after another.
+/// `requests` batch submissions of 1,000 jobs each: from one client, one
+/// after another, then from two clients at once (one per core).
 async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Figure>> {
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
-    let batch = SubmitBatch {
+    let batch = Arc::new(SubmitBatch {
         jobs: vec![job(&module); 1000],
-    };
-    let bar = progress(requests * 1000, "submitting");
-    let started = Instant::now();
-    for _ in 0..requests {
-        deployment.client.submit_batch(&batch).await?;
-        bar.inc(1000);
+    });
+    let mut rates = Vec::new();
+    for clients in [1, 2] {
+        let bar = progress(
+            requests * 1000,
+            &format!("submitting ({clients} client(s))"),
+        );
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|client| {
+                let (api, batch, bar) = (deployment.client.clone(), batch.clone(), bar.clone());
+                let share = requests / clients + usize::from(client < requests % clients);
+                tokio::spawn(async move {
+                    for _ in 0..share {
+                        api.submit_batch(&batch).await?;
+                        bar.inc(1000);
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        rates.push((requests * 1000) as f64 / started.elapsed().as_secs_f64());
+        bar.finish_and_clear();
     }
-    let rate = (requests * 1000) as f64 / started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
     deployment.stop().await?;
-    Ok(vec![Figure::new("submitted", rate, "jobs/s", "≥ 100000")])
+    Ok(vec![
+        Figure::new("submitted, 1 client", rates[0], "jobs/s", "≥ 100000"),
+        Figure::new("submitted, 2 clients", rates[1], "jobs/s", "≥ 100000"),
+    ])
 }
 
 /// Starts the API and two workers with a warm no-op module.
