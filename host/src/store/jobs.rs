@@ -309,7 +309,7 @@ impl Store {
         jobs: &[NewJob],
     ) -> StoreResult<Vec<StoreResult<Submitted>>> {
         super::statement("insert_jobs");
-        let inserted = sqlx::query_as::<_, Inserted>(concat!(
+        let inserted = sqlx::query_as::<_, Inserted>(
             "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
                                request_fingerprint)
@@ -325,8 +325,8 @@ impl Store {
                        memory_limit_bytes, run_at, idempotency_key, request_fingerprint)
              WHERE EXISTS (SELECT 1 FROM modules m WHERE m.hash = t.module_hash)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id, state, run_at, created_at"
-        ))
+             RETURNING id, state, run_at, created_at",
+        )
         .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
         .bind(
             jobs.iter()
