@@ -57,6 +57,8 @@ impl Client {
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
+                .tcp_nodelay(true)
+                .http1_only()
                 .build()
                 .expect("a default HTTP client builds"),
             base: base_url.trim_end_matches('/').to_owned(),
