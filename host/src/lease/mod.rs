@@ -18,7 +18,7 @@
 //!
 //! | key / channel              | value                       | written by          |
 //! |----------------------------|-----------------------------|---------------------|
-//! | `{prefix}lease:{job_id}`   | fencing token, TTL = lease  | worker; API and rescuer revoke |
+//! | `{prefix}lease:{job_id}`   | fencing token, or `revoked:`/`released:` + token; TTL = lease | worker; API and rescuer revoke |
 //! | `{prefix}epoch`            | Redis time (ms) first seen  | rescuer             |
 //! | `{prefix}wake:{queue}`     | pub/sub channel             | API, scheduler      |
 
@@ -177,65 +177,77 @@ return out
     )
 });
 
-/// Writes each lease key that is missing, already holds its token, or holds
-/// the revocation of an older attempt, and reports a key holding anything
-/// else (a newer token, or this attempt's revocation) as lost. Used only for
-/// leases known current (fresh claims, or confirmed by PostgreSQL).
+/// Lua: the attempt a lease key's value speaks for. A key holds either the
+/// token of the attempt holding the lease, or a marker left when an attempt
+/// was revoked (`revoked:<token>`) or released its lease
+/// (`released:<token>`). Returns the token and whether it is a marker.
+const OWNER_FUNCTION: &str = r"
+local function owner(held)
+  if not held then return nil, false end
+  local marked = string.match(held, '^%a+:(%d+)$')
+  if marked then return tonumber(marked), true end
+  return tonumber(held), false
+end
+";
+
+/// Writes each lease key that is missing, already holds its token, or speaks
+/// for an older attempt (its plain token, or a marker it left), and reports a
+/// key speaking for this attempt's end or for a newer attempt as lost. Used
+/// only for leases known current (fresh claims, or confirmed by PostgreSQL).
 /// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
 /// Returns one code per key: 1 held, 0 lost.
 static RESTORE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{OWNER_FUNCTION}{}",
         r"
 local out = {}
 for i, key in ipairs(KEYS) do
-  local token = ARGV[i + 1]
+  local token = tonumber(ARGV[i + 1])
   local held = redis.call('GET', key)
-  local free = not held or held == token
-  if not free and string.sub(held, 1, 8) == 'revoked:' then
-    free = tonumber(string.sub(held, 9)) < tonumber(token)
-  end
-  if free then
-    redis.call('SET', key, token, 'PX', ARGV[1])
+  local holder, marker = owner(held)
+  if not held or (holder == token and not marker) or (holder and holder < token) then
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
     out[i] = 1
   else
     out[i] = 0
   end
 end
 return out
-",
-    )
+"
+    ))
 });
 
-/// Marks attempts' leases as revoked (`revoked:<token>`) unless a newer
-/// attempt already wrote its own key. The marker blocks only its own attempt
-/// and older ones: a newer attempt of the job may overwrite it.
+/// Marks attempts' leases as revoked (`revoked:<token>`) unless the key
+/// speaks for a newer attempt. The marker stops its own attempt and older
+/// ones; a newer attempt of the job may overwrite it.
 /// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
 static REVOKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{OWNER_FUNCTION}{}",
         r"
 for i, key in ipairs(KEYS) do
-  local token = ARGV[i + 1]
-  local held = redis.call('GET', key)
-  local older = not held or held == token
-  if not older and string.sub(held, 1, 8) == 'revoked:' then
-    older = tonumber(string.sub(held, 9)) < tonumber(token)
-  end
-  if older then
-    redis.call('SET', key, 'revoked:' .. token, 'PX', ARGV[1])
+  local token = tonumber(ARGV[i + 1])
+  local holder = owner(redis.call('GET', key))
+  if not holder or holder <= token then
+    redis.call('SET', key, 'revoked:' .. ARGV[i + 1], 'PX', ARGV[1])
   end
 end
 return 0
-",
-    )
+"
+    ))
 });
 
-/// Deletes each lease key that still holds its token (a newer attempt's
-/// key is left alone). KEYS: lease keys. ARGV[i]: token of KEYS[i].
+/// Replaces each lease key that still holds its token with a release marker
+/// (`released:<token>`) for one TTL, so an older attempt that comes back
+/// cannot write its key over it; a newer attempt's key is left alone.
+/// KEYS: lease keys. ARGV[1]: TTL in ms; ARGV[1 + i]: token of KEYS[i].
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[i] then redis.call('DEL', key) end
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('SET', key, 'released:' .. ARGV[i + 1], 'PX', ARGV[1])
+  end
 end
 return 0
 ",
@@ -329,12 +341,13 @@ impl Leases {
         Ok(codes.into_iter().map(|code| code == 1).collect())
     }
 
-    /// Deletes the keys of finished attempts, in one round trip.
+    /// Marks the keys of finished attempts as released, in one round trip.
     pub async fn release(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
         if leases.is_empty() {
             return Ok(());
         }
         let mut invocation = RELEASE_SCRIPT.prepare_invoke();
+        invocation.arg(self.ttl_ms());
         for lease in leases {
             invocation
                 .key(self.redis.lease_key(lease.job_id))
@@ -345,8 +358,8 @@ impl Leases {
         Ok(())
     }
 
-    /// Marks attempts' leases as revoked (unless a newer attempt already
-    /// wrote its own key), so a worker still running one learns at its next
+    /// Marks attempts' leases as revoked (unless the key speaks for a newer
+    /// attempt), so a worker still running one learns at its next
     /// renewal that it must stop: used when a running job is cancelled, and
     /// by the rescuer for the attempts it ended. The marker expires after
     /// one TTL.
