@@ -152,11 +152,8 @@ impl From<StoreError> for ApiError {
                 "idempotency_conflict",
                 error.to_string(),
             ),
-            StoreError::KeyInFlight { .. } => Self::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_flight",
-                error.to_string(),
-            ),
+            StoreError::Raced => Self::new(StatusCode::CONFLICT, "raced", error.to_string()),
+            StoreError::Unavailable(_) => Self::unavailable(error),
             StoreError::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", error.to_string())
             }

@@ -271,18 +271,10 @@ impl Store {
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<Submitted>> {
         if jobs.len() == 1 {
             let mut connection = self.pool().acquire().await?;
-            return self
-                .insert(&mut connection, jobs)
-                .await?
-                .into_iter()
-                .collect();
+            return all_or_error(self.insert(&mut connection, jobs).await?);
         }
         let mut tx = self.pool().begin().await?;
-        let submitted = self
-            .insert(&mut tx, jobs)
-            .await?
-            .into_iter()
-            .collect::<StoreResult<Vec<_>>>()?;
+        let submitted = all_or_error(self.insert(&mut tx, jobs).await?)?;
         tx.commit().await?;
         Ok(submitted)
     }
@@ -298,11 +290,11 @@ impl Store {
         self.insert(&mut connection, jobs).await
     }
 
-    /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs` (joined with
-    /// `modules`, so a job naming an unknown module is simply not inserted),
-    /// then, only if some were not inserted, one lookup of the jobs owning
-    /// their keys and of their modules. Per job: the inserted job, the
-    /// existing one, an idempotency conflict, or an unknown module.
+    /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs` (its `WHERE
+    /// EXISTS` skips a job naming an unknown module), then, only if some were
+    /// not inserted, two lookups: the jobs owning their keys, and which of
+    /// their modules are unknown. Per job: the inserted job, the existing
+    /// one, an idempotency conflict, or an unknown module.
     async fn insert(
         &self,
         connection: &mut sqlx::PgConnection,
@@ -367,8 +359,29 @@ impl Store {
             .collect();
         // Several jobs of one group may carry the same key (a client retrying
         // concurrently): they all resolve to the one job that owns it.
-        let existing = existing_for_duplicates(connection, &duplicates).await?;
-        let unknown = unknown_modules(connection, &duplicates).await?;
+        let lookups = async {
+            let existing = existing_for_duplicates(connection, &duplicates).await?;
+            let unknown = unknown_modules(connection, &duplicates).await?;
+            StoreResult::Ok((existing, unknown))
+        };
+        let (existing, unknown) = match lookups.await {
+            Ok(found) => found,
+            // The inserted jobs are committed whatever happens next: report
+            // them as created, and the failure only for the others.
+            Err(error) => {
+                let message = error.to_string();
+                return Ok(jobs
+                    .iter()
+                    .map(|job| match inserted.remove(&job.id) {
+                        Some(row) => Ok(Submitted {
+                            job: job.record(row),
+                            created: true,
+                        }),
+                        None => Err(StoreError::Unavailable(message.clone())),
+                    })
+                    .collect());
+            }
+        };
         Ok(jobs
             .iter()
             .map(|job| {
@@ -393,10 +406,10 @@ impl Store {
                         key,
                         job_id: record.id,
                     }),
-                    // The owner of the key vanished between the two
-                    // statements (a concurrent insert rolled back): the
-                    // caller may simply retry.
-                    None => Err(StoreError::KeyInFlight { key }),
+                    // Not inserted, yet neither a known key nor an unknown
+                    // module explains why: the module was uploaded between
+                    // the two statements. Nothing was written.
+                    None => Err(StoreError::Raced),
                 }
             })
             .collect())
@@ -425,8 +438,9 @@ impl Store {
     /// Jobs newest first, filtered, one page at a time.
     ///
     /// The statement names only the filters given, so PostgreSQL can serve
-    /// it from `jobs_state_list_idx` or `jobs_queue_list_idx` (a catch-all
-    /// `$1 IS NULL OR state = $1` would defeat them in a generic plan).
+    /// a listing of dead or cancelled jobs from `jobs_finished_list_idx` (a
+    /// catch-all `$1 IS NULL OR state = $1` would defeat it in a generic
+    /// plan); other listings walk the primary key newest first.
     pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
         super::statement("list_jobs");
         let mut query = sqlx::QueryBuilder::new(concat!(
@@ -577,6 +591,23 @@ impl Store {
         }
         Ok(row.job)
     }
+}
+
+/// Every job's submission, or the first error, except that all unknown
+/// modules are named together.
+fn all_or_error(results: Vec<StoreResult<Submitted>>) -> StoreResult<Vec<Submitted>> {
+    let unknown: std::collections::BTreeSet<String> = results
+        .iter()
+        .filter_map(|result| match result {
+            Err(StoreError::UnknownModules(hashes)) => Some(hashes.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(StoreError::UnknownModules(unknown.into_iter().collect()));
+    }
+    results.into_iter().collect()
 }
 
 /// Which of the modules `jobs` name were never uploaded.

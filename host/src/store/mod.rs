@@ -57,15 +57,16 @@ pub enum StoreError {
         /// The job that owns it.
         job_id: Uuid,
     },
-    /// Another submission with this idempotency key was being written and
-    /// rolled back while this one was inserted; a retry settles it.
+    /// The submission raced with the upload of its module; nothing was
+    /// written and a retry succeeds.
     #[error(
-        "idempotency key {key:?} was in use by a concurrent submission that did not commit; retry"
+        "the submission raced with a concurrent change of its module; nothing was written, retry"
     )]
-    KeyInFlight {
-        /// The key.
-        key: String,
-    },
+    Raced,
+    /// A follow-up read after a write failed; the jobs the error is
+    /// reported for were not written.
+    #[error("database error: {0}")]
+    Unavailable(String),
     /// No job has this id.
     #[error("job {0} does not exist")]
     JobNotFound(Uuid),
@@ -157,11 +158,12 @@ pub fn is_valid_module_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Counts one call that sends SQL, by name: operators see the database load
-/// per operation on `/metrics`, and `taskflow bench` derives statements per
-/// job from it.
+/// Counts one store call, by name: operators see the database load per
+/// operation on `/metrics`, and `taskflow bench` derives database calls per
+/// job from it. A call is one round trip, or a few for the calls that look
+/// something up after writing.
 fn statement(name: &'static str) {
-    metrics::counter!("taskflow_db_statements_total", "statement" => name).increment(1);
+    metrics::counter!("taskflow_db_calls_total", "statement" => name).increment(1);
 }
 
 /// Converts a duration to whole milliseconds for SQL interval arithmetic.
