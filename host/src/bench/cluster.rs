@@ -167,8 +167,8 @@ impl Deployment {
             .collect()
     }
 
-    /// Statements the workers have sent, by their `/metrics`.
-    pub async fn worker_statements(&self) -> anyhow::Result<u64> {
+    /// Database calls the workers have made, by their `/metrics`.
+    pub async fn worker_db_calls(&self) -> anyhow::Result<u64> {
         let mut total = 0;
         for worker in &self.workers {
             let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
@@ -177,7 +177,7 @@ impl Deployment {
                 .await?;
             total += text
                 .lines()
-                .filter(|line| line.starts_with("taskflow_db_statements_total"))
+                .filter(|line| line.starts_with("taskflow_db_calls_total"))
                 .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>() as u64;
         }

@@ -187,9 +187,9 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
             .await?;
         remaining -= size;
     }
-    let (commits_before, statements_before) = (
+    let (commits_before, calls_before) = (
         deployment.commits().await?,
-        deployment.worker_statements().await?,
+        deployment.worker_db_calls().await?,
     );
     let mut peak_rss_kib = 0;
     {
@@ -211,7 +211,7 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
     .bind(run_at)
     .fetch_one(deployment.store.pool())
     .await?;
-    let statements = deployment.worker_statements().await? - statements_before;
+    let calls = deployment.worker_db_calls().await? - calls_before;
     deployment.stop_workers().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let commits = deployment.commits().await? - commits_before;
@@ -226,9 +226,9 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
             "≤ 0.1",
         ),
         Figure::new(
-            "worker statements per job",
-            statements as f64 / count as f64,
-            "statements",
+            "worker database calls per job",
+            calls as f64 / count as f64,
+            "calls",
             "report",
         ),
         Figure::new("worker peak RSS", peak_mib, "MiB", "≤ 150"),

@@ -8,8 +8,9 @@
 //! Jobs of a few microseconds are claimed hundreds at a time (one statement
 //! for hundreds of jobs); jobs of a minute are never claimed ahead, so no job
 //! waits behind a long one on a busy worker while another worker idles.
-//! Claimed jobs wait for a slot in claim order, their leases renewed by the
-//! heartbeat like those of running ones.
+//! Claimed jobs wait for a slot (roughly in claim order: tokio's semaphore is
+//! fair, and the tasks reach it in the order they first run), their leases
+//! renewed by the heartbeat like those of running ones.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -62,7 +63,7 @@ impl Capacity {
         self.waiting.fetch_add(count, Ordering::AcqRel);
     }
 
-    /// Waits for an execution slot for a claimed job (in claim order).
+    /// Waits for an execution slot for a claimed job (first come, first served).
     pub async fn slot(self: &Arc<Self>) -> Slot {
         let permit = self
             .slots

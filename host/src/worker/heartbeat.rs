@@ -3,9 +3,10 @@
 //! Every attempt this worker claimed stays in [`InFlight`] from its claim
 //! until its outcome is committed (or found stale), including while the
 //! completer retries a write against an unreachable PostgreSQL. The
-//! [`Heartbeat`] runs every third of the lease TTL and, in one Redis round
-//! trip, writes or renews the lease key of every attempt, extending or
-//! revoking each attempt's [`RunGrant`]:
+//! [`Heartbeat`] runs every third of the lease TTL and writes or renews the
+//! lease key of every attempt (two scripts sent together, plus a third
+//! round for keys PostgreSQL had to confirm), extending or revoking each
+//! attempt's [`RunGrant`]:
 //!
 //! - **fresh** (claimed since the last round, no key written yet): the key is
 //!   written now. A claim's PostgreSQL lease runs for one TTL, so the rescuer

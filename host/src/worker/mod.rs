@@ -207,8 +207,9 @@ impl Worker {
         }
     }
 
-    /// Leases the claimed jobs in Redis and spawns their executions, which
-    /// wait for a slot in claim order.
+    /// Spawns the executions of claimed jobs, which wait for a slot. Their
+    /// leases are held in PostgreSQL by the claim; the heartbeat writes the
+    /// Redis keys of those still running at its next round.
     async fn start(
         self: &Arc<Self>,
         claimed: Vec<ClaimedJob>,
