@@ -366,8 +366,10 @@ impl Store {
         };
         let (existing, unknown) = match lookups.await {
             Ok(found) => found,
-            // The inserted jobs are committed whatever happens next: report
-            // them as created, and the failure only for the others.
+            // Outside a transaction the inserted jobs are committed whatever
+            // happens next: report them as created, and the failure only for
+            // the others. In a batch's transaction the failure rolls them
+            // back with the rest.
             Err(error) => {
                 let message = error.to_string();
                 return Ok(jobs
