@@ -135,7 +135,8 @@ pub enum Renewal {
     /// past the TTL). Nothing was written: the caller confirms with
     /// PostgreSQL that the lease is still current, then [`Leases::restore`]s it.
     Missing,
-    /// The key holds another token or was revoked: the lease is lost.
+    /// The key holds another token, or a marker (`revoked:` or
+    /// `released:`): the lease is lost.
     Lost,
 }
 

@@ -20,7 +20,8 @@
 //!   PostgreSQL first confirms the job is still running under this token, so
 //!   a worker that was rescued while away can never put its stale token back
 //!   over a live attempt's key;
-//! - lost (another token or a revocation in the key): revoked at once.
+//! - lost (another token, a revocation, or a newer attempt's release marker
+//!   in the key): revoked at once.
 //!
 //! If Redis cannot be reached, no grant is extended, so each attempt stops
 //! one TTL after its last confirmed renewal. That is the price of the
