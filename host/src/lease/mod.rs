@@ -298,12 +298,15 @@ impl Leases {
         self.ttl.as_millis() as u64
     }
 
-    /// Renews `leases` in one round trip; see [`Renewal`].
-    pub async fn renew(&self, leases: &[LeaseRef]) -> Result<Vec<Renewal>, RedisError> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = RENEW_SCRIPT.prepare_invoke();
+    /// Runs one of the per-lease scripts over `leases` in one round trip:
+    /// KEYS are their lease keys, ARGV[1] the TTL in ms and ARGV[1 + i] the
+    /// token of KEYS[i], the calling convention all four share.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        leases: &[LeaseRef],
+    ) -> Result<T, RedisError> {
+        let mut invocation = script.prepare_invoke();
         invocation.arg(self.ttl_ms());
         for lease in leases {
             invocation
@@ -311,7 +314,15 @@ impl Leases {
                 .arg(lease.lease_token);
         }
         let mut connection = self.redis.connection.clone();
-        let codes: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        Ok(invocation.invoke_async(&mut connection).await?)
+    }
+
+    /// Renews `leases` in one round trip; see [`Renewal`].
+    pub async fn renew(&self, leases: &[LeaseRef]) -> Result<Vec<Renewal>, RedisError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let codes: Vec<i64> = self.invoke(&RENEW_SCRIPT, leases).await?;
         Ok(codes
             .into_iter()
             .map(|code| match code {
@@ -330,15 +341,7 @@ impl Leases {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = RESTORE_SCRIPT.prepare_invoke();
-        invocation.arg(self.ttl_ms());
-        for lease in leases {
-            invocation
-                .key(self.redis.lease_key(lease.job_id))
-                .arg(lease.lease_token);
-        }
-        let mut connection = self.redis.connection.clone();
-        let codes: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        let codes: Vec<i64> = self.invoke(&RESTORE_SCRIPT, leases).await?;
         Ok(codes.into_iter().map(|code| code == 1).collect())
     }
 
@@ -347,15 +350,7 @@ impl Leases {
         if leases.is_empty() {
             return Ok(());
         }
-        let mut invocation = RELEASE_SCRIPT.prepare_invoke();
-        invocation.arg(self.ttl_ms());
-        for lease in leases {
-            invocation
-                .key(self.redis.lease_key(lease.job_id))
-                .arg(lease.lease_token);
-        }
-        let mut connection = self.redis.connection.clone();
-        let () = invocation.invoke_async(&mut connection).await?;
+        let () = self.invoke(&RELEASE_SCRIPT, leases).await?;
         Ok(())
     }
 
@@ -368,15 +363,7 @@ impl Leases {
         if leases.is_empty() {
             return Ok(());
         }
-        let mut invocation = REVOKE_SCRIPT.prepare_invoke();
-        invocation.arg(self.ttl_ms());
-        for lease in leases {
-            invocation
-                .key(self.redis.lease_key(lease.job_id))
-                .arg(lease.lease_token);
-        }
-        let mut connection = self.redis.connection.clone();
-        let () = invocation.invoke_async(&mut connection).await?;
+        let () = self.invoke(&REVOKE_SCRIPT, leases).await?;
         Ok(())
     }
 
