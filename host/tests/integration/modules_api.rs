@@ -51,6 +51,27 @@ async fn a_task_component_is_stored_by_hash_and_reuploading_it_is_idempotent() {
     app.finish().await;
 }
 
+/// What the planner believes `modules` holds: -1 until it was analyzed.
+async fn planner_module_estimate(app: &TestApp) -> f32 {
+    sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'modules'::regclass")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_module_gives_the_planner_statistics_for_the_job_insert() {
+    let app = TestApp::start().await;
+    assert_eq!(planner_module_estimate(&app).await, -1.0);
+    let (status, body) = put_module(&app, plugin("hello")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(planner_module_estimate(&app).await, 1.0);
+    let (status, body) = put_module(&app, plugin("noop")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(planner_module_estimate(&app).await, 2.0);
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn anything_but_a_task_component_is_rejected_with_a_reason_and_not_stored() {
     let app = TestApp::start().await;
