@@ -195,6 +195,25 @@ impl Deployment {
         .await?)
     }
 
+    /// Statements PostgreSQL has run in this deployment's database so far,
+    /// by `pg_stat_statements`; `None` where the server does not load it
+    /// (it must be listed in `shared_preload_libraries`, which a stock
+    /// server does not do) or the benchmark may not create the extension.
+    pub async fn statements(&self) -> Option<i64> {
+        let pool = self.store.pool();
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(pool)
+            .await
+            .ok()?;
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()
+    }
+
     /// Kills everything and drops the database.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop_workers().await;

@@ -187,9 +187,10 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
             .await?;
         remaining -= size;
     }
-    let (commits_before, calls_before) = (
+    let (commits_before, calls_before, statements_before) = (
         deployment.commits().await?,
         deployment.worker_db_calls().await?,
+        deployment.statements().await,
     );
     let mut peak_rss_kib = 0;
     {
@@ -215,9 +216,10 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
     deployment.stop_workers().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let commits = deployment.commits().await? - commits_before;
+    let statements = deployment.statements().await;
     let peak_mib = peak_rss_kib as f64 / 1024.0;
     deployment.stop().await?;
-    Ok(vec![
+    let mut figures = vec![
         Figure::new("drained", count as f64 / drained_s, "jobs/s", "≥ 14000"),
         Figure::new(
             "PostgreSQL commits per job",
@@ -225,6 +227,18 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
             "commits",
             "≤ 0.1",
         ),
+    ];
+    // Every statement of the database in the window: the workers', and the
+    // benchmark's own progress polls (a few dozen).
+    if let (Some(before), Some(after)) = (statements_before, statements) {
+        figures.push(Figure::new(
+            "PostgreSQL statements per job",
+            (after - before) as f64 / count as f64,
+            "statements",
+            "report",
+        ));
+    }
+    figures.extend([
         Figure::new(
             "worker database calls per job",
             calls as f64 / count as f64,
@@ -232,7 +246,8 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
             "report",
         ),
         Figure::new("worker peak RSS", peak_mib, "MiB", "≤ 150"),
-    ])
+    ]);
+    Ok(figures)
 }
 
 /// Submits `count` jobs at 200 a second, each on its own schedule (an open
