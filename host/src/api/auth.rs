@@ -72,6 +72,16 @@ pub fn create_token() -> (String, String) {
     (token, hash)
 }
 
+/// Most bytes of a refused request's body read before answering 401.
+///
+/// A client writes its whole body before it reads the answer. If the server
+/// answered without reading the body and closed the connection, a client
+/// uploading a module with a wrong token would see a broken pipe instead of
+/// the 401. Reading (and discarding) the body fixes that; the cap bounds
+/// what a stranger can make the server read per request. A bigger body is
+/// cut off unread, as before.
+const REFUSED_BODY_READ_BYTES: usize = 16 << 20;
+
 /// Middleware: lets the request through if auth is off or it carries an
 /// accepted bearer token; answers 401 otherwise.
 pub async fn require_token(
@@ -90,6 +100,7 @@ pub async fn require_token(
     match presented {
         Some(token) if tokens.accepts(token) => next.run(request).await,
         _ => {
+            let _ = axum::body::to_bytes(request.into_body(), REFUSED_BODY_READ_BYTES).await;
             let mut response = ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
                 "unauthorized",
