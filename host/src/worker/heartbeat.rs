@@ -242,14 +242,27 @@ impl Heartbeat {
 
     /// Of `missing` leases, those PostgreSQL confirms as current and whose
     /// keys could be written again; `None` if either store cannot answer.
+    ///
+    /// PostgreSQL gets at most one renewal interval to answer: while it is
+    /// unreachable a connection attempt may wait for the pool's timeout,
+    /// and this round must not hold up the next one, which renews every
+    /// other lease of the worker through Redis alone.
     async fn restore_confirmed(&self, missing: &[LeaseRef]) -> Option<Vec<LeaseRef>> {
         if missing.is_empty() {
             return Some(Vec::new());
         }
-        let confirmed = match self.store.leases_still_held(missing).await {
-            Ok(held) => held,
-            Err(error) => {
+        let confirmation = tokio::time::timeout(
+            self.leases.renew_interval(),
+            self.store.leases_still_held(missing),
+        );
+        let confirmed = match confirmation.await {
+            Ok(Ok(held)) => held,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot confirm leases missing from Redis with PostgreSQL");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!("PostgreSQL did not confirm leases missing from Redis in time");
                 return None;
             }
         };
