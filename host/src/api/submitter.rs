@@ -2,17 +2,19 @@
 //!
 //! With synchronous commits, PostgreSQL can make only a few thousand commits
 //! a second from one client, each waiting for its WAL flush. Single-job
-//! requests arriving together are therefore written together: the
-//! submitter takes every submission queued while the previous write was in
-//! flight and inserts them with one statement and one commit
+//! requests arriving together are therefore written together: a writer
+//! takes every submission queued while the previous write was in flight and
+//! inserts them with one statement and one commit
 //! ([`Store::insert_jobs_independently`]). Each request still gets its own
 //! answer: an idempotency conflict or an unknown module fails only its own
 //! request. A lone request waits for nobody: it is written at once.
 
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ApiError;
-use crate::store::{NewJob, Store, Submitted};
+use crate::store::{NewJob, Store, StoreError, StoreResult, Submitted};
 
 /// Most submissions written by one statement.
 const MAX_GROUP: usize = 256;
@@ -35,14 +37,18 @@ impl Submitter {
         let (sender, receiver) = mpsc::channel::<(NewJob, Reply)>(MAX_GROUP * 16);
         let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
         for _ in 0..WRITERS {
-            let (store, receiver) = (store.clone(), receiver.clone());
+            let mut writer = Writer {
+                store: store.clone(),
+                connection: None,
+            };
+            let receiver = receiver.clone();
             tokio::spawn(async move {
                 let mut group = Vec::with_capacity(MAX_GROUP);
                 loop {
                     if receiver.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
                         return;
                     }
-                    write(&store, &mut group).await;
+                    writer.write(&mut group).await;
                 }
             });
         }
@@ -62,20 +68,58 @@ impl Submitter {
     }
 }
 
-async fn write(store: &Store, group: &mut Vec<(NewJob, Reply)>) {
-    let jobs: Vec<NewJob> = group.iter().map(|(job, _)| job.clone()).collect();
-    metrics::histogram!("taskflow_submit_group_size").record(jobs.len() as f64);
-    match store.insert_jobs_independently(&jobs).await {
-        Ok(results) => {
-            for ((_, reply), result) in group.drain(..).zip(results) {
-                let _ = reply.send(result.map_err(ApiError::from));
-            }
+/// One group-commit writer.
+///
+/// It keeps its connection from one group to the next: handing a connection
+/// back to the pool costs a round trip to PostgreSQL (sqlx checks it) and a
+/// task switch, which a client submitting one job after another would
+/// otherwise pay on every request. A write that fails for a database reason
+/// gives the connection back, and the pool replaces it if it broke.
+struct Writer {
+    store: Store,
+    connection: Option<PoolConnection<Postgres>>,
+}
+
+impl Writer {
+    async fn write(&mut self, group: &mut Vec<(NewJob, Reply)>) {
+        let jobs: Vec<NewJob> = group.iter().map(|(job, _)| job.clone()).collect();
+        metrics::histogram!("taskflow_submit_group_size").record(jobs.len() as f64);
+        let results = self.insert(&jobs).await;
+        let connection_suspect = match &results {
+            Ok(results) => results
+                .iter()
+                .any(|r| matches!(r, Err(e) if is_database_failure(e))),
+            Err(_) => true,
+        };
+        if connection_suspect {
+            self.connection = None;
         }
-        Err(error) => {
-            let error = ApiError::from(error);
-            for (_, reply) in group.drain(..) {
-                let _ = reply.send(Err(error.clone()));
+        match results {
+            Ok(results) => {
+                for ((_, reply), result) in group.drain(..).zip(results) {
+                    let _ = reply.send(result.map_err(ApiError::from));
+                }
+            }
+            Err(error) => {
+                let error = ApiError::from(error);
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
             }
         }
     }
+
+    async fn insert(&mut self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<Submitted>>> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            empty => empty.insert(self.store.pool().acquire().await?),
+        };
+        self.store.insert_jobs_independently(connection, jobs).await
+    }
+}
+
+/// Whether an error says the connection may be unusable, rather than
+/// something about the submission.
+fn is_database_failure(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(_) | StoreError::Unavailable(_))
 }

@@ -282,12 +282,15 @@ impl Store {
     /// Inserts jobs that do not belong together (concurrent requests grouped
     /// into one commit): each gets its own result, so one request's
     /// idempotency conflict or unknown module does not fail the others.
+    ///
+    /// The caller brings the connection, so a writer that submits group
+    /// after group can keep one.
     pub async fn insert_jobs_independently(
         &self,
+        connection: &mut sqlx::PgConnection,
         jobs: &[NewJob],
     ) -> StoreResult<Vec<StoreResult<Submitted>>> {
-        let mut connection = self.pool().acquire().await?;
-        self.insert(&mut connection, jobs).await
+        self.insert(connection, jobs).await
     }
 
     /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs` (its `WHERE

@@ -1,5 +1,5 @@
-//! Recovery from failures: a worker process killed mid-job, and Redis losing
-//! every key mid-run.
+//! Recovery from failures: a worker process killed mid-job, Redis losing
+//! every key mid-run, and PostgreSQL unreachable from a worker or the API.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use taskflow::api::types::{SubmitBatch, SubmitJob};
+use taskflow::client::ClientError;
 use taskflow::store::JobState;
 use uuid::Uuid;
 
@@ -202,6 +203,68 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
         "outcomes finished during the outage waited for PostgreSQL"
     );
     worker.stop().await;
+    app.finish().await;
+}
+
+/// The API's group-commit writers keep their PostgreSQL connections from
+/// one submission to the next. A partition breaks them: a submission that
+/// meets a broken connection must fail with a retryable error and write
+/// nothing, and submissions must succeed again once PostgreSQL is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_once_it_is_back() {
+    let app = TestApp::start().await;
+    let module = app.upload("noop").await;
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let api = app
+        .spawn_api_via(&format!(
+            "postgres://postgres@{}/{}",
+            proxy.address, app.db.name
+        ))
+        .await;
+    let job = SubmitJob {
+        module,
+        input: Some(json!({})),
+        ..Default::default()
+    };
+    let mut accepted = Vec::new();
+    for _ in 0..4 {
+        accepted.push(api.submit(&job).await.expect("submits").job.id);
+    }
+
+    proxy.cut();
+    for _ in 0..3 {
+        match api.submit(&job).await {
+            Err(ClientError::Api { status, .. }) => assert_eq!(
+                status,
+                reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                "a submission PostgreSQL cannot take is retryable"
+            ),
+            other => panic!("submitted during the partition: {other:?}"),
+        }
+    }
+    proxy.restore();
+
+    // A connection that broke while idle may fail the one submission that
+    // finds it; the next ones get a fresh connection.
+    let mut failures_after = 0;
+    while accepted.len() < 8 {
+        match api.submit(&job).await {
+            Ok(submitted) => accepted.push(submitted.job.id),
+            Err(error) => {
+                failures_after += 1;
+                assert!(
+                    failures_after <= 2,
+                    "still failing after the partition: {error}"
+                );
+            }
+        }
+    }
+    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
+        .fetch_all(app.store().pool())
+        .await
+        .unwrap();
+    accepted.sort();
+    assert_eq!(stored, accepted, "exactly the accepted submissions exist");
     app.finish().await;
 }
 

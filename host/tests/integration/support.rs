@@ -243,6 +243,29 @@ impl TestApp {
         self.spawn_worker_on(&backends, self.worker_config(id))
     }
 
+    /// Starts a second API whose PostgreSQL traffic goes to `database_url`
+    /// (e.g. through a [`TcpProxy`]), and returns a client of it. It stops
+    /// with the test.
+    pub async fn spawn_api_via(&self, database_url: &str) -> Client {
+        let connections = Connections {
+            database_url: database_url.to_owned(),
+            ..self.connections.clone()
+        };
+        let lease = LeaseConfig {
+            lease_ttl: self.backends.leases.ttl(),
+        };
+        let backends = Backends::connect(&connections, &lease).expect("valid connections");
+        let config = ApiConfig {
+            listen: "127.0.0.1:0".into(),
+            ..config::from_env()
+        };
+        let state = api_state(&backends, self.limits.clone(), config).expect("valid API config");
+        let (address, _) = spawn_api(state, self.shutdown.child_token())
+            .await
+            .expect("API binds");
+        Client::new(&format!("http://{address}"))
+    }
+
     fn spawn_worker_on(&self, backends: &Backends, config: WorkerConfig) -> TestWorker {
         let shutdown = self.shutdown.child_token();
         let id = config.worker_id.clone().expect("test workers are named");
