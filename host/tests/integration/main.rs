@@ -15,3 +15,4 @@ mod race;
 mod recovery;
 mod sandbox;
 mod security;
+mod wakeups;
