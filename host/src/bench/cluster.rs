@@ -34,6 +34,7 @@ pub struct Deployment {
     prefix: String,
     /// Client of the deployment's API.
     pub client: Client,
+    api_url: String,
     /// The deployment's database.
     pub store: Store,
     api: Child,
@@ -70,10 +71,12 @@ impl Deployment {
         let store = Store::connect_lazy(&url, 4)?;
         store.migrate().await?;
         let port = free_port()?;
+        let api_url = format!("http://127.0.0.1:{port}");
         let mut deployment = Self {
             target: target.clone(),
             prefix: format!("taskflow-bench-{suffix}:"),
-            client: Client::new(&format!("http://127.0.0.1:{port}")),
+            client: Client::new(&api_url),
+            api_url,
             store,
             api: Command::new("true").spawn()?,
             workers: Vec::new(),
@@ -88,6 +91,12 @@ impl Deployment {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("the API did not come up")
+    }
+
+    /// A client of the deployment's API with connections of its own, for a
+    /// client that runs on a runtime of its own.
+    pub fn new_client(&self) -> Client {
+        Client::new(&self.api_url)
     }
 
     fn spawn(&self, role: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {

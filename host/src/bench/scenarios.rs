@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::cluster::{Deployment, Target};
 use super::{Figure, Scenario, percentile};
 use crate::api::types::{SubmitBatch, SubmitJob};
+use crate::client::Client;
 use crate::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox, SandboxConfig};
 use crate::store::Store;
 
@@ -69,29 +70,71 @@ async fn wait_succeeded(store: &Store, count: usize, what: &str) -> anyhow::Resu
     }
 }
 
+/// Runs `clients` clients at once, each making its share of `requests`
+/// calls of `request`, and returns how long they took together.
+///
+/// Each client is a thread of its own with its own single-threaded runtime
+/// and connection, as separate client programs would be. On the benchmark's
+/// shared multi-threaded runtime every response hopped between its threads,
+/// which cost the sequential client a tenth of its rate (docs/benchmarks.md).
+async fn run_clients<F, Fut>(
+    deployment: &Deployment,
+    clients: usize,
+    requests: usize,
+    request: F,
+) -> anyhow::Result<Duration>
+where
+    F: Fn(Client) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let (api, request) = (deployment.new_client(), request.clone());
+            let share = requests / clients + usize::from(client < requests % clients);
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async {
+                        for _ in 0..share {
+                            request(api.clone()).await?;
+                        }
+                        anyhow::Ok(())
+                    })
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        threads.into_iter().try_for_each(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
+    .await??;
+    Ok(started.elapsed())
+}
+
 /// `count` single-job submissions from `clients` concurrent clients.
 async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result<Vec<Figure>> {
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
     let bar = progress(count, "submitting");
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|client| {
-            let (api, module, bar) = (deployment.client.clone(), module.clone(), bar.clone());
-            let share = count / clients + usize::from(client < count % clients);
-            tokio::spawn(async move {
-                for _ in 0..share {
-                    api.submit(&job(&module)).await?;
-                    bar.inc(1);
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let job = Arc::new(job(&module));
+    let elapsed = run_clients(&deployment, clients, count, {
+        let bar = bar.clone();
+        move |api| {
+            let (job, bar) = (job.clone(), bar.clone());
+            async move {
+                api.submit(&job).await?;
+                bar.inc(1);
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let rate = count as f64 / elapsed.as_secs_f64();
     bar.finish_and_clear();
     deployment.stop().await?;
     let target = if clients == 1 {
@@ -116,24 +159,19 @@ async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Fi
             requests * 1000,
             &format!("submitting ({clients} client(s))"),
         );
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..clients)
-            .map(|client| {
-                let (api, batch, bar) = (deployment.client.clone(), batch.clone(), bar.clone());
-                let share = requests / clients + usize::from(client < requests % clients);
-                tokio::spawn(async move {
-                    for _ in 0..share {
-                        api.submit_batch(&batch).await?;
-                        bar.inc(1000);
-                    }
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await??;
-        }
-        rates.push((requests * 1000) as f64 / started.elapsed().as_secs_f64());
+        let elapsed = run_clients(&deployment, clients, requests, {
+            let (batch, bar) = (batch.clone(), bar.clone());
+            move |api| {
+                let (batch, bar) = (batch.clone(), bar.clone());
+                async move {
+                    api.submit_batch(&batch).await?;
+                    bar.inc(1000);
+                    Ok(())
+                }
+            }
+        })
+        .await?;
+        rates.push((requests * 1000) as f64 / elapsed.as_secs_f64());
         bar.finish_and_clear();
     }
     deployment.stop().await?;
