@@ -210,10 +210,20 @@ impl Deployment {
     /// server does not do) or the benchmark may not create the extension.
     pub async fn statements(&self) -> Option<i64> {
         let pool = self.store.pool();
-        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            .execute(pool)
-            .await
-            .ok()?;
+        // Created on the first call only: `IF NOT EXISTS` would log a notice
+        // on every later one.
+        let installed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        if !installed {
+            sqlx::query("CREATE EXTENSION pg_stat_statements")
+                .execute(pool)
+                .await
+                .ok()?;
+        }
         sqlx::query_scalar::<_, i64>(
             "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements
              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",

@@ -21,7 +21,7 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
     let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
     match scenario {
         Scenario::All => unreachable!("expanded by the caller"),
-        Scenario::Submit => submit(target, scaled(5_000), 1).await,
+        Scenario::Submit => submit(target, scaled(20_000), 1).await,
         Scenario::SubmitConcurrent => submit(target, scaled(20_000), 32).await,
         Scenario::SubmitBatch => submit_batch(target, scaled(100)).await,
         Scenario::Drain => drain(target, scaled(20_000)).await,
