@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::cluster::{Deployment, Target};
 use super::{Figure, Scenario, percentile};
 use crate::api::types::{SubmitBatch, SubmitJob};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox, SandboxConfig};
 use crate::store::Store;
 
@@ -71,26 +71,28 @@ async fn wait_succeeded(store: &Store, count: usize, what: &str) -> anyhow::Resu
 }
 
 /// Runs `clients` clients at once, each making its share of `requests`
-/// calls of `request`, and returns how long they took together.
+/// calls of `request` and moving `bar` by `step` after each, and returns how
+/// long they took together.
 ///
 /// Each client is a thread of its own with its own single-threaded runtime
 /// and connection, as separate client programs would be. On the benchmark's
 /// shared multi-threaded runtime every response hopped between its threads,
 /// which cost the sequential client a tenth of its rate (docs/benchmarks.md).
-async fn run_clients<F, Fut>(
+async fn run_clients<F, Fut, T>(
     deployment: &Deployment,
     clients: usize,
     requests: usize,
+    (bar, step): (&ProgressBar, u64),
     request: F,
 ) -> anyhow::Result<Duration>
 where
     F: Fn(Client) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<T, ClientError>>,
 {
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|client| {
-            let (api, request) = (deployment.new_client(), request.clone());
+            let (api, request, bar) = (deployment.new_client(), request.clone(), bar.clone());
             let share = requests / clients + usize::from(client < requests % clients);
             std::thread::spawn(move || {
                 tokio::runtime::Builder::new_current_thread()
@@ -99,6 +101,7 @@ where
                     .block_on(async {
                         for _ in 0..share {
                             request(api.clone()).await?;
+                            bar.inc(step);
                         }
                         anyhow::Ok(())
                     })
@@ -122,16 +125,9 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     let module = deployment.upload("noop").await?;
     let bar = progress(count, "submitting");
     let job = Arc::new(job(&module));
-    let elapsed = run_clients(&deployment, clients, count, {
-        let bar = bar.clone();
-        move |api| {
-            let (job, bar) = (job.clone(), bar.clone());
-            async move {
-                api.submit(&job).await?;
-                bar.inc(1);
-                Ok(())
-            }
-        }
+    let elapsed = run_clients(&deployment, clients, count, (&bar, 1), move |api| {
+        let job = job.clone();
+        async move { api.submit(&job).await }
     })
     .await?;
     let rate = count as f64 / elapsed.as_secs_f64();
@@ -159,16 +155,10 @@ async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Fi
             requests * 1000,
             &format!("submitting ({clients} client(s))"),
         );
-        let elapsed = run_clients(&deployment, clients, requests, {
-            let (batch, bar) = (batch.clone(), bar.clone());
-            move |api| {
-                let (batch, bar) = (batch.clone(), bar.clone());
-                async move {
-                    api.submit_batch(&batch).await?;
-                    bar.inc(1000);
-                    Ok(())
-                }
-            }
+        let batch = batch.clone();
+        let elapsed = run_clients(&deployment, clients, requests, (&bar, 1000), move |api| {
+            let batch = batch.clone();
+            async move { api.submit_batch(&batch).await }
         })
         .await?;
         rates.push((requests * 1000) as f64 / elapsed.as_secs_f64());

@@ -232,29 +232,14 @@ impl TestApp {
     /// Starts a worker whose PostgreSQL traffic goes to `database_url`
     /// (e.g. through a [`TcpProxy`]) instead of the test database directly.
     pub fn spawn_worker_via(&self, database_url: &str, id: &str) -> TestWorker {
-        let connections = Connections {
-            database_url: database_url.to_owned(),
-            ..self.connections.clone()
-        };
-        let lease = LeaseConfig {
-            lease_ttl: self.backends.leases.ttl(),
-        };
-        let backends = Backends::connect(&connections, &lease).expect("valid connections");
-        self.spawn_worker_on(&backends, self.worker_config(id))
+        self.spawn_worker_on(&self.backends_via(database_url), self.worker_config(id))
     }
 
     /// Starts a second API whose PostgreSQL traffic goes to `database_url`
     /// (e.g. through a [`TcpProxy`]), and returns a client of it. It stops
     /// with the test.
     pub async fn spawn_api_via(&self, database_url: &str) -> Client {
-        let connections = Connections {
-            database_url: database_url.to_owned(),
-            ..self.connections.clone()
-        };
-        let lease = LeaseConfig {
-            lease_ttl: self.backends.leases.ttl(),
-        };
-        let backends = Backends::connect(&connections, &lease).expect("valid connections");
+        let backends = self.backends_via(database_url);
         let config = ApiConfig {
             listen: "127.0.0.1:0".into(),
             ..config::from_env()
@@ -264,6 +249,18 @@ impl TestApp {
             .await
             .expect("API binds");
         Client::new(&format!("http://{address}"))
+    }
+
+    /// The test's backends, but with PostgreSQL at `database_url`.
+    fn backends_via(&self, database_url: &str) -> Backends {
+        let connections = Connections {
+            database_url: database_url.to_owned(),
+            ..self.connections.clone()
+        };
+        let lease = LeaseConfig {
+            lease_ttl: self.backends.leases.ttl(),
+        };
+        Backends::connect(&connections, &lease).expect("valid connections")
     }
 
     fn spawn_worker_on(&self, backends: &Backends, config: WorkerConfig) -> TestWorker {
