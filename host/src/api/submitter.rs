@@ -82,7 +82,7 @@ struct Writer {
 
 impl Writer {
     async fn write(&mut self, group: &mut Vec<(NewJob, Reply)>) {
-        let jobs: Vec<NewJob> = group.iter().map(|(job, _)| job.clone()).collect();
+        let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = group.drain(..).unzip();
         metrics::histogram!("taskflow_submit_group_size").record(jobs.len() as f64);
         let results = self.insert(&jobs).await;
         let connection_suspect = match &results {
@@ -96,13 +96,13 @@ impl Writer {
         }
         match results {
             Ok(results) => {
-                for ((_, reply), result) in group.drain(..).zip(results) {
+                for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result.map_err(ApiError::from));
                 }
             }
             Err(error) => {
                 let error = ApiError::from(error);
-                for (_, reply) in group.drain(..) {
+                for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }

@@ -271,34 +271,29 @@ impl Store {
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<Submitted>> {
         if jobs.len() == 1 {
             let mut connection = self.pool().acquire().await?;
-            return all_or_error(self.insert(&mut connection, jobs).await?);
+            return all_or_error(
+                self.insert_jobs_independently(&mut connection, jobs)
+                    .await?,
+            );
         }
         let mut tx = self.pool().begin().await?;
-        let submitted = all_or_error(self.insert(&mut tx, jobs).await?)?;
+        let submitted = all_or_error(self.insert_jobs_independently(&mut tx, jobs).await?)?;
         tx.commit().await?;
         Ok(submitted)
     }
 
     /// Inserts jobs that do not belong together (concurrent requests grouped
     /// into one commit): each gets its own result, so one request's
-    /// idempotency conflict or unknown module does not fail the others.
+    /// idempotency conflict or unknown module does not fail the others. The
+    /// caller brings the connection, so a writer that submits group after
+    /// group can keep one; [`Store::insert_jobs`] brings a transaction.
     ///
-    /// The caller brings the connection, so a writer that submits group
-    /// after group can keep one.
-    pub async fn insert_jobs_independently(
-        &self,
-        connection: &mut sqlx::PgConnection,
-        jobs: &[NewJob],
-    ) -> StoreResult<Vec<StoreResult<Submitted>>> {
-        self.insert(connection, jobs).await
-    }
-
     /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs` (its `WHERE
     /// EXISTS` skips a job naming an unknown module), then, only if some were
     /// not inserted, two lookups: the jobs owning their keys, and which of
     /// their modules are unknown. Per job: the inserted job, the existing
     /// one, an idempotency conflict, or an unknown module.
-    async fn insert(
+    pub async fn insert_jobs_independently(
         &self,
         connection: &mut sqlx::PgConnection,
         jobs: &[NewJob],
