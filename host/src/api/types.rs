@@ -264,7 +264,7 @@ pub struct AttemptView {
     /// Captured guest log: `[{"source", "level"?, "message"}]`.
     pub logs: serde_json::Value,
     /// Log lines dropped past the per-attempt bound.
-    pub logs_dropped: i32,
+    pub logs_dropped: i64,
 }
 
 impl From<AttemptRecord> for AttemptView {

@@ -60,7 +60,7 @@ struct Report<'a> {
     fuel_consumed: u64,
     duration_ms: f64,
     logs: &'a [LogLine],
-    logs_dropped: u32,
+    logs_dropped: u64,
 }
 
 /// Runs `taskflow run`; fails (exit status 1) when the task fails.

@@ -2,9 +2,17 @@
 //! stdout and stderr.
 //!
 //! All three feed one ordered list of lines, so an attempt's log reads in the
-//! order the guest wrote it. The list is bounded by bytes: past the bound,
-//! lines are counted and dropped, and the guest keeps running. A log flood
-//! can neither exhaust the worker's memory nor fail the job.
+//! order the guest wrote it. The list is bounded by the bytes it will take
+//! once stored: each line costs its message as PostgreSQL's `jsonb` will hold
+//! it (escapes included) plus [`LINE_OVERHEAD_BYTES`], so an empty line is not
+//! free. Past the bound, lines are counted and dropped, and the guest keeps
+//! running. A log flood can neither exhaust the worker's memory nor make the
+//! attempt's record too big to store.
+//!
+//! The capture takes borrowed bytes and copies only what it keeps: the host
+//! side of `host.log` hands it the message still in guest memory, and the
+//! stdout/stderr streams hand it at most one write permit at a time
+//! (`sandbox/streams.rs`).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -13,9 +21,15 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use serde::Serialize;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use super::bindings::Level;
+
+/// What one stored line costs beyond its message: the JSON object around it
+/// in `job_attempts.logs` (`{"source": "stdout", "level": "debug",
+/// "message": ""}` is 50 bytes), rounded up. It is what makes a flood of
+/// empty lines hit the bound like any other.
+pub const LINE_OVERHEAD_BYTES: usize = 64;
 
 /// Where a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,7 +52,8 @@ pub struct LogLine {
     /// Severity, for `host.log` lines.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<&'static str>,
-    /// The text, without its trailing newline.
+    /// The text, without its trailing newline. Never contains NUL, which
+    /// PostgreSQL cannot store in text: a guest's NULs become U+FFFD.
     pub message: String,
 }
 
@@ -52,14 +67,17 @@ pub struct LogCapture {
 #[derive(Debug)]
 struct CaptureState {
     lines: Vec<LogLine>,
-    bytes: usize,
+    /// Stored size of the kept lines, overhead included.
+    used: usize,
     limit: usize,
-    dropped: u32,
-    stdout_partial: Partial,
-    stderr_partial: Partial,
+    dropped: u64,
+    stdout: Option<Partial>,
+    stderr: Option<Partial>,
 }
 
-/// An unterminated stdout or stderr line.
+/// An unterminated stdout or stderr line. Its raw bytes are bounded by the
+/// room left in the log, so a guest writing one endless line cannot grow it
+/// past the bound.
 #[derive(Debug, Default)]
 struct Partial {
     bytes: Vec<u8>,
@@ -72,29 +90,46 @@ struct Partial {
 pub struct CapturedLog {
     /// Lines kept, in order.
     pub lines: Vec<LogLine>,
-    /// Lines dropped past the bound, or cut short by it.
-    pub dropped: u32,
+    /// Lines dropped past the bound, or cut short by it. Saturates instead
+    /// of overflowing.
+    pub dropped: u64,
 }
 
 impl LogCapture {
-    /// A capture keeping at most `limit` bytes of text.
+    /// A capture keeping at most `limit` stored bytes (see the module docs).
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(CaptureState {
                 lines: Vec::new(),
-                bytes: 0,
+                used: 0,
                 limit,
                 dropped: 0,
-                stdout_partial: Partial::default(),
-                stderr_partial: Partial::default(),
+                stdout: None,
+                stderr: None,
             }),
         })
     }
 
-    /// Records a `host.log` call.
-    pub fn log(&self, level: Level, message: String) {
+    /// Records a `host.log` call. `message` may still be in guest memory:
+    /// it is copied only if it fits.
+    pub fn log(&self, level: Level, message: &str) {
         self.lock()
             .push(LogSource::Log, Some(level_name(level)), message);
+    }
+
+    /// Records bytes the guest wrote to stdout or stderr; lines end at `\n`.
+    /// Only the bytes kept are copied.
+    pub fn write(&self, source: LogSource, bytes: &[u8]) {
+        let mut state = self.lock();
+        let mut rest = bytes;
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            state.append(source, &rest[..newline]);
+            state.end_line(source);
+            rest = &rest[newline + 1..];
+        }
+        if !rest.is_empty() {
+            state.append(source, rest);
+        }
     }
 
     /// The guest's stdout, as a WASI stream.
@@ -118,23 +153,14 @@ impl LogCapture {
     pub fn finish(&self) -> CapturedLog {
         let mut state = self.lock();
         for source in [LogSource::Stdout, LogSource::Stderr] {
-            state.end_line(source);
+            if state.partial(source).is_some() {
+                state.end_line(source);
+            }
         }
         CapturedLog {
             lines: std::mem::take(&mut state.lines),
             dropped: state.dropped,
         }
-    }
-
-    fn write(&self, source: LogSource, bytes: &[u8]) {
-        let mut state = self.lock();
-        let mut rest = bytes;
-        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
-            state.append(source, &rest[..newline]);
-            state.end_line(source);
-            rest = &rest[newline + 1..];
-        }
-        state.append(source, rest);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CaptureState> {
@@ -147,12 +173,58 @@ impl LogCapture {
 }
 
 impl CaptureState {
-    fn push(&mut self, source: LogSource, level: Option<&'static str>, message: String) {
-        if self.bytes + message.len() > self.limit {
-            self.dropped += 1;
+    /// Keeps a whole line if its stored size fits, counts it dropped if not.
+    fn push(&mut self, source: LogSource, level: Option<&'static str>, message: &str) {
+        let room = self.room();
+        // `stored_len` is at least the length: a message longer than the room
+        // is dropped without reading it.
+        if message.len() + LINE_OVERHEAD_BYTES > room
+            || stored_len(message) + LINE_OVERHEAD_BYTES > room
+        {
+            self.drop_line();
             return;
         }
-        self.bytes += message.len();
+        self.keep(source, level, storable(message));
+    }
+
+    /// Adds bytes to the unterminated line of `source`, never beyond the
+    /// room left (counting the other stream's pending bytes). A line cut
+    /// short counts as one dropped line.
+    fn append(&mut self, source: LogSource, bytes: &[u8]) {
+        let room = self.room().saturating_sub(LINE_OVERHEAD_BYTES);
+        let partial = self.partial(source).get_or_insert_with(Partial::default);
+        let keep = bytes.len().min(room);
+        partial.bytes.extend_from_slice(&bytes[..keep]);
+        if keep < bytes.len() && !partial.cut {
+            partial.cut = true;
+            self.drop_line();
+        }
+    }
+
+    /// Ends the line of `source` (at a newline or at the end): keeps as much
+    /// of it as fits once decoded and escaped. An empty line is a line.
+    fn end_line(&mut self, source: LogSource) {
+        let Partial { bytes, cut } = self.partial(source).take().unwrap_or_default();
+        let Some(fits) = self.room().checked_sub(LINE_OVERHEAD_BYTES) else {
+            if !cut {
+                self.drop_line();
+            }
+            return;
+        };
+        let mut message = storable(&String::from_utf8_lossy(&bytes));
+        if stored_len(&message) > fits {
+            // Decoding or escaping made it bigger than the raw bytes that fit:
+            // keep what fits, and count the line as cut short.
+            truncate_to_stored_len(&mut message, fits);
+            if !cut {
+                self.drop_line();
+            }
+        }
+        self.keep(source, None, message);
+    }
+
+    fn keep(&mut self, source: LogSource, level: Option<&'static str>, message: String) {
+        self.used += stored_len(&message) + LINE_OVERHEAD_BYTES;
         self.lines.push(LogLine {
             source,
             level,
@@ -160,48 +232,58 @@ impl CaptureState {
         });
     }
 
-    /// Adds bytes to the unterminated line of `source`, but never beyond the
-    /// bound: a guest writing one endless line must not grow it forever. A
-    /// line cut short counts as one dropped line.
-    fn append(&mut self, source: LogSource, bytes: &[u8]) {
-        let pending = self.stdout_partial.bytes.len() + self.stderr_partial.bytes.len();
-        let room = self.limit.saturating_sub(self.bytes + pending);
-        let keep = bytes.len().min(room);
-        let cut_now = keep < bytes.len() && !self.partial(source).cut;
-        let partial = self.partial(source);
-        partial.bytes.extend_from_slice(&bytes[..keep]);
-        if cut_now {
-            partial.cut = true;
-            self.dropped += 1;
-        }
+    fn drop_line(&mut self) {
+        self.dropped = self.dropped.saturating_add(1);
     }
 
-    /// Ends the unterminated line of `source` (at a newline or at the end).
-    fn end_line(&mut self, source: LogSource) {
-        let Partial { bytes, cut } = std::mem::take(self.partial(source));
-        if bytes.is_empty() {
-            return;
-        }
-        let message = String::from_utf8_lossy(&bytes).into_owned();
-        if cut {
-            // Already counted; keep what fit.
-            self.bytes += message.len();
-            self.lines.push(LogLine {
-                source,
-                level: None,
-                message,
-            });
-        } else {
-            self.push(source, None, message);
-        }
+    /// Stored bytes still free, less the raw bytes of unterminated lines.
+    fn room(&self) -> usize {
+        let pending = [&self.stdout, &self.stderr]
+            .into_iter()
+            .flatten()
+            .map(|partial| partial.bytes.len())
+            .sum::<usize>();
+        self.limit.saturating_sub(self.used + pending)
     }
 
-    fn partial(&mut self, source: LogSource) -> &mut Partial {
+    fn partial(&mut self, source: LogSource) -> &mut Option<Partial> {
         match source {
-            LogSource::Stderr => &mut self.stderr_partial,
-            _ => &mut self.stdout_partial,
+            LogSource::Stderr => &mut self.stderr,
+            _ => &mut self.stdout,
         }
     }
+}
+
+/// Bytes `message` takes inside a JSON string: quotes and backslashes are
+/// escaped with one more byte, other control characters as `\u00XX`.
+fn stored_len(message: &str) -> usize {
+    message
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// `message` as PostgreSQL can store it: text and `jsonb` refuse NUL.
+fn storable(message: &str) -> String {
+    message.replace('\0', "\u{FFFD}")
+}
+
+/// Cuts `message` at a character boundary so its stored size is at most
+/// `limit`.
+fn truncate_to_stored_len(message: &mut String, limit: usize) {
+    let mut size = 0;
+    let cut = message
+        .char_indices()
+        .find(|&(_, c)| {
+            size += stored_len(c.encode_utf8(&mut [0; 4]));
+            size > limit
+        })
+        .map_or(message.len(), |(at, _)| at);
+    message.truncate(cut);
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -223,8 +305,9 @@ pub struct CaptureStream {
     source: LogSource,
 }
 
-/// Largest write permit handed to the guest at once.
-const WRITE_PERMIT: usize = 64 * 1024;
+/// Largest write permit handed to the guest at once: the most a single
+/// `write` may copy out of guest memory.
+pub const WRITE_PERMIT: usize = 64 * 1024;
 
 impl IsTerminal for CaptureStream {
     fn is_terminal(&self) -> bool {
@@ -249,6 +332,9 @@ impl Pollable for CaptureStream {
 
 impl OutputStream for CaptureStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if bytes.len() > WRITE_PERMIT {
+            return Err(StreamError::trap("write exceeds the permit of check-write"));
+        }
         self.capture.write(self.source, &bytes);
         Ok(())
     }
@@ -285,11 +371,20 @@ impl tokio::io::AsyncWrite for CaptureStream {
 mod tests {
     use super::*;
 
+    /// The bytes `lines` take in `job_attempts.logs`, as PostgreSQL would
+    /// store them.
+    fn stored_bytes(lines: &[LogLine]) -> usize {
+        lines
+            .iter()
+            .map(|line| serde_json::to_string(line).unwrap().len())
+            .sum()
+    }
+
     #[test]
     fn interleaves_sources_in_order_and_splits_lines() {
         let capture = LogCapture::new(1024);
         capture.write(LogSource::Stdout, b"hello ");
-        capture.log(Level::Info, "from log".into());
+        capture.log(Level::Info, "from log");
         capture.write(LogSource::Stdout, b"world\nsecond");
         capture.write(LogSource::Stderr, b"oops\n");
         let log = capture.finish();
@@ -312,9 +407,9 @@ mod tests {
 
     #[test]
     fn drops_and_counts_lines_past_the_bound() {
-        let capture = LogCapture::new(10);
+        let capture = LogCapture::new(2 * (LINE_OVERHEAD_BYTES + 5) + 3);
         for _ in 0..5 {
-            capture.log(Level::Warn, "12345".into());
+            capture.log(Level::Warn, "12345");
         }
         let log = capture.finish();
         assert_eq!(log.lines.len(), 2);
@@ -322,8 +417,53 @@ mod tests {
     }
 
     #[test]
+    fn empty_lines_cost_their_overhead_from_every_source() {
+        let limit = 64 << 10;
+        let capture = LogCapture::new(limit);
+        for _ in 0..100_000 {
+            capture.log(Level::Debug, "");
+            capture.write(LogSource::Stdout, b"\n");
+            capture.write(LogSource::Stderr, b"\n");
+        }
+        let log = capture.finish();
+        assert_eq!(log.lines.len(), limit / LINE_OVERHEAD_BYTES);
+        assert_eq!(log.lines.len() as u64 + log.dropped, 300_000);
+        assert!(stored_bytes(&log.lines) <= limit);
+    }
+
+    #[test]
+    fn the_bound_holds_on_stored_bytes_whatever_the_guest_writes() {
+        let limit = 4096;
+        let nasty: &[&[u8]] = &[
+            b"\x01\x02\x03\x04\x05\x06\x07",
+            b"\"\\\"\\",
+            b"\0\0\0\0",
+            b"\xff\xfe\xfd invalid utf-8 \xc3",
+            "é😀".as_bytes(),
+        ];
+        let capture = LogCapture::new(limit);
+        for round in 0..2_000 {
+            let bytes = nasty[round % nasty.len()];
+            capture.write(LogSource::Stdout, bytes);
+            capture.write(LogSource::Stderr, bytes);
+            if round % 3 == 0 {
+                capture.write(LogSource::Stdout, b"\n");
+            }
+            capture.log(Level::Info, &String::from_utf8_lossy(bytes));
+        }
+        let log = capture.finish();
+        assert!(log.dropped > 0);
+        assert!(
+            stored_bytes(&log.lines) <= limit,
+            "{} stored bytes",
+            stored_bytes(&log.lines)
+        );
+        assert!(log.lines.iter().all(|line| !line.message.contains('\0')));
+    }
+
+    #[test]
     fn an_endless_line_stays_within_the_bound_and_counts_once() {
-        let capture = LogCapture::new(100);
+        let capture = LogCapture::new(100 + LINE_OVERHEAD_BYTES);
         for _ in 0..1000 {
             capture.write(LogSource::Stdout, &[b'x'; 1000]);
         }
@@ -331,5 +471,15 @@ mod tests {
         assert_eq!(log.lines.len(), 1);
         assert_eq!(log.lines[0].message.len(), 100);
         assert_eq!(log.dropped, 1);
+    }
+
+    #[test]
+    fn the_dropped_count_saturates_instead_of_overflowing() {
+        let capture = LogCapture::new(0);
+        capture.lock().dropped = u64::MAX - 1;
+        for _ in 0..3 {
+            capture.log(Level::Info, "x");
+        }
+        assert_eq!(capture.finish().dropped, u64::MAX);
     }
 }

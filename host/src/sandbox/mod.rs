@@ -21,7 +21,8 @@
 //! | memory | resource limiter on the sum of all linear memories, and the pooling allocator's per-memory cap | `memory_limit` |
 //! | stack | `max_wasm_stack` | `stack_overflow` |
 //! | output | checked after the call | `output_too_large` |
-//! | log | bounded capture; excess lines dropped and counted | (never fails) |
+//! | log | bounded by stored bytes, a fixed overhead per line ([`capture`]); excess lines dropped and counted | (never fails) |
+//! | stream writes | a write longer than its stream permits traps before it is copied (`streams.rs`) | `trap` |
 //! | capabilities | WASI context granting nothing: no files, environment, arguments, sockets or name lookups | the call fails inside the guest |
 //! | clocks | 1 ms resolution; the monotonic clock starts at 0 per attempt ([`clocks`]) | — |
 //!
@@ -47,6 +48,7 @@ pub mod failure;
 mod bindings;
 mod cache;
 mod guest;
+mod streams;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -315,12 +317,8 @@ impl Sandbox {
             .map_err(|error| SandboxError::Engine(format!("{error:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| {
-                bindings::Task::add_to_linker::<_, wasmtime::component::HasSelf<GuestState>>(
-                    &mut linker,
-                    |state| state,
-                )
-            })
+            .and_then(|()| streams::add_to_linker(&mut linker))
+            .and_then(|()| guest::add_to_linker(&mut linker))
             .map_err(|error| SandboxError::Engine(format!("{error:#}")))?;
         let cache = cache::ComponentCache::new(
             engine.clone(),

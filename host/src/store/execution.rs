@@ -145,7 +145,7 @@ pub struct FinishedAttempt {
     /// Captured log lines, as a JSON array.
     pub logs: serde_json::Value,
     /// Lines dropped past the bound.
-    pub logs_dropped: i32,
+    pub logs_dropped: i64,
     /// Where the job goes.
     pub next: NextState,
 }
@@ -221,7 +221,7 @@ impl Store {
                                       $5::bigint[], $6::jsonb[], $7::int[], $8::text[],
                                       $9::timestamptz[], $10::attempt_outcome[], $11::text[],
                                       $12::text[], $13::bigint[], $14::bigint[], $15::jsonb[],
-                                      $16::int[])
+                                      $16::bigint[])
                       AS i(job_id, lease_token, next_state, output, retry_delay_ms, last_error,
                            attempt, worker_id, started_at, outcome, error_kind, error_message,
                            fuel_consumed, duration_us, logs, logs_dropped)

@@ -219,7 +219,7 @@ pub struct AttemptRecord {
     /// Captured guest log lines.
     pub logs: Json<serde_json::Value>,
     /// Log lines dropped past the per-attempt bound.
-    pub logs_dropped: i32,
+    pub logs_dropped: i64,
 }
 
 /// Filters of [`Store::list_jobs`].

@@ -354,22 +354,6 @@ fn finished_attempt(
             (AttemptOutcome::Failed, next, Some(failure))
         }
     };
-    let logs: Vec<serde_json::Value> = execution
-        .log
-        .lines
-        .iter()
-        .map(|line| {
-            let mut line = serde_json::to_value(line).expect("log lines serialize");
-            if let Some(message) = line
-                .get_mut("message")
-                .and_then(|m| m.as_str())
-                .map(without_nul)
-            {
-                line["message"] = message.into();
-            }
-            line
-        })
-        .collect();
     FinishedAttempt {
         lease: job.lease(),
         attempt: job.attempt,
@@ -380,8 +364,8 @@ fn finished_attempt(
         error_message: error.map(|f| without_nul(&f.message)),
         fuel_consumed: Some(execution.fuel_consumed.min(i64::MAX as u64) as i64),
         duration_us: Some(execution.duration.as_micros().min(i64::MAX as u128) as i64),
-        logs: serde_json::Value::Array(logs),
-        logs_dropped: execution.log.dropped.min(i32::MAX as u32) as i32,
+        logs: serde_json::to_value(&execution.log.lines).expect("log lines serialize"),
+        logs_dropped: execution.log.dropped.min(i64::MAX as u64) as i64,
         next,
     }
 }

@@ -242,32 +242,86 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_log_flood_is_bounded_and_does_not_fail_the_job() {
+async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
     let mut options = crate::support::TestOptions::default();
     options.limits.max_log_bytes = 10_000;
     let app = TestApp::start_with(options).await;
     let worker = app.spawn_worker("w1");
     let module = app.upload("misbehave").await;
+    // Wide lines, and empty ones: an empty line is not free.
+    for (lines, width) in [(5_000, 100), (200_000, 0)] {
+        let job = app
+            .submit(
+                &module,
+                json!({"mode": "log_spam", "lines": lines, "width": width}),
+            )
+            .await;
+        let job = app.wait_final(job.id).await;
+        assert_eq!(
+            job.state,
+            JobState::Succeeded,
+            "{width}: {:?}",
+            job.last_error
+        );
+        let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+        let kept = attempt.logs.as_array().unwrap();
+        // What PostgreSQL stores for the kept lines.
+        let stored: usize = kept.iter().map(|line| line.to_string().len()).sum();
+        assert!(stored <= 10_000, "width {width}: {stored} bytes stored");
+        assert!(!kept.is_empty(), "width {width}: the first lines are kept");
+        // A stdout line cut short by the bound keeps what fit and counts as
+        // dropped.
+        let whole = kept
+            .iter()
+            .filter(|line| line["message"].as_str().unwrap().len() == width)
+            .count();
+        assert_eq!(
+            whole as u64 + attempt.logs_dropped as u64,
+            2 * lines,
+            "width {width}: every line (host.log and stdout) is kept whole or counted"
+        );
+    }
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_beyond_what_the_stream_permits_traps_before_it_is_copied() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    for (bytes, blocking, permitted) in [(32 << 20, false, 64 << 10), (64 << 10, true, 4096)] {
+        let job = app
+            .submit_with(SubmitJob {
+                module: module.clone(),
+                input: Some(json!({"mode": "raw_write", "bytes": bytes, "blocking": blocking})),
+                max_attempts: Some(1),
+                ..Default::default()
+            })
+            .await;
+        let job = app.wait_final(job.id).await;
+        assert_eq!(job.state, JobState::Dead, "{bytes}: {:?}", job.output);
+        let error = job.last_error.unwrap();
+        assert_eq!(error["kind"], "trap", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("exceeds the {permitted} bytes")),
+            "{message}"
+        );
+        let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+        assert_eq!(attempt.logs, json!([]), "nothing of the write was kept");
+    }
+    // Within the permit, the same calls write to the log.
     let job = app
         .submit(
             &module,
-            json!({"mode": "log_spam", "lines": 5000, "width": 100}),
+            json!({"mode": "raw_write", "bytes": 4096, "blocking": true}),
         )
         .await;
     let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
     let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
-    let kept = attempt.logs.as_array().unwrap();
-    let bytes: usize = kept
-        .iter()
-        .map(|l| l["message"].as_str().unwrap().len())
-        .sum();
-    assert!(bytes <= 10_000, "kept {bytes} bytes");
-    assert_eq!(
-        kept.len() + attempt.logs_dropped as usize,
-        10_000,
-        "every line is kept or counted"
-    );
+    assert_eq!(attempt.logs[0]["message"].as_str().unwrap().len(), 4096);
     worker.stop().await;
     app.finish().await;
 }

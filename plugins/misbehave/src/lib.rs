@@ -47,6 +47,11 @@ enum Mode {
     Probe,
     /// Burns roughly `iterations` loop iterations, then succeeds with a checksum.
     Burn { iterations: u64 },
+    /// Writes `bytes` bytes to stdout in one raw WASI call, ignoring the
+    /// permit `check-write` grants (`blocking`: through
+    /// `blocking-write-and-flush`, which takes at most 4096), and reports
+    /// what the call returned if it did not trap.
+    RawWrite { bytes: usize, blocking: bool },
 }
 
 fn json(value: serde_json::Value) -> Bytes {
@@ -115,6 +120,7 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(json(serde_json::json!({})))
         }
+        Mode::RawWrite { bytes, blocking } => Ok(json(raw_write(bytes, blocking))),
         Mode::Burn { iterations } => {
             let mut hash: u64 = 0xcbf29ce484222325;
             for i in 0..iterations {
@@ -156,6 +162,23 @@ fn probe() -> serde_json::Value {
         "wall_clock_sub_ms_nanos": since_epoch.subsec_nanos() % 1_000_000,
         "smallest_monotonic_step_ns": smallest_step.as_nanos() as u64,
     })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn raw_write(bytes: usize, blocking: bool) -> serde_json::Value {
+    let stdout = wasip2::cli::stdout::get_stdout();
+    let contents = vec![b'z'; bytes];
+    let result = if blocking {
+        stdout.blocking_write_and_flush(&contents)
+    } else {
+        stdout.write(&contents)
+    };
+    serde_json::json!({ "result": format!("{result:?}") })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn raw_write(_bytes: usize, _blocking: bool) -> serde_json::Value {
+    serde_json::json!({ "result": "not on WASI" })
 }
 
 // Unbounded on purpose: the host must stop it with `stack_overflow`. The
