@@ -155,6 +155,13 @@ impl Rescuer {
     }
 
     fn rescue_of(&self, lease: &RunningLease) -> FinishedAttempt {
+        let next = backoff::after_failure(
+            &self.retry,
+            lease.job_id,
+            (lease.attempt - lease.attempt_base) as u32,
+            lease.max_attempts as u32,
+            true,
+        );
         FinishedAttempt {
             lease: lease.lease(),
             attempt: lease.attempt,
@@ -168,15 +175,10 @@ impl Rescuer {
             )),
             fuel_consumed: None,
             duration_us: None,
-            logs: serde_json::Value::Array(Vec::new()),
+            logs: "[]".to_owned(),
             logs_dropped: 0,
-            next: backoff::after_failure(
-                &self.retry,
-                lease.job_id,
-                (lease.attempt - lease.attempt_base) as u32,
-                lease.max_attempts as u32,
-                true,
-            ),
+            next: next.clone(),
+            next_if_refused: next,
         }
     }
 }

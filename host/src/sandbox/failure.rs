@@ -41,6 +41,14 @@ pub enum FailureKind {
     Cancelled,
     /// The module could not be loaded or instantiated on the worker.
     ModuleUnavailable,
+    /// The worker failed while running the attempt (a bug in TaskFlow, not
+    /// in the task); the attempt's slot was freed and the worker kept
+    /// serving.
+    HostError,
+    /// PostgreSQL refused to store what the attempt produced (its output,
+    /// log or message held a value it cannot store); the attempt is recorded
+    /// without them.
+    OutcomeRejected,
 }
 
 impl FailureKind {
@@ -59,6 +67,8 @@ impl FailureKind {
             FailureKind::LeaseExpired => "lease_expired",
             FailureKind::Cancelled => "cancelled",
             FailureKind::ModuleUnavailable => "module_unavailable",
+            FailureKind::HostError => "host_error",
+            FailureKind::OutcomeRejected => "outcome_rejected",
         }
     }
 }

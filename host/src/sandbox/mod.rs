@@ -279,6 +279,18 @@ pub struct Execution {
     pub log: CapturedLog,
 }
 
+impl Execution {
+    /// An attempt that failed before the guest ran.
+    pub fn failed(failure: Failure) -> Self {
+        Self {
+            result: Err(failure),
+            fuel_consumed: 0,
+            duration: Duration::ZERO,
+            log: CapturedLog::default(),
+        }
+    }
+}
+
 /// A component ready to instantiate. Cheap to clone.
 #[derive(Clone)]
 pub struct PreparedTask(TaskPre<GuestState>);

@@ -142,12 +142,34 @@ pub struct FinishedAttempt {
     pub fuel_consumed: Option<i64>,
     /// Wall time in microseconds.
     pub duration_us: Option<i64>,
-    /// Captured log lines, as a JSON array.
-    pub logs: serde_json::Value,
+    /// Captured log lines: the text of a JSON array.
+    pub logs: String,
     /// Lines dropped past the bound.
     pub logs_dropped: i64,
     /// Where the job goes.
     pub next: NextState,
+    /// Where the job goes instead if PostgreSQL refuses to store this
+    /// outcome and the attempt is recorded as failed without it (see
+    /// `worker::completer`).
+    pub next_if_refused: NextState,
+}
+
+impl FinishedAttempt {
+    /// Roughly the bytes this outcome sends to PostgreSQL, so writers can
+    /// bound a batch by size as well as by count.
+    pub fn size_bytes(&self) -> usize {
+        /// The fixed-size columns, ids and names.
+        const ROW_OVERHEAD_BYTES: usize = 256;
+        let output = match &self.next {
+            NextState::Succeeded { output } => output.len(),
+            _ => 0,
+        };
+        ROW_OVERHEAD_BYTES
+            + output
+            + self.logs.len()
+            + self.error_message.as_ref().map_or(0, String::len)
+            + self.worker_id.len()
+    }
 }
 
 impl Store {
@@ -220,7 +242,7 @@ impl Store {
                  SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::job_state[], $4::bytea[],
                                       $5::bigint[], $6::jsonb[], $7::int[], $8::text[],
                                       $9::timestamptz[], $10::attempt_outcome[], $11::text[],
-                                      $12::text[], $13::bigint[], $14::bigint[], $15::jsonb[],
+                                      $12::text[], $13::bigint[], $14::bigint[], $15::text[],
                                       $16::bigint[])
                       AS i(job_id, lease_token, next_state, output, retry_delay_ms, last_error,
                            attempt, worker_id, started_at, outcome, error_kind, error_message,
@@ -245,7 +267,7 @@ impl Store {
                                        outcome, error_kind, error_message, fuel_consumed,
                                        duration_us, logs, logs_dropped)
              SELECT i.job_id, i.lease_token, i.attempt, i.worker_id, i.started_at, i.outcome,
-                    i.error_kind, i.error_message, i.fuel_consumed, i.duration_us, i.logs,
+                    i.error_kind, i.error_message, i.fuel_consumed, i.duration_us, i.logs::jsonb,
                     i.logs_dropped
              FROM input i JOIN finished f ON f.id = i.job_id AND f.lease_token = i.lease_token
              RETURNING job_id, lease_token",
@@ -300,7 +322,7 @@ impl Store {
         )
         .bind(attempts.iter().map(|a| a.fuel_consumed).collect::<Vec<_>>())
         .bind(attempts.iter().map(|a| a.duration_us).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| &a.logs).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.logs.as_str()).collect::<Vec<_>>())
         .bind(attempts.iter().map(|a| a.logs_dropped).collect::<Vec<_>>())
         .fetch_all(self.pool())
         .await?;

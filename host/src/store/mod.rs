@@ -90,6 +90,38 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Whether PostgreSQL refused the values sent, rather than failing to
+    /// run the statement: a data exception (SQLSTATE class 22: a NUL in
+    /// text, a date out of range), a violated constraint (23), a size limit
+    /// (54), or a value the driver could not encode. Sending the same values
+    /// again fails again, so a caller that retries on errors must not retry
+    /// these.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(error)) => {
+                error.code().is_some_and(|code| {
+                    ["22", "23", "54"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                })
+            }
+            StoreError::Database(sqlx::Error::Encode(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE PostgreSQL answered with, if it answered with an error.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            StoreError::Database(sqlx::Error::Database(error)) => {
+                error.code().map(|code| code.into_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -74,8 +74,14 @@ impl Capacity {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         Slot {
             capacity: self.clone(),
-            _permit: permit,
+            permit: Some(permit),
         }
+    }
+
+    /// Slots free now.
+    #[cfg(test)]
+    pub(crate) fn free_slots(&self) -> usize {
+        self.slots.available_permits()
     }
 
     /// Resolves when a slot frees up.
@@ -95,20 +101,28 @@ impl Capacity {
     }
 }
 
-/// An execution slot, held while the guest runs.
+/// An execution slot, held while the guest runs. Dropping it frees it, so
+/// an attempt that ends abnormally (a panic unwinding through it) still
+/// gives its slot back.
 #[derive(Debug)]
 pub struct Slot {
     capacity: Arc<Capacity>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Slot {
     /// Frees the slot, recording how long the attempt ran.
     pub fn release(self, ran_for: Duration) {
         self.capacity.record(ran_for);
-        let capacity = self.capacity.clone();
-        drop(self);
-        capacity.changed.notify_one();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The permit goes back before the claim loop is told, so the loop
+        // sees the free slot when it looks.
+        drop(self.permit.take());
+        self.capacity.changed.notify_one();
     }
 }
 

@@ -2,26 +2,39 @@
 //!
 //! Executions hand their [`FinishedAttempt`] to the completer and free their
 //! slot at once. The completer takes everything queued (up to
-//! [`MAX_BATCH`]) and commits it with one
+//! [`MAX_BATCH`] outcomes and [`MAX_BATCH_BYTES`]) and commits it with one
 //! [`Store::finish_if_lease_matches`] statement, so under load many outcomes
 //! share a commit and when idle an outcome is written the moment it arrives.
 //! If PostgreSQL is unreachable it retries with capped exponential backoff
 //! for as long as it takes; the leases stay renewed meanwhile because the
 //! attempts stay [`InFlight`] until their write settles.
-
-use std::time::Duration;
+//!
+//! An outcome PostgreSQL refuses ([`StoreError::is_refusal`]: a value it
+//! cannot store) can never jam the writer: the batch is written again one
+//! outcome at a time, so the others go through, and the refused one is
+//! recorded as a failed attempt (`outcome_rejected`) without its output and
+//! log. Should even that be refused, it is given up: its attempt leaves
+//! [`InFlight`], so its lease lapses and the rescuer ends it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::heartbeat::InFlight;
 use crate::lease::Leases;
-use crate::store::{FinishedAttempt, NextState, Store, Transition};
+use crate::sandbox::FailureKind;
+use crate::store::{AttemptOutcome, FinishedAttempt, NextState, Store, StoreError, Transition};
 
 /// Most outcomes written in one statement.
 pub const MAX_BATCH: usize = 512;
+
+/// Most bytes of outcomes (outputs, logs, messages) written in one
+/// statement. One outcome bigger than this is written alone. Bounds the
+/// memory a batch takes while it is encoded and PostgreSQL's work per
+/// statement.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// First delay before retrying a failed write; doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -71,54 +84,225 @@ async fn write_outcomes(
     in_flight: InFlight,
     retry_scheduled: Arc<Notify>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let transitions = write_with_retry(&store, &batch).await;
-        let mut to_release = Vec::new();
-        let mut finished = 0;
-        let mut retries = false;
-        for (attempt, transition) in batch.iter().zip(transitions) {
-            let in_redis = in_flight.remove(attempt.lease);
-            match transition {
-                Transition::Applied => {
-                    finished += 1;
-                    if in_redis {
-                        to_release.push(attempt.lease);
-                    }
-                    retries |= matches!(attempt.next, NextState::Retrying { .. });
-                }
-                Transition::Stale => {
-                    metrics::counter!("taskflow_stale_outcomes_total").increment(1);
-                    tracing::warn!(
-                        job_id = %attempt.lease.job_id,
-                        lease_token = attempt.lease.lease_token,
-                        "lost the lease before the outcome was written (job rescued, cancelled or \
-                         claimed again); outcome discarded"
-                    );
-                }
-            }
+    let mut queued = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut queued, MAX_BATCH).await > 0 {
+        let mut rest = queued.as_slice();
+        while !rest.is_empty() {
+            let (batch, after) = rest.split_at(batch_len(rest));
+            let transitions = write_with_retry(&store, batch).await;
+            settle(batch, transitions, &leases, &in_flight, &retry_scheduled).await;
+            rest = after;
         }
-        if retries {
-            retry_scheduled.notify_one();
-        }
-        metrics::counter!("taskflow_attempts_finished_total").increment(finished);
-        if let Err(error) = leases.release(&to_release).await {
-            tracing::debug!(%error, "could not release leases; they expire on their own");
-        }
-        batch.clear();
+        queued.clear();
     }
 }
 
+/// How many of `outcomes` the next statement writes: as many as fit in
+/// [`MAX_BATCH_BYTES`], and at least one.
+fn batch_len(outcomes: &[FinishedAttempt]) -> usize {
+    let mut bytes = 0;
+    outcomes
+        .iter()
+        .position(|outcome| {
+            bytes += outcome.size_bytes();
+            bytes > MAX_BATCH_BYTES
+        })
+        .unwrap_or(outcomes.len())
+        .max(1)
+}
+
+/// Stops tracking written outcomes, releases their lease keys and wakes the
+/// scheduler if one of them scheduled a retry.
+async fn settle(
+    batch: &[FinishedAttempt],
+    transitions: Vec<Transition>,
+    leases: &Leases,
+    in_flight: &InFlight,
+    retry_scheduled: &Notify,
+) {
+    let mut to_release = Vec::new();
+    let mut finished = 0;
+    let mut retries = false;
+    for (attempt, transition) in batch.iter().zip(transitions) {
+        let in_redis = in_flight.remove(attempt.lease);
+        match transition {
+            Transition::Applied => {
+                finished += 1;
+                if in_redis {
+                    to_release.push(attempt.lease);
+                }
+                retries |= matches!(attempt.next, NextState::Retrying { .. });
+            }
+            Transition::Stale => {
+                metrics::counter!("taskflow_stale_outcomes_total").increment(1);
+                tracing::warn!(
+                    job_id = %attempt.lease.job_id,
+                    lease_token = attempt.lease.lease_token,
+                    "lost the lease before the outcome was written (job rescued, cancelled or \
+                     claimed again); outcome discarded"
+                );
+            }
+        }
+    }
+    if retries {
+        retry_scheduled.notify_one();
+    }
+    metrics::counter!("taskflow_attempts_finished_total").increment(finished);
+    if let Err(error) = leases.release(&to_release).await {
+        tracing::debug!(%error, "could not release leases; they expire on their own");
+    }
+}
+
+/// Writes `batch`, retrying while PostgreSQL is unreachable. A batch it
+/// refuses is written again one outcome at a time ([`write_alone`]).
 async fn write_with_retry(store: &Store, batch: &[FinishedAttempt]) -> Vec<Transition> {
+    match write_until_answered(store, batch).await {
+        Ok(transitions) => transitions,
+        Err(error) if batch.len() == 1 => vec![write_refused(store, &batch[0], &error).await],
+        Err(error) => {
+            tracing::warn!(%error, outcomes = batch.len(), "PostgreSQL refused a batch of outcomes; writing them one by one");
+            let mut transitions = Vec::with_capacity(batch.len());
+            for attempt in batch {
+                transitions.push(write_alone(store, attempt).await);
+            }
+            transitions
+        }
+    }
+}
+
+/// Writes one outcome; if PostgreSQL refuses it, records the attempt
+/// without it ([`write_refused`]).
+async fn write_alone(store: &Store, attempt: &FinishedAttempt) -> Transition {
+    match write_until_answered(store, std::slice::from_ref(attempt)).await {
+        Ok(transitions) => transitions[0],
+        Err(error) => write_refused(store, attempt, &error).await,
+    }
+}
+
+/// Records an attempt whose outcome PostgreSQL refused as failed with
+/// `outcome_rejected`, without its output and log. If that is refused too,
+/// the attempt is given up (reported `Stale`): its lease lapses and the
+/// rescuer ends it.
+async fn write_refused(store: &Store, attempt: &FinishedAttempt, error: &StoreError) -> Transition {
+    let sqlstate = error.sqlstate().unwrap_or_else(|| "none".to_owned());
+    tracing::error!(
+        job_id = %attempt.lease.job_id, lease_token = attempt.lease.lease_token, %sqlstate, %error,
+        "PostgreSQL refused an attempt's outcome; recording the attempt as failed without it"
+    );
+    metrics::counter!("taskflow_outcomes_refused_total").increment(1);
+    let recorded = without_what_was_refused(attempt, &sqlstate);
+    match write_until_answered(store, std::slice::from_ref(&recorded)).await {
+        Ok(transitions) => transitions[0],
+        Err(error) => {
+            tracing::error!(
+                job_id = %attempt.lease.job_id, lease_token = attempt.lease.lease_token, %error,
+                "PostgreSQL refused the failed attempt record too; leaving the attempt to the rescuer"
+            );
+            Transition::Stale
+        }
+    }
+}
+
+/// The record of `attempt` as failed with `outcome_rejected`: no output, no
+/// log (its lines counted as dropped), no guest message.
+fn without_what_was_refused(attempt: &FinishedAttempt, sqlstate: &str) -> FinishedAttempt {
+    let kept_lines = serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&attempt.logs)
+        .map_or(0, |lines| lines.len() as i64);
+    FinishedAttempt {
+        outcome: AttemptOutcome::Failed,
+        error_kind: Some(FailureKind::OutcomeRejected.code().to_owned()),
+        error_message: Some(format!(
+            "PostgreSQL refused to store this attempt's outcome (SQLSTATE {sqlstate}); its \
+             output, log and message were discarded and the worker's log has the details"
+        )),
+        logs: "[]".to_owned(),
+        logs_dropped: attempt.logs_dropped.saturating_add(kept_lines),
+        next: attempt.next_if_refused.clone(),
+        next_if_refused: attempt.next_if_refused.clone(),
+        worker_id: attempt.worker_id.clone(),
+        lease: attempt.lease,
+        attempt: attempt.attempt,
+        started_at: attempt.started_at,
+        fuel_consumed: attempt.fuel_consumed,
+        duration_us: attempt.duration_us,
+    }
+}
+
+/// Writes `batch` until PostgreSQL answers: retries with backoff while it is
+/// unreachable or fails for any reason but refusing the values.
+async fn write_until_answered(
+    store: &Store,
+    batch: &[FinishedAttempt],
+) -> Result<Vec<Transition>, StoreError> {
     let mut delay = FIRST_RETRY_DELAY;
     loop {
         match store.finish_if_lease_matches(batch).await {
-            Ok(transitions) => return transitions,
+            Ok(transitions) => return Ok(transitions),
+            Err(error) if error.is_refusal() => return Err(error),
             Err(error) => {
                 tracing::warn!(%error, outcomes = batch.len(), retry_in = ?delay, "cannot write outcomes; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LeaseRef;
+
+    fn outcome(output_bytes: usize) -> FinishedAttempt {
+        FinishedAttempt {
+            lease: LeaseRef {
+                job_id: uuid::Uuid::now_v7(),
+                lease_token: 1,
+            },
+            attempt: 1,
+            worker_id: "w".into(),
+            started_at: chrono::Utc::now(),
+            outcome: AttemptOutcome::Succeeded,
+            error_kind: None,
+            error_message: None,
+            fuel_consumed: None,
+            duration_us: None,
+            logs: "[]".into(),
+            logs_dropped: 0,
+            next: NextState::Succeeded {
+                output: vec![0; output_bytes],
+            },
+            next_if_refused: NextState::Dead,
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_by_bytes_and_hold_at_least_one_outcome() {
+        let small: Vec<_> = (0..100).map(|_| outcome(1 << 10)).collect();
+        assert_eq!(batch_len(&small), 100);
+        let big: Vec<_> = (0..20).map(|_| outcome(1 << 20)).collect();
+        assert_eq!(
+            batch_len(&big),
+            7,
+            "8 MiB hold 7 outcomes of 1 MiB and change"
+        );
+        let huge = [outcome(MAX_BATCH_BYTES * 2), outcome(1)];
+        assert_eq!(batch_len(&huge), 1, "an outcome over the bound goes alone");
+    }
+
+    #[test]
+    fn a_refused_outcome_is_recorded_as_failed_without_what_was_refused() {
+        let mut refused = outcome(10);
+        refused.logs = r#"[{"source":"log","message":"a"},{"source":"log","message":"b"}]"#.into();
+        refused.logs_dropped = 3;
+        refused.error_message = Some("guest said \0".into());
+        let recorded = without_what_was_refused(&refused, "22021");
+        assert_eq!(recorded.outcome, AttemptOutcome::Failed);
+        assert_eq!(recorded.error_kind.as_deref(), Some("outcome_rejected"));
+        assert!(recorded.error_message.unwrap().contains("22021"));
+        assert_eq!(recorded.logs, "[]");
+        assert_eq!(recorded.logs_dropped, 5);
+        assert_eq!(recorded.next, NextState::Dead);
+        assert_eq!(recorded.lease, refused.lease);
     }
 }

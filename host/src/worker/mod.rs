@@ -23,9 +23,12 @@ pub mod capacity;
 pub mod completer;
 pub mod heartbeat;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,9 +41,10 @@ use crate::backoff;
 use crate::config::{JobLimits, RetryPolicy, WorkerConfig};
 use crate::lease::{Leases, Redis, WakeupListener};
 use crate::sandbox::{
-    Attempt, AttemptLimits, Execution, JobContext, RunGrant, Sandbox, SandboxConfig,
+    Attempt, AttemptLimits, Execution, Failure, FailureKind, JobContext, RunGrant, Sandbox,
+    SandboxConfig,
 };
-use crate::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, NextState, Store};
+use crate::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, LeaseRef, NextState, Store};
 
 /// Prepared components a worker keeps in memory.
 const MEMORY_CACHE_CAPACITY: usize = 256;
@@ -233,15 +237,16 @@ impl Worker {
             let capacity = capacity.clone();
             attempts.spawn(async move {
                 let slot = capacity.slot().await;
-                let finished = worker.execute(job, grant, slot).await;
+                let identity = AttemptIdentity::of(&job);
+                let execution = worker.execute(job, grant, slot);
+                let finished = settle_attempt(&worker.id, &worker.retry, identity, execution).await;
                 completer.submit(finished);
             });
         }
     }
 
-    /// Runs one attempt and turns its execution into the outcome to write.
-    /// The slot is released as soon as the guest is done.
-    async fn execute(&self, job: ClaimedJob, grant: Arc<RunGrant>, slot: Slot) -> FinishedAttempt {
+    /// Runs one attempt. The slot is released as soon as the guest is done.
+    async fn execute(&self, mut job: ClaimedJob, grant: Arc<RunGrant>, slot: Slot) -> Execution {
         let give_up_at = Instant::now() + Duration::from_millis(job.timeout_ms as u64);
         let prepared = self
             .sandbox
@@ -253,7 +258,7 @@ impl Worker {
         let execution = match prepared {
             Ok((task, _source)) => {
                 let attempt = Attempt {
-                    input: job.input.clone(),
+                    input: std::mem::take(&mut job.input),
                     context: JobContext {
                         job_id: job.id.to_string(),
                         attempt: (job.attempt - job.attempt_base) as u32,
@@ -284,16 +289,77 @@ impl Worker {
                 );
                 execution
             }
-            Err(failure) => Execution {
-                result: Err(failure),
-                fuel_consumed: 0,
-                duration: Duration::ZERO,
-                log: Default::default(),
-            },
+            Err(failure) => Execution::failed(failure),
         };
         slot.release(execution.duration);
-        finished_attempt(&self.id, &self.retry, &job, execution)
+        execution
     }
+}
+
+/// What the outcome record of an attempt needs to know of its job, kept
+/// apart from the job so the record can be written even if running it
+/// panicked.
+#[derive(Debug, Clone, Copy)]
+struct AttemptIdentity {
+    lease: LeaseRef,
+    attempt: i32,
+    attempts_used: u32,
+    max_attempts: u32,
+    started_at: DateTime<Utc>,
+}
+
+impl AttemptIdentity {
+    fn of(job: &ClaimedJob) -> Self {
+        Self {
+            lease: job.lease(),
+            attempt: job.attempt,
+            attempts_used: (job.attempt - job.attempt_base) as u32,
+            max_attempts: job.max_attempts as u32,
+            started_at: job.attempted_at,
+        }
+    }
+}
+
+/// Awaits an attempt's execution and turns it into the outcome to write.
+///
+/// A panic while running it (a bug in TaskFlow or in wasmtime, never the
+/// guest's doing) ends the attempt as failed with `host_error` instead of
+/// killing the task that runs it: otherwise the attempt would stay in
+/// [`InFlight`], its lease renewed forever, and its job `running` for good.
+/// The slot moved into the execution is freed as the panic unwinds
+/// ([`Slot`]'s `Drop`).
+async fn settle_attempt(
+    worker_id: &str,
+    retry: &RetryPolicy,
+    identity: AttemptIdentity,
+    execution: impl Future<Output = Execution>,
+) -> FinishedAttempt {
+    let execution = match AssertUnwindSafe(execution).catch_unwind().await {
+        Ok(execution) => execution,
+        Err(panic) => {
+            let message = panic_text(&*panic);
+            tracing::error!(
+                job_id = %identity.lease.job_id, lease_token = identity.lease.lease_token,
+                panic = %message, "an attempt panicked in the worker; recording it as failed"
+            );
+            Execution::failed(Failure::new(
+                FailureKind::HostError,
+                format!(
+                    "the worker failed while running this attempt ({message}); it will be retried"
+                ),
+            ))
+        }
+    };
+    finished_attempt(worker_id, retry, &identity, execution)
+}
+
+/// The message a panic carried.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// First delay before retrying a failed module fetch; doubles up to
@@ -328,13 +394,22 @@ async fn fetch_module(
     }
 }
 
-/// The outcome record of `job`'s attempt.
+/// The outcome record of an attempt.
 fn finished_attempt(
     worker_id: &str,
     retry: &RetryPolicy,
-    job: &ClaimedJob,
+    identity: &AttemptIdentity,
     execution: Execution,
 ) -> FinishedAttempt {
+    let after_failure = |retryable| {
+        backoff::after_failure(
+            retry,
+            identity.lease.job_id,
+            identity.attempts_used,
+            identity.max_attempts,
+            retryable,
+        )
+    };
     let (outcome, next, error) = match execution.result {
         Ok(output) => (
             AttemptOutcome::Succeeded,
@@ -342,36 +417,78 @@ fn finished_attempt(
             None,
         ),
         Err(failure) => {
-            let next = backoff::after_failure(
-                retry,
-                job.id,
-                (job.attempt - job.attempt_base) as u32,
-                job.max_attempts as u32,
-                failure.retryable,
-            );
             metrics::counter!("taskflow_attempts_failed_total", "kind" => failure.kind.code())
                 .increment(1);
-            (AttemptOutcome::Failed, next, Some(failure))
+            (
+                AttemptOutcome::Failed,
+                after_failure(failure.retryable),
+                Some(failure),
+            )
         }
     };
     FinishedAttempt {
-        lease: job.lease(),
-        attempt: job.attempt,
+        lease: identity.lease,
+        attempt: identity.attempt,
         worker_id: worker_id.to_owned(),
-        started_at: job.attempted_at,
+        started_at: identity.started_at,
         outcome,
         error_kind: error.as_ref().map(|f| f.kind.code().to_owned()),
         error_message: error.map(|f| without_nul(&f.message)),
         fuel_consumed: Some(execution.fuel_consumed.min(i64::MAX as u64) as i64),
         duration_us: Some(execution.duration.as_micros().min(i64::MAX as u128) as i64),
-        logs: serde_json::to_value(&execution.log.lines).expect("log lines serialize"),
+        logs: serde_json::to_string(&execution.log.lines).expect("log lines serialize"),
         logs_dropped: execution.log.dropped.min(i64::MAX as u64) as i64,
         next,
+        next_if_refused: after_failure(true),
     }
 }
 
-/// PostgreSQL text and jsonb cannot hold NUL characters; a guest's message
-/// may contain them.
+/// PostgreSQL text cannot hold NUL characters; a guest's message may
+/// contain them.
 fn without_nul(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_inside_an_attempt_ends_it_as_a_host_error_and_frees_its_slot() {
+        let capacity = Capacity::new(1);
+        capacity.claimed(1);
+        let slot = capacity.slot().await;
+        assert_eq!(capacity.free_slots(), 0);
+        let identity = AttemptIdentity {
+            lease: LeaseRef {
+                job_id: uuid::Uuid::now_v7(),
+                lease_token: 7,
+            },
+            attempt: 1,
+            attempts_used: 1,
+            max_attempts: 3,
+            started_at: Utc::now(),
+        };
+        let retry = RetryPolicy {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        };
+        let panicking = async move {
+            let _slot = slot;
+            if identity.attempt > 0 {
+                panic!("boom");
+            }
+            Execution::failed(Failure::new(FailureKind::Trap, "unreachable"))
+        };
+        let finished = settle_attempt("w1", &retry, identity, panicking).await;
+        assert_eq!(finished.error_kind.as_deref(), Some("host_error"));
+        assert!(finished.error_message.unwrap().contains("boom"));
+        assert!(
+            matches!(finished.next, NextState::Retrying { .. }),
+            "retried: {:?}",
+            finished.next
+        );
+        assert_eq!(finished.lease, identity.lease);
+        assert_eq!(capacity.free_slots(), 1, "the slot came back");
+    }
 }

@@ -5,72 +5,17 @@
 
 use std::time::Duration;
 
-use sha2::Digest;
 use sqlx::PgPool;
-use taskflow::store::{
-    AttemptOutcome, ClaimedJob, FinishedAttempt, JobState, NewJob, NextState, Store, Transition,
-};
+use taskflow::store::{AttemptOutcome, JobState, NextState, Store, Transition};
 use uuid::Uuid;
+
+use crate::support::{outcome, store_with_jobs, success};
 
 const TTL: Duration = Duration::from_secs(30);
 
 async fn store_with_job(pool: PgPool) -> (Store, Uuid) {
-    let store = Store::from_pool(pool);
-    let bytes = b"not run by these tests".to_vec();
-    let hash = hex::encode(sha2::Sha256::digest(&bytes));
-    store.insert_module(&hash, &bytes).await.unwrap();
-    let id = Uuid::now_v7();
-    store
-        .insert_jobs(&[NewJob {
-            id,
-            module_hash: hash,
-            queue: "default".into(),
-            priority: 0,
-            input: b"{}".to_vec(),
-            max_attempts: 5,
-            timeout_ms: 1000,
-            fuel: 1000,
-            memory_limit_bytes: 1 << 20,
-            run_at: None,
-            idempotency_key: None,
-            request_fingerprint: None,
-        }])
-        .await
-        .unwrap();
-    (store, id)
-}
-
-fn outcome(
-    job: &ClaimedJob,
-    worker: &str,
-    outcome: AttemptOutcome,
-    next: NextState,
-) -> FinishedAttempt {
-    FinishedAttempt {
-        lease: job.lease(),
-        attempt: job.attempt,
-        worker_id: worker.into(),
-        started_at: job.attempted_at,
-        outcome,
-        error_kind: (outcome != AttemptOutcome::Succeeded).then(|| "lease_expired".into()),
-        error_message: None,
-        fuel_consumed: None,
-        duration_us: None,
-        logs: serde_json::json!([]),
-        logs_dropped: 0,
-        next,
-    }
-}
-
-fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt {
-    outcome(
-        job,
-        worker,
-        AttemptOutcome::Succeeded,
-        NextState::Succeeded {
-            output: output.to_vec(),
-        },
-    )
+    let (store, ids) = store_with_jobs(pool, 1).await;
+    (store, ids[0])
 }
 
 #[sqlx::test(migrator = "taskflow::store::MIGRATOR")]

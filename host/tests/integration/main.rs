@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod completer;
 mod execution;
 mod fencing;
 mod fuzz;

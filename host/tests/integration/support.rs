@@ -16,7 +16,7 @@ use taskflow::client::Client;
 use taskflow::config::{
     self, ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
 };
-use taskflow::store::Store;
+use taskflow::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, NewJob, NextState, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -413,4 +413,68 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.down.store(false, Ordering::Release);
     }
+}
+
+/// A store over `pool` holding `count` available jobs of one module (whose
+/// bytes are never run), for tests that play the store's statements.
+pub async fn store_with_jobs(pool: sqlx::PgPool, count: usize) -> (Store, Vec<Uuid>) {
+    use sha2::Digest;
+    let store = Store::from_pool(pool);
+    let bytes = b"not run by these tests".to_vec();
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    store.insert_module(&hash, &bytes).await.unwrap();
+    let jobs: Vec<NewJob> = (0..count)
+        .map(|_| NewJob {
+            id: Uuid::now_v7(),
+            module_hash: hash.clone(),
+            queue: "default".into(),
+            priority: 0,
+            input: b"{}".to_vec(),
+            max_attempts: 5,
+            timeout_ms: 1000,
+            fuel: 1000,
+            memory_limit_bytes: 1 << 20,
+            run_at: None,
+            idempotency_key: None,
+            request_fingerprint: None,
+        })
+        .collect();
+    store.insert_jobs(&jobs).await.unwrap();
+    (store, jobs.iter().map(|job| job.id).collect())
+}
+
+/// The outcome record of `job`'s attempt on `worker`.
+pub fn outcome(
+    job: &ClaimedJob,
+    worker: &str,
+    outcome: AttemptOutcome,
+    next: NextState,
+) -> FinishedAttempt {
+    FinishedAttempt {
+        lease: job.lease(),
+        attempt: job.attempt,
+        worker_id: worker.into(),
+        started_at: job.attempted_at,
+        outcome,
+        error_kind: (outcome != AttemptOutcome::Succeeded).then(|| "lease_expired".into()),
+        error_message: None,
+        fuel_consumed: None,
+        duration_us: None,
+        logs: "[]".into(),
+        logs_dropped: 0,
+        next,
+        next_if_refused: NextState::Dead,
+    }
+}
+
+/// A successful outcome of `job`'s attempt with `output`.
+pub fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt {
+    outcome(
+        job,
+        worker,
+        AttemptOutcome::Succeeded,
+        NextState::Succeeded {
+            output: output.to_vec(),
+        },
+    )
 }

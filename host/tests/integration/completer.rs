@@ -1,0 +1,87 @@
+//! The worker's outcome writer against a real PostgreSQL: what it does with
+//! an outcome PostgreSQL refuses to store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use taskflow::lease::{Leases, Redis};
+use taskflow::store::{JobState, NextState};
+use taskflow::worker::{Completer, InFlight};
+use uuid::Uuid;
+
+use crate::support::{redis_url, store_with_jobs, success};
+
+#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
+async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_written(
+    pool: PgPool,
+) {
+    let (store, _) = store_with_jobs(pool, 3).await;
+    let claimed = store
+        .claim_available("default", "w1", 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let redis = Redis::connect_lazy(
+        &redis_url(),
+        &format!("tftest:{}:", Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    let in_flight = InFlight::default();
+    let until = Instant::now() + Duration::from_secs(30);
+    for job in &claimed {
+        in_flight.register(job.lease(), until);
+    }
+    let (completer, writer) = Completer::spawn(
+        store.clone(),
+        Leases::new(redis, Duration::from_secs(30)),
+        in_flight.clone(),
+        Arc::default(),
+    );
+    // The middle outcome carries a NUL in a text column: PostgreSQL refuses
+    // it (SQLSTATE 22021) whichever batch it is in.
+    let mut refused = success(&claimed[1], "w1", b"lost");
+    refused.error_message = Some("a NUL \0 in text".into());
+    refused.logs = r#"[{"source":"log","message":"kept until refused"}]"#.into();
+    refused.next_if_refused = NextState::Retrying {
+        delay: Duration::from_secs(60),
+    };
+    completer.submit(success(&claimed[0], "w1", b"first"));
+    completer.submit(refused);
+    completer.submit(success(&claimed[2], "w1", b"third"));
+    drop(completer);
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the writer does not retry a refused outcome forever")
+        .unwrap();
+    assert!(in_flight.is_empty(), "every attempt is settled");
+
+    for (job, output) in [(&claimed[0], b"first"), (&claimed[2], b"third")] {
+        let detail = store.get_job(job.id).await.unwrap().unwrap();
+        assert_eq!(detail.job.state, JobState::Succeeded);
+        assert_eq!(detail.output.as_deref(), Some(&output[..]));
+    }
+    let detail = store.get_job(claimed[1].id).await.unwrap().unwrap();
+    assert_eq!(
+        detail.job.state,
+        JobState::Retrying,
+        "its fallback next state"
+    );
+    assert_eq!(detail.output, None);
+    let attempts = store.list_attempts(claimed[1].id).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].error_kind.as_deref(), Some("outcome_rejected"));
+    assert!(
+        attempts[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("22021"),
+        "{:?}",
+        attempts[0].error_message
+    );
+    assert_eq!(
+        attempts[0].logs_dropped, 1,
+        "its log line is counted, not kept"
+    );
+}
