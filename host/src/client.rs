@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::api::error::ErrorBody;
 use crate::api::types::{
-    AttemptList, JobPage, JobQuery, JobView, ModulePage, ModuleView, SubmitBatch, SubmitJob,
-    SubmittedBatch, SubmittedJob,
+    AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModulePage, ModuleView, SubmitBatch,
+    SubmitJob, SubmittedBatch, SubmittedJob,
 };
 
 /// What went wrong talking to the API.
@@ -130,10 +130,33 @@ impl Client {
             .await
     }
 
-    /// A job's finished attempts.
+    /// A page of a job's finished attempts.
+    pub async fn attempts_page(
+        &self,
+        id: Uuid,
+        query: &AttemptQuery,
+    ) -> Result<AttemptList, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/jobs/{id}/attempts")))
+                .query(query),
+        )
+        .await
+    }
+
+    /// Every finished attempt of a job, following the pages.
     pub async fn attempts(&self, id: Uuid) -> Result<AttemptList, ClientError> {
-        self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/attempts"))))
-            .await
+        let mut all = self.attempts_page(id, &AttemptQuery::default()).await?;
+        while let Some(cursor) = all.next_cursor.take() {
+            let query = AttemptQuery {
+                cursor: Some(cursor),
+                ..AttemptQuery::default()
+            };
+            let page = self.attempts_page(id, &query).await?;
+            all.attempts.extend(page.attempts);
+            all.next_cursor = page.next_cursor;
+        }
+        Ok(all)
     }
 
     /// Cancels a job.

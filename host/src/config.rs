@@ -166,6 +166,9 @@ impl JobLimits {
             (1..=self.max_attempts_limit).contains(&self.default_max_attempts),
             || "--default-max-attempts must be between 1 and --max-attempts-limit".into(),
         )?;
+        check(self.max_attempts_limit <= i32::MAX as u32, || {
+            "--max-attempts-limit must fit in a signed 32-bit integer".into()
+        })?;
         check(
             !self.default_timeout.is_zero() && self.default_timeout <= self.max_timeout,
             || "--default-timeout must be positive and at most --max-timeout".into(),
@@ -240,7 +243,8 @@ impl LeaseConfig {
 /// The control plane.
 #[derive(Debug, Clone, Args)]
 pub struct ApiConfig {
-    /// Address the REST API listens on.
+    /// Address the REST API listens on. Without API tokens it must be a
+    /// loopback address, unless `--insecure-no-auth` says otherwise.
     #[arg(long, env = "TASKFLOW_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
@@ -250,16 +254,60 @@ pub struct ApiConfig {
     #[arg(long, env = "TASKFLOW_COMPILE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub compile_timeout: Duration,
 
-    /// Most module uploads compiled at the same time; further uploads wait.
+    /// Most module uploads compiled at the same time.
     #[arg(long, env = "TASKFLOW_MAX_CONCURRENT_COMPILES", default_value_t = 2)]
     pub max_concurrent_compiles: usize,
+
+    /// Most uploads waiting for a compile slot. An upload takes its place in
+    /// this queue before its body is read, so waiting uploads cost no
+    /// memory beyond the queue; one more gets 503 with `Retry-After`.
+    #[arg(long, env = "TASKFLOW_MAX_QUEUED_UPLOADS", default_value_t = 8)]
+    pub max_queued_uploads: usize,
 
     /// SHA-256 (hex) of each accepted API token, comma-separated; make one
     /// with `taskflow token create`. Every `/v1` route then requires
     /// `Authorization: Bearer <token>`. Empty: the API is open to anyone who
-    /// can reach it (a warning is logged at startup).
+    /// can reach it, which `taskflow api` allows only on a loopback address
+    /// or with `--insecure-no-auth`.
     #[arg(long, env = "TASKFLOW_API_TOKEN_SHA256", value_delimiter = ',')]
     pub api_token_sha256: Vec<String>,
+
+    /// Serve an API without tokens on a non-loopback address, so that anyone
+    /// who can reach it may upload and run code. Only for networks where
+    /// every client is trusted.
+    #[arg(long, env = "TASKFLOW_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Most client connections open at once. Further connections wait in
+    /// the listen backlog until one closes, so a crowd of idle clients
+    /// cannot exhaust the process's file descriptors (which its database
+    /// and Redis connections need too). Too low and busy clients queue;
+    /// too high and the process runs out of descriptors first.
+    #[arg(long, env = "TASKFLOW_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Longest a connection may go without sending a complete request head:
+    /// a new connection from its opening, a kept-alive one from the end of
+    /// its previous response. Idle and half-open connections are closed
+    /// after this, so they cannot hold connection slots for long.
+    #[arg(long, env = "TASKFLOW_REQUEST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_header_timeout: Duration,
+
+    /// Longest time to receive a request's whole body, and to wait for room
+    /// in the in-flight budget (`--max-request-bytes-in-flight`) before
+    /// reading it. A slower upload gets 408; raise it for big modules on
+    /// slow links.
+    #[arg(long, env = "TASKFLOW_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub request_body_timeout: Duration,
+
+    /// Most memory request bodies may hold at once, in bytes, summed over
+    /// every request in flight. Each request reserves its body size (times
+    /// what parsing adds: four for JSON, one for an upload) before reading
+    /// it, and waits for room; so N parallel maximum-size requests cost at
+    /// most this much. A request bigger than the whole budget waits until it
+    /// is alone.
+    #[arg(long, env = "TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", default_value_t = 512 << 20)]
+    pub max_request_bytes_in_flight: usize,
 }
 
 impl ApiConfig {
@@ -268,6 +316,13 @@ impl ApiConfig {
         check(self.max_concurrent_compiles >= 1, || {
             "--max-concurrent-compiles must be at least 1".into()
         })?;
+        check(self.max_connections >= 1, || {
+            "--max-connections must be at least 1".into()
+        })?;
+        check(
+            !self.request_header_timeout.is_zero() && !self.request_body_timeout.is_zero(),
+            || "--request-header-timeout and --request-body-timeout must be positive".into(),
+        )?;
         crate::api::auth::TokenHashes::parse(&self.api_token_sha256)
             .map(drop)
             .map_err(|error| ConfigError(error.to_string()))

@@ -12,10 +12,13 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::HeaderValue;
+use axum::http::header::{AUTHORIZATION, CONNECTION, WWW_AUTHENTICATE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use sha2::{Digest, Sha256};
 
 use super::ApiError;
@@ -72,18 +75,19 @@ pub fn create_token() -> (String, String) {
     (token, hash)
 }
 
-/// Most bytes of a refused request's body read before answering 401.
+/// Most bytes of a refused request's body read and thrown away before the
+/// 401, and the longest time spent on it.
 ///
-/// A client writes its whole body before it reads the answer. If the server
-/// answered without reading the body and closed the connection, a client
-/// uploading a module with a wrong token would see a broken pipe instead of
-/// the 401. Reading (and discarding) the body fixes that; the cap bounds
-/// what a stranger can make the server read per request. A bigger body is
-/// cut off unread, as before.
-const REFUSED_BODY_READ_BYTES: usize = 16 << 20;
+/// A client writes its whole body before it reads the answer; a server that
+/// answers and closes while the body is still arriving makes the client see
+/// a broken pipe instead of the 401. So a small body is read, a chunk at a
+/// time, and discarded (never held: a stranger costs no memory), then the
+/// connection is closed. A body beyond these bounds is cut off unread.
+const REFUSED_BODY_DRAIN_BYTES: usize = 1 << 20;
+const REFUSED_BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Middleware: lets the request through if auth is off or it carries an
-/// accepted bearer token; answers 401 otherwise.
+/// accepted bearer token; answers 401 and closes the connection otherwise.
 pub async fn require_token(
     State(tokens): State<TokenHashes>,
     request: Request,
@@ -100,19 +104,35 @@ pub async fn require_token(
     match presented {
         Some(token) if tokens.accepts(token) => next.run(request).await,
         _ => {
-            let _ = axum::body::to_bytes(request.into_body(), REFUSED_BODY_READ_BYTES).await;
+            discard_body(request.into_body()).await;
             let mut response = ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "send a valid API token as `Authorization: Bearer <token>`",
             )
             .into_response();
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, "Bearer".parse().expect("a valid header"));
+            let headers = response.headers_mut();
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
             response
         }
     }
+}
+
+/// Reads and drops up to [`REFUSED_BODY_DRAIN_BYTES`] of `body`, for at most
+/// [`REFUSED_BODY_DRAIN_TIME`], one frame at a time.
+async fn discard_body(body: Body) {
+    let mut body = body.into_data_stream();
+    let mut read = 0;
+    let drain = async {
+        while read < REFUSED_BODY_DRAIN_BYTES {
+            match body.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, drain).await;
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! leaks internals: the details go to the server log.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for humans.
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after_secs: Option<u32>,
 }
 
 /// The JSON body of an error response.
@@ -47,6 +49,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// 503 `busy`: the server is at a limit it enforces on purpose (uploads
+    /// queued, request memory held); retrying in a second may succeed.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_secs: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
         }
     }
 
@@ -90,44 +102,6 @@ impl ApiError {
              that a retried submission can never create a second job)",
         )
     }
-
-    /// Maps a rejected request body.
-    pub fn from_body_rejection(rejection: BytesRejection, limit: usize) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::too_large(
-                "body_too_large",
-                format!("the request body is over the limit of {limit} bytes"),
-            );
-        }
-        Self::new(rejection.status(), "bad_body", rejection.body_text())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::JsonDataError(error) => {
-                Self::bad_request("invalid_field", error.body_text())
-            }
-            JsonRejection::JsonSyntaxError(error) => {
-                Self::bad_request("invalid_json", error.body_text())
-            }
-            JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as JSON with `Content-Type: application/json`",
-            ),
-            JsonRejection::BytesRejection(error)
-                if error.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Self::too_large(
-                    "body_too_large",
-                    "the request body is over the server's limit",
-                )
-            }
-            other => Self::new(other.status(), "bad_body", other.body_text()),
-        }
-    }
 }
 
 impl From<PathRejection> for ApiError {
@@ -157,6 +131,14 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", error.to_string())
             }
+            StoreError::Database(_) if error.is_refusal() => Self::bad_request(
+                "invalid_value",
+                format!(
+                    "the database refused a value of this request (SQLSTATE {}); check each \
+                     field against the ranges in the API reference",
+                    error.sqlstate().unwrap_or_else(|| "none".to_owned())
+                ),
+            ),
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
             | StoreError::Database(sqlx::Error::PoolClosed) => Self::unavailable(error),
             StoreError::Database(_) | StoreError::Migration(_) => Self::internal(error),
@@ -172,6 +154,12 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

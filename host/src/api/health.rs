@@ -21,9 +21,9 @@ pub fn router() -> Router<ApiState> {
 struct Health {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    postgres: Option<String>,
+    postgres: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    redis: Option<String>,
+    redis: Option<&'static str>,
 }
 
 /// `GET /healthz`: the process is up. Checks nothing else, so an outage of a
@@ -36,11 +36,14 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-/// `GET /readyz`: PostgreSQL and Redis answer. 503 names the one that does not.
+/// `GET /readyz`: PostgreSQL and Redis answer. 503 says which one does not
+/// (`"unavailable"`); why goes to the server log, not to whoever asks (the
+/// route is open to probes, and an error's text can name hosts, users and
+/// versions).
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
     let (postgres, redis) = tokio::join!(state.store.ping(), state.redis.ping());
-    let postgres = postgres.map_or_else(|error| error.to_string(), |()| "ok".to_owned());
-    let redis = redis.map_or_else(|error| error.to_string(), |()| "ok".to_owned());
+    let postgres = dependency_status("PostgreSQL", postgres);
+    let redis = dependency_status("Redis", redis);
     let ready = postgres == "ok" && redis == "ok";
     let status = if ready {
         StatusCode::OK
@@ -53,6 +56,17 @@ async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
         redis: Some(redis),
     };
     (status, Json(body))
+}
+
+/// `"ok"`, or `"unavailable"` with the error logged.
+fn dependency_status<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(error) => {
+            tracing::warn!(%error, dependency = name, "readiness check failed");
+            "unavailable"
+        }
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.

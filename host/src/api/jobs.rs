@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -11,14 +13,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::body::{BodyLimit, JsonBody};
 use super::modules::check_hash;
 use super::types::{
-    AttemptList, BatchEntry, JobPage, JobQuery, JobView, SubmitBatch, SubmitJob, SubmittedBatch,
-    SubmittedJob,
+    AttemptList, AttemptQuery, BatchEntry, JobPage, JobQuery, JobView, SubmitBatch, SubmitJob,
+    SubmittedBatch, SubmittedJob,
 };
-use super::{
-    ApiError, ApiState, JsonBody, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit,
-};
+use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::JobLimits;
 use crate::sandbox::FailureKind;
 use crate::store::{JobFilter, JobState, LeaseRef, NewJob, Submitted, is_valid_queue_name};
@@ -34,36 +35,37 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const BODY_OVERHEAD_BYTES: usize = 64 << 10;
 
 /// Routes under `/v1/jobs`.
-pub fn router(state: &ApiState) -> Router<ApiState> {
-    let limits = &state.limits;
-    // A JSON or base64 input may take up to 4/3 of its size plus escaping;
-    // twice the input limit covers both.
-    let single_body = limits.max_input_bytes * 2 + BODY_OVERHEAD_BYTES;
-    let batch_body = single_body
-        .saturating_mul(limits.max_batch_jobs)
-        .min(limits.max_batch_request_bytes);
+pub fn router() -> Router<ApiState> {
     Router::new()
-        .route(
-            "/v1/jobs",
-            post(submit)
-                .get(list)
-                .layer(axum::extract::DefaultBodyLimit::max(single_body)),
-        )
-        .route(
-            "/v1/jobs/batch",
-            post(submit_batch).layer(axum::extract::DefaultBodyLimit::max(batch_body)),
-        )
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/batch", post(submit_batch))
         .route("/v1/jobs/{id}", get(get_one))
         .route("/v1/jobs/{id}/attempts", get(attempts))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/retry", post(retry))
 }
 
+impl BodyLimit for SubmitJob {
+    fn max_body_bytes(limits: &JobLimits) -> usize {
+        // A JSON or base64 input may take up to 4/3 of its size plus
+        // escaping; twice the input limit covers both.
+        limits.max_input_bytes.saturating_mul(2) + BODY_OVERHEAD_BYTES
+    }
+}
+
+impl BodyLimit for SubmitBatch {
+    fn max_body_bytes(limits: &JobLimits) -> usize {
+        SubmitJob::max_body_bytes(limits)
+            .saturating_mul(limits.max_batch_jobs)
+            .min(limits.max_batch_request_bytes)
+    }
+}
+
 /// `POST /v1/jobs`: 201 with the new job, or 200 with the original job when
 /// its idempotency key was seen before.
 async fn submit(
     State(state): State<ApiState>,
-    JsonBody(request): JsonBody<SubmitJob>,
+    JsonBody(request, _reserved): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
     let job = resolve(request, &state.limits, "")?;
     let submitted = state.submitter.submit(job).await?;
@@ -84,7 +86,7 @@ async fn submit(
 /// the offending job by index (`jobs[3].fuel: …`).
 async fn submit_batch(
     State(state): State<ApiState>,
-    JsonBody(request): JsonBody<SubmitBatch>,
+    JsonBody(request, _reserved): JsonBody<SubmitBatch>,
 ) -> Result<(StatusCode, Json<SubmittedBatch>), ApiError> {
     let limit = state.limits.max_batch_jobs;
     if request.jobs.is_empty() {
@@ -148,11 +150,31 @@ pub fn resolve(request: SubmitJob, limits: &JobLimits, field: &str) -> Result<Ne
         ApiError::bad_request("invalid_field", format!("{field}{name}: {message}"))
     };
     check_hash(&format!("{field}module"), &request.module)?;
+    let input_too_large = || {
+        ApiError::too_large(
+            "input_too_large",
+            format!(
+                "{field}input: over the limit of {} bytes; store large data elsewhere and pass a \
+                 reference",
+                limits.max_input_bytes
+            ),
+        )
+    };
     let input = match (request.input, request.input_base64) {
-        (Some(json), None) => serde_json::to_vec(&json).expect("a JSON value serializes"),
-        (None, Some(encoded)) => BASE64
-            .decode(encoded.as_bytes())
-            .map_err(|error| invalid("input_base64", format!("not valid base64 ({error})")))?,
+        (Some(json), None) => match compact_json(json.text(), limits.max_input_bytes) {
+            Ok(input) => input,
+            Err(CompactError::TooLarge) => return Err(input_too_large()),
+            Err(CompactError::Invalid(error)) => return Err(invalid("input", error.to_string())),
+        },
+        (None, Some(encoded)) => {
+            // Four base64 characters hold three bytes: refuse before decoding.
+            if encoded.len() / 4 * 3 > limits.max_input_bytes + 2 {
+                return Err(input_too_large());
+            }
+            BASE64
+                .decode(encoded.as_bytes())
+                .map_err(|error| invalid("input_base64", format!("not valid base64 ({error})")))?
+        }
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "input",
@@ -168,15 +190,7 @@ pub fn resolve(request: SubmitJob, limits: &JobLimits, field: &str) -> Result<Ne
         }
     };
     if input.len() > limits.max_input_bytes {
-        return Err(ApiError::too_large(
-            "input_too_large",
-            format!(
-                "{field}input: {} bytes is over the limit of {} bytes; store large data elsewhere \
-                 and pass a reference",
-                input.len(),
-                limits.max_input_bytes
-            ),
-        ));
+        return Err(input_too_large());
     }
     let max_attempts = request.max_attempts.unwrap_or(limits.default_max_attempts);
     if !(1..=limits.max_attempts_limit).contains(&max_attempts) {
@@ -229,6 +243,14 @@ pub fn resolve(request: SubmitJob, limits: &JobLimits, field: &str) -> Result<Ne
             format!("must be 1-{MAX_IDEMPOTENCY_KEY_LEN} bytes without NUL characters"),
         ));
     }
+    if let Some(run_at) = request.run_at
+        && !(earliest_run_at()..=latest_run_at()).contains(&run_at)
+    {
+        return Err(invalid(
+            "run_at",
+            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z".into(),
+        ));
+    }
     let mut job = NewJob {
         id: Uuid::now_v7(),
         module_hash: request.module,
@@ -247,6 +269,70 @@ pub fn resolve(request: SubmitJob, limits: &JobLimits, field: &str) -> Result<Ne
         job.request_fingerprint = Some(fingerprint(&job));
     }
     Ok(job)
+}
+
+/// The earliest `run_at` accepted: PostgreSQL stores earlier times, but not
+/// all of them (none before 4713 BC), and a four-digit year is what RFC 3339
+/// promises.
+fn earliest_run_at() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).expect("0001-01-01T00:00:00Z is a valid time")
+}
+
+/// The latest `run_at` accepted (see [`earliest_run_at`]).
+fn latest_run_at() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).expect("9999-12-31T23:59:59Z is a valid time")
+}
+
+/// Why a JSON input could not be compacted.
+enum CompactError {
+    /// It is over the limit.
+    TooLarge,
+    /// It is not a JSON value serde can read (a number out of range, nesting
+    /// past serde's recursion limit).
+    Invalid(serde_json::Error),
+}
+
+/// `text` (one JSON value) without insignificant whitespace, in one
+/// streaming pass that builds no tree and stops once the result would pass
+/// `limit` bytes.
+fn compact_json(text: &str, limit: usize) -> Result<Vec<u8>, CompactError> {
+    let mut output = CappedWriter {
+        bytes: Vec::with_capacity(text.len().min(limit)),
+        limit,
+        overflowed: false,
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let transcoded = serde_transcode::transcode(
+        &mut deserializer,
+        &mut serde_json::Serializer::new(&mut output),
+    );
+    match transcoded {
+        Ok(()) => Ok(output.bytes),
+        Err(_) if output.overflowed => Err(CompactError::TooLarge),
+        Err(error) => Err(CompactError::Invalid(error)),
+    }
+}
+
+/// A `Vec<u8>` writer that refuses to grow past `limit`.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("over the limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Smallest memory limit: one 64 KiB WebAssembly page.
@@ -285,19 +371,44 @@ async fn get_one(
     Ok(Json(job.into()))
 }
 
-/// `GET /v1/jobs/{id}/attempts`: every finished attempt, oldest first.
+/// Default and largest page of `GET /v1/jobs/{id}/attempts`: an attempt
+/// carries up to `--max-log-bytes` of log, so pages are smaller than job
+/// lists.
+const ATTEMPT_PAGE_DEFAULT: u32 = 20;
+const ATTEMPT_PAGE_MAX: u32 = 100;
+
+/// `GET /v1/jobs/{id}/attempts?limit=&cursor=`: finished attempts, oldest
+/// first, keyset-paginated on the lease token.
 async fn attempts(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
+    QueryParams(query): QueryParams<AttemptQuery>,
 ) -> Result<Json<AttemptList>, ApiError> {
+    let limit = page_limit(query.limit, ATTEMPT_PAGE_DEFAULT, ATTEMPT_PAGE_MAX)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|cursor| {
+            cursor.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "cursor must be a next_cursor from a previous page",
+                )
+            })
+        })
+        .transpose()?;
     let attempts = state
         .store
-        .list_attempts(id)
+        .list_attempts(id, after, limit)
         .await?
         .ok_or_else(|| job_not_found(id))?;
+    let next_cursor = (attempts.len() as i64 == limit)
+        .then(|| attempts.last().map(|a| a.lease_token.to_string()))
+        .flatten();
     Ok(Json(AttemptList {
         job_id: id,
         attempts: attempts.into_iter().map(Into::into).collect(),
+        next_cursor,
     }))
 }
 

@@ -14,17 +14,18 @@
 //! - [`types`]: request and response bodies, shared with the CLI client
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod modules;
+pub mod serve;
 pub mod submitter;
 pub mod types;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRequest;
 use axum::extract::FromRequestParts;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,10 @@ pub struct ApiState {
     pub config: Arc<ApiConfig>,
     /// Bounds concurrent compilations of uploads.
     pub compile_slots: Arc<Semaphore>,
+    /// Places for uploads compiling or waiting to (see [`modules`]).
+    pub upload_queue: Arc<Semaphore>,
+    /// Bytes the request bodies in flight may hold (see [`body`]).
+    pub budget: body::RequestBudget,
     /// Accepted API tokens; empty means the API is open.
     pub tokens: auth::TokenHashes,
 }
@@ -66,8 +71,8 @@ pub fn router(state: ApiState) -> Router {
     // Everything but the probes sits behind the token check, unknown paths
     // included, so a stranger cannot even tell which routes exist.
     let authenticated = Router::new()
-        .merge(modules::router(&state))
-        .merge(jobs::router(&state))
+        .merge(modules::router())
+        .merge(jobs::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -81,21 +86,19 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown`, finishing requests in flight.
+/// Serves the API on `listener` until `shutdown`, finishing requests in
+/// flight, under the connection limits of its configuration
+/// ([`serve::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers are small and clients wait for them: send each at once rather
-    // than let Nagle's algorithm hold it back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = serve::ConnectionLimits {
+        max_connections: state.config.max_connections,
+        header_timeout: state.config.request_header_timeout,
+    };
+    serve::serve(listener, router(state), limits, shutdown).await
 }
 
 async fn not_found() -> ApiError {
@@ -112,11 +115,6 @@ async fn method_not_allowed() -> ApiError {
         "this route does not accept that method",
     )
 }
-
-/// A JSON body whose rejections are [`ApiError`]s.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct JsonBody<T>(pub T);
 
 /// Path parameters whose rejections are [`ApiError`]s.
 #[derive(Debug, FromRequestParts)]

@@ -2,14 +2,15 @@
 //!
 //! An upload is validated by compiling it and resolving it against the
 //! `taskflow:task` world exactly as a worker would, so a module that is
-//! accepted can run. Compilation is bounded: at most
-//! `max_concurrent_compiles` at once, each abandoned after
-//! `compile_timeout` (the compiling thread keeps its slot until it ends, so
-//! abandoned compilations cannot pile up).
+//! accepted can run. Compilation is bounded: an upload first takes a place
+//! in a queue of `max_concurrent_compiles + max_queued_uploads` (503 with
+//! `Retry-After` when it is full) before its body is read, so uploads
+//! waiting for a compile slot are few and their bodies bounded; then at
+//! most `max_concurrent_compiles` compile at once, each abandoned after
+//! `compile_timeout`.
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -21,16 +22,9 @@ use crate::sandbox::InvalidModule;
 use crate::store::is_valid_module_hash;
 
 /// Routes under `/v1/modules`.
-pub fn router(state: &ApiState) -> Router<ApiState> {
+pub fn router() -> Router<ApiState> {
     Router::new()
-        .route(
-            "/v1/modules",
-            put(upload)
-                .get(list)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    state.limits.max_module_bytes,
-                )),
-        )
+        .route("/v1/modules", put(upload).get(list))
         .route("/v1/modules/{hash}", get(get_one))
 }
 
@@ -38,10 +32,24 @@ pub fn router(state: &ApiState) -> Router<ApiState> {
 /// new, 200 when these bytes were uploaded before.
 async fn upload(
     State(state): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, Json<ModuleView>), ApiError> {
-    let limit = state.limits.max_module_bytes;
-    let bytes = body.map_err(|rejection| ApiError::from_body_rejection(rejection, limit))?;
+    let _queued = state
+        .upload_queue
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::busy("too many uploads are waiting to be compiled; retry shortly")
+        })?;
+    let (parts, body) = request.into_parts();
+    let (bytes, _reserved) = super::body::read(
+        &state.budget,
+        &parts.headers,
+        body,
+        state.limits.max_module_bytes,
+        1,
+    )
+    .await?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "empty_body",

@@ -14,7 +14,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ApiError;
-use crate::store::{NewJob, Store, StoreError, StoreResult, Submitted};
+use crate::store::{LARGE_STATEMENT_BYTES, NewJob, Store, StoreError, StoreResult, Submitted};
 
 /// Most submissions written by one statement.
 const MAX_GROUP: usize = 256;
@@ -84,15 +84,34 @@ impl Writer {
     async fn write(&mut self, group: &mut Vec<(NewJob, Reply)>) {
         let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = group.drain(..).unzip();
         metrics::histogram!("taskflow_submit_group_size").record(jobs.len() as f64);
-        let results = self.insert(&jobs).await;
+        let results = match self.insert(&jobs).await {
+            Err(error) if error.is_refusal() && jobs.len() > 1 => {
+                // Submissions are validated against what PostgreSQL can
+                // store; should one still be refused, it must fail alone, not
+                // every request grouped with it.
+                tracing::warn!(%error, jobs = jobs.len(), "PostgreSQL refused a group of submissions; inserting them one by one");
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    results.push(self.insert_one(job).await);
+                }
+                Ok(results)
+            }
+            results => results,
+        };
         let connection_suspect = match &results {
             Ok(results) => results
                 .iter()
                 .any(|r| matches!(r, Err(e) if is_database_failure(e))),
-            Err(_) => true,
+            Err(error) => !error.is_refusal(),
         };
-        if connection_suspect {
-            self.connection = None;
+        let large = jobs.iter().map(NewJob::size_bytes).sum::<usize>() > LARGE_STATEMENT_BYTES;
+        if let Some(mut connection) = self.connection.take_if(|_| connection_suspect || large) {
+            // A broken connection is replaced by the pool; one that carried
+            // a large group would keep buffers that large (see
+            // `LARGE_STATEMENT_BYTES`).
+            if large {
+                connection.close_on_drop();
+            }
         }
         match results {
             Ok(results) => {
@@ -109,6 +128,11 @@ impl Writer {
         }
     }
 
+    async fn insert_one(&mut self, job: &NewJob) -> StoreResult<Submitted> {
+        let mut results = self.insert(std::slice::from_ref(job)).await?;
+        results.pop().expect("one result per job")
+    }
+
     async fn insert(&mut self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<Submitted>>> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
@@ -121,5 +145,5 @@ impl Writer {
 /// Whether an error says the connection may be unusable, rather than
 /// something about the submission.
 fn is_database_failure(error: &StoreError) -> bool {
-    matches!(error, StoreError::Database(_) | StoreError::Unavailable(_))
+    matches!(error, StoreError::Database(_) | StoreError::Unavailable(_)) && !error.is_refusal()
 }

@@ -16,9 +16,9 @@ use crate::store::{AttemptOutcome, AttemptRecord, JobDetail, JobRecord, JobState
 pub struct SubmitJob {
     /// SHA-256 (hex) of an uploaded module.
     pub module: String,
-    /// Input as JSON; the task receives its UTF-8 encoding.
+    /// Input as JSON; the task receives its UTF-8 encoding, compacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<serde_json::Value>,
+    pub input: Option<JsonInput>,
     /// Input as raw bytes, base64-encoded; for binary payloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
@@ -47,6 +47,41 @@ pub struct SubmitJob {
     /// returns the original job instead of creating another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// A job's input as JSON text, kept as the client sent it: the server checks
+/// its size and compacts it in one streaming pass (`api::jobs::resolve`)
+/// without ever building a tree of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonInput(Box<serde_json::value::RawValue>);
+
+impl JsonInput {
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parses JSON text.
+    ///
+    /// # Errors
+    ///
+    /// If `text` is not one JSON value.
+    pub fn parse(text: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(text).map(Self)
+    }
+}
+
+impl From<serde_json::Value> for JsonInput {
+    fn from(value: serde_json::Value) -> Self {
+        Self(serde_json::value::to_raw_value(&value).expect("a JSON value serializes"))
+    }
+}
+
+impl PartialEq for JsonInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
 }
 
 /// `POST /v1/jobs/batch`: many jobs, inserted in one transaction.
@@ -286,7 +321,7 @@ impl From<AttemptRecord> for AttemptView {
     }
 }
 
-/// `GET /v1/jobs/{id}/attempts`.
+/// `GET /v1/jobs/{id}/attempts`: a page of attempts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptList {
     /// The job.
@@ -294,6 +329,20 @@ pub struct AttemptList {
     /// Its finished attempts, oldest first. A running attempt appears once
     /// it ends; the job itself shows it meanwhile.
     pub attempts: Vec<AttemptView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/jobs/{id}/attempts`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptQuery {
+    /// Page size (default 20, at most 100: an attempt carries up to
+    /// `--max-log-bytes` of log).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// A module as the API shows it.

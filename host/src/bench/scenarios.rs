@@ -35,7 +35,7 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
 fn job(module: &str) -> SubmitJob {
     SubmitJob {
         module: module.to_owned(),
-        input: Some(json!({})),
+        input: Some(json!({}).into()),
         ..SubmitJob::default()
     }
 }
@@ -467,14 +467,14 @@ async fn cpu(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
         deployment
             .client
             .submit(&SubmitJob {
-                input: Some(render.clone()),
+                input: Some(render.clone().into()),
                 ..job(&module)
             })
             .await?;
         wait_succeeded(&deployment.store, 1, "warming up").await?;
         let jobs = vec![
             SubmitJob {
-                input: Some(render),
+                input: Some(render.into()),
                 ..job(&module)
             };
             count

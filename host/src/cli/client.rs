@@ -180,7 +180,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
-        (None, None) => request.input = Some(serde_json::Value::Null),
+        (None, None) => request.input = Some(serde_json::Value::Null.into()),
     }
     let client = args.client.client();
     let submitted = client.submit(&request).await?;

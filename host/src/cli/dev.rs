@@ -115,7 +115,7 @@ async fn demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
     let submitted = client
         .submit(&SubmitJob {
             module: module.hash.clone(),
-            input: Some(serde_json::json!({ "name": "TaskFlow" })),
+            input: Some(serde_json::json!({ "name": "TaskFlow" }).into()),
             ..SubmitJob::default()
         })
         .await?;

@@ -86,7 +86,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(input));
         }
-        (None, None) => request.input = Some(serde_json::Value::Null),
+        (None, None) => request.input = Some(serde_json::Value::Null.into()),
     }
     let job = resolve(request, &args.limits, "").map_err(|error| anyhow::anyhow!(error.message))?;
 

@@ -96,6 +96,13 @@ pub fn api_state(
         submitter: crate::api::submitter::Submitter::spawn(backends.store.clone()),
         sandbox,
         compile_slots: Arc::new(Semaphore::new(config.max_concurrent_compiles)),
+        upload_queue: Arc::new(Semaphore::new(
+            config.max_concurrent_compiles + config.max_queued_uploads,
+        )),
+        budget: crate::api::body::RequestBudget::new(
+            config.max_request_bytes_in_flight,
+            config.request_body_timeout,
+        ),
         tokens: TokenHashes::parse(&config.api_token_sha256)?,
         limits: Arc::new(limits),
         config: Arc::new(config),
@@ -103,6 +110,12 @@ pub fn api_state(
 }
 
 /// Binds the API's listener and serves it in a task until `shutdown`.
+///
+/// # Errors
+///
+/// If the address cannot be bound, or if it is not a loopback address while
+/// no API token is configured and `--insecure-no-auth` was not given: an
+/// open API lets anyone who reaches it upload and run code.
 pub async fn spawn_api(
     state: ApiState,
     shutdown: CancellationToken,
@@ -111,6 +124,14 @@ pub async fn spawn_api(
         .await
         .with_context(|| format!("cannot listen on {}", state.config.listen))?;
     let address = listener.local_addr()?;
+    if state.tokens.is_open() && !address.ip().is_loopback() && !state.config.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to serve an API without tokens on {address}, where anyone who can reach it \
+             could upload and run code: configure TASKFLOW_API_TOKEN_SHA256 (see `taskflow token \
+             create`), listen on a loopback address, or pass --insecure-no-auth if every client \
+             on that network is trusted"
+        );
+    }
     Ok((address, tokio::spawn(api::serve(listener, state, shutdown))))
 }
 

@@ -229,6 +229,9 @@ impl Store {
             return Ok(Vec::new());
         }
         super::statement("finish_if_lease_matches");
+        let mut connection = self
+            .connection_for(attempts.iter().map(FinishedAttempt::size_bytes).sum())
+            .await?;
         let last_errors: Vec<Option<serde_json::Value>> = attempts
             .iter()
             .map(|a| {
@@ -324,7 +327,7 @@ impl Store {
         .bind(attempts.iter().map(|a| a.duration_us).collect::<Vec<_>>())
         .bind(attempts.iter().map(|a| a.logs.as_str()).collect::<Vec<_>>())
         .bind(attempts.iter().map(|a| a.logs_dropped).collect::<Vec<_>>())
-        .fetch_all(self.pool())
+        .fetch_all(&mut *connection)
         .await?;
         Ok(attempts
             .iter()

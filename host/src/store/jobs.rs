@@ -156,6 +156,17 @@ struct Inserted {
 }
 
 impl NewJob {
+    /// Roughly the bytes this job sends to PostgreSQL.
+    pub fn size_bytes(&self) -> usize {
+        /// Its fixed-size columns.
+        const ROW_OVERHEAD_BYTES: usize = 128;
+        ROW_OVERHEAD_BYTES
+            + self.input.len()
+            + self.module_hash.len()
+            + self.queue.len()
+            + self.idempotency_key.as_ref().map_or(0, String::len)
+    }
+
     /// The record of this job as it was just inserted.
     fn record(&self, inserted: Inserted) -> JobRecord {
         JobRecord {
@@ -269,14 +280,16 @@ impl Store {
     /// A single job is one statement, one round trip and one commit; several
     /// are inserted in a transaction, so that one failure undoes the rest.
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<Submitted>> {
+        let mut connection = self
+            .connection_for(jobs.iter().map(NewJob::size_bytes).sum())
+            .await?;
         if jobs.len() == 1 {
-            let mut connection = self.pool().acquire().await?;
             return all_or_error(
                 self.insert_jobs_independently(&mut connection, jobs)
                     .await?,
             );
         }
-        let mut tx = self.pool().begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
         let submitted = all_or_error(self.insert_jobs_independently(&mut tx, jobs).await?)?;
         tx.commit().await?;
         Ok(submitted)
@@ -466,9 +479,15 @@ impl Store {
             .await?)
     }
 
-    /// Every finished attempt of a job, oldest first, or `None` if no job
-    /// has this id.
-    pub async fn list_attempts(&self, id: Uuid) -> StoreResult<Option<Vec<AttemptRecord>>> {
+    /// A page of a job's finished attempts, oldest first: up to `limit`
+    /// after the attempt holding `after_lease_token` (from the first when
+    /// `None`). `None` if no job has this id.
+    pub async fn list_attempts(
+        &self,
+        id: Uuid,
+        after_lease_token: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Option<Vec<AttemptRecord>>> {
         super::statement("list_attempts");
         let mut tx = self.pool().begin().await?;
         let exists =
@@ -482,9 +501,14 @@ impl Store {
         let attempts = sqlx::query_as::<_, AttemptRecord>(
             "SELECT attempt, lease_token, worker_id, started_at, finished_at, outcome,
                     error_kind, error_message, fuel_consumed, duration_us, logs, logs_dropped
-             FROM job_attempts WHERE job_id = $1 ORDER BY lease_token",
+             FROM job_attempts
+             WHERE job_id = $1 AND ($2::bigint IS NULL OR lease_token > $2)
+             ORDER BY lease_token
+             LIMIT $3",
         )
         .bind(id)
+        .bind(after_lease_token)
+        .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

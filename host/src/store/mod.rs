@@ -21,8 +21,9 @@ pub mod state;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef, NextState, RunningLease};
@@ -129,6 +130,16 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// the binary so a deployed `taskflow` can migrate its own database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Bytes of one statement's parameters above which the connection that
+/// carried it is closed after use instead of returning to the pool.
+///
+/// A connection keeps its buffers at the size of the largest message it has
+/// sent or received, so a pool whose connections each once carried a big
+/// batch (a 64 MiB job batch, a worker's batch of large outputs) would hold
+/// that much memory per connection for good. Reconnecting costs a few
+/// milliseconds, next to the seconds such a statement takes.
+pub const LARGE_STATEMENT_BYTES: usize = 4 << 20;
+
 /// Handle to PostgreSQL. Cheap to clone; clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -159,6 +170,17 @@ impl Store {
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A pooled connection for a statement whose parameters take `bytes`;
+    /// closed after use rather than pooled if that is more than
+    /// [`LARGE_STATEMENT_BYTES`].
+    async fn connection_for(&self, bytes: usize) -> StoreResult<PoolConnection<Postgres>> {
+        let mut connection = self.pool.acquire().await?;
+        if bytes > LARGE_STATEMENT_BYTES {
+            connection.close_on_drop();
+        }
+        Ok(connection)
     }
 
     /// Applies pending migrations. Safe to run concurrently from several

@@ -68,7 +68,11 @@ async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_wr
         "its fallback next state"
     );
     assert_eq!(detail.output, None);
-    let attempts = store.list_attempts(claimed[1].id).await.unwrap().unwrap();
+    let attempts = store
+        .list_attempts(claimed[1].id, None, 100)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].error_kind.as_deref(), Some("outcome_rejected"));
     assert!(

@@ -17,7 +17,7 @@ async fn a_failing_job_retries_on_the_documented_schedule_then_is_dead_lettered(
     let job = app
         .submit_with(SubmitJob {
             module,
-            input: Some(json!({"mode": "retryable_error", "message": "upstream busy"})),
+            input: Some(json!({"mode": "retryable_error", "message": "upstream busy"}).into()),
             max_attempts: Some(4),
             ..Default::default()
         })
@@ -82,7 +82,7 @@ async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh
     let flaky = app
         .submit_with(SubmitJob {
             module: module.clone(),
-            input: Some(json!({"mode": "fail_until", "succeed_on": 3})),
+            input: Some(json!({"mode": "fail_until", "succeed_on": 3}).into()),
             max_attempts: Some(3),
             ..Default::default()
         })
@@ -96,7 +96,7 @@ async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh
     let exhausted = app
         .submit_with(SubmitJob {
             module,
-            input: Some(json!({"mode": "fail_until", "succeed_on": 2})),
+            input: Some(json!({"mode": "fail_until", "succeed_on": 2}).into()),
             max_attempts: Some(1),
             ..Default::default()
         })
@@ -134,7 +134,7 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
     let hostile = |input: serde_json::Value, tweak: fn(&mut SubmitJob)| {
         let mut job = SubmitJob {
             module: module.clone(),
-            input: Some(input),
+            input: Some(input.into()),
             max_attempts: Some(1),
             ..Default::default()
         };
@@ -294,7 +294,9 @@ async fn a_write_beyond_what_the_stream_permits_traps_before_it_is_copied() {
         let job = app
             .submit_with(SubmitJob {
                 module: module.clone(),
-                input: Some(json!({"mode": "raw_write", "bytes": bytes, "blocking": blocking})),
+                input: Some(
+                    json!({"mode": "raw_write", "bytes": bytes, "blocking": blocking}).into(),
+                ),
                 max_attempts: Some(1),
                 ..Default::default()
             })
@@ -375,7 +377,7 @@ async fn a_crowd_of_hostile_jobs_does_not_stop_well_behaved_ones() {
         for (mode, timeout_ms) in [("spin", 500), ("allocate", 30_000), ("recurse", 30_000)] {
             let job = SubmitJob {
                 module: module.clone(),
-                input: Some(json!({"mode": mode})),
+                input: Some(json!({"mode": mode}).into()),
                 max_attempts: Some(1),
                 timeout_ms: Some(timeout_ms),
                 memory_limit_bytes: Some(16 << 20),

@@ -87,7 +87,7 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted(pool: 
     assert_eq!(job.job.state, JobState::Succeeded);
     assert_eq!(job.output.as_deref(), Some(&b"\"fresh\""[..]));
 
-    let attempts = store.list_attempts(id).await.unwrap().unwrap();
+    let attempts = store.list_attempts(id, None, 100).await.unwrap().unwrap();
     let outcomes: Vec<_> = attempts
         .iter()
         .map(|a| (a.lease_token, a.outcome))
@@ -120,7 +120,7 @@ async fn a_cancel_wins_over_a_running_attempt_that_finishes_later(pool: PgPool) 
     assert_eq!(late, [Transition::Stale]);
     let job = store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.job.state, JobState::Cancelled);
-    let attempts = store.list_attempts(id).await.unwrap().unwrap();
+    let attempts = store.list_attempts(id, None, 100).await.unwrap().unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome, AttemptOutcome::Cancelled);
 }

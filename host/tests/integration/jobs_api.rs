@@ -158,6 +158,34 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
             "invalid_field",
             "run_at",
         ),
+        // Valid RFC 3339 for chrono, out of range for PostgreSQL.
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "run_at": "-10000-01-01T00:00:00Z"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "run_at",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "run_at": "0000-12-31T23:59:59Z"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "run_at",
+        ),
+        (
+            format!(
+                r#"{{"module": "{module}", "input_base64": "{}"}}"#,
+                "A".repeat(2000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            "1000",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1e400}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "input",
+        ),
     ];
     for (body, status, code, mention) in cases {
         let (actual, response) = post_json(&app, "/v1/jobs", &body).await;
@@ -276,7 +304,7 @@ async fn binary_input_and_output_travel_as_base64() {
     let job = app
         .submit_with(SubmitJob {
             module: module.clone(),
-            input: Some(json!({"mode": "big_output", "bytes": 3})),
+            input: Some(json!({"mode": "big_output", "bytes": 3}).into()),
             ..Default::default()
         })
         .await;
@@ -314,7 +342,7 @@ async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_req
     let module = app.upload("hello").await;
     let request = SubmitJob {
         module: module.clone(),
-        input: Some(json!({"name": "once"})),
+        input: Some(json!({"name": "once"}).into()),
         idempotency_key: Some("order-42".into()),
         ..Default::default()
     };
@@ -338,7 +366,7 @@ async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_req
     );
 
     let conflicting = SubmitJob {
-        input: Some(json!({"name": "twice"})),
+        input: Some(json!({"name": "twice"}).into()),
         ..request.clone()
     };
     match app.client.submit(&conflicting).await {
@@ -378,7 +406,7 @@ async fn a_batch_is_inserted_in_one_transaction_and_listed_with_keyset_paginatio
     let jobs: Vec<SubmitJob> = (0..5)
         .map(|i| SubmitJob {
             module: module.clone(),
-            input: Some(json!({"name": format!("n{i}")})),
+            input: Some(json!({"name": format!("n{i}")}).into()),
             queue: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
             ..Default::default()
         })
@@ -440,7 +468,7 @@ async fn a_job_scheduled_for_later_waits_for_its_time() {
     let job = app
         .submit_with(SubmitJob {
             module,
-            input: Some(json!({})),
+            input: Some(json!({}).into()),
             run_at: Some(run_at),
             ..Default::default()
         })
@@ -479,7 +507,7 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
     let spinning = app
         .submit_with(SubmitJob {
             module: module.clone(),
-            input: Some(json!({"mode": "spin"})),
+            input: Some(json!({"mode": "spin"}).into()),
             timeout_ms: Some(60_000),
             fuel: Some(1_000_000_000_000),
             ..Default::default()
@@ -557,7 +585,7 @@ async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
     let first = app
         .submit_with(SubmitJob {
             module: module.clone(),
-            input: Some(input.clone()),
+            input: Some(input.clone().into()),
             idempotency_key: Some(key.into()),
             ..Default::default()
         })
@@ -566,7 +594,7 @@ async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
         .client
         .submit(&SubmitJob {
             module: module.clone(),
-            input: Some(input.clone()),
+            input: Some(input.clone().into()),
             idempotency_key: Some(key.into()),
             ..Default::default()
         })
@@ -592,5 +620,139 @@ async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
         assert!(response["error"]["message"].is_string());
     }
     assert_eq!(job_count(&app).await, 1);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_postgres_cannot_store_fails_only_its_own_submission_among_grouped_ones() {
+    let app = TestApp::start().await;
+    let module = app.upload("hello").await;
+    let requests = (0..60).map(|i| {
+        let run_at = if i % 6 == 0 {
+            "-10000-01-01T00:00:00Z"
+        } else {
+            "2030-01-01T00:00:00Z"
+        };
+        let body = format!(r#"{{"module": "{module}", "input": {i}, "run_at": "{run_at}"}}"#);
+        let app = &app;
+        async move { (i, post_json(app, "/v1/jobs", &body).await) }
+    });
+    for (i, (status, body)) in futures::future::join_all(requests).await {
+        if i % 6 == 0 {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{i}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("run_at")
+            );
+        } else {
+            assert_eq!(status, StatusCode::CREATED, "{i}: {body}");
+        }
+    }
+    assert_eq!(job_count(&app).await, 50);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
+    use taskflow::api::submitter::Submitter;
+    use taskflow::store::NewJob;
+
+    let app = TestApp::start().await;
+    let module = app.upload("hello").await;
+    let submitter = Submitter::spawn(app.store().clone());
+    // Past validation's reach: a job only the database can refuse.
+    let job = |run_at| NewJob {
+        id: uuid::Uuid::now_v7(),
+        module_hash: module.clone(),
+        queue: "default".into(),
+        priority: 0,
+        input: b"{}".to_vec(),
+        max_attempts: 1,
+        timeout_ms: 1000,
+        fuel: 1000,
+        memory_limit_bytes: 1 << 20,
+        run_at,
+        idempotency_key: None,
+        request_fingerprint: None,
+    };
+    let refused = "-10000-01-01T00:00:00Z".parse().unwrap();
+    let submissions = (0..40).map(|i| {
+        let job = job((i == 20).then_some(refused));
+        let submitter = &submitter;
+        async move { (i, submitter.submit(job).await) }
+    });
+    for (i, result) in futures::future::join_all(submissions).await {
+        match result {
+            Ok(submitted) => assert_ne!(i, 20, "{submitted:?}"),
+            Err(error) => {
+                assert_eq!(i, 20, "{error:?}");
+                assert_eq!(error.status, StatusCode::BAD_REQUEST);
+                assert_eq!(error.code, "invalid_value");
+            }
+        }
+    }
+    assert_eq!(job_count(&app).await, 39);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attempts_come_in_pages_oldest_first() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let job = app
+        .submit_with(SubmitJob {
+            module,
+            input: Some(json!({"mode": "retryable_error", "message": "again"}).into()),
+            max_attempts: Some(5),
+            ..Default::default()
+        })
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Dead);
+
+    let mut numbers = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = format!("{}/v1/jobs/{}/attempts?limit=2", app.url, job.id);
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = app
+            .http()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let attempts = page["attempts"].as_array().unwrap();
+        assert!(attempts.len() <= 2);
+        numbers.extend(attempts.iter().map(|a| a["attempt"].as_i64().unwrap()));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
+    assert_eq!(pages, 3);
+    let all = app.client.attempts(job.id).await.unwrap();
+    assert_eq!(all.attempts.len(), 5, "the client follows the pages");
+
+    for query in ["limit=0", "limit=101", "cursor=abc"] {
+        let response = app
+            .http()
+            .get(format!("{}/v1/jobs/{}/attempts?{query}", app.url, job.id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
+    worker.stop().await;
     app.finish().await;
 }

@@ -9,6 +9,7 @@ mod completer;
 mod execution;
 mod fencing;
 mod fuzz;
+mod hostile_clients;
 mod jobs_api;
 mod modules_api;
 mod plugins;

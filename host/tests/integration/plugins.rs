@@ -120,7 +120,7 @@ async fn a_task_written_in_python_runs_end_to_end() {
     let job = app
         .submit_with(SubmitJob {
             module: module.clone(),
-            input: Some(json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"})),
+            input: Some(json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"}).into()),
             memory_limit_bytes: Some(256 << 20),
             ..Default::default()
         })
@@ -142,7 +142,7 @@ async fn a_task_written_in_python_runs_end_to_end() {
     let bad = app
         .submit_with(SubmitJob {
             module,
-            input: Some(json!({"rows": []})),
+            input: Some(json!({"rows": []}).into()),
             memory_limit_bytes: Some(256 << 20),
             ..Default::default()
         })

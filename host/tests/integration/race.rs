@@ -17,7 +17,7 @@ async fn two_workers_racing_on_a_thousand_jobs_run_each_exactly_once() {
     let jobs: Vec<SubmitJob> = (0..1000)
         .map(|i| SubmitJob {
             module: module.clone(),
-            input: Some(json!({"name": format!("job {i}")})),
+            input: Some(json!({"name": format!("job {i}")}).into()),
             ..Default::default()
         })
         .collect();

@@ -84,7 +84,7 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
     let jobs: Vec<SubmitJob> = (0..200)
         .map(|_| SubmitJob {
             module: module.clone(),
-            input: Some(json!({"mode": "sleep", "ms": 15})),
+            input: Some(json!({"mode": "sleep", "ms": 15}).into()),
             ..Default::default()
         })
         .collect();
@@ -152,7 +152,7 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
     let jobs: Vec<SubmitJob> = (0..6)
         .map(|_| SubmitJob {
             module: module.clone(),
-            input: Some(json!({"mode": "sleep", "ms": 400})),
+            input: Some(json!({"mode": "sleep", "ms": 400}).into()),
             ..Default::default()
         })
         .collect();
@@ -223,7 +223,7 @@ async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_on
         .await;
     let job = SubmitJob {
         module,
-        input: Some(json!({})),
+        input: Some(json!({}).into()),
         ..Default::default()
     };
     let mut accepted = Vec::new();

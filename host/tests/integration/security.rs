@@ -57,6 +57,8 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
             assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            // A refused body is never held: the connection is closed.
+            assert_eq!(response.headers()["connection"], "close");
             bodies.insert(response.text().await.unwrap());
         }
     }
@@ -76,7 +78,7 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
     let submitted = client
         .submit(&taskflow::api::types::SubmitJob {
             module: module.hash,
-            input: Some(json!({})),
+            input: Some(json!({}).into()),
             ..Default::default()
         })
         .await

@@ -295,7 +295,7 @@ impl TestApp {
     pub async fn submit(&self, module: &str, input: Value) -> JobView {
         self.submit_with(SubmitJob {
             module: module.into(),
-            input: Some(input),
+            input: Some(input.into()),
             ..Default::default()
         })
         .await
@@ -477,4 +477,79 @@ pub fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt
             output: output.to_vec(),
         },
     )
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+/// `taskflow api` as an OS process of its own over a test's database and
+/// Redis prefix, for tests that measure the process itself (its memory, its
+/// file descriptors). Killed when dropped.
+pub struct ApiProcess {
+    child: std::process::Child,
+    pub url: String,
+    pub client: Client,
+}
+
+impl TestApp {
+    /// Starts `taskflow api` with the test's connections and `env` on top.
+    pub async fn api_process(&self, env: &[(&str, &str)]) -> ApiProcess {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"));
+        command
+            .arg("api")
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", &self.connections.redis_url)
+            .env("TASKFLOW_REDIS_PREFIX", &self.connections.redis_prefix)
+            .env("TASKFLOW_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let process = ApiProcess {
+            child: command.spawn().expect("the taskflow binary starts"),
+            client: Client::new(&url),
+            url,
+        };
+        eventually(Duration::from_secs(30), || async {
+            process.client.list_modules(Some(1), None).await.ok()
+        })
+        .await;
+        process
+    }
+}
+
+impl ApiProcess {
+    /// The process's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the API process is alive");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+            * 1024
+    }
+
+    /// File descriptors the process has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the API process is alive")
+            .count()
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

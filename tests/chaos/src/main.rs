@@ -219,7 +219,7 @@ async fn submit_all(client: Client, module: String, count: usize) -> (Vec<Uuid>,
                     }
                     let job = SubmitJob {
                         module: module.clone(),
-                        input: Some(json!({"mode": "sleep", "ms": 30 + (i * 37) % 170})),
+                        input: Some(json!({"mode": "sleep", "ms": 30 + (i * 37) % 170}).into()),
                         idempotency_key: Some(format!("chaos-{i}")),
                         max_attempts: Some(25),
                         ..SubmitJob::default()

@@ -1,0 +1,232 @@
+//! Reading request bodies under the API's limits.
+//!
+//! Every body is read here, never by axum's extractors, so that every limit
+//! holds before a byte is parsed:
+//!
+//! - **size**: a declared `Content-Length` over the route's limit is refused
+//!   at once (413), and reading stops at the limit;
+//! - **memory**: a request first reserves its body size, times what parsing
+//!   it costs, from one budget shared by every request in flight
+//!   ([`RequestBudget`], `--max-request-bytes-in-flight`), and holds it until
+//!   its response is ready; a request that finds no room waits, unread;
+//! - **time**: waiting for room and receiving the body both fall within
+//!   `--request-body-timeout` (503 while waiting for room, 408 once reading).
+//!
+//! JSON bodies ([`JsonBody`]) are then parsed straight into their request
+//! type: job inputs stay unparsed text ([`JsonInput`](super::types::JsonInput))
+//! until `jobs::resolve` has checked their size, so no request is ever turned
+//! into a `serde_json::Value` tree.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{ApiError, ApiState};
+use crate::config::JobLimits;
+
+/// What parsing a JSON request costs in memory, as a multiple of its body:
+/// the body itself, the request's strings (job inputs are kept as raw
+/// text), the compacted inputs, and their copy in the insert statement.
+pub const JSON_MEMORY_FACTOR: usize = 4;
+
+/// The bytes all requests in flight may hold.
+#[derive(Debug, Clone)]
+pub struct RequestBudget {
+    bytes: Arc<Semaphore>,
+    capacity: usize,
+    timeout: Duration,
+}
+
+/// A request's share of the [`RequestBudget`], returned when dropped.
+#[derive(Debug)]
+#[must_use = "the reservation must live as long as the request's data"]
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl RequestBudget {
+    /// A budget of `capacity` bytes; requests wait for room, and read their
+    /// body, within `timeout`.
+    pub fn new(capacity: usize, timeout: Duration) -> Self {
+        // Reservations are counted in `u32`s (`acquire_many`).
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        Self {
+            bytes: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            timeout,
+        }
+    }
+
+    /// Bytes reserved by requests in flight now.
+    pub fn reserved(&self) -> usize {
+        self.capacity - self.bytes.available_permits()
+    }
+
+    /// Reserves `bytes`, waiting up to the timeout. A request bigger than
+    /// the whole budget reserves all of it (and so waits until it is alone).
+    async fn reserve(&self, bytes: usize) -> Result<Reservation, ApiError> {
+        let wanted = bytes.clamp(1, self.capacity) as u32;
+        let permit =
+            tokio::time::timeout(self.timeout, self.bytes.clone().acquire_many_owned(wanted))
+                .await
+                .map_err(|_| {
+                    ApiError::busy("the server is holding as many request bodies as it may; retry")
+                })?
+                .map_err(ApiError::internal)?;
+        metrics::gauge!("taskflow_api_request_bytes_reserved").set(self.reserved() as f64);
+        Ok(Reservation { _permit: permit })
+    }
+}
+
+/// Reads a request body of at most `limit` bytes, holding `factor` times
+/// its size of the budget; see the [module docs](self).
+pub async fn read(
+    budget: &RequestBudget,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    factor: usize,
+) -> Result<(Bytes, Reservation), ApiError> {
+    let too_large = || {
+        ApiError::too_large(
+            "body_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let size = declared.map_or(limit, |length| length as usize);
+    let deadline = tokio::time::Instant::now() + budget.timeout;
+    let reservation = budget.reserve(size.saturating_mul(factor)).await?;
+    let collected = tokio::time::timeout_at(deadline, collect(body, size, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    budget.timeout
+                ),
+            )
+        })?;
+    match collected {
+        Ok(Some(bytes)) => Ok((bytes, reservation)),
+        Ok(None) => Err(too_large()),
+        Err(error) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("the request body could not be read: {error}"),
+        )),
+    }
+}
+
+/// The body's bytes in one buffer sized for the `expected` length (so they
+/// are copied once), or `None` once they pass `limit`.
+async fn collect(
+    mut body: Body,
+    expected: usize,
+    limit: usize,
+) -> Result<Option<Bytes>, axum::Error> {
+    let mut bytes = BytesMut::with_capacity(expected.min(limit));
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if bytes.len() + data.len() > limit {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(Some(bytes.freeze()))
+}
+
+/// Request types that say how big their JSON body may be.
+pub trait BodyLimit {
+    /// Largest body, in bytes, under `limits`.
+    fn max_body_bytes(limits: &JobLimits) -> usize;
+}
+
+/// A JSON body parsed into `T` after [`read`], with the reservation that
+/// must be held until the response is ready (bind it: `JsonBody(request,
+/// _reserved)`).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T, pub Reservation);
+
+impl<T: DeserializeOwned + BodyLimit> FromRequest<ApiState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        if !is_json(&parts.headers) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let limit = T::max_body_bytes(&state.limits);
+        let (bytes, reservation) = read(
+            &state.budget,
+            &parts.headers,
+            body,
+            limit,
+            JSON_MEMORY_FACTOR,
+        )
+        .await?;
+        Ok(JsonBody(parse_json(&bytes)?, reservation))
+    }
+}
+
+/// Parses `bytes` into `T`; a mistake is a 400 naming where it is
+/// (`jobs[3].fuel: invalid value…`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let code = if inner.is_data() {
+            "invalid_field"
+        } else {
+            "invalid_json"
+        };
+        let message = if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::bad_request(code, message)
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::bad_request("invalid_json", error.to_string()))?;
+    Ok(value)
+}
+
+/// Whether the request says its body is JSON (`application/json` or
+/// `application/*+json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
