@@ -248,19 +248,10 @@ pub struct ApiConfig {
     #[arg(long, env = "TASKFLOW_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// Longest time one module upload may spend compiling before it is
-    /// rejected. Compilation is not covered by wasmtime's denial-of-service
-    /// guarantees, so it is bounded here.
-    #[arg(long, env = "TASKFLOW_COMPILE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub compile_timeout: Duration,
-
-    /// Most module uploads compiled at the same time.
-    #[arg(long, env = "TASKFLOW_MAX_CONCURRENT_COMPILES", default_value_t = 2)]
-    pub max_concurrent_compiles: usize,
-
-    /// Most uploads waiting for a compile slot. An upload takes its place in
-    /// this queue before its body is read, so waiting uploads cost no
-    /// memory beyond the queue; one more gets 503 with `Retry-After`.
+    /// Most uploads waiting for a compile slot (`--max-concurrent-compiles`).
+    /// An upload takes its place in this queue before its body is read, so
+    /// waiting uploads hold at most this many bodies; one more gets 503 with
+    /// `Retry-After`.
     #[arg(long, env = "TASKFLOW_MAX_QUEUED_UPLOADS", default_value_t = 8)]
     pub max_queued_uploads: usize,
 
@@ -313,9 +304,6 @@ pub struct ApiConfig {
 impl ApiConfig {
     /// Rejects settings that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(self.max_concurrent_compiles >= 1, || {
-            "--max-concurrent-compiles must be at least 1".into()
-        })?;
         check(self.max_connections >= 1, || {
             "--max-connections must be at least 1".into()
         })?;
@@ -326,6 +314,75 @@ impl ApiConfig {
         crate::api::auth::TokenHashes::parse(&self.api_token_sha256)
             .map(drop)
             .map_err(|error| ConfigError(error.to_string()))
+    }
+}
+
+/// How untrusted components are compiled: uploads by the API (to check
+/// them), and each module's first use on a worker. Every compile runs in a
+/// process of its own under these limits (`sandbox/compiler.rs`), because
+/// compiling is not covered by wasmtime's denial-of-service guarantees.
+#[derive(Debug, Clone, Args)]
+pub struct CompileConfig {
+    /// Longest one compile may take; the compiler process is then killed.
+    /// An upload gets 422 `compile_timeout`; a worker fails the module's
+    /// jobs with `module_unavailable` (and remembers it for a while). A
+    /// worker's compile is optimised and slower than the API's check.
+    #[arg(long, env = "TASKFLOW_COMPILE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub compile_timeout: Duration,
+
+    /// Most memory one compile may use, in bytes (the compiler process's
+    /// `RLIMIT_DATA`: heap and private writable mappings). Too low and big
+    /// legitimate components (Python and JavaScript ones compile with a few
+    /// hundred MiB) are refused; too high and a hostile one can crowd the
+    /// machine.
+    #[arg(long, env = "TASKFLOW_COMPILE_MEMORY_LIMIT_BYTES", default_value_t = 2 << 30)]
+    pub compile_memory_limit_bytes: u64,
+
+    /// Compiles run at once in this process (each uses every core while it
+    /// runs); further ones wait for a slot.
+    #[arg(long, env = "TASKFLOW_MAX_CONCURRENT_COMPILES", default_value_t = 2)]
+    pub max_concurrent_compiles: usize,
+
+    /// The `taskflow` binary that compiles, as `taskflow compile-component`.
+    /// Default: this executable. Set it when TaskFlow is embedded in another
+    /// program.
+    #[arg(long, env = "TASKFLOW_COMPILER")]
+    pub compiler: Option<PathBuf>,
+}
+
+impl CompileConfig {
+    /// The compiler settings, with the program resolved.
+    ///
+    /// # Errors
+    ///
+    /// If a setting cannot work or the compiler program is not there.
+    pub fn compiler_config(&self) -> Result<crate::sandbox::CompilerConfig, ConfigError> {
+        check(!self.compile_timeout.is_zero(), || {
+            "--compile-timeout must be positive".into()
+        })?;
+        check(self.compile_memory_limit_bytes >= 64 << 20, || {
+            "--compile-memory-limit-bytes must be at least 64 MiB".into()
+        })?;
+        check(self.max_concurrent_compiles >= 1, || {
+            "--max-concurrent-compiles must be at least 1".into()
+        })?;
+        let program = match &self.compiler {
+            Some(program) => program.clone(),
+            None => std::env::current_exe().map_err(|error| {
+                ConfigError(format!(
+                    "cannot find this executable to compile with: {error}"
+                ))
+            })?,
+        };
+        check(program.is_file(), || {
+            format!("--compiler: {} is not a file", program.display())
+        })?;
+        Ok(crate::sandbox::CompilerConfig {
+            program,
+            timeout: self.compile_timeout,
+            memory_limit_bytes: self.compile_memory_limit_bytes,
+            max_concurrent: self.max_concurrent_compiles,
+        })
     }
 }
 
@@ -352,15 +409,14 @@ pub struct WorkerConfig {
     #[arg(long, env = "TASKFLOW_WORKER_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
-    /// Directory of compiled modules. Only TaskFlow workers write it (files
-    /// they compiled themselves, never uploaded bytes); it may be shared by
-    /// the workers of one host and must not be writable by anyone else.
-    #[arg(
-        long,
-        env = "TASKFLOW_CACHE_DIR",
-        default_value = "/var/tmp/taskflow-cache"
-    )]
-    pub cache_dir: PathBuf,
+    /// Directory of compiled modules. Only TaskFlow workers write it
+    /// (artifacts of their own compiler processes, each with a MAC; never
+    /// uploaded bytes); it may be shared by the workers of one host and
+    /// user. Its whole path must be private to this user: a worker refuses
+    /// to start otherwise (`sandbox/private_dir.rs`). Default:
+    /// `$XDG_CACHE_HOME/taskflow`, else `$HOME/.cache/taskflow`.
+    #[arg(long, env = "TASKFLOW_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 
     /// Longest a worker with free capacity waits before looking for work on
     /// its own, in case a wake-up was lost (for example while Redis was
@@ -406,6 +462,24 @@ impl WorkerConfig {
     pub fn effective_concurrency(&self) -> usize {
         self.concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    /// The configured cache directory, or the user's cache directory.
+    ///
+    /// # Errors
+    ///
+    /// If none is configured and neither `XDG_CACHE_HOME` nor `HOME` is set.
+    pub fn effective_cache_dir(&self) -> Result<PathBuf, ConfigError> {
+        let from_env = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+        self.cache_dir
+            .clone()
+            .or_else(|| from_env("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("taskflow")))
+            .or_else(|| from_env("HOME").map(|home| PathBuf::from(home).join(".cache/taskflow")))
+            .ok_or_else(|| {
+                ConfigError(
+                    "no --cache-dir given, and neither XDG_CACHE_HOME nor HOME is set".into(),
+                )
+            })
     }
 
     /// The configured worker id, or `<hostname>-<pid>`.

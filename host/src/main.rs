@@ -11,16 +11,27 @@ fn main() -> std::process::ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let cli = taskflow::cli::Cli::parse();
+    // A compiler process (started by the API or a worker) is single-minded
+    // and runs under a memory limit: no runtime, no logging.
+    if let taskflow::cli::Command::CompileComponent(args) = &cli.command {
+        return taskflow::sandbox::compiler::child_main(args.optimize, args.check_only);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("the tokio runtime starts")
-        .block_on(run())
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
 }
 
-async fn run() -> std::process::ExitCode {
+async fn run(cli: taskflow::cli::Cli) -> std::process::ExitCode {
     taskflow::telemetry::init_logging();
-    let cli = taskflow::cli::Cli::parse();
     match taskflow::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

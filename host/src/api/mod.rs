@@ -34,7 +34,7 @@ pub use error::ApiError;
 
 use crate::config::{ApiConfig, JobLimits};
 use crate::lease::{Leases, Redis, Waker};
-use crate::sandbox::Sandbox;
+use crate::sandbox::Compiler;
 use crate::store::Store;
 
 /// What every handler can reach. Cheap to clone.
@@ -50,14 +50,12 @@ pub struct ApiState {
     pub waker: Waker,
     /// Group commit of single-job submissions.
     pub submitter: submitter::Submitter,
-    /// Compiles uploads to validate them.
-    pub sandbox: Sandbox,
+    /// Compiles uploads to check them, in compiler processes.
+    pub compiler: Compiler,
     /// Limits on what clients may ask for.
     pub limits: Arc<JobLimits>,
     /// API settings.
     pub config: Arc<ApiConfig>,
-    /// Bounds concurrent compilations of uploads.
-    pub compile_slots: Arc<Semaphore>,
     /// Places for uploads compiling or waiting to (see [`modules`]).
     pub upload_queue: Arc<Semaphore>,
     /// Bytes the request bodies in flight may hold (see [`body`]).

@@ -9,7 +9,6 @@
 //! most `max_concurrent_compiles` compile at once, each abandoned after
 //! `compile_timeout`.
 
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
@@ -18,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::types::{ModulePage, ModuleQuery, ModuleView};
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
-use crate::sandbox::InvalidModule;
+use crate::sandbox::{CompileError, InvalidModule};
 use crate::store::is_valid_module_hash;
 
 /// Routes under `/v1/modules`.
@@ -60,50 +59,41 @@ async fn upload(
     if let Some(existing) = state.store.get_module(&hash).await? {
         return Ok((StatusCode::OK, Json(existing.into())));
     }
-    validate(&state, bytes.clone()).await?;
+    validate(&state, &bytes).await?;
     let record = state.store.insert_module(&hash, &bytes).await?;
     metrics::counter!("taskflow_modules_uploaded_total").increment(1);
     tracing::info!(hash = %record.hash, size_bytes = record.size_bytes, "module uploaded");
     Ok((StatusCode::CREATED, Json(record.into())))
 }
 
-/// Compiles and type-checks an upload off the async executor, bounded in
-/// concurrency and time.
-async fn validate(state: &ApiState, bytes: Bytes) -> Result<(), ApiError> {
-    let permit = state
-        .compile_slots
-        .clone()
-        .acquire_owned()
+/// Compiles and type-checks an upload in a compiler process, under the
+/// compile limits.
+async fn validate(state: &ApiState, bytes: &[u8]) -> Result<(), ApiError> {
+    state
+        .compiler
+        .check(bytes)
         .await
-        .map_err(ApiError::internal)?;
-    let sandbox = state.sandbox.clone();
-    let compile = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        sandbox.validate(&bytes).map(drop)
-    });
-    let timeout = state.config.compile_timeout;
-    match tokio::time::timeout(timeout, compile).await {
-        Err(_) => Err(ApiError::unprocessable(
-            "compile_timeout",
-            format!(
-                "the component did not compile within {timeout:?}; it is too large or too complex"
-            ),
-        )),
-        Ok(Err(join_error)) => Err(ApiError::internal(join_error)),
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(invalid))) => Err(match invalid {
-            InvalidModule::NotWasm => ApiError::bad_request("not_wasm", invalid.to_string()),
-            InvalidModule::Invalid(_) => {
-                ApiError::bad_request("invalid_component", invalid.to_string())
+        .map_err(|error| match &error {
+            CompileError::Invalid(InvalidModule::NotWasm) => {
+                ApiError::bad_request("not_wasm", error.to_string())
             }
-            InvalidModule::CoreModule => {
-                ApiError::unprocessable("core_module", invalid.to_string())
+            CompileError::Invalid(InvalidModule::Invalid(_)) => {
+                ApiError::bad_request("invalid_component", error.to_string())
             }
-            InvalidModule::WrongWorld(_) => {
-                ApiError::unprocessable("wrong_world", invalid.to_string())
+            CompileError::Invalid(InvalidModule::CoreModule) => {
+                ApiError::unprocessable("core_module", error.to_string())
             }
-        }),
-    }
+            CompileError::Invalid(InvalidModule::WrongWorld(_)) => {
+                ApiError::unprocessable("wrong_world", error.to_string())
+            }
+            CompileError::Timeout(_) => {
+                ApiError::unprocessable("compile_timeout", error.to_string())
+            }
+            CompileError::MemoryLimit(_) => {
+                ApiError::unprocessable("compile_memory_limit", error.to_string())
+            }
+            CompileError::Failed(_) => ApiError::internal(&error),
+        })
 }
 
 /// `GET /v1/modules/{hash}`.

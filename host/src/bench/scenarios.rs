@@ -351,7 +351,7 @@ fn sandbox_for(cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Sandbox>
         max_log_bytes: 64 << 10,
         cache_dir,
         memory_cache_capacity: 4,
-        optimize: true,
+        compiler: crate::config::from_env::<crate::config::CompileConfig>().compiler_config()?,
     })?)
 }
 

@@ -19,7 +19,9 @@ use super::server::{
 };
 use crate::api::types::SubmitJob;
 use crate::client::Client;
-use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig};
+use crate::config::{
+    ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
+};
 
 /// `taskflow dev`.
 #[derive(Debug, Args)]
@@ -42,6 +44,9 @@ pub struct DevArgs {
     /// Retry schedule.
     #[command(flatten)]
     pub retry: RetryPolicy,
+    /// How modules are compiled (uploads and first use).
+    #[command(flatten)]
+    pub compile: CompileConfig,
     /// Number of workers to start.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -59,7 +64,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     prepare_database(&args.connections).await?;
     let backends = Backends::connect(&args.connections, &args.lease)?;
     let shutdown = shutdown_on_signal();
-    let state = api_state(&backends, args.limits.clone(), args.api)?;
+    let state = api_state(&backends, args.limits.clone(), args.api, &args.compile)?;
     let open = state.tokens.is_open();
     let (address, api) = spawn_api(state, shutdown.clone()).await?;
     let base_id = args.worker.effective_worker_id();
@@ -71,6 +76,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             &backends,
             config,
             &args.limits,
+            &args.compile,
             args.retry.clone(),
             shutdown.clone(),
         )?);

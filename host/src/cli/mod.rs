@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
-use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig};
+use crate::config::{
+    ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
+};
 use crate::store::JobState;
 
 /// TaskFlow: run untrusted WebAssembly tasks as durable background jobs.
@@ -51,6 +53,23 @@ pub enum Command {
     /// Measure throughput and latency against a local deployment (see
     /// docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
+    /// Compile a component read on stdin, writing the artifact on stdout.
+    /// The API and workers run this in a process of its own for every
+    /// compile (`sandbox/compiler.rs`); not for direct use.
+    #[command(hide = true)]
+    CompileComponent(CompileComponentArgs),
+}
+
+/// `taskflow compile-component`.
+#[derive(Debug, Args)]
+pub struct CompileComponentArgs {
+    /// Optimise the compiled code (a worker's compile), rather than only
+    /// checking it quickly (an upload's).
+    #[arg(long)]
+    pub optimize: bool,
+    /// Write nothing: only say whether the component is valid.
+    #[arg(long)]
+    pub check_only: bool,
 }
 
 /// `taskflow token …`.
@@ -77,6 +96,9 @@ pub struct ApiArgs {
     /// Lease settings.
     #[command(flatten)]
     pub lease: LeaseConfig,
+    /// How uploads are compiled to check them.
+    #[command(flatten)]
+    pub compile: CompileConfig,
 }
 
 /// `taskflow worker`.
@@ -97,6 +119,9 @@ pub struct WorkerArgs {
     /// Retry schedule.
     #[command(flatten)]
     pub retry: RetryPolicy,
+    /// How modules are compiled on first use.
+    #[command(flatten)]
+    pub compile: CompileConfig,
 }
 
 /// `taskflow migrate`.
@@ -239,6 +264,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(command) => client::run_job(command).await,
         Command::Run(args) => run::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::CompileComponent(_) => {
+            anyhow::bail!("compile-component runs outside the async runtime (main.rs)")
+        }
         Command::Token(TokenCommand::Create) => {
             let (token, hash) = crate::api::auth::create_token();
             println!("token:  {token}\nsha256: {hash}");

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::jobs::resolve;
 use crate::api::types::SubmitJob;
-use crate::config::JobLimits;
+use crate::config::{CompileConfig, JobLimits};
 use crate::sandbox::{
     Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sandbox, SandboxConfig,
 };
@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Job limits and defaults.
     #[command(flatten)]
     pub limits: JobLimits,
+    /// How the component is compiled.
+    #[command(flatten)]
+    pub compile: CompileConfig,
 }
 
 /// The `--json` report.
@@ -97,12 +100,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_log_bytes: args.limits.max_log_bytes,
         cache_dir: None,
         memory_cache_capacity: 1,
-        optimize: true,
+        compiler: args.compile.compiler_config()?,
     })?;
-    let validator = sandbox.clone();
-    let task = tokio::task::spawn_blocking(move || validator.validate(&bytes))
-        .await?
-        .with_context(|| format!("{} cannot run on TaskFlow", args.file.display()))?;
+    let hash = job.module_hash.clone();
+    let (task, _) = sandbox
+        .prepare(&hash, async move { Ok(bytes) })
+        .await
+        .map_err(|failure| {
+            anyhow::anyhow!(
+                "{} cannot run on TaskFlow: {}",
+                args.file.display(),
+                failure.message
+            )
+        })?;
     let execution = sandbox
         .run(
             &task,

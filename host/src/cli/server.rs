@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use super::{ApiArgs, MigrateArgs, WorkerArgs};
 use crate::api::auth::TokenHashes;
 use crate::api::{self, ApiState};
-use crate::config::{ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig};
+use crate::config::{
+    ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
+};
 use crate::dispatch::{self, Rescuer, Scheduler};
 use crate::lease::{Leases, Redis, Waker};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::Compiler;
 use crate::store::Store;
 use crate::worker::Worker;
 
@@ -70,35 +72,28 @@ pub async fn prepare_database(connections: &Connections) -> anyhow::Result<Store
     Ok(store)
 }
 
-/// The API's state: its own sandbox for validating uploads, sized for
-/// `max_concurrent_compiles` and never running a guest.
+/// The API's state. Uploads are checked by unoptimised compiles in compiler
+/// processes: the checks are a worker's, and an unoptimised compile of a
+/// large component is several times faster. The API never runs a guest.
 pub fn api_state(
     backends: &Backends,
     limits: JobLimits,
     config: ApiConfig,
+    compile: &CompileConfig,
 ) -> anyhow::Result<ApiState> {
     limits.validate()?;
     config.validate()?;
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_attempts: 1,
-        max_memory_bytes: limits.max_memory_limit_bytes,
-        max_output_bytes: limits.max_output_bytes,
-        max_log_bytes: limits.max_log_bytes,
-        cache_dir: None,
-        memory_cache_capacity: 1,
-        optimize: false,
-    })?;
+    let compiler = Compiler::new(compile.compiler_config()?, false);
     Ok(ApiState {
         store: backends.store.clone(),
         redis: backends.redis.clone(),
         leases: backends.leases.clone(),
         waker: Waker::spawn(backends.redis.clone()),
         submitter: crate::api::submitter::Submitter::spawn(backends.store.clone()),
-        sandbox,
-        compile_slots: Arc::new(Semaphore::new(config.max_concurrent_compiles)),
         upload_queue: Arc::new(Semaphore::new(
-            config.max_concurrent_compiles + config.max_queued_uploads,
+            compile.max_concurrent_compiles + config.max_queued_uploads,
         )),
+        compiler,
         budget: crate::api::body::RequestBudget::new(
             config.max_request_bytes_in_flight,
             config.request_body_timeout,
@@ -141,6 +136,7 @@ pub fn spawn_worker(
     backends: &Backends,
     config: WorkerConfig,
     limits: &JobLimits,
+    compile: &CompileConfig,
     retry: RetryPolicy,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -152,6 +148,7 @@ pub fn spawn_worker(
     let worker = Worker::new(
         config,
         limits,
+        compile.compiler_config()?,
         retry.clone(),
         backends.store.clone(),
         backends.leases.clone(),
@@ -191,7 +188,7 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
     prepare_database(&args.connections).await?;
     let backends = Backends::connect(&args.connections, &args.lease)?;
-    let state = api_state(&backends, args.limits, args.api)?;
+    let state = api_state(&backends, args.limits, args.api, &args.compile)?;
     let open = state.tokens.is_open();
     let (address, server) = spawn_api(state, shutdown_on_signal()).await?;
     tracing::info!(%address, "API listening");
@@ -221,6 +218,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         &backends,
         args.worker,
         &args.limits,
+        &args.compile,
         args.retry,
         shutdown_on_signal(),
     )?

@@ -1,40 +1,65 @@
-//! Compiled components, cached per module hash in memory and on disk.
+//! Compiled components, cached per module hash in memory and on disk, and
+//! the compiles that failed lately.
 //!
-//! Compiling a component with Cranelift takes from milliseconds to seconds;
-//! instantiating a ready [`TaskPre`] (a component with its imports already
-//! resolved against the linker) takes microseconds. So each worker keeps a
-//! bounded in-memory map from module hash to `TaskPre`, and writes every
-//! component it compiles to the cache directory, so a restarted worker
-//! loads machine code instead of recompiling.
+//! Compiling a component takes from milliseconds to seconds; instantiating a
+//! ready [`TaskPre`] (a component with its imports already resolved against
+//! the linker) takes microseconds. So each worker keeps a bounded in-memory
+//! map from module hash to `TaskPre`, and writes every artifact it compiles
+//! to the cache directory, so a restarted worker loads machine code instead
+//! of recompiling. A compile that failed is remembered for
+//! [`FAILED_COMPILE_MEMORY`], so the jobs of a module that cannot compile
+//! fail at once instead of compiling it again and again.
 //!
-//! Safety of the disk cache: `Component::deserialize_file` trusts its input
-//! (it is machine code). The cache only ever holds files a TaskFlow worker
-//! wrote from components it compiled itself, in a directory created with
-//! mode 0700 (shared by the workers of one host and user, never writable by
-//! anyone else), under a subdirectory named after
-//! [`wasmtime::Engine::precompile_compatibility_hash`] so artifacts from a
-//! different wasmtime version or configuration are never loaded. Bytes a
-//! user uploaded are never deserialized: they are always compiled.
+//! Safety of the disk cache: an artifact is machine code, loaded with
+//! wasmtime's `unsafe` deserialize. So:
+//!
+//! - the cache directory must be private to the worker's user along its
+//!   whole path ([`super::private_dir`]), and it lives under a subdirectory
+//!   named after [`Engine::precompile_compatibility_hash`], so artifacts of
+//!   another wasmtime version or configuration are never loaded;
+//! - every artifact carries an HMAC-SHA256 over the module hash and the
+//!   artifact, keyed by a random key kept in the directory (mode 0600, made
+//!   by the first worker that uses it): an artifact is loaded only for the
+//!   module it was compiled from, and a file written there by anything but
+//!   a worker holding the key is refused;
+//! - bytes a user uploaded are never deserialized: they are always compiled
+//!   (in a compiler process, `compiler.rs`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::bindings::TaskPre;
 use super::guest::GuestState;
+use super::private_dir;
+
+/// How long a failed compile is remembered: its module's jobs fail at once
+/// meanwhile (`module_unavailable`). Long enough that a module that cannot
+/// compile costs one compile per worker every few minutes, not one per job;
+/// short enough that a failure due to the worker's own trouble (a machine
+/// short of memory) passes.
+pub const FAILED_COMPILE_MEMORY: Duration = Duration::from_secs(10 * 60);
+
+/// Length of the artifact key and of an artifact's MAC.
+const KEY_BYTES: usize = 32;
 
 /// Ready-to-instantiate components a worker loaded or compiled, by module hash.
 pub(super) struct ComponentCache {
     engine: Engine,
-    dir: Option<PathBuf>,
+    artifacts: Option<ArtifactDir>,
     capacity: usize,
     memory: Mutex<HashMap<String, TaskPre<GuestState>>>,
+    failures: Mutex<HashMap<String, (Instant, String)>>,
+    loading: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 /// Where a prepared component came from, for metrics and tests.
@@ -52,64 +77,35 @@ pub enum CacheSource {
 impl ComponentCache {
     /// A cache of at most `capacity` components in memory, persisting to
     /// `dir` when given.
+    ///
+    /// # Errors
+    ///
+    /// If `dir` is not private to this user ([`private_dir::ensure`]) or its
+    /// key cannot be read or made.
     pub(super) fn new(
         engine: Engine,
         dir: Option<&Path>,
         capacity: usize,
     ) -> std::io::Result<Self> {
-        let dir = match dir {
-            Some(dir) => Some(prepare_dir(&engine, dir)?),
-            None => None,
-        };
+        let artifacts = dir.map(|dir| ArtifactDir::open(&engine, dir)).transpose()?;
         Ok(Self {
             engine,
-            dir,
+            artifacts,
             capacity,
             memory: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
         })
     }
 
     /// The prepared component in memory, if loaded.
     pub(super) fn get(&self, hash: &str) -> Option<TaskPre<GuestState>> {
-        self.lock().get(hash).cloned()
-    }
-
-    /// Loads the component compiled earlier by a worker, if the disk
-    /// cache has it. Blocking.
-    pub(super) fn load_from_disk(&self, hash: &str) -> Option<Component> {
-        let path = self.path(hash)?;
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: `path` is inside the workers' private cache directory and
-        // was written by `write_to_disk` from a component a worker compiled;
-        // the directory name pins the engine's compatibility hash.
-        match unsafe { Component::deserialize_file(&self.engine, &path) } {
-            Ok(component) => Some(component),
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "discarding unreadable compiled module");
-                let _ = std::fs::remove_file(&path);
-                None
-            }
-        }
-    }
-
-    /// Compiles `bytes` after checking they hash to `hash`, and writes the
-    /// result to the disk cache. Blocking, and possibly slow.
-    pub(super) fn compile(&self, hash: &str, bytes: &[u8]) -> Result<Component, String> {
-        let actual = hex::encode(Sha256::digest(bytes));
-        if actual != hash {
-            return Err(format!("module bytes hash to {actual}, not {hash}"));
-        }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|error| format!("compiling module {hash} failed: {error:#}"))?;
-        self.write_to_disk(hash, &component);
-        Ok(component)
+        lock(&self.memory).get(hash).cloned()
     }
 
     /// Keeps a prepared component in memory, evicting another if full.
     pub(super) fn insert(&self, hash: &str, pre: TaskPre<GuestState>) {
-        let mut memory = self.lock();
+        let mut memory = lock(&self.memory);
         if memory.len() >= self.capacity && !memory.contains_key(hash) {
             // Any entry will do: a miss costs a disk load, not a compile.
             if let Some(evicted) = memory.keys().next().cloned() {
@@ -119,56 +115,208 @@ impl ComponentCache {
         memory.insert(hash.to_owned(), pre);
     }
 
-    fn path(&self, hash: &str) -> Option<PathBuf> {
-        let dir = self.dir.as_ref()?;
-        // The hash was validated as 64 hex digits before it got here; checking
-        // again keeps a bad caller from escaping the directory.
-        crate::store::is_valid_module_hash(hash).then(|| dir.join(format!("{hash}.cwasm")))
-    }
-
-    fn write_to_disk(&self, hash: &str, component: &Component) {
-        let Some(path) = self.path(hash) else { return };
-        let result = component
-            .serialize()
-            .map_err(std::io::Error::other)
-            .and_then(|code| {
-                // Write then rename, so a crash never leaves a truncated file
-                // under the final name.
-                // Unique per writer: workers of one host share the directory.
-                let temporary = path.with_extension(format!(
-                    "tmp.{}.{}",
-                    std::process::id(),
-                    uuid::Uuid::new_v4().simple()
-                ));
-                let mut file = std::fs::File::create(&temporary)?;
-                file.write_all(&code)?;
-                file.sync_all()?;
-                std::fs::rename(&temporary, &path)
-            });
-        if let Err(error) = result {
-            tracing::warn!(%error, path = %path.display(), "could not cache compiled module on disk");
+    /// Why `hash` failed to compile, if it did within
+    /// [`FAILED_COMPILE_MEMORY`].
+    pub(super) fn failure(&self, hash: &str) -> Option<String> {
+        let mut failures = lock(&self.failures);
+        match failures.get(hash) {
+            Some((at, message)) if at.elapsed() < FAILED_COMPILE_MEMORY => Some(message.clone()),
+            Some(_) => {
+                failures.remove(hash);
+                None
+            }
+            None => None,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskPre<GuestState>>> {
-        self.memory
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+    /// Remembers that `hash` failed to compile, and why.
+    pub(super) fn remember_failure(&self, hash: &str, message: &str) {
+        let mut failures = lock(&self.failures);
+        failures.retain(|_, (at, _)| at.elapsed() < FAILED_COMPILE_MEMORY);
+        failures.insert(hash.to_owned(), (Instant::now(), message.to_owned()));
+    }
+
+    /// The lock that loading or compiling `hash` takes, so concurrent misses
+    /// of one module do the work once while misses of other modules go on.
+    pub(super) fn loading(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut loading = lock(&self.loading);
+        if let Some(existing) = loading.get(hash).and_then(Weak::upgrade) {
+            return existing;
+        }
+        loading.retain(|_, lock| lock.strong_count() > 0);
+        let fresh = Arc::new(tokio::sync::Mutex::new(()));
+        loading.insert(hash.to_owned(), Arc::downgrade(&fresh));
+        fresh
+    }
+
+    /// The component a worker compiled earlier for `hash`, if the disk cache
+    /// has a genuine artifact of it. Blocking.
+    pub(super) fn load_from_disk(&self, hash: &str) -> Option<Component> {
+        let artifacts = self.artifacts.as_ref()?;
+        let artifact = artifacts.load(hash)?;
+        // SAFETY: the artifact comes from the worker's private cache
+        // directory and its MAC proves a TaskFlow worker holding the key
+        // wrote it for this module, from a compiler process's output; the
+        // directory name pins the engine's compatibility hash, and wasmtime
+        // checks it again.
+        match unsafe { Component::deserialize(&self.engine, &artifact) } {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(%error, module = hash, "discarding a compiled module that does not load");
+                artifacts.discard(hash);
+                None
+            }
+        }
+    }
+
+    /// Loads an artifact the compiler process made for `hash`, and keeps it
+    /// on disk for the next start. Blocking.
+    pub(super) fn load_compiled(&self, hash: &str, artifact: &[u8]) -> wasmtime::Result<Component> {
+        // SAFETY: `artifact` was written by a `taskflow compile-component`
+        // process of this binary (`compiler.rs`), for an engine with this
+        // engine's settings; a user's bytes never get here.
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }?;
+        if let Some(artifacts) = &self.artifacts {
+            artifacts.store(hash, artifact);
+        }
+        Ok(component)
     }
 }
 
-/// Creates `{dir}/{compatibility hash}` with owner-only permissions.
-fn prepare_dir(engine: &Engine, dir: &Path) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let mut hasher = StableHasher(Sha256::new());
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    let dir = dir.join(hex::encode(&hasher.0.finalize()[..16]));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here can be left half-changed by a panic.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The disk cache: `{dir}/{compatibility}/{module hash}.cwasm`, each file the
+/// artifact's MAC followed by the artifact.
+struct ArtifactDir {
+    dir: PathBuf,
+    key: [u8; KEY_BYTES],
+}
+
+impl ArtifactDir {
+    fn open(engine: &Engine, dir: &Path) -> std::io::Result<Self> {
+        let mut hasher = StableHasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let root = private_dir::ensure(dir)?;
+        let dir = private_dir::ensure(&root.join(hex::encode(&hasher.0.finalize()[..16])))?;
+        let key = artifact_key(&root)?;
+        Ok(Self { dir, key })
+    }
+
+    fn path(&self, hash: &str) -> Option<PathBuf> {
+        // The hash was validated as 64 hex digits before it got here; checking
+        // again keeps a bad caller from escaping the directory.
+        crate::store::is_valid_module_hash(hash).then(|| self.dir.join(format!("{hash}.cwasm")))
+    }
+
+    fn mac(&self, hash: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes a key of any length");
+        mac.update(b"taskflow artifact\0");
+        mac.update(hash.as_bytes());
+        mac
+    }
+
+    /// The artifact for `hash`, if its file is there and its MAC is right.
+    fn load(&self, hash: &str) -> Option<Vec<u8>> {
+        let path = self.path(hash)?;
+        let mut file = std::fs::read(&path).ok()?;
+        if file.len() < KEY_BYTES {
+            self.discard(hash);
+            return None;
+        }
+        let artifact = file.split_off(KEY_BYTES);
+        let mut mac = self.mac(hash);
+        mac.update(&artifact);
+        if mac.verify_slice(&file).is_err() {
+            tracing::warn!(path = %path.display(), "refusing a compiled module whose MAC does not match");
+            self.discard(hash);
+            return None;
+        }
+        Some(artifact)
+    }
+
+    /// Writes `artifact` for `hash` with its MAC. Write then rename, so a
+    /// crash never leaves a truncated file under the final name; the
+    /// temporary name is unique per writer, since workers of one host share
+    /// the directory.
+    fn store(&self, hash: &str, artifact: &[u8]) {
+        let Some(path) = self.path(hash) else { return };
+        let mut mac = self.mac(hash);
+        mac.update(artifact);
+        let temporary = path.with_extension(format!(
+            "tmp.{}.{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let written = private_file(&temporary)
+            .and_then(|mut file| {
+                file.write_all(&mac.finalize().into_bytes())?;
+                file.write_all(artifact)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            tracing::warn!(%error, path = %path.display(), "could not cache a compiled module on disk");
+        }
+    }
+
+    fn discard(&self, hash: &str) {
+        if let Some(path) = self.path(hash) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A new file only this user can read or write; fails if it exists.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The key of the cache at `root`: read from `{root}/artifact.key`, or made
+/// (random) if there is none. Written to a temporary file and linked into
+/// place, so workers starting together end up with one key.
+fn artifact_key(root: &Path) -> std::io::Result<[u8; KEY_BYTES]> {
+    let path = root.join("artifact.key");
+    if !path.exists() {
+        let mut key = [0u8; KEY_BYTES];
+        getrandom::fill(&mut key).map_err(std::io::Error::other)?;
+        let temporary = root.join(format!("artifact.key.{}", uuid::Uuid::new_v4().simple()));
+        private_file(&temporary)?.write_all(&key)?;
+        let linked = std::fs::hard_link(&temporary, &path);
+        std::fs::remove_file(&temporary)?;
+        match linked {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let metadata = std::fs::symlink_metadata(&path)?;
+    if !metadata.is_file()
+        || metadata.uid() != rustix::process::geteuid().as_raw()
+        || metadata.mode() & 0o077 != 0
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} must be a file of this user's that no one else can read (mode 0600)",
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read(&path)?.try_into().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a {KEY_BYTES}-byte key", path.display()),
+        )
+    })
 }
 
 /// A `Hasher` over SHA-256, so the directory name is the same across Rust

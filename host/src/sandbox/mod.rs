@@ -43,11 +43,14 @@
 
 pub mod capture;
 pub mod clocks;
+pub mod compiler;
 pub mod failure;
 
 mod bindings;
 mod cache;
+mod engine;
 mod guest;
+mod private_dir;
 mod streams;
 
 use std::path::PathBuf;
@@ -56,14 +59,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use wasmtime::component::{Component, Linker};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store, UpdateDeadline};
 
 pub use bindings::JobContext;
-pub use cache::CacheSource;
+pub use cache::{CacheSource, FAILED_COMPILE_MEMORY};
 pub use capture::{CapturedLog, LogLine, LogSource};
+pub use compiler::{CompileError, Compiler, CompilerConfig};
+pub use engine::InvalidModule;
 pub use failure::{Failure, FailureKind};
 
 use bindings::{TaskError, TaskPre};
@@ -79,32 +82,6 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// so a guest running wasm code is stopped by the precise epoch check and the
 /// outer timeout only catches guests blocked in a host call.
 const HOST_CALL_GRACE: Duration = Duration::from_millis(50);
-
-/// WebAssembly stack a guest may use. Deep enough for real programs; runaway
-/// recursion traps with `stack_overflow`.
-const MAX_WASM_STACK: usize = 512 << 10;
-
-/// Native stack each attempt runs on. Must exceed [`MAX_WASM_STACK`] with
-/// room for host frames: running out of the host part would abort the
-/// process instead of trapping.
-const ASYNC_STACK_SIZE: usize = 2 << 20;
-
-/// Per-component caps of the pooling allocator. A Rust component has one
-/// memory and a few core instances; components built from interpreters
-/// (Python, JavaScript) need more.
-const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
-const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
-const MAX_TABLES_PER_COMPONENT: u32 = 16;
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-
-/// Bytes at the start of each pooled memory and table kept resident between
-/// attempts: resetting them with `memset` is cheaper than returning the pages
-/// to the kernel and taking a page fault on each first touch by the next
-/// attempt. A task built with a small stack (see `.cargo/config.toml`) keeps
-/// what it touches in this window and starts twice as fast; one with Rust's
-/// default 1 MiB stack touches pages past it and gains nothing, so the window
-/// stays small enough to cost such tasks little (docs/benchmarks.md).
-const KEEP_RESIDENT_BYTES: usize = 256 << 10;
 
 /// Longest guest error message kept.
 const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
@@ -125,10 +102,9 @@ pub struct SandboxConfig {
     pub cache_dir: Option<PathBuf>,
     /// Prepared components kept in memory.
     pub memory_cache_capacity: usize,
-    /// Whether to optimise compiled code. Off for a sandbox that only
-    /// validates uploads (the API's): the checks are the same, and an
-    /// unoptimised compile of a large component is several times faster.
-    pub optimize: bool,
+    /// How components are compiled (always optimised here: a sandbox runs
+    /// what it compiles).
+    pub compiler: CompilerConfig,
 }
 
 /// The sandbox could not be created.
@@ -138,30 +114,9 @@ pub enum SandboxError {
     /// space for the pooling allocator).
     #[error("cannot configure the WebAssembly engine: {0}")]
     Engine(String),
-    /// The cache directory could not be created.
-    #[error("cannot create the compiled-module cache directory: {0}")]
+    /// The cache directory is unusable or unsafe.
+    #[error("cannot use the compiled-module cache directory: {0}")]
     CacheDir(#[from] std::io::Error),
-}
-
-/// Why an uploaded module was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidModule {
-    /// Not WebAssembly at all.
-    #[error("not a WebAssembly binary (it does not start with \\0asm)")]
-    NotWasm,
-    /// A core module rather than a component.
-    #[error(
-        "this is a core WebAssembly module, not a component; build the task for \
-         wasm32-wasip2 (cargo build --target wasm32-wasip2) or wrap it with \
-         `wasm-tools component new`"
-    )]
-    CoreModule,
-    /// Malformed, or rejected by the compiler.
-    #[error("invalid component: {0}")]
-    Invalid(String),
-    /// A valid component, but not of the `taskflow:task` world.
-    #[error("the component does not fit the taskflow:task world: {0}")]
-    WrongWorld(String),
 }
 
 /// An attempt's right to keep running.
@@ -306,7 +261,7 @@ struct SandboxInner {
     engine: Engine,
     linker: Linker<GuestState>,
     cache: cache::ComponentCache,
-    compile_lock: tokio::sync::Mutex<()>,
+    compiler: Compiler,
     config: SandboxConfig,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -322,70 +277,46 @@ impl Sandbox {
     ///
     /// # Errors
     ///
-    /// If wasmtime rejects the configuration or the cache directory cannot
-    /// be created.
+    /// If wasmtime rejects the configuration, or the cache directory is
+    /// unusable or not private to this user.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&engine_config(&config))
-            .map_err(|error| SandboxError::Engine(format!("{error:#}")))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| streams::add_to_linker(&mut linker))
-            .and_then(|()| guest::add_to_linker(&mut linker))
-            .map_err(|error| SandboxError::Engine(format!("{error:#}")))?;
+        let engine_error = |error: wasmtime::Error| SandboxError::Engine(format!("{error:#}"));
+        let pooling = engine::Pooling {
+            slots: config.max_concurrent_attempts,
+            max_memory_bytes: config.max_memory_bytes,
+        };
+        let engine = engine::engine(true, Some(pooling)).map_err(engine_error)?;
+        let linker = engine::linker(&engine).map_err(engine_error)?;
         let cache = cache::ComponentCache::new(
             engine.clone(),
             config.cache_dir.as_deref(),
             config.memory_cache_capacity,
         )?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        engine::spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(|error| {
+            SandboxError::Engine(format!("cannot start the epoch ticker: {error}"))
+        })?;
         Ok(Self {
             inner: Arc::new(SandboxInner {
+                compiler: Compiler::new(config.compiler.clone(), true),
                 engine,
                 linker,
                 cache,
-                compile_lock: tokio::sync::Mutex::new(()),
                 config,
                 ticker_stop,
             }),
         })
     }
 
-    /// Checks that `bytes` are a component of the `taskflow:task` world that
-    /// this host can run: it compiles it and resolves its imports and
-    /// exports, exactly as a worker will, and returns it ready to run.
-    /// Blocking and possibly slow (it compiles): run it off the async
-    /// executor, with a time limit.
-    pub fn validate(&self, bytes: &[u8]) -> Result<PreparedTask, InvalidModule> {
-        const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
-        const CORE_MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
-        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(InvalidModule::NotWasm);
-        }
-        if bytes[4..8] == CORE_MODULE_VERSION {
-            return Err(InvalidModule::CoreModule);
-        }
-        if bytes[4..8] != COMPONENT_VERSION {
-            return Err(InvalidModule::Invalid(format!(
-                "unsupported WebAssembly version/layer {:02x?}",
-                &bytes[4..8]
-            )));
-        }
-        let component = Component::new(&self.inner.engine, bytes)
-            .map_err(|error| InvalidModule::Invalid(format!("{error:#}")))?;
-        self.inner
-            .prepare_component(&component)
-            .map(PreparedTask)
-            .map_err(InvalidModule::WrongWorld)
-    }
-
     /// The prepared component for `hash`: from memory, from the disk cache,
-    /// or compiled from the bytes `fetch` returns (only called on a miss).
-    /// Loading and compiling happen one module at a time, so concurrent
-    /// misses of one module compile it once (and misses of different modules
-    /// wait their turn, which on a small machine costs little: compilation
-    /// already uses every core). Fetching the bytes happens outside that turn,
-    /// so a slow fetch delays only its own module.
+    /// or compiled (in a compiler process, under its limits) from the bytes
+    /// `fetch` returns, which is only called on a miss.
+    ///
+    /// Concurrent misses of one module load or compile it once; misses of
+    /// other modules go on meanwhile (up to the compiler's concurrency). A
+    /// module that failed to compile fails at once for
+    /// [`FAILED_COMPILE_MEMORY`]; a fetch that failed (PostgreSQL down) is
+    /// not remembered.
     pub async fn prepare<F>(
         &self,
         hash: &str,
@@ -394,43 +325,87 @@ impl Sandbox {
     where
         F: Future<Output = Result<Vec<u8>, String>>,
     {
-        let inner = &self.inner;
-        if let Some(pre) = inner.cache.get(hash) {
-            return Ok((PreparedTask(pre), CacheSource::Memory));
-        }
+        let cache = &self.inner.cache;
         let unavailable = |message: String| Failure::new(FailureKind::ModuleUnavailable, message);
-        {
-            let _loading = inner.compile_lock.lock().await;
-            if let Some(pre) = inner.cache.get(hash) {
-                return Ok((PreparedTask(pre), CacheSource::Memory));
-            }
-            let owned_hash = hash.to_owned();
-            if let Some(component) = self
-                .blocking(move |inner| inner.cache.load_from_disk(&owned_hash))
-                .await
-            {
-                let pre = inner.prepare_component(&component).map_err(unavailable)?;
-                inner.cache.insert(hash, pre.clone());
-                return Ok((PreparedTask(pre), CacheSource::Disk));
-            }
-        }
-        let bytes = fetch.await.map_err(unavailable)?;
-        let _compiling = inner.compile_lock.lock().await;
-        if let Some(pre) = inner.cache.get(hash) {
+        if let Some(pre) = cache.get(hash) {
             return Ok((PreparedTask(pre), CacheSource::Memory));
+        }
+        let loading = cache.loading(hash);
+        let _loading = loading.lock().await;
+        if let Some(pre) = cache.get(hash) {
+            return Ok((PreparedTask(pre), CacheSource::Memory));
+        }
+        if let Some(message) = cache.failure(hash) {
+            return Err(unavailable(format!(
+                "{message} (it failed less than {} minutes ago, and is not compiled again \
+                 before then)",
+                FAILED_COMPILE_MEMORY.as_secs() / 60
+            )));
         }
         let owned_hash = hash.to_owned();
-        let component = self
-            .blocking(move |inner| inner.cache.compile(&owned_hash, &bytes))
+        if let Some(component) = self
+            .blocking(move |inner| inner.cache.load_from_disk(&owned_hash))
             .await
-            .map_err(unavailable)?;
-        let pre = inner.prepare_component(&component).map_err(unavailable)?;
-        inner.cache.insert(hash, pre.clone());
-        Ok((PreparedTask(pre), CacheSource::Compiled))
+        {
+            let pre = engine::task_pre(&self.inner.linker, &component).map_err(unavailable)?;
+            cache.insert(hash, pre.clone());
+            return Ok((PreparedTask(pre), CacheSource::Disk));
+        }
+        let bytes = fetch.await.map_err(unavailable)?;
+        match self.compile(hash, bytes).await {
+            Ok(pre) => {
+                cache.insert(hash, pre.clone());
+                Ok((PreparedTask(pre), CacheSource::Compiled))
+            }
+            Err((message, remember)) => {
+                if remember {
+                    cache.remember_failure(hash, &message);
+                }
+                Err(unavailable(message))
+            }
+        }
     }
 
-    /// Runs `f` on tokio's blocking pool, keeping compilation and file I/O
-    /// off the threads that drive async tasks.
+    /// Compiles `bytes` of module `hash` and prepares the result; on
+    /// failure, says why and whether the module is to blame (so the failure
+    /// is worth remembering) rather than the host.
+    async fn compile(
+        &self,
+        hash: &str,
+        bytes: Vec<u8>,
+    ) -> Result<TaskPre<GuestState>, (String, bool)> {
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if actual != hash {
+            return Err((format!("module bytes hash to {actual}, not {hash}"), true));
+        }
+        let (artifact, took) = self.inner.compiler.compile(&bytes).await.map_err(|error| {
+            let blame_module = !matches!(error, CompileError::Failed(_));
+            (
+                format!("module {hash} cannot be compiled: {error}"),
+                blame_module,
+            )
+        })?;
+        tracing::info!(
+            module = hash,
+            seconds = took.as_secs_f64(),
+            artifact_bytes = artifact.len(),
+            "compiled a module"
+        );
+        let owned_hash = hash.to_owned();
+        let component = self
+            .blocking(move |inner| inner.cache.load_compiled(&owned_hash, &artifact))
+            .await
+            .map_err(|error| {
+                (
+                    format!("cannot load compiled module {hash}: {error:#}"),
+                    false,
+                )
+            })?;
+        engine::task_pre(&self.inner.linker, &component).map_err(|message| (message, true))
+    }
+
+    /// Runs `f` on tokio's blocking pool, keeping file I/O and loading
+    /// machine code off the threads that drive async tasks.
     async fn blocking<R: Send + 'static>(
         &self,
         f: impl FnOnce(&SandboxInner) -> R + Send + 'static,
@@ -521,20 +496,6 @@ impl Sandbox {
     }
 }
 
-impl SandboxInner {
-    fn prepare_component(&self, component: &Component) -> Result<TaskPre<GuestState>, String> {
-        let instance_pre = self.linker.instantiate_pre(component).map_err(|error| {
-            format!("it imports something TaskFlow does not provide ({error:#})")
-        })?;
-        TaskPre::new(instance_pre).map_err(|error| {
-            format!(
-                "it must export `run: func(input: list<u8>) -> result<list<u8>, task-error>` \
-                 ({error:#})"
-            )
-        })
-    }
-}
-
 fn host_failure(log: &LogCapture, started: Instant, message: String) -> Execution {
     Execution {
         result: Err(Failure::new(FailureKind::ModuleUnavailable, message)),
@@ -558,47 +519,4 @@ fn guest_failure(error: TaskError) -> Failure {
         message,
         retryable: error.retryable,
     }
-}
-
-fn engine_config(config: &SandboxConfig) -> wasmtime::Config {
-    let slots = config.max_concurrent_attempts.max(1) as u32;
-    let mut pooling = PoolingAllocationConfig::new();
-    pooling
-        .total_component_instances(slots)
-        .total_core_instances(slots * MAX_CORE_INSTANCES_PER_COMPONENT)
-        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(slots * MAX_MEMORIES_PER_COMPONENT)
-        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
-        .total_tables(slots * MAX_TABLES_PER_COMPONENT)
-        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
-        .table_elements(MAX_TABLE_ELEMENTS)
-        .total_stacks(slots)
-        .max_memory_size(config.max_memory_bytes as usize)
-        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-        .table_keep_resident(KEEP_RESIDENT_BYTES);
-
-    let mut wasm = wasmtime::Config::new();
-    if !config.optimize {
-        wasm.cranelift_opt_level(wasmtime::OptLevel::None);
-    }
-    wasm.wasm_component_model(true)
-        .consume_fuel(true)
-        .epoch_interruption(true)
-        .max_wasm_stack(MAX_WASM_STACK)
-        .async_stack_size(ASYNC_STACK_SIZE)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-    wasm
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until `stop` is set.
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
-    std::thread::Builder::new()
-        .name("taskflow-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })
-        .expect("spawning the epoch ticker thread");
 }

@@ -41,8 +41,8 @@ use crate::backoff;
 use crate::config::{JobLimits, RetryPolicy, WorkerConfig};
 use crate::lease::{Leases, Redis, WakeupListener};
 use crate::sandbox::{
-    Attempt, AttemptLimits, Execution, Failure, FailureKind, JobContext, RunGrant, Sandbox,
-    SandboxConfig,
+    Attempt, AttemptLimits, CompilerConfig, Execution, Failure, FailureKind, JobContext, RunGrant,
+    Sandbox, SandboxConfig,
 };
 use crate::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, LeaseRef, NextState, Store};
 
@@ -73,15 +73,17 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// If the sandbox cannot be created.
+    /// If the sandbox cannot be created (its cache directory is unsafe, for
+    /// one).
     pub fn new(
         config: WorkerConfig,
         limits: &JobLimits,
+        compiler: CompilerConfig,
         retry: RetryPolicy,
         store: Store,
         leases: Leases,
         retry_scheduled: Arc<Notify>,
-    ) -> Result<Self, crate::sandbox::SandboxError> {
+    ) -> anyhow::Result<Self> {
         let id = config.effective_worker_id();
         let redis = leases.redis().clone();
         let concurrency = config.effective_concurrency();
@@ -90,9 +92,9 @@ impl Worker {
             max_memory_bytes: limits.max_memory_limit_bytes,
             max_output_bytes: limits.max_output_bytes,
             max_log_bytes: limits.max_log_bytes,
-            cache_dir: Some(config.cache_dir.clone()),
+            cache_dir: Some(config.effective_cache_dir()?),
             memory_cache_capacity: MEMORY_CACHE_CAPACITY,
-            optimize: true,
+            compiler,
         })?;
         Ok(Self {
             id,

@@ -6,9 +6,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use taskflow::sandbox::{InvalidModule, Sandbox, SandboxConfig};
+use taskflow::sandbox::{CompileError, Compiler};
 
-use crate::support::{TestApp, plugin};
+use crate::support::{TestApp, compile_config, plugin};
 
 fn cases(default: u32) -> u32 {
     std::env::var("TASKFLOW_FUZZ_CASES")
@@ -17,17 +17,8 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-fn validator() -> Sandbox {
-    Sandbox::new(SandboxConfig {
-        max_concurrent_attempts: 1,
-        max_memory_bytes: 64 << 20,
-        max_output_bytes: 1 << 20,
-        max_log_bytes: 1 << 16,
-        cache_dir: None,
-        memory_cache_capacity: 1,
-        optimize: false,
-    })
-    .unwrap()
+fn validator() -> Compiler {
+    Compiler::new(compile_config().compiler_config().unwrap(), false)
 }
 
 /// Corrupts a real component: flips bytes, truncates, or splices garbage in.
@@ -62,20 +53,22 @@ fn mutated_component() -> impl Strategy<Value = Vec<u8>> {
 }
 
 #[test]
-fn module_validation_never_panics_on_corrupted_components() {
-    let sandbox = validator();
+fn module_validation_never_crashes_the_compiler_on_corrupted_components() {
+    let compiler = validator();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut runner = TestRunner::new(Config {
         cases: cases(64),
         ..Config::default()
     });
     runner
         .run(&mutated_component(), |bytes| {
-            // Any answer is fine; a panic, hang or crash is not.
-            match sandbox.validate(&bytes) {
-                Ok(_) | Err(InvalidModule::Invalid(_) | InvalidModule::WrongWorld(_)) => {}
-                Err(InvalidModule::NotWasm | InvalidModule::CoreModule) => {}
+            // A verdict either way is fine; a crash or a hang is not.
+            match runtime.block_on(compiler.check(&bytes)) {
+                Ok(()) | Err(CompileError::Invalid(_)) => Ok(()),
+                Err(error) => Err(proptest::test_runner::TestCaseError::fail(
+                    error.to_string(),
+                )),
             }
-            Ok(())
         })
         .unwrap();
 }

@@ -152,11 +152,9 @@ async fn a_body_that_arrives_too_slowly_gets_408() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_beyond_the_compile_queue_get_503_with_retry_after_before_their_body_is_read() {
-    let app = TestApp::start_with_api(TestOptions::default(), |api| {
-        api.max_concurrent_compiles = 1;
-        api.max_queued_uploads = 0;
-    })
-    .await;
+    let mut options = TestOptions::default();
+    options.compile.max_concurrent_compiles = 1;
+    let app = TestApp::start_with_api(options, |api| api.max_queued_uploads = 0).await;
     // A slow upload holds the only place: its body is still arriving.
     let slow = connect_and_send(
         &app.url,
@@ -207,6 +205,7 @@ async fn an_api_without_tokens_refuses_to_listen_beyond_loopback_unless_told_to(
         &app.backends,
         app.limits.clone(),
         open_on_all_interfaces(false, Vec::new()),
+        &app.compile,
     )
     .unwrap();
     let refused = spawn_api(state, CancellationToken::new())
@@ -222,7 +221,7 @@ async fn an_api_without_tokens_refuses_to_listen_beyond_loopback_unless_told_to(
         open_on_all_interfaces(true, Vec::new()),
         open_on_all_interfaces(false, vec![hash]),
     ] {
-        let state = api_state(&app.backends, app.limits.clone(), config).unwrap();
+        let state = api_state(&app.backends, app.limits.clone(), config, &app.compile).unwrap();
         let shutdown = CancellationToken::new();
         spawn_api(state, shutdown.clone())
             .await

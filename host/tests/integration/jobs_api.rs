@@ -694,6 +694,9 @@ async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
         }
     }
     assert_eq!(job_count(&app).await, 39);
+    // Its writers keep a connection of the test database's pool until the
+    // submitter is gone; closing the pool waits for them.
+    drop(submitter);
     app.finish().await;
 }
 

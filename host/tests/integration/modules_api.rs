@@ -211,10 +211,9 @@ async fn pathological_modules_are_refused_in_bounded_time_without_harm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_that_compiles_too_slowly_is_refused() {
-    let app = TestApp::start_with_api(TestOptions::default(), |api| {
-        api.compile_timeout = std::time::Duration::from_millis(1)
-    })
-    .await;
+    let mut options = TestOptions::default();
+    options.compile.compile_timeout = std::time::Duration::from_millis(1);
+    let app = TestApp::start_with(options).await;
     let (status, body) = put_module(&app, plugin("misbehave")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "compile_timeout");

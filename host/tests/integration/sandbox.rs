@@ -8,7 +8,7 @@ use taskflow::sandbox::{
     Attempt, AttemptLimits, CacheSource, FailureKind, JobContext, RunGrant, Sandbox, SandboxConfig,
 };
 
-use crate::support::plugin;
+use crate::support::{compile_config, plugin};
 
 fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
     Sandbox::new(SandboxConfig {
@@ -18,7 +18,7 @@ fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
         max_log_bytes: 64 << 10,
         cache_dir,
         memory_cache_capacity: 8,
-        optimize: true,
+        compiler: compile_config().compiler_config().unwrap(),
     })
     .expect("sandbox starts")
 }

@@ -14,7 +14,7 @@ use taskflow::api::types::{JobView, SubmitJob};
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
-    self, ApiConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
+    self, ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
 };
 use taskflow::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, NewJob, NextState, Store};
 use tokio::task::JoinHandle;
@@ -107,11 +107,23 @@ pub struct TestOptions {
     pub retry: RetryPolicy,
     /// SHA-256 of accepted API tokens; empty leaves the API open.
     pub api_token_sha256: Vec<String>,
+    /// How the API and the workers compile.
+    pub compile: CompileConfig,
+}
+
+/// Compile settings for tests: the defaults, with the `taskflow` binary as
+/// the compiler (this test binary is not it).
+pub fn compile_config() -> CompileConfig {
+    CompileConfig {
+        compiler: Some(PathBuf::from(env!("CARGO_BIN_EXE_taskflow"))),
+        ..config::from_env()
+    }
 }
 
 impl Default for TestOptions {
     fn default() -> Self {
         Self {
+            compile: compile_config(),
             limits: config::from_env(),
             lease_ttl: Duration::from_secs(1),
             retry: RetryPolicy {
@@ -133,6 +145,7 @@ pub struct TestApp {
     pub url: String,
     pub limits: JobLimits,
     pub retry: RetryPolicy,
+    pub compile: CompileConfig,
     pub cache_dir: PathBuf,
     shutdown: CancellationToken,
     api: JoinHandle<std::io::Result<()>>,
@@ -184,8 +197,13 @@ impl TestApp {
             ..config::from_env()
         };
         configure(&mut api_config);
-        let state =
-            api_state(&backends, options.limits.clone(), api_config).expect("valid API config");
+        let state = api_state(
+            &backends,
+            options.limits.clone(),
+            api_config,
+            &options.compile,
+        )
+        .expect("valid API config");
         let shutdown = CancellationToken::new();
         let (address, api) = spawn_api(state, shutdown.clone()).await.expect("API binds");
         let url = format!("http://{address}");
@@ -196,6 +214,7 @@ impl TestApp {
             connections,
             backends,
             limits: options.limits,
+            compile: options.compile,
             retry: options.retry,
             cache_dir: std::env::temp_dir()
                 .join(format!("taskflow-test-cache-{}", Uuid::new_v4().simple())),
@@ -214,7 +233,7 @@ impl TestApp {
             worker_id: Some(id.to_owned()),
             queues: vec!["default".into()],
             concurrency: Some(2),
-            cache_dir: self.cache_dir.clone(),
+            cache_dir: Some(self.cache_dir.clone()),
             poll_interval: Duration::from_millis(500),
             dispatch_interval: Duration::from_millis(100),
             metrics_listen: None,
@@ -244,7 +263,8 @@ impl TestApp {
             listen: "127.0.0.1:0".into(),
             ..config::from_env()
         };
-        let state = api_state(&backends, self.limits.clone(), config).expect("valid API config");
+        let state = api_state(&backends, self.limits.clone(), config, &self.compile)
+            .expect("valid API config");
         let (address, _) = spawn_api(state, self.shutdown.child_token())
             .await
             .expect("API binds");
@@ -270,6 +290,7 @@ impl TestApp {
             backends,
             config,
             &self.limits,
+            &self.compile,
             self.retry.clone(),
             shutdown.clone(),
         )

@@ -1,0 +1,186 @@
+//! The wasmtime engine and linker every sandbox and compiler process uses,
+//! and the checks that make a component one TaskFlow can run.
+//!
+//! The compiler process (`compiler.rs`) builds its engine here with the same
+//! settings as the worker that loads its output, so compiled code is always
+//! loaded by an engine it was compiled for; wasmtime refuses it otherwise
+//! (`Engine::precompile_compatibility_hash`, which does not depend on the
+//! allocation strategy).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::EPOCH_TICK;
+use super::bindings::TaskPre;
+use super::guest::{self, GuestState};
+use super::streams;
+
+/// WebAssembly stack a guest may use. Deep enough for real programs; runaway
+/// recursion traps with `stack_overflow`.
+const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Native stack each attempt runs on. Must exceed [`MAX_WASM_STACK`] with
+/// room for host frames: running out of the host part would abort the
+/// process instead of trapping.
+const ASYNC_STACK_SIZE: usize = 2 << 20;
+
+/// Per-component caps of the pooling allocator. A Rust component has one
+/// memory and a few core instances; components built from interpreters
+/// (Python, JavaScript) need more.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+const MAX_TABLES_PER_COMPONENT: u32 = 16;
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Bytes at the start of each pooled memory and table kept resident between
+/// attempts: resetting them with `memset` is cheaper than returning the pages
+/// to the kernel and taking a page fault on each first touch by the next
+/// attempt. A task built with a small stack (see `.cargo/config.toml`) keeps
+/// what it touches in this window and starts twice as fast; one with Rust's
+/// default 1 MiB stack touches pages past it and gains nothing, so the window
+/// stays small enough to cost such tasks little (docs/benchmarks.md).
+const KEEP_RESIDENT_BYTES: usize = 256 << 10;
+
+/// What an engine that runs guests reserves: the pooling allocator's slots.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pooling {
+    /// Attempts that may run at once.
+    pub slots: usize,
+    /// Largest memory any attempt may have.
+    pub max_memory_bytes: u64,
+}
+
+/// An engine configured for hostile code. `pooling` sizes the allocator of
+/// an engine that runs guests; a compiler process passes `None` (it
+/// instantiates nothing). `optimize` is off for engines that only validate.
+pub(super) fn engine(optimize: bool, pooling: Option<Pooling>) -> wasmtime::Result<Engine> {
+    let mut config = wasmtime::Config::new();
+    if !optimize {
+        config.cranelift_opt_level(wasmtime::OptLevel::None);
+    }
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(ASYNC_STACK_SIZE);
+    if let Some(pooling) = pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(pooling)));
+    }
+    Engine::new(&config)
+}
+
+fn pooling_config(pooling: Pooling) -> PoolingAllocationConfig {
+    let slots = pooling.slots.max(1) as u32;
+    let mut config = PoolingAllocationConfig::new();
+    config
+        .total_component_instances(slots)
+        .total_core_instances(slots * MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(slots * MAX_MEMORIES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .total_tables(slots * MAX_TABLES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .total_stacks(slots)
+        .max_memory_size(pooling.max_memory_bytes as usize)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_BYTES);
+    config
+}
+
+/// The linker every task is instantiated with: WASI preview 2 granting
+/// nothing (`guest.rs`), its stream writes checked before copying
+/// (`streams.rs`), and the `taskflow:task` imports.
+pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    streams::add_to_linker(&mut linker)?;
+    guest::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// Why an uploaded module was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum InvalidModule {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly binary (it does not start with \\0asm)")]
+    NotWasm,
+    /// A core module rather than a component.
+    #[error(
+        "this is a core WebAssembly module, not a component; build the task for \
+         wasm32-wasip2 (cargo build --target wasm32-wasip2) or wrap it with \
+         `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// Malformed, or rejected by the compiler.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// A valid component, but not of the `taskflow:task` world.
+    #[error("the component does not fit the taskflow:task world: {0}")]
+    WrongWorld(String),
+}
+
+/// Compiles `bytes` and checks that they are a component of the
+/// `taskflow:task` world this host can run: its imports resolve against
+/// `linker` and it exports `run`. Blocking and possibly slow: only the
+/// compiler process calls it.
+pub(super) fn compile(
+    engine: &Engine,
+    linker: &Linker<GuestState>,
+    bytes: &[u8],
+) -> Result<Component, InvalidModule> {
+    const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+    const CORE_MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(InvalidModule::NotWasm);
+    }
+    if bytes[4..8] == CORE_MODULE_VERSION {
+        return Err(InvalidModule::CoreModule);
+    }
+    if bytes[4..8] != COMPONENT_VERSION {
+        return Err(InvalidModule::Invalid(format!(
+            "unsupported WebAssembly version/layer {:02x?}",
+            &bytes[4..8]
+        )));
+    }
+    let component = Component::new(engine, bytes)
+        .map_err(|error| InvalidModule::Invalid(format!("{error:#}")))?;
+    task_pre(linker, &component).map_err(InvalidModule::WrongWorld)?;
+    Ok(component)
+}
+
+/// `component` with its imports resolved against `linker`, ready to
+/// instantiate; or why it does not fit the world.
+pub(super) fn task_pre(
+    linker: &Linker<GuestState>,
+    component: &Component,
+) -> Result<TaskPre<GuestState>, String> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|error| format!("it imports something TaskFlow does not provide ({error:#})"))?;
+    TaskPre::new(instance_pre).map_err(|error| {
+        format!(
+            "it must export `run: func(input: list<u8>) -> result<list<u8>, task-error>` \
+             ({error:#})"
+        )
+    })
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] until `stop` is set.
+pub(super) fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("taskflow-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+}
