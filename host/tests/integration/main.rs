@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod compile;
 mod completer;
 mod execution;
 mod fencing;

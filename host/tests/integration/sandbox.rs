@@ -10,15 +10,22 @@ use taskflow::sandbox::{
 
 use crate::support::{compile_config, plugin};
 
-fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
-    Sandbox::new(SandboxConfig {
+fn config() -> SandboxConfig {
+    SandboxConfig {
         max_concurrent_attempts: 2,
         max_memory_bytes: 64 << 20,
         max_output_bytes: 1 << 20,
         max_log_bytes: 64 << 10,
-        cache_dir,
+        cache_dir: None,
         memory_cache_capacity: 8,
         compiler: compile_config().compiler_config().unwrap(),
+    }
+}
+
+fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        cache_dir,
+        ..config()
     })
     .expect("sandbox starts")
 }
@@ -83,6 +90,79 @@ async fn a_restarted_worker_loads_compiled_code_from_its_disk_cache() {
         br#"{"greeting":"Hello, cache!"}"#
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The one artifact file of `module` in the disk cache at `dir`.
+fn artifact_path(dir: &std::path::Path, module: &[u8]) -> std::path::PathBuf {
+    let hash = hex::encode(sha2::Sha256::digest(module));
+    let compat = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.is_dir())
+        .expect("the engine's compatibility directory");
+    compat.join(format!("{hash}.cwasm"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_artifact_swapped_or_planted_in_the_cache_is_refused_and_the_module_compiled_again() {
+    let dir = std::env::temp_dir().join(format!(
+        "taskflow-cache-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let first = sandbox(Some(dir.clone()));
+    prepare(&first, plugin("hello")).await;
+    prepare(&first, plugin("noop")).await;
+    drop(first);
+    let hello = artifact_path(&dir, &plugin("hello"));
+    let noop = artifact_path(&dir, &plugin("noop"));
+
+    // Another module's genuine artifact under hello's name: the MAC binds
+    // each artifact to its module.
+    std::fs::copy(&noop, &hello).unwrap();
+    let restarted = sandbox(Some(dir.clone()));
+    let (task, source) = prepare(&restarted, plugin("hello")).await;
+    assert_eq!(source, CacheSource::Compiled);
+    let execution = restarted
+        .run(
+            &task,
+            attempt(r#"{"name":"swap"}"#, 1 << 30, RunGrant::unlimited()),
+        )
+        .await;
+    assert_eq!(execution.result.unwrap(), br#"{"greeting":"Hello, swap!"}"#);
+    drop(restarted);
+
+    // An artifact written by anyone without the key.
+    let genuine = std::fs::read(&noop).unwrap();
+    std::fs::write(&noop, &genuine[32..]).unwrap();
+    let restarted = sandbox(Some(dir.clone()));
+    assert_eq!(
+        prepare(&restarted, plugin("noop")).await.1,
+        CacheSource::Compiled
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_directory_others_could_change_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!(
+        "taskflow-cache-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = Sandbox::new(SandboxConfig {
+        cache_dir: Some(shared.join("taskflow-cache")),
+        ..config()
+    })
+    .err()
+    .expect("a cache under a world-writable directory is refused");
+    assert!(
+        refused.to_string().contains("group or others can write"),
+        "{refused}"
+    );
+    std::fs::remove_dir_all(root).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,168 @@
+//! Compiling untrusted components: bounded in time and memory on the API
+//! and on workers, failures remembered, and a slow compile holding up no
+//! other module.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Digest;
+use taskflow::api::types::SubmitJob;
+use taskflow::store::JobState;
+
+use crate::support::{TestApp, TestOptions, eventually};
+
+/// A component whose one function is so big that an optimised compile
+/// takes seconds and hundreds of MiB (an unoptimised one about 100 MiB);
+/// it does not fit the task world, which only shows once it compiled.
+fn heavy_component() -> Vec<u8> {
+    let mut body = String::new();
+    for i in 0..300_000 {
+        body.push_str(&format!(
+            "(local.set {} (i32.add (local.get {}) (i32.const {i})))",
+            i % 1000,
+            (i * 7) % 1000
+        ));
+    }
+    let locals = "i32 ".repeat(1000);
+    wat::parse_str(format!(
+        "(component (core module (func (export \"f\") (result i32) (local {locals}) {body} \
+         (i32.const 0))))"
+    ))
+    .unwrap()
+}
+
+/// Stores a module without the API's check, as if it had passed it, and
+/// returns its hash.
+async fn store_module(app: &TestApp, bytes: &[u8]) -> String {
+    let hash = hex::encode(sha2::Sha256::digest(bytes));
+    app.store().insert_module(&hash, bytes).await.unwrap();
+    hash
+}
+
+async fn submit_once(app: &TestApp, module: &str, input: Value) -> uuid::Uuid {
+    app.submit_with(SubmitJob {
+        module: module.to_owned(),
+        input: Some(input.into()),
+        max_attempts: Some(1),
+        ..Default::default()
+    })
+    .await
+    .id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_whose_compile_needs_too_much_memory_gets_422_and_the_api_serves_on() {
+    let mut options = TestOptions::default();
+    options.compile.compile_memory_limit_bytes = 64 << 20;
+    let app = TestApp::start_with(options).await;
+    let response = app
+        .http()
+        .put(format!("{}/v1/modules", app.url))
+        .body(heavy_component())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "compile_memory_limit", "{body}");
+    app.upload("hello").await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_that_does_not_compile_in_time_fails_its_jobs_and_is_not_compiled_again() {
+    let mut app = TestApp::start().await;
+    let heavy = store_module(&app, &heavy_component()).await;
+    app.compile.compile_timeout = Duration::from_millis(300);
+    let worker = app.spawn_worker("w1");
+
+    let first = app
+        .wait_final(submit_once(&app, &heavy, json!({})).await)
+        .await;
+    assert_eq!(first.state, JobState::Dead);
+    let error = first.last_error.unwrap();
+    assert_eq!(error["kind"], "module_unavailable", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("did not compile within 300ms"),
+        "{message}"
+    );
+
+    let second = app
+        .wait_final(submit_once(&app, &heavy, json!({})).await)
+        .await;
+    let message = second.last_error.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("did not compile within 300ms")
+            && message.contains("failed less than 10 minutes ago"),
+        "the failure is remembered, not compiled again: {message}"
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compile_that_needs_too_much_memory_fails_only_its_own_modules_jobs() {
+    let mut app = TestApp::start().await;
+    let hello = app.upload("hello").await;
+    let heavy = store_module(&app, &heavy_component()).await;
+    app.compile.compile_memory_limit_bytes = 128 << 20;
+    let worker = app.spawn_worker("w1");
+
+    let heavy_job = app
+        .wait_final(submit_once(&app, &heavy, json!({})).await)
+        .await;
+    let error = heavy_job.last_error.unwrap();
+    assert_eq!(error["kind"], "module_unavailable", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("needed more than 134217728 bytes of memory"),
+        "{error}"
+    );
+    let hello_job = app
+        .wait_final(submit_once(&app, &hello, json!({"name": "x"})).await)
+        .await;
+    assert_eq!(
+        hello_job.state,
+        JobState::Succeeded,
+        "{:?}",
+        hello_job.last_error
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_compile_holds_up_no_other_module() {
+    let app = TestApp::start().await;
+    let hello = app.upload("hello").await;
+    let heavy = store_module(&app, &heavy_component()).await;
+    let worker = app.spawn_worker("w1");
+
+    let heavy_job = submit_once(&app, &heavy, json!({})).await;
+    // Once the heavy job is claimed, its compile starts at once.
+    eventually(Duration::from_secs(10), || async {
+        let job = app.client.get_job(heavy_job).await.unwrap();
+        (job.state == JobState::Running).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hello_job = submit_once(&app, &hello, json!({"name": "x"})).await;
+
+    let hello_job = app.wait_final(hello_job).await;
+    assert_eq!(hello_job.state, JobState::Succeeded);
+    let heavy_job = app.wait_final(heavy_job).await;
+    assert_eq!(heavy_job.last_error.unwrap()["kind"], "module_unavailable");
+    assert!(
+        hello_job.finished_at < heavy_job.finished_at,
+        "hello compiled and ran while the heavy module still compiled"
+    );
+    worker.stop().await;
+    app.finish().await;
+}
