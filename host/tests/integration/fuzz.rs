@@ -1,6 +1,8 @@
-//! Property-based fuzzing of the two places hostile bytes enter: module
-//! validation and request parsing. Bounded for CI; set
-//! `TASKFLOW_FUZZ_CASES` for a longer run.
+//! Property-based fuzzing of the places hostile bytes enter: module
+//! validation (corrupted real components), uploads of generated components
+//! that then run on a worker (`wasm-smith` code in the task world's shape),
+//! and request parsing. Bounded for CI; set `TASKFLOW_FUZZ_CASES` for a
+//! longer run.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -183,5 +185,163 @@ fn arbitrary_submissions_get_a_json_answer_never_a_server_error() {
         accepted.get(),
         "exactly the accepted submissions were written"
     );
+    runtime.block_on(app.finish());
+}
+
+/// Error kinds a generated task may end with: its own failures, and the
+/// host's limits. Anything else (`host_error`, `outcome_rejected`) would be
+/// a bug in TaskFlow.
+const EXPECTED_KINDS: &[&str] = &[
+    "guest_error",
+    "timeout",
+    "fuel_exhausted",
+    "memory_limit",
+    "stack_overflow",
+    "panic",
+    "trap",
+    "output_too_large",
+    "module_unavailable",
+];
+
+/// The core module shape of a `taskflow:task` component: the imports and
+/// exports (`run`, `cabi_post_run`, `cabi_realloc`, `memory`) its core module
+/// must have, as `wit-component` derives them from `wit/`.
+fn task_world() -> (wit_parser::Resolve, wit_parser::WorldId, Vec<u8>) {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve
+        .push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit"))
+        .unwrap();
+    let world = resolve.select_world(&[package], Some("task")).unwrap();
+    let shape = wit_component::dummy_module(
+        &resolve,
+        world,
+        wit_parser::ManglingAndAbi::Legacy(wit_parser::LiftLowerAbi::Sync),
+    );
+    (resolve, world, shape)
+}
+
+/// A component made from `seed`: half the time a task of the right world
+/// whose code is random (`wasm-smith` fills in the task world's shape), half
+/// the time a random core module wrapped in a component (refused, but only
+/// after it compiled). `None` when the seed makes nothing encodable.
+fn generated_component(
+    world: &(wit_parser::Resolve, wit_parser::WorldId, Vec<u8>),
+    seed: &[u8],
+) -> Option<Vec<u8>> {
+    let (resolve, world_id, shape) = world;
+    let mut input = arbitrary::Unstructured::new(&seed[1..]);
+    let mut config = wasm_smith::Config {
+        max_funcs: 20,
+        max_instructions: 2_000,
+        ..wasm_smith::Config::default()
+    };
+    if seed[0].is_multiple_of(2) {
+        config.module_shape = Some(shape.clone());
+        let mut module = wasm_smith::Module::new(config, &mut input).ok()?.to_bytes();
+        wit_component::embed_component_metadata(
+            &mut module,
+            resolve,
+            *world_id,
+            wit_component::StringEncoding::UTF8,
+        )
+        .ok()?;
+        wit_component::ComponentEncoder::default()
+            .module(&module)
+            .ok()?
+            .validate(true)
+            .encode()
+            .ok()
+    } else {
+        let module = wasm_smith::Module::new(config, &mut input).ok()?.to_bytes();
+        let mut component = wasm_encoder::Component::new();
+        component.section(&wasm_encoder::RawSection {
+            id: wasm_encoder::ComponentSectionId::CoreModule as u8,
+            data: &module,
+        });
+        Some(component.finish())
+    }
+}
+
+#[test]
+fn generated_components_never_get_a_5xx_compile_in_bounded_time_and_never_harm_a_worker() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut options = crate::support::TestOptions::default();
+    options.compile.compile_timeout = std::time::Duration::from_secs(20);
+    let app = runtime.block_on(TestApp::start_with(options));
+    let worker = {
+        let _in_runtime = runtime.enter();
+        app.spawn_worker("fuzz")
+    };
+    let world = task_world();
+    let http = app.http();
+    let jobs = std::cell::RefCell::new(Vec::new());
+    let refused = std::cell::Cell::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: cases(24),
+        ..Config::default()
+    });
+    let seeds = proptest::collection::vec(any::<u8>(), 2_048..16_384);
+    runner
+        .run(&seeds, |seed| {
+            let Some(component) = generated_component(&world, &seed) else {
+                return Ok(());
+            };
+            // The compile timeout bounds the answer: a compile that runs
+            // longer is killed and refused.
+            let upload = http
+                .put(format!("{}/v1/modules", app.url))
+                .body(component)
+                .send();
+            let answer = runtime.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(60), upload).await
+            });
+            let response = answer
+                .map_err(|_| TestCaseError::fail("no answer within 60 s"))?
+                .unwrap();
+            let status = response.status();
+            let body: Value = runtime.block_on(response.json()).unwrap();
+            prop_assert!(!status.is_server_error(), "{status} {body}");
+            if status == StatusCode::CREATED {
+                let job = runtime.block_on(app.submit_with(taskflow::api::types::SubmitJob {
+                    module: body["hash"].as_str().unwrap().to_owned(),
+                    input: Some(json!({"seed": seed[..16]}).into()),
+                    max_attempts: Some(1),
+                    timeout_ms: Some(2_000),
+                    fuel: Some(100_000_000),
+                    memory_limit_bytes: Some(16 << 20),
+                    ..Default::default()
+                }));
+                jobs.borrow_mut().push(job.id);
+            } else {
+                prop_assert!(status.is_client_error(), "{status} {body}");
+                refused.set(refused.get() + 1);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let jobs = jobs.into_inner();
+    assert!(
+        !jobs.is_empty() && refused.get() > 0,
+        "the generator made both runnable tasks ({}) and refused components ({})",
+        jobs.len(),
+        refused.get()
+    );
+
+    for id in jobs {
+        let job = runtime.block_on(app.wait_final(id));
+        if let Some(error) = job.last_error {
+            let kind = error["kind"].as_str().unwrap_or_default();
+            assert!(EXPECTED_KINDS.contains(&kind), "{id}: {error}");
+        }
+    }
+    // The worker still serves.
+    let hello = runtime.block_on(app.upload("hello"));
+    let job = runtime.block_on(app.submit(&hello, json!({"name": "after"})));
+    let job = runtime.block_on(app.wait_final(job.id));
+    assert_eq!(job.state, taskflow::store::JobState::Succeeded);
+    runtime.block_on(worker.stop());
     runtime.block_on(app.finish());
 }
