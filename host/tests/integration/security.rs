@@ -124,3 +124,35 @@ async fn a_guest_reaches_no_file_socket_environment_or_fine_clock() {
     worker.stop().await;
     app.finish().await;
 }
+
+#[test]
+fn the_compose_deployment_demands_a_token_and_publishes_the_api_to_this_machine_only() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker-compose.yml"
+    ))
+    .unwrap();
+    let mut compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    compose.apply_merge().unwrap();
+    let api = &compose["services"]["api"];
+    let token = api["environment"]["TASKFLOW_API_TOKEN_SHA256"]
+        .as_str()
+        .expect("the API is configured with a token hash");
+    assert!(
+        token.starts_with("${TASKFLOW_API_TOKEN_SHA256:?"),
+        "compose must refuse to start without one: {token}"
+    );
+    let ports: Vec<&str> = api["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|port| port.as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["127.0.0.1:8080:8080"]);
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        assert!(
+            service["environment"]["TASKFLOW_INSECURE_NO_AUTH"].is_null(),
+            "{name:?} must not open the API"
+        );
+    }
+}
