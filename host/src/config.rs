@@ -4,7 +4,7 @@
 //! (`DATABASE_URL`, `REDIS_URL`, and `TASKFLOW_*` for the rest) and a default
 //! that is the fast, safe configuration. The structs are shared by every
 //! command that needs them (`api`, `worker`, `dev`), so a setting is parsed
-//! exactly once and means the same thing everywhere. [`validate`] functions
+//! exactly once and means the same thing everywhere. `validate` functions
 //! run at startup and reject combinations that cannot work.
 
 use std::path::PathBuf;

@@ -17,7 +17,7 @@
 //!
 //! The child reads the component on stdin and writes the compiled artifact
 //! on stdout (nothing when only checking), or, for a component it refuses,
-//! an [`InvalidModule`] as JSON with exit status [`EXIT_INVALID`]. Its
+//! an [`InvalidModule`] as JSON with exit status `EXIT_INVALID`. Its
 //! engine is built with the parent's settings (`engine.rs`), so the parent
 //! can load the artifact; the artifact comes from this same binary, never
 //! from a user, which is what makes deserializing it sound.

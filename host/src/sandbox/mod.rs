@@ -2,13 +2,17 @@
 //!
 //! # Architecture
 //!
-//! - One [`Sandbox`] per worker (and one in the API, to validate uploads),
-//!   holding one `wasmtime::Engine` configured for hostile code, one `Linker`
-//!   with the WASI and TaskFlow imports, a cache of compiled components, and
-//!   an epoch ticker thread.
+//! - One [`Sandbox`] per worker, holding one `wasmtime::Engine` configured
+//!   for hostile code, one `Linker` with the WASI and TaskFlow imports
+//!   (`engine.rs`), a cache of compiled components, and an epoch ticker
+//!   thread.
+//! - Every compile of a user's component runs in a compiler process, under
+//!   a time and a memory limit ([`compiler`]); the API checks uploads with a
+//!   [`Compiler`] of its own and runs no guest.
 //! - One `TaskPre` (an `InstancePre`: a component whose imports are already
-//!   resolved) per module hash, cached in memory and compiled code cached on
-//!   disk; see [`cache`](self::cache).
+//!   resolved) per module hash, cached in memory, and compiled code cached
+//!   on disk in a private directory, each artifact with an HMAC
+//!   (`cache.rs`, `private_dir.rs`).
 //! - One fresh `Store` per attempt, dropped when the attempt ends: nothing a
 //!   guest does survives into another attempt.
 //!
@@ -20,7 +24,8 @@
 //! | wall time | epoch deadline checked every [`EPOCH_TICK`], plus an async timeout around host calls | `timeout` |
 //! | memory | resource limiter on the sum of all linear memories, and the pooling allocator's per-memory cap | `memory_limit` |
 //! | stack | `max_wasm_stack` | `stack_overflow` |
-//! | output | checked after the call | `output_too_large` |
+//! | output | checked after the call (wasmtime copies it out first: bounded by the guest's memory limit, paid in fuel) | `output_too_large` |
+//! | compile | a compiler process per compile: `RLIMIT_DATA`, killed at the timeout, failures remembered | `module_unavailable` |
 //! | log | bounded by stored bytes, a fixed overhead per line ([`capture`]); excess lines dropped and counted | (never fails) |
 //! | stream writes | a write longer than its stream permits traps before it is copied (`streams.rs`) | `trap` |
 //! | capabilities | WASI context granting nothing: no files, environment, arguments, sockets or name lookups | the call fails inside the guest |
@@ -116,7 +121,15 @@ pub enum SandboxError {
     Engine(String),
     /// The cache directory is unusable or unsafe.
     #[error("cannot use the compiled-module cache directory: {0}")]
-    CacheDir(#[from] std::io::Error),
+    CacheDir(std::io::Error),
+}
+
+// Not `#[from]`: that would also make the I/O error the source, and a
+// report of the chain would say it twice.
+impl From<std::io::Error> for SandboxError {
+    fn from(error: std::io::Error) -> Self {
+        SandboxError::CacheDir(error)
+    }
 }
 
 /// An attempt's right to keep running.

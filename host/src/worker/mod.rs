@@ -11,7 +11,7 @@
 //!    still in [`InFlight`] every third of a TTL (short jobs finish before
 //!    they need one).
 //! 3. **Run** each in the [`Sandbox`], in a fresh store, under the job's
-//!    limits and its [`RunGrant`](crate::sandbox::RunGrant).
+//!    limits and its [`RunGrant`].
 //! 4. **Finish**: the slot is freed and the outcome goes to the
 //!    [`Completer`], which commits outcomes in batches, guarded by the
 //!    fencing token ([`Store::finish_if_lease_matches`]).

@@ -287,6 +287,11 @@ async fn main() -> anyhow::Result<()> {
         binary.display()
     );
 
+    // The workers' compiled-code cache must be this user's along its whole
+    // path (sandbox/private_dir.rs); `dir` becomes PostgreSQL's when we run
+    // as root.
+    let cache_dir =
+        std::env::temp_dir().join(format!("taskflow-chaos-cache-{}", std::process::id()));
     let pg = PgCluster::start(&dir)?;
     let mut redis = RedisServer::start()?;
     let ttl = Duration::from_millis(args.lease_ttl_ms);
@@ -306,10 +311,7 @@ async fn main() -> anyhow::Result<()> {
                 "TASKFLOW_WORKER_CONCURRENCY".into(),
                 args.concurrency.to_string(),
             ),
-            (
-                "TASKFLOW_CACHE_DIR".into(),
-                dir.join("cache").display().to_string(),
-            ),
+            ("TASKFLOW_CACHE_DIR".into(), cache_dir.display().to_string()),
             ("TASKFLOW_BACKOFF_BASE".into(), "200ms".into()),
             ("TASKFLOW_BACKOFF_MAX".into(), "2s".into()),
             ("TASKFLOW_REDIS_PREFIX".into(), "chaos:".into()),
@@ -418,6 +420,7 @@ async fn main() -> anyhow::Result<()> {
     database.close().await;
     pg.stop();
     redis.stop();
+    let _ = std::fs::remove_dir_all(&cache_dir);
     if !report.passed() {
         bail!(
             "chaos checks failed; logs and the database are in {}",
