@@ -79,6 +79,12 @@ pub enum CompileError {
     Failed(String),
 }
 
+/// A compile slot, held while a compile (and the fetch of its bytes) runs.
+#[derive(Debug)]
+pub struct CompileSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// What the compiler process is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -108,26 +114,45 @@ impl Compiler {
         }
     }
 
+    /// Waits for one of the `max_concurrent` compile slots. A caller that
+    /// must fetch the bytes first takes the slot before fetching them, so at
+    /// most that many modules' bytes wait in memory for a compile.
+    pub async fn slot(&self) -> CompileSlot {
+        CompileSlot {
+            _permit: self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed"),
+        }
+    }
+
     /// Checks that `bytes` are a component this host can run, by compiling
     /// it exactly as a worker would.
     pub async fn check(&self, bytes: &[u8]) -> Result<(), CompileError> {
-        self.run(bytes, Output::Verdict).await.map(drop)
+        let slot = self.slot().await;
+        self.run(&slot, bytes, Output::Verdict).await.map(drop)
     }
 
     /// Compiles `bytes` into an artifact for an engine with this compiler's
-    /// settings, and says how long that took.
-    pub(super) async fn compile(&self, bytes: &[u8]) -> Result<(Vec<u8>, Duration), CompileError> {
+    /// settings, in `slot`, and says how long that took.
+    pub(super) async fn compile(
+        &self,
+        slot: &CompileSlot,
+        bytes: &[u8],
+    ) -> Result<(Vec<u8>, Duration), CompileError> {
         let started = Instant::now();
-        let artifact = self.run(bytes, Output::Artifact).await?;
+        let artifact = self.run(slot, bytes, Output::Artifact).await?;
         Ok((artifact, started.elapsed()))
     }
 
-    async fn run(&self, bytes: &[u8], output: Output) -> Result<Vec<u8>, CompileError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| CompileError::Failed("the compiler was shut down".into()))?;
+    async fn run(
+        &self,
+        _slot: &CompileSlot,
+        bytes: &[u8],
+        output: Output,
+    ) -> Result<Vec<u8>, CompileError> {
         let timeout = self.config.timeout;
         let started = Instant::now();
         let mut child = self.command(output).spawn().map_err(|error| {

@@ -70,7 +70,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 pub use bindings::JobContext;
 pub use cache::{CacheSource, FAILED_COMPILE_MEMORY};
 pub use capture::{CapturedLog, LogLine, LogSource};
-pub use compiler::{CompileError, Compiler, CompilerConfig};
+pub use compiler::{CompileError, CompileSlot, Compiler, CompilerConfig};
 pub use engine::InvalidModule;
 pub use failure::{Failure, FailureKind};
 
@@ -364,8 +364,9 @@ impl Sandbox {
             cache.insert(hash, pre.clone());
             return Ok((PreparedTask(pre), CacheSource::Disk));
         }
+        let slot = self.inner.compiler.slot().await;
         let bytes = fetch.await.map_err(unavailable)?;
-        match self.compile(hash, bytes).await {
+        match self.compile(&slot, hash, bytes).await {
             Ok(pre) => {
                 cache.insert(hash, pre.clone());
                 Ok((PreparedTask(pre), CacheSource::Compiled))
@@ -384,6 +385,7 @@ impl Sandbox {
     /// is worth remembering) rather than the host.
     async fn compile(
         &self,
+        slot: &CompileSlot,
         hash: &str,
         bytes: Vec<u8>,
     ) -> Result<TaskPre<GuestState>, (String, bool)> {
@@ -391,13 +393,18 @@ impl Sandbox {
         if actual != hash {
             return Err((format!("module bytes hash to {actual}, not {hash}"), true));
         }
-        let (artifact, took) = self.inner.compiler.compile(&bytes).await.map_err(|error| {
-            let blame_module = !matches!(error, CompileError::Failed(_));
-            (
-                format!("module {hash} cannot be compiled: {error}"),
-                blame_module,
-            )
-        })?;
+        let (artifact, took) =
+            self.inner
+                .compiler
+                .compile(slot, &bytes)
+                .await
+                .map_err(|error| {
+                    let blame_module = !matches!(error, CompileError::Failed(_));
+                    (
+                        format!("module {hash} cannot be compiled: {error}"),
+                        blame_module,
+                    )
+                })?;
         tracing::info!(
             module = hash,
             seconds = took.as_secs_f64(),

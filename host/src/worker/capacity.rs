@@ -58,23 +58,12 @@ impl Capacity {
             .saturating_sub(self.waiting.load(Ordering::Acquire))
     }
 
-    /// Records `count` claimed jobs that will wait for a slot.
-    pub fn claimed(&self, count: usize) {
-        self.waiting.fetch_add(count, Ordering::AcqRel);
-    }
-
-    /// Waits for an execution slot for a claimed job (first come, first served).
-    pub async fn slot(self: &Arc<Self>) -> Slot {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        Slot {
+    /// Records a claimed job that will wait for a slot.
+    pub fn claim(self: &Arc<Self>) -> Claim {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Claim {
             capacity: self.clone(),
-            permit: Some(permit),
+            seated: false,
         }
     }
 
@@ -98,6 +87,47 @@ impl Capacity {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
                 Some(average - average / 8 + sample / 8)
             });
+    }
+}
+
+/// A claimed job's place among those waiting for a slot. [`Claim::slot`]
+/// turns it into a [`Slot`]; dropping it instead (the attempt failed before
+/// its guest could run, or panicked) gives the place back, so claiming goes
+/// on as if the job had run.
+#[derive(Debug)]
+pub struct Claim {
+    capacity: Arc<Capacity>,
+    /// Whether it became a slot.
+    seated: bool,
+}
+
+impl Claim {
+    /// Waits for an execution slot (first come, first served).
+    pub async fn slot(mut self) -> Slot {
+        let permit = self
+            .capacity
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        // Taking a slot frees a waiting place: what may be claimed is
+        // unchanged, so the claim loop need not be told.
+        self.capacity.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.seated = true;
+        Slot {
+            capacity: self.capacity.clone(),
+            permit: Some(permit),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.seated {
+            self.capacity.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.capacity.changed.notify_one();
+        }
     }
 }
 
@@ -144,14 +174,23 @@ mod tests {
             slot.release(Duration::from_secs(60));
         }
         assert_eq!(capacity.claimable(), 2, "only free slots");
-        capacity.claimed(2);
+        let _waiting = [capacity.claim(), capacity.claim()];
         assert_eq!(capacity.claimable(), 0);
     }
 
     impl Capacity {
         async fn slot_for_test(self: &Arc<Self>) -> Slot {
-            self.claimed(1);
-            self.slot().await
+            self.claim().slot().await
         }
+    }
+
+    #[tokio::test]
+    async fn a_claim_given_up_before_its_slot_frees_its_place() {
+        let capacity = Capacity::new(1);
+        let before = capacity.claimable();
+        let claim = capacity.claim();
+        assert_eq!(capacity.claimable(), before - 1);
+        drop(claim);
+        assert_eq!(capacity.claimable(), before);
     }
 }

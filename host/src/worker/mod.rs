@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use capacity::{Capacity, Slot};
+pub use capacity::{Capacity, Claim, Slot};
 pub use completer::Completer;
 pub use heartbeat::{Heartbeat, InFlight};
 
@@ -231,24 +231,24 @@ impl Worker {
         metrics::counter!("taskflow_jobs_claimed_total").increment(claimed.len() as u64);
         // No Redis round trip here: the heartbeat writes the lease keys of
         // attempts still running at its next round (see `heartbeat`).
-        capacity.claimed(claimed.len());
         for job in claimed {
             let grant = in_flight.register(job.lease(), lease_valid_until);
+            let claim = capacity.claim();
             let worker = self.clone();
             let completer = completer.clone();
-            let capacity = capacity.clone();
             attempts.spawn(async move {
-                let slot = capacity.slot().await;
                 let identity = AttemptIdentity::of(&job);
-                let execution = worker.execute(job, grant, slot);
+                let execution = worker.execute(job, grant, claim);
                 let finished = settle_attempt(&worker.id, &worker.retry, identity, execution).await;
                 completer.submit(finished);
             });
         }
     }
 
-    /// Runs one attempt. The slot is released as soon as the guest is done.
-    async fn execute(&self, mut job: ClaimedJob, grant: Arc<RunGrant>, slot: Slot) -> Execution {
+    /// Runs one attempt: prepares its module (from a cache, or compiled)
+    /// before taking an execution slot, so a compile never holds one, then
+    /// runs the guest. The slot is released as soon as the guest is done.
+    async fn execute(&self, mut job: ClaimedJob, grant: Arc<RunGrant>, claim: Claim) -> Execution {
         let give_up_at = Instant::now() + Duration::from_millis(job.timeout_ms as u64);
         let prepared = self
             .sandbox
@@ -257,42 +257,41 @@ impl Worker {
                 fetch_module(&self.store, &job.module_hash, &grant, give_up_at),
             )
             .await;
-        let execution = match prepared {
-            Ok((task, _source)) => {
-                let attempt = Attempt {
-                    input: std::mem::take(&mut job.input),
-                    context: JobContext {
-                        job_id: job.id.to_string(),
-                        attempt: (job.attempt - job.attempt_base) as u32,
-                        max_attempts: job.max_attempts as u32,
-                        queue: job.queue.clone(),
-                    },
-                    limits: AttemptLimits {
-                        timeout: Duration::from_millis(job.timeout_ms as u64),
-                        fuel: job.fuel as u64,
-                        memory_bytes: job.memory_limit_bytes as u64,
-                    },
-                    grant,
-                };
-                // These two events bracket every execution of guest code; the
-                // chaos suite (tests/chaos) reads them to prove no two
-                // executions of one job overlap.
-                tracing::debug!(
-                    target: "taskflow::attempt",
-                    job_id = %job.id, lease_token = job.lease_token, attempt = job.attempt,
-                    "attempt started"
-                );
-                let execution = self.sandbox.run(&task, attempt).await;
-                tracing::debug!(
-                    target: "taskflow::attempt",
-                    job_id = %job.id, lease_token = job.lease_token,
-                    outcome = execution.result.as_ref().err().map_or("succeeded", |f| f.kind.code()),
-                    "attempt ended"
-                );
-                execution
-            }
-            Err(failure) => Execution::failed(failure),
+        let task = match prepared {
+            Ok((task, _source)) => task,
+            Err(failure) => return Execution::failed(failure),
         };
+        let slot = claim.slot().await;
+        let attempt = Attempt {
+            input: std::mem::take(&mut job.input),
+            context: JobContext {
+                job_id: job.id.to_string(),
+                attempt: (job.attempt - job.attempt_base) as u32,
+                max_attempts: job.max_attempts as u32,
+                queue: job.queue.clone(),
+            },
+            limits: AttemptLimits {
+                timeout: Duration::from_millis(job.timeout_ms as u64),
+                fuel: job.fuel as u64,
+                memory_bytes: job.memory_limit_bytes as u64,
+            },
+            grant,
+        };
+        // These two events bracket every execution of guest code; the chaos
+        // suite (tests/chaos) reads them to prove no two executions of one
+        // job overlap.
+        tracing::debug!(
+            target: "taskflow::attempt",
+            job_id = %job.id, lease_token = job.lease_token, attempt = job.attempt,
+            "attempt started"
+        );
+        let execution = self.sandbox.run(&task, attempt).await;
+        tracing::debug!(
+            target: "taskflow::attempt",
+            job_id = %job.id, lease_token = job.lease_token,
+            outcome = execution.result.as_ref().err().map_or("succeeded", |f| f.kind.code()),
+            "attempt ended"
+        );
         slot.release(execution.duration);
         execution
     }
@@ -458,8 +457,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_inside_an_attempt_ends_it_as_a_host_error_and_frees_its_slot() {
         let capacity = Capacity::new(1);
-        capacity.claimed(1);
-        let slot = capacity.slot().await;
+        let slot = capacity.claim().slot().await;
         assert_eq!(capacity.free_slots(), 0);
         let identity = AttemptIdentity {
             lease: LeaseRef {

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest;
 use taskflow::api::types::SubmitJob;
+use taskflow::config::WorkerConfig;
 use taskflow::store::JobState;
 
 use crate::support::{TestApp, TestOptions, eventually};
@@ -139,11 +140,15 @@ async fn a_compile_that_needs_too_much_memory_fails_only_its_own_modules_jobs() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_slow_compile_holds_up_no_other_module() {
+async fn a_slow_compile_holds_up_no_other_module_nor_an_execution_slot() {
     let app = TestApp::start().await;
     let hello = app.upload("hello").await;
     let heavy = store_module(&app, &heavy_component()).await;
-    let worker = app.spawn_worker("w1");
+    // One execution slot: the heavy module's compile must not hold it.
+    let worker = app.spawn_worker_with(WorkerConfig {
+        concurrency: Some(1),
+        ..app.worker_config("w1")
+    });
 
     let heavy_job = submit_once(&app, &heavy, json!({})).await;
     // Once the heavy job is claimed, its compile starts at once.
