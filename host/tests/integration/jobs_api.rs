@@ -6,9 +6,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskflow::api::types::{JobQuery, SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
-use taskflow::store::JobState;
+use taskflow::store::{JobState, NewJob};
 
-use crate::support::{TestApp, TestOptions, eventually};
+use crate::support::{TestApp, TestOptions, eventually, new_job};
 
 async fn post_json(app: &TestApp, path: &str, body: &str) -> (StatusCode, Value) {
     let response = app
@@ -657,25 +657,14 @@ async fn a_value_postgres_cannot_store_fails_only_its_own_submission_among_group
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
     use taskflow::api::submitter::Submitter;
-    use taskflow::store::NewJob;
 
     let app = TestApp::start().await;
     let module = app.upload("hello").await;
     let submitter = Submitter::spawn(app.store().clone());
     // Past validation's reach: a job only the database can refuse.
     let job = |run_at| NewJob {
-        id: uuid::Uuid::now_v7(),
-        module_hash: module.clone(),
-        queue: "default".into(),
-        priority: 0,
-        input: b"{}".to_vec(),
-        max_attempts: 1,
-        timeout_ms: 1000,
-        fuel: 1000,
-        memory_limit_bytes: 1 << 20,
         run_at,
-        idempotency_key: None,
-        request_fingerprint: None,
+        ..new_job(&module)
     };
     let refused = "-10000-01-01T00:00:00Z".parse().unwrap();
     let submissions = (0..40).map(|i| {

@@ -444,24 +444,28 @@ pub async fn store_with_jobs(pool: sqlx::PgPool, count: usize) -> (Store, Vec<Uu
     let bytes = b"not run by these tests".to_vec();
     let hash = hex::encode(sha2::Sha256::digest(&bytes));
     store.insert_module(&hash, &bytes).await.unwrap();
-    let jobs: Vec<NewJob> = (0..count)
-        .map(|_| NewJob {
-            id: Uuid::now_v7(),
-            module_hash: hash.clone(),
-            queue: "default".into(),
-            priority: 0,
-            input: b"{}".to_vec(),
-            max_attempts: 5,
-            timeout_ms: 1000,
-            fuel: 1000,
-            memory_limit_bytes: 1 << 20,
-            run_at: None,
-            idempotency_key: None,
-            request_fingerprint: None,
-        })
-        .collect();
+    let jobs: Vec<NewJob> = (0..count).map(|_| new_job(&hash)).collect();
     store.insert_jobs(&jobs).await.unwrap();
     (store, jobs.iter().map(|job| job.id).collect())
+}
+
+/// A job of `module_hash` with small limits, as the store takes it (past
+/// the API's checks).
+pub fn new_job(module_hash: &str) -> NewJob {
+    NewJob {
+        id: Uuid::now_v7(),
+        module_hash: module_hash.to_owned(),
+        queue: "default".into(),
+        priority: 0,
+        input: b"{}".to_vec(),
+        max_attempts: 5,
+        timeout_ms: 1000,
+        fuel: 1000,
+        memory_limit_bytes: 1 << 20,
+        run_at: None,
+        idempotency_key: None,
+        request_fingerprint: None,
+    }
 }
 
 /// The outcome record of `job`'s attempt on `worker`.
