@@ -11,7 +11,7 @@
 //!   [`Compiler`] of its own and runs no guest.
 //! - One `TaskPre` (an `InstancePre`: a component whose imports are already
 //!   resolved) per module hash, cached in memory, and compiled code cached
-//!   on disk in a private directory, each artifact with an HMAC
+//!   on disk in a private directory, each artifact with a keyed MAC
 //!   (`cache.rs`, `private_dir.rs`).
 //! - One fresh `Store` per attempt, dropped when the attempt ends: nothing a
 //!   guest does survives into another attempt.
