@@ -186,13 +186,32 @@ impl Compiler {
             (child.wait().await, out, err)
         })
         .await;
-        let Ok((status, stdout, stderr)) = finished else {
-            metrics::counter!("taskflow_compiles_total", "outcome" => "timeout").increment(1);
-            return Err(CompileError::Timeout(timeout));
+        let result = match finished {
+            Ok((status, stdout, stderr)) => self.verdict(status, stdout, stderr),
+            Err(_) => Err(CompileError::Timeout(timeout)),
         };
+        let outcome = match &result {
+            Ok(_) => "compiled",
+            Err(CompileError::Invalid(_)) => "invalid",
+            Err(CompileError::Timeout(_)) => "timeout",
+            Err(CompileError::MemoryLimit(_)) => "memory_limit",
+            Err(CompileError::Failed(_)) => "failed",
+        };
+        metrics::counter!("taskflow_compiles_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("taskflow_compile_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// What a compiler process that exited with `status` said.
+    fn verdict(
+        &self,
+        status: std::io::Result<std::process::ExitStatus>,
+        stdout: std::io::Result<Vec<u8>>,
+        stderr: std::io::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>, CompileError> {
         let status = status.map_err(|error| CompileError::Failed(error.to_string()))?;
         let stderr = String::from_utf8_lossy(&stderr.unwrap_or_default()).into_owned();
-        let result = match status.code().map(|code| code as u8) {
+        match status.code().map(|code| code as u8) {
             Some(0) => stdout.map_err(|error| CompileError::Failed(error.to_string())),
             Some(EXIT_INVALID) => Err(stdout
                 .ok()
@@ -208,20 +227,10 @@ impl Compiler {
                 Err(CompileError::MemoryLimit(self.config.memory_limit_bytes))
             }
             _ if status.signal() == Some(rustix::process::Signal::XCPU.as_raw()) => {
-                Err(CompileError::Timeout(timeout))
+                Err(CompileError::Timeout(self.config.timeout))
             }
             _ => Err(CompileError::Failed(format!("{status}: {}", stderr.trim()))),
-        };
-        let outcome = match &result {
-            Ok(_) => "compiled",
-            Err(CompileError::Invalid(_)) => "invalid",
-            Err(CompileError::Timeout(_)) => "timeout",
-            Err(CompileError::MemoryLimit(_)) => "memory_limit",
-            Err(CompileError::Failed(_)) => "failed",
-        };
-        metrics::counter!("taskflow_compiles_total", "outcome" => outcome).increment(1);
-        metrics::histogram!("taskflow_compile_seconds").record(started.elapsed().as_secs_f64());
-        result
+        }
     }
 
     fn command(&self, output: Output) -> tokio::process::Command {

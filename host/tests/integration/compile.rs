@@ -73,6 +73,7 @@ async fn an_upload_whose_compile_needs_too_much_memory_gets_422_and_the_api_serv
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_module_that_does_not_compile_in_time_fails_its_jobs_and_is_not_compiled_again() {
+    let metrics = taskflow::telemetry::prometheus();
     let mut app = TestApp::start().await;
     let heavy = store_module(&app, &heavy_component()).await;
     app.compile.compile_timeout = Duration::from_millis(300);
@@ -102,6 +103,12 @@ async fn a_module_that_does_not_compile_in_time_fails_its_jobs_and_is_not_compil
             && message.contains("failed less than 10 minutes ago"),
         "the failure is remembered, not compiled again: {message}"
     );
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(r#"taskflow_compiles_total{outcome="timeout"} 1"#),
+        "one compile for two jobs, and its time reported:\n{rendered}"
+    );
+    assert!(rendered.contains("taskflow_compile_seconds"), "{rendered}");
     worker.stop().await;
     app.finish().await;
 }
