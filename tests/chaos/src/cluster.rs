@@ -206,6 +206,72 @@ impl RedisServer {
     }
 }
 
+/// One worker's way to Redis: a TCP proxy the suite can turn into a black
+/// hole, as a partition that drops packets does: nothing is forwarded any
+/// more, nothing is closed, so the worker learns of it only from its own
+/// timeouts. When the partition heals, the connections it held are closed
+/// and new ones are forwarded again.
+pub struct RedisLink {
+    pub port: u16,
+    black_hole: tokio::sync::watch::Sender<bool>,
+}
+
+impl RedisLink {
+    /// A link to the Redis on `redis_port`. Must be called on the runtime.
+    pub fn start(redis_port: u16) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (black_hole, _) = tokio::sync::watch::channel(false);
+        let state = black_hole.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(forward(client, redis_port, state.subscribe()));
+            }
+        });
+        Ok(Self { port, black_hole })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops forwarding, holding every connection open.
+    pub fn black_hole(&self) {
+        self.black_hole.send_replace(true);
+    }
+
+    /// What heals the link (closes the held connections and forwards new
+    /// ones) when set to `false`.
+    pub fn heal_handle(&self) -> tokio::sync::watch::Sender<bool> {
+        self.black_hole.clone()
+    }
+}
+
+/// Forwards one connection until either side closes it, or holds it,
+/// unread, while the link is a black hole.
+async fn forward(
+    mut client: tokio::net::TcpStream,
+    redis_port: u16,
+    black_hole: tokio::sync::watch::Receiver<bool>,
+) {
+    if !*black_hole.borrow() {
+        let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else {
+            return;
+        };
+        let mut falls_in = black_hole.clone();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+            _ = falls_in.wait_for(|on| *on) => {}
+        }
+    }
+    // Held open, unread, until the partition heals; dropping both ends then
+    // closes them.
+    let mut heals = black_hole;
+    let _ = heals.wait_for(|on| !*on).await;
+}
+
 /// A `taskflow api` or `taskflow worker` process, logging JSON to
 /// `{name}.log` in the run's directory.
 pub struct Taskflow {

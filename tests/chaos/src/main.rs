@@ -3,9 +3,9 @@
 //! Starts a private PostgreSQL cluster, a private Redis, the API and several
 //! workers as separate OS processes, submits jobs through the API with
 //! idempotency keys, and while they run: SIGKILLs workers (and starts
-//! replacements), SIGSTOPs one past its lease and resumes it, kills and
-//! restarts the API mid-submission, flushes Redis, restarts Redis, and
-//! crashes PostgreSQL. Then it checks, from the workers' execution logs and
+//! replacements), SIGSTOPs one past its lease and resumes it, cuts one off
+//! from Redis by a black hole, kills and restarts the API mid-submission,
+//! flushes Redis, restarts Redis, and crashes PostgreSQL. Then it checks, from the workers' execution logs and
 //! PostgreSQL, that every job finished, none was lost or duplicated, no two
 //! executions of a job overlapped, and every outcome came from the attempt
 //! holding the job's current fencing token; and it measures how long dead
@@ -34,7 +34,7 @@ use taskflow::client::Client;
 use uuid::Uuid;
 
 use analysis::{Overlap, WorkerFate};
-use cluster::{PgCluster, RedisServer, Taskflow, TaskflowSetup, free_port};
+use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup, free_port};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -106,6 +106,9 @@ impl Report {
 /// Everything the fault schedule works on.
 struct Chaos {
     setup: TaskflowSetup,
+    redis_port: u16,
+    /// Each worker's way to Redis, by name.
+    links: HashMap<String, RedisLink>,
     api: Taskflow,
     api_port: u16,
     workers: Vec<Taskflow>,
@@ -119,9 +122,16 @@ impl Chaos {
     fn spawn_worker(&mut self) -> anyhow::Result<()> {
         self.next_worker += 1;
         let name = format!("worker-{}", self.next_worker);
-        let worker = self
-            .setup
-            .spawn("worker", &name, &[("TASKFLOW_WORKER_ID", name.clone())])?;
+        let link = RedisLink::start(self.redis_port)?;
+        let worker = self.setup.spawn(
+            "worker",
+            &name,
+            &[
+                ("TASKFLOW_WORKER_ID", name.clone()),
+                ("REDIS_URL", link.url()),
+            ],
+        )?;
+        self.links.insert(name.clone(), link);
         self.fates.insert(name, WorkerFate::default());
         self.workers.push(worker);
         Ok(())
@@ -176,6 +186,21 @@ impl Chaos {
             let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
         });
         Ok(())
+    }
+
+    /// Cuts a worker off from Redis by a black hole for `for_how_long`: its
+    /// commands time out, its leases cannot be renewed, and the other
+    /// workers must rescue its jobs without two executions overlapping.
+    fn cut_a_worker_off_from_redis(&mut self, for_how_long: Duration) {
+        let index = self.pick_worker();
+        let name = self.workers[index].name.clone();
+        self.links[&name].black_hole();
+        self.count("worker cut off from Redis (black hole)");
+        let heal = self.links[&name].heal_handle();
+        tokio::spawn(async move {
+            tokio::time::sleep(for_how_long).await;
+            heal.send_replace(false);
+        });
     }
 
     async fn restart_api(&mut self) -> anyhow::Result<()> {
@@ -328,6 +353,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut chaos = Chaos {
         setup,
+        redis_port: redis.port,
+        links: HashMap::new(),
         api,
         api_port,
         workers: Vec::new(),
@@ -367,6 +394,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep_until(at(9.0).into()).await;
         redis.restart(Duration::from_millis(500))?;
         chaos.count("Redis restart (all keys lost)");
+        tokio::time::sleep_until(at(10.0).into()).await;
+        chaos.cut_a_worker_off_from_redis(ttl * 3);
         tokio::time::sleep_until(at(12.0).into()).await;
         pg.crash()?;
         chaos.count("PostgreSQL crash and restart");
