@@ -24,7 +24,7 @@
 //! | wall time | epoch deadline checked every [`EPOCH_TICK`], plus an async timeout around host calls | `timeout` |
 //! | memory | resource limiter on the sum of all linear memories, and the pooling allocator's per-memory cap | `memory_limit` |
 //! | stack | `max_wasm_stack` | `stack_overflow` |
-//! | output | checked after the call (wasmtime copies it out first: bounded by the guest's memory limit, paid in fuel) | `output_too_large` |
+//! | output | its length checked before it is copied out of guest memory (`output.rs`) | `output_too_large` |
 //! | compile | a compiler process per compile: `RLIMIT_DATA`, killed at the timeout, failures remembered | `module_unavailable` |
 //! | log | bounded by stored bytes, a fixed overhead per line ([`capture`]); excess lines dropped and counted | (never fails) |
 //! | stream writes | a write longer than its stream permits traps before it is copied (`streams.rs`) | `trap` |
@@ -55,6 +55,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod guest;
+mod output;
 mod private_dir;
 mod streams;
 
@@ -78,6 +79,7 @@ use bindings::{TaskError, TaskPre};
 use capture::LogCapture;
 use failure::Interrupted;
 use guest::GuestState;
+use output::GuestOutput;
 
 /// How often the epoch advances: the resolution of wall-clock deadlines and
 /// of lease checks, and how often a running guest yields to the executor.
@@ -305,6 +307,7 @@ impl Sandbox {
             config.cache_dir.as_deref(),
             config.memory_cache_capacity,
         )?;
+        output::raise_lift_limit(config.max_output_bytes);
         let ticker_stop = Arc::new(AtomicBool::new(false));
         engine::spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(|error| {
             SandboxError::Engine(format!("cannot start the epoch ticker: {error}"))
@@ -453,6 +456,13 @@ impl Sandbox {
             GuestState::new(log.clone(), context, memory_bytes),
         );
         store.limiter(|state| &mut state.limiter);
+        // wasmtime caps what one call may move from guest to host (128 MiB
+        // by default) and fails the call past it, before copying. TaskFlow's
+        // own checks are finer (the output's length, `output.rs`; log lines
+        // and stream writes are never copied whole) and must see every
+        // in-bounds list to say why it was refused, so the cap becomes the
+        // guest's memory, which no list can exceed.
+        store.set_hostcall_fuel(memory_bytes);
         let started = Instant::now();
         let deadline = started + limits.timeout;
         if let Err(error) = store.set_fuel(limits.fuel) {
@@ -475,8 +485,11 @@ impl Sandbox {
         });
 
         let call = async {
-            let instance = task.0.instantiate_async(&mut store).await?;
-            instance.call_run(&mut store, &input).await
+            let instance = task.0.instance_pre().instantiate_async(&mut store).await?;
+            let run = instance
+                .get_typed_func::<(&[u8],), (Result<GuestOutput, TaskError>,)>(&mut store, "run")?;
+            let (result,) = run.call_async(&mut store, (&input,)).await?;
+            wasmtime::Result::Ok(result)
         };
         let outcome = tokio::select! {
             outcome = call => outcome,
@@ -489,16 +502,21 @@ impl Sandbox {
         let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         drop(store);
         let captured = log.finish();
-        let result = match outcome {
-            Ok(Ok(output)) if output.len() > config.max_output_bytes => Err(Failure::new(
+        let too_large = |bytes: usize| {
+            Failure::new(
                 FailureKind::OutputTooLarge,
                 format!(
-                    "the task returned {} bytes; the limit is {}",
-                    output.len(),
+                    "the task returned {bytes} bytes; the limit is {}",
                     config.max_output_bytes
                 ),
-            )),
-            Ok(Ok(output)) => Ok(output),
+            )
+        };
+        let result = match outcome {
+            Ok(Ok(GuestOutput::Bytes(output))) if output.len() > config.max_output_bytes => {
+                Err(too_large(output.len()))
+            }
+            Ok(Ok(GuestOutput::Bytes(output))) => Ok(output),
+            Ok(Ok(GuestOutput::TooLong(bytes))) => Err(too_large(bytes)),
             Ok(Err(error)) => Err(guest_failure(error)),
             Err(error) => Err(failure::classify(
                 &error,

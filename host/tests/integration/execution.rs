@@ -286,6 +286,45 @@ async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
+    const OUTPUT: u64 = 192 << 20;
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let before = crate::support::peak_rss_bytes(std::process::id());
+    let job = app
+        .submit_with(SubmitJob {
+            module,
+            input: Some(json!({"mode": "big_output", "bytes": OUTPUT}).into()),
+            memory_limit_bytes: Some(256 << 20),
+            max_attempts: Some(1),
+            ..Default::default()
+        })
+        .await;
+    let job = app.wait_final(job.id).await;
+    let error = job.last_error.unwrap();
+    assert_eq!(error["kind"], "output_too_large", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains(&OUTPUT.to_string()),
+        "{error}"
+    );
+    // The guest's own memory holds the output once; copying it into the
+    // worker would hold it twice.
+    let grew = crate::support::peak_rss_bytes(std::process::id()) - before;
+    assert!(
+        grew < OUTPUT * 3 / 2,
+        "a {} MiB output grew the worker by {} MiB",
+        OUTPUT >> 20,
+        grew >> 20
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_write_beyond_what_the_stream_permits_traps_before_it_is_copied() {
     let app = TestApp::start().await;
     let worker = app.spawn_worker("w1");

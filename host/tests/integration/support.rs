@@ -512,6 +512,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The peak resident memory so far (`VmHWM`) of process `pid`, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+        * 1024
+}
+
 /// `taskflow api` as an OS process of its own over a test's database and
 /// Redis prefix, for tests that measure the process itself (its memory, its
 /// file descriptors). Killed when dropped.
@@ -552,16 +564,9 @@ impl TestApp {
 }
 
 impl ApiProcess {
-    /// The process's peak resident memory so far (`VmHWM`), in bytes.
+    /// The process's peak resident memory so far, in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the API process is alive");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmHWM in /proc/<pid>/status")
-            * 1024
+        peak_rss_bytes(self.child.id())
     }
 
     /// File descriptors the process has open.
