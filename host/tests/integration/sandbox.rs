@@ -131,9 +131,16 @@ async fn an_artifact_swapped_or_planted_in_the_cache_is_refused_and_the_module_c
     assert_eq!(execution.result.unwrap(), br#"{"greeting":"Hello, swap!"}"#);
     drop(restarted);
 
-    // An artifact written by anyone without the key.
-    let genuine = std::fs::read(&noop).unwrap();
-    std::fs::write(&noop, &genuine[32..]).unwrap();
+    // An artifact whose MAC was made by anyone without the key, and one
+    // with no MAC at all.
+    std::fs::write(noop.with_extension("mac"), [0u8; 32]).unwrap();
+    let restarted = sandbox(Some(dir.clone()));
+    assert_eq!(
+        prepare(&restarted, plugin("noop")).await.1,
+        CacheSource::Compiled
+    );
+    drop(restarted);
+    std::fs::remove_file(noop.with_extension("mac")).unwrap();
     let restarted = sandbox(Some(dir.clone()));
     assert_eq!(
         prepare(&restarted, plugin("noop")).await.1,
