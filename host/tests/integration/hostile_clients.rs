@@ -155,40 +155,41 @@ async fn uploads_beyond_the_compile_queue_get_503_with_retry_after_before_their_
     let mut options = TestOptions::default();
     options.compile.max_concurrent_compiles = 1;
     let app = TestApp::start_with_api(options, |api| api.max_queued_uploads = 0).await;
-    // A slow upload holds the only place: its body is still arriving.
-    let slow = connect_and_send(
-        &app.url,
-        b"PUT /v1/modules HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n\0asm",
-    )
-    .await;
-    let upload_answering = |status| {
-        let app = &app;
-        move || async move {
-            let response = app
-                .http()
-                .put(format!("{}/v1/modules", app.url))
-                .body(plugin("hello"))
-                .send()
-                .await
-                .unwrap();
-            (response.status() == status).then_some(response)
-        }
+    let upload = || {
+        app.http()
+            .put(format!("{}/v1/modules", app.url))
+            .body(plugin("hello"))
+            .send()
     };
-    let refused = eventually(
-        Duration::from_secs(10),
-        upload_answering(StatusCode::SERVICE_UNAVAILABLE),
-    )
+    // A slow upload holds the only place while its body is still arriving.
+    // One that does not get the place is answered at once; one that holds
+    // it hears nothing. Only then is the queue known to be full.
+    let (slow, refused) = eventually(Duration::from_secs(10), || async {
+        let mut slow = connect_and_send(
+            &app.url,
+            b"PUT /v1/modules HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n\0asm",
+        )
+        .await;
+        let mut answer = [0u8; 16];
+        let heard = tokio::time::timeout(Duration::from_millis(300), slow.read(&mut answer)).await;
+        if heard.is_ok() {
+            return None;
+        }
+        Some((slow, upload().await.unwrap()))
+    })
     .await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "busy");
 
     drop(slow);
-    eventually(
-        Duration::from_secs(10),
-        upload_answering(StatusCode::CREATED),
-    )
+    let accepted = eventually(Duration::from_secs(10), || async {
+        let response = upload().await.unwrap();
+        (response.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
     .await;
+    assert_eq!(accepted.status(), StatusCode::CREATED);
     app.finish().await;
 }
 
