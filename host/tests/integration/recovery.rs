@@ -180,7 +180,7 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
     .await;
 
     // The claimed attempts finish while the worker cannot reach PostgreSQL.
-    proxy.cut();
+    proxy.cut().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let written: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts")
         .fetch_one(app.store().pool())
@@ -231,7 +231,7 @@ async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_on
         accepted.push(api.submit(&job).await.expect("submits").job.id);
     }
 
-    proxy.cut();
+    proxy.cut().await;
     for _ in 0..3 {
         match api.submit(&job).await {
             Err(ClientError::Api { status, .. }) => assert_eq!(

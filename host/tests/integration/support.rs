@@ -396,6 +396,8 @@ pub struct TcpProxy {
     pub address: SocketAddr,
     down: Arc<AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
+    /// Connections being forwarded.
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TcpProxy {
@@ -403,32 +405,46 @@ impl TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let down = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (cut, _) = tokio::sync::watch::channel(0u64);
-        let (accept_down, accept_cut) = (down.clone(), cut.clone());
+        let (accept_down, accept_cut, accept_live) = (down.clone(), cut.clone(), live.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if accept_down.load(Ordering::Acquire) {
                     continue; // dropping the socket refuses the connection
                 }
                 let mut cuts = accept_cut.subscribe();
+                let live = accept_live.clone();
+                live.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cuts.changed() => {}
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cuts.changed() => {}
+                        }
                     }
+                    live.fetch_sub(1, Ordering::AcqRel);
                 });
             }
         });
-        Self { address, down, cut }
+        Self {
+            address,
+            down,
+            cut,
+            live,
+        }
     }
 
-    /// Cuts every open connection and refuses new ones until [`Self::restore`].
-    pub fn cut(&self) {
+    /// Cuts every open connection and refuses new ones until
+    /// [`Self::restore`]; returns once every connection is closed, so the
+    /// partition is in force when the test goes on.
+    pub async fn cut(&self) {
         self.down.store(true, Ordering::Release);
         self.cut.send_modify(|generation| *generation += 1);
+        eventually(Duration::from_secs(10), || async {
+            (self.live.load(Ordering::Acquire) == 0).then_some(())
+        })
+        .await;
     }
 
     pub fn restore(&self) {
