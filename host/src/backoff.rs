@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::RetryPolicy;
-use crate::store::NextState;
+use crate::job::AfterFailure;
 
 /// Where a job goes after a failed attempt: `dead` if the failure is not
 /// retryable or `attempts_used` (this one included, counted since the last
@@ -33,11 +33,11 @@ pub fn after_failure(
     attempts_used: u32,
     max_attempts: u32,
     retryable: bool,
-) -> NextState {
+) -> AfterFailure {
     if !retryable || attempts_used >= max_attempts {
-        NextState::Dead
+        AfterFailure::Dead
     } else {
-        NextState::Retrying {
+        AfterFailure::Retry {
             delay: retry_delay(policy, job_id, attempts_used),
         }
     }
@@ -116,17 +116,17 @@ mod tests {
         let job = Uuid::now_v7();
         assert!(matches!(
             after_failure(&policy, job, 1, 3, true),
-            NextState::Retrying { .. }
+            AfterFailure::Retry { .. }
         ));
         assert!(matches!(
             after_failure(&policy, job, 2, 3, true),
-            NextState::Retrying { .. }
+            AfterFailure::Retry { .. }
         ));
-        assert_eq!(after_failure(&policy, job, 3, 3, true), NextState::Dead);
-        assert_eq!(after_failure(&policy, job, 1, 3, false), NextState::Dead);
+        assert_eq!(after_failure(&policy, job, 3, 3, true), AfterFailure::Dead);
+        assert_eq!(after_failure(&policy, job, 1, 3, false), AfterFailure::Dead);
         assert_eq!(
             after_failure(&policy, job, 2, 3, true),
-            NextState::Retrying {
+            AfterFailure::Retry {
                 delay: retry_delay(&policy, job, 2)
             }
         );

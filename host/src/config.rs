@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Command, FromArgMatches};
 
+use crate::job::SubmissionLimits;
+
 /// A configuration that cannot work, reported before anything starts.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -157,6 +159,21 @@ pub struct JobLimits {
 }
 
 impl JobLimits {
+    /// The limits a submission is checked against.
+    pub fn submission(&self) -> SubmissionLimits {
+        SubmissionLimits {
+            max_input_bytes: self.max_input_bytes,
+            default_max_attempts: self.default_max_attempts,
+            max_attempts_limit: self.max_attempts_limit,
+            default_timeout: self.default_timeout,
+            max_timeout: self.max_timeout,
+            default_fuel: self.default_fuel,
+            max_fuel: self.max_fuel,
+            default_memory_limit_bytes: self.default_memory_limit_bytes,
+            max_memory_limit_bytes: self.max_memory_limit_bytes,
+        }
+    }
+
     /// Rejects settings that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(self.max_batch_jobs >= 1, || {
@@ -425,11 +442,17 @@ pub struct WorkerConfig {
     #[arg(long, env = "TASKFLOW_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
-    /// How often the dispatch services (scheduler, rescuer) run in this
-    /// worker. Every worker runs them; their statements are guarded, so
-    /// running them concurrently is safe.
-    #[arg(long, env = "TASKFLOW_DISPATCH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub dispatch_interval: Duration,
+    /// How often the maintenance services (scheduler, rescuer) run, on the
+    /// one worker elected to run them (`maintenance/elector.rs`). A retry's
+    /// backoff and a dead worker's rescue can be late by this much.
+    #[arg(long, env = "TASKFLOW_MAINTENANCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub maintenance_interval: Duration,
+
+    /// How long the maintenance leader's term lasts unless renewed (every
+    /// third of it). A dead leader's maintenance stops for up to this long;
+    /// too short and a briefly slowed leader loses its term for nothing.
+    #[arg(long, env = "TASKFLOW_LEADER_TERM", default_value = "5s", value_parser = parse_duration)]
+    pub leader_term: Duration,
 
     /// Address for this worker's Prometheus metrics (`/metrics`); off when unset.
     #[arg(long, env = "TASKFLOW_WORKER_METRICS_LISTEN")]
@@ -443,7 +466,7 @@ impl WorkerConfig {
             "--queues must name at least one queue".into()
         })?;
         for queue in &self.queues {
-            check(crate::store::is_valid_queue_name(queue), || {
+            check(crate::job::is_valid_queue_name(queue), || {
                 format!("--queues: {queue:?} is not a valid queue name (1-64 of a-z, 0-9, _ and -)")
             })?;
         }
@@ -453,8 +476,11 @@ impl WorkerConfig {
         check(!self.poll_interval.is_zero(), || {
             "--poll-interval must be positive".into()
         })?;
-        check(!self.dispatch_interval.is_zero(), || {
-            "--dispatch-interval must be positive".into()
+        check(!self.maintenance_interval.is_zero(), || {
+            "--maintenance-interval must be positive".into()
+        })?;
+        check(self.leader_term >= Duration::from_millis(300), || {
+            "--leader-term must be at least 300ms".into()
         })
     }
 

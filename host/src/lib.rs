@@ -3,6 +3,8 @@
 //!
 //! # Architecture at a glance
 //!
+//! - [`job`]: the domain: states, submissions and their limits, how an
+//!   attempt ends, failure codes. Knows nothing of HTTP, SQL or the CLI.
 //! - [`api`]: the control plane. Accepts module uploads and job submissions
 //!   over REST, validates them and writes them to PostgreSQL. Holds no job
 //!   state in memory, so it can be restarted or scaled at will.
@@ -14,9 +16,10 @@
 //!   them in the [`sandbox`] and records each outcome with its fencing token.
 //! - [`sandbox`]: wasmtime configured for hostile code: fuel, wall-clock
 //!   deadlines, memory and stack limits, no ambient capabilities.
-//! - [`dispatch`]: background services that keep jobs moving: the
-//!   [`dispatch::Scheduler`] makes scheduled and retrying jobs available when
-//!   they fall due, the [`dispatch::Rescuer`] recovers jobs whose worker died.
+//! - [`maintenance`]: background services that keep jobs moving, run by one
+//!   elected worker at a time: the [`maintenance::Scheduler`] makes
+//!   scheduled and retrying jobs available when they fall due, the
+//!   [`maintenance::Rescuer`] recovers jobs whose worker died.
 //! - [`backoff`]: the deterministic retry schedule.
 //! - [`config`] and [`cli`]: every knob, in one place, and the `taskflow`
 //!   binary's commands (server roles and the HTTP client).
@@ -32,8 +35,9 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod dispatch;
+pub mod job;
 pub mod lease;
+pub mod maintenance;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

@@ -14,7 +14,7 @@
 //!
 //! JSON bodies ([`JsonBody`]) are then parsed straight into their request
 //! type: job inputs stay unparsed text ([`JsonInput`](super::types::JsonInput))
-//! until `jobs::resolve` has checked their size, so no request is ever turned
+//! until `JobSpec::resolve` (`job/spec.rs`) has checked their size, so no request is ever turned
 //! into a `serde_json::Value` tree.
 
 use std::sync::Arc;

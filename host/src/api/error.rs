@@ -1,7 +1,8 @@
 //! The API's one error type and its JSON shape.
 //!
 //! Every error response is `{"error": {"code": "...", "message": "..."}}`
-//! with a 4xx or 5xx status. `code` is stable and machine-readable; the
+//! with a 4xx or 5xx status, and `"field"` naming the request's field when
+//! one field is to blame. `code` is stable and machine-readable; the
 //! message names the problem and, where there is one, the fix. A 5xx never
 //! leaks internals: the details go to the server log.
 
@@ -11,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::job::{FieldError, Problem};
 use crate::store::StoreError;
 
 /// An error response.
@@ -22,6 +24,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for humans.
     pub message: String,
+    /// The request field to blame, if one is.
+    pub field: Option<String>,
     /// Seconds after which a retry may succeed (`Retry-After`).
     pub retry_after_secs: Option<u32>,
 }
@@ -40,6 +44,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for humans.
     pub message: String,
+    /// The request field to blame, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -49,6 +56,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
             retry_after_secs: None,
         }
     }
@@ -104,6 +112,21 @@ impl ApiError {
     }
 }
 
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        let message = error.to_string();
+        let answer = match error.problem {
+            Problem::Invalid => Self::bad_request("invalid_field", message),
+            Problem::NotAModuleHash => Self::bad_request("invalid_hash", message),
+            Problem::InputTooLarge => Self::too_large("input_too_large", message),
+        };
+        Self {
+            field: Some(error.field),
+            ..answer
+        }
+    }
+}
+
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         Self::bad_request("invalid_path", rejection.body_text())
@@ -118,7 +141,15 @@ impl From<QueryRejection> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        match &error {
+        Self::from_store(&error)
+    }
+}
+
+impl ApiError {
+    fn from_store(error: &StoreError) -> Self {
+        match error {
+            StoreError::Group(error) => Self::from_store(error),
+            StoreError::WriterStopped => Self::internal(error),
             StoreError::UnknownModules(_) => Self::not_found("module_not_found", error.to_string()),
             StoreError::JobNotFound(_) => Self::not_found("job_not_found", error.to_string()),
             StoreError::IdempotencyConflict { .. } => Self::new(
@@ -152,6 +183,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
+                field: self.field,
             },
         };
         let mut response = (self.status, Json(body)).into_response();

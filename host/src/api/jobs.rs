@@ -2,33 +2,21 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::body::{BodyLimit, JsonBody};
-use super::modules::check_hash;
 use super::types::{
     AttemptList, AttemptQuery, BatchEntry, JobPage, JobQuery, JobView, SubmitBatch, SubmitJob,
     SubmittedBatch, SubmittedJob,
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::JobLimits;
-use crate::sandbox::FailureKind;
-use crate::store::{JobFilter, JobState, LeaseRef, NewJob, Submitted, is_valid_queue_name};
-
-/// Queue of jobs that do not name one.
-pub const DEFAULT_QUEUE: &str = "default";
-
-/// Longest idempotency key.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+use crate::job::{FailureKind, JobState, check_queue_name};
+use crate::store::{JobFilter, LeaseRef, Submitted};
 
 /// Request-body overhead allowed beyond the input itself (field names,
 /// options, JSON escaping of a JSON input).
@@ -67,7 +55,7 @@ async fn submit(
     State(state): State<ApiState>,
     JsonBody(request, _reserved): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
-    let job = resolve(request, &state.limits, "")?;
+    let job = request.into_spec()?.resolve(&state.limits.submission())?;
     let submitted = state.submitter.submit(job).await?;
     announce(&state, std::slice::from_ref(&submitted));
     let submitted = SubmittedJob {
@@ -104,10 +92,14 @@ async fn submit_batch(
             ),
         ));
     }
+    let limits = state.limits.submission();
     let mut keys = HashSet::new();
     let mut jobs = Vec::with_capacity(request.jobs.len());
     for (index, request) in request.jobs.into_iter().enumerate() {
-        let job = resolve(request, &state.limits, &format!("jobs[{index}]."))?;
+        let job = request
+            .into_spec()
+            .and_then(|spec| spec.resolve(&limits))
+            .map_err(|error| error.within(&format!("jobs[{index}]")))?;
         if let Some(key) = &job.idempotency_key
             && !keys.insert(key.clone())
         {
@@ -141,221 +133,6 @@ fn announce(state: &ApiState, submitted: &[Submitted]) {
             .filter(|s| s.job.state == JobState::Available)
             .map(|s| s.job.queue.as_str()),
     );
-}
-
-/// Checks a submission against the server's limits and fills in defaults.
-/// `field` prefixes field names in errors (`jobs[3].`).
-pub fn resolve(request: SubmitJob, limits: &JobLimits, field: &str) -> Result<NewJob, ApiError> {
-    let invalid = |name: &str, message: String| {
-        ApiError::bad_request("invalid_field", format!("{field}{name}: {message}"))
-    };
-    check_hash(&format!("{field}module"), &request.module)?;
-    let input_too_large = || {
-        ApiError::too_large(
-            "input_too_large",
-            format!(
-                "{field}input: over the limit of {} bytes; store large data elsewhere and pass a \
-                 reference",
-                limits.max_input_bytes
-            ),
-        )
-    };
-    let input = match (request.input, request.input_base64) {
-        (Some(json), None) => match compact_json(json.text(), limits.max_input_bytes) {
-            Ok(input) => input,
-            Err(CompactError::TooLarge) => return Err(input_too_large()),
-            Err(CompactError::Invalid(error)) => return Err(invalid("input", error.to_string())),
-        },
-        (None, Some(encoded)) => {
-            // Four base64 characters hold three bytes: refuse before decoding.
-            if encoded.len() / 4 * 3 > limits.max_input_bytes + 2 {
-                return Err(input_too_large());
-            }
-            BASE64
-                .decode(encoded.as_bytes())
-                .map_err(|error| invalid("input_base64", format!("not valid base64 ({error})")))?
-        }
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "input",
-                "give either input or input_base64, not both".into(),
-            ));
-        }
-        (None, None) => {
-            return Err(invalid(
-                "input",
-                "required: the task's input as JSON (input) or as base64 bytes (input_base64)"
-                    .into(),
-            ));
-        }
-    };
-    if input.len() > limits.max_input_bytes {
-        return Err(input_too_large());
-    }
-    let max_attempts = request.max_attempts.unwrap_or(limits.default_max_attempts);
-    if !(1..=limits.max_attempts_limit).contains(&max_attempts) {
-        return Err(invalid(
-            "max_attempts",
-            format!("must be between 1 and {}", limits.max_attempts_limit),
-        ));
-    }
-    let max_timeout_ms = limits.max_timeout.as_millis() as u64;
-    let timeout_ms = request
-        .timeout_ms
-        .unwrap_or(limits.default_timeout.as_millis() as u64);
-    if !(1..=max_timeout_ms).contains(&timeout_ms) {
-        return Err(invalid(
-            "timeout_ms",
-            format!("must be between 1 and {max_timeout_ms}"),
-        ));
-    }
-    let fuel = request.fuel.unwrap_or(limits.default_fuel);
-    if !(1..=limits.max_fuel).contains(&fuel) {
-        return Err(invalid(
-            "fuel",
-            format!("must be between 1 and {}", limits.max_fuel),
-        ));
-    }
-    let memory = request
-        .memory_limit_bytes
-        .unwrap_or(limits.default_memory_limit_bytes);
-    if !(MIN_MEMORY_LIMIT_BYTES..=limits.max_memory_limit_bytes).contains(&memory) {
-        return Err(invalid(
-            "memory_limit_bytes",
-            format!(
-                "must be between {MIN_MEMORY_LIMIT_BYTES} (one WebAssembly page) and {}",
-                limits.max_memory_limit_bytes
-            ),
-        ));
-    }
-    let queue = request.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
-    if !is_valid_queue_name(&queue) {
-        return Err(invalid(
-            "queue",
-            "must be 1-64 characters of a-z, 0-9, _ and -".into(),
-        ));
-    }
-    if let Some(key) = &request.idempotency_key
-        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || key.contains('\0'))
-    {
-        return Err(invalid(
-            "idempotency_key",
-            format!("must be 1-{MAX_IDEMPOTENCY_KEY_LEN} bytes without NUL characters"),
-        ));
-    }
-    if let Some(run_at) = request.run_at
-        && !(earliest_run_at()..=latest_run_at()).contains(&run_at)
-    {
-        return Err(invalid(
-            "run_at",
-            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z".into(),
-        ));
-    }
-    let mut job = NewJob {
-        id: Uuid::now_v7(),
-        module_hash: request.module,
-        queue,
-        priority: request.priority.unwrap_or(0),
-        input,
-        max_attempts: max_attempts as i32,
-        timeout_ms: timeout_ms as i32,
-        fuel: fuel as i64,
-        memory_limit_bytes: memory as i64,
-        run_at: request.run_at,
-        idempotency_key: request.idempotency_key,
-        request_fingerprint: None,
-    };
-    if job.idempotency_key.is_some() {
-        job.request_fingerprint = Some(fingerprint(&job));
-    }
-    Ok(job)
-}
-
-/// The earliest `run_at` accepted: PostgreSQL stores earlier times, but not
-/// all of them (none before 4713 BC), and a four-digit year is what RFC 3339
-/// promises.
-fn earliest_run_at() -> DateTime<Utc> {
-    DateTime::from_timestamp(-62_135_596_800, 0).expect("0001-01-01T00:00:00Z is a valid time")
-}
-
-/// The latest `run_at` accepted (see [`earliest_run_at`]).
-fn latest_run_at() -> DateTime<Utc> {
-    DateTime::from_timestamp(253_402_300_799, 0).expect("9999-12-31T23:59:59Z is a valid time")
-}
-
-/// Why a JSON input could not be compacted.
-enum CompactError {
-    /// It is over the limit.
-    TooLarge,
-    /// It is not a JSON value serde can read (a number out of range, nesting
-    /// past serde's recursion limit).
-    Invalid(serde_json::Error),
-}
-
-/// `text` (one JSON value) without insignificant whitespace, in one
-/// streaming pass that builds no tree and stops once the result would pass
-/// `limit` bytes.
-fn compact_json(text: &str, limit: usize) -> Result<Vec<u8>, CompactError> {
-    let mut output = CappedWriter {
-        bytes: Vec::with_capacity(text.len().min(limit)),
-        limit,
-        overflowed: false,
-    };
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let transcoded = serde_transcode::transcode(
-        &mut deserializer,
-        &mut serde_json::Serializer::new(&mut output),
-    );
-    match transcoded {
-        Ok(()) => Ok(output.bytes),
-        Err(_) if output.overflowed => Err(CompactError::TooLarge),
-        Err(error) => Err(CompactError::Invalid(error)),
-    }
-}
-
-/// A `Vec<u8>` writer that refuses to grow past `limit`.
-struct CappedWriter {
-    bytes: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
-}
-
-impl std::io::Write for CappedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.bytes.len() + buf.len() > self.limit {
-            self.overflowed = true;
-            return Err(std::io::Error::other("over the limit"));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Smallest memory limit: one 64 KiB WebAssembly page.
-const MIN_MEMORY_LIMIT_BYTES: u64 = 64 << 10;
-
-/// A digest of everything a submission asks for, so a retried request (same
-/// key, same fingerprint) is told apart from a conflicting one.
-fn fingerprint(job: &NewJob) -> Vec<u8> {
-    let mut hasher = Sha256::new();
-    hasher.update(job.module_hash.as_bytes());
-    hasher.update((job.input.len() as u64).to_be_bytes());
-    hasher.update(&job.input);
-    hasher.update(job.queue.as_bytes());
-    hasher.update([0]);
-    hasher.update(job.priority.to_be_bytes());
-    hasher.update(job.max_attempts.to_be_bytes());
-    hasher.update(job.timeout_ms.to_be_bytes());
-    hasher.update(job.fuel.to_be_bytes());
-    hasher.update(job.memory_limit_bytes.to_be_bytes());
-    if let Some(run_at) = job.run_at {
-        hasher.update(run_at.timestamp_micros().to_be_bytes());
-    }
-    hasher.finalize().to_vec()
 }
 
 /// `GET /v1/jobs/{id}`: the job with its input, output and resource use.
@@ -430,13 +207,11 @@ async fn list(
             })
         })
         .transpose()?;
-    if let Some(queue) = &query.queue
-        && !is_valid_queue_name(queue)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_queue",
-            "queue must be 1-64 characters of a-z, 0-9, _ and -",
-        ));
+    if let Some(queue) = &query.queue {
+        check_queue_name("queue", queue).map_err(|error| ApiError {
+            code: "invalid_queue",
+            ..error.into()
+        })?;
     }
     let jobs = state
         .store

@@ -20,7 +20,6 @@ pub mod health;
 pub mod jobs;
 pub mod modules;
 pub mod serve;
-pub mod submitter;
 pub mod types;
 
 use std::sync::Arc;
@@ -49,7 +48,7 @@ pub struct ApiState {
     /// Wake-ups after jobs become available.
     pub waker: Waker,
     /// Group commit of single-job submissions.
-    pub submitter: submitter::Submitter,
+    pub submitter: crate::store::Submitter,
     /// Compiles uploads to check them, in compiler processes.
     pub compiler: Compiler,
     /// Limits on what clients may ask for.

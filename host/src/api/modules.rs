@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use super::types::{ModulePage, ModuleQuery, ModuleView};
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
+use crate::job::check_module_hash;
 use crate::sandbox::{CompileError, InvalidModule};
-use crate::store::is_valid_module_hash;
 
 /// Routes under `/v1/modules`.
 pub fn router() -> Router<ApiState> {
@@ -101,7 +101,7 @@ async fn get_one(
     State(state): State<ApiState>,
     PathParams(hash): PathParams<String>,
 ) -> Result<Json<ModuleView>, ApiError> {
-    check_hash("hash", &hash)?;
+    check_module_hash("hash", &hash)?;
     let module = state.store.get_module(&hash).await?.ok_or_else(|| {
         ApiError::not_found(
             "module_not_found",
@@ -118,7 +118,7 @@ async fn list(
 ) -> Result<Json<ModulePage>, ApiError> {
     let limit = page_limit(query.limit, PAGE_DEFAULT, PAGE_MAX)?;
     if let Some(cursor) = &query.cursor {
-        check_hash("cursor", cursor)?;
+        check_module_hash("cursor", cursor)?;
     }
     let modules = state
         .store
@@ -131,16 +131,4 @@ async fn list(
         modules: modules.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
-}
-
-/// Rejects anything but 64 lowercase hex digits.
-pub(super) fn check_hash(field: &str, hash: &str) -> Result<(), ApiError> {
-    if is_valid_module_hash(hash) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_hash",
-            format!("{field} must be a module's SHA-256: 64 lowercase hex digits"),
-        ))
-    }
 }

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{AttemptOutcome, AttemptRecord, JobDetail, JobRecord, JobState, ModuleRecord};
+use crate::job::{AttemptOutcome, FieldError, JobInput, JobSpec, JobState, attempts_used};
+use crate::store::{AttemptRecord, JobDetail, JobRecord, ModuleRecord};
 
 /// `POST /v1/jobs`: a job to run. Only `module` and one of `input` /
 /// `input_base64` are required; every other field has a server default.
@@ -49,8 +50,48 @@ pub struct SubmitJob {
     pub idempotency_key: Option<String>,
 }
 
+impl SubmitJob {
+    /// The submission in the job domain's terms, to be resolved against the
+    /// server's limits ([`JobSpec::resolve`]).
+    ///
+    /// # Errors
+    ///
+    /// When the input is given both ways or neither.
+    pub fn into_spec(self) -> Result<JobSpec, FieldError> {
+        let input = match (self.input, self.input_base64) {
+            (Some(json), None) => JobInput::Json(json.0.get().to_owned()),
+            (None, Some(encoded)) => JobInput::Base64(encoded),
+            (Some(_), Some(_)) => {
+                return Err(FieldError::invalid(
+                    "input",
+                    "give either input or input_base64, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(FieldError::invalid(
+                    "input",
+                    "required: the task's input as JSON (input) or as base64 bytes \
+                     (input_base64)",
+                ));
+            }
+        };
+        Ok(JobSpec {
+            module: self.module,
+            input,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            fuel: self.fuel,
+            memory_limit_bytes: self.memory_limit_bytes,
+            queue: self.queue,
+            priority: self.priority,
+            run_at: self.run_at,
+            idempotency_key: self.idempotency_key,
+        })
+    }
+}
+
 /// A job's input as JSON text, kept as the client sent it: the server checks
-/// its size and compacts it in one streaming pass (`api::jobs::resolve`)
+/// its size and compacts it in one streaming pass ([`JobSpec::resolve`])
 /// without ever building a tree of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -171,7 +212,9 @@ impl From<JobRecord> for JobView {
             state: job.state,
             attempt: job.attempt,
             max_attempts: job.max_attempts,
-            attempts_left: (job.max_attempts - (job.attempt - job.attempt_base)).max(0),
+            attempts_left: (i64::from(job.max_attempts)
+                - i64::from(attempts_used(job.attempt, job.attempt_base)))
+            .max(0) as i32,
             timeout_ms: job.timeout_ms,
             fuel: job.fuel,
             memory_limit_bytes: job.memory_limit_bytes,

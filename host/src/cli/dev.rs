@@ -1,7 +1,7 @@
 //! `taskflow dev`: the whole system on one machine, with a demo.
 //!
 //! Applies migrations, starts the API and two workers in this process
-//! (each worker with its own sandbox, leases and dispatch services, exactly
+//! (each worker with its own sandbox, leases, elector and maintenance services, exactly
 //! as `taskflow worker` runs them), builds the `hello` plugin, uploads it
 //! through the API, submits a job and prints its result and log. Then it
 //! keeps serving until Ctrl-C, so you can submit your own jobs.
@@ -135,7 +135,7 @@ async fn demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
     println!("{}", describe_job(&job));
     println!("\n$ taskflow job attempts {}", job.id);
     println!("{}", describe_attempts(&client.attempts(job.id).await?));
-    if job.state != crate::store::JobState::Succeeded {
+    if job.state != crate::job::JobState::Succeeded {
         bail!("the demo job did not succeed");
     }
     Ok(())

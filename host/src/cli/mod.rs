@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::config::{
     ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
 };
-use crate::store::JobState;
+use crate::job::JobState;
 
 /// TaskFlow: run untrusted WebAssembly tasks as durable background jobs.
 #[derive(Debug, Parser)]
@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the REST API (control plane). Applies migrations on start.
     Api(ApiArgs),
-    /// Run a worker (execution plane), with the dispatch services.
+    /// Run a worker (execution plane), with the maintenance services (run while it is the elected leader).
     Worker(WorkerArgs),
     /// Create the database if needed and apply migrations.
     Migrate(MigrateArgs),

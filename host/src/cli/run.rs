@@ -12,9 +12,8 @@ use clap::Args;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::api::jobs::resolve;
-use crate::api::types::SubmitJob;
 use crate::config::{CompileConfig, JobLimits};
+use crate::job::{JobInput, JobSpec};
 use crate::sandbox::{
     Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sandbox, SandboxConfig,
 };
@@ -71,27 +70,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.limits.validate()?;
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let mut request = SubmitJob {
+    let input = match (&args.input, &args.input_file) {
+        (Some(json), _) => JobInput::Json(json.clone()),
+        (None, Some(file)) => JobInput::Bytes(
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
+        ),
+        (None, None) => JobInput::Json("null".to_owned()),
+    };
+    let spec = JobSpec {
         module: hex::encode(Sha256::digest(&bytes)),
+        input,
         timeout_ms: args.timeout_ms,
         fuel: args.fuel,
         memory_limit_bytes: args.memory_limit_bytes,
         max_attempts: Some(1),
-        ..SubmitJob::default()
+        queue: None,
+        priority: None,
+        run_at: None,
+        idempotency_key: None,
     };
-    match (&args.input, &args.input_file) {
-        (Some(json), _) => {
-            request.input = Some(serde_json::from_str(json).context("--input must be valid JSON")?)
-        }
-        (None, Some(file)) => {
-            use base64::Engine as _;
-            let input =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(input));
-        }
-        (None, None) => request.input = Some(serde_json::Value::Null.into()),
-    }
-    let job = resolve(request, &args.limits, "").map_err(|error| anyhow::anyhow!(error.message))?;
+    let job = spec
+        .resolve(&args.limits.submission())
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
 
     let sandbox = Sandbox::new(SandboxConfig {
         max_concurrent_attempts: 1,

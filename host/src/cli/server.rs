@@ -16,8 +16,8 @@ use crate::api::{self, ApiState};
 use crate::config::{
     ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
 };
-use crate::dispatch::{self, Rescuer, Scheduler};
 use crate::lease::{Leases, Redis, Waker};
+use crate::maintenance::{self, Elector, Rescuer, Scheduler};
 use crate::sandbox::Compiler;
 use crate::store::Store;
 use crate::worker::Worker;
@@ -89,7 +89,7 @@ pub fn api_state(
         redis: backends.redis.clone(),
         leases: backends.leases.clone(),
         waker: Waker::spawn(backends.redis.clone()),
-        submitter: crate::api::submitter::Submitter::spawn(backends.store.clone()),
+        submitter: crate::store::Submitter::spawn(backends.store.clone()),
         upload_queue: Arc::new(Semaphore::new(
             compile.max_concurrent_compiles + config.max_queued_uploads,
         )),
@@ -130,8 +130,9 @@ pub async fn spawn_api(
     Ok((address, tokio::spawn(api::serve(listener, state, shutdown))))
 }
 
-/// Starts a worker and its dispatch services in tasks; the handle ends when
-/// both have stopped after `shutdown`.
+/// Starts a worker, its maintenance services (which run while its elector
+/// holds the maintenance leadership) and its elector in tasks; the handle
+/// ends when all have stopped after `shutdown`.
 pub fn spawn_worker(
     backends: &Backends,
     config: WorkerConfig,
@@ -143,7 +144,12 @@ pub fn spawn_worker(
     config.validate()?;
     limits.validate()?;
     retry.validate()?;
-    let dispatch_interval = config.dispatch_interval;
+    let interval = config.maintenance_interval;
+    let elector = Elector::new(
+        backends.store.clone(),
+        config.effective_worker_id(),
+        config.leader_term,
+    );
     let scheduler = Scheduler::new(backends.store.clone(), Waker::spawn(backends.redis.clone()));
     let worker = Worker::new(
         config,
@@ -155,10 +161,13 @@ pub fn spawn_worker(
         scheduler.nudge(),
     )?;
     let rescuer = Rescuer::new(backends.store.clone(), backends.leases.clone(), retry);
+    let leadership = elector.leadership();
     Ok(tokio::spawn(async move {
         tokio::join!(
             worker.run(shutdown.clone()),
-            dispatch::run(scheduler, rescuer, dispatch_interval, shutdown),
+            maintenance::run(scheduler, leadership.clone(), interval, shutdown.clone()),
+            maintenance::run(rescuer, leadership, interval, shutdown.clone()),
+            elector.run(shutdown),
         );
     }))
 }

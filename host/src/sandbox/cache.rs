@@ -215,7 +215,7 @@ impl ArtifactDir {
     fn paths(&self, hash: &str) -> Option<(PathBuf, PathBuf)> {
         // The hash was validated as 64 hex digits before it got here; checking
         // again keeps a bad caller from escaping the directory.
-        crate::store::is_valid_module_hash(hash).then(|| {
+        crate::job::is_valid_module_hash(hash).then(|| {
             (
                 self.dir.join(format!("{hash}.cwasm")),
                 self.dir.join(format!("{hash}.mac")),

@@ -24,6 +24,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use super::bindings::Level;
+use crate::job::AttemptLog;
 
 /// What one stored line costs beyond its message: the JSON object around it
 /// in `job_attempts.logs` (`{"source": "stdout", "level": "debug",
@@ -93,6 +94,18 @@ pub struct CapturedLog {
     /// Lines dropped past the bound, or cut short by it. Saturates instead
     /// of overflowing.
     pub dropped: u64,
+}
+
+impl CapturedLog {
+    /// This log as the attempt record stores it.
+    pub fn stored(&self) -> AttemptLog {
+        AttemptLog {
+            // Lines are plain strings and enums: serializing them cannot fail.
+            lines_json: serde_json::to_string(&self.lines).unwrap_or_else(|_| "[]".to_owned()),
+            kept: self.lines.len() as u64,
+            dropped: self.dropped,
+        }
+    }
 }
 
 impl LogCapture {

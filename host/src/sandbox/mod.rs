@@ -68,12 +68,12 @@ use tokio::sync::Notify;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, UpdateDeadline};
 
+use crate::job::{Failure, FailureKind};
 pub use bindings::JobContext;
 pub use cache::{CacheSource, FAILED_COMPILE_MEMORY};
 pub use capture::{CapturedLog, LogLine, LogSource};
 pub use compiler::{CompileError, CompileSlot, Compiler, CompilerConfig};
 pub use engine::InvalidModule;
-pub use failure::{Failure, FailureKind};
 
 use bindings::{TaskError, TaskPre};
 use capture::LogCapture;

@@ -1,5 +1,5 @@
 //! The statements on a job's execution path, used by workers and the
-//! dispatch services. Each is batched: one statement moves many jobs, so
+//! maintenance services. Each is batched: one statement moves many jobs, so
 //! PostgreSQL commits per batch rather than per job.
 //!
 //! Fencing: a claim stamps the job with a fresh `lease_token` from the
@@ -14,7 +14,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AttemptOutcome, JobState, Store, StoreResult, Transition, millis};
+use super::{Store, StoreResult, Transition, millis, saturating_i64, storable_text};
+use crate::job::{AfterFailure, AttemptEnd, AttemptLog, Failure, FailureKind, Usage};
 
 /// A job a worker has claimed, with everything needed to run it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -94,33 +95,6 @@ impl RunningLease {
     }
 }
 
-/// Where a job goes when its attempt ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NextState {
-    /// It produced this output.
-    Succeeded {
-        /// The output bytes.
-        output: Vec<u8>,
-    },
-    /// It failed and runs again after `delay`.
-    Retrying {
-        /// Backoff before the next attempt.
-        delay: Duration,
-    },
-    /// It failed for good.
-    Dead,
-}
-
-impl NextState {
-    fn state(&self) -> JobState {
-        match self {
-            NextState::Succeeded { .. } => JobState::Succeeded,
-            NextState::Retrying { .. } => JobState::Retrying,
-            NextState::Dead => JobState::Dead,
-        }
-    }
-}
-
 /// The record of an ended attempt and the job's next state, written together.
 #[derive(Debug, Clone)]
 pub struct FinishedAttempt {
@@ -132,26 +106,17 @@ pub struct FinishedAttempt {
     pub worker_id: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
-    /// How it ended.
-    pub outcome: AttemptOutcome,
-    /// Machine-readable failure reason.
-    pub error_kind: Option<String>,
-    /// Human-readable failure message.
-    pub error_message: Option<String>,
-    /// Fuel consumed.
-    pub fuel_consumed: Option<i64>,
-    /// Wall time in microseconds.
-    pub duration_us: Option<i64>,
-    /// Captured log lines: the text of a JSON array.
-    pub logs: String,
-    /// Lines dropped past the bound.
-    pub logs_dropped: i64,
-    /// Where the job goes.
-    pub next: NextState,
+    /// How it ended and where the job goes.
+    pub end: AttemptEnd,
+    /// What it used, if it ran in this worker's sandbox (a rescue knows
+    /// nothing of it).
+    pub usage: Option<Usage>,
+    /// What it logged.
+    pub log: AttemptLog,
     /// Where the job goes instead if PostgreSQL refuses to store this
-    /// outcome and the attempt is recorded as failed without it (see
-    /// `worker::completer`).
-    pub next_if_refused: NextState,
+    /// outcome and the attempt is recorded without it
+    /// ([`FinishedAttempt::refused`]).
+    pub if_refused: AfterFailure,
 }
 
 impl FinishedAttempt {
@@ -160,15 +125,32 @@ impl FinishedAttempt {
     pub fn size_bytes(&self) -> usize {
         /// The fixed-size columns, ids and names.
         const ROW_OVERHEAD_BYTES: usize = 256;
-        let output = match &self.next {
-            NextState::Succeeded { output } => output.len(),
-            _ => 0,
-        };
         ROW_OVERHEAD_BYTES
-            + output
-            + self.logs.len()
-            + self.error_message.as_ref().map_or(0, String::len)
+            + self.end.output().map_or(0, <[u8]>::len)
+            + self.log.lines_json.len()
+            + self.end.error().map_or(0, |(_, message)| message.len())
             + self.worker_id.len()
+    }
+
+    /// This attempt recorded as failed with `outcome_rejected`, after
+    /// PostgreSQL refused to store it with SQLSTATE `sqlstate`: no output,
+    /// no log (its lines counted as dropped), no guest message.
+    pub fn refused(&self, sqlstate: &str) -> Self {
+        Self {
+            end: AttemptEnd::Failed {
+                failure: Failure::new(
+                    FailureKind::OutcomeRejected,
+                    format!(
+                        "PostgreSQL refused to store this attempt's outcome (SQLSTATE \
+                         {sqlstate}); its output, log and message were discarded and the \
+                         worker's log has the details"
+                    ),
+                ),
+                next: self.if_refused,
+            },
+            log: self.log.discarded(),
+            ..self.clone()
+        }
     }
 }
 
@@ -232,12 +214,20 @@ impl Store {
         let mut connection = self
             .connection_for(attempts.iter().map(FinishedAttempt::size_bytes).sum())
             .await?;
-        let last_errors: Vec<Option<serde_json::Value>> = attempts
+        let errors: Vec<Option<(&str, String)>> = attempts
             .iter()
             .map(|a| {
-                a.error_kind
+                a.end
+                    .error()
+                    .map(|(kind, message)| (kind.code(), storable_text(message)))
+            })
+            .collect();
+        let last_errors: Vec<Option<serde_json::Value>> = errors
+            .iter()
+            .map(|error| {
+                error
                     .as_ref()
-                    .map(|kind| serde_json::json!({ "kind": kind, "message": a.error_message }))
+                    .map(|(kind, message)| serde_json::json!({ "kind": kind, "message": message }))
             })
             .collect();
         let applied: Vec<LeaseRef> = sqlx::query_as::<_, LeaseRef>(
@@ -282,23 +272,17 @@ impl Store {
                 .map(|a| a.lease.lease_token)
                 .collect::<Vec<_>>(),
         )
-        .bind(attempts.iter().map(|a| a.next.state()).collect::<Vec<_>>())
         .bind(
             attempts
                 .iter()
-                .map(|a| match &a.next {
-                    NextState::Succeeded { output } => Some(output.as_slice()),
-                    _ => None,
-                })
+                .map(|a| a.end.next_state())
                 .collect::<Vec<_>>(),
         )
+        .bind(attempts.iter().map(|a| a.end.output()).collect::<Vec<_>>())
         .bind(
             attempts
                 .iter()
-                .map(|a| match a.next {
-                    NextState::Retrying { delay } => Some(millis(delay)),
-                    _ => None,
-                })
+                .map(|a| a.end.retry_delay().map(millis))
                 .collect::<Vec<_>>(),
         )
         .bind(last_errors)
@@ -310,23 +294,43 @@ impl Store {
                 .collect::<Vec<_>>(),
         )
         .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.outcome).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.end.outcome()).collect::<Vec<_>>())
         .bind(
-            attempts
+            errors
                 .iter()
-                .map(|a| a.error_kind.as_deref())
+                .map(|error| error.as_ref().map(|(kind, _)| *kind))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            errors
+                .iter()
+                .map(|error| error.as_ref().map(|(_, message)| message.as_str()))
                 .collect::<Vec<_>>(),
         )
         .bind(
             attempts
                 .iter()
-                .map(|a| a.error_message.as_deref())
+                .map(|a| a.usage.map(|u| saturating_i64(u.fuel_consumed)))
                 .collect::<Vec<_>>(),
         )
-        .bind(attempts.iter().map(|a| a.fuel_consumed).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.duration_us).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.logs.as_str()).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.logs_dropped).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.usage.map(|u| saturating_i64(u.duration.as_micros())))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.log.lines_json.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|a| saturating_i64(a.log.dropped))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *connection)
         .await?;
         Ok(attempts

@@ -5,7 +5,8 @@ use serde::Serialize;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{AttemptOutcome, JobState, Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult};
+use crate::job::{AttemptOutcome, JobState, NewJob};
 
 /// Columns of [`JobRecord`], shared by every statement that returns one.
 macro_rules! job_columns {
@@ -53,35 +54,6 @@ macro_rules! job_columns {
             "finished_at"
         )
     };
-}
-
-/// A job to insert. The API has validated every field.
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    /// Id (UUIDv7) chosen by the caller.
-    pub id: Uuid,
-    /// Module to run.
-    pub module_hash: String,
-    /// Queue to run it on.
-    pub queue: String,
-    /// Higher runs first.
-    pub priority: i16,
-    /// Input bytes handed to the task.
-    pub input: Vec<u8>,
-    /// Attempts before the job is dead-lettered.
-    pub max_attempts: i32,
-    /// Wall-clock limit of one attempt.
-    pub timeout_ms: i32,
-    /// CPU budget of one attempt.
-    pub fuel: i64,
-    /// Linear-memory limit of one attempt.
-    pub memory_limit_bytes: i64,
-    /// When to run it; `None` means now.
-    pub run_at: Option<DateTime<Utc>>,
-    /// Deduplicates retried submissions.
-    pub idempotency_key: Option<String>,
-    /// Digest of the submission, compared when the idempotency key repeats.
-    pub request_fingerprint: Option<Vec<u8>>,
 }
 
 /// A job's metadata: everything but its input and output.
@@ -219,7 +191,7 @@ pub struct AttemptRecord {
     pub finished_at: DateTime<Utc>,
     /// How it ended.
     pub outcome: AttemptOutcome,
-    /// Machine-readable failure reason (see `sandbox::FailureKind`).
+    /// Machine-readable failure reason (see `job::FailureKind`).
     pub error_kind: Option<String>,
     /// Human-readable failure message.
     pub error_message: Option<String>,

@@ -10,15 +10,19 @@
 //!
 //! - [`modules`]: content-addressed task components.
 //! - [`jobs`]: submission, reads and user actions (cancel, retry).
-//! - [`execution`]: the worker's and the dispatch services' statements:
+//! - [`execution`]: the worker's and the maintenance services' statements:
 //!   claim, finish, lease checks, promotion of due jobs.
+//! - [`leadership`]: the maintenance leader's term.
 //! - [`state`]: the job state machine.
 
+mod codec;
 pub mod execution;
 pub mod jobs;
+pub mod leadership;
 pub mod modules;
-pub mod state;
+mod submitter;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -26,10 +30,12 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
-pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef, NextState, RunningLease};
-pub use jobs::{AttemptRecord, CancelOutcome, JobDetail, JobFilter, JobRecord, NewJob, Submitted};
+use crate::job::JobState;
+
+pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef, RunningLease};
+pub use jobs::{AttemptRecord, CancelOutcome, JobDetail, JobFilter, JobRecord, Submitted};
 pub use modules::ModuleRecord;
-pub use state::{AttemptOutcome, JobState};
+pub use submitter::Submitter;
 
 /// Whether a guarded statement found the row in the state it required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,13 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The group write a submission was part of failed
+    /// ([`Submitter`]); every submission of the group gets this error.
+    #[error("{0}")]
+    Group(Arc<StoreError>),
+    /// The group-commit writers stopped (the runtime is shutting down).
+    #[error("the submission writer stopped")]
+    WriterStopped,
 }
 
 impl StoreError {
@@ -100,6 +113,7 @@ impl StoreError {
     /// these.
     pub fn is_refusal(&self) -> bool {
         match self {
+            StoreError::Group(error) => error.is_refusal(),
             StoreError::Database(sqlx::Error::Database(error)) => {
                 error.code().is_some_and(|code| {
                     ["22", "23", "54"]
@@ -115,6 +129,7 @@ impl StoreError {
     /// The SQLSTATE PostgreSQL answered with, if it answered with an error.
     pub fn sqlstate(&self) -> Option<String> {
         match self {
+            StoreError::Group(error) => error.sqlstate(),
             StoreError::Database(sqlx::Error::Database(error)) => {
                 error.code().map(|code| code.into_owned())
             }
@@ -197,21 +212,6 @@ impl Store {
     }
 }
 
-/// Whether `name` is a valid queue name: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
-/// Queue names appear in Redis channel names and metrics labels, so they are
-/// kept to a safe alphabet.
-pub fn is_valid_queue_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// Whether `hash` is a module hash: 64 lowercase hex digits.
-pub fn is_valid_module_hash(hash: &str) -> bool {
-    hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// Counts one store call, by name: operators see the database load per
 /// operation on `/metrics`, and `taskflow bench` derives database calls per
 /// job from it. A call is one round trip, or a few for the calls that look
@@ -222,5 +222,16 @@ fn statement(name: &'static str) {
 
 /// Converts a duration to whole milliseconds for SQL interval arithmetic.
 fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+    saturating_i64(duration.as_millis())
+}
+
+/// A count as PostgreSQL's `bigint`, capped at its largest value.
+fn saturating_i64(count: impl TryInto<i64>) -> i64 {
+    count.try_into().unwrap_or(i64::MAX)
+}
+
+/// `text` as PostgreSQL's `text` can hold it: NUL characters (which it
+/// refuses) replaced by U+FFFD. A guest's error message may contain them.
+fn storable_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }

@@ -24,8 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::heartbeat::InFlight;
 use crate::lease::Leases;
-use crate::sandbox::FailureKind;
-use crate::store::{AttemptOutcome, FinishedAttempt, NextState, Store, StoreError, Transition};
+use crate::store::{FinishedAttempt, Store, StoreError, Transition};
 
 /// Most outcomes written in one statement.
 pub const MAX_BATCH: usize = 512;
@@ -131,7 +130,7 @@ async fn settle(
                 if in_redis {
                     to_release.push(attempt.lease);
                 }
-                retries |= matches!(attempt.next, NextState::Retrying { .. });
+                retries |= attempt.end.retry_delay().is_some();
             }
             Transition::Stale => {
                 metrics::counter!("taskflow_stale_outcomes_total").increment(1);
@@ -190,7 +189,7 @@ async fn write_refused(store: &Store, attempt: &FinishedAttempt, error: &StoreEr
         "PostgreSQL refused an attempt's outcome; recording the attempt as failed without it"
     );
     metrics::counter!("taskflow_outcomes_refused_total").increment(1);
-    let recorded = without_what_was_refused(attempt, &sqlstate);
+    let recorded = attempt.refused(&sqlstate);
     match write_until_answered(store, std::slice::from_ref(&recorded)).await {
         Ok(transitions) => transitions[0],
         Err(error) => {
@@ -200,31 +199,6 @@ async fn write_refused(store: &Store, attempt: &FinishedAttempt, error: &StoreEr
             );
             Transition::Stale
         }
-    }
-}
-
-/// The record of `attempt` as failed with `outcome_rejected`: no output, no
-/// log (its lines counted as dropped), no guest message.
-fn without_what_was_refused(attempt: &FinishedAttempt, sqlstate: &str) -> FinishedAttempt {
-    let kept_lines = serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&attempt.logs)
-        .map_or(0, |lines| lines.len() as i64);
-    FinishedAttempt {
-        outcome: AttemptOutcome::Failed,
-        error_kind: Some(FailureKind::OutcomeRejected.code().to_owned()),
-        error_message: Some(format!(
-            "PostgreSQL refused to store this attempt's outcome (SQLSTATE {sqlstate}); its \
-             output, log and message were discarded and the worker's log has the details"
-        )),
-        logs: "[]".to_owned(),
-        logs_dropped: attempt.logs_dropped.saturating_add(kept_lines),
-        next: attempt.next_if_refused.clone(),
-        next_if_refused: attempt.next_if_refused.clone(),
-        worker_id: attempt.worker_id.clone(),
-        lease: attempt.lease,
-        attempt: attempt.attempt,
-        started_at: attempt.started_at,
-        fuel_consumed: attempt.fuel_consumed,
-        duration_us: attempt.duration_us,
     }
 }
 
@@ -251,6 +225,7 @@ async fn write_until_answered(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::{AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, FailureKind};
     use crate::store::LeaseRef;
 
     fn outcome(output_bytes: usize) -> FinishedAttempt {
@@ -262,17 +237,12 @@ mod tests {
             attempt: 1,
             worker_id: "w".into(),
             started_at: chrono::Utc::now(),
-            outcome: AttemptOutcome::Succeeded,
-            error_kind: None,
-            error_message: None,
-            fuel_consumed: None,
-            duration_us: None,
-            logs: "[]".into(),
-            logs_dropped: 0,
-            next: NextState::Succeeded {
+            end: AttemptEnd::Succeeded {
                 output: vec![0; output_bytes],
             },
-            next_if_refused: NextState::Dead,
+            usage: None,
+            log: AttemptLog::empty(),
+            if_refused: AfterFailure::Dead,
         }
     }
 
@@ -293,16 +263,26 @@ mod tests {
     #[test]
     fn a_refused_outcome_is_recorded_as_failed_without_what_was_refused() {
         let mut refused = outcome(10);
-        refused.logs = r#"[{"source":"log","message":"a"},{"source":"log","message":"b"}]"#.into();
-        refused.logs_dropped = 3;
-        refused.error_message = Some("guest said \0".into());
-        let recorded = without_what_was_refused(&refused, "22021");
-        assert_eq!(recorded.outcome, AttemptOutcome::Failed);
-        assert_eq!(recorded.error_kind.as_deref(), Some("outcome_rejected"));
-        assert!(recorded.error_message.unwrap().contains("22021"));
-        assert_eq!(recorded.logs, "[]");
-        assert_eq!(recorded.logs_dropped, 5);
-        assert_eq!(recorded.next, NextState::Dead);
+        refused.log = AttemptLog {
+            lines_json: r#"[{"source":"log","message":"a"},{"source":"log","message":"b"}]"#.into(),
+            kept: 2,
+            dropped: 3,
+        };
+        let recorded = refused.refused("22021");
+        assert_eq!(recorded.end.outcome(), AttemptOutcome::Failed);
+        let (kind, message) = recorded.end.error().expect("a failure");
+        assert_eq!(kind, FailureKind::OutcomeRejected);
+        assert!(message.contains("22021"));
+        assert_eq!(recorded.end.output(), None);
+        assert_eq!(
+            recorded.log,
+            AttemptLog {
+                lines_json: "[]".into(),
+                kept: 0,
+                dropped: 5
+            }
+        );
+        assert_eq!(recorded.end.after_failure(), Some(AfterFailure::Dead));
         assert_eq!(recorded.lease, refused.lease);
     }
 }

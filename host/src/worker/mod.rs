@@ -39,12 +39,12 @@ pub use heartbeat::{Heartbeat, InFlight};
 
 use crate::backoff;
 use crate::config::{JobLimits, RetryPolicy, WorkerConfig};
+use crate::job::{AttemptEnd, Failure, FailureKind, Usage, attempts_used};
 use crate::lease::{Leases, Redis, WakeupListener};
 use crate::sandbox::{
-    Attempt, AttemptLimits, CompilerConfig, Execution, Failure, FailureKind, JobContext, RunGrant,
-    Sandbox, SandboxConfig,
+    Attempt, AttemptLimits, CompilerConfig, Execution, JobContext, RunGrant, Sandbox, SandboxConfig,
 };
-use crate::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, LeaseRef, NextState, Store};
+use crate::store::{ClaimedJob, FinishedAttempt, LeaseRef, Store};
 
 /// Prepared components a worker keeps in memory.
 const MEMORY_CACHE_CAPACITY: usize = 256;
@@ -68,7 +68,7 @@ pub struct Worker {
 impl Worker {
     /// A worker named by `config` (see [`WorkerConfig::effective_worker_id`])
     /// with its own sandbox sized for `config` and `limits`. It signals `retry_scheduled` after committing outcomes that
-    /// schedule a retry (give it the [`Scheduler::nudge`](crate::dispatch::Scheduler::nudge)
+    /// schedule a retry (give it the [`Scheduler::nudge`](crate::maintenance::Scheduler::nudge)
     /// of the process's scheduler).
     ///
     /// # Errors
@@ -266,7 +266,7 @@ impl Worker {
             input: std::mem::take(&mut job.input),
             context: JobContext {
                 job_id: job.id.to_string(),
-                attempt: (job.attempt - job.attempt_base) as u32,
+                attempt: attempts_used(job.attempt, job.attempt_base),
                 max_attempts: job.max_attempts as u32,
                 queue: job.queue.clone(),
             },
@@ -314,7 +314,7 @@ impl AttemptIdentity {
         Self {
             lease: job.lease(),
             attempt: job.attempt,
-            attempts_used: (job.attempt - job.attempt_base) as u32,
+            attempts_used: attempts_used(job.attempt, job.attempt_base),
             max_attempts: job.max_attempts as u32,
             started_at: job.attempted_at,
         }
@@ -411,20 +411,15 @@ fn finished_attempt(
             retryable,
         )
     };
-    let (outcome, next, error) = match execution.result {
-        Ok(output) => (
-            AttemptOutcome::Succeeded,
-            NextState::Succeeded { output },
-            None,
-        ),
+    let end = match execution.result {
+        Ok(output) => AttemptEnd::Succeeded { output },
         Err(failure) => {
             metrics::counter!("taskflow_attempts_failed_total", "kind" => failure.kind.code())
                 .increment(1);
-            (
-                AttemptOutcome::Failed,
-                after_failure(failure.retryable),
-                Some(failure),
-            )
+            AttemptEnd::Failed {
+                next: after_failure(failure.retryable),
+                failure,
+            }
         }
     };
     FinishedAttempt {
@@ -432,22 +427,14 @@ fn finished_attempt(
         attempt: identity.attempt,
         worker_id: worker_id.to_owned(),
         started_at: identity.started_at,
-        outcome,
-        error_kind: error.as_ref().map(|f| f.kind.code().to_owned()),
-        error_message: error.map(|f| without_nul(&f.message)),
-        fuel_consumed: Some(execution.fuel_consumed.min(i64::MAX as u64) as i64),
-        duration_us: Some(execution.duration.as_micros().min(i64::MAX as u128) as i64),
-        logs: serde_json::to_string(&execution.log.lines).expect("log lines serialize"),
-        logs_dropped: execution.log.dropped.min(i64::MAX as u64) as i64,
-        next,
-        next_if_refused: after_failure(true),
+        end,
+        usage: Some(Usage {
+            fuel_consumed: execution.fuel_consumed,
+            duration: execution.duration,
+        }),
+        log: execution.log.stored(),
+        if_refused: after_failure(true),
     }
-}
-
-/// PostgreSQL text cannot hold NUL characters; a guest's message may
-/// contain them.
-fn without_nul(text: &str) -> String {
-    text.replace('\0', "\u{FFFD}")
 }
 
 #[cfg(test)]
@@ -481,12 +468,13 @@ mod tests {
             Execution::failed(Failure::new(FailureKind::Trap, "unreachable"))
         };
         let finished = settle_attempt("w1", &retry, identity, panicking).await;
-        assert_eq!(finished.error_kind.as_deref(), Some("host_error"));
-        assert!(finished.error_message.unwrap().contains("boom"));
+        let (kind, message) = finished.end.error().expect("a failure");
+        assert_eq!(kind, FailureKind::HostError);
+        assert!(message.contains("boom"));
         assert!(
-            matches!(finished.next, NextState::Retrying { .. }),
+            finished.end.retry_delay().is_some(),
             "retried: {:?}",
-            finished.next
+            finished.end
         );
         assert_eq!(finished.lease, identity.lease);
         assert_eq!(capacity.free_slots(), 1, "the slot came back");

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use taskflow::api::types::SubmitJob;
 use taskflow::config::WorkerConfig;
-use taskflow::store::JobState;
+use taskflow::job::JobState;
 
 use crate::support::{TestApp, TestOptions, eventually};
 

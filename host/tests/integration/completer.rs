@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use taskflow::job::{AfterFailure, AttemptLog, JobState};
 use taskflow::lease::{Leases, Redis};
-use taskflow::store::{JobState, NextState};
 use taskflow::worker::{Completer, InFlight};
 use uuid::Uuid;
 
@@ -38,12 +38,15 @@ async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_wr
         in_flight.clone(),
         Arc::default(),
     );
-    // The middle outcome carries a NUL in a text column: PostgreSQL refuses
-    // it (SQLSTATE 22021) whichever batch it is in.
+    // The middle outcome's log holds an escaped NUL, which jsonb cannot
+    // store: PostgreSQL refuses it (SQLSTATE 22P05) whichever batch it is in.
     let mut refused = success(&claimed[1], "w1", b"lost");
-    refused.error_message = Some("a NUL \0 in text".into());
-    refused.logs = r#"[{"source":"log","message":"kept until refused"}]"#.into();
-    refused.next_if_refused = NextState::Retrying {
+    refused.log = AttemptLog {
+        lines_json: r#"[{"source":"log","message":"a NUL \u0000 in jsonb"}]"#.into(),
+        kept: 1,
+        dropped: 0,
+    };
+    refused.if_refused = AfterFailure::Retry {
         delay: Duration::from_secs(60),
     };
     completer.submit(success(&claimed[0], "w1", b"first"));
@@ -80,7 +83,7 @@ async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_wr
             .error_message
             .as_deref()
             .unwrap()
-            .contains("22021"),
+            .contains("22P05"),
         "{:?}",
         attempts[0].error_message
     );

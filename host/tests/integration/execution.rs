@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::backoff::retry_delay;
-use taskflow::store::JobState;
+use taskflow::job::JobState;
 
 use crate::support::TestApp;
 

@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use taskflow::store::{AttemptOutcome, JobState, NextState, Store, Transition};
+use taskflow::job::{AttemptOutcome, JobState};
+use taskflow::store::{Store, Transition};
 use uuid::Uuid;
 
-use crate::support::{outcome, store_with_jobs, success};
+use crate::support::{rescue, store_with_jobs, success};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -38,14 +39,7 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted(pool: 
     );
 
     // The paused worker's lease expires; the rescuer ends its attempt.
-    let rescue = outcome(
-        &old,
-        "paused-worker",
-        AttemptOutcome::LeaseExpired,
-        NextState::Retrying {
-            delay: Duration::ZERO,
-        },
-    );
+    let rescue = rescue(&old, "paused-worker");
     assert_eq!(
         store.finish_if_lease_matches(&[rescue]).await.unwrap(),
         [Transition::Applied]
@@ -140,14 +134,7 @@ async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished(pool: PgPool
     assert_eq!(finished, [Transition::Applied]);
 
     // A rescuer that read the job as running a moment earlier acts now.
-    let rescue = outcome(
-        &job,
-        "w",
-        AttemptOutcome::LeaseExpired,
-        NextState::Retrying {
-            delay: Duration::ZERO,
-        },
-    );
+    let rescue = rescue(&job, "w");
     assert_eq!(
         store.finish_if_lease_matches(&[rescue]).await.unwrap(),
         [Transition::Stale]

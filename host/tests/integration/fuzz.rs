@@ -341,7 +341,7 @@ fn generated_components_never_get_a_5xx_compile_in_bounded_time_and_never_harm_a
     let hello = runtime.block_on(app.upload("hello"));
     let job = runtime.block_on(app.submit(&hello, json!({"name": "after"})));
     let job = runtime.block_on(app.wait_final(job.id));
-    assert_eq!(job.state, taskflow::store::JobState::Succeeded);
+    assert_eq!(job.state, taskflow::job::JobState::Succeeded);
     runtime.block_on(worker.stop());
     runtime.block_on(app.finish());
 }

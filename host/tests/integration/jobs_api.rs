@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskflow::api::types::{JobQuery, SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
-use taskflow::store::{JobState, NewJob};
+use taskflow::job::{JobState, NewJob};
 
 use crate::support::{TestApp, TestOptions, eventually, new_job};
 
@@ -656,7 +656,7 @@ async fn a_value_postgres_cannot_store_fails_only_its_own_submission_among_group
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
-    use taskflow::api::submitter::Submitter;
+    use taskflow::store::Submitter;
 
     let app = TestApp::start().await;
     let module = app.upload("hello").await;
@@ -677,8 +677,10 @@ async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
             Ok(submitted) => assert_ne!(i, 20, "{submitted:?}"),
             Err(error) => {
                 assert_eq!(i, 20, "{error:?}");
-                assert_eq!(error.status, StatusCode::BAD_REQUEST);
-                assert_eq!(error.code, "invalid_value");
+                assert!(error.is_refusal(), "{error:?}");
+                let answer = taskflow::api::ApiError::from(error);
+                assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+                assert_eq!(answer.code, "invalid_value");
             }
         }
     }

@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
-use taskflow::store::JobState;
+use taskflow::job::JobState;
 
 use crate::support::TestApp;
 

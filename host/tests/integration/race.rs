@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 use taskflow::api::types::{SubmitBatch, SubmitJob};
-use taskflow::store::JobState;
+use taskflow::job::JobState;
 use uuid::Uuid;
 
 use crate::support::{TestApp, eventually};

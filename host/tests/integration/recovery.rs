@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use taskflow::api::types::{SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
-use taskflow::store::JobState;
+use taskflow::job::JobState;
 use uuid::Uuid;
 
 use crate::support::{TcpProxy, TestApp, eventually};
@@ -24,7 +24,8 @@ fn worker_process(app: &TestApp, id: &str) -> std::process::Child {
         .env("TASKFLOW_LEASE_TTL", "1s")
         .env("TASKFLOW_WORKER_ID", id)
         .env("TASKFLOW_CACHE_DIR", &app.cache_dir)
-        .env("TASKFLOW_DISPATCH_INTERVAL", "100ms")
+        .env("TASKFLOW_MAINTENANCE_INTERVAL", "100ms")
+        .env("TASKFLOW_LEADER_TERM", "1s")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -305,5 +306,52 @@ async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
         assert_eq!(job.state, JobState::Succeeded);
     }
     worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_within_seconds() {
+    use taskflow::maintenance::elector::LEADERSHIP;
+    let app = TestApp::start().await;
+    let module = app.upload("misbehave").await;
+    let mut workers: HashMap<String, std::process::Child> = ["a", "b"]
+        .into_iter()
+        .map(|id| (id.to_owned(), worker_process(&app, id)))
+        .collect();
+    let leader = eventually(Duration::from_secs(30), || async {
+        app.store().current_leader(LEADERSHIP).await.unwrap()
+    })
+    .await;
+    let mut dead = workers.remove(&leader).expect("the leader is one of ours");
+    dead.kill().expect("SIGKILL the leader");
+    dead.wait().unwrap();
+    let killed_at = Instant::now();
+
+    // A job due in a moment starts only if some worker runs the scheduler.
+    let job = app
+        .submit_with(SubmitJob {
+            module,
+            input: Some(json!({"mode": "succeed"}).into()),
+            run_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(500)),
+            ..Default::default()
+        })
+        .await;
+    let successor = eventually(Duration::from_secs(10), || async {
+        let current = app.store().current_leader(LEADERSHIP).await.unwrap();
+        current.filter(|current| *current != leader)
+    })
+    .await;
+    let handed_over_after = killed_at.elapsed();
+    assert!(
+        handed_over_after < Duration::from_secs(5),
+        "maintenance handed over {handed_over_after:?} after the leader died (term 1 s)"
+    );
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.worker_id.as_deref(), Some(successor.as_str()));
+    for (_, mut worker) in workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
     app.finish().await;
 }

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 use taskflow::sandbox::{
-    Attempt, AttemptLimits, CacheSource, FailureKind, JobContext, RunGrant, Sandbox, SandboxConfig,
+    Attempt, AttemptLimits, CacheSource, JobContext, RunGrant, Sandbox, SandboxConfig,
 };
+
+use taskflow::job::FailureKind;
 
 use crate::support::{compile_config, plugin};
 

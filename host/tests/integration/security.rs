@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskflow::api::auth::create_token;
-use taskflow::store::JobState;
+use taskflow::job::JobState;
 
 use crate::support::{TestApp, TestOptions, plugin};
 

@@ -16,7 +16,8 @@ use taskflow::client::Client;
 use taskflow::config::{
     self, ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
 };
-use taskflow::store::{AttemptOutcome, ClaimedJob, FinishedAttempt, NewJob, NextState, Store};
+use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, NewJob};
+use taskflow::store::{ClaimedJob, FinishedAttempt, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -227,7 +228,7 @@ impl TestApp {
         &self.db.store
     }
 
-    /// Worker settings suited to tests: fast polling and dispatch.
+    /// Worker settings suited to tests: fast polling, maintenance and elections.
     pub fn worker_config(&self, id: &str) -> WorkerConfig {
         WorkerConfig {
             worker_id: Some(id.to_owned()),
@@ -235,7 +236,8 @@ impl TestApp {
             concurrency: Some(2),
             cache_dir: Some(self.cache_dir.clone()),
             poll_interval: Duration::from_millis(500),
-            dispatch_interval: Duration::from_millis(100),
+            maintenance_interval: Duration::from_millis(100),
+            leader_term: Duration::from_secs(1),
             metrics_listen: None,
         }
     }
@@ -484,38 +486,41 @@ pub fn new_job(module_hash: &str) -> NewJob {
     }
 }
 
-/// The outcome record of `job`'s attempt on `worker`.
-pub fn outcome(
-    job: &ClaimedJob,
-    worker: &str,
-    outcome: AttemptOutcome,
-    next: NextState,
-) -> FinishedAttempt {
+/// The outcome record of `job`'s attempt on `worker`, ending as `end`.
+pub fn finished(job: &ClaimedJob, worker: &str, end: AttemptEnd) -> FinishedAttempt {
     FinishedAttempt {
         lease: job.lease(),
         attempt: job.attempt,
         worker_id: worker.into(),
         started_at: job.attempted_at,
-        outcome,
-        error_kind: (outcome != AttemptOutcome::Succeeded).then(|| "lease_expired".into()),
-        error_message: None,
-        fuel_consumed: None,
-        duration_us: None,
-        logs: "[]".into(),
-        logs_dropped: 0,
-        next,
-        next_if_refused: NextState::Dead,
+        end,
+        usage: None,
+        log: AttemptLog::empty(),
+        if_refused: AfterFailure::Dead,
     }
 }
 
 /// A successful outcome of `job`'s attempt with `output`.
 pub fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt {
-    outcome(
+    finished(
         job,
         worker,
-        AttemptOutcome::Succeeded,
-        NextState::Succeeded {
+        AttemptEnd::Succeeded {
             output: output.to_vec(),
+        },
+    )
+}
+
+/// A rescue of `job`'s attempt on `worker`, retried at once.
+pub fn rescue(job: &ClaimedJob, worker: &str) -> FinishedAttempt {
+    finished(
+        job,
+        worker,
+        AttemptEnd::LeaseExpired {
+            message: format!("{worker} vanished"),
+            next: AfterFailure::Retry {
+                delay: Duration::ZERO,
+            },
         },
     )
 }

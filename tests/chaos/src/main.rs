@@ -330,7 +330,8 @@ async fn main() -> anyhow::Result<()> {
                 "TASKFLOW_LEASE_TTL".into(),
                 format!("{}ms", args.lease_ttl_ms),
             ),
-            ("TASKFLOW_DISPATCH_INTERVAL".into(), "250ms".into()),
+            ("TASKFLOW_MAINTENANCE_INTERVAL".into(), "250ms".into()),
+            ("TASKFLOW_LEADER_TERM".into(), "2s".into()),
             ("TASKFLOW_POLL_INTERVAL".into(), "500ms".into()),
             (
                 "TASKFLOW_WORKER_CONCURRENCY".into(),

@@ -13,8 +13,10 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::ApiError;
-use crate::store::{LARGE_STATEMENT_BYTES, NewJob, Store, StoreError, StoreResult, Submitted};
+use std::sync::Arc;
+
+use super::{LARGE_STATEMENT_BYTES, Store, StoreError, StoreResult, Submitted};
+use crate::job::NewJob;
 
 /// Most submissions written by one statement.
 const MAX_GROUP: usize = 256;
@@ -23,7 +25,7 @@ const MAX_GROUP: usize = 256;
 /// busy while a commit waits for its WAL flush.
 const WRITERS: usize = 2;
 
-type Reply = oneshot::Sender<Result<Submitted, ApiError>>;
+type Reply = oneshot::Sender<StoreResult<Submitted>>;
 
 /// Hands single-job submissions to the group-commit writers.
 #[derive(Debug, Clone)]
@@ -35,7 +37,7 @@ impl Submitter {
     /// Starts the writers on the current runtime.
     pub fn spawn(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel::<(NewJob, Reply)>(MAX_GROUP * 16);
-        let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         for _ in 0..WRITERS {
             let mut writer = Writer {
                 store: store.clone(),
@@ -56,15 +58,19 @@ impl Submitter {
     }
 
     /// Inserts one job, in a group with whatever else is being submitted.
-    pub async fn submit(&self, job: NewJob) -> Result<Submitted, ApiError> {
+    ///
+    /// # Errors
+    ///
+    /// This job's own error (its module is unknown, its idempotency key
+    /// conflicts), or the error of the group write it was part of
+    /// ([`StoreError::Group`]).
+    pub async fn submit(&self, job: NewJob) -> StoreResult<Submitted> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send((job, reply))
             .await
-            .map_err(|_| ApiError::internal("the submission writer stopped"))?;
-        answer
-            .await
-            .map_err(|_| ApiError::internal("the submission writer dropped a request"))?
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 }
 
@@ -116,13 +122,13 @@ impl Writer {
         match results {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result.map_err(ApiError::from));
+                    let _ = reply.send(result);
                 }
             }
             Err(error) => {
-                let error = ApiError::from(error);
+                let error = Arc::new(error);
                 for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                    let _ = reply.send(Err(StoreError::Group(error.clone())));
                 }
             }
         }
@@ -136,7 +142,7 @@ impl Writer {
     async fn insert(&mut self, jobs: &[NewJob]) -> StoreResult<Vec<StoreResult<Submitted>>> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
-            empty => empty.insert(self.store.pool().acquire().await?),
+            empty => empty.insert(self.store.pool.acquire().await?),
         };
         self.store.insert_jobs_independently(connection, jobs).await
     }

@@ -26,14 +26,14 @@
 //! state(s) it leaves, and edges out of `running` also require the fencing
 //! token of the attempt. A statement whose guard does not match changes
 //! nothing and reports [`Transition::Stale`](crate::store::Transition::Stale).
+//! The store maps these types to PostgreSQL's enums (`store/codec.rs`).
+
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 /// Where a job is in its lifecycle. Each variant says who moves a job out of it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, clap::ValueEnum,
-)]
-#[sqlx(type_name = "job_state", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Submitted with a future `run_at`. The scheduler makes it `available`
@@ -60,6 +60,17 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 7] = [
+        JobState::Scheduled,
+        JobState::Available,
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Succeeded,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
     /// The name used in SQL, the API and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,9 +99,29 @@ impl std::fmt::Display for JobState {
     }
 }
 
+/// A name that is not a [`JobState`] (or not an [`AttemptOutcome`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not one of: {1}")]
+pub struct UnknownName(String, &'static str);
+
+impl FromStr for JobState {
+    type Err = UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, UnknownName> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == name)
+            .ok_or_else(|| {
+                UnknownName(
+                    name.to_owned(),
+                    "scheduled, available, running, retrying, succeeded, dead, cancelled",
+                )
+            })
+    }
+}
+
 /// How one attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
-#[sqlx(type_name = "attempt_outcome", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The task returned an output.
@@ -106,6 +137,14 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [AttemptOutcome; 4] = [
+        AttemptOutcome::Succeeded,
+        AttemptOutcome::Failed,
+        AttemptOutcome::LeaseExpired,
+        AttemptOutcome::Cancelled,
+    ];
+
     /// The name used in SQL and the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -114,5 +153,37 @@ impl AttemptOutcome {
             AttemptOutcome::LeaseExpired => "lease_expired",
             AttemptOutcome::Cancelled => "cancelled",
         }
+    }
+}
+
+impl FromStr for AttemptOutcome {
+    type Err = UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, UnknownName> {
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == name)
+            .ok_or_else(|| {
+                UnknownName(
+                    name.to_owned(),
+                    "succeeded, failed, lease_expired, cancelled",
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_to_its_value() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+        }
+        for outcome in AttemptOutcome::ALL {
+            assert_eq!(outcome.as_str().parse::<AttemptOutcome>(), Ok(outcome));
+        }
+        assert!("Running".parse::<JobState>().is_err());
     }
 }

@@ -25,18 +25,17 @@
 //! renewal sees the marker and stops the attempt.
 //! The job then retries after its backoff, or is dead-lettered if that was
 //! its last attempt. Rescue latency: the key expires at most one TTL after
-//! the worker's last renewal, and the rescuer notices within one
-//! `dispatch_interval`.
+//! the worker's last renewal, and the rescuer, on the maintenance leader,
+//! notices within one `maintenance_interval`.
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
+use super::Service;
 use crate::backoff;
 use crate::config::RetryPolicy;
+use crate::job::{AttemptEnd, AttemptLog, attempts_used};
 use crate::lease::Leases;
-use crate::sandbox::FailureKind;
-use crate::store::{AttemptOutcome, FinishedAttempt, RunningLease, Store, StoreError, Transition};
+use crate::store::{FinishedAttempt, RunningLease, Store, StoreError, Transition};
 
 /// Most leases examined per pass.
 pub const BATCH_SIZE: usize = 1000;
@@ -84,25 +83,8 @@ impl Rescuer {
         }
     }
 
-    /// Runs passes every `interval` until `shutdown`.
-    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
-        loop {
-            match self.run_once().await {
-                Ok(counts) if counts.rescued > 0 => {
-                    tracing::info!(rescued = counts.rescued, "rescued jobs of vanished workers");
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "rescuer pass failed"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = shutdown.cancelled() => return,
-            }
-        }
-    }
-
     /// One pass over up to [`BATCH_SIZE`] expired leases.
-    pub async fn run_once(&self) -> Result<RescueCounts, RescueError> {
+    pub async fn rescue(&self) -> Result<RescueCounts, RescueError> {
         if self.leases.redis_age().await? < self.leases.ttl() {
             return Ok(RescueCounts {
                 in_grace_period: true,
@@ -158,7 +140,7 @@ impl Rescuer {
         let next = backoff::after_failure(
             &self.retry,
             lease.job_id,
-            (lease.attempt - lease.attempt_base) as u32,
+            attempts_used(lease.attempt, lease.attempt_base),
             lease.max_attempts as u32,
             true,
         );
@@ -167,18 +149,29 @@ impl Rescuer {
             attempt: lease.attempt,
             worker_id: lease.worker_id.clone(),
             started_at: lease.attempted_at,
-            outcome: AttemptOutcome::LeaseExpired,
-            error_kind: Some(FailureKind::LeaseExpired.code().to_owned()),
-            error_message: Some(format!(
-                "worker {} stopped renewing its lease (it crashed, hung or lost its connection)",
-                lease.worker_id
-            )),
-            fuel_consumed: None,
-            duration_us: None,
-            logs: "[]".to_owned(),
-            logs_dropped: 0,
-            next: next.clone(),
-            next_if_refused: next,
+            end: AttemptEnd::LeaseExpired {
+                message: format!(
+                    "worker {} stopped renewing its lease (it crashed, hung or lost its connection)",
+                    lease.worker_id
+                ),
+                next,
+            },
+            usage: None,
+            log: AttemptLog::empty(),
+            if_refused: next,
         }
+    }
+}
+
+impl Service for Rescuer {
+    const NAME: &'static str = "rescuer";
+    type Error = RescueError;
+
+    async fn run_once(&self) -> Result<Option<Duration>, RescueError> {
+        let counts = self.rescue().await?;
+        if counts.rescued > 0 {
+            tracing::info!(rescued = counts.rescued, "rescued jobs of vanished workers");
+        }
+        Ok(None)
     }
 }

@@ -1,0 +1,203 @@
+//! How an attempt ends, as one value that cannot contradict itself.
+
+use std::time::Duration;
+
+use super::failure::{Failure, FailureKind};
+use super::state::{AttemptOutcome, JobState};
+
+/// How an attempt ended and where its job goes next. A success carries its
+/// output and nothing else; a failure its reason and the job's next state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The task returned this output; the job is `succeeded`.
+    Succeeded {
+        /// The output bytes.
+        output: Vec<u8>,
+    },
+    /// The task failed, or the sandbox or the worker stopped it.
+    Failed {
+        /// Why.
+        failure: Failure,
+        /// Where the job goes.
+        next: AfterFailure,
+    },
+    /// The worker stopped renewing its lease and the rescuer ended the
+    /// attempt (always retryable).
+    LeaseExpired {
+        /// Which worker vanished, for whoever reads the record.
+        message: String,
+        /// Where the job goes.
+        next: AfterFailure,
+    },
+}
+
+/// Where a job goes after a failed attempt ([`crate::backoff::after_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// It runs again after this backoff.
+    Retry {
+        /// Backoff before the next attempt.
+        delay: Duration,
+    },
+    /// It failed for good: the dead-letter state.
+    Dead,
+}
+
+impl AttemptEnd {
+    /// The attempt record's outcome.
+    pub fn outcome(&self) -> AttemptOutcome {
+        match self {
+            AttemptEnd::Succeeded { .. } => AttemptOutcome::Succeeded,
+            AttemptEnd::Failed { .. } => AttemptOutcome::Failed,
+            AttemptEnd::LeaseExpired { .. } => AttemptOutcome::LeaseExpired,
+        }
+    }
+
+    /// The job's state once the attempt is recorded.
+    pub fn next_state(&self) -> JobState {
+        match self.after_failure() {
+            None => JobState::Succeeded,
+            Some(AfterFailure::Retry { .. }) => JobState::Retrying,
+            Some(AfterFailure::Dead) => JobState::Dead,
+        }
+    }
+
+    /// The output of a success.
+    pub fn output(&self) -> Option<&[u8]> {
+        match self {
+            AttemptEnd::Succeeded { output } => Some(output),
+            _ => None,
+        }
+    }
+
+    /// The failure code and message of anything but a success.
+    pub fn error(&self) -> Option<(FailureKind, &str)> {
+        match self {
+            AttemptEnd::Succeeded { .. } => None,
+            AttemptEnd::Failed { failure, .. } => Some((failure.kind, &failure.message)),
+            AttemptEnd::LeaseExpired { message, .. } => Some((FailureKind::LeaseExpired, message)),
+        }
+    }
+
+    /// Where the job goes after anything but a success.
+    pub fn after_failure(&self) -> Option<AfterFailure> {
+        match self {
+            AttemptEnd::Succeeded { .. } => None,
+            AttemptEnd::Failed { next, .. } | AttemptEnd::LeaseExpired { next, .. } => Some(*next),
+        }
+    }
+
+    /// The backoff before the next attempt, if the job is retried.
+    pub fn retry_delay(&self) -> Option<Duration> {
+        match self.after_failure() {
+            Some(AfterFailure::Retry { delay }) => Some(delay),
+            _ => None,
+        }
+    }
+}
+
+/// How many of its allowed attempts a job has used: `attempt` counts every
+/// attempt over its life, `attempt_base` was `attempt` at the last user
+/// retry (which grants a fresh allowance). The attempt that is running, if
+/// any, is included.
+pub fn attempts_used(attempt: i32, attempt_base: i32) -> u32 {
+    u32::try_from(attempt.saturating_sub(attempt_base)).unwrap_or(0)
+}
+
+/// What a finished attempt consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Fuel (instructions, roughly) consumed.
+    pub fuel_consumed: u64,
+    /// Wall time from instantiation to the end of the call.
+    pub duration: Duration,
+}
+
+/// A captured log ready to store: its lines as the text of a JSON array
+/// (NUL characters already replaced, `sandbox/capture.rs`), and how many
+/// lines were kept and dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptLog {
+    /// The kept lines, a JSON array of `{source, level?, message}`.
+    pub lines_json: String,
+    /// Lines in `lines_json`.
+    pub kept: u64,
+    /// Lines dropped past the log limit.
+    pub dropped: u64,
+}
+
+impl AttemptLog {
+    /// No lines.
+    pub fn empty() -> Self {
+        Self {
+            lines_json: "[]".to_owned(),
+            kept: 0,
+            dropped: 0,
+        }
+    }
+
+    /// This log with every line dropped (when PostgreSQL refused to store
+    /// it), still counting them.
+    pub fn discarded(&self) -> Self {
+        Self {
+            lines_json: "[]".to_owned(),
+            kept: 0,
+            dropped: self.dropped.saturating_add(self.kept),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_end_names_one_outcome_and_one_next_state() {
+        let success = AttemptEnd::Succeeded { output: vec![1] };
+        assert_eq!(success.outcome(), AttemptOutcome::Succeeded);
+        assert_eq!(success.next_state(), JobState::Succeeded);
+        assert_eq!(success.error(), None);
+        let retried = AttemptEnd::Failed {
+            failure: Failure::new(FailureKind::Trap, "boom"),
+            next: AfterFailure::Retry {
+                delay: Duration::from_secs(2),
+            },
+        };
+        assert_eq!(retried.outcome(), AttemptOutcome::Failed);
+        assert_eq!(retried.next_state(), JobState::Retrying);
+        assert_eq!(retried.retry_delay(), Some(Duration::from_secs(2)));
+        assert_eq!(retried.error(), Some((FailureKind::Trap, "boom")));
+        assert_eq!(retried.output(), None);
+        let rescued = AttemptEnd::LeaseExpired {
+            message: "gone".into(),
+            next: AfterFailure::Dead,
+        };
+        assert_eq!(rescued.outcome(), AttemptOutcome::LeaseExpired);
+        assert_eq!(rescued.next_state(), JobState::Dead);
+        assert_eq!(rescued.error(), Some((FailureKind::LeaseExpired, "gone")));
+    }
+
+    #[test]
+    fn attempts_used_counts_since_the_last_user_retry_and_never_underflows() {
+        assert_eq!(attempts_used(5, 3), 2);
+        assert_eq!(attempts_used(1, 0), 1);
+        assert_eq!(attempts_used(0, 2), 0);
+    }
+
+    #[test]
+    fn a_discarded_log_counts_its_lines_as_dropped() {
+        let log = AttemptLog {
+            lines_json: r#"[{"source":"log","message":"x"}]"#.into(),
+            kept: 1,
+            dropped: 4,
+        };
+        assert_eq!(
+            log.discarded(),
+            AttemptLog {
+                lines_json: "[]".into(),
+                kept: 0,
+                dropped: 5
+            }
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! The job domain: what a job is, how it moves and how its attempts end,
+//! free of HTTP, SQL and the CLI. The API maps these types to HTTP
+//! (`api/`), the store to PostgreSQL (`store/codec.rs`), `taskflow run` to
+//! text.
+//!
+//! - [`state`]: the lifecycle ([`JobState`]) and how an attempt is recorded
+//!   ([`AttemptOutcome`]).
+//! - [`spec`]: a submission ([`JobSpec`]) checked against the server's
+//!   [`SubmissionLimits`] into a [`NewJob`], or the [`FieldError`] that
+//!   names what is wrong; queue and module-hash rules.
+//! - [`attempt`]: how an attempt ended ([`AttemptEnd`]), what it used, and
+//!   how many attempts a job has used ([`attempts_used`]).
+//! - [`failure`]: the stable failure codes ([`FailureKind`]).
+
+pub mod attempt;
+pub mod failure;
+pub mod spec;
+pub mod state;
+
+pub use attempt::{AfterFailure, AttemptEnd, AttemptLog, Usage, attempts_used};
+pub use failure::{Failure, FailureKind};
+pub use spec::{
+    DEFAULT_QUEUE, FieldError, JobInput, JobSpec, NewJob, Problem, SubmissionLimits,
+    check_module_hash, check_queue_name, is_valid_module_hash, is_valid_queue_name,
+};
+pub use state::{AttemptOutcome, JobState};

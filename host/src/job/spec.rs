@@ -1,0 +1,587 @@
+//! A submission: what a client asks for ([`JobSpec`]), checked against the
+//! server's [`SubmissionLimits`] and completed with defaults into the
+//! [`NewJob`] the store inserts. The API, `taskflow run` and the tests all
+//! submit through [`JobSpec::resolve`]; each turns a [`FieldError`] into
+//! its own kind of answer (an HTTP 4xx, a line of text).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Queue of jobs that do not name one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// Smallest memory limit: one 64 KiB WebAssembly page.
+pub const MIN_MEMORY_LIMIT_BYTES: u64 = 64 << 10;
+
+/// A job as a client asks for it; `None` takes the server's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// SHA-256 (hex) of an uploaded module.
+    pub module: String,
+    /// The task's input.
+    pub input: JobInput,
+    /// Attempts before the job is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// Wall-clock limit of one attempt, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// CPU budget of one attempt.
+    pub fuel: Option<u64>,
+    /// Linear-memory limit of one attempt, in bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// Queue; [`DEFAULT_QUEUE`] if none.
+    pub queue: Option<String>,
+    /// Higher runs first; 0 if none.
+    pub priority: Option<i16>,
+    /// Earliest start; now if none.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Deduplicates retried submissions.
+    pub idempotency_key: Option<String>,
+}
+
+/// A task's input as the client gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobInput {
+    /// One JSON value as text; the task receives it compacted, in UTF-8.
+    Json(String),
+    /// Bytes encoded in standard base64.
+    Base64(String),
+    /// Bytes as they are.
+    Bytes(Vec<u8>),
+}
+
+/// What a submission may ask for, and what it gets when it asks for nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmissionLimits {
+    /// Largest input, in bytes (after compaction or decoding).
+    pub max_input_bytes: usize,
+    /// `max_attempts` when none is given.
+    pub default_max_attempts: u32,
+    /// Largest `max_attempts`.
+    pub max_attempts_limit: u32,
+    /// Wall-clock limit when none is given.
+    pub default_timeout: Duration,
+    /// Largest wall-clock limit.
+    pub max_timeout: Duration,
+    /// Fuel when none is given.
+    pub default_fuel: u64,
+    /// Largest fuel.
+    pub max_fuel: u64,
+    /// Memory limit when none is given.
+    pub default_memory_limit_bytes: u64,
+    /// Largest memory limit.
+    pub max_memory_limit_bytes: u64,
+}
+
+/// A job ready to insert: every field checked and defaulted, in the ranges
+/// PostgreSQL's columns hold.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Id (UUIDv7), chosen when resolved.
+    pub id: Uuid,
+    /// Module to run.
+    pub module_hash: String,
+    /// Queue to run it on.
+    pub queue: String,
+    /// Higher runs first.
+    pub priority: i16,
+    /// Input bytes handed to the task.
+    pub input: Vec<u8>,
+    /// Attempts before the job is dead-lettered.
+    pub max_attempts: i32,
+    /// Wall-clock limit of one attempt.
+    pub timeout_ms: i32,
+    /// CPU budget of one attempt.
+    pub fuel: i64,
+    /// Linear-memory limit of one attempt.
+    pub memory_limit_bytes: i64,
+    /// When to run it; `None` means now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Deduplicates retried submissions.
+    pub idempotency_key: Option<String>,
+    /// Digest of the submission, compared when the idempotency key repeats.
+    pub request_fingerprint: Option<Vec<u8>>,
+}
+
+/// A field of a submission that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field, as the client named it (`fuel`, or `jobs[3].fuel` in a
+    /// batch).
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: Problem,
+    /// Why, for a person.
+    pub message: String,
+}
+
+/// The kinds of [`FieldError`], for callers that answer each differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// Missing, malformed or out of range.
+    Invalid,
+    /// Not a module hash (64 lowercase hex digits).
+    NotAModuleHash,
+    /// The input is over [`SubmissionLimits::max_input_bytes`].
+    InputTooLarge,
+}
+
+impl FieldError {
+    /// A [`Problem::Invalid`] error.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            problem: Problem::Invalid,
+            message: message.into(),
+        }
+    }
+
+    /// The same error for a field nested in `parent` (`jobs[3]`).
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+}
+
+impl JobSpec {
+    /// Checks this submission against `limits` and fills in defaults.
+    ///
+    /// # Errors
+    ///
+    /// The first field that is missing, malformed or out of range.
+    pub fn resolve(self, limits: &SubmissionLimits) -> Result<NewJob, FieldError> {
+        check_module_hash("module", &self.module)?;
+        let input = self.input.into_bytes(limits.max_input_bytes)?;
+        let max_attempts = in_range(
+            "max_attempts",
+            self.max_attempts.unwrap_or(limits.default_max_attempts),
+            1,
+            limits.max_attempts_limit,
+        )?;
+        let max_timeout_ms = limits.max_timeout.as_millis().min(i32::MAX as u128) as u64;
+        let timeout_ms = in_range(
+            "timeout_ms",
+            self.timeout_ms
+                .unwrap_or(limits.default_timeout.as_millis() as u64),
+            1,
+            max_timeout_ms,
+        )?;
+        let fuel = in_range(
+            "fuel",
+            self.fuel.unwrap_or(limits.default_fuel),
+            1,
+            limits.max_fuel.min(i64::MAX as u64),
+        )?;
+        let memory = self
+            .memory_limit_bytes
+            .unwrap_or(limits.default_memory_limit_bytes);
+        if !(MIN_MEMORY_LIMIT_BYTES..=limits.max_memory_limit_bytes).contains(&memory) {
+            return Err(FieldError::invalid(
+                "memory_limit_bytes",
+                format!(
+                    "must be between {MIN_MEMORY_LIMIT_BYTES} (one WebAssembly page) and {}",
+                    limits.max_memory_limit_bytes
+                ),
+            ));
+        }
+        let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+        check_queue_name("queue", &queue)?;
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.contains('\0'))
+        {
+            return Err(FieldError::invalid(
+                "idempotency_key",
+                format!("must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} bytes without NUL characters"),
+            ));
+        }
+        if let Some(run_at) = self.run_at
+            && !(earliest_run_at()..=latest_run_at()).contains(&run_at)
+        {
+            return Err(FieldError::invalid(
+                "run_at",
+                "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+            ));
+        }
+        let mut job = NewJob {
+            id: Uuid::now_v7(),
+            module_hash: self.module,
+            queue,
+            priority: self.priority.unwrap_or(0),
+            input,
+            max_attempts: max_attempts as i32,
+            timeout_ms: timeout_ms as i32,
+            fuel: fuel as i64,
+            memory_limit_bytes: memory as i64,
+            run_at: self.run_at,
+            idempotency_key: self.idempotency_key,
+            request_fingerprint: None,
+        };
+        if job.idempotency_key.is_some() {
+            job.request_fingerprint = Some(fingerprint(&job));
+        }
+        Ok(job)
+    }
+}
+
+impl JobInput {
+    /// The bytes the task receives, refused past `limit` before they are
+    /// all produced.
+    fn into_bytes(self, limit: usize) -> Result<Vec<u8>, FieldError> {
+        let too_large = |field: &str| FieldError {
+            field: field.to_owned(),
+            problem: Problem::InputTooLarge,
+            message: format!(
+                "over the limit of {limit} bytes; store large data elsewhere and pass a reference"
+            ),
+        };
+        let bytes = match self {
+            JobInput::Json(text) => match compact_json(&text, limit) {
+                Ok(bytes) => bytes,
+                Err(CompactError::TooLarge) => return Err(too_large("input")),
+                Err(CompactError::Invalid(error)) => {
+                    return Err(FieldError::invalid("input", error.to_string()));
+                }
+            },
+            JobInput::Base64(encoded) => {
+                // Four base64 characters hold three bytes: refuse before decoding.
+                if encoded.len() / 4 * 3 > limit + 2 {
+                    return Err(too_large("input_base64"));
+                }
+                BASE64.decode(encoded.as_bytes()).map_err(|error| {
+                    FieldError::invalid("input_base64", format!("not valid base64 ({error})"))
+                })?
+            }
+            JobInput::Bytes(bytes) => bytes,
+        };
+        if bytes.len() > limit {
+            return Err(too_large("input"));
+        }
+        Ok(bytes)
+    }
+}
+
+/// `value` if it is within `min..=max`.
+fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, FieldError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(FieldError::invalid(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+/// Whether `name` is a valid queue name: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
+/// Queue names appear in Redis channel names and metrics labels, so they are
+/// kept to a safe alphabet.
+pub fn is_valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Rejects `name` in `field` unless it is a valid queue name.
+///
+/// # Errors
+///
+/// If it is not ([`is_valid_queue_name`]).
+pub fn check_queue_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if is_valid_queue_name(name) {
+        Ok(())
+    } else {
+        Err(FieldError::invalid(
+            field,
+            "must be 1-64 characters of a-z, 0-9, _ and -",
+        ))
+    }
+}
+
+/// Whether `hash` is a module hash: 64 lowercase hex digits.
+pub fn is_valid_module_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Rejects `hash` in `field` unless it is a module hash.
+///
+/// # Errors
+///
+/// If it is not ([`is_valid_module_hash`]).
+pub fn check_module_hash(field: &str, hash: &str) -> Result<(), FieldError> {
+    if is_valid_module_hash(hash) {
+        Ok(())
+    } else {
+        Err(FieldError {
+            field: field.to_owned(),
+            problem: Problem::NotAModuleHash,
+            message: "must be a module's SHA-256: 64 lowercase hex digits".to_owned(),
+        })
+    }
+}
+
+/// The earliest `run_at` accepted: PostgreSQL stores earlier times, but not
+/// all of them (none before 4713 BC), and a four-digit year is what RFC 3339
+/// promises.
+fn earliest_run_at() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The latest `run_at` accepted (see [`earliest_run_at`]).
+fn latest_run_at() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Why a JSON input could not be compacted.
+enum CompactError {
+    /// It is over the limit.
+    TooLarge,
+    /// It is not a JSON value serde can read (a number out of range, nesting
+    /// past serde's recursion limit).
+    Invalid(serde_json::Error),
+}
+
+/// `text` (one JSON value) without insignificant whitespace, in one
+/// streaming pass that builds no tree and stops once the result would pass
+/// `limit` bytes.
+fn compact_json(text: &str, limit: usize) -> Result<Vec<u8>, CompactError> {
+    let mut output = CappedWriter {
+        bytes: Vec::with_capacity(text.len().min(limit)),
+        limit,
+        overflowed: false,
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let transcoded = serde_transcode::transcode(
+        &mut deserializer,
+        &mut serde_json::Serializer::new(&mut output),
+    )
+    .and_then(|()| deserializer.end());
+    match transcoded {
+        Ok(()) => Ok(output.bytes),
+        Err(_) if output.overflowed => Err(CompactError::TooLarge),
+        Err(error) => Err(CompactError::Invalid(error)),
+    }
+}
+
+/// A `Vec<u8>` writer that refuses to grow past `limit`.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("over the limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A digest of everything a submission asks for, so a retried request (same
+/// key, same fingerprint) is told apart from a conflicting one.
+fn fingerprint(job: &NewJob) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(job.module_hash.as_bytes());
+    hasher.update((job.input.len() as u64).to_be_bytes());
+    hasher.update(&job.input);
+    hasher.update(job.queue.as_bytes());
+    hasher.update([0]);
+    hasher.update(job.priority.to_be_bytes());
+    hasher.update(job.max_attempts.to_be_bytes());
+    hasher.update(job.timeout_ms.to_be_bytes());
+    hasher.update(job.fuel.to_be_bytes());
+    hasher.update(job.memory_limit_bytes.to_be_bytes());
+    if let Some(run_at) = job.run_at {
+        hasher.update(run_at.timestamp_micros().to_be_bytes());
+    }
+    hasher.finalize().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> SubmissionLimits {
+        SubmissionLimits {
+            max_input_bytes: 16,
+            default_max_attempts: 3,
+            max_attempts_limit: 10,
+            default_timeout: Duration::from_secs(1),
+            max_timeout: Duration::from_secs(10),
+            default_fuel: 100,
+            max_fuel: 1000,
+            default_memory_limit_bytes: 1 << 20,
+            max_memory_limit_bytes: 1 << 24,
+        }
+    }
+
+    fn spec(input: JobInput) -> JobSpec {
+        JobSpec {
+            module: "a".repeat(64),
+            input,
+            max_attempts: None,
+            timeout_ms: None,
+            fuel: None,
+            memory_limit_bytes: None,
+            queue: None,
+            priority: None,
+            run_at: None,
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_the_client_left_out() {
+        let job = spec(JobInput::Json("{ \"a\" : 1 }".into()))
+            .resolve(&limits())
+            .unwrap();
+        assert_eq!(job.input, br#"{"a":1}"#);
+        assert_eq!(job.queue, DEFAULT_QUEUE);
+        assert_eq!((job.max_attempts, job.timeout_ms, job.fuel), (3, 1000, 100));
+        assert_eq!(job.memory_limit_bytes, 1 << 20);
+        assert_eq!(job.request_fingerprint, None);
+    }
+
+    #[test]
+    fn each_field_out_of_range_is_named() {
+        let cases: Vec<(JobSpec, &str, Problem)> = vec![
+            (
+                JobSpec {
+                    module: "A".repeat(64),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "module",
+                Problem::NotAModuleHash,
+            ),
+            (
+                spec(JobInput::Json("\"0123456789abcdef\"".into())),
+                "input",
+                Problem::InputTooLarge,
+            ),
+            (
+                spec(JobInput::Base64("A".repeat(40))),
+                "input_base64",
+                Problem::InputTooLarge,
+            ),
+            (
+                spec(JobInput::Json("1 2".into())),
+                "input",
+                Problem::Invalid,
+            ),
+            (
+                spec(JobInput::Base64("***".into())),
+                "input_base64",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    max_attempts: Some(0),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "max_attempts",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    timeout_ms: Some(10_001),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "timeout_ms",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    fuel: Some(0),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "fuel",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    memory_limit_bytes: Some(1),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "memory_limit_bytes",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    queue: Some("Q".into()),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "queue",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    idempotency_key: Some("a\0b".into()),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "idempotency_key",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    run_at: DateTime::from_timestamp(-62_135_596_801, 0),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "run_at",
+                Problem::Invalid,
+            ),
+        ];
+        for (spec, field, problem) in cases {
+            let error = spec.clone().resolve(&limits()).unwrap_err();
+            assert_eq!(
+                (error.field.as_str(), error.problem),
+                (field, problem),
+                "{spec:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_idempotent_submission_is_fingerprinted_by_what_it_asks_for() {
+        let keyed = |input: &str| {
+            JobSpec {
+                idempotency_key: Some("k".into()),
+                ..spec(JobInput::Json(input.into()))
+            }
+            .resolve(&limits())
+            .unwrap()
+            .request_fingerprint
+        };
+        assert_eq!(
+            keyed("1"),
+            keyed(" 1 "),
+            "whitespace is not part of the request"
+        );
+        assert_ne!(keyed("1"), keyed("2"));
+    }
+
+    #[test]
+    fn a_nested_error_names_its_parent() {
+        let error = FieldError::invalid("fuel", "bad").within("jobs[3]");
+        assert_eq!(error.to_string(), "jobs[3].fuel: bad");
+    }
+}

@@ -1,0 +1,43 @@
+//! How the [`job`](crate::job) domain's enums are stored: as PostgreSQL's
+//! `job_state` and `attempt_outcome` enums (migrations/), sent and read as
+//! their names, so the domain types need know nothing of SQL.
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
+
+use crate::job::{AttemptOutcome, JobState};
+
+/// Maps a domain enum with `as_str` and `FromStr` to the PostgreSQL enum
+/// `$sql_type`.
+macro_rules! stored_as_enum {
+    ($domain:ty, $sql_type:literal, $array_type:literal) => {
+        impl Type<Postgres> for $domain {
+            fn type_info() -> PgTypeInfo {
+                PgTypeInfo::with_name($sql_type)
+            }
+        }
+
+        impl PgHasArrayType for $domain {
+            fn array_type_info() -> PgTypeInfo {
+                PgTypeInfo::with_name($array_type)
+            }
+        }
+
+        impl Encode<'_, Postgres> for $domain {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> Decode<'r, Postgres> for $domain {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+                Ok(<&str as Decode<Postgres>>::decode(value)?.parse()?)
+            }
+        }
+    };
+}
+
+stored_as_enum!(JobState, "job_state", "_job_state");
+stored_as_enum!(AttemptOutcome, "attempt_outcome", "_attempt_outcome");

@@ -1,0 +1,147 @@
+//! The maintenance services, one pass at a time, and the election of the
+//! worker that runs them.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::PgPool;
+use taskflow::job::JobState;
+use taskflow::lease::{Leases, Redis, Waker};
+use taskflow::maintenance::{Elector, Rescuer, Scheduler, Service};
+use uuid::Uuid;
+
+use crate::support::{new_job, redis_url, store_with_jobs};
+
+fn leases(ttl: Duration) -> Leases {
+    let redis = Redis::connect_lazy(
+        &redis_url(),
+        &format!("tftest:{}:", Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    Leases::new(redis, ttl)
+}
+
+#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
+async fn the_scheduler_makes_due_jobs_available_and_says_when_the_next_falls_due(pool: PgPool) {
+    let (store, due) = store_with_jobs(pool, 0).await;
+    assert!(due.is_empty());
+    let module = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"not run by these tests",
+    ));
+    let past = new_job(&module);
+    let later = new_job(&module);
+    let jobs = [
+        taskflow::job::NewJob {
+            run_at: Some(Utc::now() + chrono::Duration::milliseconds(300)),
+            ..past.clone()
+        },
+        taskflow::job::NewJob {
+            run_at: Some(Utc::now() + chrono::Duration::seconds(30)),
+            ..later.clone()
+        },
+    ];
+    store.insert_jobs(&jobs).await.unwrap();
+    let scheduler = Scheduler::new(
+        store.clone(),
+        Waker::spawn(leases(Duration::from_secs(1)).redis().clone()),
+    );
+
+    let next = scheduler
+        .run_once()
+        .await
+        .unwrap()
+        .expect("a job is waiting");
+    assert!(next <= Duration::from_millis(300), "{next:?}");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let next = scheduler
+        .run_once()
+        .await
+        .unwrap()
+        .expect("a job is waiting");
+    assert!(next > Duration::from_secs(20), "the later job: {next:?}");
+
+    let state = |id| {
+        let store = store.clone();
+        async move { store.get_job(id).await.unwrap().unwrap().job.state }
+    };
+    assert_eq!(state(past.id).await, JobState::Available);
+    assert_eq!(state(later.id).await, JobState::Scheduled);
+}
+
+#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
+async fn the_rescuer_ends_attempts_whose_lease_is_gone_and_extends_those_still_held(pool: PgPool) {
+    let ttl = Duration::from_millis(200);
+    let (store, _) = store_with_jobs(pool, 2).await;
+    let leases = leases(ttl);
+    let rescuer = Rescuer::new(
+        store.clone(),
+        leases.clone(),
+        taskflow::config::RetryPolicy {
+            backoff_base: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(60),
+        },
+    );
+    // Redis was just met: nothing is rescued for one TTL.
+    assert!(rescuer.rescue().await.unwrap().in_grace_period);
+
+    let claimed = store
+        .claim_available("default", "w1", 2, ttl)
+        .await
+        .unwrap();
+    let (held, abandoned) = (&claimed[0], &claimed[1]);
+    // Both claims' PostgreSQL leases run out; one worker still holds its key.
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(leases.restore(&[held.lease()]).await.unwrap(), [true]);
+
+    let counts = rescuer.rescue().await.unwrap();
+    assert_eq!(
+        (counts.examined, counts.extended, counts.rescued),
+        (2, 1, 1)
+    );
+    let held = store.get_job(held.id).await.unwrap().unwrap();
+    assert_eq!(held.job.state, JobState::Running);
+    let rescued = store.get_job(abandoned.id).await.unwrap().unwrap();
+    assert_eq!(rescued.job.state, JobState::Retrying);
+    assert_eq!(rescued.job.last_error.unwrap().0["kind"], "lease_expired");
+}
+
+#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
+async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_its_term_runs_out(
+    pool: PgPool,
+) {
+    let (store, _) = store_with_jobs(pool, 0).await;
+    let term = Duration::from_millis(600);
+    let first = Elector::new(store.clone(), "w1".into(), term);
+    let second = Elector::new(store.clone(), "w2".into(), term);
+    let (one, two) = (first.leadership(), second.leadership());
+
+    first.run_once().await;
+    second.run_once().await;
+    assert!(one.is_leading() && !two.is_leading());
+    first.run_once().await;
+    assert!(one.is_leading(), "the leader renews its term");
+
+    // The leader stalls: its term runs out, and it stops leading on its own
+    // clock as the other is elected.
+    tokio::time::sleep(term + Duration::from_millis(50)).await;
+    assert!(!one.is_leading());
+    second.run_once().await;
+    assert!(two.is_leading());
+    first.run_once().await;
+    assert!(!one.is_leading(), "the stalled leader learns it lost");
+
+    // A leader that shuts down resigns: the next election needs no wait.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    shutdown.cancel();
+    second.run(shutdown).await;
+    first.run_once().await;
+    assert!(one.is_leading());
+    assert_eq!(
+        store
+            .current_leader(taskflow::maintenance::elector::LEADERSHIP)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("w1")
+    );
+}
