@@ -31,7 +31,6 @@
 
 pub mod api;
 pub mod backoff;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -50,9 +50,6 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Measure throughput and latency against a local deployment (see
-    /// docs/benchmarks.md).
-    Bench(crate::bench::BenchArgs),
     /// Compile a component read on stdin, writing the artifact on stdout.
     /// The API and workers run this in a process of its own for every
     /// compile (`sandbox/compiler.rs`); not for direct use.
@@ -263,7 +260,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Module(command) => client::run_module(command).await,
         Command::Job(command) => client::run_job(command).await,
         Command::Run(args) => run::run(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
         Command::CompileComponent(_) => {
             anyhow::bail!("compile-component runs outside the async runtime (main.rs)")
         }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::migrate::MigrateDatabase;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -58,13 +57,10 @@ impl Backends {
 /// Creates the database if it does not exist and applies migrations.
 pub async fn prepare_database(connections: &Connections) -> anyhow::Result<Store> {
     let url = &connections.database_url;
-    if !sqlx::Postgres::database_exists(url)
+    if Store::create_database_if_missing(url)
         .await
-        .context("cannot reach PostgreSQL (DATABASE_URL)")?
+        .context("cannot reach PostgreSQL (DATABASE_URL) or create its database")?
     {
-        sqlx::Postgres::create_database(url)
-            .await
-            .context("cannot create the database")?;
         tracing::info!("created the database");
     }
     let store = Store::connect_lazy(url, 2)?;

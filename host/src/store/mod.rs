@@ -20,6 +20,7 @@ pub mod execution;
 pub mod jobs;
 pub mod leadership;
 pub mod modules;
+pub mod stats;
 mod submitter;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::job::JobState;
 pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef, RunningLease};
 pub use jobs::{AttemptRecord, CancelOutcome, JobDetail, JobFilter, JobRecord, Submitted};
 pub use modules::ModuleRecord;
+pub use stats::JobTimes;
 pub use submitter::Submitter;
 
 /// Whether a guarded statement found the row in the state it required.
@@ -177,14 +179,15 @@ impl Store {
         Ok(Self { pool })
     }
 
-    /// Wraps an existing pool (tests get one per test database).
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+    /// The pool every statement of the store runs on; nothing outside the
+    /// store sees it.
+    fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
-    /// The underlying pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Closes every connection, waiting for those in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// A pooled connection for a statement whose parameters take `bytes`;
@@ -205,6 +208,17 @@ impl Store {
         Ok(())
     }
 
+    /// Creates the database `url` names if it does not exist; returns
+    /// whether it did.
+    pub async fn create_database_if_missing(url: &str) -> StoreResult<bool> {
+        use sqlx::migrate::MigrateDatabase as _;
+        if Postgres::database_exists(url).await? {
+            return Ok(false);
+        }
+        Postgres::create_database(url).await?;
+        Ok(true)
+    }
+
     /// Whether PostgreSQL answers a trivial query.
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -213,7 +227,7 @@ impl Store {
 }
 
 /// Counts one store call, by name: operators see the database load per
-/// operation on `/metrics`, and `taskflow bench` derives database calls per
+/// operation on `/metrics`, and `taskflow-bench` derives database calls per
 /// job from it. A call is one round trip, or a few for the calls that look
 /// something up after writing.
 fn statement(name: &'static str) {

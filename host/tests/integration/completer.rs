@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use taskflow::job::{AfterFailure, AttemptLog, JobState};
 use taskflow::lease::{Leases, Redis};
 use taskflow::worker::{Completer, InFlight};
@@ -12,11 +11,10 @@ use uuid::Uuid;
 
 use crate::support::{redis_url, store_with_jobs, success};
 
-#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
-async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_written(
-    pool: PgPool,
-) {
-    let (store, _) = store_with_jobs(pool, 3).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_written() {
+    let (db, _) = store_with_jobs(3).await;
+    let store = db.store().clone();
     let claimed = store
         .claim_available("default", "w1", 3, Duration::from_secs(30))
         .await
@@ -91,4 +89,5 @@ async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_wr
         attempts[0].logs_dropped, 1,
         "its log line is counted, not kept"
     );
+    db.drop_database().await.unwrap();
 }

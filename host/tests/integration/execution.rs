@@ -291,7 +291,7 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
     let app = TestApp::start().await;
     let worker = app.spawn_worker("w1");
     let module = app.upload("misbehave").await;
-    let before = crate::support::peak_rss_bytes(std::process::id());
+    let before = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap();
     let job = app
         .submit_with(SubmitJob {
             module,
@@ -313,7 +313,7 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
     );
     // The guest's own memory holds the output once; copying it into the
     // worker would hold it twice.
-    let grew = crate::support::peak_rss_bytes(std::process::id()) - before;
+    let grew = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap() - before;
     assert!(
         grew < OUTPUT * 3 / 2,
         "a {} MiB output grew the worker by {} MiB",

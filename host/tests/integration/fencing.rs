@@ -1,27 +1,27 @@
 //! Fencing tokens: only the attempt holding the current token may finish a
-//! job. These exercise the store directly with `#[sqlx::test]` (a database
-//! per test), playing each actor's statements in the order that breaks
+//! job. These exercise the store directly (a database per test,
+//! `support::store_with_jobs`), playing each actor's statements in the order that breaks
 //! naive queues.
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use taskflow::job::{AttemptOutcome, JobState};
 use taskflow::store::{Store, Transition};
 use uuid::Uuid;
 
-use crate::support::{rescue, store_with_jobs, success};
+use crate::support::{TestDb, rescue, store_with_jobs, success};
 
 const TTL: Duration = Duration::from_secs(30);
 
-async fn store_with_job(pool: PgPool) -> (Store, Uuid) {
-    let (store, ids) = store_with_jobs(pool, 1).await;
-    (store, ids[0])
+async fn store_with_job() -> (TestDb, Store, Uuid) {
+    let (db, ids) = store_with_jobs(1).await;
+    let store = db.store().clone();
+    (db, store, ids[0])
 }
 
-#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
-async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted(pool: PgPool) {
-    let (store, id) = store_with_job(pool).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
+    let (db, store, id) = store_with_job().await;
 
     let old = store
         .claim_available("default", "paused-worker", 10, TTL)
@@ -93,11 +93,12 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted(pool: 
             (new.lease_token, AttemptOutcome::Succeeded)
         ]
     );
+    db.drop_database().await.unwrap();
 }
 
-#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
-async fn a_cancel_wins_over_a_running_attempt_that_finishes_later(pool: PgPool) {
-    let (store, id) = store_with_job(pool).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_wins_over_a_running_attempt_that_finishes_later() {
+    let (db, store, id) = store_with_job().await;
     let running = store
         .claim_available("default", "w", 1, TTL)
         .await
@@ -117,11 +118,12 @@ async fn a_cancel_wins_over_a_running_attempt_that_finishes_later(pool: PgPool) 
     let attempts = store.list_attempts(id, None, 100).await.unwrap().unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome, AttemptOutcome::Cancelled);
+    db.drop_database().await.unwrap();
 }
 
-#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
-async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished(pool: PgPool) {
-    let (store, id) = store_with_job(pool).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished() {
+    let (db, store, id) = store_with_job().await;
     let job = store
         .claim_available("default", "w", 1, TTL)
         .await
@@ -150,4 +152,5 @@ async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished(pool: PgPool
             .unwrap(),
         0
     );
+    db.drop_database().await.unwrap();
 }

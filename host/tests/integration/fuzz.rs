@@ -177,9 +177,7 @@ fn arbitrary_submissions_get_a_json_answer_never_a_server_error() {
             Ok(())
         })
         .unwrap();
-    let jobs: i64 = runtime
-        .block_on(sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(app.store().pool()))
-        .unwrap();
+    let jobs: i64 = runtime.block_on(app.store().count_jobs()).unwrap();
     assert_eq!(
         jobs,
         accepted.get(),

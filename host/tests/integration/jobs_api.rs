@@ -27,10 +27,7 @@ async fn post_json(app: &TestApp, path: &str, body: &str) -> (StatusCode, Value)
 }
 
 async fn job_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(app.store().pool())
-        .await
-        .unwrap()
+    app.store().count_jobs().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::PgPool;
 use taskflow::job::JobState;
 use taskflow::lease::{Leases, Redis, Waker};
 use taskflow::maintenance::{Elector, Rescuer, Scheduler, Service};
@@ -21,9 +20,10 @@ fn leases(ttl: Duration) -> Leases {
     Leases::new(redis, ttl)
 }
 
-#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
-async fn the_scheduler_makes_due_jobs_available_and_says_when_the_next_falls_due(pool: PgPool) {
-    let (store, due) = store_with_jobs(pool, 0).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_makes_due_jobs_available_and_says_when_the_next_falls_due() {
+    let (db, due) = store_with_jobs(0).await;
+    let store = db.store().clone();
     assert!(due.is_empty());
     let module = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         b"not run by these tests",
@@ -66,12 +66,14 @@ async fn the_scheduler_makes_due_jobs_available_and_says_when_the_next_falls_due
     };
     assert_eq!(state(past.id).await, JobState::Available);
     assert_eq!(state(later.id).await, JobState::Scheduled);
+    db.drop_database().await.unwrap();
 }
 
-#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
-async fn the_rescuer_ends_attempts_whose_lease_is_gone_and_extends_those_still_held(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rescuer_ends_attempts_whose_lease_is_gone_and_extends_those_still_held() {
     let ttl = Duration::from_millis(200);
-    let (store, _) = store_with_jobs(pool, 2).await;
+    let (db, _) = store_with_jobs(2).await;
+    let store = db.store().clone();
     let leases = leases(ttl);
     let rescuer = Rescuer::new(
         store.clone(),
@@ -103,13 +105,13 @@ async fn the_rescuer_ends_attempts_whose_lease_is_gone_and_extends_those_still_h
     let rescued = store.get_job(abandoned.id).await.unwrap().unwrap();
     assert_eq!(rescued.job.state, JobState::Retrying);
     assert_eq!(rescued.job.last_error.unwrap().0["kind"], "lease_expired");
+    db.drop_database().await.unwrap();
 }
 
-#[sqlx::test(migrator = "taskflow::store::MIGRATOR")]
-async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_its_term_runs_out(
-    pool: PgPool,
-) {
-    let (store, _) = store_with_jobs(pool, 0).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_its_term_runs_out() {
+    let (db, _) = store_with_jobs(0).await;
+    let store = db.store().clone();
     let term = Duration::from_millis(600);
     let first = Elector::new(store.clone(), "w1".into(), term);
     let second = Elector::new(store.clone(), "w2".into(), term);
@@ -144,4 +146,5 @@ async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_it
             .as_deref(),
         Some("w1")
     );
+    db.drop_database().await.unwrap();
 }

@@ -21,10 +21,7 @@ async fn put_module(app: &TestApp, body: Vec<u8>) -> (StatusCode, Value) {
 }
 
 async fn module_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM modules")
-        .fetch_one(app.store().pool())
-        .await
-        .unwrap()
+    app.store().count_modules().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,10 +50,7 @@ async fn a_task_component_is_stored_by_hash_and_reuploading_it_is_idempotent() {
 
 /// What the planner believes `modules` holds: -1 until it was analyzed.
 async fn planner_module_estimate(app: &TestApp) -> f32 {
-    sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'modules'::regclass")
-        .fetch_one(app.store().pool())
-        .await
-        .unwrap()
+    app.store().planner_module_estimate().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

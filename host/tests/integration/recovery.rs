@@ -18,7 +18,7 @@ use crate::support::{TcpProxy, TestApp, eventually};
 fn worker_process(app: &TestApp, id: &str) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
         .arg("worker")
-        .env("DATABASE_URL", &app.db.url)
+        .env("DATABASE_URL", app.db.url())
         .env("REDIS_URL", &app.connections.redis_url)
         .env("TASKFLOW_REDIS_PREFIX", &app.connections.redis_prefix)
         .env("TASKFLOW_LEASE_TTL", "1s")
@@ -102,8 +102,9 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
     let started = Instant::now();
     let mut flushes = 0;
     while started.elapsed() < Duration::from_secs(60) {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
-            .fetch_one(app.store().pool())
+        let done = app
+            .store()
+            .count_jobs_in(JobState::Succeeded)
             .await
             .unwrap();
         if done == ids.len() as i64 {
@@ -119,14 +120,7 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
         "the run should span several flushes (had {flushes})"
     );
 
-    let attempts: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT job_id, count(*) FROM job_attempts GROUP BY job_id",
-    )
-    .fetch_all(app.store().pool())
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
+    let attempts: HashMap<Uuid, i64> = app.store().attempts_per_job().await.unwrap();
     for id in &ids {
         let job = app.client.get_job(*id).await.unwrap();
         assert_eq!(job.state, JobState::Succeeded, "job {id}");
@@ -147,7 +141,7 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
     let app = TestApp::start().await;
     let module = app.upload("misbehave").await;
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxied_url = format!("postgres://postgres@{}/{}", proxy.address, app.db.name);
+    let proxied_url = format!("postgres://postgres@{}/{}", proxy.address, app.db.name());
     let worker = app.spawn_worker_via(&proxied_url, "partitioned");
 
     let jobs: Vec<SubmitJob> = (0..6)
@@ -169,13 +163,8 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
     // Cut as soon as the worker has claimed jobs, before any (400 ms) job can
     // have finished: every outcome then waits out the outage.
     eventually(Duration::from_secs(30), || async {
-        let (running, written): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM jobs WHERE state = 'running'),
-                    (SELECT count(*) FROM job_attempts)",
-        )
-        .fetch_one(app.store().pool())
-        .await
-        .unwrap();
+        let running = app.store().count_jobs_in(JobState::Running).await.unwrap();
+        let written = app.store().count_attempts().await.unwrap();
         (running > 0 && written == 0).then_some(())
     })
     .await;
@@ -183,10 +172,7 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
     // The claimed attempts finish while the worker cannot reach PostgreSQL.
     proxy.cut().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts")
-        .fetch_one(app.store().pool())
-        .await
-        .unwrap();
+    let written = app.store().count_attempts().await.unwrap();
     proxy.restore();
 
     for id in &ids {
@@ -194,10 +180,7 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
         assert_eq!(job.state, JobState::Succeeded, "job {id}");
         assert_eq!(job.attempt, 1, "job {id} was not run again");
     }
-    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts")
-        .fetch_one(app.store().pool())
-        .await
-        .unwrap();
+    let attempts = app.store().count_attempts().await.unwrap();
     assert_eq!(attempts, ids.len() as i64);
     assert_eq!(
         written, 0,
@@ -219,7 +202,8 @@ async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_on
     let api = app
         .spawn_api_via(&format!(
             "postgres://postgres@{}/{}",
-            proxy.address, app.db.name
+            proxy.address,
+            app.db.name()
         ))
         .await;
     let job = SubmitJob {
@@ -260,10 +244,7 @@ async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_on
             }
         }
     }
-    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
-        .fetch_all(app.store().pool())
-        .await
-        .unwrap();
+    let stored = app.store().job_ids().await.unwrap();
     accepted.sort();
     assert_eq!(stored, accepted, "exactly the accepted submissions exist");
     app.finish().await;

@@ -66,11 +66,10 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
     let body: Value = serde_json::from_str(bodies.iter().next().unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
 
-    let counts: (i64, i64) =
-        sqlx::query_as("SELECT (SELECT count(*) FROM modules), (SELECT count(*) FROM jobs)")
-            .fetch_one(app.store().pool())
-            .await
-            .unwrap();
+    let counts = (
+        app.store().count_modules().await.unwrap(),
+        app.store().count_jobs().await.unwrap(),
+    );
     assert_eq!(counts, (0, 0), "refused requests wrote nothing");
 
     let client = app.client.clone().with_token(Some(token));

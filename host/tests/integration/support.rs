@@ -22,30 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The server every test database is created on (its own database is only
-/// used to create and drop test databases).
-pub fn admin_database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// Redis for tests; each test uses its own key prefix.
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// Where `scripts/build-plugins` puts the component of `plugins/<name>`
-/// (`name` with underscores: `python_csv`).
-pub fn plugin_path(name: &str) -> PathBuf {
-    let dir = match std::env::var("TASKFLOW_PLUGIN_DIR") {
-        Ok(dir) => PathBuf::from(dir),
-        Err(_) => std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-            .join("wasm32-wasip2/plugin"),
-    };
-    dir.join(format!("taskflow_plugin_{name}.wasm"))
-}
+pub use taskflow_testkit::{ScratchDatabase as TestDb, free_port, plugin_path, redis_url};
 
 /// A component built from `plugins/<name>` by `scripts/build-plugins`.
 pub fn plugin(name: &str) -> Vec<u8> {
@@ -58,47 +35,12 @@ pub fn plugin(name: &str) -> Vec<u8> {
     })
 }
 
-/// A database of its own for one test, migrated.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-    pub store: Store,
-}
-
-impl TestDb {
-    pub async fn create() -> Self {
-        let admin_url = admin_database_url();
-        let name = format!("taskflow_test_{}", Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(&admin_url)
-            .await
-            .expect("PostgreSQL is reachable");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("create test database");
-        admin.close().await;
-        let url = match admin_url.rfind('/') {
-            Some(slash) => format!("{}/{name}", &admin_url[..slash]),
-            None => panic!("DATABASE_URL has no database name"),
-        };
-        let store = Store::connect_lazy(&url, 8).expect("valid URL");
-        store.migrate().await.expect("migrations apply");
-        Self { name, url, store }
-    }
-
-    pub async fn drop_database(self) {
-        self.store.pool().close().await;
-        let admin = sqlx::PgPool::connect(&admin_database_url())
-            .await
-            .expect("PostgreSQL is reachable");
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&admin)
+/// A database of its own for one test, migrated, on the server of
+/// `DATABASE_URL`.
+pub async fn test_database() -> TestDb {
+    TestDb::create(&taskflow_testkit::server_database_url(), "taskflow_test", 8)
         .await
-        .expect("drop test database");
-    }
+        .expect("PostgreSQL is reachable and lets us create databases")
 }
 
 /// Settings a test may change before the app starts.
@@ -181,9 +123,9 @@ impl TestApp {
         options: TestOptions,
         configure: impl FnOnce(&mut ApiConfig),
     ) -> Self {
-        let db = TestDb::create().await;
+        let db = test_database().await;
         let connections = Connections {
-            database_url: db.url.clone(),
+            database_url: db.url().to_owned(),
             database_max_connections: 16,
             redis_url: redis_url(),
             redis_prefix: format!("tftest:{}:", Uuid::new_v4().simple()),
@@ -225,7 +167,7 @@ impl TestApp {
     }
 
     pub fn store(&self) -> &Store {
-        &self.db.store
+        self.db.store()
     }
 
     /// Worker settings suited to tests: fast polling, maintenance and elections.
@@ -369,7 +311,10 @@ impl TestApp {
         self.shutdown.cancel();
         let _ = self.api.await;
         let _ = std::fs::remove_dir_all(&self.cache_dir);
-        self.db.drop_database().await;
+        self.db
+            .drop_database()
+            .await
+            .expect("drop the test database");
     }
 }
 
@@ -454,17 +399,18 @@ impl TcpProxy {
     }
 }
 
-/// A store over `pool` holding `count` available jobs of one module (whose
-/// bytes are never run), for tests that play the store's statements.
-pub async fn store_with_jobs(pool: sqlx::PgPool, count: usize) -> (Store, Vec<Uuid>) {
+/// A database of its own holding `count` available jobs of one module
+/// (whose bytes are never run), for tests that play the store's statements.
+pub async fn store_with_jobs(count: usize) -> (TestDb, Vec<Uuid>) {
     use sha2::Digest;
-    let store = Store::from_pool(pool);
+    let db = test_database().await;
+    let store = db.store();
     let bytes = b"not run by these tests".to_vec();
     let hash = hex::encode(sha2::Sha256::digest(&bytes));
     store.insert_module(&hash, &bytes).await.unwrap();
     let jobs: Vec<NewJob> = (0..count).map(|_| new_job(&hash)).collect();
     store.insert_jobs(&jobs).await.unwrap();
-    (store, jobs.iter().map(|job| job.id).collect())
+    (db, jobs.iter().map(|job| job.id).collect())
 }
 
 /// A job of `module_hash` with small limits, as the store takes it (past
@@ -525,26 +471,6 @@ pub fn rescue(job: &ClaimedJob, worker: &str) -> FinishedAttempt {
     )
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port")
-        .port()
-}
-
-/// The peak resident memory so far (`VmHWM`) of process `pid`, in bytes.
-pub fn peak_rss_bytes(pid: u32) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-        * 1024
-}
-
 /// `taskflow api` as an OS process of its own over a test's database and
 /// Redis prefix, for tests that measure the process itself (its memory, its
 /// file descriptors). Killed when dropped.
@@ -562,7 +488,7 @@ impl TestApp {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"));
         command
             .arg("api")
-            .env("DATABASE_URL", &self.db.url)
+            .env("DATABASE_URL", self.db.url())
             .env("REDIS_URL", &self.connections.redis_url)
             .env("TASKFLOW_REDIS_PREFIX", &self.connections.redis_prefix)
             .env("TASKFLOW_LISTEN", format!("127.0.0.1:{port}"))
@@ -587,7 +513,7 @@ impl TestApp {
 impl ApiProcess {
     /// The process's peak resident memory so far, in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        peak_rss_bytes(self.child.id())
+        taskflow_testkit::peak_rss_bytes(self.child.id()).expect("the API process is alive")
     }
 
     /// File descriptors the process has open.

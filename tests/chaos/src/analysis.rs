@@ -154,16 +154,6 @@ pub fn overlaps(
     found
 }
 
-/// The p-th percentile (0–100) of `values`, by nearest rank.
-pub fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * values.len() as f64).ceil().max(1.0) as usize;
-    values[rank.min(values.len()) - 1]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,13 +223,5 @@ mod tests {
         );
         fates.insert("alive".to_owned(), WorkerFate::default());
         assert!(overlaps(&logs, &fates, at(5_000)).is_empty());
-    }
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let mut values = vec![5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(percentile(&mut values, 50.0), 3.0);
-        assert_eq!(percentile(&mut values, 100.0), 5.0);
-        assert_eq!(percentile(&mut [], 50.0), 0.0);
     }
 }

@@ -34,7 +34,8 @@ use taskflow::client::Client;
 use uuid::Uuid;
 
 use analysis::{Overlap, WorkerFate};
-use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup, free_port};
+use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup};
+use taskflow_testkit::{free_port, percentile};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -367,6 +368,9 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.workers {
         chaos.spawn_worker()?;
     }
+    // The audit reads PostgreSQL with statements of its own, not through
+    // `taskflow::store`: it checks what the store claims, so it must not
+    // depend on the code it checks.
     let database = sqlx::PgPool::connect(&pg.url("taskflow")).await?;
     let submitter = tokio::spawn(submit_all(client.clone(), module, args.jobs));
 
@@ -516,6 +520,14 @@ async fn analyse(
             rescue_ms.push((*rescued - vanished).num_milliseconds() as f64);
         }
     }
+    rescue_ms.sort_by(f64::total_cmp);
+    let rescue_percentile = |p| {
+        if rescue_ms.is_empty() {
+            0.0
+        } else {
+            percentile(&rescue_ms, p)
+        }
+    };
     Ok(Report {
         jobs_submitted: ids.len(),
         jobs_in_database,
@@ -529,8 +541,8 @@ async fn analyse(
         fencing_violations,
         stale_outcomes_rejected: logs.stale_outcomes,
         rescued: rescue_ms.len(),
-        rescue_p50_ms: analysis::percentile(&mut rescue_ms.clone(), 50.0),
-        rescue_max_ms: analysis::percentile(&mut rescue_ms, 100.0),
+        rescue_p50_ms: rescue_percentile(50.0),
+        rescue_max_ms: rescue_percentile(100.0),
         faults: chaos.faults.clone(),
         duration_s: started.elapsed().as_secs_f64(),
     })

@@ -1,6 +1,8 @@
-//! `taskflow bench`: the performance scenarios of docs/benchmarks.md, run
-//! against a real deployment (API and workers as separate processes of this
-//! binary, the local PostgreSQL and Redis) or, for the sandbox, in process.
+//! `taskflow-bench`: the performance scenarios of docs/benchmarks.md, run
+//! against a real deployment (API and workers as separate `taskflow`
+//! processes, the local PostgreSQL and Redis) or, for the sandbox, in
+//! process. A crate of its own, like the chaos suite, so the server binary
+//! does not carry it.
 //!
 //! Each scenario runs `--runs` times and reports min / median / max of each
 //! figure next to its target. Build with `--release`: a debug build measures
@@ -11,13 +13,14 @@ mod scenarios;
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 
-pub use cluster::{Deployment, Target};
+use cluster::Target;
 
-/// `taskflow bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "taskflow-bench", version, about)]
+struct BenchArgs {
     /// Scenarios to run.
     #[arg(value_enum, default_value = "all")]
     pub scenarios: Vec<Scenario>,
@@ -41,6 +44,10 @@ pub struct BenchArgs {
     /// this binary was built into).
     #[arg(long)]
     pub plugin_dir: Option<PathBuf>,
+    /// The `taskflow` binary to benchmark (default: the one next to this
+    /// binary, built by the same `cargo build`).
+    #[arg(long)]
+    pub taskflow: Option<PathBuf>,
 }
 
 /// A benchmark scenario.
@@ -90,8 +97,9 @@ impl Figure {
     }
 }
 
-/// Runs the requested scenarios and prints the results table.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = BenchArgs::parse();
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; build with --release for meaningful figures");
     }
@@ -102,7 +110,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or(&exe)
             .join("wasm32-wasip2/plugin")
     });
+    let taskflow = args
+        .taskflow
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("taskflow"));
+    anyhow::ensure!(
+        taskflow.is_file(),
+        "{}: build it first (cargo build -p taskflow) or pass --taskflow",
+        taskflow.display()
+    );
     let target = Target {
+        taskflow,
         database_url: args.database_url.clone(),
         redis_url: args.redis_url.clone(),
         plugin_dir,
@@ -158,13 +176,4 @@ fn format_value(value: f64) -> String {
     } else {
         format!("{value:.2}")
     }
-}
-
-/// The `p`-th percentile (0–100) of sorted `values`, by nearest rank.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
 }

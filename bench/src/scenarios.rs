@@ -9,12 +9,16 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use taskflow::api::types::{SubmitBatch, SubmitJob};
+use taskflow::client::{Client, ClientError};
+use taskflow::config::CompileConfig;
+use taskflow::job::JobState;
+use taskflow::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox, SandboxConfig};
+use taskflow::store::Store;
+use taskflow_testkit::percentile;
+
 use super::cluster::{Deployment, Target};
-use super::{Figure, Scenario, percentile};
-use crate::api::types::{SubmitBatch, SubmitJob};
-use crate::client::{Client, ClientError};
-use crate::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox, SandboxConfig};
-use crate::store::Store;
+use super::{Figure, Scenario};
 
 /// Runs one scenario once.
 pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Result<Vec<Figure>> {
@@ -54,9 +58,7 @@ async fn wait_succeeded(store: &Store, count: usize, what: &str) -> anyhow::Resu
     let bar = progress(count, what);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
-            .fetch_one(store.pool())
-            .await?;
+        let done = store.count_jobs_in(JobState::Succeeded).await?;
         bar.set_position(done as u64);
         if done as usize >= count {
             bar.finish_and_clear();
@@ -194,7 +196,7 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
     for _ in 0..warmup {
         deployment.client.submit(&job(&module)).await?;
     }
-    wait_succeeded(&deployment.store, warmup, "warming up").await?;
+    wait_succeeded(deployment.store(), warmup, "warming up").await?;
 
     // Every job falls due at the same moment, so the drain starts with the
     // whole backlog in place and the workers already warm.
@@ -216,36 +218,35 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
         remaining -= size;
     }
     let (commits_before, calls_before, statements_before) = (
-        deployment.commits().await?,
+        deployment.store().commits().await?,
         deployment.worker_db_calls().await?,
-        deployment.statements().await,
+        deployment.store().statements_run().await,
     );
-    let mut peak_rss_kib = 0;
+    let mut peak_rss_bytes = 0;
     {
-        let wait = wait_succeeded(&deployment.store, warmup + count, "draining");
+        let wait = wait_succeeded(deployment.store(), warmup + count, "draining");
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 result = &mut wait => { result?; break; }
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
-                    let rss = deployment.worker_rss_kib().into_iter().max().unwrap_or(0);
-                    peak_rss_kib = peak_rss_kib.max(rss);
+                    let rss = deployment.worker_rss_bytes().into_iter().max().unwrap_or(0);
+                    peak_rss_bytes = peak_rss_bytes.max(rss);
                 }
             }
         }
     }
-    let drained_s: f64 = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM max(finished_at) - $1)::float8 FROM jobs WHERE run_at = $1",
-    )
-    .bind(run_at)
-    .fetch_one(deployment.store.pool())
-    .await?;
+    let drained_s = deployment
+        .store()
+        .drained_seconds_after(run_at)
+        .await?
+        .context("no job was drained")?;
     let calls = deployment.worker_db_calls().await? - calls_before;
     deployment.stop_workers().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let commits = deployment.commits().await? - commits_before;
-    let statements = deployment.statements().await;
-    let peak_mib = peak_rss_kib as f64 / 1024.0;
+    let commits = deployment.store().commits().await? - commits_before;
+    let statements = deployment.store().statements_run().await;
+    let peak_mib = peak_rss_bytes as f64 / f64::from(1 << 20);
     deployment.stop().await?;
     let mut figures = vec![
         Figure::new("drained", count as f64 / drained_s, "jobs/s", "≥ 14000"),
@@ -287,7 +288,7 @@ async fn latency(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
     for _ in 0..8 {
         deployment.client.submit(&job(&module)).await?;
     }
-    wait_succeeded(&deployment.store, 8, "warming up").await?;
+    wait_succeeded(deployment.store(), 8, "warming up").await?;
     let bar = progress(count, "submitting at 200/s");
     let started = tokio::time::Instant::now();
     let mut submissions = Vec::with_capacity(count);
@@ -305,13 +306,17 @@ async fn latency(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
         ids.push(submission.await??);
     }
     bar.finish_and_clear();
-    wait_succeeded(&deployment.store, 8 + count, "finishing").await?;
-    let mut latencies: Vec<f64> = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM attempted_at - created_at)::float8 * 1000 FROM jobs WHERE id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(deployment.store.pool())
-    .await?;
+    wait_succeeded(deployment.store(), 8 + count, "finishing").await?;
+    let mut latencies: Vec<f64> = deployment
+        .store()
+        .job_times(&ids)
+        .await?
+        .into_iter()
+        .filter_map(|times| {
+            let started = times.attempted_at?;
+            Some((started - times.created_at).as_seconds_f64() * 1000.0)
+        })
+        .collect();
     latencies.sort_by(f64::total_cmp);
     deployment.stop().await?;
     Ok(vec![
@@ -343,7 +348,7 @@ fn plugin_bytes(target: &Target, name: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("{}: build the plugins first", path.display()))
 }
 
-fn sandbox_for(cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Sandbox> {
+fn sandbox_for(target: &Target, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(SandboxConfig {
         max_concurrent_attempts: 1,
         max_memory_bytes: 512 << 20,
@@ -351,7 +356,11 @@ fn sandbox_for(cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Sandbox>
         max_log_bytes: 64 << 10,
         cache_dir,
         memory_cache_capacity: 4,
-        compiler: crate::config::from_env::<crate::config::CompileConfig>().compiler_config()?,
+        compiler: CompileConfig {
+            compiler: Some(target.taskflow.clone()),
+            ..taskflow::config::from_env()
+        }
+        .compiler_config()?,
     })?)
 }
 
@@ -377,7 +386,7 @@ fn attempt(input: &[u8], memory_bytes: u64) -> Attempt {
 async fn sandbox(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
     let bytes = plugin_bytes(target, "noop")?;
     let hash = hex::encode(Sha256::digest(&bytes));
-    let sandbox = sandbox_for(None)?;
+    let sandbox = sandbox_for(target, None)?;
     let (task, _) = sandbox
         .prepare(&hash, async move { Ok(bytes) })
         .await
@@ -446,8 +455,8 @@ async fn cache(target: &Target) -> anyhow::Result<Vec<Figure>> {
             anyhow::Ok(started.elapsed().as_secs_f64() * 1000.0)
         }
     };
-    let cold = first_job(sandbox_for(Some(dir.clone()))?, bytes.clone()).await?;
-    let restarted = first_job(sandbox_for(Some(dir.clone()))?, bytes).await?;
+    let cold = first_job(sandbox_for(target, Some(dir.clone()))?, bytes.clone()).await?;
+    let restarted = first_job(sandbox_for(target, Some(dir.clone()))?, bytes).await?;
     let _ = std::fs::remove_dir_all(dir);
     eprintln!("cache: module {name}");
     Ok(vec![
@@ -471,7 +480,7 @@ async fn cpu(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
                 ..job(&module)
             })
             .await?;
-        wait_succeeded(&deployment.store, 1, "warming up").await?;
+        wait_succeeded(deployment.store(), 1, "warming up").await?;
         let jobs = vec![
             SubmitJob {
                 input: Some(render.into()),
@@ -484,24 +493,24 @@ async fn cpu(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
             .submit_batch(&SubmitBatch { jobs })
             .await?;
         wait_succeeded(
-            &deployment.store,
+            deployment.store(),
             1 + count,
             &format!("{workers} worker(s)"),
         )
         .await?;
         // From the first attempt's start to the last one's end, by
         // PostgreSQL's clock: the workers' throughput, not the client's.
-        let busy_s: f64 = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(attempted_at))::float8
-             FROM jobs WHERE attempt = 1 AND finished_at > (SELECT min(finished_at) FROM jobs)",
-        )
-        .fetch_one(deployment.store.pool())
-        .await?;
+        let busy_s = deployment
+            .store()
+            .busy_seconds_after_warm_up()
+            .await?
+            .context("no job finished after the warm-up")?;
         rates.push(count as f64 / busy_s);
-        let mean_ms: f64 =
-            sqlx::query_scalar("SELECT avg(duration_us)::float8 / 1000 FROM job_attempts")
-                .fetch_one(deployment.store.pool())
-                .await?;
+        let mean_ms = deployment
+            .store()
+            .mean_attempt_ms()
+            .await?
+            .context("no attempt was recorded")?;
         durations.push(mean_ms);
         deployment.stop().await?;
     }

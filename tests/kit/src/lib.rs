@@ -1,0 +1,86 @@
+//! What the integration tests (`host/tests`), `taskflow-bench` and the
+//! chaos suite (`tests/chaos`) share, in one place: a database of their own
+//! ([`ScratchDatabase`]), free ports, percentiles, readings of a process's
+//! memory, and where the built plugins are.
+//!
+//! TaskFlow's own statements stay in `taskflow::store`; the only SQL here
+//! creates and drops databases, which is the server's business, not
+//! TaskFlow's.
+
+mod database;
+mod process;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+pub use database::{ScratchDatabase, database_url};
+pub use process::{peak_rss_bytes, rss_bytes};
+
+/// PostgreSQL server for tests and benchmarks: `DATABASE_URL`, or the local
+/// server. Each user creates its own database there.
+pub fn server_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Redis for tests and benchmarks: `REDIS_URL`, or the local server. Each
+/// user takes its own key prefix.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A TCP port on loopback that nobody listens on right now.
+///
+/// # Panics
+///
+/// If the machine has no free ephemeral port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+/// The `p`-th percentile (0-100) of `sorted` (ascending), by nearest rank;
+/// NaN when there are no values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// Where `scripts/build-plugins` puts the components of `plugins/`:
+/// `TASKFLOW_PLUGIN_DIR`, else `wasm32-wasip2/plugin` in the target
+/// directory (`CARGO_TARGET_DIR`, else `target/` of the workspace).
+pub fn plugin_dir() -> PathBuf {
+    match std::env::var("TASKFLOW_PLUGIN_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+            .join("wasm32-wasip2/plugin"),
+    }
+}
+
+/// The component of `plugins/<name>` (`name` with underscores:
+/// `python_csv`).
+pub fn plugin_path(name: &str) -> PathBuf {
+    plugin_dir().join(format!("taskflow_plugin_{name}.wasm"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let values: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 5.0);
+        assert_eq!(percentile(&values, 90.0), 9.0);
+        assert_eq!(percentile(&values, 99.0), 10.0);
+        assert_eq!(percentile(&values, 0.0), 1.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}
