@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use taskflow::api::types::{SubmitBatch, SubmitJob};
 use taskflow::client::{Client, ClientError};
-use taskflow::config::CompileConfig;
+use taskflow::config::{CompileConfig, ExecutionLimits};
 use taskflow::job::JobState;
-use taskflow::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox, SandboxConfig};
+use taskflow::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox};
 use taskflow::store::Store;
 use taskflow_testkit::percentile;
 
@@ -349,19 +349,14 @@ fn plugin_bytes(target: &Target, name: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn sandbox_for(target: &Target, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Sandbox> {
-    Ok(Sandbox::new(SandboxConfig {
-        max_concurrent_attempts: 1,
-        max_memory_bytes: 512 << 20,
-        max_output_bytes: 1 << 20,
-        max_log_bytes: 64 << 10,
-        cache_dir,
-        memory_cache_capacity: 4,
-        compiler: CompileConfig {
-            compiler: Some(target.taskflow.clone()),
-            ..taskflow::config::from_env()
-        }
-        .compiler_config()?,
-    })?)
+    let compiler = CompileConfig {
+        compiler: Some(target.taskflow.clone()),
+        ..CompileConfig::default()
+    }
+    .compiler_config()?;
+    Ok(Sandbox::new(
+        ExecutionLimits::default().sandbox_config(1, cache_dir, compiler),
+    )?)
 }
 
 fn attempt(input: &[u8], memory_bytes: u64) -> Attempt {

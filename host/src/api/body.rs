@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ApiError, ApiState};
-use crate::config::JobLimits;
+use crate::config::ApiLimits;
 
 /// What parsing a JSON request costs in memory, as a multiple of its body:
 /// the body itself, the request's strings (job inputs are kept as raw
@@ -156,7 +156,7 @@ async fn collect(
 /// Request types that say how big their JSON body may be.
 pub trait BodyLimit {
     /// Largest body, in bytes, under `limits`.
-    fn max_body_bytes(limits: &JobLimits) -> usize;
+    fn max_body_bytes(limits: &ApiLimits) -> usize;
 }
 
 /// A JSON body parsed into `T` after [`read`], with the reservation that

@@ -14,7 +14,7 @@ use super::types::{
     SubmittedBatch, SubmittedJob,
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
-use crate::config::JobLimits;
+use crate::config::ApiLimits;
 use crate::job::{FailureKind, JobState, check_queue_name};
 use crate::store::{JobFilter, LeaseRef, Submitted};
 
@@ -34,15 +34,15 @@ pub fn router() -> Router<ApiState> {
 }
 
 impl BodyLimit for SubmitJob {
-    fn max_body_bytes(limits: &JobLimits) -> usize {
+    fn max_body_bytes(limits: &ApiLimits) -> usize {
         // A JSON or base64 input may take up to 4/3 of its size plus
         // escaping; twice the input limit covers both.
-        limits.max_input_bytes.saturating_mul(2) + BODY_OVERHEAD_BYTES
+        limits.submission.max_input_bytes.saturating_mul(2) + BODY_OVERHEAD_BYTES
     }
 }
 
 impl BodyLimit for SubmitBatch {
-    fn max_body_bytes(limits: &JobLimits) -> usize {
+    fn max_body_bytes(limits: &ApiLimits) -> usize {
         SubmitJob::max_body_bytes(limits)
             .saturating_mul(limits.max_batch_jobs)
             .min(limits.max_batch_request_bytes)
@@ -55,7 +55,7 @@ async fn submit(
     State(state): State<ApiState>,
     JsonBody(request, _reserved): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
-    let job = request.into_spec()?.resolve(&state.limits.submission())?;
+    let job = request.into_spec()?.resolve(&state.limits.submission)?;
     let submitted = state.submitter.submit(job).await?;
     announce(&state, std::slice::from_ref(&submitted));
     let submitted = SubmittedJob {
@@ -92,13 +92,13 @@ async fn submit_batch(
             ),
         ));
     }
-    let limits = state.limits.submission();
+    let limits = &state.limits.submission;
     let mut keys = HashSet::new();
     let mut jobs = Vec::with_capacity(request.jobs.len());
     for (index, request) in request.jobs.into_iter().enumerate() {
         let job = request
             .into_spec()
-            .and_then(|spec| spec.resolve(&limits))
+            .and_then(|spec| spec.resolve(limits))
             .map_err(|error| error.within(&format!("jobs[{index}]")))?;
         if let Some(key) = &job.idempotency_key
             && !keys.insert(key.clone())

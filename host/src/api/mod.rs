@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
-use crate::config::{ApiConfig, JobLimits};
+use crate::config::{ApiConfig, ApiLimits};
 use crate::lease::{Leases, Redis, Waker};
 use crate::sandbox::Compiler;
 use crate::store::Store;
@@ -52,7 +52,7 @@ pub struct ApiState {
     /// Compiles uploads to check them, in compiler processes.
     pub compiler: Compiler,
     /// Limits on what clients may ask for.
-    pub limits: Arc<JobLimits>,
+    pub limits: Arc<ApiLimits>,
     /// API settings.
     pub config: Arc<ApiConfig>,
     /// Places for uploads compiling or waiting to (see [`modules`]).

@@ -14,39 +14,50 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::client::{describe_attempts, describe_job};
+use super::flags::{
+    ApiFlags, ApiLimitFlags, CompileFlags, ConnectionFlags, ExecutionFlags, LeaseFlags,
+    MemoryLimitFlag, RetryFlags, SubmissionFlags, WorkerFlags,
+};
 use super::server::{
     Backends, api_state, prepare_database, shutdown_on_signal, spawn_api, spawn_worker,
 };
 use crate::api::types::SubmitJob;
 use crate::client::Client;
-use crate::config::{
-    ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
-};
+use crate::config::{CompileConfig, Connections, WorkerConfig};
 
 /// `taskflow dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    pub connections: Connections,
+    pub connections: ConnectionFlags,
     /// API settings.
     #[command(flatten)]
-    pub api: ApiConfig,
+    pub api: ApiFlags,
     /// Worker settings.
     #[command(flatten)]
-    pub worker: WorkerConfig,
-    /// Job limits.
+    pub worker: WorkerFlags,
+    /// What a submission may ask for.
     #[command(flatten)]
-    pub limits: JobLimits,
+    pub submission: SubmissionFlags,
+    /// The largest memory a job may ask for.
+    #[command(flatten)]
+    pub memory: MemoryLimitFlag,
+    /// What the API accepts beyond that.
+    #[command(flatten)]
+    pub api_limits: ApiLimitFlags,
+    /// What each worker grants an attempt.
+    #[command(flatten)]
+    pub execution: ExecutionFlags,
     /// Lease settings.
     #[command(flatten)]
-    pub lease: LeaseConfig,
+    pub lease: LeaseFlags,
     /// Retry schedule.
     #[command(flatten)]
-    pub retry: RetryPolicy,
+    pub retry: RetryFlags,
     /// How modules are compiled (uploads and first use).
     #[command(flatten)]
-    pub compile: CompileConfig,
+    pub compile: CompileFlags,
     /// Number of workers to start.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -61,23 +72,32 @@ pub struct DevArgs {
 /// Runs `taskflow dev`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
-    prepare_database(&args.connections).await?;
-    let backends = Backends::connect(&args.connections, &args.lease)?;
-    let shutdown = shutdown_on_signal();
-    let state = api_state(&backends, args.limits.clone(), args.api, &args.compile)?;
+    let connections = Connections::from(args.connections);
+    let compile = CompileConfig::from(args.compile);
+    prepare_database(&connections).await?;
+    let backends = Backends::connect(&connections, &args.lease.into())?;
+    let shutdown = shutdown_on_signal()?;
+    let submission = args.submission.limits(&args.memory);
+    let api_limits = args.api_limits.limits(submission);
+    let execution = args.execution.limits(&args.memory);
+    let state = api_state(&backends, api_limits, args.api.into(), &compile)?;
     let open = state.tokens.is_open();
     let (address, api) = spawn_api(state, shutdown.clone()).await?;
-    let base_id = args.worker.effective_worker_id();
+    let worker = WorkerConfig::from(args.worker);
+    let base_id = worker.effective_worker_id();
+    let retry = args.retry.into();
     let mut workers = Vec::new();
     for index in 1..=args.workers {
-        let mut config = args.worker.clone();
-        config.worker_id = Some(format!("{base_id}-{index}"));
+        let config = WorkerConfig {
+            worker_id: Some(format!("{base_id}-{index}")),
+            ..worker.clone()
+        };
         workers.push(spawn_worker(
             &backends,
             config,
-            &args.limits,
-            &args.compile,
-            args.retry.clone(),
+            &execution,
+            &compile,
+            &retry,
             shutdown.clone(),
         )?);
     }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dev;
+pub mod flags;
 pub mod run;
 pub mod server;
 
@@ -12,10 +13,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
-use crate::config::{
-    ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
-};
 use crate::job::JobState;
+use flags::{
+    ApiFlags, ApiLimitFlags, CompileFlags, ConnectionFlags, ExecutionFlags, LeaseFlags,
+    MemoryLimitFlag, RetryFlags, SubmissionFlags, WorkerFlags,
+};
 
 /// TaskFlow: run untrusted WebAssembly tasks as durable background jobs.
 #[derive(Debug, Parser)]
@@ -31,13 +33,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the REST API (control plane). Applies migrations on start.
     Api(ApiArgs),
-    /// Run a worker (execution plane), with the maintenance services (run while it is the elected leader).
+    /// Run a worker (execution plane), with the maintenance services (run
+    /// while it is the elected leader).
     Worker(WorkerArgs),
     /// Create the database if needed and apply migrations.
     Migrate(MigrateArgs),
     /// Run everything locally (migrations, API, two workers), build and
     /// upload the example plugin, and run a demo job.
-    Dev(dev::DevArgs),
+    Dev(Box<dev::DevArgs>),
     /// Manage task modules.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -83,19 +86,25 @@ pub enum TokenCommand {
 pub struct ApiArgs {
     /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    pub connections: Connections,
+    pub connections: ConnectionFlags,
     /// API settings.
     #[command(flatten)]
-    pub api: ApiConfig,
-    /// Job limits.
+    pub api: ApiFlags,
+    /// What a submission may ask for.
     #[command(flatten)]
-    pub limits: JobLimits,
+    pub submission: SubmissionFlags,
+    /// The largest memory a job may ask for.
+    #[command(flatten)]
+    pub memory: MemoryLimitFlag,
+    /// What the API accepts beyond that.
+    #[command(flatten)]
+    pub api_limits: ApiLimitFlags,
     /// Lease settings.
     #[command(flatten)]
-    pub lease: LeaseConfig,
+    pub lease: LeaseFlags,
     /// How uploads are compiled to check them.
     #[command(flatten)]
-    pub compile: CompileConfig,
+    pub compile: CompileFlags,
 }
 
 /// `taskflow worker`.
@@ -103,22 +112,25 @@ pub struct ApiArgs {
 pub struct WorkerArgs {
     /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    pub connections: Connections,
+    pub connections: ConnectionFlags,
     /// Worker settings.
     #[command(flatten)]
-    pub worker: WorkerConfig,
-    /// Job limits.
+    pub worker: WorkerFlags,
+    /// What this worker grants an attempt.
     #[command(flatten)]
-    pub limits: JobLimits,
+    pub execution: ExecutionFlags,
+    /// The largest memory an attempt may have.
+    #[command(flatten)]
+    pub memory: MemoryLimitFlag,
     /// Lease settings.
     #[command(flatten)]
-    pub lease: LeaseConfig,
+    pub lease: LeaseFlags,
     /// Retry schedule.
     #[command(flatten)]
-    pub retry: RetryPolicy,
+    pub retry: RetryFlags,
     /// How modules are compiled on first use.
     #[command(flatten)]
-    pub compile: CompileConfig,
+    pub compile: CompileFlags,
 }
 
 /// `taskflow migrate`.
@@ -126,7 +138,7 @@ pub struct WorkerArgs {
 pub struct MigrateArgs {
     /// Where PostgreSQL and Redis live.
     #[command(flatten)]
-    pub connections: Connections,
+    pub connections: ConnectionFlags,
 }
 
 /// Options of every client command.
@@ -256,7 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => server::run_api(args).await,
         Command::Worker(args) => server::run_worker(args).await,
         Command::Migrate(args) => server::run_migrate(args).await,
-        Command::Dev(args) => dev::run(args).await,
+        Command::Dev(args) => dev::run(*args).await,
         Command::Module(command) => client::run_module(command).await,
         Command::Job(command) => client::run_job(command).await,
         Command::Run(args) => run::run(args).await,

@@ -12,11 +12,10 @@ use clap::Args;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{CompileConfig, JobLimits};
+use super::flags::{CompileFlags, ExecutionFlags, MemoryLimitFlag, SubmissionFlags};
+use crate::config::CompileConfig;
 use crate::job::{JobInput, JobSpec};
-use crate::sandbox::{
-    Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sandbox, SandboxConfig,
-};
+use crate::sandbox::{Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sandbox};
 
 /// `taskflow run`.
 #[derive(Debug, Args)]
@@ -43,10 +42,16 @@ pub struct RunArgs {
     pub json: bool,
     /// Job limits and defaults.
     #[command(flatten)]
-    pub limits: JobLimits,
+    pub submission: SubmissionFlags,
+    /// The largest memory the task may have.
+    #[command(flatten)]
+    pub memory: MemoryLimitFlag,
+    /// What the sandbox grants.
+    #[command(flatten)]
+    pub execution: ExecutionFlags,
     /// How the component is compiled.
     #[command(flatten)]
-    pub compile: CompileConfig,
+    pub compile: CompileFlags,
 }
 
 /// The `--json` report.
@@ -67,7 +72,10 @@ struct Report<'a> {
 
 /// Runs `taskflow run`; fails (exit status 1) when the task fails.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    args.limits.validate()?;
+    let submission = args.submission.limits(&args.memory);
+    let execution = args.execution.limits(&args.memory);
+    submission.validate()?;
+    execution.validate()?;
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let input = match (&args.input, &args.input_file) {
@@ -90,18 +98,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         idempotency_key: None,
     };
     let job = spec
-        .resolve(&args.limits.submission())
+        .resolve(&submission)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
 
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_attempts: 1,
-        max_memory_bytes: args.limits.max_memory_limit_bytes,
-        max_output_bytes: args.limits.max_output_bytes,
-        max_log_bytes: args.limits.max_log_bytes,
-        cache_dir: None,
-        memory_cache_capacity: 1,
-        compiler: args.compile.compiler_config()?,
-    })?;
+    let compiler = CompileConfig::from(args.compile.clone()).compiler_config()?;
+    let sandbox = Sandbox::new(execution.sandbox_config(1, None, compiler))?;
     let hash = job.module_hash.clone();
     let (task, _) = sandbox
         .prepare(&hash, async move { Ok(bytes) })

@@ -13,7 +13,8 @@ use super::{ApiArgs, MigrateArgs, WorkerArgs};
 use crate::api::auth::TokenHashes;
 use crate::api::{self, ApiState};
 use crate::config::{
-    ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
+    ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
+    WorkerConfig,
 };
 use crate::lease::{Leases, Redis, Waker};
 use crate::maintenance::{self, Elector, Rescuer, Scheduler};
@@ -73,7 +74,7 @@ pub async fn prepare_database(connections: &Connections) -> anyhow::Result<Store
 /// large component is several times faster. The API never runs a guest.
 pub fn api_state(
     backends: &Backends,
-    limits: JobLimits,
+    limits: ApiLimits,
     config: ApiConfig,
     compile: &CompileConfig,
 ) -> anyhow::Result<ApiState> {
@@ -132,9 +133,9 @@ pub async fn spawn_api(
 pub fn spawn_worker(
     backends: &Backends,
     config: WorkerConfig,
-    limits: &JobLimits,
+    limits: &ExecutionLimits,
     compile: &CompileConfig,
-    retry: RetryPolicy,
+    retry: &RetryPolicy,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     config.validate()?;
@@ -156,7 +157,11 @@ pub fn spawn_worker(
         backends.leases.clone(),
         scheduler.nudge(),
     )?;
-    let rescuer = Rescuer::new(backends.store.clone(), backends.leases.clone(), retry);
+    let rescuer = Rescuer::new(
+        backends.store.clone(),
+        backends.leases.clone(),
+        retry.clone(),
+    );
     let leadership = elector.leadership();
     Ok(tokio::spawn(async move {
         tokio::join!(
@@ -169,13 +174,16 @@ pub fn spawn_worker(
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
-pub fn shutdown_on_signal() -> CancellationToken {
+///
+/// # Errors
+///
+/// If the SIGTERM handler cannot be installed.
+pub fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     let token = CancellationToken::new();
     let cancel = token.clone();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install a SIGTERM handler")?;
     tokio::spawn(async move {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
@@ -185,17 +193,23 @@ pub fn shutdown_on_signal() -> CancellationToken {
         let _ = tokio::signal::ctrl_c().await;
         std::process::exit(130);
     });
-    token
+    Ok(token)
 }
 
 /// `taskflow api`.
 pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
-    prepare_database(&args.connections).await?;
-    let backends = Backends::connect(&args.connections, &args.lease)?;
-    let state = api_state(&backends, args.limits, args.api, &args.compile)?;
+    let connections = Connections::from(args.connections);
+    prepare_database(&connections).await?;
+    let backends = Backends::connect(&connections, &args.lease.into())?;
+    let state = api_state(
+        &backends,
+        args.api_limits.limits(args.submission.limits(&args.memory)),
+        args.api.into(),
+        &args.compile.into(),
+    )?;
     let open = state.tokens.is_open();
-    let (address, server) = spawn_api(state, shutdown_on_signal()).await?;
+    let (address, server) = spawn_api(state, shutdown_on_signal()?).await?;
     tracing::info!(%address, "API listening");
     if open {
         tracing::warn!(
@@ -209,7 +223,8 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 
 /// `taskflow worker`.
 pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    if let Some(listen) = args.worker.metrics_listen.clone() {
+    let worker = WorkerConfig::from(args.worker);
+    if let Some(listen) = worker.metrics_listen.clone() {
         crate::telemetry::prometheus();
         tokio::spawn(async move {
             if let Err(error) = crate::telemetry::serve_metrics(&listen).await {
@@ -217,15 +232,15 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let backends = Backends::connect(&args.connections, &args.lease)?;
+    let backends = Backends::connect(&args.connections.into(), &args.lease.into())?;
     backends.redis.warn_if_evicting().await;
     spawn_worker(
         &backends,
-        args.worker,
-        &args.limits,
-        &args.compile,
-        args.retry,
-        shutdown_on_signal(),
+        worker,
+        &args.execution.limits(&args.memory),
+        &args.compile.into(),
+        &args.retry.into(),
+        shutdown_on_signal()?,
     )?
     .await?;
     Ok(())
@@ -233,7 +248,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 /// `taskflow migrate`.
 pub async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    prepare_database(&args.connections).await?;
+    prepare_database(&args.connections.into()).await?;
     tracing::info!("database is up to date");
     Ok(())
 }

@@ -38,6 +38,11 @@ pub enum FailureKind {
     Cancelled,
     /// The module could not be loaded or instantiated on the worker.
     ModuleUnavailable,
+    /// The job asked for more than the worker that claimed it can grant
+    /// (a memory limit over the worker's `--max-memory-limit-bytes`: the API
+    /// and the worker were configured differently). Retried: another
+    /// worker may grant it.
+    WorkerLimitExceeded,
     /// The worker failed while running the attempt (a bug in TaskFlow, not
     /// in the task); the attempt's slot was freed and the worker kept
     /// serving.
@@ -64,6 +69,7 @@ impl FailureKind {
             FailureKind::LeaseExpired => "lease_expired",
             FailureKind::Cancelled => "cancelled",
             FailureKind::ModuleUnavailable => "module_unavailable",
+            FailureKind::WorkerLimitExceeded => "worker_limit_exceeded",
             FailureKind::HostError => "host_error",
             FailureKind::OutcomeRejected => "outcome_rejected",
         }

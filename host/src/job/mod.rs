@@ -20,7 +20,8 @@ pub mod state;
 pub use attempt::{AfterFailure, AttemptEnd, AttemptLog, Usage, attempts_used};
 pub use failure::{Failure, FailureKind};
 pub use spec::{
-    DEFAULT_QUEUE, FieldError, JobInput, JobSpec, NewJob, Problem, SubmissionLimits,
-    check_module_hash, check_queue_name, is_valid_module_hash, is_valid_queue_name,
+    DEFAULT_QUEUE, FieldError, JobInput, JobSpec, MIN_MEMORY_LIMIT_BYTES, NewJob, Problem,
+    SubmissionLimits, check_module_hash, check_queue_name, is_valid_module_hash,
+    is_valid_queue_name,
 };
 pub use state::{AttemptOutcome, JobState};

@@ -449,8 +449,18 @@ impl Sandbox {
             grant,
         } = attempt;
         let config = &self.inner.config;
+        if limits.memory_bytes > config.max_memory_bytes {
+            return Execution::failed(Failure::new(
+                FailureKind::WorkerLimitExceeded,
+                format!(
+                    "the job asks for {} bytes of memory and this worker grants at most {}; give \
+                     the API and the workers the same TASKFLOW_MAX_MEMORY_LIMIT_BYTES",
+                    limits.memory_bytes, config.max_memory_bytes
+                ),
+            ));
+        }
         let log = LogCapture::new(config.max_log_bytes);
-        let memory_bytes = limits.memory_bytes.min(config.max_memory_bytes) as usize;
+        let memory_bytes = limits.memory_bytes as usize;
         let mut store = Store::new(
             &self.inner.engine,
             GuestState::new(log.clone(), context, memory_bytes),

@@ -38,16 +38,13 @@ pub use completer::Completer;
 pub use heartbeat::{Heartbeat, InFlight};
 
 use crate::backoff;
-use crate::config::{JobLimits, RetryPolicy, WorkerConfig};
+use crate::config::{ExecutionLimits, RetryPolicy, WorkerConfig};
 use crate::job::{AttemptEnd, Failure, FailureKind, Usage, attempts_used};
 use crate::lease::{Leases, Redis, WakeupListener};
 use crate::sandbox::{
-    Attempt, AttemptLimits, CompilerConfig, Execution, JobContext, RunGrant, Sandbox, SandboxConfig,
+    Attempt, AttemptLimits, CompilerConfig, Execution, JobContext, RunGrant, Sandbox,
 };
 use crate::store::{ClaimedJob, FinishedAttempt, LeaseRef, Store};
-
-/// Prepared components a worker keeps in memory.
-const MEMORY_CACHE_CAPACITY: usize = 256;
 
 /// How long a worker backs off after a failed claim (PostgreSQL down).
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -67,7 +64,8 @@ pub struct Worker {
 
 impl Worker {
     /// A worker named by `config` (see [`WorkerConfig::effective_worker_id`])
-    /// with its own sandbox sized for `config` and `limits`. It signals `retry_scheduled` after committing outcomes that
+    /// with its own sandbox sized for `config` and `limits`. It signals
+    /// `retry_scheduled` after committing outcomes that
     /// schedule a retry (give it the [`Scheduler::nudge`](crate::maintenance::Scheduler::nudge)
     /// of the process's scheduler).
     ///
@@ -77,7 +75,7 @@ impl Worker {
     /// one).
     pub fn new(
         config: WorkerConfig,
-        limits: &JobLimits,
+        limits: &ExecutionLimits,
         compiler: CompilerConfig,
         retry: RetryPolicy,
         store: Store,
@@ -87,15 +85,11 @@ impl Worker {
         let id = config.effective_worker_id();
         let redis = leases.redis().clone();
         let concurrency = config.effective_concurrency();
-        let sandbox = Sandbox::new(SandboxConfig {
-            max_concurrent_attempts: concurrency,
-            max_memory_bytes: limits.max_memory_limit_bytes,
-            max_output_bytes: limits.max_output_bytes,
-            max_log_bytes: limits.max_log_bytes,
-            cache_dir: Some(config.effective_cache_dir()?),
-            memory_cache_capacity: MEMORY_CACHE_CAPACITY,
+        let sandbox = Sandbox::new(limits.sandbox_config(
+            concurrency,
+            Some(config.effective_cache_dir()?),
             compiler,
-        })?;
+        ))?;
         Ok(Self {
             id,
             config,

@@ -244,7 +244,7 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
     let mut options = crate::support::TestOptions::default();
-    options.limits.max_log_bytes = 10_000;
+    options.execution.max_log_bytes = 10_000;
     let app = TestApp::start_with(options).await;
     let worker = app.spawn_worker("w1");
     let module = app.upload("misbehave").await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskflow::cli::server::{api_state, spawn_api};
-use taskflow::config::{self, ApiConfig};
+use taskflow::config::ApiConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -200,7 +200,7 @@ async fn an_api_without_tokens_refuses_to_listen_beyond_loopback_unless_told_to(
         listen: "0.0.0.0:0".into(),
         insecure_no_auth,
         api_token_sha256: tokens,
-        ..config::from_env()
+        ..ApiConfig::default()
     };
     let state = api_state(
         &app.backends,

@@ -33,7 +33,7 @@ async fn job_count(app: &TestApp) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
     let mut options = TestOptions::default();
-    options.limits.max_input_bytes = 1000;
+    options.limits.submission.max_input_bytes = 1000;
     let app = TestApp::start_with(options).await;
     let module = app.upload("hello").await;
     let unknown = "ab".repeat(32);

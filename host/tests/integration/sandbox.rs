@@ -8,20 +8,17 @@ use taskflow::sandbox::{
     Attempt, AttemptLimits, CacheSource, JobContext, RunGrant, Sandbox, SandboxConfig,
 };
 
+use taskflow::config::ExecutionLimits;
 use taskflow::job::FailureKind;
 
 use crate::support::{compile_config, plugin};
 
 fn config() -> SandboxConfig {
-    SandboxConfig {
-        max_concurrent_attempts: 2,
+    let limits = ExecutionLimits {
         max_memory_bytes: 64 << 20,
-        max_output_bytes: 1 << 20,
-        max_log_bytes: 64 << 10,
-        cache_dir: None,
-        memory_cache_capacity: 8,
-        compiler: compile_config().compiler_config().unwrap(),
-    }
+        ..ExecutionLimits::default()
+    };
+    limits.sandbox_config(2, None, compile_config().compiler_config().unwrap())
 }
 
 fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
@@ -233,4 +230,23 @@ async fn an_attempt_stops_when_its_grant_lapses_or_is_revoked() {
         FailureKind::LeaseLost,
         "even while blocked in a host call"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_asking_for_more_memory_than_the_worker_grants_fails_with_a_clear_kind() {
+    let sandbox = sandbox(None);
+    let (task, _) = prepare(&sandbox, plugin("hello")).await;
+    let mut greedy = attempt(r#"{"name":"x"}"#, 1_000_000_000, RunGrant::unlimited());
+    greedy.limits.memory_bytes = (64 << 20) + 1;
+    let failure = sandbox.run(&task, greedy).await.result.unwrap_err();
+    assert_eq!(failure.kind, FailureKind::WorkerLimitExceeded);
+    assert!(failure.retryable, "another worker may grant it");
+    assert!(
+        failure.message.contains("TASKFLOW_MAX_MEMORY_LIMIT_BYTES"),
+        "{}",
+        failure.message
+    );
+
+    let within = attempt(r#"{"name":"x"}"#, 1_000_000_000, RunGrant::unlimited());
+    assert!(sandbox.run(&task, within).await.result.is_ok());
 }

@@ -14,7 +14,8 @@ use taskflow::api::types::{JobView, SubmitJob};
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
-    self, ApiConfig, CompileConfig, Connections, JobLimits, LeaseConfig, RetryPolicy, WorkerConfig,
+    ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
+    WorkerConfig,
 };
 use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, NewJob};
 use taskflow::store::{ClaimedJob, FinishedAttempt, Store};
@@ -45,7 +46,8 @@ pub async fn test_database() -> TestDb {
 
 /// Settings a test may change before the app starts.
 pub struct TestOptions {
-    pub limits: JobLimits,
+    pub limits: ApiLimits,
+    pub execution: ExecutionLimits,
     pub lease_ttl: Duration,
     pub retry: RetryPolicy,
     /// SHA-256 of accepted API tokens; empty leaves the API open.
@@ -59,7 +61,7 @@ pub struct TestOptions {
 pub fn compile_config() -> CompileConfig {
     CompileConfig {
         compiler: Some(PathBuf::from(env!("CARGO_BIN_EXE_taskflow"))),
-        ..config::from_env()
+        ..CompileConfig::default()
     }
 }
 
@@ -67,7 +69,8 @@ impl Default for TestOptions {
     fn default() -> Self {
         Self {
             compile: compile_config(),
-            limits: config::from_env(),
+            limits: ApiLimits::default(),
+            execution: ExecutionLimits::default(),
             lease_ttl: Duration::from_secs(1),
             retry: RetryPolicy {
                 backoff_base: Duration::from_millis(50),
@@ -86,7 +89,8 @@ pub struct TestApp {
     pub backends: Backends,
     pub client: Client,
     pub url: String,
-    pub limits: JobLimits,
+    pub limits: ApiLimits,
+    pub execution: ExecutionLimits,
     pub retry: RetryPolicy,
     pub compile: CompileConfig,
     pub cache_dir: PathBuf,
@@ -137,7 +141,7 @@ impl TestApp {
         let mut api_config = ApiConfig {
             listen: "127.0.0.1:0".into(),
             api_token_sha256: options.api_token_sha256.clone(),
-            ..config::from_env()
+            ..ApiConfig::default()
         };
         configure(&mut api_config);
         let state = api_state(
@@ -157,6 +161,7 @@ impl TestApp {
             connections,
             backends,
             limits: options.limits,
+            execution: options.execution,
             compile: options.compile,
             retry: options.retry,
             cache_dir: std::env::temp_dir()
@@ -205,7 +210,7 @@ impl TestApp {
         let backends = self.backends_via(database_url);
         let config = ApiConfig {
             listen: "127.0.0.1:0".into(),
-            ..config::from_env()
+            ..ApiConfig::default()
         };
         let state = api_state(&backends, self.limits.clone(), config, &self.compile)
             .expect("valid API config");
@@ -233,9 +238,9 @@ impl TestApp {
         let handle = spawn_worker(
             backends,
             config,
-            &self.limits,
+            &self.execution,
             &self.compile,
-            self.retry.clone(),
+            &self.retry,
             shutdown.clone(),
         )
         .expect("worker starts");

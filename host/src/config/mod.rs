@@ -1,0 +1,136 @@
+//! Every knob TaskFlow has, in one place, as plain structs: what the
+//! library (`cli/server.rs`, the tests, an embedder) is configured with.
+//! Each `Default` is the fast, safe configuration. `validate` functions run
+//! at startup and reject combinations that cannot work.
+//!
+//! The command line is a layer on top (`cli/flags.rs`): one flag with an
+//! environment-variable twin per field (`DATABASE_URL`, `REDIS_URL`, and
+//! `TASKFLOW_*` for the rest), whose defaults are these.
+
+mod api;
+mod limits;
+mod worker;
+
+use std::time::Duration;
+
+pub use api::ApiConfig;
+pub use limits::{ApiLimits, ExecutionLimits};
+pub use worker::{CompileConfig, WorkerConfig};
+
+/// A configuration that cannot work, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(message()))
+    }
+}
+
+/// Where PostgreSQL and Redis live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connections {
+    /// PostgreSQL connection URL. `taskflow migrate`, `api` and `dev` create
+    /// the database if it is missing and apply migrations.
+    pub database_url: String,
+
+    /// Most PostgreSQL connections this process opens. Too low and requests
+    /// queue for a connection; too high and PostgreSQL spends memory and
+    /// context switches on idle backends.
+    pub database_max_connections: u32,
+
+    /// Redis connection URL. Redis only coordinates (leases, wake-ups): it
+    /// may be flushed or restarted at any time without losing a job.
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel TaskFlow uses, so several
+    /// deployments (or test runs) can share one Redis.
+    pub redis_prefix: String,
+}
+
+impl Connections {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.database_max_connections >= 2, || {
+            "--database-max-connections must be at least 2".into()
+        })
+    }
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/taskflow".to_owned(),
+            database_max_connections: 16,
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_prefix: "taskflow:".to_owned(),
+        }
+    }
+}
+
+/// The retry schedule of failed attempts; see [`crate::backoff`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the second attempt. Each further attempt doubles it.
+    pub backoff_base: Duration,
+
+    /// Longest delay between two attempts.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.backoff_base <= self.backoff_max, || {
+            "--backoff-base must be at most --backoff-max".into()
+        })
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// How leases behave; shared by workers (which hold them) and the rescuer
+/// (which recovers them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How long a lease lives without renewal. A worker renews its leases
+    /// every third of this, and a dead worker's jobs are rescued about this
+    /// long after it stopped. Too low and a worker stalled by a long pause
+    /// loses its jobs (they are safely re-run, but the work is wasted); too
+    /// high and a crashed worker's jobs wait that long.
+    pub lease_ttl: Duration,
+}
+
+impl LeaseConfig {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.lease_ttl >= Duration::from_millis(300), || {
+            "--lease-ttl must be at least 300ms".into()
+        })
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
