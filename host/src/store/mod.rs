@@ -15,12 +15,17 @@
 //! - [`leadership`]: the maintenance leader's term.
 //! - [`state`]: the job state machine.
 
+pub mod actions;
 mod codec;
 pub mod execution;
 pub mod jobs;
 pub mod leadership;
 pub mod modules;
+pub mod records;
+pub mod rescue;
+pub mod schedule;
 pub mod stats;
+pub mod submit;
 mod submitter;
 
 use std::sync::Arc;
@@ -33,10 +38,14 @@ use uuid::Uuid;
 
 use crate::job::JobState;
 
-pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef, RunningLease};
-pub use jobs::{AttemptRecord, CancelOutcome, JobDetail, JobFilter, JobRecord, Submitted};
+pub use actions::CancelOutcome;
+pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef};
+pub use jobs::JobFilter;
 pub use modules::ModuleRecord;
+pub use records::{AttemptRecord, JobDetail, JobRecord};
+pub use rescue::RunningLease;
 pub use stats::JobTimes;
+pub use submit::Submitted;
 pub use submitter::Submitter;
 
 /// Whether a guarded statement found the row in the state it required.

@@ -1,0 +1,58 @@
+//! What one attempt is given ([`Attempt`]) and how it went ([`Execution`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::bindings::JobContext;
+use super::capture::CapturedLog;
+use super::grant::RunGrant;
+use crate::job::Failure;
+
+/// What an attempt may use.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLimits {
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// CPU budget in fuel units.
+    pub fuel: u64,
+    /// Limit on the sum of the guest's linear memories.
+    pub memory_bytes: u64,
+}
+
+/// One attempt to run.
+#[derive(Debug)]
+pub struct Attempt {
+    /// Input bytes passed to `run`.
+    pub input: Vec<u8>,
+    /// What `host.context` returns.
+    pub context: JobContext,
+    /// Resource limits.
+    pub limits: AttemptLimits,
+    /// The attempt's right to run.
+    pub grant: Arc<RunGrant>,
+}
+
+/// How an attempt went.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// The output, or why there is none.
+    pub result: Result<Vec<u8>, Failure>,
+    /// Fuel the guest burned.
+    pub fuel_consumed: u64,
+    /// Wall time from instantiation to the end of the call.
+    pub duration: Duration,
+    /// What the guest logged.
+    pub log: CapturedLog,
+}
+
+impl Execution {
+    /// An attempt that failed before the guest ran.
+    pub fn failed(failure: Failure) -> Self {
+        Self {
+            result: Err(failure),
+            fuel_consumed: 0,
+            duration: Duration::ZERO,
+            log: CapturedLog::default(),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Running one attempt: a fresh store with its limits, the guest's call,
+//! and every way it can end classified.
+
+use std::time::Instant;
+
+use wasmtime::{Store, UpdateDeadline};
+
+use super::bindings::TaskError;
+use super::capture::LogCapture;
+use super::failure::Interrupted;
+use super::guest::GuestState;
+use super::output::GuestOutput;
+use super::{Attempt, Execution, HOST_CALL_GRACE, MAX_ERROR_MESSAGE_BYTES, PreparedTask, Sandbox};
+use crate::job::{Failure, FailureKind};
+
+impl Sandbox {
+    /// Runs one attempt in a fresh store. Never panics or fails: everything
+    /// that can go wrong becomes the [`Execution`]'s failure.
+    pub async fn run(&self, task: &PreparedTask, attempt: Attempt) -> Execution {
+        let Attempt {
+            input,
+            context,
+            limits,
+            grant,
+        } = attempt;
+        let config = &self.inner.config;
+        if limits.memory_bytes > config.max_memory_bytes {
+            return Execution::failed(Failure::new(
+                FailureKind::WorkerLimitExceeded,
+                format!(
+                    "the job asks for {} bytes of memory and this worker grants at most {}; give \
+                     the API and the workers the same TASKFLOW_MAX_MEMORY_LIMIT_BYTES",
+                    limits.memory_bytes, config.max_memory_bytes
+                ),
+            ));
+        }
+        let log = LogCapture::new(config.max_log_bytes);
+        let memory_bytes = limits.memory_bytes as usize;
+        let mut store = Store::new(
+            &self.inner.engine,
+            GuestState::new(log.clone(), context, memory_bytes),
+        );
+        store.limiter(|state| &mut state.limiter);
+        // wasmtime caps what one call may move from guest to host (128 MiB
+        // by default) and fails the call past it, before copying. TaskFlow's
+        // own checks are finer (the output's length, `output.rs`; log lines
+        // and stream writes are never copied whole) and must see every
+        // in-bounds list to say why it was refused, so the cap becomes the
+        // guest's memory, which no list can exceed.
+        store.set_hostcall_fuel(memory_bytes);
+        let started = Instant::now();
+        let deadline = started + limits.timeout;
+        if let Err(error) = store.set_fuel(limits.fuel) {
+            return host_failure(&log, started, format!("cannot set fuel: {error:#}"));
+        }
+        store.set_epoch_deadline(1);
+        let callback_grant = grant.clone();
+        store.epoch_deadline_callback(move |_| {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Interrupted::Timeout.into());
+            }
+            if !callback_grant.is_valid_at(now) {
+                return Err(Interrupted::LeaseLost.into());
+            }
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+
+        let call = async {
+            let instance = task.0.instance_pre().instantiate_async(&mut store).await?;
+            let run = instance
+                .get_typed_func::<(&[u8],), (Result<GuestOutput, TaskError>,)>(&mut store, "run")?;
+            let (result,) = run.call_async(&mut store, (&input,)).await?;
+            wasmtime::Result::Ok(result)
+        };
+        let outcome = tokio::select! {
+            outcome = call => outcome,
+            () = tokio::time::sleep_until((deadline + HOST_CALL_GRACE).into()) => {
+                Err(Interrupted::Timeout.into())
+            }
+            () = grant.invalidated() => Err(Interrupted::LeaseLost.into()),
+        };
+        let duration = started.elapsed();
+        let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        drop(store);
+        let captured = log.finish();
+        let too_large = |bytes: usize| {
+            Failure::new(
+                FailureKind::OutputTooLarge,
+                format!(
+                    "the task returned {bytes} bytes; the limit is {}",
+                    config.max_output_bytes
+                ),
+            )
+        };
+        let result = match outcome {
+            Ok(Ok(GuestOutput::Bytes(output))) if output.len() > config.max_output_bytes => {
+                Err(too_large(output.len()))
+            }
+            Ok(Ok(GuestOutput::Bytes(output))) => Ok(output),
+            Ok(Ok(GuestOutput::TooLong(bytes))) => Err(too_large(bytes)),
+            Ok(Err(error)) => Err(guest_failure(error)),
+            Err(error) => Err(super::failure::classify(
+                &error,
+                &captured,
+                limits.timeout.as_millis() as u64,
+                limits.fuel,
+            )),
+        };
+        Execution {
+            result,
+            fuel_consumed,
+            duration,
+            log: captured,
+        }
+    }
+}
+
+fn host_failure(log: &LogCapture, started: Instant, message: String) -> Execution {
+    Execution {
+        result: Err(Failure::new(FailureKind::ModuleUnavailable, message)),
+        fuel_consumed: 0,
+        duration: started.elapsed(),
+        log: log.finish(),
+    }
+}
+
+fn guest_failure(error: TaskError) -> Failure {
+    let mut message = error.message;
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let cut = (0..=MAX_ERROR_MESSAGE_BYTES)
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        message.truncate(cut);
+    }
+    Failure {
+        kind: FailureKind::GuestError,
+        message,
+        retryable: error.retryable,
+    }
+}

@@ -1,0 +1,130 @@
+//! A user's actions on a job: cancel and retry (requeue).
+
+use uuid::Uuid;
+
+use super::records::{JobRecord, job_columns};
+use super::{Store, StoreError, StoreResult};
+use crate::job::JobState;
+
+/// What a cancel did.
+#[derive(Debug, Clone)]
+pub struct CancelOutcome {
+    /// The job after cancelling.
+    pub job: JobRecord,
+    /// Its state before; `Running` means a worker may still be executing it
+    /// and should be told to stop.
+    pub previous: JobState,
+}
+
+/// The row a guarded single-job update returns: the job, whether the guard
+/// matched, and the state it was in before.
+#[derive(sqlx::FromRow)]
+struct GuardedUpdate {
+    #[sqlx(flatten)]
+    job: JobRecord,
+    applied: bool,
+    previous: Option<JobState>,
+}
+
+impl Store {
+    /// Cancels a job that has not finished.
+    ///
+    /// Guard: `state IN (scheduled, available, running, retrying)`. A running
+    /// attempt is ended in the same statement (recorded as `cancelled`), so
+    /// the worker's later write finds the job no longer running and is
+    /// discarded; the caller should also revoke the attempt's lease so the
+    /// worker stops early. `error_kind` is recorded on that attempt.
+    pub async fn cancel_if_unfinished(
+        &self,
+        id: Uuid,
+        error_kind: &str,
+    ) -> StoreResult<CancelOutcome> {
+        super::statement("cancel_if_unfinished");
+        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+            "WITH target AS (
+                 SELECT id, state, lease_token, attempt, worker_id, attempted_at
+                 FROM jobs WHERE id = $1 FOR UPDATE
+             ),
+             cancelled AS (
+                 UPDATE jobs j
+                 SET state = 'cancelled', finished_at = now(), updated_at = now(),
+                     lease_expires_at = NULL
+                 FROM target t
+                 WHERE j.id = t.id AND t.state IN ('scheduled', 'available', 'running', 'retrying')
+                 RETURNING j.*
+             ),
+             ended_attempt AS (
+                 INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
+                                           outcome, error_kind, error_message)
+                 SELECT t.id, t.lease_token, t.attempt, t.worker_id, t.attempted_at,
+                        'cancelled', $2, 'cancelled by a user while running'
+                 FROM target t JOIN cancelled c ON c.id = t.id
+                 WHERE t.state = 'running'
+             )
+             SELECT ",
+            job_columns!("c."),
+            ", true AS applied, t.state AS previous
+             FROM target t JOIN cancelled c ON c.id = t.id
+             UNION ALL
+             SELECT ",
+            job_columns!("j."),
+            ", false AS applied, j.state AS previous
+             FROM jobs j
+             WHERE j.id = $1 AND NOT EXISTS (SELECT 1 FROM cancelled)"
+        ))
+        .bind(id)
+        .bind(error_kind)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::JobNotFound(id))?;
+        if !row.applied {
+            return Err(StoreError::InvalidTransition {
+                id,
+                state: row.job.state,
+                action: "cancel",
+                allowed: "scheduled, available, running or retrying",
+            });
+        }
+        Ok(CancelOutcome {
+            previous: row.previous.unwrap_or(row.job.state),
+            job: row.job,
+        })
+    }
+
+    /// Requeues a dead or cancelled job with a fresh set of attempts.
+    ///
+    /// Guard: `state IN (dead, cancelled)`. Earlier attempts are kept.
+    pub async fn requeue_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
+        super::statement("requeue_if_finished");
+        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+            "WITH requeued AS (
+                 UPDATE jobs
+                 SET state = 'available', attempt_base = attempt, run_at = now(),
+                     finished_at = NULL, updated_at = now()
+                 WHERE id = $1 AND state IN ('dead', 'cancelled')
+                 RETURNING *
+             )
+             SELECT ",
+            job_columns!(""),
+            ", true AS applied, NULL::job_state AS previous FROM requeued
+             UNION ALL
+             SELECT ",
+            job_columns!(""),
+            ", false AS applied, NULL::job_state AS previous FROM jobs
+             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM requeued)"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::JobNotFound(id))?;
+        if !row.applied {
+            return Err(StoreError::InvalidTransition {
+                id,
+                state: row.job.state,
+                action: "retry",
+                allowed: "dead or cancelled",
+            });
+        }
+        Ok(row.job)
+    }
+}

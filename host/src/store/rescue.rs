@@ -1,0 +1,96 @@
+//! The rescuer's statements: running jobs whose lease may be gone, and
+//! moving the deadline of those Redis still shows alive. Rescuing itself is
+//! [`Store::finish_if_lease_matches`] with a `lease_expired` outcome.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{LeaseRef, Store, StoreResult, millis};
+
+/// A running job whose lease the rescuer should check.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunningLease {
+    /// The job.
+    pub job_id: Uuid,
+    /// Fencing token of the running attempt.
+    pub lease_token: i64,
+    /// Attempt number.
+    pub attempt: i32,
+    /// See [`ClaimedJob::attempt_base`].
+    pub attempt_base: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Worker holding the lease.
+    pub worker_id: String,
+    /// When the attempt started.
+    pub attempted_at: DateTime<Utc>,
+}
+
+impl RunningLease {
+    /// This attempt's lease.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            job_id: self.job_id,
+            lease_token: self.lease_token,
+        }
+    }
+}
+
+impl Store {
+    /// Running jobs whose `lease_expires_at` has passed, oldest first: the
+    /// rescuer asks Redis whether their leases are still alive. Served by
+    /// `jobs_lease_idx`.
+    pub async fn running_past_lease(&self, limit: usize) -> StoreResult<Vec<RunningLease>> {
+        super::statement("running_past_lease");
+        Ok(sqlx::query_as::<_, RunningLease>(
+            "SELECT id AS job_id, lease_token, attempt, attempt_base, max_attempts, worker_id,
+                    attempted_at
+             FROM jobs
+             WHERE state = 'running' AND lease_expires_at < now()
+             ORDER BY lease_expires_at
+             LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Moves `lease_expires_at` of leases Redis confirmed alive to when
+    /// their Redis key expires unless renewed, so the rescuer looks again
+    /// exactly when the lease could next be gone.
+    ///
+    /// Guard: `state = 'running' AND lease_token = <token>`.
+    pub async fn extend_leases_if_token_matches(
+        &self,
+        leases: &[(LeaseRef, Duration)],
+    ) -> StoreResult<u64> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        super::statement("extend_leases_if_token_matches");
+        Ok(sqlx::query(
+            "UPDATE jobs j
+             SET lease_expires_at = now() + l.ms * interval '1 millisecond'
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS l(id, token, ms)
+             WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token",
+        )
+        .bind(leases.iter().map(|(l, _)| l.job_id).collect::<Vec<_>>())
+        .bind(
+            leases
+                .iter()
+                .map(|(l, _)| l.lease_token)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            leases
+                .iter()
+                .map(|(_, until)| millis(*until))
+                .collect::<Vec<_>>(),
+        )
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+}

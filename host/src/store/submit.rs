@@ -1,0 +1,304 @@
+//! Where a job is submitted: inserting jobs, with idempotency keys and
+//! unknown modules answered per job.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::records::{JobRecord, job_columns};
+use super::{Store, StoreError, StoreResult};
+use crate::job::{JobState, NewJob};
+
+/// What PostgreSQL decided about an inserted job; the rest of its record is
+/// what was submitted, so only this travels back.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Inserted {
+    id: Uuid,
+    state: JobState,
+    run_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+}
+
+impl NewJob {
+    /// Roughly the bytes this job sends to PostgreSQL.
+    pub fn size_bytes(&self) -> usize {
+        /// Its fixed-size columns.
+        const ROW_OVERHEAD_BYTES: usize = 128;
+        ROW_OVERHEAD_BYTES
+            + self.input.len()
+            + self.module_hash.len()
+            + self.queue.len()
+            + self.idempotency_key.as_ref().map_or(0, String::len)
+    }
+
+    /// The record of this job as it was just inserted.
+    fn record(&self, inserted: Inserted) -> JobRecord {
+        JobRecord {
+            id: inserted.id,
+            module_hash: self.module_hash.clone(),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            state: inserted.state,
+            attempt: 0,
+            attempt_base: 0,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            fuel: self.fuel,
+            memory_limit_bytes: self.memory_limit_bytes,
+            run_at: inserted.run_at,
+            lease_token: None,
+            worker_id: None,
+            idempotency_key: self.idempotency_key.clone(),
+            last_error: None,
+            created_at: inserted.created_at,
+            updated_at: inserted.created_at,
+            attempted_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The job, new or existing.
+    pub job: JobRecord,
+    /// `false` when an earlier submission with the same idempotency key
+    /// created it.
+    pub created: bool,
+}
+
+impl Store {
+    /// Inserts jobs, all or none.
+    ///
+    /// A job whose idempotency key already exists is not inserted; the
+    /// existing job is returned instead (`created: false`) if it was
+    /// submitted with the same fingerprint, and
+    /// [`StoreError::IdempotencyConflict`] is returned otherwise. The unique
+    /// index makes this safe against concurrent submissions. A job naming a
+    /// module that was never uploaded fails the whole call with
+    /// [`StoreError::UnknownModules`].
+    ///
+    /// A single job is one statement, one round trip and one commit; several
+    /// are inserted in a transaction, so that one failure undoes the rest.
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> StoreResult<Vec<Submitted>> {
+        let mut connection = self
+            .connection_for(jobs.iter().map(NewJob::size_bytes).sum())
+            .await?;
+        if jobs.len() == 1 {
+            return all_or_error(
+                self.insert_jobs_independently(&mut connection, jobs)
+                    .await?,
+            );
+        }
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        let submitted = all_or_error(self.insert_jobs_independently(&mut tx, jobs).await?)?;
+        tx.commit().await?;
+        Ok(submitted)
+    }
+
+    /// Inserts jobs that do not belong together (concurrent requests grouped
+    /// into one commit): each gets its own result, so one request's
+    /// idempotency conflict or unknown module does not fail the others. The
+    /// caller brings the connection, so a writer that submits group after
+    /// group can keep one; [`Store::insert_jobs`] brings a transaction.
+    ///
+    /// One `INSERT … ON CONFLICT DO NOTHING` for all `jobs` (its `WHERE
+    /// EXISTS` skips a job naming an unknown module), then, only if some were
+    /// not inserted, two lookups: the jobs owning their keys, and which of
+    /// their modules are unknown. Per job: the inserted job, the existing
+    /// one, an idempotency conflict, or an unknown module.
+    pub async fn insert_jobs_independently(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        jobs: &[NewJob],
+    ) -> StoreResult<Vec<StoreResult<Submitted>>> {
+        super::statement("insert_jobs");
+        let inserted = sqlx::query_as::<_, Inserted>(
+            "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
+                               timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
+                               request_fingerprint)
+             SELECT id, module_hash, queue, priority,
+                    CASE WHEN run_at IS NULL OR run_at <= now() THEN 'available'::job_state
+                         ELSE 'scheduled'::job_state END,
+                    input, max_attempts, timeout_ms, fuel, memory_limit_bytes,
+                    COALESCE(run_at, now()), idempotency_key, request_fingerprint
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::bytea[],
+                         $6::int[], $7::int[], $8::bigint[], $9::bigint[], $10::timestamptz[],
+                         $11::text[], $12::bytea[])
+                  AS t(id, module_hash, queue, priority, input, max_attempts, timeout_ms, fuel,
+                       memory_limit_bytes, run_at, idempotency_key, request_fingerprint)
+             WHERE EXISTS (SELECT 1 FROM modules m WHERE m.hash = t.module_hash)
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id, state, run_at, created_at",
+        )
+        .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.module_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.input.as_slice()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.fuel).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.memory_limit_bytes)
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.request_fingerprint.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *connection)
+        .await;
+        let inserted = inserted?;
+
+        let mut inserted: std::collections::HashMap<Uuid, Inserted> =
+            inserted.into_iter().map(|row| (row.id, row)).collect();
+        let duplicates: Vec<&NewJob> = jobs
+            .iter()
+            .filter(|j| !inserted.contains_key(&j.id))
+            .collect();
+        // Several jobs of one group may carry the same key (a client retrying
+        // concurrently): they all resolve to the one job that owns it.
+        let lookups = async {
+            let existing = existing_for_duplicates(connection, &duplicates).await?;
+            let unknown = unknown_modules(connection, &duplicates).await?;
+            StoreResult::Ok((existing, unknown))
+        };
+        let (existing, unknown) = match lookups.await {
+            Ok(found) => found,
+            // Outside a transaction the inserted jobs are committed whatever
+            // happens next: report them as created, and the failure only for
+            // the others. In a batch's transaction the failure rolls them
+            // back with the rest.
+            Err(error) => {
+                let message = error.to_string();
+                return Ok(jobs
+                    .iter()
+                    .map(|job| match inserted.remove(&job.id) {
+                        Some(row) => Ok(Submitted {
+                            job: job.record(row),
+                            created: true,
+                        }),
+                        None => Err(StoreError::Unavailable(message.clone())),
+                    })
+                    .collect());
+            }
+        };
+        Ok(jobs
+            .iter()
+            .map(|job| {
+                if let Some(row) = inserted.remove(&job.id) {
+                    return Ok(Submitted {
+                        job: job.record(row),
+                        created: true,
+                    });
+                }
+                let key = job.idempotency_key.clone().unwrap_or_default();
+                if unknown.contains(&job.module_hash) {
+                    return Err(StoreError::UnknownModules(vec![job.module_hash.clone()]));
+                }
+                match existing.get(&key).cloned() {
+                    Some((record, fingerprint)) if fingerprint == job.request_fingerprint => {
+                        Ok(Submitted {
+                            job: record,
+                            created: false,
+                        })
+                    }
+                    Some((record, _)) => Err(StoreError::IdempotencyConflict {
+                        key,
+                        job_id: record.id,
+                    }),
+                    // Not inserted, yet neither a known key nor an unknown
+                    // module explains why: the module was uploaded between
+                    // the two statements. Nothing was written.
+                    None => Err(StoreError::Raced),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Every job's submission, or the first error, except that all unknown
+/// modules are named together.
+fn all_or_error(results: Vec<StoreResult<Submitted>>) -> StoreResult<Vec<Submitted>> {
+    let unknown: std::collections::BTreeSet<String> = results
+        .iter()
+        .filter_map(|result| match result {
+            Err(StoreError::UnknownModules(hashes)) => Some(hashes.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(StoreError::UnknownModules(unknown.into_iter().collect()));
+    }
+    results.into_iter().collect()
+}
+
+/// Which of the modules `jobs` name were never uploaded.
+async fn unknown_modules(
+    connection: &mut sqlx::PgConnection,
+    jobs: &[&NewJob],
+) -> StoreResult<std::collections::HashSet<String>> {
+    if jobs.is_empty() {
+        return Ok(Default::default());
+    }
+    let hashes: Vec<&str> = jobs.iter().map(|job| job.module_hash.as_str()).collect();
+    Ok(sqlx::query_scalar::<_, String>(
+        "SELECT DISTINCT h FROM unnest($1::text[]) AS h
+         WHERE NOT EXISTS (SELECT 1 FROM modules WHERE hash = h)",
+    )
+    .bind(hashes)
+    .fetch_all(connection)
+    .await?
+    .into_iter()
+    .collect())
+}
+
+/// The committed jobs owning the idempotency keys of `duplicates`, with
+/// their fingerprints, by key.
+async fn existing_for_duplicates(
+    connection: &mut sqlx::PgConnection,
+    duplicates: &[&NewJob],
+) -> StoreResult<std::collections::HashMap<String, (JobRecord, Option<Vec<u8>>)>> {
+    #[derive(sqlx::FromRow)]
+    struct Existing {
+        #[sqlx(flatten)]
+        job: JobRecord,
+        request_fingerprint: Option<Vec<u8>>,
+    }
+    if duplicates.is_empty() {
+        return Ok(Default::default());
+    }
+    let keys: Vec<&str> = duplicates
+        .iter()
+        .filter_map(|job| job.idempotency_key.as_deref())
+        .collect();
+    let rows = sqlx::query_as::<_, Existing>(concat!(
+        "SELECT ",
+        job_columns!(""),
+        ", request_fingerprint FROM jobs WHERE idempotency_key = ANY($1)"
+    ))
+    .bind(keys)
+    .fetch_all(connection)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let key = row.job.idempotency_key.clone()?;
+            Some((key, (row.job, row.request_fingerprint)))
+        })
+        .collect())
+}
