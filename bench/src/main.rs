@@ -9,6 +9,7 @@
 //! the compiler, not TaskFlow.
 
 mod cluster;
+mod in_process;
 mod scenarios;
 
 use std::path::PathBuf;

@@ -7,21 +7,25 @@
 //!   ([`AttemptOutcome`]).
 //! - [`spec`]: a submission ([`JobSpec`]) checked against the server's
 //!   [`SubmissionLimits`] into a [`NewJob`], or the [`FieldError`] that
-//!   names what is wrong; queue and module-hash rules.
+//!   names what is wrong.
+//! - [`names`]: queue and module-hash rules.
 //! - [`attempt`]: how an attempt ended ([`AttemptEnd`]), what it used, and
 //!   how many attempts a job has used ([`attempts_used`]).
+//! - [`input`]: a task's input ([`JobInput`]) and the bytes it becomes.
 //! - [`failure`]: the stable failure codes ([`FailureKind`]).
 
 pub mod attempt;
 pub mod failure;
+pub mod input;
+pub mod names;
 pub mod spec;
 pub mod state;
 
 pub use attempt::{AfterFailure, AttemptEnd, AttemptLog, Usage, attempts_used};
 pub use failure::{Failure, FailureKind};
+pub use input::JobInput;
+pub use names::{check_module_hash, check_queue_name, is_valid_module_hash, is_valid_queue_name};
 pub use spec::{
-    DEFAULT_QUEUE, FieldError, JobInput, JobSpec, MIN_MEMORY_LIMIT_BYTES, NewJob, Problem,
-    SubmissionLimits, check_module_hash, check_queue_name, is_valid_module_hash,
-    is_valid_queue_name,
+    DEFAULT_QUEUE, FieldError, JobSpec, MIN_MEMORY_LIMIT_BYTES, NewJob, Problem, SubmissionLimits,
 };
 pub use state::{AttemptOutcome, JobState};

@@ -4,12 +4,13 @@
 //! submit through [`JobSpec::resolve`]; each turns a [`FieldError`] into
 //! its own kind of answer (an HTTP 4xx, a line of text).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use uuid::Uuid;
+
+use super::input::JobInput;
+use super::names::{check_module_hash, check_queue_name};
 
 /// Queue of jobs that do not name one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -43,17 +44,6 @@ pub struct JobSpec {
     pub run_at: Option<DateTime<Utc>>,
     /// Deduplicates retried submissions.
     pub idempotency_key: Option<String>,
-}
-
-/// A task's input as the client gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobInput {
-    /// One JSON value as text; the task receives it compacted, in UTF-8.
-    Json(String),
-    /// Bytes encoded in standard base64.
-    Base64(String),
-    /// Bytes as they are.
-    Bytes(Vec<u8>),
 }
 
 /// What a submission may ask for, and what it gets when it asks for nothing.
@@ -230,43 +220,6 @@ impl JobSpec {
     }
 }
 
-impl JobInput {
-    /// The bytes the task receives, refused past `limit` before they are
-    /// all produced.
-    fn into_bytes(self, limit: usize) -> Result<Vec<u8>, FieldError> {
-        let too_large = |field: &str| FieldError {
-            field: field.to_owned(),
-            problem: Problem::InputTooLarge,
-            message: format!(
-                "over the limit of {limit} bytes; store large data elsewhere and pass a reference"
-            ),
-        };
-        let bytes = match self {
-            JobInput::Json(text) => match compact_json(&text, limit) {
-                Ok(bytes) => bytes,
-                Err(CompactError::TooLarge) => return Err(too_large("input")),
-                Err(CompactError::Invalid(error)) => {
-                    return Err(FieldError::invalid("input", error.to_string()));
-                }
-            },
-            JobInput::Base64(encoded) => {
-                // Four base64 characters hold three bytes: refuse before decoding.
-                if encoded.len() / 4 * 3 > limit + 2 {
-                    return Err(too_large("input_base64"));
-                }
-                BASE64.decode(encoded.as_bytes()).map_err(|error| {
-                    FieldError::invalid("input_base64", format!("not valid base64 ({error})"))
-                })?
-            }
-            JobInput::Bytes(bytes) => bytes,
-        };
-        if bytes.len() > limit {
-            return Err(too_large("input"));
-        }
-        Ok(bytes)
-    }
-}
-
 /// `value` if it is within `min..=max`.
 fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
     field: &str,
@@ -284,54 +237,6 @@ fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
-/// Whether `name` is a valid queue name: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
-/// Queue names appear in Redis channel names and metrics labels, so they are
-/// kept to a safe alphabet.
-pub fn is_valid_queue_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// Rejects `name` in `field` unless it is a valid queue name.
-///
-/// # Errors
-///
-/// If it is not ([`is_valid_queue_name`]).
-pub fn check_queue_name(field: &str, name: &str) -> Result<(), FieldError> {
-    if is_valid_queue_name(name) {
-        Ok(())
-    } else {
-        Err(FieldError::invalid(
-            field,
-            "must be 1-64 characters of a-z, 0-9, _ and -",
-        ))
-    }
-}
-
-/// Whether `hash` is a module hash: 64 lowercase hex digits.
-pub fn is_valid_module_hash(hash: &str) -> bool {
-    hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Rejects `hash` in `field` unless it is a module hash.
-///
-/// # Errors
-///
-/// If it is not ([`is_valid_module_hash`]).
-pub fn check_module_hash(field: &str, hash: &str) -> Result<(), FieldError> {
-    if is_valid_module_hash(hash) {
-        Ok(())
-    } else {
-        Err(FieldError {
-            field: field.to_owned(),
-            problem: Problem::NotAModuleHash,
-            message: "must be a module's SHA-256: 64 lowercase hex digits".to_owned(),
-        })
-    }
-}
-
 /// The earliest `run_at` accepted: PostgreSQL stores earlier times, but not
 /// all of them (none before 4713 BC), and a four-digit year is what RFC 3339
 /// promises.
@@ -342,59 +247,6 @@ fn earliest_run_at() -> DateTime<Utc> {
 /// The latest `run_at` accepted (see [`earliest_run_at`]).
 fn latest_run_at() -> DateTime<Utc> {
     DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// Why a JSON input could not be compacted.
-enum CompactError {
-    /// It is over the limit.
-    TooLarge,
-    /// It is not a JSON value serde can read (a number out of range, nesting
-    /// past serde's recursion limit).
-    Invalid(serde_json::Error),
-}
-
-/// `text` (one JSON value) without insignificant whitespace, in one
-/// streaming pass that builds no tree and stops once the result would pass
-/// `limit` bytes.
-fn compact_json(text: &str, limit: usize) -> Result<Vec<u8>, CompactError> {
-    let mut output = CappedWriter {
-        bytes: Vec::with_capacity(text.len().min(limit)),
-        limit,
-        overflowed: false,
-    };
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let transcoded = serde_transcode::transcode(
-        &mut deserializer,
-        &mut serde_json::Serializer::new(&mut output),
-    )
-    .and_then(|()| deserializer.end());
-    match transcoded {
-        Ok(()) => Ok(output.bytes),
-        Err(_) if output.overflowed => Err(CompactError::TooLarge),
-        Err(error) => Err(CompactError::Invalid(error)),
-    }
-}
-
-/// A `Vec<u8>` writer that refuses to grow past `limit`.
-struct CappedWriter {
-    bytes: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
-}
-
-impl std::io::Write for CappedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.bytes.len() + buf.len() > self.limit {
-            self.overflowed = true;
-            return Err(std::io::Error::other("over the limit"));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A digest of everything a submission asks for, so a retried request (same

@@ -19,4 +19,6 @@ mod race;
 mod recovery;
 mod sandbox;
 mod security;
+mod submissions;
+mod submitter;
 mod wakeups;

@@ -15,6 +15,7 @@
 //! `--jobs 6000 --rounds 4` is the long one recorded in docs/reliability.md.
 
 mod analysis;
+mod audit;
 mod cluster;
 
 use std::collections::HashMap;
@@ -24,18 +25,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::Parser;
 use nix::sys::signal::Signal;
-use serde::Serialize;
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::client::Client;
 use uuid::Uuid;
 
-use analysis::{Overlap, WorkerFate};
+use analysis::WorkerFate;
+use audit::analyse;
 use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup};
-use taskflow_testkit::{free_port, percentile};
+use taskflow_testkit::free_port;
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -71,37 +72,6 @@ struct Args {
     /// Seed of the choice of which worker to hit.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-}
-
-/// The report printed and written at the end.
-#[derive(Debug, Serialize)]
-struct Report {
-    jobs_submitted: usize,
-    jobs_in_database: i64,
-    jobs_succeeded: i64,
-    lost: usize,
-    duplicates: i64,
-    submit_retries: usize,
-    executions: usize,
-    overlapping_pairs: usize,
-    overlaps: Vec<Overlap>,
-    fencing_violations: i64,
-    stale_outcomes_rejected: usize,
-    rescued: usize,
-    rescue_p50_ms: f64,
-    rescue_max_ms: f64,
-    faults: HashMap<&'static str, usize>,
-    duration_s: f64,
-}
-
-impl Report {
-    fn passed(&self) -> bool {
-        self.lost == 0
-            && self.duplicates == 0
-            && self.overlapping_pairs == 0
-            && self.fencing_violations == 0
-            && self.jobs_succeeded as usize == self.jobs_submitted
-    }
 }
 
 /// Everything the fault schedule works on.
@@ -368,9 +338,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.workers {
         chaos.spawn_worker()?;
     }
-    // The audit reads PostgreSQL with statements of its own, not through
-    // `taskflow::store`: it checks what the store claims, so it must not
-    // depend on the code it checks.
+    // For the audit, which reads PostgreSQL directly (audit.rs says why).
     let database = sqlx::PgPool::connect(&pg.url("taskflow")).await?;
     let submitter = tokio::spawn(submit_all(client.clone(), module, args.jobs));
 
@@ -465,85 +433,4 @@ async fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
-}
-
-async fn analyse(
-    database: &sqlx::PgPool,
-    dir: &std::path::Path,
-    chaos: &Chaos,
-    ids: &[Uuid],
-    submit_retries: usize,
-    started: Instant,
-) -> anyhow::Result<Report> {
-    let names: Vec<String> = chaos.fates.keys().cloned().collect();
-    let logs = analysis::read_logs(dir, &names)?;
-    let now: DateTime<Utc> = Utc::now();
-    let overlaps = analysis::overlaps(&logs, &chaos.fates, now);
-
-    let (jobs_in_database, distinct_keys, jobs_succeeded): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT idempotency_key), count(*) FILTER (WHERE state = 'succeeded') FROM jobs",
-    )
-    .fetch_one(database)
-    .await?;
-    let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(database)
-        .await?;
-    // A job's accepted outcome must come from the attempt holding its current
-    // token, which must be the largest token any of its attempts held.
-    let fencing_violations: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs j
-         WHERE j.state = 'succeeded' AND (
-             NOT EXISTS (SELECT 1 FROM job_attempts a
-                         WHERE a.job_id = j.id AND a.outcome = 'succeeded' AND a.lease_token = j.lease_token)
-             OR (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id AND a.outcome = 'succeeded') <> 1
-             OR j.lease_token < (SELECT max(lease_token) FROM job_attempts a WHERE a.job_id = j.id))",
-    )
-    .fetch_one(database)
-    .await?;
-
-    // Every attempt the rescuer ended, timed from the moment its worker
-    // vanished (was killed, or paused past its lease).
-    let rescues: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT worker_id, finished_at FROM job_attempts WHERE outcome = 'lease_expired'",
-    )
-    .fetch_all(database)
-    .await?;
-    let mut rescue_ms = Vec::new();
-    for (worker, rescued) in &rescues {
-        let fate = &chaos.fates[worker];
-        let vanished = fate
-            .killed_at
-            .into_iter()
-            .chain(fate.paused.iter().map(|(stop, _)| *stop));
-        if let Some(vanished) = vanished.filter(|at| at <= rescued).max() {
-            rescue_ms.push((*rescued - vanished).num_milliseconds() as f64);
-        }
-    }
-    rescue_ms.sort_by(f64::total_cmp);
-    let rescue_percentile = |p| {
-        if rescue_ms.is_empty() {
-            0.0
-        } else {
-            percentile(&rescue_ms, p)
-        }
-    };
-    Ok(Report {
-        jobs_submitted: ids.len(),
-        jobs_in_database,
-        jobs_succeeded,
-        lost: ids.len() - found.len(),
-        duplicates: jobs_in_database - distinct_keys,
-        submit_retries,
-        executions: logs.executions.len(),
-        overlapping_pairs: overlaps.len(),
-        overlaps,
-        fencing_violations,
-        stale_outcomes_rejected: logs.stale_outcomes,
-        rescued: rescue_ms.len(),
-        rescue_p50_ms: rescue_percentile(50.0),
-        rescue_max_ms: rescue_percentile(100.0),
-        faults: chaos.faults.clone(),
-        duration_s: started.elapsed().as_secs_f64(),
-    })
 }

@@ -3,10 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,13 +14,17 @@ use taskflow::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
-use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, NewJob};
-use taskflow::store::{ClaimedJob, FinishedAttempt, Store};
+use taskflow::store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use taskflow_testkit::{ScratchDatabase as TestDb, free_port, plugin_path, redis_url};
+mod processes;
+mod store;
+
+pub use processes::TcpProxy;
+pub use store::{new_job, rescue, store_with_jobs, success};
+pub use taskflow_testkit::{ScratchDatabase as TestDb, plugin_path, redis_url};
 
 /// A component built from `plugins/<name>` by `scripts/build-plugins`.
 pub fn plugin(name: &str) -> Vec<u8> {
@@ -288,6 +289,28 @@ impl TestApp {
         reqwest::Client::new()
     }
 
+    /// POSTs `body` as JSON to `path`; every answer, error or not, is JSON.
+    pub async fn post_json(&self, path: &str, body: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (
+            status,
+            response.json().await.expect("every response is JSON"),
+        )
+    }
+
+    /// How many jobs the database holds.
+    pub async fn job_count(&self) -> i64 {
+        self.store().count_jobs().await.unwrap()
+    }
+
     /// Deletes every Redis key of this app: what a `FLUSHALL` does to it,
     /// without disturbing tests running alongside.
     pub async fn flush_redis(&self) -> usize {
@@ -339,199 +362,5 @@ where
             "condition not met within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A TCP proxy a test can cut, to simulate a network partition between one
-/// process and a server without disturbing anything else on that server.
-pub struct TcpProxy {
-    pub address: SocketAddr,
-    down: Arc<AtomicBool>,
-    cut: tokio::sync::watch::Sender<u64>,
-    /// Connections being forwarded.
-    live: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl TcpProxy {
-    pub async fn start(target: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let down = Arc::new(AtomicBool::new(false));
-        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (cut, _) = tokio::sync::watch::channel(0u64);
-        let (accept_down, accept_cut, accept_live) = (down.clone(), cut.clone(), live.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if accept_down.load(Ordering::Acquire) {
-                    continue; // dropping the socket refuses the connection
-                }
-                let mut cuts = accept_cut.subscribe();
-                let live = accept_live.clone();
-                live.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cuts.changed() => {}
-                        }
-                    }
-                    live.fetch_sub(1, Ordering::AcqRel);
-                });
-            }
-        });
-        Self {
-            address,
-            down,
-            cut,
-            live,
-        }
-    }
-
-    /// Cuts every open connection and refuses new ones until
-    /// [`Self::restore`]; returns once every connection is closed, so the
-    /// partition is in force when the test goes on.
-    pub async fn cut(&self) {
-        self.down.store(true, Ordering::Release);
-        self.cut.send_modify(|generation| *generation += 1);
-        eventually(Duration::from_secs(10), || async {
-            (self.live.load(Ordering::Acquire) == 0).then_some(())
-        })
-        .await;
-    }
-
-    pub fn restore(&self) {
-        self.down.store(false, Ordering::Release);
-    }
-}
-
-/// A database of its own holding `count` available jobs of one module
-/// (whose bytes are never run), for tests that play the store's statements.
-pub async fn store_with_jobs(count: usize) -> (TestDb, Vec<Uuid>) {
-    use sha2::Digest;
-    let db = test_database().await;
-    let store = db.store();
-    let bytes = b"not run by these tests".to_vec();
-    let hash = hex::encode(sha2::Sha256::digest(&bytes));
-    store.insert_module(&hash, &bytes).await.unwrap();
-    let jobs: Vec<NewJob> = (0..count).map(|_| new_job(&hash)).collect();
-    store.insert_jobs(&jobs).await.unwrap();
-    (db, jobs.iter().map(|job| job.id).collect())
-}
-
-/// A job of `module_hash` with small limits, as the store takes it (past
-/// the API's checks).
-pub fn new_job(module_hash: &str) -> NewJob {
-    NewJob {
-        id: Uuid::now_v7(),
-        module_hash: module_hash.to_owned(),
-        queue: "default".into(),
-        priority: 0,
-        input: b"{}".to_vec(),
-        max_attempts: 5,
-        timeout_ms: 1000,
-        fuel: 1000,
-        memory_limit_bytes: 1 << 20,
-        run_at: None,
-        idempotency_key: None,
-        request_fingerprint: None,
-    }
-}
-
-/// The outcome record of `job`'s attempt on `worker`, ending as `end`.
-pub fn finished(job: &ClaimedJob, worker: &str, end: AttemptEnd) -> FinishedAttempt {
-    FinishedAttempt {
-        lease: job.lease(),
-        attempt: job.attempt,
-        worker_id: worker.into(),
-        started_at: job.attempted_at,
-        end,
-        usage: None,
-        log: AttemptLog::empty(),
-        if_refused: AfterFailure::Dead,
-    }
-}
-
-/// A successful outcome of `job`'s attempt with `output`.
-pub fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt {
-    finished(
-        job,
-        worker,
-        AttemptEnd::Succeeded {
-            output: output.to_vec(),
-        },
-    )
-}
-
-/// A rescue of `job`'s attempt on `worker`, retried at once.
-pub fn rescue(job: &ClaimedJob, worker: &str) -> FinishedAttempt {
-    finished(
-        job,
-        worker,
-        AttemptEnd::LeaseExpired {
-            message: format!("{worker} vanished"),
-            next: AfterFailure::Retry {
-                delay: Duration::ZERO,
-            },
-        },
-    )
-}
-
-/// `taskflow api` as an OS process of its own over a test's database and
-/// Redis prefix, for tests that measure the process itself (its memory, its
-/// file descriptors). Killed when dropped.
-pub struct ApiProcess {
-    child: std::process::Child,
-    pub url: String,
-    pub client: Client,
-}
-
-impl TestApp {
-    /// Starts `taskflow api` with the test's connections and `env` on top.
-    pub async fn api_process(&self, env: &[(&str, &str)]) -> ApiProcess {
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"));
-        command
-            .arg("api")
-            .env("DATABASE_URL", self.db.url())
-            .env("REDIS_URL", &self.connections.redis_url)
-            .env("TASKFLOW_REDIS_PREFIX", &self.connections.redis_prefix)
-            .env("TASKFLOW_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let process = ApiProcess {
-            child: command.spawn().expect("the taskflow binary starts"),
-            client: Client::new(&url),
-            url,
-        };
-        eventually(Duration::from_secs(30), || async {
-            process.client.list_modules(Some(1), None).await.ok()
-        })
-        .await;
-        process
-    }
-}
-
-impl ApiProcess {
-    /// The process's peak resident memory so far, in bytes.
-    pub fn peak_rss_bytes(&self) -> u64 {
-        taskflow_testkit::peak_rss_bytes(self.child.id()).expect("the API process is alive")
-    }
-
-    /// File descriptors the process has open.
-    pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .expect("the API process is alive")
-            .count()
-    }
-}
-
-impl Drop for ApiProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,415 @@
+//! Submissions over the REST API: what is refused and why, idempotency,
+//! payload encodings, and values only PostgreSQL can refuse.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use taskflow::api::types::{SubmitBatch, SubmitJob};
+use taskflow::client::ClientError;
+use taskflow::job::JobState;
+
+use crate::support::{TestApp, TestOptions};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
+    let mut options = TestOptions::default();
+    options.limits.submission.max_input_bytes = 1000;
+    let app = TestApp::start_with(options).await;
+    let module = app.upload("hello").await;
+    let unknown = "ab".repeat(32);
+    let big = "x".repeat(2000);
+    let cases: Vec<(String, StatusCode, &str, &str)> = vec![
+        (
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "",
+        ),
+        (
+            r#"{"input": {}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "module",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": "three"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "max_attempts",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "surprise": true}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "surprise",
+        ),
+        (
+            format!(r#"{{"module": "{module}"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "input",
+        ),
+        (
+            r#"{"module": "nope", "input": 1}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_hash",
+            "module",
+        ),
+        (
+            format!(r#"{{"module": "{unknown}", "input": 1}}"#),
+            StatusCode::NOT_FOUND,
+            "module_not_found",
+            &unknown,
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": 0}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "max_attempts",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": 1000}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "max_attempts",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": -1}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "max_attempts",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "timeout_ms": 99999999999}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "timeout_ms",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "fuel": 0}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "fuel",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "memory_limit_bytes": 17179869184}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "memory_limit_bytes",
+        ),
+        (
+            format!(
+                r#"{{"module": "{module}", "input": 1, "queue": "Robert'); DROP TABLE jobs;--"}}"#
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "queue",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "input_base64": "AA=="}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "either",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input_base64": "***"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "base64",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": "{big}"}}"#),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            "1000",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "priority": 99999}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "priority",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "run_at": "tomorrow"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "run_at",
+        ),
+        // Valid RFC 3339 for chrono, out of range for PostgreSQL.
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "run_at": "-10000-01-01T00:00:00Z"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "run_at",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1, "run_at": "0000-12-31T23:59:59Z"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "run_at",
+        ),
+        (
+            format!(
+                r#"{{"module": "{module}", "input_base64": "{}"}}"#,
+                "A".repeat(2000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            "1000",
+        ),
+        (
+            format!(r#"{{"module": "{module}", "input": 1e400}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "input",
+        ),
+    ];
+    for (body, status, code, mention) in cases {
+        let (actual, response) = app.post_json("/v1/jobs", &body).await;
+        assert_eq!(actual, status, "{body} → {response}");
+        assert_eq!(response["error"]["code"], code, "{body} → {response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(mention),
+            "{body}: {message:?} should mention {mention:?}"
+        );
+    }
+
+    let response = app
+        .http()
+        .post(format!("{}/v1/jobs", app.url))
+        .body(r#"{"module": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let (status, response) = app.post_json(
+        "/v1/jobs/batch",
+        &format!(r#"{{"jobs": [{{"module": "{module}", "input": 1}}, {{"module": "{module}", "input": 1, "fuel": 0}}]}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{response}");
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("jobs[1].fuel"),
+        "{response}"
+    );
+
+    for path in ["/v1/jobs/not-a-uuid", "/v1/jobs/not-a-uuid/attempts"] {
+        let response = app
+            .http()
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_path");
+    }
+    let response = app
+        .http()
+        .get(format!("{}/v1/jobs?state=bogus", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = app
+        .http()
+        .get(format!("{}/v1/nowhere", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "route_not_found");
+
+    assert_eq!(
+        app.job_count().await,
+        0,
+        "no invalid submission may write a job"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_input_and_output_travel_as_base64() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let module = app.upload("misbehave").await;
+    let job = app
+        .submit_with(SubmitJob {
+            module: module.clone(),
+            input: Some(json!({"mode": "big_output", "bytes": 3}).into()),
+            ..Default::default()
+        })
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.output, None);
+    assert_eq!(
+        job.output_base64.as_deref(),
+        Some("eHh4"),
+        "xxx is not JSON, so it is base64"
+    );
+
+    let (status, body) = app
+        .post_json(
+            "/v1/jobs",
+            &format!(r#"{{"module": "{module}", "input_base64": "/w=="}}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = app
+        .wait_final(body["id"].as_str().unwrap().parse().unwrap())
+        .await;
+    assert_eq!(job.input_base64.as_deref(), Some("/w=="));
+    assert_eq!(
+        job.state,
+        JobState::Dead,
+        "0xff is not JSON: the plugin rejects it as fatal"
+    );
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_request() {
+    let app = TestApp::start().await;
+    let module = app.upload("hello").await;
+    let request = SubmitJob {
+        module: module.clone(),
+        input: Some(json!({"name": "once"}).into()),
+        idempotency_key: Some("order-42".into()),
+        ..Default::default()
+    };
+
+    let submissions = futures::future::join_all((0..16).map(|_| app.client.submit(&request))).await;
+    let ids: std::collections::HashSet<_> = submissions
+        .iter()
+        .map(|s| s.as_ref().expect("every retry succeeds").job.id)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "concurrent submissions with one key made one job"
+    );
+    assert_eq!(
+        submissions
+            .iter()
+            .filter(|s| s.as_ref().unwrap().created)
+            .count(),
+        1
+    );
+
+    let conflicting = SubmitJob {
+        input: Some(json!({"name": "twice"}).into()),
+        ..request.clone()
+    };
+    match app.client.submit(&conflicting).await {
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert_eq!(code, "idempotency_conflict");
+            assert!(message.contains("order-42"));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    let batch = SubmitBatch {
+        jobs: vec![
+            request.clone(),
+            SubmitJob {
+                idempotency_key: Some("order-43".into()),
+                ..request.clone()
+            },
+        ],
+    };
+    let submitted = app.client.submit_batch(&batch).await.unwrap().jobs;
+    assert_eq!(submitted[0].id, *ids.iter().next().unwrap());
+    assert!(!submitted[0].created);
+    assert!(submitted[1].created);
+    assert_eq!(app.job_count().await, 2);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
+    let app = TestApp::start().await;
+    let module = app.upload("hello").await;
+    let key = "🦀-ключ-مفتاح-\u{202e}-\u{fffd}";
+    let input = json!({"name": "nul\u{0000}byte, emoji 🦀, rtl \u{202e}, combining e\u{301}", "deep": [[[["x"]]]]});
+    let first = app
+        .submit_with(SubmitJob {
+            module: module.clone(),
+            input: Some(input.clone().into()),
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        })
+        .await;
+    let again = app
+        .client
+        .submit(&SubmitJob {
+            module: module.clone(),
+            input: Some(input.clone().into()),
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.job.id, first.id);
+    assert!(!again.created);
+    let stored = app.client.get_job(first.id).await.unwrap();
+    assert_eq!(stored.input, Some(input));
+    assert_eq!(stored.idempotency_key.as_deref(), Some(key));
+
+    let deep = format!(
+        r#"{{"module": "{module}", "input": {}1{}}}"#,
+        "[".repeat(1000),
+        "]".repeat(1000)
+    );
+    let lone_surrogate = format!(r#"{{"module": "{module}", "input": "\ud800"}}"#);
+    let unicode_queue = format!(r#"{{"module": "{module}", "input": 1, "queue": "défaut"}}"#);
+    let nul_key = format!(r#"{{"module": "{module}", "input": 1, "idempotency_key": "a\u0000b"}}"#);
+    for body in [deep, lone_surrogate, unicode_queue, nul_key] {
+        let (status, response) = app.post_json("/v1/jobs", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:.80} → {response}");
+        assert!(response["error"]["message"].is_string());
+    }
+    assert_eq!(app.job_count().await, 1);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_postgres_cannot_store_fails_only_its_own_submission_among_grouped_ones() {
+    let app = TestApp::start().await;
+    let module = app.upload("hello").await;
+    let requests = (0..60).map(|i| {
+        let run_at = if i % 6 == 0 {
+            "-10000-01-01T00:00:00Z"
+        } else {
+            "2030-01-01T00:00:00Z"
+        };
+        let body = format!(r#"{{"module": "{module}", "input": {i}, "run_at": "{run_at}"}}"#);
+        let app = &app;
+        async move { (i, app.post_json("/v1/jobs", &body).await) }
+    });
+    for (i, (status, body)) in futures::future::join_all(requests).await {
+        if i % 6 == 0 {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{i}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("run_at")
+            );
+        } else {
+            assert_eq!(status, StatusCode::CREATED, "{i}: {body}");
+        }
+    }
+    assert_eq!(app.job_count().await, 50);
+    app.finish().await;
+}

@@ -1,0 +1,134 @@
+//! Other processes a test talks to, and cuts: a TCP proxy between a process
+//! and a server, and `taskflow api` as an OS process of its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use taskflow::client::Client;
+use taskflow_testkit::free_port;
+
+use super::{TestApp, eventually};
+
+/// A TCP proxy a test can cut, to simulate a network partition between one
+/// process and a server without disturbing anything else on that server.
+pub struct TcpProxy {
+    pub address: SocketAddr,
+    down: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    /// Connections being forwarded.
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (accept_down, accept_cut, accept_live) = (down.clone(), cut.clone(), live.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if accept_down.load(Ordering::Acquire) {
+                    continue; // dropping the socket refuses the connection
+                }
+                let mut cuts = accept_cut.subscribe();
+                let live = accept_live.clone();
+                live.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cuts.changed() => {}
+                        }
+                    }
+                    live.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        });
+        Self {
+            address,
+            down,
+            cut,
+            live,
+        }
+    }
+
+    /// Cuts every open connection and refuses new ones until
+    /// [`Self::restore`]; returns once every connection is closed, so the
+    /// partition is in force when the test goes on.
+    pub async fn cut(&self) {
+        self.down.store(true, Ordering::Release);
+        self.cut.send_modify(|generation| *generation += 1);
+        eventually(Duration::from_secs(10), || async {
+            (self.live.load(Ordering::Acquire) == 0).then_some(())
+        })
+        .await;
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::Release);
+    }
+}
+
+/// `taskflow api` as an OS process of its own over a test's database and
+/// Redis prefix, for tests that measure the process itself (its memory, its
+/// file descriptors). Killed when dropped.
+pub struct ApiProcess {
+    child: std::process::Child,
+    pub url: String,
+    pub client: Client,
+}
+
+impl TestApp {
+    /// Starts `taskflow api` with the test's connections and `env` on top.
+    pub async fn api_process(&self, env: &[(&str, &str)]) -> ApiProcess {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"));
+        command
+            .arg("api")
+            .env("DATABASE_URL", self.db.url())
+            .env("REDIS_URL", &self.connections.redis_url)
+            .env("TASKFLOW_REDIS_PREFIX", &self.connections.redis_prefix)
+            .env("TASKFLOW_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let process = ApiProcess {
+            child: command.spawn().expect("the taskflow binary starts"),
+            client: Client::new(&url),
+            url,
+        };
+        eventually(Duration::from_secs(30), || async {
+            process.client.list_modules(Some(1), None).await.ok()
+        })
+        .await;
+        process
+    }
+}
+
+impl ApiProcess {
+    /// The process's peak resident memory so far, in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        taskflow_testkit::peak_rss_bytes(self.child.id()).expect("the API process is alive")
+    }
+
+    /// File descriptors the process has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the API process is alive")
+            .count()
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,82 @@
+//! A store with jobs in it, and the outcome records of their attempts, for
+//! tests that play the store's statements one by one.
+
+use std::time::Duration;
+
+use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, NewJob};
+use taskflow::store::{ClaimedJob, FinishedAttempt};
+use uuid::Uuid;
+
+use super::{TestDb, test_database};
+
+/// A database of its own holding `count` available jobs of one module
+/// (whose bytes are never run), for tests that play the store's statements.
+pub async fn store_with_jobs(count: usize) -> (TestDb, Vec<Uuid>) {
+    use sha2::Digest;
+    let db = test_database().await;
+    let store = db.store();
+    let bytes = b"not run by these tests".to_vec();
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    store.insert_module(&hash, &bytes).await.unwrap();
+    let jobs: Vec<NewJob> = (0..count).map(|_| new_job(&hash)).collect();
+    store.insert_jobs(&jobs).await.unwrap();
+    (db, jobs.iter().map(|job| job.id).collect())
+}
+
+/// A job of `module_hash` with small limits, as the store takes it (past
+/// the API's checks).
+pub fn new_job(module_hash: &str) -> NewJob {
+    NewJob {
+        id: Uuid::now_v7(),
+        module_hash: module_hash.to_owned(),
+        queue: "default".into(),
+        priority: 0,
+        input: b"{}".to_vec(),
+        max_attempts: 5,
+        timeout_ms: 1000,
+        fuel: 1000,
+        memory_limit_bytes: 1 << 20,
+        run_at: None,
+        idempotency_key: None,
+        request_fingerprint: None,
+    }
+}
+
+/// The outcome record of `job`'s attempt on `worker`, ending as `end`.
+pub fn finished(job: &ClaimedJob, worker: &str, end: AttemptEnd) -> FinishedAttempt {
+    FinishedAttempt {
+        lease: job.lease(),
+        attempt: job.attempt,
+        worker_id: worker.into(),
+        started_at: job.attempted_at,
+        end,
+        usage: None,
+        log: AttemptLog::empty(),
+        if_refused: AfterFailure::Dead,
+    }
+}
+
+/// A successful outcome of `job`'s attempt with `output`.
+pub fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt {
+    finished(
+        job,
+        worker,
+        AttemptEnd::Succeeded {
+            output: output.to_vec(),
+        },
+    )
+}
+
+/// A rescue of `job`'s attempt on `worker`, retried at once.
+pub fn rescue(job: &ClaimedJob, worker: &str) -> FinishedAttempt {
+    finished(
+        job,
+        worker,
+        AttemptEnd::LeaseExpired {
+            message: format!("{worker} vanished"),
+            next: AfterFailure::Retry {
+                delay: Duration::ZERO,
+            },
+        },
+    )
+}

@@ -1,0 +1,128 @@
+//! The audit after the run: every submitted job in PostgreSQL exactly once
+//! and succeeded, no two executions of a job overlapping, no outcome written
+//! under a stale token, and how long rescues took. It reads PostgreSQL with
+//! statements of its own, not through `taskflow::store`: it checks what the
+//! store claims, so it must not depend on the code it checks.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use taskflow_testkit::percentile;
+use uuid::Uuid;
+
+use crate::Chaos;
+use crate::analysis::{self, Overlap};
+
+/// The report printed and written at the end.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub jobs_submitted: usize,
+    pub jobs_in_database: i64,
+    pub jobs_succeeded: i64,
+    pub lost: usize,
+    pub duplicates: i64,
+    pub submit_retries: usize,
+    pub executions: usize,
+    pub overlapping_pairs: usize,
+    pub overlaps: Vec<Overlap>,
+    pub fencing_violations: i64,
+    pub stale_outcomes_rejected: usize,
+    pub rescued: usize,
+    pub rescue_p50_ms: f64,
+    pub rescue_max_ms: f64,
+    pub faults: HashMap<&'static str, usize>,
+    pub duration_s: f64,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicates == 0
+            && self.overlapping_pairs == 0
+            && self.fencing_violations == 0
+            && self.jobs_succeeded as usize == self.jobs_submitted
+    }
+}
+
+pub async fn analyse(
+    database: &sqlx::PgPool,
+    dir: &std::path::Path,
+    chaos: &Chaos,
+    ids: &[Uuid],
+    submit_retries: usize,
+    started: Instant,
+) -> anyhow::Result<Report> {
+    let names: Vec<String> = chaos.fates.keys().cloned().collect();
+    let logs = analysis::read_logs(dir, &names)?;
+    let now: DateTime<Utc> = Utc::now();
+    let overlaps = analysis::overlaps(&logs, &chaos.fates, now);
+
+    let (jobs_in_database, distinct_keys, jobs_succeeded): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT idempotency_key), count(*) FILTER (WHERE state = 'succeeded') FROM jobs",
+    )
+    .fetch_one(database)
+    .await?;
+    let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(database)
+        .await?;
+    // A job's accepted outcome must come from the attempt holding its current
+    // token, which must be the largest token any of its attempts held.
+    let fencing_violations: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j
+         WHERE j.state = 'succeeded' AND (
+             NOT EXISTS (SELECT 1 FROM job_attempts a
+                         WHERE a.job_id = j.id AND a.outcome = 'succeeded' AND a.lease_token = j.lease_token)
+             OR (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id AND a.outcome = 'succeeded') <> 1
+             OR j.lease_token < (SELECT max(lease_token) FROM job_attempts a WHERE a.job_id = j.id))",
+    )
+    .fetch_one(database)
+    .await?;
+
+    // Every attempt the rescuer ended, timed from the moment its worker
+    // vanished (was killed, or paused past its lease).
+    let rescues: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT worker_id, finished_at FROM job_attempts WHERE outcome = 'lease_expired'",
+    )
+    .fetch_all(database)
+    .await?;
+    let mut rescue_ms = Vec::new();
+    for (worker, rescued) in &rescues {
+        let fate = &chaos.fates[worker];
+        let vanished = fate
+            .killed_at
+            .into_iter()
+            .chain(fate.paused.iter().map(|(stop, _)| *stop));
+        if let Some(vanished) = vanished.filter(|at| at <= rescued).max() {
+            rescue_ms.push((*rescued - vanished).num_milliseconds() as f64);
+        }
+    }
+    rescue_ms.sort_by(f64::total_cmp);
+    let rescue_percentile = |p| {
+        if rescue_ms.is_empty() {
+            0.0
+        } else {
+            percentile(&rescue_ms, p)
+        }
+    };
+    Ok(Report {
+        jobs_submitted: ids.len(),
+        jobs_in_database,
+        jobs_succeeded,
+        lost: ids.len() - found.len(),
+        duplicates: jobs_in_database - distinct_keys,
+        submit_retries,
+        executions: logs.executions.len(),
+        overlapping_pairs: overlaps.len(),
+        overlaps,
+        fencing_violations,
+        stale_outcomes_rejected: logs.stale_outcomes,
+        rescued: rescue_ms.len(),
+        rescue_p50_ms: rescue_percentile(50.0),
+        rescue_max_ms: rescue_percentile(100.0),
+        faults: chaos.faults.clone(),
+        duration_s: started.elapsed().as_secs_f64(),
+    })
+}
