@@ -123,6 +123,47 @@ impl InFlight {
     }
 }
 
+/// What a heartbeat round saw of one lease in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Observed {
+    /// A fresh attempt's key was written (`true`) or found speaking for a
+    /// newer attempt or for this one's end (`false`).
+    Written(bool),
+    /// A written key's renewal.
+    Renewal(Renewal),
+    /// A fresh attempt whose grant lapsed before its key was written (the
+    /// worker was paused): as good as missing.
+    Lapsed,
+}
+
+/// What a round decides for one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Its grant is extended by one TTL from when the round was sent.
+    Held,
+    /// Its grant is revoked: the attempt stops.
+    Lost,
+    /// Nothing changes: its grant lapses unless a later round decides.
+    Unknown,
+}
+
+/// The heartbeat's decision for one attempt: `observed` in Redis and, for a
+/// key that is missing, whether PostgreSQL `confirmed` the lease as current
+/// and its key was written again (`None` when either could not answer). A
+/// missing key is never held on Redis's word alone: a worker rescued while
+/// it was away must not put its stale token back over a live attempt.
+fn verdict(observed: Observed, confirmed: Option<bool>) -> Verdict {
+    let held = |held: bool| if held { Verdict::Held } else { Verdict::Lost };
+    match observed {
+        Observed::Written(written) => held(written),
+        Observed::Renewal(Renewal::Renewed) => Verdict::Held,
+        Observed::Renewal(Renewal::Lost) => Verdict::Lost,
+        Observed::Renewal(Renewal::Missing) | Observed::Lapsed => {
+            confirmed.map_or(Verdict::Unknown, held)
+        }
+    }
+}
+
 /// Renews the leases of [`InFlight`] attempts; see the module docs.
 pub struct Heartbeat {
     /// Attempts to renew.
@@ -193,47 +234,40 @@ impl Heartbeat {
         );
         let restored = self.restore_confirmed(&missing).await;
 
-        // Per lease: held (Some(true)), lost (Some(false)), or unknown (None:
-        // PostgreSQL could not confirm; the grant lapses unless a later round
-        // confirms it).
-        let mut verdicts: Vec<(&(LeaseRef, Held), Option<bool>)> = Vec::with_capacity(held.len());
+        let confirmed = |lease: &LeaseRef| restored.as_ref().map(|held| held.contains(lease));
+        let mut verdicts: Vec<(&(LeaseRef, Held), Verdict)> = Vec::with_capacity(held.len());
         verdicts.extend(
             fresh
                 .iter()
                 .zip(&written_now)
-                .map(|(attempt, held)| (*attempt, Some(*held))),
+                .map(|(attempt, written)| (*attempt, verdict(Observed::Written(*written), None))),
         );
         verdicts.extend(written.iter().zip(&renewals).map(|(attempt, renewal)| {
-            let verdict = match renewal {
-                Renewal::Renewed => Some(true),
-                Renewal::Missing => restored.as_ref().map(|held| held.contains(&attempt.0)),
-                Renewal::Lost => Some(false),
-            };
-            (*attempt, verdict)
+            let observed = Observed::Renewal(*renewal);
+            (*attempt, verdict(observed, confirmed(&attempt.0)))
         }));
-        verdicts.extend(lapsed.iter().map(|attempt| {
-            (
-                *attempt,
-                restored.as_ref().map(|held| held.contains(&attempt.0)),
-            )
-        }));
+        verdicts.extend(
+            lapsed
+                .iter()
+                .map(|attempt| (*attempt, verdict(Observed::Lapsed, confirmed(&attempt.0)))),
+        );
 
         let valid_until = sent_at + self.leases.ttl();
         let mut counts = HeartbeatCounts::default();
         let mut now_in_redis = Vec::new();
         for ((lease, held), verdict) in verdicts {
             match verdict {
-                Some(true) => {
+                Verdict::Held => {
                     held.grant.extend_until(valid_until);
                     now_in_redis.push(*lease);
                     counts.renewed += 1;
                 }
-                Some(false) => {
+                Verdict::Lost => {
                     tracing::warn!(job_id = %lease.job_id, lease_token = lease.lease_token, "lost the lease; stopping the attempt");
                     held.grant.revoke();
                     counts.lost += 1;
                 }
-                None => {}
+                Verdict::Unknown => {}
             }
         }
         self.in_flight.mark_in_redis(&now_in_redis);
@@ -279,6 +313,38 @@ impl Heartbeat {
                 tracing::warn!(%error, "cannot restore leases in Redis");
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_redis_still_holds_or_just_wrote_keeps_its_attempt() {
+        assert_eq!(verdict(Observed::Written(true), None), Verdict::Held);
+        assert_eq!(
+            verdict(Observed::Renewal(Renewal::Renewed), None),
+            Verdict::Held
+        );
+    }
+
+    #[test]
+    fn a_key_speaking_for_another_attempt_stops_this_one_whatever_postgres_says() {
+        assert_eq!(verdict(Observed::Written(false), Some(true)), Verdict::Lost);
+        assert_eq!(
+            verdict(Observed::Renewal(Renewal::Lost), Some(true)),
+            Verdict::Lost
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_held_only_if_postgres_confirms_it() {
+        for missing in [Observed::Renewal(Renewal::Missing), Observed::Lapsed] {
+            assert_eq!(verdict(missing, Some(true)), Verdict::Held, "{missing:?}");
+            assert_eq!(verdict(missing, Some(false)), Verdict::Lost, "{missing:?}");
+            assert_eq!(verdict(missing, None), Verdict::Unknown, "{missing:?}");
         }
     }
 }

@@ -12,6 +12,7 @@ mod fencing;
 mod fuzz;
 mod hostile_clients;
 mod jobs_api;
+mod leases;
 mod maintenance;
 mod modules_api;
 mod plugins;
