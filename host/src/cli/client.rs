@@ -1,14 +1,15 @@
 //! The client commands: `taskflow module …` and `taskflow job …`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use super::flags::{AttemptLimitFlags, InputFlags};
 use super::{ClientArgs, JobCommand, ModuleCommand};
-use crate::api::types::{AttemptList, JobQuery, JobView, ModuleView, SubmitJob};
+use crate::api::types::{AttemptList, JobQuery, JobView, JsonInput, ModuleView, SubmitJob};
+use crate::job::JobInput;
 
 /// `taskflow job submit`.
 #[derive(Debug, Args)]
@@ -16,12 +17,9 @@ pub struct SubmitArgs {
     /// SHA-256 of an uploaded module.
     #[arg(long)]
     pub module: String,
-    /// Input as JSON.
-    #[arg(long, conflicts_with = "input_file")]
-    pub input: Option<String>,
-    /// Read the input bytes from this file (sent as-is).
-    #[arg(long)]
-    pub input_file: Option<PathBuf>,
+    /// The task's input.
+    #[command(flatten)]
+    pub input: InputFlags,
     /// Queue.
     #[arg(long)]
     pub queue: Option<String>,
@@ -31,15 +29,9 @@ pub struct SubmitArgs {
     /// Attempts before the job is dead-lettered.
     #[arg(long)]
     pub max_attempts: Option<u32>,
-    /// Wall-clock limit per attempt, in milliseconds.
-    #[arg(long)]
-    pub timeout_ms: Option<u64>,
-    /// CPU budget per attempt, in fuel units.
-    #[arg(long)]
-    pub fuel: Option<u64>,
-    /// Memory limit per attempt, in bytes.
-    #[arg(long)]
-    pub memory_limit_bytes: Option<u64>,
+    /// The job's own limits.
+    #[command(flatten)]
+    pub limits: AttemptLimitFlags,
     /// Idempotency key: resubmitting with it returns the original job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -161,26 +153,23 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut request = SubmitJob {
         module: args.module,
         max_attempts: args.max_attempts,
-        timeout_ms: args.timeout_ms,
-        fuel: args.fuel,
-        memory_limit_bytes: args.memory_limit_bytes,
+        timeout_ms: args.limits.timeout_ms,
+        fuel: args.limits.fuel,
+        memory_limit_bytes: args.limits.memory_limit_bytes,
         queue: args.queue,
         priority: args.priority,
         idempotency_key: args.idempotency_key,
         ..SubmitJob::default()
     };
-    match (args.input, args.input_file) {
-        (Some(json), _) => {
-            request.input =
-                Some(serde_json::from_str(&json).context("--input must be valid JSON")?);
+    match args.input.read()? {
+        JobInput::Json(json) => {
+            request.input = Some(JsonInput::parse(&json).context("--input must be valid JSON")?);
         }
-        (None, Some(file)) => {
+        JobInput::Base64(encoded) => request.input_base64 = Some(encoded),
+        JobInput::Bytes(bytes) => {
             use base64::Engine as _;
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
-        (None, None) => request.input = Some(serde_json::Value::Null.into()),
     }
     let client = args.client.client();
     let submitted = client.submit(&request).await?;

@@ -14,50 +14,24 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::client::{describe_attempts, describe_job};
-use super::flags::{
-    ApiFlags, ApiLimitFlags, CompileFlags, ConnectionFlags, ExecutionFlags, LeaseFlags,
-    MemoryLimitFlag, RetryFlags, SubmissionFlags, WorkerFlags,
-};
-use super::server::{
-    Backends, api_state, prepare_database, shutdown_on_signal, spawn_api, spawn_worker,
-};
+use super::server::{api_state_from, connect, shutdown_on_signal, spawn_api, spawn_worker_from};
+use super::{ApiOnlyArgs, CommonArgs, WorkerOnlyArgs};
 use crate::api::types::SubmitJob;
 use crate::client::Client;
-use crate::config::{CompileConfig, Connections, WorkerConfig};
+use crate::config::WorkerConfig;
 
 /// `taskflow dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Where PostgreSQL and Redis live.
+    /// What every role shares.
     #[command(flatten)]
-    pub connections: ConnectionFlags,
-    /// API settings.
+    pub common: CommonArgs,
+    /// The API's own settings.
     #[command(flatten)]
-    pub api: ApiFlags,
-    /// Worker settings.
+    pub api: ApiOnlyArgs,
+    /// The workers' own settings.
     #[command(flatten)]
-    pub worker: WorkerFlags,
-    /// What a submission may ask for.
-    #[command(flatten)]
-    pub submission: SubmissionFlags,
-    /// The largest memory a job may ask for.
-    #[command(flatten)]
-    pub memory: MemoryLimitFlag,
-    /// What the API accepts beyond that.
-    #[command(flatten)]
-    pub api_limits: ApiLimitFlags,
-    /// What each worker grants an attempt.
-    #[command(flatten)]
-    pub execution: ExecutionFlags,
-    /// Lease settings.
-    #[command(flatten)]
-    pub lease: LeaseFlags,
-    /// Retry schedule.
-    #[command(flatten)]
-    pub retry: RetryFlags,
-    /// How modules are compiled (uploads and first use).
-    #[command(flatten)]
-    pub compile: CompileFlags,
+    pub worker: WorkerOnlyArgs,
     /// Number of workers to start.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -72,32 +46,24 @@ pub struct DevArgs {
 /// Runs `taskflow dev`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
-    let connections = Connections::from(args.connections);
-    let compile = CompileConfig::from(args.compile);
-    prepare_database(&connections).await?;
-    let backends = Backends::connect(&connections, &args.lease.into())?;
+    let backends = connect(&args.common, true).await?;
     let shutdown = shutdown_on_signal()?;
-    let submission = args.submission.limits(&args.memory);
-    let api_limits = args.api_limits.limits(submission);
-    let execution = args.execution.limits(&args.memory);
-    let state = api_state(&backends, api_limits, args.api.into(), &compile)?;
+    let state = api_state_from(&backends, &args.common, &args.api)?;
     let open = state.tokens.is_open();
     let (address, api) = spawn_api(state, shutdown.clone()).await?;
-    let worker = WorkerConfig::from(args.worker);
+    let worker = WorkerConfig::from(args.worker.worker.clone());
     let base_id = worker.effective_worker_id();
-    let retry = args.retry.into();
     let mut workers = Vec::new();
     for index in 1..=args.workers {
         let config = WorkerConfig {
             worker_id: Some(format!("{base_id}-{index}")),
             ..worker.clone()
         };
-        workers.push(spawn_worker(
+        workers.push(spawn_worker_from(
             &backends,
+            &args.common,
+            &args.worker,
             config,
-            &execution,
-            &compile,
-            &retry,
             shutdown.clone(),
         )?);
     }

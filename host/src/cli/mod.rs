@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
+use crate::config::{ApiLimits, ExecutionLimits};
 use crate::job::JobState;
 use flags::{
     ApiFlags, ApiLimitFlags, CompileFlags, ConnectionFlags, ExecutionFlags, LeaseFlags,
@@ -81,56 +82,86 @@ pub enum TokenCommand {
     Create,
 }
 
-/// `taskflow api`.
+/// What every server role shares: where PostgreSQL and Redis live, leases,
+/// how components are compiled, and the largest memory a job may have.
 #[derive(Debug, Args)]
-pub struct ApiArgs {
+pub struct CommonArgs {
     /// Where PostgreSQL and Redis live.
     #[command(flatten)]
     pub connections: ConnectionFlags,
+    /// Lease settings.
+    #[command(flatten)]
+    pub lease: LeaseFlags,
+    /// How components are compiled (uploads, and first use on a worker).
+    #[command(flatten)]
+    pub compile: CompileFlags,
+    /// The largest memory a job may ask for and a worker reserves.
+    #[command(flatten)]
+    pub memory: MemoryLimitFlag,
+}
+
+/// The API's own settings.
+#[derive(Debug, Args)]
+pub struct ApiOnlyArgs {
     /// API settings.
     #[command(flatten)]
     pub api: ApiFlags,
     /// What a submission may ask for.
     #[command(flatten)]
     pub submission: SubmissionFlags,
-    /// The largest memory a job may ask for.
-    #[command(flatten)]
-    pub memory: MemoryLimitFlag,
     /// What the API accepts beyond that.
     #[command(flatten)]
     pub api_limits: ApiLimitFlags,
-    /// Lease settings.
+}
+
+/// A worker's own settings.
+#[derive(Debug, Args)]
+pub struct WorkerOnlyArgs {
+    /// Worker settings.
     #[command(flatten)]
-    pub lease: LeaseFlags,
-    /// How uploads are compiled to check them.
+    pub worker: WorkerFlags,
+    /// What a worker grants an attempt.
     #[command(flatten)]
-    pub compile: CompileFlags,
+    pub execution: ExecutionFlags,
+    /// Retry schedule.
+    #[command(flatten)]
+    pub retry: RetryFlags,
+}
+
+impl ApiOnlyArgs {
+    /// What the API accepts, jobs' memory capped by `memory`.
+    pub fn limits(&self, memory: &MemoryLimitFlag) -> ApiLimits {
+        self.api_limits.limits(self.submission.limits(memory))
+    }
+}
+
+impl WorkerOnlyArgs {
+    /// What a worker grants, reserving `memory` per attempt.
+    pub fn execution(&self, memory: &MemoryLimitFlag) -> ExecutionLimits {
+        self.execution.limits(memory)
+    }
+}
+
+/// `taskflow api`.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// What every role shares.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The API's own settings.
+    #[command(flatten)]
+    pub api: ApiOnlyArgs,
 }
 
 /// `taskflow worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Where PostgreSQL and Redis live.
+    /// What every role shares.
     #[command(flatten)]
-    pub connections: ConnectionFlags,
-    /// Worker settings.
+    pub common: CommonArgs,
+    /// The worker's own settings.
     #[command(flatten)]
-    pub worker: WorkerFlags,
-    /// What this worker grants an attempt.
-    #[command(flatten)]
-    pub execution: ExecutionFlags,
-    /// The largest memory an attempt may have.
-    #[command(flatten)]
-    pub memory: MemoryLimitFlag,
-    /// Lease settings.
-    #[command(flatten)]
-    pub lease: LeaseFlags,
-    /// Retry schedule.
-    #[command(flatten)]
-    pub retry: RetryFlags,
-    /// How modules are compiled on first use.
-    #[command(flatten)]
-    pub compile: CompileFlags,
+    pub worker: WorkerOnlyArgs,
 }
 
 /// `taskflow migrate`.

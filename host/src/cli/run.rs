@@ -12,9 +12,11 @@ use clap::Args;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::flags::{CompileFlags, ExecutionFlags, MemoryLimitFlag, SubmissionFlags};
+use super::flags::{
+    AttemptLimitFlags, CompileFlags, ExecutionFlags, InputFlags, MemoryLimitFlag, SubmissionFlags,
+};
 use crate::config::CompileConfig;
-use crate::job::{JobInput, JobSpec};
+use crate::job::JobSpec;
 use crate::sandbox::{Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sandbox};
 
 /// `taskflow run`.
@@ -22,21 +24,12 @@ use crate::sandbox::{Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sand
 pub struct RunArgs {
     /// The component (.wasm built for wasm32-wasip2).
     pub file: PathBuf,
-    /// Input as JSON.
-    #[arg(long, conflicts_with = "input_file")]
-    pub input: Option<String>,
-    /// Read the input bytes from this file (passed as-is).
-    #[arg(long)]
-    pub input_file: Option<PathBuf>,
-    /// Wall-clock limit, in milliseconds.
-    #[arg(long)]
-    pub timeout_ms: Option<u64>,
-    /// CPU budget, in fuel units.
-    #[arg(long)]
-    pub fuel: Option<u64>,
-    /// Memory limit, in bytes.
-    #[arg(long)]
-    pub memory_limit_bytes: Option<u64>,
+    /// The task's input.
+    #[command(flatten)]
+    pub input: InputFlags,
+    /// The attempt's own limits.
+    #[command(flatten)]
+    pub limits: AttemptLimitFlags,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -78,19 +71,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     execution.validate()?;
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let input = match (&args.input, &args.input_file) {
-        (Some(json), _) => JobInput::Json(json.clone()),
-        (None, Some(file)) => JobInput::Bytes(
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
-        ),
-        (None, None) => JobInput::Json("null".to_owned()),
-    };
+    let input = args.input.read()?;
     let spec = JobSpec {
         module: hex::encode(Sha256::digest(&bytes)),
         input,
-        timeout_ms: args.timeout_ms,
-        fuel: args.fuel,
-        memory_limit_bytes: args.memory_limit_bytes,
+        timeout_ms: args.limits.timeout_ms,
+        fuel: args.limits.fuel,
+        memory_limit_bytes: args.limits.memory_limit_bytes,
         max_attempts: Some(1),
         queue: None,
         priority: None,

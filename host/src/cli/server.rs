@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiArgs, MigrateArgs, WorkerArgs};
+use super::{ApiArgs, ApiOnlyArgs, CommonArgs, MigrateArgs, WorkerArgs, WorkerOnlyArgs};
 use crate::api::auth::TokenHashes;
 use crate::api::{self, ApiState};
 use crate::config::{
@@ -196,18 +196,53 @@ pub fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
+/// Connects a role to PostgreSQL and Redis; with `migrate`, first creates
+/// the database if it is missing and applies migrations.
+pub async fn connect(common: &CommonArgs, migrate: bool) -> anyhow::Result<Backends> {
+    let connections = Connections::from(common.connections.clone());
+    if migrate {
+        prepare_database(&connections).await?;
+    }
+    Backends::connect(&connections, &common.lease.clone().into())
+}
+
+/// The API's state from its command line.
+pub fn api_state_from(
+    backends: &Backends,
+    common: &CommonArgs,
+    api: &ApiOnlyArgs,
+) -> anyhow::Result<ApiState> {
+    api_state(
+        backends,
+        api.limits(&common.memory),
+        api.api.clone().into(),
+        &common.compile.clone().into(),
+    )
+}
+
+/// Starts a worker named by `config` with the rest of its command line.
+pub fn spawn_worker_from(
+    backends: &Backends,
+    common: &CommonArgs,
+    worker: &WorkerOnlyArgs,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    spawn_worker(
+        backends,
+        config,
+        &worker.execution(&common.memory),
+        &common.compile.clone().into(),
+        &worker.retry.clone().into(),
+        shutdown,
+    )
+}
+
 /// `taskflow api`.
 pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
-    let connections = Connections::from(args.connections);
-    prepare_database(&connections).await?;
-    let backends = Backends::connect(&connections, &args.lease.into())?;
-    let state = api_state(
-        &backends,
-        args.api_limits.limits(args.submission.limits(&args.memory)),
-        args.api.into(),
-        &args.compile.into(),
-    )?;
+    let backends = connect(&args.common, true).await?;
+    let state = api_state_from(&backends, &args.common, &args.api)?;
     let open = state.tokens.is_open();
     let (address, server) = spawn_api(state, shutdown_on_signal()?).await?;
     tracing::info!(%address, "API listening");
@@ -223,8 +258,8 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 
 /// `taskflow worker`.
 pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let worker = WorkerConfig::from(args.worker);
-    if let Some(listen) = worker.metrics_listen.clone() {
+    let config = WorkerConfig::from(args.worker.worker.clone());
+    if let Some(listen) = config.metrics_listen.clone() {
         crate::telemetry::prometheus();
         tokio::spawn(async move {
             if let Err(error) = crate::telemetry::serve_metrics(&listen).await {
@@ -232,14 +267,13 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let backends = Backends::connect(&args.connections.into(), &args.lease.into())?;
+    let backends = connect(&args.common, false).await?;
     backends.redis.warn_if_evicting().await;
-    spawn_worker(
+    spawn_worker_from(
         &backends,
-        worker,
-        &args.execution.limits(&args.memory),
-        &args.compile.into(),
-        &args.retry.into(),
+        &args.common,
+        &args.worker,
+        config,
         shutdown_on_signal()?,
     )?
     .await?;

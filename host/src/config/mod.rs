@@ -78,7 +78,7 @@ impl Default for Connections {
     }
 }
 
-/// The retry schedule of failed attempts; see [`crate::backoff`].
+/// The retry schedule of failed attempts (`host/src/backoff.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Delay before the second attempt. Each further attempt doubles it.

@@ -31,7 +31,7 @@ pub enum AttemptEnd {
     },
 }
 
-/// Where a job goes after a failed attempt ([`crate::backoff::after_failure`]).
+/// Where a job goes after a failed attempt (`backoff::after_failure`, `host/src/backoff.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterFailure {
     /// It runs again after this backoff.

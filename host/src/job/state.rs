@@ -22,10 +22,10 @@
 //!   cancel (user): scheduled | available | running | retrying ──▶ cancelled ──retry──▶ available
 //! ```
 //!
-//! Every edge is one guarded SQL statement in [`crate::store`]: it names the
+//! Every edge is one guarded SQL statement in the store (`host/src/store/`): it names the
 //! state(s) it leaves, and edges out of `running` also require the fencing
 //! token of the attempt. A statement whose guard does not match changes
-//! nothing and reports [`Transition::Stale`](crate::store::Transition::Stale).
+//! nothing and reports `Transition::Stale`.
 //! The store maps these types to PostgreSQL's enums (`store/codec.rs`).
 
 use std::str::FromStr;

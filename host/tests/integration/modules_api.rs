@@ -6,18 +6,7 @@ use serde_json::Value;
 use crate::support::{TestApp, TestOptions, plugin};
 
 async fn put_module(app: &TestApp, body: Vec<u8>) -> (StatusCode, Value) {
-    let response = app
-        .http()
-        .put(format!("{}/v1/modules", app.url))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (
-        status,
-        response.json().await.expect("every response is JSON"),
-    )
+    app.put("/v1/modules", body).await
 }
 
 async fn module_count(app: &TestApp) -> i64 {

@@ -291,19 +291,17 @@ impl TestApp {
 
     /// POSTs `body` as JSON to `path`; every answer, error or not, is JSON.
     pub async fn post_json(&self, path: &str, body: &str) -> (reqwest::StatusCode, Value) {
-        let response = self
+        let request = self
             .http()
             .post(format!("{}{path}", self.url))
             .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (
-            status,
-            response.json().await.expect("every response is JSON"),
-        )
+            .body(body.to_owned());
+        json_answer(request).await
+    }
+
+    /// PUTs `body` to `path`.
+    pub async fn put(&self, path: &str, body: Vec<u8>) -> (reqwest::StatusCode, Value) {
+        json_answer(self.http().put(format!("{}{path}", self.url)).body(body)).await
     }
 
     /// How many jobs the database holds.
@@ -344,6 +342,16 @@ impl TestApp {
             .await
             .expect("drop the test database");
     }
+}
+
+/// Sends `request` and reads its answer's status and JSON body.
+async fn json_answer(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.json().await.expect("every response is JSON"),
+    )
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for up to `timeout`.
