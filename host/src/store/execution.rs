@@ -15,10 +15,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, StoreResult, Transition, millis, saturating_i64, storable_text};
-use crate::job::{AfterFailure, AttemptEnd, AttemptLog, Failure, FailureKind, Usage};
+use crate::job::{
+    AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, Failure, FailureKind, JobState, Usage,
+};
 
 /// A job a worker has claimed, with everything needed to run it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ClaimedJob {
     /// The job.
     pub id: Uuid,
@@ -58,7 +60,7 @@ impl ClaimedJob {
 }
 
 /// A job and the fencing token of one of its attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeaseRef {
     /// The job.
     pub job_id: Uuid,
@@ -141,8 +143,9 @@ impl Store {
         lease_ttl: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
         super::statement("claim_available");
-        Ok(sqlx::query_as::<_, ClaimedJob>(
-            "WITH due AS (
+        Ok(sqlx::query_as!(
+            ClaimedJob,
+            r#"WITH due AS (
                  SELECT id FROM jobs
                  WHERE state = 'available' AND queue = $1
                  ORDER BY priority DESC, run_at, id
@@ -157,12 +160,12 @@ impl Store {
              FROM due WHERE j.id = due.id
              RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
                        j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
-                       j.lease_token, j.attempted_at",
+                       j.lease_token AS "lease_token!", j.attempted_at AS "attempted_at!""#,
+            queue,
+            limit as i64,
+            worker_id,
+            millis(lease_ttl) as f64
         )
-        .bind(queue)
-        .bind(limit as i64)
-        .bind(worker_id)
-        .bind(millis(lease_ttl))
         .fetch_all(self.pool())
         .await?)
     }
@@ -201,8 +204,42 @@ impl Store {
                     .map(|(kind, message)| serde_json::json!({ "kind": kind, "message": message }))
             })
             .collect();
-        let applied: Vec<LeaseRef> = sqlx::query_as::<_, LeaseRef>(
-            "WITH input AS (
+        let job_ids: Vec<Uuid> = attempts.iter().map(|a| a.lease.job_id).collect();
+        let tokens: Vec<i64> = attempts.iter().map(|a| a.lease.lease_token).collect();
+        let next_states: Vec<JobState> = attempts.iter().map(|a| a.end.next_state()).collect();
+        let outputs: Vec<Option<&[u8]>> = attempts.iter().map(|a| a.end.output()).collect();
+        let retry_delays: Vec<Option<i64>> = attempts
+            .iter()
+            .map(|a| a.end.retry_delay().map(millis))
+            .collect();
+        let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
+        let workers: Vec<&str> = attempts.iter().map(|a| a.worker_id.as_str()).collect();
+        let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
+        let outcomes: Vec<AttemptOutcome> = attempts.iter().map(|a| a.end.outcome()).collect();
+        let kinds: Vec<Option<&str>> = errors
+            .iter()
+            .map(|error| error.as_ref().map(|(kind, _)| *kind))
+            .collect();
+        let messages: Vec<Option<&str>> = errors
+            .iter()
+            .map(|error| error.as_ref().map(|(_, message)| message.as_str()))
+            .collect();
+        let fuel: Vec<Option<i64>> = attempts
+            .iter()
+            .map(|a| a.usage.map(|u| saturating_i64(u.fuel_consumed)))
+            .collect();
+        let durations: Vec<Option<i64>> = attempts
+            .iter()
+            .map(|a| a.usage.map(|u| saturating_i64(u.duration.as_micros())))
+            .collect();
+        let logs: Vec<&str> = attempts.iter().map(|a| a.log.lines_json.as_str()).collect();
+        let dropped: Vec<i64> = attempts
+            .iter()
+            .map(|a| saturating_i64(a.log.dropped))
+            .collect();
+        let applied: Vec<LeaseRef> = sqlx::query_as!(
+            LeaseRef,
+            r#"WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::job_state[], $4::bytea[],
                                       $5::bigint[], $6::jsonb[], $7::int[], $8::text[],
                                       $9::timestamptz[], $10::attempt_outcome[], $11::text[],
@@ -234,73 +271,23 @@ impl Store {
                     i.error_kind, i.error_message, i.fuel_consumed, i.duration_us, i.logs::jsonb,
                     i.logs_dropped
              FROM input i JOIN finished f ON f.id = i.job_id AND f.lease_token = i.lease_token
-             RETURNING job_id, lease_token",
-        )
-        .bind(attempts.iter().map(|a| a.lease.job_id).collect::<Vec<_>>())
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.lease.lease_token)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.end.next_state())
-                .collect::<Vec<_>>(),
-        )
-        .bind(attempts.iter().map(|a| a.end.output()).collect::<Vec<_>>())
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.end.retry_delay().map(millis))
-                .collect::<Vec<_>>(),
-        )
-        .bind(last_errors)
-        .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.worker_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.end.outcome()).collect::<Vec<_>>())
-        .bind(
-            errors
-                .iter()
-                .map(|error| error.as_ref().map(|(kind, _)| *kind))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            errors
-                .iter()
-                .map(|error| error.as_ref().map(|(_, message)| message.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.usage.map(|u| saturating_i64(u.fuel_consumed)))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.usage.map(|u| saturating_i64(u.duration.as_micros())))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.log.lines_json.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            attempts
-                .iter()
-                .map(|a| saturating_i64(a.log.dropped))
-                .collect::<Vec<_>>(),
+             RETURNING job_id, lease_token"#,
+            &job_ids,
+            &tokens,
+            &next_states as &[JobState],
+            &outputs as &[Option<&[u8]>],
+            &retry_delays as &[Option<i64>],
+            &last_errors as &[Option<serde_json::Value>],
+            &numbers,
+            &workers as &[&str],
+            &started,
+            &outcomes as &[AttemptOutcome],
+            &kinds as &[Option<&str>],
+            &messages as &[Option<&str>],
+            &fuel as &[Option<i64>],
+            &durations as &[Option<i64>],
+            &logs as &[&str],
+            &dropped
         )
         .fetch_all(&mut *connection)
         .await?;
@@ -321,14 +308,17 @@ impl Store {
     /// trusting that it still holds them.
     pub async fn leases_still_held(&self, leases: &[LeaseRef]) -> StoreResult<Vec<LeaseRef>> {
         super::statement("leases_still_held");
-        Ok(sqlx::query_as::<_, LeaseRef>(
-            "SELECT j.id AS job_id, j.lease_token
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.job_id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.lease_token).collect();
+        Ok(sqlx::query_as!(
+            LeaseRef,
+            r#"SELECT j.id AS job_id, j.lease_token AS "lease_token!"
              FROM jobs j JOIN unnest($1::uuid[], $2::bigint[]) AS l(id, token)
                   ON j.id = l.id AND j.lease_token = l.token
-             WHERE j.state = 'running'",
+             WHERE j.state = 'running'"#,
+            &ids,
+            &tokens
         )
-        .bind(leases.iter().map(|l| l.job_id).collect::<Vec<_>>())
-        .bind(leases.iter().map(|l| l.lease_token).collect::<Vec<_>>())
         .fetch_all(self.pool())
         .await?)
     }

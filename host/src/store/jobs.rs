@@ -4,7 +4,8 @@ use uuid::Uuid;
 
 use super::records::{AttemptRecord, JobDetail, JobRecord, job_columns};
 use super::{Store, StoreResult};
-use crate::job::JobState;
+use crate::job::{AttemptOutcome, JobState};
+use sqlx::types::Json;
 
 /// Filters of [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
@@ -82,25 +83,29 @@ impl Store {
     ) -> StoreResult<Option<Vec<AttemptRecord>>> {
         super::statement("list_attempts");
         let mut tx = self.pool().begin().await?;
-        let exists =
-            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let exists = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1) AS "exists!""#,
+            id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if !exists {
             return Ok(None);
         }
-        let attempts = sqlx::query_as::<_, AttemptRecord>(
-            "SELECT attempt, lease_token, worker_id, started_at, finished_at, outcome,
-                    error_kind, error_message, fuel_consumed, duration_us, logs, logs_dropped
+        let attempts = sqlx::query_as!(
+            AttemptRecord,
+            r#"SELECT attempt, lease_token, worker_id, started_at, finished_at,
+                    outcome AS "outcome: AttemptOutcome", error_kind, error_message,
+                    fuel_consumed, duration_us, logs AS "logs: Json<serde_json::Value>",
+                    logs_dropped
              FROM job_attempts
              WHERE job_id = $1 AND ($2::bigint IS NULL OR lease_token > $2)
              ORDER BY lease_token
-             LIMIT $3",
+             LIMIT $3"#,
+            id,
+            after_lease_token,
+            limit
         )
-        .bind(id)
-        .bind(after_lease_token)
-        .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

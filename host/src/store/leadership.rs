@@ -18,7 +18,7 @@ impl Store {
         term: Duration,
     ) -> StoreResult<bool> {
         super::statement("elect_or_renew_leader");
-        let won = sqlx::query_scalar::<_, bool>(
+        let won = sqlx::query_scalar!(
             "INSERT INTO maintenance_leader (name, leader_id, elected_at, expires_at)
              VALUES ($1, $2, now(), now() + $3 * interval '1 millisecond')
              ON CONFLICT (name) DO UPDATE
@@ -28,11 +28,11 @@ impl Store {
                  expires_at = EXCLUDED.expires_at
              WHERE maintenance_leader.leader_id = EXCLUDED.leader_id
                 OR maintenance_leader.expires_at < now()
-             RETURNING true",
+             RETURNING true AS \"won!\"",
+            leadership,
+            candidate,
+            millis(term) as f64
         )
-        .bind(leadership)
-        .bind(candidate)
-        .bind(millis(term))
         .fetch_optional(self.pool())
         .await?;
         Ok(won.is_some())
@@ -43,21 +43,23 @@ impl Store {
     /// out. Guard: `leader_id = leader`.
     pub async fn resign_leader(&self, leadership: &str, leader: &str) -> StoreResult<()> {
         super::statement("resign_leader");
-        sqlx::query("DELETE FROM maintenance_leader WHERE name = $1 AND leader_id = $2")
-            .bind(leadership)
-            .bind(leader)
-            .execute(self.pool())
-            .await?;
+        sqlx::query!(
+            "DELETE FROM maintenance_leader WHERE name = $1 AND leader_id = $2",
+            leadership,
+            leader
+        )
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
     /// Who holds `leadership` now, if anyone's term is running.
     pub async fn current_leader(&self, leadership: &str) -> StoreResult<Option<String>> {
         super::statement("current_leader");
-        Ok(sqlx::query_scalar(
+        Ok(sqlx::query_scalar!(
             "SELECT leader_id FROM maintenance_leader WHERE name = $1 AND expires_at > now()",
+            leadership
         )
-        .bind(leadership)
         .fetch_optional(self.pool())
         .await?)
     }

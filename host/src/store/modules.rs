@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Store, StoreResult};
 
 /// A stored module, without its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModuleRecord {
     /// SHA-256 of the bytes, lowercase hex.
     pub hash: String,
@@ -31,14 +31,15 @@ impl Store {
     /// the component; `ANALYZE` samples a bounded number of rows.
     pub async fn insert_module(&self, hash: &str, bytes: &[u8]) -> StoreResult<ModuleRecord> {
         super::statement("insert_module");
-        let inserted = sqlx::query_as::<_, ModuleRecord>(
+        let inserted = sqlx::query_as!(
+            ModuleRecord,
             "INSERT INTO modules (hash, size_bytes, bytes) VALUES ($1, $2, $3)
              ON CONFLICT (hash) DO NOTHING
              RETURNING hash, size_bytes, created_at",
+            hash,
+            bytes.len() as i64,
+            bytes
         )
-        .bind(hash)
-        .bind(bytes.len() as i64)
-        .bind(bytes)
         .fetch_optional(self.pool())
         .await?;
         match inserted {
@@ -57,7 +58,7 @@ impl Store {
     /// and autovacuum analyzes the table eventually.
     async fn analyze_modules(&self) {
         super::statement("analyze_modules");
-        if let Err(error) = sqlx::query("ANALYZE modules").execute(self.pool()).await {
+        if let Err(error) = sqlx::query!("ANALYZE modules").execute(self.pool()).await {
             tracing::warn!(%error, "cannot refresh the statistics of modules");
         }
     }
@@ -65,10 +66,11 @@ impl Store {
     /// The module's record, if it was uploaded.
     pub async fn get_module(&self, hash: &str) -> StoreResult<Option<ModuleRecord>> {
         super::statement("get_module");
-        Ok(sqlx::query_as::<_, ModuleRecord>(
+        Ok(sqlx::query_as!(
+            ModuleRecord,
             "SELECT hash, size_bytes, created_at FROM modules WHERE hash = $1",
+            hash
         )
-        .bind(hash)
         .fetch_optional(self.pool())
         .await?)
     }
@@ -77,8 +79,7 @@ impl Store {
     pub async fn module_bytes(&self, hash: &str) -> StoreResult<Option<Vec<u8>>> {
         super::statement("module_bytes");
         Ok(
-            sqlx::query_scalar::<_, Vec<u8>>("SELECT bytes FROM modules WHERE hash = $1")
-                .bind(hash)
+            sqlx::query_scalar!("SELECT bytes FROM modules WHERE hash = $1", hash)
                 .fetch_optional(self.pool())
                 .await?,
         )
@@ -91,13 +92,14 @@ impl Store {
         limit: i64,
     ) -> StoreResult<Vec<ModuleRecord>> {
         super::statement("list_modules");
-        Ok(sqlx::query_as::<_, ModuleRecord>(
+        Ok(sqlx::query_as!(
+            ModuleRecord,
             "SELECT hash, size_bytes, created_at FROM modules
              WHERE $1::text IS NULL OR hash > $1
              ORDER BY hash LIMIT $2",
+            after,
+            limit
         )
-        .bind(after)
-        .bind(limit)
         .fetch_all(self.pool())
         .await?)
     }

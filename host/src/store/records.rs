@@ -118,7 +118,7 @@ pub struct JobDetail {
 }
 
 /// One finished attempt of a job.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
     /// Attempt number over the job's life, from 1.
     pub attempt: i32,

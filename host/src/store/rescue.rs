@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{LeaseRef, Store, StoreResult, millis};
 
 /// A running job whose lease the rescuer should check.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RunningLease {
     /// The job.
     pub job_id: Uuid,
@@ -44,15 +44,17 @@ impl Store {
     /// `jobs_lease_idx`.
     pub async fn running_past_lease(&self, limit: usize) -> StoreResult<Vec<RunningLease>> {
         super::statement("running_past_lease");
-        Ok(sqlx::query_as::<_, RunningLease>(
-            "SELECT id AS job_id, lease_token, attempt, attempt_base, max_attempts, worker_id,
-                    attempted_at
+        Ok(sqlx::query_as!(
+            RunningLease,
+            // Every claim sets these and nothing clears them: a running job has them.
+            r#"SELECT id AS job_id, lease_token AS "lease_token!", attempt, attempt_base,
+                    max_attempts, worker_id AS "worker_id!", attempted_at AS "attempted_at!"
              FROM jobs
              WHERE state = 'running' AND lease_expires_at < now()
              ORDER BY lease_expires_at
-             LIMIT $1",
+             LIMIT $1"#,
+            limit as i64
         )
-        .bind(limit as i64)
         .fetch_all(self.pool())
         .await?)
     }
@@ -70,24 +72,17 @@ impl Store {
             return Ok(0);
         }
         super::statement("extend_leases_if_token_matches");
-        Ok(sqlx::query(
+        let ids: Vec<Uuid> = leases.iter().map(|(l, _)| l.job_id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|(l, _)| l.lease_token).collect();
+        let expire_in_ms: Vec<i64> = leases.iter().map(|(_, until)| millis(*until)).collect();
+        Ok(sqlx::query!(
             "UPDATE jobs j
              SET lease_expires_at = now() + l.ms * interval '1 millisecond'
              FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS l(id, token, ms)
              WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token",
-        )
-        .bind(leases.iter().map(|(l, _)| l.job_id).collect::<Vec<_>>())
-        .bind(
-            leases
-                .iter()
-                .map(|(l, _)| l.lease_token)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            leases
-                .iter()
-                .map(|(_, until)| millis(*until))
-                .collect::<Vec<_>>(),
+            &ids,
+            &tokens,
+            &expire_in_ms
         )
         .execute(self.pool())
         .await?

@@ -15,7 +15,7 @@ impl Store {
     /// by `jobs_due_idx`.
     pub async fn promote_due(&self, limit: usize) -> StoreResult<Vec<String>> {
         super::statement("promote_due");
-        Ok(sqlx::query_scalar::<_, String>(
+        Ok(sqlx::query_scalar!(
             "WITH due AS (
                  SELECT id FROM jobs
                  WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
@@ -26,8 +26,8 @@ impl Store {
              UPDATE jobs j SET state = 'available', updated_at = now()
              FROM due WHERE j.id = due.id
              RETURNING j.queue",
+            limit as i64
         )
-        .bind(limit as i64)
         .fetch_all(self.pool())
         .await?)
     }
@@ -36,7 +36,7 @@ impl Store {
     /// is waiting. Zero when one is already due.
     pub async fn next_due_in(&self) -> StoreResult<Option<Duration>> {
         super::statement("next_due_in");
-        let millis: Option<f64> = sqlx::query_scalar(
+        let millis: Option<f64> = sqlx::query_scalar!(
             "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(run_at) - now())) * 1000)::float8
              FROM jobs WHERE state IN ('scheduled', 'retrying')",
         )

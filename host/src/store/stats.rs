@@ -11,7 +11,7 @@ use super::{Store, StoreResult};
 use crate::job::JobState;
 
 /// When jobs were created, started and finished, for latency figures.
-#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JobTimes {
     /// Submitted.
     pub created_at: DateTime<Utc>,
@@ -25,26 +25,28 @@ impl Store {
     /// How many jobs there are, in any state.
     pub async fn count_jobs(&self) -> StoreResult<i64> {
         super::statement("count_jobs");
-        Ok(sqlx::query_scalar("SELECT count(*) FROM jobs")
-            .fetch_one(self.pool())
-            .await?)
-    }
-
-    /// How many jobs are in `state`.
-    pub async fn count_jobs_in(&self, state: JobState) -> StoreResult<i64> {
-        super::statement("count_jobs_in");
         Ok(
-            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
-                .bind(state)
+            sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM jobs"#)
                 .fetch_one(self.pool())
                 .await?,
         )
     }
 
+    /// How many jobs are in `state`.
+    pub async fn count_jobs_in(&self, state: JobState) -> StoreResult<i64> {
+        super::statement("count_jobs_in");
+        Ok(sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM jobs WHERE state = $1"#,
+            state as JobState
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     /// Every job's id, in id (submission) order.
     pub async fn job_ids(&self) -> StoreResult<Vec<Uuid>> {
         super::statement("job_ids");
-        Ok(sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
+        Ok(sqlx::query_scalar!("SELECT id FROM jobs ORDER BY id")
             .fetch_all(self.pool())
             .await?)
     }
@@ -52,26 +54,32 @@ impl Store {
     /// How many attempts have been recorded, over all jobs.
     pub async fn count_attempts(&self) -> StoreResult<i64> {
         super::statement("count_attempts");
-        Ok(sqlx::query_scalar("SELECT count(*) FROM job_attempts")
-            .fetch_one(self.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM job_attempts"#)
+                .fetch_one(self.pool())
+                .await?,
+        )
     }
 
     /// How many attempts each job has recorded (jobs without any are absent).
     pub async fn attempts_per_job(&self) -> StoreResult<HashMap<Uuid, i64>> {
         super::statement("attempts_per_job");
-        let rows: Vec<(Uuid, i64)> =
-            sqlx::query_as("SELECT job_id, count(*) FROM job_attempts GROUP BY job_id")
-                .fetch_all(self.pool())
-                .await?;
-        Ok(rows.into_iter().collect())
+        let rows = sqlx::query!(
+            r#"SELECT job_id, count(*) AS "count!" FROM job_attempts GROUP BY job_id"#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.job_id, row.count))
+            .collect())
     }
 
     /// Mean wall time of the recorded attempts, in milliseconds.
     pub async fn mean_attempt_ms(&self) -> StoreResult<Option<f64>> {
         super::statement("mean_attempt_ms");
         Ok(
-            sqlx::query_scalar("SELECT avg(duration_us)::float8 / 1000 FROM job_attempts")
+            sqlx::query_scalar!("SELECT avg(duration_us)::float8 / 1000 FROM job_attempts")
                 .fetch_one(self.pool())
                 .await?,
         )
@@ -80,9 +88,11 @@ impl Store {
     /// How many modules are stored.
     pub async fn count_modules(&self) -> StoreResult<i64> {
         super::statement("count_modules");
-        Ok(sqlx::query_scalar("SELECT count(*) FROM modules")
-            .fetch_one(self.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM modules"#)
+                .fetch_one(self.pool())
+                .await?,
+        )
     }
 
     /// How many rows the planner believes `modules` holds: -1 until the
@@ -90,7 +100,7 @@ impl Store {
     pub async fn planner_module_estimate(&self) -> StoreResult<f32> {
         super::statement("planner_module_estimate");
         Ok(
-            sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'modules'::regclass")
+            sqlx::query_scalar!("SELECT reltuples FROM pg_class WHERE oid = 'modules'::regclass")
                 .fetch_one(self.pool())
                 .await?,
         )
@@ -99,10 +109,11 @@ impl Store {
     /// The times of the jobs `ids` that exist.
     pub async fn job_times(&self, ids: &[Uuid]) -> StoreResult<Vec<JobTimes>> {
         super::statement("job_times");
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as!(
+            JobTimes,
             "SELECT created_at, attempted_at, finished_at FROM jobs WHERE id = ANY($1)",
+            ids
         )
-        .bind(ids)
         .fetch_all(self.pool())
         .await?)
     }
@@ -112,9 +123,9 @@ impl Store {
     /// start to the latest finish among them, by PostgreSQL's clock.
     pub async fn busy_seconds_after_warm_up(&self) -> StoreResult<Option<f64>> {
         super::statement("busy_seconds_after_warm_up");
-        Ok(sqlx::query_scalar(
+        Ok(sqlx::query_scalar!(
             "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(attempted_at))::float8
-             FROM jobs WHERE attempt = 1 AND finished_at > (SELECT min(finished_at) FROM jobs)",
+             FROM jobs WHERE attempt = 1 AND finished_at > (SELECT min(finished_at) FROM jobs)"
         )
         .fetch_one(self.pool())
         .await?)
@@ -123,10 +134,10 @@ impl Store {
     /// From `run_at` to the last finish of the jobs due at `run_at`.
     pub async fn drained_seconds_after(&self, run_at: DateTime<Utc>) -> StoreResult<Option<f64>> {
         super::statement("drained_seconds_after");
-        Ok(sqlx::query_scalar(
+        Ok(sqlx::query_scalar!(
             "SELECT EXTRACT(EPOCH FROM max(finished_at) - $1)::float8 FROM jobs WHERE run_at = $1",
+            run_at
         )
-        .bind(run_at)
         .fetch_one(self.pool())
         .await?)
     }
@@ -135,8 +146,8 @@ impl Store {
     /// PostgreSQL's statistics report them.
     pub async fn commits(&self) -> StoreResult<i64> {
         super::statement("commits");
-        Ok(sqlx::query_scalar(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        Ok(sqlx::query_scalar!(
+            r#"SELECT xact_commit AS "commits!" FROM pg_stat_database WHERE datname = current_database()"#
         )
         .fetch_one(self.pool())
         .await?)
@@ -148,8 +159,9 @@ impl Store {
     /// does not do) or the extension may not be created.
     pub async fn statements_run(&self) -> Option<i64> {
         super::statement("statements_run");
-        // Created on the first call only: `IF NOT EXISTS` would log a notice
-        // on every later one.
+        // Checked at run time, not by `query!`: the view exists only where
+        // the extension is loaded. Created on the first call only: `IF NOT
+        // EXISTS` would log a notice on every later one.
         let installed: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')",
         )

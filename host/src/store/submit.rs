@@ -10,7 +10,7 @@ use crate::job::{JobState, NewJob};
 
 /// What PostgreSQL decided about an inserted job; the rest of its record is
 /// what was submitted, so only this travels back.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 struct Inserted {
     id: Uuid,
     state: JobState,
@@ -113,8 +113,25 @@ impl Store {
         jobs: &[NewJob],
     ) -> StoreResult<Vec<StoreResult<Submitted>>> {
         super::statement("insert_jobs");
-        let inserted = sqlx::query_as::<_, Inserted>(
-            "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
+        let column = |f: fn(&NewJob) -> i64| jobs.iter().map(f).collect::<Vec<_>>();
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        let modules: Vec<&str> = jobs.iter().map(|j| j.module_hash.as_str()).collect();
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        let priorities: Vec<i16> = jobs.iter().map(|j| j.priority).collect();
+        let inputs: Vec<&[u8]> = jobs.iter().map(|j| j.input.as_slice()).collect();
+        let max_attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
+        let timeouts: Vec<i32> = jobs.iter().map(|j| j.timeout_ms).collect();
+        let fuel = column(|j| j.fuel);
+        let memory = column(|j| j.memory_limit_bytes);
+        let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.idempotency_key.as_deref()).collect();
+        let fingerprints: Vec<Option<&[u8]>> = jobs
+            .iter()
+            .map(|j| j.request_fingerprint.as_deref())
+            .collect();
+        let inserted = sqlx::query_as!(
+            Inserted,
+            r#"INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
                                request_fingerprint)
              SELECT id, module_hash, queue, priority,
@@ -129,35 +146,20 @@ impl Store {
                        memory_limit_bytes, run_at, idempotency_key, request_fingerprint)
              WHERE EXISTS (SELECT 1 FROM modules m WHERE m.hash = t.module_hash)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id, state, run_at, created_at",
-        )
-        .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
-        .bind(
-            jobs.iter()
-                .map(|j| j.module_hash.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.input.as_slice()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.fuel).collect::<Vec<_>>())
-        .bind(
-            jobs.iter()
-                .map(|j| j.memory_limit_bytes)
-                .collect::<Vec<_>>(),
-        )
-        .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
-        .bind(
-            jobs.iter()
-                .map(|j| j.idempotency_key.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            jobs.iter()
-                .map(|j| j.request_fingerprint.as_deref())
-                .collect::<Vec<_>>(),
+             RETURNING id AS "id!", state AS "state!: JobState", run_at AS "run_at!",
+                       created_at AS "created_at!""#,
+            &ids,
+            &modules as &[&str],
+            &queues as &[&str],
+            &priorities,
+            &inputs as &[&[u8]],
+            &max_attempts,
+            &timeouts,
+            &fuel,
+            &memory,
+            &run_ats as &[Option<DateTime<Utc>>],
+            &keys as &[Option<&str>],
+            &fingerprints as &[Option<&[u8]>]
         )
         .fetch_all(&mut *connection)
         .await;
@@ -256,11 +258,11 @@ async fn unknown_modules(
         return Ok(Default::default());
     }
     let hashes: Vec<&str> = jobs.iter().map(|job| job.module_hash.as_str()).collect();
-    Ok(sqlx::query_scalar::<_, String>(
-        "SELECT DISTINCT h FROM unnest($1::text[]) AS h
-         WHERE NOT EXISTS (SELECT 1 FROM modules WHERE hash = h)",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT DISTINCT h AS "hash!" FROM unnest($1::text[]) AS h
+         WHERE NOT EXISTS (SELECT 1 FROM modules WHERE hash = h)"#,
+        &hashes as &[&str]
     )
-    .bind(hashes)
     .fetch_all(connection)
     .await?
     .into_iter()
