@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::flags::{AttemptLimitFlags, InputFlags};
-use super::{ClientArgs, JobCommand, ModuleCommand};
+use super::{ClientArgs, JobCommand, ModuleCommand, PageArgs};
 use crate::api::types::{AttemptList, JobQuery, JobView, JsonInput, ModuleView, SubmitJob};
 use crate::job::JobInput;
 
@@ -70,8 +70,7 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             print(&client, &module, || describe_module(&module))
         }
         ModuleCommand::List {
-            limit,
-            cursor,
+            page: PageArgs { limit, cursor },
             client,
         } => {
             let page = client
@@ -100,8 +99,7 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
         JobCommand::List {
             state,
             queue,
-            limit,
-            cursor,
+            page: PageArgs { limit, cursor },
             client,
         } => {
             let query = JobQuery {

@@ -172,6 +172,17 @@ pub struct MigrateArgs {
     pub connections: ConnectionFlags,
 }
 
+/// Which page of a list.
+#[derive(Debug, Clone, Args)]
+pub struct PageArgs {
+    /// Page size.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
 /// Options of every client command.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -224,12 +235,9 @@ pub enum ModuleCommand {
     },
     /// List modules.
     List {
-        /// Page size.
-        #[arg(long)]
-        limit: Option<u32>,
-        /// `next_cursor` of the previous page.
-        #[arg(long)]
-        cursor: Option<String>,
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
         /// API address and output format.
         #[command(flatten)]
         client: ClientArgs,
@@ -257,12 +265,9 @@ pub enum JobCommand {
         /// Only jobs on this queue.
         #[arg(long)]
         queue: Option<String>,
-        /// Page size.
-        #[arg(long)]
-        limit: Option<u32>,
-        /// `next_cursor` of the previous page.
-        #[arg(long)]
-        cursor: Option<String>,
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
         /// API address and output format.
         #[command(flatten)]
         client: ClientArgs,

@@ -10,7 +10,9 @@
 //! Every service has one shape, [`Service`]: a `run_once` that does one
 //! bounded pass (tests call it directly) and says how soon it wants the
 //! next, which [`run`] calls while this process leads, at most an interval
-//! apart, with a little jitter so services do not fire in step. Their
+//! apart: exactly when a pass asked for sooner (the scheduler's next due
+//! job), else after the interval plus a little jitter, so services do not
+//! fire in step. Their
 //! statements are guarded and skip locked rows, so the brief overlap of two
 //! leaders that [`elector`] allows costs nothing but duplicate work.
 
@@ -64,18 +66,29 @@ pub async fn run<S: Service>(
             () = leadership.acquired() => {}
             () = shutdown.cancelled() => return,
         }
-        let next = match service.run_once().await {
-            Ok(sooner) => sooner.map_or(interval, |sooner| sooner.min(interval)),
+        let asked = match service.run_once().await {
+            Ok(sooner) => sooner,
             Err(error) => {
                 tracing::warn!(%error, service = S::NAME, "maintenance pass failed");
-                interval
+                None
             }
         };
         tokio::select! {
-            () = tokio::time::sleep(jittered(next)) => {}
+            () = tokio::time::sleep(sleep_after(asked, interval)) => {}
             () = doorbell.notified() => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// How long to sleep after a pass that `asked` for its next one that soon
+/// (or did not ask): exactly that, up to `interval`, since a service asks
+/// for a moment that matters (the scheduler, the next job's `run_at`);
+/// otherwise `interval` plus jitter.
+fn sleep_after(asked: Option<Duration>, interval: Duration) -> Duration {
+    match asked {
+        Some(sooner) if sooner < interval => sooner,
+        _ => jittered(interval),
     }
 }
 
@@ -87,4 +100,26 @@ fn jittered(sleep: Duration) -> Duration {
         Err(_) => 0.5,
     };
     sleep.mul_f64(1.0 + JITTER_FRACTION * fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_that_asks_for_a_moment_gets_it_exactly_and_the_rest_get_jitter() {
+        let interval = Duration::from_secs(1);
+        let due = Duration::from_millis(250);
+        for _ in 0..100 {
+            assert_eq!(sleep_after(Some(due), interval), due);
+            assert_eq!(sleep_after(Some(Duration::ZERO), interval), Duration::ZERO);
+            for asked in [None, Some(interval), Some(interval * 5)] {
+                let sleep = sleep_after(asked, interval);
+                assert!(
+                    (interval..=interval.mul_f64(1.0 + JITTER_FRACTION)).contains(&sleep),
+                    "{asked:?}: {sleep:?}"
+                );
+            }
+        }
+    }
 }

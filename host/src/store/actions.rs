@@ -75,16 +75,13 @@ impl Store {
         .bind(id)
         .bind(error_kind)
         .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::JobNotFound(id))?;
-        if !row.applied {
-            return Err(StoreError::InvalidTransition {
-                id,
-                state: row.job.state,
-                action: "cancel",
-                allowed: "scheduled, available, running or retrying",
-            });
-        }
+        .await?;
+        let row = applied(
+            row,
+            id,
+            "cancel",
+            "scheduled, available, running or retrying",
+        )?;
         Ok(CancelOutcome {
             previous: row.previous.unwrap_or(row.job.state),
             job: row.job,
@@ -115,16 +112,28 @@ impl Store {
         ))
         .bind(id)
         .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::JobNotFound(id))?;
-        if !row.applied {
-            return Err(StoreError::InvalidTransition {
-                id,
-                state: row.job.state,
-                action: "retry",
-                allowed: "dead or cancelled",
-            });
-        }
+        .await?;
+        let row = applied(row, id, "retry", "dead or cancelled")?;
         Ok(row.job)
     }
+}
+
+/// The row of a guarded update of job `id`, or why it did not apply: no such
+/// job, or it is in a state `action` does not apply to (only `allowed`).
+fn applied(
+    row: Option<GuardedUpdate>,
+    id: Uuid,
+    action: &'static str,
+    allowed: &'static str,
+) -> StoreResult<GuardedUpdate> {
+    let row = row.ok_or(StoreError::JobNotFound(id))?;
+    if !row.applied {
+        return Err(StoreError::InvalidTransition {
+            id,
+            state: row.job.state,
+            action,
+            allowed,
+        });
+    }
+    Ok(row)
 }

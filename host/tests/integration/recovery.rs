@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use taskflow::api::types::{SubmitBatch, SubmitJob};
+use taskflow::api::types::SubmitJob;
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
 use uuid::Uuid;
@@ -82,22 +82,9 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
     let app = TestApp::start().await;
     let module = app.upload("misbehave").await;
     let workers = [app.spawn_worker("w1"), app.spawn_worker("w2")];
-    let jobs: Vec<SubmitJob> = (0..200)
-        .map(|_| SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"mode": "sleep", "ms": 15}).into()),
-            ..Default::default()
-        })
-        .collect();
-    let ids: Vec<Uuid> = app
-        .client
-        .submit_batch(&SubmitBatch { jobs })
-        .await
-        .unwrap()
-        .jobs
-        .iter()
-        .map(|j| j.id)
-        .collect();
+    let ids = app
+        .submit_many(&module, json!({"mode": "sleep", "ms": 15}), 200)
+        .await;
 
     let started = Instant::now();
     let mut flushes = 0;
@@ -144,22 +131,9 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
     let proxied_url = format!("postgres://postgres@{}/{}", proxy.address, app.db.name());
     let worker = app.spawn_worker_via(&proxied_url, "partitioned");
 
-    let jobs: Vec<SubmitJob> = (0..6)
-        .map(|_| SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"mode": "sleep", "ms": 400}).into()),
-            ..Default::default()
-        })
-        .collect();
-    let ids: Vec<Uuid> = app
-        .client
-        .submit_batch(&SubmitBatch { jobs })
-        .await
-        .unwrap()
-        .jobs
-        .iter()
-        .map(|j| j.id)
-        .collect();
+    let ids = app
+        .submit_many(&module, json!({"mode": "sleep", "ms": 400}), 6)
+        .await;
     // Cut as soon as the worker has claimed jobs, before any (400 ms) job can
     // have finished: every outcome then waits out the outage.
     eventually(Duration::from_secs(30), || async {

@@ -304,6 +304,25 @@ impl TestApp {
         json_answer(self.http().put(format!("{}{path}", self.url)).body(body)).await
     }
 
+    /// Submits `count` jobs of `module` with `input`, in one batch; their ids.
+    pub async fn submit_many(&self, module: &str, input: Value, count: usize) -> Vec<Uuid> {
+        let jobs = (0..count)
+            .map(|_| SubmitJob {
+                module: module.to_owned(),
+                input: Some(input.clone().into()),
+                ..Default::default()
+            })
+            .collect();
+        self.client
+            .submit_batch(&taskflow::api::types::SubmitBatch { jobs })
+            .await
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|job| job.id)
+            .collect()
+    }
+
     /// How many jobs the database holds.
     pub async fn job_count(&self) -> i64 {
         self.store().count_jobs().await.unwrap()
