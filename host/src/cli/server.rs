@@ -144,6 +144,7 @@ pub fn spawn_worker(
     let interval = config.maintenance_interval;
     let elector = Elector::new(
         backends.store.clone(),
+        backends.redis.clone(),
         config.effective_worker_id(),
         config.leader_term,
     );

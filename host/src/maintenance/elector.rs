@@ -14,12 +14,18 @@
 //! Two leaders can overlap only by the time a stalled one takes to run a
 //! pass it had begun; every maintenance statement is guarded and skips
 //! locked rows, so that costs duplicate work, never a wrong result.
+//!
+//! A worker stands only while it can reach Redis too: the rescuer cannot
+//! tell a dead worker from a live one without it, so a leader cut off from
+//! Redis would hold up every rescue for as long as its partition lasts. A
+//! leader whose Redis stops answering resigns.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::lease::Redis;
 use crate::store::Store;
 
 /// The name of the maintenance leadership in `maintenance_leader`.
@@ -35,6 +41,7 @@ pub const TERM_DEFAULT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Elector {
     store: Store,
+    redis: Redis,
     candidate: String,
     term: Duration,
     leading_until: watch::Sender<Option<Instant>>,
@@ -45,10 +52,12 @@ pub struct Elector {
 pub struct Leadership(watch::Receiver<Option<Instant>>);
 
 impl Elector {
-    /// An elector for the worker named `candidate`, with terms of `term`.
-    pub fn new(store: Store, candidate: String, term: Duration) -> Self {
+    /// An elector for the worker named `candidate`, with terms of `term`,
+    /// standing while `redis` answers.
+    pub fn new(store: Store, redis: Redis, candidate: String, term: Duration) -> Self {
         Self {
             store,
+            redis,
             candidate,
             term,
             leading_until: watch::Sender::new(None),
@@ -69,11 +78,16 @@ impl Elector {
                 () = shutdown.cancelled() => break,
             }
         }
-        if self.leading_until.borrow().is_some() {
-            self.leading_until.send_replace(None);
-            if let Err(error) = self.store.resign_leader(LEADERSHIP, &self.candidate).await {
-                tracing::warn!(%error, "could not resign as maintenance leader; the term runs out");
-            }
+        self.resign().await;
+    }
+
+    /// Stops leading, and ends the term in PostgreSQL so that the next
+    /// worker need not wait for it to run out.
+    async fn resign(&self) {
+        if self.leading_until.send_replace(None).is_some()
+            && let Err(error) = self.store.resign_leader(LEADERSHIP, &self.candidate).await
+        {
+            tracing::warn!(%error, "could not resign as maintenance leader; the term runs out");
         }
     }
 
@@ -81,6 +95,13 @@ impl Elector {
     /// answer. If PostgreSQL does not answer, the current term, if any, runs
     /// out on its own.
     pub async fn run_once(&self) {
+        if let Err(error) = self.redis.ping().await {
+            if self.leading_until.borrow().is_some() {
+                tracing::warn!(%error, worker_id = %self.candidate, "cannot reach Redis; resigning as maintenance leader");
+            }
+            self.resign().await;
+            return;
+        }
         let asked = Instant::now();
         let won = self
             .store

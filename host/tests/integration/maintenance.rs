@@ -11,6 +11,14 @@ use uuid::Uuid;
 
 use crate::support::{new_job, redis_url, store_with_jobs};
 
+fn redis() -> Redis {
+    Redis::connect_lazy(
+        &redis_url(),
+        &format!("tftest:{}:", Uuid::new_v4().simple()),
+    )
+    .unwrap()
+}
+
 fn leases(ttl: Duration) -> Leases {
     let redis = Redis::connect_lazy(
         &redis_url(),
@@ -113,8 +121,8 @@ async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_it
     let (db, _) = store_with_jobs(0).await;
     let store = db.store().clone();
     let term = Duration::from_millis(600);
-    let first = Elector::new(store.clone(), "w1".into(), term);
-    let second = Elector::new(store.clone(), "w2".into(), term);
+    let first = Elector::new(store.clone(), redis(), "w1".into(), term);
+    let second = Elector::new(store.clone(), redis(), "w2".into(), term);
     let (one, two) = (first.leadership(), second.leadership());
 
     first.run_once().await;
@@ -145,6 +153,51 @@ async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_it
             .unwrap()
             .as_deref(),
         Some("w1")
+    );
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_from_redis_does_not_lead_and_a_leader_that_loses_redis_steps_down() {
+    let (db, _) = store_with_jobs(0).await;
+    let store = db.store().clone();
+    let term = Duration::from_secs(30);
+    // Nothing listens on port 1: every Redis call fails at once.
+    let unreachable = Redis::connect_lazy("redis://127.0.0.1:1", "tftest:").unwrap();
+    let cut_off = Elector::new(store.clone(), unreachable, "cut-off".into(), term);
+    let healthy = Elector::new(store.clone(), redis(), "healthy".into(), term);
+
+    // The rescuer needs Redis to tell a dead worker from a live one, so a
+    // worker that cannot reach it must not take the leadership...
+    cut_off.run_once().await;
+    assert!(!cut_off.leadership().is_leading());
+    healthy.run_once().await;
+    assert!(healthy.leadership().is_leading());
+
+    // ...and a leader that loses Redis resigns rather than sit on the
+    // leadership for its whole term while rescues wait.
+    let proxy = crate::support::TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let partitioned = Elector::new(
+        store.clone(),
+        Redis::connect_lazy(&format!("redis://{}", proxy.address), "tftest:").unwrap(),
+        "partitioned".into(),
+        term,
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    shutdown.cancel();
+    healthy.run(shutdown).await; // resigns
+    partitioned.run_once().await;
+    assert!(partitioned.leadership().is_leading());
+    proxy.cut().await;
+    partitioned.run_once().await;
+    assert!(!partitioned.leadership().is_leading());
+    assert_eq!(
+        store
+            .current_leader(taskflow::maintenance::elector::LEADERSHIP)
+            .await
+            .unwrap(),
+        None,
+        "it resigned, so a worker that can reach Redis is elected at once"
     );
     db.drop_database().await.unwrap();
 }
