@@ -59,7 +59,8 @@ impl SubmitJob {
     /// When the input is given both ways or neither.
     pub fn into_spec(self) -> Result<JobSpec, FieldError> {
         let input = match (self.input, self.input_base64) {
-            (Some(json), None) => JobInput::Json(json.0.get().to_owned()),
+            // The raw text moves into the spec: no copy of a large input.
+            (Some(json), None) => JobInput::Json(Box::<str>::from(json.0).into_string()),
             (None, Some(encoded)) => JobInput::Base64(encoded),
             (Some(_), Some(_)) => {
                 return Err(FieldError::invalid(
