@@ -98,9 +98,19 @@ impl Figure {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The in-process scenarios run guests as a worker does, so they run
+    // under the worker's setting.
+    taskflow::telemetry::no_error_backtraces_by_default();
     let args = BenchArgs::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+/// Runs the chosen scenarios and prints the table.
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; build with --release for meaningful figures");
     }

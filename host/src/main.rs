@@ -3,14 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // wasmtime creates an error value on a hot path (dropping a store), and
-    // with RUST_BACKTRACE set every error captures a backtrace: about 8 µs
-    // per job. Panics keep their backtraces; RUST_LIB_BACKTRACE=1 restores
-    // them for errors too.
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
-    }
+    taskflow::telemetry::no_error_backtraces_by_default();
     let cli = taskflow::cli::Cli::parse();
     // A compiler process (started by the API or a worker) is single-minded
     // and runs under a memory limit: no runtime, no logging.

@@ -11,6 +11,19 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+/// Stops errors from capturing backtraces unless `RUST_LIB_BACKTRACE` asks
+/// for them: wasmtime creates an error value on a hot path (dropping a
+/// store), and with `RUST_BACKTRACE` set every error captures a backtrace,
+/// about 8 µs per job. Panics keep their backtraces. Every binary that runs
+/// guests calls this first thing in `main`, while no other thread exists
+/// (it sets an environment variable).
+pub fn no_error_backtraces_by_default() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called before any other thread exists (see above).
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 /// Installs the log subscriber. Call once, at startup.
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
