@@ -51,6 +51,16 @@ pub struct SubmitJob {
 }
 
 impl SubmitJob {
+    /// A submission of `module` with JSON `input` and every option left to
+    /// the server's defaults; set options with struct update syntax.
+    pub fn new(module: impl Into<String>, input: serde_json::Value) -> Self {
+        Self {
+            module: module.into(),
+            input: Some(input.into()),
+            ..Self::default()
+        }
+    }
+
     /// The submission in the job domain's terms, to be resolved against the
     /// server's limits ([`JobSpec::resolve`]).
     ///

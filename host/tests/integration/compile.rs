@@ -43,10 +43,8 @@ async fn store_module(app: &TestApp, bytes: &[u8]) -> String {
 
 async fn submit_once(app: &TestApp, module: &str, input: Value) -> uuid::Uuid {
     app.submit_with(SubmitJob {
-        module: module.to_owned(),
-        input: Some(input.into()),
         max_attempts: Some(1),
-        ..Default::default()
+        ..SubmitJob::new(module.to_owned(), input)
     })
     .await
     .id

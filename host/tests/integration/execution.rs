@@ -16,10 +16,11 @@ async fn a_failing_job_retries_on_the_documented_schedule_then_is_dead_lettered(
     let module = app.upload("misbehave").await;
     let job = app
         .submit_with(SubmitJob {
-            module,
-            input: Some(json!({"mode": "retryable_error", "message": "upstream busy"}).into()),
             max_attempts: Some(4),
-            ..Default::default()
+            ..SubmitJob::new(
+                module,
+                json!({"mode": "retryable_error", "message": "upstream busy"}),
+            )
         })
         .await;
     let job = app.wait_final(job.id).await;
@@ -81,10 +82,11 @@ async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh
     // Attempts as the task sees them: the third of three succeeds.
     let flaky = app
         .submit_with(SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"mode": "fail_until", "succeed_on": 3}).into()),
             max_attempts: Some(3),
-            ..Default::default()
+            ..SubmitJob::new(
+                module.clone(),
+                json!({"mode": "fail_until", "succeed_on": 3}),
+            )
         })
         .await;
     let flaky = app.wait_final(flaky.id).await;
@@ -95,10 +97,8 @@ async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh
     // again for the task, while attempt records keep numbering the job's life.
     let exhausted = app
         .submit_with(SubmitJob {
-            module,
-            input: Some(json!({"mode": "fail_until", "succeed_on": 2}).into()),
             max_attempts: Some(1),
-            ..Default::default()
+            ..SubmitJob::new(module, json!({"mode": "fail_until", "succeed_on": 2}))
         })
         .await;
     let exhausted = app.wait_final(exhausted.id).await;
@@ -133,10 +133,8 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
     let module = app.upload("misbehave").await;
     let hostile = |input: serde_json::Value, tweak: fn(&mut SubmitJob)| {
         let mut job = SubmitJob {
-            module: module.clone(),
-            input: Some(input.into()),
             max_attempts: Some(1),
-            ..Default::default()
+            ..SubmitJob::new(module.clone(), input)
         };
         tweak(&mut job);
         job
@@ -294,11 +292,9 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
     let before = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap();
     let job = app
         .submit_with(SubmitJob {
-            module,
-            input: Some(json!({"mode": "big_output", "bytes": OUTPUT}).into()),
             memory_limit_bytes: Some(256 << 20),
             max_attempts: Some(1),
-            ..Default::default()
+            ..SubmitJob::new(module, json!({"mode": "big_output", "bytes": OUTPUT}))
         })
         .await;
     let job = app.wait_final(job.id).await;
@@ -332,12 +328,11 @@ async fn a_write_beyond_what_the_stream_permits_traps_before_it_is_copied() {
     for (bytes, blocking, permitted) in [(32 << 20, false, 64 << 10), (64 << 10, true, 4096)] {
         let job = app
             .submit_with(SubmitJob {
-                module: module.clone(),
-                input: Some(
-                    json!({"mode": "raw_write", "bytes": bytes, "blocking": blocking}).into(),
-                ),
                 max_attempts: Some(1),
-                ..Default::default()
+                ..SubmitJob::new(
+                    module.clone(),
+                    json!({"mode": "raw_write", "bytes": bytes, "blocking": blocking}),
+                )
             })
             .await;
         let job = app.wait_final(job.id).await;
@@ -415,12 +410,10 @@ async fn a_crowd_of_hostile_jobs_does_not_stop_well_behaved_ones() {
     for round in 0..4 {
         for (mode, timeout_ms) in [("spin", 500), ("allocate", 30_000), ("recurse", 30_000)] {
             let job = SubmitJob {
-                module: module.clone(),
-                input: Some(json!({"mode": mode}).into()),
                 max_attempts: Some(1),
                 timeout_ms: Some(timeout_ms),
                 memory_limit_bytes: Some(16 << 20),
-                ..Default::default()
+                ..SubmitJob::new(module.clone(), json!({"mode": mode}))
             };
             hostile.push(app.submit_with(job).await.id);
         }

@@ -304,13 +304,14 @@ fn generated_components_never_get_a_5xx_compile_in_bounded_time_and_never_harm_a
             prop_assert!(!status.is_server_error(), "{status} {body}");
             if status == StatusCode::CREATED {
                 let job = runtime.block_on(app.submit_with(taskflow::api::types::SubmitJob {
-                    module: body["hash"].as_str().unwrap().to_owned(),
-                    input: Some(json!({"seed": seed[..16]}).into()),
                     max_attempts: Some(1),
                     timeout_ms: Some(2_000),
                     fuel: Some(100_000_000),
                     memory_limit_bytes: Some(16 << 20),
-                    ..Default::default()
+                    ..taskflow::api::types::SubmitJob::new(
+                        body["hash"].as_str().unwrap().to_owned(),
+                        json!({"seed": seed[..16]}),
+                    )
                 }));
                 jobs.borrow_mut().push(job.id);
             } else {

@@ -55,10 +55,8 @@ async fn a_batch_is_inserted_in_one_transaction_and_listed_with_keyset_paginatio
     let module = app.upload("hello").await;
     let jobs: Vec<SubmitJob> = (0..5)
         .map(|i| SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"name": format!("n{i}")}).into()),
             queue: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
-            ..Default::default()
+            ..SubmitJob::new(module.clone(), json!({"name": format!("n{i}")}))
         })
         .collect();
     let submitted = app
@@ -117,10 +115,8 @@ async fn a_job_scheduled_for_later_waits_for_its_time() {
     let run_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let job = app
         .submit_with(SubmitJob {
-            module,
-            input: Some(json!({}).into()),
             run_at: Some(run_at),
-            ..Default::default()
+            ..SubmitJob::new(module, json!({}))
         })
         .await;
     assert_eq!(job.state, JobState::Scheduled);
@@ -156,11 +152,9 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
     let worker = app.spawn_worker("w1");
     let spinning = app
         .submit_with(SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"mode": "spin"}).into()),
             timeout_ms: Some(60_000),
             fuel: Some(1_000_000_000_000),
-            ..Default::default()
+            ..SubmitJob::new(module.clone(), json!({"mode": "spin"}))
         })
         .await;
     eventually(Duration::from_secs(10), || async {
@@ -233,10 +227,11 @@ async fn attempts_come_in_pages_oldest_first() {
     let module = app.upload("misbehave").await;
     let job = app
         .submit_with(SubmitJob {
-            module,
-            input: Some(json!({"mode": "retryable_error", "message": "again"}).into()),
             max_attempts: Some(5),
-            ..Default::default()
+            ..SubmitJob::new(
+                module,
+                json!({"mode": "retryable_error", "message": "again"}),
+            )
         })
         .await;
     let job = app.wait_final(job.id).await;

@@ -112,10 +112,11 @@ async fn a_task_written_in_python_runs_end_to_end() {
     let module = app.upload("python_csv").await;
     let job = app
         .submit_with(SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"}).into()),
             memory_limit_bytes: Some(256 << 20),
-            ..Default::default()
+            ..SubmitJob::new(
+                module.clone(),
+                json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"}),
+            )
         })
         .await;
     let job = app.wait_final(job.id).await;
@@ -134,10 +135,8 @@ async fn a_task_written_in_python_runs_end_to_end() {
 
     let bad = app
         .submit_with(SubmitJob {
-            module,
-            input: Some(json!({"rows": []}).into()),
             memory_limit_bytes: Some(256 << 20),
-            ..Default::default()
+            ..SubmitJob::new(module, json!({"rows": []}))
         })
         .await;
     let bad = app.wait_final(bad.id).await;

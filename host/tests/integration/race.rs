@@ -15,11 +15,7 @@ async fn two_workers_racing_on_a_thousand_jobs_run_each_exactly_once() {
     let module = app.upload("hello").await;
     let workers = [app.spawn_worker("w1"), app.spawn_worker("w2")];
     let jobs: Vec<SubmitJob> = (0..1000)
-        .map(|i| SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"name": format!("job {i}")}).into()),
-            ..Default::default()
-        })
+        .map(|i| SubmitJob::new(module.clone(), json!({"name": format!("job {i}")})))
         .collect();
     app.client
         .submit_batch(&SubmitBatch { jobs })

@@ -180,11 +180,7 @@ async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_on
             app.db.name()
         ))
         .await;
-    let job = SubmitJob {
-        module,
-        input: Some(json!({}).into()),
-        ..Default::default()
-    };
+    let job = SubmitJob::new(module, json!({}));
     let mut accepted = Vec::new();
     for _ in 0..4 {
         accepted.push(api.submit(&job).await.expect("submits").job.id);
@@ -285,10 +281,8 @@ async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_with
     // A job due in a moment starts only if some worker runs the scheduler.
     let job = app
         .submit_with(SubmitJob {
-            module,
-            input: Some(json!({"mode": "succeed"}).into()),
             run_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(500)),
-            ..Default::default()
+            ..SubmitJob::new(module, json!({"mode": "succeed"}))
         })
         .await;
     let successor = eventually(Duration::from_secs(10), || async {

@@ -75,11 +75,10 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
     let client = app.client.clone().with_token(Some(token));
     let (module, _) = client.push_module(plugin("hello")).await.unwrap();
     let submitted = client
-        .submit(&taskflow::api::types::SubmitJob {
-            module: module.hash,
-            input: Some(json!({}).into()),
-            ..Default::default()
-        })
+        .submit(&taskflow::api::types::SubmitJob::new(
+            module.hash,
+            json!({}),
+        ))
         .await
         .unwrap();
     assert_eq!(submitted.job.state, JobState::Available);

@@ -17,6 +17,10 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
     let module = app.upload("hello").await;
     let unknown = "ab".repeat(32);
     let big = "x".repeat(2000);
+    // A job for `module` with one more field.
+    let job = |field: &str| format!(r#"{{"module": "{module}", "input": 1, {field}}}"#);
+    let invalid_field =
+        |field: &'static str, body: String| (body, StatusCode::BAD_REQUEST, "invalid_field", field);
     let cases: Vec<(String, StatusCode, &str, &str)> = vec![
         (
             "{not json".into(),
@@ -24,30 +28,10 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
             "invalid_json",
             "",
         ),
-        (
-            r#"{"input": {}}"#.into(),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "module",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": "three"}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "max_attempts",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "surprise": true}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "surprise",
-        ),
-        (
-            format!(r#"{{"module": "{module}"}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "input",
-        ),
+        invalid_field("module", r#"{"input": {}}"#.into()),
+        invalid_field("max_attempts", job(r#""max_attempts": "three""#)),
+        invalid_field("surprise", job(r#""surprise": true"#)),
+        invalid_field("input", format!(r#"{{"module": "{module}"}}"#)),
         (
             r#"{"module": "nope", "input": 1}"#.into(),
             StatusCode::BAD_REQUEST,
@@ -60,61 +44,20 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
             "module_not_found",
             &unknown,
         ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": 0}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "max_attempts",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": 1000}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "max_attempts",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "max_attempts": -1}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "max_attempts",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "timeout_ms": 99999999999}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "timeout_ms",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "fuel": 0}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "fuel",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "memory_limit_bytes": 17179869184}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
+        invalid_field("max_attempts", job(r#""max_attempts": 0"#)),
+        invalid_field("max_attempts", job(r#""max_attempts": 1000"#)),
+        invalid_field("max_attempts", job(r#""max_attempts": -1"#)),
+        invalid_field("timeout_ms", job(r#""timeout_ms": 99999999999"#)),
+        invalid_field("fuel", job(r#""fuel": 0"#)),
+        invalid_field(
             "memory_limit_bytes",
+            job(r#""memory_limit_bytes": 17179869184"#),
         ),
-        (
-            format!(
-                r#"{{"module": "{module}", "input": 1, "queue": "Robert'); DROP TABLE jobs;--"}}"#
-            ),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "queue",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "input_base64": "AA=="}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "either",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input_base64": "***"}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
+        invalid_field("queue", job(r#""queue": "Robert'); DROP TABLE jobs;--""#)),
+        invalid_field("either", job(r#""input_base64": "AA==""#)),
+        invalid_field(
             "base64",
+            format!(r#"{{"module": "{module}", "input_base64": "***"}}"#),
         ),
         (
             format!(r#"{{"module": "{module}", "input": "{big}"}}"#),
@@ -122,31 +65,11 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
             "input_too_large",
             "1000",
         ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "priority": 99999}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "priority",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "run_at": "tomorrow"}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "run_at",
-        ),
+        invalid_field("priority", job(r#""priority": 99999"#)),
+        invalid_field("run_at", job(r#""run_at": "tomorrow""#)),
         // Valid RFC 3339 for chrono, out of range for PostgreSQL.
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "run_at": "-10000-01-01T00:00:00Z"}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "run_at",
-        ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1, "run_at": "0000-12-31T23:59:59Z"}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "run_at",
-        ),
+        invalid_field("run_at", job(r#""run_at": "-10000-01-01T00:00:00Z""#)),
+        invalid_field("run_at", job(r#""run_at": "0000-12-31T23:59:59Z""#)),
         (
             format!(
                 r#"{{"module": "{module}", "input_base64": "{}"}}"#,
@@ -156,11 +79,9 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
             "input_too_large",
             "1000",
         ),
-        (
-            format!(r#"{{"module": "{module}", "input": 1e400}}"#),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
+        invalid_field(
             "input",
+            format!(r#"{{"module": "{module}", "input": 1e400}}"#),
         ),
     ];
     for (body, status, code, mention) in cases {
@@ -239,11 +160,10 @@ async fn binary_input_and_output_travel_as_base64() {
     let worker = app.spawn_worker("w1");
     let module = app.upload("misbehave").await;
     let job = app
-        .submit_with(SubmitJob {
-            module: module.clone(),
-            input: Some(json!({"mode": "big_output", "bytes": 3}).into()),
-            ..Default::default()
-        })
+        .submit_with(SubmitJob::new(
+            module.clone(),
+            json!({"mode": "big_output", "bytes": 3}),
+        ))
         .await;
     let job = app.wait_final(job.id).await;
     assert_eq!(job.output, None);
@@ -278,10 +198,8 @@ async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_req
     let app = TestApp::start().await;
     let module = app.upload("hello").await;
     let request = SubmitJob {
-        module: module.clone(),
-        input: Some(json!({"name": "once"}).into()),
         idempotency_key: Some("order-42".into()),
-        ..Default::default()
+        ..SubmitJob::new(module.clone(), json!({"name": "once"}))
     };
 
     let submissions = futures::future::join_all((0..16).map(|_| app.client.submit(&request))).await;
@@ -344,19 +262,15 @@ async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
     let input = json!({"name": "nul\u{0000}byte, emoji 🦀, rtl \u{202e}, combining e\u{301}", "deep": [[[["x"]]]]});
     let first = app
         .submit_with(SubmitJob {
-            module: module.clone(),
-            input: Some(input.clone().into()),
             idempotency_key: Some(key.into()),
-            ..Default::default()
+            ..SubmitJob::new(module.clone(), input.clone())
         })
         .await;
     let again = app
         .client
         .submit(&SubmitJob {
-            module: module.clone(),
-            input: Some(input.clone().into()),
             idempotency_key: Some(key.into()),
-            ..Default::default()
+            ..SubmitJob::new(module.clone(), input.clone())
         })
         .await
         .unwrap();
