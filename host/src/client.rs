@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::api::error::ErrorBody;
 use crate::api::types::{
-    AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModulePage, ModuleView, SubmitBatch,
-    SubmitJob, SubmittedBatch, SubmittedJob,
+    AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModulePage, ModuleView, PutQueue,
+    QueueList, QueueView, SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
 };
 
 /// What went wrong talking to the API.
@@ -104,6 +104,27 @@ impl Client {
         }
         self.send(self.http.get(self.url("/v1/modules")).query(&query))
             .await
+    }
+
+    /// A queue's settings (secrets by name only).
+    pub async fn get_queue(&self, name: &str) -> Result<QueueView, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/queues/{name}"))))
+            .await
+    }
+
+    /// Replaces a queue's settings.
+    pub async fn put_queue(&self, name: &str, queue: &PutQueue) -> Result<QueueView, ClientError> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/queues/{name}")))
+                .json(queue),
+        )
+        .await
+    }
+
+    /// Every configured queue.
+    pub async fn list_queues(&self) -> Result<QueueList, ClientError> {
+        self.send(self.http.get(self.url("/v1/queues"))).await
     }
 
     /// Submits a job.

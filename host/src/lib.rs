@@ -5,6 +5,8 @@
 //!
 //! - [`job`]: the domain: states, submissions and their limits, how an
 //!   attempt ends, failure codes. Knows nothing of HTTP, SQL or the CLI.
+//! - [`queue`]: what a queue's operator grants its tasks: the hosts they
+//!   may call, configuration, secrets they may use but never read.
 //! - [`api`]: the control plane. Accepts module uploads and job submissions
 //!   over REST, validates them and writes them to PostgreSQL. Holds no job
 //!   state in memory, so it can be restarted or scaled at will.
@@ -37,6 +39,7 @@ pub mod config;
 pub mod job;
 pub mod lease;
 pub mod maintenance;
+pub mod queue;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

@@ -157,6 +157,9 @@ impl ApiError {
                 "idempotency_conflict",
                 error.to_string(),
             ),
+            StoreError::MissingSecretValue(_) => {
+                Self::bad_request("invalid_field", error.to_string())
+            }
             StoreError::Raced => Self::new(StatusCode::CONFLICT, "raced", error.to_string()),
             StoreError::Unavailable(_) => Self::unavailable(error),
             StoreError::InvalidTransition { .. } => {

@@ -19,6 +19,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod modules;
+pub mod queues;
 pub mod serve;
 pub mod types;
 
@@ -61,6 +62,9 @@ pub struct ApiState {
     pub budget: body::RequestBudget,
     /// Accepted API tokens; empty means the API is open.
     pub tokens: auth::TokenHashes,
+    /// Seals queue secrets (`TASKFLOW_SECRET_KEY`); without it the API
+    /// refuses to store one.
+    pub secret_key: Option<crate::queue::SecretKey>,
 }
 
 /// All routes, with their state.
@@ -70,6 +74,7 @@ pub fn router(state: ApiState) -> Router {
     let authenticated = Router::new()
         .merge(modules::router())
         .merge(jobs::router())
+        .merge(queues::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -7,6 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod queues;
+
+pub use queues::{PutQueue, PutSecret, QueueList, QueueView, SecretView};
+
 use crate::job::{AttemptOutcome, FieldError, JobInput, JobSpec, JobState, attempts_used};
 use crate::store::{AttemptRecord, JobDetail, JobRecord, ModuleRecord};
 

@@ -185,7 +185,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     print(&args.client, &job, || describe_job(&job))
 }
 
-fn print<T: Serialize>(
+pub(super) fn print<T: Serialize>(
     args: &ClientArgs,
     value: &T,
     human: impl FnOnce() -> String,

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod dev;
 pub mod flags;
+pub mod queue;
 pub mod run;
 pub mod server;
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// Submit and inspect jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Grant a queue's tasks hosts, configuration and secrets.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Run a task component locally, in the worker's sandbox, without a
     /// server.
     Run(run::RunArgs),
@@ -307,6 +311,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(*args).await,
         Command::Module(command) => client::run_module(command).await,
         Command::Job(command) => client::run_job(command).await,
+        Command::Queue(command) => queue::run_queue(command).await,
         Command::Run(args) => run::run(args).await,
         Command::CompileComponent(_) => {
             anyhow::bail!("compile-component runs outside the async runtime (main.rs)")

@@ -18,6 +18,7 @@ use crate::config::{
 };
 use crate::lease::{Leases, Redis, Waker};
 use crate::maintenance::{self, Elector, Rescuer, Scheduler};
+use crate::queue::{MalformedSecretKey, SecretKey};
 use crate::sandbox::Compiler;
 use crate::store::Store;
 use crate::worker::Worker;
@@ -31,6 +32,8 @@ pub struct Backends {
     pub redis: Redis,
     /// Leases in Redis.
     pub leases: Leases,
+    /// The key queue secrets are sealed with (`TASKFLOW_SECRET_KEY`).
+    pub secret_key: Option<SecretKey>,
 }
 
 impl Backends {
@@ -51,6 +54,7 @@ impl Backends {
             store,
             redis,
             leases,
+            secret_key: None,
         })
     }
 }
@@ -96,6 +100,7 @@ pub fn api_state(
             config.request_body_timeout,
         ),
         tokens: TokenHashes::parse(&config.api_token_sha256)?,
+        secret_key: backends.secret_key.clone(),
         limits: Arc::new(limits),
         config: Arc::new(config),
     })
@@ -204,7 +209,59 @@ pub async fn connect(common: &CommonArgs, migrate: bool) -> anyhow::Result<Backe
     if migrate {
         prepare_database(&connections).await?;
     }
-    Backends::connect(&connections, &common.lease.clone().into())
+    let mut backends = Backends::connect(&connections, &common.lease.clone().into())?;
+    backends.secret_key = secret_key_from_env()?;
+    check_secret_key(&backends.store, backends.secret_key.as_ref()).await?;
+    Ok(backends)
+}
+
+/// `TASKFLOW_SECRET_KEY`, read from the environment only: a command-line
+/// flag would show it in `ps`, and a parse error would print it.
+fn secret_key_from_env() -> anyhow::Result<Option<SecretKey>> {
+    match std::env::var("TASKFLOW_SECRET_KEY") {
+        Ok(text) if !text.is_empty() => Ok(Some(SecretKey::parse(&text)?)),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(MalformedSecretKey.into()),
+    }
+}
+
+/// Refuses to start when stored secrets were sealed with a key this process
+/// does not hold: every job that needs one would fail. When PostgreSQL
+/// cannot be reached the check is skipped (the process starts anyway, as
+/// with every dependency), and a job's attempt reports a wrong key instead.
+pub async fn check_secret_key(store: &Store, key: Option<&SecretKey>) -> anyhow::Result<()> {
+    let sealed_with = match store.secret_key_ids().await {
+        Ok(ids) => ids,
+        Err(error) => {
+            tracing::warn!(%error, "cannot check TASKFLOW_SECRET_KEY against stored secrets");
+            return Ok(());
+        }
+    };
+    let count: i64 = sealed_with.iter().map(|(_, count)| count).sum();
+    let ids: Vec<&str> = sealed_with.iter().map(|(id, _)| id.as_str()).collect();
+    match key {
+        _ if sealed_with.is_empty() => Ok(()),
+        None => anyhow::bail!(
+            "{count} queue secrets are stored (sealed with key {}) but TASKFLOW_SECRET_KEY is not \
+             set: start every API and worker with the key they were sealed with",
+            ids.join(", ")
+        ),
+        Some(key) if !ids.contains(&key.id()) => anyhow::bail!(
+            "TASKFLOW_SECRET_KEY (key {}) is not the key the {count} stored queue secrets were \
+             sealed with ({}): start with that key, or set the secrets again",
+            key.id(),
+            ids.join(", ")
+        ),
+        Some(key) if ids.len() > 1 => {
+            tracing::warn!(
+                key = key.id(),
+                others = ?ids,
+                "some queue secrets were sealed with another key: set them again to use them"
+            );
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// The API's state from its command line.

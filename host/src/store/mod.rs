@@ -21,6 +21,7 @@ pub mod execution;
 pub mod jobs;
 pub mod leadership;
 pub mod modules;
+pub mod queues;
 pub mod records;
 pub mod rescue;
 pub mod schedule;
@@ -42,6 +43,7 @@ pub use actions::CancelOutcome;
 pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef};
 pub use jobs::JobFilter;
 pub use modules::ModuleRecord;
+pub use queues::{QueueGrants, QueueRecord};
 pub use records::{AttemptRecord, JobDetail, JobRecord};
 pub use rescue::RunningLease;
 pub use stats::JobTimes;
@@ -110,6 +112,9 @@ pub enum StoreError {
     /// ([`Submitter`]); every submission of the group gets this error.
     #[error("{0}")]
     Group(Arc<StoreError>),
+    /// A secret kept without a new value has no stored value to keep.
+    #[error("secrets.{0}.value: a new secret needs a value")]
+    MissingSecretValue(String),
     /// The group-commit writers stopped (the runtime is shutting down).
     #[error("the submission writer stopped")]
     WriterStopped,

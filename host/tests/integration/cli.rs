@@ -7,9 +7,14 @@ use serde_json::Value;
 use crate::support::{TestApp, plugin_path};
 
 fn taskflow(args: &[&str]) -> Output {
+    taskflow_with_env(args, &[])
+}
+
+fn taskflow_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_taskflow"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .expect("the taskflow binary runs")
 }
@@ -168,5 +173,75 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
         text(&missing.stderr)
     );
     worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_commands_grant_hosts_config_and_a_secret_read_from_the_environment() {
+    const SECRET: &str = "cli-secret-never-printed";
+    let app = TestApp::start().await;
+    let url = app.url.clone();
+    let queue = move |args: &[&str]| {
+        let mut all: Vec<String> = ["queue"]
+            .iter()
+            .chain(args)
+            .map(|&a| a.to_owned())
+            .collect();
+        all.extend(["--api".to_owned(), url.clone()]);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            taskflow_with_env(&args, &[("TASKFLOW_SECRET_HOOK_KEY", SECRET)])
+        })
+    };
+    let set = queue(&[
+        "set",
+        "webhooks",
+        "--allow-host",
+        "https://hooks.example.com",
+        "--config",
+        "region=eu",
+        "--secret",
+        "hook-key=https://hooks.example.com",
+        "--json",
+    ])
+    .await
+    .unwrap();
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let view: Value = serde_json::from_slice(&set.stdout).unwrap();
+    assert_eq!(view["allowed_hosts"][0], "https://hooks.example.com");
+    assert_eq!(view["config"]["region"], "eu");
+    assert_eq!(
+        view["secrets"]["hook-key"]["allowed_hosts"][0],
+        "https://hooks.example.com"
+    );
+    let grants = app.store().queue_grants("webhooks").await.unwrap();
+    let key = app.backends.secret_key.as_ref().unwrap();
+    let opened = key.open("webhooks", "hook-key", &grants.sealed_secrets["hook-key"]);
+    assert_eq!(opened.unwrap().expose(), SECRET);
+
+    let got = queue(&["get", "webhooks"]).await.unwrap();
+    let shown = text(&got.stdout);
+    assert!(
+        shown.contains("allow  https://hooks.example.com"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("secret hook-key -> https://hooks.example.com"),
+        "{shown}"
+    );
+    let listed = queue(&["list"]).await.unwrap();
+    assert!(text(&listed.stdout).contains("queue webhooks"));
+    for output in [&set, &got, &listed] {
+        assert!(!text(&output.stdout).contains(SECRET) && !text(&output.stderr).contains(SECRET));
+    }
+    let refused = queue(&["set", "webhooks", "--allow-host", "ftp://x"])
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("allowed_hosts[0]"),
+        "{}",
+        text(&refused.stderr)
+    );
     app.finish().await;
 }

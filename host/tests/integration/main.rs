@@ -16,6 +16,7 @@ mod leases;
 mod maintenance;
 mod modules_api;
 mod plugins;
+mod queues_api;
 mod race;
 mod recovery;
 mod sandbox;

@@ -14,6 +14,7 @@ use taskflow::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
+use taskflow::queue::SecretKey;
 use taskflow::store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +56,12 @@ pub struct TestOptions {
     pub api_token_sha256: Vec<String>,
     /// How the API and the workers compile.
     pub compile: CompileConfig,
+    /// The key queue secrets are sealed with; `None` stores none.
+    pub secret_key: Option<SecretKey>,
 }
+
+/// The key tests seal secrets with (base64 of 32 bytes).
+pub const TEST_SECRET_KEY: &str = "dGFza2Zsb3cgdGVzdCBrZXk6IG5vdCBzZWNyZXQhISE=";
 
 /// Compile settings for tests: the defaults, with the `taskflow` binary as
 /// the compiler (this test binary is not it).
@@ -78,6 +84,7 @@ impl Default for TestOptions {
                 backoff_max: Duration::from_secs(1),
             },
             api_token_sha256: Vec::new(),
+            secret_key: Some(SecretKey::parse(TEST_SECRET_KEY).expect("a valid key")),
         }
     }
 }
@@ -138,7 +145,8 @@ impl TestApp {
         let lease = LeaseConfig {
             lease_ttl: options.lease_ttl,
         };
-        let backends = Backends::connect(&connections, &lease).expect("valid connections");
+        let mut backends = Backends::connect(&connections, &lease).expect("valid connections");
+        backends.secret_key = options.secret_key.clone();
         let mut api_config = ApiConfig {
             listen: "127.0.0.1:0".into(),
             api_token_sha256: options.api_token_sha256.clone(),
@@ -230,7 +238,9 @@ impl TestApp {
         let lease = LeaseConfig {
             lease_ttl: self.backends.leases.ttl(),
         };
-        Backends::connect(&connections, &lease).expect("valid connections")
+        let mut backends = Backends::connect(&connections, &lease).expect("valid connections");
+        backends.secret_key = self.backends.secret_key.clone();
+        backends
     }
 
     fn spawn_worker_on(&self, backends: &Backends, config: WorkerConfig) -> TestWorker {
@@ -264,12 +274,7 @@ impl TestApp {
 
     /// Submits a job of `module` with JSON `input` and default options.
     pub async fn submit(&self, module: &str, input: Value) -> JobView {
-        self.submit_with(SubmitJob {
-            module: module.into(),
-            input: Some(input.into()),
-            ..Default::default()
-        })
-        .await
+        self.submit_with(SubmitJob::new(module, input)).await
     }
 
     pub async fn submit_with(&self, job: SubmitJob) -> JobView {
@@ -291,9 +296,28 @@ impl TestApp {
 
     /// POSTs `body` as JSON to `path`; every answer, error or not, is JSON.
     pub async fn post_json(&self, path: &str, body: &str) -> (reqwest::StatusCode, Value) {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    /// GETs `path`; every answer, error or not, is JSON.
+    pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        json_answer(self.http().get(format!("{}{path}", self.url))).await
+    }
+
+    /// PUTs `body` as JSON to `path`.
+    pub async fn put_json(&self, path: &str, body: &str) -> (reqwest::StatusCode, Value) {
+        self.send_json(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (reqwest::StatusCode, Value) {
         let request = self
             .http()
-            .post(format!("{}{path}", self.url))
+            .request(method, format!("{}{path}", self.url))
             .header("content-type", "application/json")
             .body(body.to_owned());
         json_answer(request).await
@@ -307,11 +331,7 @@ impl TestApp {
     /// Submits `count` jobs of `module` with `input`, in one batch; their ids.
     pub async fn submit_many(&self, module: &str, input: Value, count: usize) -> Vec<Uuid> {
         let jobs = (0..count)
-            .map(|_| SubmitJob {
-                module: module.to_owned(),
-                input: Some(input.clone().into()),
-                ..Default::default()
-            })
+            .map(|_| SubmitJob::new(module.to_owned(), input.clone()))
             .collect();
         self.client
             .submit_batch(&taskflow::api::types::SubmitBatch { jobs })

@@ -1,0 +1,153 @@
+//! `taskflow queue get|set|list`: a queue's grants from the command line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::ClientArgs;
+use super::client::print;
+use crate::api::types::{PutQueue, PutSecret, QueueView};
+use crate::queue::SecretValue;
+
+/// `taskflow queue …`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Show a queue's settings (secrets by name and hosts, never value).
+    Get {
+        /// The queue.
+        name: String,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace a queue's settings: whatever is not given is removed.
+    Set(SetArgs),
+    /// List configured queues.
+    List {
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `taskflow queue set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The queue.
+    pub name: String,
+    /// A host tasks may call: `https://api.example.com`,
+    /// `https://*.example.com:8443`, `http://10.0.0.5:9000`. Repeat for more.
+    #[arg(long = "allow-host", value_name = "URL")]
+    pub allowed_hosts: Vec<String>,
+    /// A value tasks may read, as KEY=VALUE. Repeat for more.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub config: Vec<(String, String)>,
+    /// A secret and the hosts it may be sent to, as NAME=URL[,URL…]. Its value
+    /// is read from the environment variable TASKFLOW_SECRET_<NAME> (upper
+    /// case, `.` and `-` as `_`), never from the command line; when that is
+    /// unset the stored value is kept.
+    #[arg(long = "secret", value_name = "NAME=URL[,URL…]", value_parser = key_value)]
+    pub secrets: Vec<(String, String)>,
+    /// Read the settings from a JSON file instead (the body of
+    /// `PUT /v1/queues/{name}`, secret values included).
+    #[arg(long, conflicts_with_all = ["allowed_hosts", "config", "secrets"])]
+    pub file: Option<PathBuf>,
+    /// API address and output format.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Runs a `taskflow queue` command.
+pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
+    match command {
+        QueueCommand::Get { name, client } => {
+            let queue = client.client().get_queue(&name).await?;
+            print(&client, &queue, || describe_queue(&queue))
+        }
+        QueueCommand::Set(args) => {
+            let settings = match &args.file {
+                Some(file) => {
+                    let text = std::fs::read(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    serde_json::from_slice(&text)
+                        .with_context(|| format!("{} is not a queue's settings", file.display()))?
+                }
+                None => settings_from_flags(&args),
+            };
+            let queue = args
+                .client
+                .client()
+                .put_queue(&args.name, &settings)
+                .await?;
+            print(&args.client, &queue, || describe_queue(&queue))
+        }
+        QueueCommand::List { client } => {
+            let list = client.client().list_queues().await?;
+            print(&client, &list, || {
+                let lines: Vec<String> = list.queues.iter().map(describe_queue).collect();
+                lines.join("\n\n")
+            })
+        }
+    }
+}
+
+fn settings_from_flags(args: &SetArgs) -> PutQueue {
+    let secrets = args
+        .secrets
+        .iter()
+        .map(|(name, hosts)| {
+            let secret = PutSecret {
+                value: std::env::var(secret_variable(name))
+                    .ok()
+                    .map(SecretValue::new),
+                allowed_hosts: hosts.split(',').map(str::to_owned).collect(),
+            };
+            (name.clone(), secret)
+        })
+        .collect();
+    PutQueue {
+        allowed_hosts: args.allowed_hosts.clone(),
+        config: args.config.iter().cloned().collect::<BTreeMap<_, _>>(),
+        secrets,
+    }
+}
+
+/// The environment variable `taskflow queue set --secret NAME=…` reads.
+pub fn secret_variable(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| match c {
+            '.' | '-' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("TASKFLOW_SECRET_{name}")
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| "expected KEY=VALUE".to_owned())
+}
+
+fn describe_queue(queue: &QueueView) -> String {
+    let mut lines = vec![format!("queue {}", queue.name)];
+    if queue.created_at.is_none() {
+        lines.push("  never configured: grants nothing".to_owned());
+    }
+    for host in &queue.allowed_hosts {
+        lines.push(format!("  allow  {host}"));
+    }
+    for (key, value) in &queue.config {
+        lines.push(format!("  config {key}={value}"));
+    }
+    for (name, secret) in &queue.secrets {
+        lines.push(format!(
+            "  secret {name} -> {}",
+            secret.allowed_hosts.join(", ")
+        ));
+    }
+    lines.join("\n")
+}

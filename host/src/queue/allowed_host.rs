@@ -1,0 +1,495 @@
+//! Which hosts a task may reach ([`AllowedHost`]) and which addresses are
+//! off limits unless named ([`is_public_address`]).
+//!
+//! An entry names a scheme, a host and a port, and all three must match a
+//! request: `https://api.example.com` allows port 443 over TLS only,
+//! `https://*.example.com:8443` any subdomain of example.com (not
+//! example.com itself) on port 8443, `http://10.0.0.5:9000` that address
+//! only. Nothing is allowed unless an entry says so.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// `http` or `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// Parses `http` or `https` (any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.eq_ignore_ascii_case("http") {
+            Some(Self::Http)
+        } else if text.eq_ignore_ascii_case("https") {
+            Some(Self::Https)
+        } else {
+            None
+        }
+    }
+
+    /// The port a URL of this scheme means when it names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Http => 80,
+            Self::Https => 443,
+        }
+    }
+
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// The host part of an [`AllowedHost`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum HostMatch {
+    /// One DNS name, lowercase.
+    Name(String),
+    /// Any name ending in `.{suffix}` (one or more labels before it).
+    Subdomains(String),
+    /// One literal address.
+    Address(IpAddr),
+}
+
+/// One entry of a queue's `allowed_hosts` (or of a secret's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AllowedHost {
+    scheme: Scheme,
+    host: HostMatch,
+    port: u16,
+}
+
+/// Why an `allowed_hosts` entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an allowed host: {1}")]
+pub struct InvalidAllowedHost(pub String, pub &'static str);
+
+/// Longest entry accepted.
+const MAX_ENTRY_BYTES: usize = 300;
+
+impl AllowedHost {
+    /// Parses `scheme://host[:port]`, where host is a DNS name, `*.` and a
+    /// DNS name, an IPv4 address or a bracketed IPv6 address. No path,
+    /// query, user or wildcard port: an entry grants one host and port.
+    ///
+    /// # Errors
+    ///
+    /// If `entry` is not of that form.
+    pub fn parse(entry: &str) -> Result<Self, InvalidAllowedHost> {
+        let invalid = |why| InvalidAllowedHost(entry.chars().take(80).collect(), why);
+        if entry.len() > MAX_ENTRY_BYTES {
+            return Err(invalid("longer than 300 bytes"));
+        }
+        let (scheme, rest) = entry
+            .split_once("://")
+            .ok_or_else(|| invalid("must start with http:// or https://"))?;
+        let scheme =
+            Scheme::parse(scheme).ok_or_else(|| invalid("the scheme must be http or https"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(invalid(
+                "name a scheme, host and port only: no path, query or user",
+            ));
+        }
+        let (host, port) =
+            split_host_port(rest).ok_or_else(|| invalid("malformed host or port"))?;
+        let port = match port {
+            None => scheme.default_port(),
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| invalid("the port must be 1-65535"))?,
+        };
+        let host = parse_host_match(host).ok_or_else(|| invalid("malformed host name"))?;
+        Ok(Self { scheme, host, port })
+    }
+
+    /// Whether a request to `scheme://host:port` is allowed by this entry.
+    /// `host` is the URL's host as the guest wrote it (a name or a literal
+    /// address, IPv6 with or without brackets; any case; a trailing dot is
+    /// ignored).
+    pub fn allows(&self, scheme: Scheme, host: &str, port: u16) -> bool {
+        if self.scheme != scheme || self.port != port {
+            return false;
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match &self.host {
+            HostMatch::Address(address) => parse_address(host) == Some(*address),
+            HostMatch::Name(name) => host.eq_ignore_ascii_case(name),
+            HostMatch::Subdomains(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+
+    /// Whether this entry names `address` itself (a literal IP, or
+    /// `localhost` for loopback addresses): only such an entry lets a
+    /// request reach an address [`is_public_address`] refuses.
+    pub fn names_address(&self, address: IpAddr) -> bool {
+        match &self.host {
+            HostMatch::Address(named) => canonical(*named) == canonical(address),
+            HostMatch::Name(name) => name == "localhost" && canonical(address).is_loopback(),
+            HostMatch::Subdomains(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for AllowedHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.scheme.as_str())?;
+        match &self.host {
+            HostMatch::Name(name) => f.write_str(name)?,
+            HostMatch::Subdomains(suffix) => write!(f, "*.{suffix}")?,
+            HostMatch::Address(IpAddr::V6(address)) => write!(f, "[{address}]")?,
+            HostMatch::Address(IpAddr::V4(address)) => write!(f, "{address}")?,
+        }
+        if self.port != self.scheme.default_port() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host[:port]`, where an IPv6 host is bracketed.
+fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?))),
+        };
+    }
+    match text.split_once(':') {
+        Some((host, port)) => Some((host, Some(port))),
+        None => Some((text, None)),
+    }
+}
+
+fn parse_host_match(host: &str) -> Option<HostMatch> {
+    if let Some(address) = parse_address(host) {
+        return Some(HostMatch::Address(address));
+    }
+    let host = host.to_ascii_lowercase();
+    match host.strip_prefix("*.") {
+        Some(suffix) if is_dns_name(suffix) => Some(HostMatch::Subdomains(suffix.to_owned())),
+        Some(_) => None,
+        None if is_dns_name(&host) => Some(HostMatch::Name(host)),
+        None => None,
+    }
+}
+
+/// A literal address, IPv6 with or without brackets.
+fn parse_address(host: &str) -> Option<IpAddr> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse().ok()
+}
+
+/// A DNS name of letters, digits and hyphens: labels of 1-63, at most 253 in
+/// all, and not all digits at the end (that would be a mistyped address).
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !name
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        IpAddr::V4(_) => address,
+    }
+}
+
+/// Whether `address` is on the public internet: not loopback, private,
+/// link-local (which holds the cloud metadata service, 169.254.169.254),
+/// unique-local, carrier-grade NAT, unspecified, broadcast or multicast.
+/// A task reaches any other address only through an entry that names it
+/// ([`AllowedHost::names_address`]).
+pub fn is_public_address(address: IpAddr) -> bool {
+    match canonical(address) {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(address: Ipv4Addr) -> bool {
+    let [a, b, ..] = address.octets();
+    let shared = a == 100 && (64..128).contains(&b);
+    !(address.is_loopback()
+        || address.is_private()
+        || address.is_link_local()
+        || address.is_unspecified()
+        || address.is_broadcast()
+        || address.is_multicast()
+        || a == 0
+        || shared)
+}
+
+fn is_public_v6(address: Ipv6Addr) -> bool {
+    let first = address.segments()[0];
+    let unique_local = first & 0xfe00 == 0xfc00;
+    let link_local = first & 0xffc0 == 0xfe80;
+    // ::a.b.c.d, long deprecated; some stacks still route it to IPv4.
+    let deprecated_ipv4_compatible = address.segments()[..6] == [0; 6];
+    // NAT64 (64:ff9b::/96) embeds an IPv4 address: judge that one.
+    if let [0x64, 0xff9b, 0, 0, 0, 0, high, low] = address.segments() {
+        let [a, b] = high.to_be_bytes();
+        let [c, d] = low.to_be_bytes();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    !(address.is_loopback()
+        || address.is_unspecified()
+        || address.is_multicast()
+        || unique_local
+        || link_local
+        || deprecated_ipv4_compatible)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(entry: &str, scheme: Scheme, host: &str, port: u16) -> bool {
+        AllowedHost::parse(entry)
+            .unwrap()
+            .allows(scheme, host, port)
+    }
+
+    #[test]
+    fn scheme_host_and_port_must_all_match() {
+        use Scheme::{Http, Https};
+        assert!(allows(
+            "https://api.example.com",
+            Https,
+            "api.example.com",
+            443
+        ));
+        assert!(allows(
+            "https://api.example.com",
+            Https,
+            "API.Example.COM.",
+            443
+        ));
+        assert!(!allows(
+            "https://api.example.com",
+            Http,
+            "api.example.com",
+            443
+        ));
+        assert!(!allows(
+            "https://api.example.com",
+            Https,
+            "api.example.com",
+            8443
+        ));
+        assert!(!allows(
+            "https://api.example.com",
+            Https,
+            "example.com",
+            443
+        ));
+        assert!(!allows(
+            "https://api.example.com",
+            Https,
+            "api.example.com.evil",
+            443
+        ));
+        assert!(allows(
+            "https://*.example.com:8443",
+            Https,
+            "a.b.example.com",
+            8443
+        ));
+        assert!(!allows(
+            "https://*.example.com:8443",
+            Https,
+            "example.com",
+            8443
+        ));
+        assert!(!allows(
+            "https://*.example.com:8443",
+            Https,
+            "badexample.com",
+            8443
+        ));
+        assert!(!allows(
+            "https://*.example.com:8443",
+            Https,
+            "a.example.com",
+            443
+        ));
+        assert!(allows("http://10.0.0.5:9000", Http, "10.0.0.5", 9000));
+        assert!(!allows("http://10.0.0.5:9000", Http, "10.0.0.6", 9000));
+        assert!(allows("http://[::1]:8080", Http, "[::1]", 8080));
+        assert!(allows("http://[::1]:8080", Http, "0:0::1", 8080));
+    }
+
+    #[test]
+    fn malformed_entries_are_refused() {
+        for entry in [
+            "api.example.com",
+            "ftp://example.com",
+            "https://example.com/path",
+            "https://user@example.com",
+            "https://example.com:0",
+            "https://example.com:99999",
+            "https://example.com:*",
+            "https://*",
+            "https://*.",
+            "https://a.*.example.com",
+            "https://exa mple.com",
+            "https://-bad.example.com",
+            "https://[::1",
+            "https://1.2.3.999",
+            "https://",
+        ] {
+            assert!(AllowedHost::parse(entry).is_err(), "{entry} was accepted");
+        }
+    }
+
+    #[test]
+    fn entries_print_as_they_would_be_written() {
+        for (entry, shown) in [
+            ("HTTPS://API.example.com/", "https://api.example.com"),
+            ("https://api.example.com:443", "https://api.example.com"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+            ("https://*.example.com:8443", "https://*.example.com:8443"),
+        ] {
+            assert_eq!(AllowedHost::parse(entry).unwrap().to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn internal_addresses_are_not_public() {
+        for address in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "ff02::1",
+        ] {
+            assert!(!is_public_address(address.parse().unwrap()), "{address}");
+        }
+        for address in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+        ] {
+            assert!(is_public_address(address.parse().unwrap()), "{address}");
+        }
+    }
+
+    #[test]
+    fn only_an_entry_naming_an_internal_address_reaches_it() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let named = AllowedHost::parse("http://127.0.0.1:8080").unwrap();
+        assert!(named.names_address(loopback));
+        assert!(named.names_address(mapped));
+        assert!(!named.names_address("127.0.0.2".parse().unwrap()));
+        let localhost = AllowedHost::parse("http://localhost:8080").unwrap();
+        assert!(localhost.names_address(loopback));
+        assert!(localhost.names_address("::1".parse().unwrap()));
+        assert!(!localhost.names_address("10.0.0.1".parse().unwrap()));
+        let name = AllowedHost::parse("https://internal.example.com").unwrap();
+        assert!(!name.names_address(loopback));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn label() -> impl Strategy<Value = String> {
+            "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?"
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            (prop::collection::vec(label(), 1..4), "[a-z]{2,6}")
+                .prop_map(|(labels, tld)| format!("{}.{tld}", labels.join(".")))
+        }
+
+        proptest! {
+            /// A name entry allows exactly its own name (any case), and a
+            /// subdomain entry exactly the names below its suffix.
+            #[test]
+            fn names_match_exactly_and_subdomains_strictly(
+                granted in name(), asked in name(), prefix in label(), port in 1u16..,
+            ) {
+                let exact = AllowedHost::parse(&format!("https://{granted}:{port}")).unwrap();
+                prop_assert!(exact.allows(Scheme::Https, &granted.to_uppercase(), port));
+                prop_assert_eq!(exact.allows(Scheme::Https, &asked, port), asked == granted);
+                prop_assert!(!exact.allows(Scheme::Http, &granted, port));
+
+                let wildcard = AllowedHost::parse(&format!("https://*.{granted}:{port}")).unwrap();
+                let below = format!("{prefix}.{granted}");
+                prop_assert!(wildcard.allows(Scheme::Https, &below, port));
+                prop_assert!(!wildcard.allows(Scheme::Https, &granted, port));
+                prop_assert_eq!(
+                    wildcard.allows(Scheme::Https, &asked, port),
+                    asked.ends_with(&format!(".{granted}"))
+                );
+                let glued = format!("{prefix}{granted}");
+                prop_assert!(!wildcard.allows(Scheme::Https, &glued, port));
+            }
+
+            /// Parsing never panics, and what parses prints back to an
+            /// entry that parses to the same thing.
+            #[test]
+            fn any_text_parses_or_is_refused_and_round_trips(entry in "\\PC{0,60}") {
+                if let Ok(parsed) = AllowedHost::parse(&entry) {
+                    prop_assert_eq!(AllowedHost::parse(&parsed.to_string()).unwrap(), parsed);
+                }
+            }
+
+            /// An address entry allows its address on its port only.
+            #[test]
+            fn address_entries_allow_their_address_only(
+                a in any::<std::net::Ipv4Addr>(), b in any::<std::net::Ipv4Addr>(), port in 1u16..,
+            ) {
+                let entry = AllowedHost::parse(&format!("http://{a}:{port}")).unwrap();
+                prop_assert!(entry.allows(Scheme::Http, &a.to_string(), port));
+                prop_assert_eq!(entry.allows(Scheme::Http, &b.to_string(), port), a == b);
+            }
+        }
+    }
+}

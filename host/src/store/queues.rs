@@ -1,0 +1,227 @@
+//! Queue settings and sealed secrets (`queues`, `queue_secrets`).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use super::{Store, StoreError, StoreResult};
+use crate::queue::{AllowedHost, QueueSettings, SealedSecret};
+
+/// A queue's stored settings. Secrets appear by name and hosts only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecord {
+    /// The queue.
+    pub name: String,
+    /// What it grants.
+    pub settings: QueueSettings,
+    /// When its settings were first written; `None` for a queue never
+    /// configured (it grants nothing).
+    pub created_at: Option<DateTime<Utc>>,
+    /// When they last changed.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// What a worker needs to run a job of a queue: its settings and its
+/// secrets, still sealed.
+#[derive(Debug, Clone, Default)]
+pub struct QueueGrants {
+    /// The queue's settings.
+    pub settings: QueueSettings,
+    /// Sealed values by secret name.
+    pub sealed_secrets: BTreeMap<String, SealedSecret>,
+}
+
+impl Store {
+    /// Replaces the settings of queue `name` with `settings`, sealing in the
+    /// new values of `sealed` and keeping the stored value of every other
+    /// secret in `settings.secrets`; secrets not named there are deleted.
+    /// One transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::MissingSecretValue`] if a secret without a new value
+    /// has none stored either; nothing is written then.
+    pub async fn put_queue(
+        &self,
+        name: &str,
+        settings: &QueueSettings,
+        sealed: &BTreeMap<String, SealedSecret>,
+    ) -> StoreResult<QueueRecord> {
+        super::statement("put_queue");
+        let mut tx = self.pool().begin().await?;
+        let config = Json(&settings.config);
+        let times = sqlx::query!(
+            "INSERT INTO queues (name, allowed_hosts, config) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE
+             SET allowed_hosts = EXCLUDED.allowed_hosts, config = EXCLUDED.config,
+                 updated_at = now()
+             RETURNING created_at, updated_at",
+            name,
+            &host_texts(&settings.allowed_hosts),
+            config as _
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let kept: Vec<String> = settings.secrets.keys().cloned().collect();
+        sqlx::query!(
+            "DELETE FROM queue_secrets WHERE queue = $1 AND NOT (name = ANY($2))",
+            name,
+            &kept
+        )
+        .execute(&mut *tx)
+        .await?;
+        for (secret, hosts) in &settings.secrets {
+            let hosts = host_texts(hosts);
+            let written = match sealed.get(secret) {
+                Some(value) => sqlx::query!(
+                    "INSERT INTO queue_secrets
+                         (queue, name, allowed_hosts, key_id, nonce, ciphertext)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (queue, name) DO UPDATE
+                     SET allowed_hosts = EXCLUDED.allowed_hosts, key_id = EXCLUDED.key_id,
+                         nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext,
+                         updated_at = now()",
+                    name,
+                    secret,
+                    &hosts,
+                    value.key_id,
+                    value.nonce,
+                    value.ciphertext
+                )
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                None => sqlx::query!(
+                    "UPDATE queue_secrets SET allowed_hosts = $3, updated_at = now()
+                     WHERE queue = $1 AND name = $2",
+                    name,
+                    secret,
+                    &hosts
+                )
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if written == 0 {
+                return Err(StoreError::MissingSecretValue(secret.clone()));
+            }
+        }
+        tx.commit().await?;
+        Ok(QueueRecord {
+            name: name.to_owned(),
+            settings: settings.clone(),
+            created_at: Some(times.created_at),
+            updated_at: Some(times.updated_at),
+        })
+    }
+
+    /// The settings of queue `name`; a queue never configured grants
+    /// nothing.
+    pub async fn queue(&self, name: &str) -> StoreResult<QueueRecord> {
+        let grants = self.queue_grants(name).await?;
+        super::statement("queue_times");
+        let times = sqlx::query!(
+            "SELECT created_at, updated_at FROM queues WHERE name = $1",
+            name
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(QueueRecord {
+            name: name.to_owned(),
+            settings: grants.settings,
+            created_at: times.as_ref().map(|times| times.created_at),
+            updated_at: times.map(|times| times.updated_at),
+        })
+    }
+
+    /// Every configured queue, by name.
+    pub async fn list_queues(&self) -> StoreResult<Vec<QueueRecord>> {
+        super::statement("list_queues");
+        let names = sqlx::query_scalar!("SELECT name FROM queues ORDER BY name")
+            .fetch_all(self.pool())
+            .await?;
+        let mut queues = Vec::with_capacity(names.len());
+        for name in names {
+            queues.push(self.queue(&name).await?);
+        }
+        Ok(queues)
+    }
+
+    /// What queue `name` grants its tasks, with its secrets still sealed.
+    /// Two statements; read once per attempt of a task that can use grants.
+    pub async fn queue_grants(&self, name: &str) -> StoreResult<QueueGrants> {
+        super::statement("queue_grants");
+        let Some(queue) = sqlx::query!(
+            r#"SELECT allowed_hosts, config AS "config: Json<BTreeMap<String, String>>"
+               FROM queues WHERE name = $1"#,
+            name
+        )
+        .fetch_optional(self.pool())
+        .await?
+        else {
+            return Ok(QueueGrants::default());
+        };
+        let secrets = sqlx::query!(
+            "SELECT name, allowed_hosts, key_id, nonce, ciphertext
+             FROM queue_secrets WHERE queue = $1 ORDER BY name",
+            name
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut grants = QueueGrants {
+            settings: QueueSettings {
+                allowed_hosts: parse_hosts(queue.allowed_hosts)?,
+                config: queue.config.0,
+                secrets: BTreeMap::new(),
+            },
+            sealed_secrets: BTreeMap::new(),
+        };
+        for secret in secrets {
+            grants
+                .settings
+                .secrets
+                .insert(secret.name.clone(), parse_hosts(secret.allowed_hosts)?);
+            grants.sealed_secrets.insert(
+                secret.name,
+                SealedSecret {
+                    key_id: secret.key_id,
+                    nonce: secret.nonce,
+                    ciphertext: secret.ciphertext,
+                },
+            );
+        }
+        Ok(grants)
+    }
+
+    /// The ids of the keys stored secrets were sealed with, and how many
+    /// each sealed: a server checks at startup that it holds them.
+    pub async fn secret_key_ids(&self) -> StoreResult<Vec<(String, i64)>> {
+        super::statement("secret_key_ids");
+        let rows = sqlx::query!(
+            r#"SELECT key_id, count(*) AS "secrets!" FROM queue_secrets
+               GROUP BY key_id ORDER BY key_id"#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.key_id, row.secrets))
+            .collect())
+    }
+}
+
+fn host_texts(hosts: &[AllowedHost]) -> Vec<String> {
+    hosts.iter().map(ToString::to_string).collect()
+}
+
+/// Stored entries were written by [`host_texts`] and always parse; one that
+/// does not was changed outside TaskFlow.
+fn parse_hosts(texts: Vec<String>) -> StoreResult<Vec<AllowedHost>> {
+    texts
+        .iter()
+        .map(|text| {
+            AllowedHost::parse(text).map_err(|error| StoreError::Unavailable(error.to_string()))
+        })
+        .collect()
+}
