@@ -358,6 +358,14 @@ pub struct AttemptView {
     pub logs: serde_json::Value,
     /// Log lines dropped past the per-attempt bound.
     pub logs_dropped: i64,
+    /// Outbound HTTP requests: `[{method, url, status?, error?, reason?,
+    /// denied, bytes_out, bytes_in, duration_ms}]`; the URL has no query
+    /// string, and no header or body is ever recorded.
+    #[serde(default)]
+    pub requests: serde_json::Value,
+    /// Requests made past the per-attempt bound on records.
+    #[serde(default)]
+    pub requests_dropped: i64,
 }
 
 impl From<AttemptRecord> for AttemptView {
@@ -375,6 +383,8 @@ impl From<AttemptRecord> for AttemptView {
             duration_ms: record.duration_us.map(|us| us as f64 / 1000.0),
             logs: record.logs.0,
             logs_dropped: record.logs_dropped,
+            requests: record.requests.0,
+            requests_dropped: record.requests_dropped,
         }
     }
 }

@@ -279,6 +279,41 @@ pub fn describe_attempts(list: &AttemptList) -> String {
         if attempt.logs_dropped > 0 {
             lines.push(format!("    ({} more lines dropped)", attempt.logs_dropped));
         }
+        lines.extend(
+            attempt
+                .requests
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(describe_request),
+        );
+        if attempt.requests_dropped > 0 {
+            lines.push(format!(
+                "    ({} more requests not recorded)",
+                attempt.requests_dropped
+            ));
+        }
     }
     lines.join("\n")
+}
+
+/// `    GET https://host:443/path -> 200 (12 B out, 340 B in, 5.2 ms)`, or
+/// the error and why in place of the status.
+fn describe_request(request: &serde_json::Value) -> String {
+    let result = match (request["status"].as_u64(), request["error"].as_str()) {
+        (_, Some(error)) => {
+            let reason = request["reason"].as_str().unwrap_or("");
+            format!("{} ({reason})", error.to_uppercase())
+        }
+        (Some(status), None) => status.to_string(),
+        (None, None) => "?".to_owned(),
+    };
+    format!(
+        "    http {} {} -> {result} ({} B out, {} B in, {:.1} ms)",
+        request["method"].as_str().unwrap_or("?"),
+        request["url"].as_str().unwrap_or("?"),
+        request["bytes_out"].as_u64().unwrap_or(0),
+        request["bytes_in"].as_u64().unwrap_or(0),
+        request["duration_ms"].as_f64().unwrap_or(0.0),
+    )
 }

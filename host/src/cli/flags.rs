@@ -15,6 +15,7 @@ use crate::config::{
     WorkerConfig,
 };
 use crate::job::{JobInput, SubmissionLimits};
+use crate::sandbox::OutboundLimits;
 
 /// The settings of flags type `T` given no arguments: environment variables
 /// where set, defaults otherwise. For embedders that configure TaskFlow
@@ -131,6 +132,30 @@ pub struct ExecutionFlags {
     /// Most bytes of guest log (log calls, stdout, stderr) kept per attempt.
     #[arg(long, env = "TASKFLOW_MAX_LOG_BYTES", default_value_t = ExecutionLimits::default().max_log_bytes)]
     pub max_log_bytes: usize,
+
+    /// Outbound HTTP requests one attempt may make.
+    #[arg(long, env = "TASKFLOW_MAX_OUTBOUND_REQUESTS", default_value_t = OutboundLimits::default().max_requests)]
+    pub max_outbound_requests: u32,
+
+    /// Request body bytes one attempt may send, in all.
+    #[arg(long, env = "TASKFLOW_MAX_OUTBOUND_SENT_BYTES", default_value_t = OutboundLimits::default().max_sent_bytes)]
+    pub max_outbound_sent_bytes: u64,
+
+    /// Body bytes one response may carry.
+    #[arg(long, env = "TASKFLOW_MAX_OUTBOUND_RESPONSE_BYTES", default_value_t = OutboundLimits::default().max_response_bytes)]
+    pub max_outbound_response_bytes: u64,
+
+    /// Response body bytes one attempt may receive, in all.
+    #[arg(long, env = "TASKFLOW_MAX_OUTBOUND_RECEIVED_BYTES", default_value_t = OutboundLimits::default().max_received_bytes)]
+    pub max_outbound_received_bytes: u64,
+
+    /// Longest one outbound request may take (never past the attempt's deadline).
+    #[arg(long, env = "TASKFLOW_OUTBOUND_REQUEST_TIMEOUT", default_value_t = OutboundLimits::default().request_timeout.into())]
+    pub outbound_request_timeout: humantime::Duration,
+
+    /// PEM file of CA certificates trusted for outbound TLS besides the webpki roots.
+    #[arg(long, env = "TASKFLOW_EXTRA_CA_CERTS")]
+    pub extra_ca_certs: Option<PathBuf>,
 }
 
 /// Flags of [`RetryPolicy`].
@@ -299,6 +324,7 @@ impl From<WorkerFlags> for WorkerConfig {
             maintenance_interval: flags.maintenance_interval.into(),
             leader_term: flags.leader_term.into(),
             metrics_listen: flags.metrics_listen,
+            secret_key: None,
         }
     }
 }
@@ -339,6 +365,15 @@ impl ExecutionFlags {
             max_memory_bytes: memory.max_memory_limit_bytes,
             max_output_bytes: self.max_output_bytes,
             max_log_bytes: self.max_log_bytes,
+            outbound: OutboundLimits {
+                max_requests: self.max_outbound_requests,
+                max_sent_bytes: self.max_outbound_sent_bytes,
+                max_response_bytes: self.max_outbound_response_bytes,
+                max_received_bytes: self.max_outbound_received_bytes,
+                request_timeout: self.outbound_request_timeout.into(),
+                ..OutboundLimits::default()
+            },
+            extra_ca_certs: self.extra_ca_certs.clone(),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::flags::{
 };
 use crate::config::CompileConfig;
 use crate::job::JobSpec;
-use crate::sandbox::{Attempt, AttemptLimits, JobContext, LogLine, RunGrant, Sandbox};
+use crate::sandbox::{Attempt, AttemptLimits, Grants, JobContext, LogLine, RunGrant, Sandbox};
 
 /// `taskflow run`.
 #[derive(Debug, Args)]
@@ -118,6 +118,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     memory_bytes: job.memory_limit_bytes as u64,
                 },
                 grant: RunGrant::unlimited(),
+                // A local run has no queue to grant anything.
+                grants: Grants::default(),
             },
         )
         .await;

@@ -146,6 +146,10 @@ pub fn spawn_worker(
     config.validate()?;
     limits.validate()?;
     retry.validate()?;
+    let config = WorkerConfig {
+        secret_key: backends.secret_key.clone(),
+        ..config
+    };
     let interval = config.maintenance_interval;
     let elector = Elector::new(
         backends.store.clone(),

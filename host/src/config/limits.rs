@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{ConfigError, check};
 use crate::job::{MIN_MEMORY_LIMIT_BYTES, SubmissionLimits};
-use crate::sandbox::{CompilerConfig, SandboxConfig};
+use crate::sandbox::{CompilerConfig, OutboundLimits, SandboxConfig};
 
 /// What the API accepts beyond a job's own limits ([`SubmissionLimits`],
 /// the job domain's, whose defaults and checks live here with every other
@@ -65,6 +65,13 @@ pub struct ExecutionLimits {
     /// Most bytes of guest log (log calls, stdout, stderr) kept per attempt.
     /// Further lines are counted and dropped; the task keeps running.
     pub max_log_bytes: usize,
+
+    /// Caps on each attempt's outbound HTTP.
+    pub outbound: OutboundLimits,
+
+    /// A PEM file of CA certificates trusted for outbound TLS besides the
+    /// webpki roots.
+    pub extra_ca_certs: Option<PathBuf>,
 }
 
 impl Default for ExecutionLimits {
@@ -73,6 +80,8 @@ impl Default for ExecutionLimits {
             max_memory_bytes: 512 << 20,
             max_output_bytes: 1 << 20,
             max_log_bytes: 64 << 10,
+            outbound: OutboundLimits::default(),
+            extra_ca_certs: None,
         }
     }
 }
@@ -100,6 +109,8 @@ impl ExecutionLimits {
             cache_dir,
             memory_cache_capacity: MEMORY_CACHE_CAPACITY,
             compiler,
+            outbound: self.outbound.clone(),
+            extra_ca_certs: self.extra_ca_certs.clone(),
         }
     }
 }

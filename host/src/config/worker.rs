@@ -124,6 +124,11 @@ pub struct WorkerConfig {
 
     /// Address for this worker's Prometheus metrics (`/metrics`); off when unset.
     pub metrics_listen: Option<String>,
+
+    /// The key queue secrets are sealed with (`TASKFLOW_SECRET_KEY`, read
+    /// from the environment only: `cli/server.rs`). Without it a job whose
+    /// queue has secrets fails with `grants_unavailable`.
+    pub secret_key: Option<crate::queue::SecretKey>,
 }
 
 impl WorkerConfig {
@@ -197,6 +202,7 @@ impl Default for WorkerConfig {
             maintenance_interval: Duration::from_secs(1),
             leader_term: Duration::from_secs(5),
             metrics_listen: None,
+            secret_key: None,
         }
     }
 }

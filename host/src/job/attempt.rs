@@ -113,6 +113,27 @@ pub struct Usage {
     pub duration: Duration,
 }
 
+/// An attempt's outbound requests ready to store: their records as the
+/// text of a JSON array (`sandbox/outbound/audit.rs`), and how many more
+/// were made than kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRequests {
+    /// The kept records.
+    pub records_json: String,
+    /// Requests made past the per-attempt bound on records.
+    pub dropped: u64,
+}
+
+impl AttemptRequests {
+    /// No requests.
+    pub fn none() -> Self {
+        Self {
+            records_json: "[]".to_owned(),
+            dropped: 0,
+        }
+    }
+}
+
 /// A captured log ready to store: its lines as the text of a JSON array
 /// (NUL characters already replaced, `sandbox/capture.rs`), and how many
 /// lines were kept and dropped.

@@ -47,6 +47,11 @@ pub enum FailureKind {
     /// in the task); the attempt's slot was freed and the worker kept
     /// serving.
     HostError,
+    /// What the job's queue grants (hosts, configuration, secrets) could
+    /// not be read, or its secrets not opened (the worker lacks the
+    /// `TASKFLOW_SECRET_KEY` they were sealed with). Retried: the operator
+    /// can fix it.
+    GrantsUnavailable,
     /// PostgreSQL refused to store what the attempt produced (its output,
     /// log or message held a value it cannot store); the attempt is recorded
     /// without them.
@@ -71,6 +76,7 @@ impl FailureKind {
             FailureKind::ModuleUnavailable => "module_unavailable",
             FailureKind::WorkerLimitExceeded => "worker_limit_exceeded",
             FailureKind::HostError => "host_error",
+            FailureKind::GrantsUnavailable => "grants_unavailable",
             FailureKind::OutcomeRejected => "outcome_rejected",
         }
     }

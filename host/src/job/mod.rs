@@ -21,7 +21,7 @@ pub mod names;
 pub mod spec;
 pub mod state;
 
-pub use attempt::{AfterFailure, AttemptEnd, AttemptLog, Usage, attempts_used};
+pub use attempt::{AfterFailure, AttemptEnd, AttemptLog, AttemptRequests, Usage, attempts_used};
 pub use failure::{Failure, FailureKind};
 pub use input::JobInput;
 pub use names::{check_module_hash, check_queue_name, is_valid_module_hash, is_valid_queue_name};

@@ -33,7 +33,7 @@ use std::time::Duration;
 use super::Service;
 use crate::backoff;
 use crate::config::RetryPolicy;
-use crate::job::{AttemptEnd, AttemptLog, attempts_used};
+use crate::job::{AttemptEnd, AttemptLog, AttemptRequests, attempts_used};
 use crate::lease::Leases;
 use crate::store::{FinishedAttempt, RunningLease, Store, StoreError, Transition};
 
@@ -158,6 +158,7 @@ impl Rescuer {
             },
             usage: None,
             log: AttemptLog::empty(),
+            requests: AttemptRequests::none(),
             if_refused: next,
         }
     }

@@ -140,6 +140,15 @@ impl SecretKey {
     }
 }
 
+/// Keys are the same when their ids are: the id is a hash of the key.
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for SecretKey {}
+
 impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretKey").field("id", &self.id).finish()

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::bindings::JobContext;
 use super::capture::CapturedLog;
 use super::grant::RunGrant;
+use super::outbound::{Grants, RequestLog};
 use crate::job::Failure;
 
 /// What an attempt may use.
@@ -30,6 +31,8 @@ pub struct Attempt {
     pub limits: AttemptLimits,
     /// The attempt's right to run.
     pub grant: Arc<RunGrant>,
+    /// What the job's queue grants: hosts, configuration, secrets.
+    pub grants: Grants,
 }
 
 /// How an attempt went.
@@ -43,6 +46,8 @@ pub struct Execution {
     pub duration: Duration,
     /// What the guest logged.
     pub log: CapturedLog,
+    /// The outbound requests it made.
+    pub requests: RequestLog,
 }
 
 impl Execution {
@@ -53,6 +58,7 @@ impl Execution {
             fuel_consumed: 0,
             duration: Duration::ZERO,
             log: CapturedLog::default(),
+            requests: RequestLog::default(),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 wasmtime::component::bindgen!({
     world: "task",
-    path: "../wit",
+    path: "../wit/versions/0.1.0",
     exports: { default: async },
 });
 

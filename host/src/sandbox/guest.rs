@@ -1,16 +1,20 @@
 //! The per-attempt state a `Store` carries, and the host side of the
 //! `taskflow:task/host` interface.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{Linker, ResourceTable, WasmStr};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{JobContext, Level};
 use super::capture::LogCapture;
 use super::clocks::{AttemptMonotonicClock, CoarseWallClock};
 use super::failure::MemoryLimitExceeded;
+use super::outbound::{AttemptHttp, AttemptOutbound};
 
 /// Most table elements one attempt may allocate. Tables hold function
 /// references; real programs use thousands, not millions.
@@ -24,6 +28,9 @@ pub struct GuestState {
     pub(super) limiter: AttemptLimiter,
     log: Arc<LogCapture>,
     context: JobContext,
+    http: WasiHttpCtx,
+    outbound: AttemptHttp,
+    config: WasiConfigVariables,
 }
 
 impl GuestState {
@@ -31,11 +38,14 @@ impl GuestState {
     /// environment, no arguments, no sockets, no name lookups; stdin is
     /// closed and stdout/stderr go to the attempt's log; the clocks are
     /// coarse (see [`super::clocks`]); randomness comes from the host's
-    /// cryptographic generator.
+    /// cryptographic generator. Outbound HTTP and configuration are what the
+    /// job's queue grants, through `outbound` and `config`.
     pub(super) fn new(
         log: Arc<LogCapture>,
         context: JobContext,
         memory_limit_bytes: usize,
+        outbound: Arc<AttemptOutbound>,
+        config: BTreeMap<String, String>,
     ) -> Self {
         let wasi = WasiCtx::builder()
             .stdout(log.stdout())
@@ -56,6 +66,19 @@ impl GuestState {
             },
             log,
             context,
+            http: WasiHttpCtx::new(),
+            outbound: AttemptHttp(outbound),
+            config: config.into_iter().collect(),
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }
@@ -69,9 +92,11 @@ impl WasiView for GuestState {
     }
 }
 
-/// Instance names of the `taskflow:task` interfaces a task imports.
-const HOST_INTERFACE: &str = "taskflow:task/host@0.1.0";
-const TYPES_INTERFACE: &str = "taskflow:task/types@0.1.0";
+/// Versions of the `taskflow:task` package served side by side
+/// (`wit/task.wit`, `wit/versions/`): `host` and `types` are the same in
+/// each; `secrets` exists from 0.2.0.
+const VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+const SECRETS_INTERFACE: &str = "taskflow:task/secrets@0.2.0";
 
 /// Defines the `taskflow:task` imports in `linker`.
 ///
@@ -80,9 +105,20 @@ const TYPES_INTERFACE: &str = "taskflow:task/types@0.1.0";
 /// already copied into. `log` takes a [`WasmStr`] instead, a view into the
 /// guest's memory, and copies the message only if the log has room for it.
 pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    for version in VERSIONS {
+        add_host_interfaces(linker, version)?;
+    }
+    add_secrets(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    wasmtime_wasi_config::add_to_linker(linker, |state: &mut GuestState| {
+        WasiConfig::from(&state.config)
+    })
+}
+
+fn add_host_interfaces(linker: &mut Linker<GuestState>, version: &str) -> wasmtime::Result<()> {
     // `types` declares only types; the instance must still exist.
-    linker.instance(TYPES_INTERFACE)?;
-    let mut host = linker.instance(HOST_INTERFACE)?;
+    linker.instance(&format!("taskflow:task/types@{version}"))?;
+    let mut host = linker.instance(&format!("taskflow:task/host@{version}"))?;
     host.func_wrap(
         "log",
         |store, (level, message): (Level, WasmStr)| -> wasmtime::Result<()> {
@@ -94,6 +130,27 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     host.func_wrap("context", |store, (): ()| {
         Ok((store.data().context.clone(),))
     })?;
+    Ok(())
+}
+
+/// `taskflow:task/secrets`: a secret's placeholder and HMACs keyed with it
+/// (`outbound/placeholders.rs`); never its value.
+fn add_secrets(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    let missing = |name: &str| format!("the job's queue grants no secret {name:?}");
+    let mut secrets = linker.instance(SECRETS_INTERFACE)?;
+    secrets.func_wrap("placeholder", move |store, (name,): (String,)| {
+        let outbound = &store.data().outbound.0;
+        Ok((outbound.placeholder(&name).ok_or_else(|| missing(&name)),))
+    })?;
+    secrets.func_wrap(
+        "hmac-sha256",
+        move |store, (name, data): (String, Vec<u8>)| {
+            let outbound = &store.data().outbound.0;
+            Ok((outbound
+                .hmac_sha256(&name, &data)
+                .ok_or_else(|| missing(&name)),))
+        },
+    )?;
     Ok(())
 }
 

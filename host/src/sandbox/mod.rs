@@ -57,6 +57,7 @@ mod cache;
 mod engine;
 mod grant;
 mod guest;
+pub mod outbound;
 mod output;
 mod prepare;
 mod private_dir;
@@ -78,6 +79,7 @@ pub use capture::{CapturedLog, LogLine, LogSource};
 pub use compiler::{CompileError, CompileSlot, Compiler, CompilerConfig};
 pub use engine::InvalidModule;
 pub use grant::RunGrant;
+pub use outbound::{Grants, OutboundLimits, RequestLog, RequestRecord};
 
 use bindings::TaskPre;
 use guest::GuestState;
@@ -113,6 +115,11 @@ pub struct SandboxConfig {
     /// How components are compiled (always optimised here: a sandbox runs
     /// what it compiles).
     pub compiler: CompilerConfig,
+    /// Caps on each attempt's outbound HTTP.
+    pub outbound: OutboundLimits,
+    /// A PEM file of CA certificates trusted for outbound TLS besides the
+    /// webpki roots (`TASKFLOW_EXTRA_CA_CERTS`).
+    pub extra_ca_certs: Option<PathBuf>,
 }
 
 /// The sandbox could not be created.
@@ -125,6 +132,9 @@ pub enum SandboxError {
     /// The cache directory is unusable or unsafe.
     #[error("cannot use the compiled-module cache directory: {0}")]
     CacheDir(std::io::Error),
+    /// The extra CA certificates cannot be used.
+    #[error("TASKFLOW_EXTRA_CA_CERTS: {0}")]
+    ExtraCaCerts(String),
 }
 
 // Not `#[from]`: that would also make the I/O error the source, and a
@@ -139,6 +149,21 @@ impl From<std::io::Error> for SandboxError {
 #[derive(Clone)]
 pub struct PreparedTask(TaskPre<GuestState>);
 
+impl PreparedTask {
+    /// Whether the component imports anything a queue grants (HTTP,
+    /// configuration, secrets): only then does a worker read the queue's
+    /// grants before running it.
+    pub fn uses_grants(&self) -> bool {
+        let component = self.0.instance_pre().component();
+        let engine = component.engine();
+        component.component_type().imports(engine).any(|(name, _)| {
+            ["wasi:http/", "wasi:config/", "taskflow:task/secrets"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        })
+    }
+}
+
 /// Runs task components; see the [module docs](self). Cheap to clone;
 /// clones share the engine, linker and caches.
 #[derive(Clone)]
@@ -152,6 +177,7 @@ struct SandboxInner {
     cache: cache::ComponentCache,
     compiler: Compiler,
     config: SandboxConfig,
+    tls: Arc<rustls::ClientConfig>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -182,6 +208,8 @@ impl Sandbox {
             config.memory_cache_capacity,
         )?;
         output::raise_lift_limit(config.max_output_bytes);
+        let tls = outbound::tls_config(config.extra_ca_certs.as_deref())
+            .map_err(SandboxError::ExtraCaCerts)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         engine::spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(|error| {
             SandboxError::Engine(format!("cannot start the epoch ticker: {error}"))
@@ -193,6 +221,7 @@ impl Sandbox {
                 linker,
                 cache,
                 config,
+                tls,
                 ticker_stop,
             }),
         })

@@ -9,6 +9,7 @@ use super::bindings::TaskError;
 use super::capture::LogCapture;
 use super::failure::Interrupted;
 use super::guest::GuestState;
+use super::outbound::{AttemptOutbound, RequestLog};
 use super::output::GuestOutput;
 use super::{Attempt, Execution, HOST_CALL_GRACE, MAX_ERROR_MESSAGE_BYTES, PreparedTask, Sandbox};
 use crate::job::{Failure, FailureKind};
@@ -22,6 +23,7 @@ impl Sandbox {
             context,
             limits,
             grant,
+            grants,
         } = attempt;
         let config = &self.inner.config;
         if limits.memory_bytes > config.max_memory_bytes {
@@ -36,9 +38,25 @@ impl Sandbox {
         }
         let log = LogCapture::new(config.max_log_bytes);
         let memory_bytes = limits.memory_bytes as usize;
+        let started = Instant::now();
+        let deadline = started + limits.timeout;
+        let config_values = grants.config.clone();
+        let outbound = AttemptOutbound::new(
+            config.outbound.clone(),
+            self.inner.tls.clone(),
+            grants,
+            deadline,
+            grant.clone(),
+        );
         let mut store = Store::new(
             &self.inner.engine,
-            GuestState::new(log.clone(), context, memory_bytes),
+            GuestState::new(
+                log.clone(),
+                context,
+                memory_bytes,
+                outbound.clone(),
+                config_values,
+            ),
         );
         store.limiter(|state| &mut state.limiter);
         // wasmtime caps what one call may move from guest to host (128 MiB
@@ -48,8 +66,6 @@ impl Sandbox {
         // in-bounds list to say why it was refused, so the cap becomes the
         // guest's memory, which no list can exceed.
         store.set_hostcall_fuel(memory_bytes);
-        let started = Instant::now();
-        let deadline = started + limits.timeout;
         if let Err(error) = store.set_fuel(limits.fuel) {
             return host_failure(&log, started, format!("cannot set fuel: {error:#}"));
         }
@@ -87,6 +103,7 @@ impl Sandbox {
         let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         drop(store);
         let captured = log.finish();
+        let requests = outbound.finish();
         let too_large = |bytes: usize| {
             Failure::new(
                 FailureKind::OutputTooLarge,
@@ -115,6 +132,7 @@ impl Sandbox {
             fuel_consumed,
             duration,
             log: captured,
+            requests,
         }
     }
 }
@@ -125,6 +143,7 @@ fn host_failure(log: &LogCapture, started: Instant, message: String) -> Executio
         fuel_consumed: 0,
         duration: started.elapsed(),
         log: log.finish(),
+        requests: RequestLog::default(),
     }
 }
 

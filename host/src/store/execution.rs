@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use super::{Store, StoreResult, Transition, millis, saturating_i64, storable_text};
 use crate::job::{
-    AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, Failure, FailureKind, JobState, Usage,
+    AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, AttemptRequests, Failure, FailureKind,
+    JobState, Usage,
 };
 
 /// A job a worker has claimed, with everything needed to run it.
@@ -86,6 +87,8 @@ pub struct FinishedAttempt {
     pub usage: Option<Usage>,
     /// What it logged.
     pub log: AttemptLog,
+    /// The outbound requests it made.
+    pub requests: AttemptRequests,
     /// Where the job goes instead if PostgreSQL refuses to store this
     /// outcome and the attempt is recorded without it
     /// ([`FinishedAttempt::refused`]).
@@ -101,6 +104,7 @@ impl FinishedAttempt {
         ROW_OVERHEAD_BYTES
             + self.end.output().map_or(0, <[u8]>::len)
             + self.log.lines_json.len()
+            + self.requests.records_json.len()
             + self.end.error().map_or(0, |(_, message)| message.len())
             + self.worker_id.len()
     }
@@ -237,6 +241,14 @@ impl Store {
             .iter()
             .map(|a| saturating_i64(a.log.dropped))
             .collect();
+        let requests: Vec<&str> = attempts
+            .iter()
+            .map(|a| a.requests.records_json.as_str())
+            .collect();
+        let requests_dropped: Vec<i64> = attempts
+            .iter()
+            .map(|a| saturating_i64(a.requests.dropped))
+            .collect();
         let applied: Vec<LeaseRef> = sqlx::query_as!(
             LeaseRef,
             r#"WITH input AS (
@@ -244,10 +256,11 @@ impl Store {
                                       $5::bigint[], $6::jsonb[], $7::int[], $8::text[],
                                       $9::timestamptz[], $10::attempt_outcome[], $11::text[],
                                       $12::text[], $13::bigint[], $14::bigint[], $15::text[],
-                                      $16::bigint[])
+                                      $16::bigint[], $17::text[], $18::bigint[])
                       AS i(job_id, lease_token, next_state, output, retry_delay_ms, last_error,
                            attempt, worker_id, started_at, outcome, error_kind, error_message,
-                           fuel_consumed, duration_us, logs, logs_dropped)
+                           fuel_consumed, duration_us, logs, logs_dropped, requests,
+                           requests_dropped)
              ),
              finished AS (
                  UPDATE jobs j
@@ -266,10 +279,11 @@ impl Store {
              )
              INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
                                        outcome, error_kind, error_message, fuel_consumed,
-                                       duration_us, logs, logs_dropped)
+                                       duration_us, logs, logs_dropped, requests,
+                                       requests_dropped)
              SELECT i.job_id, i.lease_token, i.attempt, i.worker_id, i.started_at, i.outcome,
                     i.error_kind, i.error_message, i.fuel_consumed, i.duration_us, i.logs::jsonb,
-                    i.logs_dropped
+                    i.logs_dropped, i.requests::jsonb, i.requests_dropped
              FROM input i JOIN finished f ON f.id = i.job_id AND f.lease_token = i.lease_token
              RETURNING job_id, lease_token"#,
             &job_ids,
@@ -287,7 +301,9 @@ impl Store {
             &fuel as &[Option<i64>],
             &durations as &[Option<i64>],
             &logs as &[&str],
-            &dropped
+            &dropped,
+            &requests as &[&str],
+            &requests_dropped
         )
         .fetch_all(&mut *connection)
         .await?;

@@ -97,7 +97,8 @@ impl Store {
             r#"SELECT attempt, lease_token, worker_id, started_at, finished_at,
                     outcome AS "outcome: AttemptOutcome", error_kind, error_message,
                     fuel_consumed, duration_us, logs AS "logs: Json<serde_json::Value>",
-                    logs_dropped
+                    logs_dropped, requests AS "requests: Json<serde_json::Value>",
+                    requests_dropped
              FROM job_attempts
              WHERE job_id = $1 AND ($2::bigint IS NULL OR lease_token > $2)
              ORDER BY lease_token

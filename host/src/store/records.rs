@@ -144,4 +144,8 @@ pub struct AttemptRecord {
     pub logs: Json<serde_json::Value>,
     /// Log lines dropped past the per-attempt bound.
     pub logs_dropped: i64,
+    /// Outbound HTTP requests (`sandbox/outbound/audit.rs`).
+    pub requests: Json<serde_json::Value>,
+    /// Requests made past the per-attempt bound on records.
+    pub requests_dropped: i64,
 }

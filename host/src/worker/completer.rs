@@ -225,7 +225,9 @@ async fn write_until_answered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, FailureKind};
+    use crate::job::{
+        AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, AttemptRequests, FailureKind,
+    };
     use crate::store::LeaseRef;
 
     fn outcome(output_bytes: usize) -> FinishedAttempt {
@@ -242,6 +244,7 @@ mod tests {
             },
             usage: None,
             log: AttemptLog::empty(),
+            requests: AttemptRequests::none(),
             if_refused: AfterFailure::Dead,
         }
     }

@@ -21,6 +21,7 @@
 
 pub mod capacity;
 pub mod completer;
+mod grants;
 pub mod heartbeat;
 mod outcome;
 
@@ -254,6 +255,11 @@ impl Worker {
             Ok((task, _source)) => task,
             Err(failure) => return Execution::failed(failure),
         };
+        let secret_key = self.config.secret_key.as_ref();
+        let grants = match grants::for_task(&self.store, secret_key, &task, &job.queue).await {
+            Ok(grants) => grants,
+            Err(failure) => return Execution::failed(failure),
+        };
         let slot = claim.slot().await;
         let attempt = Attempt {
             input: std::mem::take(&mut job.input),
@@ -269,6 +275,7 @@ impl Worker {
                 memory_bytes: job.memory_limit_bytes as u64,
             },
             grant,
+            grants,
         };
         // These two events bracket every execution of guest code; the chaos
         // suite (tests/chaos) reads them to prove no two executions of one

@@ -117,6 +117,7 @@ fn finished_attempt(
             duration: execution.duration,
         }),
         log: execution.log.stored(),
+        requests: execution.requests.stored(),
         if_refused: after_failure(true),
     }
 }

@@ -44,6 +44,7 @@ fn attempt(input: &str, fuel: u64, grant: Arc<RunGrant>) -> Attempt {
             memory_bytes: 32 << 20,
         },
         grant,
+        grants: Default::default(),
     }
 }
 

@@ -195,6 +195,7 @@ impl TestApp {
             maintenance_interval: Duration::from_millis(100),
             leader_term: Duration::from_secs(1),
             metrics_listen: None,
+            secret_key: None,
         }
     }
 

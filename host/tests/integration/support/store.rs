@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, NewJob};
+use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, AttemptRequests, NewJob};
 use taskflow::store::{ClaimedJob, FinishedAttempt};
 use uuid::Uuid;
 
@@ -52,6 +52,7 @@ pub fn finished(job: &ClaimedJob, worker: &str, end: AttemptEnd) -> FinishedAtte
         end,
         usage: None,
         log: AttemptLog::empty(),
+        requests: AttemptRequests::none(),
         if_refused: AfterFailure::Dead,
     }
 }

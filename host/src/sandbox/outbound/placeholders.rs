@@ -1,0 +1,225 @@
+//! Secrets a task uses without reading them: it holds a placeholder
+//! ([`Placeholders::placeholder`]), and the host puts the value in its place
+//! in a request's header values, only on the way to a host the secret is
+//! bound to ([`Placeholders::substitute`]).
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderValue};
+use sha2::Sha256;
+
+use crate::queue::{AllowedHost, Scheme, SecretValue};
+
+/// A secret the job's queue grants: where it may go, and its value.
+#[derive(Debug, Clone)]
+pub struct GrantedSecret {
+    /// Hosts its value may be sent to.
+    pub hosts: Vec<AllowedHost>,
+    /// The value.
+    pub value: SecretValue,
+}
+
+/// The secrets of one attempt and the placeholders that stand for them.
+#[derive(Debug)]
+pub(super) struct Placeholders {
+    /// Random per attempt, so a placeholder from another attempt (or typed
+    /// by hand) never matches.
+    prefix: String,
+    secrets: BTreeMap<String, GrantedSecret>,
+}
+
+/// Why a request carrying placeholders was refused. Names the secret,
+/// never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Misuse {
+    #[error("secret {0:?} is not bound to {1}")]
+    NotBoundTo(String, String),
+    #[error("a secret may be sent only in a header value, not in the URL")]
+    InUrl,
+    #[error("no secret {0:?} is granted to this queue")]
+    Unknown(String),
+    #[error("header {0} is not a valid header value once its secret is in it")]
+    InvalidHeader(String),
+}
+
+const SUFFIX: &str = "}}";
+
+impl Placeholders {
+    pub(super) fn new(secrets: BTreeMap<String, GrantedSecret>) -> Self {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the operating system provides randomness");
+        Self {
+            prefix: format!("{{{{taskflow-secret:{}:", hex::encode(nonce)),
+            secrets,
+        }
+    }
+
+    /// The placeholder of secret `name`, if the queue grants it.
+    pub(super) fn placeholder(&self, name: &str) -> Option<String> {
+        self.secrets
+            .contains_key(name)
+            .then(|| format!("{}{name}{SUFFIX}", self.prefix))
+    }
+
+    /// HMAC-SHA256 of `data` keyed with secret `name`.
+    pub(super) fn hmac_sha256(&self, name: &str, data: &[u8]) -> Option<Vec<u8>> {
+        let secret = self.secrets.get(name)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.value.expose().as_bytes())
+            .expect("HMAC accepts keys of any length");
+        mac.update(data);
+        Some(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// Refuses a URL that carries a placeholder.
+    pub(super) fn check_url(&self, url: &str) -> Result<(), Misuse> {
+        if url.contains(&self.prefix) || url.contains(&percent_encoded(&self.prefix)) {
+            return Err(Misuse::InUrl);
+        }
+        Ok(())
+    }
+
+    /// Replaces every placeholder in `headers` by its secret's value, if
+    /// each of those secrets is bound to `scheme://host:port`; otherwise
+    /// refuses the request and changes nothing.
+    pub(super) fn substitute(
+        &self,
+        headers: &mut HeaderMap,
+        scheme: Scheme,
+        host: &str,
+        port: u16,
+    ) -> Result<(), Misuse> {
+        let mut replaced = Vec::new();
+        for (name, value) in headers.iter() {
+            let Some(text) = value.to_str().ok().filter(|t| t.contains(&self.prefix)) else {
+                continue;
+            };
+            let substituted = self.fill(text, |secret| {
+                let granted = self
+                    .secrets
+                    .get(secret)
+                    .ok_or_else(|| Misuse::Unknown(secret.to_owned()))?;
+                if granted.hosts.iter().any(|h| h.allows(scheme, host, port)) {
+                    Ok(granted.value.expose())
+                } else {
+                    let target = format!("{}://{host}:{port}", scheme.as_str());
+                    Err(Misuse::NotBoundTo(secret.to_owned(), target))
+                }
+            })?;
+            replaced.push((name.clone(), substituted));
+        }
+        for (name, text) in replaced {
+            let mut value = HeaderValue::from_str(&text)
+                .map_err(|_| Misuse::InvalidHeader(name.to_string()))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(())
+    }
+
+    /// `text` with each placeholder replaced by what `value_of` says.
+    fn fill<'a>(
+        &'a self,
+        text: &str,
+        value_of: impl Fn(&str) -> Result<&'a str, Misuse>,
+    ) -> Result<String, Misuse> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find(&self.prefix) {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + self.prefix.len()..];
+            let Some(end) = after.find(SUFFIX) else {
+                out.push_str(&rest[start..]);
+                return Ok(out);
+            };
+            out.push_str(value_of(&after[..end])?);
+            rest = &after[end + SUFFIX.len()..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// `{` and `}` as a URL encodes them, which is how a placeholder pasted into
+/// a path or query arrives.
+fn percent_encoded(text: &str) -> String {
+    text.replace('{', "%7B").replace('}', "%7D")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placeholders() -> Placeholders {
+        let secret = GrantedSecret {
+            hosts: vec![AllowedHost::parse("https://api.example.com").unwrap()],
+            value: SecretValue::new("s3cr3t".into()),
+        };
+        Placeholders::new([("token".to_owned(), secret)].into())
+    }
+
+    #[test]
+    fn a_placeholder_is_replaced_only_for_a_bound_host() {
+        let secrets = placeholders();
+        let token = secrets.placeholder("token").unwrap();
+        assert!(!token.contains("s3cr3t"));
+        assert_eq!(secrets.placeholder("other"), None);
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        headers.insert("x-plain", "untouched".parse().unwrap());
+
+        let mut elsewhere = headers.clone();
+        let refused = secrets.substitute(&mut elsewhere, Scheme::Https, "evil.example.com", 443);
+        assert_eq!(
+            refused,
+            Err(Misuse::NotBoundTo(
+                "token".into(),
+                "https://evil.example.com:443".into()
+            ))
+        );
+        assert_eq!(elsewhere, headers, "nothing substituted on refusal");
+        let plain_http =
+            secrets.substitute(&mut headers.clone(), Scheme::Http, "api.example.com", 443);
+        assert!(plain_http.is_err(), "the scheme is part of the binding");
+
+        secrets
+            .substitute(&mut headers, Scheme::Https, "api.example.com", 443)
+            .unwrap();
+        assert_eq!(headers["authorization"], "Bearer s3cr3t");
+        assert!(headers["authorization"].is_sensitive());
+        assert_eq!(headers["x-plain"], "untouched");
+    }
+
+    #[test]
+    fn placeholders_in_urls_and_of_other_attempts_do_not_leak() {
+        let secrets = placeholders();
+        let token = secrets.placeholder("token").unwrap();
+        assert_eq!(
+            secrets.check_url(&format!("/x?k={token}")),
+            Err(Misuse::InUrl)
+        );
+        assert_eq!(
+            secrets.check_url(&format!("/x/{}", percent_encoded(&token))),
+            Err(Misuse::InUrl)
+        );
+        assert!(secrets.check_url("/x?k=1").is_ok());
+        let other_attempt = placeholders().placeholder("token").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", other_attempt.parse().unwrap());
+        secrets
+            .substitute(&mut headers, Scheme::Https, "api.example.com", 443)
+            .unwrap();
+        assert_eq!(headers["authorization"], other_attempt.as_str());
+    }
+
+    #[test]
+    fn hmac_uses_the_value_without_revealing_it() {
+        let secrets = placeholders();
+        let mac = secrets.hmac_sha256("token", b"payload").unwrap();
+        // RFC 2104 HMAC-SHA256("s3cr3t", "payload"), computed independently.
+        let mut expected = Hmac::<Sha256>::new_from_slice(b"s3cr3t").unwrap();
+        expected.update(b"payload");
+        assert_eq!(mac, expected.finalize().into_bytes().to_vec());
+        assert_eq!(secrets.hmac_sha256("missing", b"x"), None);
+    }
+}
