@@ -14,7 +14,7 @@ import json
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import host
-from wit_world.imports.types import TaskError
+from wit_world.imports.taskflow_task_types import TaskError
 
 
 def fatal(message: str) -> Err:

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::http::HttpError;
+
 /// Why a task did not produce an output, and whether retrying may help.
 ///
 /// Create one with [`TaskError::retry`] or [`TaskError::fatal`], or let `?`
@@ -51,23 +53,32 @@ impl fmt::Display for TaskError {
     }
 }
 
-/// `?` on any error: a retryable `TaskError` whose message is the error and
-/// its causes, joined by ": ".
-impl<E: std::error::Error> From<E> for TaskError {
+/// `?` on any error: a `TaskError` whose message is the error and its
+/// causes, joined by ": ". Retryable, unless the error or one of its causes
+/// is an [`HttpError`](crate::http::HttpError) that says otherwise (a denied
+/// request, a 404): that is how `?` on an HTTP call, even one wrapped in your
+/// own error type, picks the right kind. Like `anyhow`, this takes errors
+/// that borrow nothing (`'static`); map one that does (a `PoisonError` of a
+/// lock guard) to a `TaskError` yourself.
+impl<E: std::error::Error + 'static> From<E> for TaskError {
     fn from(error: E) -> Self {
-        Self::retry(error_chain(&error))
+        let message = chain(&error)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": ");
+        let http = chain(&error).find_map(|cause| cause.downcast_ref::<HttpError>());
+        match http {
+            Some(http) if !http.is_retryable() => Self::fatal(message),
+            _ => Self::retry(message),
+        }
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
+/// The error followed by its causes.
+fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |error| error.source())
 }
 
 /// Marks the error of a `Result` as fatal or retryable before `?`.
@@ -111,6 +122,32 @@ mod tests {
         let error = read().unwrap_err();
         assert!(error.is_retryable());
         assert_eq!(error.message(), "disk on fire");
+    }
+
+    #[test]
+    fn question_mark_keeps_the_kind_of_a_wrapped_http_error() {
+        #[derive(Debug)]
+        struct Upload(HttpError);
+        impl fmt::Display for Upload {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("upload failed")
+            }
+        }
+        impl std::error::Error for Upload {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let denied = HttpError::Denied {
+            url: "https://example.com/files".into(),
+        };
+        let error = TaskError::from(Upload(denied));
+        assert!(!error.is_retryable());
+        assert!(
+            error
+                .message()
+                .starts_with("upload failed: request to https://example.com/files")
+        );
     }
 
     #[test]

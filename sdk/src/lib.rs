@@ -61,23 +61,39 @@
 //!
 //! [`context()`] tells the task which job and attempt it is running.
 //!
+//! # HTTP, configuration and secrets
+//!
+//! What a task may reach is granted by its queue's operator: [`http`] sends
+//! requests to the hosts the queue allows, [`config`] reads the queue's
+//! configuration, and [`secret`] hands out stand-ins for the queue's secrets
+//! that the host swaps for their values in outgoing request headers; the task
+//! itself never sees a secret's value. `?` on an
+//! [`HttpError`](http::HttpError) picks the right kind of `TaskError`: a
+//! timeout or a 503 is retried, a denied request or a 404 is not.
+//!
 //! # Testing a task
 //!
 //! The `#[task]` function stays an ordinary function: call it from a
 //! `#[test]` on your machine. Outside WebAssembly, logging prints to stderr
-//! and [`context()`] returns a placeholder. To run the built component
-//! under the same sandbox and limits as a worker, without a server:
+//! and [`context()`] returns a placeholder; HTTP requests and secrets fail
+//! (there is no host to serve them) and the configuration is empty. To run
+//! the built component under the same sandbox and limits as a worker,
+//! without a server:
 //! `taskflow run target/wasm32-wasip2/release/my_task.wasm --input '{…}'`.
 #![deny(missing_docs)]
 
 mod bytes;
+pub mod config;
 mod error;
+pub mod http;
 pub mod log;
 mod runtime;
+mod secrets;
 
 pub use bytes::Bytes;
 pub use error::{ResultExt, TaskError};
 pub use runtime::{JobContext, context};
+pub use secrets::{Secret, secret};
 pub use taskflow_sdk_macros::task;
 
 /// Bindings generated from `wit/task.wit`; used by `#[task]`.
@@ -90,6 +106,10 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_task",
         default_bindings_module: "taskflow_sdk::bindings",
+        // The world imports wasi:http, wasi:config and, through them,
+        // wasi:io; generate those here rather than depend on a WASI crate
+        // whose versions would have to match `wit/deps`.
+        generate_all,
     });
 }
 
