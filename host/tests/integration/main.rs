@@ -15,6 +15,7 @@ mod jobs_api;
 mod leases;
 mod maintenance;
 mod modules_api;
+mod outbound;
 mod plugins;
 mod queues_api;
 mod race;

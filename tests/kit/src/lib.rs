@@ -1,19 +1,22 @@
 //! What the integration tests (`host/tests`), `taskflow-bench` and the
 //! chaos suite (`tests/chaos`) share, in one place: a database of their own
 //! ([`ScratchDatabase`]), free ports, percentiles, readings of a process's
-//! memory, and where the built plugins are.
+//! memory, where the built plugins are, and HTTP(S) servers for tasks to
+//! call ([`TestServers`]).
 //!
 //! TaskFlow's own statements stay in `taskflow::store`; the only SQL here
 //! creates and drops databases, which is the server's business, not
 //! TaskFlow's.
 
 mod database;
+mod http_server;
 mod process;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 
 pub use database::{ScratchDatabase, database_url};
+pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
 pub use process::{peak_rss_bytes, rss_bytes};
 
 /// PostgreSQL server for tests and benchmarks: `DATABASE_URL`, or the local

@@ -25,7 +25,9 @@ mod store;
 
 pub use processes::TcpProxy;
 pub use store::{new_job, rescue, store_with_jobs, success};
-pub use taskflow_testkit::{ScratchDatabase as TestDb, plugin_path, redis_url};
+pub use taskflow_testkit::{
+    BIG_BODY_BYTES, ScratchDatabase as TestDb, TestServers, plugin_path, redis_url,
+};
 
 /// A component built from `plugins/<name>` by `scripts/build-plugins`.
 pub fn plugin(name: &str) -> Vec<u8> {

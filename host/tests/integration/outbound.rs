@@ -1,0 +1,391 @@
+//! Outbound HTTP from real guests to real servers on 127.0.0.1: what a
+//! queue grants is reachable, nothing else is, every cap holds, secrets are
+//! used without being read, and every request is on the attempt record.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use taskflow::api::types::{JobView, SubmitJob};
+use taskflow::job::JobState;
+use taskflow::sandbox::OutboundLimits;
+
+use crate::support::{BIG_BODY_BYTES, TestApp, TestOptions, TestServers, TestWorker};
+
+const SECRET: &str = "whsec_outbound-test-value-7731";
+
+/// An app whose workers trust the servers' CA, with `limits` on outbound
+/// HTTP, one worker, and the `default` queue granted `settings`.
+async fn start(
+    servers: &TestServers,
+    limits: OutboundLimits,
+    settings: Value,
+) -> (TestApp, TestWorker) {
+    let mut options = TestOptions::default();
+    options.execution.extra_ca_certs = Some(servers.ca_file.clone());
+    options.execution.outbound = limits;
+    let app = TestApp::start_with(options).await;
+    let (status, answer) = app
+        .put_json("/v1/queues/default", &settings.to_string())
+        .await;
+    assert!(status.is_success(), "{answer}");
+    let worker = app.spawn_worker("w1");
+    (app, worker)
+}
+
+async fn run(app: &TestApp, module: &str, input: Value) -> JobView {
+    let job = app
+        .submit_with(SubmitJob {
+            max_attempts: Some(1),
+            ..SubmitJob::new(module, input)
+        })
+        .await;
+    app.wait_final(job.id).await
+}
+
+async fn requests_of(app: &TestApp, job: &JobView) -> Vec<Value> {
+    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    attempts
+        .last()
+        .unwrap()
+        .requests
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn granted_get_and_signed_post_go_through_and_are_recorded() {
+    let servers = TestServers::start().await;
+    let http = format!("http://127.0.0.1:{}", servers.http.port());
+    let https = format!("https://localhost:{}", servers.https.port());
+    let settings = json!({
+        "allowed_hosts": [http, https],
+        "secrets": {"webhook_key": {"value": SECRET, "allowed_hosts": [https]}},
+    });
+    let (app, worker) = start(&servers, OutboundLimits::default(), settings).await;
+    let fetch = app.upload("fetch").await;
+    let webhook = app.upload("webhook").await;
+
+    let fetched = run(
+        &app,
+        &fetch,
+        json!({"url": format!("{http}/hello?token=q")}),
+    )
+    .await;
+    assert_eq!(
+        fetched.state,
+        JobState::Succeeded,
+        "{:?}",
+        fetched.last_error
+    );
+    let output = fetched.output.clone().unwrap();
+    assert_eq!(output["status"], 200);
+    assert_eq!(output["size"], 5);
+    let requests = requests_of(&app, &fetched).await;
+    assert_eq!(requests.len(), 1);
+    let record = &requests[0];
+    assert_eq!(record["method"], "GET");
+    assert_eq!(
+        record["url"],
+        format!("{http}/hello"),
+        "the query string is dropped"
+    );
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["bytes_in"], 5);
+    assert_eq!(record["denied"], false);
+
+    let payload = json!({"event": "paid", "amount": 42});
+    let delivered = run(
+        &app,
+        &webhook,
+        json!({"url": format!("{https}/echo"), "payload": payload}),
+    )
+    .await;
+    assert_eq!(
+        delivered.state,
+        JobState::Succeeded,
+        "{:?}",
+        delivered.last_error
+    );
+    let seen = servers.seen();
+    let post = seen
+        .iter()
+        .find(|s| s.method == "POST")
+        .expect("the webhook arrived");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&post.body).unwrap(),
+        payload
+    );
+    let signature = post
+        .headers
+        .iter()
+        .find(|(name, _)| name == "x-taskflow-signature")
+        .map(|(_, value)| value.clone())
+        .expect("a signature header");
+    assert_eq!(
+        signature,
+        format!("sha256={}", hmac_hex(SECRET, &post.body))
+    );
+    let record = &requests_of(&app, &delivered).await[0];
+    assert_eq!(record["method"], "POST");
+    assert_eq!(record["bytes_out"], post.body.len());
+
+    assert_secret_nowhere(&app, &[&fetched, &delivered]).await;
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_not_granted_and_names_of_internal_addresses_are_denied_and_recorded() {
+    let servers = TestServers::start().await;
+    let port = servers.http.port();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let hostname = hostname.trim().to_owned();
+    let resolved: Vec<_> = tokio::net::lookup_host((hostname.as_str(), port))
+        .await
+        .unwrap()
+        .collect();
+    assert!(
+        resolved
+            .iter()
+            .all(|a| !taskflow::queue::is_public_address(a.ip())),
+        "this test needs the machine's name to resolve to an internal address: {resolved:?}"
+    );
+    let settings = json!({"allowed_hosts": [format!("http://{hostname}:{port}")]});
+    let (app, worker) = start(&servers, OutboundLimits::default(), settings).await;
+    let fetch = app.upload("fetch").await;
+
+    let ungranted = run(
+        &app,
+        &fetch,
+        json!({"url": format!("http://127.0.0.1:{port}/hello")}),
+    )
+    .await;
+    assert_eq!(
+        ungranted.state,
+        JobState::Dead,
+        "a denied host is not retried"
+    );
+    let error = &ungranted.last_error.as_ref().unwrap()["message"];
+    assert!(error.as_str().unwrap().contains("denied"), "{error}");
+    let record = &requests_of(&app, &ungranted).await[0];
+    assert_eq!(record["denied"], true);
+    assert_eq!(record["url"], format!("http://127.0.0.1:{port}/hello"));
+    assert!(
+        record["reason"].as_str().unwrap().contains("allowed_hosts"),
+        "{record}"
+    );
+
+    let internal = run(
+        &app,
+        &fetch,
+        json!({"url": format!("http://{hostname}:{port}/hello")}),
+    )
+    .await;
+    assert_eq!(internal.state, JobState::Dead);
+    let record = &requests_of(&app, &internal).await[0];
+    assert_eq!(record["denied"], true);
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("internal address"),
+        "{record}"
+    );
+    assert!(servers.seen().is_empty(), "no request reached the server");
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_are_returned_not_followed_and_caps_and_timeouts_fail_only_the_request() {
+    let servers = TestServers::start().await;
+    let http = format!("http://127.0.0.1:{}", servers.http.port());
+    let limits = OutboundLimits {
+        max_response_bytes: 1 << 20,
+        request_timeout: Duration::from_millis(500),
+        ..OutboundLimits::default()
+    };
+    let (app, worker) = start(&servers, limits, json!({"allowed_hosts": [http]})).await;
+    let fetch = app.upload("fetch").await;
+
+    let elsewhere = format!("http://127.0.0.2:{}/hello", servers.http.port());
+    let redirected = run(
+        &app,
+        &fetch,
+        json!({"url": format!("{http}/redirect?to={elsewhere}")}),
+    )
+    .await;
+    assert_eq!(
+        redirected.state,
+        JobState::Succeeded,
+        "{:?}",
+        redirected.last_error
+    );
+    assert_eq!(redirected.output.clone().unwrap()["status"], 302);
+    assert_eq!(
+        requests_of(&app, &redirected).await.len(),
+        1,
+        "the host followed nothing"
+    );
+
+    let slow = run(&app, &fetch, json!({"url": format!("{http}/slow")})).await;
+    assert_eq!(slow.state, JobState::Dead);
+    let record = &requests_of(&app, &slow).await[0];
+    assert_eq!(record["error"], "timeout", "{record}");
+    assert!(
+        record["duration_ms"].as_f64().unwrap() < 5_000.0,
+        "{record}"
+    );
+
+    let big = run(&app, &fetch, json!({"url": format!("{http}/big")})).await;
+    assert_eq!(big.state, JobState::Dead);
+    let record = &requests_of(&app, &big).await[0];
+    assert_eq!(record["error"], "response_too_large", "{record}");
+    assert!(record["bytes_in"].as_u64().unwrap() < BIG_BODY_BYTES as u64);
+
+    // The worker is unharmed: the next job runs.
+    let after = run(&app, &fetch, json!({"url": format!("{http}/hello")})).await;
+    assert_eq!(after.state, JobState::Succeeded);
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
+    let servers = TestServers::start().await;
+    let bound = format!("https://localhost:{}", servers.https.port());
+    let other = format!("http://127.0.0.1:{}", servers.http.port());
+    let settings = json!({
+        "allowed_hosts": [bound, other],
+        "secrets": {"api_key": {"value": SECRET, "allowed_hosts": [bound]}},
+    });
+    let limits = OutboundLimits {
+        max_requests: 3,
+        ..OutboundLimits::default()
+    };
+    let (app, worker) = start(&servers, limits, settings).await;
+    let misbehave = app.upload("misbehave").await;
+    let get = |url: String| json!({"mode": "http_get", "url": url, "bearer_secret": "api_key"});
+
+    let to_bound = run(&app, &misbehave, get(format!("{bound}/echo"))).await;
+    assert_eq!(
+        to_bound.state,
+        JobState::Succeeded,
+        "{:?}",
+        to_bound.last_error
+    );
+    let authorization = servers.seen()[0]
+        .headers
+        .iter()
+        .find(|(name, _)| name == "authorization")
+        .map(|(_, value)| value.clone());
+    assert_eq!(authorization, Some(format!("Bearer {SECRET}")));
+
+    let to_other = run(&app, &misbehave, get(format!("{other}/echo"))).await;
+    assert_eq!(to_other.state, JobState::Dead);
+    let record = &requests_of(&app, &to_other).await[0];
+    assert_eq!(record["denied"], true);
+    assert!(
+        record["reason"].as_str().unwrap().contains("api_key"),
+        "{record}"
+    );
+    let in_url =
+        json!({"mode": "http_get", "url": format!("{bound}/echo"), "secret_in_query": "api_key"});
+    let in_url = run(&app, &misbehave, in_url).await;
+    assert_eq!(in_url.state, JobState::Dead);
+    assert_eq!(servers.seen().len(), 1, "neither refused request was sent");
+
+    let flood = json!({"mode": "http_flood", "url": format!("{other}/hello"), "count": 10});
+    let flood = run(&app, &misbehave, flood).await;
+    assert_eq!(flood.state, JobState::Succeeded, "{:?}", flood.last_error);
+    let summary = flood.output.clone().unwrap();
+    assert_eq!(summary["ok"], 3);
+    assert_eq!(summary["failed"], 7);
+    let records = requests_of(&app, &flood).await;
+    assert_eq!(records.len(), 10);
+    assert!(records[3..].iter().all(|r| r["denied"] == true));
+
+    assert_secret_nowhere(&app, &[&to_bound, &to_other, &in_url, &flood]).await;
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_job_aborts_its_request_in_flight() {
+    let servers = TestServers::start().await;
+    let http = format!("http://127.0.0.1:{}", servers.http.port());
+    let (app, worker) = start(
+        &servers,
+        OutboundLimits::default(),
+        json!({"allowed_hosts": [http]}),
+    )
+    .await;
+    let fetch = app.upload("fetch").await;
+    let job = app
+        .submit_with(SubmitJob::new(
+            &fetch,
+            json!({"url": format!("{http}/slow")}),
+        ))
+        .await;
+    crate::support::eventually(Duration::from_secs(10), || async {
+        (!servers.seen().is_empty()).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    app.client.cancel(job.id).await.unwrap();
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    // The cancel writes the attempt's record (the worker's own is fenced
+    // out); what shows the request was aborted is that the worker, which
+    // waits for its attempts when stopped, stops long before the server
+    // would have answered.
+    worker.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the attempt ended with the cancel, not with the server's 10 s"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_built_against_taskflow_task_0_1_0_still_runs() {
+    let app = TestApp::start().await;
+    let worker = app.spawn_worker("w1");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hello-taskflow-task-0.1.0.wasm");
+    let (module, _) = app
+        .client
+        .push_module(std::fs::read(fixture).unwrap())
+        .await
+        .unwrap();
+    let job = app.submit(&module.hash, json!({"name": "old"})).await;
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    assert_eq!(job.output.unwrap()["greeting"], "Hello, old!");
+    worker.stop().await;
+    app.finish().await;
+}
+
+/// The secret's value is in no API answer about these jobs: not the job,
+/// not its attempts (records, logs, errors), not the queue.
+async fn assert_secret_nowhere(app: &TestApp, jobs: &[&JobView]) {
+    for job in jobs {
+        for path in [
+            format!("/v1/jobs/{}", job.id),
+            format!("/v1/jobs/{}/attempts", job.id),
+        ] {
+            let (_, answer) = app.get_json(&path).await;
+            assert!(!answer.to_string().contains(SECRET), "{path}: {answer}");
+        }
+    }
+    let (_, queues) = app.get_json("/v1/queues").await;
+    assert!(!queues.to_string().contains(SECRET));
+}
+
+fn hmac_hex(key: &str, data: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(data);
+    hex::encode(mac.finalize().into_bytes())
+}
