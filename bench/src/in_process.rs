@@ -14,25 +14,27 @@ use taskflow_testkit::percentile;
 use super::Figure;
 use super::cluster::Target;
 
-fn plugin_bytes(target: &Target, name: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn plugin_bytes(target: &Target, name: &str) -> anyhow::Result<Vec<u8>> {
     let path = target
         .plugin_dir
         .join(format!("taskflow_plugin_{name}.wasm"));
     std::fs::read(&path).with_context(|| format!("{}: build the plugins first", path.display()))
 }
 
-fn sandbox_for(target: &Target, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Sandbox> {
+pub(crate) fn sandbox_for(
+    target: &Target,
+    limits: &ExecutionLimits,
+    cache_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<Sandbox> {
     let compiler = CompileConfig {
         compiler: Some(target.taskflow.clone()),
         ..CompileConfig::default()
     }
     .compiler_config()?;
-    Ok(Sandbox::new(
-        ExecutionLimits::default().sandbox_config(1, cache_dir, compiler),
-    )?)
+    Ok(Sandbox::new(limits.sandbox_config(1, cache_dir, compiler))?)
 }
 
-fn attempt(input: &[u8], memory_bytes: u64) -> Attempt {
+pub(crate) fn attempt(input: &[u8], memory_bytes: u64) -> Attempt {
     Attempt {
         input: input.to_vec(),
         context: JobContext {
@@ -47,6 +49,7 @@ fn attempt(input: &[u8], memory_bytes: u64) -> Attempt {
             memory_bytes,
         },
         grant: RunGrant::unlimited(),
+        grants: Default::default(),
     }
 }
 
@@ -54,7 +57,7 @@ fn attempt(input: &[u8], memory_bytes: u64) -> Attempt {
 pub async fn sandbox(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
     let bytes = plugin_bytes(target, "noop")?;
     let hash = hex::encode(Sha256::digest(&bytes));
-    let sandbox = sandbox_for(target, None)?;
+    let sandbox = sandbox_for(target, &ExecutionLimits::default(), None)?;
     let (task, _) = sandbox
         .prepare(&hash, async move { Ok(bytes) })
         .await
@@ -123,8 +126,16 @@ pub async fn cache(target: &Target) -> anyhow::Result<Vec<Figure>> {
             anyhow::Ok(started.elapsed().as_secs_f64() * 1000.0)
         }
     };
-    let cold = first_job(sandbox_for(target, Some(dir.clone()))?, bytes.clone()).await?;
-    let restarted = first_job(sandbox_for(target, Some(dir.clone()))?, bytes).await?;
+    let cold = first_job(
+        sandbox_for(target, &ExecutionLimits::default(), Some(dir.clone()))?,
+        bytes.clone(),
+    )
+    .await?;
+    let restarted = first_job(
+        sandbox_for(target, &ExecutionLimits::default(), Some(dir.clone()))?,
+        bytes,
+    )
+    .await?;
     let _ = std::fs::remove_dir_all(dir);
     eprintln!("cache: module {name}");
     Ok(vec![

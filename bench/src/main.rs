@@ -9,6 +9,7 @@
 //! the compiler, not TaskFlow.
 
 mod cluster;
+mod http;
 mod in_process;
 mod scenarios;
 
@@ -72,6 +73,8 @@ pub enum Scenario {
     Cache,
     /// CPU-bound jobs on 1 worker vs. 2 workers.
     Cpu,
+    /// Outbound HTTP: the host's cost per request, and a drain of jobs that each make one GET.
+    Http,
 }
 
 /// One figure of one run.

@@ -31,10 +31,11 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
         Scenario::Sandbox => in_process::sandbox(target, scaled(20_000)).await,
         Scenario::Cache => in_process::cache(target).await,
         Scenario::Cpu => cpu(target, scaled(200)).await,
+        Scenario::Http => super::http::http(target, scaled(2_000), scaled(2_000)).await,
     }
 }
 
-fn job(module: &str) -> SubmitJob {
+pub(crate) fn job(module: &str) -> SubmitJob {
     SubmitJob {
         module: module.to_owned(),
         input: Some(json!({}).into()),
@@ -52,7 +53,7 @@ fn progress(length: usize, what: &str) -> ProgressBar {
 }
 
 /// Waits until `count` jobs have succeeded in the deployment.
-async fn wait_succeeded(store: &Store, count: usize, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_succeeded(store: &Store, count: usize, what: &str) -> anyhow::Result<()> {
     let bar = progress(count, what);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -172,7 +173,7 @@ async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Fi
 }
 
 /// Starts the API and two workers with a warm no-op module.
-async fn warm_deployment(
+pub(crate) async fn warm_deployment(
     target: &Target,
     workers: usize,
     concurrency: usize,

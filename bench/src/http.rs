@@ -1,0 +1,164 @@
+//! `bench http`: what outbound HTTP costs. In this process, one attempt of
+//! the misbehave plugin makes `count` GETs to a local server through the
+//! sandbox (policy check, connection to the checked address, metered
+//! bodies, audit record), against the same GETs from a plain hyper client,
+//! each on a new connection as the host's are; the difference is the
+//! host's own cost per request, guest-side `wasi:http` calls included.
+//! Then a drain of `fetch` jobs, one GET each, with the API and 2 workers.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use taskflow::api::types::{PutQueue, SubmitBatch};
+use taskflow::config::ExecutionLimits;
+use taskflow::queue::AllowedHost;
+use taskflow::sandbox::{Grants, OutboundLimits};
+use taskflow_testkit::TestServers;
+
+use super::Figure;
+use super::cluster::Target;
+use super::in_process::{attempt, plugin_bytes, sandbox_for};
+use super::scenarios::{job, wait_succeeded, warm_deployment};
+
+/// Both measurements.
+pub async fn http(target: &Target, requests: usize, jobs: usize) -> anyhow::Result<Vec<Figure>> {
+    let servers = TestServers::start().await;
+    let mut figures = per_request(target, &servers, requests).await?;
+    figures.push(drain(target, &servers, jobs).await?);
+    Ok(figures)
+}
+
+async fn per_request(
+    target: &Target,
+    servers: &TestServers,
+    count: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let origin = format!("http://127.0.0.1:{}", servers.http.port());
+    let limits = ExecutionLimits {
+        outbound: OutboundLimits {
+            max_requests: u32::try_from(count)? + 1,
+            ..OutboundLimits::default()
+        },
+        ..ExecutionLimits::default()
+    };
+    let sandbox = sandbox_for(target, &limits, None)?;
+    let bytes = plugin_bytes(target, "misbehave")?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let (task, _) = sandbox
+        .prepare(&hash, async move { Ok(bytes) })
+        .await
+        .map_err(|failure| anyhow::anyhow!("{}", failure.message))?;
+    let flood = |count: usize| {
+        let input = json!({"mode": "http_flood", "url": format!("{origin}/hello"), "count": count});
+        let mut attempt = attempt(input.to_string().as_bytes(), 64 << 20);
+        attempt.grants = Grants {
+            allowed_hosts: vec![AllowedHost::parse(&origin).expect("a valid origin")],
+            ..Grants::default()
+        };
+        attempt
+    };
+    sandbox
+        .run(&task, flood(10))
+        .await
+        .result
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    let started = Instant::now();
+    let execution = sandbox.run(&task, flood(count)).await;
+    let through_task = started.elapsed().as_secs_f64();
+    let output: serde_json::Value = serde_json::from_slice(
+        &execution
+            .result
+            .map_err(|f| anyhow::anyhow!("{}", f.message))?,
+    )?;
+    anyhow::ensure!(
+        output["ok"] == count,
+        "not every request succeeded: {output}"
+    );
+
+    let started = Instant::now();
+    for _ in 0..count {
+        plain_get(servers.http).await?;
+    }
+    let plain = started.elapsed().as_secs_f64();
+    let micros = |seconds: f64| seconds * 1e6 / count as f64;
+    Ok(vec![
+        Figure::new(
+            "GET through a task",
+            micros(through_task),
+            "µs/request",
+            "report",
+        ),
+        Figure::new(
+            "GET from plain hyper",
+            micros(plain),
+            "µs/request",
+            "report",
+        ),
+        Figure::new(
+            "host's cost per request",
+            micros(through_task - plain),
+            "µs/request",
+            "≤ 50",
+        ),
+    ])
+}
+
+/// One GET on a new connection, body read to the end.
+async fn plain_get(address: std::net::SocketAddr) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/hello")
+        .header("host", address.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(response.status() == 200, "status {}", response.status());
+    response.into_body().collect().await?;
+    Ok(())
+}
+
+/// `count` `fetch` jobs, one GET each, drained by 2 workers.
+async fn drain(target: &Target, servers: &TestServers, count: usize) -> anyhow::Result<Figure> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (deployment, module) = warm_deployment(target, 2, cores, "fetch").await?;
+    let origin = format!("http://127.0.0.1:{}", servers.http.port());
+    let grants = PutQueue {
+        allowed_hosts: vec![origin.clone()],
+        ..PutQueue::default()
+    };
+    deployment.client.put_queue("default", &grants).await?;
+    let input = json!({"url": format!("{origin}/hello")});
+    let started = Instant::now();
+    let mut remaining = count;
+    while remaining > 0 {
+        let size = remaining.min(1000);
+        let jobs = (0..size)
+            .map(|_| taskflow::api::types::SubmitJob {
+                input: Some(input.clone().into()),
+                ..job(&module)
+            })
+            .collect();
+        deployment
+            .client
+            .submit_batch(&SubmitBatch { jobs })
+            .await?;
+        remaining -= size;
+    }
+    wait_succeeded(deployment.store(), count, "fetching")
+        .await
+        .context("the fetch jobs did not all succeed")?;
+    let seconds = started.elapsed().as_secs_f64();
+    deployment.stop().await?;
+    Ok(Figure::new(
+        "fetch jobs drained, 2 workers",
+        count as f64 / seconds,
+        "jobs/s",
+        "report",
+    ))
+}
