@@ -4,7 +4,11 @@
 //! (each worker with its own sandbox, leases, elector and maintenance services, exactly
 //! as `taskflow worker` runs them), builds the `hello` plugin, uploads it
 //! through the API, submits a job and prints its result and log. Then it
-//! keeps serving until Ctrl-C, so you can submit your own jobs.
+//! shows a task reaching the outside world: a local HTTP service granted to
+//! the `demo` queue is fetched by the `fetch` plugin, and the same request
+//! from a queue that grants nothing is denied; each attempt shows its
+//! request. Then it keeps serving until Ctrl-C, so you can submit your own
+//! jobs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,7 +20,7 @@ use clap::Args;
 use super::client::{describe_attempts, describe_job};
 use super::server::{api_state_from, connect, shutdown_on_signal, spawn_api, spawn_worker_from};
 use super::{ApiOnlyArgs, CommonArgs, WorkerOnlyArgs};
-use crate::api::types::SubmitJob;
+use crate::api::types::{PutQueue, SubmitJob};
 use crate::client::Client;
 use crate::config::WorkerConfig;
 
@@ -51,7 +55,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let state = api_state_from(&backends, &args.common, &args.api)?;
     let open = state.tokens.is_open();
     let (address, api) = spawn_api(state, shutdown.clone()).await?;
-    let worker = WorkerConfig::from(args.worker.worker.clone());
+    let mut worker = WorkerConfig::from(args.worker.worker.clone());
+    if !worker.queues.iter().any(|queue| queue == DEMO_QUEUE) {
+        worker.queues.push(DEMO_QUEUE.to_owned());
+    }
     let base_id = worker.effective_worker_id();
     let mut workers = Vec::new();
     for index in 1..=args.workers {
@@ -78,6 +85,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         None => build_plugin("taskflow-plugin-hello").await?,
     };
     demo(&url, &plugin).await?;
+    outbound_demo(&url, &build_plugin("taskflow-plugin-fetch").await?).await?;
 
     if args.exit_after_demo {
         shutdown.cancel();
@@ -123,6 +131,64 @@ async fn demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
     println!("{}", describe_attempts(&client.attempts(job.id).await?));
     if job.state != crate::job::JobState::Succeeded {
         bail!("the demo job did not succeed");
+    }
+    Ok(())
+}
+
+/// The queue the outbound demo grants its local service to.
+const DEMO_QUEUE: &str = "demo";
+
+/// Starts a local HTTP service, grants it to the `demo` queue, and fetches
+/// it with the `fetch` plugin from that queue (allowed) and from `default`
+/// (denied: it grants nothing).
+async fn outbound_demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
+    let client = Client::new(url).with_token(std::env::var("TASKFLOW_API_TOKEN").ok());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let origin = format!("http://{}", listener.local_addr()?);
+    let service = axum::Router::new().route(
+        "/status",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({"service": "up"})) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, service).await });
+    let grants = PutQueue {
+        allowed_hosts: vec![origin.clone()],
+        ..PutQueue::default()
+    };
+    client.put_queue(DEMO_QUEUE, &grants).await?;
+    println!("\n$ taskflow queue set {DEMO_QUEUE} --allow-host {origin}");
+    let bytes =
+        std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
+    let (module, _) = client.push_module(bytes).await?;
+    println!("$ taskflow module push {}", plugin.display());
+    let input = serde_json::json!({ "url": format!("{origin}/status") });
+    for queue in [DEMO_QUEUE, crate::job::DEFAULT_QUEUE] {
+        let submitted = client
+            .submit(&SubmitJob {
+                queue: Some(queue.to_owned()),
+                max_attempts: Some(1),
+                ..SubmitJob::new(module.hash.clone(), input.clone())
+            })
+            .await?;
+        println!(
+            "\n$ taskflow job submit --queue {queue} --module {} --input '{input}' --wait",
+            module.hash
+        );
+        let job = client
+            .wait(submitted.job.id, Duration::from_secs(60))
+            .await?;
+        println!("{}", describe_job(&job));
+        println!("{}", describe_attempts(&client.attempts(job.id).await?));
+        let expected = if queue == DEMO_QUEUE {
+            crate::job::JobState::Succeeded
+        } else {
+            crate::job::JobState::Dead
+        };
+        if job.state != expected {
+            bail!(
+                "the outbound demo job on queue {queue} is {}, not {expected}",
+                job.state
+            );
+        }
     }
     Ok(())
 }
