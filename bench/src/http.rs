@@ -1,5 +1,5 @@
 //! `bench http`: what outbound HTTP costs. In this process, one attempt of
-//! the misbehave plugin makes `count` GETs to a local server through the
+//! the http-probe plugin makes `count` GETs to a local server through the
 //! sandbox (policy check, connection to the checked address, metered
 //! bodies, audit record), against the same GETs from a plain hyper client,
 //! each on a new connection as the host's are; the difference is the
@@ -46,14 +46,14 @@ async fn per_request(
         ..ExecutionLimits::default()
     };
     let sandbox = sandbox_for(target, &limits, None)?;
-    let bytes = plugin_bytes(target, "misbehave")?;
+    let bytes = plugin_bytes(target, "http_probe")?;
     let hash = hex::encode(Sha256::digest(&bytes));
     let (task, _) = sandbox
         .prepare(&hash, async move { Ok(bytes) })
         .await
         .map_err(|failure| anyhow::anyhow!("{}", failure.message))?;
     let flood = |count: usize| {
-        let input = json!({"mode": "http_flood", "url": format!("{origin}/hello"), "count": count});
+        let input = json!({"mode": "flood", "url": format!("{origin}/hello"), "count": count});
         let mut attempt = attempt(input.to_string().as_bytes(), 64 << 20);
         attempt.grants = Grants {
             allowed_hosts: vec![AllowedHost::parse(&origin).expect("a valid origin")],

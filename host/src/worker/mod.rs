@@ -59,6 +59,7 @@ pub struct Worker {
     redis: Redis,
     leases: Leases,
     sandbox: Sandbox,
+    grants: grants::GrantsCache,
     retry_scheduled: Arc<Notify>,
 }
 
@@ -90,7 +91,9 @@ impl Worker {
             Some(config.effective_cache_dir()?),
             compiler,
         ))?;
+        let grants = grants::GrantsCache::new(store.clone(), config.secret_key.clone());
         Ok(Self {
+            grants,
             id,
             config,
             concurrency,
@@ -255,8 +258,7 @@ impl Worker {
             Ok((task, _source)) => task,
             Err(failure) => return Execution::failed(failure),
         };
-        let secret_key = self.config.secret_key.as_ref();
-        let grants = match grants::for_task(&self.store, secret_key, &task, &job.queue).await {
+        let grants = match self.grants.for_task(&task, &job.queue).await {
             Ok(grants) => grants,
             Err(failure) => return Execution::failed(failure),
         };

@@ -265,10 +265,10 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
         ..OutboundLimits::default()
     };
     let (app, worker) = start(&servers, limits, settings).await;
-    let misbehave = app.upload("misbehave").await;
-    let get = |url: String| json!({"mode": "http_get", "url": url, "bearer_secret": "api_key"});
+    let probe = app.upload("http_probe").await;
+    let get = |url: String| json!({"mode": "get", "url": url, "bearer_secret": "api_key"});
 
-    let to_bound = run(&app, &misbehave, get(format!("{bound}/echo"))).await;
+    let to_bound = run(&app, &probe, get(format!("{bound}/echo"))).await;
     assert_eq!(
         to_bound.state,
         JobState::Succeeded,
@@ -282,7 +282,7 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
         .map(|(_, value)| value.clone());
     assert_eq!(authorization, Some(format!("Bearer {SECRET}")));
 
-    let to_other = run(&app, &misbehave, get(format!("{other}/echo"))).await;
+    let to_other = run(&app, &probe, get(format!("{other}/echo"))).await;
     assert_eq!(to_other.state, JobState::Dead);
     let record = &requests_of(&app, &to_other).await[0];
     assert_eq!(record["denied"], true);
@@ -291,13 +291,13 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
         "{record}"
     );
     let in_url =
-        json!({"mode": "http_get", "url": format!("{bound}/echo"), "secret_in_query": "api_key"});
-    let in_url = run(&app, &misbehave, in_url).await;
+        json!({"mode": "get", "url": format!("{bound}/echo"), "secret_in_query": "api_key"});
+    let in_url = run(&app, &probe, in_url).await;
     assert_eq!(in_url.state, JobState::Dead);
     assert_eq!(servers.seen().len(), 1, "neither refused request was sent");
 
-    let flood = json!({"mode": "http_flood", "url": format!("{other}/hello"), "count": 10});
-    let flood = run(&app, &misbehave, flood).await;
+    let flood = json!({"mode": "flood", "url": format!("{other}/hello"), "count": 10});
+    let flood = run(&app, &probe, flood).await;
     assert_eq!(flood.state, JobState::Succeeded, "{:?}", flood.last_error);
     let summary = flood.output.clone().unwrap();
     assert_eq!(summary["ok"], 3);
@@ -363,6 +363,114 @@ async fn a_component_built_against_taskflow_task_0_1_0_still_runs() {
     let job = app.wait_final(job.id).await;
     assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
     assert_eq!(job.output.unwrap()["greeting"], "Hello, old!");
+    worker.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_request_leaves_the_job_to_another_and_never_logs_the_secret() {
+    let servers = TestServers::start().await;
+    let https = format!("https://localhost:{}", servers.https.port());
+    let settings = json!({
+        "allowed_hosts": [https],
+        "secrets": {"webhook_key": {"value": SECRET, "allowed_hosts": [https]}},
+    });
+    let mut options = TestOptions::default();
+    options.execution.extra_ca_certs = Some(servers.ca_file.clone());
+    let app = TestApp::start_with(options).await;
+    let (status, answer) = app
+        .put_json("/v1/queues/default", &settings.to_string())
+        .await;
+    assert!(status.is_success(), "{answer}");
+    let webhook = app.upload("webhook").await;
+    let log_path = app.cache_dir.with_extension("worker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let ca_file = servers.ca_file.display().to_string();
+    let mut doomed = app.worker_process(
+        "doomed",
+        &[
+            ("TASKFLOW_SECRET_KEY", crate::support::TEST_SECRET_KEY),
+            ("TASKFLOW_EXTRA_CA_CERTS", &ca_file),
+            ("RUST_LOG", "debug"),
+        ],
+        log,
+    );
+    let input = json!({"url": format!("{https}/slow-once"), "payload": {"n": 1}});
+    let job = app.submit(&webhook, input).await;
+    crate::support::eventually(Duration::from_secs(30), || async {
+        (!servers.seen().is_empty()).then_some(())
+    })
+    .await;
+    doomed.kill().expect("SIGKILL the worker mid-request");
+    doomed.wait().unwrap();
+    let survivor = app.spawn_worker("survivor");
+    let job = app.wait_final(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    assert_eq!(job.worker_id.as_deref(), Some("survivor"));
+    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    assert_eq!(attempts[0].outcome.as_str(), "lease_expired");
+    assert_eq!(attempts[1].requests[0]["status"], 200);
+    assert_eq!(
+        servers.seen().len(),
+        2,
+        "the request was made again by the second attempt"
+    );
+
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logged.contains("doomed"),
+        "the worker logged at debug level: {logged}"
+    );
+    assert!(
+        !logged.contains(SECRET),
+        "the secret reached the worker's log"
+    );
+    assert_secret_nowhere(&app, &[&job]).await;
+    survivor.stop().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_without_the_secret_key_fails_grant_using_jobs_retryably_and_runs_the_rest() {
+    let app = TestApp::start_with(TestOptions {
+        secret_key: None,
+        ..TestOptions::default()
+    })
+    .await;
+    let key = taskflow::queue::SecretKey::parse(crate::support::TEST_SECRET_KEY).unwrap();
+    let value = taskflow::queue::SecretValue::new(SECRET.into());
+    let host = taskflow::queue::AllowedHost::parse("https://api.example.com").unwrap();
+    let mut settings = taskflow::queue::QueueSettings::default();
+    settings.secrets.insert("api_key".into(), vec![host]);
+    let sealed = [("api_key".to_owned(), key.seal("default", "api_key", &value))].into();
+    app.store()
+        .put_queue("default", &settings, &sealed)
+        .await
+        .unwrap();
+    let worker = app.spawn_worker("keyless");
+    let probe = app.upload("http_probe").await;
+    let hello = app.upload("hello").await;
+
+    let input = json!({"mode": "get", "url": "https://api.example.com/"});
+    let needs_grants = run(&app, &probe, input).await;
+    assert_eq!(needs_grants.state, JobState::Dead);
+    let error = needs_grants.last_error.clone().unwrap();
+    assert_eq!(error["kind"], "grants_unavailable", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("TASKFLOW_SECRET_KEY")
+    );
+    let attempts = app.client.attempts(needs_grants.id).await.unwrap().attempts;
+    assert_eq!(attempts[0].outcome.as_str(), "failed");
+
+    let plain = run(&app, &hello, json!({"name": "x"})).await;
+    assert_eq!(
+        plain.state,
+        JobState::Succeeded,
+        "a task that uses no grants needs none"
+    );
     worker.stop().await;
     app.finish().await;
 }

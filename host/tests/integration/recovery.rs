@@ -13,30 +13,11 @@ use uuid::Uuid;
 
 use crate::support::{TcpProxy, TestApp, eventually};
 
-/// Starts `taskflow worker` as its own OS process against the test's
-/// database and Redis prefix.
-fn worker_process(app: &TestApp, id: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
-        .arg("worker")
-        .env("DATABASE_URL", app.db.url())
-        .env("REDIS_URL", &app.connections.redis_url)
-        .env("TASKFLOW_REDIS_PREFIX", &app.connections.redis_prefix)
-        .env("TASKFLOW_LEASE_TTL", "1s")
-        .env("TASKFLOW_WORKER_ID", id)
-        .env("TASKFLOW_CACHE_DIR", &app.cache_dir)
-        .env("TASKFLOW_MAINTENANCE_INTERVAL", "100ms")
-        .env("TASKFLOW_LEADER_TERM", "1s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the taskflow binary starts")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expires() {
     let app = TestApp::start().await;
     let module = app.upload("misbehave").await;
-    let mut doomed = worker_process(&app, "doomed");
+    let mut doomed = app.worker_process("doomed", &[], Stdio::null());
     let job = app
         .submit(&module, json!({"mode": "sleep", "ms": 2000}))
         .await;
@@ -267,7 +248,7 @@ async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_with
     let module = app.upload("misbehave").await;
     let mut workers: HashMap<String, std::process::Child> = ["a", "b"]
         .into_iter()
-        .map(|id| (id.to_owned(), worker_process(&app, id)))
+        .map(|id| (id.to_owned(), app.worker_process(id, &[], Stdio::null())))
         .collect();
     let leader = eventually(Duration::from_secs(30), || async {
         app.store().current_leader(LEADERSHIP).await.unwrap()

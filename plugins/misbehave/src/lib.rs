@@ -4,7 +4,6 @@
 //! Input: `{"mode": "...", ...}`; see [`Mode`].
 
 use serde::Deserialize;
-use taskflow_sdk::http;
 use taskflow_sdk::{Bytes, TaskError, task};
 
 #[derive(Deserialize)]
@@ -53,17 +52,6 @@ enum Mode {
     /// `blocking-write-and-flush`, which takes at most 4096), and reports
     /// what the call returned if it did not trap.
     RawWrite { bytes: usize, blocking: bool },
-    /// GETs `url` and returns its status: with `Authorization: Bearer` and
-    /// the placeholder of secret `bearer_secret`, and with that of
-    /// `secret_in_query` appended as `?key=` (which the host must refuse).
-    HttpGet {
-        url: String,
-        bearer_secret: Option<String>,
-        secret_in_query: Option<String>,
-    },
-    /// GETs `url` `count` times and reports how many got a response and
-    /// how many failed.
-    HttpFlood { url: String, count: u32 },
 }
 
 fn json(value: serde_json::Value) -> Bytes {
@@ -133,17 +121,6 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             Ok(json(serde_json::json!({})))
         }
         Mode::RawWrite { bytes, blocking } => Ok(json(raw_write(bytes, blocking))),
-        Mode::HttpGet {
-            url,
-            bearer_secret,
-            secret_in_query,
-        } => http_get(url, bearer_secret, secret_in_query),
-        Mode::HttpFlood { url, count } => {
-            let ok = (0..count).filter(|_| http::get(&url).is_ok()).count();
-            Ok(json(
-                serde_json::json!({ "ok": ok, "failed": count as usize - ok }),
-            ))
-        }
         Mode::Burn { iterations } => {
             let mut hash: u64 = 0xcbf29ce484222325;
             for i in 0..iterations {
@@ -152,25 +129,6 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             Ok(json(serde_json::json!({ "checksum": hash })))
         }
     }
-}
-
-fn http_get(
-    mut url: String,
-    bearer_secret: Option<String>,
-    secret_in_query: Option<String>,
-) -> Result<Bytes, TaskError> {
-    if let Some(name) = secret_in_query {
-        url = format!("{url}?key={}", taskflow_sdk::secret(&name)?);
-    }
-    let mut request = http::request(http::Method::Get, &url);
-    if let Some(name) = bearer_secret {
-        request = request.header(
-            "authorization",
-            format!("Bearer {}", taskflow_sdk::secret(&name)?),
-        );
-    }
-    let response = request.send()?;
-    Ok(json(serde_json::json!({ "status": response.status() })))
 }
 
 /// What each forbidden operation returned: `"denied: <error>"` or

@@ -5,7 +5,8 @@
 //!
 //! Routes: `/hello` (200 `hello`), `/echo` (the request body back),
 //! `/redirect` (302 to `Location` from `?to=`), `/slow` (headers after 10
-//! s), `/big` (a 4 MiB body, streamed), anything else 404. Every request is
+//! s), `/slow-once` (like `/slow` the first time, at once after), `/big` (a
+//! 4 MiB body, streamed), anything else 404. Every request is
 //! kept, headers and body, so a test can see what reached the server.
 
 use std::convert::Infallible;
@@ -202,6 +203,18 @@ async fn respond(
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(10)).await;
             full(200, Bytes::from_static(b"late"))
+        }
+        "/slow-once" => {
+            let earlier = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.path_and_query.starts_with("/slow-once"))
+                .count();
+            if earlier == 1 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            full(200, Bytes::from_static(b"done"))
         }
         "/big" => {
             let chunk = Bytes::from(vec![b'x'; 64 << 10]);

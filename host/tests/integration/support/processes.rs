@@ -1,5 +1,6 @@
 //! Other processes a test talks to, and cuts: a TCP proxy between a process
-//! and a server, and `taskflow api` as an OS process of its own.
+//! and a server, and `taskflow api` and `taskflow worker` as OS processes
+//! of their own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +110,35 @@ impl TestApp {
         })
         .await;
         process
+    }
+}
+
+impl TestApp {
+    /// Starts `taskflow worker` as its own OS process against the test's
+    /// database and Redis prefix, with `env` on top and its log (stderr) to
+    /// `log`. Kill it to simulate a crash.
+    pub fn worker_process(
+        &self,
+        id: &str,
+        env: &[(&str, &str)],
+        log: impl Into<std::process::Stdio>,
+    ) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
+            .arg("worker")
+            .env("DATABASE_URL", self.db.url())
+            .env("REDIS_URL", &self.connections.redis_url)
+            .env("TASKFLOW_REDIS_PREFIX", &self.connections.redis_prefix)
+            .env("TASKFLOW_LEASE_TTL", "1s")
+            .env("TASKFLOW_WORKER_ID", id)
+            .env("TASKFLOW_CACHE_DIR", &self.cache_dir)
+            .env("TASKFLOW_MAINTENANCE_INTERVAL", "100ms")
+            .env("TASKFLOW_LEADER_TERM", "1s")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the taskflow binary starts")
     }
 }
 
