@@ -226,7 +226,9 @@ fn canonical(address: IpAddr) -> IpAddr {
 
 /// Whether `address` is on the public internet: not loopback, private,
 /// link-local (which holds the cloud metadata service, 169.254.169.254),
-/// unique-local, carrier-grade NAT, unspecified, broadcast or multicast.
+/// unique-local, carrier-grade NAT, benchmarking, IETF protocol
+/// assignments, reserved, unspecified, broadcast or multicast; an IPv6
+/// address that embeds an IPv4 one (mapped, NAT64, 6to4) is judged by it.
 /// A task reaches any other address only through an entry that names it
 /// ([`AllowedHost::names_address`]).
 pub fn is_public_address(address: IpAddr) -> bool {
@@ -237,9 +239,15 @@ pub fn is_public_address(address: IpAddr) -> bool {
 }
 
 fn is_public_v4(address: Ipv4Addr) -> bool {
-    let [a, b, ..] = address.octets();
+    let [a, b, c, _] = address.octets();
     let shared = a == 100 && (64..128).contains(&b);
-    !(address.is_loopback()
+    let benchmarking = a == 198 && (b & 0xfe) == 18;
+    let protocol_assignments = a == 192 && b == 0 && c == 0;
+    let reserved = a >= 240;
+    !(benchmarking
+        || protocol_assignments
+        || reserved
+        || address.is_loopback()
         || address.is_private()
         || address.is_link_local()
         || address.is_unspecified()
@@ -255,17 +263,25 @@ fn is_public_v6(address: Ipv6Addr) -> bool {
     let link_local = first & 0xffc0 == 0xfe80;
     // ::a.b.c.d, long deprecated; some stacks still route it to IPv4.
     let deprecated_ipv4_compatible = address.segments()[..6] == [0; 6];
-    // NAT64 (64:ff9b::/96) embeds an IPv4 address: judge that one.
-    if let [0x64, 0xff9b, 0, 0, 0, 0, high, low] = address.segments() {
+    // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) embed an IPv4 address:
+    // judge that one.
+    let v4 = |high: u16, low: u16| {
         let [a, b] = high.to_be_bytes();
         let [c, d] = low.to_be_bytes();
-        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+        Ipv4Addr::new(a, b, c, d)
+    };
+    match address.segments() {
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => return is_public_v4(v4(high, low)),
+        [0x2002, high, low, ..] => return is_public_v4(v4(high, low)),
+        _ => {}
     }
+    let site_local = first & 0xffc0 == 0xfec0;
     !(address.is_loopback()
         || address.is_unspecified()
         || address.is_multicast()
         || unique_local
         || link_local
+        || site_local
         || deprecated_ipv4_compatible)
 }
 
@@ -404,6 +420,11 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "fec0::1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "240.0.0.1",
             "ff02::1",
         ] {
             assert!(!is_public_address(address.parse().unwrap()), "{address}");

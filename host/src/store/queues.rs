@@ -149,7 +149,8 @@ impl Store {
     }
 
     /// What queue `name` grants its tasks, with its secrets still sealed.
-    /// Two statements; read once per attempt of a task that can use grants.
+    /// Two statements; a worker reads them at most once a second per queue
+    /// (`worker/grants.rs`).
     pub async fn queue_grants(&self, name: &str) -> StoreResult<QueueGrants> {
         super::statement("queue_grants");
         let Some(queue) = sqlx::query!(

@@ -42,6 +42,13 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
             with(http.get(format!("{}/v1/jobs/{job}/attempts", app.url))),
             with(http.post(format!("{}/v1/jobs/{job}/cancel", app.url))),
             with(http.post(format!("{}/v1/jobs/{job}/retry", app.url))),
+            with(http.get(format!("{}/v1/queues", app.url))),
+            with(http.get(format!("{}/v1/queues/default", app.url))),
+            with(
+                http.put(format!("{}/v1/queues/default", app.url))
+                    .header("content-type", "application/json")
+                    .body("{}"),
+            ),
             with(http.get(format!("{}/v1/no-such-route", app.url))),
             with(http.delete(format!("{}/v1/jobs", app.url))),
         ]

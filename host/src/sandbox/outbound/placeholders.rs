@@ -73,7 +73,11 @@ impl Placeholders {
 
     /// Refuses a URL that carries a placeholder.
     pub(super) fn check_url(&self, url: &str) -> Result<(), Misuse> {
-        if url.contains(&self.prefix) || url.contains(&percent_encoded(&self.prefix)) {
+        // Percent-encoding may use either case (`%7B`, `%7b`); the nonce is
+        // lowercase hex, so comparing in lowercase loses nothing.
+        let url = url.to_ascii_lowercase();
+        let encoded = percent_encoded(&self.prefix).to_ascii_lowercase();
+        if url.contains(&self.prefix.to_ascii_lowercase()) || url.contains(&encoded) {
             return Err(Misuse::InUrl);
         }
         Ok(())
@@ -200,6 +204,11 @@ mod tests {
         );
         assert_eq!(
             secrets.check_url(&format!("/x/{}", percent_encoded(&token))),
+            Err(Misuse::InUrl)
+        );
+        let lower = percent_encoded(&token).replace("%7B", "%7b");
+        assert_eq!(
+            secrets.check_url(&format!("/x/{lower}")),
             Err(Misuse::InUrl)
         );
         assert!(secrets.check_url("/x?k=1").is_ok());
