@@ -23,6 +23,7 @@ use super::{ApiOnlyArgs, CommonArgs, WorkerOnlyArgs};
 use crate::api::types::{PutQueue, SubmitJob};
 use crate::client::Client;
 use crate::config::WorkerConfig;
+use crate::job::JobState;
 
 /// `taskflow dev`.
 #[derive(Debug, Args)]
@@ -101,38 +102,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Uploads the plugin, runs one job through the whole system and prints it.
 async fn demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
-    // With tokens configured, the demo authenticates like any client.
-    let client = Client::new(url).with_token(std::env::var("TASKFLOW_API_TOKEN").ok());
-    let bytes =
-        std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
-    let (module, _) = client.push_module(bytes).await?;
-    println!(
-        "\n$ taskflow module push {}\nmodule {} ({} bytes)",
-        plugin.display(),
-        module.hash,
-        module.size_bytes
-    );
-    let submitted = client
-        .submit(&SubmitJob {
-            module: module.hash.clone(),
-            input: Some(serde_json::json!({ "name": "TaskFlow" }).into()),
-            ..SubmitJob::default()
-        })
-        .await?;
-    println!(
-        "\n$ taskflow job submit --module {} --input '{{\"name\":\"TaskFlow\"}}' --wait",
-        module.hash
-    );
-    let job = client
-        .wait(submitted.job.id, Duration::from_secs(60))
-        .await?;
-    println!("{}", describe_job(&job));
-    println!("\n$ taskflow job attempts {}", job.id);
-    println!("{}", describe_attempts(&client.attempts(job.id).await?));
-    if job.state != crate::job::JobState::Succeeded {
-        bail!("the demo job did not succeed");
-    }
-    Ok(())
+    let client = demo_client(url);
+    let module = upload(&client, plugin).await?;
+    let job = SubmitJob::new(module, serde_json::json!({ "name": "TaskFlow" }));
+    run_and_show(&client, &job, JobState::Succeeded).await
 }
 
 /// The queue the outbound demo grants its local service to.
@@ -142,7 +115,7 @@ const DEMO_QUEUE: &str = "demo";
 /// it with the `fetch` plugin from that queue (allowed) and from `default`
 /// (denied: it grants nothing).
 async fn outbound_demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
-    let client = Client::new(url).with_token(std::env::var("TASKFLOW_API_TOKEN").ok());
+    let client = demo_client(url);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let origin = format!("http://{}", listener.local_addr()?);
     let service = axum::Router::new().route(
@@ -156,39 +129,63 @@ async fn outbound_demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
     };
     client.put_queue(DEMO_QUEUE, &grants).await?;
     println!("\n$ taskflow queue set {DEMO_QUEUE} --allow-host {origin}");
+    let module = upload(&client, plugin).await?;
+    let input = serde_json::json!({ "url": format!("{origin}/status") });
+    for (queue, expected) in [
+        (DEMO_QUEUE, JobState::Succeeded),
+        (crate::job::DEFAULT_QUEUE, JobState::Dead),
+    ] {
+        let job = SubmitJob {
+            queue: Some(queue.to_owned()),
+            max_attempts: Some(1),
+            ..SubmitJob::new(module.clone(), input.clone())
+        };
+        run_and_show(&client, &job, expected).await?;
+    }
+    Ok(())
+}
+
+/// A client of the demo's API; with tokens configured, the demo
+/// authenticates like any client.
+fn demo_client(url: &str) -> Client {
+    Client::new(url).with_token(std::env::var("TASKFLOW_API_TOKEN").ok())
+}
+
+/// Uploads `plugin`, shows it, and returns its hash.
+async fn upload(client: &Client, plugin: &Path) -> anyhow::Result<String> {
     let bytes =
         std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
     let (module, _) = client.push_module(bytes).await?;
-    println!("$ taskflow module push {}", plugin.display());
-    let input = serde_json::json!({ "url": format!("{origin}/status") });
-    for queue in [DEMO_QUEUE, crate::job::DEFAULT_QUEUE] {
-        let submitted = client
-            .submit(&SubmitJob {
-                queue: Some(queue.to_owned()),
-                max_attempts: Some(1),
-                ..SubmitJob::new(module.hash.clone(), input.clone())
-            })
-            .await?;
-        println!(
-            "\n$ taskflow job submit --queue {queue} --module {} --input '{input}' --wait",
-            module.hash
+    println!(
+        "\n$ taskflow module push {}\nmodule {} ({} bytes)",
+        plugin.display(),
+        module.hash,
+        module.size_bytes
+    );
+    Ok(module.hash)
+}
+
+/// Submits `job`, waits for it, shows it with its attempts, and fails
+/// unless it ends `expected`.
+async fn run_and_show(client: &Client, job: &SubmitJob, expected: JobState) -> anyhow::Result<()> {
+    let queue = job.queue.as_deref().unwrap_or(crate::job::DEFAULT_QUEUE);
+    let input = job.input.as_ref().map_or("null", |input| input.text());
+    println!(
+        "\n$ taskflow job submit --queue {queue} --module {} --input '{input}' --wait",
+        job.module
+    );
+    let submitted = client.submit(job).await?;
+    let job = client
+        .wait(submitted.job.id, Duration::from_secs(60))
+        .await?;
+    println!("{}", describe_job(&job));
+    println!("\n$ taskflow job attempts {}", job.id);
+    println!("{}", describe_attempts(&client.attempts(job.id).await?));
+    if job.state != expected {
+        bail!(
+            "the demo job on queue {queue} is {}, not {expected}",
+            job.state
         );
-        let job = client
-            .wait(submitted.job.id, Duration::from_secs(60))
-            .await?;
-        println!("{}", describe_job(&job));
-        println!("{}", describe_attempts(&client.attempts(job.id).await?));
-        let expected = if queue == DEMO_QUEUE {
-            crate::job::JobState::Succeeded
-        } else {
-            crate::job::JobState::Dead
-        };
-        if job.state != expected {
-            bail!(
-                "the outbound demo job on queue {queue} is {}, not {expected}",
-                job.state
-            );
-        }
     }
     Ok(())
 }
