@@ -108,6 +108,11 @@ async fn a_task_written_in_python_runs_end_to_end() {
     // Needs plugins/python-csv built by componentize-py; scripts/test leaves
     // this test out (and says so) when it could not be built.
     let app = TestApp::start().await;
+    let servers = crate::support::TestServers::start().await;
+    let origin = format!("http://127.0.0.1:{}", servers.http.port());
+    let grants = json!({"allowed_hosts": [origin]}).to_string();
+    let (status, answer) = app.put_json("/v1/queues/default", &grants).await;
+    assert!(status.is_success(), "{answer}");
     let worker = app.spawn_worker("w1");
     let module = app.upload("python_csv").await;
     let job = app
@@ -132,6 +137,24 @@ async fn a_task_written_in_python_runs_end_to_end() {
     let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
     let line = attempt.logs[0]["message"].as_str().unwrap();
     assert_eq!(line, format!("parsed 2 rows (job {}, attempt 1)", job.id));
+
+    // The same task fetches its CSV over wasi:http from a granted host.
+    let fetched = app
+        .submit_with(SubmitJob {
+            memory_limit_bytes: Some(256 << 20),
+            ..SubmitJob::new(module.clone(), json!({"url": format!("{origin}/csv")}))
+        })
+        .await;
+    let fetched = app.wait_final(fetched.id).await;
+    assert_eq!(
+        fetched.state,
+        JobState::Succeeded,
+        "{:?}",
+        fetched.last_error
+    );
+    assert_eq!(fetched.output.unwrap()["rows"][0]["name"], "Ada");
+    let attempt = &app.client.attempts(fetched.id).await.unwrap().attempts[0];
+    assert_eq!(attempt.requests[0]["status"], 200);
 
     let bad = app
         .submit_with(SubmitJob {

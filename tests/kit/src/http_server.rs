@@ -3,7 +3,7 @@
 //! trust it through `ExecutionLimits::extra_ca_certs`, as
 //! `TASKFLOW_EXTRA_CA_CERTS` would).
 //!
-//! Routes: `/hello` (200 `hello`), `/echo` (the request body back),
+//! Routes: `/hello` (200 `hello`), `/csv` (two rows), `/echo` (the request body back),
 //! `/redirect` (302 to `Location` from `?to=`), `/slow` (headers after 10
 //! s), `/slow-once` (like `/slow` the first time, at once after), `/big` (a
 //! 4 MiB body, streamed), anything else 404. Every request is
@@ -187,6 +187,7 @@ async fn respond(
     };
     Ok(match parts.uri.path() {
         "/hello" => full(200, Bytes::from_static(b"hello")),
+        "/csv" => full(200, Bytes::from_static(b"name,age\nAda,36\nAlan,41\n")),
         "/echo" => full(200, body),
         "/redirect" => {
             let to = parts
