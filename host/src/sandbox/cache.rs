@@ -2,9 +2,9 @@
 //! the compiles that failed lately.
 //!
 //! Compiling a component takes from milliseconds to seconds; instantiating a
-//! ready [`TaskPre`] (a component with its imports already resolved against
+//! ready [`PreparedTask`] (a component with its imports already resolved against
 //! the linker) takes microseconds. So each worker keeps a bounded in-memory
-//! map from module hash to `TaskPre`, and writes every artifact it compiles
+//! map from module hash to `PreparedTask`, and writes every artifact it compiles
 //! to the cache directory, so a restarted worker loads machine code instead
 //! of recompiling. A compile that failed is remembered for
 //! [`FAILED_COMPILE_MEMORY`], so the jobs of a module that cannot compile
@@ -43,8 +43,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::bindings::TaskPre;
-use super::guest::GuestState;
+use super::PreparedTask;
 use super::private_dir;
 
 /// How long a failed compile is remembered: its module's jobs fail at once
@@ -62,7 +61,7 @@ pub(super) struct ComponentCache {
     engine: Engine,
     artifacts: Option<ArtifactDir>,
     capacity: usize,
-    memory: Mutex<HashMap<String, TaskPre<GuestState>>>,
+    memory: Mutex<HashMap<String, PreparedTask>>,
     failures: Mutex<HashMap<String, (Instant, String)>>,
     loading: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
@@ -104,12 +103,12 @@ impl ComponentCache {
     }
 
     /// The prepared component in memory, if loaded.
-    pub(super) fn get(&self, hash: &str) -> Option<TaskPre<GuestState>> {
+    pub(super) fn get(&self, hash: &str) -> Option<PreparedTask> {
         lock(&self.memory).get(hash).cloned()
     }
 
     /// Keeps a prepared component in memory, evicting another if full.
-    pub(super) fn insert(&self, hash: &str, pre: TaskPre<GuestState>) {
+    pub(super) fn insert(&self, hash: &str, pre: PreparedTask) {
         let mut memory = lock(&self.memory);
         if memory.len() >= self.capacity && !memory.contains_key(hash) {
             // Any entry will do: a miss costs a disk load, not a compile.

@@ -145,22 +145,34 @@ impl From<std::io::Error> for SandboxError {
     }
 }
 
-/// A component ready to instantiate. Cheap to clone.
+/// A component ready to instantiate. Cheap to clone; the memory cache holds
+/// these, so what is learnt of a component here is learnt once.
 #[derive(Clone)]
-pub struct PreparedTask(TaskPre<GuestState>);
+pub struct PreparedTask {
+    pre: TaskPre<GuestState>,
+    uses_grants: bool,
+}
 
 impl PreparedTask {
+    fn new(pre: TaskPre<GuestState>) -> Self {
+        let component = pre.instance_pre().component();
+        let uses_grants =
+            component
+                .component_type()
+                .imports(component.engine())
+                .any(|(name, _)| {
+                    ["wasi:http/", "wasi:config/", "taskflow:task/secrets"]
+                        .iter()
+                        .any(|prefix| name.starts_with(prefix))
+                });
+        Self { pre, uses_grants }
+    }
+
     /// Whether the component imports anything a queue grants (HTTP,
     /// configuration, secrets): only then does a worker read the queue's
     /// grants before running it.
     pub fn uses_grants(&self) -> bool {
-        let component = self.0.instance_pre().component();
-        let engine = component.engine();
-        component.component_type().imports(engine).any(|(name, _)| {
-            ["wasi:http/", "wasi:config/", "taskflow:task/secrets"]
-                .iter()
-                .any(|prefix| name.starts_with(prefix))
-        })
+        self.uses_grants
     }
 }
 

@@ -28,12 +28,12 @@ impl Sandbox {
         let cache = &self.inner.cache;
         let unavailable = |message: String| Failure::new(FailureKind::ModuleUnavailable, message);
         if let Some(pre) = cache.get(hash) {
-            return Ok((PreparedTask(pre), CacheSource::Memory));
+            return Ok((pre, CacheSource::Memory));
         }
         let loading = cache.loading(hash);
         let _loading = loading.lock().await;
         if let Some(pre) = cache.get(hash) {
-            return Ok((PreparedTask(pre), CacheSource::Memory));
+            return Ok((pre, CacheSource::Memory));
         }
         if let Some(message) = cache.failure(hash) {
             return Err(unavailable(format!(
@@ -48,15 +48,17 @@ impl Sandbox {
             .await
         {
             let pre = engine::task_pre(&self.inner.linker, &component).map_err(unavailable)?;
-            cache.insert(hash, pre.clone());
-            return Ok((PreparedTask(pre), CacheSource::Disk));
+            let task = PreparedTask::new(pre);
+            cache.insert(hash, task.clone());
+            return Ok((task, CacheSource::Disk));
         }
         let slot = self.inner.compiler.slot().await;
         let bytes = fetch.await.map_err(unavailable)?;
         match self.compile(&slot, hash, bytes).await {
             Ok(pre) => {
-                cache.insert(hash, pre.clone());
-                Ok((PreparedTask(pre), CacheSource::Compiled))
+                let task = PreparedTask::new(pre);
+                cache.insert(hash, task.clone());
+                Ok((task, CacheSource::Compiled))
             }
             Err((message, remember)) => {
                 if remember {

@@ -86,7 +86,11 @@ impl Sandbox {
         });
 
         let call = async {
-            let instance = task.0.instance_pre().instantiate_async(&mut store).await?;
+            let instance = task
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut store)
+                .await?;
             let run = instance
                 .get_typed_func::<(&[u8],), (Result<GuestOutput, TaskError>,)>(&mut store, "run")?;
             let (result,) = run.call_async(&mut store, (&input,)).await?;
