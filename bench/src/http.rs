@@ -28,7 +28,7 @@ use super::scenarios::{job, wait_succeeded, warm_deployment};
 pub async fn http(target: &Target, requests: usize, jobs: usize) -> anyhow::Result<Vec<Figure>> {
     let servers = TestServers::start().await;
     let mut figures = per_request(target, &servers, requests).await?;
-    figures.push(drain(target, &servers, jobs).await?);
+    figures.extend(drain(target, &servers, jobs).await?);
     Ok(figures)
 }
 
@@ -123,8 +123,14 @@ async fn plain_get(address: std::net::SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `count` `fetch` jobs, one GET each, drained by 2 workers.
-async fn drain(target: &Target, servers: &TestServers, count: usize) -> anyhow::Result<Figure> {
+/// `count` `fetch` jobs, one GET each, drained by 2 workers: their rate,
+/// and the workers' database calls per job (grants are read at most once a
+/// second per queue, `worker/grants.rs`).
+async fn drain(
+    target: &Target,
+    servers: &TestServers,
+    count: usize,
+) -> anyhow::Result<Vec<Figure>> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (deployment, module) = warm_deployment(target, 2, cores, "fetch").await?;
     let origin = format!("http://127.0.0.1:{}", servers.http.port());
@@ -134,6 +140,7 @@ async fn drain(target: &Target, servers: &TestServers, count: usize) -> anyhow::
     };
     deployment.client.put_queue("default", &grants).await?;
     let input = json!({"url": format!("{origin}/hello")});
+    let calls_before = deployment.worker_db_calls().await?;
     let started = Instant::now();
     let mut remaining = count;
     while remaining > 0 {
@@ -154,11 +161,20 @@ async fn drain(target: &Target, servers: &TestServers, count: usize) -> anyhow::
         .await
         .context("the fetch jobs did not all succeed")?;
     let seconds = started.elapsed().as_secs_f64();
+    let calls = deployment.worker_db_calls().await? - calls_before;
     deployment.stop().await?;
-    Ok(Figure::new(
-        "fetch jobs drained, 2 workers",
-        count as f64 / seconds,
-        "jobs/s",
-        "report",
-    ))
+    Ok(vec![
+        Figure::new(
+            "fetch jobs drained, 2 workers",
+            count as f64 / seconds,
+            "jobs/s",
+            "report",
+        ),
+        Figure::new(
+            "fetch drain, worker database calls per job",
+            calls as f64 / count as f64,
+            "calls",
+            "report",
+        ),
+    ])
 }

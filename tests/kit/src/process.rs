@@ -1,4 +1,5 @@
-//! Readings of a process's memory from `/proc/<pid>/status` (Linux).
+//! Readings of a process's memory, CPU time and context switches from
+//! `/proc` (Linux).
 
 /// The `VmHWM` (peak) or `VmRSS` (current) line of `pid`'s status, in bytes.
 fn status_bytes(pid: u32, field: &str) -> Option<u64> {
@@ -24,4 +25,29 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
 /// exited.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     status_bytes(pid, "VmRSS:")
+}
+
+/// Context switches (voluntary and not) of every thread of process `pid`
+/// so far; `None` once it has exited.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        total += status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
+/// CPU time (user and system) process `pid` has used so far, in
+/// microseconds, at the kernel's clock-tick resolution (10 ms here).
+pub fn cpu_micros(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which ends at the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000)
 }
