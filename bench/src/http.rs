@@ -66,9 +66,9 @@ async fn per_request(
         .await
         .result
         .map_err(|f| anyhow::anyhow!("{}", f.message))?;
-    let started = Instant::now();
+    let started = Reading::now();
     let execution = sandbox.run(&task, flood(count)).await;
-    let through_task = started.elapsed().as_secs_f64();
+    let through_task = started.since();
     let output: serde_json::Value = serde_json::from_slice(
         &execution
             .result
@@ -79,32 +79,82 @@ async fn per_request(
         "not every request succeeded: {output}"
     );
 
-    let started = Instant::now();
+    let started = Reading::now();
     for _ in 0..count {
         plain_get(servers.http).await?;
     }
-    let plain = started.elapsed().as_secs_f64();
-    let micros = |seconds: f64| seconds * 1e6 / count as f64;
+    let plain = started.since();
+    let per = |value: f64| value / count as f64;
+    let figure = |name, value, unit, target| Figure::new(name, per(value), unit, target);
     Ok(vec![
-        Figure::new(
+        figure(
             "GET through a task",
-            micros(through_task),
+            through_task.micros,
             "µs/request",
             "report",
         ),
-        Figure::new(
-            "GET from plain hyper",
-            micros(plain),
-            "µs/request",
-            "report",
-        ),
-        Figure::new(
+        figure("GET from plain hyper", plain.micros, "µs/request", "report"),
+        figure(
             "host's cost per request",
-            micros(through_task - plain),
+            through_task.micros - plain.micros,
             "µs/request",
             "≤ 50",
         ),
+        figure(
+            "CPU, through a task",
+            through_task.cpu_micros,
+            "µs/request",
+            "report",
+        ),
+        figure("CPU, plain hyper", plain.cpu_micros, "µs/request", "report"),
+        figure(
+            "context switches, through a task",
+            through_task.switches,
+            "/request",
+            "report",
+        ),
+        figure(
+            "context switches, plain hyper",
+            plain.switches,
+            "/request",
+            "report",
+        ),
     ])
+}
+
+/// Wall time, CPU time and context switches of this process (client,
+/// sandbox and test server alike) at one moment.
+struct Reading {
+    at: Instant,
+    cpu_micros: u64,
+    switches: u64,
+}
+
+/// What a stretch of work cost, between a [`Reading`] and now.
+struct Spent {
+    micros: f64,
+    cpu_micros: f64,
+    switches: f64,
+}
+
+impl Reading {
+    fn now() -> Self {
+        let pid = std::process::id();
+        Self {
+            at: Instant::now(),
+            cpu_micros: taskflow_testkit::cpu_micros(pid).unwrap_or(0),
+            switches: taskflow_testkit::context_switches(pid).unwrap_or(0),
+        }
+    }
+
+    fn since(&self) -> Spent {
+        let now = Self::now();
+        Spent {
+            micros: self.at.elapsed().as_secs_f64() * 1e6,
+            cpu_micros: now.cpu_micros.saturating_sub(self.cpu_micros) as f64,
+            switches: now.switches.saturating_sub(self.switches) as f64,
+        }
+    }
 }
 
 /// One GET on a new connection, body read to the end.
