@@ -133,6 +133,22 @@ impl AllowedHost {
         }
     }
 
+    /// Whether every request `other` allows is also allowed by this entry
+    /// (a secret's host must be one its queue grants).
+    pub fn covers(&self, other: &AllowedHost) -> bool {
+        let host = match &other.host {
+            HostMatch::Subdomains(suffix) => {
+                return self.scheme == other.scheme
+                    && self.port == other.port
+                    && matches!(&self.host, HostMatch::Subdomains(mine)
+                        if mine == suffix || suffix.ends_with(&format!(".{mine}")));
+            }
+            HostMatch::Name(name) => name.clone(),
+            HostMatch::Address(address) => address.to_string(),
+        };
+        self.allows(other.scheme, &host, other.port)
+    }
+
     /// Whether this entry names `address` itself (a literal IP, or
     /// `localhost` for loopback addresses): only such an entry lets a
     /// request reach an address [`is_public_address`] refuses.
@@ -491,6 +507,47 @@ mod tests {
                 );
                 let glued = format!("{prefix}{granted}");
                 prop_assert!(!wildcard.allows(Scheme::Https, &glued, port));
+            }
+
+            /// An entry covers another only if it allows every request the
+            /// other does: a name it allows, or subdomains below its own.
+            #[test]
+            fn covering_entries_allow_all_the_covered_entry_allows(
+                granted in name(), asked in name(), prefix in label(), port in 1u16..,
+            ) {
+                let parse = |entry: String| AllowedHost::parse(&entry).unwrap();
+                let wildcard = parse(format!("https://*.{granted}:{port}"));
+                let entries = [
+                    parse(format!("https://{granted}:{port}")),
+                    parse(format!("https://{prefix}.{granted}:{port}")),
+                    parse(format!("https://*.{prefix}.{granted}:{port}")),
+                    parse(format!("https://{asked}:{port}")),
+                    parse(format!("https://*.{asked}:{port}")),
+                    parse(format!("http://{prefix}.{granted}:{port}")),
+                    wildcard.clone(),
+                ];
+                let probes = [
+                    granted.clone(),
+                    asked.clone(),
+                    format!("{prefix}.{granted}"),
+                    format!("{prefix}.{prefix}.{granted}"),
+                    format!("{prefix}.{asked}"),
+                ];
+                for a in &entries {
+                    prop_assert!(a.covers(a));
+                    for b in &entries {
+                        if !a.covers(b) {
+                            continue;
+                        }
+                        for probe in &probes {
+                            for scheme in [Scheme::Http, Scheme::Https] {
+                                prop_assert!(!b.allows(scheme, probe, port) || a.allows(scheme, probe, port));
+                            }
+                        }
+                    }
+                }
+                prop_assert!(wildcard.covers(&entries[1]) && wildcard.covers(&entries[2]));
+                prop_assert!(!wildcard.covers(&entries[0]) && !wildcard.covers(&entries[5]));
             }
 
             /// Parsing never panics, and what parses prints back to an

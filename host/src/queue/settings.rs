@@ -122,6 +122,18 @@ impl QueueSpec {
                     "name at least one host the secret may be sent to",
                 ));
             }
+            if let Some(i) = hosts
+                .iter()
+                .position(|host| !allowed_hosts.iter().any(|queue| queue.covers(host)))
+            {
+                return Err(FieldError::invalid(
+                    &format!("{field}.allowed_hosts[{i}]"),
+                    format!(
+                        "{} is not in the queue's allowed_hosts, so no request could carry the secret there",
+                        hosts[i]
+                    ),
+                ));
+            }
             if let Some(value) = secret.value {
                 let bytes = value.expose().len();
                 if bytes == 0 || bytes > MAX_SECRET_BYTES {
@@ -198,6 +210,7 @@ mod tests {
             allowed_hosts: vec![
                 "https://api.example.com".into(),
                 "https://api.example.com:443".into(),
+                "https://*.example.com".into(),
             ],
             config: [("region".to_owned(), "eu".to_owned())].into(),
             secrets: [
@@ -212,7 +225,7 @@ mod tests {
         let change = spec.resolve().unwrap();
         assert_eq!(
             change.settings.allowed_hosts.len(),
-            1,
+            2,
             "duplicates collapse"
         );
         assert_eq!(change.settings.secrets.len(), 2);
@@ -263,9 +276,25 @@ mod tests {
                         ),
                     )]
                     .into(),
+                    allowed_hosts: vec!["https://a.example.com".into()],
                     ..QueueSpec::default()
                 },
                 "secrets.token.value",
+            ),
+            (
+                QueueSpec {
+                    allowed_hosts: vec!["https://*.example.com".into()],
+                    secrets: [(
+                        "token".to_owned(),
+                        secret(
+                            Some("hunter2"),
+                            &["https://a.example.com", "https://example.com"],
+                        ),
+                    )]
+                    .into(),
+                    ..QueueSpec::default()
+                },
+                "secrets.token.allowed_hosts[1]",
             ),
         ];
         for (spec, field) in cases {

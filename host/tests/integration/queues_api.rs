@@ -65,14 +65,14 @@ async fn settings_round_trip_and_a_secret_is_written_but_never_read_back() {
 
     // Without a value the stored one is kept and only its hosts change.
     let mut moved = settings(None);
-    moved["secrets"]["api_key"]["allowed_hosts"] = json!(["https://billing.example.com"]);
+    moved["secrets"]["api_key"]["allowed_hosts"] = json!(["https://billing.example.org:8443"]);
     let (status, put) = app
         .put_json("/v1/queues/payments", &moved.to_string())
         .await;
     assert_eq!(status, StatusCode::OK, "{put}");
     assert_eq!(
         put["secrets"]["api_key"]["allowed_hosts"],
-        json!(["https://billing.example.com"])
+        json!(["https://billing.example.org:8443"])
     );
     let grants = app.store().queue_grants("payments").await.unwrap();
     let key = app.backends.secret_key.as_ref().unwrap();
@@ -130,8 +130,15 @@ async fn bad_settings_get_a_4xx_naming_the_field_and_never_echo_a_secret() {
         ),
         (
             "/v1/queues/payments",
-            with(json!({"secrets": {"fresh": {"allowed_hosts": ["https://a.example.com"]}}})),
+            with(json!({"secrets": {"fresh": {"allowed_hosts": ["https://api.example.com"]}}})),
             "secrets.fresh.value",
+        ),
+        (
+            "/v1/queues/payments",
+            with(
+                json!({"secrets": {"api_key": {"value": SECRET, "allowed_hosts": ["https://evil.example.net"]}}}),
+            ),
+            "secrets.api_key.allowed_hosts[0]",
         ),
         (
             "/v1/queues/payments",
