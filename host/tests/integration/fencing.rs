@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use taskflow::job::{AttemptOutcome, JobState};
-use taskflow::store::{Store, Transition};
+use taskflow::store::{ClaimedJob, FinishedAttempt, Store, Transition};
 use uuid::Uuid;
 
 use crate::support::{TestDb, rescue, store_with_jobs, success};
@@ -19,15 +19,31 @@ async fn store_with_job() -> (TestDb, Store, Uuid) {
     (db, store, ids[0])
 }
 
+/// Writes one attempt's outcome, guarded by its lease token.
+async fn finish(store: &Store, outcome: &FinishedAttempt) -> Transition {
+    let transitions = store
+        .finish_if_lease_matches(std::slice::from_ref(outcome))
+        .await
+        .unwrap();
+    assert_eq!(transitions.len(), 1);
+    transitions[0]
+}
+
+/// The one job `worker` claims; there must be one to claim.
+async fn claim_one(store: &Store, worker: &str) -> ClaimedJob {
+    let mut claimed = store
+        .claim_available("default", worker, 1, TTL)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{worker} claims one job");
+    claimed.remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
     let (db, store, id) = store_with_job().await;
 
-    let old = store
-        .claim_available("default", "paused-worker", 10, TTL)
-        .await
-        .unwrap()
-        .remove(0);
+    let old = claim_one(&store, "paused-worker").await;
     assert_eq!(old.id, id);
     assert!(
         store
@@ -40,25 +56,15 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
 
     // The paused worker's lease expires; the rescuer ends its attempt.
     let rescue = rescue(&old, "paused-worker");
-    assert_eq!(
-        store.finish_if_lease_matches(&[rescue]).await.unwrap(),
-        [Transition::Applied]
-    );
+    assert_eq!(finish(&store, &rescue).await, Transition::Applied);
     assert_eq!(store.promote_due(10).await.unwrap(), ["default"]);
-    let new = store
-        .claim_available("default", "healthy-worker", 10, TTL)
-        .await
-        .unwrap()
-        .remove(0);
+    let new = claim_one(&store, "healthy-worker").await;
     assert!(new.lease_token > old.lease_token);
     assert_eq!(new.attempt, 2);
 
     // The paused worker wakes up and reports success with its old token.
-    let stale = store
-        .finish_if_lease_matches(&[success(&old, "paused-worker", b"\"stale\"")])
-        .await
-        .unwrap();
-    assert_eq!(stale, [Transition::Stale]);
+    let stale = success(&old, "paused-worker", b"\"stale\"");
+    assert_eq!(finish(&store, &stale).await, Transition::Stale);
     let job = store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.job.state, JobState::Running);
     assert_eq!(job.job.lease_token, Some(new.lease_token));
@@ -66,17 +72,8 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
 
     // The current holder finishes; a duplicate of its write changes nothing.
     let current = success(&new, "healthy-worker", b"\"fresh\"");
-    assert_eq!(
-        store
-            .finish_if_lease_matches(std::slice::from_ref(&current))
-            .await
-            .unwrap(),
-        [Transition::Applied]
-    );
-    assert_eq!(
-        store.finish_if_lease_matches(&[current]).await.unwrap(),
-        [Transition::Stale]
-    );
+    assert_eq!(finish(&store, &current).await, Transition::Applied);
+    assert_eq!(finish(&store, &current).await, Transition::Stale);
     let job = store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.job.state, JobState::Succeeded);
     assert_eq!(job.output.as_deref(), Some(&b"\"fresh\""[..]));
@@ -99,20 +96,13 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_wins_over_a_running_attempt_that_finishes_later() {
     let (db, store, id) = store_with_job().await;
-    let running = store
-        .claim_available("default", "w", 1, TTL)
-        .await
-        .unwrap()
-        .remove(0);
+    let running = claim_one(&store, "w").await;
     let cancelled = store.cancel_if_unfinished(id, "cancelled").await.unwrap();
     assert_eq!(cancelled.previous, JobState::Running);
     assert_eq!(cancelled.job.state, JobState::Cancelled);
 
-    let late = store
-        .finish_if_lease_matches(&[success(&running, "w", b"1")])
-        .await
-        .unwrap();
-    assert_eq!(late, [Transition::Stale]);
+    let late = success(&running, "w", b"1");
+    assert_eq!(finish(&store, &late).await, Transition::Stale);
     let job = store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.job.state, JobState::Cancelled);
     let attempts = store.list_attempts(id, None, 100).await.unwrap().unwrap();
@@ -124,23 +114,13 @@ async fn a_cancel_wins_over_a_running_attempt_that_finishes_later() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished() {
     let (db, store, id) = store_with_job().await;
-    let job = store
-        .claim_available("default", "w", 1, TTL)
-        .await
-        .unwrap()
-        .remove(0);
-    let finished = store
-        .finish_if_lease_matches(&[success(&job, "w", b"1")])
-        .await
-        .unwrap();
-    assert_eq!(finished, [Transition::Applied]);
+    let job = claim_one(&store, "w").await;
+    let finished = success(&job, "w", b"1");
+    assert_eq!(finish(&store, &finished).await, Transition::Applied);
 
     // A rescuer that read the job as running a moment earlier acts now.
     let rescue = rescue(&job, "w");
-    assert_eq!(
-        store.finish_if_lease_matches(&[rescue]).await.unwrap(),
-        [Transition::Stale]
-    );
+    assert_eq!(finish(&store, &rescue).await, Transition::Stale);
     assert_eq!(
         store.get_job(id).await.unwrap().unwrap().job.state,
         JobState::Succeeded

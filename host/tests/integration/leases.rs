@@ -47,11 +47,14 @@ impl Lab {
         }
     }
 
+    fn key_name(&self) -> String {
+        format!("{}lease:{}", self.prefix, self.job_id)
+    }
+
     /// The lease key's value.
     async fn key(&mut self) -> Option<String> {
-        let key = format!("{}lease:{}", self.prefix, self.job_id);
         redis::cmd("GET")
-            .arg(key)
+            .arg(self.key_name())
             .query_async(&mut self.raw)
             .await
             .unwrap()
@@ -59,9 +62,8 @@ impl Lab {
 
     /// What a flush does to this lease: the key is gone.
     async fn flush(&mut self) {
-        let key = format!("{}lease:{}", self.prefix, self.job_id);
         let () = redis::cmd("DEL")
-            .arg(key)
+            .arg(self.key_name())
             .query_async(&mut self.raw)
             .await
             .unwrap();
@@ -74,6 +76,16 @@ impl Lab {
     async fn restore(&self, token: i64) -> bool {
         self.leases.restore(&[self.lease(token)]).await.unwrap()[0]
     }
+
+    /// What the rescuer or a cancel does to attempt `token`.
+    async fn revoke(&self, token: i64) {
+        self.leases.revoke(&[self.lease(token)]).await.unwrap();
+    }
+
+    /// What attempt `token`'s worker does once it finished.
+    async fn release(&self, token: i64) {
+        self.leases.release(&[self.lease(token)]).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -85,7 +97,7 @@ async fn a_worker_paused_past_its_lease_cannot_renew_or_restore_once_rescued() {
     // Its worker pauses; the key expires.
     lab.flush().await;
     // The rescuer ends attempt 1 and marks the key.
-    lab.leases.revoke(&[lab.lease(1)]).await.unwrap();
+    lab.revoke(1).await;
     assert_eq!(lab.key().await.as_deref(), Some("revoked:1"));
     // Attempt 2 is claimed; its key goes over the marker of an older attempt.
     assert!(lab.restore(2).await);
@@ -104,7 +116,7 @@ async fn a_revoked_attempt_learns_it_at_its_next_renewal_and_cannot_restore_itse
     let mut lab = Lab::new().await;
     assert!(lab.restore(7).await);
     // A user cancels the running job.
-    lab.leases.revoke(&[lab.lease(7)]).await.unwrap();
+    lab.revoke(7).await;
     assert_eq!(lab.key().await.as_deref(), Some("revoked:7"));
     assert_eq!(lab.renew(7).await, Renewal::Lost);
     assert!(!lab.restore(7).await, "its own revocation stops it");
@@ -116,13 +128,13 @@ async fn a_revocation_never_touches_a_newer_attempts_key() {
     let mut lab = Lab::new().await;
     assert!(lab.restore(3).await);
     // A late revocation of attempt 2 (the rescuer read it a moment ago).
-    lab.leases.revoke(&[lab.lease(2)]).await.unwrap();
+    lab.revoke(2).await;
     assert_eq!(lab.key().await.as_deref(), Some("3"));
     assert_eq!(lab.renew(3).await, Renewal::Renewed);
     // A revocation of a key nobody wrote yet leaves the marker, so the
     // attempt's first key write finds it.
     lab.flush().await;
-    lab.leases.revoke(&[lab.lease(4)]).await.unwrap();
+    lab.revoke(4).await;
     assert!(!lab.restore(4).await);
     assert!(lab.restore(5).await, "a newer attempt may overwrite it");
 }
@@ -132,7 +144,7 @@ async fn a_released_lease_cannot_be_taken_back_by_its_own_or_an_older_attempt() 
     let mut lab = Lab::new().await;
     assert!(lab.restore(4).await);
     // Attempt 4 finishes and releases its key.
-    lab.leases.release(&[lab.lease(4)]).await.unwrap();
+    lab.release(4).await;
     assert_eq!(lab.key().await.as_deref(), Some("released:4"));
     assert_eq!(lab.renew(4).await, Renewal::Lost);
     assert!(!lab.restore(4).await, "its own release marker");
@@ -140,7 +152,7 @@ async fn a_released_lease_cannot_be_taken_back_by_its_own_or_an_older_attempt() 
     assert_eq!(lab.key().await.as_deref(), Some("released:4"));
     // A release by an older attempt leaves a newer attempt's key alone.
     assert!(lab.restore(5).await);
-    lab.leases.release(&[lab.lease(4)]).await.unwrap();
+    lab.release(4).await;
     assert_eq!(lab.key().await.as_deref(), Some("5"));
 }
 
@@ -163,7 +175,7 @@ async fn the_rescuer_sees_the_holder_and_how_long_its_key_has_left() {
     let holder = lab.leases.holders(&[lab.job_id]).await.unwrap()[0].unwrap();
     assert_eq!(holder.lease_token, 11);
     assert!(holder.expires_in <= TTL && holder.expires_in > TTL - Duration::from_secs(5));
-    lab.leases.revoke(&[lab.lease(11)]).await.unwrap();
+    lab.revoke(11).await;
     assert_eq!(
         lab.leases.holders(&[lab.job_id]).await.unwrap(),
         [None],

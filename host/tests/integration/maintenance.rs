@@ -6,7 +6,9 @@ use std::time::Duration;
 use chrono::Utc;
 use taskflow::job::JobState;
 use taskflow::lease::{Leases, Redis, Waker};
+use taskflow::maintenance::elector::LEADERSHIP;
 use taskflow::maintenance::{Elector, Rescuer, Scheduler, Service};
+use taskflow::store::Store;
 use uuid::Uuid;
 
 use crate::support::{new_job, redis_url, store_with_jobs};
@@ -20,12 +22,20 @@ fn redis() -> Redis {
 }
 
 fn leases(ttl: Duration) -> Leases {
-    let redis = Redis::connect_lazy(
-        &redis_url(),
-        &format!("tftest:{}:", Uuid::new_v4().simple()),
-    )
-    .unwrap();
-    Leases::new(redis, ttl)
+    Leases::new(redis(), ttl)
+}
+
+/// What a worker shutting down does: its elector stops, and resigns if it
+/// leads.
+async fn shut_down(elector: Elector) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    shutdown.cancel();
+    elector.run(shutdown).await;
+}
+
+/// The worker that leads maintenance, as PostgreSQL records it.
+async fn current_leader(store: &Store) -> Option<String> {
+    store.current_leader(LEADERSHIP).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,19 +151,10 @@ async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_it
     assert!(!one.is_leading(), "the stalled leader learns it lost");
 
     // A leader that shuts down resigns: the next election needs no wait.
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    shutdown.cancel();
-    second.run(shutdown).await;
+    shut_down(second).await;
     first.run_once().await;
     assert!(one.is_leading());
-    assert_eq!(
-        store
-            .current_leader(taskflow::maintenance::elector::LEADERSHIP)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("w1")
-    );
+    assert_eq!(current_leader(&store).await.as_deref(), Some("w1"));
     db.drop_database().await.unwrap();
 }
 
@@ -183,19 +184,14 @@ async fn a_worker_cut_off_from_redis_does_not_lead_and_a_leader_that_loses_redis
         "partitioned".into(),
         term,
     );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    shutdown.cancel();
-    healthy.run(shutdown).await; // resigns
+    shut_down(healthy).await;
     partitioned.run_once().await;
     assert!(partitioned.leadership().is_leading());
     proxy.cut().await;
     partitioned.run_once().await;
     assert!(!partitioned.leadership().is_leading());
     assert_eq!(
-        store
-            .current_leader(taskflow::maintenance::elector::LEADERSHIP)
-            .await
-            .unwrap(),
+        current_leader(&store).await,
         None,
         "it resigned, so a worker that can reach Redis is elected at once"
     );

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 use taskflow::sandbox::{
-    Attempt, AttemptLimits, CacheSource, JobContext, RunGrant, Sandbox, SandboxConfig,
+    Attempt, AttemptLimits, CacheSource, JobContext, PreparedTask, RunGrant, Sandbox, SandboxConfig,
 };
 
 use taskflow::config::ExecutionLimits;
@@ -19,6 +19,14 @@ fn config() -> SandboxConfig {
         ..ExecutionLimits::default()
     };
     limits.sandbox_config(2, None, compile_config().compiler_config().unwrap())
+}
+
+/// A cache directory path of this test's own, not created yet.
+fn fresh_cache_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "taskflow-cache-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
@@ -48,10 +56,7 @@ fn attempt(input: &str, fuel: u64, grant: Arc<RunGrant>) -> Attempt {
     }
 }
 
-async fn prepare(
-    sandbox: &Sandbox,
-    bytes: Vec<u8>,
-) -> (taskflow::sandbox::PreparedTask, CacheSource) {
+async fn prepare(sandbox: &Sandbox, bytes: Vec<u8>) -> (PreparedTask, CacheSource) {
     let hash = hex::encode(sha2::Sha256::digest(&bytes));
     sandbox
         .prepare(&hash, async move { Ok(bytes) })
@@ -59,12 +64,20 @@ async fn prepare(
         .expect("plugin prepares")
 }
 
+/// Runs the `hello` plugin's `task` for `name` and checks its greeting:
+/// the code the sandbox prepared, from whichever source, works.
+async fn assert_greets(sandbox: &Sandbox, task: &PreparedTask, name: &str) {
+    let input = format!(r#"{{"name":"{name}"}}"#);
+    let execution = sandbox
+        .run(task, attempt(&input, 1 << 30, RunGrant::unlimited()))
+        .await;
+    let expected = format!(r#"{{"greeting":"Hello, {name}!"}}"#);
+    assert_eq!(execution.result.unwrap(), expected.as_bytes());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_worker_loads_compiled_code_from_its_disk_cache() {
-    let dir = std::env::temp_dir().join(format!(
-        "taskflow-cache-test-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir = fresh_cache_dir();
     let first = sandbox(Some(dir.clone()));
     assert_eq!(
         prepare(&first, plugin("hello")).await.1,
@@ -79,16 +92,7 @@ async fn a_restarted_worker_loads_compiled_code_from_its_disk_cache() {
     let restarted = sandbox(Some(dir.clone()));
     let (task, source) = prepare(&restarted, plugin("hello")).await;
     assert_eq!(source, CacheSource::Disk);
-    let execution = restarted
-        .run(
-            &task,
-            attempt(r#"{"name":"cache"}"#, 1 << 30, RunGrant::unlimited()),
-        )
-        .await;
-    assert_eq!(
-        execution.result.unwrap(),
-        br#"{"greeting":"Hello, cache!"}"#
-    );
+    assert_greets(&restarted, &task, "cache").await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -105,10 +109,7 @@ fn artifact_path(dir: &std::path::Path, module: &[u8]) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_artifact_swapped_or_planted_in_the_cache_is_refused_and_the_module_compiled_again() {
-    let dir = std::env::temp_dir().join(format!(
-        "taskflow-cache-test-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir = fresh_cache_dir();
     let first = sandbox(Some(dir.clone()));
     prepare(&first, plugin("hello")).await;
     prepare(&first, plugin("noop")).await;
@@ -122,13 +123,7 @@ async fn an_artifact_swapped_or_planted_in_the_cache_is_refused_and_the_module_c
     let restarted = sandbox(Some(dir.clone()));
     let (task, source) = prepare(&restarted, plugin("hello")).await;
     assert_eq!(source, CacheSource::Compiled);
-    let execution = restarted
-        .run(
-            &task,
-            attempt(r#"{"name":"swap"}"#, 1 << 30, RunGrant::unlimited()),
-        )
-        .await;
-    assert_eq!(execution.result.unwrap(), br#"{"greeting":"Hello, swap!"}"#);
+    assert_greets(&restarted, &task, "swap").await;
     drop(restarted);
 
     // An artifact whose MAC was made by anyone without the key, and one
@@ -152,10 +147,7 @@ async fn an_artifact_swapped_or_planted_in_the_cache_is_refused_and_the_module_c
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cache_directory_others_could_change_is_refused_at_start() {
     use std::os::unix::fs::PermissionsExt;
-    let root = std::env::temp_dir().join(format!(
-        "taskflow-cache-test-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let root = fresh_cache_dir();
     let shared = root.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -193,44 +185,47 @@ async fn an_attempt_stops_when_its_grant_lapses_or_is_revoked() {
     let sandbox = sandbox(None);
     let (task, _) = prepare(&sandbox, plugin("misbehave")).await;
 
-    let lapsing = RunGrant::until(Instant::now() + Duration::from_millis(200));
-    let started = Instant::now();
-    let execution = sandbox
-        .run(&task, attempt(r#"{"mode":"spin"}"#, u64::MAX / 2, lapsing))
-        .await;
-    assert_eq!(execution.result.unwrap_err().kind, FailureKind::LeaseLost);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    const SPIN: &str = r#"{"mode":"spin"}"#;
+    const SLEEP: &str = r#"{"mode":"sleep","ms":60000}"#;
+    // The grant, and what the guest does when it ends.
+    let cases = [
+        ("lapses while computing", SPIN, lapsing_soon as fn() -> _),
+        ("lapses while blocked in a host call", SLEEP, lapsing_soon),
+        (
+            "is revoked while blocked in a host call",
+            SLEEP,
+            revoked_soon,
+        ),
+    ];
+    for (case, input, grant) in cases {
+        let started = Instant::now();
+        let execution = sandbox
+            .run(&task, attempt(input, u64::MAX / 2, grant()))
+            .await;
+        assert_eq!(
+            execution.result.unwrap_err().kind,
+            FailureKind::LeaseLost,
+            "{case}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{case}");
+    }
+}
 
-    let lapsing = RunGrant::until(Instant::now() + Duration::from_millis(200));
-    let execution = sandbox
-        .run(
-            &task,
-            attempt(r#"{"mode":"sleep","ms":60000}"#, 1 << 30, lapsing),
-        )
-        .await;
-    assert_eq!(
-        execution.result.unwrap_err().kind,
-        FailureKind::LeaseLost,
-        "a grant lapsing while the guest is blocked in a host call"
-    );
+/// A grant that lapses 200 ms from now, as one a heartbeat stopped renewing.
+fn lapsing_soon() -> Arc<RunGrant> {
+    RunGrant::until(Instant::now() + Duration::from_millis(200))
+}
 
-    let revoked = RunGrant::unlimited();
-    let revoker = revoked.clone();
+/// A grant with no deadline that is revoked 100 ms from now, as a cancel
+/// or a lost lease does.
+fn revoked_soon() -> Arc<RunGrant> {
+    let grant = RunGrant::unlimited();
+    let revoker = grant.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         revoker.revoke();
     });
-    let execution = sandbox
-        .run(
-            &task,
-            attempt(r#"{"mode":"sleep","ms":60000}"#, 1 << 30, revoked),
-        )
-        .await;
-    assert_eq!(
-        execution.result.unwrap_err().kind,
-        FailureKind::LeaseLost,
-        "even while blocked in a host call"
-    );
+    grant
 }
 
 #[tokio::test(flavor = "multi_thread")]
