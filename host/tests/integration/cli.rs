@@ -23,6 +23,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that the command failed and told the user `reason` on stderr.
+#[track_caller]
+fn assert_refused(output: &Output, reason: &str) {
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(reason), "{stderr}");
+}
+
 #[test]
 fn taskflow_run_executes_a_component_locally_under_the_worker_limits() {
     let hello = plugin_path("hello");
@@ -72,12 +80,7 @@ fn taskflow_run_refuses_what_an_upload_would_refuse() {
     let core = dir.join("core.wasm");
     std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
     let output = taskflow(&["run", core.to_str().unwrap()]);
-    assert!(!output.status.success());
-    assert!(
-        text(&output.stderr).contains("core WebAssembly module"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert_refused(&output, "core WebAssembly module");
 
     let hello = plugin_path("hello");
     let output = taskflow(&[
@@ -88,19 +91,14 @@ fn taskflow_run_refuses_what_an_upload_would_refuse() {
         "--fuel",
         "0",
     ]);
-    assert!(!output.status.success());
-    assert!(
-        text(&output.stderr).contains("fuel: must be between"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert_refused(&output, "fuel: must be between");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_client_commands_push_submit_wait_and_inspect() {
     let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
+    app.spawn_worker("w1");
     let url = app.url.clone();
     let hello = plugin_path("hello");
     let run = move |args: Vec<String>| {
@@ -166,13 +164,7 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
     ])
     .await
     .unwrap();
-    assert!(!missing.status.success());
-    assert!(
-        text(&missing.stderr).contains("does not exist"),
-        "{}",
-        text(&missing.stderr)
-    );
-    worker.stop().await;
+    assert_refused(&missing, "does not exist");
     app.finish().await;
 }
 
@@ -237,11 +229,6 @@ async fn the_queue_commands_grant_hosts_config_and_a_secret_read_from_the_enviro
     let refused = queue(&["set", "webhooks", "--allow-host", "ftp://x"])
         .await
         .unwrap();
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused.stderr).contains("allowed_hosts[0]"),
-        "{}",
-        text(&refused.stderr)
-    );
+    assert_refused(&refused, "allowed_hosts[0]");
     app.finish().await;
 }

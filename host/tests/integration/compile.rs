@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Digest;
-use taskflow::api::types::SubmitJob;
 use taskflow::config::WorkerConfig;
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, TestOptions, eventually};
+use crate::support::{TestApp, TestOptions, assert_state, eventually, single_attempt};
 
 /// A component whose one function is so big that an optimised compile
 /// takes seconds and hundreds of MiB (an unoptimised one about 100 MiB);
@@ -41,29 +40,13 @@ async fn store_module(app: &TestApp, bytes: &[u8]) -> String {
     hash
 }
 
-async fn submit_once(app: &TestApp, module: &str, input: Value) -> uuid::Uuid {
-    app.submit_with(SubmitJob {
-        max_attempts: Some(1),
-        ..SubmitJob::new(module.to_owned(), input)
-    })
-    .await
-    .id
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_whose_compile_needs_too_much_memory_gets_422_and_the_api_serves_on() {
     let mut options = TestOptions::default();
     options.compile.compile_memory_limit_bytes = 64 << 20;
     let app = TestApp::start_with(options).await;
-    let response = app
-        .http()
-        .put(format!("{}/v1/modules", app.url))
-        .body(heavy_component())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app.put("/v1/modules", heavy_component()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["code"], "compile_memory_limit", "{body}");
     app.upload("hello").await;
     app.finish().await;
@@ -75,12 +58,10 @@ async fn a_module_that_does_not_compile_in_time_fails_its_jobs_and_is_not_compil
     let mut app = TestApp::start().await;
     let heavy = store_module(&app, &heavy_component()).await;
     app.compile.compile_timeout = Duration::from_millis(300);
-    let worker = app.spawn_worker("w1");
+    app.spawn_worker("w1");
 
-    let first = app
-        .wait_final(submit_once(&app, &heavy, json!({})).await)
-        .await;
-    assert_eq!(first.state, JobState::Dead);
+    let first = app.run_with(single_attempt(&heavy, json!({}))).await;
+    assert_state(&first, JobState::Dead);
     let error = first.last_error.unwrap();
     assert_eq!(error["kind"], "module_unavailable", "{error}");
     let message = error["message"].as_str().unwrap();
@@ -89,9 +70,7 @@ async fn a_module_that_does_not_compile_in_time_fails_its_jobs_and_is_not_compil
         "{message}"
     );
 
-    let second = app
-        .wait_final(submit_once(&app, &heavy, json!({})).await)
-        .await;
+    let second = app.run_with(single_attempt(&heavy, json!({}))).await;
     let message = second.last_error.unwrap()["message"]
         .as_str()
         .unwrap()
@@ -107,21 +86,17 @@ async fn a_module_that_does_not_compile_in_time_fails_its_jobs_and_is_not_compil
         "one compile for two jobs, and its time reported:\n{rendered}"
     );
     assert!(rendered.contains("taskflow_compile_seconds"), "{rendered}");
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compile_that_needs_too_much_memory_fails_only_its_own_modules_jobs() {
-    let mut app = TestApp::start().await;
-    let hello = app.upload("hello").await;
+    let (mut app, hello) = TestApp::start_with_plugin("hello").await;
     let heavy = store_module(&app, &heavy_component()).await;
     app.compile.compile_memory_limit_bytes = 128 << 20;
-    let worker = app.spawn_worker("w1");
+    app.spawn_worker("w1");
 
-    let heavy_job = app
-        .wait_final(submit_once(&app, &heavy, json!({})).await)
-        .await;
+    let heavy_job = app.run_with(single_attempt(&heavy, json!({}))).await;
     let error = heavy_job.last_error.unwrap();
     assert_eq!(error["kind"], "module_unavailable", "{error}");
     assert!(
@@ -132,30 +107,23 @@ async fn a_compile_that_needs_too_much_memory_fails_only_its_own_modules_jobs() 
         "{error}"
     );
     let hello_job = app
-        .wait_final(submit_once(&app, &hello, json!({"name": "x"})).await)
+        .run_with(single_attempt(&hello, json!({"name": "x"})))
         .await;
-    assert_eq!(
-        hello_job.state,
-        JobState::Succeeded,
-        "{:?}",
-        hello_job.last_error
-    );
-    worker.stop().await;
+    assert_state(&hello_job, JobState::Succeeded);
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_compile_holds_up_no_other_module_nor_an_execution_slot() {
-    let app = TestApp::start().await;
-    let hello = app.upload("hello").await;
+    let (app, hello) = TestApp::start_with_plugin("hello").await;
     let heavy = store_module(&app, &heavy_component()).await;
     // One execution slot: the heavy module's compile must not hold it.
-    let worker = app.spawn_worker_with(WorkerConfig {
+    app.spawn_worker_with(WorkerConfig {
         concurrency: Some(1),
         ..app.worker_config("w1")
     });
 
-    let heavy_job = submit_once(&app, &heavy, json!({})).await;
+    let heavy_job = app.submit_with(single_attempt(&heavy, json!({}))).await.id;
     // Once the heavy job is claimed, its compile starts at once.
     eventually(Duration::from_secs(10), || async {
         let job = app.client.get_job(heavy_job).await.unwrap();
@@ -163,16 +131,15 @@ async fn a_slow_compile_holds_up_no_other_module_nor_an_execution_slot() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let hello_job = submit_once(&app, &hello, json!({"name": "x"})).await;
-
-    let hello_job = app.wait_final(hello_job).await;
-    assert_eq!(hello_job.state, JobState::Succeeded);
+    let hello_job = app
+        .run_with(single_attempt(&hello, json!({"name": "x"})))
+        .await;
+    assert_state(&hello_job, JobState::Succeeded);
     let heavy_job = app.wait_final(heavy_job).await;
     assert_eq!(heavy_job.last_error.unwrap()["kind"], "module_unavailable");
     assert!(
         hello_job.finished_at < heavy_job.finished_at,
         "hello compiled and ran while the heavy module still compiled"
     );
-    worker.stop().await;
     app.finish().await;
 }

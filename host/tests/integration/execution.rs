@@ -7,31 +7,22 @@ use taskflow::api::types::SubmitJob;
 use taskflow::backoff::retry_delay;
 use taskflow::job::JobState;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, assert_state, failing_every_attempt, single_attempt};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_job_retries_on_the_documented_schedule_then_is_dead_lettered() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     let job = app
-        .submit_with(SubmitJob {
-            max_attempts: Some(4),
-            ..SubmitJob::new(
-                module,
-                json!({"mode": "retryable_error", "message": "upstream busy"}),
-            )
-        })
+        .run_with(failing_every_attempt(&module, 4, "upstream busy"))
         .await;
-    let job = app.wait_final(job.id).await;
 
-    assert_eq!(job.state, JobState::Dead);
+    assert_state(&job, JobState::Dead);
     assert_eq!(job.attempt, 4);
     assert_eq!(job.attempts_left, 0);
     assert_eq!(job.last_error.as_ref().unwrap()["kind"], "guest_error");
     assert_eq!(job.last_error.as_ref().unwrap()["message"], "upstream busy");
 
-    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    let attempts = app.attempts(job.id).await;
     assert_eq!(
         attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
         [1, 2, 3, 4]
@@ -56,23 +47,19 @@ async fn a_failing_job_retries_on_the_documented_schedule_then_is_dead_lettered(
             "every attempt gets a larger fencing token"
         );
     }
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh_attempts() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     let fatal = app
-        .submit(
+        .run(
             &module,
             json!({"mode": "fatal_error", "message": "bad input"}),
         )
         .await;
-    let fatal = app.wait_final(fatal.id).await;
-    assert_eq!(fatal.state, JobState::Dead);
+    assert_state(&fatal, JobState::Dead);
     assert_eq!(
         fatal.attempt, 1,
         "not retried although 5 attempts were allowed"
@@ -81,7 +68,7 @@ async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh
 
     // Attempts as the task sees them: the third of three succeeds.
     let flaky = app
-        .submit_with(SubmitJob {
+        .run_with(SubmitJob {
             max_attempts: Some(3),
             ..SubmitJob::new(
                 module.clone(),
@@ -89,28 +76,26 @@ async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh
             )
         })
         .await;
-    let flaky = app.wait_final(flaky.id).await;
-    assert_eq!(flaky.state, JobState::Succeeded);
+    assert_state(&flaky, JobState::Succeeded);
     assert_eq!(flaky.output, Some(json!({"attempt": 3})));
 
     // Out of attempts, then requeued by a user: a fresh budget, counted from 1
     // again for the task, while attempt records keep numbering the job's life.
     let exhausted = app
-        .submit_with(SubmitJob {
-            max_attempts: Some(1),
-            ..SubmitJob::new(module, json!({"mode": "fail_until", "succeed_on": 2}))
-        })
+        .run_with(single_attempt(
+            &module,
+            json!({"mode": "fail_until", "succeed_on": 2}),
+        ))
         .await;
-    let exhausted = app.wait_final(exhausted.id).await;
-    assert_eq!(exhausted.state, JobState::Dead);
+    assert_state(&exhausted, JobState::Dead);
     assert_eq!(
         app.client.retry(exhausted.id).await.unwrap().attempts_left,
         1
     );
     let exhausted = app.wait_final(exhausted.id).await;
-    assert_eq!(exhausted.state, JobState::Dead);
+    assert_state(&exhausted, JobState::Dead);
     assert_eq!(exhausted.attempt, 2);
-    let attempts = app.client.attempts(exhausted.id).await.unwrap().attempts;
+    let attempts = app.attempts(exhausted.id).await;
     assert_eq!(
         attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
         [1, 2],
@@ -122,20 +107,14 @@ async fn a_non_retryable_error_dead_letters_at_once_and_a_user_retry_gives_fresh
             .all(|a| a.error_message.as_deref() == Some("attempt 1 fails on purpose")),
         "{attempts:?}"
     );
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps_serving() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     let hostile = |input: serde_json::Value, tweak: fn(&mut SubmitJob)| {
-        let mut job = SubmitJob {
-            max_attempts: Some(1),
-            ..SubmitJob::new(module.clone(), input)
-        };
+        let mut job = single_attempt(&module, input);
         tweak(&mut job);
         job
     };
@@ -201,7 +180,7 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
     for (kind, job) in submitted {
         let job = app.wait_final(job.id).await;
         assert_eq!(job.state, JobState::Dead, "{kind}");
-        let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+        let attempts = app.attempts(job.id).await;
         let actual = attempts[0].error_kind.as_deref().unwrap_or_default();
         assert!(
             kind.split('|').any(|expected| expected == actual),
@@ -233,9 +212,8 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
         }
     }
     let healthy = app.wait_final(healthy.id).await;
-    assert_eq!(healthy.state, JobState::Succeeded);
+    assert_state(&healthy, JobState::Succeeded);
     assert_eq!(healthy.worker_id.as_deref(), Some("w1"));
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -244,24 +222,18 @@ async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
     let mut options = crate::support::TestOptions::default();
     options.execution.max_log_bytes = 10_000;
     let app = TestApp::start_with(options).await;
-    let worker = app.spawn_worker("w1");
+    app.spawn_worker("w1");
     let module = app.upload("misbehave").await;
     // Wide lines, and empty ones: an empty line is not free.
     for (lines, width) in [(5_000, 100), (200_000, 0)] {
         let job = app
-            .submit(
+            .run(
                 &module,
                 json!({"mode": "log_spam", "lines": lines, "width": width}),
             )
             .await;
-        let job = app.wait_final(job.id).await;
-        assert_eq!(
-            job.state,
-            JobState::Succeeded,
-            "{width}: {:?}",
-            job.last_error
-        );
-        let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+        assert_state(&job, JobState::Succeeded);
+        let attempt = &app.attempts(job.id).await[0];
         let kept = attempt.logs.as_array().unwrap();
         // What PostgreSQL stores for the kept lines.
         let stored: usize = kept.iter().map(|line| line.to_string().len()).sum();
@@ -279,25 +251,20 @@ async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
             "width {width}: every line (host.log and stdout) is kept whole or counted"
         );
     }
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
     const OUTPUT: u64 = 192 << 20;
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     let before = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap();
     let job = app
-        .submit_with(SubmitJob {
+        .run_with(SubmitJob {
             memory_limit_bytes: Some(256 << 20),
-            max_attempts: Some(1),
-            ..SubmitJob::new(module, json!({"mode": "big_output", "bytes": OUTPUT}))
+            ..single_attempt(&module, json!({"mode": "big_output", "bytes": OUTPUT}))
         })
         .await;
-    let job = app.wait_final(job.id).await;
     let error = job.last_error.unwrap();
     assert_eq!(error["kind"], "output_too_large", "{error}");
     assert!(
@@ -316,26 +283,15 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
         OUTPUT >> 20,
         grew >> 20
     );
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_beyond_what_the_stream_permits_traps_before_it_is_copied() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     for (bytes, blocking, permitted) in [(32 << 20, false, 64 << 10), (64 << 10, true, 4096)] {
-        let job = app
-            .submit_with(SubmitJob {
-                max_attempts: Some(1),
-                ..SubmitJob::new(
-                    module.clone(),
-                    json!({"mode": "raw_write", "bytes": bytes, "blocking": blocking}),
-                )
-            })
-            .await;
-        let job = app.wait_final(job.id).await;
+        let input = json!({"mode": "raw_write", "bytes": bytes, "blocking": blocking});
+        let job = app.run_with(single_attempt(&module, input)).await;
         assert_eq!(job.state, JobState::Dead, "{bytes}: {:?}", job.output);
         let error = job.last_error.unwrap();
         assert_eq!(error["kind"], "trap", "{error}");
@@ -344,33 +300,28 @@ async fn a_write_beyond_what_the_stream_permits_traps_before_it_is_copied() {
             message.contains(&format!("exceeds the {permitted} bytes")),
             "{message}"
         );
-        let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+        let attempt = &app.attempts(job.id).await[0];
         assert_eq!(attempt.logs, json!([]), "nothing of the write was kept");
     }
     // Within the permit, the same calls write to the log.
     let job = app
-        .submit(
+        .run(
             &module,
             json!({"mode": "raw_write", "bytes": 4096, "blocking": true}),
         )
         .await;
-    let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
-    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    assert_state(&job, JobState::Succeeded);
+    let attempt = &app.attempts(job.id).await[0];
     assert_eq!(attempt.logs[0]["message"].as_str().unwrap().len(), 4096);
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sdk_log_macros_the_log_facade_and_stderr_all_reach_the_attempt_log_in_order() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
-    let job = app.submit(&module, json!({"mode": "log_levels"})).await;
-    let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded);
-    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let job = app.run(&module, json!({"mode": "log_levels"})).await;
+    assert_state(&job, JobState::Succeeded);
+    let attempt = &app.attempts(job.id).await[0];
     let lines: Vec<(String, String, String)> = attempt
         .logs
         .as_array()
@@ -395,25 +346,21 @@ async fn sdk_log_macros_the_log_facade_and_stderr_all_reach_the_attempt_log_in_o
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
         .collect();
     assert_eq!(lines, expected);
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crowd_of_hostile_jobs_does_not_stop_well_behaved_ones() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     let hello = app.upload("hello").await;
     let mut hostile = Vec::new();
     let mut healthy = Vec::new();
     for round in 0..4 {
         for (mode, timeout_ms) in [("spin", 500), ("allocate", 30_000), ("recurse", 30_000)] {
             let job = SubmitJob {
-                max_attempts: Some(1),
                 timeout_ms: Some(timeout_ms),
                 memory_limit_bytes: Some(16 << 20),
-                ..SubmitJob::new(module.clone(), json!({"mode": mode}))
+                ..single_attempt(&module, json!({"mode": mode}))
             };
             hostile.push(app.submit_with(job).await.id);
         }
@@ -426,17 +373,16 @@ async fn a_crowd_of_hostile_jobs_does_not_stop_well_behaved_ones() {
         }
     }
     for id in healthy {
-        assert_eq!(app.wait_final(id).await.state, JobState::Succeeded);
+        assert_state(&app.wait_final(id).await, JobState::Succeeded);
     }
     for id in hostile {
         let job = app.wait_final(id).await;
-        assert_eq!(job.state, JobState::Dead);
+        assert_state(&job, JobState::Dead);
         let kind = job.last_error.unwrap()["kind"].as_str().unwrap().to_owned();
         assert!(
             ["timeout", "memory_limit", "stack_overflow"].contains(&kind.as_str()),
             "{kind}"
         );
     }
-    worker.stop().await;
     app.finish().await;
 }

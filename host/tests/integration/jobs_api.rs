@@ -4,24 +4,22 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use taskflow::api::types::{JobQuery, SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, eventually};
+use crate::support::{TestApp, assert_state, eventually, failing_every_attempt};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submitted_job_runs_and_its_output_and_log_are_stored() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("hello").await;
+    let (app, module) = TestApp::start_running("hello").await;
 
     let submitted = app.submit(&module, json!({"name": "Ada"})).await;
     assert_eq!(submitted.state, JobState::Available);
     let job = app.wait_final(submitted.id).await;
 
-    assert_eq!(job.state, JobState::Succeeded);
+    assert_state(&job, JobState::Succeeded);
     assert_eq!(job.output, Some(json!({"greeting": "Hello, Ada!"})));
     assert_eq!(job.input, Some(json!({"name": "Ada"})));
     assert_eq!(job.attempt, 1);
@@ -30,7 +28,7 @@ async fn a_submitted_job_runs_and_its_output_and_log_are_stored() {
     assert!(usage.fuel_consumed.unwrap() > 0);
     assert!(job.finished_at.is_some());
 
-    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    let attempts = app.attempts(job.id).await;
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome.as_str(), "succeeded");
     assert_eq!(attempts[0].worker_id, "w1");
@@ -45,14 +43,12 @@ async fn a_submitted_job_runs_and_its_output_and_log_are_stored() {
             .contains(&format!("greeting Ada (job {}, attempt 1)", job.id))
     );
 
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_is_inserted_in_one_transaction_and_listed_with_keyset_pagination() {
-    let app = TestApp::start().await;
-    let module = app.upload("hello").await;
+    let (app, module) = TestApp::start_with_plugin("hello").await;
     let jobs: Vec<SubmitJob> = (0..5)
         .map(|i| SubmitJob {
             queue: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
@@ -109,9 +105,7 @@ async fn a_batch_is_inserted_in_one_transaction_and_listed_with_keyset_paginatio
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_scheduled_for_later_waits_for_its_time() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("hello").await;
+    let (app, module) = TestApp::start_running("hello").await;
     let run_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let job = app
         .submit_with(SubmitJob {
@@ -121,20 +115,18 @@ async fn a_job_scheduled_for_later_waits_for_its_time() {
         .await;
     assert_eq!(job.state, JobState::Scheduled);
     let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded);
+    assert_state(&job, JobState::Succeeded);
     assert!(
         job.started_at.unwrap() >= run_at,
         "started {:?} before {run_at}",
         job.started_at
     );
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
-    let app = TestApp::start().await;
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
 
     // Waiting: no worker yet.
     let waiting = app.submit(&module, json!({"mode": "succeed"})).await;
@@ -149,7 +141,7 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
     }
 
     // Running: a job that would spin for a minute.
-    let worker = app.spawn_worker("w1");
+    app.spawn_worker("w1");
     let spinning = app
         .submit_with(SubmitJob {
             timeout_ms: Some(60_000),
@@ -166,16 +158,15 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
         app.client.cancel(spinning.id).await.unwrap().state,
         JobState::Cancelled
     );
-    let attempts = app.client.attempts(spinning.id).await.unwrap().attempts;
+    let attempts = app.attempts(spinning.id).await;
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome.as_str(), "cancelled");
 
     // The worker notices through its lease, stops the guest and serves the next job.
     let after = app
-        .submit(&module, json!({"mode": "succeed", "output": {"ok": true}}))
+        .run(&module, json!({"mode": "succeed", "output": {"ok": true}}))
         .await;
-    let after = app.wait_final(after.id).await;
-    assert_eq!(after.state, JobState::Succeeded);
+    assert_state(&after, JobState::Succeeded);
     assert_eq!(
         app.client.get_job(spinning.id).await.unwrap().state,
         JobState::Cancelled
@@ -185,36 +176,21 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
     let requeued = app.client.retry(waiting.id).await.unwrap();
     assert_eq!(requeued.state, JobState::Available);
     let done = app.wait_final(waiting.id).await;
-    assert_eq!(done.state, JobState::Succeeded);
+    assert_state(&done, JobState::Succeeded);
     match app.client.retry(waiting.id).await {
         Err(ClientError::Api { status, .. }) => assert_eq!(status, StatusCode::CONFLICT),
         other => panic!("a succeeded job cannot be retried, got {other:?}"),
     }
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_readiness() {
     let app = TestApp::start().await;
-    let health: Value = app
-        .http()
-        .get(format!("{}/healthz", app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = app.get_json("/healthz").await;
     assert_eq!(health["status"], "ok");
-    let ready = app
-        .http()
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
-    let ready: Value = ready.json().await.unwrap();
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(ready["postgres"], "ok");
     assert_eq!(ready["redis"], "ok");
     app.finish().await;
@@ -222,38 +198,21 @@ async fn health_and_readiness() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn attempts_come_in_pages_oldest_first() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     let job = app
-        .submit_with(SubmitJob {
-            max_attempts: Some(5),
-            ..SubmitJob::new(
-                module,
-                json!({"mode": "retryable_error", "message": "again"}),
-            )
-        })
+        .run_with(failing_every_attempt(&module, 5, "again"))
         .await;
-    let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Dead);
+    assert_state(&job, JobState::Dead);
 
     let mut numbers = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let mut url = format!("{}/v1/jobs/{}/attempts?limit=2", app.url, job.id);
+        let mut path = format!("/v1/jobs/{}/attempts?limit=2", job.id);
         if let Some(cursor) = &cursor {
-            url.push_str(&format!("&cursor={cursor}"));
+            path.push_str(&format!("&cursor={cursor}"));
         }
-        let page: Value = app
-            .http()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, page) = app.get_json(&path).await;
         let attempts = page["attempts"].as_array().unwrap();
         assert!(attempts.len() <= 2);
         numbers.extend(attempts.iter().map(|a| a["attempt"].as_i64().unwrap()));
@@ -265,18 +224,14 @@ async fn attempts_come_in_pages_oldest_first() {
     }
     assert_eq!(numbers, [1, 2, 3, 4, 5]);
     assert_eq!(pages, 3);
-    let all = app.client.attempts(job.id).await.unwrap();
-    assert_eq!(all.attempts.len(), 5, "the client follows the pages");
+    let all = app.attempts(job.id).await;
+    assert_eq!(all.len(), 5, "the client follows the pages");
 
     for query in ["limit=0", "limit=101", "cursor=abc"] {
         let response = app
-            .http()
-            .get(format!("{}/v1/jobs/{}/attempts?{query}", app.url, job.id))
-            .send()
-            .await
-            .unwrap();
+            .get(&format!("/v1/jobs/{}/attempts?{query}", job.id))
+            .await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
     }
-    worker.stop().await;
     app.finish().await;
 }

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{TestApp, TestOptions, plugin};
+use crate::support::{TestApp, TestOptions, assert_api_error, plugin};
 
 async fn put_module(app: &TestApp, body: Vec<u8>) -> (StatusCode, Value) {
     app.put("/v1/modules", body).await
@@ -106,14 +106,8 @@ async fn anything_but_a_task_component_is_rejected_with_a_reason_and_not_stored(
         ),
     ];
     for (name, bytes, status, code, message) in cases {
-        let (actual_status, body) = put_module(&app, bytes).await;
-        assert_eq!(actual_status, status, "{name}: {body}");
-        assert_eq!(body["error"]["code"], code, "{name}: {body}");
-        let text = body["error"]["message"].as_str().unwrap();
-        assert!(
-            text.contains(message),
-            "{name}: {text:?} should mention {message:?}"
-        );
+        let answer = put_module(&app, bytes).await;
+        assert_api_error(name, &answer, status, code, message);
     }
     assert_eq!(module_count(&app).await, 0);
     app.finish().await;
@@ -135,23 +129,12 @@ async fn an_upload_over_the_size_limit_gets_413() {
 #[tokio::test(flavor = "multi_thread")]
 async fn module_lookups_validate_the_hash() {
     let app = TestApp::start().await;
-    let response = app
-        .http()
-        .get(format!("{}/v1/modules/not-a-hash", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app.get_json("/v1/modules/not-a-hash").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "invalid_hash");
 
     let missing = "0".repeat(64);
-    let response = app
-        .http()
-        .get(format!("{}/v1/modules/{missing}", app.url))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get(&format!("/v1/modules/{missing}")).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     app.finish().await;
 }

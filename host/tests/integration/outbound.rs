@@ -5,45 +5,67 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use taskflow::api::types::{JobView, SubmitJob};
+use taskflow::api::types::JobView;
 use taskflow::job::JobState;
 use taskflow::sandbox::OutboundLimits;
 
-use crate::support::{BIG_BODY_BYTES, TestApp, TestOptions, TestServers, TestWorker};
+use crate::support::{
+    BIG_BODY_BYTES, TestApp, TestOptions, TestServers, TestWorker, assert_state, eventually,
+    single_attempt,
+};
 
 const SECRET: &str = "whsec_outbound-test-value-7731";
 
 /// An app whose workers trust the servers' CA, with `limits` on outbound
-/// HTTP, one worker, and the `default` queue granted `settings`.
-async fn start(
-    servers: &TestServers,
-    limits: OutboundLimits,
-    settings: Value,
-) -> (TestApp, TestWorker) {
+/// HTTP and the `default` queue granted `settings`; no worker yet.
+async fn start_app(servers: &TestServers, limits: OutboundLimits, settings: Value) -> TestApp {
     let mut options = TestOptions::default();
     options.execution.extra_ca_certs = Some(servers.ca_file.clone());
     options.execution.outbound = limits;
     let app = TestApp::start_with(options).await;
-    let (status, answer) = app
-        .put_json("/v1/queues/default", &settings.to_string())
-        .await;
-    assert!(status.is_success(), "{answer}");
+    app.set_default_queue(settings).await;
+    app
+}
+
+/// [`start_app`] with one worker, `w1`, that stops with the app.
+async fn start(servers: &TestServers, limits: OutboundLimits, settings: Value) -> TestApp {
+    let app = start_app(servers, limits, settings).await;
+    app.spawn_worker("w1");
+    app
+}
+
+/// One worker fetching `path` from the servers' plain HTTP origin (the only
+/// host granted), and the job, returned once the server has the request
+/// and before it answers: an attempt with a request in flight.
+async fn fetching(servers: &TestServers, path: &str) -> (TestApp, TestWorker, JobView) {
+    let http = format!("http://127.0.0.1:{}", servers.http.port());
+    let settings = json!({"allowed_hosts": [http]});
+    let app = start_app(servers, OutboundLimits::default(), settings).await;
     let worker = app.spawn_worker("w1");
-    (app, worker)
-}
-
-async fn run(app: &TestApp, module: &str, input: Value) -> JobView {
+    let fetch = app.upload("fetch").await;
     let job = app
-        .submit_with(SubmitJob {
-            max_attempts: Some(1),
-            ..SubmitJob::new(module, input)
-        })
+        .submit(&fetch, json!({"url": format!("{http}{path}")}))
         .await;
-    app.wait_final(job.id).await
+    until_a_request_arrives(servers, Duration::from_secs(10)).await;
+    (app, worker, job)
 }
 
+async fn until_a_request_arrives(servers: &TestServers, timeout: Duration) {
+    eventually(timeout, || async {
+        (!servers.seen().is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// Runs a job allowed one attempt, so that a refused or failed request is
+/// final, and returns it finished.
+async fn run(app: &TestApp, module: &str, input: Value) -> JobView {
+    app.run_with(single_attempt(module, input)).await
+}
+
+/// The requests recorded on `job`'s last attempt.
 async fn requests_of(app: &TestApp, job: &JobView) -> Vec<Value> {
-    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    let attempts = app.attempts(job.id).await;
     attempts
         .last()
         .unwrap()
@@ -62,7 +84,7 @@ async fn granted_get_and_signed_post_go_through_and_are_recorded() {
         "allowed_hosts": [http, https],
         "secrets": {"webhook_key": {"value": SECRET, "allowed_hosts": [https]}},
     });
-    let (app, worker) = start(&servers, OutboundLimits::default(), settings).await;
+    let app = start(&servers, OutboundLimits::default(), settings).await;
     let fetch = app.upload("fetch").await;
     let webhook = app.upload("webhook").await;
 
@@ -72,12 +94,7 @@ async fn granted_get_and_signed_post_go_through_and_are_recorded() {
         json!({"url": format!("{http}/hello?token=q")}),
     )
     .await;
-    assert_eq!(
-        fetched.state,
-        JobState::Succeeded,
-        "{:?}",
-        fetched.last_error
-    );
+    assert_state(&fetched, JobState::Succeeded);
     let output = fetched.output.clone().unwrap();
     assert_eq!(output["status"], 200);
     assert_eq!(output["size"], 5);
@@ -101,12 +118,7 @@ async fn granted_get_and_signed_post_go_through_and_are_recorded() {
         json!({"url": format!("{https}/echo"), "payload": payload}),
     )
     .await;
-    assert_eq!(
-        delivered.state,
-        JobState::Succeeded,
-        "{:?}",
-        delivered.last_error
-    );
+    assert_state(&delivered, JobState::Succeeded);
     let seen = servers.seen();
     let post = seen
         .iter()
@@ -131,7 +143,6 @@ async fn granted_get_and_signed_post_go_through_and_are_recorded() {
     assert_eq!(record["bytes_out"], post.body.len());
 
     assert_secret_nowhere(&app, &[&fetched, &delivered]).await;
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -152,7 +163,7 @@ async fn hosts_not_granted_and_names_of_internal_addresses_are_denied_and_record
         "this test needs the machine's name to resolve to an internal address: {resolved:?}"
     );
     let settings = json!({"allowed_hosts": [format!("http://{hostname}:{port}")]});
-    let (app, worker) = start(&servers, OutboundLimits::default(), settings).await;
+    let app = start(&servers, OutboundLimits::default(), settings).await;
     let fetch = app.upload("fetch").await;
 
     let ungranted = run(
@@ -193,7 +204,6 @@ async fn hosts_not_granted_and_names_of_internal_addresses_are_denied_and_record
         "{record}"
     );
     assert!(servers.seen().is_empty(), "no request reached the server");
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -206,7 +216,7 @@ async fn redirects_are_returned_not_followed_and_caps_and_timeouts_fail_only_the
         request_timeout: Duration::from_millis(500),
         ..OutboundLimits::default()
     };
-    let (app, worker) = start(&servers, limits, json!({"allowed_hosts": [http]})).await;
+    let app = start(&servers, limits, json!({"allowed_hosts": [http]})).await;
     let fetch = app.upload("fetch").await;
 
     let elsewhere = format!("http://127.0.0.2:{}/hello", servers.http.port());
@@ -216,12 +226,7 @@ async fn redirects_are_returned_not_followed_and_caps_and_timeouts_fail_only_the
         json!({"url": format!("{http}/redirect?to={elsewhere}")}),
     )
     .await;
-    assert_eq!(
-        redirected.state,
-        JobState::Succeeded,
-        "{:?}",
-        redirected.last_error
-    );
+    assert_state(&redirected, JobState::Succeeded);
     assert_eq!(redirected.output.clone().unwrap()["status"], 302);
     assert_eq!(
         requests_of(&app, &redirected).await.len(),
@@ -247,7 +252,6 @@ async fn redirects_are_returned_not_followed_and_caps_and_timeouts_fail_only_the
     // The worker is unharmed: the next job runs.
     let after = run(&app, &fetch, json!({"url": format!("{http}/hello")})).await;
     assert_eq!(after.state, JobState::Succeeded);
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -264,17 +268,12 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
         max_requests: 3,
         ..OutboundLimits::default()
     };
-    let (app, worker) = start(&servers, limits, settings).await;
+    let app = start(&servers, limits, settings).await;
     let probe = app.upload("http_probe").await;
     let get = |url: String| json!({"mode": "get", "url": url, "bearer_secret": "api_key"});
 
     let to_bound = run(&app, &probe, get(format!("{bound}/echo"))).await;
-    assert_eq!(
-        to_bound.state,
-        JobState::Succeeded,
-        "{:?}",
-        to_bound.last_error
-    );
+    assert_state(&to_bound, JobState::Succeeded);
     let authorization = servers.seen()[0]
         .headers
         .iter()
@@ -298,7 +297,7 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
 
     let flood = json!({"mode": "flood", "url": format!("{other}/hello"), "count": 10});
     let flood = run(&app, &probe, flood).await;
-    assert_eq!(flood.state, JobState::Succeeded, "{:?}", flood.last_error);
+    assert_state(&flood, JobState::Succeeded);
     let summary = flood.output.clone().unwrap();
     assert_eq!(summary["ok"], 3);
     assert_eq!(summary["failed"], 7);
@@ -307,35 +306,17 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
     assert!(records[3..].iter().all(|r| r["denied"] == true));
 
     assert_secret_nowhere(&app, &[&to_bound, &to_other, &in_url, &flood]).await;
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_a_job_aborts_its_request_in_flight() {
     let servers = TestServers::start().await;
-    let http = format!("http://127.0.0.1:{}", servers.http.port());
-    let (app, worker) = start(
-        &servers,
-        OutboundLimits::default(),
-        json!({"allowed_hosts": [http]}),
-    )
-    .await;
-    let fetch = app.upload("fetch").await;
-    let job = app
-        .submit_with(SubmitJob::new(
-            &fetch,
-            json!({"url": format!("{http}/slow")}),
-        ))
-        .await;
-    crate::support::eventually(Duration::from_secs(10), || async {
-        (!servers.seen().is_empty()).then_some(())
-    })
-    .await;
+    let (app, worker, job) = fetching(&servers, "/slow").await;
     let started = std::time::Instant::now();
     app.client.cancel(job.id).await.unwrap();
     let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Cancelled);
+    assert_state(&job, JobState::Cancelled);
     // The cancel writes the attempt's record (the worker's own is fenced
     // out); what shows the request was aborted is that the worker, which
     // waits for its attempts when stopped, stops long before the server
@@ -349,9 +330,35 @@ async fn cancelling_a_job_aborts_its_request_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn losing_the_lease_aborts_the_request_in_flight_and_the_job_runs_again() {
+    let servers = TestServers::start().await;
+    let (app, worker, job) = fetching(&servers, "/slow-once").await;
+    let running = app.client.get_job(job.id).await.unwrap();
+    let token = running
+        .lease_token
+        .expect("a running job has a lease token");
+    let started = std::time::Instant::now();
+    app.take_over_lease(job.id, token + 1).await;
+    // A stopping worker waits for its attempts; this one's ends when the
+    // heartbeat finds the lease taken and the request is aborted, long
+    // before the server's 10 s answer.
+    worker.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the attempt ended with its lease, not with the server's answer"
+    );
+    app.spawn_worker("survivor");
+    let job = app.wait_final(job.id).await;
+    assert_state(&job, JobState::Succeeded);
+    assert_eq!(job.worker_id.as_deref(), Some("survivor"));
+    assert_eq!(servers.seen().len(), 2, "the second attempt asked again");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_component_built_against_taskflow_task_0_1_0_still_runs() {
     let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
+    app.spawn_worker("w1");
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/hello-taskflow-task-0.1.0.wasm");
     let (module, _) = app
@@ -359,11 +366,9 @@ async fn a_component_built_against_taskflow_task_0_1_0_still_runs() {
         .push_module(std::fs::read(fixture).unwrap())
         .await
         .unwrap();
-    let job = app.submit(&module.hash, json!({"name": "old"})).await;
-    let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    let job = app.run(&module.hash, json!({"name": "old"})).await;
+    assert_state(&job, JobState::Succeeded);
     assert_eq!(job.output.unwrap()["greeting"], "Hello, old!");
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -375,13 +380,7 @@ async fn a_worker_killed_mid_request_leaves_the_job_to_another_and_never_logs_th
         "allowed_hosts": [https],
         "secrets": {"webhook_key": {"value": SECRET, "allowed_hosts": [https]}},
     });
-    let mut options = TestOptions::default();
-    options.execution.extra_ca_certs = Some(servers.ca_file.clone());
-    let app = TestApp::start_with(options).await;
-    let (status, answer) = app
-        .put_json("/v1/queues/default", &settings.to_string())
-        .await;
-    assert!(status.is_success(), "{answer}");
+    let app = start_app(&servers, OutboundLimits::default(), settings).await;
     let webhook = app.upload("webhook").await;
     let log_path = app.cache_dir.with_extension("worker.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -397,17 +396,14 @@ async fn a_worker_killed_mid_request_leaves_the_job_to_another_and_never_logs_th
     );
     let input = json!({"url": format!("{https}/slow-once"), "payload": {"n": 1}});
     let job = app.submit(&webhook, input).await;
-    crate::support::eventually(Duration::from_secs(30), || async {
-        (!servers.seen().is_empty()).then_some(())
-    })
-    .await;
+    until_a_request_arrives(&servers, Duration::from_secs(30)).await;
     doomed.kill().expect("SIGKILL the worker mid-request");
     doomed.wait().unwrap();
-    let survivor = app.spawn_worker("survivor");
+    app.spawn_worker("survivor");
     let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    assert_state(&job, JobState::Succeeded);
     assert_eq!(job.worker_id.as_deref(), Some("survivor"));
-    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    let attempts = app.attempts(job.id).await;
     assert_eq!(attempts[0].outcome.as_str(), "lease_expired");
     assert_eq!(attempts[1].requests[0]["status"], 200);
     assert_eq!(
@@ -426,17 +422,12 @@ async fn a_worker_killed_mid_request_leaves_the_job_to_another_and_never_logs_th
         "the secret reached the worker's log"
     );
     assert_secret_nowhere(&app, &[&job]).await;
-    survivor.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_without_the_secret_key_fails_grant_using_jobs_retryably_and_runs_the_rest() {
-    let app = TestApp::start_with(TestOptions {
-        secret_key: None,
-        ..TestOptions::default()
-    })
-    .await;
+    let app = TestApp::start_with(TestOptions::without_secret_key()).await;
     let key = taskflow::queue::SecretKey::parse(crate::support::TEST_SECRET_KEY).unwrap();
     let value = taskflow::queue::SecretValue::new(SECRET.into());
     let host = taskflow::queue::AllowedHost::parse("https://api.example.com").unwrap();
@@ -447,7 +438,7 @@ async fn a_worker_without_the_secret_key_fails_grant_using_jobs_retryably_and_ru
         .put_queue("default", &settings, &sealed)
         .await
         .unwrap();
-    let worker = app.spawn_worker("keyless");
+    app.spawn_worker("keyless");
     let probe = app.upload("http_probe").await;
     let hello = app.upload("hello").await;
 
@@ -462,7 +453,7 @@ async fn a_worker_without_the_secret_key_fails_grant_using_jobs_retryably_and_ru
             .unwrap()
             .contains("TASKFLOW_SECRET_KEY")
     );
-    let attempts = app.client.attempts(needs_grants.id).await.unwrap().attempts;
+    let attempts = app.attempts(needs_grants.id).await;
     assert_eq!(attempts[0].outcome.as_str(), "failed");
 
     let plain = run(&app, &hello, json!({"name": "x"})).await;
@@ -471,7 +462,6 @@ async fn a_worker_without_the_secret_key_fails_grant_using_jobs_retryably_and_ru
         JobState::Succeeded,
         "a task that uses no grants needs none"
     );
-    worker.stop().await;
     app.finish().await;
 }
 

@@ -5,21 +5,19 @@ use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::job::JobState;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, assert_state};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rust_example_plugins_compute_what_they_promise() {
     let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-
+    app.spawn_worker("w1");
     let wordstats = app.upload("wordstats").await;
     let job = app
-        .submit(
+        .run(
             &wordstats,
             json!({"text": "a rose is a rose is a rose", "top": 2}),
         )
         .await;
-    let job = app.wait_final(job.id).await;
     assert_eq!(
         job.output,
         Some(json!({
@@ -27,19 +25,18 @@ async fn the_rust_example_plugins_compute_what_they_promise() {
             "top_words": [{"word": "a", "count": 3}, {"word": "rose", "count": 3}]
         }))
     );
-    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    let attempt = &app.attempts(job.id).await[0];
     assert_eq!(attempt.logs[0]["message"], "8 words, 3 distinct");
 
     let digest = app.upload("digest").await;
     let payload = [0u8, 159, 146, 150];
     let job = app
-        .submit_with(SubmitJob {
+        .run_with(SubmitJob {
             module: digest,
             input_base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
             ..Default::default()
         })
         .await;
-    let job = app.wait_final(job.id).await;
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload));
     assert_eq!(
         job.output,
@@ -48,7 +45,7 @@ async fn the_rust_example_plugins_compute_what_they_promise() {
 
     let jsonpipe = app.upload("jsonpipe").await;
     let job = app
-        .submit(
+        .run(
             &jsonpipe,
             json!({
                 "records": [{"n": "a", "v": 3}, {"n": "b", "v": 1}, {"n": "c", "v": 2}],
@@ -58,18 +55,16 @@ async fn the_rust_example_plugins_compute_what_they_promise() {
             }),
         )
         .await;
-    let job = app.wait_final(job.id).await;
     assert_eq!(
         job.output,
         Some(json!({"matched": 2, "records": [{"n": "c"}, {"n": "a"}]}))
     );
     let bad = app
-        .submit(
+        .run(
             &jsonpipe,
             json!({"records": [], "where": [{"field": "v", "op": "like"}]}),
         )
         .await;
-    let bad = app.wait_final(bad.id).await;
     assert_eq!(bad.state, JobState::Dead, "bad input is fatal: no retries");
     assert_eq!(bad.attempt, 1);
     assert!(
@@ -81,25 +76,24 @@ async fn the_rust_example_plugins_compute_what_they_promise() {
 
     let mandelbrot = app.upload("mandelbrot").await;
     let job = app
-        .submit(&mandelbrot, json!({"width": 16, "height": 8}))
+        .run(&mandelbrot, json!({"width": 16, "height": 8}))
         .await;
-    let job = app.wait_final(job.id).await;
     let image = base64::engine::general_purpose::STANDARD
         .decode(job.output_base64.unwrap())
         .unwrap();
     assert!(image.starts_with(b"P6\n16 8\n255\n"));
     assert_eq!(image.len(), b"P6\n16 8\n255\n".len() + 16 * 8 * 3);
     let summary = app
-        .submit(
+        .run(
             &mandelbrot,
             json!({"width": 64, "height": 64, "format": "summary"}),
         )
-        .await;
-    let summary = app.wait_final(summary.id).await.output.unwrap();
+        .await
+        .output
+        .unwrap();
     assert_eq!(summary["width"], 64);
     assert!(summary["inside"].as_u64().unwrap() > 0);
 
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -110,22 +104,18 @@ async fn a_task_written_in_python_runs_end_to_end() {
     let app = TestApp::start().await;
     let servers = crate::support::TestServers::start().await;
     let origin = format!("http://127.0.0.1:{}", servers.http.port());
-    let grants = json!({"allowed_hosts": [origin]}).to_string();
-    let (status, answer) = app.put_json("/v1/queues/default", &grants).await;
-    assert!(status.is_success(), "{answer}");
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("python_csv").await;
-    let job = app
-        .submit_with(SubmitJob {
-            memory_limit_bytes: Some(256 << 20),
-            ..SubmitJob::new(
-                module.clone(),
-                json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"}),
-            )
-        })
+    app.set_default_queue(json!({"allowed_hosts": [origin]}))
         .await;
-    let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    app.spawn_worker("w1");
+    let module = app.upload("python_csv").await;
+    // A Python interpreter needs more memory than the default limit.
+    let python = |input| SubmitJob {
+        memory_limit_bytes: Some(256 << 20),
+        ..SubmitJob::new(&module, input)
+    };
+    let csv = json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"});
+    let job = app.run_with(python(csv)).await;
+    assert_state(&job, JobState::Succeeded);
     assert_eq!(
         job.output,
         Some(json!({
@@ -134,35 +124,20 @@ async fn a_task_written_in_python_runs_end_to_end() {
             "rows": [{"name": "Ada", "age": "36"}, {"name": "Alan", "age": "41"}]
         }))
     );
-    let attempt = &app.client.attempts(job.id).await.unwrap().attempts[0];
+    let attempt = &app.attempts(job.id).await[0];
     let line = attempt.logs[0]["message"].as_str().unwrap();
     assert_eq!(line, format!("parsed 2 rows (job {}, attempt 1)", job.id));
 
     // The same task fetches its CSV over wasi:http from a granted host.
     let fetched = app
-        .submit_with(SubmitJob {
-            memory_limit_bytes: Some(256 << 20),
-            ..SubmitJob::new(module.clone(), json!({"url": format!("{origin}/csv")}))
-        })
+        .run_with(python(json!({"url": format!("{origin}/csv")})))
         .await;
-    let fetched = app.wait_final(fetched.id).await;
-    assert_eq!(
-        fetched.state,
-        JobState::Succeeded,
-        "{:?}",
-        fetched.last_error
-    );
+    assert_state(&fetched, JobState::Succeeded);
     assert_eq!(fetched.output.unwrap()["rows"][0]["name"], "Ada");
-    let attempt = &app.client.attempts(fetched.id).await.unwrap().attempts[0];
+    let attempt = &app.attempts(fetched.id).await[0];
     assert_eq!(attempt.requests[0]["status"], 200);
 
-    let bad = app
-        .submit_with(SubmitJob {
-            memory_limit_bytes: Some(256 << 20),
-            ..SubmitJob::new(module, json!({"rows": []}))
-        })
-        .await;
-    let bad = app.wait_final(bad.id).await;
+    let bad = app.run_with(python(json!({"rows": []}))).await;
     assert_eq!(bad.state, JobState::Dead);
     assert_eq!(bad.attempt, 1, "the Python task's error said not to retry");
     assert!(
@@ -171,6 +146,5 @@ async fn a_task_written_in_python_runs_end_to_end() {
             .unwrap()
             .contains("csv")
     );
-    worker.stop().await;
     app.finish().await;
 }

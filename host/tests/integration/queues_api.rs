@@ -161,11 +161,7 @@ async fn bad_settings_get_a_4xx_naming_the_field_and_never_echo_a_secret() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_without_the_key_refuses_secrets_and_a_wrong_key_stops_startup() {
-    let app = TestApp::start_with(TestOptions {
-        secret_key: None,
-        ..TestOptions::default()
-    })
-    .await;
+    let app = TestApp::start_with(TestOptions::without_secret_key()).await;
     let (status, answer) = app
         .put_json("/v1/queues/payments", &settings(Some(SECRET)).to_string())
         .await;

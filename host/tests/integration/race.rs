@@ -11,9 +11,9 @@ use crate::support::{TestApp, eventually};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_racing_on_a_thousand_jobs_run_each_exactly_once() {
-    let app = TestApp::start().await;
-    let module = app.upload("hello").await;
-    let workers = [app.spawn_worker("w1"), app.spawn_worker("w2")];
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    app.spawn_worker("w1");
+    app.spawn_worker("w2");
     let jobs: Vec<SubmitJob> = (0..1000)
         .map(|i| SubmitJob::new(module.clone(), json!({"name": format!("job {i}")})))
         .collect();
@@ -64,8 +64,5 @@ async fn two_workers_racing_on_a_thousand_jobs_run_each_exactly_once() {
     );
     let sample = app.client.get_job(rows[0].id).await.unwrap();
     assert_eq!(sample.state, JobState::Succeeded);
-    for worker in workers {
-        worker.stop().await;
-    }
     app.finish().await;
 }

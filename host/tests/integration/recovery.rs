@@ -11,12 +11,11 @@ use taskflow::client::ClientError;
 use taskflow::job::JobState;
 use uuid::Uuid;
 
-use crate::support::{TcpProxy, TestApp, eventually};
+use crate::support::{TcpProxy, TestApp, assert_state, eventually};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expires() {
-    let app = TestApp::start().await;
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
     let mut doomed = app.worker_process("doomed", &[], Stdio::null());
     let job = app
         .submit(&module, json!({"mode": "sleep", "ms": 2000}))
@@ -30,12 +29,12 @@ async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expire
     doomed.kill().expect("SIGKILL the worker");
     doomed.wait().unwrap();
     let killed_at = chrono::Utc::now();
-    let survivor = app.spawn_worker("survivor");
+    app.spawn_worker("survivor");
 
     let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded);
+    assert_state(&job, JobState::Succeeded);
     assert_eq!(job.worker_id.as_deref(), Some("survivor"));
-    let attempts = app.client.attempts(job.id).await.unwrap().attempts;
+    let attempts = app.attempts(job.id).await;
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0].outcome.as_str(), "lease_expired");
     assert_eq!(attempts[0].worker_id, "doomed");
@@ -54,15 +53,14 @@ async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expire
         rescue_after < Duration::from_secs(5),
         "rescued {rescue_after:?} after the kill; the lease TTL is 1 s"
     );
-    survivor.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run() {
-    let app = TestApp::start().await;
-    let module = app.upload("misbehave").await;
-    let workers = [app.spawn_worker("w1"), app.spawn_worker("w2")];
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
+    app.spawn_worker("w1");
+    app.spawn_worker("w2");
     let ids = app
         .submit_many(&module, json!({"mode": "sleep", "ms": 15}), 200)
         .await;
@@ -98,19 +96,15 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
             "job {id} ran more than once: live leases were restored, not rescued"
         );
     }
-    for worker in workers {
-        worker.stop().await;
-    }
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_back() {
-    let app = TestApp::start().await;
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let proxied_url = format!("postgres://postgres@{}/{}", proxy.address, app.db.name());
-    let worker = app.spawn_worker_via(&proxied_url, "partitioned");
+    app.spawn_worker_via(&proxied_url, "partitioned");
 
     let ids = app
         .submit_many(&module, json!({"mode": "sleep", "ms": 400}), 6)
@@ -141,7 +135,6 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
         written, 0,
         "outcomes finished during the outage waited for PostgreSQL"
     );
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -151,8 +144,7 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
 /// nothing, and submissions must succeed again once PostgreSQL is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_once_it_is_back() {
-    let app = TestApp::start().await;
-    let module = app.upload("noop").await;
+    let (app, module) = TestApp::start_with_plugin("noop").await;
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let api = app
         .spawn_api_via(&format!(
@@ -203,19 +195,13 @@ async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_on
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_running_for_several_lease_ttls_keeps_its_lease_through_heartbeats() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
-    let job = app
-        .submit(&module, json!({"mode": "sleep", "ms": 3500}))
-        .await;
-    let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded);
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let job = app.run(&module, json!({"mode": "sleep", "ms": 3500})).await;
+    assert_state(&job, JobState::Succeeded);
     assert_eq!(
         job.attempt, 1,
         "the lease (TTL 1 s) was renewed, never rescued"
     );
-    worker.stop().await;
     app.finish().await;
 }
 
@@ -224,7 +210,7 @@ async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
     let app = TestApp::start().await;
     let mut config = app.worker_config("w1");
     config.poll_interval = Duration::from_secs(3600);
-    let worker = app.spawn_worker_with(config);
+    app.spawn_worker_with(config);
     let module = app.upload("hello").await;
     // Let the worker find the queue empty and go to sleep.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -237,15 +223,13 @@ async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
             .expect("woken, not polled");
         assert_eq!(job.state, JobState::Succeeded);
     }
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_within_seconds() {
     use taskflow::maintenance::elector::LEADERSHIP;
-    let app = TestApp::start().await;
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
     let mut workers: HashMap<String, std::process::Child> = ["a", "b"]
         .into_iter()
         .map(|id| (id.to_owned(), app.worker_process(id, &[], Stdio::null())))
@@ -277,7 +261,7 @@ async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_with
         "maintenance handed over {handed_over_after:?} after the leader died (term 1 s)"
     );
     let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded);
+    assert_state(&job, JobState::Succeeded);
     assert_eq!(job.worker_id.as_deref(), Some(successor.as_str()));
     for (_, mut worker) in workers {
         let _ = worker.kill();

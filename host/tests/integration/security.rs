@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use taskflow::api::auth::create_token;
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, TestOptions, plugin};
+use crate::support::{TestApp, TestOptions, assert_state, plugin};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns_nothing() {
@@ -91,7 +91,7 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
     assert_eq!(submitted.job.state, JobState::Available);
 
     for open in ["/healthz", "/readyz", "/metrics"] {
-        let response = http.get(format!("{}{open}", app.url)).send().await.unwrap();
+        let response = app.get(open).await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -103,12 +103,9 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_reaches_no_file_socket_environment_or_fine_clock() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
-    let job = app.submit(&module, json!({"mode": "probe"})).await;
-    let job = app.wait_final(job.id).await;
-    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let job = app.run(&module, json!({"mode": "probe"})).await;
+    assert_state(&job, JobState::Succeeded);
     let report = job.output.unwrap();
     for capability in ["read_file", "read_dir", "write_file", "tcp", "udp", "dns"] {
         let outcome = report[capability].as_str().unwrap();
@@ -126,7 +123,6 @@ async fn a_guest_reaches_no_file_socket_environment_or_fine_clock() {
         "the monotonic clock cannot time anything shorter than a millisecond ({step} ns)"
     );
     assert!(!std::path::Path::new("/tmp/taskflow-escape").exists());
-    worker.stop().await;
     app.finish().await;
 }
 

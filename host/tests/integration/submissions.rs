@@ -2,12 +2,12 @@
 //! payload encodings, and values only PostgreSQL can refuse.
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use taskflow::api::types::{SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, TestOptions};
+use crate::support::{TestApp, TestOptions, assert_api_error};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
@@ -85,14 +85,8 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
         ),
     ];
     for (body, status, code, mention) in cases {
-        let (actual, response) = app.post_json("/v1/jobs", &body).await;
-        assert_eq!(actual, status, "{body} → {response}");
-        assert_eq!(response["error"]["code"], code, "{body} → {response}");
-        let message = response["error"]["message"].as_str().unwrap();
-        assert!(
-            message.contains(mention),
-            "{body}: {message:?} should mention {mention:?}"
-        );
+        let answer = app.post_json("/v1/jobs", &body).await;
+        assert_api_error(&body, &answer, status, code, mention);
     }
 
     let response = app
@@ -119,31 +113,14 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
     );
 
     for path in ["/v1/jobs/not-a-uuid", "/v1/jobs/not-a-uuid/attempts"] {
-        let response = app
-            .http()
-            .get(format!("{}{path}", app.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
-        let body: Value = response.json().await.unwrap();
+        let (status, body) = app.get_json(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(body["error"]["code"], "invalid_path");
     }
-    let response = app
-        .http()
-        .get(format!("{}/v1/jobs?state=bogus", app.url))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/v1/jobs?state=bogus").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response = app
-        .http()
-        .get(format!("{}/v1/nowhere", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app.get_json("/v1/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "route_not_found");
 
     assert_eq!(
@@ -156,16 +133,10 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_input_and_output_travel_as_base64() {
-    let app = TestApp::start().await;
-    let worker = app.spawn_worker("w1");
-    let module = app.upload("misbehave").await;
+    let (app, module) = TestApp::start_running("misbehave").await;
     let job = app
-        .submit_with(SubmitJob::new(
-            module.clone(),
-            json!({"mode": "big_output", "bytes": 3}),
-        ))
+        .run(&module, json!({"mode": "big_output", "bytes": 3}))
         .await;
-    let job = app.wait_final(job.id).await;
     assert_eq!(job.output, None);
     assert_eq!(
         job.output_base64.as_deref(),
@@ -189,14 +160,12 @@ async fn binary_input_and_output_travel_as_base64() {
         JobState::Dead,
         "0xff is not JSON: the plugin rejects it as fatal"
     );
-    worker.stop().await;
     app.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_request() {
-    let app = TestApp::start().await;
-    let module = app.upload("hello").await;
+    let (app, module) = TestApp::start_with_plugin("hello").await;
     let request = SubmitJob {
         idempotency_key: Some("order-42".into()),
         ..SubmitJob::new(module.clone(), json!({"name": "once"}))
@@ -256,8 +225,7 @@ async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_req
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
-    let app = TestApp::start().await;
-    let module = app.upload("hello").await;
+    let (app, module) = TestApp::start_with_plugin("hello").await;
     let key = "🦀-ключ-مفتاح-\u{202e}-\u{fffd}";
     let input = json!({"name": "nul\u{0000}byte, emoji 🦀, rtl \u{202e}, combining e\u{301}", "deep": [[[["x"]]]]});
     let first = app
@@ -299,8 +267,7 @@ async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_value_postgres_cannot_store_fails_only_its_own_submission_among_grouped_ones() {
-    let app = TestApp::start().await;
-    let module = app.upload("hello").await;
+    let (app, module) = TestApp::start_with_plugin("hello").await;
     let requests = (0..60).map(|i| {
         let run_at = if i % 6 == 0 {
             "-10000-01-01T00:00:00Z"

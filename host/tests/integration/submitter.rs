@@ -8,8 +8,7 @@ use crate::support::{TestApp, new_job};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
-    let app = TestApp::start().await;
-    let module = app.upload("hello").await;
+    let (app, module) = TestApp::start_with_plugin("hello").await;
     let submitter = taskflow::store::Submitter::spawn(app.store().clone());
     // Past validation's reach: a job only the database can refuse.
     let job = |run_at| NewJob {

@@ -4,16 +4,18 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use taskflow::api::types::{JobView, SubmitJob};
+use taskflow::api::types::{AttemptView, JobView, SubmitJob};
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
+use taskflow::job::JobState;
 use taskflow::queue::SecretKey;
 use taskflow::store::Store;
 use tokio::task::JoinHandle;
@@ -91,6 +93,17 @@ impl Default for TestOptions {
     }
 }
 
+impl TestOptions {
+    /// A server started without `TASKFLOW_SECRET_KEY`: it can neither seal
+    /// nor open queue secrets.
+    pub fn without_secret_key() -> Self {
+        Self {
+            secret_key: None,
+            ..Self::default()
+        }
+    }
+}
+
 /// A running API (and, on demand, workers) over a fresh database and Redis
 /// prefix.
 pub struct TestApp {
@@ -106,26 +119,58 @@ pub struct TestApp {
     pub cache_dir: PathBuf,
     shutdown: CancellationToken,
     api: JoinHandle<std::io::Result<()>>,
+    /// Every worker started, so that [`TestApp::finish`] stops those still
+    /// running before it drops their database.
+    workers: std::sync::Mutex<Vec<WorkerTask>>,
 }
 
-/// A worker started by a test.
+/// A worker's task, until someone waits for it to end.
+type WorkerTask = Arc<std::sync::Mutex<Option<JoinHandle<()>>>>;
+
+/// A worker started by a test. [`TestApp::finish`] stops it; a test that
+/// needs it stopped earlier calls [`TestWorker::stop`].
 pub struct TestWorker {
     pub id: String,
     shutdown: CancellationToken,
-    handle: JoinHandle<()>,
+    task: WorkerTask,
 }
 
 impl TestWorker {
     /// Stops claiming, lets running attempts finish, and waits.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.handle.await.expect("worker task ends cleanly");
+        wait_for(&self.task).await;
+    }
+}
+
+/// Waits for a worker's task to end, unless someone already did.
+async fn wait_for(task: &WorkerTask) {
+    let handle = task.lock().expect("not poisoned").take();
+    if let Some(handle) = handle {
+        handle.await.expect("worker task ends cleanly");
     }
 }
 
 impl TestApp {
     pub async fn start() -> Self {
         Self::start_with(TestOptions::default()).await
+    }
+
+    /// A default app with `plugin` uploaded and no worker yet; the second
+    /// value is the plugin's hash.
+    pub async fn start_with_plugin(plugin: &str) -> (Self, String) {
+        let app = Self::start().await;
+        let module = app.upload(plugin).await;
+        (app, module)
+    }
+
+    /// A default app with one worker, `w1`, and `plugin` uploaded: where
+    /// most tests that run jobs begin. The second value is the plugin's
+    /// hash; the worker stops with [`TestApp::finish`].
+    pub async fn start_running(plugin: &str) -> (Self, String) {
+        let (app, module) = Self::start_with_plugin(plugin).await;
+        app.spawn_worker("w1");
+        (app, module)
     }
 
     pub async fn start_with(options: TestOptions) -> Self {
@@ -179,6 +224,7 @@ impl TestApp {
                 .join(format!("taskflow-test-cache-{}", Uuid::new_v4().simple())),
             shutdown,
             api,
+            workers: Default::default(),
         }
     }
 
@@ -258,11 +304,12 @@ impl TestApp {
             shutdown.clone(),
         )
         .expect("worker starts");
-        TestWorker {
-            id,
-            shutdown,
-            handle,
-        }
+        let task = Arc::new(std::sync::Mutex::new(Some(handle)));
+        self.workers
+            .lock()
+            .expect("not poisoned")
+            .push(Arc::clone(&task));
+        TestWorker { id, shutdown, task }
     }
 
     /// Uploads a plugin and returns its hash.
@@ -292,6 +339,23 @@ impl TestApp {
             .expect("job finishes")
     }
 
+    /// Submits a job of `module` with JSON `input` and default options, and
+    /// waits for its final state.
+    pub async fn run(&self, module: &str, input: Value) -> JobView {
+        self.run_with(SubmitJob::new(module, input)).await
+    }
+
+    /// Submits `job` and waits for its final state.
+    pub async fn run_with(&self, job: SubmitJob) -> JobView {
+        let id = self.submit_with(job).await.id;
+        self.wait_final(id).await
+    }
+
+    /// Every attempt of job `id`, oldest first.
+    pub async fn attempts(&self, id: Uuid) -> Vec<AttemptView> {
+        self.client.attempts(id).await.expect("attempts").attempts
+    }
+
     /// Raw HTTP against the API, for requests the typed client cannot make.
     pub fn http(&self) -> reqwest::Client {
         reqwest::Client::new()
@@ -305,6 +369,15 @@ impl TestApp {
     /// GETs `path`; every answer, error or not, is JSON.
     pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
         json_answer(self.http().get(format!("{}{path}", self.url))).await
+    }
+
+    /// GETs `path`, for tests that look at more than the status and JSON.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("the API answers")
     }
 
     /// PUTs `body` as JSON to `path`.
@@ -331,6 +404,15 @@ impl TestApp {
         json_answer(self.http().put(format!("{}{path}", self.url)).body(body)).await
     }
 
+    /// Sets the `default` queue's `settings` (hosts, secrets, config) and
+    /// checks that the API took them.
+    pub async fn set_default_queue(&self, settings: Value) {
+        let (status, answer) = self
+            .put_json("/v1/queues/default", &settings.to_string())
+            .await;
+        assert!(status.is_success(), "{answer}");
+    }
+
     /// Submits `count` jobs of `module` with `input`, in one batch; their ids.
     pub async fn submit_many(&self, module: &str, input: Value, count: usize) -> Vec<Uuid> {
         let jobs = (0..count)
@@ -351,14 +433,18 @@ impl TestApp {
         self.store().count_jobs().await.unwrap()
     }
 
+    async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(redis_url()).expect("valid Redis URL");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is reachable")
+    }
+
     /// Deletes every Redis key of this app: what a `FLUSHALL` does to it,
     /// without disturbing tests running alongside.
     pub async fn flush_redis(&self) -> usize {
-        let client = redis::Client::open(redis_url()).expect("valid Redis URL");
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis is reachable");
+        let mut connection = self.redis_connection().await;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.connections.redis_prefix))
             .query_async(&mut connection)
@@ -374,9 +460,29 @@ impl TestApp {
         keys.len()
     }
 
-    /// Stops everything and drops the database.
+    /// Writes a newer fencing token over job `id`'s lease key, for one
+    /// lease TTL: what another worker's claim after a rescue does, so the
+    /// holder's next renewal finds its lease lost.
+    pub async fn take_over_lease(&self, id: Uuid, newer_token: i64) {
+        let mut connection = self.redis_connection().await;
+        let () = redis::cmd("SET")
+            .arg(format!("{}lease:{id}", self.connections.redis_prefix))
+            .arg(newer_token)
+            .arg("PX")
+            .arg(self.backends.leases.ttl().as_millis() as u64)
+            .query_async(&mut connection)
+            .await
+            .expect("SET");
+    }
+
+    /// Stops everything (workers first, letting their attempts finish) and
+    /// drops the database.
     pub async fn finish(self) {
         self.shutdown.cancel();
+        let workers = self.workers.into_inner().expect("not poisoned");
+        for task in &workers {
+            wait_for(task).await;
+        }
         let _ = self.api.await;
         let _ = std::fs::remove_dir_all(&self.cache_dir);
         self.db
@@ -384,6 +490,55 @@ impl TestApp {
             .await
             .expect("drop the test database");
     }
+}
+
+/// A job of `module` with JSON `input` allowed one attempt, so that its
+/// first failure is final.
+pub fn single_attempt(module: &str, input: Value) -> SubmitJob {
+    SubmitJob {
+        max_attempts: Some(1),
+        ..SubmitJob::new(module, input)
+    }
+}
+
+/// A job of the `misbehave` plugin (`module`) that fails retryably with
+/// `message` on every one of its `attempts`, so that it ends dead after the
+/// last.
+pub fn failing_every_attempt(module: &str, attempts: u32, message: &str) -> SubmitJob {
+    SubmitJob {
+        max_attempts: Some(attempts),
+        ..SubmitJob::new(
+            module,
+            serde_json::json!({"mode": "retryable_error", "message": message}),
+        )
+    }
+}
+
+/// Asserts that an API `answer` to `case` is the error `code` with
+/// `status`, and that its message mentions `mention` (what the caller
+/// must fix).
+#[track_caller]
+pub fn assert_api_error(
+    case: &str,
+    answer: &(reqwest::StatusCode, Value),
+    status: reqwest::StatusCode,
+    code: &str,
+    mention: &str,
+) {
+    let (actual, body) = answer;
+    assert_eq!(*actual, status, "{case} → {body}");
+    assert_eq!(body["error"]["code"], code, "{case} → {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(mention),
+        "{case}: {message:?} should mention {mention:?}"
+    );
+}
+
+/// Asserts that `job` ended in `state`, and shows its last error if not.
+#[track_caller]
+pub fn assert_state(job: &JobView, state: JobState) {
+    assert_eq!(job.state, state, "job {}: {:?}", job.id, job.last_error);
 }
 
 /// Sends `request` and reads its answer's status and JSON body.
