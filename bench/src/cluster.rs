@@ -50,6 +50,16 @@ struct Worker {
     metrics_port: u16,
 }
 
+impl Worker {
+    /// The text of its `/metrics`.
+    async fn metrics(&self) -> reqwest::Result<String> {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .await?
+            .text()
+            .await
+    }
+}
+
 impl Deployment {
     /// Creates the database and starts the API.
     pub async fn start(target: &Target) -> anyhow::Result<Self> {
@@ -167,14 +177,27 @@ impl Deployment {
             .collect()
     }
 
+    /// Waits until every worker serves its `/metrics`, i.e. has started
+    /// (a figure read from a worker still starting would fail the run).
+    pub async fn wait_for_workers(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for worker in &self.processes.workers {
+            while worker.metrics().await.is_err() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "a worker did not serve /metrics within 30 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Database calls the workers have made, by their `/metrics`.
     pub async fn worker_db_calls(&self) -> anyhow::Result<u64> {
         let mut total = 0;
         for worker in &self.processes.workers {
-            let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
-                .await?
-                .text()
-                .await?;
+            let text = worker.metrics().await?;
             total += text
                 .lines()
                 .filter(|line| line.starts_with("taskflow_db_calls_total"))

@@ -1,9 +1,9 @@
-//! `bench http`: what outbound HTTP costs. In this process, one attempt of
-//! the http-probe plugin makes `count` GETs to a local server through the
-//! sandbox (policy check, connection to the checked address, metered
-//! bodies, audit record), against the same GETs from a plain hyper client,
-//! each on a new connection as the host's are; the difference is the
-//! host's own cost per request, guest-side `wasi:http` calls included.
+//! `bench http`: what outbound HTTP costs. In this process, attempts of
+//! the http-probe plugin make GETs to a local server through the sandbox
+//! (policy check, connection to the checked address, metered bodies, audit
+//! record), alternating in rounds with as many GETs from a plain hyper
+//! client, each on a new connection as the host's are; the difference is
+//! the host's own cost per request, guest-side `wasi:http` calls included.
 //! Then a drain of `fetch` jobs, one GET each, with the API and 2 workers.
 
 use std::time::Instant;
@@ -66,61 +66,86 @@ async fn per_request(
         .await
         .result
         .map_err(|f| anyhow::anyhow!("{}", f.message))?;
-    let started = Reading::now();
-    let execution = sandbox.run(&task, flood(count)).await;
-    let through_task = started.since();
-    let output: serde_json::Value = serde_json::from_slice(
-        &execution
-            .result
-            .map_err(|f| anyhow::anyhow!("{}", f.message))?,
-    )?;
-    anyhow::ensure!(
-        output["ok"] == count,
-        "not every request succeeded: {output}"
-    );
-
-    let started = Reading::now();
-    for _ in 0..count {
-        plain_get(servers.http).await?;
+    // Alternate the two in rounds, so a change in the machine's pace during
+    // the run moves both sides of each round's difference alike.
+    let per_round = count.div_ceil(ROUNDS);
+    let (mut through_task, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let started = Reading::now();
+        let execution = sandbox.run(&task, flood(per_round)).await;
+        through_task.push(started.since().per(per_round));
+        let output: serde_json::Value = serde_json::from_slice(
+            &execution
+                .result
+                .map_err(|f| anyhow::anyhow!("{}", f.message))?,
+        )?;
+        anyhow::ensure!(
+            output["ok"] == per_round,
+            "not every request succeeded: {output}"
+        );
+        let started = Reading::now();
+        for _ in 0..per_round {
+            plain_get(servers.http).await?;
+        }
+        plain.push(started.since().per(per_round));
     }
-    let plain = started.since();
-    let per = |value: f64| value / count as f64;
-    let figure = |name, value, unit, target| Figure::new(name, per(value), unit, target);
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        taskflow_testkit::percentile(&values, 50.0)
+    };
+    let of = |spent: &[Spent], field: fn(&Spent) -> f64| median(spent.iter().map(field).collect());
+    let difference = median(
+        through_task
+            .iter()
+            .zip(&plain)
+            .map(|(task, plain)| task.micros - plain.micros)
+            .collect(),
+    );
+    let figure = Figure::new;
     Ok(vec![
         figure(
             "GET through a task",
-            through_task.micros,
+            of(&through_task, |s| s.micros),
             "µs/request",
             "report",
         ),
-        figure("GET from plain hyper", plain.micros, "µs/request", "report"),
         figure(
-            "host's cost per request",
-            through_task.micros - plain.micros,
+            "GET from plain hyper",
+            of(&plain, |s| s.micros),
             "µs/request",
-            "≤ 50",
+            "report",
         ),
+        figure("host's cost per request", difference, "µs/request", "≤ 50"),
         figure(
             "CPU, through a task",
-            through_task.cpu_micros,
+            of(&through_task, |s| s.cpu_micros),
             "µs/request",
             "report",
         ),
-        figure("CPU, plain hyper", plain.cpu_micros, "µs/request", "report"),
+        figure(
+            "CPU, plain hyper",
+            of(&plain, |s| s.cpu_micros),
+            "µs/request",
+            "report",
+        ),
         figure(
             "context switches, through a task",
-            through_task.switches,
+            of(&through_task, |s| s.switches),
             "/request",
             "report",
         ),
         figure(
             "context switches, plain hyper",
-            plain.switches,
+            of(&plain, |s| s.switches),
             "/request",
             "report",
         ),
     ])
 }
+
+/// Rounds of the per-request comparison; each figure is the median of the
+/// rounds' (the difference: of each round's difference).
+const ROUNDS: usize = 5;
 
 /// Wall time, CPU time and context switches of this process (client,
 /// sandbox and test server alike) at one moment.
@@ -153,6 +178,18 @@ impl Reading {
             micros: self.at.elapsed().as_secs_f64() * 1e6,
             cpu_micros: now.cpu_micros.saturating_sub(self.cpu_micros) as f64,
             switches: now.switches.saturating_sub(self.switches) as f64,
+        }
+    }
+}
+
+impl Spent {
+    /// This cost spread over `count` requests.
+    fn per(self, count: usize) -> Self {
+        let count = count as f64;
+        Self {
+            micros: self.micros / count,
+            cpu_micros: self.cpu_micros / count,
+            switches: self.switches / count,
         }
     }
 }

@@ -172,7 +172,8 @@ async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Fi
     ])
 }
 
-/// Starts the API and two workers with a warm no-op module.
+/// Starts the API and `workers` workers, each running `concurrency` jobs at
+/// once, uploads `plugin`, and returns once every worker is up.
 pub(crate) async fn warm_deployment(
     target: &Target,
     workers: usize,
@@ -184,6 +185,7 @@ pub(crate) async fn warm_deployment(
     for _ in 0..workers {
         deployment.start_worker(concurrency)?;
     }
+    deployment.wait_for_workers().await?;
     Ok((deployment, module))
 }
 
