@@ -181,6 +181,11 @@ impl Store {
     /// token>`. An attempt whose guard does not match (the job was rescued,
     /// cancelled, or claimed again) is not recorded and its job is untouched:
     /// the result says [`Transition::Stale`] and the caller discards it.
+    /// Only its outbound requests are kept: they are put on the record the
+    /// cancel or the rescue wrote for that very attempt (same job and token;
+    /// the statement's snapshot does not see the rows it inserts), so the
+    /// requests an attempt made are on its record whoever ended it, unless
+    /// the cancel or rescue committed while this statement ran.
     pub async fn finish_if_lease_matches(
         &self,
         attempts: &[FinishedAttempt],
@@ -276,6 +281,13 @@ impl Store {
                  FROM input i
                  WHERE j.id = i.job_id AND j.state = 'running' AND j.lease_token = i.lease_token
                  RETURNING j.id, j.lease_token
+             ),
+             stale_requests AS (
+                 UPDATE job_attempts a
+                 SET requests = i.requests::jsonb, requests_dropped = i.requests_dropped
+                 FROM input i
+                 WHERE i.requests <> '[]' AND a.job_id = i.job_id
+                   AND a.lease_token = i.lease_token AND a.requests = '[]'
              )
              INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
                                        outcome, error_kind, error_message, fuel_consumed,

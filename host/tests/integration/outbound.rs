@@ -326,6 +326,16 @@ async fn cancelling_a_job_aborts_its_request_in_flight() {
         started.elapsed() < Duration::from_secs(5),
         "the attempt ended with the cancel, not with the server's 10 s"
     );
+    // The worker's fenced-out write still puts the request on that record.
+    let attempts = app.attempts(job.id).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome.as_str(), "cancelled");
+    let request = &attempts[0].requests[0];
+    assert_eq!(
+        request["url"],
+        format!("http://127.0.0.1:{}/slow", servers.http.port())
+    );
+    assert_eq!(request["error"], "aborted", "{request}");
     app.finish().await;
 }
 
