@@ -23,10 +23,35 @@ pub struct GrantedSecret {
 /// The secrets of one attempt and the placeholders that stand for them.
 #[derive(Debug)]
 pub(super) struct Placeholders {
-    /// Random per attempt, so a placeholder from another attempt (or typed
-    /// by hand) never matches.
-    prefix: String,
+    /// `None` when the queue grants no secret: no placeholder can exist,
+    /// and every attempt of such a queue (most of them) skips drawing a
+    /// nonce and every check below.
+    prefix: Option<Prefix>,
     secrets: BTreeMap<String, GrantedSecret>,
+}
+
+/// The start of every placeholder of one attempt: random per attempt, so a
+/// placeholder from another attempt (or typed by hand) never matches.
+#[derive(Debug)]
+struct Prefix {
+    /// As handed out: `{{taskflow-secret:<nonce>:`.
+    text: String,
+    /// Lowercase, plain and percent-encoded, as URLs are searched for it.
+    in_urls: [String; 2],
+}
+
+impl Prefix {
+    fn draw() -> Self {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the operating system provides randomness");
+        let text = format!("{{{{taskflow-secret:{}:", hex::encode(nonce));
+        // The nonce is lowercase hex, so lowercasing loses nothing.
+        let in_urls = [
+            text.to_ascii_lowercase(),
+            percent_encoded(&text).to_ascii_lowercase(),
+        ];
+        Self { text, in_urls }
+    }
 }
 
 /// Why a request carrying placeholders was refused. Names the secret,
@@ -47,19 +72,18 @@ const SUFFIX: &str = "}}";
 
 impl Placeholders {
     pub(super) fn new(secrets: BTreeMap<String, GrantedSecret>) -> Self {
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce).expect("the operating system provides randomness");
         Self {
-            prefix: format!("{{{{taskflow-secret:{}:", hex::encode(nonce)),
+            prefix: (!secrets.is_empty()).then(Prefix::draw),
             secrets,
         }
     }
 
     /// The placeholder of secret `name`, if the queue grants it.
     pub(super) fn placeholder(&self, name: &str) -> Option<String> {
+        let prefix = self.prefix.as_ref()?;
         self.secrets
             .contains_key(name)
-            .then(|| format!("{}{name}{SUFFIX}", self.prefix))
+            .then(|| format!("{}{name}{SUFFIX}", prefix.text))
     }
 
     /// HMAC-SHA256 of `data` keyed with secret `name`.
@@ -73,11 +97,16 @@ impl Placeholders {
 
     /// Refuses a URL that carries a placeholder.
     pub(super) fn check_url(&self, url: &str) -> Result<(), Misuse> {
-        // Percent-encoding may use either case (`%7B`, `%7b`); the nonce is
-        // lowercase hex, so comparing in lowercase loses nothing.
+        let Some(prefix) = &self.prefix else {
+            return Ok(());
+        };
+        // Percent-encoding may use either case (`%7B`, `%7b`).
         let url = url.to_ascii_lowercase();
-        let encoded = percent_encoded(&self.prefix).to_ascii_lowercase();
-        if url.contains(&self.prefix.to_ascii_lowercase()) || url.contains(&encoded) {
+        if prefix
+            .in_urls
+            .iter()
+            .any(|form| url.contains(form.as_str()))
+        {
             return Err(Misuse::InUrl);
         }
         Ok(())
@@ -93,12 +122,15 @@ impl Placeholders {
         host: &str,
         port: u16,
     ) -> Result<(), Misuse> {
+        let Some(prefix) = &self.prefix else {
+            return Ok(());
+        };
         let mut replaced = Vec::new();
         for (name, value) in headers.iter() {
-            let Some(text) = value.to_str().ok().filter(|t| t.contains(&self.prefix)) else {
+            let Some(text) = value.to_str().ok().filter(|t| t.contains(&prefix.text)) else {
                 continue;
             };
-            let substituted = self.fill(text, |secret| {
+            let substituted = fill(&prefix.text, text, |secret| {
                 let granted = self
                     .secrets
                     .get(secret)
@@ -120,28 +152,29 @@ impl Placeholders {
         }
         Ok(())
     }
+}
 
-    /// `text` with each placeholder replaced by what `value_of` says.
-    fn fill<'a>(
-        &'a self,
-        text: &str,
-        value_of: impl Fn(&str) -> Result<&'a str, Misuse>,
-    ) -> Result<String, Misuse> {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find(&self.prefix) {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + self.prefix.len()..];
-            let Some(end) = after.find(SUFFIX) else {
-                out.push_str(&rest[start..]);
-                return Ok(out);
-            };
-            out.push_str(value_of(&after[..end])?);
-            rest = &after[end + SUFFIX.len()..];
-        }
-        out.push_str(rest);
-        Ok(out)
+/// `text` with each placeholder (starting with `prefix`) replaced by what
+/// `value_of` says.
+fn fill<'a>(
+    prefix: &str,
+    text: &str,
+    value_of: impl Fn(&str) -> Result<&'a str, Misuse>,
+) -> Result<String, Misuse> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(prefix) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + prefix.len()..];
+        let Some(end) = after.find(SUFFIX) else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        out.push_str(value_of(&after[..end])?);
+        rest = &after[end + SUFFIX.len()..];
     }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// `{` and `}` as a URL encodes them, which is how a placeholder pasted into
@@ -219,6 +252,19 @@ mod tests {
             .substitute(&mut headers, Scheme::Https, "api.example.com", 443)
             .unwrap();
         assert_eq!(headers["authorization"], other_attempt.as_str());
+    }
+
+    #[test]
+    fn without_secrets_there_is_nothing_to_hand_out_or_to_refuse() {
+        let none = Placeholders::new(BTreeMap::new());
+        assert_eq!(none.placeholder("token"), None);
+        let foreign = placeholders().placeholder("token").unwrap();
+        assert!(none.check_url(&format!("/x?k={foreign}")).is_ok());
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", foreign.parse().unwrap());
+        none.substitute(&mut headers, Scheme::Https, "api.example.com", 443)
+            .unwrap();
+        assert_eq!(headers["authorization"], foreign.as_str());
     }
 
     #[test]
