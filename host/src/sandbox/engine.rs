@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::EPOCH_TICK;
@@ -161,15 +162,91 @@ pub(super) fn task_pre(
     linker: &Linker<GuestState>,
     component: &Component,
 ) -> Result<TaskPre<GuestState>, String> {
-    let instance_pre = linker
-        .instantiate_pre(component)
-        .map_err(|error| format!("it imports something TaskFlow does not provide ({error:#})"))?;
+    let instance_pre =
+        linker.instantiate_pre(component).map_err(|error| {
+            match missing_imports(linker, component).as_slice() {
+                [] => format!("it imports something TaskFlow does not provide ({error:#})"),
+                missing => format!(
+                    "it imports what TaskFlow does not provide: {}",
+                    missing.join(", ")
+                ),
+            }
+        })?;
     TaskPre::new(instance_pre).map_err(|error| {
         format!(
             "it must export `run: func(input: list<u8>) -> result<list<u8>, task-error>` \
              ({error:#})"
         )
     })
+}
+
+/// Missing imports named in a refusal; each costs a type check of the
+/// whole component, so a hostile one with thousands cannot make that
+/// quadratic.
+const MAX_MISSING_NAMED: usize = 16;
+
+/// The imports of `component` that `linker` does not satisfy, by name (at
+/// most [`MAX_MISSING_NAMED`], then `…`). wasmtime reports only the first,
+/// so each one found is stubbed in a copy of the linker (as
+/// `Linker::define_unknown_imports_as_traps` would) and the check runs
+/// again, until it passes or names nothing new.
+fn missing_imports(linker: &Linker<GuestState>, component: &Component) -> Vec<String> {
+    let engine = component.engine();
+    let imports: Vec<(String, ComponentItem)> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, import)| (name.to_owned(), import.ty))
+        .collect();
+    let mut probe = linker.clone();
+    probe.allow_shadowing(true);
+    let mut missing = Vec::new();
+    while let Err(error) = probe.instantiate_pre(component) {
+        if missing.len() == MAX_MISSING_NAMED {
+            missing.push("…".to_owned());
+            break;
+        }
+        // The outermost message names the import: "component imports
+        // instance `name`, but …".
+        let reported = error.to_string();
+        let Some((name, item)) = imports
+            .iter()
+            .find(|(name, _)| !missing.contains(name) && reported.contains(&format!("`{name}`")))
+        else {
+            break;
+        };
+        missing.push(name.clone());
+        if stub(&mut probe.root(), name, item, engine).is_err() {
+            break;
+        }
+    }
+    missing
+}
+
+/// Defines `item` as `name` in `linker` with functions that trap, so a
+/// type check can go past it. Only [`missing_imports`] uses it: nothing
+/// stubbed is ever instantiated.
+fn stub(
+    linker: &mut LinkerInstance<'_, GuestState>,
+    name: &str,
+    item: &ComponentItem,
+    engine: &Engine,
+) -> wasmtime::Result<()> {
+    match item {
+        ComponentItem::ComponentFunc(_) => {
+            linker.func_new(name, |_, _, _, _| wasmtime::bail!("not provided"))
+        }
+        ComponentItem::Resource(_) => {
+            linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
+        }
+        ComponentItem::ComponentInstance(instance) => {
+            let mut nested = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                stub(&mut nested, export, &item.ty, engine)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Advances `engine`'s epoch every [`EPOCH_TICK`] until `stop` is set.

@@ -104,6 +104,22 @@ async fn anything_but_a_task_component_is_rejected_with_a_reason_and_not_stored(
             "wrong_world",
             "acme:evil/network",
         ),
+        (
+            "component importing several unknown things",
+            wat::parse_str(
+                r#"(component
+                     (import "acme:evil/network" (instance (export "connect" (func))))
+                     (import "acme:evil/disk" (instance
+                       (export "file" (type (sub resource)))
+                       (export "wipe" (func))))
+                     (import "wasi:clocks/monotonic-clock@0.2.0" (instance
+                       (export "not-a-clock-function" (func)))))"#,
+            )
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_world",
+            "does not provide: acme:evil/network, acme:evil/disk, wasi:clocks/monotonic-clock@0.2.0",
+        ),
     ];
     for (name, bytes, status, code, message) in cases {
         let answer = put_module(&app, bytes).await;
