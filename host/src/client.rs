@@ -192,6 +192,12 @@ impl Client {
             .await
     }
 
+    /// Deletes a finished job and its attempts; returns it as it was.
+    pub async fn delete_job(&self, id: Uuid) -> Result<JobView, ClientError> {
+        self.send(self.http.delete(self.url(&format!("/v1/jobs/{id}"))))
+            .await
+    }
+
     /// Polls a job until it reaches `succeeded`, `dead` or `cancelled`.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<JobView, ClientError> {
         let started = Instant::now();

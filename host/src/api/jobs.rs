@@ -27,7 +27,7 @@ pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/batch", post(submit_batch))
-        .route("/v1/jobs/{id}", get(get_one))
+        .route("/v1/jobs/{id}", get(get_one).delete(delete))
         .route("/v1/jobs/{id}/attempts", get(attempts))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/retry", post(retry))
@@ -269,6 +269,16 @@ async fn retry(
 ) -> Result<Json<JobView>, ApiError> {
     let job = state.store.requeue_if_finished(id).await?;
     state.waker.wake([job.queue.as_str()]);
+    Ok(Json(job.into()))
+}
+
+/// `DELETE /v1/jobs/{id}`: removes a finished job and its attempts, and
+/// answers with the job as it was.
+async fn delete(
+    State(state): State<ApiState>,
+    PathParams(id): PathParams<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.store.delete_if_finished(id).await?;
     Ok(Json(job.into()))
 }
 

@@ -144,6 +144,12 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
                 format!("job {} is {} again", job.id, job.state)
             })
         }
+        JobCommand::Rm { id, client } => {
+            let job = client.client().delete_job(id).await?;
+            print(&client, &job, || {
+                format!("job {} ({}) is deleted", job.id, job.state)
+            })
+        }
     }
 }
 

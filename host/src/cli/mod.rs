@@ -300,6 +300,14 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a finished (succeeded, dead or cancelled) job and its attempts.
+    Rm {
+        /// The job id.
+        id: Uuid,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// Runs a parsed command line.

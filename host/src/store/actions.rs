@@ -1,4 +1,4 @@
-//! A user's actions on a job: cancel and retry (requeue).
+//! A user's actions on a job: cancel, retry (requeue) and delete.
 
 use uuid::Uuid;
 
@@ -114,6 +114,36 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         let row = applied(row, id, "retry", "dead or cancelled")?;
+        Ok(row.job)
+    }
+}
+
+impl Store {
+    /// Deletes a finished job and its attempts, returning it as it was.
+    ///
+    /// Guard: `state IN (succeeded, dead, cancelled)`: no worker writes to
+    /// a finished job (its outcome write requires `running`), so nothing
+    /// can race the delete but a retry, which the row lock orders. Its
+    /// idempotency key is free again once it is gone.
+    pub async fn delete_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
+        super::statement("delete_if_finished");
+        // The outer SELECT reads the statement's snapshot, from before the
+        // delete: the job as it was, and whether the guard matched.
+        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+            "WITH deleted AS (
+                 DELETE FROM jobs
+                 WHERE id = $1 AND state IN ('succeeded', 'dead', 'cancelled')
+                 RETURNING id
+             )
+             SELECT ",
+            job_columns!(""),
+            ", EXISTS (SELECT 1 FROM deleted) AS applied, NULL::job_state AS previous
+             FROM jobs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        let row = applied(row, id, "delete", "succeeded, dead or cancelled")?;
         Ok(row.job)
     }
 }

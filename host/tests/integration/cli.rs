@@ -157,14 +157,21 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
     .unwrap();
     assert!(text(&listed.stdout).contains(&id));
 
-    let missing = run(vec![
-        "job".into(),
-        "get".into(),
-        uuid::Uuid::now_v7().to_string(),
-    ])
-    .await
-    .unwrap();
-    assert_refused(&missing, "does not exist");
+    let removed = run(vec!["job".into(), "rm".into(), id.clone()])
+        .await
+        .unwrap();
+    assert!(
+        text(&removed.stdout).contains(&format!("job {id} (succeeded) is deleted")),
+        "{}",
+        text(&removed.stderr)
+    );
+    for gone in [
+        vec!["job".into(), "get".into(), id.clone()],
+        vec!["job".into(), "get".into(), uuid::Uuid::now_v7().to_string()],
+    ] {
+        let missing = run(gone).await.unwrap();
+        assert_refused(&missing, "does not exist");
+    }
     app.finish().await;
 }
 

@@ -185,6 +185,46 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_finished_job_is_deleted_with_its_attempts_and_frees_its_idempotency_key() {
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    let keyed = SubmitJob {
+        idempotency_key: Some("order-42".into()),
+        ..SubmitJob::new(module.clone(), json!({"name": "Ada"}))
+    };
+    let waiting = app.client.submit(&keyed).await.unwrap().job;
+    let conflict = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Api {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let (status, message) = conflict(app.client.delete_job(waiting.id).await);
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(message.contains("available"), "{message}");
+
+    app.spawn_worker("w1");
+    let done = app.wait_final(waiting.id).await;
+    assert_state(&done, JobState::Succeeded);
+    assert_eq!(app.attempts(done.id).await.len(), 1);
+    let deleted = app.client.delete_job(done.id).await.unwrap();
+    assert_eq!((deleted.id, deleted.state), (done.id, JobState::Succeeded));
+    for path in [
+        format!("/v1/jobs/{}", done.id),
+        format!("/v1/jobs/{}/attempts", done.id),
+    ] {
+        let (status, body) = app.get_json(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (status, _) = conflict(app.client.delete_job(done.id).await);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let again = app.client.submit(&keyed).await.unwrap();
+    assert!(again.created, "the key ended with its job");
+    assert_ne!(again.job.id, done.id);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_and_readiness() {
     let app = TestApp::start().await;
     let (_, health) = app.get_json("/healthz").await;
