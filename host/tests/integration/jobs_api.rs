@@ -9,7 +9,7 @@ use taskflow::api::types::{JobQuery, SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, assert_state, eventually, failing_every_attempt};
+use crate::support::{TestApp, assert_state, eventually, failing_every_attempt, keyed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submitted_job_runs_and_its_output_and_log_are_stored() {
@@ -187,10 +187,7 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_job_is_deleted_with_its_attempts_and_frees_its_idempotency_key() {
     let (app, module) = TestApp::start_with_plugin("hello").await;
-    let keyed = SubmitJob {
-        idempotency_key: Some("order-42".into()),
-        ..SubmitJob::new(module.clone(), json!({"name": "Ada"}))
-    };
+    let keyed = keyed(&module, "order-42", json!({"name": "Ada"}));
     let waiting = app.client.submit(&keyed).await.unwrap().job;
     let conflict = |result: Result<_, ClientError>| match result {
         Err(ClientError::Api {

@@ -7,7 +7,7 @@ use taskflow::api::types::{SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, TestOptions, assert_api_error};
+use crate::support::{TestApp, TestOptions, assert_api_error, keyed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
@@ -166,10 +166,7 @@ async fn binary_input_and_output_travel_as_base64() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idempotency_key_returns_the_original_job_and_rejects_a_different_request() {
     let (app, module) = TestApp::start_with_plugin("hello").await;
-    let request = SubmitJob {
-        idempotency_key: Some("order-42".into()),
-        ..SubmitJob::new(module.clone(), json!({"name": "once"}))
-    };
+    let request = keyed(&module, "order-42", json!({"name": "once"}));
 
     let submissions = futures::future::join_all((0..16).map(|_| app.client.submit(&request))).await;
     let ids: std::collections::HashSet<_> = submissions

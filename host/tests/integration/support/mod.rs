@@ -501,6 +501,14 @@ pub fn single_attempt(module: &str, input: Value) -> SubmitJob {
     }
 }
 
+/// A job of `module` with JSON `input` submitted under idempotency `key`.
+pub fn keyed(module: &str, key: &str, input: Value) -> SubmitJob {
+    SubmitJob {
+        idempotency_key: Some(key.to_owned()),
+        ..SubmitJob::new(module, input)
+    }
+}
+
 /// A job of the `misbehave` plugin (`module`) that fails retryably with
 /// `message` on every one of its `attempts`, so that it ends dead after the
 /// last.
