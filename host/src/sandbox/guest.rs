@@ -44,7 +44,7 @@ impl GuestState {
         log: Arc<LogCapture>,
         context: JobContext,
         memory_limit_bytes: usize,
-        outbound: Arc<AttemptOutbound>,
+        outbound: Option<Arc<AttemptOutbound>>,
         config: BTreeMap<String, String>,
     ) -> Self {
         let wasi = WasiCtx::builder()
@@ -139,13 +139,13 @@ fn add_secrets(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     let missing = |name: &str| format!("the job's queue grants no secret {name:?}");
     let mut secrets = linker.instance(SECRETS_INTERFACE)?;
     secrets.func_wrap("placeholder", move |store, (name,): (String,)| {
-        let outbound = &store.data().outbound.0;
+        let outbound = &store.data().outbound;
         Ok((outbound.placeholder(&name).ok_or_else(|| missing(&name)),))
     })?;
     secrets.func_wrap(
         "hmac-sha256",
         move |store, (name, data): (String, Vec<u8>)| {
-            let outbound = &store.data().outbound.0;
+            let outbound = &store.data().outbound;
             Ok((outbound
                 .hmac_sha256(&name, &data)
                 .ok_or_else(|| missing(&name)),))

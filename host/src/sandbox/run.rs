@@ -41,13 +41,15 @@ impl Sandbox {
         let started = Instant::now();
         let deadline = started + limits.timeout;
         let config_values = grants.config.clone();
-        let outbound = AttemptOutbound::new(
-            config.outbound.clone(),
-            self.inner.tls.clone(),
-            grants,
-            deadline,
-            grant.clone(),
-        );
+        let outbound = task.uses_grants().then(|| {
+            AttemptOutbound::new(
+                config.outbound.clone(),
+                self.inner.tls.clone(),
+                grants,
+                deadline,
+                grant.clone(),
+            )
+        });
         let mut store = Store::new(
             &self.inner.engine,
             GuestState::new(
@@ -107,7 +109,7 @@ impl Sandbox {
         let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         drop(store);
         let captured = log.finish();
-        let requests = outbound.finish();
+        let requests = outbound.map_or_else(RequestLog::default, |outbound| outbound.finish());
         let too_large = |bytes: usize| {
             Failure::new(
                 FailureKind::OutputTooLarge,

@@ -143,16 +143,6 @@ impl AttemptOutbound {
         })
     }
 
-    /// The placeholder of secret `name` (`taskflow:task/secrets`).
-    pub(super) fn placeholder(&self, name: &str) -> Option<String> {
-        self.placeholders.placeholder(name)
-    }
-
-    /// HMAC-SHA256 keyed with secret `name` (`taskflow:task/secrets`).
-    pub(super) fn hmac_sha256(&self, name: &str, data: &[u8]) -> Option<Vec<u8>> {
-        self.placeholders.hmac_sha256(name, data)
-    }
-
     /// Every request made so far, for the attempt record.
     pub(super) fn finish(&self) -> RequestLog {
         let (records, dropped) = self.audit.finish();
@@ -161,8 +151,22 @@ impl AttemptOutbound {
 }
 
 /// The `wasi:http` hooks of one attempt: every request goes through
-/// [`AttemptOutbound::send`].
-pub(super) struct AttemptHttp(pub(super) Arc<AttemptOutbound>);
+/// [`AttemptOutbound::send`]. `None` for a task that imports nothing a
+/// queue grants (`PreparedTask::uses_grants`): it cannot make a request or
+/// ask for a secret, so its attempt builds no outbound state.
+pub(super) struct AttemptHttp(pub(super) Option<Arc<AttemptOutbound>>);
+
+impl AttemptHttp {
+    /// The placeholder of secret `name` (`taskflow:task/secrets`).
+    pub(super) fn placeholder(&self, name: &str) -> Option<String> {
+        self.0.as_ref()?.placeholders.placeholder(name)
+    }
+
+    /// HMAC-SHA256 keyed with secret `name` (`taskflow:task/secrets`).
+    pub(super) fn hmac_sha256(&self, name: &str, data: &[u8]) -> Option<Vec<u8>> {
+        self.0.as_ref()?.placeholders.hmac_sha256(name, data)
+    }
+}
 
 type SendFuture = Box<dyn Future<Output = Result<send::Sent, Error>> + Send>;
 
@@ -173,7 +177,10 @@ impl WasiHttpHooks for AttemptHttp {
         _options: Option<RequestOptions>,
         _request_sent: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
-        Box::new(self.0.clone().send(request))
+        match &self.0 {
+            Some(outbound) => Box::new(outbound.clone().send(request)),
+            None => Box::new(std::future::ready(Err(Error::HttpRequestDenied))),
+        }
     }
 
     fn p2_error_from_hyper(
