@@ -366,6 +366,22 @@ async fn losing_the_lease_aborts_the_request_in_flight_and_the_job_runs_again() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_task_reads_its_queues_configuration_and_nothing_else() {
+    let servers = TestServers::start().await;
+    let settings = json!({"config": {"region": "eu-west", "mode": "live"}});
+    let app = start(&servers, OutboundLimits::default(), settings).await;
+    let probe = app.upload("http_probe").await;
+    for (name, value) in [("region", json!("eu-west")), ("unset", Value::Null)] {
+        let job = run(&app, &probe, json!({"mode": "config", "name": name})).await;
+        assert_state(&job, JobState::Succeeded);
+        let output = job.output.unwrap();
+        assert_eq!(output["value"], value, "{name}");
+        assert_eq!(output["keys"], json!(["mode", "region"]));
+    }
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_component_built_against_taskflow_task_0_1_0_still_runs() {
     let app = TestApp::start().await;
     app.spawn_worker("w1");

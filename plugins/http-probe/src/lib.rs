@@ -1,5 +1,6 @@
-//! A task that makes outbound requests on command, so the host's tests and
-//! benchmarks can prove each rule of outbound HTTP against a real guest. A
+//! A task that makes outbound requests (or reads its queue's configuration)
+//! on command, so the host's tests and benchmarks can prove each rule of
+//! outbound HTTP and configuration against a real guest. A
 //! plugin of its own, apart from `misbehave`, because a component that
 //! imports `wasi:http` makes its worker read the queue's grants: the other
 //! tests' guests must not.
@@ -25,6 +26,9 @@ enum Mode {
     /// GETs `url` `count` times and reports how many got a response and
     /// how many failed.
     Flood { url: String, count: u32 },
+    /// Returns the queue's configuration value `name` (`null` if unset) and
+    /// every key it grants.
+    Config { name: String },
 }
 
 #[task]
@@ -38,6 +42,10 @@ fn http_probe(mode: Mode) -> Result<Value, TaskError> {
         Mode::Flood { url, count } => {
             let ok = (0..count).filter(|_| http::get(&url).is_ok()).count();
             Ok(json!({ "ok": ok, "failed": count as usize - ok }))
+        }
+        Mode::Config { name } => {
+            let keys: Vec<String> = taskflow_sdk::config::all()?.into_keys().collect();
+            Ok(json!({ "value": taskflow_sdk::config::get(&name)?, "keys": keys }))
         }
     }
 }
