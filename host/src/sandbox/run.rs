@@ -23,7 +23,7 @@ impl Sandbox {
             context,
             limits,
             grant,
-            grants,
+            mut grants,
         } = attempt;
         let config = &self.inner.config;
         if limits.memory_bytes > config.max_memory_bytes {
@@ -40,7 +40,9 @@ impl Sandbox {
         let memory_bytes = limits.memory_bytes as usize;
         let started = Instant::now();
         let deadline = started + limits.timeout;
-        let config_values = grants.config.clone();
+        // The configuration goes to `wasi:config`; the outbound state needs
+        // only the hosts and secrets.
+        let config_values = std::mem::take(&mut grants.config);
         let outbound = task.uses_grants().then(|| {
             AttemptOutbound::new(
                 config.outbound.clone(),

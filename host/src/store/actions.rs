@@ -116,9 +116,7 @@ impl Store {
         let row = applied(row, id, "retry", "dead or cancelled")?;
         Ok(row.job)
     }
-}
 
-impl Store {
     /// Deletes a finished job and its attempts, returning it as it was.
     ///
     /// Guard: `state IN (succeeded, dead, cancelled)`: no worker writes to
