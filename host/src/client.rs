@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::api::error::ErrorBody;
 use crate::api::types::{
-    AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModulePage, ModuleView, PutQueue,
-    QueueList, QueueView, SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
+    AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModulePage, ModuleView, PatchQueue,
+    PutQueue, QueueList, QueueView, SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
 };
 
 /// What went wrong talking to the API.
@@ -118,6 +118,34 @@ impl Client {
             self.http
                 .put(self.url(&format!("/v1/queues/{name}")))
                 .json(queue),
+        )
+        .await
+    }
+
+    /// Changes the fields of a queue's settings that `patch` gives.
+    pub async fn patch_queue(
+        &self,
+        name: &str,
+        patch: &PatchQueue,
+    ) -> Result<QueueView, ClientError> {
+        self.send(
+            self.http
+                .patch(self.url(&format!("/v1/queues/{name}")))
+                .json(patch),
+        )
+        .await
+    }
+
+    /// Pauses (`true`) or resumes a queue.
+    pub async fn set_queue_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<QueueView, ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/queues/{name}/{action}"))),
         )
         .await
     }

@@ -26,7 +26,7 @@
 //! - [`config`] and [`cli`]: every knob, in one place, and the `taskflow`
 //!   binary's commands (server roles and the HTTP client).
 //!
-//! Where a job is claimed: [`store::Store::claim_available`]. Where it runs:
+//! Where a job is claimed: [`store::Store::claim`]. Where it runs:
 //! [`sandbox::Sandbox::run`]. Where it is finished:
 //! [`store::Store::finish_if_lease_matches`].
 #![deny(missing_docs)]

@@ -190,8 +190,8 @@ impl<T: DeserializeOwned + BodyLimit> FromRequest<ApiState> for JsonBody<T> {
     }
 }
 
-/// Parses `bytes` into `T`; a mistake is a 400 naming where it is
-/// (`jobs[3].fuel: invalid value…`).
+/// Parses `bytes` into `T`; a mistake is a 400 naming where it is, in its
+/// message (`jobs[3].fuel: invalid value…`) and its `field`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -202,12 +202,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             "invalid_json"
         };
-        let message = if path == "." {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        };
-        ApiError::bad_request(code, message)
+        if path == "." {
+            return ApiError::bad_request(code, inner.to_string());
+        }
+        ApiError {
+            field: Some(path.clone()),
+            ..ApiError::bad_request(code, format!("{path}: {inner}"))
+        }
     })?;
     deserializer
         .end()

@@ -161,6 +161,9 @@ impl ApiError {
                 Self::bad_request("invalid_field", error.to_string())
             }
             StoreError::Raced => Self::new(StatusCode::CONFLICT, "raced", error.to_string()),
+            StoreError::QueueChanged(_) => {
+                Self::new(StatusCode::CONFLICT, "queue_changed", error.to_string())
+            }
             StoreError::Unavailable(_) => Self::unavailable(error),
             StoreError::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", error.to_string())

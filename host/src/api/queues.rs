@@ -1,33 +1,50 @@
-//! Queue settings: `GET /v1/queues`, `GET|PUT /v1/queues/{name}`.
+//! Queues: `GET /v1/queues`, `GET|PUT|PATCH /v1/queues/{name}`,
+//! `POST /v1/queues/{name}/pause|resume`.
 //!
 //! Secrets are sealed here, with the server's `TASKFLOW_SECRET_KEY`, before
 //! anything is written; their values are never returned or logged.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::body::{BodyLimit, JsonBody};
-use super::types::{PutQueue, QueueList, QueueView};
+use super::types::{PatchQueue, PutQueue, QueueList, QueueView};
 use super::{ApiError, ApiState, PathParams};
 use crate::config::ApiLimits;
 use crate::job::check_queue_name;
 use crate::queue::QueueSpec;
+use crate::store::QueueRecord;
 
 /// Routes under `/v1/queues`.
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/queues", get(list))
-        .route("/v1/queues/{name}", get(get_one).put(put_one))
+        .route(
+            "/v1/queues/{name}",
+            get(get_one).put(put_one).patch(patch_one),
+        )
+        .route("/v1/queues/{name}/pause", post(pause))
+        .route("/v1/queues/{name}/resume", post(resume))
 }
 
 /// Settings are bounded entry by entry (`queue::settings`); this bounds the
 /// body before any of it is parsed.
+const MAX_QUEUE_BODY_BYTES: usize = 2 << 20;
+
 impl BodyLimit for PutQueue {
     fn max_body_bytes(_limits: &ApiLimits) -> usize {
-        2 << 20
+        MAX_QUEUE_BODY_BYTES
+    }
+}
+
+impl BodyLimit for PatchQueue {
+    fn max_body_bytes(_limits: &ApiLimits) -> usize {
+        MAX_QUEUE_BODY_BYTES
     }
 }
 
@@ -48,14 +65,82 @@ async fn get_one(
     Ok(Json(state.store.queue(&name).await?.into()))
 }
 
-/// `PUT /v1/queues/{name}`: replaces the queue's settings.
+/// `PUT /v1/queues/{name}`: replaces the queue's settings (not whether it
+/// is paused).
 async fn put_one(
     State(state): State<ApiState>,
     PathParams(name): PathParams<String>,
     JsonBody(request, _reserved): JsonBody<PutQueue>,
 ) -> Result<Json<QueueView>, ApiError> {
     check_queue_name("name", &name)?;
-    let change = QueueSpec::from(request).resolve()?;
+    let record = write_settings(&state, &name, QueueSpec::from(request), None).await?;
+    Ok(Json(record.into()))
+}
+
+/// How many times a `PATCH` reads and writes again when another change of
+/// the queue committed in between.
+const PATCH_ATTEMPTS: usize = 5;
+
+/// `PATCH /v1/queues/{name}`: changes the fields given, on the settings as
+/// they are at the moment of writing (a concurrent change is never lost).
+async fn patch_one(
+    State(state): State<ApiState>,
+    PathParams(name): PathParams<String>,
+    JsonBody(request, _reserved): JsonBody<PatchQueue>,
+) -> Result<Json<QueueView>, ApiError> {
+    check_queue_name("name", &name)?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = state.store.queue(&name).await?;
+        let spec = request.clone().apply_to(QueueSpec::from(&current.settings));
+        match write_settings(&state, &name, spec, Some(current.updated_at)).await {
+            Err(ApiError {
+                code: "queue_changed",
+                ..
+            }) if attempts < PATCH_ATTEMPTS => continue,
+            written => return Ok(Json(written?.into())),
+        }
+    }
+}
+
+/// `POST /v1/queues/{name}/pause`: no worker claims the queue's jobs from
+/// its next claim on; running ones finish, submissions are accepted.
+async fn pause(
+    State(state): State<ApiState>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<QueueView>, ApiError> {
+    set_paused(state, name, true).await
+}
+
+/// `POST /v1/queues/{name}/resume`.
+async fn resume(
+    State(state): State<ApiState>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<QueueView>, ApiError> {
+    set_paused(state, name, false).await
+}
+
+async fn set_paused(
+    state: ApiState,
+    name: String,
+    paused: bool,
+) -> Result<Json<QueueView>, ApiError> {
+    check_queue_name("name", &name)?;
+    let record = state.store.set_queue_paused(&name, paused).await?;
+    tracing::info!(queue = %name, paused, "queue paused or resumed");
+    Ok(Json(record.into()))
+}
+
+/// Checks `spec`, seals its new secret values and writes it (if the queue
+/// was last updated at `if_updated_at`, when given).
+async fn write_settings(
+    state: &ApiState,
+    name: &str,
+    spec: QueueSpec,
+    if_updated_at: Option<Option<DateTime<Utc>>>,
+) -> Result<QueueRecord, ApiError> {
+    let change = spec.resolve()?;
     let mut sealed = BTreeMap::new();
     if !change.new_secret_values.is_empty() {
         let key = state.secret_key.as_ref().ok_or_else(|| {
@@ -66,12 +151,12 @@ async fn put_one(
             )
         })?;
         for (secret, value) in &change.new_secret_values {
-            sealed.insert(secret.clone(), key.seal(&name, secret, value));
+            sealed.insert(secret.clone(), key.seal(name, secret, value));
         }
     }
     let record = state
         .store
-        .put_queue(&name, &change.settings, &sealed)
+        .put_queue(name, &change.settings, &sealed, if_updated_at)
         .await?;
     tracing::info!(
         queue = %name,
@@ -79,7 +164,8 @@ async fn put_one(
         config = change.settings.config.len(),
         secrets = change.settings.secrets.len(),
         secrets_set = sealed.len(),
+        limits = ?change.settings.limits,
         "queue settings replaced"
     );
-    Ok(Json(record.into()))
+    Ok(record)
 }

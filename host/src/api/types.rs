@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 pub mod queues;
 
-pub use queues::{PutQueue, PutSecret, QueueList, QueueView, SecretView};
+pub use queues::{PatchQueue, PutQueue, PutSecret, QueueList, QueueView, RateBody, SecretView};
 
 use crate::job::{AttemptOutcome, FieldError, JobInput, JobSpec, JobState, attempts_used};
 use crate::store::{AttemptRecord, JobDetail, JobRecord, ModuleRecord};
@@ -52,6 +52,9 @@ pub struct SubmitJob {
     /// returns the original job instead of creating another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Groups jobs (by tenant, say) for the queue's `max_running_per_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
 }
 
 impl SubmitJob {
@@ -101,6 +104,7 @@ impl SubmitJob {
             priority: self.priority,
             run_at: self.run_at,
             idempotency_key: self.idempotency_key,
+            concurrency_key: self.concurrency_key,
         })
     }
 }
@@ -185,6 +189,9 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
     /// Idempotency key, if submitted with one.
     pub idempotency_key: Option<String>,
+    /// Concurrency key, if submitted with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
     /// Worker of the latest attempt.
     pub worker_id: Option<String>,
     /// Fencing token of the latest attempt.
@@ -239,6 +246,7 @@ impl From<JobRecord> for JobView {
             started_at: job.attempted_at,
             finished_at: job.finished_at,
             idempotency_key: job.idempotency_key,
+            concurrency_key: job.concurrency_key,
             worker_id: job.worker_id,
             lease_token: job.lease_token,
             last_error: job.last_error.map(|error| error.0),

@@ -35,6 +35,10 @@ pub struct SubmitArgs {
     /// Idempotency key: resubmitting with it returns the original job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Concurrency key (a tenant, say): the queue's `max_running_per_key`
+    /// caps running jobs per key.
+    #[arg(long)]
+    pub concurrency_key: Option<String>,
     /// Wait for the job to finish and print it.
     #[arg(long)]
     pub wait: bool,
@@ -163,6 +167,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         queue: args.queue,
         priority: args.priority,
         idempotency_key: args.idempotency_key,
+        concurrency_key: args.concurrency_key,
         ..SubmitJob::default()
     };
     match args.input.read()? {

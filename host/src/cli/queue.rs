@@ -1,4 +1,5 @@
-//! `taskflow queue get|set|list`: a queue's grants from the command line.
+//! `taskflow queue get|set|limit|pause|resume|list`: a queue's grants,
+//! limits and pause from the command line.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::ClientArgs;
 use super::client::print;
-use crate::api::types::{PutQueue, PutSecret, QueueView};
+use crate::api::types::{PatchQueue, PutQueue, PutSecret, QueueView, RateBody};
 use crate::queue::SecretValue;
 
 /// `taskflow queue …`.
@@ -24,6 +25,25 @@ pub enum QueueCommand {
     },
     /// Replace a queue's settings: whatever is not given is removed.
     Set(SetArgs),
+    /// Change only a queue's limits, keeping its grants and other limits.
+    Limit(LimitArgs),
+    /// Stop workers claiming the queue's jobs (running ones finish,
+    /// submissions are still accepted).
+    Pause {
+        /// The queue.
+        name: String,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let workers claim the queue's jobs again.
+    Resume {
+        /// The queue.
+        name: String,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List configured queues.
     List {
         /// API address and output format.
@@ -50,13 +70,68 @@ pub struct SetArgs {
     /// unset the stored value is kept.
     #[arg(long = "secret", value_name = "NAME=URL[,URL…]", value_parser = key_value)]
     pub secrets: Vec<(String, String)>,
+    /// Limits, as `taskflow queue limit` takes them (unset: no limit).
+    #[command(flatten)]
+    pub limits: LimitFlags,
     /// Read the settings from a JSON file instead (the body of
     /// `PUT /v1/queues/{name}`, secret values included).
-    #[arg(long, conflicts_with_all = ["allowed_hosts", "config", "secrets"])]
+    #[arg(long, conflicts_with_all = ["allowed_hosts", "config", "secrets", "max_running", "max_running_per_key", "rate"])]
     pub file: Option<PathBuf>,
     /// API address and output format.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `taskflow queue limit`.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// The queue.
+    pub name: String,
+    /// The limits to change; `none` removes one.
+    #[command(flatten)]
+    pub limits: LimitFlags,
+    /// API address and output format.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A queue's limits on the command line; each takes `none` to remove it.
+#[derive(Debug, Args)]
+pub struct LimitFlags {
+    /// Most jobs of the queue running at once across all workers.
+    #[arg(long, value_name = "N|none", value_parser = count_or_none)]
+    pub max_running: Option<Option<u32>>,
+    /// Most jobs of one concurrency key running at once.
+    #[arg(long, value_name = "N|none", value_parser = count_or_none)]
+    pub max_running_per_key: Option<Option<u32>>,
+    /// Most attempt starts in any window of PERIOD, as N/PERIOD (`20/1s`,
+    /// `100/1m`).
+    #[arg(long, value_name = "N/PERIOD|none", value_parser = rate_or_none)]
+    pub rate: Option<Option<RateBody>>,
+}
+
+fn count_or_none(text: &str) -> Result<Option<u32>, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| "expected a whole number or none".to_owned())
+}
+
+fn rate_or_none(text: &str) -> Result<Option<RateBody>, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    let (limit, period) = text
+        .split_once('/')
+        .ok_or_else(|| "expected N/PERIOD, such as 20/1s, or none".to_owned())?;
+    Ok(Some(RateBody {
+        limit: limit
+            .parse()
+            .map_err(|_| format!("{limit:?} is not a whole number"))?,
+        period: period.to_owned(),
+    }))
 }
 
 /// Runs a `taskflow queue` command.
@@ -82,6 +157,24 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
                 .put_queue(&args.name, &settings)
                 .await?;
             print(&args.client, &queue, || describe_queue(&queue))
+        }
+        QueueCommand::Limit(args) => {
+            let patch = PatchQueue {
+                max_running: args.limits.max_running,
+                max_running_per_key: args.limits.max_running_per_key,
+                rate: args.limits.rate,
+                ..PatchQueue::default()
+            };
+            let queue = args.client.client().patch_queue(&args.name, &patch).await?;
+            print(&args.client, &queue, || describe_queue(&queue))
+        }
+        QueueCommand::Pause { name, client } => {
+            let queue = client.client().set_queue_paused(&name, true).await?;
+            print(&client, &queue, || describe_queue(&queue))
+        }
+        QueueCommand::Resume { name, client } => {
+            let queue = client.client().set_queue_paused(&name, false).await?;
+            print(&client, &queue, || describe_queue(&queue))
         }
         QueueCommand::List { client } => {
             let list = client.client().list_queues().await?;
@@ -111,6 +204,9 @@ fn settings_from_flags(args: &SetArgs) -> PutQueue {
         allowed_hosts: args.allowed_hosts.clone(),
         config: args.config.iter().cloned().collect::<BTreeMap<_, _>>(),
         secrets,
+        max_running: args.limits.max_running.flatten(),
+        max_running_per_key: args.limits.max_running_per_key.flatten(),
+        rate: args.limits.rate.clone().flatten(),
     }
 }
 
@@ -136,6 +232,23 @@ fn describe_queue(queue: &QueueView) -> String {
     let mut lines = vec![format!("queue {}", queue.name)];
     if queue.created_at.is_none() {
         lines.push("  never configured: grants nothing".to_owned());
+    }
+    if queue.paused {
+        lines.push("  paused: no job of it starts".to_owned());
+    }
+    if let Some(max) = queue.max_running {
+        lines.push(format!("  limit  at most {max} running"));
+    }
+    if let Some(max) = queue.max_running_per_key {
+        lines.push(format!(
+            "  limit  at most {max} running per concurrency key"
+        ));
+    }
+    if let Some(rate) = &queue.rate {
+        lines.push(format!(
+            "  limit  at most {} starts per {}",
+            rate.limit, rate.period
+        ));
     }
     for host in &queue.allowed_hosts {
         lines.push(format!("  allow  {host}"));

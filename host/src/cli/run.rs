@@ -83,6 +83,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         priority: None,
         run_at: None,
         idempotency_key: None,
+        concurrency_key: None,
     };
     let job = spec
         .resolve(&submission)

@@ -18,6 +18,9 @@ pub const DEFAULT_QUEUE: &str = "default";
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 
+/// Longest concurrency key, in bytes.
+pub const MAX_CONCURRENCY_KEY_BYTES: usize = 255;
+
 /// Smallest memory limit: one 64 KiB WebAssembly page.
 pub const MIN_MEMORY_LIMIT_BYTES: u64 = 64 << 10;
 
@@ -44,6 +47,8 @@ pub struct JobSpec {
     pub run_at: Option<DateTime<Utc>>,
     /// Deduplicates retried submissions.
     pub idempotency_key: Option<String>,
+    /// Groups jobs (by tenant, say) for the queue's `max_running_per_key`.
+    pub concurrency_key: Option<String>,
 }
 
 /// What a submission may ask for, and what it gets when it asks for nothing.
@@ -95,6 +100,8 @@ pub struct NewJob {
     pub run_at: Option<DateTime<Utc>>,
     /// Deduplicates retried submissions.
     pub idempotency_key: Option<String>,
+    /// Groups jobs for the queue's `max_running_per_key`.
+    pub concurrency_key: Option<String>,
     /// Digest of the submission, compared when the idempotency key repeats.
     pub request_fingerprint: Option<Vec<u8>>,
 }
@@ -183,14 +190,16 @@ impl JobSpec {
         }
         let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         check_queue_name("queue", &queue)?;
-        if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.contains('\0'))
-        {
-            return Err(FieldError::invalid(
-                "idempotency_key",
-                format!("must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} bytes without NUL characters"),
-            ));
-        }
+        check_key(
+            "idempotency_key",
+            self.idempotency_key.as_deref(),
+            MAX_IDEMPOTENCY_KEY_BYTES,
+        )?;
+        check_key(
+            "concurrency_key",
+            self.concurrency_key.as_deref(),
+            MAX_CONCURRENCY_KEY_BYTES,
+        )?;
         if let Some(run_at) = self.run_at
             && !(earliest_run_at()..=latest_run_at()).contains(&run_at)
         {
@@ -211,12 +220,27 @@ impl JobSpec {
             memory_limit_bytes: memory as i64,
             run_at: self.run_at,
             idempotency_key: self.idempotency_key,
+            concurrency_key: self.concurrency_key,
             request_fingerprint: None,
         };
         if job.idempotency_key.is_some() {
             job.request_fingerprint = Some(fingerprint(&job));
         }
         Ok(job)
+    }
+}
+
+/// Rejects a key (idempotency, concurrency) that is empty, longer than `max`
+/// bytes, or holds a NUL (which PostgreSQL's text cannot store).
+fn check_key(field: &str, key: Option<&str>, max: usize) -> Result<(), FieldError> {
+    match key {
+        Some(key) if key.is_empty() || key.len() > max || key.contains('\0') => {
+            Err(FieldError::invalid(
+                field,
+                format!("must be 1-{max} bytes without NUL characters"),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -266,6 +290,10 @@ fn fingerprint(job: &NewJob) -> Vec<u8> {
     if let Some(run_at) = job.run_at {
         hasher.update(run_at.timestamp_micros().to_be_bytes());
     }
+    if let Some(key) = &job.concurrency_key {
+        hasher.update([1]);
+        hasher.update(key.as_bytes());
+    }
     hasher.finalize().to_vec()
 }
 
@@ -299,6 +327,7 @@ mod tests {
             priority: None,
             run_at: None,
             idempotency_key: None,
+            concurrency_key: None,
         }
     }
 
@@ -391,6 +420,22 @@ mod tests {
                     ..spec(JobInput::Json("1".into()))
                 },
                 "idempotency_key",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    concurrency_key: Some(String::new()),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "concurrency_key",
+                Problem::Invalid,
+            ),
+            (
+                JobSpec {
+                    concurrency_key: Some("k".repeat(MAX_CONCURRENCY_KEY_BYTES + 1)),
+                    ..spec(JobInput::Json("1".into()))
+                },
+                "concurrency_key",
                 Problem::Invalid,
             ),
             (

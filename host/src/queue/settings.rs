@@ -1,10 +1,12 @@
 //! A queue's settings as its operator writes them ([`QueueSpec`]), checked
-//! into what TaskFlow enforces ([`QueueSettings`]).
+//! into what TaskFlow enforces ([`QueueSettings`]): what it grants its tasks
+//! and how its jobs may start ([`QueueLimits`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use super::allowed_host::AllowedHost;
+use super::limits::{LimitsSpec, QueueLimits};
 use crate::job::FieldError;
 
 /// Most `allowed_hosts` entries a queue (or one secret) may have.
@@ -20,7 +22,7 @@ pub const MAX_SECRET_BYTES: usize = 8 << 10;
 
 /// What a queue grants its tasks: the hosts they may call, the
 /// configuration they may read, and the secrets they may use (by name, each
-/// only towards its own hosts).
+/// only towards its own hosts); and the limits on how its jobs start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueSettings {
     /// Hosts any request may go to.
@@ -29,6 +31,8 @@ pub struct QueueSettings {
     pub config: BTreeMap<String, String>,
     /// Secret names, each with the hosts its value may be sent to.
     pub secrets: BTreeMap<String, Vec<AllowedHost>>,
+    /// How its jobs may start.
+    pub limits: QueueLimits,
 }
 
 /// A secret's value: never printed or compared by content, so it cannot
@@ -68,6 +72,32 @@ pub struct QueueSpec {
     pub config: BTreeMap<String, String>,
     /// Secrets by name.
     pub secrets: BTreeMap<String, SecretSpec>,
+    /// Limits.
+    pub limits: LimitsSpec,
+}
+
+impl From<&QueueSettings> for QueueSpec {
+    /// The spec that resolves to `settings` again, every secret keeping its
+    /// stored value: what a partial change starts from.
+    fn from(settings: &QueueSettings) -> Self {
+        let texts = |hosts: &[AllowedHost]| hosts.iter().map(ToString::to_string).collect();
+        Self {
+            allowed_hosts: texts(&settings.allowed_hosts),
+            config: settings.config.clone(),
+            secrets: settings
+                .secrets
+                .iter()
+                .map(|(name, hosts)| {
+                    let spec = SecretSpec {
+                        value: None,
+                        allowed_hosts: texts(hosts),
+                    };
+                    (name.clone(), spec)
+                })
+                .collect(),
+            limits: settings.limits.into(),
+        }
+    }
 }
 
 /// One secret as submitted.
@@ -97,6 +127,7 @@ impl QueueSpec {
     /// client wrote it (`allowed_hosts[2]`, `config.region`,
     /// `secrets.api_key.value`). A secret's value never appears in it.
     pub fn resolve(self) -> Result<QueueChange, FieldError> {
+        let limits = self.limits.resolve()?;
         let allowed_hosts = parse_hosts("allowed_hosts", &self.allowed_hosts)?;
         check_count("config", self.config.len(), MAX_CONFIG_ENTRIES)?;
         for (key, value) in &self.config {
@@ -151,6 +182,7 @@ impl QueueSpec {
                 allowed_hosts,
                 config: self.config,
                 secrets,
+                limits,
             },
             new_secret_values,
         })
@@ -221,6 +253,7 @@ mod tests {
                 ("kept".to_owned(), secret(None, &["https://*.example.com"])),
             ]
             .into(),
+            limits: LimitsSpec::default(),
         };
         let change = spec.resolve().unwrap();
         assert_eq!(

@@ -1,6 +1,7 @@
-//! The statements on a job's execution path, used by workers and the
-//! maintenance services. Each is batched: one statement moves many jobs, so
-//! PostgreSQL commits per batch rather than per job.
+//! The statements that end a job's attempts and check its leases, used by
+//! workers and the maintenance services (claim.rs claims). Each is batched:
+//! one statement moves many jobs, so PostgreSQL commits per batch rather
+//! than per job.
 //!
 //! Fencing: a claim stamps the job with a fresh `lease_token` from the
 //! `lease_tokens` sequence. Every later write about that attempt carries the
@@ -8,8 +9,6 @@
 //! whose token is no longer current (it was paused past its lease and the job
 //! was rescued and claimed again) changes nothing. See
 //! `docs/adr/001-fencing-tokens.md`.
-
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -19,46 +18,6 @@ use crate::job::{
     AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, AttemptRequests, Failure, FailureKind,
     JobState, Usage,
 };
-
-/// A job a worker has claimed, with everything needed to run it.
-#[derive(Debug, Clone)]
-pub struct ClaimedJob {
-    /// The job.
-    pub id: Uuid,
-    /// Module to run.
-    pub module_hash: String,
-    /// Queue it came from.
-    pub queue: String,
-    /// Input bytes.
-    pub input: Vec<u8>,
-    /// This attempt's number over the job's life, from 1.
-    pub attempt: i32,
-    /// `attempt` at the last user retry; `attempt - attempt_base` attempts
-    /// of `max_attempts` are used, this one included.
-    pub attempt_base: i32,
-    /// Attempts allowed between user retries.
-    pub max_attempts: i32,
-    /// Wall-clock limit.
-    pub timeout_ms: i32,
-    /// CPU budget.
-    pub fuel: i64,
-    /// Linear-memory limit.
-    pub memory_limit_bytes: i64,
-    /// The fencing token of this attempt.
-    pub lease_token: i64,
-    /// When the attempt started, by PostgreSQL's clock.
-    pub attempted_at: DateTime<Utc>,
-}
-
-impl ClaimedJob {
-    /// This attempt's lease.
-    pub fn lease(&self) -> LeaseRef {
-        LeaseRef {
-            job_id: self.id,
-            lease_token: self.lease_token,
-        }
-    }
-}
 
 /// A job and the fencing token of one of its attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,48 +91,6 @@ impl FinishedAttempt {
 }
 
 impl Store {
-    /// Claims up to `limit` due jobs of `queue` for `worker_id`, in priority
-    /// order, and leases each for `lease_ttl`.
-    ///
-    /// Guard: `state = 'available'`, rows locked with `FOR UPDATE SKIP
-    /// LOCKED` so concurrent workers never claim the same job and never wait
-    /// for each other. Each claimed job gets a fresh fencing token. Served by
-    /// `jobs_claim_idx`: no table scan however many jobs wait.
-    pub async fn claim_available(
-        &self,
-        queue: &str,
-        worker_id: &str,
-        limit: usize,
-        lease_ttl: Duration,
-    ) -> StoreResult<Vec<ClaimedJob>> {
-        super::statement("claim_available");
-        Ok(sqlx::query_as!(
-            ClaimedJob,
-            r#"WITH due AS (
-                 SELECT id FROM jobs
-                 WHERE state = 'available' AND queue = $1
-                 ORDER BY priority DESC, run_at, id
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED
-             )
-             UPDATE jobs j
-             SET state = 'running', attempt = j.attempt + 1,
-                 lease_token = nextval('lease_tokens'), worker_id = $3,
-                 lease_expires_at = now() + $4 * interval '1 millisecond',
-                 attempted_at = now(), updated_at = now()
-             FROM due WHERE j.id = due.id
-             RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
-                       j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
-                       j.lease_token AS "lease_token!", j.attempted_at AS "attempted_at!""#,
-            queue,
-            limit as i64,
-            worker_id,
-            millis(lease_ttl) as f64
-        )
-        .fetch_all(self.pool())
-        .await?)
-    }
-
     /// Ends attempts: records each in `job_attempts` and moves its job to
     /// the next state, in one statement for the whole batch.
     ///

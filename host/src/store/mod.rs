@@ -10,12 +10,14 @@
 //!
 //! - [`modules`]: content-addressed task components.
 //! - [`jobs`]: submission, reads and user actions (cancel, retry).
+//! - [`claim`]: where a job is claimed, with or without its queue's limits.
 //! - [`execution`]: the worker's and the maintenance services' statements:
-//!   claim, finish, lease checks, promotion of due jobs.
+//!   finish, lease checks, promotion of due jobs.
 //! - [`leadership`]: the maintenance leader's term.
 //! - [`state`]: the job state machine.
 
 pub mod actions;
+pub mod claim;
 mod codec;
 pub mod execution;
 pub mod jobs;
@@ -40,13 +42,14 @@ use uuid::Uuid;
 use crate::job::JobState;
 
 pub use actions::CancelOutcome;
-pub use execution::{ClaimedJob, FinishedAttempt, LeaseRef};
+pub use claim::{ClaimPath, Claimed, ClaimedJob};
+pub use execution::{FinishedAttempt, LeaseRef};
 pub use jobs::JobFilter;
 pub use modules::ModuleRecord;
 pub use queues::{QueueGrants, QueueRecord};
 pub use records::{AttemptRecord, JobDetail, JobRecord};
 pub use rescue::RunningLease;
-pub use stats::JobTimes;
+pub use stats::{AttemptSpan, JobTimes};
 pub use submit::Submitted;
 pub use submitter::Submitter;
 
@@ -115,6 +118,9 @@ pub enum StoreError {
     /// A secret kept without a new value has no stored value to keep.
     #[error("secrets.{0}.value: a new secret needs a value")]
     MissingSecretValue(String),
+    /// A conditional write found the queue changed since it was read.
+    #[error("queue {0} changed while this change was made")]
+    QueueChanged(String),
     /// The group-commit writers stopped (the runtime is shutting down).
     #[error("the submission writer stopped")]
     WriterStopped,

@@ -1,4 +1,5 @@
-//! Queue settings and sealed secrets (`queues`, `queue_secrets`).
+//! Queue settings, limits and sealed secrets (`queues`, `queue_secrets`).
+//! The claim reads the limits itself, under the queue's lock (claim.rs).
 
 use std::collections::BTreeMap;
 
@@ -6,15 +7,17 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use super::{Store, StoreError, StoreResult};
-use crate::queue::{AllowedHost, QueueSettings, SealedSecret};
+use crate::queue::{AllowedHost, QueueLimits, QueueSettings, Rate, SealedSecret};
 
 /// A queue's stored settings. Secrets appear by name and hosts only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueRecord {
     /// The queue.
     pub name: String,
-    /// What it grants.
+    /// What it grants, and its limits.
     pub settings: QueueSettings,
+    /// Whether its jobs are held back: workers claim none of them.
+    pub paused: bool,
     /// When its settings were first written; `None` for a queue never
     /// configured (it grants nothing).
     pub created_at: Option<DateTime<Utc>>,
@@ -36,33 +39,50 @@ impl Store {
     /// Replaces the settings of queue `name` with `settings`, sealing in the
     /// new values of `sealed` and keeping the stored value of every other
     /// secret in `settings.secrets`; secrets not named there are deleted.
-    /// One transaction.
+    /// One transaction. With `if_updated_at`, only if the queue is as read:
+    /// last updated then, or never configured for `Some(None)`.
     ///
     /// # Errors
     ///
     /// [`StoreError::MissingSecretValue`] if a secret without a new value
-    /// has none stored either; nothing is written then.
+    /// has none stored either; [`StoreError::QueueChanged`] if the queue
+    /// changed since `if_updated_at`. Nothing is written then.
     pub async fn put_queue(
         &self,
         name: &str,
         settings: &QueueSettings,
         sealed: &BTreeMap<String, SealedSecret>,
+        if_updated_at: Option<Option<DateTime<Utc>>>,
     ) -> StoreResult<QueueRecord> {
         super::statement("put_queue");
         let mut tx = self.pool().begin().await?;
         let config = Json(&settings.config);
-        let times = sqlx::query!(
-            "INSERT INTO queues (name, allowed_hosts, config) VALUES ($1, $2, $3)
+        let limits = LimitColumns::from(&settings.limits);
+        let row = sqlx::query!(
+            "INSERT INTO queues (name, allowed_hosts, config, max_running, max_running_per_key,
+                                 rate_limit, rate_period_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (name) DO UPDATE
              SET allowed_hosts = EXCLUDED.allowed_hosts, config = EXCLUDED.config,
+                 max_running = EXCLUDED.max_running,
+                 max_running_per_key = EXCLUDED.max_running_per_key,
+                 rate_limit = EXCLUDED.rate_limit, rate_period_ms = EXCLUDED.rate_period_ms,
                  updated_at = now()
-             RETURNING created_at, updated_at",
+             WHERE NOT $8 OR queues.updated_at IS NOT DISTINCT FROM $9
+             RETURNING created_at, updated_at, paused",
             name,
             &host_texts(&settings.allowed_hosts),
-            config as _
+            config as _,
+            limits.max_running,
+            limits.max_running_per_key,
+            limits.rate_limit,
+            limits.rate_period_ms,
+            if_updated_at.is_some(),
+            if_updated_at.flatten()
         )
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::QueueChanged(name.to_owned()))?;
         let kept: Vec<String> = settings.secrets.keys().cloned().collect();
         sqlx::query!(
             "DELETE FROM queue_secrets WHERE queue = $1 AND NOT (name = ANY($2))",
@@ -111,9 +131,26 @@ impl Store {
         Ok(QueueRecord {
             name: name.to_owned(),
             settings: settings.clone(),
-            created_at: Some(times.created_at),
-            updated_at: Some(times.updated_at),
+            paused: row.paused,
+            created_at: Some(row.created_at),
+            updated_at: Some(row.updated_at),
         })
+    }
+
+    /// Pauses or resumes queue `name`, configuring it if it never was (with
+    /// no grants and no limits, as before). Claims already under way finish;
+    /// none starts after this commits.
+    pub async fn set_queue_paused(&self, name: &str, paused: bool) -> StoreResult<QueueRecord> {
+        super::statement("set_queue_paused");
+        sqlx::query!(
+            "INSERT INTO queues (name, paused) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()",
+            name,
+            paused
+        )
+        .execute(self.pool())
+        .await?;
+        self.queue(name).await
     }
 
     /// The settings of queue `name`; a queue never configured grants
@@ -121,8 +158,8 @@ impl Store {
     pub async fn queue(&self, name: &str) -> StoreResult<QueueRecord> {
         let grants = self.queue_grants(name).await?;
         super::statement("queue_times");
-        let times = sqlx::query!(
-            "SELECT created_at, updated_at FROM queues WHERE name = $1",
+        let row = sqlx::query!(
+            "SELECT created_at, updated_at, paused FROM queues WHERE name = $1",
             name
         )
         .fetch_optional(self.pool())
@@ -130,8 +167,9 @@ impl Store {
         Ok(QueueRecord {
             name: name.to_owned(),
             settings: grants.settings,
-            created_at: times.as_ref().map(|times| times.created_at),
-            updated_at: times.map(|times| times.updated_at),
+            paused: row.as_ref().is_some_and(|row| row.paused),
+            created_at: row.as_ref().map(|row| row.created_at),
+            updated_at: row.map(|row| row.updated_at),
         })
     }
 
@@ -154,7 +192,8 @@ impl Store {
     pub async fn queue_grants(&self, name: &str) -> StoreResult<QueueGrants> {
         super::statement("queue_grants");
         let Some(queue) = sqlx::query!(
-            r#"SELECT allowed_hosts, config AS "config: Json<BTreeMap<String, String>>"
+            r#"SELECT allowed_hosts, config AS "config: Json<BTreeMap<String, String>>",
+                      max_running, max_running_per_key, rate_limit, rate_period_ms
                FROM queues WHERE name = $1"#,
             name
         )
@@ -175,6 +214,13 @@ impl Store {
                 allowed_hosts: parse_hosts(queue.allowed_hosts)?,
                 config: queue.config.0,
                 secrets: BTreeMap::new(),
+                limits: LimitColumns {
+                    max_running: queue.max_running,
+                    max_running_per_key: queue.max_running_per_key,
+                    rate_limit: queue.rate_limit,
+                    rate_period_ms: queue.rate_period_ms,
+                }
+                .try_into()?,
             },
             sealed_secrets: BTreeMap::new(),
         };
@@ -225,4 +271,59 @@ fn parse_hosts(texts: Vec<String>) -> StoreResult<Vec<AllowedHost>> {
             AllowedHost::parse(text).map_err(|error| StoreError::Unavailable(error.to_string()))
         })
         .collect()
+}
+
+/// [`QueueLimits`] as the `queues` columns hold them.
+struct LimitColumns {
+    max_running: Option<i32>,
+    max_running_per_key: Option<i32>,
+    rate_limit: Option<i32>,
+    rate_period_ms: Option<i64>,
+}
+
+impl From<&QueueLimits> for LimitColumns {
+    fn from(limits: &QueueLimits) -> Self {
+        // Every bound fits: queue/limits.rs caps each below its column's top.
+        let column = |count: Option<std::num::NonZeroU32>| count.map(|n| n.get() as i32);
+        Self {
+            max_running: column(limits.max_running),
+            max_running_per_key: column(limits.max_running_per_key),
+            rate_limit: column(limits.rate.map(|rate| rate.limit)),
+            rate_period_ms: limits.rate.map(|rate| rate.period.as_millis() as i64),
+        }
+    }
+}
+
+/// Stored limits were written from [`LimitColumns::from`] and always
+/// convert back, as do those the table's checks allow; anything else was
+/// changed outside TaskFlow.
+impl TryFrom<LimitColumns> for QueueLimits {
+    type Error = StoreError;
+
+    fn try_from(columns: LimitColumns) -> StoreResult<Self> {
+        let count = |value: Option<i32>| {
+            value
+                .map(|n| {
+                    u32::try_from(n)
+                        .ok()
+                        .and_then(std::num::NonZeroU32::new)
+                        .ok_or_else(|| {
+                            StoreError::Unavailable(format!("stored limit {n} is not positive"))
+                        })
+                })
+                .transpose()
+        };
+        let rate = match (count(columns.rate_limit)?, columns.rate_period_ms) {
+            (Some(limit), Some(ms)) => Some(Rate {
+                limit,
+                period: std::time::Duration::from_millis(ms.unsigned_abs()),
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            max_running: count(columns.max_running)?,
+            max_running_per_key: count(columns.max_running_per_key)?,
+            rate,
+        })
+    }
 }

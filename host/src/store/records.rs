@@ -42,6 +42,8 @@ macro_rules! job_columns {
             $prefix,
             "idempotency_key, ",
             $prefix,
+            "concurrency_key, ",
+            $prefix,
             "last_error, ",
             $prefix,
             "created_at, ",
@@ -89,6 +91,8 @@ pub struct JobRecord {
     pub worker_id: Option<String>,
     /// The submission's idempotency key.
     pub idempotency_key: Option<String>,
+    /// Its key for the queue's `max_running_per_key`.
+    pub concurrency_key: Option<String>,
     /// `{"kind", "message"}` of the latest failed attempt.
     pub last_error: Option<Json<serde_json::Value>>,
     /// When it was submitted.

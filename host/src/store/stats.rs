@@ -21,7 +21,33 @@ pub struct JobTimes {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// When one recorded attempt held its job running, by PostgreSQL's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptSpan {
+    /// Its job's concurrency key.
+    pub concurrency_key: Option<String>,
+    /// Claimed.
+    pub started_at: DateTime<Utc>,
+    /// Ended (by its worker, a rescue or a cancel).
+    pub finished_at: DateTime<Utc>,
+}
+
 impl Store {
+    /// The span of every recorded attempt of `queue`'s jobs: what the
+    /// tests of its limits count.
+    pub async fn attempt_spans(&self, queue: &str) -> StoreResult<Vec<AttemptSpan>> {
+        super::statement("attempt_spans");
+        Ok(sqlx::query_as!(
+            AttemptSpan,
+            "SELECT j.concurrency_key, a.started_at, a.finished_at
+             FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+             WHERE j.queue = $1 ORDER BY a.started_at",
+            queue
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// How many jobs there are, in any state.
     pub async fn count_jobs(&self) -> StoreResult<i64> {
         super::statement("count_jobs");

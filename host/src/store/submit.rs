@@ -28,6 +28,7 @@ impl NewJob {
             + self.module_hash.len()
             + self.queue.len()
             + self.idempotency_key.as_ref().map_or(0, String::len)
+            + self.concurrency_key.as_ref().map_or(0, String::len)
     }
 
     /// The record of this job as it was just inserted.
@@ -48,6 +49,7 @@ impl NewJob {
             lease_token: None,
             worker_id: None,
             idempotency_key: self.idempotency_key.clone(),
+            concurrency_key: self.concurrency_key.clone(),
             last_error: None,
             created_at: inserted.created_at,
             updated_at: inserted.created_at,
@@ -129,21 +131,24 @@ impl Store {
             .iter()
             .map(|j| j.request_fingerprint.as_deref())
             .collect();
+        let concurrency_keys: Vec<Option<&str>> =
+            jobs.iter().map(|j| j.concurrency_key.as_deref()).collect();
         let inserted = sqlx::query_as!(
             Inserted,
             r#"INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
-                               request_fingerprint)
+                               request_fingerprint, concurrency_key)
              SELECT id, module_hash, queue, priority,
                     CASE WHEN run_at IS NULL OR run_at <= now() THEN 'available'::job_state
                          ELSE 'scheduled'::job_state END,
                     input, max_attempts, timeout_ms, fuel, memory_limit_bytes,
-                    COALESCE(run_at, now()), idempotency_key, request_fingerprint
+                    COALESCE(run_at, now()), idempotency_key, request_fingerprint, concurrency_key
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::bytea[],
                          $6::int[], $7::int[], $8::bigint[], $9::bigint[], $10::timestamptz[],
-                         $11::text[], $12::bytea[])
+                         $11::text[], $12::bytea[], $13::text[])
                   AS t(id, module_hash, queue, priority, input, max_attempts, timeout_ms, fuel,
-                       memory_limit_bytes, run_at, idempotency_key, request_fingerprint)
+                       memory_limit_bytes, run_at, idempotency_key, request_fingerprint,
+                       concurrency_key)
              WHERE EXISTS (SELECT 1 FROM modules m WHERE m.hash = t.module_hash)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id AS "id!", state AS "state!: JobState", run_at AS "run_at!",
@@ -159,7 +164,8 @@ impl Store {
             &memory,
             &run_ats as &[Option<DateTime<Utc>>],
             &keys as &[Option<&str>],
-            &fingerprints as &[Option<&[u8]>]
+            &fingerprints as &[Option<&[u8]>],
+            &concurrency_keys as &[Option<&str>]
         )
         .fetch_all(&mut *connection)
         .await;

@@ -68,8 +68,7 @@ impl Capacity {
     }
 
     /// Slots free now.
-    #[cfg(test)]
-    pub(crate) fn free_slots(&self) -> usize {
+    pub fn free_slots(&self) -> usize {
         self.slots.available_permits()
     }
 

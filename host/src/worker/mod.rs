@@ -4,8 +4,9 @@
 //!
 //! 1. **Claim** as many jobs as it has free slots plus as many as it expects
 //!    to start soon ([`Capacity`]), from PostgreSQL
-//!    ([`Store::claim_available`]): one statement, `FOR UPDATE SKIP LOCKED`,
-//!    fresh fencing token per job.
+//!    ([`Store::claim`]): one statement, `FOR UPDATE SKIP LOCKED`, fresh
+//!    fencing token per job; a paused or limited queue under its row lock,
+//!    no more than its limits leave (store/claim.rs).
 //! 2. **Lease** them: PostgreSQL's claim holds each for one TTL, and the
 //!    [`Heartbeat`] writes and renews the Redis lease key of every attempt
 //!    still in [`InFlight`] every third of a TTL (short jobs finish before
@@ -44,10 +45,15 @@ use crate::lease::{Leases, Redis, WakeupListener};
 use crate::sandbox::{
     Attempt, AttemptLimits, CompilerConfig, Execution, JobContext, RunGrant, Sandbox,
 };
-use crate::store::{ClaimedJob, Store};
+use crate::store::{ClaimPath, ClaimedJob, Store};
 
 /// How long a worker backs off after a failed claim (PostgreSQL down).
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// How long a worker with nothing to claim waits before asking a paused or
+/// limited queue again (at most: `poll_interval` if shorter). Each ask
+/// takes the queue's row lock for one short transaction.
+const LIMITED_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A worker process's execution loop; see the [module docs](self).
 pub struct Worker {
@@ -161,9 +167,18 @@ impl Worker {
         attempts: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
+        let queues = &self.config.queues;
+        let mut paths = vec![ClaimPath::default(); queues.len()];
         let mut next_queue = 0;
         while !shutdown.is_cancelled() {
-            let wanted = capacity.claimable();
+            let index = next_queue % queues.len();
+            // A limited queue gets no jobs claimed ahead: a job waiting here
+            // for a slot would hold one of the queue's cluster-wide places
+            // while another worker has a free slot.
+            let wanted = match paths[index] {
+                ClaimPath::Plain => capacity.claimable(),
+                ClaimPath::Limited => capacity.claimable().min(capacity.free_slots()),
+            };
             if wanted == 0 {
                 tokio::select! {
                     () = capacity.changed() => {}
@@ -171,15 +186,23 @@ impl Worker {
                 }
                 continue;
             }
-            let queue = &self.config.queues[next_queue % self.config.queues.len()];
             next_queue += 1;
             let lease_valid_until = Instant::now() + self.leases.ttl();
             let claimed = match self
                 .store
-                .claim_available(queue, &self.id, wanted, self.leases.ttl())
+                .claim(
+                    &queues[index],
+                    &self.id,
+                    wanted,
+                    self.leases.ttl(),
+                    paths[index],
+                )
                 .await
             {
-                Ok(claimed) => claimed,
+                Ok(claimed) => {
+                    paths[index] = claimed.next_path;
+                    claimed.jobs
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot claim jobs; retrying");
                     tokio::select! {
@@ -199,12 +222,20 @@ impl Worker {
                 attempts,
             )
             .await;
-            if full_batch || next_queue % self.config.queues.len() != 0 {
+            if full_batch || next_queue % queues.len() != 0 {
                 continue;
             }
+            // A limited queue's capacity comes back when a running job of it
+            // ends anywhere, or its rate window moves on: nothing announces
+            // either, so such a queue is asked again sooner.
+            let idle = if paths.contains(&ClaimPath::Limited) {
+                self.config.poll_interval.min(LIMITED_POLL_INTERVAL)
+            } else {
+                self.config.poll_interval
+            };
             tokio::select! {
                 () = wakeups.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = tokio::time::sleep(idle) => {}
                 () = shutdown.cancelled() => return,
             }
         }

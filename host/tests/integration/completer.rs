@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use taskflow::job::{AfterFailure, AttemptLog, JobState};
 use taskflow::lease::{Leases, Redis};
+use taskflow::store::ClaimPath;
 use taskflow::worker::{Completer, InFlight};
 use uuid::Uuid;
 
@@ -16,9 +17,16 @@ async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_wr
     let (db, _) = store_with_jobs(3).await;
     let store = db.store().clone();
     let claimed = store
-        .claim_available("default", "w1", 3, Duration::from_secs(30))
+        .claim(
+            "default",
+            "w1",
+            3,
+            Duration::from_secs(30),
+            ClaimPath::Plain,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(claimed.len(), 3);
     let redis = Redis::connect_lazy(
         &redis_url(),

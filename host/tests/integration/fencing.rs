@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use taskflow::job::{AttemptOutcome, JobState};
-use taskflow::store::{ClaimedJob, FinishedAttempt, Store, Transition};
+use taskflow::store::{ClaimPath, ClaimedJob, FinishedAttempt, Store, Transition};
 use uuid::Uuid;
 
 use crate::support::{TestDb, rescue, store_with_jobs, success};
@@ -32,9 +32,10 @@ async fn finish(store: &Store, outcome: &FinishedAttempt) -> Transition {
 /// The one job `worker` claims; there must be one to claim.
 async fn claim_one(store: &Store, worker: &str) -> ClaimedJob {
     let mut claimed = store
-        .claim_available("default", worker, 1, TTL)
+        .claim("default", worker, 1, TTL, ClaimPath::Plain)
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(claimed.len(), 1, "{worker} claims one job");
     claimed.remove(0)
 }
@@ -47,9 +48,10 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
     assert_eq!(old.id, id);
     assert!(
         store
-            .claim_available("default", "other", 10, TTL)
+            .claim("default", "other", 10, TTL, ClaimPath::Plain)
             .await
             .unwrap()
+            .jobs
             .is_empty(),
         "a running job is not claimable"
     );

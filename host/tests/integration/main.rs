@@ -17,6 +17,7 @@ mod maintenance;
 mod modules_api;
 mod outbound;
 mod plugins;
+mod queue_limits;
 mod queues_api;
 mod race;
 mod recovery;

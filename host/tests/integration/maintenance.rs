@@ -8,7 +8,7 @@ use taskflow::job::JobState;
 use taskflow::lease::{Leases, Redis, Waker};
 use taskflow::maintenance::elector::LEADERSHIP;
 use taskflow::maintenance::{Elector, Rescuer, Scheduler, Service};
-use taskflow::store::Store;
+use taskflow::store::{ClaimPath, Store};
 use uuid::Uuid;
 
 use crate::support::{new_job, redis_url, store_with_jobs};
@@ -105,9 +105,10 @@ async fn the_rescuer_ends_attempts_whose_lease_is_gone_and_extends_those_still_h
     assert!(rescuer.rescue().await.unwrap().in_grace_period);
 
     let claimed = store
-        .claim_available("default", "w1", 2, ttl)
+        .claim("default", "w1", 2, ttl, ClaimPath::Plain)
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     let (held, abandoned) = (&claimed[0], &claimed[1]);
     // Both claims' PostgreSQL leases run out; one worker still holds its key.
     tokio::time::sleep(ttl + Duration::from_millis(50)).await;

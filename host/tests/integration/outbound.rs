@@ -461,7 +461,7 @@ async fn a_worker_without_the_secret_key_fails_grant_using_jobs_retryably_and_ru
     settings.secrets.insert("api_key".into(), vec![host]);
     let sealed = [("api_key".to_owned(), key.seal("default", "api_key", &value))].into();
     app.store()
-        .put_queue("default", &settings, &sealed)
+        .put_queue("default", &settings, &sealed, None)
         .await
         .unwrap();
     app.spawn_worker("keyless");

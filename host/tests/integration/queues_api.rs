@@ -190,6 +190,7 @@ async fn a_server_without_the_key_refuses_secrets_and_a_wrong_key_stops_startup(
             "payments",
             &settings,
             &[("api_key".to_owned(), sealed)].into(),
+            None,
         )
         .await
         .unwrap();

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use taskflow_testkit::most_overlapping;
 use uuid::Uuid;
 
 /// One execution of guest code, as a worker logged it.
@@ -16,6 +17,8 @@ pub struct Execution {
     pub lease_token: i64,
     pub started: DateTime<Utc>,
     pub ended: Option<DateTime<Utc>>,
+    /// How it ended (`succeeded`, `lease_lost`, …), as the worker logged it.
+    pub outcome: Option<String>,
 }
 
 /// What happened to a worker process, as the suite did it.
@@ -60,11 +63,14 @@ pub fn read_logs(dir: &Path, workers: &[String]) -> anyhow::Result<WorkerLogs> {
                         lease_token,
                         started: at,
                         ended: None,
+                        outcome: None,
                     });
                 }
                 ("attempt ended", Some(at), Some(job_id), Some(lease_token)) => {
                     if let Some(index) = open.remove(&(job_id, lease_token)) {
                         logs.executions[index].ended = Some(at);
+                        logs.executions[index].outcome =
+                            fields["outcome"].as_str().map(str::to_owned);
                     }
                 }
                 _ if message.starts_with("lost the lease before the outcome was written") => {
@@ -103,6 +109,58 @@ fn running_spans(
             .collect();
     }
     spans
+}
+
+/// The most executions that ran at one instant: of all jobs, and of the
+/// jobs of each concurrency key (`key_of` a job). What a queue's
+/// `max_running` and `max_running_per_key` bound.
+pub fn most_running(
+    logs: &WorkerLogs,
+    fates: &HashMap<String, WorkerFate>,
+    now: DateTime<Utc>,
+    key_of: &HashMap<Uuid, String>,
+) -> (usize, HashMap<String, usize>) {
+    let mut all = Vec::new();
+    let mut by_key: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    for execution in &logs.executions {
+        let fate = &fates[&execution.worker];
+        let spans: Vec<(i64, i64)> =
+            running_spans(&stopped_by_its_pause(execution, fate), fate, now)
+                .into_iter()
+                .map(|(from, to)| (from.timestamp_micros(), to.timestamp_micros()))
+                .collect();
+        if let Some(key) = key_of.get(&execution.job_id) {
+            by_key
+                .entry(key.clone())
+                .or_default()
+                .extend(spans.iter().copied());
+        }
+        all.extend(spans);
+    }
+    let per_key = by_key
+        .into_iter()
+        .map(|(key, spans)| (key, most_overlapping(spans)))
+        .collect();
+    (most_overlapping(all), per_key)
+}
+
+/// An execution that lost its lease while its worker was stopped ran no
+/// guest code after the stop but for the one epoch tick (5 ms) it takes to
+/// notice on resume (docs/failure-semantics.md, "Worker paused past its
+/// lease"); its "attempt ended" event comes later, after the unwinding. So
+/// it counts as running until the stop, not until that event.
+fn stopped_by_its_pause(execution: &Execution, fate: &WorkerFate) -> Execution {
+    let mut execution = execution.clone();
+    if execution.outcome.as_deref() == Some("lease_lost")
+        && let Some(ended) = execution.ended
+        && let Some(&(stop, _)) = fate
+            .paused
+            .iter()
+            .find(|&&(stop, resume)| execution.started < stop && resume <= ended)
+    {
+        execution.ended = Some(stop);
+    }
+    execution
 }
 
 /// A pair of executions of the same job that ran at the same time.
@@ -169,7 +227,39 @@ mod tests {
             lease_token: token,
             started: at(start),
             ended: end.map(at),
+            outcome: None,
         }
+    }
+
+    #[test]
+    fn a_lease_lost_in_a_pause_ends_the_execution_at_the_stop_for_the_limits() {
+        let mut zombie = execution("zombie", 1, 0, Some(10_040));
+        zombie.outcome = Some("lease_lost".into());
+        let keyed = |job: u128| {
+            let mut e = execution("healthy", 2 + job as i64, 10_000, Some(10_100));
+            e.job_id = Uuid::from_u128(job + 1);
+            e
+        };
+        let logs = WorkerLogs {
+            executions: vec![zombie.clone(), keyed(0)],
+            stale_outcomes: 0,
+        };
+        let mut fates = HashMap::new();
+        let paused = WorkerFate {
+            killed_at: None,
+            paused: vec![(at(100), at(10_000))],
+        };
+        fates.insert("zombie".to_owned(), paused);
+        fates.insert("healthy".to_owned(), WorkerFate::default());
+        let keys = HashMap::new();
+        assert_eq!(most_running(&logs, &fates, at(20_000), &keys).0, 1);
+        // Any other ending after the resume counts in full.
+        zombie.outcome = Some("succeeded".into());
+        let logs = WorkerLogs {
+            executions: vec![zombie, keyed(0)],
+            stale_outcomes: 0,
+        };
+        assert_eq!(most_running(&logs, &fates, at(20_000), &keys).0, 2);
     }
 
     #[test]

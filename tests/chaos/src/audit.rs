@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use taskflow_testkit::percentile;
+use taskflow_testkit::{most_overlapping, percentile};
 use uuid::Uuid;
 
 use crate::Chaos;
@@ -34,6 +34,35 @@ pub struct Report {
     pub rescue_max_ms: f64,
     pub faults: HashMap<&'static str, usize>,
     pub duration_s: f64,
+    /// The queue's limits, when the run set them, and the most running at
+    /// once that the workers' logs and the attempt records show.
+    pub limits: Option<LimitsSeen>,
+}
+
+/// A run with `--max-running` or `--max-running-per-key`: what the limits
+/// were and the most running at once, by the workers' own execution events
+/// (less the time a worker was stopped) and by PostgreSQL's attempt records.
+#[derive(Debug, Serialize)]
+pub struct LimitsSeen {
+    pub max_running: Option<u32>,
+    pub max_running_per_key: Option<u32>,
+    pub most_running_executions: usize,
+    pub most_running_records: usize,
+    pub most_running_per_key_executions: usize,
+    pub most_running_per_key_records: usize,
+}
+
+impl LimitsSeen {
+    fn held(&self) -> bool {
+        let within = |limit: Option<u32>, seen: usize| limit.is_none_or(|n| seen <= n as usize);
+        within(self.max_running, self.most_running_executions)
+            && within(self.max_running, self.most_running_records)
+            && within(
+                self.max_running_per_key,
+                self.most_running_per_key_executions,
+            )
+            && within(self.max_running_per_key, self.most_running_per_key_records)
+    }
 }
 
 impl Report {
@@ -43,6 +72,7 @@ impl Report {
             && self.overlapping_pairs == 0
             && self.fencing_violations == 0
             && self.jobs_succeeded as usize == self.jobs_submitted
+            && self.limits.as_ref().is_none_or(LimitsSeen::held)
     }
 }
 
@@ -53,6 +83,7 @@ pub async fn analyse(
     ids: &[Uuid],
     submit_retries: usize,
     started: Instant,
+    limits: Option<(Option<u32>, Option<u32>)>,
 ) -> anyhow::Result<Report> {
     let names: Vec<String> = chaos.fates.keys().cloned().collect();
     let logs = analysis::read_logs(dir, &names)?;
@@ -100,6 +131,20 @@ pub async fn analyse(
         }
     }
     rescue_ms.sort_by(f64::total_cmp);
+    let limits = match limits {
+        Some((max_running, max_running_per_key)) => Some(
+            limits_seen(
+                database,
+                &logs,
+                chaos,
+                now,
+                max_running,
+                max_running_per_key,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let rescue_percentile = |p| {
         if rescue_ms.is_empty() {
             0.0
@@ -124,5 +169,50 @@ pub async fn analyse(
         rescue_max_ms: rescue_percentile(100.0),
         faults: chaos.faults.clone(),
         duration_s: started.elapsed().as_secs_f64(),
+        limits,
+    })
+}
+
+async fn limits_seen(
+    database: &sqlx::PgPool,
+    logs: &analysis::WorkerLogs,
+    chaos: &Chaos,
+    now: DateTime<Utc>,
+    max_running: Option<u32>,
+    max_running_per_key: Option<u32>,
+) -> anyhow::Result<LimitsSeen> {
+    let keys: HashMap<Uuid, String> =
+        sqlx::query_as("SELECT id, concurrency_key FROM jobs WHERE concurrency_key IS NOT NULL")
+            .fetch_all(database)
+            .await?
+            .into_iter()
+            .collect();
+    let (most_running_executions, per_key) = analysis::most_running(logs, &chaos.fates, now, &keys);
+    let records: Vec<(Option<String>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT j.concurrency_key, a.started_at, a.finished_at
+         FROM job_attempts a JOIN jobs j ON j.id = a.job_id",
+    )
+    .fetch_all(database)
+    .await?;
+    let span = |(_, from, to): &(Option<String>, DateTime<Utc>, DateTime<Utc>)| {
+        (from.timestamp_micros(), to.timestamp_micros())
+    };
+    let mut records_by_key: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+    for record in &records {
+        if let Some(key) = &record.0 {
+            records_by_key.entry(key).or_default().push(span(record));
+        }
+    }
+    Ok(LimitsSeen {
+        max_running,
+        max_running_per_key,
+        most_running_executions,
+        most_running_records: most_overlapping(records.iter().map(span)),
+        most_running_per_key_executions: per_key.into_values().max().unwrap_or(0),
+        most_running_per_key_records: records_by_key
+            .into_values()
+            .map(most_overlapping)
+            .max()
+            .unwrap_or(0),
     })
 }

@@ -29,7 +29,7 @@ use chrono::Utc;
 use clap::Parser;
 use nix::sys::signal::Signal;
 use serde_json::json;
-use taskflow::api::types::SubmitJob;
+use taskflow::api::types::{PutQueue, SubmitJob};
 use taskflow::client::Client;
 use uuid::Uuid;
 
@@ -72,6 +72,18 @@ struct Args {
     /// Seed of the choice of which worker to hit.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Sets the queue's `max_running`; the audit checks that no more ran at
+    /// once, by the workers' logs and by the attempt records.
+    #[arg(long)]
+    max_running: Option<u32>,
+    /// Sets the queue's `max_running_per_key` and gives the jobs one of
+    /// `--keys` concurrency keys; the audit checks it per key.
+    #[arg(long)]
+    max_running_per_key: Option<u32>,
+    /// How many concurrency keys the jobs share, with
+    /// `--max-running-per-key`.
+    #[arg(long, default_value_t = 4)]
+    keys: usize,
 }
 
 /// Everything the fault schedule works on.
@@ -194,7 +206,12 @@ fn spawn_api(setup: &TaskflowSetup, port: u16) -> anyhow::Result<Taskflow> {
 /// Submits `count` jobs from 8 concurrent clients, each retrying with the same
 /// idempotency key until the API accepts it (through API restarts and
 /// database crashes). Returns the job ids and how many retries it took.
-async fn submit_all(client: Client, module: String, count: usize) -> (Vec<Uuid>, usize) {
+async fn submit_all(
+    client: Client,
+    module: String,
+    count: usize,
+    keys: Option<usize>,
+) -> (Vec<Uuid>, usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let ids = Arc::new(Mutex::new(vec![Uuid::nil(); count]));
     let retries = Arc::new(AtomicUsize::new(0));
@@ -218,6 +235,7 @@ async fn submit_all(client: Client, module: String, count: usize) -> (Vec<Uuid>,
                         input: Some(json!({"mode": "sleep", "ms": 30 + (i * 37) % 170}).into()),
                         idempotency_key: Some(format!("chaos-{i}")),
                         max_attempts: Some(25),
+                        concurrency_key: keys.map(|keys| format!("tenant-{}", i % keys)),
                         ..SubmitJob::default()
                     };
                     loop {
@@ -322,6 +340,15 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let module = client.push_module(plugin_bytes).await?.0.hash;
+    let limited = args.max_running.is_some() || args.max_running_per_key.is_some();
+    if limited {
+        let limits = PutQueue {
+            max_running: args.max_running,
+            max_running_per_key: args.max_running_per_key,
+            ..PutQueue::default()
+        };
+        client.put_queue("default", &limits).await?;
+    }
 
     let mut chaos = Chaos {
         setup,
@@ -340,7 +367,8 @@ async fn main() -> anyhow::Result<()> {
     }
     // For the audit, which reads PostgreSQL directly (audit.rs says why).
     let database = sqlx::PgPool::connect(&pg.url("taskflow")).await?;
-    let submitter = tokio::spawn(submit_all(client.clone(), module, args.jobs));
+    let keys = args.max_running_per_key.map(|_| args.keys.max(1));
+    let submitter = tokio::spawn(submit_all(client.clone(), module, args.jobs, keys));
 
     // The fault schedule: (seconds into the round, fault).
     for round in 0..args.rounds {
@@ -395,7 +423,17 @@ async fn main() -> anyhow::Result<()> {
     }
     chaos.api.stop(Duration::from_secs(5));
 
-    let report = analyse(&database, &dir, &chaos, &ids, submit_retries, started).await?;
+    let limits = limited.then_some((args.max_running, args.max_running_per_key));
+    let report = analyse(
+        &database,
+        &dir,
+        &chaos,
+        &ids,
+        submit_retries,
+        started,
+        limits,
+    )
+    .await?;
     let report_path = args
         .report
         .clone()
@@ -419,6 +457,18 @@ async fn main() -> anyhow::Result<()> {
         report.duration_s,
         report_path.display(),
     );
+    if let Some(limits) = &report.limits {
+        println!(
+            "chaos limits: max_running={:?} most_running(executions/records)={}/{} \
+             max_running_per_key={:?} most_running_per_key(executions/records)={}/{}",
+            limits.max_running,
+            limits.most_running_executions,
+            limits.most_running_records,
+            limits.max_running_per_key,
+            limits.most_running_per_key_executions,
+            limits.most_running_per_key_records,
+        );
+    }
     database.close().await;
     pg.stop();
     redis.stop();

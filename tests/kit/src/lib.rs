@@ -32,6 +32,39 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The most of `spans` (`[start, end)`, in any unit) that overlap at one
+/// instant: how many attempts ran at once, at the most.
+pub fn most_overlapping(spans: impl IntoIterator<Item = (i64, i64)>) -> usize {
+    let mut edges: Vec<(i64, i32)> = spans
+        .into_iter()
+        .flat_map(|(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // At equal times an end sorts first: one span ending as another starts
+    // is not an overlap.
+    edges.sort_unstable();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// The most of `times` (any unit) within one window `[t, t + width)`.
+pub fn most_in_window(times: &[i64], width: i64) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let mut first = 0;
+    let mut most = 0;
+    for (last, &time) in sorted.iter().enumerate() {
+        while time - sorted[first] >= width {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    most
+}
+
 /// A TCP port on loopback that nobody listens on right now.
 ///
 /// # Panics
@@ -85,5 +118,19 @@ mod tests {
         assert_eq!(percentile(&values, 99.0), 10.0);
         assert_eq!(percentile(&values, 0.0), 1.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn overlaps_count_spans_at_one_instant_and_touching_ones_do_not_overlap() {
+        assert_eq!(most_overlapping([(0, 10), (5, 15), (9, 20), (10, 12)]), 3);
+        assert_eq!(most_overlapping([(0, 10), (10, 20), (20, 30)]), 1);
+        assert_eq!(most_overlapping([]), 0);
+    }
+
+    #[test]
+    fn windows_are_half_open() {
+        assert_eq!(most_in_window(&[0, 999, 1000, 1500, 1999], 1000), 3);
+        assert_eq!(most_in_window(&[5, 0, 1000], 1000), 2);
+        assert_eq!(most_in_window(&[], 1000), 0);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{QueueSpec, SecretSpec, SecretValue};
+use crate::queue::{LimitsSpec, QueueSpec, RateSpec, SecretSpec, SecretValue};
 use crate::store::QueueRecord;
 
 /// `PUT /v1/queues/{name}`: the queue's whole settings, replacing what was
@@ -24,6 +24,114 @@ pub struct PutQueue {
     /// is kept and only its hosts change.
     #[serde(default)]
     pub secrets: BTreeMap<String, PutSecret>,
+    /// Most jobs of the queue running at once, across all workers
+    /// (absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Most jobs of one `concurrency_key` running at once (absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running_per_key: Option<u32>,
+    /// Most attempt starts in any window of a period (absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateBody>,
+}
+
+/// `rate` of a queue: at most `limit` starts in any window of `period`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateBody {
+    /// Starts per window, 1 to 10000.
+    pub limit: u32,
+    /// The window: `"1s"`, `"1m"`, `"1h 30m"`; at least 1 s.
+    pub period: String,
+}
+
+/// `PATCH /v1/queues/{name}`: the fields given replace the stored ones, the
+/// rest stay; `null` removes a limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchQueue {
+    /// Replaces `allowed_hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Replaces `config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<BTreeMap<String, String>>,
+    /// Replaces `secrets` (as in PUT: a secret without `value` keeps its
+    /// stored one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<BTreeMap<String, PutSecret>>,
+    /// Sets (a number) or removes (`null`) `max_running`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_running: Option<Option<u32>>,
+    /// Sets or removes `max_running_per_key`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_running_per_key: Option<Option<u32>>,
+    /// Sets or removes `rate`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate: Option<Option<RateBody>>,
+}
+
+/// A field that is present, as `null` or a value: absent ones stay `None`
+/// through `#[serde(default)]`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+impl PatchQueue {
+    /// The whole settings this patch leaves, applied to `current`.
+    pub fn apply_to(self, current: QueueSpec) -> QueueSpec {
+        let limits = LimitsSpec {
+            max_running: self.max_running.unwrap_or(current.limits.max_running),
+            max_running_per_key: self
+                .max_running_per_key
+                .unwrap_or(current.limits.max_running_per_key),
+            rate: self
+                .rate
+                .map(|rate| rate.map(RateSpec::from))
+                .unwrap_or(current.limits.rate),
+        };
+        QueueSpec {
+            allowed_hosts: self.allowed_hosts.unwrap_or(current.allowed_hosts),
+            config: self.config.unwrap_or(current.config),
+            secrets: self.secrets.map_or(current.secrets, secrets_spec),
+            limits,
+        }
+    }
+}
+
+impl From<RateBody> for RateSpec {
+    fn from(rate: RateBody) -> Self {
+        Self {
+            limit: rate.limit,
+            period: rate.period,
+        }
+    }
+}
+
+impl From<RateSpec> for RateBody {
+    fn from(rate: RateSpec) -> Self {
+        Self {
+            limit: rate.limit,
+            period: rate.period,
+        }
+    }
 }
 
 /// One secret of [`PutQueue`].
@@ -43,19 +151,27 @@ impl From<PutQueue> for QueueSpec {
         Self {
             allowed_hosts: put.allowed_hosts,
             config: put.config,
-            secrets: put
-                .secrets
-                .into_iter()
-                .map(|(name, secret)| {
-                    let spec = SecretSpec {
-                        value: secret.value,
-                        allowed_hosts: secret.allowed_hosts,
-                    };
-                    (name, spec)
-                })
-                .collect(),
+            secrets: secrets_spec(put.secrets),
+            limits: LimitsSpec {
+                max_running: put.max_running,
+                max_running_per_key: put.max_running_per_key,
+                rate: put.rate.map(RateSpec::from),
+            },
         }
     }
+}
+
+fn secrets_spec(secrets: BTreeMap<String, PutSecret>) -> BTreeMap<String, SecretSpec> {
+    secrets
+        .into_iter()
+        .map(|(name, secret)| {
+            let spec = SecretSpec {
+                value: secret.value,
+                allowed_hosts: secret.allowed_hosts,
+            };
+            (name, spec)
+        })
+        .collect()
 }
 
 /// A queue's settings. Secrets are listed by name and hosts, never value.
@@ -69,6 +185,17 @@ pub struct QueueView {
     pub config: BTreeMap<String, String>,
     /// Secret names, with the hosts each may be sent to.
     pub secrets: BTreeMap<String, SecretView>,
+    /// Whether workers hold its jobs back.
+    pub paused: bool,
+    /// Most jobs running at once, cluster-wide (absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Most jobs of one `concurrency_key` running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running_per_key: Option<u32>,
+    /// Most attempt starts in any window of a period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateBody>,
     /// When the settings were first written (absent: never configured).
     pub created_at: Option<DateTime<Utc>>,
     /// When they last changed.
@@ -91,6 +218,7 @@ pub struct QueueList {
 
 impl From<QueueRecord> for QueueView {
     fn from(record: QueueRecord) -> Self {
+        let limits = LimitsSpec::from(record.settings.limits);
         let texts =
             |hosts: &[crate::queue::AllowedHost]| hosts.iter().map(ToString::to_string).collect();
         Self {
@@ -110,6 +238,10 @@ impl From<QueueRecord> for QueueView {
                     )
                 })
                 .collect(),
+            paused: record.paused,
+            max_running: limits.max_running,
+            max_running_per_key: limits.max_running_per_key,
+            rate: limits.rate.map(RateBody::from),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }

@@ -385,7 +385,8 @@ impl TestApp {
         self.send_json(reqwest::Method::PUT, path, body).await
     }
 
-    async fn send_json(
+    /// Sends `body` as JSON to `path` with `method`.
+    pub async fn send_json(
         &self,
         method: reqwest::Method,
         path: &str,

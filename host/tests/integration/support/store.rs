@@ -38,6 +38,7 @@ pub fn new_job(module_hash: &str) -> NewJob {
         memory_limit_bytes: 1 << 20,
         run_at: None,
         idempotency_key: None,
+        concurrency_key: None,
         request_fingerprint: None,
     }
 }
