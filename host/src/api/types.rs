@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 pub mod queues;
 
-pub use queues::{PatchQueue, PutQueue, PutSecret, QueueList, QueueView, RateBody, SecretView};
+pub use queues::{
+    PatchQueue, PutQueue, PutSecret, QueueList, QueueView, RateBody, RetentionBody, SecretView,
+};
 
 use crate::job::{AttemptOutcome, FieldError, JobInput, JobSpec, JobState, attempts_used};
 use crate::store::{AttemptRecord, JobDetail, JobRecord, ModuleRecord};

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::ClientArgs;
 use super::client::print;
-use crate::api::types::{PatchQueue, PutQueue, PutSecret, QueueView, RateBody};
+use crate::api::types::{PatchQueue, PutQueue, PutSecret, QueueView, RateBody, RetentionBody};
 use crate::queue::SecretValue;
 
 /// `taskflow queue …`.
@@ -25,7 +25,7 @@ pub enum QueueCommand {
     },
     /// Replace a queue's settings: whatever is not given is removed.
     Set(SetArgs),
-    /// Change only a queue's limits, keeping its grants and other limits.
+    /// Change only the limits and retention given, keeping the rest.
     Limit(LimitArgs),
     /// Stop workers claiming the queue's jobs (running ones finish,
     /// submissions are still accepted).
@@ -73,9 +73,15 @@ pub struct SetArgs {
     /// Limits, as `taskflow queue limit` takes them (unset: no limit).
     #[command(flatten)]
     pub limits: LimitFlags,
+    /// Retention (unset: the defaults).
+    #[command(flatten)]
+    pub retention: RetentionFlags,
     /// Read the settings from a JSON file instead (the body of
     /// `PUT /v1/queues/{name}`, secret values included).
-    #[arg(long, conflicts_with_all = ["allowed_hosts", "config", "secrets", "max_running", "max_running_per_key", "rate"])]
+    #[arg(long, conflicts_with_all = [
+        "allowed_hosts", "config", "secrets", "max_running", "max_running_per_key", "rate",
+        "retain_succeeded", "retain_dead", "retain_cancelled",
+    ])]
     pub file: Option<PathBuf>,
     /// API address and output format.
     #[command(flatten)]
@@ -90,6 +96,9 @@ pub struct LimitArgs {
     /// The limits to change; `none` removes one.
     #[command(flatten)]
     pub limits: LimitFlags,
+    /// The retention to change.
+    #[command(flatten)]
+    pub retention: RetentionFlags,
     /// API address and output format.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -108,6 +117,33 @@ pub struct LimitFlags {
     /// `100/1m`).
     #[arg(long, value_name = "N/PERIOD|none", value_parser = rate_or_none)]
     pub rate: Option<Option<RateBody>>,
+}
+
+/// How long a queue keeps its finished jobs: a duration (`7d`, `36h`) or
+/// `forever`, per state.
+#[derive(Debug, Args)]
+pub struct RetentionFlags {
+    /// How long succeeded jobs are kept (default 7 days).
+    #[arg(long, value_name = "DURATION|forever")]
+    pub retain_succeeded: Option<String>,
+    /// How long dead jobs are kept (default 30 days).
+    #[arg(long, value_name = "DURATION|forever")]
+    pub retain_dead: Option<String>,
+    /// How long cancelled jobs are kept (default 30 days).
+    #[arg(long, value_name = "DURATION|forever")]
+    pub retain_cancelled: Option<String>,
+}
+
+impl RetentionFlags {
+    /// The retention these flags give, if any.
+    fn body(&self) -> Option<RetentionBody> {
+        let body = RetentionBody {
+            succeeded: self.retain_succeeded.clone(),
+            dead: self.retain_dead.clone(),
+            cancelled: self.retain_cancelled.clone(),
+        };
+        (body != RetentionBody::default()).then_some(body)
+    }
 }
 
 fn count_or_none(text: &str) -> Result<Option<u32>, String> {
@@ -163,6 +199,7 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
                 max_running: args.limits.max_running,
                 max_running_per_key: args.limits.max_running_per_key,
                 rate: args.limits.rate,
+                retention: args.retention.body(),
                 ..PatchQueue::default()
             };
             let queue = args.client.client().patch_queue(&args.name, &patch).await?;
@@ -207,6 +244,7 @@ fn settings_from_flags(args: &SetArgs) -> PutQueue {
         max_running: args.limits.max_running.flatten(),
         max_running_per_key: args.limits.max_running_per_key.flatten(),
         rate: args.limits.rate.clone().flatten(),
+        retention: args.retention.body(),
     }
 }
 
@@ -244,6 +282,12 @@ fn describe_queue(queue: &QueueView) -> String {
             "  limit  at most {max} running per concurrency key"
         ));
     }
+    let keep = |state: &str, keep: &Option<String>| {
+        format!("  keep   {state} jobs {}", keep.as_deref().unwrap_or("?"))
+    };
+    lines.push(keep("succeeded", &queue.retention.succeeded));
+    lines.push(keep("dead", &queue.retention.dead));
+    lines.push(keep("cancelled", &queue.retention.cancelled));
     if let Some(rate) = &queue.rate {
         lines.push(format!(
             "  limit  at most {} starts per {}",

@@ -5,6 +5,7 @@
 //!   they fall due, and wakes their workers.
 //! - [`Rescuer`]: ends attempts whose worker stopped renewing its lease, so
 //!   their jobs run again within seconds of the lease expiring.
+//! - [`Pruner`]: deletes finished jobs past their queue's retention.
 //! - [`Elector`]: which worker runs them ([`elector`]).
 //!
 //! Every service has one shape, [`Service`]: a `run_once` that does one
@@ -17,6 +18,7 @@
 //! leaders that [`elector`] allows costs nothing but duplicate work.
 
 pub mod elector;
+pub mod pruner;
 pub mod rescuer;
 pub mod scheduler;
 
@@ -27,6 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use elector::{Elector, Leadership};
+pub use pruner::Pruner;
 pub use rescuer::{RescueCounts, Rescuer};
 pub use scheduler::Scheduler;
 

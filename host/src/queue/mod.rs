@@ -11,13 +11,16 @@
 //! - [`secret_key`]: how secrets are sealed at rest ([`SecretKey`]).
 //! - [`limits`]: how its jobs may start ([`QueueLimits`]): cluster-wide
 //!   concurrency, per key, and a start rate.
+//! - [`retention`]: how long its finished jobs are kept ([`Retention`]).
 
 pub mod allowed_host;
 pub mod limits;
+pub mod retention;
 pub mod secret_key;
 pub mod settings;
 
 pub use allowed_host::{AllowedHost, InvalidAllowedHost, Scheme, is_public_address};
 pub use limits::{LimitsSpec, QueueLimits, Rate, RateSpec};
+pub use retention::{KeepFor, Retention, RetentionSpec};
 pub use secret_key::{MalformedSecretKey, SealedSecret, SecretKey, WrongSecretKey};
 pub use settings::{QueueChange, QueueSettings, QueueSpec, SecretSpec, SecretValue};

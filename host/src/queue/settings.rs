@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::allowed_host::AllowedHost;
 use super::limits::{LimitsSpec, QueueLimits};
+use super::retention::{Retention, RetentionSpec};
 use crate::job::FieldError;
 
 /// Most `allowed_hosts` entries a queue (or one secret) may have.
@@ -33,6 +34,8 @@ pub struct QueueSettings {
     pub secrets: BTreeMap<String, Vec<AllowedHost>>,
     /// How its jobs may start.
     pub limits: QueueLimits,
+    /// How long its finished jobs are kept.
+    pub retention: Retention,
 }
 
 /// A secret's value: never printed or compared by content, so it cannot
@@ -74,6 +77,8 @@ pub struct QueueSpec {
     pub secrets: BTreeMap<String, SecretSpec>,
     /// Limits.
     pub limits: LimitsSpec,
+    /// Retention.
+    pub retention: RetentionSpec,
 }
 
 impl From<&QueueSettings> for QueueSpec {
@@ -96,6 +101,7 @@ impl From<&QueueSettings> for QueueSpec {
                 })
                 .collect(),
             limits: settings.limits.into(),
+            retention: settings.retention.into(),
         }
     }
 }
@@ -128,6 +134,7 @@ impl QueueSpec {
     /// `secrets.api_key.value`). A secret's value never appears in it.
     pub fn resolve(self) -> Result<QueueChange, FieldError> {
         let limits = self.limits.resolve()?;
+        let retention = self.retention.resolve()?;
         let allowed_hosts = parse_hosts("allowed_hosts", &self.allowed_hosts)?;
         check_count("config", self.config.len(), MAX_CONFIG_ENTRIES)?;
         for (key, value) in &self.config {
@@ -183,6 +190,7 @@ impl QueueSpec {
                 config: self.config,
                 secrets,
                 limits,
+                retention,
             },
             new_secret_values,
         })
@@ -254,6 +262,7 @@ mod tests {
             ]
             .into(),
             limits: LimitsSpec::default(),
+            retention: RetentionSpec::default(),
         };
         let change = spec.resolve().unwrap();
         assert_eq!(

@@ -13,6 +13,7 @@
 //! - [`claim`]: where a job is claimed, with or without its queue's limits.
 //! - [`execution`]: the worker's and the maintenance services' statements:
 //!   finish, lease checks, promotion of due jobs.
+//! - [`prune`]: where finished jobs past their retention are deleted.
 //! - [`leadership`]: the maintenance leader's term.
 //! - [`state`]: the job state machine.
 
@@ -23,6 +24,7 @@ pub mod execution;
 pub mod jobs;
 pub mod leadership;
 pub mod modules;
+pub mod prune;
 pub mod queues;
 pub mod records;
 pub mod rescue;
@@ -46,6 +48,7 @@ pub use claim::{ClaimPath, Claimed, ClaimedJob};
 pub use execution::{FinishedAttempt, LeaseRef};
 pub use jobs::JobFilter;
 pub use modules::ModuleRecord;
+pub use prune::Pruned;
 pub use queues::{QueueGrants, QueueRecord};
 pub use records::{AttemptRecord, JobDetail, JobRecord};
 pub use rescue::RunningLease;

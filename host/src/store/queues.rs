@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use super::{Store, StoreError, StoreResult};
-use crate::queue::{AllowedHost, QueueLimits, QueueSettings, Rate, SealedSecret};
+use crate::queue::{
+    AllowedHost, KeepFor, QueueLimits, QueueSettings, Rate, Retention, SealedSecret,
+};
 
 /// A queue's stored settings. Secrets appear by name and hosts only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,15 +60,20 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let config = Json(&settings.config);
         let limits = LimitColumns::from(&settings.limits);
+        let keep = |keep: Option<KeepFor>| keep.map(KeepFor::as_seconds);
         let row = sqlx::query!(
             "INSERT INTO queues (name, allowed_hosts, config, max_running, max_running_per_key,
-                                 rate_limit, rate_period_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                 rate_limit, rate_period_ms, retain_succeeded_s, retain_dead_s,
+                                 retain_cancelled_s)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12)
              ON CONFLICT (name) DO UPDATE
              SET allowed_hosts = EXCLUDED.allowed_hosts, config = EXCLUDED.config,
                  max_running = EXCLUDED.max_running,
                  max_running_per_key = EXCLUDED.max_running_per_key,
                  rate_limit = EXCLUDED.rate_limit, rate_period_ms = EXCLUDED.rate_period_ms,
+                 retain_succeeded_s = EXCLUDED.retain_succeeded_s,
+                 retain_dead_s = EXCLUDED.retain_dead_s,
+                 retain_cancelled_s = EXCLUDED.retain_cancelled_s,
                  updated_at = now()
              WHERE NOT $8 OR queues.updated_at IS NOT DISTINCT FROM $9
              RETURNING created_at, updated_at, paused",
@@ -78,7 +85,10 @@ impl Store {
             limits.rate_limit,
             limits.rate_period_ms,
             if_updated_at.is_some(),
-            if_updated_at.flatten()
+            if_updated_at.flatten(),
+            keep(settings.retention.succeeded),
+            keep(settings.retention.dead),
+            keep(settings.retention.cancelled)
         )
         .fetch_optional(&mut *tx)
         .await?
@@ -193,7 +203,8 @@ impl Store {
         super::statement("queue_grants");
         let Some(queue) = sqlx::query!(
             r#"SELECT allowed_hosts, config AS "config: Json<BTreeMap<String, String>>",
-                      max_running, max_running_per_key, rate_limit, rate_period_ms
+                      max_running, max_running_per_key, rate_limit, rate_period_ms,
+                      retain_succeeded_s, retain_dead_s, retain_cancelled_s
                FROM queues WHERE name = $1"#,
             name
         )
@@ -221,6 +232,11 @@ impl Store {
                     rate_period_ms: queue.rate_period_ms,
                 }
                 .try_into()?,
+                retention: Retention {
+                    succeeded: stored_keep(queue.retain_succeeded_s),
+                    dead: stored_keep(queue.retain_dead_s),
+                    cancelled: stored_keep(queue.retain_cancelled_s),
+                },
             },
             sealed_secrets: BTreeMap::new(),
         };
@@ -271,6 +287,12 @@ fn parse_hosts(texts: Vec<String>) -> StoreResult<Vec<AllowedHost>> {
             AllowedHost::parse(text).map_err(|error| StoreError::Unavailable(error.to_string()))
         })
         .collect()
+}
+
+/// A `retain_*_s` column: NULL for the default, else seconds (the table's
+/// check keeps them non-negative).
+fn stored_keep(seconds: Option<i64>) -> Option<KeepFor> {
+    seconds.map(|seconds| KeepFor::from_seconds(seconds.unsigned_abs()))
 }
 
 /// [`QueueLimits`] as the `queues` columns hold them.

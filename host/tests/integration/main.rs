@@ -21,6 +21,7 @@ mod queue_limits;
 mod queues_api;
 mod race;
 mod recovery;
+mod retention;
 mod sandbox;
 mod security;
 mod submissions;

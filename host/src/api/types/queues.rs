@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{LimitsSpec, QueueSpec, RateSpec, SecretSpec, SecretValue};
+use crate::job::JobState;
+use crate::queue::{
+    LimitsSpec, QueueSpec, RateSpec, Retention, RetentionSpec, SecretSpec, SecretValue,
+};
 use crate::store::QueueRecord;
 
 /// `PUT /v1/queues/{name}`: the queue's whole settings, replacing what was
@@ -34,6 +37,36 @@ pub struct PutQueue {
     /// Most attempt starts in any window of a period (absent: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateBody>,
+    /// How long finished jobs are kept, per state (absent: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionBody>,
+}
+
+/// `retention` of a queue: per finished state, how long its jobs are kept
+/// after they finish: a duration (`"7d"`, `"36h"`) or `"forever"`. A state
+/// left out takes the default: succeeded 7 days, dead and cancelled 30.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionBody {
+    /// Succeeded jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<String>,
+    /// Dead jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead: Option<String>,
+    /// Cancelled jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<String>,
+}
+
+impl From<RetentionBody> for RetentionSpec {
+    fn from(body: RetentionBody) -> Self {
+        Self {
+            succeeded: body.succeeded,
+            dead: body.dead,
+            cancelled: body.cancelled,
+        }
+    }
 }
 
 /// `rate` of a queue: at most `limit` starts in any window of `period`.
@@ -82,6 +115,9 @@ pub struct PatchQueue {
         skip_serializing_if = "Option::is_none"
     )]
     pub rate: Option<Option<RateBody>>,
+    /// Changes the retention of the states it names; the others stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionBody>,
 }
 
 /// A field that is present, as `null` or a value: absent ones stay `None`
@@ -112,6 +148,14 @@ impl PatchQueue {
             config: self.config.unwrap_or(current.config),
             secrets: self.secrets.map_or(current.secrets, secrets_spec),
             limits,
+            retention: match self.retention {
+                Some(patch) => RetentionSpec {
+                    succeeded: patch.succeeded.or(current.retention.succeeded),
+                    dead: patch.dead.or(current.retention.dead),
+                    cancelled: patch.cancelled.or(current.retention.cancelled),
+                },
+                None => current.retention,
+            },
         }
     }
 }
@@ -157,6 +201,7 @@ impl From<PutQueue> for QueueSpec {
                 max_running_per_key: put.max_running_per_key,
                 rate: put.rate.map(RateSpec::from),
             },
+            retention: put.retention.map(Into::into).unwrap_or_default(),
         }
     }
 }
@@ -196,6 +241,8 @@ pub struct QueueView {
     /// Most attempt starts in any window of a period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateBody>,
+    /// How long finished jobs are kept, per state, defaults filled in.
+    pub retention: RetentionBody,
     /// When the settings were first written (absent: never configured).
     pub created_at: Option<DateTime<Utc>>,
     /// When they last changed.
@@ -242,8 +289,23 @@ impl From<QueueRecord> for QueueView {
             max_running: limits.max_running,
             max_running_per_key: limits.max_running_per_key,
             rate: limits.rate.map(RateBody::from),
+            retention: retention_view(&record.settings.retention),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }
     }
+}
+
+/// Every state's retention as it applies, defaults included.
+fn retention_view(retention: &Retention) -> RetentionBody {
+    let mut view = RetentionBody::default();
+    for (state, keep) in retention.effective() {
+        let text = Some(keep.to_text());
+        match state {
+            JobState::Succeeded => view.succeeded = text,
+            JobState::Dead => view.dead = text,
+            _ => view.cancelled = text,
+        }
+    }
+    view
 }

@@ -1,0 +1,99 @@
+//! Where a job is pruned: finished jobs past their queue's retention are
+//! deleted with their attempts (`ON DELETE CASCADE`), freeing their
+//! idempotency keys. Used by the pruner (maintenance/pruner.rs).
+
+use super::{Store, StoreResult};
+use crate::job::JobState;
+use crate::queue::{KeepFor, Retention};
+
+/// What one prune deleted, by the state the jobs were in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Succeeded jobs deleted.
+    pub succeeded: u64,
+    /// Dead jobs deleted.
+    pub dead: u64,
+    /// Cancelled jobs deleted.
+    pub cancelled: u64,
+}
+
+impl Pruned {
+    /// Jobs deleted in all.
+    pub fn total(&self) -> u64 {
+        self.succeeded + self.dead + self.cancelled
+    }
+}
+
+impl Store {
+    /// Deletes up to `limit` finished jobs that have been finished longer
+    /// than their queue keeps jobs of their state (the defaults of
+    /// queue/retention.rs where it does not say), oldest first within each
+    /// queue and state.
+    ///
+    /// One statement, served by `jobs_retention_idx`: a loose index scan
+    /// finds the queues that have finished jobs, then each queue's and
+    /// state's expired entries are read from the oldest, so a pass reads
+    /// only what it deletes (plus one entry per queue), however many jobs
+    /// are kept. Guard: the job is still finished when its row is deleted
+    /// (a concurrent retry wins). It locks only the rows it deletes, which
+    /// no claim or submission touches.
+    pub async fn prune_finished(&self, limit: usize) -> StoreResult<Pruned> {
+        super::statement("prune_finished");
+        let [succeeded, dead, cancelled] = Retention::default()
+            .effective()
+            .map(|(_, keep): (JobState, KeepFor)| keep.as_seconds());
+        let states = sqlx::query_scalar!(
+            r#"WITH RECURSIVE names AS (
+                 (SELECT queue FROM jobs
+                  WHERE state IN ('succeeded', 'dead', 'cancelled')
+                  ORDER BY queue LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT j.queue FROM jobs j
+                         WHERE j.state IN ('succeeded', 'dead', 'cancelled')
+                           AND j.queue > n.queue
+                         ORDER BY j.queue LIMIT 1)
+                 FROM names n WHERE n.queue IS NOT NULL
+             ),
+             cutoffs AS (
+                 SELECT n.queue, s.state, now() - s.keep_s * interval '1 second' AS before
+                 FROM names n
+                 LEFT JOIN queues q ON q.name = n.queue
+                 CROSS JOIN LATERAL (VALUES
+                     ('succeeded'::job_state, COALESCE(q.retain_succeeded_s, $2)),
+                     ('dead'::job_state, COALESCE(q.retain_dead_s, $3)),
+                     ('cancelled'::job_state, COALESCE(q.retain_cancelled_s, $4))
+                 ) AS s(state, keep_s)
+                 WHERE n.queue IS NOT NULL AND s.keep_s > 0
+             ),
+             expired AS (
+                 SELECT e.id FROM cutoffs c CROSS JOIN LATERAL (
+                     SELECT j.id FROM jobs j
+                     WHERE j.queue = c.queue AND j.state = c.state
+                       AND j.finished_at < c.before
+                     ORDER BY j.finished_at
+                     LIMIT $1
+                 ) e
+                 LIMIT $1
+             )
+             DELETE FROM jobs j USING expired e
+             WHERE j.id = e.id AND j.state IN ('succeeded', 'dead', 'cancelled')
+             RETURNING j.state AS "state: JobState""#,
+            limit as i64,
+            succeeded,
+            dead,
+            cancelled
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut pruned = Pruned::default();
+        for state in states {
+            match state {
+                JobState::Succeeded => pruned.succeeded += 1,
+                JobState::Dead => pruned.dead += 1,
+                // The guard lets only finished states through.
+                _ => pruned.cancelled += 1,
+            }
+        }
+        Ok(pruned)
+    }
+}

@@ -1,0 +1,189 @@
+//! Retention: the pruner deletes finished jobs once their queue's
+//! retention for their state has passed, and nothing else.
+
+use std::time::Duration;
+
+use serde_json::json;
+use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
+use taskflow::maintenance::Pruner;
+use taskflow::store::{ClaimPath, Pruned, Store};
+use uuid::Uuid;
+
+use crate::support::{TestApp, new_job, success};
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// One job of `queue` brought to the finished `state`; its id.
+async fn finished_job(store: &Store, queue: &str, state: JobState, key: Option<&str>) -> Uuid {
+    let job = NewJob {
+        queue: queue.into(),
+        idempotency_key: key.map(str::to_owned),
+        ..new_job(&"a".repeat(64))
+    };
+    store.insert_jobs(std::slice::from_ref(&job)).await.unwrap();
+    if state == JobState::Cancelled {
+        store
+            .cancel_if_unfinished(job.id, "cancelled")
+            .await
+            .unwrap();
+        return job.id;
+    }
+    let claimed = store
+        .claim(queue, "w1", 1, TTL, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), 1);
+    let mut outcome = success(&claimed[0], "w1", b"{}");
+    if state == JobState::Dead {
+        outcome.end = AttemptEnd::Failed {
+            failure: Failure::new(FailureKind::GuestError, "no"),
+            next: AfterFailure::Dead,
+        };
+    }
+    store.finish_if_lease_matches(&[outcome]).await.unwrap();
+    job.id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pruner_deletes_exactly_the_expired_jobs_of_each_state_and_frees_their_keys() {
+    let app = TestApp::start().await;
+    let store = app.store().clone();
+    store
+        .insert_module(&"a".repeat(64), b"\0asm")
+        .await
+        .unwrap();
+    let (status, short) = app
+        .put_json(
+            "/v1/queues/short",
+            &json!({"retention": {"succeeded": "1s", "dead": "forever", "cancelled": "1s"}})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{short}");
+    assert_eq!(
+        short["retention"],
+        json!({"succeeded": "1s", "dead": "forever", "cancelled": "1s"})
+    );
+
+    let mut old = Vec::new();
+    for queue in ["short", "kept"] {
+        for state in [JobState::Succeeded, JobState::Dead, JobState::Cancelled] {
+            let key = (queue == "short" && state == JobState::Succeeded).then_some("once");
+            old.push((queue, state, finished_job(&store, queue, state, key).await));
+        }
+    }
+    let unfinished = new_job(&"a".repeat(64));
+    store
+        .insert_jobs(&[NewJob {
+            queue: "short".into(),
+            ..unfinished.clone()
+        }])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fresh = [
+        finished_job(&store, "short", JobState::Succeeded, None).await,
+        finished_job(&store, "short", JobState::Cancelled, None).await,
+    ];
+    let attempts_before = store.count_attempts().await.unwrap();
+
+    let pruned = Pruner::new(store.clone()).prune().await.unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            succeeded: 1,
+            dead: 0,
+            cancelled: 1
+        }
+    );
+    for (queue, state, id) in old {
+        let expired = queue == "short" && state != JobState::Dead;
+        let exists = store.get_job(id).await.unwrap().is_some();
+        assert_eq!(exists, !expired, "{queue} {state}");
+    }
+    for id in fresh.into_iter().chain([unfinished.id]) {
+        assert!(store.get_job(id).await.unwrap().is_some());
+    }
+    // The succeeded job's attempt went with it; the cancelled one had none.
+    assert_eq!(store.count_attempts().await.unwrap(), attempts_before - 1);
+    assert_eq!(
+        Pruner::new(store.clone()).prune().await.unwrap(),
+        Pruned::default()
+    );
+
+    // Its idempotency key ended with it.
+    let again = NewJob {
+        queue: "short".into(),
+        idempotency_key: Some("once".into()),
+        ..new_job(&"a".repeat(64))
+    };
+    let submitted = store.insert_jobs(&[again]).await.unwrap();
+    assert!(submitted[0].created);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_is_checked_and_defaults_are_shown() {
+    let app = TestApp::start().await;
+    let (_, never) = app.get_json("/v1/queues/anything").await;
+    assert_eq!(
+        never["retention"],
+        json!({"succeeded": "7days", "dead": "30days", "cancelled": "30days"})
+    );
+    for (body, field) in [
+        (
+            json!({"retention": {"succeeded": "soon"}}),
+            "retention.succeeded",
+        ),
+        (json!({"retention": {"dead": "1.5s"}}), "retention.dead"),
+        (
+            json!({"retention": {"cancelled": "3651days"}}),
+            "retention.cancelled",
+        ),
+        (json!({"retention": {"running": "1d"}}), "retention"),
+    ] {
+        let (status, answer) = app.put_json("/v1/queues/default", &body.to_string()).await;
+        assert!(status.is_client_error(), "{body} → {answer}");
+        let error = &answer["error"];
+        let named = error["field"].as_str().unwrap_or_default();
+        assert!(
+            named.starts_with(field) || error["message"].as_str().unwrap().contains(field),
+            "{body} → {error}"
+        );
+    }
+    // A PATCH changes the states it names and keeps the others.
+    app.put_json(
+        "/v1/queues/default",
+        &json!({"retention": {"dead": "forever"}}).to_string(),
+    )
+    .await;
+    let (_, patched) = app
+        .send_json(
+            reqwest::Method::PATCH,
+            "/v1/queues/default",
+            &json!({"retention": {"succeeded": "1h"}}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        patched["retention"],
+        json!({"succeeded": "1h", "dead": "forever", "cancelled": "30days"})
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_job_disappears_once_its_retention_passes_on_a_running_cluster() {
+    let (app, module) = TestApp::start_running("hello").await;
+    app.set_default_queue(json!({"retention": {"succeeded": "1s"}}))
+        .await;
+    let job = app.run(&module, json!({"name": "brief"})).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    // The worker's elected maintenance runs the pruner every 100 ms here.
+    crate::support::eventually(Duration::from_secs(10), || async {
+        let (status, _) = app.get_json(&format!("/v1/jobs/{}", job.id)).await;
+        (status == reqwest::StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    app.finish().await;
+}
