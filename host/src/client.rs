@@ -8,8 +8,9 @@ use uuid::Uuid;
 
 use crate::api::error::ErrorBody;
 use crate::api::types::{
-    AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModulePage, ModuleView, PatchQueue,
-    PutQueue, QueueList, QueueView, SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
+    AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModuleNameList, ModuleNameView,
+    ModulePage, ModuleView, NameMoveView, PatchQueue, PutQueue, QueueList, QueueView, SubmitBatch,
+    SubmitJob, SubmittedBatch, SubmittedJob,
 };
 
 /// What went wrong talking to the API.
@@ -87,6 +88,41 @@ impl Client {
     pub async fn get_module(&self, hash: &str) -> Result<ModuleView, ClientError> {
         self.send(self.http.get(self.url(&format!("/v1/modules/{hash}"))))
             .await
+    }
+
+    /// Deletes a module nothing uses.
+    pub async fn delete_module(&self, hash: &str) -> Result<ModuleView, ClientError> {
+        self.send(self.http.delete(self.url(&format!("/v1/modules/{hash}"))))
+            .await
+    }
+
+    /// Points `name` at module `hash`.
+    pub async fn name_module(&self, hash: &str, name: &str) -> Result<NameMoveView, ClientError> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/modules/{hash}/names/{name}"))),
+        )
+        .await
+    }
+
+    /// Every module name and where it points.
+    pub async fn module_names(&self) -> Result<ModuleNameList, ClientError> {
+        self.send(self.http.get(self.url("/v1/module-names"))).await
+    }
+
+    /// One module name, with its moves.
+    pub async fn module_name(&self, name: &str) -> Result<ModuleNameView, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/module-names/{name}"))))
+            .await
+    }
+
+    /// Points `name` back where its latest move took it from.
+    pub async fn roll_back_module_name(&self, name: &str) -> Result<NameMoveView, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/module-names/{name}/rollback"))),
+        )
+        .await
     }
 
     /// A page of modules.

@@ -34,6 +34,24 @@ pub struct TokenHashes(Arc<Vec<[u8; 32]>>);
 )]
 pub struct InvalidTokenHash;
 
+/// Who is calling, for records such as a module name's moves: the first 12
+/// hex digits of the SHA-256 of the bearer token sent (`token:1a2b3c4d5e6f`,
+/// which an operator matches against `TASKFLOW_API_TOKEN_SHA256`; the
+/// token itself is never recorded), or `anonymous` on an open API.
+pub fn caller(headers: &axum::http::HeaderMap) -> String {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match token {
+        Some(token) => format!(
+            "token:{}",
+            &hex::encode(Sha256::digest(token.as_bytes()))[..12]
+        ),
+        None => "anonymous".to_owned(),
+    }
+}
+
 impl TokenHashes {
     /// Parses hex digests.
     pub fn parse<S: AsRef<str>>(hashes: &[S]) -> Result<Self, InvalidTokenHash> {

@@ -119,6 +119,7 @@ impl From<FieldError> for ApiError {
             Problem::Invalid => Self::bad_request("invalid_field", message),
             Problem::NotAModuleHash => Self::bad_request("invalid_hash", message),
             Problem::InputTooLarge => Self::too_large("input_too_large", message),
+            Problem::UnknownModuleName => Self::not_found("module_not_found", message),
         };
         Self {
             field: Some(error.field),

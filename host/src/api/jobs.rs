@@ -15,7 +15,7 @@ use super::types::{
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::ApiLimits;
-use crate::job::{FailureKind, JobState, check_queue_name};
+use crate::job::{FailureKind, JobSpec, JobState, ModuleNames, check_queue_name};
 use crate::store::{JobFilter, LeaseRef, Submitted};
 
 /// Request-body overhead allowed beyond the input itself (field names,
@@ -55,7 +55,9 @@ async fn submit(
     State(state): State<ApiState>,
     JsonBody(request, _reserved): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
-    let job = request.into_spec()?.resolve(&state.limits.submission)?;
+    let spec = request.into_spec()?;
+    let names = module_names(&state, std::slice::from_ref(&spec)).await?;
+    let job = spec.resolve(&state.limits.submission, &names)?;
     let submitted = state.submitter.submit(job).await?;
     announce(&state, std::slice::from_ref(&submitted));
     let submitted = SubmittedJob {
@@ -93,12 +95,22 @@ async fn submit_batch(
         ));
     }
     let limits = &state.limits.submission;
+    let specs = request
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(index, request)| {
+            request
+                .into_spec()
+                .map_err(|error| error.within(&format!("jobs[{index}]")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let names = module_names(&state, &specs).await?;
     let mut keys = HashSet::new();
-    let mut jobs = Vec::with_capacity(request.jobs.len());
-    for (index, request) in request.jobs.into_iter().enumerate() {
-        let job = request
-            .into_spec()
-            .and_then(|spec| spec.resolve(limits))
+    let mut jobs = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.into_iter().enumerate() {
+        let job = spec
+            .resolve(limits, &names)
             .map_err(|error| error.within(&format!("jobs[{index}]")))?;
         if let Some(key) = &job.idempotency_key
             && !keys.insert(key.clone())
@@ -121,6 +133,13 @@ async fn submit_batch(
         })
         .collect();
     Ok((StatusCode::CREATED, Json(SubmittedBatch { jobs })))
+}
+
+/// Where the module names `specs` give point now: one lookup for all of
+/// them, none when every job gives a hash.
+async fn module_names(state: &ApiState, specs: &[JobSpec]) -> Result<ModuleNames, ApiError> {
+    let names: Vec<&str> = specs.iter().filter_map(JobSpec::module_name).collect();
+    Ok(state.store.module_names_for(&names).await?)
 }
 
 /// Counts newly created jobs and wakes the workers of those due now.

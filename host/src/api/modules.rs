@@ -10,22 +10,34 @@
 //! `compile_timeout`.
 
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 
-use super::types::{ModulePage, ModuleQuery, ModuleView};
+use super::auth::caller;
+use super::types::{
+    ModuleNameList, ModuleNameView, ModulePage, ModuleQuery, ModuleView, NameMoveView,
+};
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
-use crate::job::check_module_hash;
+use crate::job::{check_module_hash, check_module_name};
 use crate::sandbox::{CompileError, InvalidModule};
+use crate::store::ModuleDeletion;
 
 /// Routes under `/v1/modules`.
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/modules", put(upload).get(list))
-        .route("/v1/modules/{hash}", get(get_one))
+        .route("/v1/modules/{hash}", get(get_one).delete(delete_one))
+        .route("/v1/modules/{hash}/names/{name}", put(name_module))
+        .route("/v1/module-names", get(list_names))
+        .route("/v1/module-names/{name}", get(get_name))
+        .route("/v1/module-names/{name}/rollback", post(roll_back_name))
 }
+
+/// Moves of a name shown with it.
+const NAME_HISTORY_SHOWN: i64 = 100;
 
 /// `PUT /v1/modules`: the raw component bytes. 201 with the module when
 /// new, 200 when these bytes were uploaded before.
@@ -102,13 +114,139 @@ async fn get_one(
     PathParams(hash): PathParams<String>,
 ) -> Result<Json<ModuleView>, ApiError> {
     check_module_hash("hash", &hash)?;
-    let module = state.store.get_module(&hash).await?.ok_or_else(|| {
-        ApiError::not_found(
-            "module_not_found",
-            format!("module {hash} was never uploaded"),
-        )
-    })?;
-    Ok(Json(module.into()))
+    let module = state
+        .store
+        .get_module(&hash)
+        .await?
+        .ok_or_else(|| never_uploaded(&hash))?;
+    let names = state.store.names_of_module(&hash).await?;
+    Ok(Json(ModuleView {
+        names: Some(names),
+        ..module.into()
+    }))
+}
+
+fn never_uploaded(hash: &str) -> ApiError {
+    ApiError::not_found(
+        "module_not_found",
+        format!("module {hash} was never uploaded"),
+    )
+}
+
+/// `DELETE /v1/modules/{hash}`: removes a module no name points at and no
+/// unfinished job would run; 409 naming which otherwise.
+async fn delete_one(
+    State(state): State<ApiState>,
+    PathParams(hash): PathParams<String>,
+) -> Result<Json<ModuleView>, ApiError> {
+    check_module_hash("hash", &hash)?;
+    let module = state
+        .store
+        .get_module(&hash)
+        .await?
+        .ok_or_else(|| never_uploaded(&hash))?;
+    match state.store.delete_module_if_unused(&hash).await? {
+        ModuleDeletion::Deleted => {
+            tracing::info!(hash = %hash, "module deleted");
+            Ok(Json(module.into()))
+        }
+        ModuleDeletion::NotFound => Err(never_uploaded(&hash)),
+        ModuleDeletion::InUse(in_use) => {
+            let mut reasons = Vec::new();
+            if !in_use.names.is_empty() {
+                reasons.push(format!("names point at it: {}", in_use.names.join(", ")));
+            }
+            if !in_use.unfinished_jobs.is_empty() {
+                let jobs: Vec<String> = in_use
+                    .unfinished_jobs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                reasons.push(format!("unfinished jobs would run it: {}", jobs.join(", ")));
+            }
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "module_in_use",
+                format!("module {hash} is in use; {}", reasons.join("; ")),
+            ))
+        }
+    }
+}
+
+/// `PUT /v1/modules/{hash}/names/{name}`: points `name` at the module,
+/// wherever it pointed before; the move is recorded with the caller.
+async fn name_module(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    PathParams((hash, name)): PathParams<(String, String)>,
+) -> Result<Json<NameMoveView>, ApiError> {
+    check_module_hash("hash", &hash)?;
+    check_module_name("name", &name)?;
+    let moved = state
+        .store
+        .move_module_name(&name, &hash, &caller(&headers))
+        .await?;
+    tracing::info!(name = %name, hash = %hash, previous = ?moved.from_hash, by = %moved.moved_by, "module name moved");
+    Ok(Json(moved.into()))
+}
+
+/// `GET /v1/module-names`.
+async fn list_names(State(state): State<ApiState>) -> Result<Json<ModuleNameList>, ApiError> {
+    let names = state.store.list_module_names().await?;
+    Ok(Json(ModuleNameList {
+        names: names.into_iter().collect(),
+    }))
+}
+
+/// `GET /v1/module-names/{name}`: where it points, and its moves.
+async fn get_name(
+    State(state): State<ApiState>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<ModuleNameView>, ApiError> {
+    check_module_name("name", &name)?;
+    let history = state
+        .store
+        .module_name_moves(&name, NAME_HISTORY_SHOWN)
+        .await?;
+    let current = history.first().ok_or_else(|| unknown_name(&name))?;
+    Ok(Json(ModuleNameView {
+        name: name.clone(),
+        module: current.to_hash.clone(),
+        history: history.into_iter().map(Into::into).collect(),
+    }))
+}
+
+fn unknown_name(name: &str) -> ApiError {
+    ApiError::not_found(
+        "module_name_not_found",
+        format!("no module is named {name}"),
+    )
+}
+
+/// `POST /v1/module-names/{name}/rollback`: points the name back where its
+/// latest move took it from (itself a recorded move, so a second rollback
+/// undoes the first).
+async fn roll_back_name(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<NameMoveView>, ApiError> {
+    check_module_name("name", &name)?;
+    let latest = state.store.module_name_moves(&name, 1).await?;
+    let latest = latest.first().ok_or_else(|| unknown_name(&name))?;
+    let Some(previous) = &latest.from_hash else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_previous_module",
+            format!("{name} pointed nowhere before {}", latest.to_hash),
+        ));
+    };
+    let moved = state
+        .store
+        .move_module_name(&name, previous, &caller(&headers))
+        .await?;
+    tracing::info!(name = %name, hash = %previous, by = %moved.moved_by, "module name rolled back");
+    Ok(Json(moved.into()))
 }
 
 /// `GET /v1/modules?limit=&cursor=`: modules in hash order.

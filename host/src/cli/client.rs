@@ -8,13 +8,16 @@ use serde::Serialize;
 
 use super::flags::{AttemptLimitFlags, InputFlags};
 use super::{ClientArgs, JobCommand, ModuleCommand, PageArgs};
-use crate::api::types::{AttemptList, JobQuery, JobView, JsonInput, ModuleView, SubmitJob};
+use crate::api::types::{
+    AttemptList, JobQuery, JobView, JsonInput, ModuleView, NameMoveView, SubmitJob,
+};
 use crate::job::JobInput;
 
 /// `taskflow job submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// SHA-256 of an uploaded module.
+    /// SHA-256 of an uploaded module, or a name pointing at one
+    /// (`resize:stable`).
     #[arg(long)]
     pub module: String,
     /// The task's input.
@@ -72,6 +75,46 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
         ModuleCommand::Get { hash, client } => {
             let module = client.client().get_module(&hash).await?;
             print(&client, &module, || describe_module(&module))
+        }
+        ModuleCommand::Name { hash, name, client } => {
+            let moved = client.client().name_module(&hash, &name).await?;
+            print(&client, &moved, || describe_move(&moved))
+        }
+        ModuleCommand::Names { name: None, client } => {
+            let list = client.client().module_names().await?;
+            print(&client, &list, || {
+                let lines: Vec<String> = list
+                    .names
+                    .iter()
+                    .map(|(name, hash)| format!("{name}  {hash}"))
+                    .collect();
+                lines.join("\n")
+            })
+        }
+        ModuleCommand::Names {
+            name: Some(name),
+            client,
+        } => {
+            let view = client.client().module_name(&name).await?;
+            print(&client, &view, || {
+                let mut lines = vec![format!("{}  {}", view.name, view.module)];
+                lines.extend(
+                    view.history
+                        .iter()
+                        .map(|moved| format!("  {}", describe_move(moved))),
+                );
+                lines.join("\n")
+            })
+        }
+        ModuleCommand::Rollback { name, client } => {
+            let moved = client.client().roll_back_module_name(&name).await?;
+            print(&client, &moved, || describe_move(&moved))
+        }
+        ModuleCommand::Rm { hash, client } => {
+            let module = client.client().delete_module(&hash).await?;
+            print(&client, &module, || {
+                format!("module {} is deleted", module.hash)
+            })
         }
         ModuleCommand::List {
             page: PageArgs { limit, cursor },
@@ -210,11 +253,26 @@ pub(super) fn print<T: Serialize>(
 }
 
 fn describe_module(module: &ModuleView) -> String {
-    format!(
+    let mut text = format!(
         "{}  {:>10} bytes  {}",
         module.hash,
         module.size_bytes,
         module.created_at.format("%Y-%m-%d %H:%M:%S")
+    );
+    if let Some(names) = module.names.as_ref().filter(|names| !names.is_empty()) {
+        text.push_str(&format!("  named {}", names.join(", ")));
+    }
+    text
+}
+
+fn describe_move(moved: &NameMoveView) -> String {
+    format!(
+        "{} -> {} (was {}) by {} at {}",
+        moved.name,
+        moved.module,
+        moved.previous.as_deref().unwrap_or("nothing"),
+        moved.moved_by,
+        moved.moved_at.format("%Y-%m-%d %H:%M:%S")
     )
 }
 

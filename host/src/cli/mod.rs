@@ -246,6 +246,41 @@ pub enum ModuleCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Point a name (`resize` or `resize:stable`) at a module; jobs
+    /// submitted with `--module NAME` run it from then on.
+    Name {
+        /// The module's SHA-256.
+        hash: String,
+        /// The name.
+        name: String,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List every name, or show one name's module and moves.
+    Names {
+        /// The name to show.
+        name: Option<String>,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Point a name back where its latest move took it from.
+    Rollback {
+        /// The name.
+        name: String,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a module no name points at and no unfinished job would run.
+    Rm {
+        /// Its SHA-256.
+        hash: String,
+        /// API address and output format.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `taskflow job …`.

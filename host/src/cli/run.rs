@@ -16,7 +16,7 @@ use super::flags::{
     AttemptLimitFlags, CompileFlags, ExecutionFlags, InputFlags, MemoryLimitFlag, SubmissionFlags,
 };
 use crate::config::CompileConfig;
-use crate::job::JobSpec;
+use crate::job::{JobSpec, ModuleNames};
 use crate::sandbox::{Attempt, AttemptLimits, Grants, JobContext, LogLine, RunGrant, Sandbox};
 
 /// `taskflow run`.
@@ -86,7 +86,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency_key: None,
     };
     let job = spec
-        .resolve(&submission)
+        .resolve(&submission, &ModuleNames::new())
         .map_err(|error| anyhow::anyhow!("{error}"))?;
 
     let compiler = CompileConfig::from(args.compile.clone()).compiler_config()?;

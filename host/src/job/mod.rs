@@ -24,8 +24,12 @@ pub mod state;
 pub use attempt::{AfterFailure, AttemptEnd, AttemptLog, AttemptRequests, Usage, attempts_used};
 pub use failure::{Failure, FailureKind};
 pub use input::JobInput;
-pub use names::{check_module_hash, check_queue_name, is_valid_module_hash, is_valid_queue_name};
+pub use names::{
+    ModuleRef, check_module_hash, check_module_name, check_queue_name, is_valid_module_hash,
+    is_valid_module_name, is_valid_queue_name,
+};
 pub use spec::{
-    DEFAULT_QUEUE, FieldError, JobSpec, MIN_MEMORY_LIMIT_BYTES, NewJob, Problem, SubmissionLimits,
+    DEFAULT_QUEUE, FieldError, JobSpec, MIN_MEMORY_LIMIT_BYTES, ModuleNames, NewJob, Problem,
+    SubmissionLimits,
 };
 pub use state::{AttemptOutcome, JobState};

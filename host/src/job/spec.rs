@@ -4,13 +4,15 @@
 //! submit through [`JobSpec::resolve`]; each turns a [`FieldError`] into
 //! its own kind of answer (an HTTP 4xx, a line of text).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use uuid::Uuid;
 
 use super::input::JobInput;
-use super::names::{check_module_hash, check_queue_name};
+use super::names::{ModuleRef, check_queue_name};
 
 /// Queue of jobs that do not name one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -27,7 +29,8 @@ pub const MIN_MEMORY_LIMIT_BYTES: u64 = 64 << 10;
 /// A job as a client asks for it; `None` takes the server's default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
-    /// SHA-256 (hex) of an uploaded module.
+    /// SHA-256 (hex) of an uploaded module, or a name pointing at one
+    /// (`resize:stable`), resolved once, at submission.
     pub module: String,
     /// The task's input.
     pub input: JobInput,
@@ -128,6 +131,8 @@ pub enum Problem {
     NotAModuleHash,
     /// The input is over [`SubmissionLimits::max_input_bytes`].
     InputTooLarge,
+    /// No module has this name.
+    UnknownModuleName,
 }
 
 impl FieldError {
@@ -147,14 +152,44 @@ impl FieldError {
     }
 }
 
+/// Module names and the hashes they point at, as read before resolving
+/// submissions that name their module ([`JobSpec::module_name`]).
+pub type ModuleNames = HashMap<String, String>;
+
 impl JobSpec {
-    /// Checks this submission against `limits` and fills in defaults.
+    /// The module name this submission gives instead of a hash, if it does
+    /// (the caller looks those up before [`JobSpec::resolve`]).
+    pub fn module_name(&self) -> Option<&str> {
+        match ModuleRef::parse("module", &self.module) {
+            Ok(ModuleRef::Name(name)) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Checks this submission against `limits` and fills in defaults; a
+    /// module name becomes the hash `names` gives it. The idempotency
+    /// fingerprint covers the module as written, so a retried submission
+    /// by name still finds its job after the name moved.
     ///
     /// # Errors
     ///
-    /// The first field that is missing, malformed or out of range.
-    pub fn resolve(self, limits: &SubmissionLimits) -> Result<NewJob, FieldError> {
-        check_module_hash("module", &self.module)?;
+    /// The first field that is missing, malformed or out of range, or a
+    /// module name `names` does not know.
+    pub fn resolve(
+        self,
+        limits: &SubmissionLimits,
+        names: &ModuleNames,
+    ) -> Result<NewJob, FieldError> {
+        let module_hash = match ModuleRef::parse("module", &self.module)? {
+            ModuleRef::Hash(hash) => hash.to_owned(),
+            ModuleRef::Name(name) => names.get(name).cloned().ok_or_else(|| FieldError {
+                field: "module".to_owned(),
+                problem: Problem::UnknownModuleName,
+                message: format!(
+                    "no module is named {name}: name one with PUT /v1/modules/{{hash}}/names/{name}"
+                ),
+            })?,
+        };
         let input = self.input.into_bytes(limits.max_input_bytes)?;
         let max_attempts = in_range(
             "max_attempts",
@@ -210,7 +245,7 @@ impl JobSpec {
         }
         let mut job = NewJob {
             id: Uuid::now_v7(),
-            module_hash: self.module,
+            module_hash,
             queue,
             priority: self.priority.unwrap_or(0),
             input,
@@ -224,7 +259,7 @@ impl JobSpec {
             request_fingerprint: None,
         };
         if job.idempotency_key.is_some() {
-            job.request_fingerprint = Some(fingerprint(&job));
+            job.request_fingerprint = Some(fingerprint(&job, &self.module));
         }
         Ok(job)
     }
@@ -275,9 +310,10 @@ fn latest_run_at() -> DateTime<Utc> {
 
 /// A digest of everything a submission asks for, so a retried request (same
 /// key, same fingerprint) is told apart from a conflicting one.
-fn fingerprint(job: &NewJob) -> Vec<u8> {
+fn fingerprint(job: &NewJob, module_as_written: &str) -> Vec<u8> {
     let mut hasher = Sha256::new();
-    hasher.update(job.module_hash.as_bytes());
+    hasher.update(module_as_written.as_bytes());
+    hasher.update([0]);
     hasher.update((job.input.len() as u64).to_be_bytes());
     hasher.update(&job.input);
     hasher.update(job.queue.as_bytes());
@@ -334,7 +370,7 @@ mod tests {
     #[test]
     fn defaults_fill_what_the_client_left_out() {
         let job = spec(JobInput::Json("{ \"a\" : 1 }".into()))
-            .resolve(&limits())
+            .resolve(&limits(), &ModuleNames::new())
             .unwrap();
         assert_eq!(job.input, br#"{"a":1}"#);
         assert_eq!(job.queue, DEFAULT_QUEUE);
@@ -448,7 +484,10 @@ mod tests {
             ),
         ];
         for (spec, field, problem) in cases {
-            let error = spec.clone().resolve(&limits()).unwrap_err();
+            let error = spec
+                .clone()
+                .resolve(&limits(), &ModuleNames::new())
+                .unwrap_err();
             assert_eq!(
                 (error.field.as_str(), error.problem),
                 (field, problem),
@@ -464,7 +503,7 @@ mod tests {
                 idempotency_key: Some("k".into()),
                 ..spec(JobInput::Json(input.into()))
             }
-            .resolve(&limits())
+            .resolve(&limits(), &ModuleNames::new())
             .unwrap()
             .request_fingerprint
         };

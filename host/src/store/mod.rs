@@ -9,6 +9,7 @@
 //! duplicate writer can tell it lost and discard its result.
 //!
 //! - [`modules`]: content-addressed task components.
+//! - [`module_names`]: names pointing at modules, and their history.
 //! - [`jobs`]: submission, reads and user actions (cancel, retry).
 //! - [`claim`]: where a job is claimed, with or without its queue's limits.
 //! - [`execution`]: the worker's and the maintenance services' statements:
@@ -23,6 +24,7 @@ mod codec;
 pub mod execution;
 pub mod jobs;
 pub mod leadership;
+pub mod module_names;
 pub mod modules;
 pub mod prune;
 pub mod queues;
@@ -47,6 +49,7 @@ pub use actions::CancelOutcome;
 pub use claim::{ClaimPath, Claimed, ClaimedJob};
 pub use execution::{FinishedAttempt, LeaseRef};
 pub use jobs::JobFilter;
+pub use module_names::{ModuleDeletion, ModuleInUse, NameMove};
 pub use modules::ModuleRecord;
 pub use prune::Pruned;
 pub use queues::{QueueGrants, QueueRecord};

@@ -14,6 +14,7 @@ mod hostile_clients;
 mod jobs_api;
 mod leases;
 mod maintenance;
+mod module_names;
 mod modules_api;
 mod outbound;
 mod plugins;

@@ -1,0 +1,200 @@
+//! Module names (`module_names`, `module_name_moves`): a name points at one
+//! hash; every move is kept, so an audit can tell who moved it when and a
+//! rollback is one call. Submissions resolve names once, at submit
+//! ([`Store::module_names_for`]); a job keeps the hash it got.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError, StoreResult};
+
+/// One move of a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameMove {
+    /// The name.
+    pub name: String,
+    /// Where it pointed before (`None` when it was new).
+    pub from_hash: Option<String>,
+    /// Where it points after.
+    pub to_hash: String,
+    /// Who moved it (module_names.rs in the API says how callers are told
+    /// apart).
+    pub moved_by: String,
+    /// When.
+    pub moved_at: DateTime<Utc>,
+}
+
+/// What a delete of a module did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleDeletion {
+    /// It is gone.
+    Deleted,
+    /// No module has this hash.
+    NotFound,
+    /// It is in use, and stays.
+    InUse(ModuleInUse),
+}
+
+/// Why a module cannot be deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInUse {
+    /// Names pointing at it.
+    pub names: Vec<String>,
+    /// Some of the unfinished jobs that would run it (at most a few).
+    pub unfinished_jobs: Vec<uuid::Uuid>,
+}
+
+impl Store {
+    /// Points `name` at module `hash`, as `moved_by`, and records the move,
+    /// in one transaction that holds the name's row lock from reading where
+    /// it pointed to writing the move: the name and its history never
+    /// disagree, even when two moves race.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownModules`] if no module has this hash.
+    pub async fn move_module_name(
+        &self,
+        name: &str,
+        hash: &str,
+        moved_by: &str,
+    ) -> StoreResult<NameMove> {
+        super::statement("move_module_name");
+        let mut tx = self.pool().begin().await?;
+        let before = sqlx::query_scalar!(
+            "SELECT module_hash FROM module_names WHERE name = $1 FOR UPDATE",
+            name
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let moved = sqlx::query_as!(
+            NameMove,
+            r#"WITH moved AS (
+                 INSERT INTO module_names (name, module_hash) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE
+                 SET module_hash = EXCLUDED.module_hash, updated_at = now()
+                 RETURNING name
+             )
+             INSERT INTO module_name_moves (name, from_hash, to_hash, moved_by)
+             SELECT $1, $4, $2, $3 FROM moved
+             RETURNING name, from_hash, to_hash, moved_by, moved_at"#,
+            name,
+            hash,
+            moved_by,
+            before
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                StoreError::UnknownModules(vec![hash.to_owned()])
+            }
+            _ => error.into(),
+        })?;
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// The moves of `name`, newest first, up to `limit`.
+    pub async fn module_name_moves(&self, name: &str, limit: i64) -> StoreResult<Vec<NameMove>> {
+        super::statement("module_name_moves");
+        Ok(sqlx::query_as!(
+            NameMove,
+            "SELECT name, from_hash, to_hash, moved_by, moved_at FROM module_name_moves
+             WHERE name = $1 ORDER BY id DESC LIMIT $2",
+            name,
+            limit
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every name and the hash it points at, by name.
+    pub async fn list_module_names(&self) -> StoreResult<Vec<(String, String)>> {
+        super::statement("list_module_names");
+        Ok(
+            sqlx::query!("SELECT name, module_hash FROM module_names ORDER BY name")
+                .fetch_all(self.pool())
+                .await?
+                .into_iter()
+                .map(|row| (row.name, row.module_hash))
+                .collect(),
+        )
+    }
+
+    /// The names pointing at module `hash`.
+    pub async fn names_of_module(&self, hash: &str) -> StoreResult<Vec<String>> {
+        super::statement("names_of_module");
+        Ok(sqlx::query_scalar!(
+            "SELECT name FROM module_names WHERE module_hash = $1 ORDER BY name",
+            hash
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The hashes `names` point at now (names that point nowhere are left
+    /// out): what a submission naming its module runs.
+    pub async fn module_names_for(&self, names: &[&str]) -> StoreResult<HashMap<String, String>> {
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        super::statement("module_names_for");
+        Ok(sqlx::query!(
+            "SELECT name, module_hash FROM module_names WHERE name = ANY($1)",
+            names as &[&str]
+        )
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .map(|row| (row.name, row.module_hash))
+        .collect())
+    }
+
+    /// Deletes module `hash` unless a name points at it or an unfinished
+    /// job would run it. One transaction holding the module's row lock, so
+    /// no name can be pointed at it meanwhile. Submissions do not take that
+    /// lock (docs/data-model.md says why): one racing the delete can still
+    /// insert a job of the module, whose attempts then fail as they cannot
+    /// load it.
+    pub async fn delete_module_if_unused(&self, hash: &str) -> StoreResult<ModuleDeletion> {
+        super::statement("delete_module_if_unused");
+        let mut tx = self.pool().begin().await?;
+        let exists = sqlx::query_scalar!(
+            "SELECT 1 AS one FROM modules WHERE hash = $1 FOR UPDATE",
+            hash
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if !exists {
+            return Ok(ModuleDeletion::NotFound);
+        }
+        let names = sqlx::query_scalar!(
+            "SELECT name FROM module_names WHERE module_hash = $1 ORDER BY name",
+            hash
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let unfinished_jobs = sqlx::query_scalar!(
+            "SELECT id FROM jobs
+             WHERE module_hash = $1 AND state IN ('scheduled', 'available', 'running', 'retrying')
+             LIMIT 5",
+            hash
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if !names.is_empty() || !unfinished_jobs.is_empty() {
+            return Ok(ModuleDeletion::InUse(ModuleInUse {
+                names,
+                unfinished_jobs,
+            }));
+        }
+        sqlx::query!("DELETE FROM modules WHERE hash = $1", hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ModuleDeletion::Deleted)
+    }
+}

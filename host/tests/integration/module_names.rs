@@ -1,0 +1,193 @@
+//! Module names: submit by `name:tag`, move and roll back the name, and
+//! delete a module only when nothing uses it.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use taskflow::api::types::SubmitJob;
+use taskflow::job::JobState;
+
+use crate::support::{TestApp, assert_api_error, assert_state};
+
+const NAME: &str = "task:stable";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_runs_the_hash_its_name_had_at_submit_through_retries_and_rollbacks_are_one_call() {
+    let (app, misbehave) = TestApp::start_running("misbehave").await;
+    let hello = app.upload("hello").await;
+    let (status, moved) = app
+        .put_json(&format!("/v1/modules/{misbehave}/names/{NAME}"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["previous"], serde_json::Value::Null);
+    assert_eq!(moved["moved_by"], "anonymous");
+
+    // Submitted by name, then the name moves before the job's first attempt:
+    // both attempts still run the module the name had at submission.
+    let by_name = SubmitJob {
+        idempotency_key: Some("by-name".into()),
+        ..SubmitJob::new(NAME, json!({"mode": "fail_until", "succeed_on": 2}))
+    };
+    let job = app.client.submit(&by_name).await.unwrap().job;
+    assert_eq!(job.module, misbehave);
+    app.put_json(&format!("/v1/modules/{hello}/names/{NAME}"), "")
+        .await;
+    let done = app.wait_final(job.id).await;
+    assert_state(&done, JobState::Succeeded);
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.output, Some(json!({"attempt": 2})));
+
+    // A retried submission finds its job although the name moved since.
+    let again = app.client.submit(&by_name).await.unwrap();
+    assert_eq!((again.job.id, again.created), (job.id, false));
+
+    let now_hello = app.run(NAME, json!({"name": "named"})).await;
+    assert_eq!(now_hello.module, hello);
+    assert_state(&now_hello, JobState::Succeeded);
+
+    let (status, rolled) = app
+        .post_json(&format!("/v1/module-names/{NAME}/rollback"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rolled}");
+    assert_eq!(
+        (&rolled["module"], &rolled["previous"]),
+        (&json!(misbehave), &json!(hello))
+    );
+    let (_, name) = app.get_json(&format!("/v1/module-names/{NAME}")).await;
+    assert_eq!(name["module"], misbehave);
+    let moves: Vec<(&str, Option<&str>)> = name["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["module"].as_str().unwrap(), m["previous"].as_str()))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (misbehave.as_str(), Some(hello.as_str())),
+            (hello.as_str(), Some(misbehave.as_str())),
+            (misbehave.as_str(), None),
+        ]
+    );
+    let (_, module) = app.get_json(&format!("/v1/modules/{misbehave}")).await;
+    assert_eq!(module["names"], json!([NAME]));
+    let (_, all) = app.get_json("/v1/module-names").await;
+    assert_eq!(all["names"], json!({NAME: misbehave}));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_in_use_is_not_deleted_and_one_unused_is() {
+    let (app, hello) = TestApp::start_with_plugin("hello").await;
+    let spare = app.upload("noop").await;
+    let waiting = app.submit(&hello, json!({"name": "queued"})).await;
+    let answer = app
+        .send_json(Method::DELETE, &format!("/v1/modules/{hello}"), "")
+        .await;
+    assert_api_error(
+        "referenced by an unfinished job",
+        &answer,
+        StatusCode::CONFLICT,
+        "module_in_use",
+        &waiting.id.to_string(),
+    );
+    app.client.cancel(waiting.id).await.unwrap();
+    app.put_json(&format!("/v1/modules/{spare}/names/spare"), "")
+        .await;
+    assert_api_error(
+        "named",
+        &app.send_json(Method::DELETE, &format!("/v1/modules/{spare}"), "")
+            .await,
+        StatusCode::CONFLICT,
+        "module_in_use",
+        "names point at it: spare",
+    );
+    let (status, deleted) = app
+        .send_json(Method::DELETE, &format!("/v1/modules/{hello}"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    let (status, _) = app.get_json(&format!("/v1/modules/{hello}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .send_json(Method::DELETE, &format!("/v1/modules/{hello}"), "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_names_and_unknown_modules_get_a_4xx_naming_the_field() {
+    let (app, hello) = TestApp::start_with_plugin("hello").await;
+    let unknown = "0".repeat(64);
+    for (case, answer, status, code, mention) in [
+        (
+            "a name outside the grammar",
+            app.put_json(&format!("/v1/modules/{hello}/names/Resize"), "")
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "resize:stable",
+        ),
+        (
+            "a tag without a name",
+            app.put_json(&format!("/v1/modules/{hello}/names/:stable"), "")
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "resize:stable",
+        ),
+        (
+            "a module never uploaded",
+            app.put_json(&format!("/v1/modules/{unknown}/names/ghost"), "")
+                .await,
+            StatusCode::NOT_FOUND,
+            "module_not_found",
+            &unknown,
+        ),
+        (
+            "a submission naming a name nobody set",
+            app.post_json("/v1/jobs", r#"{"module": "nobody:home", "input": 1}"#)
+                .await,
+            StatusCode::NOT_FOUND,
+            "module_not_found",
+            "no module is named nobody:home",
+        ),
+        (
+            "a submission naming neither hash nor name",
+            app.post_json("/v1/jobs", r#"{"module": "Not A Name", "input": 1}"#)
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_hash",
+            "module name",
+        ),
+        (
+            "a rollback of a name never moved back",
+            {
+                app.put_json(&format!("/v1/modules/{hello}/names/once"), "")
+                    .await;
+                app.post_json("/v1/module-names/once/rollback", "").await
+            },
+            StatusCode::CONFLICT,
+            "no_previous_module",
+            "pointed nowhere",
+        ),
+        (
+            "a name nobody set",
+            app.get_json("/v1/module-names/nobody").await,
+            StatusCode::NOT_FOUND,
+            "module_name_not_found",
+            "nobody",
+        ),
+    ] {
+        assert_api_error(case, &answer, status, code, mention);
+    }
+    let (_, batch) = app
+        .post_json(
+            "/v1/jobs/batch",
+            &json!({"jobs": [{"module": hello, "input": 1}, {"module": "nobody:home", "input": 1}]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(batch["error"]["field"], "jobs[1].module", "{batch}");
+    assert_eq!(app.job_count().await, 0, "no job of the batch was created");
+    app.finish().await;
+}
