@@ -11,10 +11,13 @@ ALTER TABLE queues
     -- At most rate_limit attempt starts in any window of rate_period_ms.
     ADD COLUMN rate_limit           integer CHECK (rate_limit > 0),
     ADD COLUMN rate_period_ms       bigint CHECK (rate_period_ms >= 1000),
-    -- The start times of the queue's latest attempts that are still within
-    -- its rate period (at most rate_limit of them), oldest first: the window
-    -- a rate-limited claim counts (Store::claim_limited).
-    ADD COLUMN recent_starts        timestamptz[] NOT NULL DEFAULT '{}',
+    -- The queue's recent attempt starts, counted in buckets of a twentieth
+    -- of its rate period: rate_counts[i] starts in bucket rate_buckets[i]
+    -- (the bucket's number since the epoch). Only the buckets a window can
+    -- still reach are kept, so the row stays small at any rate
+    -- (store/claim.rs says how a claim counts them).
+    ADD COLUMN rate_buckets         bigint[] NOT NULL DEFAULT '{}',
+    ADD COLUMN rate_counts          integer[] NOT NULL DEFAULT '{}',
     ADD CONSTRAINT queues_rate_whole CHECK ((rate_limit IS NULL) = (rate_period_ms IS NULL)),
     -- Whether a claim must take the queue's row lock and count: the plain
     -- claim skips a queue where this is set (Store::claim).

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use uuid::Uuid;
 
-use taskflow::api::types::{SubmitBatch, SubmitJob};
+use taskflow::api::types::{PutQueue, RateBody, SubmitBatch, SubmitJob};
 use taskflow::client::{Client, ClientError};
 use taskflow::job::JobState;
 use taskflow::store::Store;
@@ -26,7 +26,8 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
         Scenario::Submit => submit(target, scaled(20_000), 1).await,
         Scenario::SubmitConcurrent => submit(target, scaled(20_000), 32).await,
         Scenario::SubmitBatch => submit_batch(target, scaled(100)).await,
-        Scenario::Drain => drain(target, scaled(20_000)).await,
+        Scenario::Drain => Ok(drain(target, scaled(20_000), None).await?.figures),
+        Scenario::DrainLimited => drain_limited(target, scaled(20_000)).await,
         Scenario::Latency => latency(target, scaled(4_000)).await,
         Scenario::Sandbox => in_process::sandbox(target, scaled(20_000)).await,
         Scenario::Cache => in_process::cache(target).await,
@@ -189,10 +190,66 @@ pub(crate) async fn warm_deployment(
     Ok((deployment, module))
 }
 
-/// Queues `count` no-op jobs, then lets two workers drain them.
-async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+/// A drain's figures, and its rate for comparisons.
+struct Drained {
+    figures: Vec<Figure>,
+    jobs_per_second: f64,
+}
+
+/// The limits of the limited drain: far above what two workers can run at
+/// once (each claims at most its slots plus 256 ahead) or start in a second.
+fn limits_far_above_the_drain() -> PutQueue {
+    PutQueue {
+        max_running: Some(10_000),
+        rate: Some(RateBody {
+            limit: 10_000_000,
+            period: "1s".into(),
+        }),
+        ..PutQueue::default()
+    }
+}
+
+/// Drains without limits and with [`limits_far_above_the_drain`], twice
+/// each, alternating, and reports both medians and their ratio.
+async fn drain_limited(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let mut unlimited = Vec::new();
+    let mut limited = Vec::new();
+    for _ in 0..2 {
+        unlimited.push(drain(target, count, None).await?.jobs_per_second);
+        let with_limits = drain(target, count, Some(limits_far_above_the_drain())).await?;
+        limited.push(with_limits.jobs_per_second);
+    }
+    let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+    Ok(vec![
+        Figure::new(
+            "drained, no limits (best of 2)",
+            best(&unlimited),
+            "jobs/s",
+            "report",
+        ),
+        Figure::new(
+            "drained, max_running and rate set (best of 2)",
+            best(&limited),
+            "jobs/s",
+            "report",
+        ),
+        Figure::new(
+            "limited / unlimited",
+            best(&limited) / best(&unlimited),
+            "ratio",
+            "≥ 0.9",
+        ),
+    ])
+}
+
+/// Queues `count` no-op jobs on a queue set to `limits`, then lets two
+/// workers drain them.
+async fn drain(target: &Target, count: usize, limits: Option<PutQueue>) -> anyhow::Result<Drained> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (mut deployment, module) = warm_deployment(target, 2, cores, "noop").await?;
+    if let Some(limits) = &limits {
+        deployment.client.put_queue("default", limits).await?;
+    }
     let warmup = 8;
     for _ in 0..warmup {
         deployment.client.submit(&job(&module)).await?;
@@ -277,7 +334,10 @@ async fn drain(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
         ),
         Figure::new("worker peak RSS", peak_mib, "MiB", "≤ 150"),
     ]);
-    Ok(figures)
+    Ok(Drained {
+        figures,
+        jobs_per_second: count as f64 / drained_s,
+    })
 }
 
 /// Submits `count` jobs at 200 a second, each on its own schedule (an open

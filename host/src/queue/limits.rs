@@ -13,9 +13,8 @@ use crate::job::FieldError;
 /// `integer` column holds.
 pub const MAX_RUNNING_LIMIT: u32 = i32::MAX as u32;
 
-/// Largest `rate.limit`. The claim keeps the start times of the last
-/// `limit` starts in the queue's row, so this bounds that row.
-pub const MAX_RATE_LIMIT: u32 = 10_000;
+/// Largest `rate.limit`: what PostgreSQL's `integer` column holds.
+pub const MAX_RATE_LIMIT: u32 = i32::MAX as u32;
 
 /// Shortest rate period: a limit per millisecond is not one anybody can
 /// observe across a cluster's clocks.
@@ -44,7 +43,10 @@ impl QueueLimits {
     }
 }
 
-/// At most `limit` starts in any window of `period`.
+/// At most `limit` starts in any window of `period`. Enforced exactly (never
+/// more), from per-bucket counts that cost the same at any rate; the price
+/// is that a full window may admit up to a twentieth less than `limit`
+/// (store/claim.rs, `RATE_BUCKETS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// Starts per window, `1..=MAX_RATE_LIMIT`.

@@ -9,7 +9,9 @@
 //! that first locks the queue's row, then counts what its limits count with
 //! a snapshot taken after the lock ([`claim_limited`]): limited claims of
 //! one queue run one at a time, so two workers can never both see the last
-//! free slot. The plain statement skips a limited queue, so a worker that
+//! free slot. A rate is counted in buckets ([`RATE_BUCKETS`]), so a
+//! claim's cost does not grow with the rate. The plain statement skips a
+//! limited queue, so a worker that
 //! still thinks a queue unlimited cannot overrun a limit set since; it finds
 //! out and takes the limited path.
 
@@ -91,6 +93,14 @@ struct LockedQueue {
     rate_limit: Option<i32>,
     rate_period_ms: Option<i64>,
 }
+
+/// How many buckets a rate period is counted in. A start at time `t` counts
+/// in bucket `floor(t / (period / RATE_BUCKETS))`; a claim at `t` counts
+/// every start in the buckets from the one holding `t - period` to its own,
+/// which holds every start of the window `(t - period, t]` and perhaps a
+/// few older ones. So it never admits more than the rate, and admits at
+/// least `RATE_BUCKETS / (RATE_BUCKETS + 1)` of it over a full window.
+const RATE_BUCKETS: i32 = 20;
 
 /// How far past its free slots a per-key claim looks for jobs of keys
 /// still under their limit: a batch may come back short when one key
@@ -236,10 +246,14 @@ impl Store {
         // this queue committed before the lock was granted.
         let jobs = sqlx::query_as!(
             ClaimedJob,
-            r#"WITH in_window AS (
-                 SELECT s FROM queues q, unnest(q.recent_starts) AS s
+            r#"WITH now_bucket AS (
+                 SELECT floor(extract(epoch FROM statement_timestamp()) * 1000
+                              / ($8::bigint::float8 / $10::int))::bigint AS b
+             ),
+             in_window AS (
+                 SELECT u.b, u.c FROM queues q, unnest(q.rate_buckets, q.rate_counts) AS u(b, c)
                  WHERE q.name = $1 AND $7::int IS NOT NULL
-                   AND s > statement_timestamp() - $8::bigint * interval '1 millisecond'
+                   AND u.b >= (SELECT b FROM now_bucket) - $10
              ),
              running AS (
                  SELECT concurrency_key AS key, count(*) AS n FROM jobs
@@ -250,7 +264,7 @@ impl Store {
                  SELECT GREATEST(0, LEAST(
                      $3::bigint,
                      $5::int - (SELECT COALESCE(sum(n), 0)::bigint FROM running),
-                     $7::int - (SELECT count(*) FROM in_window))) AS n
+                     $7::int - (SELECT COALESCE(sum(c), 0)::bigint FROM in_window))) AS n
              ),
              candidates AS (
                  SELECT j.id, j.priority, j.run_at, j.concurrency_key FROM jobs j
@@ -286,11 +300,17 @@ impl Store {
                            j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
                            j.lease_token, j.attempted_at
              ),
+             counted AS (
+                 SELECT b, sum(c)::int AS c FROM (
+                     SELECT b, c FROM in_window
+                     UNION ALL
+                     SELECT (SELECT b FROM now_bucket), count(*)::int FROM claimed
+                 ) AS starts GROUP BY b
+             ),
              recorded AS (
-                 UPDATE queues SET recent_starts = ARRAY(
-                     SELECT s FROM in_window
-                     UNION ALL SELECT attempted_at FROM claimed
-                     ORDER BY 1)
+                 UPDATE queues
+                 SET rate_buckets = ARRAY(SELECT b FROM counted ORDER BY b),
+                     rate_counts = ARRAY(SELECT c FROM counted ORDER BY b)
                  WHERE name = $1 AND $7::int IS NOT NULL
              )
              SELECT id AS "id!", module_hash AS "module_hash!", queue AS "queue!",
@@ -307,7 +327,8 @@ impl Store {
             locked.max_running_per_key,
             locked.rate_limit,
             locked.rate_period_ms,
-            PER_KEY_LOOKAHEAD
+            PER_KEY_LOOKAHEAD,
+            RATE_BUCKETS
         )
         .fetch_all(&mut *tx)
         .await?;

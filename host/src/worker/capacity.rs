@@ -68,7 +68,8 @@ impl Capacity {
     }
 
     /// Slots free now.
-    pub fn free_slots(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn free_slots(&self) -> usize {
         self.slots.available_permits()
     }
 

@@ -172,13 +172,11 @@ impl Worker {
         let mut next_queue = 0;
         while !shutdown.is_cancelled() {
             let index = next_queue % queues.len();
-            // A limited queue gets no jobs claimed ahead: a job waiting here
-            // for a slot would hold one of the queue's cluster-wide places
-            // while another worker has a free slot.
-            let wanted = match paths[index] {
-                ClaimPath::Plain => capacity.claimable(),
-                ClaimPath::Limited => capacity.claimable().min(capacity.free_slots()),
-            };
+            // A job claimed ahead holds one of a limited queue's places while
+            // it waits here for a slot, but only briefly: claiming ahead
+            // covers PREFETCH_HORIZON of expected work, and none for long
+            // jobs (capacity.rs).
+            let wanted = capacity.claimable();
             if wanted == 0 {
                 tokio::select! {
                     () = capacity.changed() => {}
