@@ -109,14 +109,31 @@ pub struct LimitArgs {
 pub struct LimitFlags {
     /// Most jobs of the queue running at once across all workers.
     #[arg(long, value_name = "N|none", value_parser = count_or_none)]
-    pub max_running: Option<Option<u32>>,
+    pub max_running: Option<OrNone<u32>>,
     /// Most jobs of one concurrency key running at once.
     #[arg(long, value_name = "N|none", value_parser = count_or_none)]
-    pub max_running_per_key: Option<Option<u32>>,
+    pub max_running_per_key: Option<OrNone<u32>>,
     /// Most attempt starts in any window of PERIOD, as N/PERIOD (`20/1s`,
     /// `100/1m`).
     #[arg(long, value_name = "N/PERIOD|none", value_parser = rate_or_none)]
-    pub rate: Option<Option<RateBody>>,
+    pub rate: Option<OrNone<RateBody>>,
+}
+
+/// A limit's value on the command line, or `none` to remove it (a newtype,
+/// as clap reads `Option<Option<T>>` as a flag whose value may be left out).
+#[derive(Debug, Clone)]
+pub struct OrNone<T>(Option<T>);
+
+impl LimitFlags {
+    /// A `PATCH` of these limits: each absent, removed, or set.
+    fn patch(&self) -> PatchQueue {
+        PatchQueue {
+            max_running: self.max_running.clone().map(|limit| limit.0),
+            max_running_per_key: self.max_running_per_key.clone().map(|limit| limit.0),
+            rate: self.rate.clone().map(|rate| rate.0),
+            ..PatchQueue::default()
+        }
+    }
 }
 
 /// How long a queue keeps its finished jobs: a duration (`7d`, `36h`) or
@@ -146,28 +163,28 @@ impl RetentionFlags {
     }
 }
 
-fn count_or_none(text: &str) -> Result<Option<u32>, String> {
+fn count_or_none(text: &str) -> Result<OrNone<u32>, String> {
     if text == "none" {
-        return Ok(None);
+        return Ok(OrNone(None));
     }
     text.parse()
-        .map(Some)
+        .map(|count| OrNone(Some(count)))
         .map_err(|_| "expected a whole number or none".to_owned())
 }
 
-fn rate_or_none(text: &str) -> Result<Option<RateBody>, String> {
+fn rate_or_none(text: &str) -> Result<OrNone<RateBody>, String> {
     if text == "none" {
-        return Ok(None);
+        return Ok(OrNone(None));
     }
     let (limit, period) = text
         .split_once('/')
         .ok_or_else(|| "expected N/PERIOD, such as 20/1s, or none".to_owned())?;
-    Ok(Some(RateBody {
+    Ok(OrNone(Some(RateBody {
         limit: limit
             .parse()
             .map_err(|_| format!("{limit:?} is not a whole number"))?,
         period: period.to_owned(),
-    }))
+    })))
 }
 
 /// Runs a `taskflow queue` command.
@@ -196,11 +213,8 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
         }
         QueueCommand::Limit(args) => {
             let patch = PatchQueue {
-                max_running: args.limits.max_running,
-                max_running_per_key: args.limits.max_running_per_key,
-                rate: args.limits.rate,
                 retention: args.retention.body(),
-                ..PatchQueue::default()
+                ..args.limits.patch()
             };
             let queue = args.client.client().patch_queue(&args.name, &patch).await?;
             print(&args.client, &queue, || describe_queue(&queue))
@@ -224,6 +238,7 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
 }
 
 fn settings_from_flags(args: &SetArgs) -> PutQueue {
+    let limits = args.limits.patch();
     let secrets = args
         .secrets
         .iter()
@@ -241,9 +256,9 @@ fn settings_from_flags(args: &SetArgs) -> PutQueue {
         allowed_hosts: args.allowed_hosts.clone(),
         config: args.config.iter().cloned().collect::<BTreeMap<_, _>>(),
         secrets,
-        max_running: args.limits.max_running.flatten(),
-        max_running_per_key: args.limits.max_running_per_key.flatten(),
-        rate: args.limits.rate.clone().flatten(),
+        max_running: limits.max_running.flatten(),
+        max_running_per_key: limits.max_running_per_key.flatten(),
+        rate: limits.rate.flatten(),
         retention: args.retention.body(),
     }
 }

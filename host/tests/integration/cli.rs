@@ -239,3 +239,80 @@ async fn the_queue_commands_grant_hosts_config_and_a_secret_read_from_the_enviro
     assert_refused(&refused, "allowed_hosts[0]");
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_limits_pauses_and_resumes_a_queue_and_names_and_removes_modules() {
+    let (app, hello) = TestApp::start_with_plugin("hello").await;
+    let noop = app.upload("noop").await;
+    let url = app.url.clone();
+    let cli = move |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+            all.extend(["--api", &url]);
+            taskflow(&all)
+        })
+    };
+    let args = |text: &str| text.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let ok = |output: Output| {
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+
+    let limited = ok(cli(args(
+        "queue limit emails --max-running 3 --rate 20/1s --retain-succeeded 1d",
+    ))
+    .await
+    .unwrap());
+    assert!(limited.contains("at most 3 running"), "{limited}");
+    assert!(limited.contains("at most 20 starts per 1s"), "{limited}");
+    assert!(limited.contains("keep   succeeded jobs 1day"), "{limited}");
+    let lifted = ok(cli(args("queue limit emails --max-running none --json"))
+        .await
+        .unwrap());
+    let view: Value = serde_json::from_str(&lifted).unwrap();
+    assert_eq!(view["max_running"], Value::Null);
+    assert_eq!(view["rate"]["limit"], 20, "the other limits stay");
+    assert!(ok(cli(args("queue pause emails")).await.unwrap()).contains("paused"));
+    let resumed = ok(cli(args("queue resume emails --json")).await.unwrap());
+    assert_eq!(
+        serde_json::from_str::<Value>(&resumed).unwrap()["paused"],
+        false
+    );
+    assert_refused(
+        &cli(args("queue limit emails --rate 5/10ms")).await.unwrap(),
+        "rate.period",
+    );
+
+    ok(cli(args(&format!("module name {hello} greeter:stable")))
+        .await
+        .unwrap());
+    let moved = ok(cli(args(&format!("module name {noop} greeter:stable")))
+        .await
+        .unwrap());
+    assert!(moved.contains(&format!("(was {hello})")), "{moved}");
+    let rolled = ok(cli(args("module rollback greeter:stable")).await.unwrap());
+    assert!(
+        rolled.contains(&format!("greeter:stable -> {hello}")),
+        "{rolled}"
+    );
+    let history = ok(cli(args("module names greeter:stable")).await.unwrap());
+    assert_eq!(
+        history.lines().count(),
+        4,
+        "the name and its 3 moves: {history}"
+    );
+    let submitted = ok(cli(args(
+        "job submit --module greeter:stable --queue emails --input {} --json",
+    ))
+    .await
+    .unwrap());
+    let job: Value = serde_json::from_str(&submitted).unwrap();
+    assert_eq!(job["module"], hello.as_str());
+    assert_refused(
+        &cli(args(&format!("module rm {hello}"))).await.unwrap(),
+        "module_in_use",
+    );
+    assert!(ok(cli(args(&format!("module rm {noop}"))).await.unwrap()).contains("deleted"));
+    app.finish().await;
+}
