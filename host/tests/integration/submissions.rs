@@ -33,10 +33,16 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
         invalid_field("surprise", job(r#""surprise": true"#)),
         invalid_field("input", format!(r#"{{"module": "{module}"}}"#)),
         (
-            r#"{"module": "nope", "input": 1}"#.into(),
+            r#"{"module": "Not-A-Hash", "input": 1}"#.into(),
             StatusCode::BAD_REQUEST,
             "invalid_hash",
             "module",
+        ),
+        (
+            r#"{"module": "nope", "input": 1}"#.into(),
+            StatusCode::NOT_FOUND,
+            "module_not_found",
+            "no module is named nope",
         ),
         (
             format!(r#"{{"module": "{unknown}", "input": 1}}"#),
