@@ -93,7 +93,14 @@ async fn parallel_maximum_size_batches_hold_no_more_memory_than_the_in_flight_bu
         .api_process(&[("TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", &BUDGET.to_string())])
         .await;
     let (module, _) = api.client.push_module(plugin("hello")).await.unwrap();
-    let http = reqwest::Client::new();
+    // The server reads one of these bodies at a time and lets the others
+    // wait (their sends stall on a full window); reqwest's default
+    // TCP_USER_TIMEOUT of 30 s would give up on a waiting one on a slow
+    // machine, which is the client's choice, not what this test measures.
+    let http = reqwest::Client::builder()
+        .tcp_user_timeout(None)
+        .build()
+        .unwrap();
     let submit = |body: String| {
         http.post(format!("{}/v1/jobs/batch", api.url))
             .header("content-type", "application/json")
