@@ -258,6 +258,7 @@ impl Store {
              running AS (
                  SELECT concurrency_key AS key, count(*) AS n FROM jobs
                  WHERE state = 'running' AND queue = $1
+                   AND ($5::int IS NOT NULL OR $6::int IS NOT NULL)
                  GROUP BY concurrency_key
              ),
              budget AS (
