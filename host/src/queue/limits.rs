@@ -83,12 +83,14 @@ impl LimitsSpec {
     /// The first field out of range, named as the client wrote it
     /// (`max_running`, `rate.period`).
     pub fn resolve(&self) -> Result<QueueLimits, FieldError> {
-        let count = |field: &str, value: Option<u32>, max: u32| match value {
-            None => Ok(None),
-            Some(value) if value <= max => NonZeroU32::new(value)
-                .map(Some)
-                .ok_or_else(|| FieldError::invalid(field, format!("must be 1 to {max}"))),
-            Some(_) => Err(FieldError::invalid(field, format!("must be 1 to {max}"))),
+        let count = |field: &str, value: Option<u32>, max: u32| {
+            value
+                .map(|value| {
+                    NonZeroU32::new(value)
+                        .filter(|value| value.get() <= max)
+                        .ok_or_else(|| FieldError::invalid(field, format!("must be 1 to {max}")))
+                })
+                .transpose()
         };
         let rate = match &self.rate {
             None => None,

@@ -87,6 +87,9 @@ pub struct Claimed {
 
 /// A limited queue's row, read under its lock.
 struct LockedQueue {
+    /// `queues.limited`: paused or any limit set (the one definition of it
+    /// is the generated column).
+    limited: bool,
     paused: bool,
     max_running: Option<i32>,
     max_running_per_key: Option<i32>,
@@ -213,18 +216,13 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let locked = sqlx::query_as!(
             LockedQueue,
-            "SELECT paused, max_running, max_running_per_key, rate_limit, rate_period_ms
+            "SELECT limited, paused, max_running, max_running_per_key, rate_limit, rate_period_ms
              FROM queues WHERE name = $1 FOR UPDATE",
             queue
         )
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(locked) = locked.filter(|q| {
-            q.paused
-                || q.max_running.is_some()
-                || q.max_running_per_key.is_some()
-                || q.rate_limit.is_some()
-        }) else {
+        let Some(locked) = locked.filter(|q| q.limited) else {
             // The limits were lifted since this worker last looked.
             tx.commit().await?;
             let jobs = self
