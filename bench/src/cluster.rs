@@ -195,12 +195,19 @@ impl Deployment {
 
     /// Database calls the workers have made, by their `/metrics`.
     pub async fn worker_db_calls(&self) -> anyhow::Result<u64> {
+        self.worker_db_calls_of("").await
+    }
+
+    /// Database calls the workers have made of the store functions whose
+    /// names start with `prefix` (`claim`: every claim statement).
+    pub async fn worker_db_calls_of(&self, prefix: &str) -> anyhow::Result<u64> {
+        let series = format!("taskflow_db_calls_total{{statement=\"{prefix}");
         let mut total = 0;
         for worker in &self.processes.workers {
             let text = worker.metrics().await?;
             total += text
                 .lines()
-                .filter(|line| line.starts_with("taskflow_db_calls_total"))
+                .filter(|line| line.starts_with(&series))
                 .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>() as u64;
         }

@@ -11,6 +11,7 @@
 mod cluster;
 mod http;
 mod in_process;
+mod operations;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -78,6 +79,10 @@ pub enum Scenario {
     Cpu,
     /// Outbound HTTP: the host's cost per request, and a drain of jobs that each make one GET.
     Http,
+    /// `GET /v1/queues` on an empty database, then with 10,000,000 jobs in 20 queues.
+    ListQueues,
+    /// The drain, alternately alone and while the pruner deletes 1,000,000 expired jobs.
+    PruneDrain,
 }
 
 /// One figure of one run.

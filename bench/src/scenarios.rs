@@ -15,8 +15,8 @@ use taskflow::store::Store;
 use taskflow_testkit::percentile;
 
 use super::cluster::{Deployment, Target};
-use super::in_process;
 use super::{Figure, Scenario};
+use super::{in_process, operations};
 
 /// Runs one scenario once.
 pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Result<Vec<Figure>> {
@@ -26,13 +26,19 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
         Scenario::Submit => submit(target, scaled(20_000), 1).await,
         Scenario::SubmitConcurrent => submit(target, scaled(20_000), 32).await,
         Scenario::SubmitBatch => submit_batch(target, scaled(100)).await,
-        Scenario::Drain => Ok(drain(target, scaled(20_000), None).await?.figures),
+        Scenario::Drain => Ok(drain(target, scaled(20_000), &DrainSetup::default())
+            .await?
+            .figures),
         Scenario::DrainLimited => drain_limited(target, scaled(20_000)).await,
         Scenario::Latency => latency(target, scaled(4_000)).await,
         Scenario::Sandbox => in_process::sandbox(target, scaled(20_000)).await,
         Scenario::Cache => in_process::cache(target).await,
         Scenario::Cpu => cpu(target, scaled(200)).await,
         Scenario::Http => super::http::http(target, scaled(2_000), scaled(2_000)).await,
+        Scenario::ListQueues => operations::list_queues(target, scaled(10_000_000)).await,
+        Scenario::PruneDrain => {
+            operations::prune_while_draining(target, scaled(20_000), scaled(1_000_000)).await
+        }
     }
 }
 
@@ -44,7 +50,7 @@ pub(crate) fn job(module: &str) -> SubmitJob {
     }
 }
 
-fn progress(length: usize, what: &str) -> ProgressBar {
+pub(crate) fn progress(length: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(length as u64);
     bar.set_style(
         ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}}"))
@@ -190,14 +196,39 @@ pub(crate) async fn warm_deployment(
     Ok((deployment, module))
 }
 
+/// What a drain runs against.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DrainSetup {
+    /// Settings of the drained queue.
+    pub limits: Option<PutQueue>,
+    /// Finished jobs past their retention, on queue [`EXPIRED_QUEUE`], for
+    /// the pruner to delete while the drain runs.
+    pub expired_jobs: u64,
+}
+
+/// The queue of [`DrainSetup::expired_jobs`].
+pub(crate) const EXPIRED_QUEUE: &str = "archive";
+
 /// A drain's figures, and its rate for comparisons.
-struct Drained {
-    figures: Vec<Figure>,
-    jobs_per_second: f64,
+pub(crate) struct Drained {
+    pub figures: Vec<Figure>,
+    pub jobs_per_second: f64,
     /// PostgreSQL commits per drained job (every client's).
-    commits_per_job: f64,
+    pub commits_per_job: f64,
     /// The workers' store calls per drained job.
-    calls_per_job: f64,
+    pub calls_per_job: f64,
+    /// The workers' claims per drained job.
+    pub claims_per_job: f64,
+    /// How fast the pruner deleted [`DrainSetup::expired_jobs`].
+    pub pruning: Option<PruneRates>,
+}
+
+/// Expired jobs deleted per second.
+pub(crate) struct PruneRates {
+    /// While the drain ran.
+    pub while_draining: f64,
+    /// After it, with the workers idle.
+    pub alone: f64,
 }
 
 /// The limits of the limited drain: far above what two workers can run at
@@ -221,9 +252,13 @@ async fn drain_limited(target: &Target, count: usize) -> anyhow::Result<Vec<Figu
     let mut limited = Vec::new();
     let mut last = None;
     for _ in 0..2 {
-        let without = drain(target, count, None).await?;
+        let without = drain(target, count, &DrainSetup::default()).await?;
         unlimited.push(without.jobs_per_second);
-        let with_limits = drain(target, count, Some(limits_far_above_the_drain())).await?;
+        let limited_setup = DrainSetup {
+            limits: Some(limits_far_above_the_drain()),
+            ..DrainSetup::default()
+        };
+        let with_limits = drain(target, count, &limited_setup).await?;
         limited.push(with_limits.jobs_per_second);
         last = Some((without, with_limits));
     }
@@ -255,6 +290,18 @@ async fn drain_limited(target: &Target, count: usize) -> anyhow::Result<Vec<Figu
             "report",
         ),
         Figure::new(
+            "worker claims per job, no limits",
+            without.claims_per_job,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "worker claims per job, limited",
+            with_limits.claims_per_job,
+            "calls",
+            "report",
+        ),
+        Figure::new(
             "drained, no limits (best of 2)",
             best(&unlimited),
             "jobs/s",
@@ -275,14 +322,19 @@ async fn drain_limited(target: &Target, count: usize) -> anyhow::Result<Vec<Figu
     ])
 }
 
-/// Queues `count` no-op jobs on a queue set to `limits`, then lets two
-/// workers drain them.
-async fn drain(target: &Target, count: usize, limits: Option<PutQueue>) -> anyhow::Result<Drained> {
+/// Queues `count` no-op jobs as `setup` says, then lets two workers drain
+/// them.
+pub(crate) async fn drain(
+    target: &Target,
+    count: usize,
+    setup: &DrainSetup,
+) -> anyhow::Result<Drained> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (mut deployment, module) = warm_deployment(target, 2, cores, "noop").await?;
-    if let Some(limits) = &limits {
+    if let Some(limits) = &setup.limits {
         deployment.client.put_queue("default", limits).await?;
     }
+    operations::insert_expired(deployment.store(), &module, setup.expired_jobs).await?;
     let warmup = 8;
     for _ in 0..warmup {
         deployment.client.submit(&job(&module)).await?;
@@ -308,11 +360,18 @@ async fn drain(target: &Target, count: usize, limits: Option<PutQueue>) -> anyho
             .await?;
         remaining -= size;
     }
-    let (commits_before, calls_before, statements_before) = (
+    let (commits_before, calls_before, claims_before, statements_before) = (
         deployment.store().commits().await?,
         deployment.worker_db_calls().await?,
+        deployment.worker_db_calls_of("claim").await?,
         deployment.store().statements_run().await,
     );
+    // Nothing starts before the jobs fall due: the pruner's rate is
+    // measured over the drain itself.
+    let until_due = (run_at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(until_due).await;
+    let expired_before = operations::expired_left(deployment.store()).await?;
+    let drain_started = Instant::now();
     let mut peak_rss_bytes = 0;
     {
         let wait = wait_succeeded(deployment.store(), warmup + count, "draining");
@@ -333,6 +392,19 @@ async fn drain(target: &Target, count: usize, limits: Option<PutQueue>) -> anyho
         .await?
         .context("no job was drained")?;
     let calls = deployment.worker_db_calls().await? - calls_before;
+    let claims = deployment.worker_db_calls_of("claim").await? - claims_before;
+    let pruning = if setup.expired_jobs > 0 {
+        let while_draining = (expired_before - operations::expired_left(deployment.store()).await?)
+            as f64
+            / drain_started.elapsed().as_secs_f64();
+        let alone = operations::prune_rate_alone(deployment.store()).await?;
+        Some(PruneRates {
+            while_draining,
+            alone,
+        })
+    } else {
+        None
+    };
     deployment.stop_workers().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let commits = deployment.store().commits().await? - commits_before;
@@ -372,6 +444,8 @@ async fn drain(target: &Target, count: usize, limits: Option<PutQueue>) -> anyho
         jobs_per_second: count as f64 / drained_s,
         commits_per_job: commits as f64 / count as f64,
         calls_per_job: calls as f64 / count as f64,
+        claims_per_job: claims as f64 / count as f64,
+        pruning,
     })
 }
 

@@ -48,12 +48,30 @@ impl BodyLimit for PatchQueue {
     }
 }
 
-/// `GET /v1/queues`: every configured queue.
+/// `GET /v1/queues`: every queue configured or holding jobs, with what it
+/// is doing. Reads counters, not jobs (store/queue_stats.rs).
 async fn list(State(state): State<ApiState>) -> Result<Json<QueueList>, ApiError> {
-    let queues = state.store.list_queues().await?;
-    Ok(Json(QueueList {
-        queues: queues.into_iter().map(Into::into).collect(),
-    }))
+    let mut stats = state.store.queue_stats(None).await?;
+    let mut records: BTreeMap<String, QueueRecord> = state
+        .store
+        .list_queues()
+        .await?
+        .into_iter()
+        .map(|record| (record.name.clone(), record))
+        .collect();
+    for name in stats.keys() {
+        records
+            .entry(name.clone())
+            .or_insert_with(|| QueueRecord::unconfigured(name));
+    }
+    let queues = records
+        .into_values()
+        .map(|record| {
+            let stats = stats.remove(&record.name).unwrap_or_default();
+            QueueView::new(record, stats)
+        })
+        .collect();
+    Ok(Json(QueueList { queues }))
 }
 
 /// `GET /v1/queues/{name}`: a queue never configured grants nothing.
@@ -62,7 +80,14 @@ async fn get_one(
     PathParams(name): PathParams<String>,
 ) -> Result<Json<QueueView>, ApiError> {
     check_queue_name("name", &name)?;
-    Ok(Json(state.store.queue(&name).await?.into()))
+    view(&state, state.store.queue(&name).await?).await
+}
+
+/// `record` with its stats.
+async fn view(state: &ApiState, record: QueueRecord) -> Result<Json<QueueView>, ApiError> {
+    let stats = state.store.queue_stats(Some(&record.name)).await?;
+    let stats = stats.into_values().next().unwrap_or_default();
+    Ok(Json(QueueView::new(record, stats)))
 }
 
 /// `PUT /v1/queues/{name}`: replaces the queue's settings (not whether it
@@ -74,7 +99,7 @@ async fn put_one(
 ) -> Result<Json<QueueView>, ApiError> {
     check_queue_name("name", &name)?;
     let record = write_settings(&state, &name, QueueSpec::from(request), None).await?;
-    Ok(Json(record.into()))
+    view(&state, record).await
 }
 
 /// How many times a `PATCH` reads and writes again when another change of
@@ -99,7 +124,7 @@ async fn patch_one(
                 code: "queue_changed",
                 ..
             }) if attempts < PATCH_ATTEMPTS => continue,
-            written => return Ok(Json(written?.into())),
+            written => return view(&state, written?).await,
         }
     }
 }
@@ -129,7 +154,7 @@ async fn set_paused(
     check_queue_name("name", &name)?;
     let record = state.store.set_queue_paused(&name, paused).await?;
     tracing::info!(queue = %name, paused, "queue paused or resumed");
-    Ok(Json(record.into()))
+    view(&state, record).await
 }
 
 /// Checks `spec`, seals its new secret values and writes it (if the queue

@@ -12,7 +12,8 @@ use uuid::Uuid;
 pub mod queues;
 
 pub use queues::{
-    PatchQueue, PutQueue, PutSecret, QueueList, QueueView, RateBody, RetentionBody, SecretView,
+    ActivityView, JobCountsView, PatchQueue, PutQueue, PutSecret, QueueList, QueueStatsView,
+    QueueView, RateBody, RetentionBody, SecretView,
 };
 
 use crate::job::{AttemptOutcome, FieldError, JobInput, JobSpec, JobState, attempts_used};

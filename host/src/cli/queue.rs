@@ -9,7 +9,9 @@ use clap::{Args, Subcommand};
 
 use super::ClientArgs;
 use super::client::print;
-use crate::api::types::{PatchQueue, PutQueue, PutSecret, QueueView, RateBody, RetentionBody};
+use crate::api::types::{
+    PatchQueue, PutQueue, PutSecret, QueueStatsView, QueueView, RateBody, RetentionBody,
+};
 use crate::queue::SecretValue;
 
 /// `taskflow queue …`.
@@ -44,7 +46,8 @@ pub enum QueueCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List configured queues.
+    /// List every queue configured or holding jobs, with its jobs per
+    /// state and its last minute's and hour's attempts.
     List {
         /// API address and output format.
         #[command(flatten)]
@@ -229,10 +232,7 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
         }
         QueueCommand::List { client } => {
             let list = client.client().list_queues().await?;
-            print(&client, &list, || {
-                let lines: Vec<String> = list.queues.iter().map(describe_queue).collect();
-                lines.join("\n\n")
-            })
+            print(&client, &list, || queue_table(&list.queues))
         }
     }
 }
@@ -281,8 +281,80 @@ fn key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "expected KEY=VALUE".to_owned())
 }
 
+/// One line per queue: its jobs and attempts, and its limit.
+fn queue_table(queues: &[QueueView]) -> String {
+    let mut lines = vec![format!(
+        "{:<24} {:>9} {:>9} {:>9} {:>10} {:>8} {:>11} {:>11} {:>9}",
+        "QUEUE",
+        "WAITING",
+        "OLDEST",
+        "RUNNING",
+        "SUCCEEDED",
+        "DEAD",
+        "STARTS 1m",
+        "FAILS 1m",
+        "STARTS 1h"
+    )];
+    for queue in queues {
+        let jobs = &queue.stats.jobs;
+        let running = match queue.max_running {
+            Some(max) => format!("{}/{max}", jobs.running),
+            None => jobs.running.to_string(),
+        };
+        let name = if queue.paused {
+            format!("{} (paused)", queue.name)
+        } else {
+            queue.name.clone()
+        };
+        lines.push(format!(
+            "{name:<24} {:>9} {:>9} {running:>9} {:>10} {:>8} {:>11} {:>11} {:>9}",
+            jobs.scheduled + jobs.available + jobs.retrying,
+            oldest_age(&queue.stats),
+            jobs.succeeded,
+            jobs.dead,
+            queue.stats.last_minute.started,
+            queue.stats.last_minute.failed,
+            queue.stats.last_hour.started
+        ));
+    }
+    lines.join("\n")
+}
+
+/// How long the oldest available job has waited, for people: `-` if none.
+fn oldest_age(stats: &QueueStatsView) -> String {
+    match stats.oldest_available_age_ms {
+        None => "-".to_owned(),
+        Some(ms) if ms < 10_000 => format!("{ms}ms"),
+        Some(ms) if ms < 600_000 => format!("{}s", ms / 1000),
+        Some(ms) if ms < 36_000_000 => format!("{}m", ms / 60_000),
+        Some(ms) => format!("{}h", ms / 3_600_000),
+    }
+}
+
 fn describe_queue(queue: &QueueView) -> String {
     let mut lines = vec![format!("queue {}", queue.name)];
+    let jobs = &queue.stats.jobs;
+    lines.push(format!(
+        "  jobs   {} scheduled, {} available (oldest waiting {}), {} running, {} retrying, \
+         {} succeeded, {} dead, {} cancelled",
+        jobs.scheduled,
+        jobs.available,
+        oldest_age(&queue.stats),
+        jobs.running,
+        jobs.retrying,
+        jobs.succeeded,
+        jobs.dead,
+        jobs.cancelled
+    ));
+    for (window, activity) in [
+        ("minute", &queue.stats.last_minute),
+        ("hour", &queue.stats.last_hour),
+    ] {
+        lines.push(format!(
+            "  last {window}: {} started, {} succeeded, {} failed",
+            activity.started, activity.succeeded, activity.failed
+        ));
+    }
     if queue.created_at.is_none() {
         lines.push("  never configured: grants nothing".to_owned());
     }

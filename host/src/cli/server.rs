@@ -17,7 +17,7 @@ use crate::config::{
     WorkerConfig,
 };
 use crate::lease::{Leases, Redis, Waker};
-use crate::maintenance::{self, Elector, Pruner, Rescuer, Scheduler};
+use crate::maintenance::{self, CounterFolder, Elector, Pruner, Rescuer, Scheduler};
 use crate::queue::{MalformedSecretKey, SecretKey};
 use crate::sandbox::Compiler;
 use crate::store::Store;
@@ -173,13 +173,15 @@ pub fn spawn_worker(
         retry.clone(),
     );
     let pruner = Pruner::new(backends.store.clone());
+    let counter_folder = CounterFolder::new(backends.store.clone());
     let leadership = elector.leadership();
     Ok(tokio::spawn(async move {
         tokio::join!(
             worker.run(shutdown.clone()),
             maintenance::run(scheduler, leadership.clone(), interval, shutdown.clone()),
             maintenance::run(rescuer, leadership.clone(), interval, shutdown.clone()),
-            maintenance::run(pruner, leadership, interval, shutdown.clone()),
+            maintenance::run(pruner, leadership.clone(), interval, shutdown.clone()),
+            maintenance::run(counter_folder, leadership, interval, shutdown.clone()),
             elector.run(shutdown),
         );
     }))

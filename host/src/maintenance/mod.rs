@@ -6,6 +6,8 @@
 //! - [`Rescuer`]: ends attempts whose worker stopped renewing its lease, so
 //!   their jobs run again within seconds of the lease expiring.
 //! - [`Pruner`]: deletes finished jobs past their queue's retention.
+//! - [`CounterFolder`]: folds the log of job transitions into the counters
+//!   the queue listing reads.
 //! - [`Elector`]: which worker runs them ([`elector`]).
 //!
 //! Every service has one shape, [`Service`]: a `run_once` that does one
@@ -17,6 +19,7 @@
 //! statements are guarded and skip locked rows, so the brief overlap of two
 //! leaders that [`elector`] allows costs nothing but duplicate work.
 
+pub mod counter_folder;
 pub mod elector;
 pub mod pruner;
 pub mod rescuer;
@@ -28,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use counter_folder::CounterFolder;
 pub use elector::{Elector, Leadership};
 pub use pruner::Pruner;
 pub use rescuer::{RescueCounts, Rescuer};

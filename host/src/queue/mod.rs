@@ -12,15 +12,19 @@
 //! - [`limits`]: how its jobs may start ([`QueueLimits`]): cluster-wide
 //!   concurrency, per key, and a start rate.
 //! - [`retention`]: how long its finished jobs are kept ([`Retention`]).
+//! - [`stats`]: what it is doing ([`QueueStats`]): jobs per state, recent
+//!   starts and failures.
 
 pub mod allowed_host;
 pub mod limits;
 pub mod retention;
 pub mod secret_key;
 pub mod settings;
+pub mod stats;
 
 pub use allowed_host::{AllowedHost, InvalidAllowedHost, Scheme, is_public_address};
 pub use limits::{LimitsSpec, QueueLimits, Rate, RateSpec};
 pub use retention::{KeepFor, Retention, RetentionSpec};
 pub use secret_key::{MalformedSecretKey, SealedSecret, SecretKey, WrongSecretKey};
 pub use settings::{QueueChange, QueueSettings, QueueSpec, SecretSpec, SecretValue};
+pub use stats::{Activity, JobCounts, QueueStats};

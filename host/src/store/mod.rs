@@ -15,6 +15,8 @@
 //! - [`execution`]: the worker's and the maintenance services' statements:
 //!   finish, lease checks, promotion of due jobs.
 //! - [`prune`]: where finished jobs past their retention are deleted.
+//! - [`queue_stats`]: what each queue is doing, from counters the `jobs`
+//!   triggers keep.
 //! - [`leadership`]: the maintenance leader's term.
 //! - [`state`]: the job state machine.
 
@@ -22,11 +24,13 @@ pub mod actions;
 pub mod claim;
 mod codec;
 pub mod execution;
+pub mod fixtures;
 pub mod jobs;
 pub mod leadership;
 pub mod module_names;
 pub mod modules;
 pub mod prune;
+pub mod queue_stats;
 pub mod queues;
 pub mod records;
 pub mod rescue;
@@ -48,6 +52,7 @@ use crate::job::JobState;
 pub use actions::CancelOutcome;
 pub use claim::{ClaimPath, Claimed, ClaimedJob};
 pub use execution::{FinishedAttempt, LeaseRef};
+pub use fixtures::FillerJobs;
 pub use jobs::JobFilter;
 pub use module_names::{ModuleDeletion, ModuleInUse, NameMove};
 pub use modules::ModuleRecord;

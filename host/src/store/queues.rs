@@ -27,6 +27,19 @@ pub struct QueueRecord {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+impl QueueRecord {
+    /// A queue never configured: it grants nothing and has no limits.
+    pub fn unconfigured(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            settings: QueueSettings::default(),
+            paused: false,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+}
+
 /// What a worker needs to run a job of a queue: its settings and its
 /// secrets, still sealed.
 #[derive(Debug, Clone, Default)]
@@ -166,62 +179,58 @@ impl Store {
     /// The settings of queue `name`; a queue never configured grants
     /// nothing.
     pub async fn queue(&self, name: &str) -> StoreResult<QueueRecord> {
-        let grants = self.queue_grants(name).await?;
-        super::statement("queue_times");
-        let row = sqlx::query!(
-            "SELECT created_at, updated_at, paused FROM queues WHERE name = $1",
-            name
-        )
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(QueueRecord {
-            name: name.to_owned(),
-            settings: grants.settings,
-            paused: row.as_ref().is_some_and(|row| row.paused),
-            created_at: row.as_ref().map(|row| row.created_at),
-            updated_at: row.map(|row| row.updated_at),
-        })
+        let stored = self.stored_queues(Some(name)).await?.pop();
+        Ok(stored.map_or_else(|| QueueRecord::unconfigured(name), |(record, _)| record))
     }
 
     /// Every configured queue, by name.
     pub async fn list_queues(&self) -> StoreResult<Vec<QueueRecord>> {
-        super::statement("list_queues");
-        let names = sqlx::query_scalar!("SELECT name FROM queues ORDER BY name")
-            .fetch_all(self.pool())
-            .await?;
-        let mut queues = Vec::with_capacity(names.len());
-        for name in names {
-            queues.push(self.queue(&name).await?);
-        }
-        Ok(queues)
+        let stored = self.stored_queues(None).await?;
+        Ok(stored.into_iter().map(|(record, _)| record).collect())
     }
 
     /// What queue `name` grants its tasks, with its secrets still sealed.
     /// Two statements; a worker reads them at most once a second per queue
     /// (`worker/grants.rs`).
     pub async fn queue_grants(&self, name: &str) -> StoreResult<QueueGrants> {
-        super::statement("queue_grants");
-        let Some(queue) = sqlx::query!(
-            r#"SELECT allowed_hosts, config AS "config: Json<BTreeMap<String, String>>",
-                      max_running, max_running_per_key, rate_limit, rate_period_ms,
-                      retain_succeeded_s, retain_dead_s, retain_cancelled_s
-               FROM queues WHERE name = $1"#,
-            name
+        let stored = self.stored_queues(Some(name)).await?.pop();
+        Ok(
+            stored.map_or_else(QueueGrants::default, |(record, sealed_secrets)| {
+                QueueGrants {
+                    settings: record.settings,
+                    sealed_secrets,
+                }
+            }),
         )
-        .fetch_optional(self.pool())
-        .await?
-        else {
-            return Ok(QueueGrants::default());
-        };
-        let secrets = sqlx::query!(
-            "SELECT name, allowed_hosts, key_id, nonce, ciphertext
-             FROM queue_secrets WHERE queue = $1 ORDER BY name",
+    }
+
+    /// Queue `name`, or every configured queue (`None`), by name, with
+    /// its sealed secrets. Two statements, whatever the number of queues.
+    async fn stored_queues(
+        &self,
+        name: Option<&str>,
+    ) -> StoreResult<Vec<(QueueRecord, BTreeMap<String, SealedSecret>)>> {
+        super::statement("stored_queues");
+        let queues = sqlx::query!(
+            r#"SELECT name, allowed_hosts, config AS "config: Json<BTreeMap<String, String>>",
+                      max_running, max_running_per_key, rate_limit, rate_period_ms,
+                      retain_succeeded_s, retain_dead_s, retain_cancelled_s,
+                      paused, created_at, updated_at
+               FROM queues WHERE $1::text IS NULL OR name = $1 ORDER BY name"#,
             name
         )
         .fetch_all(self.pool())
         .await?;
-        let mut grants = QueueGrants {
-            settings: QueueSettings {
+        let secrets = sqlx::query!(
+            "SELECT queue, name, allowed_hosts, key_id, nonce, ciphertext
+             FROM queue_secrets WHERE $1::text IS NULL OR queue = $1 ORDER BY queue, name",
+            name
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut stored = BTreeMap::new();
+        for queue in queues {
+            let settings = QueueSettings {
                 allowed_hosts: parse_hosts(queue.allowed_hosts)?,
                 config: queue.config.0,
                 secrets: BTreeMap::new(),
@@ -237,15 +246,25 @@ impl Store {
                     dead: stored_keep(queue.retain_dead_s),
                     cancelled: stored_keep(queue.retain_cancelled_s),
                 },
-            },
-            sealed_secrets: BTreeMap::new(),
-        };
+            };
+            let record = QueueRecord {
+                name: queue.name.clone(),
+                settings,
+                paused: queue.paused,
+                created_at: Some(queue.created_at),
+                updated_at: Some(queue.updated_at),
+            };
+            stored.insert(queue.name, (record, BTreeMap::new()));
+        }
         for secret in secrets {
-            grants
+            let Some((record, sealed)) = stored.get_mut(&secret.queue) else {
+                continue; // its queue's row is newer than this read's first statement
+            };
+            record
                 .settings
                 .secrets
                 .insert(secret.name.clone(), parse_hosts(secret.allowed_hosts)?);
-            grants.sealed_secrets.insert(
+            sealed.insert(
                 secret.name,
                 SealedSecret {
                     key_id: secret.key_id,
@@ -254,7 +273,7 @@ impl Store {
                 },
             );
         }
-        Ok(grants)
+        Ok(stored.into_values().collect())
     }
 
     /// The ids of the keys stored secrets were sealed with, and how many

@@ -2,13 +2,14 @@
 //! the tests and operators' checks. None of them is on a job's path; some
 //! scan whole tables, so none belongs in a request handler.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, StoreResult};
 use crate::job::JobState;
+use crate::queue::JobCounts;
 
 /// When jobs were created, started and finished, for latency figures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +57,24 @@ impl Store {
                 .fetch_one(self.pool())
                 .await?,
         )
+    }
+
+    /// Jobs per queue and state, counted row by row: what the counters of
+    /// store/queue_stats.rs must equal. A scan of `jobs`.
+    pub async fn count_jobs_by_queue(&self) -> StoreResult<BTreeMap<String, JobCounts>> {
+        super::statement("count_jobs_by_queue");
+        let rows = sqlx::query!(
+            r#"SELECT queue, state AS "state: JobState", count(*) AS "jobs!"
+               FROM jobs GROUP BY queue, state"#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut counts: BTreeMap<String, JobCounts> = BTreeMap::new();
+        for row in rows {
+            let jobs = row.jobs.unsigned_abs();
+            counts.entry(row.queue).or_default().set(row.state, jobs);
+        }
+        Ok(counts)
     }
 
     /// How many jobs are in `state`.

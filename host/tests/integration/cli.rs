@@ -229,7 +229,11 @@ async fn the_queue_commands_grant_hosts_config_and_a_secret_read_from_the_enviro
         "{shown}"
     );
     let listed = queue(&["list"]).await.unwrap();
-    assert!(text(&listed.stdout).contains("queue webhooks"));
+    let table = text(&listed.stdout);
+    assert!(
+        table.lines().any(|line| line.starts_with("webhooks ")),
+        "{table}"
+    );
     for output in [&set, &got, &listed] {
         assert!(!text(&output.stdout).contains(SECRET) && !text(&output.stderr).contains(SECRET));
     }
@@ -309,6 +313,10 @@ async fn the_cli_limits_pauses_and_resumes_a_queue_and_names_and_removes_modules
     .unwrap());
     let job: Value = serde_json::from_str(&submitted).unwrap();
     assert_eq!(job["module"], hello.as_str());
+    let table = ok(cli(args("queue list")).await.unwrap());
+    let row = table.lines().find(|line| line.starts_with("emails "));
+    let waiting = row.and_then(|row| row.split_whitespace().nth(1));
+    assert_eq!(waiting, Some("1"), "{table}");
     assert_refused(
         &cli(args(&format!("module rm {hello}"))).await.unwrap(),
         "module_in_use",

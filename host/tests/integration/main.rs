@@ -19,6 +19,7 @@ mod modules_api;
 mod outbound;
 mod plugins;
 mod queue_limits;
+mod queue_stats;
 mod queues_api;
 mod race;
 mod recovery;

@@ -28,6 +28,10 @@ pub struct Report {
     pub overlapping_pairs: usize,
     pub overlaps: Vec<Overlap>,
     pub fencing_violations: i64,
+    /// Queues and states whose count by the queue counters (the listing's,
+    /// migrations/20261205000001_queue_counts.sql) differs from a count of
+    /// the rows.
+    pub counter_mismatches: i64,
     pub stale_outcomes_rejected: usize,
     pub rescued: usize,
     pub rescue_p50_ms: f64,
@@ -71,6 +75,7 @@ impl Report {
             && self.duplicates == 0
             && self.overlapping_pairs == 0
             && self.fencing_violations == 0
+            && self.counter_mismatches == 0
             && self.jobs_succeeded as usize == self.jobs_submitted
             && self.limits.as_ref().is_none_or(LimitsSeen::held)
     }
@@ -108,6 +113,25 @@ pub async fn analyse(
                          WHERE a.job_id = j.id AND a.outcome = 'succeeded' AND a.lease_token = j.lease_token)
              OR (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id AND a.outcome = 'succeeded') <> 1
              OR j.lease_token < (SELECT max(lease_token) FROM job_attempts a WHERE a.job_id = j.id))",
+    )
+    .fetch_one(database)
+    .await?;
+
+    // The counters survive the faults: crashes roll back a statement and
+    // its log rows together.
+    let counter_mismatches: i64 = sqlx::query_scalar(
+        "WITH kept AS (
+             SELECT queue, state, sum(jobs) AS jobs FROM (
+                 SELECT queue, state, jobs FROM queue_state_counts
+                 UNION ALL
+                 SELECT queue, to_state, jobs FROM job_transition_log WHERE to_state IS NOT NULL
+                 UNION ALL
+                 SELECT queue, from_state, -jobs FROM job_transition_log
+                 WHERE from_state IS NOT NULL) logged
+             GROUP BY queue, state HAVING sum(jobs) <> 0),
+         counted AS (SELECT queue, state, count(*) AS jobs FROM jobs GROUP BY queue, state)
+         SELECT count(*) FROM kept FULL JOIN counted USING (queue, state)
+         WHERE kept.jobs IS DISTINCT FROM counted.jobs",
     )
     .fetch_one(database)
     .await?;
@@ -163,6 +187,7 @@ pub async fn analyse(
         overlapping_pairs: overlaps.len(),
         overlaps,
         fencing_violations,
+        counter_mismatches,
         stale_outcomes_rejected: logs.stale_outcomes,
         rescued: rescue_ms.len(),
         rescue_p50_ms: rescue_percentile(50.0),

@@ -441,7 +441,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
     println!(
         "chaos summary: jobs={} terminal={} lost={} duplicates={} overlapping_executions={} \
-         fencing_violations={} stale_outcomes_rejected={} rescued={} rescue_p50={:.0}ms rescue_max={:.0}ms \
+         fencing_violations={} counter_mismatches={} stale_outcomes_rejected={} rescued={} rescue_p50={:.0}ms rescue_max={:.0}ms \
          faults={:?} duration={:.1}s report={}",
         report.jobs_submitted,
         report.jobs_succeeded,
@@ -449,6 +449,7 @@ async fn main() -> anyhow::Result<()> {
         report.duplicates,
         report.overlapping_pairs,
         report.fencing_violations,
+        report.counter_mismatches,
         report.stale_outcomes_rejected,
         report.rescued,
         report.rescue_p50_ms,

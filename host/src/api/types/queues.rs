@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobState;
 use crate::queue::{
-    LimitsSpec, QueueSpec, RateSpec, Retention, RetentionSpec, SecretSpec, SecretValue,
+    Activity, JobCounts, LimitsSpec, QueueSpec, QueueStats, RateSpec, Retention, RetentionSpec,
+    SecretSpec, SecretValue,
 };
 use crate::store::QueueRecord;
 
@@ -247,6 +248,103 @@ pub struct QueueView {
     pub created_at: Option<DateTime<Utc>>,
     /// When they last changed.
     pub updated_at: Option<DateTime<Utc>>,
+    /// What it is doing: exact counts, read from counters.
+    pub stats: QueueStatsView,
+}
+
+/// What a queue is doing (`queue::QueueStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatsView {
+    /// Its jobs per state; `running` is what `max_running` limits.
+    pub jobs: JobCountsView,
+    /// How long the job due longest has waited for a worker, in
+    /// milliseconds (absent: no job is available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_available_age_ms: Option<u64>,
+    /// Attempts of the last minute (to within 10 s).
+    pub last_minute: ActivityView,
+    /// Attempts of the last hour (to within 10 s).
+    pub last_hour: ActivityView,
+}
+
+/// Jobs per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCountsView {
+    /// Waiting for their `run_at`.
+    pub scheduled: u64,
+    /// Due, waiting for a worker.
+    pub available: u64,
+    /// Running now.
+    pub running: u64,
+    /// Waiting out a backoff.
+    pub retrying: u64,
+    /// Finished with an output.
+    pub succeeded: u64,
+    /// Failed for good.
+    pub dead: u64,
+    /// Stopped by a user.
+    pub cancelled: u64,
+}
+
+/// Attempts in a window of time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityView {
+    /// Attempts started.
+    pub started: u64,
+    /// Attempts that ended with their job succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed (the job went on to `retrying` or `dead`).
+    pub failed: u64,
+}
+
+impl JobCountsView {
+    /// Jobs in any state.
+    pub fn total(&self) -> u64 {
+        self.scheduled
+            + self.available
+            + self.running
+            + self.retrying
+            + self.succeeded
+            + self.dead
+            + self.cancelled
+    }
+}
+
+impl From<QueueStats> for QueueStatsView {
+    fn from(stats: QueueStats) -> Self {
+        Self {
+            jobs: stats.jobs.into(),
+            oldest_available_age_ms: stats
+                .oldest_available_age
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            last_minute: stats.last_minute.into(),
+            last_hour: stats.last_hour.into(),
+        }
+    }
+}
+
+impl From<JobCounts> for JobCountsView {
+    fn from(counts: JobCounts) -> Self {
+        Self {
+            scheduled: counts.get(JobState::Scheduled),
+            available: counts.get(JobState::Available),
+            running: counts.get(JobState::Running),
+            retrying: counts.get(JobState::Retrying),
+            succeeded: counts.get(JobState::Succeeded),
+            dead: counts.get(JobState::Dead),
+            cancelled: counts.get(JobState::Cancelled),
+        }
+    }
+}
+
+impl From<Activity> for ActivityView {
+    fn from(activity: Activity) -> Self {
+        Self {
+            started: activity.started,
+            succeeded: activity.succeeded,
+            failed: activity.failed,
+        }
+    }
 }
 
 /// A secret as the API shows it: where it may go, not what it is.
@@ -256,15 +354,16 @@ pub struct SecretView {
     pub allowed_hosts: Vec<String>,
 }
 
-/// `GET /v1/queues`: every configured queue, by name.
+/// `GET /v1/queues`: every queue configured or holding jobs, by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueList {
     /// The queues.
     pub queues: Vec<QueueView>,
 }
 
-impl From<QueueRecord> for QueueView {
-    fn from(record: QueueRecord) -> Self {
+impl QueueView {
+    /// Queue `record` doing `stats`.
+    pub fn new(record: QueueRecord, stats: QueueStats) -> Self {
         let limits = LimitsSpec::from(record.settings.limits);
         let texts =
             |hosts: &[crate::queue::AllowedHost]| hosts.iter().map(ToString::to_string).collect();
@@ -292,6 +391,7 @@ impl From<QueueRecord> for QueueView {
             retention: retention_view(&record.settings.retention),
             created_at: record.created_at,
             updated_at: record.updated_at,
+            stats: stats.into(),
         }
     }
 }

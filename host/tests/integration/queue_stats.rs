@@ -1,0 +1,178 @@
+//! The queue listing's counts (store/queue_stats.rs): kept by the `jobs`
+//! triggers, they equal a count of the rows after every kind of statement
+//! that moves jobs, folded or not, and a running cluster shows them at
+//! `GET /v1/queues`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
+use taskflow::queue::{Activity, JobCounts, QueueStats};
+use taskflow::store::{ClaimPath, Store};
+
+use crate::support::{TestApp, new_job, rescue, success, test_database};
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// The counters, queue by queue, against a count of the rows.
+async fn assert_counts_exact(store: &Store, after: &str) {
+    let kept: BTreeMap<String, JobCounts> = store
+        .queue_stats(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, stats)| stats.jobs.total() > 0)
+        .map(|(queue, stats)| (queue, stats.jobs))
+        .collect();
+    let counted = store.count_jobs_by_queue().await.unwrap();
+    assert_eq!(kept, counted, "after {after}");
+}
+
+fn failed(next: AfterFailure) -> AttemptEnd {
+    AttemptEnd::Failed {
+        failure: Failure::new(FailureKind::GuestError, "no"),
+        next,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_not() {
+    let db = test_database().await;
+    let store = db.store();
+    let module = "a".repeat(64);
+    store.insert_module(&module, b"\0asm").await.unwrap();
+    let on = |queue: &str, run_at| NewJob {
+        queue: queue.into(),
+        run_at,
+        ..new_job(&module)
+    };
+    let later = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    let mut jobs: Vec<NewJob> = (0..10).map(|_| on("default", None)).collect();
+    jobs.extend((0..3).map(|_| on("other", later)));
+    jobs.push(on("other", None));
+    store.insert_jobs(&jobs).await.unwrap();
+    assert_counts_exact(store, "submissions").await;
+    let unknown = NewJob {
+        module_hash: "b".repeat(64),
+        ..on("default", None)
+    };
+    store.insert_jobs(&[unknown]).await.unwrap_err();
+    assert_counts_exact(store, "a refused submission").await;
+
+    let claimed = store
+        .claim("default", "w1", 6, TTL, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), 6);
+    assert_counts_exact(store, "a claim").await;
+    assert!(store.fold_job_transitions().await.unwrap() > 0);
+    assert_counts_exact(store, "a fold").await;
+
+    let retry_now = AfterFailure::Retry {
+        delay: Duration::ZERO,
+    };
+    let ends = [
+        success(&claimed[0], "w1", b"{}"),
+        success(&claimed[1], "w1", b"{}"),
+        crate::support::finished(&claimed[2], "w1", failed(retry_now)),
+        crate::support::finished(&claimed[3], "w1", failed(AfterFailure::Dead)),
+        rescue(&claimed[4], "w1"),
+    ];
+    store.finish_if_lease_matches(&ends).await.unwrap();
+    assert_counts_exact(store, "finishes").await;
+
+    store
+        .cancel_if_unfinished(claimed[5].id, "enough")
+        .await
+        .unwrap();
+    store
+        .cancel_if_unfinished(jobs[9].id, "enough")
+        .await
+        .unwrap();
+    assert_counts_exact(store, "cancels").await;
+    store.promote_due(100).await.unwrap();
+    assert_counts_exact(store, "promotions").await;
+    store.fold_job_transitions().await.unwrap();
+    assert_counts_exact(store, "a second fold").await;
+    store.requeue_if_finished(claimed[3].id).await.unwrap();
+    assert_counts_exact(store, "a retry by a user").await;
+    store.delete_if_finished(claimed[0].id).await.unwrap();
+    assert_counts_exact(store, "a deletion").await;
+
+    let stats = store.queue_stats(None).await.unwrap();
+    let expected = Activity {
+        started: 6,
+        succeeded: 2,
+        failed: 3,
+    };
+    assert_eq!(stats["default"].last_minute, expected);
+    assert_eq!(stats["default"].last_hour, expected);
+    assert_eq!(stats["other"].last_hour, Activity::default());
+    assert!(stats["default"].oldest_available_age.is_some());
+    // Only `other`'s scheduled jobs and one available one are left.
+    assert_eq!(stats["other"].jobs.get(JobState::Scheduled), 3);
+    store.fold_job_transitions().await.unwrap();
+    assert_eq!(store.fold_job_transitions().await.unwrap(), 0);
+    // Folded, the same counts (the ages have grown).
+    let without_ages = |stats: BTreeMap<String, QueueStats>| {
+        let mut stats = stats;
+        for queue in stats.values_mut() {
+            queue.oldest_available_age = None;
+        }
+        stats
+    };
+    assert_eq!(
+        without_ages(store.queue_stats(None).await.unwrap()),
+        without_ages(stats)
+    );
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listing_shows_every_queue_with_its_jobs_activity_and_oldest_waiting_job() {
+    let (app, module) = TestApp::start_running("hello").await;
+    let (status, _) = app.post_json("/v1/queues/held/pause", "").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    for _ in 0..3 {
+        app.submit_with(taskflow::api::types::SubmitJob {
+            queue: Some("held".into()),
+            ..crate::support::single_attempt(&module, json!({"name": "later"}))
+        })
+        .await;
+    }
+    for name in ["a", "b"] {
+        let job = app.run(&module, json!({ "name": name })).await;
+        assert_eq!(job.state, JobState::Succeeded);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let (status, list) = app.get_json("/v1/queues").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{list}");
+    let queues = list["queues"].as_array().unwrap();
+    let names: Vec<&str> = queues.iter().map(|q| q["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "held"], "{list}");
+    let default = &queues[0]["stats"];
+    assert_eq!(default["jobs"]["succeeded"], 2, "{default}");
+    assert_eq!(default["jobs"]["available"], 0, "{default}");
+    assert_eq!(default["oldest_available_age_ms"], json!(null));
+    for window in ["last_minute", "last_hour"] {
+        assert_eq!(
+            default[window],
+            json!({"started": 2, "succeeded": 2, "failed": 0}),
+            "{default}"
+        );
+    }
+    let held = &queues[1];
+    assert_eq!(held["paused"], true);
+    assert_eq!(held["stats"]["jobs"]["available"], 3, "{held}");
+    assert!(held["stats"]["oldest_available_age_ms"].as_u64().unwrap() >= 20);
+    let (_, one) = app.get_json("/v1/queues/held").await;
+    assert_eq!(one["stats"]["jobs"], held["stats"]["jobs"]);
+    assert!(
+        one["stats"]["oldest_available_age_ms"].as_u64()
+            >= held["stats"]["oldest_available_age_ms"].as_u64()
+    );
+    app.finish().await;
+}
