@@ -2,15 +2,17 @@
 -- (host/src/store/queue_stats.rs): jobs per queue and state, and the
 -- starts, successes and failures of each queue in 10-second buckets.
 --
--- Statement triggers on jobs append what each statement did to
--- job_transition_log: how many jobs of a queue it moved from one state to
--- another (from_state NULL: inserted; to_state NULL: deleted). The log is
--- insert-only, so writers never wait for each other on a counter row. The
--- counter folder (host/src/maintenance/counter_folder.rs, on the elected
--- leader) moves it into queue_state_counts and queue_activity about once a
--- second; readers add what is not folded yet, so every count is exact as of
--- the reader's snapshot. Transactional: a rolled-back statement logs nothing.
--- No statement changes a job's queue (the triggers rely on it).
+-- Every store statement that inserts, moves or deletes jobs appends, in the
+-- same statement, what it did to job_transition_log: how many jobs of a
+-- queue it moved from one state to another (from_state NULL: inserted;
+-- to_state NULL: deleted). The log is insert-only and unindexed, so writers
+-- never wait for each other on a counter row, and it commits or rolls back
+-- with the statement. (Statement triggers with transition tables would
+-- catch every writer, but they halved the drain rate: docs/benchmarks.md.)
+-- The counter folder (host/src/maintenance/counter_folder.rs, on the
+-- elected leader) moves the log into queue_state_counts and queue_activity
+-- about once a second; readers add what is not folded yet, so every count
+-- is exact as of the reader's snapshot.
 
 CREATE TABLE job_transition_log (
     queue       text NOT NULL,
@@ -61,30 +63,8 @@ LANGUAGE sql IMMUTABLE AS $$
                 THEN jobs ELSE 0 END
 $$;
 
-CREATE FUNCTION log_inserted_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO job_transition_log (queue, to_state, jobs)
-    SELECT queue, state, count(*) FROM inserted GROUP BY queue, state;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION log_updated_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
-    SELECT n.queue, o.state, n.state, count(*)
-    FROM before_update o JOIN after_update n USING (id)
-    WHERE o.state <> n.state
-    GROUP BY n.queue, o.state, n.state;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION log_deleted_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO job_transition_log (queue, from_state, jobs)
-    SELECT queue, state, count(*) FROM deleted GROUP BY queue, state;
-    RETURN NULL;
-END $$;
-
+-- A TRUNCATE of jobs (by hand: no store statement truncates) empties the
+-- counters with it.
 CREATE FUNCTION forget_job_counts() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM job_transition_log;
@@ -92,18 +72,9 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- No write may slip between the count below and the triggers.
+-- No write may slip between the count below and the first logged statement.
 LOCK TABLE jobs IN SHARE MODE;
 
-CREATE TRIGGER jobs_log_inserted AFTER INSERT ON jobs
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION log_inserted_jobs();
-CREATE TRIGGER jobs_log_updated AFTER UPDATE ON jobs
-    REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update
-    FOR EACH STATEMENT EXECUTE FUNCTION log_updated_jobs();
-CREATE TRIGGER jobs_log_deleted AFTER DELETE ON jobs
-    REFERENCING OLD TABLE AS deleted
-    FOR EACH STATEMENT EXECUTE FUNCTION log_deleted_jobs();
 CREATE TRIGGER jobs_forget_counts AFTER TRUNCATE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION forget_job_counts();
 

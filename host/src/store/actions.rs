@@ -60,6 +60,10 @@ impl Store {
                         'cancelled', $2, 'cancelled by a user while running'
                  FROM target t JOIN cancelled c ON c.id = t.id
                  WHERE t.state = 'running'
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT c.queue, t.state, 'cancelled', 1 FROM target t JOIN cancelled c ON c.id = t.id
              )
              SELECT ",
             job_columns!("c."),
@@ -94,12 +98,20 @@ impl Store {
     pub async fn requeue_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
         super::statement("requeue_if_finished");
         let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
-            "WITH requeued AS (
-                 UPDATE jobs
-                 SET state = 'available', attempt_base = attempt, run_at = now(),
+            "WITH target AS (
+                 SELECT id, state FROM jobs WHERE id = $1 FOR UPDATE
+             ),
+             requeued AS (
+                 UPDATE jobs j
+                 SET state = 'available', attempt_base = j.attempt, run_at = now(),
                      finished_at = NULL, updated_at = now()
-                 WHERE id = $1 AND state IN ('dead', 'cancelled')
-                 RETURNING *
+                 FROM target t
+                 WHERE j.id = t.id AND t.state IN ('dead', 'cancelled')
+                 RETURNING j.*
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT r.queue, t.state, 'available', 1 FROM target t JOIN requeued r ON r.id = t.id
              )
              SELECT ",
             job_columns!(""),
@@ -131,7 +143,11 @@ impl Store {
             "WITH deleted AS (
                  DELETE FROM jobs
                  WHERE id = $1 AND state IN ('succeeded', 'dead', 'cancelled')
-                 RETURNING id
+                 RETURNING id, queue, state
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT queue, state, NULL, 1 FROM deleted
              )
              SELECT ",
             job_columns!(""),

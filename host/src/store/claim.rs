@@ -170,16 +170,28 @@ impl Store {
                  ORDER BY priority DESC, run_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED
+             ),
+             claimed AS (
+                 UPDATE jobs j
+                 SET state = 'running', attempt = j.attempt + 1,
+                     lease_token = nextval('lease_tokens'), worker_id = $3,
+                     lease_expires_at = now() + $4 * interval '1 millisecond',
+                     attempted_at = now(), updated_at = now()
+                 FROM due WHERE j.id = due.id
+                 RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
+                           j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
+                           j.lease_token, j.attempted_at
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT $1, 'available', 'running', count(*) FROM claimed HAVING count(*) > 0
              )
-             UPDATE jobs j
-             SET state = 'running', attempt = j.attempt + 1,
-                 lease_token = nextval('lease_tokens'), worker_id = $3,
-                 lease_expires_at = now() + $4 * interval '1 millisecond',
-                 attempted_at = now(), updated_at = now()
-             FROM due WHERE j.id = due.id
-             RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
-                       j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
-                       j.lease_token AS "lease_token!", j.attempted_at AS "attempted_at!""#,
+             SELECT id AS "id!", module_hash AS "module_hash!", queue AS "queue!",
+                    input AS "input!", attempt AS "attempt!", attempt_base AS "attempt_base!",
+                    max_attempts AS "max_attempts!", timeout_ms AS "timeout_ms!",
+                    fuel AS "fuel!", memory_limit_bytes AS "memory_limit_bytes!",
+                    lease_token AS "lease_token!", attempted_at AS "attempted_at!"
+             FROM claimed"#,
             queue,
             limit as i64,
             worker_id,
@@ -298,6 +310,10 @@ impl Store {
                  RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
                            j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
                            j.lease_token, j.attempted_at
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT $1, 'available', 'running', count(*) FROM claimed HAVING count(*) > 0
              ),
              counted AS (
                  SELECT b, sum(c)::int AS c FROM (

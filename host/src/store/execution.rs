@@ -197,7 +197,11 @@ impl Store {
                      updated_at = now()
                  FROM input i
                  WHERE j.id = i.job_id AND j.state = 'running' AND j.lease_token = i.lease_token
-                 RETURNING j.id, j.lease_token
+                 RETURNING j.id, j.lease_token, j.queue, j.state
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT queue, 'running', state, count(*) FROM finished GROUP BY queue, state
              ),
              stale_requests AS (
                  UPDATE job_attempts a

@@ -31,14 +31,19 @@ impl Store {
     pub async fn insert_filler_jobs(&self, jobs: &FillerJobs<'_>) -> StoreResult<()> {
         super::statement("insert_filler_jobs");
         sqlx::query!(
-            "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
+            "WITH inserted AS (
+               INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, created_at,
                                updated_at, finished_at)
              SELECT gen_random_uuid(), $1, $2, (i % $4)::smallint, $3::job_state, '{}', 1, 1000, 1000000,
                     1048576, t.at, t.at, t.at,
                     CASE WHEN $3::job_state IN ('succeeded', 'dead', 'cancelled') THEN t.at END
              FROM generate_series(1, $5::bigint) i,
-                  (SELECT now() - $6 * interval '1 second' AS at) t",
+                  (SELECT now() - $6 * interval '1 second' AS at) t
+               RETURNING queue, state
+             )
+             INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+             SELECT queue, NULL, state, count(*) FROM inserted GROUP BY queue, state",
             jobs.module_hash,
             jobs.queue,
             jobs.state as JobState,

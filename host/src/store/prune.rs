@@ -74,10 +74,17 @@ impl Store {
                      LIMIT $1
                  ) e
                  LIMIT $1
+             ),
+             deleted AS (
+                 DELETE FROM jobs j USING expired e
+                 WHERE j.id = e.id AND j.state IN ('succeeded', 'dead', 'cancelled')
+                 RETURNING j.queue, j.state
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT queue, state, NULL, count(*) FROM deleted GROUP BY queue, state
              )
-             DELETE FROM jobs j USING expired e
-             WHERE j.id = e.id AND j.state IN ('succeeded', 'dead', 'cancelled')
-             RETURNING j.state AS "state: JobState""#,
+             SELECT state AS "state!: JobState" FROM deleted"#,
             limit as i64,
             succeeded,
             dead,

@@ -16,16 +16,23 @@ impl Store {
     pub async fn promote_due(&self, limit: usize) -> StoreResult<Vec<String>> {
         super::statement("promote_due");
         Ok(sqlx::query_scalar!(
-            "WITH due AS (
-                 SELECT id FROM jobs
+            r#"WITH due AS (
+                 SELECT id, state FROM jobs
                  WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
                  ORDER BY run_at
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED
+             ),
+             promoted AS (
+                 UPDATE jobs j SET state = 'available', updated_at = now()
+                 FROM due WHERE j.id = due.id
+                 RETURNING j.queue, due.state
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT queue, state, 'available', count(*) FROM promoted GROUP BY queue, state
              )
-             UPDATE jobs j SET state = 'available', updated_at = now()
-             FROM due WHERE j.id = due.id
-             RETURNING j.queue",
+             SELECT queue AS "queue!" FROM promoted"#,
             limit as i64
         )
         .fetch_all(self.pool())

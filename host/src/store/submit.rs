@@ -135,7 +135,8 @@ impl Store {
             jobs.iter().map(|j| j.concurrency_key.as_deref()).collect();
         let inserted = sqlx::query_as!(
             Inserted,
-            r#"INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
+            r#"WITH inserted AS (
+               INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
                                request_fingerprint, concurrency_key)
              SELECT id, module_hash, queue, priority,
@@ -151,8 +152,15 @@ impl Store {
                        concurrency_key)
              WHERE EXISTS (SELECT 1 FROM modules m WHERE m.hash = t.module_hash)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id AS "id!", state AS "state!: JobState", run_at AS "run_at!",
-                       created_at AS "created_at!""#,
+             RETURNING id, queue, state, run_at, created_at
+             ),
+             logged AS (
+                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+                 SELECT queue, NULL, state, count(*) FROM inserted GROUP BY queue, state
+             )
+             SELECT id AS "id!", state AS "state!: JobState", run_at AS "run_at!",
+                    created_at AS "created_at!"
+             FROM inserted"#,
             &ids,
             &modules as &[&str],
             &queues as &[&str],

@@ -4,11 +4,12 @@
 //! `GET /v1/queues`.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde_json::json;
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
-use taskflow::queue::{Activity, JobCounts, QueueStats};
+use taskflow::queue::{Activity, JobCounts, QueueLimits, QueueSettings, QueueStats};
 use taskflow::store::{ClaimPath, Store};
 
 use crate::support::{TestApp, new_job, rescue, success, test_database};
@@ -94,6 +95,24 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     assert_counts_exact(store, "cancels").await;
     store.promote_due(100).await.unwrap();
     assert_counts_exact(store, "promotions").await;
+    let limited = QueueSettings {
+        limits: QueueLimits {
+            max_running: NonZeroU32::new(10),
+            ..QueueLimits::default()
+        },
+        ..QueueSettings::default()
+    };
+    store
+        .put_queue("other", &limited, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let on_limited_path = store
+        .claim("other", "w1", 5, TTL, ClaimPath::Plain)
+        .await
+        .unwrap();
+    assert_eq!(on_limited_path.next_path, ClaimPath::Limited);
+    assert_eq!(on_limited_path.jobs.len(), 1);
+    assert_counts_exact(store, "a limited claim").await;
     store.fold_job_transitions().await.unwrap();
     assert_counts_exact(store, "a second fold").await;
     store.requeue_if_finished(claimed[3].id).await.unwrap();
@@ -109,10 +128,11 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     };
     assert_eq!(stats["default"].last_minute, expected);
     assert_eq!(stats["default"].last_hour, expected);
-    assert_eq!(stats["other"].last_hour, Activity::default());
+    assert_eq!(stats["other"].last_hour.started, 1);
     assert!(stats["default"].oldest_available_age.is_some());
-    // Only `other`'s scheduled jobs and one available one are left.
+    // `other` holds its scheduled jobs, and none available.
     assert_eq!(stats["other"].jobs.get(JobState::Scheduled), 3);
+    assert_eq!(stats["other"].oldest_available_age, None);
     store.fold_job_transitions().await.unwrap();
     assert_eq!(store.fold_job_transitions().await.unwrap(), 0);
     // Folded, the same counts (the ages have grown).
