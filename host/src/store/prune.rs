@@ -24,6 +24,56 @@ impl Pruned {
     }
 }
 
+/// The pruner's statement: `$1` the batch size, `$2`–`$4` the default
+/// retention of succeeded, dead and cancelled jobs, in seconds. Checked at
+/// run time, not by `query!`, because its plan is checked too
+/// ([`Store::explain_prune_finished`]): a statement whose predicates do not
+/// imply `jobs_retention_idx`'s `WHERE` cannot use it, and reads and sorts
+/// every finished job of a queue on each pass.
+const PRUNE_FINISHED: &str = r#"WITH RECURSIVE names AS (
+         (SELECT queue FROM jobs
+          WHERE state IN ('succeeded', 'dead', 'cancelled')
+          ORDER BY queue LIMIT 1)
+         UNION ALL
+         SELECT (SELECT j.queue FROM jobs j
+                 WHERE j.state IN ('succeeded', 'dead', 'cancelled')
+                   AND j.queue > n.queue
+                 ORDER BY j.queue LIMIT 1)
+         FROM names n WHERE n.queue IS NOT NULL
+     ),
+     cutoffs AS (
+         SELECT n.queue, s.state, now() - s.keep_s * interval '1 second' AS before
+         FROM names n
+         LEFT JOIN queues q ON q.name = n.queue
+         CROSS JOIN LATERAL (VALUES
+             ('succeeded'::job_state, COALESCE(q.retain_succeeded_s, $2)),
+             ('dead'::job_state, COALESCE(q.retain_dead_s, $3)),
+             ('cancelled'::job_state, COALESCE(q.retain_cancelled_s, $4))
+         ) AS s(state, keep_s)
+         WHERE n.queue IS NOT NULL AND s.keep_s > 0
+     ),
+     expired AS (
+         SELECT e.id FROM cutoffs c CROSS JOIN LATERAL (
+             SELECT j.id FROM jobs j
+             WHERE j.queue = c.queue AND j.state = c.state
+               AND j.state IN ('succeeded', 'dead', 'cancelled')
+               AND j.finished_at < c.before
+             ORDER BY j.finished_at
+             LIMIT $1
+         ) e
+         LIMIT $1
+     ),
+     deleted AS (
+         DELETE FROM jobs j USING expired e
+         WHERE j.id = e.id AND j.state IN ('succeeded', 'dead', 'cancelled')
+         RETURNING j.queue, j.state
+     ),
+     logged AS (
+         INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+         SELECT queue, state, NULL, count(*) FROM deleted GROUP BY queue, state
+     )
+     SELECT state FROM deleted"#;
+
 impl Store {
     /// Deletes up to `limit` finished jobs that have been finished longer
     /// than their queue keeps jobs of their state (the defaults of
@@ -39,59 +89,14 @@ impl Store {
     /// no claim or submission touches.
     pub async fn prune_finished(&self, limit: usize) -> StoreResult<Pruned> {
         super::statement("prune_finished");
-        let [succeeded, dead, cancelled] = Retention::default()
-            .effective()
-            .map(|(_, keep): (JobState, KeepFor)| keep.as_seconds());
-        let states = sqlx::query_scalar!(
-            r#"WITH RECURSIVE names AS (
-                 (SELECT queue FROM jobs
-                  WHERE state IN ('succeeded', 'dead', 'cancelled')
-                  ORDER BY queue LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT j.queue FROM jobs j
-                         WHERE j.state IN ('succeeded', 'dead', 'cancelled')
-                           AND j.queue > n.queue
-                         ORDER BY j.queue LIMIT 1)
-                 FROM names n WHERE n.queue IS NOT NULL
-             ),
-             cutoffs AS (
-                 SELECT n.queue, s.state, now() - s.keep_s * interval '1 second' AS before
-                 FROM names n
-                 LEFT JOIN queues q ON q.name = n.queue
-                 CROSS JOIN LATERAL (VALUES
-                     ('succeeded'::job_state, COALESCE(q.retain_succeeded_s, $2)),
-                     ('dead'::job_state, COALESCE(q.retain_dead_s, $3)),
-                     ('cancelled'::job_state, COALESCE(q.retain_cancelled_s, $4))
-                 ) AS s(state, keep_s)
-                 WHERE n.queue IS NOT NULL AND s.keep_s > 0
-             ),
-             expired AS (
-                 SELECT e.id FROM cutoffs c CROSS JOIN LATERAL (
-                     SELECT j.id FROM jobs j
-                     WHERE j.queue = c.queue AND j.state = c.state
-                       AND j.finished_at < c.before
-                     ORDER BY j.finished_at
-                     LIMIT $1
-                 ) e
-                 LIMIT $1
-             ),
-             deleted AS (
-                 DELETE FROM jobs j USING expired e
-                 WHERE j.id = e.id AND j.state IN ('succeeded', 'dead', 'cancelled')
-                 RETURNING j.queue, j.state
-             ),
-             logged AS (
-                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
-                 SELECT queue, state, NULL, count(*) FROM deleted GROUP BY queue, state
-             )
-             SELECT state AS "state!: JobState" FROM deleted"#,
-            limit as i64,
-            succeeded,
-            dead,
-            cancelled
-        )
-        .fetch_all(self.pool())
-        .await?;
+        let [succeeded, dead, cancelled] = default_retention_seconds();
+        let states: Vec<JobState> = sqlx::query_scalar(PRUNE_FINISHED)
+            .bind(limit as i64)
+            .bind(succeeded)
+            .bind(dead)
+            .bind(cancelled)
+            .fetch_all(self.pool())
+            .await?;
         let mut pruned = Pruned::default();
         for state in states {
             match state {
@@ -103,4 +108,27 @@ impl Store {
         }
         Ok(pruned)
     }
+
+    /// PostgreSQL's plan for [`Store::prune_finished`] with a batch of
+    /// `limit`, one line per row of `EXPLAIN`: what the test of its index
+    /// use reads.
+    pub async fn explain_prune_finished(&self, limit: usize) -> StoreResult<String> {
+        super::statement("explain_prune_finished");
+        let [succeeded, dead, cancelled] = default_retention_seconds();
+        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {PRUNE_FINISHED}"))
+            .bind(limit as i64)
+            .bind(succeeded)
+            .bind(dead)
+            .bind(cancelled)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(lines.join("\n"))
+    }
+}
+
+/// How long jobs of each finished state are kept by default, in seconds.
+fn default_retention_seconds() -> [i64; 3] {
+    Retention::default()
+        .effective()
+        .map(|(_, keep): (JobState, KeepFor)| keep.as_seconds())
 }

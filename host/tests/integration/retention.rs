@@ -6,10 +6,10 @@ use std::time::Duration;
 use serde_json::json;
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
 use taskflow::maintenance::Pruner;
-use taskflow::store::{ClaimPath, Pruned, Store};
+use taskflow::store::{ClaimPath, FillerJobs, Pruned, Store};
 use uuid::Uuid;
 
-use crate::support::{TestApp, new_job, success};
+use crate::support::{TestApp, new_job, success, test_database};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -121,6 +121,31 @@ async fn the_pruner_deletes_exactly_the_expired_jobs_of_each_state_and_frees_the
     let submitted = store.insert_jobs(&[again]).await.unwrap();
     assert!(submitted[0].created);
     app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pruner_reads_the_retention_index_not_the_table() {
+    let db = test_database().await;
+    let store = db.store();
+    let module = "a".repeat(64);
+    store.insert_module(&module, b"\0asm").await.unwrap();
+    for queue in ["archive", "kept"] {
+        let jobs = FillerJobs {
+            module_hash: &module,
+            queue,
+            state: JobState::Succeeded,
+            count: 50_000,
+            age: Duration::from_secs(30 * 86_400),
+            priorities: 1,
+        };
+        store.insert_filler_jobs(&jobs).await.unwrap();
+    }
+    store.vacuum_jobs().await.unwrap();
+    // Served by the index, a pass reads what it deletes, in the index's
+    // order; otherwise it reads and sorts every finished job of a queue.
+    let plan = store.explain_prune_finished(1000).await.unwrap();
+    assert!(!plan.contains("Sort"), "{plan}");
+    db.drop_database().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
