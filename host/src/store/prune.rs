@@ -2,6 +2,10 @@
 //! deleted with their attempts (`ON DELETE CASCADE`), freeing their
 //! idempotency keys. Used by the pruner (maintenance/pruner.rs).
 
+use sqlx::Postgres;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::QueryScalar;
+
 use super::{Store, StoreResult};
 use crate::job::JobState;
 use crate::queue::{KeepFor, Retention};
@@ -89,12 +93,7 @@ impl Store {
     /// no claim or submission touches.
     pub async fn prune_finished(&self, limit: usize) -> StoreResult<Pruned> {
         super::statement("prune_finished");
-        let [succeeded, dead, cancelled] = default_retention_seconds();
-        let states: Vec<JobState> = sqlx::query_scalar(PRUNE_FINISHED)
-            .bind(limit as i64)
-            .bind(succeeded)
-            .bind(dead)
-            .bind(cancelled)
+        let states: Vec<JobState> = with_prune_arguments(PRUNE_FINISHED, limit)
             .fetch_all(self.pool())
             .await?;
         let mut pruned = Pruned::default();
@@ -114,21 +113,27 @@ impl Store {
     /// use reads.
     pub async fn explain_prune_finished(&self, limit: usize) -> StoreResult<String> {
         super::statement("explain_prune_finished");
-        let [succeeded, dead, cancelled] = default_retention_seconds();
-        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {PRUNE_FINISHED}"))
-            .bind(limit as i64)
-            .bind(succeeded)
-            .bind(dead)
-            .bind(cancelled)
+        let explain = format!("EXPLAIN {PRUNE_FINISHED}");
+        let lines: Vec<String> = with_prune_arguments(&explain, limit)
             .fetch_all(self.pool())
             .await?;
         Ok(lines.join("\n"))
     }
 }
 
-/// How long jobs of each finished state are kept by default, in seconds.
-fn default_retention_seconds() -> [i64; 3] {
-    Retention::default()
+/// `sql` ([`PRUNE_FINISHED`], or a statement around it) with its
+/// arguments: the batch size `limit` and the default retention of each
+/// finished state, in seconds.
+fn with_prune_arguments<O>(sql: &str, limit: usize) -> QueryScalar<'_, Postgres, O, PgArguments>
+where
+    (O,): for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    let [succeeded, dead, cancelled] = Retention::default()
         .effective()
-        .map(|(_, keep): (JobState, KeepFor)| keep.as_seconds())
+        .map(|(_, keep): (JobState, KeepFor)| keep.as_seconds());
+    sqlx::query_scalar(sql)
+        .bind(limit as i64)
+        .bind(succeeded)
+        .bind(dead)
+        .bind(cancelled)
 }
