@@ -1,5 +1,6 @@
-//! The counter folder: folds the log of job transitions that the `jobs`
-//! triggers append into the per-queue counters the queue listing reads
+//! The counter folder: folds the log of job transitions, which every store
+//! statement that moves jobs appends to, into the per-queue counters the
+//! queue listing reads
 //! (store/queue_stats.rs), so the log stays a second or so long and a
 //! listing stays cheap. Readers add the unfolded log themselves: a late
 //! fold delays nothing but the log's cleanup.

@@ -1,6 +1,6 @@
 //! What a queue is doing: its jobs in each state and its recent starts,
 //! successes and failures, as `GET /v1/queues` shows them. The store reads
-//! them from counters its triggers keep (store/queue_stats.rs), never by
+//! them from counters its statements keep (store/queue_stats.rs), never by
 //! counting jobs, so a listing costs the same over ten jobs or ten million.
 
 use std::time::Duration;

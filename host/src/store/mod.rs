@@ -15,8 +15,8 @@
 //! - [`execution`]: the worker's and the maintenance services' statements:
 //!   finish, lease checks, promotion of due jobs.
 //! - [`prune`]: where finished jobs past their retention are deleted.
-//! - [`queue_stats`]: what each queue is doing, from counters the `jobs`
-//!   triggers keep.
+//! - [`queue_stats`]: what each queue is doing, from counters the
+//!   statements that move jobs keep.
 //! - [`leadership`]: the maintenance leader's term.
 //! - [`state`]: the job state machine.
 

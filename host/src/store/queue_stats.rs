@@ -1,7 +1,7 @@
-//! What the queue listing shows, read from the counters that the `jobs`
-//! triggers keep (migrations/20261205000001_queue_counts.sql) rather than
-//! by counting jobs: each statement that changes jobs logs how many it
-//! moved between which states, [`Store::fold_job_transitions`] (the
+//! What the queue listing shows, read from counters
+//! (migrations/20261205000001_queue_counts.sql) rather than by counting
+//! jobs: each store statement that inserts, moves or deletes jobs logs, in
+//! a CTE of its own, how many it moved between which states, [`Store::fold_job_transitions`] (the
 //! counter folder, maintenance/counter_folder.rs) folds the log into
 //! `queue_state_counts` and `queue_activity`, and readers add what is not
 //! folded yet, so counts are exact as of their snapshot.
