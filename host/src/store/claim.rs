@@ -5,9 +5,10 @@
 //! Two paths. A queue with no limits (most of them, and every queue never
 //! configured) is claimed by one statement that never waits for another
 //! worker ([`Store::claim`]'s plain path). A queue that is paused or has
-//! limits (`queues.limited`, queue/limits.rs) is claimed in a transaction
-//! that first locks the queue's row, then counts what its limits count with
-//! a snapshot taken after the lock ([`claim_limited`]): limited claims of
+//! limits (`queues.limited`, queue/limits.rs) is claimed by one call of a
+//! PL/pgSQL function that first locks the queue's row, then counts what its
+//! limits count with a snapshot taken after the lock ([`claim_limited`]),
+//! so the lock is held for the claim and its commit only: limited claims of
 //! one queue run one at a time, so two workers can never both see the last
 //! free slot. A rate is counted in buckets ([`RATE_BUCKETS`]), so a
 //! claim's cost does not grow with the rate. The plain statement skips a
@@ -83,18 +84,6 @@ pub struct Claimed {
     pub jobs: Vec<ClaimedJob>,
     /// The path to take next time.
     pub next_path: ClaimPath,
-}
-
-/// A limited queue's row, read under its lock.
-struct LockedQueue {
-    /// `queues.limited`: paused or any limit set (the one definition of it
-    /// is the generated column).
-    limited: bool,
-    paused: bool,
-    max_running: Option<i32>,
-    max_running_per_key: Option<i32>,
-    rate_limit: Option<i32>,
-    rate_period_ms: Option<i64>,
 }
 
 /// How many buckets a rate period is counted in. A start at time `t` counts
@@ -214,9 +203,11 @@ impl Store {
         )
     }
 
-    /// The limited path: lock the queue's row, then claim what its limits
-    /// leave, in one transaction. Four round trips (begin, lock, claim,
-    /// commit); the lock serializes only the limited claims of this queue.
+    /// The limited path: one call of `claim_limited_jobs`
+    /// (migrations/20261205000002_claim_limited_function.sql), which locks
+    /// the queue's row, then, with a snapshot taken after the lock, claims
+    /// what its limits leave, in one round trip and one transaction; the
+    /// lock serializes only the limited claims of this queue.
     async fn claim_limited(
         &self,
         queue: &str,
@@ -225,18 +216,22 @@ impl Store {
         lease_ttl: Duration,
     ) -> StoreResult<Claimed> {
         super::statement("claim_limited");
-        let mut tx = self.pool().begin().await?;
-        let locked = sqlx::query_as!(
-            LockedQueue,
-            "SELECT limited, paused, max_running, max_running_per_key, rate_limit, rate_period_ms
-             FROM queues WHERE name = $1 FOR UPDATE",
-            queue
+        let rows = sqlx::query!(
+            "SELECT unlimited, id, module_hash, queue, input, attempt, attempt_base,
+                    max_attempts, timeout_ms, fuel, memory_limit_bytes, lease_token,
+                    attempted_at
+             FROM claim_limited_jobs($1, $2, $3, $4, $5, $6)",
+            queue,
+            worker_id,
+            limit as i64,
+            millis(lease_ttl) as f64,
+            PER_KEY_LOOKAHEAD,
+            RATE_BUCKETS
         )
-        .fetch_optional(&mut *tx)
+        .fetch_all(self.pool())
         .await?;
-        let Some(locked) = locked.filter(|q| q.limited) else {
+        if rows.first().is_some_and(|row| row.unlimited == Some(true)) {
             // The limits were lifted since this worker last looked.
-            tx.commit().await?;
             let jobs = self
                 .claim_unlimited(queue, worker_id, limit, lease_ttl)
                 .await?;
@@ -244,110 +239,26 @@ impl Store {
                 jobs,
                 next_path: ClaimPath::Plain,
             });
-        };
-        if locked.paused {
-            tx.commit().await?;
-            return Ok(Claimed {
-                jobs: Vec::new(),
-                next_path: ClaimPath::Limited,
-            });
         }
-        // A new statement, so a new snapshot: it sees every limited claim of
-        // this queue committed before the lock was granted.
-        let jobs = sqlx::query_as!(
-            ClaimedJob,
-            r#"WITH now_bucket AS (
-                 SELECT floor(extract(epoch FROM statement_timestamp()) * 1000
-                              / ($8::bigint::float8 / $10::int))::bigint AS b
-             ),
-             in_window AS (
-                 SELECT u.b, u.c FROM queues q, unnest(q.rate_buckets, q.rate_counts) AS u(b, c)
-                 WHERE q.name = $1 AND $7::int IS NOT NULL
-                   AND u.b >= (SELECT b FROM now_bucket) - $10
-             ),
-             running AS (
-                 SELECT concurrency_key AS key, count(*) AS n FROM jobs
-                 WHERE state = 'running' AND queue = $1
-                   AND ($5::int IS NOT NULL OR $6::int IS NOT NULL)
-                 GROUP BY concurrency_key
-             ),
-             budget AS (
-                 SELECT GREATEST(0, LEAST(
-                     $3::bigint,
-                     $5::int - (SELECT COALESCE(sum(n), 0)::bigint FROM running),
-                     $7::int - (SELECT COALESCE(sum(c), 0)::bigint FROM in_window))) AS n
-             ),
-             candidates AS (
-                 SELECT j.id, j.priority, j.run_at, j.concurrency_key FROM jobs j
-                 WHERE j.state = 'available' AND j.queue = $1
-                   AND ($6::int IS NULL OR j.concurrency_key IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM running r
-                        WHERE r.key = j.concurrency_key AND r.n >= $6::int))
-                 ORDER BY j.priority DESC, j.run_at, j.id
-                 LIMIT (SELECT n FROM budget) * CASE WHEN $6::int IS NULL THEN 1 ELSE $9 END
-                 FOR UPDATE SKIP LOCKED
-             ),
-             chosen AS (
-                 SELECT c.id FROM (
-                     SELECT c.*, row_number() OVER (
-                         PARTITION BY c.concurrency_key
-                         ORDER BY c.priority DESC, c.run_at, c.id) AS key_rank
-                     FROM candidates c
-                 ) c
-                 LEFT JOIN running r ON r.key = c.concurrency_key
-                 WHERE $6::int IS NULL OR c.concurrency_key IS NULL
-                    OR c.key_rank + COALESCE(r.n, 0) <= $6::int
-                 ORDER BY c.priority DESC, c.run_at, c.id
-                 LIMIT (SELECT n FROM budget)
-             ),
-             claimed AS (
-                 UPDATE jobs j
-                 SET state = 'running', attempt = j.attempt + 1,
-                     lease_token = nextval('lease_tokens'), worker_id = $2,
-                     lease_expires_at = statement_timestamp() + $4 * interval '1 millisecond',
-                     attempted_at = statement_timestamp(), updated_at = statement_timestamp()
-                 FROM chosen WHERE j.id = chosen.id
-                 RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
-                           j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
-                           j.lease_token, j.attempted_at
-             ),
-             logged AS (
-                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
-                 SELECT $1, 'available', 'running', count(*) FROM claimed HAVING count(*) > 0
-             ),
-             counted AS (
-                 SELECT b, sum(c)::int AS c FROM (
-                     SELECT b, c FROM in_window
-                     UNION ALL
-                     SELECT (SELECT b FROM now_bucket), count(*)::int FROM claimed
-                 ) AS starts GROUP BY b
-             ),
-             recorded AS (
-                 UPDATE queues
-                 SET rate_buckets = ARRAY(SELECT b FROM counted ORDER BY b),
-                     rate_counts = ARRAY(SELECT c FROM counted ORDER BY b)
-                 WHERE name = $1 AND $7::int IS NOT NULL
-             )
-             SELECT id AS "id!", module_hash AS "module_hash!", queue AS "queue!",
-                    input AS "input!", attempt AS "attempt!", attempt_base AS "attempt_base!",
-                    max_attempts AS "max_attempts!", timeout_ms AS "timeout_ms!",
-                    fuel AS "fuel!", memory_limit_bytes AS "memory_limit_bytes!",
-                    lease_token AS "lease_token!", attempted_at AS "attempted_at!"
-             FROM claimed"#,
-            queue,
-            worker_id,
-            limit as i64,
-            millis(lease_ttl) as f64,
-            locked.max_running,
-            locked.max_running_per_key,
-            locked.rate_limit,
-            locked.rate_period_ms,
-            PER_KEY_LOOKAHEAD,
-            RATE_BUCKETS
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let jobs = rows
+            .into_iter()
+            .filter_map(|row| {
+                Some(ClaimedJob {
+                    id: row.id?,
+                    module_hash: row.module_hash?,
+                    queue: row.queue?,
+                    input: row.input?,
+                    attempt: row.attempt?,
+                    attempt_base: row.attempt_base?,
+                    max_attempts: row.max_attempts?,
+                    timeout_ms: row.timeout_ms?,
+                    fuel: row.fuel?,
+                    memory_limit_bytes: row.memory_limit_bytes?,
+                    lease_token: row.lease_token?,
+                    attempted_at: row.attempted_at?,
+                })
+            })
+            .collect();
         Ok(Claimed {
             jobs,
             next_path: ClaimPath::Limited,
