@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use taskflow::job::JobState;
+use taskflow::queue::JobCounts;
 use taskflow::store::{FillerJobs, Store};
 use taskflow_testkit::percentile;
 
@@ -214,8 +215,8 @@ pub(crate) async fn insert_expired(store: &Store, module: &str, count: u64) -> a
 
 /// Jobs left on [`EXPIRED_QUEUE`], from the queue counters (no scan).
 pub(crate) async fn expired_left(store: &Store) -> anyhow::Result<u64> {
-    let stats = store.queue_stats(Some(EXPIRED_QUEUE)).await?;
-    Ok(stats.values().map(|queue| queue.jobs.total()).sum())
+    let counts = store.job_counts(Some(EXPIRED_QUEUE)).await?;
+    Ok(counts.values().map(JobCounts::total).sum())
 }
 
 /// Waits (up to 5 minutes) for the pruner to delete what is left on

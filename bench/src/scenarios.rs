@@ -60,16 +60,16 @@ pub(crate) fn progress(length: usize, what: &str) -> ProgressBar {
 }
 
 /// Waits until `count` jobs of queue `default` (where the scenarios submit)
-/// have succeeded, read from the queue counters: no scan, so polling every
-/// 20 ms costs the drain nothing however many jobs the tables hold.
+/// have succeeded, read from the queue counters (one statement, no scan), so
+/// polling every 20 ms costs the drain next to nothing however many jobs the tables hold.
 pub(crate) async fn wait_succeeded(store: &Store, count: usize, what: &str) -> anyhow::Result<()> {
     let bar = progress(count, what);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let stats = store.queue_stats(Some("default")).await?;
-        let done: u64 = stats
+        let counts = store.job_counts(Some("default")).await?;
+        let done: u64 = counts
             .values()
-            .map(|queue| queue.jobs.get(JobState::Succeeded))
+            .map(|jobs| jobs.get(JobState::Succeeded))
             .sum();
         bar.set_position(done as u64);
         if done as usize >= count {

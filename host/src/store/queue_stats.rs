@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::{Store, StoreResult};
 use crate::job::JobState;
-use crate::queue::{Activity, QueueStats};
+use crate::queue::{Activity, JobCounts, QueueStats};
 
 /// How long `queue_activity` keeps its 10-second buckets: the listing
 /// reads the last hour.
@@ -26,29 +26,18 @@ impl Store {
         &self,
         name: Option<&str>,
     ) -> StoreResult<BTreeMap<String, QueueStats>> {
-        let mut stats: BTreeMap<String, QueueStats> = BTreeMap::new();
-        super::statement("queue_state_counts");
-        let counts = sqlx::query!(
-            r#"SELECT queue AS "queue!", state AS "state!: JobState",
-                      sum(jobs)::bigint AS "jobs!"
-               FROM (SELECT queue, state, jobs FROM queue_state_counts
-                     UNION ALL
-                     SELECT l.queue, d.state, d.jobs FROM job_transition_log l,
-                            state_deltas(l.from_state, l.to_state, l.jobs) d) counts
-               WHERE $1::text IS NULL OR queue = $1
-               GROUP BY queue, state"#,
-            name
-        )
-        .fetch_all(self.pool())
-        .await?;
-        for row in counts.into_iter().filter(|row| row.jobs != 0) {
-            let jobs = u64::try_from(row.jobs).unwrap_or_default();
-            stats
-                .entry(row.queue)
-                .or_default()
-                .jobs
-                .set(row.state, jobs);
-        }
+        let mut stats: BTreeMap<String, QueueStats> = self
+            .job_counts(name)
+            .await?
+            .into_iter()
+            .map(|(queue, jobs)| {
+                let stats = QueueStats {
+                    jobs,
+                    ..QueueStats::default()
+                };
+                (queue, stats)
+            })
+            .collect();
 
         super::statement("queue_activity");
         let activity = sqlx::query!(
@@ -91,6 +80,32 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// The jobs per state of queue `name`, or of every queue that has jobs
+    /// (`None`): one statement over the counters and the unfolded log, for
+    /// callers that need no more of [`Store::queue_stats`].
+    pub async fn job_counts(&self, name: Option<&str>) -> StoreResult<BTreeMap<String, JobCounts>> {
+        super::statement("queue_state_counts");
+        let rows = sqlx::query!(
+            r#"SELECT queue AS "queue!", state AS "state!: JobState",
+                      sum(jobs)::bigint AS "jobs!"
+               FROM (SELECT queue, state, jobs FROM queue_state_counts
+                     UNION ALL
+                     SELECT l.queue, d.state, d.jobs FROM job_transition_log l,
+                            state_deltas(l.from_state, l.to_state, l.jobs) d) counts
+               WHERE $1::text IS NULL OR queue = $1
+               GROUP BY queue, state"#,
+            name
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut counts: BTreeMap<String, JobCounts> = BTreeMap::new();
+        for row in rows.into_iter().filter(|row| row.jobs != 0) {
+            let jobs = u64::try_from(row.jobs).unwrap_or_default();
+            counts.entry(row.queue).or_default().set(row.state, jobs);
+        }
+        Ok(counts)
     }
 
     /// How long the job due longest in each of `queues` has waited. The
