@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::api::error::ErrorBody;
+use crate::api::jobs::MAX_JOB_WAIT;
 use crate::api::types::{
     AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModuleNameList, ModuleNameView,
     ModulePage, ModuleView, NameMoveView, PatchQueue, PutQueue, QueueList, QueueView, SubmitBatch,
@@ -262,20 +263,43 @@ impl Client {
             .await
     }
 
-    /// Polls a job until it reaches `succeeded`, `dead` or `cancelled`.
+    /// The job once it has reached `succeeded`, `dead` or `cancelled`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::WaitTimedOut`] if it has not within `timeout`.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<JobView, ClientError> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(10);
+        let job = self.get_job_when_ended(id, timeout).await?;
+        if job.state.is_final() {
+            Ok(job)
+        } else {
+            Err(ClientError::WaitTimedOut(id, timeout))
+        }
+    }
+
+    /// The job as soon as it has ended, or as it is after `at_most`: long
+    /// polls (`GET /v1/jobs/{id}?wait=`, at most [`MAX_JOB_WAIT`] a
+    /// request), so the answer comes the moment the API hears of the end.
+    pub async fn get_job_when_ended(
+        &self,
+        id: Uuid,
+        at_most: Duration,
+    ) -> Result<JobView, ClientError> {
+        let deadline = Instant::now() + at_most;
         loop {
-            let job = self.get_job(id).await?;
-            if job.state.is_final() {
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(MAX_JOB_WAIT);
+            let job: JobView = self
+                .send(
+                    self.http
+                        .get(self.url(&format!("/v1/jobs/{id}")))
+                        .query(&[("wait", format!("{}ms", wait.as_millis()))]),
+                )
+                .await?;
+            if job.state.is_final() || Instant::now() >= deadline {
                 return Ok(job);
             }
-            if started.elapsed() >= timeout {
-                return Err(ClientError::WaitTimedOut(id, timeout));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(250));
         }
     }
 

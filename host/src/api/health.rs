@@ -1,33 +1,39 @@
 //! Liveness, readiness and metrics.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
 
 /// `/healthz`, `/readyz` and `/metrics`.
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
 /// The body of `/healthz` and `/readyz`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Health {
+    /// `ok` (`/healthz`), `ready` or `unavailable` (`/readyz`).
     status: &'static str,
+    /// `ok` or `unavailable` (`/readyz` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres: Option<&'static str>,
+    /// `ok` or `unavailable` (`/readyz` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<&'static str>,
 }
 
 /// `GET /healthz`: the process is up. Checks nothing else, so an outage of a
 /// dependency never gets the API restarted.
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is up", body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -40,6 +46,11 @@ async fn healthz() -> Json<Health> {
 /// (`"unavailable"`); why goes to the server log, not to whoever asks (the
 /// route is open to probes, and an error's text can name hosts, users and
 /// versions).
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "PostgreSQL and Redis answer", body = Health),
+        (status = 503, description = "One of them does not; the body says which", body = Health),
+    ))]
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
     let (postgres, redis) = tokio::join!(state.store.ping(), state.redis.ping());
     let postgres = dependency_status("PostgreSQL", postgres);
@@ -70,6 +81,8 @@ fn dependency_status<E: std::fmt::Display>(name: &str, result: Result<(), E>) ->
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics() -> String {
     crate::telemetry::prometheus().render()
 }

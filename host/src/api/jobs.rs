@@ -1,21 +1,24 @@
 //! Job submission, reads, cancel and retry.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::body::{BodyLimit, JsonBody};
+use super::error::ErrorBody;
 use super::types::{
-    AttemptList, AttemptQuery, BatchEntry, JobPage, JobQuery, JobView, SubmitBatch, SubmitJob,
-    SubmittedBatch, SubmittedJob,
+    AttemptList, AttemptQuery, BatchEntry, JobPage, JobQuery, JobView, JobWaitQuery, SubmitBatch,
+    SubmitJob, SubmittedBatch, SubmittedJob,
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::ApiLimits;
-use crate::job::{FailureKind, JobSpec, JobState, ModuleNames, check_queue_name};
+use crate::job::{FailureKind, FieldError, JobSpec, JobState, ModuleNames, check_queue_name};
 use crate::store::{JobFilter, LeaseRef, Submitted};
 
 /// Request-body overhead allowed beyond the input itself (field names,
@@ -23,14 +26,14 @@ use crate::store::{JobFilter, LeaseRef, Submitted};
 const BODY_OVERHEAD_BYTES: usize = 64 << 10;
 
 /// Routes under `/v1/jobs`.
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/jobs", post(submit).get(list))
-        .route("/v1/jobs/batch", post(submit_batch))
-        .route("/v1/jobs/{id}", get(get_one).delete(delete))
-        .route("/v1/jobs/{id}/attempts", get(attempts))
-        .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/retry", post(retry))
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit, list))
+        .routes(routes!(submit_batch))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(attempts))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
 }
 
 impl BodyLimit for SubmitJob {
@@ -51,6 +54,14 @@ impl BodyLimit for SubmitBatch {
 
 /// `POST /v1/jobs`: 201 with the new job, or 200 with the original job when
 /// its idempotency key was seen before.
+#[utoipa::path(post, operation_id = "submit_job", path = "/v1/jobs", tag = "jobs", request_body = SubmitJob,
+    responses(
+        (status = 201, description = "Submitted", body = SubmittedJob),
+        (status = 200, description = "Its `idempotency_key` was seen before: the original job (`created: false`)", body = SubmittedJob),
+        (status = 404, description = "`module_not_found`: no module has this hash or name", body = ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the key was used for a different job", body = ErrorBody),
+        (status = 413, description = "`input_too_large`: the input exceeds the server's limit", body = ErrorBody),
+    ))]
 async fn submit(
     State(state): State<ApiState>,
     JsonBody(request, _reserved): JsonBody<SubmitJob>,
@@ -74,6 +85,13 @@ async fn submit(
 
 /// `POST /v1/jobs/batch`: all jobs or none, in one transaction. Errors name
 /// the offending job by index (`jobs[3].fuel: …`).
+#[utoipa::path(post, operation_id = "submit_jobs", path = "/v1/jobs/batch", tag = "jobs", request_body = SubmitBatch,
+    responses(
+        (status = 201, description = "All submitted (or found by idempotency key), in order", body = SubmittedBatch),
+        (status = 400, description = "`empty_batch`, `duplicate_idempotency_key`, or a job's `invalid_field` named `jobs[i].field`", body = ErrorBody),
+        (status = 404, description = "`module_not_found`", body = ErrorBody),
+        (status = 413, description = "`batch_too_large`: more jobs than the server's limit", body = ErrorBody),
+    ))]
 async fn submit_batch(
     State(state): State<ApiState>,
     JsonBody(request, _reserved): JsonBody<SubmitBatch>,
@@ -154,17 +172,65 @@ fn announce(state: &ApiState, submitted: &[Submitted]) {
     );
 }
 
-/// `GET /v1/jobs/{id}`: the job with its input, output and resource use.
+/// `GET /v1/jobs/{id}[?wait=30s]`: the job with its input, output and
+/// resource use; with `wait`, once it has ended or the wait is over
+/// (lease/endings.rs says how the API hears of an ending).
+#[utoipa::path(get, operation_id = "get_job", path = "/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id"), JobWaitQuery),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+    ))]
 async fn get_one(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
+    QueryParams(query): QueryParams<JobWaitQuery>,
 ) -> Result<Json<JobView>, ApiError> {
+    let Some(wait) = wait_of(&query)? else {
+        return Ok(Json(read_job(&state, id).await?));
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let watch = state.endings.watch(id);
+    loop {
+        let wakeup = watch.next_wakeup();
+        let job = read_job(&state, id).await?;
+        if job.state.is_final() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(job));
+        }
+        tokio::select! {
+            () = wakeup => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Longest `wait` of `GET /v1/jobs/{id}`: under common proxies' idle
+/// timeouts; a client wanting longer asks again.
+pub const MAX_JOB_WAIT: Duration = Duration::from_secs(60);
+
+/// The `wait` asked for, if any.
+fn wait_of(query: &JobWaitQuery) -> Result<Option<Duration>, ApiError> {
+    let Some(text) = &query.wait else {
+        return Ok(None);
+    };
+    let invalid = |message: String| ApiError::from(FieldError::invalid("wait", message));
+    let wait = humantime::parse_duration(text)
+        .map_err(|error| invalid(format!("not a duration such as 30s: {error}")))?;
+    if wait > MAX_JOB_WAIT {
+        return Err(invalid(format!(
+            "at most {}",
+            humantime::format_duration(MAX_JOB_WAIT)
+        )));
+    }
+    Ok((!wait.is_zero()).then_some(wait))
+}
+
+async fn read_job(state: &ApiState, id: Uuid) -> Result<JobView, ApiError> {
     let job = state
         .store
         .get_job(id)
         .await?
         .ok_or_else(|| job_not_found(id))?;
-    Ok(Json(job.into()))
+    Ok(job.into())
 }
 
 /// Default and largest page of `GET /v1/jobs/{id}/attempts`: an attempt
@@ -175,6 +241,12 @@ const ATTEMPT_PAGE_MAX: u32 = 100;
 
 /// `GET /v1/jobs/{id}/attempts?limit=&cursor=`: finished attempts, oldest
 /// first, keyset-paginated on the lease token.
+#[utoipa::path(get, operation_id = "list_attempts", path = "/v1/jobs/{id}/attempts", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id"), AttemptQuery),
+    responses(
+        (status = 200, description = "A page of finished attempts, oldest first", body = AttemptList),
+        (status = 400, description = "`invalid_cursor`, `invalid_limit`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+    ))]
 async fn attempts(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
@@ -203,12 +275,17 @@ async fn attempts(
         .flatten();
     Ok(Json(AttemptList {
         job_id: id,
-        attempts: attempts.into_iter().map(Into::into).collect(),
+        attempts,
         next_cursor,
     }))
 }
 
 /// `GET /v1/jobs?state=&queue=&limit=&cursor=`: newest first, keyset-paginated.
+#[utoipa::path(get, operation_id = "list_jobs", path = "/v1/jobs", tag = "jobs", params(JobQuery),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = JobPage),
+        (status = 400, description = "`invalid_cursor`, `invalid_limit`, `invalid_queue`, `invalid_query`", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<ApiState>,
     QueryParams(query): QueryParams<JobQuery>,
@@ -252,6 +329,12 @@ async fn list(
 
 /// `POST /v1/jobs/{id}/cancel`: stops a job that has not finished. A running
 /// attempt is told to stop through its lease.
+#[utoipa::path(post, operation_id = "cancel_job", path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobView),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the job has finished", body = ErrorBody),
+    ))]
 async fn cancel(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
@@ -277,11 +360,18 @@ async fn cancel(
         // It just keeps running until its attempt ends on its own.
         tracing::warn!(%error, job_id = %id, "could not revoke the lease of a cancelled running job");
     }
+    state.ending_announcer.announce([id]);
     Ok(Json(cancelled.job.into()))
 }
 
 /// `POST /v1/jobs/{id}/retry`: requeues a dead or cancelled job with a fresh
 /// set of attempts.
+#[utoipa::path(post, operation_id = "retry_job", path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Requeued with a fresh set of attempts", body = JobView),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the job is not dead or cancelled", body = ErrorBody),
+    ))]
 async fn retry(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
@@ -293,6 +383,12 @@ async fn retry(
 
 /// `DELETE /v1/jobs/{id}`: removes a finished job and its attempts, and
 /// answers with the job as it was.
+#[utoipa::path(delete, operation_id = "delete_job", path = "/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Deleted; the job as it was", body = JobView),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the job has not finished", body = ErrorBody),
+    ))]
 async fn delete(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,

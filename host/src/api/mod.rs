@@ -9,6 +9,7 @@
 //! - [`jobs`]: `POST /v1/jobs[/batch]`, `GET /v1/jobs[/{id}[/attempts]]`,
 //!   `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! - [`openapi`]: the contract, `GET /openapi.json` (docs/openapi.json)
 //! - [`auth`]: bearer tokens on every `/v1` route
 //! - [`error`]: the one error type, `{"error": {"code", "message"}}`
 //! - [`types`]: request and response bodies, shared with the CLI client
@@ -19,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod modules;
+pub mod openapi;
 pub mod queues;
 pub mod serve;
 pub mod types;
@@ -29,11 +31,12 @@ use axum::Router;
 use axum::extract::FromRequestParts;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
 use crate::config::{ApiConfig, ApiLimits};
-use crate::lease::{Leases, Redis, Waker};
+use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
 use crate::sandbox::Compiler;
 use crate::store::Store;
 
@@ -48,6 +51,10 @@ pub struct ApiState {
     pub leases: Leases,
     /// Wake-ups after jobs become available.
     pub waker: Waker,
+    /// Announces the jobs a cancel ended, to those waiting on them.
+    pub ending_announcer: EndingAnnouncer,
+    /// Wakes the requests waiting on a job when it ends.
+    pub endings: EndingWatcher,
     /// Group commit of single-job submissions.
     pub submitter: crate::store::Submitter,
     /// Compiles uploads to check them, in compiler processes.
@@ -69,23 +76,40 @@ pub struct ApiState {
 
 /// All routes, with their state.
 pub fn router(state: ApiState) -> Router {
-    // Everything but the probes sits behind the token check, unknown paths
-    // included, so a stranger cannot even tell which routes exist.
-    let authenticated = Router::new()
-        .merge(modules::router())
-        .merge(jobs::router())
-        .merge(queues::router())
+    // Everything but the probes and the contract sits behind the token
+    // check, unknown paths included, so a stranger cannot even tell which
+    // routes exist.
+    let authenticated = Router::from(authenticated_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_token,
         ));
-    Router::new()
-        .merge(health::router())
+    Router::from(public_routes())
         .merge(authenticated)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The `/v1` routes, documented.
+fn authenticated_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .merge(modules::router())
+        .merge(jobs::router())
+        .merge(queues::router())
+}
+
+/// The routes open without a token, documented.
+fn public_routes() -> OpenApiRouter<ApiState> {
+    health::router().merge(openapi::router())
+}
+
+/// The OpenAPI document `GET /openapi.json` serves (docs/openapi.json).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut routes = authenticated_routes().into_openapi();
+    routes.merge(public_routes().into_openapi());
+    openapi::document(routes)
 }
 
 /// Serves the API on `listener` until `shutdown`, finishing requests in

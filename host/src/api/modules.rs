@@ -9,31 +9,33 @@
 //! most `max_concurrent_compiles` compile at once, each abandoned after
 //! `compile_timeout`.
 
+use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::caller;
+use super::error::ErrorBody;
 use super::types::{
     ModuleNameList, ModuleNameView, ModulePage, ModuleQuery, ModuleView, NameMoveView,
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::job::{check_module_hash, check_module_name};
 use crate::sandbox::{CompileError, InvalidModule};
-use crate::store::ModuleDeletion;
+use crate::store::{ModuleDeletion, ModuleRecord, NameMove};
 
-/// Routes under `/v1/modules`.
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/modules", put(upload).get(list))
-        .route("/v1/modules/{hash}", get(get_one).delete(delete_one))
-        .route("/v1/modules/{hash}/names/{name}", put(name_module))
-        .route("/v1/module-names", get(list_names))
-        .route("/v1/module-names/{name}", get(get_name))
-        .route("/v1/module-names/{name}/rollback", post(roll_back_name))
+/// Routes under `/v1/modules` and `/v1/module-names`.
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload, list))
+        .routes(routes!(get_one, delete_one))
+        .routes(routes!(name_module))
+        .routes(routes!(list_names))
+        .routes(routes!(get_name))
+        .routes(routes!(roll_back_name))
 }
 
 /// Moves of a name shown with it.
@@ -41,6 +43,14 @@ const NAME_HISTORY_SHOWN: i64 = 100;
 
 /// `PUT /v1/modules`: the raw component bytes. 201 with the module when
 /// new, 200 when these bytes were uploaded before.
+#[utoipa::path(put, operation_id = "upload_module", path = "/v1/modules", tag = "modules",
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"),
+    responses(
+        (status = 201, description = "Stored", body = ModuleView),
+        (status = 200, description = "Already stored", body = ModuleView),
+        (status = 400, description = "`empty_body`, `not_wasm`, `core_module`, `invalid_component`, `wrong_world`: the bytes are not a component a worker could run; `compile_memory_limit`, `compile_timeout`: compiling it exceeded a limit", body = ErrorBody),
+        (status = 503, description = "`busy`: as many uploads are compiling or waiting as the server allows; retry after `Retry-After`", body = ErrorBody),
+    ))]
 async fn upload(
     State(state): State<ApiState>,
     request: Request,
@@ -109,21 +119,32 @@ async fn validate(state: &ApiState, bytes: &[u8]) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/modules/{hash}`.
+#[utoipa::path(get, operation_id = "get_module", path = "/v1/modules/{hash}", tag = "modules", params(("hash" = String, Path, description = "SHA-256 of the module, 64 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The module and the names pointing at it", body = ModuleView),
+        (status = 400, description = "`invalid_hash`", body = ErrorBody),
+        (status = 404, description = "`module_not_found`", body = ErrorBody),
+    ))]
 async fn get_one(
     State(state): State<ApiState>,
     PathParams(hash): PathParams<String>,
 ) -> Result<Json<ModuleView>, ApiError> {
-    check_module_hash("hash", &hash)?;
-    let module = state
-        .store
-        .get_module(&hash)
-        .await?
-        .ok_or_else(|| never_uploaded(&hash))?;
+    let module = uploaded_module(&state, &hash).await?;
     let names = state.store.names_of_module(&hash).await?;
     Ok(Json(ModuleView {
         names: Some(names),
         ..module.into()
     }))
+}
+
+/// The module `hash` names, or the 4xx that says why there is none.
+async fn uploaded_module(state: &ApiState, hash: &str) -> Result<ModuleRecord, ApiError> {
+    check_module_hash("hash", hash)?;
+    state
+        .store
+        .get_module(hash)
+        .await?
+        .ok_or_else(|| never_uploaded(hash))
 }
 
 fn never_uploaded(hash: &str) -> ApiError {
@@ -135,16 +156,17 @@ fn never_uploaded(hash: &str) -> ApiError {
 
 /// `DELETE /v1/modules/{hash}`: removes a module no name points at and no
 /// unfinished job would run; 409 naming which otherwise.
+#[utoipa::path(delete, operation_id = "delete_module", path = "/v1/modules/{hash}", tag = "modules", params(("hash" = String, Path, description = "SHA-256 of the module, 64 lowercase hex digits")),
+    responses(
+        (status = 200, description = "Deleted; the module as it was", body = ModuleView),
+        (status = 404, description = "`module_not_found`", body = ErrorBody),
+        (status = 409, description = "`module_in_use`: names point at it or unfinished jobs would run it (the message says which)", body = ErrorBody),
+    ))]
 async fn delete_one(
     State(state): State<ApiState>,
     PathParams(hash): PathParams<String>,
 ) -> Result<Json<ModuleView>, ApiError> {
-    check_module_hash("hash", &hash)?;
-    let module = state
-        .store
-        .get_module(&hash)
-        .await?
-        .ok_or_else(|| never_uploaded(&hash))?;
+    let module = uploaded_module(&state, &hash).await?;
     match state.store.delete_module_if_unused(&hash).await? {
         ModuleDeletion::Deleted => {
             tracing::info!(hash = %hash, "module deleted");
@@ -175,6 +197,11 @@ async fn delete_one(
 
 /// `PUT /v1/modules/{hash}/names/{name}`: points `name` at the module,
 /// wherever it pointed before; the move is recorded with the caller.
+#[utoipa::path(put, operation_id = "name_module", path = "/v1/modules/{hash}/names/{name}", tag = "modules", params(("hash" = String, Path, description = "SHA-256 of the module, 64 lowercase hex digits"), ("name" = String, Path, description = "A module name: `[a-z0-9][a-z0-9._-]*(:[a-z0-9._-]+)?`")),
+    responses(
+        (status = 200, description = "The name now points at the module; the move is recorded", body = NameMoveView),
+        (status = 404, description = "`module_not_found`", body = ErrorBody),
+    ))]
 async fn name_module(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -191,6 +218,8 @@ async fn name_module(
 }
 
 /// `GET /v1/module-names`.
+#[utoipa::path(get, operation_id = "list_module_names", path = "/v1/module-names", tag = "modules",
+    responses((status = 200, description = "Every name and where it points", body = ModuleNameList)))]
 async fn list_names(State(state): State<ApiState>) -> Result<Json<ModuleNameList>, ApiError> {
     let names = state.store.list_module_names().await?;
     Ok(Json(ModuleNameList {
@@ -199,16 +228,17 @@ async fn list_names(State(state): State<ApiState>) -> Result<Json<ModuleNameList
 }
 
 /// `GET /v1/module-names/{name}`: where it points, and its moves.
+#[utoipa::path(get, operation_id = "get_module_name", path = "/v1/module-names/{name}", tag = "modules", params(("name" = String, Path, description = "A module name: `[a-z0-9][a-z0-9._-]*(:[a-z0-9._-]+)?`")),
+    responses(
+        (status = 200, description = "Where the name points, and its moves, newest first", body = ModuleNameView),
+        (status = 404, description = "`module_name_not_found`", body = ErrorBody),
+    ))]
 async fn get_name(
     State(state): State<ApiState>,
     PathParams(name): PathParams<String>,
 ) -> Result<Json<ModuleNameView>, ApiError> {
-    check_module_name("name", &name)?;
-    let history = state
-        .store
-        .module_name_moves(&name, NAME_HISTORY_SHOWN)
-        .await?;
-    let current = history.first().ok_or_else(|| unknown_name(&name))?;
+    let history = name_moves(&state, &name, NAME_HISTORY_SHOWN).await?;
+    let current = &history[0];
     Ok(Json(ModuleNameView {
         name: name.clone(),
         module: current.to_hash.clone(),
@@ -216,24 +246,36 @@ async fn get_name(
     }))
 }
 
-fn unknown_name(name: &str) -> ApiError {
-    ApiError::not_found(
-        "module_name_not_found",
-        format!("no module is named {name}"),
-    )
+/// The latest `limit` moves of `name`, newest first and never empty, or
+/// the 4xx that says why there are none.
+async fn name_moves(state: &ApiState, name: &str, limit: i64) -> Result<Vec<NameMove>, ApiError> {
+    check_module_name("name", name)?;
+    let moves = state.store.module_name_moves(name, limit).await?;
+    if moves.is_empty() {
+        return Err(ApiError::not_found(
+            "module_name_not_found",
+            format!("no module is named {name}"),
+        ));
+    }
+    Ok(moves)
 }
 
 /// `POST /v1/module-names/{name}/rollback`: points the name back where its
 /// latest move took it from (itself a recorded move, so a second rollback
 /// undoes the first).
+#[utoipa::path(post, operation_id = "roll_back_module_name", path = "/v1/module-names/{name}/rollback", tag = "modules", params(("name" = String, Path, description = "A module name: `[a-z0-9][a-z0-9._-]*(:[a-z0-9._-]+)?`")),
+    responses(
+        (status = 200, description = "The name points where its latest move took it from", body = NameMoveView),
+        (status = 404, description = "`module_name_not_found`", body = ErrorBody),
+        (status = 409, description = "`no_previous_module`: the name's first move has nothing to go back to", body = ErrorBody),
+    ))]
 async fn roll_back_name(
     State(state): State<ApiState>,
     headers: HeaderMap,
     PathParams(name): PathParams<String>,
 ) -> Result<Json<NameMoveView>, ApiError> {
-    check_module_name("name", &name)?;
-    let latest = state.store.module_name_moves(&name, 1).await?;
-    let latest = latest.first().ok_or_else(|| unknown_name(&name))?;
+    let latest = name_moves(&state, &name, 1).await?;
+    let latest = &latest[0];
     let Some(previous) = &latest.from_hash else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -250,6 +292,11 @@ async fn roll_back_name(
 }
 
 /// `GET /v1/modules?limit=&cursor=`: modules in hash order.
+#[utoipa::path(get, operation_id = "list_modules", path = "/v1/modules", tag = "modules", params(ModuleQuery),
+    responses(
+        (status = 200, description = "A page of modules in hash order", body = ModulePage),
+        (status = 400, description = "`invalid_limit`, `invalid_field` (cursor)", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<ApiState>,
     QueryParams(query): QueryParams<ModuleQuery>,

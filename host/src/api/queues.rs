@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::{BodyLimit, JsonBody};
+use super::error::ErrorBody;
 use super::types::{PatchQueue, PutQueue, QueueList, QueueView};
 use super::{ApiError, ApiState, PathParams};
 use crate::config::ApiLimits;
@@ -21,15 +23,12 @@ use crate::queue::QueueSpec;
 use crate::store::QueueRecord;
 
 /// Routes under `/v1/queues`.
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/queues", get(list))
-        .route(
-            "/v1/queues/{name}",
-            get(get_one).put(put_one).patch(patch_one),
-        )
-        .route("/v1/queues/{name}/pause", post(pause))
-        .route("/v1/queues/{name}/resume", post(resume))
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one, put_one, patch_one))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
 }
 
 /// Settings are bounded entry by entry (`queue::settings`); this bounds the
@@ -50,6 +49,8 @@ impl BodyLimit for PatchQueue {
 
 /// `GET /v1/queues`: every queue configured or holding jobs, with what it
 /// is doing. Reads counters, not jobs (store/queue_stats.rs).
+#[utoipa::path(get, operation_id = "list_queues", path = "/v1/queues", tag = "queues",
+    responses((status = 200, description = "Every queue configured or holding jobs, with its stats", body = QueueList)))]
 async fn list(State(state): State<ApiState>) -> Result<Json<QueueList>, ApiError> {
     let mut stats = state.store.queue_stats(None).await?;
     let mut records: BTreeMap<String, QueueRecord> = state
@@ -75,6 +76,8 @@ async fn list(State(state): State<ApiState>) -> Result<Json<QueueList>, ApiError
 }
 
 /// `GET /v1/queues/{name}`: a queue never configured grants nothing.
+#[utoipa::path(get, operation_id = "get_queue", path = "/v1/queues/{name}", tag = "queues", params(("name" = String, Path, description = "The queue's name")),
+    responses((status = 200, description = "The queue; one never configured grants nothing and has no limits", body = QueueView)))]
 async fn get_one(
     State(state): State<ApiState>,
     PathParams(name): PathParams<String>,
@@ -92,6 +95,12 @@ async fn view(state: &ApiState, record: QueueRecord) -> Result<Json<QueueView>, 
 
 /// `PUT /v1/queues/{name}`: replaces the queue's settings (not whether it
 /// is paused).
+#[utoipa::path(put, operation_id = "put_queue", path = "/v1/queues/{name}", tag = "queues", params(("name" = String, Path, description = "The queue's name")), request_body = PutQueue,
+    responses(
+        (status = 200, description = "The settings as stored", body = QueueView),
+        (status = 400, description = "`invalid_field` naming the setting; `secret_key_missing` when a secret is given but the server has no `TASKFLOW_SECRET_KEY`", body = ErrorBody),
+        (status = 409, description = "`queue_changed`: another writer changed the queue meanwhile; read it and try again", body = ErrorBody),
+    ))]
 async fn put_one(
     State(state): State<ApiState>,
     PathParams(name): PathParams<String>,
@@ -108,6 +117,12 @@ const PATCH_ATTEMPTS: usize = 5;
 
 /// `PATCH /v1/queues/{name}`: changes the fields given, on the settings as
 /// they are at the moment of writing (a concurrent change is never lost).
+#[utoipa::path(patch, operation_id = "patch_queue", path = "/v1/queues/{name}", tag = "queues", params(("name" = String, Path, description = "The queue's name")), request_body = PatchQueue,
+    responses(
+        (status = 200, description = "The settings as stored", body = QueueView),
+        (status = 400, description = "`invalid_field` naming the setting; `secret_key_missing`", body = ErrorBody),
+        (status = 409, description = "`queue_changed`", body = ErrorBody),
+    ))]
 async fn patch_one(
     State(state): State<ApiState>,
     PathParams(name): PathParams<String>,
@@ -131,6 +146,8 @@ async fn patch_one(
 
 /// `POST /v1/queues/{name}/pause`: no worker claims the queue's jobs from
 /// its next claim on; running ones finish, submissions are accepted.
+#[utoipa::path(post, operation_id = "pause_queue", path = "/v1/queues/{name}/pause", tag = "queues", params(("name" = String, Path, description = "The queue's name")),
+    responses((status = 200, description = "Paused: no worker claims its jobs from now on; running ones finish", body = QueueView)))]
 async fn pause(
     State(state): State<ApiState>,
     PathParams(name): PathParams<String>,
@@ -139,6 +156,8 @@ async fn pause(
 }
 
 /// `POST /v1/queues/{name}/resume`.
+#[utoipa::path(post, operation_id = "resume_queue", path = "/v1/queues/{name}/resume", tag = "queues", params(("name" = String, Path, description = "The queue's name")),
+    responses((status = 200, description = "Resumed", body = QueueView)))]
 async fn resume(
     State(state): State<ApiState>,
     PathParams(name): PathParams<String>,

@@ -16,15 +16,23 @@ pub use queues::{
     QueueView, RateBody, RetentionBody, SecretView,
 };
 
-use crate::job::{AttemptOutcome, FieldError, JobInput, JobSpec, JobState, attempts_used};
-use crate::store::{AttemptRecord, JobDetail, JobRecord, ModuleRecord, NameMove};
+use crate::job::{Attempt, FieldError, JobInput, JobSpec, JobState, attempts_used};
+use crate::store::{JobDetail, JobRecord, ModuleRecord, NameMove};
 
 /// `POST /v1/jobs`: a job to run. Only `module` and one of `input` /
 /// `input_base64` are required; every other field has a server default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "module": "resize:stable",
+    "input": {"url": "https://example.com/cat.png", "width": 320},
+    "max_attempts": 5,
+    "queue": "images",
+    "idempotency_key": "order-1234-thumbnail"
+}))]
 pub struct SubmitJob {
-    /// SHA-256 (hex) of an uploaded module.
+    /// SHA-256 (hex) of an uploaded module, or a name pointing at one
+    /// (`resize:stable`), resolved once, at submission.
     pub module: String,
     /// Input as JSON; the task receives its UTF-8 encoding, compacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,8 +125,9 @@ impl SubmitJob {
 /// A job's input as JSON text, kept as the client sent it: the server checks
 /// its size and compacts it in one streaming pass ([`JobSpec::resolve`])
 /// without ever building a tree of it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = serde_json::Value)]
 pub struct JsonInput(Box<serde_json::value::RawValue>);
 
 impl JsonInput {
@@ -150,7 +159,7 @@ impl PartialEq for JsonInput {
 }
 
 /// `POST /v1/jobs/batch`: many jobs, inserted in one transaction.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBatch {
     /// The jobs.
@@ -158,7 +167,7 @@ pub struct SubmitBatch {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     /// Id.
     pub id: Uuid,
@@ -221,7 +230,7 @@ pub struct JobView {
 }
 
 /// Resources an attempt used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResourceUse {
     /// Fuel burned.
     pub fuel_consumed: Option<i64>,
@@ -290,7 +299,7 @@ pub fn render_payload(bytes: &[u8]) -> (Option<serde_json::Value>, Option<String
 }
 
 /// The response to a submission.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubmittedJob {
     /// The job.
     #[serde(flatten)]
@@ -303,14 +312,14 @@ pub struct SubmittedJob {
 /// The response to a batch submission: one entry per job, in request order.
 /// Deliberately small (a thousand full job views would dominate the cost of
 /// the request); fetch a job for its details.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubmittedBatch {
     /// The jobs.
     pub jobs: Vec<BatchEntry>,
 }
 
 /// One job of a batch submission.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchEntry {
     /// The job's id.
     pub id: Uuid,
@@ -322,7 +331,7 @@ pub struct BatchEntry {
 }
 
 /// A page of jobs, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobPage {
     /// The jobs.
     pub jobs: Vec<JobView>,
@@ -330,8 +339,21 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
+/// Query of `GET /v1/jobs/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct JobWaitQuery {
+    /// Answer once the job is `succeeded`, `dead` or `cancelled`, or after
+    /// this long with its state then (`30s`, `2m`; at most 60 s). No
+    /// database connection is held while waiting.
+    #[param(example = "30s")]
+    pub wait: Option<String>,
+}
+
 /// Query of `GET /v1/jobs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobQuery {
     /// Only jobs in this state.
@@ -344,79 +366,22 @@ pub struct JobQuery {
     pub cursor: Option<String>,
 }
 
-/// One finished attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptView {
-    /// Number over the job's life, from 1.
-    pub attempt: i32,
-    /// Fencing token it held.
-    pub lease_token: i64,
-    /// Worker that ran it.
-    pub worker_id: String,
-    /// Start.
-    pub started_at: DateTime<Utc>,
-    /// End.
-    pub finished_at: DateTime<Utc>,
-    /// How it ended.
-    pub outcome: AttemptOutcome,
-    /// Machine-readable failure reason (`timeout`, `fuel_exhausted`, …).
-    pub error_kind: Option<String>,
-    /// Failure message.
-    pub error_message: Option<String>,
-    /// Fuel burned.
-    pub fuel_consumed: Option<i64>,
-    /// Wall time in milliseconds.
-    pub duration_ms: Option<f64>,
-    /// Captured guest log: `[{"source", "level"?, "message"}]`.
-    pub logs: serde_json::Value,
-    /// Log lines dropped past the per-attempt bound.
-    pub logs_dropped: i64,
-    /// Outbound HTTP requests: `[{method, url, status?, error?, reason?,
-    /// denied, bytes_out, bytes_in, duration_ms}]`; the URL has no query
-    /// string, and no header or body is ever recorded.
-    #[serde(default)]
-    pub requests: serde_json::Value,
-    /// Requests made past the per-attempt bound on records.
-    #[serde(default)]
-    pub requests_dropped: i64,
-}
-
-impl From<AttemptRecord> for AttemptView {
-    fn from(record: AttemptRecord) -> Self {
-        Self {
-            attempt: record.attempt,
-            lease_token: record.lease_token,
-            worker_id: record.worker_id,
-            started_at: record.started_at,
-            finished_at: record.finished_at,
-            outcome: record.outcome,
-            error_kind: record.error_kind,
-            error_message: record.error_message,
-            fuel_consumed: record.fuel_consumed,
-            duration_ms: record.duration_us.map(|us| us as f64 / 1000.0),
-            logs: record.logs.0,
-            logs_dropped: record.logs_dropped,
-            requests: record.requests.0,
-            requests_dropped: record.requests_dropped,
-        }
-    }
-}
-
 /// `GET /v1/jobs/{id}/attempts`: a page of attempts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptList {
     /// The job.
     pub job_id: Uuid,
     /// Its finished attempts, oldest first. A running attempt appears once
     /// it ends; the job itself shows it meanwhile.
-    pub attempts: Vec<AttemptView>,
+    pub attempts: Vec<Attempt>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(default)]
     pub next_cursor: Option<String>,
 }
 
 /// Query of `GET /v1/jobs/{id}/attempts`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptQuery {
     /// Page size (default 20, at most 100: an attempt carries up to
@@ -427,7 +392,7 @@ pub struct AttemptQuery {
 }
 
 /// A module as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleView {
     /// SHA-256 of the component, hex; jobs name the module by it.
     pub hash: String,
@@ -452,7 +417,7 @@ impl From<ModuleRecord> for ModuleView {
 }
 
 /// One move of a module name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NameMoveView {
     /// The name.
     pub name: String,
@@ -480,7 +445,7 @@ impl From<NameMove> for NameMoveView {
 }
 
 /// `GET /v1/module-names/{name}`: where a name points and how it got there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleNameView {
     /// The name.
     pub name: String,
@@ -491,14 +456,14 @@ pub struct ModuleNameView {
 }
 
 /// `GET /v1/module-names`: every name and where it points.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleNameList {
     /// Name to module hash.
     pub names: BTreeMap<String, String>,
 }
 
 /// A page of modules, in hash order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModulePage {
     /// The modules.
     pub modules: Vec<ModuleView>,
@@ -507,7 +472,8 @@ pub struct ModulePage {
 }
 
 /// Query of `GET /v1/modules`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleQuery {
     /// Page size (default 50, at most 500).

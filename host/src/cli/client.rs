@@ -139,8 +139,11 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
 pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
     match command {
         JobCommand::Submit(args) => submit(args).await,
-        JobCommand::Get { id, client } => {
-            let job = client.client().get_job(id).await?;
+        JobCommand::Get { id, wait, client } => {
+            let job = match wait {
+                Some(wait) => client.client().get_job_when_ended(id, wait).await?,
+                None => client.client().get_job(id).await?,
+            };
             print(&client, &job, || describe_job(&job))
         }
         JobCommand::List {

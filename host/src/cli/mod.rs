@@ -10,6 +10,7 @@ pub mod run;
 pub mod server;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
@@ -58,6 +59,9 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the API's OpenAPI 3.1 document (what `GET /openapi.json`
+    /// serves; docs/openapi.json).
+    Openapi,
     /// Compile a component read on stdin, writing the artifact on stdout.
     /// The API and workers run this in a process of its own for every
     /// compile (`sandbox/compiler.rs`); not for direct use.
@@ -292,6 +296,10 @@ pub enum JobCommand {
     Get {
         /// The job id.
         id: Uuid,
+        /// Wait up to this long for the job to end (`30s`, `5m`), then show
+        /// it as it is.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
         /// API address and output format.
         #[command(flatten)]
         client: ClientArgs,
@@ -356,6 +364,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(command) => client::run_job(command).await,
         Command::Queue(command) => queue::run_queue(command).await,
         Command::Run(args) => run::run(args).await,
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::api::openapi_document())?
+            );
+            Ok(())
+        }
         Command::CompileComponent(_) => {
             anyhow::bail!("compile-component runs outside the async runtime (main.rs)")
         }

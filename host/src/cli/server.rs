@@ -16,7 +16,7 @@ use crate::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
-use crate::lease::{Leases, Redis, Waker};
+use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
 use crate::maintenance::{self, CounterFolder, Elector, Pruner, Rescuer, Scheduler};
 use crate::queue::{MalformedSecretKey, SecretKey};
 use crate::sandbox::Compiler;
@@ -90,6 +90,8 @@ pub fn api_state(
         redis: backends.redis.clone(),
         leases: backends.leases.clone(),
         waker: Waker::spawn(backends.redis.clone()),
+        ending_announcer: EndingAnnouncer::spawn(backends.redis.clone()),
+        endings: EndingWatcher::spawn(backends.redis.clone()),
         submitter: crate::store::Submitter::spawn(backends.store.clone()),
         upload_queue: Arc::new(Semaphore::new(
             compile.max_concurrent_compiles + config.max_queued_uploads,

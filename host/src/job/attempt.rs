@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
 use super::failure::{Failure, FailureKind};
 use super::state::{AttemptOutcome, JobState};
 
@@ -166,6 +169,44 @@ impl AttemptLog {
             dropped: self.dropped.saturating_add(self.kept),
         }
     }
+}
+
+/// One finished attempt of a job, as recorded (`job_attempts`) and as
+/// `GET /v1/jobs/{id}/attempts` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// Number over the job's life, from 1.
+    pub attempt: i32,
+    /// Fencing token it held.
+    pub lease_token: i64,
+    /// Worker that ran it.
+    pub worker_id: String,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: DateTime<Utc>,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Machine-readable failure reason (`timeout`, `fuel_exhausted`, …).
+    pub error_kind: Option<String>,
+    /// Failure message.
+    pub error_message: Option<String>,
+    /// Fuel burned.
+    pub fuel_consumed: Option<i64>,
+    /// Wall time in milliseconds.
+    pub duration_ms: Option<f64>,
+    /// Captured guest log: `[{"source", "level"?, "message"}]`.
+    pub logs: serde_json::Value,
+    /// Log lines dropped past the per-attempt bound.
+    pub logs_dropped: i64,
+    /// Outbound HTTP requests: `[{method, url, status?, error?, reason?,
+    /// denied, bytes_out, bytes_in, duration_ms}]`; the URL has no query
+    /// string, and no header or body is ever recorded.
+    #[serde(default)]
+    pub requests: serde_json::Value,
+    /// Requests made past the per-attempt bound on records.
+    #[serde(default)]
+    pub requests_dropped: i64,
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ pub mod names;
 pub mod spec;
 pub mod state;
 
-pub use attempt::{AfterFailure, AttemptEnd, AttemptLog, AttemptRequests, Usage, attempts_used};
+pub use attempt::{
+    AfterFailure, Attempt, AttemptEnd, AttemptLog, AttemptRequests, Usage, attempts_used,
+};
 pub use failure::{Failure, FailureKind};
 pub use input::JobInput;
 pub use names::{

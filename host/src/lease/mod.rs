@@ -22,6 +22,7 @@
 //! | `{prefix}epoch`            | Redis time (ms) first seen  | rescuer             |
 //! | `{prefix}wake:{queue}`     | pub/sub channel             | API, scheduler      |
 
+pub mod endings;
 pub mod wakeup;
 
 use std::sync::LazyLock;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 
 use crate::store::LeaseRef;
 
+pub use endings::{EndingAnnouncer, EndingWatcher};
 pub use wakeup::{Waker, WakeupListener};
 
 /// Redis failed or is unreachable. Callers degrade (poll, skip a rescue

@@ -64,28 +64,56 @@ const BURST: usize = 1024;
 /// jobs arrive faster than one per interval, when workers are rarely idle.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
 
-async fn publish(redis: Redis, mut receiver: mpsc::UnboundedReceiver<String>) {
-    let mut burst = Vec::with_capacity(BURST);
+async fn publish(redis: Redis, receiver: mpsc::UnboundedReceiver<String>) {
+    publish_in_bursts(
+        redis,
+        receiver,
+        BURST,
+        "a wake-up; workers will find the jobs by polling",
+        |redis, burst| {
+            let queues: BTreeSet<&str> = burst.iter().map(String::as_str).collect();
+            let mut pipe = redis::pipe();
+            for queue in queues {
+                pipe.publish(redis.key(&format!("wake:{queue}")), "")
+                    .ignore();
+            }
+            pipe
+        },
+    )
+    .await;
+}
+
+/// Publishes what `receiver` yields in bursts of at most `burst_max`, one
+/// pipelined round trip (`publishing` says what it holds) a burst, bursts
+/// at least [`PUBLISH_INTERVAL`] apart: the first after a quiet spell goes
+/// out at once, those that follow it closely wait for the interval and go
+/// out together. A burst Redis does not take is logged as `what` and
+/// dropped. Ends when every sender is gone.
+pub(super) async fn publish_in_bursts<T>(
+    redis: Redis,
+    mut receiver: mpsc::UnboundedReceiver<T>,
+    burst_max: usize,
+    what: &str,
+    publishing: impl Fn(&Redis, &[T]) -> redis::Pipeline,
+) {
+    let mut burst = Vec::with_capacity(burst_max);
     let mut next_burst = tokio::time::Instant::now();
-    while receiver.recv_many(&mut burst, BURST).await > 0 {
+    while receiver.recv_many(&mut burst, burst_max).await > 0 {
         if tokio::time::Instant::now() < next_burst {
             tokio::time::sleep_until(next_burst).await;
-            while burst.len() < BURST
-                && let Ok(queue) = receiver.try_recv()
+            while burst.len() < burst_max
+                && let Ok(item) = receiver.try_recv()
             {
-                burst.push(queue);
+                burst.push(item);
             }
         }
         next_burst = tokio::time::Instant::now() + PUBLISH_INTERVAL;
-        let queues: BTreeSet<&str> = burst.iter().map(String::as_str).collect();
-        let mut pipe = redis::pipe();
-        for queue in queues {
-            pipe.publish(redis.key(&format!("wake:{queue}")), "")
-                .ignore();
-        }
         let mut connection = redis.connection.clone();
-        if let Err(error) = pipe.query_async::<()>(&mut connection).await {
-            tracing::warn!(%error, "could not publish a wake-up; workers will find the jobs by polling");
+        if let Err(error) = publishing(&redis, &burst)
+            .query_async::<()>(&mut connection)
+            .await
+        {
+            tracing::warn!(%error, "could not publish {what}");
         }
         burst.clear();
     }
@@ -95,7 +123,7 @@ async fn publish(redis: Redis, mut receiver: mpsc::UnboundedReceiver<String>) {
 pub struct WakeupListener;
 
 /// Delay before resubscribing after the subscription failed.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+pub(super) const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 
 impl WakeupListener {
     /// Subscribes to the wake-up channels of `queues` in a background task
@@ -146,7 +174,10 @@ async fn listen(
     }
 }
 
-async fn subscribe(redis: &Redis, channels: &[String]) -> Result<redis::aio::PubSub, RedisError> {
+pub(super) async fn subscribe(
+    redis: &Redis,
+    channels: &[String],
+) -> Result<redis::aio::PubSub, RedisError> {
     let connect = async {
         let mut pubsub = redis.client.get_async_pubsub().await?;
         for channel in channels {

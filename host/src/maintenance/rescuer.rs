@@ -34,7 +34,7 @@ use super::Service;
 use crate::backoff;
 use crate::config::RetryPolicy;
 use crate::job::{AttemptEnd, AttemptLog, AttemptRequests, attempts_used};
-use crate::lease::Leases;
+use crate::lease::{EndingAnnouncer, Leases};
 use crate::store::{FinishedAttempt, RunningLease, Store, StoreError, Transition};
 
 /// Most leases examined per pass.
@@ -46,6 +46,7 @@ pub struct Rescuer {
     store: Store,
     leases: Leases,
     retry: RetryPolicy,
+    endings: EndingAnnouncer,
 }
 
 /// What one pass did.
@@ -77,6 +78,7 @@ impl Rescuer {
     /// A rescuer over `store` and `leases`, retrying rescued jobs on `retry`.
     pub fn new(store: Store, leases: Leases, retry: RetryPolicy) -> Self {
         Self {
+            endings: EndingAnnouncer::spawn(leases.redis().clone()),
             store,
             leases,
             retry,
@@ -119,8 +121,15 @@ impl Rescuer {
             .iter()
             .zip(&transitions)
             .filter(|(_, transition)| **transition == Transition::Applied)
-            .map(|(rescue, _)| rescue.lease)
+            .map(|(rescue, _)| rescue)
             .collect();
+        self.endings.announce(
+            rescued
+                .iter()
+                .filter(|rescue| rescue.ends_job())
+                .map(|rescue| rescue.lease.job_id),
+        );
+        let rescued: Vec<_> = rescued.iter().map(|rescue| rescue.lease).collect();
         // A worker that was only paused may come back and find its key
         // missing; the marker makes its next renewal report the lease lost.
         if let Err(error) = self.leases.revoke(&rescued).await {

@@ -55,6 +55,12 @@ pub struct FinishedAttempt {
 }
 
 impl FinishedAttempt {
+    /// Whether writing it ends the job (`succeeded` or `dead`), for those
+    /// waiting on the job (lease/endings.rs).
+    pub fn ends_job(&self) -> bool {
+        self.end.next_state().is_final()
+    }
+
     /// Roughly the bytes this outcome sends to PostgreSQL, so writers can
     /// bound a batch by size as well as by count.
     pub fn size_bytes(&self) -> usize {

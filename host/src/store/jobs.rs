@@ -2,10 +2,9 @@
 
 use uuid::Uuid;
 
-use super::records::{AttemptRecord, JobDetail, JobRecord, job_columns};
+use super::records::{JobDetail, JobRecord, job_columns};
 use super::{Store, StoreResult};
-use crate::job::{AttemptOutcome, JobState};
-use sqlx::types::Json;
+use crate::job::{Attempt, AttemptOutcome, JobState};
 
 /// Filters of [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
@@ -80,7 +79,7 @@ impl Store {
         id: Uuid,
         after_lease_token: Option<i64>,
         limit: i64,
-    ) -> StoreResult<Option<Vec<AttemptRecord>>> {
+    ) -> StoreResult<Option<Vec<Attempt>>> {
         super::statement("list_attempts");
         let mut tx = self.pool().begin().await?;
         let exists = sqlx::query_scalar!(
@@ -93,12 +92,11 @@ impl Store {
             return Ok(None);
         }
         let attempts = sqlx::query_as!(
-            AttemptRecord,
+            Attempt,
             r#"SELECT attempt, lease_token, worker_id, started_at, finished_at,
                     outcome AS "outcome: AttemptOutcome", error_kind, error_message,
-                    fuel_consumed, duration_us, logs AS "logs: Json<serde_json::Value>",
-                    logs_dropped, requests AS "requests: Json<serde_json::Value>",
-                    requests_dropped
+                    fuel_consumed, duration_us / 1000.0::float8 AS duration_ms,
+                    logs, logs_dropped, requests, requests_dropped
              FROM job_attempts
              WHERE job_id = $1 AND ($2::bigint IS NULL OR lease_token > $2)
              ORDER BY lease_token

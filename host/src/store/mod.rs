@@ -58,7 +58,7 @@ pub use module_names::{ModuleDeletion, ModuleInUse, NameMove};
 pub use modules::ModuleRecord;
 pub use prune::Pruned;
 pub use queues::{QueueGrants, QueueRecord};
-pub use records::{AttemptRecord, JobDetail, JobRecord};
+pub use records::{JobDetail, JobRecord};
 pub use rescue::RunningLease;
 pub use stats::{AttemptSpan, JobTimes};
 pub use submit::Submitted;

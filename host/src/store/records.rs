@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::job::{AttemptOutcome, JobState};
+use crate::job::JobState;
 
 /// Columns of [`JobRecord`], shared by every statement that returns one.
 macro_rules! job_columns {
@@ -119,37 +119,4 @@ pub struct JobDetail {
     pub last_fuel_consumed: Option<i64>,
     /// Wall time of the latest finished attempt, in microseconds.
     pub last_duration_us: Option<i64>,
-}
-
-/// One finished attempt of a job.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRecord {
-    /// Attempt number over the job's life, from 1.
-    pub attempt: i32,
-    /// Fencing token the attempt held.
-    pub lease_token: i64,
-    /// Worker that ran it.
-    pub worker_id: String,
-    /// When it started.
-    pub started_at: DateTime<Utc>,
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
-    /// How it ended.
-    pub outcome: AttemptOutcome,
-    /// Machine-readable failure reason (see `job::FailureKind`).
-    pub error_kind: Option<String>,
-    /// Human-readable failure message.
-    pub error_message: Option<String>,
-    /// Fuel the guest consumed.
-    pub fuel_consumed: Option<i64>,
-    /// Wall time, in microseconds.
-    pub duration_us: Option<i64>,
-    /// Captured guest log lines.
-    pub logs: Json<serde_json::Value>,
-    /// Log lines dropped past the per-attempt bound.
-    pub logs_dropped: i64,
-    /// Outbound HTTP requests (`sandbox/outbound/audit.rs`).
-    pub requests: Json<serde_json::Value>,
-    /// Requests made past the per-attempt bound on records.
-    pub requests_dropped: i64,
 }

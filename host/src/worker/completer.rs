@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::heartbeat::InFlight;
-use crate::lease::Leases;
+use crate::lease::{EndingAnnouncer, Leases};
 use crate::store::{FinishedAttempt, Store, StoreError, Transition};
 
 /// Most outcomes written in one statement.
@@ -83,13 +83,22 @@ async fn write_outcomes(
     in_flight: InFlight,
     retry_scheduled: Arc<Notify>,
 ) {
+    let endings = EndingAnnouncer::spawn(leases.redis().clone());
     let mut queued = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut queued, MAX_BATCH).await > 0 {
         let mut rest = queued.as_slice();
         while !rest.is_empty() {
             let (batch, after) = rest.split_at(batch_len(rest));
             let transitions = write_with_retry(&store, batch).await;
-            settle(batch, transitions, &leases, &in_flight, &retry_scheduled).await;
+            settle(
+                batch,
+                transitions,
+                &leases,
+                &in_flight,
+                &retry_scheduled,
+                &endings,
+            )
+            .await;
             rest = after;
         }
         queued.clear();
@@ -110,16 +119,19 @@ fn batch_len(outcomes: &[FinishedAttempt]) -> usize {
         .max(1)
 }
 
-/// Stops tracking written outcomes, releases their lease keys and wakes the
-/// scheduler if one of them scheduled a retry.
+/// Stops tracking written outcomes, releases their lease keys, wakes the
+/// scheduler if one of them scheduled a retry, and announces the jobs they
+/// ended.
 async fn settle(
     batch: &[FinishedAttempt],
     transitions: Vec<Transition>,
     leases: &Leases,
     in_flight: &InFlight,
     retry_scheduled: &Notify,
+    endings: &EndingAnnouncer,
 ) {
     let mut to_release = Vec::new();
+    let mut ended = Vec::new();
     let mut finished = 0;
     let mut retries = false;
     for (attempt, transition) in batch.iter().zip(transitions) {
@@ -131,6 +143,9 @@ async fn settle(
                     to_release.push(attempt.lease);
                 }
                 retries |= attempt.end.retry_delay().is_some();
+                if attempt.ends_job() {
+                    ended.push(attempt.lease.job_id);
+                }
             }
             Transition::Stale => {
                 metrics::counter!("taskflow_stale_outcomes_total").increment(1);
@@ -146,6 +161,7 @@ async fn settle(
     if retries {
         retry_scheduled.notify_one();
     }
+    endings.announce(ended);
     metrics::counter!("taskflow_attempts_finished_total").increment(finished);
     if let Err(error) = leases.release(&to_release).await {
         tracing::debug!(%error, "could not release leases; they expire on their own");

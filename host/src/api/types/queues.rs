@@ -14,7 +14,7 @@ use crate::store::QueueRecord;
 
 /// `PUT /v1/queues/{name}`: the queue's whole settings, replacing what was
 /// there. Every field defaults to empty: `{}` grants nothing.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutQueue {
     /// Hosts tasks may send requests to: `https://api.example.com`,
@@ -46,7 +46,7 @@ pub struct PutQueue {
 /// `retention` of a queue: per finished state, how long its jobs are kept
 /// after they finish: a duration (`"7d"`, `"36h"`) or `"forever"`. A state
 /// left out takes the default: succeeded 7 days, dead and cancelled 30.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionBody {
     /// Succeeded jobs.
@@ -71,7 +71,7 @@ impl From<RetentionBody> for RetentionSpec {
 }
 
 /// `rate` of a queue: at most `limit` starts in any window of `period`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateBody {
     /// Starts per window, 1 to 10000.
@@ -82,7 +82,7 @@ pub struct RateBody {
 
 /// `PATCH /v1/queues/{name}`: the fields given replace the stored ones, the
 /// rest stay; `null` removes a limit.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchQueue {
     /// Replaces `allowed_hosts`.
@@ -180,11 +180,12 @@ impl From<RateSpec> for RateBody {
 }
 
 /// One secret of [`PutQueue`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutSecret {
     /// The value; write-only: never returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, write_only)]
     pub value: Option<SecretValue>,
     /// Hosts the value may be sent to (a request elsewhere that carries it
     /// is refused).
@@ -221,7 +222,7 @@ fn secrets_spec(secrets: BTreeMap<String, PutSecret>) -> BTreeMap<String, Secret
 }
 
 /// A queue's settings. Secrets are listed by name and hosts, never value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueView {
     /// The queue.
     pub name: String,
@@ -253,7 +254,7 @@ pub struct QueueView {
 }
 
 /// What a queue is doing (`queue::QueueStats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStatsView {
     /// Its jobs per state; `running` is what `max_running` limits.
     pub jobs: JobCountsView,
@@ -268,7 +269,7 @@ pub struct QueueStatsView {
 }
 
 /// Jobs per state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobCountsView {
     /// Waiting for their `run_at`.
     pub scheduled: u64,
@@ -287,7 +288,7 @@ pub struct JobCountsView {
 }
 
 /// Attempts in a window of time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActivityView {
     /// Attempts started.
     pub started: u64,
@@ -348,14 +349,14 @@ impl From<Activity> for ActivityView {
 }
 
 /// A secret as the API shows it: where it may go, not what it is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretView {
     /// Hosts the value may be sent to.
     pub allowed_hosts: Vec<String>,
 }
 
 /// `GET /v1/queues`: every queue configured or holding jobs, by name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueList {
     /// The queues.
     pub queues: Vec<QueueView>,

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use taskflow::api::types::{AttemptView, JobView, SubmitJob};
+use taskflow::api::types::{JobView, SubmitJob};
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
-use taskflow::job::JobState;
+use taskflow::job::{Attempt, JobState};
 use taskflow::queue::SecretKey;
 use taskflow::store::Store;
 use tokio::task::JoinHandle;
@@ -352,7 +352,7 @@ impl TestApp {
     }
 
     /// Every attempt of job `id`, oldest first.
-    pub async fn attempts(&self, id: Uuid) -> Vec<AttemptView> {
+    pub async fn attempts(&self, id: Uuid) -> Vec<Attempt> {
         self.client.attempts(id).await.expect("attempts").attempts
     }
 
