@@ -168,6 +168,23 @@ impl Deployment {
         Ok(self.client.push_module(bytes).await?.0.hash)
     }
 
+    /// Resident memory of the API process, in bytes.
+    pub fn api_rss_bytes(&self) -> Option<u64> {
+        rss_bytes(self.processes.api.id())
+    }
+
+    /// The value of `gauge` on the API's `/metrics` (0 before it is set).
+    pub async fn api_gauge(&self, gauge: &str) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.api_url))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(gauge)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// Resident memory of each worker, in bytes.
     pub fn worker_rss_bytes(&self) -> Vec<u64> {
         self.processes

@@ -13,6 +13,7 @@ mod http;
 mod in_process;
 mod operations;
 mod scenarios;
+mod waiting;
 
 use std::path::PathBuf;
 
@@ -83,6 +84,9 @@ pub enum Scenario {
     ListQueues,
     /// The drain, alternately alone and while the pruner deletes 1,000,000 expired jobs.
     PruneDrain,
+    /// `GET /v1/jobs/{id}?wait=`: a job's finish to the waiting client's
+    /// answer, and the API's memory with 1,000 clients waiting.
+    LongPoll,
 }
 
 /// One figure of one run.

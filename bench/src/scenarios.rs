@@ -16,7 +16,7 @@ use taskflow_testkit::percentile;
 
 use super::cluster::{Deployment, Target};
 use super::{Figure, Scenario};
-use super::{in_process, operations};
+use super::{in_process, operations, waiting};
 
 /// Runs one scenario once.
 pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Result<Vec<Figure>> {
@@ -36,6 +36,7 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
         Scenario::Cpu => cpu(target, scaled(200)).await,
         Scenario::Http => super::http::http(target, scaled(2_000), scaled(2_000)).await,
         Scenario::ListQueues => operations::list_queues(target, scaled(10_000_000)).await,
+        Scenario::LongPoll => waiting::long_poll(target, scaled(200), scaled(1_000)).await,
         Scenario::PruneDrain => {
             operations::prune_while_draining(target, scaled(20_000), scaled(1_000_000)).await
         }
