@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 /// Stops errors from capturing backtraces unless `RUST_LIB_BACKTRACE` asks
@@ -37,11 +37,27 @@ pub fn init_logging() {
     }
 }
 
+/// Buckets of every histogram in seconds: from a no-op attempt's
+/// milliseconds to the longest timeouts.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0,
+];
+
+/// Buckets of fuel per attempt: a no-op burns thousands, the default
+/// budget is a billion.
+const FUEL_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11];
+
 /// The process's Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Suffix("_fuel".into()), FUEL_BUCKETS)
+            })
+            .expect("bucket lists are not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed")
     })

@@ -1,5 +1,7 @@
 //! Liveness, readiness and metrics.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,6 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ApiState;
+use crate::job::JobState;
+use crate::queue::QueueStats;
 
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn router() -> OpenApiRouter<ApiState> {
@@ -80,9 +84,29 @@ fn dependency_status<E: std::fmt::Display>(name: &str, result: Result<(), E>) ->
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format, with each queue's jobs per
+/// state and the age of its oldest available job read at the scrape from
+/// the queue counters (`Store::queue_stats`: a few statements, no scan of
+/// the jobs, however many there are).
 #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
-async fn metrics() -> String {
+async fn metrics(State(state): State<ApiState>) -> String {
+    match state.store.queue_stats(None).await {
+        Ok(queues) => set_queue_gauges(&queues),
+        // The scrape still answers, with the gauges as they were.
+        Err(error) => tracing::warn!(%error, "cannot read the queue counters for /metrics"),
+    }
     crate::telemetry::prometheus().render()
+}
+
+fn set_queue_gauges(queues: &BTreeMap<String, QueueStats>) {
+    for (queue, stats) in queues {
+        for state in JobState::ALL {
+            metrics::gauge!("taskflow_queue_jobs", "queue" => queue.clone(), "state" => state.as_str())
+                .set(stats.jobs.get(state) as f64);
+        }
+        let oldest = stats.oldest_available_age.unwrap_or_default();
+        metrics::gauge!("taskflow_queue_oldest_available_seconds", "queue" => queue.clone())
+            .set(oldest.as_secs_f64());
+    }
 }

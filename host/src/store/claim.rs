@@ -52,6 +52,9 @@ pub struct ClaimedJob {
     pub lease_token: i64,
     /// When the attempt started, by PostgreSQL's clock.
     pub attempted_at: DateTime<Utc>,
+    /// When the job fell due (its submission, unless it was scheduled or is
+    /// a retry).
+    pub run_at: DateTime<Utc>,
 }
 
 impl ClaimedJob {
@@ -169,7 +172,7 @@ impl Store {
                  FROM due WHERE j.id = due.id
                  RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,
                            j.max_attempts, j.timeout_ms, j.fuel, j.memory_limit_bytes,
-                           j.lease_token, j.attempted_at
+                           j.lease_token, j.attempted_at, j.run_at
              ),
              logged AS (
                  INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
@@ -179,7 +182,8 @@ impl Store {
                     input AS "input!", attempt AS "attempt!", attempt_base AS "attempt_base!",
                     max_attempts AS "max_attempts!", timeout_ms AS "timeout_ms!",
                     fuel AS "fuel!", memory_limit_bytes AS "memory_limit_bytes!",
-                    lease_token AS "lease_token!", attempted_at AS "attempted_at!"
+                    lease_token AS "lease_token!", attempted_at AS "attempted_at!",
+                    run_at AS "run_at!"
              FROM claimed"#,
             queue,
             limit as i64,
@@ -204,7 +208,8 @@ impl Store {
     }
 
     /// The limited path: one call of `claim_limited_jobs`
-    /// (migrations/20261205000002_claim_limited_function.sql), which locks
+    /// (migrations/20261205000002_claim_limited_function.sql, returning
+    /// `run_at` since 20261206000001_claim_returns_run_at.sql), which locks
     /// the queue's row, then, with a snapshot taken after the lock, claims
     /// what its limits leave, in one round trip and one transaction; the
     /// lock serializes only the limited claims of this queue.
@@ -219,7 +224,7 @@ impl Store {
         let rows = sqlx::query!(
             "SELECT unlimited, id, module_hash, queue, input, attempt, attempt_base,
                     max_attempts, timeout_ms, fuel, memory_limit_bytes, lease_token,
-                    attempted_at
+                    attempted_at, run_at
              FROM claim_limited_jobs($1, $2, $3, $4, $5, $6)",
             queue,
             worker_id,
@@ -256,6 +261,7 @@ impl Store {
                     memory_limit_bytes: row.memory_limit_bytes?,
                     lease_token: row.lease_token?,
                     attempted_at: row.attempted_at?,
+                    run_at: row.run_at?,
                 })
             })
             .collect();

@@ -38,6 +38,7 @@ pub struct Capacity {
 impl Capacity {
     /// Capacity for `concurrency` attempts at once.
     pub fn new(concurrency: usize) -> Arc<Self> {
+        metrics::gauge!("taskflow_worker_slots").set(concurrency as f64);
         Arc::new(Self {
             concurrency,
             slots: Arc::new(Semaphore::new(concurrency)),
@@ -115,6 +116,7 @@ impl Claim {
         // unchanged, so the claim loop need not be told.
         self.capacity.waiting.fetch_sub(1, Ordering::AcqRel);
         self.seated = true;
+        metrics::gauge!("taskflow_worker_busy_slots").increment(1);
         Slot {
             capacity: self.capacity.clone(),
             permit: Some(permit),
@@ -152,6 +154,7 @@ impl Drop for Slot {
         // The permit goes back before the claim loop is told, so the loop
         // sees the free slot when it looks.
         drop(self.permit.take());
+        metrics::gauge!("taskflow_worker_busy_slots").decrement(1);
         self.capacity.changed.notify_one();
     }
 }

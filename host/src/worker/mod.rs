@@ -20,6 +20,7 @@
 //! When it has free slots and found no work, the worker sleeps until a
 //! Redis wake-up arrives or `poll_interval` passes.
 
+mod attempt_metrics;
 pub mod capacity;
 pub mod completer;
 mod grants;
@@ -67,6 +68,7 @@ pub struct Worker {
     sandbox: Sandbox,
     grants: grants::GrantsCache,
     retry_scheduled: Arc<Notify>,
+    attempt_metrics: attempt_metrics::AttemptMetrics,
 }
 
 impl Worker {
@@ -99,6 +101,7 @@ impl Worker {
         ))?;
         let grants = grants::GrantsCache::new(store.clone(), config.secret_key.clone());
         Ok(Self {
+            attempt_metrics: attempt_metrics::AttemptMetrics::new(&config.queues),
             grants,
             id,
             config,
@@ -262,10 +265,15 @@ impl Worker {
             let claim = capacity.claim();
             let worker = self.clone();
             let completer = completer.clone();
+            worker
+                .attempt_metrics
+                .started(&job.queue, job.run_at, job.attempted_at);
             attempts.spawn(async move {
                 let identity = AttemptIdentity::of(&job);
+                let queue = job.queue.clone();
                 let execution = worker.execute(job, grant, claim);
                 let finished = settle_attempt(&worker.id, &worker.retry, identity, execution).await;
+                worker.attempt_metrics.ended(&queue, &finished);
                 completer.submit(finished);
             });
         }

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod compile;
 mod completer;
+mod deploy;
 mod execution;
 mod fencing;
 mod fuzz;

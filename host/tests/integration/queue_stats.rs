@@ -194,5 +194,26 @@ async fn the_listing_shows_every_queue_with_its_jobs_activity_and_oldest_waiting
         one["stats"]["oldest_available_age_ms"].as_u64()
             >= held["stats"]["oldest_available_age_ms"].as_u64()
     );
+
+    // The same counters, as /metrics shows them to Prometheus.
+    taskflow::telemetry::prometheus();
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"taskflow_queue_jobs{queue="held",state="available"} 3"#,
+        r#"taskflow_queue_jobs{queue="default",state="succeeded"} 2"#,
+        r#"taskflow_queue_jobs{queue="default",state="available"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
+    let oldest: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"taskflow_queue_oldest_available_seconds{queue="held"} "#))
+        .expect("the held queue's oldest job")
+        .parse()
+        .unwrap();
+    assert!(oldest >= 0.02, "{oldest}");
     app.finish().await;
 }
