@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use serde_json::json;
 use taskflow::api::types::{SubmitBatch, SubmitJob};
 use taskflow::job::JobState;
 use taskflow_testkit::percentile;
@@ -15,12 +16,9 @@ use super::Figure;
 use super::cluster::{Deployment, Target};
 use super::scenarios::{job, wait_succeeded, warm_deployment};
 
-/// Jobs submitted, and waited on, together.
-const ROUND: usize = 25;
-
-/// How far ahead a round's jobs fall due: long enough for every client to
-/// be waiting before its job is claimed.
-const DUE_AFTER: chrono::Duration = chrono::Duration::milliseconds(300);
+/// How long each measured job runs: long enough for its client to be
+/// waiting before it finishes, short enough for hundreds in seconds.
+const JOB_MS: u64 = 50;
 
 /// Latency over `samples` jobs, each waited on by its own request, then the
 /// API's memory with `waiters` requests waiting at once.
@@ -29,9 +27,9 @@ pub(crate) async fn long_poll(
     samples: usize,
     waiters: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let (deployment, module) = warm_deployment(target, 1, 2, "noop").await?;
+    let (deployment, module) = warm_deployment(target, 1, 2, "misbehave").await?;
     for _ in 0..8 {
-        deployment.client.submit(&job(&module)).await?;
+        deployment.client.submit(&sleeping(&module)).await?;
     }
     wait_succeeded(deployment.store(), 8, "warming up").await?;
     let mut latencies = finish_to_answer(&deployment, &module, samples).await?;
@@ -63,46 +61,34 @@ pub(crate) async fn long_poll(
 
 /// Milliseconds from each job's `finished_at` (PostgreSQL's clock, taken
 /// before the finish commits, so the figure errs high) to the moment its
-/// waiting request answered (this machine's clock).
+/// waiting request answered (this machine's clock), one job at a time, so
+/// the figure is the path's and not a queue's: the job runs [`JOB_MS`],
+/// and its client waits from the moment it is submitted.
 async fn finish_to_answer(
     deployment: &Deployment,
     module: &str,
     samples: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let mut latencies = Vec::with_capacity(samples);
-    while latencies.len() < samples {
-        let ids = submit_due_at(
-            deployment,
-            module,
-            ROUND.min(samples - latencies.len()),
-            Utc::now() + DUE_AFTER,
-        )
-        .await?;
-        let waiting: Vec<_> = ids
-            .into_iter()
-            .map(|id| {
-                let client = deployment.client.clone();
-                tokio::spawn(async move {
-                    let job = client
-                        .get_job_when_ended(id, Duration::from_secs(30))
-                        .await?;
-                    Ok::<_, anyhow::Error>((job, Utc::now()))
-                })
-            })
-            .collect();
-        for answer in waiting {
-            let (job, answered_at) = answer.await??;
-            anyhow::ensure!(
-                job.state == JobState::Succeeded,
-                "job {} is {}",
-                job.id,
-                job.state
-            );
-            let finished_at = job.finished_at.context("a succeeded job has finished_at")?;
-            latencies.push((answered_at - finished_at).as_seconds_f64() * 1000.0);
-        }
+    for _ in 0..samples {
+        let id = deployment.client.submit(&sleeping(module)).await?.job.id;
+        let job = deployment
+            .client
+            .get_job_when_ended(id, Duration::from_secs(30))
+            .await?;
+        let answered_at = Utc::now();
+        anyhow::ensure!(job.state == JobState::Succeeded, "job {} is {}", job.id, job.state);
+        let finished_at = job.finished_at.context("a succeeded job has finished_at")?;
+        latencies.push((answered_at - finished_at).as_seconds_f64() * 1000.0);
     }
     Ok(latencies)
+}
+
+fn sleeping(module: &str) -> SubmitJob {
+    SubmitJob {
+        input: Some(json!({"mode": "sleep", "ms": JOB_MS}).into()),
+        ..job(module)
+    }
 }
 
 /// Bytes the API's resident memory grew by with `waiters` requests waiting
