@@ -77,7 +77,12 @@ async fn finish_to_answer(
             .get_job_when_ended(id, Duration::from_secs(30))
             .await?;
         let answered_at = Utc::now();
-        anyhow::ensure!(job.state == JobState::Succeeded, "job {} is {}", job.id, job.state);
+        anyhow::ensure!(
+            job.state == JobState::Succeeded,
+            "job {} is {}",
+            job.id,
+            job.state
+        );
         let finished_at = job.finished_at.context("a succeeded job has finished_at")?;
         latencies.push((answered_at - finished_at).as_seconds_f64() * 1000.0);
     }

@@ -140,6 +140,33 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
     assert_eq!(job["output"]["greeting"], "Hello, shell!");
     let id = job["id"].as_str().unwrap().to_owned();
 
+    // Submitted without waiting, then waited on by `job get --wait`.
+    let queued = run(vec![
+        "job".into(),
+        "submit".into(),
+        "--module".into(),
+        hash.clone(),
+        "--input".into(),
+        r#"{"name":"later"}"#.into(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    let queued: Value = serde_json::from_slice(&queued.stdout).unwrap();
+    let waited = run(vec![
+        "job".into(),
+        "get".into(),
+        queued["id"].as_str().unwrap().into(),
+        "--wait".into(),
+        "30s".into(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(waited.status.success(), "{}", text(&waited.stderr));
+    let waited: Value = serde_json::from_slice(&waited.stdout).unwrap();
+    assert_eq!(waited["output"]["greeting"], "Hello, later!", "{waited}");
+
     let attempts = run(vec!["job".into(), "attempts".into(), id.clone()])
         .await
         .unwrap();
