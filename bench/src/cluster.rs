@@ -173,13 +173,20 @@ impl Deployment {
         rss_bytes(self.processes.api.id())
     }
 
+    /// The API's `/metrics`, as a scraper reads it.
+    pub async fn api_metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.api_url))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
     /// The value of `gauge` on the API's `/metrics` (0 before it is set).
     pub async fn api_gauge(&self, gauge: &str) -> anyhow::Result<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.api_url))
+        Ok(self
+            .api_metrics()
             .await?
-            .text()
-            .await?;
-        Ok(text
             .lines()
             .find_map(|line| line.strip_prefix(gauge)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0))

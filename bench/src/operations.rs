@@ -46,6 +46,7 @@ pub(crate) async fn list_queues(target: &Target, total: usize) -> anyhow::Result
     deployment.store().fold_job_transitions().await?;
     deployment.store().vacuum_jobs().await?;
     let (many, statements) = time_listings(&deployment).await?;
+    let scrapes = time_scrapes(&deployment).await?;
     let listed = deployment.client.list_queues().await?;
     let counted: u64 = listed.queues.iter().map(|q| q.stats.jobs.total()).sum();
     anyhow::ensure!(
@@ -71,6 +72,12 @@ pub(crate) async fn list_queues(target: &Target, total: usize) -> anyhow::Result
             percentile(&many, 99.0),
             "ms",
             "report",
+        ),
+        Figure::new(
+            "/metrics scrape (queue gauges from the counters), all jobs, p50",
+            percentile(&scrapes, 50.0),
+            "ms",
+            "≤ 20",
         ),
         Figure::new(
             "all / 1,000 jobs, p50",
@@ -119,6 +126,20 @@ async fn fill(deployment: &Deployment, module: &str, total: usize) -> anyhow::Re
     }
     bar.finish_and_clear();
     Ok(inserted)
+}
+
+/// [`LISTINGS`] scrapes of the API's `/metrics` one after another, which
+/// read the queue counters as the listing does: their latencies in ms,
+/// sorted.
+async fn time_scrapes(deployment: &Deployment) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::with_capacity(LISTINGS);
+    for _ in 0..LISTINGS {
+        let started = Instant::now();
+        deployment.api_metrics().await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
 }
 
 /// [`LISTINGS`] listings one after another: their latencies in ms, sorted,

@@ -114,7 +114,14 @@ async fn a_task_written_in_python_runs_end_to_end() {
         ..SubmitJob::new(&module, input)
     };
     let csv = json!({"csv": "name;age\nAda;36\nAlan;41\n", "delimiter": ";"});
-    let job = app.run_with(python(csv)).await;
+    // The worker first compiles a whole Python interpreter: 33 s alone on
+    // the CI machine, over a minute beside the other tests.
+    let id = app.submit_with(python(csv)).await.id;
+    let job = app
+        .client
+        .wait(id, std::time::Duration::from_secs(300))
+        .await
+        .expect("job finishes");
     assert_state(&job, JobState::Succeeded);
     assert_eq!(
         job.output,
