@@ -33,6 +33,8 @@ pub struct Capacity {
     /// Moving average of attempt durations, in microseconds.
     average_us: AtomicU64,
     changed: Notify,
+    /// `taskflow_worker_busy_slots`, registered once.
+    busy: metrics::Gauge,
 }
 
 impl Capacity {
@@ -46,6 +48,7 @@ impl Capacity {
             // Until attempts have been timed, claim one job ahead per slot.
             average_us: AtomicU64::new(PREFETCH_HORIZON.as_micros() as u64),
             changed: Notify::new(),
+            busy: metrics::gauge!("taskflow_worker_busy_slots"),
         })
     }
 
@@ -116,7 +119,7 @@ impl Claim {
         // unchanged, so the claim loop need not be told.
         self.capacity.waiting.fetch_sub(1, Ordering::AcqRel);
         self.seated = true;
-        metrics::gauge!("taskflow_worker_busy_slots").increment(1);
+        self.capacity.busy.increment(1);
         Slot {
             capacity: self.capacity.clone(),
             permit: Some(permit),
@@ -154,7 +157,7 @@ impl Drop for Slot {
         // The permit goes back before the claim loop is told, so the loop
         // sees the free slot when it looks.
         drop(self.permit.take());
-        metrics::gauge!("taskflow_worker_busy_slots").decrement(1);
+        self.capacity.busy.decrement(1);
         self.capacity.changed.notify_one();
     }
 }
