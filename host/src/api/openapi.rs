@@ -7,17 +7,17 @@
 //! [`utoipa_axum::router::OpenApiRouter`], so a route cannot be served
 //! without being documented. The responses every `/v1` operation may give
 //! (401, 500, and for those with a body 400/413/415/503) are added here once
-//! ([`CommonResponses`]) rather than on each handler.
+//! ([`add_bearer_and_shared_responses`]) rather than on each handler.
 
 use std::sync::LazyLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use bytes::Bytes;
+use utoipa::OpenApi as _;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, RefOr, Response, ResponseBuilder};
-use utoipa::{Modify, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -69,27 +69,24 @@ struct Fixed;
 pub fn document(routes: OpenApi) -> OpenApi {
     let mut document = Fixed::openapi();
     document.merge(routes);
-    CommonResponses.modify(&mut document);
+    add_bearer_and_shared_responses(&mut document);
     document
 }
 
-/// Adds the bearer scheme and the responses every `/v1` operation shares.
-struct CommonResponses;
-
-impl Modify for CommonResponses {
-    fn modify(&self, openapi: &mut OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            if !path.starts_with("/v1/") {
-                continue;
-            }
-            for operation in operations(item) {
-                add_common_responses(operation);
-            }
+/// Adds the bearer scheme, and the responses every `/v1` operation shares,
+/// to each `/v1` operation.
+fn add_bearer_and_shared_responses(openapi: &mut OpenApi) {
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for operation in operations(item) {
+            add_common_responses(operation);
         }
     }
 }
