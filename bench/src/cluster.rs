@@ -182,6 +182,28 @@ impl Deployment {
             .await?)
     }
 
+    /// A console page, `path` under the API (`/ui/jobs`), sent with
+    /// `cookie` (`name=value`) when given; its status, body and the
+    /// session cookie it set, if any.
+    pub async fn console_page(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> anyhow::Result<(String, Option<String>)> {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.api_url));
+        if let Some(cookie) = cookie {
+            request = request.header(reqwest::header::COOKIE, cookie);
+        }
+        let response = request.send().await?.error_for_status()?;
+        let session = response
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(str::to_owned);
+        Ok((response.text().await?, session))
+    }
+
     /// The value of `gauge` on the API's `/metrics` (0 before it is set).
     pub async fn api_gauge(&self, gauge: &str) -> anyhow::Result<f64> {
         Ok(self

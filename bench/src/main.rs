@@ -93,7 +93,7 @@ pub enum Scenario {
 #[derive(Debug, Clone)]
 pub struct Figure {
     /// What it measures.
-    pub name: &'static str,
+    pub name: std::borrow::Cow<'static, str>,
     /// Its value.
     pub value: f64,
     /// Its unit.
@@ -103,9 +103,14 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn new(name: &'static str, value: f64, unit: &'static str, target: &'static str) -> Self {
+    fn new(
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        value: f64,
+        unit: &'static str,
+        target: &'static str,
+    ) -> Self {
         Self {
-            name,
+            name: name.into(),
             value,
             unit,
             target,

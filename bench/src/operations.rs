@@ -47,6 +47,7 @@ pub(crate) async fn list_queues(target: &Target, total: usize) -> anyhow::Result
     deployment.store().vacuum_jobs().await?;
     let (many, statements) = time_listings(&deployment).await?;
     let scrapes = time_scrapes(&deployment).await?;
+    let console = time_console_pages(&deployment, &module).await?;
     let listed = deployment.client.list_queues().await?;
     let counted: u64 = listed.queues.iter().map(|q| q.stats.jobs.total()).sum();
     anyhow::ensure!(
@@ -86,6 +87,7 @@ pub(crate) async fn list_queues(target: &Target, total: usize) -> anyhow::Result
             "report",
         ),
     ];
+    figures.extend(console);
     if let Some(statements) = statements {
         figures.push(Figure::new(
             "statements per listing",
@@ -140,6 +142,62 @@ async fn time_scrapes(deployment: &Deployment) -> anyhow::Result<Vec<f64>> {
     }
     latencies.sort_by(f64::total_cmp);
     Ok(latencies)
+}
+
+/// Requests per console page timed.
+const PAGE_VIEWS: usize = 50;
+
+/// Each console page over the whole table, [`PAGE_VIEWS`] times one after
+/// another in one session (the API is open, so the first page opens it):
+/// p50 and p99 per page, in ms. The pages that list jobs are read with the
+/// filters that reach the most rows: none (the newest), dead jobs (3 % of
+/// the table), one queue of 20, and the module every job runs.
+async fn time_console_pages(deployment: &Deployment, module: &str) -> anyhow::Result<Vec<Figure>> {
+    let (_, session) = deployment.console_page("/ui", None).await?;
+    let session = session.context("the open console sets a session cookie")?;
+    let newest = deployment
+        .store()
+        .list_jobs(&taskflow::store::JobFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
+    let job = newest.first().context("the table has jobs")?.id;
+    let pages = [
+        ("overview", "/ui".to_owned()),
+        ("jobs", "/ui/jobs".to_owned()),
+        ("jobs, dead", "/ui/jobs?state=dead".to_owned()),
+        ("jobs, one queue", "/ui/jobs?queue=queue-07".to_owned()),
+        ("jobs, by module", format!("/ui/jobs?module={module}")),
+        ("job", format!("/ui/jobs/{job}")),
+        ("dead letters", "/ui/dead-letters".to_owned()),
+        ("modules", "/ui/modules".to_owned()),
+        ("queues", "/ui/queues".to_owned()),
+    ];
+    let mut figures = Vec::new();
+    for (name, path) in pages {
+        let mut latencies = Vec::with_capacity(PAGE_VIEWS);
+        for _ in 0..PAGE_VIEWS {
+            let started = Instant::now();
+            let (body, _) = deployment.console_page(&path, Some(&session)).await?;
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(body.contains("</main>"), "{path} did not render a page");
+        }
+        latencies.sort_by(f64::total_cmp);
+        figures.push(Figure::new(
+            format!("console page {name}, all jobs, p50"),
+            percentile(&latencies, 50.0),
+            "ms",
+            "≤ 100",
+        ));
+        figures.push(Figure::new(
+            format!("console page {name}, all jobs, p99"),
+            percentile(&latencies, 99.0),
+            "ms",
+            "report",
+        ));
+    }
+    Ok(figures)
 }
 
 /// [`LISTINGS`] listings one after another: their latencies in ms, sorted,

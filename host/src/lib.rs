@@ -10,6 +10,8 @@
 //! - [`api`]: the control plane. Accepts module uploads and job submissions
 //!   over REST, validates them and writes them to PostgreSQL. Holds no job
 //!   state in memory, so it can be restarted or scaled at will.
+//! - [`console`]: the web console at `/ui`, served by the API: pages for
+//!   people over the same store and actions.
 //! - [`store`]: every SQL statement TaskFlow runs. PostgreSQL is the only
 //!   source of truth; each job state transition is one guarded statement.
 //! - [`lease`]: Redis leases and wake-ups. Redis coordinates but holds no
@@ -36,6 +38,7 @@ pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod job;
 pub mod lease;
 pub mod maintenance;

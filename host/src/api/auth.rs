@@ -70,18 +70,35 @@ impl TokenHashes {
         self.0.is_empty()
     }
 
-    /// Whether `token` hashes to an accepted digest. Compares every digest in
-    /// constant time, so timing does not reveal how close a guess was.
+    /// Whether `token` hashes to an accepted digest.
     pub fn accepts(&self, token: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.accepts_digest(&digest(token))
+    }
+
+    /// Whether `presented` is an accepted digest (a console session keeps
+    /// the digest of the token it was opened with, never the token).
+    /// Compares every digest in constant time, so timing does not reveal
+    /// how close a guess was.
+    pub fn accepts_digest(&self, presented: &[u8; 32]) -> bool {
         self.0.iter().fold(false, |found, accepted| {
             let difference = accepted
                 .iter()
-                .zip(&presented)
+                .zip(presented)
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             found | (difference == 0)
         })
     }
+}
+
+/// The SHA-256 of a token, as configured and as a console session keeps it.
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether two secrets are equal, in time that does not depend on where
+/// they differ (a CSRF token against the one sent back).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A new random token and its SHA-256, for `taskflow token create`.
@@ -89,7 +106,7 @@ pub fn create_token() -> (String, String) {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).expect("the operating system provides randomness");
     let token = format!("tf_{}", hex::encode(secret));
-    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    let hash = hex::encode(digest(&token));
     (token, hash)
 }
 

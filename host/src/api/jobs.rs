@@ -19,7 +19,7 @@ use super::types::{
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::ApiLimits;
 use crate::job::{FailureKind, FieldError, JobSpec, JobState, ModuleNames, check_queue_name};
-use crate::store::{JobFilter, LeaseRef, Submitted};
+use crate::store::{JobFilter, JobRecord, LeaseRef, Submitted};
 
 /// Request-body overhead allowed beyond the input itself (field names,
 /// options, JSON escaping of a JSON input).
@@ -316,6 +316,7 @@ async fn list(
             queue: query.queue,
             before,
             limit,
+            ..JobFilter::default()
         })
         .await?;
     let next_cursor = (jobs.len() as i64 == limit)
@@ -339,6 +340,13 @@ async fn cancel(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
 ) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(cancel_job(&state, id).await?.into()))
+}
+
+/// Cancels job `id` if it has not finished, tells a worker running it to
+/// stop, and wakes those waiting on it: `POST /v1/jobs/{id}/cancel` and the
+/// console's cancel buttons.
+pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, ApiError> {
     let cancelled = state
         .store
         .cancel_if_unfinished(id, FailureKind::Cancelled.code())
@@ -361,7 +369,7 @@ async fn cancel(
         tracing::warn!(%error, job_id = %id, "could not revoke the lease of a cancelled running job");
     }
     state.ending_announcer.announce([id]);
-    Ok(Json(cancelled.job.into()))
+    Ok(cancelled.job)
 }
 
 /// `POST /v1/jobs/{id}/retry`: requeues a dead or cancelled job with a fresh
@@ -376,9 +384,15 @@ async fn retry(
     State(state): State<ApiState>,
     PathParams(id): PathParams<Uuid>,
 ) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(retry_job(&state, id).await?.into()))
+}
+
+/// Requeues job `id` if it is dead or cancelled and wakes its queue's
+/// workers: `POST /v1/jobs/{id}/retry` and the console's retry buttons.
+pub(crate) async fn retry_job(state: &ApiState, id: Uuid) -> Result<JobRecord, ApiError> {
     let job = state.store.requeue_if_finished(id).await?;
     state.waker.wake([job.queue.as_str()]);
-    Ok(Json(job.into()))
+    Ok(job)
 }
 
 /// `DELETE /v1/jobs/{id}`: removes a finished job and its attempts, and

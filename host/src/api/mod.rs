@@ -10,6 +10,7 @@
 //!   `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`
 //! - [`openapi`]: the contract, `GET /openapi.json` (docs/openapi.json)
+//! - the web console at `/ui` ([`crate::console`]), with its own login
 //! - [`auth`]: bearer tokens on every `/v1` route
 //! - [`error`]: the one error type, `{"error": {"code", "message"}}`
 //! - [`types`]: request and response bodies, shared with the CLI client
@@ -76,8 +77,8 @@ pub struct ApiState {
 
 /// All routes, with their state.
 pub fn router(state: ApiState) -> Router {
-    // Everything but the probes and the contract sits behind the token
-    // check, unknown paths included, so a stranger cannot even tell which
+    // Everything but the probes, the contract and the console (which
+    // has its own login) sits behind the token check, unknown paths included, so a stranger cannot even tell which
     // routes exist.
     let authenticated = Router::from(authenticated_routes())
         .fallback(not_found)
@@ -87,6 +88,7 @@ pub fn router(state: ApiState) -> Router {
             auth::require_token,
         ));
     Router::from(public_routes())
+        .merge(crate::console::router(state.clone()))
         .merge(authenticated)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

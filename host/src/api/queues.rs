@@ -170,10 +170,21 @@ async fn set_paused(
     name: String,
     paused: bool,
 ) -> Result<Json<QueueView>, ApiError> {
-    check_queue_name("name", &name)?;
-    let record = state.store.set_queue_paused(&name, paused).await?;
-    tracing::info!(queue = %name, paused, "queue paused or resumed");
+    let record = pause_or_resume(&state, &name, paused).await?;
     view(&state, record).await
+}
+
+/// Pauses or resumes queue `name`: the API's pause and resume and the
+/// console's buttons.
+pub(crate) async fn pause_or_resume(
+    state: &ApiState,
+    name: &str,
+    paused: bool,
+) -> Result<QueueRecord, ApiError> {
+    check_queue_name("name", name)?;
+    let record = state.store.set_queue_paused(name, paused).await?;
+    tracing::info!(queue = %name, paused, "queue paused or resumed");
+    Ok(record)
 }
 
 /// Checks `spec`, seals its new secret values and writes it (if the queue

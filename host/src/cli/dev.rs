@@ -87,6 +87,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     demo(&url, &plugin).await?;
     outbound_demo(&url, &build_plugin("taskflow-plugin-fetch").await?).await?;
+    println!("\nSee both jobs, their attempts and the queues in the console: {url}/ui");
 
     if args.exit_after_demo {
         shutdown.cancel();

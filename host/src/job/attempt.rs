@@ -112,6 +112,8 @@ pub fn attempts_used(attempt: i32, attempt_base: i32) -> u32 {
 pub struct Usage {
     /// Fuel (instructions, roughly) consumed.
     pub fuel_consumed: u64,
+    /// Peak linear memory, in bytes.
+    pub memory_bytes: u64,
     /// Wall time from instantiation to the end of the call.
     pub duration: Duration,
 }
@@ -193,6 +195,11 @@ pub struct Attempt {
     pub error_message: Option<String>,
     /// Fuel burned.
     pub fuel_consumed: Option<i64>,
+    /// Peak linear memory of the guest, in bytes (absent for attempts
+    /// recorded before TaskFlow measured it, and for rescued or cancelled
+    /// ones).
+    #[serde(default)]
+    pub memory_bytes: Option<i64>,
     /// Wall time in milliseconds.
     pub duration_ms: Option<f64>,
     /// Captured guest log: `[{"source", "level"?, "message"}]`.

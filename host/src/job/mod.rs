@@ -13,9 +13,11 @@
 //!   how many attempts a job has used ([`attempts_used`]).
 //! - [`input`]: a task's input ([`JobInput`]) and the bytes it becomes.
 //! - [`failure`]: the stable failure codes ([`FailureKind`]).
+//! - [`id_prefix`]: the start of a job id, as a range of ids ([`IdPrefix`]).
 
 pub mod attempt;
 pub mod failure;
+pub mod id_prefix;
 pub mod input;
 pub mod names;
 pub mod spec;
@@ -25,6 +27,7 @@ pub use attempt::{
     AfterFailure, Attempt, AttemptEnd, AttemptLog, AttemptRequests, Usage, attempts_used,
 };
 pub use failure::{Failure, FailureKind};
+pub use id_prefix::IdPrefix;
 pub use input::JobInput;
 pub use names::{
     ModuleRef, check_module_hash, check_module_name, check_queue_name, is_valid_module_hash,

@@ -21,8 +21,11 @@
 //! | `{prefix}lease:{job_id}`   | fencing token, or `revoked:`/`released:` + token; TTL = lease | worker; API and rescuer revoke |
 //! | `{prefix}epoch`            | Redis time (ms) first seen  | rescuer             |
 //! | `{prefix}wake:{queue}`     | pub/sub channel             | API, scheduler      |
+//! | `{prefix}ended`            | pub/sub channel: ids of jobs that ended | completer, rescuer, API |
+//! | `{prefix}workers`          | hash: worker id → presence JSON ([`presence`]) | worker |
 
 pub mod endings;
+pub mod presence;
 pub mod wakeup;
 
 use std::sync::LazyLock;
@@ -35,6 +38,7 @@ use uuid::Uuid;
 use crate::store::LeaseRef;
 
 pub use endings::{EndingAnnouncer, EndingWatcher};
+pub use presence::WorkerPresence;
 pub use wakeup::{Waker, WakeupListener};
 
 /// Redis failed or is unreachable. Callers degrade (poll, skip a rescue

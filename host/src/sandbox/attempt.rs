@@ -42,6 +42,8 @@ pub struct Execution {
     pub result: Result<Vec<u8>, Failure>,
     /// Fuel the guest burned.
     pub fuel_consumed: u64,
+    /// Peak linear memory of the guest, in bytes.
+    pub memory_bytes: u64,
     /// Wall time from instantiation to the end of the call.
     pub duration: Duration,
     /// What the guest logged.
@@ -56,6 +58,7 @@ impl Execution {
         Self {
             result: Err(failure),
             fuel_consumed: 0,
+            memory_bytes: 0,
             duration: Duration::ZERO,
             log: CapturedLog::default(),
             requests: RequestLog::default(),

@@ -168,6 +168,14 @@ pub(super) struct AttemptLimiter {
     last_grant: usize,
 }
 
+impl AttemptLimiter {
+    /// Linear memory granted to the guest so far: its peak, as memories
+    /// never shrink.
+    pub(super) fn allocated_bytes(&self) -> usize {
+        self.allocated_bytes
+    }
+}
+
 impl ResourceLimiter for AttemptLimiter {
     fn memory_growing(
         &mut self,

@@ -109,6 +109,7 @@ impl Sandbox {
         };
         let duration = started.elapsed();
         let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let memory_bytes = store.data().limiter.allocated_bytes() as u64;
         drop(store);
         let captured = log.finish();
         let requests = outbound.map_or_else(RequestLog::default, |outbound| outbound.finish());
@@ -138,6 +139,7 @@ impl Sandbox {
         Execution {
             result,
             fuel_consumed,
+            memory_bytes,
             duration,
             log: captured,
             requests,
@@ -149,6 +151,7 @@ fn host_failure(log: &LogCapture, started: Instant, message: String) -> Executio
     Execution {
         result: Err(Failure::new(FailureKind::ModuleUnavailable, message)),
         fuel_consumed: 0,
+        memory_bytes: 0,
         duration: started.elapsed(),
         log: log.finish(),
         requests: RequestLog::default(),

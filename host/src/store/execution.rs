@@ -160,6 +160,10 @@ impl Store {
             .iter()
             .map(|a| a.usage.map(|u| saturating_i64(u.fuel_consumed)))
             .collect();
+        let memory: Vec<Option<i64>> = attempts
+            .iter()
+            .map(|a| a.usage.map(|u| saturating_i64(u.memory_bytes)))
+            .collect();
         let durations: Vec<Option<i64>> = attempts
             .iter()
             .map(|a| a.usage.map(|u| saturating_i64(u.duration.as_micros())))
@@ -184,11 +188,11 @@ impl Store {
                                       $5::bigint[], $6::jsonb[], $7::int[], $8::text[],
                                       $9::timestamptz[], $10::attempt_outcome[], $11::text[],
                                       $12::text[], $13::bigint[], $14::bigint[], $15::text[],
-                                      $16::bigint[], $17::text[], $18::bigint[])
+                                      $16::bigint[], $17::text[], $18::bigint[], $19::bigint[])
                       AS i(job_id, lease_token, next_state, output, retry_delay_ms, last_error,
                            attempt, worker_id, started_at, outcome, error_kind, error_message,
                            fuel_consumed, duration_us, logs, logs_dropped, requests,
-                           requests_dropped)
+                           requests_dropped, memory_bytes)
              ),
              finished AS (
                  UPDATE jobs j
@@ -219,10 +223,10 @@ impl Store {
              INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
                                        outcome, error_kind, error_message, fuel_consumed,
                                        duration_us, logs, logs_dropped, requests,
-                                       requests_dropped)
+                                       requests_dropped, memory_bytes)
              SELECT i.job_id, i.lease_token, i.attempt, i.worker_id, i.started_at, i.outcome,
                     i.error_kind, i.error_message, i.fuel_consumed, i.duration_us, i.logs::jsonb,
-                    i.logs_dropped, i.requests::jsonb, i.requests_dropped
+                    i.logs_dropped, i.requests::jsonb, i.requests_dropped, i.memory_bytes
              FROM input i JOIN finished f ON f.id = i.job_id AND f.lease_token = i.lease_token
              RETURNING job_id, lease_token"#,
             &job_ids,
@@ -242,7 +246,8 @@ impl Store {
             &logs as &[&str],
             &dropped,
             &requests as &[&str],
-            &requests_dropped
+            &requests_dropped,
+            &memory as &[Option<i64>]
         )
         .fetch_all(&mut *connection)
         .await?;

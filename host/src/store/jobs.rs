@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use super::records::{JobDetail, JobRecord, job_columns};
 use super::{Store, StoreResult};
-use crate::job::{Attempt, AttemptOutcome, JobState};
+use crate::job::{Attempt, AttemptOutcome, IdPrefix, JobState};
 
 /// Filters of [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
@@ -13,6 +13,10 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs on this queue.
     pub queue: Option<String>,
+    /// Only jobs of this module (by hash).
+    pub module_hash: Option<String>,
+    /// Only jobs whose id begins so.
+    pub id_prefix: Option<IdPrefix>,
     /// Only jobs older than this id (the previous page's last id).
     pub before: Option<Uuid>,
     /// Page size.
@@ -43,9 +47,11 @@ impl Store {
     /// Jobs newest first, filtered, one page at a time.
     ///
     /// The statement names only the filters given, so PostgreSQL can serve
-    /// a listing of dead or cancelled jobs from `jobs_finished_list_idx` (a
-    /// catch-all `$1 IS NULL OR state = $1` would defeat it in a generic
-    /// plan); other listings walk the primary key newest first.
+    /// a listing of dead or cancelled jobs from `jobs_finished_list_idx`
+    /// and one of a module's jobs from `jobs_module_idx` (a catch-all
+    /// `$1 IS NULL OR state = $1` would defeat them in a generic plan);
+    /// other listings walk the primary key newest first, an id prefix
+    /// within its range.
     pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
         super::statement("list_jobs");
         let mut query = sqlx::QueryBuilder::new(concat!(
@@ -58,6 +64,16 @@ impl Store {
         }
         if let Some(queue) = &filter.queue {
             query.push(" AND queue = ").push_bind(queue);
+        }
+        if let Some(module_hash) = &filter.module_hash {
+            query.push(" AND module_hash = ").push_bind(module_hash);
+        }
+        if let Some(prefix) = filter.id_prefix {
+            query
+                .push(" AND id BETWEEN ")
+                .push_bind(prefix.first)
+                .push(" AND ")
+                .push_bind(prefix.last);
         }
         if let Some(before) = filter.before {
             query.push(" AND id < ").push_bind(before);
@@ -95,7 +111,7 @@ impl Store {
             Attempt,
             r#"SELECT attempt, lease_token, worker_id, started_at, finished_at,
                     outcome AS "outcome: AttemptOutcome", error_kind, error_message,
-                    fuel_consumed, duration_us / 1000.0::float8 AS duration_ms,
+                    fuel_consumed, memory_bytes, duration_us / 1000.0::float8 AS duration_ms,
                     logs, logs_dropped, requests, requests_dropped
              FROM job_attempts
              WHERE job_id = $1 AND ($2::bigint IS NULL OR lease_token > $2)

@@ -14,6 +14,9 @@
 //! - [`claim`]: where a job is claimed, with or without its queue's limits.
 //! - [`execution`]: the worker's and the maintenance services' statements:
 //!   finish, lease checks, promotion of due jobs.
+//! - [`dead_letters`]: dead jobs grouped by module and error, requeued
+//!   a group at a time.
+//! - [`console_sessions`]: who is logged in to the web console.
 //! - [`prune`]: where finished jobs past their retention are deleted.
 //! - [`queue_stats`]: what each queue is doing, from counters the
 //!   statements that move jobs keep.
@@ -23,6 +26,8 @@
 pub mod actions;
 pub mod claim;
 mod codec;
+pub mod console_sessions;
+pub mod dead_letters;
 pub mod execution;
 pub mod fixtures;
 pub mod jobs;
@@ -51,6 +56,8 @@ use crate::job::JobState;
 
 pub use actions::CancelOutcome;
 pub use claim::{ClaimPath, Claimed, ClaimedJob};
+pub use console_sessions::ConsoleSession;
+pub use dead_letters::DeadLetterGroup;
 pub use execution::{FinishedAttempt, LeaseRef};
 pub use fixtures::FillerJobs;
 pub use jobs::JobFilter;

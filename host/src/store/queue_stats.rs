@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::{Store, StoreResult};
 use crate::job::JobState;
 use crate::queue::{Activity, JobCounts, QueueStats};
@@ -44,12 +46,7 @@ impl Store {
             r#"SELECT queue AS "queue!", bucket > now() - interval '1 minute' AS "last_minute!",
                       sum(started)::bigint AS "started!", sum(succeeded)::bigint AS "succeeded!",
                       sum(failed)::bigint AS "failed!"
-               FROM (SELECT queue, bucket, started, succeeded, failed FROM queue_activity
-                     UNION ALL
-                     SELECT l.queue, date_bin('10 seconds', l.at, timestamptz 'epoch'),
-                            a.started, a.succeeded, a.failed
-                     FROM job_transition_log l,
-                          attempt_activity(l.from_state, l.to_state, l.jobs) a) activity
+               FROM queue_activity_current
                WHERE bucket > now() - interval '1 hour' AND ($1::text IS NULL OR queue = $1)
                GROUP BY 1, 2"#,
             name
@@ -80,6 +77,33 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// Attempt starts, successes and failures of all queues together in
+    /// each minute of the last hour that had any, oldest first.
+    pub async fn activity_by_minute(&self) -> StoreResult<Vec<(DateTime<Utc>, Activity)>> {
+        super::statement("activity_by_minute");
+        let rows = sqlx::query!(
+            r#"SELECT date_trunc('minute', bucket) AS "minute!",
+                      sum(started)::bigint AS "started!", sum(succeeded)::bigint AS "succeeded!",
+                      sum(failed)::bigint AS "failed!"
+               FROM queue_activity_current
+               WHERE bucket > now() - interval '1 hour'
+               GROUP BY 1 ORDER BY 1"#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let activity = Activity {
+                    started: u64::try_from(row.started).unwrap_or_default(),
+                    succeeded: u64::try_from(row.succeeded).unwrap_or_default(),
+                    failed: u64::try_from(row.failed).unwrap_or_default(),
+                };
+                (row.minute, activity)
+            })
+            .collect())
     }
 
     /// The jobs per state of queue `name`, or of every queue that has jobs

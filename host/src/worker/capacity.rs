@@ -52,6 +52,17 @@ impl Capacity {
         })
     }
 
+    /// How many attempts it runs at once.
+    pub fn slots(&self) -> usize {
+        self.concurrency
+    }
+
+    /// How many slots are running an attempt now.
+    pub fn busy(&self) -> usize {
+        self.concurrency
+            .saturating_sub(self.slots.available_permits())
+    }
+
     /// How many jobs to claim now: free slots, plus the prefetch target, less
     /// jobs already claimed and waiting.
     pub fn claimable(&self) -> usize {

@@ -17,6 +17,9 @@
 //!    [`Completer`], which commits outcomes in batches, guarded by the
 //!    fencing token ([`Store::finish_if_lease_matches`]).
 //!
+//! Meanwhile it writes its presence to Redis for the console
+//! (lease/presence.rs).
+//!
 //! When it has free slots and found no work, the worker sleeps until a
 //! Redis wake-up arrives or `poll_interval` passes.
 
@@ -26,6 +29,7 @@ pub mod completer;
 mod grants;
 pub mod heartbeat;
 mod outcome;
+mod presence;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,6 +147,14 @@ impl Worker {
         let wakeups =
             WakeupListener::spawn(this.redis.clone(), &this.config.queues, shutdown.clone());
         let capacity = Capacity::new(this.concurrency);
+        let presence_stop = CancellationToken::new();
+        let presence = tokio::spawn(presence::announce_until(
+            this.redis.clone(),
+            this.id.clone(),
+            this.config.queues.clone(),
+            capacity.clone(),
+            presence_stop.clone(),
+        ));
         let attempts = TaskTracker::new();
         tracing::info!(worker_id = %this.id, concurrency = this.concurrency, queues = ?this.config.queues, "worker started");
 
@@ -158,6 +170,8 @@ impl Worker {
         let _ = completer_task.await;
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
+        presence_stop.cancel();
+        let _ = presence.await;
         tracing::info!(worker_id = %this.id, "worker stopped");
     }
 

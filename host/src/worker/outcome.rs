@@ -114,6 +114,7 @@ fn finished_attempt(
         end,
         usage: Some(Usage {
             fuel_consumed: execution.fuel_consumed,
+            memory_bytes: execution.memory_bytes,
             duration: execution.duration,
         }),
         log: execution.log.stored(),

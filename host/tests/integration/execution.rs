@@ -210,6 +210,11 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
         if kind == "fuel_exhausted" {
             assert_eq!(attempts[0].fuel_consumed, Some(5_000_000));
         }
+        if kind == "memory_limit" {
+            // Granted up to the limit, never past it: the peak recorded.
+            let peak = attempts[0].memory_bytes.expect("the peak is recorded");
+            assert!((8 << 20..=16 << 20).contains(&peak), "{peak}");
+        }
     }
     let healthy = app.wait_final(healthy.id).await;
     assert_state(&healthy, JobState::Succeeded);

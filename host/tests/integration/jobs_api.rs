@@ -33,6 +33,11 @@ async fn a_submitted_job_runs_and_its_output_and_log_are_stored() {
     assert_eq!(attempts[0].outcome.as_str(), "succeeded");
     assert_eq!(attempts[0].worker_id, "w1");
     assert_eq!(Some(attempts[0].lease_token), job.lease_token);
+    let memory = attempts[0].memory_bytes.expect("the guest's peak memory");
+    assert!(
+        memory >= 64 << 10,
+        "at least one page of linear memory: {memory}"
+    );
     let log = &attempts[0].logs[0];
     assert_eq!(log["source"], "log");
     assert_eq!(log["level"], "info");

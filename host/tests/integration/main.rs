@@ -7,6 +7,8 @@ mod support;
 mod cli;
 mod compile;
 mod completer;
+mod console;
+mod console_store;
 mod deploy;
 mod execution;
 mod fencing;

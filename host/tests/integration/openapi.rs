@@ -105,6 +105,28 @@ async fn every_route_served_is_documented_and_every_documented_route_served() {
             );
         }
     }
+    // The one exception is the web console, which serves HTML to a
+    // browser under `/ui` (host/src/console/mod.rs): each of its routes is
+    // registered there, and only under `/ui`.
+    let console =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/console/mod.rs"))
+            .expect("host/src/console/mod.rs");
+    let console_routes: Vec<&str> = console
+        .split(".route(\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap_or_default())
+        .collect();
+    assert!(console_routes.len() > 10, "{console_routes:?}");
+    for route in console_routes {
+        assert!(
+            route.starts_with("/ui"),
+            "console route {route} is outside /ui"
+        );
+    }
+    assert!(
+        !paths.keys().any(|path| path.starts_with("/ui")),
+        "the contract lists a console page"
+    );
     // A path the contract does not list is not routed either.
     let (status, body) = app.get_json("/v1/undocumented").await;
     assert_eq!(

@@ -115,6 +115,21 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     assert_counts_exact(store, "a limited claim").await;
     store.fold_job_transitions().await.unwrap();
     assert_counts_exact(store, "a second fold").await;
+    let dead = store.get_job(claimed[3].id).await.unwrap().unwrap().job;
+    let kind = dead
+        .last_error
+        .as_ref()
+        .and_then(|error| error.0["kind"].as_str());
+    let requeued = store
+        .requeue_dead_group(&module, kind, chrono::Utc::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(requeued, vec![("default".to_owned(), 1)]);
+    assert_counts_exact(store, "a dead-letter group retried").await;
+    store
+        .cancel_if_unfinished(claimed[3].id, "enough")
+        .await
+        .unwrap();
     store.requeue_if_finished(claimed[3].id).await.unwrap();
     assert_counts_exact(store, "a retry by a user").await;
     store.delete_if_finished(claimed[0].id).await.unwrap();

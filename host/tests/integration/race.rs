@@ -31,10 +31,8 @@ async fn two_workers_racing_on_a_thousand_jobs_run_each_exactly_once() {
 
     let rows = store
         .list_jobs(&JobFilter {
-            state: None,
-            queue: None,
-            before: None,
             limit: 1000,
+            ..JobFilter::default()
         })
         .await
         .unwrap();

@@ -1,0 +1,332 @@
+//! `GET /ui/jobs`: jobs newest first, filtered by state, queue, module
+//! (hash or name) and id prefix, a page at a time (keyset on the id, so
+//! page 1,000 costs what page 1 does); and `POST /ui/jobs/bulk`: retry or
+//! cancel the jobs ticked, after a confirmation that says how many.
+
+use askama::Template;
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::session::Session;
+use super::view::{Chrome, ConsoleError, Done, ago, plural, render, short_hash};
+use super::{Confirm, ConsoleQuery};
+use crate::api::ApiState;
+use crate::api::jobs::{cancel_job, retry_job};
+use crate::job::{IdPrefix, JobState, ModuleRef, attempts_used, check_queue_name};
+use crate::store::{JobFilter, JobRecord};
+
+/// Jobs a page lists.
+const PAGE_JOBS: i64 = 50;
+
+/// Most jobs one bulk action takes: a page, with room to spare.
+const BULK_MAX_JOBS: usize = 500;
+
+/// The filters as the form sends them; an empty field filters nothing.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct JobsQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    module: Option<String>,
+    id: Option<String>,
+    before: Option<String>,
+}
+
+impl JobsQuery {
+    fn field(value: &Option<String>) -> Option<&str> {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+    }
+
+    /// The query string of these filters, with `before` for the next page.
+    fn href(&self, before: Option<Uuid>) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [
+            ("state", &self.state),
+            ("queue", &self.queue),
+            ("module", &self.module),
+            ("id", &self.id),
+        ] {
+            if let Some(value) = Self::field(value) {
+                query.append_pair(name, value);
+            }
+        }
+        if let Some(before) = before {
+            query.append_pair("before", &before.to_string());
+        }
+        format!("/ui/jobs?{}", query.finish())
+    }
+}
+
+/// One line of the list.
+struct JobLine {
+    id: Uuid,
+    state: JobState,
+    queue: String,
+    module_hash: String,
+    attempts: String,
+    created: String,
+    error_kind: Option<String>,
+}
+
+impl JobLine {
+    fn of(job: &JobRecord, now: DateTime<Utc>) -> Self {
+        Self {
+            id: job.id,
+            state: job.state,
+            queue: job.queue.clone(),
+            module_hash: job.module_hash.clone(),
+            attempts: format!(
+                "{} / {}",
+                attempts_used(job.attempt, job.attempt_base),
+                job.max_attempts
+            ),
+            created: ago(job.created_at, now),
+            error_kind: error_kind(job),
+        }
+    }
+
+    fn short_hash(&self) -> &str {
+        short_hash(&self.module_hash)
+    }
+}
+
+/// The `kind` of a job's last error.
+pub fn error_kind(job: &JobRecord) -> Option<String> {
+    job.last_error
+        .as_ref()
+        .and_then(|error| error.0.get("kind"))
+        .and_then(|kind| kind.as_str())
+        .map(str::to_owned)
+}
+
+#[derive(Template)]
+#[template(path = "console/jobs.html")]
+struct JobsPage {
+    chrome: Chrome,
+    query: JobsQuery,
+    states: [JobState; 7],
+    /// Why the filters match nothing, when they cannot.
+    problem: Option<String>,
+    jobs: Vec<JobLine>,
+    /// This page's address, to come back to after a bulk action.
+    here: String,
+    next: Option<String>,
+}
+
+impl JobsPage {
+    fn value<'a>(&self, field: &'a Option<String>) -> &'a str {
+        field.as_deref().unwrap_or("")
+    }
+
+    fn selected(&self, state: &JobState) -> bool {
+        JobsQuery::field(&self.query.state) == Some(state.as_str())
+    }
+}
+
+/// `GET /ui/jobs`.
+pub async fn page(
+    State(state): State<ApiState>,
+    Extension(session): Extension<Session>,
+    ConsoleQuery(query): ConsoleQuery<JobsQuery>,
+    ConsoleQuery(done): ConsoleQuery<Done>,
+) -> Result<Response, ConsoleError> {
+    let (jobs, problem) = match filter(&state, &query).await? {
+        Ok(filter) => (state.store.list_jobs(&filter).await?, None),
+        Err(problem) => (Vec::new(), Some(problem)),
+    };
+    let now = Utc::now();
+    let next = (jobs.len() as i64 == PAGE_JOBS)
+        .then(|| jobs.last().map(|job| query.href(Some(job.id))))
+        .flatten();
+    let before = JobsQuery::field(&query.before).and_then(|before| before.parse().ok());
+    let page = JobsPage {
+        chrome: Chrome::new(&session, state.tokens.is_open(), "jobs").with_notice(&done),
+        here: query.href(before),
+        problem,
+        jobs: jobs.iter().map(|job| JobLine::of(job, now)).collect(),
+        states: JobState::ALL,
+        query,
+        next,
+    };
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// The store filter of `query`; `Err` with a reason when it can match no
+/// job (a module name that names nothing), and a [`ConsoleError`] when a
+/// field is malformed.
+async fn filter(
+    state: &ApiState,
+    query: &JobsQuery,
+) -> Result<Result<JobFilter, String>, ConsoleError> {
+    let mut filter = JobFilter {
+        limit: PAGE_JOBS,
+        ..JobFilter::default()
+    };
+    if let Some(name) = JobsQuery::field(&query.state) {
+        filter.state = Some(
+            name.parse()
+                .map_err(|error: crate::job::state::UnknownName| {
+                    ConsoleError::new(StatusCode::BAD_REQUEST, format!("state: {error}"))
+                })?,
+        );
+    }
+    if let Some(queue) = JobsQuery::field(&query.queue) {
+        check_queue_name("queue", queue)?;
+        filter.queue = Some(queue.to_owned());
+    }
+    if let Some(prefix) = JobsQuery::field(&query.id) {
+        filter.id_prefix = Some(IdPrefix::parse("id", prefix)?);
+    }
+    if let Some(before) = JobsQuery::field(&query.before) {
+        filter.before =
+            Some(before.parse().map_err(|_| {
+                ConsoleError::new(StatusCode::BAD_REQUEST, "before: must be a job id")
+            })?);
+    }
+    if let Some(module) = JobsQuery::field(&query.module) {
+        filter.module_hash = Some(match ModuleRef::parse("module", module)? {
+            ModuleRef::Hash(hash) => hash.to_owned(),
+            ModuleRef::Name(name) => {
+                match state.store.module_names_for(&[name]).await?.remove(name) {
+                    Some(hash) => hash,
+                    None => return Ok(Err(format!("No module is named {name}."))),
+                }
+            }
+        });
+    }
+    Ok(Ok(filter))
+}
+
+/// A bulk action: what, on which jobs, and whether it was confirmed.
+struct BulkForm {
+    action: BulkAction,
+    ids: Vec<Uuid>,
+    confirmed: bool,
+    back: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkAction {
+    Retry,
+    Cancel,
+}
+
+impl BulkForm {
+    /// Reads the form: `action`, `id` once per job, `confirm`, `back`.
+    fn parse(body: &[u8]) -> Result<Self, ConsoleError> {
+        let bad = |message: &str| ConsoleError::new(StatusCode::BAD_REQUEST, message);
+        let mut action = None;
+        let mut ids = Vec::new();
+        let mut confirmed = false;
+        let mut back = "/ui/jobs".to_owned();
+        for (name, value) in form_urlencoded::parse(body) {
+            match &*name {
+                "action" => {
+                    action = Some(match &*value {
+                        "retry" => BulkAction::Retry,
+                        "cancel" => BulkAction::Cancel,
+                        _ => return Err(bad("action: must be retry or cancel")),
+                    });
+                }
+                "id" => ids.push(
+                    value
+                        .parse()
+                        .map_err(|_| bad("id: every id must be a job id"))?,
+                ),
+                "confirm" => confirmed = value == "yes",
+                // Only a jobs page: never a redirect off the console.
+                "back" if value.starts_with("/ui/jobs") => back = value.into_owned(),
+                _ => {}
+            }
+        }
+        let action = action.ok_or_else(|| bad("action: choose retry or cancel"))?;
+        if ids.is_empty() {
+            return Err(bad("Tick at least one job first."));
+        }
+        if ids.len() > BULK_MAX_JOBS {
+            return Err(bad(&format!(
+                "At most {BULK_MAX_JOBS} jobs can be acted on at once."
+            )));
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(Self {
+            action,
+            ids,
+            confirmed,
+            back,
+        })
+    }
+}
+
+/// `POST /ui/jobs/bulk`: asks for confirmation, then acts on each job.
+pub async fn bulk(
+    State(state): State<ApiState>,
+    Extension(session): Extension<Session>,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let form = BulkForm::parse(&body)?;
+    let count = form.ids.len() as u64;
+    let verb = match form.action {
+        BulkAction::Retry => "Retry",
+        BulkAction::Cancel => "Cancel",
+    };
+    if !form.confirmed {
+        let mut fields = vec![
+            ("action".to_owned(), verb.to_lowercase()),
+            ("back".to_owned(), form.back.clone()),
+        ];
+        fields.extend(form.ids.iter().map(|id| ("id".to_owned(), id.to_string())));
+        let page = Confirm {
+            chrome: Chrome::new(&session, state.tokens.is_open(), "jobs"),
+            question: format!("{verb} {count} job{}?", plural(count)),
+            detail: match form.action {
+                BulkAction::Retry => {
+                    "Dead and cancelled jobs start again with a fresh set of attempts; others are skipped."
+                }
+                BulkAction::Cancel => {
+                    "Jobs that have not finished stop; running attempts are told to stop. Finished jobs are skipped."
+                }
+            },
+            items: form.ids.iter().map(Uuid::to_string).collect(),
+            action: "/ui/jobs/bulk".to_owned(),
+            fields,
+            button: format!("{verb} {count} job{}", plural(count)),
+            back: form.back,
+        };
+        return Ok(render(StatusCode::OK, &page));
+    }
+    let mut acted = 0;
+    for id in &form.ids {
+        let result = match form.action {
+            BulkAction::Retry => retry_job(&state, *id).await,
+            BulkAction::Cancel => cancel_job(&state, *id).await,
+        };
+        match result {
+            Ok(_) => acted += 1,
+            Err(error) if error.status.is_client_error() => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let done = match form.action {
+        BulkAction::Retry => "retried",
+        BulkAction::Cancel => "cancelled",
+    };
+    Ok(redirect_with(
+        &form.back,
+        &Done::query(done, acted, count - acted),
+    ))
+}
+
+/// A redirect to `path` (which may have a query) carrying `query` too.
+pub fn redirect_with(path: &str, query: &str) -> Response {
+    let separator = if path.contains('?') { '&' } else { '?' };
+    Redirect::to(&format!("{path}{separator}{query}")).into_response()
+}

@@ -1,0 +1,98 @@
+//! `GET /ui/modules`: every uploaded module, its names, size, upload time
+//! and how many jobs use it, a page at a time in hash order.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::Utc;
+
+use super::ConsoleQuery;
+use super::session::Session;
+use super::view::{Chrome, ConsoleError, ago, bytes, render};
+use crate::api::ApiState;
+use crate::job::check_module_hash;
+
+/// Modules a page lists.
+const PAGE_MODULES: i64 = 50;
+
+/// Jobs counted per module at most: the count reads an index, and a page
+/// must cost the same for a module that ran a billion jobs.
+const COUNTED_JOBS: i64 = 10_000;
+
+/// One module, as the page shows it.
+struct ModuleLine {
+    hash: String,
+    names: Vec<String>,
+    size: String,
+    uploaded: String,
+    jobs: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/modules.html")]
+struct Modules {
+    chrome: Chrome,
+    modules: Vec<ModuleLine>,
+    next: Option<String>,
+}
+
+/// The page's query: the last hash of the previous page.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ModulesQuery {
+    after: Option<String>,
+}
+
+/// `GET /ui/modules`.
+pub async fn page(
+    State(state): State<ApiState>,
+    Extension(session): Extension<Session>,
+    ConsoleQuery(query): ConsoleQuery<ModulesQuery>,
+) -> Result<Response, ConsoleError> {
+    if let Some(after) = &query.after {
+        check_module_hash("after", after)?;
+    }
+    let modules = state
+        .store
+        .list_modules(query.after.as_deref(), PAGE_MODULES)
+        .await?;
+    let hashes: Vec<String> = modules.iter().map(|module| module.hash.clone()).collect();
+    let counts = state.store.module_job_counts(&hashes, COUNTED_JOBS).await?;
+    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, hash) in state.store.list_module_names().await? {
+        names.entry(hash).or_default().push(name);
+    }
+    let now = Utc::now();
+    let next = (modules.len() as i64 == PAGE_MODULES)
+        .then(|| {
+            modules
+                .last()
+                .map(|module| format!("/ui/modules?after={}", module.hash))
+        })
+        .flatten();
+    let page = Modules {
+        chrome: Chrome::new(&session, state.tokens.is_open(), "modules"),
+        modules: modules
+            .into_iter()
+            .map(|module| {
+                let jobs = counts.get(&module.hash).copied().unwrap_or(0);
+                ModuleLine {
+                    names: names.remove(&module.hash).unwrap_or_default(),
+                    size: bytes(module.size_bytes.unsigned_abs()),
+                    uploaded: ago(module.created_at, now),
+                    jobs: if jobs >= COUNTED_JOBS {
+                        format!("{COUNTED_JOBS}+")
+                    } else {
+                        jobs.to_string()
+                    },
+                    hash: module.hash,
+                }
+            })
+            .collect(),
+        next,
+    };
+    Ok(render(StatusCode::OK, &page))
+}

@@ -1,0 +1,246 @@
+//! The store calls behind the console's pages, one by one against a real
+//! PostgreSQL: dead jobs grouped and requeued a group at a time, jobs per
+//! module, and the job list's module and id-prefix filters.
+
+use std::time::Duration;
+
+use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, IdPrefix, NewJob};
+use taskflow::store::{ClaimPath, JobFilter, Store};
+use uuid::Uuid;
+
+use crate::support::{finished, new_job, test_database};
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// Submits jobs of `module`, claims them and ends each dead with `kind`.
+async fn dead_jobs(store: &Store, module: &str, kind: FailureKind, count: usize) -> Vec<Uuid> {
+    let jobs: Vec<NewJob> = (0..count).map(|_| new_job(module)).collect();
+    store.insert_jobs(&jobs).await.unwrap();
+    let claimed = store
+        .claim("default", "w1", count, TTL, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), count);
+    let ends: Vec<_> = claimed
+        .iter()
+        .map(|job| {
+            let end = AttemptEnd::Failed {
+                failure: Failure::new(kind, format!("{} failed", job.id)),
+                next: AfterFailure::Dead,
+            };
+            finished(job, "w1", end)
+        })
+        .collect();
+    store.finish_if_lease_matches(&ends).await.unwrap();
+    jobs.iter().map(|job| job.id).collect()
+}
+
+async fn module(store: &Store, byte: char) -> String {
+    let hash = byte.to_string().repeat(64);
+    store.insert_module(&hash, b"\0asm").await.unwrap();
+    hash
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_jobs_group_by_module_and_error_and_a_group_is_requeued_whole_once() {
+    let db = test_database().await;
+    let store = db.store();
+    let (a, b) = (module(store, 'a').await, module(store, 'b').await);
+    let timeouts = dead_jobs(store, &a, FailureKind::Timeout, 3).await;
+    let a_errors = dead_jobs(store, &a, FailureKind::GuestError, 2).await;
+    let b_timeouts = dead_jobs(store, &b, FailureKind::Timeout, 1).await;
+
+    let groups = store.dead_letter_groups(100).await.unwrap();
+    let summary: Vec<(String, Option<String>, i64)> = groups
+        .iter()
+        .map(|group| {
+            (
+                group.module_hash.clone(),
+                group.error_kind.clone(),
+                group.jobs,
+            )
+        })
+        .collect();
+    let kind = |kind: FailureKind| Some(kind.code().to_owned());
+    assert_eq!(
+        summary,
+        vec![
+            (a.clone(), kind(FailureKind::Timeout), 3),
+            (a.clone(), kind(FailureKind::GuestError), 2),
+            (b.clone(), kind(FailureKind::Timeout), 1),
+        ],
+        "largest group first"
+    );
+    assert_eq!(
+        groups[0].example_message.as_deref(),
+        Some(format!("{} failed", timeouts[2]).as_str()),
+        "the newest job's message"
+    );
+    let newest_two = store.dead_letter_groups(2).await.unwrap();
+    assert_eq!(
+        newest_two.iter().map(|group| group.jobs).sum::<i64>(),
+        2,
+        "only the newest jobs are grouped"
+    );
+
+    // Two at a time, until none is left: the group's three, no other.
+    let died_by = chrono::Utc::now();
+    let code = FailureKind::Timeout.code();
+    let mut passes = Vec::new();
+    loop {
+        let requeued = store
+            .requeue_dead_group(&a, Some(code), died_by, 2)
+            .await
+            .unwrap();
+        if requeued.is_empty() {
+            break;
+        }
+        passes.push(requeued);
+    }
+    assert_eq!(
+        passes,
+        vec![
+            vec![("default".to_owned(), 2)],
+            vec![("default".to_owned(), 1)]
+        ]
+    );
+    for id in &timeouts {
+        let job = store.get_job(*id).await.unwrap().unwrap().job;
+        assert_eq!(job.state, taskflow::job::JobState::Available);
+        assert_eq!(job.attempt_base, job.attempt, "a fresh set of attempts");
+    }
+    for id in a_errors.iter().chain(&b_timeouts) {
+        let job = store.get_job(*id).await.unwrap().unwrap().job;
+        assert_eq!(job.state, taskflow::job::JobState::Dead, "another group");
+    }
+
+    // A job of the group that dies again after `died_by` is not taken twice.
+    let again = store
+        .claim("default", "w1", 3, TTL, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    let ends: Vec<_> = again
+        .iter()
+        .map(|job| {
+            let end = AttemptEnd::Failed {
+                failure: Failure::new(FailureKind::Timeout, "again"),
+                next: AfterFailure::Dead,
+            };
+            finished(job, "w1", end)
+        })
+        .collect();
+    store.finish_if_lease_matches(&ends).await.unwrap();
+    assert!(
+        store
+            .requeue_dead_group(&a, Some(code), died_by, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_are_listed_and_counted_by_module_and_found_by_the_start_of_their_id() {
+    let db = test_database().await;
+    let store = db.store();
+    let (a, b) = (module(store, 'a').await, module(store, 'b').await);
+    let of_a: Vec<NewJob> = (0..5).map(|_| new_job(&a)).collect();
+    let of_b: Vec<NewJob> = (0..2).map(|_| new_job(&b)).collect();
+    store.insert_jobs(&of_a).await.unwrap();
+    store.insert_jobs(&of_b).await.unwrap();
+
+    let listed = |filter: JobFilter| async move {
+        store
+            .list_jobs(&JobFilter {
+                limit: 50,
+                ..filter
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|job| job.id)
+            .collect::<Vec<_>>()
+    };
+    let newest_first = |jobs: &[NewJob]| jobs.iter().rev().map(|job| job.id).collect::<Vec<_>>();
+    assert_eq!(
+        listed(JobFilter {
+            module_hash: Some(b.clone()),
+            ..JobFilter::default()
+        })
+        .await,
+        newest_first(&of_b)
+    );
+    let whole = of_a[2].id.to_string();
+    let exact = IdPrefix::parse("id", &whole).unwrap();
+    assert_eq!(
+        listed(JobFilter {
+            id_prefix: Some(exact),
+            ..JobFilter::default()
+        })
+        .await,
+        vec![of_a[2].id]
+    );
+    // UUIDv7 ids of one millisecond share their first 12 digits.
+    let prefix = IdPrefix::parse("id", &whole[..8]).unwrap();
+    let expected: Vec<Uuid> = newest_first(&of_a)
+        .into_iter()
+        .chain(newest_first(&of_b))
+        .filter(|id| prefix.matches(*id))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert!(expected.contains(&of_a[2].id));
+    assert_eq!(
+        listed(JobFilter {
+            id_prefix: Some(prefix),
+            ..JobFilter::default()
+        })
+        .await,
+        expected
+    );
+
+    let counts = store
+        .module_job_counts(&[a.clone(), b.clone(), "c".repeat(64)], 3)
+        .await
+        .unwrap();
+    assert_eq!(counts[&a], 3, "capped");
+    assert_eq!(counts[&b], 2);
+    assert_eq!(counts[&"c".repeat(64)], 0);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_session_is_found_by_its_id_digest_until_it_expires_or_ends() {
+    let db = test_database().await;
+    let store = db.store();
+    let (id, expired, token) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    store
+        .create_console_session(&expired, None, "csrf-old", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.console_session(&expired).await.unwrap(),
+        None,
+        "expired"
+    );
+    store
+        .create_console_session(&id, Some(&token), "csrf-1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let session = store.console_session(&id).await.unwrap().expect("stored");
+    assert_eq!(session.token_sha256.as_deref(), Some(token.as_slice()));
+    assert_eq!(session.csrf_token, "csrf-1");
+    assert!(session.expires_at > chrono::Utc::now() + chrono::Duration::seconds(50));
+    assert_eq!(store.console_session(&[9u8; 32]).await.unwrap(), None);
+    store.delete_console_session(&id).await.unwrap();
+    assert_eq!(
+        store.console_session(&id).await.unwrap(),
+        None,
+        "logged out"
+    );
+    db.drop_database().await.unwrap();
+}
