@@ -52,25 +52,12 @@ impl BodyLimit for PatchQueue {
 #[utoipa::path(get, operation_id = "list_queues", path = "/v1/queues", tag = "queues",
     responses((status = 200, description = "Every queue configured or holding jobs, with its stats", body = QueueList)))]
 async fn list(State(state): State<ApiState>) -> Result<Json<QueueList>, ApiError> {
-    let mut stats = state.store.queue_stats(None).await?;
-    let mut records: BTreeMap<String, QueueRecord> = state
+    let queues = state
         .store
-        .list_queues()
+        .queues_with_stats()
         .await?
         .into_iter()
-        .map(|record| (record.name.clone(), record))
-        .collect();
-    for name in stats.keys() {
-        records
-            .entry(name.clone())
-            .or_insert_with(|| QueueRecord::unconfigured(name));
-    }
-    let queues = records
-        .into_values()
-        .map(|record| {
-            let stats = stats.remove(&record.name).unwrap_or_default();
-            QueueView::new(record, stats)
-        })
+        .map(|(record, stats)| QueueView::new(record, stats))
         .collect();
     Ok(Json(QueueList { queues }))
 }

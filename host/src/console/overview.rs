@@ -2,8 +2,6 @@
 //! chart, and the workers alive now. Reads counters, never the jobs table
 //! (store/queue_stats.rs), so it costs the same over any number of jobs.
 
-use std::collections::BTreeMap;
-
 use askama::Template;
 use axum::Extension;
 use axum::extract::State;
@@ -17,7 +15,6 @@ use crate::api::{ApiState, QueryParams};
 use crate::job::JobState;
 use crate::lease::WorkerPresence;
 use crate::queue::{Activity, QueueStats};
-use crate::store::QueueRecord;
 
 /// One queue's line of the overview.
 struct QueueLine {
@@ -65,8 +62,7 @@ pub async fn page(
     Extension(session): Extension<Session>,
     QueryParams(done): QueryParams<Done>,
 ) -> Result<Response, ConsoleError> {
-    let stats = state.store.queue_stats(None).await?;
-    let records = state.store.list_queues().await?;
+    let queues = state.store.queues_with_stats().await?;
     let activity = state.store.activity_by_minute().await?;
     let now = Utc::now();
     let workers = state
@@ -76,37 +72,20 @@ pub async fn page(
         .map_err(|error| format!("Redis did not answer ({error}); workers cannot be listed."));
     let page = Overview {
         chrome: Chrome::new(&session, state.tokens.is_open(), "overview").with_notice(&done),
-        queues: queue_lines(stats, records),
+        queues: queues
+            .into_iter()
+            .map(|(record, stats)| QueueLine {
+                max_running: record.settings.limits.max_running.map(|limit| limit.get()),
+                paused: record.paused,
+                name: record.name,
+                stats,
+            })
+            .collect(),
         chart: ActivityChart::last_hour(&activity, now),
         workers,
         now,
     };
     Ok(render(StatusCode::OK, &page))
-}
-
-/// Every queue that has jobs, activity or settings, by name.
-fn queue_lines(stats: BTreeMap<String, QueueStats>, records: Vec<QueueRecord>) -> Vec<QueueLine> {
-    let mut records: BTreeMap<String, QueueRecord> = records
-        .into_iter()
-        .map(|record| (record.name.clone(), record))
-        .collect();
-    let mut names: Vec<String> = stats.keys().chain(records.keys()).cloned().collect();
-    names.sort();
-    names.dedup();
-    names
-        .into_iter()
-        .map(|name| {
-            let record = records
-                .remove(&name)
-                .unwrap_or_else(|| QueueRecord::unconfigured(&name));
-            QueueLine {
-                stats: stats.get(&name).copied().unwrap_or_default(),
-                paused: record.paused,
-                max_running: record.settings.limits.max_running.map(|limit| limit.get()),
-                name,
-            }
-        })
-        .collect()
 }
 
 /// Starts, successes and failures per minute over the last hour, drawn as

@@ -3,8 +3,6 @@
 //! routes: api/queues.rs, `pause_or_resume`). Settings are written with
 //! `taskflow queue set` or `PUT /v1/queues/{name}`.
 
-use std::collections::BTreeMap;
-
 use askama::Template;
 use axum::Extension;
 use axum::extract::State;
@@ -102,27 +100,12 @@ pub async fn page(
     Extension(session): Extension<Session>,
     ConsoleQuery(done): ConsoleQuery<Done>,
 ) -> Result<Response, ConsoleError> {
-    let counts = state.store.job_counts(None).await?;
-    let mut records: BTreeMap<String, QueueRecord> = state
+    let queues = state
         .store
-        .list_queues()
+        .queues_with_stats()
         .await?
-        .into_iter()
-        .map(|record| (record.name.clone(), record))
-        .collect();
-    for name in counts.keys() {
-        records
-            .entry(name.clone())
-            .or_insert_with(|| QueueRecord::unconfigured(name));
-    }
-    let queues = records
-        .values()
-        .map(|record| {
-            let running = counts
-                .get(&record.name)
-                .map_or(0, |counts| counts.get(JobState::Running));
-            QueueLine::of(record, running)
-        })
+        .iter()
+        .map(|(record, stats)| QueueLine::of(record, stats.jobs.get(JobState::Running)))
         .collect();
     let page = Queues {
         chrome: Chrome::new(&session, state.tokens.is_open(), "queues").with_notice(&done),

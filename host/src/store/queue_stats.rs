@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, StoreResult};
+use super::{QueueRecord, Store, StoreResult};
 use crate::job::JobState;
 use crate::queue::{Activity, JobCounts, QueueStats};
 
@@ -77,6 +77,32 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// Every queue configured or holding jobs (or with attempts in the last
+    /// hour), by name, with its stats: what `GET /v1/queues` and the
+    /// console's overview and queue pages list. A queue never configured
+    /// comes as [`QueueRecord::unconfigured`].
+    pub async fn queues_with_stats(&self) -> StoreResult<Vec<(QueueRecord, QueueStats)>> {
+        let mut stats = self.queue_stats(None).await?;
+        let mut records: BTreeMap<String, QueueRecord> = self
+            .list_queues()
+            .await?
+            .into_iter()
+            .map(|record| (record.name.clone(), record))
+            .collect();
+        for name in stats.keys() {
+            records
+                .entry(name.clone())
+                .or_insert_with(|| QueueRecord::unconfigured(name));
+        }
+        Ok(records
+            .into_values()
+            .map(|record| {
+                let stats = stats.remove(&record.name).unwrap_or_default();
+                (record, stats)
+            })
+            .collect())
     }
 
     /// Attempt starts, successes and failures of all queues together in
