@@ -14,11 +14,6 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_expiry_idx ON console_sessions (expires_at);
 
--- Jobs by module, newest first: the console's module filter and "jobs using
--- it" (host/src/store/jobs.rs), and the unfinished-jobs check of a module
--- delete (host/src/store/module_names.rs), which scanned the whole table.
-CREATE INDEX jobs_module_idx ON jobs (module_hash, id);
-
 -- Attempt activity in 10-second buckets, folded or not yet folded: what the
 -- queue listing's last minute and hour and the console's per-minute chart
 -- read (host/src/store/queue_stats.rs).

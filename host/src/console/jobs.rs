@@ -23,6 +23,10 @@ use crate::store::{JobFilter, JobRecord};
 /// Jobs a page lists.
 const PAGE_JOBS: i64 = 50;
 
+/// Most jobs one page with a module filter reads (see
+/// [`Store::list_module_jobs`](crate::store::Store::list_module_jobs)).
+const MODULE_SCAN: i64 = 100_000;
+
 /// Most jobs one bulk action takes: a page, with room to spare.
 const BULK_MAX_JOBS: usize = 500;
 
@@ -114,6 +118,9 @@ struct JobsPage {
     states: [JobState; 7],
     /// Why the filters match nothing, when they cannot.
     problem: Option<String>,
+    /// Set when a module search stopped at its bound before filling the
+    /// page.
+    searched: Option<String>,
     jobs: Vec<JobLine>,
     /// This page's address, to come back to after a bulk action.
     here: String,
@@ -137,19 +144,35 @@ pub async fn page(
     ConsoleQuery(query): ConsoleQuery<JobsQuery>,
     ConsoleQuery(done): ConsoleQuery<Done>,
 ) -> Result<Response, ConsoleError> {
-    let (jobs, problem) = match filter(&state, &query).await? {
-        Ok(filter) => (state.store.list_jobs(&filter).await?, None),
-        Err(problem) => (Vec::new(), Some(problem)),
+    let (jobs, resume_before, problem) = match filter(&state, &query).await? {
+        Ok((filter, None)) => (state.store.list_jobs(&filter).await?, None, None),
+        Ok((filter, Some(module))) => {
+            let page = state
+                .store
+                .list_module_jobs(&filter, &module, MODULE_SCAN)
+                .await?;
+            (page.jobs, page.resume_before, None)
+        }
+        Err(problem) => (Vec::new(), None, Some(problem)),
     };
     let now = Utc::now();
-    let next = (jobs.len() as i64 == PAGE_JOBS)
-        .then(|| jobs.last().map(|job| query.href(Some(job.id))))
-        .flatten();
+    let next = match jobs.last() {
+        Some(last) if jobs.len() as i64 == PAGE_JOBS => Some(query.href(Some(last.id))),
+        _ => resume_before.map(|before| query.href(Some(before))),
+    };
+    let searched = resume_before.map(|_| {
+        format!(
+            "A module's jobs are searched among {MODULE_SCAN} jobs at a time (no index \
+             serves modules); these are all of them among the newest {MODULE_SCAN} \
+             that match the other filters. \"Older →\" searches the next {MODULE_SCAN}."
+        )
+    });
     let before = JobsQuery::field(&query.before).and_then(|before| before.parse().ok());
     let page = JobsPage {
         chrome: Chrome::new(&session, state.tokens.is_open(), "jobs").with_notice(&done),
         here: query.href(before),
         problem,
+        searched,
         jobs: jobs.iter().map(|job| JobLine::of(job, now)).collect(),
         states: JobState::ALL,
         query,
@@ -158,13 +181,13 @@ pub async fn page(
     Ok(render(StatusCode::OK, &page))
 }
 
-/// The store filter of `query`; `Err` with a reason when it can match no
-/// job (a module name that names nothing), and a [`ConsoleError`] when a
-/// field is malformed.
+/// The store filter of `query` and the module hash it names, if any; `Err`
+/// with a reason when it can match no job (a module name that names
+/// nothing), and a [`ConsoleError`] when a field is malformed.
 async fn filter(
     state: &ApiState,
     query: &JobsQuery,
-) -> Result<Result<JobFilter, String>, ConsoleError> {
+) -> Result<Result<(JobFilter, Option<String>), String>, ConsoleError> {
     let mut filter = JobFilter {
         limit: PAGE_JOBS,
         ..JobFilter::default()
@@ -190,18 +213,17 @@ async fn filter(
                 ConsoleError::new(StatusCode::BAD_REQUEST, "before: must be a job id")
             })?);
     }
-    if let Some(module) = JobsQuery::field(&query.module) {
-        filter.module_hash = Some(match ModuleRef::parse("module", module)? {
-            ModuleRef::Hash(hash) => hash.to_owned(),
-            ModuleRef::Name(name) => {
-                match state.store.module_names_for(&[name]).await?.remove(name) {
-                    Some(hash) => hash,
-                    None => return Ok(Err(format!("No module is named {name}."))),
-                }
-            }
-        });
-    }
-    Ok(Ok(filter))
+    let Some(module) = JobsQuery::field(&query.module) else {
+        return Ok(Ok((filter, None)));
+    };
+    let hash = match ModuleRef::parse("module", module)? {
+        ModuleRef::Hash(hash) => hash.to_owned(),
+        ModuleRef::Name(name) => match state.store.module_names_for(&[name]).await?.remove(name) {
+            Some(hash) => hash,
+            None => return Ok(Err(format!("No module is named {name}."))),
+        },
+    };
+    Ok(Ok((filter, Some(hash))))
 }
 
 /// A bulk action: what, on which jobs, and whether it was confirmed.

@@ -1,5 +1,7 @@
-//! `GET /ui/modules`: every uploaded module, its names, size, upload time
-//! and how many jobs use it, a page at a time in hash order.
+//! `GET /ui/modules`: every uploaded module, its names, size and upload
+//! time, with a link to the jobs that use it, a page at a time in hash
+//! order. There is no count of those jobs: no index serves one (see
+//! [`Store::list_module_jobs`](crate::store::Store::list_module_jobs)).
 
 use std::collections::BTreeMap;
 
@@ -19,17 +21,12 @@ use crate::job::check_module_hash;
 /// Modules a page lists.
 const PAGE_MODULES: i64 = 50;
 
-/// Jobs counted per module at most: the count reads an index, and a page
-/// must cost the same for a module that ran a billion jobs.
-const COUNTED_JOBS: i64 = 10_000;
-
 /// One module, as the page shows it.
 struct ModuleLine {
     hash: String,
     names: Vec<String>,
     size: String,
     uploaded: String,
-    jobs: String,
 }
 
 #[derive(Template)]
@@ -59,8 +56,6 @@ pub async fn page(
         .store
         .list_modules(query.after.as_deref(), PAGE_MODULES)
         .await?;
-    let hashes: Vec<String> = modules.iter().map(|module| module.hash.clone()).collect();
-    let counts = state.store.module_job_counts(&hashes, COUNTED_JOBS).await?;
     let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, hash) in state.store.list_module_names().await? {
         names.entry(hash).or_default().push(name);
@@ -77,19 +72,11 @@ pub async fn page(
         chrome: Chrome::new(&session, state.tokens.is_open(), "modules"),
         modules: modules
             .into_iter()
-            .map(|module| {
-                let jobs = counts.get(&module.hash).copied().unwrap_or(0);
-                ModuleLine {
-                    names: names.remove(&module.hash).unwrap_or_default(),
-                    size: bytes(module.size_bytes.unsigned_abs()),
-                    uploaded: ago(module.created_at, now),
-                    jobs: if jobs >= COUNTED_JOBS {
-                        format!("{COUNTED_JOBS}+")
-                    } else {
-                        jobs.to_string()
-                    },
-                    hash: module.hash,
-                }
+            .map(|module| ModuleLine {
+                names: names.remove(&module.hash).unwrap_or_default(),
+                size: bytes(module.size_bytes.unsigned_abs()),
+                uploaded: ago(module.created_at, now),
+                hash: module.hash,
             })
             .collect(),
         next,

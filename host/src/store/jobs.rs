@@ -13,14 +13,43 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs on this queue.
     pub queue: Option<String>,
-    /// Only jobs of this module (by hash).
-    pub module_hash: Option<String>,
     /// Only jobs whose id begins so.
     pub id_prefix: Option<IdPrefix>,
     /// Only jobs older than this id (the previous page's last id).
     pub before: Option<Uuid>,
     /// Page size.
     pub limit: i64,
+}
+
+/// A page of [`Store::list_module_jobs`].
+#[derive(Debug, Clone)]
+pub struct ModuleJobs {
+    /// The module's jobs found, newest first.
+    pub jobs: Vec<JobRecord>,
+    /// Set when the page is short because the search reached its bound
+    /// with older jobs left: the `before` that searches on from there.
+    pub resume_before: Option<Uuid>,
+}
+
+/// Appends `filter`'s predicates (all but its limit) to a statement that
+/// ends in `WHERE true`.
+fn push_predicates(query: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, filter: &JobFilter) {
+    if let Some(state) = filter.state {
+        query.push(" AND state = ").push_bind(state);
+    }
+    if let Some(queue) = filter.queue.clone() {
+        query.push(" AND queue = ").push_bind(queue);
+    }
+    if let Some(prefix) = filter.id_prefix {
+        query
+            .push(" AND id BETWEEN ")
+            .push_bind(prefix.first)
+            .push(" AND ")
+            .push_bind(prefix.last);
+    }
+    if let Some(before) = filter.before {
+        query.push(" AND id < ").push_bind(before);
+    }
 }
 
 impl Store {
@@ -47,11 +76,10 @@ impl Store {
     /// Jobs newest first, filtered, one page at a time.
     ///
     /// The statement names only the filters given, so PostgreSQL can serve
-    /// a listing of dead or cancelled jobs from `jobs_finished_list_idx`
-    /// and one of a module's jobs from `jobs_module_idx` (a catch-all
-    /// `$1 IS NULL OR state = $1` would defeat them in a generic plan);
-    /// other listings walk the primary key newest first, an id prefix
-    /// within its range.
+    /// a listing of dead or cancelled jobs from `jobs_finished_list_idx` (a
+    /// catch-all `$1 IS NULL OR state = $1` would defeat it in a generic
+    /// plan); other listings walk the primary key newest first, an id
+    /// prefix within its range.
     pub async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
         super::statement("list_jobs");
         let mut query = sqlx::QueryBuilder::new(concat!(
@@ -59,25 +87,7 @@ impl Store {
             job_columns!(""),
             " FROM jobs WHERE true"
         ));
-        if let Some(state) = filter.state {
-            query.push(" AND state = ").push_bind(state);
-        }
-        if let Some(queue) = &filter.queue {
-            query.push(" AND queue = ").push_bind(queue);
-        }
-        if let Some(module_hash) = &filter.module_hash {
-            query.push(" AND module_hash = ").push_bind(module_hash);
-        }
-        if let Some(prefix) = filter.id_prefix {
-            query
-                .push(" AND id BETWEEN ")
-                .push_bind(prefix.first)
-                .push(" AND ")
-                .push_bind(prefix.last);
-        }
-        if let Some(before) = filter.before {
-            query.push(" AND id < ").push_bind(before);
-        }
+        push_predicates(&mut query, filter);
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(filter.limit);
@@ -85,6 +95,59 @@ impl Store {
             .build_query_as::<JobRecord>()
             .fetch_all(self.pool())
             .await?)
+    }
+
+    /// A page of the jobs of module `module_hash` among the newest `scan`
+    /// jobs that `filter` matches: no index serves a module (one on `jobs`
+    /// would take an entry at every state change of every job and cost the
+    /// drain a tenth: docs/benchmarks.md), so the search is bounded and
+    /// costs the same on any table. When the page is short because the
+    /// bound was reached, the page also says where to resume: the oldest
+    /// id read, to pass as `before`.
+    pub async fn list_module_jobs(
+        &self,
+        filter: &JobFilter,
+        module_hash: &str,
+        scan: i64,
+    ) -> StoreResult<ModuleJobs> {
+        super::statement("list_module_jobs");
+        let mut query = sqlx::QueryBuilder::new(concat!(
+            "SELECT ",
+            job_columns!(""),
+            " FROM (SELECT ",
+            job_columns!(""),
+            " FROM jobs WHERE true"
+        ));
+        push_predicates(&mut query, filter);
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(scan)
+            .push(") newest WHERE module_hash = ")
+            .push_bind(module_hash)
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(filter.limit);
+        let jobs = query
+            .build_query_as::<JobRecord>()
+            .fetch_all(self.pool())
+            .await?;
+        let resume_before = if jobs.len() as i64 == filter.limit {
+            None
+        } else {
+            let mut boundary = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE true");
+            push_predicates(&mut boundary, filter);
+            boundary
+                .push(" ORDER BY id DESC OFFSET ")
+                .push_bind(scan - 1)
+                .push(" LIMIT 1");
+            boundary
+                .build_query_scalar::<Uuid>()
+                .fetch_optional(self.pool())
+                .await?
+        };
+        Ok(ModuleJobs {
+            jobs,
+            resume_before,
+        })
     }
 
     /// A page of a job's finished attempts, oldest first: up to `limit`

@@ -60,7 +60,7 @@ pub use console_sessions::ConsoleSession;
 pub use dead_letters::DeadLetterGroup;
 pub use execution::{FinishedAttempt, LeaseRef};
 pub use fixtures::FillerJobs;
-pub use jobs::JobFilter;
+pub use jobs::{JobFilter, ModuleJobs};
 pub use module_names::{ModuleDeletion, ModuleInUse, NameMove};
 pub use modules::ModuleRecord;
 pub use prune::Pruned;

@@ -1,7 +1,5 @@
 //! Task components, stored content-addressed by their SHA-256.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -104,28 +102,5 @@ impl Store {
         )
         .fetch_all(self.pool())
         .await?)
-    }
-
-    /// How many jobs of each of `hashes` the table holds, counting at most
-    /// `cap` each (an index-only read of `jobs_module_idx`, so a page of
-    /// modules costs the same however many jobs they ran).
-    pub async fn module_job_counts(
-        &self,
-        hashes: &[String],
-        cap: i64,
-    ) -> StoreResult<HashMap<String, i64>> {
-        super::statement("module_job_counts");
-        let rows = sqlx::query!(
-            r#"SELECT m.hash AS "hash!",
-                      (SELECT count(*) FROM (SELECT 1 FROM jobs j
-                                             WHERE j.module_hash = m.hash LIMIT $2) capped)
-                      AS "jobs!"
-               FROM unnest($1::text[]) AS m(hash)"#,
-            hashes,
-            cap
-        )
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().map(|row| (row.hash, row.jobs)).collect())
     }
 }

@@ -1,6 +1,6 @@
 //! The store calls behind the console's pages, one by one against a real
-//! PostgreSQL: dead jobs grouped and requeued a group at a time, jobs per
-//! module, and the job list's module and id-prefix filters.
+//! PostgreSQL: dead jobs grouped and requeued a group at a time, a
+//! module's jobs searched in bounded steps, and the id-prefix filter.
 
 use std::time::Duration;
 
@@ -143,14 +143,18 @@ async fn dead_jobs_group_by_module_and_error_and_a_group_is_requeued_whole_once(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn jobs_are_listed_and_counted_by_module_and_found_by_the_start_of_their_id() {
+async fn a_modules_jobs_are_searched_in_bounded_steps_and_jobs_found_by_the_start_of_their_id() {
     let db = test_database().await;
     let store = db.store();
     let (a, b) = (module(store, 'a').await, module(store, 'b').await);
+    // Oldest first: 2 of b, 5 of a, 1 of b.
+    let old_b: Vec<NewJob> = (0..2).map(|_| new_job(&b)).collect();
     let of_a: Vec<NewJob> = (0..5).map(|_| new_job(&a)).collect();
-    let of_b: Vec<NewJob> = (0..2).map(|_| new_job(&b)).collect();
-    store.insert_jobs(&of_a).await.unwrap();
-    store.insert_jobs(&of_b).await.unwrap();
+    let new_b = vec![new_job(&b)];
+    for jobs in [&old_b, &of_a, &new_b] {
+        store.insert_jobs(jobs).await.unwrap();
+    }
+    let of_b: Vec<NewJob> = old_b.iter().chain(&new_b).cloned().collect();
 
     let listed = |filter: JobFilter| async move {
         store
@@ -165,14 +169,34 @@ async fn jobs_are_listed_and_counted_by_module_and_found_by_the_start_of_their_i
             .collect::<Vec<_>>()
     };
     let newest_first = |jobs: &[NewJob]| jobs.iter().rev().map(|job| job.id).collect::<Vec<_>>();
-    assert_eq!(
-        listed(JobFilter {
-            module_hash: Some(b.clone()),
-            ..JobFilter::default()
-        })
-        .await,
-        newest_first(&of_b)
-    );
+    let search = |before: Option<Uuid>, scan: i64| {
+        let b = b.clone();
+        async move {
+            let filter = JobFilter {
+                before,
+                limit: 2,
+                ..JobFilter::default()
+            };
+            let page = store.list_module_jobs(&filter, &b, scan).await.unwrap();
+            let ids: Vec<Uuid> = page.jobs.iter().map(|job| job.id).collect();
+            (ids, page.resume_before)
+        }
+    };
+    // Unbounded enough: a full page, resumed from its last job as usual.
+    let (ids, resume) = search(None, 100).await;
+    assert_eq!(ids, newest_first(&of_b)[..2].to_vec());
+    assert_eq!(resume, None);
+    // Three jobs read at a time: the newest b, then a short page that says
+    // where it stopped (the third newest, of a), then the rest.
+    let (ids, resume) = search(None, 3).await;
+    assert_eq!(ids, vec![new_b[0].id]);
+    assert_eq!(resume, Some(of_a[3].id));
+    let (ids, resume) = search(resume, 3).await;
+    assert_eq!(ids, Vec::<Uuid>::new());
+    assert_eq!(resume, Some(of_a[0].id));
+    let (ids, resume) = search(resume, 3).await;
+    assert_eq!(ids, newest_first(&old_b));
+    assert_eq!(resume, None, "the oldest job was read: nothing left");
     let whole = of_a[2].id.to_string();
     let exact = IdPrefix::parse("id", &whole).unwrap();
     assert_eq!(
@@ -203,13 +227,6 @@ async fn jobs_are_listed_and_counted_by_module_and_found_by_the_start_of_their_i
         expected
     );
 
-    let counts = store
-        .module_job_counts(&[a.clone(), b.clone(), "c".repeat(64)], 3)
-        .await
-        .unwrap();
-    assert_eq!(counts[&a], 3, "capped");
-    assert_eq!(counts[&b], 2);
-    assert_eq!(counts[&"c".repeat(64)], 0);
     db.drop_database().await.unwrap();
 }
 
