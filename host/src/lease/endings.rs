@@ -10,19 +10,31 @@
 //! message is only a doorbell: a lost one costs latency, never a wrong
 //! answer, and the watcher wakes every waiter after each (re)subscription,
 //! since messages sent while it was away are lost.
+//!
+//! Nobody pays for endings nobody waits on. A watcher is subscribed only
+//! while requests wait (and [`LINGER`] after the last one), and an
+//! announcer whose `PUBLISH` reached no subscriber drops what it is handed
+//! for [`UNHEARD_PAUSE`], then tries again: a worker draining thousands of
+//! jobs a second with no waiting client publishes about once a second
+//! instead of up to a thousand times, and no API process is woken by
+//! them. An ending dropped in that pause can only be one a newly
+//! subscribed watcher missed, so a watcher wakes all its waiters once more
+//! [`CATCH_UP`] after subscribing (each re-reads its job).
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::Redis;
-use super::wakeup::{RESUBSCRIBE_DELAY, publish_in_bursts, subscribe};
+use super::wakeup::{Bursts, RESUBSCRIBE_DELAY, subscribe};
 
 /// The channel, under the deployment's key prefix.
 fn channel(redis: &Redis) -> String {
@@ -31,6 +43,19 @@ fn channel(redis: &Redis) -> String {
 
 /// Most job ids announced in one message.
 const BURST: usize = 4096;
+
+/// How long an announcer whose message reached no subscriber drops
+/// endings before it publishes again.
+pub const UNHEARD_PAUSE: Duration = Duration::from_secs(1);
+
+/// When a watcher wakes its waiters again after subscribing: once every
+/// announcer's [`UNHEARD_PAUSE`] has run out, with a margin.
+pub const CATCH_UP: Duration = Duration::from_millis(1200);
+const _: () = assert!(CATCH_UP.as_millis() > UNHEARD_PAUSE.as_millis());
+
+/// How long a watcher stays subscribed after its last waiter left, so a
+/// steady trickle of waiting clients does not subscribe each time.
+pub const LINGER: Duration = Duration::from_secs(10);
 
 /// Publishes the ids of jobs that ended without making anyone wait for
 /// Redis: [`EndingAnnouncer::announce`] queues them; a background task
@@ -60,18 +85,46 @@ impl EndingAnnouncer {
 }
 
 async fn publish(redis: Redis, receiver: mpsc::UnboundedReceiver<Uuid>) {
-    let what = "job endings; clients waiting on them answer at their deadline";
-    publish_in_bursts(redis, receiver, BURST, what, |redis, burst| {
+    let mut audience = Audience::default();
+    let mut bursts = Bursts::new(receiver, BURST);
+    while let Some(burst) = bursts.next().await {
+        if !audience.worth_publishing(Instant::now()) {
+            continue;
+        }
         let message: Vec<u8> = burst.iter().flat_map(|id| *id.as_bytes()).collect();
-        let mut pipe = redis::pipe();
-        pipe.publish(channel(redis), message).ignore();
-        pipe
-    })
-    .await;
+        let mut connection = redis.connection.clone();
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(channel(&redis)).arg(message);
+        match command.query_async::<u64>(&mut connection).await {
+            Ok(subscribers) => audience.heard_by(subscribers, Instant::now()),
+            Err(error) => tracing::warn!(
+                %error,
+                "could not publish job endings; clients waiting on them answer at their deadline"
+            ),
+        }
+    }
+}
+
+/// Whether an announcer's messages reach anyone: after one reached no
+/// subscriber, none is sent for [`UNHEARD_PAUSE`].
+#[derive(Debug, Default)]
+struct Audience {
+    unheard_until: Option<Instant>,
+}
+
+impl Audience {
+    fn worth_publishing(&self, now: Instant) -> bool {
+        self.unheard_until.is_none_or(|until| now >= until)
+    }
+
+    fn heard_by(&mut self, subscribers: u64, now: Instant) {
+        self.unheard_until = (subscribers == 0).then_some(now + UNHEARD_PAUSE);
+    }
 }
 
 /// Wakes the requests waiting on jobs when their endings are announced.
-/// Its subscription ends when the last clone is dropped.
+/// Subscribed only while requests wait (see the module docs); its task
+/// ends when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct EndingWatcher {
     waiters: Arc<Waiters>,
@@ -79,8 +132,9 @@ pub struct EndingWatcher {
 }
 
 impl EndingWatcher {
-    /// Subscribes to endings in a background task, resubscribing whenever
-    /// Redis goes away, until the watcher is dropped.
+    /// Starts the task that subscribes to endings while requests wait,
+    /// resubscribing whenever Redis goes away, until the watcher is
+    /// dropped.
     pub fn spawn(redis: Redis) -> Self {
         let waiters = Arc::new(Waiters::default());
         let stop = CancellationToken::new();
@@ -102,6 +156,8 @@ impl EndingWatcher {
 #[derive(Debug, Default)]
 struct Waiters {
     by_job: Mutex<HashMap<Uuid, Waiting>>,
+    /// Signalled when the first request starts waiting.
+    first: Notify,
 }
 
 /// The requests waiting on one job.
@@ -114,6 +170,9 @@ struct Waiting {
 impl Waiters {
     fn watch(self: &Arc<Self>, id: Uuid) -> Watch {
         let mut by_job = self.by_job.lock().expect("not poisoned");
+        if by_job.is_empty() {
+            self.first.notify_one();
+        }
         let entry = by_job.entry(id).or_insert_with(|| Waiting {
             ended: Arc::new(Notify::new()),
             requests: 0,
@@ -127,9 +186,19 @@ impl Waiters {
         }
     }
 
-    #[cfg(test)]
     fn jobs_watched(&self) -> usize {
         self.by_job.lock().expect("not poisoned").len()
+    }
+
+    /// Returns once some request waits.
+    async fn until_someone_waits(&self) {
+        loop {
+            let first = self.first.notified();
+            if self.jobs_watched() > 0 {
+                return;
+            }
+            first.await;
+        }
     }
 
     fn wake(&self, ids: impl Iterator<Item = Uuid>) {
@@ -160,31 +229,26 @@ impl Waiters {
     }
 }
 
-/// The subscription: wakes the waiters of each announced job, and all of
-/// them after each (re)subscription, until `stop` or the waiters are gone.
+/// The subscription, held while requests wait: wakes the waiters of each
+/// announced job, and all of them after each (re)subscription and again
+/// [`CATCH_UP`] later, until `stop` or the waiters are gone.
 async fn listen(redis: Redis, waiters: Weak<Waiters>, stop: CancellationToken) {
     let channels = [channel(&redis)];
-    while !stop.is_cancelled() {
+    loop {
+        let Some(all) = waiters.upgrade() else { return };
+        tokio::select! {
+            () = all.until_someone_waits() => {}
+            () = stop.cancelled() => return,
+        }
+        drop(all);
         match subscribe(&redis, &channels).await {
-            Ok(mut pubsub) => {
-                let Some(all) = waiters.upgrade() else { return };
-                all.wake_all();
-                drop(all);
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match (message, waiters.upgrade()) {
-                            (Some(message), Some(waiters)) => {
-                                waiters.wake(ids_in(message.get_payload_bytes()));
-                            }
-                            (None, _) => break,
-                            (_, None) => return,
-                        },
-                        () = stop.cancelled() => return,
-                    }
+            Ok(pubsub) => match serve(pubsub, &waiters, &stop).await {
+                Subscription::Idle => continue,
+                Subscription::Lost => {
+                    tracing::warn!("ending subscription lost; resubscribing");
                 }
-                tracing::warn!("ending subscription lost; resubscribing");
-            }
+                Subscription::Over => return,
+            },
             Err(error) => {
                 tracing::warn!(%error, "cannot subscribe to job endings; waiting clients answer at their deadline until Redis is back");
             }
@@ -192,6 +256,61 @@ async fn listen(redis: Redis, waiters: Weak<Waiters>, stop: CancellationToken) {
         tokio::select! {
             () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
             () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// How a subscription ended.
+enum Subscription {
+    /// No request waited for [`LINGER`]: unsubscribed.
+    Idle,
+    /// Redis went away.
+    Lost,
+    /// The watcher was dropped or stopped.
+    Over,
+}
+
+/// Wakes waiters from `pubsub`'s messages until nobody has waited for
+/// [`LINGER`], Redis goes away, or the watcher ends.
+async fn serve(
+    mut pubsub: redis::aio::PubSub,
+    waiters: &Weak<Waiters>,
+    stop: &CancellationToken,
+) -> Subscription {
+    let Some(all) = waiters.upgrade() else {
+        return Subscription::Over;
+    };
+    all.wake_all();
+    drop(all);
+    let catch_up = tokio::time::sleep(CATCH_UP);
+    tokio::pin!(catch_up);
+    let mut caught_up = false;
+    let mut idle_since: Option<Instant> = None;
+    let mut check = tokio::time::interval(LINGER / 10);
+    let mut messages = pubsub.on_message();
+    loop {
+        tokio::select! {
+            message = messages.next() => match (message, waiters.upgrade()) {
+                (Some(message), Some(waiters)) => {
+                    waiters.wake(ids_in(message.get_payload_bytes()));
+                }
+                (None, _) => return Subscription::Lost,
+                (_, None) => return Subscription::Over,
+            },
+            () = &mut catch_up, if !caught_up => {
+                caught_up = true;
+                let Some(all) = waiters.upgrade() else { return Subscription::Over };
+                all.wake_all();
+            }
+            _ = check.tick() => {
+                let Some(all) = waiters.upgrade() else { return Subscription::Over };
+                if all.jobs_watched() > 0 {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= LINGER {
+                    return Subscription::Idle;
+                }
+            }
+            () = stop.cancelled() => return Subscription::Over,
         }
     }
 }
@@ -231,6 +350,18 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_announcer_nobody_hears_pauses_then_tries_again() {
+        let now = Instant::now();
+        let mut audience = Audience::default();
+        assert!(audience.worth_publishing(now));
+        audience.heard_by(0, now);
+        assert!(!audience.worth_publishing(now + UNHEARD_PAUSE / 2));
+        assert!(audience.worth_publishing(now + UNHEARD_PAUSE));
+        audience.heard_by(2, now + UNHEARD_PAUSE);
+        assert!(audience.worth_publishing(now + UNHEARD_PAUSE));
+    }
 
     #[test]
     fn an_announcement_is_its_ids_in_order() {

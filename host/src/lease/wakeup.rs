@@ -65,57 +65,63 @@ const BURST: usize = 1024;
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
 
 async fn publish(redis: Redis, receiver: mpsc::UnboundedReceiver<String>) {
-    publish_in_bursts(
-        redis,
-        receiver,
-        BURST,
-        "a wake-up; workers will find the jobs by polling",
-        |redis, burst| {
-            let queues: BTreeSet<&str> = burst.iter().map(String::as_str).collect();
-            let mut pipe = redis::pipe();
-            for queue in queues {
-                pipe.publish(redis.key(&format!("wake:{queue}")), "")
-                    .ignore();
-            }
-            pipe
-        },
-    )
-    .await;
+    let mut bursts = Bursts::new(receiver, BURST);
+    while let Some(burst) = bursts.next().await {
+        let queues: BTreeSet<&str> = burst.iter().map(String::as_str).collect();
+        let mut pipe = redis::pipe();
+        for queue in queues {
+            pipe.publish(redis.key(&format!("wake:{queue}")), "")
+                .ignore();
+        }
+        let mut connection = redis.connection.clone();
+        if let Err(error) = pipe.query_async::<()>(&mut connection).await {
+            tracing::warn!(%error, "could not publish a wake-up; workers will find the jobs by polling");
+        }
+    }
 }
 
-/// Publishes what `receiver` yields in bursts of at most `burst_max`, one
-/// pipelined round trip (`publishing` says what it holds) a burst, bursts
+/// What a channel yields, taken in bursts of at most `burst_max`, bursts
 /// at least [`PUBLISH_INTERVAL`] apart: the first after a quiet spell goes
 /// out at once, those that follow it closely wait for the interval and go
-/// out together. A burst Redis does not take is logged as `what` and
-/// dropped. Ends when every sender is gone.
-pub(super) async fn publish_in_bursts<T>(
-    redis: Redis,
-    mut receiver: mpsc::UnboundedReceiver<T>,
+/// out together.
+pub(super) struct Bursts<T> {
+    receiver: mpsc::UnboundedReceiver<T>,
+    burst: Vec<T>,
     burst_max: usize,
-    what: &str,
-    publishing: impl Fn(&Redis, &[T]) -> redis::Pipeline,
-) {
-    let mut burst = Vec::with_capacity(burst_max);
-    let mut next_burst = tokio::time::Instant::now();
-    while receiver.recv_many(&mut burst, burst_max).await > 0 {
-        if tokio::time::Instant::now() < next_burst {
-            tokio::time::sleep_until(next_burst).await;
-            while burst.len() < burst_max
-                && let Ok(item) = receiver.try_recv()
+    next_burst: tokio::time::Instant,
+}
+
+impl<T> Bursts<T> {
+    pub(super) fn new(receiver: mpsc::UnboundedReceiver<T>, burst_max: usize) -> Self {
+        Self {
+            receiver,
+            burst: Vec::with_capacity(burst_max),
+            burst_max,
+            next_burst: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The next burst; `None` once every sender is gone.
+    pub(super) async fn next(&mut self) -> Option<&[T]> {
+        self.burst.clear();
+        if self
+            .receiver
+            .recv_many(&mut self.burst, self.burst_max)
+            .await
+            == 0
+        {
+            return None;
+        }
+        if tokio::time::Instant::now() < self.next_burst {
+            tokio::time::sleep_until(self.next_burst).await;
+            while self.burst.len() < self.burst_max
+                && let Ok(item) = self.receiver.try_recv()
             {
-                burst.push(item);
+                self.burst.push(item);
             }
         }
-        next_burst = tokio::time::Instant::now() + PUBLISH_INTERVAL;
-        let mut connection = redis.connection.clone();
-        if let Err(error) = publishing(&redis, &burst)
-            .query_async::<()>(&mut connection)
-            .await
-        {
-            tracing::warn!(%error, "could not publish {what}");
-        }
-        burst.clear();
+        self.next_burst = tokio::time::Instant::now() + PUBLISH_INTERVAL;
+        Some(&self.burst)
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use taskflow::api::types::{JobView, SubmitJob};
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, assert_api_error};
+use crate::support::{TestApp, assert_api_error, eventually};
 
 /// Far longer than any job here takes: an answer well before it came from
 /// the job's end, not from the deadline.
@@ -34,6 +34,30 @@ async fn a_waiting_read_answers_when_a_worker_finishes_the_job() {
     let (ended, took) = get_waiting(&app, job.id, LONG_WAIT).await;
     assert_eq!(ended.state, JobState::Succeeded);
     assert!(took < Duration::from_secs(25), "answered after {took:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_wait_begun_while_the_worker_publishes_to_nobody_still_answers_within_seconds() {
+    let (app, module) = TestApp::start_running("misbehave").await;
+    // A job that ends while nobody waits (watched through PostgreSQL, not
+    // by waiting): the worker's announcer finds no subscriber and pauses
+    // (lease/endings.rs, `UNHEARD_PAUSE`).
+    let unwatched = app.submit(&module, json!({"mode": "succeed"})).await.id;
+    eventually(Duration::from_secs(20), || async {
+        let job = app.store().get_job(unwatched).await.unwrap()?;
+        job.job.state.is_final().then_some(())
+    })
+    .await;
+    // A wait begins and its job ends inside that pause: the ending is not
+    // published, and the watcher's catch-up answers it instead of the
+    // deadline.
+    let job = app
+        .submit_with(SubmitJob::new(&module, json!({"mode": "sleep", "ms": 100})))
+        .await;
+    let (ended, took) = get_waiting(&app, job.id, LONG_WAIT).await;
+    assert_eq!(ended.state, JobState::Succeeded);
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
     app.finish().await;
 }
 
