@@ -151,7 +151,8 @@ const PAGE_VIEWS: usize = 50;
 /// another in one session (the API is open, so the first page opens it):
 /// p50 and p99 per page, in ms. The pages that list jobs are read with the
 /// filters that reach the most rows: none (the newest), dead jobs (3 % of
-/// the table), one queue of 20, and the module every job runs.
+/// the table), one queue of 20, the module every job runs, and one no job
+/// runs (its search reads its whole bound).
 async fn time_console_pages(deployment: &Deployment, module: &str) -> anyhow::Result<Vec<Figure>> {
     let (_, session) = deployment.console_page("/ui", None).await?;
     let session = session.context("the open console sets a session cookie")?;
@@ -169,6 +170,12 @@ async fn time_console_pages(deployment: &Deployment, module: &str) -> anyhow::Re
         ("jobs, dead", "/ui/jobs?state=dead".to_owned()),
         ("jobs, one queue", "/ui/jobs?queue=queue-07".to_owned()),
         ("jobs, by module", format!("/ui/jobs?module={module}")),
+        // The worst case of a bounded search: nothing matches, so the
+        // page reads its whole bound, then where it stopped.
+        (
+            "jobs, a module without jobs",
+            format!("/ui/jobs?module={}", "0".repeat(64)),
+        ),
         ("job", format!("/ui/jobs/{job}")),
         ("dead letters", "/ui/dead-letters".to_owned()),
         ("modules", "/ui/modules".to_owned()),
