@@ -9,9 +9,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
 
-use super::jobs::redirect_with;
 use super::session::Session;
-use super::view::{Chrome, ConsoleError, Done, ago, plural, render, short_hash};
+use super::view::{Chrome, ConsoleError, Done, ago, plural, redirect_with, render, short_hash};
 use super::{Confirm, ConsoleForm, ConsoleQuery};
 use crate::api::ApiState;
 use crate::job::{JobState, check_module_hash};

@@ -10,9 +10,11 @@ use axum::response::Response;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::jobs::{error_kind, redirect_with};
+use super::jobs::error_kind;
 use super::session::Session;
-use super::view::{Chrome, ConsoleError, Done, PayloadView, bytes, render, timestamp};
+use super::view::{
+    Chrome, ConsoleError, Done, PayloadView, bytes, redirect_with, render, timestamp,
+};
 use super::{ConsolePath, ConsoleQuery};
 use crate::api::ApiState;
 use crate::api::jobs::{cancel_job, retry_job};

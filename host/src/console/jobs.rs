@@ -8,12 +8,12 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::session::Session;
-use super::view::{Chrome, ConsoleError, Done, ago, plural, render, short_hash};
+use super::view::{Chrome, ConsoleError, Done, ago, plural, redirect_with, render, short_hash};
 use super::{Confirm, ConsoleQuery};
 use crate::api::ApiState;
 use crate::api::jobs::{cancel_job, retry_job};
@@ -347,10 +347,4 @@ pub async fn bulk(
         &form.back,
         &Done::query(done, acted, count - acted),
     ))
-}
-
-/// A redirect to `path` (which may have a query) carrying `query` too.
-pub fn redirect_with(path: &str, query: &str) -> Response {
-    let separator = if path.contains('?') { '&' } else { '?' };
-    Redirect::to(&format!("{path}{separator}{query}")).into_response()
 }

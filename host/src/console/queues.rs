@@ -9,9 +9,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::jobs::redirect_with;
 use super::session::Session;
-use super::view::{Chrome, ConsoleError, Done, duration, render};
+use super::view::{Chrome, ConsoleError, Done, duration, redirect_with, render};
 use super::{ConsolePath, ConsoleQuery};
 use crate::api::ApiState;
 use crate::api::queues::pause_or_resume;

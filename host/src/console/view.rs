@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 
@@ -176,6 +176,12 @@ pub fn render(status: StatusCode, page: &impl Template) -> Response {
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// A redirect to `path` (which may have a query) carrying `query` too.
+pub fn redirect_with(path: &str, query: &str) -> Response {
+    let separator = if path.contains('?') { '&' } else { '?' };
+    Redirect::to(&format!("{path}{separator}{query}")).into_response()
 }
 
 /// `""` or `"s"`.
