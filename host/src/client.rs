@@ -51,6 +51,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl Client {
@@ -65,12 +66,20 @@ impl Client {
                 .expect("a default HTTP client builds"),
             base: base_url.trim_end_matches('/').to_owned(),
             token: None,
+            traceparent: None,
         }
     }
 
     /// Sends `token` as `Authorization: Bearer <token>` on every request.
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self
+    }
+
+    /// Sends `traceparent` (a W3C trace context) with submissions, so that
+    /// the jobs' spans join the caller's trace.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
         self
     }
 
@@ -194,14 +203,17 @@ impl Client {
 
     /// Submits a job.
     pub async fn submit(&self, job: &SubmitJob) -> Result<SubmittedJob, ClientError> {
-        self.send(self.http.post(self.url("/v1/jobs")).json(job))
+        self.send(self.traced(self.http.post(self.url("/v1/jobs"))).json(job))
             .await
     }
 
     /// Submits jobs in one transaction.
     pub async fn submit_batch(&self, jobs: &SubmitBatch) -> Result<SubmittedBatch, ClientError> {
-        self.send(self.http.post(self.url("/v1/jobs/batch")).json(jobs))
-            .await
+        self.send(
+            self.traced(self.http.post(self.url("/v1/jobs/batch")))
+                .json(jobs),
+        )
+        .await
     }
 
     /// A job with its payloads.
@@ -305,6 +317,14 @@ impl Client {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `request` with the `traceparent` header, if one is set.
+    fn traced(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.traceparent {
+            Some(traceparent) => request.header("traceparent", traceparent),
+            None => request,
+        }
     }
 
     async fn send<T: DeserializeOwned>(

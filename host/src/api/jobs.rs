@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -18,7 +18,9 @@ use super::types::{
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::ApiLimits;
-use crate::job::{FailureKind, FieldError, JobSpec, JobState, ModuleNames, check_queue_name};
+use crate::job::{
+    FailureKind, FieldError, JobSpec, JobState, ModuleNames, TraceContext, check_queue_name,
+};
 use crate::store::{JobFilter, JobRecord, LeaseRef, Submitted};
 
 /// Request-body overhead allowed beyond the input itself (field names,
@@ -64,12 +66,18 @@ impl BodyLimit for SubmitBatch {
     ))]
 async fn submit(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     JsonBody(request, _reserved): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
-    let spec = request.into_spec()?;
-    let names = module_names(&state, std::slice::from_ref(&spec)).await?;
-    let job = spec.resolve(&state.limits.submission, &names)?;
-    let submitted = state.submitter.submit(job).await?;
+    let submission = state.traces.start_submission(caller_trace(&headers), 1);
+    let submitted = submit_one(&state, request, submission.context()).await;
+    submission.end(
+        submitted
+            .as_ref()
+            .map(std::slice::from_ref)
+            .map_err(|error| error.code),
+    );
+    let submitted = submitted?;
     announce(&state, std::slice::from_ref(&submitted));
     let submitted = SubmittedJob {
         job: submitted.job.into(),
@@ -83,6 +91,28 @@ async fn submit(
     Ok((status, Json(submitted)))
 }
 
+async fn submit_one(
+    state: &ApiState,
+    request: SubmitJob,
+    trace: Option<TraceContext>,
+) -> Result<Submitted, ApiError> {
+    let spec = request.into_spec()?;
+    let names = module_names(state, std::slice::from_ref(&spec)).await?;
+    let mut job = spec.resolve(&state.limits.submission, &names)?;
+    job.trace = trace;
+    Ok(state.submitter.submit(job).await?)
+}
+
+/// The caller's span, from its `traceparent` header. None if it sent none,
+/// an invalid one, or several (which the W3C asks to treat as invalid).
+fn caller_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    let mut values = headers.get_all("traceparent").iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    TraceContext::parse_traceparent(value.to_str().ok()?)
+}
+
 /// `POST /v1/jobs/batch`: all jobs or none, in one transaction. Errors name
 /// the offending job by index (`jobs[3].fuel: …`).
 #[utoipa::path(post, operation_id = "submit_jobs", path = "/v1/jobs/batch", tag = "jobs", request_body = SubmitBatch,
@@ -94,8 +124,34 @@ async fn submit(
     ))]
 async fn submit_batch(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     JsonBody(request, _reserved): JsonBody<SubmitBatch>,
 ) -> Result<(StatusCode, Json<SubmittedBatch>), ApiError> {
+    let submission = state
+        .traces
+        .start_submission(caller_trace(&headers), request.jobs.len());
+    let submitted = submit_all(&state, request, submission.context()).await;
+    submission.end(submitted.as_deref().map_err(|error| error.code));
+    let submitted = submitted?;
+    announce(&state, &submitted);
+    let jobs = submitted
+        .into_iter()
+        .map(|s| BatchEntry {
+            id: s.job.id,
+            state: s.job.state,
+            created: s.created,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(SubmittedBatch { jobs })))
+}
+
+/// Checks a batch, every job and their idempotency keys, and inserts them
+/// in one transaction.
+async fn submit_all(
+    state: &ApiState,
+    request: SubmitBatch,
+    trace: Option<TraceContext>,
+) -> Result<Vec<Submitted>, ApiError> {
     let limit = state.limits.max_batch_jobs;
     if request.jobs.is_empty() {
         return Err(ApiError::bad_request(
@@ -123,11 +179,11 @@ async fn submit_batch(
                 .map_err(|error| error.within(&format!("jobs[{index}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let names = module_names(&state, &specs).await?;
+    let names = module_names(state, &specs).await?;
     let mut keys = HashSet::new();
     let mut jobs = Vec::with_capacity(specs.len());
     for (index, spec) in specs.into_iter().enumerate() {
-        let job = spec
+        let mut job = spec
             .resolve(limits, &names)
             .map_err(|error| error.within(&format!("jobs[{index}]")))?;
         if let Some(key) = &job.idempotency_key
@@ -138,19 +194,10 @@ async fn submit_batch(
                 format!("jobs[{index}].idempotency_key: {key:?} appears twice in this batch"),
             ));
         }
+        job.trace = trace;
         jobs.push(job);
     }
-    let submitted = state.store.insert_jobs(&jobs).await?;
-    announce(&state, &submitted);
-    let jobs = submitted
-        .into_iter()
-        .map(|s| BatchEntry {
-            id: s.job.id,
-            state: s.job.state,
-            created: s.created,
-        })
-        .collect();
-    Ok((StatusCode::CREATED, Json(SubmittedBatch { jobs })))
+    Ok(state.store.insert_jobs(&jobs).await?)
 }
 
 /// Where the module names `specs` give point now: one lookup for all of

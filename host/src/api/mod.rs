@@ -73,6 +73,8 @@ pub struct ApiState {
     /// Seals queue secrets (`TASKFLOW_SECRET_KEY`); without it the API
     /// refuses to store one.
     pub secret_key: Option<crate::queue::SecretKey>,
+    /// Records the spans of submissions (telemetry/traces.rs).
+    pub traces: crate::telemetry::Traces,
 }
 
 /// All routes, with their state.

@@ -212,6 +212,12 @@ pub struct JobView {
     pub lease_token: Option<i64>,
     /// `{"kind", "message"}` of the latest failure.
     pub last_error: Option<serde_json::Value>,
+    /// The W3C `traceparent` of the span the job's spans are children of:
+    /// its submission's when the API exports traces, else the one the
+    /// client sent. Its trace id finds the job's trace in a trace viewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+    pub traceparent: Option<String>,
     /// Input as JSON, when it is JSON (single-job reads only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
@@ -264,6 +270,7 @@ impl From<JobRecord> for JobView {
             worker_id: job.worker_id,
             lease_token: job.lease_token,
             last_error: job.last_error.map(|error| error.0),
+            traceparent: job.traceparent.map(|trace| trace.to_string()),
             input: None,
             input_base64: None,
             output: None,

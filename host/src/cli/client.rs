@@ -42,6 +42,11 @@ pub struct SubmitArgs {
     /// caps running jobs per key.
     #[arg(long)]
     pub concurrency_key: Option<String>,
+    /// W3C `traceparent` of the caller's span: the job's spans join its
+    /// trace. Read from `TRACEPARENT`, as OpenTelemetry passes a trace to
+    /// a command.
+    #[arg(long, env = "TRACEPARENT")]
+    pub traceparent: Option<String>,
     /// Wait for the job to finish and print it.
     #[arg(long)]
     pub wait: bool,
@@ -226,7 +231,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
     }
-    let client = args.client.client();
+    let client = args.client.client().with_traceparent(args.traceparent);
     let submitted = client.submit(&request).await?;
     if !args.wait {
         return print(&args.client, &submitted, || {

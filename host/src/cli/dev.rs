@@ -51,7 +51,7 @@ pub struct DevArgs {
 /// Runs `taskflow dev`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
-    let backends = connect(&args.common, true).await?;
+    let backends = connect(&args.common, true, "taskflow-dev").await?;
     let shutdown = shutdown_on_signal()?;
     let state = api_state_from(&backends, &args.common, &args.api)?;
     let open = state.tokens.is_open();
@@ -97,7 +97,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for worker in workers {
         worker.await?;
     }
-    api.await??;
+    let served = api.await;
+    backends.traces.flush().await;
+    served??;
     Ok(())
 }
 

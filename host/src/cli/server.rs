@@ -21,6 +21,7 @@ use crate::maintenance::{self, CounterFolder, Elector, Pruner, Rescuer, Schedule
 use crate::queue::{MalformedSecretKey, SecretKey};
 use crate::sandbox::Compiler;
 use crate::store::Store;
+use crate::telemetry::Traces;
 use crate::worker::Worker;
 
 /// PostgreSQL and Redis handles shared by a process's roles.
@@ -34,6 +35,8 @@ pub struct Backends {
     pub leases: Leases,
     /// The key queue secrets are sealed with (`TASKFLOW_SECRET_KEY`).
     pub secret_key: Option<SecretKey>,
+    /// Where spans go, if anywhere (telemetry/traces.rs).
+    pub traces: Traces,
 }
 
 impl Backends {
@@ -55,6 +58,7 @@ impl Backends {
             redis,
             leases,
             secret_key: None,
+            traces: Traces::default(),
         })
     }
 }
@@ -103,6 +107,7 @@ pub fn api_state(
         ),
         tokens: TokenHashes::parse(&config.api_token_sha256)?,
         secret_key: backends.secret_key.clone(),
+        traces: backends.traces.clone(),
         limits: Arc::new(limits),
         config: Arc::new(config),
     })
@@ -168,12 +173,14 @@ pub fn spawn_worker(
         backends.store.clone(),
         backends.leases.clone(),
         scheduler.nudge(),
-    )?;
+    )?
+    .with_traces(backends.traces.clone());
     let rescuer = Rescuer::new(
         backends.store.clone(),
         backends.leases.clone(),
         retry.clone(),
-    );
+    )
+    .with_traces(backends.traces.clone());
     let pruner = Pruner::new(backends.store.clone());
     let counter_folder = CounterFolder::new(backends.store.clone());
     let leadership = elector.leadership();
@@ -212,14 +219,21 @@ pub fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
-/// Connects a role to PostgreSQL and Redis; with `migrate`, first creates
-/// the database if it is missing and applies migrations.
-pub async fn connect(common: &CommonArgs, migrate: bool) -> anyhow::Result<Backends> {
+/// Connects a role to PostgreSQL and Redis, with traces as the
+/// environment configures them, as `service_name` unless
+/// `OTEL_SERVICE_NAME` says otherwise; with `migrate`, first creates the
+/// database if it is missing and applies migrations.
+pub async fn connect(
+    common: &CommonArgs,
+    migrate: bool,
+    service_name: &'static str,
+) -> anyhow::Result<Backends> {
     let connections = Connections::from(common.connections.clone());
     if migrate {
         prepare_database(&connections).await?;
     }
     let mut backends = Backends::connect(&connections, &common.lease.clone().into())?;
+    backends.traces = Traces::from_env(service_name)?;
     backends.secret_key = secret_key_from_env()?;
     check_secret_key(&backends.store, backends.secret_key.as_ref()).await?;
     Ok(backends)
@@ -309,7 +323,7 @@ pub fn spawn_worker_from(
 /// `taskflow api`.
 pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
-    let backends = connect(&args.common, true).await?;
+    let backends = connect(&args.common, true, "taskflow-api").await?;
     let state = api_state_from(&backends, &args.common, &args.api)?;
     let open = state.tokens.is_open();
     let (address, server) = spawn_api(state, shutdown_on_signal()?).await?;
@@ -320,7 +334,9 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
              {address} can upload and run code; create a token with `taskflow token create`"
         );
     }
-    server.await??;
+    let served = server.await;
+    backends.traces.flush().await;
+    served??;
     Ok(())
 }
 
@@ -335,16 +351,18 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let backends = connect(&args.common, false).await?;
+    let backends = connect(&args.common, false, "taskflow-worker").await?;
     backends.redis.warn_if_evicting().await;
-    spawn_worker_from(
+    let stopped = spawn_worker_from(
         &backends,
         &args.common,
         &args.worker,
         config,
         shutdown_on_signal()?,
     )?
-    .await?;
+    .await;
+    backends.traces.flush().await;
+    stopped?;
     Ok(())
 }
 

@@ -185,6 +185,11 @@ pub async fn page(
                 .clone()
                 .unwrap_or_else(|| "—".to_owned()),
         ),
+        (
+            "Trace id",
+            job.traceparent
+                .map_or_else(|| "—".to_owned(), |trace| trace.trace_id_hex()),
+        ),
         ("Created", timestamp(job.created_at)),
         ("Due", timestamp(job.run_at)),
         ("Last attempt started", optional(job.attempted_at)),

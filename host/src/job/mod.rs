@@ -14,6 +14,7 @@
 //! - [`input`]: a task's input ([`JobInput`]) and the bytes it becomes.
 //! - [`failure`]: the stable failure codes ([`FailureKind`]).
 //! - [`id_prefix`]: the start of a job id, as a range of ids ([`IdPrefix`]).
+//! - [`trace_context`]: the trace a job's spans join ([`TraceContext`]).
 
 pub mod attempt;
 pub mod failure;
@@ -22,6 +23,7 @@ pub mod input;
 pub mod names;
 pub mod spec;
 pub mod state;
+pub mod trace_context;
 
 pub use attempt::{
     AfterFailure, Attempt, AttemptEnd, AttemptLog, AttemptRequests, Usage, attempts_used,
@@ -38,3 +40,4 @@ pub use spec::{
     SubmissionLimits,
 };
 pub use state::{AttemptOutcome, JobState};
+pub use trace_context::TraceContext;

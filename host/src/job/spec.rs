@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::input::JobInput;
 use super::names::{ModuleRef, check_queue_name};
+use super::trace_context::TraceContext;
 
 /// Queue of jobs that do not name one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -107,6 +108,9 @@ pub struct NewJob {
     pub concurrency_key: Option<String>,
     /// Digest of the submission, compared when the idempotency key repeats.
     pub request_fingerprint: Option<Vec<u8>>,
+    /// The span its spans are children of; not part of the fingerprint (a
+    /// retried submission may come from another trace).
+    pub trace: Option<TraceContext>,
 }
 
 /// A field of a submission that cannot be accepted.
@@ -257,6 +261,7 @@ impl JobSpec {
             idempotency_key: self.idempotency_key,
             concurrency_key: self.concurrency_key,
             request_fingerprint: None,
+            trace: None,
         };
         if job.idempotency_key.is_some() {
             job.request_fingerprint = Some(fingerprint(&job, &self.module));

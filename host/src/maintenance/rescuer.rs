@@ -26,16 +26,19 @@
 //! The job then retries after its backoff, or is dead-lettered if that was
 //! its last attempt. Rescue latency: the key expires at most one TTL after
 //! the worker's last renewal, and the rescuer, on the maintenance leader,
-//! notices within one `maintenance_interval`.
+//! notices within one `maintenance_interval`. When traces are on, each
+//! rescue is recorded as the `job finish` span of the attempt it ended
+//! (telemetry/traces.rs).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::Service;
 use crate::backoff;
 use crate::config::RetryPolicy;
-use crate::job::{AttemptEnd, AttemptLog, AttemptRequests, attempts_used};
+use crate::job::{AttemptEnd, AttemptLog, AttemptRequests, TraceContext, attempts_used};
 use crate::lease::{EndingAnnouncer, Leases};
 use crate::store::{FinishedAttempt, RunningLease, Store, StoreError, Transition};
+use crate::telemetry::Traces;
 
 /// Most leases examined per pass.
 pub const BATCH_SIZE: usize = 1000;
@@ -47,6 +50,7 @@ pub struct Rescuer {
     leases: Leases,
     retry: RetryPolicy,
     endings: EndingAnnouncer,
+    traces: Traces,
 }
 
 /// What one pass did.
@@ -82,7 +86,13 @@ impl Rescuer {
             store,
             leases,
             retry,
+            traces: Traces::default(),
         }
+    }
+
+    /// This rescuer, recording its rescues as spans in `traces`.
+    pub fn with_traces(self, traces: Traces) -> Self {
+        Self { traces, ..self }
     }
 
     /// One pass over up to [`BATCH_SIZE`] expired leases.
@@ -115,8 +125,18 @@ impl Rescuer {
             .collect();
         let extended = self.store.extend_leases_if_token_matches(&alive).await?;
 
-        let rescues: Vec<FinishedAttempt> = gone.iter().map(|(c, _)| self.rescue_of(c)).collect();
+        let traces = self
+            .traces
+            .contexts_of(&self.store, gone.iter().map(|(lease, _)| lease.job_id))
+            .await;
+        let rescues: Vec<FinishedAttempt> = gone
+            .iter()
+            .map(|(c, _)| self.rescue_of(c, traces.get(&c.job_id).copied()))
+            .collect();
+        let began = SystemTime::now();
         let transitions = self.store.finish_if_lease_matches(&rescues).await?;
+        self.traces
+            .outcomes_written(&rescues, &transitions, (began, SystemTime::now()));
         let rescued: Vec<_> = rescues
             .iter()
             .zip(&transitions)
@@ -145,7 +165,7 @@ impl Rescuer {
         })
     }
 
-    fn rescue_of(&self, lease: &RunningLease) -> FinishedAttempt {
+    fn rescue_of(&self, lease: &RunningLease, trace: Option<TraceContext>) -> FinishedAttempt {
         let next = backoff::after_failure(
             &self.retry,
             lease.job_id,
@@ -169,6 +189,7 @@ impl Rescuer {
             log: AttemptLog::empty(),
             requests: AttemptRequests::none(),
             if_refused: next,
+            trace,
         }
     }
 }

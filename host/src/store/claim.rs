@@ -16,6 +16,7 @@
 //! still thinks a queue unlimited cannot overrun a limit set since; it finds
 //! out and takes the limited path.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use super::execution::LeaseRef;
 use super::{Store, StoreResult, millis};
+use crate::job::TraceContext;
 
 /// A job a worker has claimed, with everything needed to run it.
 #[derive(Debug, Clone)]
@@ -269,5 +271,24 @@ impl Store {
             jobs,
             next_path: ClaimPath::Limited,
         })
+    }
+
+    /// The trace contexts of `jobs` that have one, by job. Read apart from
+    /// the claim, and only by a worker that exports traces
+    /// (telemetry/traces.rs), so that a worker that does not pays nothing
+    /// for them and the claim statements stay as they are.
+    pub async fn trace_contexts(&self, jobs: &[Uuid]) -> StoreResult<HashMap<Uuid, TraceContext>> {
+        super::statement("trace_contexts");
+        let rows = sqlx::query!(
+            r#"SELECT id, traceparent AS "traceparent!: TraceContext" FROM jobs
+             WHERE id = ANY($1) AND traceparent IS NOT NULL"#,
+            jobs
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.id, row.traceparent))
+            .collect())
     }
 }

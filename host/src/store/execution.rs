@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{Store, StoreResult, Transition, millis, saturating_i64, storable_text};
 use crate::job::{
     AfterFailure, AttemptEnd, AttemptLog, AttemptOutcome, AttemptRequests, Failure, FailureKind,
-    JobState, Usage,
+    JobState, TraceContext, Usage,
 };
 
 /// A job and the fencing token of one of its attempts.
@@ -52,6 +52,9 @@ pub struct FinishedAttempt {
     /// outcome and the attempt is recorded without it
     /// ([`FinishedAttempt::refused`]).
     pub if_refused: AfterFailure,
+    /// Its job's trace, when the worker records spans (not stored: the job
+    /// holds it).
+    pub trace: Option<TraceContext>,
 }
 
 impl FinishedAttempt {

@@ -1,11 +1,10 @@
 //! The rows the store returns about jobs and attempts.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::job::JobState;
+use crate::job::{JobState, TraceContext};
 
 /// Columns of [`JobRecord`], shared by every statement that returns one.
 macro_rules! job_columns {
@@ -52,14 +51,16 @@ macro_rules! job_columns {
             $prefix,
             "attempted_at, ",
             $prefix,
-            "finished_at"
+            "finished_at, ",
+            $prefix,
+            "traceparent"
         )
     };
 }
 pub(super) use job_columns;
 
 /// A job's metadata: everything but its input and output.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRecord {
     /// The job's id.
     pub id: Uuid,
@@ -103,6 +104,8 @@ pub struct JobRecord {
     pub attempted_at: Option<DateTime<Utc>>,
     /// When it reached `succeeded`, `dead` or `cancelled`.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The span its spans are children of (job::trace_context).
+    pub traceparent: Option<TraceContext>,
 }
 
 /// A job with its payloads and the resource use of its latest attempt.

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::records::{JobRecord, job_columns};
 use super::{Store, StoreError, StoreResult};
-use crate::job::{JobState, NewJob};
+use crate::job::{JobState, NewJob, TraceContext};
 
 /// What PostgreSQL decided about an inserted job; the rest of its record is
 /// what was submitted, so only this travels back.
@@ -29,6 +29,7 @@ impl NewJob {
             + self.queue.len()
             + self.idempotency_key.as_ref().map_or(0, String::len)
             + self.concurrency_key.as_ref().map_or(0, String::len)
+            + self.trace.map_or(0, |_| TraceContext::TRACEPARENT_BYTES)
     }
 
     /// The record of this job as it was just inserted.
@@ -55,6 +56,7 @@ impl NewJob {
             updated_at: inserted.created_at,
             attempted_at: None,
             finished_at: None,
+            traceparent: self.trace,
         }
     }
 }
@@ -133,23 +135,25 @@ impl Store {
             .collect();
         let concurrency_keys: Vec<Option<&str>> =
             jobs.iter().map(|j| j.concurrency_key.as_deref()).collect();
+        let traces: Vec<Option<TraceContext>> = jobs.iter().map(|j| j.trace).collect();
         let inserted = sqlx::query_as!(
             Inserted,
             r#"WITH inserted AS (
                INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
                                timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
-                               request_fingerprint, concurrency_key)
+                               request_fingerprint, concurrency_key, traceparent)
              SELECT id, module_hash, queue, priority,
                     CASE WHEN run_at IS NULL OR run_at <= now() THEN 'available'::job_state
                          ELSE 'scheduled'::job_state END,
                     input, max_attempts, timeout_ms, fuel, memory_limit_bytes,
-                    COALESCE(run_at, now()), idempotency_key, request_fingerprint, concurrency_key
+                    COALESCE(run_at, now()), idempotency_key, request_fingerprint, concurrency_key,
+                    traceparent
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::bytea[],
                          $6::int[], $7::int[], $8::bigint[], $9::bigint[], $10::timestamptz[],
-                         $11::text[], $12::bytea[], $13::text[])
+                         $11::text[], $12::bytea[], $13::text[], $14::text[])
                   AS t(id, module_hash, queue, priority, input, max_attempts, timeout_ms, fuel,
                        memory_limit_bytes, run_at, idempotency_key, request_fingerprint,
-                       concurrency_key)
+                       concurrency_key, traceparent)
              WHERE EXISTS (SELECT 1 FROM modules m WHERE m.hash = t.module_hash)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id, queue, state, run_at, created_at
@@ -173,7 +177,8 @@ impl Store {
             &run_ats as &[Option<DateTime<Utc>>],
             &keys as &[Option<&str>],
             &fingerprints as &[Option<&[u8]>],
-            &concurrency_keys as &[Option<&str>]
+            &concurrency_keys as &[Option<&str>],
+            &traces as &[Option<TraceContext>]
         )
         .fetch_all(&mut *connection)
         .await;

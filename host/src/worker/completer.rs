@@ -17,7 +17,7 @@
 //! [`InFlight`], so its lease lapses and the rescuer ends it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use super::heartbeat::InFlight;
 use crate::lease::{EndingAnnouncer, Leases};
 use crate::store::{FinishedAttempt, Store, StoreError, Transition};
+use crate::telemetry::Traces;
 
 /// Most outcomes written in one statement.
 pub const MAX_BATCH: usize = 512;
@@ -48,12 +49,14 @@ pub struct Completer {
 impl Completer {
     /// Starts the completer task. It runs until every [`Completer`] clone is
     /// dropped and the queue is written out. `retry_scheduled` is signalled
-    /// after writing outcomes that schedule a retry.
+    /// after writing outcomes that schedule a retry; each written outcome
+    /// of a traced job is recorded in `traces`.
     pub fn spawn(
         store: Store,
         leases: Leases,
         in_flight: InFlight,
         retry_scheduled: Arc<Notify>,
+        traces: Traces,
     ) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let task = tokio::spawn(write_outcomes(
@@ -62,6 +65,7 @@ impl Completer {
             leases,
             in_flight,
             retry_scheduled,
+            traces,
         ));
         (Self { sender }, task)
     }
@@ -82,6 +86,7 @@ async fn write_outcomes(
     leases: Leases,
     in_flight: InFlight,
     retry_scheduled: Arc<Notify>,
+    traces: Traces,
 ) {
     let endings = EndingAnnouncer::spawn(leases.redis().clone());
     let mut queued = Vec::with_capacity(MAX_BATCH);
@@ -89,7 +94,9 @@ async fn write_outcomes(
         let mut rest = queued.as_slice();
         while !rest.is_empty() {
             let (batch, after) = rest.split_at(batch_len(rest));
+            let began = SystemTime::now();
             let transitions = write_with_retry(&store, batch).await;
+            traces.outcomes_written(batch, &transitions, (began, SystemTime::now()));
             settle(
                 batch,
                 transitions,
@@ -262,6 +269,7 @@ mod tests {
             log: AttemptLog::empty(),
             requests: AttemptRequests::none(),
             if_refused: AfterFailure::Dead,
+            trace: None,
         }
     }
 

@@ -18,7 +18,8 @@
 //!    fencing token ([`Store::finish_if_lease_matches`]).
 //!
 //! Meanwhile it writes its presence to Redis for the console
-//! (lease/presence.rs).
+//! (lease/presence.rs), and, when traces are on, records each attempt's
+//! claim, run and finish as spans of its job's trace (telemetry/traces.rs).
 //!
 //! When it has free slots and found no work, the worker sleeps until a
 //! Redis wake-up arrives or `poll_interval` passes.
@@ -32,7 +33,7 @@ mod outcome;
 mod presence;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,7 @@ use crate::sandbox::{
     Attempt, AttemptLimits, CompilerConfig, Execution, JobContext, RunGrant, Sandbox,
 };
 use crate::store::{ClaimPath, ClaimedJob, Store};
+use crate::telemetry::Traces;
 
 /// How long a worker backs off after a failed claim (PostgreSQL down).
 const CLAIM_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -73,6 +75,7 @@ pub struct Worker {
     grants: grants::GrantsCache,
     retry_scheduled: Arc<Notify>,
     attempt_metrics: attempt_metrics::AttemptMetrics,
+    traces: Traces,
 }
 
 impl Worker {
@@ -116,7 +119,13 @@ impl Worker {
             leases,
             sandbox,
             retry_scheduled,
+            traces: Traces::default(),
         })
+    }
+
+    /// This worker, recording its attempts as spans in `traces`.
+    pub fn with_traces(self, traces: Traces) -> Self {
+        Self { traces, ..self }
     }
 
     /// This worker's id.
@@ -134,6 +143,7 @@ impl Worker {
             this.leases.clone(),
             in_flight.clone(),
             this.retry_scheduled.clone(),
+            this.traces.clone(),
         );
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(
@@ -203,6 +213,7 @@ impl Worker {
             }
             next_queue += 1;
             let lease_valid_until = Instant::now() + self.leases.ttl();
+            let claim_began = SystemTime::now();
             let claimed = match self
                 .store
                 .claim(
@@ -228,15 +239,13 @@ impl Worker {
                 }
             };
             let full_batch = claimed.len() == wanted;
-            self.start(
-                claimed,
+            let timing = ClaimTiming {
                 lease_valid_until,
-                capacity,
-                in_flight,
-                completer,
-                attempts,
-            )
-            .await;
+                began: claim_began,
+                ended: SystemTime::now(),
+            };
+            self.start(claimed, timing, capacity, in_flight, completer, attempts)
+                .await;
             if full_batch || next_queue % queues.len() != 0 {
                 continue;
             }
@@ -262,7 +271,7 @@ impl Worker {
     async fn start(
         self: &Arc<Self>,
         claimed: Vec<ClaimedJob>,
-        lease_valid_until: Instant,
+        timing: ClaimTiming,
         capacity: &Arc<Capacity>,
         in_flight: &InFlight,
         completer: &Completer,
@@ -272,10 +281,20 @@ impl Worker {
             return;
         }
         metrics::counter!("taskflow_jobs_claimed_total").increment(claimed.len() as u64);
+        let traces = self
+            .traces
+            .contexts_of(&self.store, claimed.iter().map(|job| job.id))
+            .await;
+        let batch = claimed.len();
         // No Redis round trip here: the heartbeat writes the lease keys of
         // attempts still running at its next round (see `heartbeat`).
-        for job in claimed {
-            let grant = in_flight.register(job.lease(), lease_valid_until);
+        for mut job in claimed {
+            let trace = traces.get(&job.id).copied();
+            if let Some(trace) = trace {
+                let timed = (timing.began, timing.ended);
+                self.traces.claimed(trace, &job, &self.id, batch, timed);
+            }
+            let grant = in_flight.register(job.lease(), timing.lease_valid_until);
             let claim = capacity.claim();
             let worker = self.clone();
             let completer = completer.clone();
@@ -283,11 +302,16 @@ impl Worker {
                 .attempt_metrics
                 .started(&job.queue, job.run_at, job.attempted_at);
             attempts.spawn(async move {
-                let identity = AttemptIdentity::of(&job);
-                let queue = job.queue.clone();
-                let execution = worker.execute(job, grant, claim);
+                let identity = AttemptIdentity::of(&job, trace);
+                let began = SystemTime::now();
+                let execution = worker.execute(&mut job, grant, claim);
                 let finished = settle_attempt(&worker.id, &worker.retry, identity, execution).await;
-                worker.attempt_metrics.ended(&queue, &finished);
+                if let Some(trace) = trace {
+                    worker
+                        .traces
+                        .attempt_ran(trace, &job, &finished, (began, SystemTime::now()));
+                }
+                worker.attempt_metrics.ended(&job.queue, &finished);
                 completer.submit(finished);
             });
         }
@@ -296,7 +320,7 @@ impl Worker {
     /// Runs one attempt: prepares its module (from a cache, or compiled)
     /// before taking an execution slot, so a compile never holds one, then
     /// runs the guest. The slot is released as soon as the guest is done.
-    async fn execute(&self, mut job: ClaimedJob, grant: Arc<RunGrant>, claim: Claim) -> Execution {
+    async fn execute(&self, job: &mut ClaimedJob, grant: Arc<RunGrant>, claim: Claim) -> Execution {
         let give_up_at = Instant::now() + Duration::from_millis(job.timeout_ms as u64);
         let prepared = self
             .sandbox
@@ -348,6 +372,16 @@ impl Worker {
         slot.release(execution.duration);
         execution
     }
+}
+
+/// When a claim ran.
+#[derive(Debug, Clone, Copy)]
+struct ClaimTiming {
+    /// Its leases hold until then (by this worker's clock).
+    lease_valid_until: Instant,
+    /// Its statement's start and end, for its spans.
+    began: SystemTime,
+    ended: SystemTime,
 }
 
 /// First delay before retrying a failed module fetch; doubles up to

@@ -9,7 +9,7 @@ use futures::FutureExt as _;
 
 use crate::backoff;
 use crate::config::RetryPolicy;
-use crate::job::{AttemptEnd, Failure, FailureKind, Usage, attempts_used};
+use crate::job::{AttemptEnd, Failure, FailureKind, TraceContext, Usage, attempts_used};
 use crate::sandbox::Execution;
 use crate::store::{ClaimedJob, FinishedAttempt, LeaseRef};
 
@@ -23,16 +23,20 @@ pub(super) struct AttemptIdentity {
     attempts_used: u32,
     max_attempts: u32,
     started_at: DateTime<Utc>,
+    trace: Option<TraceContext>,
 }
 
 impl AttemptIdentity {
-    pub(super) fn of(job: &ClaimedJob) -> Self {
+    /// The identity of `job`'s attempt; `trace` is its job's, if it is
+    /// traced.
+    pub(super) fn of(job: &ClaimedJob, trace: Option<TraceContext>) -> Self {
         Self {
             lease: job.lease(),
             attempt: job.attempt,
             attempts_used: attempts_used(job.attempt, job.attempt_base),
             max_attempts: job.max_attempts as u32,
             started_at: job.attempted_at,
+            trace,
         }
     }
 }
@@ -120,6 +124,7 @@ fn finished_attempt(
         log: execution.log.stored(),
         requests: execution.requests.stored(),
         if_refused: after_failure(true),
+        trace: identity.trace,
     }
 }
 
@@ -144,6 +149,7 @@ mod tests {
             attempts_used: 1,
             max_attempts: 3,
             started_at: Utc::now(),
+            trace: None,
         };
         let retry = RetryPolicy {
             backoff_base: Duration::from_secs(1),

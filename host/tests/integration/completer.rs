@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use taskflow::job::{AfterFailure, AttemptLog, JobState};
 use taskflow::lease::{Leases, Redis};
 use taskflow::store::ClaimPath;
+use taskflow::telemetry::Traces;
 use taskflow::worker::{Completer, InFlight};
 use uuid::Uuid;
 
@@ -43,6 +44,7 @@ async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_wr
         Leases::new(redis, Duration::from_secs(30)),
         in_flight.clone(),
         Arc::default(),
+        Traces::default(),
     );
     // The middle outcome's log holds an escaped NUL, which jsonb cannot
     // store: PostgreSQL refuses it (SQLSTATE 22P05) whichever batch it is in.

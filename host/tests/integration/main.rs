@@ -33,4 +33,5 @@ mod sandbox;
 mod security;
 mod submissions;
 mod submitter;
+mod traces;
 mod wakeups;

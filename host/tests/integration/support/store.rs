@@ -40,6 +40,7 @@ pub fn new_job(module_hash: &str) -> NewJob {
         idempotency_key: None,
         concurrency_key: None,
         request_fingerprint: None,
+        trace: None,
     }
 }
 
@@ -55,6 +56,7 @@ pub fn finished(job: &ClaimedJob, worker: &str, end: AttemptEnd) -> FinishedAtte
         log: AttemptLog::empty(),
         requests: AttemptRequests::none(),
         if_refused: AfterFailure::Dead,
+        trace: None,
     }
 }
 

@@ -1,12 +1,17 @@
-//! Logs and metrics.
+//! Logs, metrics and traces.
 //!
 //! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default
 //! `info`), as text or, with `TASKFLOW_LOG_FORMAT=json`, one JSON object per
 //! line. Metrics are recorded with the `metrics` facade and exposed in
 //! Prometheus format: by the API at `/metrics`, by a worker at its
-//! `--metrics-listen` address.
+//! `--metrics-listen` address. Traces of jobs go to an OpenTelemetry
+//! collector when one is configured ([`traces`]).
+
+pub mod traces;
 
 use std::sync::OnceLock;
+
+pub use traces::Traces;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
