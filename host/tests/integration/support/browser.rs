@@ -29,6 +29,9 @@ pub fn screenshot_dir() -> PathBuf {
         .join("console-screenshots")
 }
 
+/// Tallest screenshot, in pixels.
+const MAX_SCREENSHOT_HEIGHT: u64 = 6000;
+
 /// A headless Chromium session and the chromedriver behind it.
 pub struct Browser {
     pub client: Client,
@@ -165,9 +168,38 @@ impl Browser {
             .expect("the window resizes");
     }
 
-    /// Saves a screenshot of the page as `target/console-screenshots/{name}.png`.
+    /// Saves a screenshot of the whole page, not only what the window shows,
+    /// as `target/console-screenshots/{name}.png`: the window is made as
+    /// tall as the page (up to [`MAX_SCREENSHOT_HEIGHT`]) for the shot.
     pub async fn screenshot(&self, name: &str) {
+        let (width, height) = self.client.get_window_size().await.expect("a window size");
+        let pixels_u32 = |value: u64| u32::try_from(value).expect("a window fits in u32 pixels");
+        let heights = self
+            .client
+            .execute(
+                "return [document.documentElement.scrollHeight, window.innerHeight]",
+                vec![],
+            )
+            .await
+            .expect("the page's heights");
+        let pixels = |index: usize| heights[index].as_u64().expect("a height in pixels");
+        let (page, viewport) = (pixels(0), pixels(1));
+        let tall = (page + height.saturating_sub(viewport)).min(MAX_SCREENSHOT_HEIGHT);
+        if tall > height {
+            let (width, tall) = (pixels_u32(width), pixels_u32(tall));
+            self.client
+                .set_window_size(width, tall)
+                .await
+                .expect("the window grows");
+        }
         let png = self.client.screenshot().await.expect("a screenshot");
+        if tall > height {
+            let (width, height) = (pixels_u32(width), pixels_u32(height));
+            self.client
+                .set_window_size(width, height)
+                .await
+                .expect("the window shrinks back");
+        }
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).expect("the screenshot directory can be made");
         std::fs::write(dir.join(format!("{name}.png")), png).expect("the screenshot is saved");
