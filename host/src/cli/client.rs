@@ -333,8 +333,12 @@ pub fn describe_attempts(list: &AttemptList) -> String {
             (Some(kind), Some(message)) => format!(" [{kind}] {message}"),
             _ => String::new(),
         };
+        let memory = attempt
+            .memory_bytes
+            .map(|bytes| format!(", {} KiB memory", bytes.unsigned_abs().div_ceil(1024)))
+            .unwrap_or_default();
         lines.push(format!(
-            "#{} {} on {} (token {}, {:.3} ms, {} fuel){reason}",
+            "#{} {} on {} (token {}, {:.3} ms, {} fuel{memory}){reason}",
             attempt.attempt,
             attempt.outcome.as_str(),
             attempt.worker_id,

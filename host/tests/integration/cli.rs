@@ -172,6 +172,7 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
         .unwrap();
     let attempts = text(&attempts.stdout);
     assert!(attempts.contains("#1 succeeded on w1"), "{attempts}");
+    assert!(attempts.contains(" KiB memory)"), "peak memory: {attempts}");
     assert!(attempts.contains("greeting shell"), "{attempts}");
 
     let listed = run(vec![
