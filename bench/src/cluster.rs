@@ -11,6 +11,8 @@ use taskflow::client::Client;
 use taskflow::store::Store;
 use taskflow_testkit::{ScratchDatabase, free_port, rss_bytes};
 
+use super::usage::Usage;
+
 /// Where the benchmark runs and what it runs.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -166,6 +168,21 @@ impl Deployment {
             )
         })?;
         Ok(self.client.push_module(bytes).await?.0.hash)
+    }
+
+    /// What the API process has spent so far.
+    pub fn api_usage(&self) -> Usage {
+        Usage::of([self.processes.api.id()])
+    }
+
+    /// What the workers have spent so far, together.
+    pub fn workers_usage(&self) -> Usage {
+        Usage::of(
+            self.processes
+                .workers
+                .iter()
+                .map(|worker| worker.child.id()),
+        )
     }
 
     /// Resident memory of the API process, in bytes.

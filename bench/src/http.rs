@@ -23,6 +23,7 @@ use super::Figure;
 use super::cluster::Target;
 use super::in_process::{attempt, plugin_bytes, sandbox_for};
 use super::scenarios::{job, wait_succeeded, warm_deployment};
+use super::usage::Usage;
 
 /// Both measurements.
 pub async fn http(target: &Target, requests: usize, jobs: usize) -> anyhow::Result<Vec<Figure>> {
@@ -151,8 +152,7 @@ const ROUNDS: usize = 5;
 /// sandbox and test server alike) at one moment.
 struct Reading {
     at: Instant,
-    cpu_micros: u64,
-    switches: u64,
+    usage: Usage,
 }
 
 /// What a stretch of work cost, between a [`Reading`] and now.
@@ -164,20 +164,18 @@ struct Spent {
 
 impl Reading {
     fn now() -> Self {
-        let pid = std::process::id();
         Self {
             at: Instant::now(),
-            cpu_micros: taskflow_testkit::cpu_micros(pid).unwrap_or(0),
-            switches: taskflow_testkit::context_switches(pid).unwrap_or(0),
+            usage: Usage::of([std::process::id()]),
         }
     }
 
     fn since(&self) -> Spent {
-        let now = Self::now();
+        let spent = Self::now().usage.since(self.usage);
         Spent {
             micros: self.at.elapsed().as_secs_f64() * 1e6,
-            cpu_micros: now.cpu_micros.saturating_sub(self.cpu_micros) as f64,
-            switches: now.switches.saturating_sub(self.switches) as f64,
+            cpu_micros: spent.cpu_micros as f64,
+            switches: spent.switches as f64,
         }
     }
 }

@@ -70,6 +70,8 @@ pub async fn sandbox(target: &Target, count: usize) -> anyhow::Result<Vec<Figure
             .map_err(|f| anyhow::anyhow!(f.message))?;
     }
     let mut micros = Vec::with_capacity(count);
+    let cpu = || taskflow_testkit::user_and_system_cpu_micros(std::process::id());
+    let cpu_before = cpu().context("this process's CPU time")?;
     for _ in 0..count {
         let started = Instant::now();
         let execution = sandbox.run(&task, attempt(b"", 64 << 20)).await;
@@ -78,8 +80,22 @@ pub async fn sandbox(target: &Target, count: usize) -> anyhow::Result<Vec<Figure
             .result
             .map_err(|failure| anyhow::anyhow!(failure.message))?;
     }
+    let cpu_after = cpu().context("this process's CPU time")?;
     micros.sort_by(f64::total_cmp);
+    let per_call = |after: u64, before: u64| (after - before) as f64 / count as f64;
     Ok(vec![
+        Figure::new(
+            "user CPU per instantiate + call",
+            per_call(cpu_after.0, cpu_before.0),
+            "µs",
+            "report",
+        ),
+        Figure::new(
+            "system CPU per instantiate + call",
+            per_call(cpu_after.1, cpu_before.1),
+            "µs",
+            "report",
+        ),
         Figure::new(
             "instantiate + call, median",
             percentile(&micros, 50.0),

@@ -12,7 +12,9 @@ mod cluster;
 mod http;
 mod in_process;
 mod operations;
+mod reference;
 mod scenarios;
+mod usage;
 mod waiting;
 
 use std::path::PathBuf;

@@ -16,7 +16,7 @@ use taskflow_testkit::percentile;
 
 use super::cluster::{Deployment, Target};
 use super::{Figure, Scenario};
-use super::{in_process, operations, waiting};
+use super::{in_process, operations, reference, waiting};
 
 /// Runs one scenario once.
 pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Result<Vec<Figure>> {
@@ -26,9 +26,7 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
         Scenario::Submit => submit(target, scaled(20_000), 1).await,
         Scenario::SubmitConcurrent => submit(target, scaled(20_000), 32).await,
         Scenario::SubmitBatch => submit_batch(target, scaled(100)).await,
-        Scenario::Drain => Ok(drain(target, scaled(20_000), &DrainSetup::default())
-            .await?
-            .figures),
+        Scenario::Drain => drain_beside_reference(target, scaled(20_000)).await,
         Scenario::DrainLimited => drain_limited(target, scaled(20_000)).await,
         Scenario::Latency => latency(target, scaled(4_000)).await,
         Scenario::Sandbox => in_process::sandbox(target, scaled(20_000)).await,
@@ -134,26 +132,59 @@ where
     Ok(started.elapsed())
 }
 
-/// `count` single-job submissions from `clients` concurrent clients.
+/// `count` single-job submissions from `clients` concurrent clients, beside
+/// the reference of as many connections, and what the API spent on each.
 async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result<Vec<Figure>> {
+    let reference = reference::inserts_per_second(target, clients).await?;
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
     let bar = progress(count, "submitting");
     let job = Arc::new(job(&module));
+    let before = deployment.api_usage();
     let elapsed = run_clients(&deployment, clients, count, (&bar, 1), move |api| {
         let job = job.clone();
         async move { api.submit(&job).await }
     })
     .await?;
+    let api = deployment.api_usage().since(before);
     let rate = count as f64 / elapsed.as_secs_f64();
     bar.finish_and_clear();
     deployment.stop().await?;
-    let target = if clients == 1 {
-        "≥ 2500"
+    let (ratio_target, switches_target) = if clients == 1 {
+        ("≥ 0.75", "≤ 2")
     } else {
-        "≥ 10000"
+        ("≥ 1.0", "report")
     };
-    Ok(vec![Figure::new("submitted", rate, "jobs/s", target)])
+    Ok(vec![
+        Figure::new("submitted", rate, "jobs/s", "report"),
+        Figure::new(
+            format!(
+                "reference: one-row INSERT + COMMIT, {clients} connection{}",
+                if clients == 1 { "" } else { "s" }
+            ),
+            reference,
+            "tps",
+            "report",
+        ),
+        Figure::new(
+            "submitted / reference",
+            rate / reference,
+            "ratio",
+            ratio_target,
+        ),
+        Figure::new(
+            "API context switches per request",
+            api.switches_per(count),
+            "switches",
+            switches_target,
+        ),
+        Figure::new(
+            "API CPU per request",
+            api.cpu_micros_per(count),
+            "µs",
+            "report",
+        ),
+    ])
 }
 
 /// `requests` batch submissions of 1,000 jobs each: from one client, one
@@ -351,6 +382,29 @@ async fn drain_limited(target: &Target, count: usize) -> anyhow::Result<Vec<Figu
     ])
 }
 
+/// The drain of `count` no-op jobs, and its rate over the one-connection
+/// reference measured just before.
+async fn drain_beside_reference(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let reference = reference::inserts_per_second(target, 1).await?;
+    let drained = drain(target, count, &DrainSetup::default()).await?;
+    let mut figures = drained.figures;
+    figures.extend([
+        Figure::new(
+            "reference: one-row INSERT + COMMIT, 1 connection",
+            reference,
+            "tps",
+            "report",
+        ),
+        Figure::new(
+            "drained / reference",
+            drained.jobs_per_second / reference,
+            "ratio",
+            "≥ 5",
+        ),
+    ]);
+    Ok(figures)
+}
+
 /// Queues `count` no-op jobs as `setup` says, then lets two workers drain
 /// them.
 pub(crate) async fn drain(
@@ -405,6 +459,7 @@ pub(crate) async fn drain(
     let until_due = (run_at - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(until_due).await;
     let expired_before = operations::expired_left(deployment.store()).await?;
+    let (api_before, workers_before) = (deployment.api_usage(), deployment.workers_usage());
     let drain_started = Instant::now();
     let mut peak_rss_bytes = 0;
     {
@@ -425,6 +480,8 @@ pub(crate) async fn drain(
         .drained_seconds_after(run_at)
         .await?
         .context("no job was drained")?;
+    let api = deployment.api_usage().since(api_before);
+    let workers = deployment.workers_usage().since(workers_before);
     let calls = deployment.worker_db_calls().await? - calls_before;
     let claims = deployment.worker_db_calls_of("claim").await? - claims_before;
     let pruning = if setup.expired_jobs > 0 {
@@ -446,7 +503,7 @@ pub(crate) async fn drain(
     let peak_mib = peak_rss_bytes as f64 / f64::from(1 << 20);
     deployment.stop().await?;
     let mut figures = vec![
-        Figure::new("drained", count as f64 / drained_s, "jobs/s", "≥ 14000"),
+        Figure::new("drained", count as f64 / drained_s, "jobs/s", "report"),
         Figure::new(
             "PostgreSQL commits per job",
             commits as f64 / count as f64,
@@ -472,6 +529,19 @@ pub(crate) async fn drain(
             "report",
         ),
         Figure::new("worker peak RSS", peak_mib, "MiB", "≤ 150"),
+        Figure::new(
+            "context switches per job, API + workers",
+            (api.switches + workers.switches) as f64 / count as f64,
+            "switches",
+            "≤ 0.5",
+        ),
+        Figure::new(
+            "workers' CPU per job",
+            workers.cpu_micros_per(count),
+            "µs",
+            "report",
+        ),
+        Figure::new("API CPU per job", api.cpu_micros_per(count), "µs", "report"),
     ]);
     Ok(Drained {
         figures,

@@ -227,4 +227,38 @@ impl Store {
         .await
         .ok()
     }
+
+    /// The physical reference the benchmark compares rates with
+    /// (bench/src/reference.rs): one-row INSERTs into `reference_rows`, a
+    /// table made for it, each its own transaction and commit, as pgbench
+    /// `-M prepared` runs them, from `connections` of this store's
+    /// connections at once for `duration`. Returns how many committed.
+    /// Checked at run time: the table is not part of TaskFlow's schema.
+    pub async fn reference_inserts(
+        &self,
+        connections: usize,
+        duration: std::time::Duration,
+    ) -> StoreResult<u64> {
+        super::statement("reference_inserts");
+        sqlx::query("CREATE TABLE IF NOT EXISTS reference_rows (id bigserial, payload text)")
+            .execute(self.pool())
+            .await?;
+        let deadline = tokio::time::Instant::now() + duration;
+        let loops = (0..connections).map(|_| async {
+            let mut connection = self.pool().acquire().await?;
+            let mut committed = 0_u64;
+            while tokio::time::Instant::now() < deadline {
+                sqlx::query("INSERT INTO reference_rows (payload) VALUES ($1)")
+                    .bind("x")
+                    .execute(&mut *connection)
+                    .await?;
+                committed += 1;
+            }
+            StoreResult::Ok(committed)
+        });
+        Ok(futures::future::try_join_all(loops)
+            .await?
+            .into_iter()
+            .sum())
+    }
 }

@@ -45,9 +45,16 @@ pub fn context_switches(pid: u32) -> Option<u64> {
 /// CPU time (user and system) process `pid` has used so far, in
 /// microseconds, at the kernel's clock-tick resolution (10 ms here).
 pub fn cpu_micros(pid: u32) -> Option<u64> {
+    let (user, system) = user_and_system_cpu_micros(pid)?;
+    Some(user + system)
+}
+
+/// User and system CPU time process `pid` has used so far, apart, in
+/// microseconds, at the kernel's clock-tick resolution (10 ms here).
+pub fn user_and_system_cpu_micros(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which ends at the last ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks * 10_000)
+    let micros = |index: usize| Some(fields.get(index)?.parse::<u64>().ok()? * 10_000);
+    Some((micros(11)?, micros(12)?))
 }
