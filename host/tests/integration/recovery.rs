@@ -11,7 +11,7 @@ use taskflow::client::ClientError;
 use taskflow::job::JobState;
 use uuid::Uuid;
 
-use crate::support::{TcpProxy, TestApp, assert_state, eventually};
+use crate::support::{TcpProxy, TestApp, WorkerProcess, assert_state, eventually};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expires() {
@@ -230,7 +230,7 @@ async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
 async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_within_seconds() {
     use taskflow::maintenance::elector::LEADERSHIP;
     let (app, module) = TestApp::start_with_plugin("misbehave").await;
-    let mut workers: HashMap<String, std::process::Child> = ["a", "b"]
+    let mut workers: HashMap<String, WorkerProcess> = ["a", "b"]
         .into_iter()
         .map(|id| (id.to_owned(), app.worker_process(id, &[], Stdio::null())))
         .collect();

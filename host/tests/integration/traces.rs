@@ -14,10 +14,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message as _;
 use serde_json::json;
-use taskflow::api::types::SubmitJob;
+use taskflow::api::types::{JobView, SubmitJob};
+use taskflow::client::Client;
 use taskflow::job::{JobState, TraceContext};
 
-use crate::support::{TestApp, eventually};
+use crate::support::{ApiProcess, TestApp, WorkerProcess, eventually};
 
 /// The caller's span: a trace and span id of its own, sampled.
 const CALLER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -174,6 +175,62 @@ fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
     spans.iter().filter(|span| span.name == name).collect()
 }
 
+/// An app with the misbehave plugin uploaded, a collector, and an API
+/// process that exports to it.
+struct Traced {
+    app: TestApp,
+    module: String,
+    collector: Collector,
+    api: ApiProcess,
+}
+
+impl Traced {
+    async fn start() -> Self {
+        let (app, module) = TestApp::start_with_plugin("misbehave").await;
+        let collector = Collector::start().await;
+        let api = app.api_process(&collector.env()).await;
+        Self {
+            app,
+            module,
+            collector,
+            api,
+        }
+    }
+
+    /// A worker process named `id` that exports to the collector, with
+    /// `env` on top; killed when dropped.
+    fn worker(&self, id: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        let mut all = self.collector.env();
+        all.extend_from_slice(env);
+        self.app
+            .worker_process(id, &all, std::process::Stdio::null())
+    }
+
+    /// A client of the API process that sends `traceparent`.
+    fn client_in(&self, traceparent: &str) -> Client {
+        self.api
+            .client
+            .clone()
+            .with_traceparent(Some(traceparent.into()))
+    }
+
+    /// Submits `job` in the trace of `traceparent` and waits for it to end.
+    async fn run_in(&self, traceparent: &str, job: &SubmitJob) -> JobView {
+        let id = self
+            .client_in(traceparent)
+            .submit(job)
+            .await
+            .unwrap()
+            .job
+            .id;
+        self.api
+            .client
+            .get_job_when_ended(id, Duration::from_secs(30))
+            .await
+            .unwrap()
+    }
+}
+
 /// A job that fails its first attempt and succeeds on its second.
 fn fails_once(module: &str) -> SubmitJob {
     SubmitJob::new(module, json!({"mode": "fail_until", "succeed_on": 2}))
@@ -181,20 +238,9 @@ fn fails_once(module: &str) -> SubmitJob {
 
 #[tokio::test]
 async fn one_trace_shows_a_job_from_its_submission_to_its_finish_across_processes() {
-    let (app, module) = TestApp::start_with_plugin("misbehave").await;
-    let collector = Collector::start().await;
-    let api = app.api_process(&collector.env()).await;
-    let mut worker_env = collector.env();
-    worker_env.push(("TASKFLOW_BACKOFF_BASE", "10ms"));
-    let mut worker = app.worker_process("traced", &worker_env, std::process::Stdio::null());
-
-    let client = api.client.clone().with_traceparent(Some(CALLER.into()));
-    let submitted = client.submit(&fails_once(&module)).await.unwrap();
-    let job = api
-        .client
-        .get_job_when_ended(submitted.job.id, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let traced = Traced::start().await;
+    let _worker = traced.worker("traced", &[("TASKFLOW_BACKOFF_BASE", "10ms")]);
+    let job = traced.run_in(CALLER, &fails_once(&traced.module)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(job.attempt, 2);
 
@@ -207,7 +253,8 @@ async fn one_trace_shows_a_job_from_its_submission_to_its_finish_across_processe
     assert_ne!(stored.span_id, caller.span_id, "under the API's own span");
 
     let trace_id = caller.trace_id_hex();
-    let spans = collector
+    let spans = traced
+        .collector
         .wait_for(&trace_id, |spans| {
             count(spans, "job submit") == 1
                 && count(spans, "job claim") == 2
@@ -250,86 +297,62 @@ async fn one_trace_shows_a_job_from_its_submission_to_its_finish_across_processe
     assert_eq!(attempts[1].text("taskflow.outcome"), "succeeded");
     assert!(!attempts[1].is_error);
     assert_eq!(finishes[1].text("taskflow.job.next_state"), "succeeded");
-
-    worker.kill().unwrap();
-    worker.wait().unwrap();
 }
 
 #[tokio::test]
 async fn a_caller_that_does_not_sample_its_trace_gets_no_spans_of_its_job() {
-    let (app, module) = TestApp::start_with_plugin("misbehave").await;
-    let collector = Collector::start().await;
-    let api = app.api_process(&collector.env()).await;
-    let mut worker = app.worker_process("traced", &collector.env(), std::process::Stdio::null());
+    let traced = Traced::start().await;
+    let _worker = traced.worker("traced", &[]);
     let unsampled = CALLER.replace("-01", "-00");
     let sampled = "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
     let mut ids = Vec::new();
     for traceparent in [unsampled.as_str(), sampled] {
-        let client = api
-            .client
-            .clone()
-            .with_traceparent(Some(traceparent.into()));
-        let job = SubmitJob::new(&module, json!({"mode": "fail_until", "succeed_on": 1}));
-        let id = client.submit(&job).await.unwrap().job.id;
-        let job = api
-            .client
-            .get_job_when_ended(id, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let job = SubmitJob::new(&traced.module, json!({"mode": "succeed"}));
+        let job = traced.run_in(traceparent, &job).await;
         assert_eq!(job.state, JobState::Succeeded);
-        ids.push(id);
+        ids.push(job.id);
     }
     // The sampled job ran after the unsampled one ended: once its spans are
     // in, the unsampled job's would have been too.
     let sampled = TraceContext::parse_traceparent(sampled).unwrap();
-    collector
+    traced
+        .collector
         .wait_for(&sampled.trace_id_hex(), |spans| {
             count(spans, "job finish") == 1
         })
         .await;
     let unsampled = TraceContext::parse_traceparent(&unsampled).unwrap();
-    assert_eq!(collector.spans_of_trace(&unsampled.trace_id_hex()).len(), 0);
-    let stored = app
-        .client
-        .get_job(ids[0])
-        .await
-        .unwrap()
-        .traceparent
-        .unwrap();
-    let stored = TraceContext::parse_traceparent(&stored).unwrap();
+    let spans = traced.collector.spans_of_trace(&unsampled.trace_id_hex());
+    assert_eq!(spans.len(), 0, "{spans:#?}");
+    let stored = traced.app.client.get_job(ids[0]).await.unwrap();
+    let stored = TraceContext::parse_traceparent(&stored.traceparent.unwrap()).unwrap();
     assert_eq!(stored.trace_id, unsampled.trace_id);
     assert!(!stored.is_sampled(), "the decision travels with the job");
-
-    worker.kill().unwrap();
-    worker.wait().unwrap();
 }
 
 #[tokio::test]
 async fn a_rescued_attempt_ends_in_the_trace_as_a_finish_by_the_rescuer() {
-    let (app, module) = TestApp::start_with_plugin("misbehave").await;
-    let collector = Collector::start().await;
-    let api = app.api_process(&collector.env()).await;
-    let mut doomed = app.worker_process("doomed", &collector.env(), std::process::Stdio::null());
-    let client = api.client.clone().with_traceparent(Some(CALLER.into()));
+    let traced = Traced::start().await;
+    let mut doomed = traced.worker("doomed", &[]);
     let job = SubmitJob {
         timeout_ms: Some(60_000),
-        ..SubmitJob::new(&module, json!({"mode": "sleep", "ms": 60_000}))
+        ..SubmitJob::new(&traced.module, json!({"mode": "sleep", "ms": 60_000}))
     };
-    let id = client.submit(&job).await.unwrap().job.id;
+    let id = traced.client_in(CALLER).submit(&job).await.unwrap().job.id;
     eventually(Duration::from_secs(20), || async {
-        let job = app.client.get_job(id).await.unwrap();
+        let job = traced.app.client.get_job(id).await.unwrap();
         (job.state == JobState::Running).then_some(())
     })
     .await;
     doomed.kill().unwrap();
     doomed.wait().unwrap();
-    let mut rescuer = app.worker_process("rescuer", &collector.env(), std::process::Stdio::null());
+    let _rescuer = traced.worker("rescuer", &[]);
 
     let trace_id = TraceContext::parse_traceparent(CALLER)
         .unwrap()
         .trace_id_hex();
-    let spans = collector
+    let spans = traced
+        .collector
         .wait_for(&trace_id, |spans| count(spans, "job finish") == 1)
         .await;
     let rescue = named(&spans, "job finish")[0];
@@ -339,9 +362,6 @@ async fn a_rescued_attempt_ends_in_the_trace_as_a_finish_by_the_rescuer() {
     assert_eq!(rescue.text("taskflow.job.next_state"), "retrying");
     let submit = named(&spans, "job submit")[0];
     assert_eq!(rescue.parent_span_id, submit.span_id);
-
-    rescuer.kill().unwrap();
-    rescuer.wait().unwrap();
 }
 
 #[tokio::test]

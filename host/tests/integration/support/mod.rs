@@ -26,7 +26,7 @@ pub mod browser;
 mod processes;
 mod store;
 
-pub use processes::TcpProxy;
+pub use processes::{ApiProcess, TcpProxy, WorkerProcess};
 pub use store::{finished, new_job, rescue, store_with_jobs, success};
 pub use taskflow_testkit::{
     BIG_BODY_BYTES, ScratchDatabase as TestDb, TestServers, plugin_path, redis_url,

@@ -116,14 +116,14 @@ impl TestApp {
 impl TestApp {
     /// Starts `taskflow worker` as its own OS process against the test's
     /// database and Redis prefix, with `env` on top and its log (stderr) to
-    /// `log`. Kill it to simulate a crash.
+    /// `log`. Kill it to simulate a crash; it is killed when dropped.
     pub fn worker_process(
         &self,
         id: &str,
         env: &[(&str, &str)],
         log: impl Into<std::process::Stdio>,
-    ) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
+    ) -> WorkerProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
             .arg("worker")
             .env("DATABASE_URL", self.db.url())
             .env("REDIS_URL", &self.connections.redis_url)
@@ -138,7 +138,34 @@ impl TestApp {
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("the taskflow binary starts")
+            .expect("the taskflow binary starts");
+        WorkerProcess(child)
+    }
+}
+
+/// `taskflow worker` as an OS process of its own
+/// ([`TestApp::worker_process`]), killed when dropped, so that a failing
+/// test leaves no worker behind.
+pub struct WorkerProcess(std::process::Child);
+
+impl std::ops::Deref for WorkerProcess {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
