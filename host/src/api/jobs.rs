@@ -4,8 +4,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -66,10 +68,10 @@ impl BodyLimit for SubmitBatch {
     ))]
 async fn submit(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    CallerTrace(caller): CallerTrace,
     JsonBody(request, _reserved): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<SubmittedJob>), ApiError> {
-    let submission = state.traces.start_submission(caller_trace(&headers), 1);
+    let submission = state.traces.start_submission(caller, 1);
     let submitted = submit_one(&state, request, submission.context()).await;
     submission.end(
         submitted
@@ -103,14 +105,25 @@ async fn submit_one(
     Ok(state.submitter.submit(job).await?)
 }
 
-/// The caller's span, from its `traceparent` header. None if it sent none,
+/// The caller's span, from its `traceparent` header: none if it sent none,
 /// an invalid one, or several (which the W3C asks to treat as invalid).
-fn caller_trace(headers: &HeaderMap) -> Option<TraceContext> {
-    let mut values = headers.get_all("traceparent").iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return None;
-    };
-    TraceContext::parse_traceparent(value.to_str().ok()?)
+/// Read from the request's headers in place, never copying them.
+struct CallerTrace(Option<TraceContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for CallerTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut values = parts.headers.get_all("traceparent").iter();
+        let trace = match (values.next(), values.next()) {
+            (Some(value), None) => value
+                .to_str()
+                .ok()
+                .and_then(TraceContext::parse_traceparent),
+            _ => None,
+        };
+        Ok(Self(trace))
+    }
 }
 
 /// `POST /v1/jobs/batch`: all jobs or none, in one transaction. Errors name
@@ -124,12 +137,10 @@ fn caller_trace(headers: &HeaderMap) -> Option<TraceContext> {
     ))]
 async fn submit_batch(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    CallerTrace(caller): CallerTrace,
     JsonBody(request, _reserved): JsonBody<SubmitBatch>,
 ) -> Result<(StatusCode, Json<SubmittedBatch>), ApiError> {
-    let submission = state
-        .traces
-        .start_submission(caller_trace(&headers), request.jobs.len());
+    let submission = state.traces.start_submission(caller, request.jobs.len());
     let submitted = submit_all(&state, request, submission.context()).await;
     submission.end(submitted.as_deref().map_err(|error| error.code));
     let submitted = submitted?;
