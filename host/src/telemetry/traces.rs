@@ -102,22 +102,8 @@ impl Traces {
     /// endpoint is not an `http://` URL.
     pub fn from_env(service_name: &'static str) -> Result<Self, TracesError> {
         let set = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-        let endpoint = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let disabled = set("OTEL_SDK_DISABLED").is_some_and(|value| value == "true");
-        if endpoint.is_none() || disabled {
+        if !wanted(set)? {
             return Ok(Self::default());
-        }
-        for variable in [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ] {
-            if let Some(value) = set(variable).filter(|value| value != "http/protobuf") {
-                return Err(TracesError::UnsupportedProtocol { variable, value });
-            }
-        }
-        if let Some(endpoint) = endpoint.filter(|url| !url.starts_with("http://")) {
-            return Err(TracesError::NotPlainHttp(endpoint));
         }
         let client = blocking_client()?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -365,6 +351,29 @@ impl Traces {
     }
 }
 
+/// Whether the variables `set` reads (unset or empty: `None`) ask for
+/// traces, refusing what TaskFlow cannot export.
+fn wanted(set: impl Fn(&str) -> Option<String>) -> Result<bool, TracesError> {
+    let endpoint =
+        set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let disabled = set("OTEL_SDK_DISABLED").is_some_and(|value| value == "true");
+    let Some(endpoint) = endpoint.filter(|_| !disabled) else {
+        return Ok(false);
+    };
+    for variable in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(value) = set(variable).filter(|value| value != "http/protobuf") {
+            return Err(TracesError::UnsupportedProtocol { variable, value });
+        }
+    }
+    if !endpoint.starts_with("http://") {
+        return Err(TracesError::NotPlainHttp(endpoint));
+    }
+    Ok(true)
+}
+
 /// The span of a submission, open until [`Submission::end`].
 pub struct Submission {
     span: Option<opentelemetry_sdk::trace::Span>,
@@ -456,4 +465,55 @@ fn blocking_client() -> Result<reqwest::blocking::Client, TracesError> {
     .join()
     .map_err(|_| TracesError::Exporter("building the HTTP client panicked".into()))?
     .map_err(|error| TracesError::Exporter(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted_with(vars: &[(&str, &str)]) -> Result<bool, TracesError> {
+        wanted(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+                .filter(|value| !value.is_empty())
+        })
+    }
+
+    #[test]
+    fn traces_are_on_only_with_an_endpoint_and_not_disabled() {
+        assert!(!wanted_with(&[]).unwrap());
+        assert!(!wanted_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).unwrap());
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        assert!(wanted_with(&[endpoint]).unwrap());
+        let traces_endpoint = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/v1/traces",
+        );
+        assert!(wanted_with(&[traces_endpoint]).unwrap());
+        assert!(!wanted_with(&[endpoint, ("OTEL_SDK_DISABLED", "true")]).unwrap());
+        let protobuf = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        assert!(wanted_with(&[endpoint, protobuf]).unwrap());
+    }
+
+    #[test]
+    fn what_cannot_be_exported_is_refused_at_startup() {
+        let https = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+        assert!(matches!(
+            wanted_with(&[https]),
+            Err(TracesError::NotPlainHttp(url)) if url == "https://collector:4318"
+        ));
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        for variable in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            assert!(matches!(
+                wanted_with(&[endpoint, (variable, "grpc")]),
+                Err(TracesError::UnsupportedProtocol { value, .. }) if value == "grpc"
+            ));
+        }
+        // Off is off, whatever else is set.
+        assert!(!wanted_with(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap());
+    }
 }
