@@ -347,7 +347,7 @@ async fn a_dead_letter_group_and_a_selection_of_jobs_are_retried_in_bulk_after_a
         until_state(&app, *id, JobState::Dead).await;
     }
     browser.open("/ui/jobs?state=dead").await;
-    browser.click("input[data-select-all]").await;
+    browser.click_in_page("input[data-select-all]").await;
     assert_eq!(browser.text("#selected-count").await, "4 jobs selected.");
     browser.click("button[value=retry]").await;
     assert_eq!(browser.text("h1").await, "Retry 4 jobs?");

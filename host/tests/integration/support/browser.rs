@@ -10,6 +10,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 /// Where chromedriver and Chromium are expected (overridable for machines
 /// that keep them elsewhere).
@@ -28,6 +29,12 @@ pub fn screenshot_dir() -> PathBuf {
         .expect("the target tmp directory has a parent")
         .join("console-screenshots")
 }
+
+/// How long a page or an element is waited for.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Tallest screenshot, in pixels.
 const MAX_SCREENSHOT_HEIGHT: u64 = 6000;
@@ -71,7 +78,7 @@ impl Browser {
             unreachable!("a JSON object")
         };
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {
             match ClientBuilder::new(HttpConnector::new())
                 .capabilities(capabilities.clone())
@@ -79,7 +86,7 @@ impl Browser {
                 .await
             {
                 Ok(client) => break client,
-                Err(error) if tokio::time::Instant::now() < deadline => {
+                Err(error) if Instant::now() < deadline => {
                     let _ = error;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -110,13 +117,20 @@ impl Browser {
         }
     }
 
-    /// The text of the first element matching `css`.
+    /// The text of the first element matching `css`. The console swaps in
+    /// a fresh `<main>` every few seconds (console.js, `refreshEvery`), so
+    /// an element found may be gone when read: it is found again then.
     pub async fn text(&self, css: &str) -> String {
-        self.find(css)
-            .await
-            .text()
-            .await
-            .unwrap_or_else(|error| panic!("text of {css}: {error}"))
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.text().await {
+                Ok(text) => return text,
+                Err(error) if error.is_stale_element_reference() && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await
+                }
+                Err(error) => panic!("text of {css}: {error}"),
+            }
+        }
     }
 
     /// The text of the whole page.
@@ -124,18 +138,43 @@ impl Browser {
         self.text("body").await
     }
 
-    /// The first element matching `css`, waiting up to 5 s for it.
+    /// The first element matching `css`, waiting up to [`WAIT`] for it.
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .wait()
-            .at_most(Duration::from_secs(5))
+            .at_most(WAIT)
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|error| panic!("no element {css}: {error}"))
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the link or form button matching `css` and waits until the
+    /// page it loads has replaced this one. ChromeDriver's click does not
+    /// always wait for the navigation it starts, and the next read would
+    /// find the old page's elements (or find them gone, as stale).
     pub async fn click(&self, css: &str) {
+        let old_page = self.find("html").await;
+        self.click_in_page(css).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match old_page.tag_name().await {
+                Err(error) if error.is_stale_element_reference() => break,
+                Err(error) => panic!("after clicking {css}: {error}"),
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                Ok(_) => panic!("clicking {css} loaded no page within {WAIT:?}"),
+            }
+        }
+        while self.eval("return document.readyState").await != "complete" {
+            assert!(
+                Instant::now() < deadline,
+                "the page {css} loaded did not finish within {WAIT:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Clicks the control matching `css` (a checkbox) without leaving the page.
+    pub async fn click_in_page(&self, css: &str) {
         self.find(css)
             .await
             .click()
