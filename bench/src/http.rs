@@ -22,7 +22,7 @@ use taskflow_testkit::TestServers;
 use super::Figure;
 use super::cluster::Target;
 use super::in_process::{attempt, plugin_bytes, sandbox_for};
-use super::scenarios::{job, wait_succeeded, warm_deployment};
+use super::scenarios::{cores, job, wait_succeeded, warm_deployment};
 use super::usage::Usage;
 
 /// Both measurements.
@@ -216,8 +216,7 @@ async fn drain(
     servers: &TestServers,
     count: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (deployment, module) = warm_deployment(target, 2, cores, "fetch").await?;
+    let (deployment, module) = warm_deployment(target, 2, cores(), "fetch").await?;
     let origin = format!("http://127.0.0.1:{}", servers.http.port());
     let grants = PutQueue {
         allowed_hosts: vec![origin.clone()],

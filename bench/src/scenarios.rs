@@ -15,6 +15,7 @@ use taskflow::store::Store;
 use taskflow_testkit::percentile;
 
 use super::cluster::{Deployment, Target};
+use super::usage::{self, Servers, Usage};
 use super::{Figure, Scenario};
 use super::{in_process, operations, reference, waiting};
 
@@ -135,18 +136,21 @@ where
 /// `count` single-job submissions from `clients` concurrent clients, beside
 /// the reference of as many connections, and what the API spent on each.
 async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result<Vec<Figure>> {
-    let reference = reference::inserts_per_second(target, clients).await?;
+    let reference = reference::inserts(target, clients).await?;
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
     let bar = progress(count, "submitting");
     let job = Arc::new(job(&module));
-    let before = deployment.api_usage();
+    let (before, servers_before, client_before) =
+        (deployment.api_usage(), Servers::read(), usage::own());
     let elapsed = run_clients(&deployment, clients, count, (&bar, 1), move |api| {
         let job = job.clone();
         async move { api.submit(&job).await }
     })
     .await?;
     let api = deployment.api_usage().since(before);
+    let (postgres, redis) = Servers::read().since(&servers_before);
+    let client = usage::own().since(client_before);
     let rate = count as f64 / elapsed.as_secs_f64();
     bar.finish_and_clear();
     deployment.stop().await?;
@@ -155,22 +159,28 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     } else {
         ("≥ 1.0", "report")
     };
-    Ok(vec![
+    let mut figures = vec![
         Figure::new("submitted", rate, "jobs/s", "report"),
         Figure::new(
             format!(
                 "reference: one-row INSERT + COMMIT, {clients} connection{}",
                 if clients == 1 { "" } else { "s" }
             ),
-            reference,
+            reference.per_second,
             "tps",
             "report",
         ),
         Figure::new(
             "submitted / reference",
-            rate / reference,
+            rate / reference.per_second,
             "ratio",
             ratio_target,
+        ),
+        Figure::new(
+            "reference: PostgreSQL CPU per INSERT + COMMIT",
+            reference.postgres_cpu_micros,
+            "µs",
+            "report",
         ),
         Figure::new(
             "API context switches per request",
@@ -178,13 +188,54 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
             "switches",
             switches_target,
         ),
-        Figure::new(
-            "API CPU per request",
-            api.cpu_micros_per(count),
-            "µs",
-            "report",
-        ),
-    ])
+    ];
+    figures.extend(cpu_budget(
+        count,
+        "request",
+        &[
+            ("API", api),
+            ("PostgreSQL", postgres),
+            ("Redis", redis),
+            ("client", client),
+        ],
+    ));
+    Ok(figures)
+}
+
+/// CPU time per unit of work of each process that took part, and of all of
+/// them together. Whatever the machine's speed, the work cannot go faster
+/// than its [`cores`] seconds of CPU a second allow at that cost.
+fn cpu_budget(count: usize, unit: &str, parts: &[(&str, Usage)]) -> Vec<Figure> {
+    let mut figures: Vec<Figure> = parts
+        .iter()
+        .map(|(who, usage)| {
+            Figure::new(
+                format!("{who} CPU per {unit}"),
+                usage.cpu_micros_per(count),
+                "µs",
+                "report",
+            )
+        })
+        .collect();
+    let total: f64 = figures.iter().map(|figure| figure.value).sum();
+    figures.push(Figure::new(
+        format!("CPU per {unit}, all of them"),
+        total,
+        "µs",
+        "report",
+    ));
+    figures.push(Figure::new(
+        format!("{unit}s/s the machine's CPU allows at that"),
+        cores() as f64 * 1e6 / total,
+        "/s",
+        "report",
+    ));
+    figures
+}
+
+/// The machine's cores.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// `requests` batch submissions of 1,000 jobs each: from one client, one
@@ -385,19 +436,19 @@ async fn drain_limited(target: &Target, count: usize) -> anyhow::Result<Vec<Figu
 /// The drain of `count` no-op jobs, and its rate over the one-connection
 /// reference measured just before.
 async fn drain_beside_reference(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
-    let reference = reference::inserts_per_second(target, 1).await?;
+    let reference = reference::inserts(target, 1).await?;
     let drained = drain(target, count, &DrainSetup::default()).await?;
     let mut figures = drained.figures;
     figures.extend([
         Figure::new(
             "reference: one-row INSERT + COMMIT, 1 connection",
-            reference,
+            reference.per_second,
             "tps",
             "report",
         ),
         Figure::new(
             "drained / reference",
-            drained.jobs_per_second / reference,
+            drained.jobs_per_second / reference.per_second,
             "ratio",
             "≥ 5",
         ),
@@ -412,8 +463,7 @@ pub(crate) async fn drain(
     count: usize,
     setup: &DrainSetup,
 ) -> anyhow::Result<Drained> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (mut deployment, module) = warm_deployment(target, 2, cores, "noop").await?;
+    let (mut deployment, module) = warm_deployment(target, 2, cores(), "noop").await?;
     if let Some(limits) = &setup.limits {
         deployment.client.put_queue("default", limits).await?;
     }
@@ -459,7 +509,11 @@ pub(crate) async fn drain(
     let until_due = (run_at - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(until_due).await;
     let expired_before = operations::expired_left(deployment.store()).await?;
-    let (api_before, workers_before) = (deployment.api_usage(), deployment.workers_usage());
+    let (api_before, workers_before, servers_before) = (
+        deployment.api_usage(),
+        deployment.workers_usage(),
+        Servers::read(),
+    );
     let drain_started = Instant::now();
     let mut peak_rss_bytes = 0;
     {
@@ -482,6 +536,7 @@ pub(crate) async fn drain(
         .context("no job was drained")?;
     let api = deployment.api_usage().since(api_before);
     let workers = deployment.workers_usage().since(workers_before);
+    let (postgres, redis) = Servers::read().since(&servers_before);
     let calls = deployment.worker_db_calls().await? - calls_before;
     let claims = deployment.worker_db_calls_of("claim").await? - claims_before;
     let pruning = if setup.expired_jobs > 0 {
@@ -535,14 +590,17 @@ pub(crate) async fn drain(
             "switches",
             "≤ 0.5",
         ),
-        Figure::new(
-            "workers' CPU per job",
-            workers.cpu_micros_per(count),
-            "µs",
-            "report",
-        ),
-        Figure::new("API CPU per job", api.cpu_micros_per(count), "µs", "report"),
     ]);
+    figures.extend(cpu_budget(
+        count,
+        "job",
+        &[
+            ("workers'", workers),
+            ("API", api),
+            ("PostgreSQL", postgres),
+            ("Redis", redis),
+        ],
+    ));
     Ok(Drained {
         figures,
         jobs_per_second: count as f64 / drained_s,
@@ -557,8 +615,7 @@ pub(crate) async fn drain(
 /// loop: a slow answer does not delay the next submission), and measures
 /// from each job's insert to the start of its first attempt.
 async fn latency(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (deployment, module) = warm_deployment(target, 2, cores, "noop").await?;
+    let (deployment, module) = warm_deployment(target, 2, cores(), "noop").await?;
     for _ in 0..8 {
         deployment.client.submit(&job(&module)).await?;
     }

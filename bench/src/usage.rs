@@ -4,6 +4,8 @@
 //! thread that exits inside a measured stretch takes its switches with it;
 //! the API's and workers' threads live as long as their process.
 
+use std::collections::BTreeMap;
+
 /// CPU time and context switches of some processes so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -40,4 +42,67 @@ impl Usage {
     pub fn switches_per(self, count: usize) -> f64 {
         self.switches as f64 / count as f64
     }
+}
+
+/// What each process of one program on this machine has spent so far:
+/// PostgreSQL's (`postgres`: backends, WAL writer, checkpointer…) or
+/// Redis's (`redis-server`). Kept per process, so that a backend starting
+/// or ending inside a measured stretch takes nothing from the others.
+#[derive(Debug, Clone, Default)]
+pub struct ServerUsage(BTreeMap<u32, Usage>);
+
+impl ServerUsage {
+    /// The usage so far of every process whose command name is `name`.
+    pub fn of(name: &str) -> Self {
+        Self(
+            taskflow_testkit::pids_named(name)
+                .into_iter()
+                .map(|pid| (pid, Usage::of([pid])))
+                .collect(),
+        )
+    }
+
+    /// What was spent between `before` and this reading, by the processes
+    /// alive now (one that ended in between counts nothing).
+    pub fn since(&self, before: &Self) -> Usage {
+        self.0
+            .iter()
+            .map(|(pid, now)| now.since(before.0.get(pid).copied().unwrap_or_default()))
+            .fold(Usage::default(), |total, usage| Usage {
+                cpu_micros: total.cpu_micros + usage.cpu_micros,
+                switches: total.switches + usage.switches,
+            })
+    }
+}
+
+/// The servers TaskFlow runs on, read together: what PostgreSQL and Redis
+/// spent for the work measured (and for anything else the machine asked of
+/// them meanwhile: nothing else should run during a benchmark).
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    postgres: ServerUsage,
+    redis: ServerUsage,
+}
+
+impl Servers {
+    /// Their usage so far.
+    pub fn read() -> Self {
+        Self {
+            postgres: ServerUsage::of("postgres"),
+            redis: ServerUsage::of("redis-server"),
+        }
+    }
+
+    /// PostgreSQL's and Redis's usage between `before` and this reading.
+    pub fn since(&self, before: &Self) -> (Usage, Usage) {
+        (
+            self.postgres.since(&before.postgres),
+            self.redis.since(&before.redis),
+        )
+    }
+}
+
+/// This process's usage so far: the benchmark's own clients.
+pub fn own() -> Usage {
+    Usage::of([std::process::id()])
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 pub use database::{ScratchDatabase, database_url};
 pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
 pub use process::{
-    context_switches, cpu_micros, peak_rss_bytes, rss_bytes, user_and_system_cpu_micros,
+    context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes, user_and_system_cpu_micros,
 };
 
 /// PostgreSQL server for tests and benchmarks: `DATABASE_URL`, or the local

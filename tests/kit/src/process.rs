@@ -58,3 +58,19 @@ pub fn user_and_system_cpu_micros(pid: u32) -> Option<(u64, u64)> {
     let micros = |index: usize| Some(fields.get(index)?.parse::<u64>().ok()? * 10_000);
     Some((micros(11)?, micros(12)?))
 }
+
+/// The processes on this machine whose command name (`/proc/<pid>/comm`)
+/// is `name`: PostgreSQL's server and backends (`postgres`), or Redis
+/// (`redis-server`).
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
+}
