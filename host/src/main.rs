@@ -10,10 +10,7 @@ fn main() -> std::process::ExitCode {
     if let taskflow::cli::Command::CompileComponent(args) = &cli.command {
         return taskflow::sandbox::compiler::child_main(args.optimize, args.check_only);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli.runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

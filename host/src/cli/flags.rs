@@ -5,6 +5,7 @@
 //! first sentence of each setting; the full reasons are on the fields of
 //! [`crate::config`].
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -229,6 +230,10 @@ pub struct ApiFlags {
     /// Most memory request bodies may hold at once, in bytes, summed over every request in flight.
     #[arg(long, env = "TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", default_value_t = ApiConfig::default().max_request_bytes_in_flight)]
     pub max_request_bytes_in_flight: usize,
+
+    /// Threads the API runs requests on. 1: one thread does everything, the fewest wake-ups and least CPU per request; more lets requests parse and answer on several cores at once (README, Configuration).
+    #[arg(long, env = "TASKFLOW_API_THREADS", default_value = "1")]
+    pub threads: NonZeroUsize,
 }
 
 impl From<ApiFlags> for ApiConfig {

@@ -353,6 +353,32 @@ pub enum JobCommand {
     },
 }
 
+impl Cli {
+    /// The async runtime the command runs on. The API runs on as many
+    /// threads as `--threads` says, one by default: a current-thread runtime,
+    /// where a request's tasks never wake another thread (README, "The
+    /// API's threads"). Everything else runs on one thread per core.
+    ///
+    /// # Errors
+    ///
+    /// The runtime's own (the operating system refused a thread or a
+    /// descriptor).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match &self.command {
+            Command::Api(args) if args.api.api.threads.get() == 1 => {
+                tokio::runtime::Builder::new_current_thread()
+            }
+            Command::Api(args) => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(args.api.api.threads.get());
+                builder
+            }
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
+    }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -297,3 +297,43 @@ async fn a_value_postgres_cannot_store_fails_only_its_own_submission_among_group
     assert_eq!(app.job_count().await, 50);
     app.finish().await;
 }
+
+/// `--threads` (README, "The API's threads"): one by default, where the
+/// thread that starts the process answers every request and no runtime
+/// thread is started, or as many runtime threads as asked. Either answers a
+/// crowd of concurrent submissions, some written alone from their request's
+/// task and the rest in groups (store/submitter.rs), each with its own job.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_answers_a_crowd_on_one_thread_or_on_as_many_as_asked() {
+    // Tokio's name for its runtime threads.
+    const RUNTIME_THREAD: &str = "tokio-rt-worker";
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    for (threads, runtime_threads) in [("1", 0), ("3", 3)] {
+        let api = app.api_process(&[("TASKFLOW_API_THREADS", threads)]).await;
+        assert_eq!(api.threads_named(RUNTIME_THREAD), runtime_threads);
+        let submissions = (0..64).map(|i| {
+            let job = SubmitJob {
+                module: module.clone(),
+                input: Some(json!(i).into()),
+                ..SubmitJob::default()
+            };
+            let client = &api.client;
+            async move { (i, client.submit(&job).await.unwrap()) }
+        });
+        for (i, submitted) in futures::future::join_all(submissions).await {
+            let job = api.client.get_job(submitted.job.id).await.unwrap();
+            assert_eq!(job.input, Some(json!(i)), "{threads} thread(s)");
+        }
+    }
+    assert_eq!(app.job_count().await, 128);
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
+        .arg("api")
+        .env("TASKFLOW_API_THREADS", "0")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--threads"), "{stderr}");
+    app.finish().await;
+}

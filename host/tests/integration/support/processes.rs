@@ -175,6 +175,18 @@ impl ApiProcess {
         taskflow_testkit::peak_rss_bytes(self.child.id()).expect("the API process is alive")
     }
 
+    /// The process's threads whose name is `name` (as `/proc` shows it:
+    /// at most 15 bytes).
+    pub fn threads_named(&self, name: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .expect("the API process is alive")
+            .filter(|task| {
+                let comm = task.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|comm| comm.trim_end() == name)
+            })
+            .count()
+    }
+
     /// File descriptors the process has open.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
