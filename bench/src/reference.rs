@@ -2,10 +2,15 @@
 //! run, so a ratio holds on any machine: PostgreSQL's one-row INSERT, each
 //! its own commit (one WAL flush each, as a submission's), from one
 //! connection and from 32 (`Store::reference_inserts`). On a fresh
-//! database of its own, while no deployment runs.
+//! database of its own, while no deployment runs. Beside it, the API's own
+//! statement without the API ([`store_submissions`]), which tells the cost
+//! of what a submission writes from the cost of serving it over HTTP.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use taskflow::api::types::SubmitJob;
+use taskflow::job::{ModuleNames, SubmissionLimits};
+use taskflow::store::{Store, Submitter};
 use taskflow_testkit::ScratchDatabase;
 
 use super::cluster::Target;
@@ -43,4 +48,21 @@ pub async fn inserts(target: &Target, connections: usize) -> anyhow::Result<Refe
         per_second: committed as f64 / REFERENCE_DURATION.as_secs_f64(),
         postgres_cpu_micros: postgres.cpu_micros_per(usize::try_from(committed)?),
     })
+}
+
+/// Submissions of `job` made one after another straight through the
+/// store's [`Submitter`] from this process, each alone and committed before
+/// the next: the statement and commit a sequential client's submission
+/// costs, without HTTP and without the API. Jobs per second.
+pub async fn store_submissions(store: &Store, job: &SubmitJob) -> anyhow::Result<f64> {
+    let (limits, names) = (SubmissionLimits::default(), ModuleNames::new());
+    let submitter = Submitter::spawn(store.clone());
+    let started = Instant::now();
+    let mut submitted = 0_u32;
+    while started.elapsed() < REFERENCE_DURATION {
+        let job = job.clone().into_spec()?.resolve(&limits, &names)?;
+        submitter.submit(job).await?;
+        submitted += 1;
+    }
+    Ok(f64::from(submitted) / started.elapsed().as_secs_f64())
 }

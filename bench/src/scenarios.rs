@@ -140,7 +140,8 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
     let bar = progress(count, "submitting");
-    let job = Arc::new(job(&module));
+    let submission = job(&module);
+    let job = Arc::new(submission.clone());
     let (before, servers_before, client_before) =
         (deployment.api_usage(), Servers::read(), usage::own());
     let elapsed = run_clients(&deployment, clients, count, (&bar, 1), move |api| {
@@ -153,6 +154,11 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     let client = usage::own().since(client_before);
     let rate = count as f64 / elapsed.as_secs_f64();
     bar.finish_and_clear();
+    let without_http = if clients == 1 {
+        Some(reference::store_submissions(deployment.store(), &submission).await?)
+    } else {
+        None
+    };
     deployment.stop().await?;
     let (ratio_target, switches_target) = if clients == 1 {
         ("≥ 0.75", "≤ 2")
@@ -189,6 +195,28 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
             switches_target,
         ),
     ];
+    if let Some(without_http) = without_http {
+        figures.extend([
+            Figure::new(
+                "the same jobs straight through the store, no HTTP",
+                without_http,
+                "jobs/s",
+                "report",
+            ),
+            Figure::new(
+                "store alone / reference",
+                without_http / reference.per_second,
+                "ratio",
+                "report",
+            ),
+            Figure::new(
+                "submitted / store alone",
+                rate / without_http,
+                "ratio",
+                "report",
+            ),
+        ]);
+    }
     figures.extend(cpu_budget(
         count,
         "request",
