@@ -119,15 +119,14 @@ impl Browser {
 
     /// The text of the first element matching `css`. The console swaps in
     /// a fresh `<main>` every few seconds (console.js, `refreshEvery`), so
-    /// an element found may be gone when read: it is found again then.
+    /// an element found may be gone when read (Chrome says "stale", or that
+    /// the node is not in the document): it is found again then.
     pub async fn text(&self, css: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
             match self.find(css).await.text().await {
                 Ok(text) => return text,
-                Err(error) if error.is_stale_element_reference() && Instant::now() < deadline => {
-                    tokio::time::sleep(POLL).await
-                }
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
                 Err(error) => panic!("text of {css}: {error}"),
             }
         }
@@ -149,25 +148,30 @@ impl Browser {
     }
 
     /// Clicks the link or form button matching `css` and waits until the
-    /// page it loads has replaced this one. ChromeDriver's click does not
-    /// always wait for the navigation it starts, and the next read would
-    /// find the old page's elements (or find them gone, as stale).
+    /// page it loads has replaced this one and finished loading.
+    /// ChromeDriver's click does not always wait for the navigation it
+    /// starts, and the next read would find the old page's elements (or
+    /// find them gone). The old page is told apart by a mark left on its
+    /// window, which the new page's window lacks.
     pub async fn click(&self, css: &str) {
-        let old_page = self.find("html").await;
+        self.eval("window.taskflowPageBeforeClick = true").await;
         self.click_in_page(css).await;
         let deadline = Instant::now() + WAIT;
         loop {
-            match old_page.tag_name().await {
-                Err(error) if error.is_stale_element_reference() => break,
-                Err(error) => panic!("after clicking {css}: {error}"),
-                Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
-                Ok(_) => panic!("clicking {css} loaded no page within {WAIT:?}"),
+            // While the page changes a script may fail: look again.
+            let loaded = self
+                .client
+                .execute(
+                    "return !window.taskflowPageBeforeClick && document.readyState === 'complete'",
+                    Vec::new(),
+                )
+                .await;
+            if matches!(loaded, Ok(serde_json::Value::Bool(true))) {
+                return;
             }
-        }
-        while self.eval("return document.readyState").await != "complete" {
             assert!(
                 Instant::now() < deadline,
-                "the page {css} loaded did not finish within {WAIT:?}"
+                "clicking {css} loaded no page within {WAIT:?}: {loaded:?}"
             );
             tokio::time::sleep(POLL).await;
         }
