@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ApiArgs, ApiOnlyArgs, CommonArgs, MigrateArgs, WorkerArgs, WorkerOnlyArgs};
 use crate::api::auth::TokenHashes;
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiParts, ApiState};
 use crate::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
@@ -89,7 +89,7 @@ pub fn api_state(
     limits.validate()?;
     config.validate()?;
     let compiler = Compiler::new(compile.compiler_config()?, false);
-    Ok(ApiState {
+    Ok(ApiState::new(ApiParts {
         store: backends.store.clone(),
         redis: backends.redis.clone(),
         leases: backends.leases.clone(),
@@ -110,7 +110,7 @@ pub fn api_state(
         traces: backends.traces.clone(),
         limits: Arc::new(limits),
         config: Arc::new(config),
-    })
+    }))
 }
 
 /// Binds the API's listener and serves it in a task until `shutdown`.
