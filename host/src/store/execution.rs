@@ -111,7 +111,12 @@ impl Store {
     /// cancel or the rescue wrote for that very attempt (same job and token;
     /// the statement's snapshot does not see the rows it inserts), so the
     /// requests an attempt made are on its record whoever ended it, unless
-    /// the cancel or rescue committed while this statement ran.
+    /// the cancel or rescue committed while this statement ran. The stale
+    /// outcomes with requests are picked out first (`stale`, materialized,
+    /// usually empty): joined with every outcome of the batch instead, a
+    /// plan made while `job_attempts` looked empty (a young table, before
+    /// autovacuum analyzes it) compared each of its rows with every outcome,
+    /// half a second per batch of 512 (docs/benchmarks.md, issue 13).
     pub async fn finish_if_lease_matches(
         &self,
         attempts: &[FinishedAttempt],
@@ -216,12 +221,17 @@ impl Store {
                  INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
                  SELECT queue, 'running', state, count(*) FROM finished GROUP BY queue, state
              ),
+             stale AS MATERIALIZED (
+                 SELECT i.job_id, i.lease_token, i.requests, i.requests_dropped
+                 FROM input i
+                 WHERE i.requests <> '[]' AND NOT EXISTS (
+                     SELECT 1 FROM finished f WHERE f.id = i.job_id AND f.lease_token = i.lease_token)
+             ),
              stale_requests AS (
                  UPDATE job_attempts a
-                 SET requests = i.requests::jsonb, requests_dropped = i.requests_dropped
-                 FROM input i
-                 WHERE i.requests <> '[]' AND a.job_id = i.job_id
-                   AND a.lease_token = i.lease_token AND a.requests = '[]'
+                 SET requests = s.requests::jsonb, requests_dropped = s.requests_dropped
+                 FROM stale s
+                 WHERE a.job_id = s.job_id AND a.lease_token = s.lease_token AND a.requests = '[]'
              )
              INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at,
                                        outcome, error_kind, error_message, fuel_consumed,
