@@ -100,12 +100,25 @@ impl Sandbox {
             let (result,) = run.call_async(&mut store, (&input,)).await?;
             wasmtime::Result::Ok(result)
         };
+        // The grant is looked at before the guest, at every wake-up: a grant
+        // that ended before the attempt started runs no guest code at all,
+        // and a worker resumed after a pause past its lease does not let a
+        // guest blocked in a host call go on. An outcome the guest returns
+        // once the grant has ended (it was running wasm code when the worker
+        // was paused, and finished before the next epoch tick) is not its
+        // attempt's either (docs/failure-semantics.md, "Worker paused past
+        // its lease").
         let outcome = tokio::select! {
+            biased;
+            () = grant.invalidated() => Err(Interrupted::LeaseLost.into()),
             outcome = call => outcome,
             () = tokio::time::sleep_until((deadline + HOST_CALL_GRACE).into()) => {
                 Err(Interrupted::Timeout.into())
             }
-            () = grant.invalidated() => Err(Interrupted::LeaseLost.into()),
+        };
+        let outcome = match outcome {
+            Ok(_) if !grant.is_valid_at(Instant::now()) => Err(Interrupted::LeaseLost.into()),
+            outcome => outcome,
         };
         let duration = started.elapsed();
         let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));

@@ -46,7 +46,7 @@ pub use heartbeat::{Heartbeat, InFlight};
 use outcome::{AttemptIdentity, settle_attempt};
 
 use crate::config::{ExecutionLimits, RetryPolicy, WorkerConfig};
-use crate::job::attempts_used;
+use crate::job::{Failure, FailureKind, attempts_used};
 use crate::lease::{Leases, Redis, WakeupListener};
 use crate::sandbox::{
     Attempt, AttemptLimits, CompilerConfig, Execution, JobContext, RunGrant, Sandbox,
@@ -338,6 +338,15 @@ impl Worker {
             Err(failure) => return Execution::failed(failure),
         };
         let slot = claim.slot().await;
+        if !grant.is_valid_at(Instant::now()) {
+            // The slot came after the grant ended (the worker was paused, or
+            // cut off from Redis, while the attempt waited): the job may be
+            // running elsewhere by now, so the attempt does not start.
+            return Execution::failed(Failure::new(
+                FailureKind::LeaseLost,
+                "the worker lost the job's lease before the attempt could start",
+            ));
+        }
         let attempt = Attempt {
             input: std::mem::take(&mut job.input),
             context: JobContext {

@@ -211,6 +211,30 @@ async fn an_attempt_stops_when_its_grant_lapses_or_is_revoked() {
     }
 }
 
+/// A grant that ended before its attempt started (the worker was paused,
+/// or cut off from Redis, while the attempt waited) runs no guest code: not
+/// even until the first epoch tick. Without that, a worker resumed after a
+/// pause could run the guest of a job already running elsewhere. Whether
+/// the guest gets a first go depends on the order the sandbox looks at
+/// things in, so the start is played several times.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_whose_grant_ended_before_it_started_runs_no_code() {
+    let sandbox = sandbox(None);
+    let (task, _) = prepare(&sandbox, plugin("misbehave")).await;
+    for start in 1..=16 {
+        let ended = RunGrant::until(Instant::now());
+        let execution = sandbox
+            .run(&task, attempt(r#"{"mode":"spin"}"#, u64::MAX / 2, ended))
+            .await;
+        assert_eq!(
+            execution.result.map_err(|failure| failure.kind),
+            Err(FailureKind::LeaseLost),
+            "start {start}"
+        );
+        assert_eq!(execution.fuel_consumed, 0, "start {start}: the guest ran");
+    }
+}
+
 /// A grant that lapses 200 ms from now, as one a heartbeat stopped renewing.
 fn lapsing_soon() -> Arc<RunGrant> {
     RunGrant::until(Instant::now() + Duration::from_millis(200))
