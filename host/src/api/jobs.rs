@@ -244,7 +244,7 @@ async fn get_one(
     QueryParams(query): QueryParams<JobWaitQuery>,
 ) -> Result<Json<JobView>, ApiError> {
     let Some(wait) = wait_of(&query)? else {
-        return Ok(Json(read_job(&state, id).await?));
+        return Ok(Json(read_job_lagging(&state, id).await?));
     };
     let deadline = tokio::time::Instant::now() + wait;
     let watch = state.endings.watch(id);
@@ -282,6 +282,17 @@ fn wait_of(query: &JobWaitQuery) -> Result<Option<Duration>, ApiError> {
     Ok((!wait.is_zero()).then_some(wait))
 }
 
+/// The job as the read replica has it, if there is one
+/// ([`ApiParts::read_found`](crate::api::ApiParts::read_found)).
+async fn read_job_lagging(state: &ApiState, id: Uuid) -> Result<JobView, ApiError> {
+    let job = state
+        .read_found(|store| async move { store.get_job(id).await })
+        .await?
+        .ok_or_else(|| job_not_found(id))?;
+    Ok(job.into())
+}
+
+/// The job as the primary has it.
 async fn read_job(state: &ApiState, id: Uuid) -> Result<JobView, ApiError> {
     let job = state
         .store
@@ -324,8 +335,7 @@ async fn attempts(
         })
         .transpose()?;
     let attempts = state
-        .store
-        .list_attempts(id, after, limit)
+        .read_found(|store| async move { store.list_attempts(id, after, limit).await })
         .await?
         .ok_or_else(|| job_not_found(id))?;
     let next_cursor = (attempts.len() as i64 == limit)
@@ -367,15 +377,16 @@ async fn list(
             ..error.into()
         })?;
     }
+    let filter = JobFilter {
+        state: query.state,
+        queue: query.queue,
+        before,
+        limit,
+        ..JobFilter::default()
+    };
+    let filter = &filter;
     let jobs = state
-        .store
-        .list_jobs(&JobFilter {
-            state: query.state,
-            queue: query.queue,
-            before,
-            limit,
-            ..JobFilter::default()
-        })
+        .read(|store| async move { store.list_jobs(filter).await })
         .await?;
     let next_cursor = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.id.to_string()))

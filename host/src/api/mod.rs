@@ -39,7 +39,7 @@ pub use error::ApiError;
 use crate::config::{ApiConfig, ApiLimits};
 use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
 use crate::sandbox::Compiler;
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 /// What every handler can reach: one shared [`ApiParts`]. Axum clones the
 /// state for every request and every middleware it passes, so a clone is
@@ -63,10 +63,61 @@ impl std::ops::Deref for ApiState {
     }
 }
 
+/// How the read-only job and queue routes and the console's pages read:
+/// from the read replica if there is one, else from the primary. What
+/// writes, waits on a job or checks a login uses the primary alone.
+impl ApiParts {
+    /// `read` on the replica; on the primary if there is no replica or the
+    /// replica fails (unreachable, or not yet replayed the migration that
+    /// made what `read` names): a replica makes reads cheaper, never a new
+    /// way for them to fail.
+    pub async fn read<T, Read>(&self, read: impl Fn(Store) -> Read) -> StoreResult<T>
+    where
+        Read: Future<Output = StoreResult<T>>,
+    {
+        self.read_unless(read, |_| false).await
+    }
+
+    /// As [`ApiParts::read`], and what the replica does not have yet
+    /// (`None`) is looked for on the primary: a client always finds the job
+    /// it just created.
+    pub async fn read_found<T, Read>(&self, read: impl Fn(Store) -> Read) -> StoreResult<Option<T>>
+    where
+        Read: Future<Output = StoreResult<Option<T>>>,
+    {
+        self.read_unless(read, Option::is_none).await
+    }
+
+    async fn read_unless<T, Read>(
+        &self,
+        read: impl Fn(Store) -> Read,
+        on_primary: impl Fn(&T) -> bool,
+    ) -> StoreResult<T>
+    where
+        Read: Future<Output = StoreResult<T>>,
+    {
+        if let Some(replica) = &self.replica {
+            let reason = match read(replica.clone()).await {
+                Ok(answer) if !on_primary(&answer) => return Ok(answer),
+                Ok(_) => "missing",
+                Err(error) => {
+                    tracing::warn!(%error, "the read replica failed a read; reading the primary");
+                    "failed"
+                }
+            };
+            metrics::counter!("taskflow_replica_fallbacks_total", "reason" => reason).increment(1);
+        }
+        read(self.store.clone()).await
+    }
+}
+
 /// The handles and settings an API's handlers use.
 pub struct ApiParts {
     /// PostgreSQL.
     pub store: Store,
+    /// The read replica (`--database-read-url`), if any: see
+    /// [`ApiParts::reads`].
+    pub replica: Option<Store>,
     /// Redis, for readiness checks.
     pub redis: Redis,
     /// Leases, to revoke the lease of a cancelled running job.

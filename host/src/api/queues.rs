@@ -20,7 +20,7 @@ use super::{ApiError, ApiState, PathParams};
 use crate::config::ApiLimits;
 use crate::job::check_queue_name;
 use crate::queue::QueueSpec;
-use crate::store::QueueRecord;
+use crate::store::{QueueRecord, Store, StoreResult};
 
 /// Routes under `/v1/queues`.
 pub fn router() -> OpenApiRouter<ApiState> {
@@ -53,8 +53,7 @@ impl BodyLimit for PatchQueue {
     responses((status = 200, description = "Every queue configured or holding jobs, with its stats", body = QueueList)))]
 async fn list(State(state): State<ApiState>) -> Result<Json<QueueList>, ApiError> {
     let queues = state
-        .store
-        .queues_with_stats()
+        .read(|store| async move { store.queues_with_stats().await })
         .await?
         .into_iter()
         .map(|(record, stats)| QueueView::new(record, stats))
@@ -70,14 +69,23 @@ async fn get_one(
     PathParams(name): PathParams<String>,
 ) -> Result<Json<QueueView>, ApiError> {
     check_queue_name("name", &name)?;
-    view(&state, state.store.queue(&name).await?).await
+    let name = &name;
+    let view = state
+        .read(|store| async move { with_stats(&store, store.queue(name).await?).await })
+        .await?;
+    Ok(Json(view))
 }
 
-/// `record` with its stats.
+/// `record` with its stats, as the primary has them: what a change answers.
 async fn view(state: &ApiState, record: QueueRecord) -> Result<Json<QueueView>, ApiError> {
-    let stats = state.store.queue_stats(Some(&record.name)).await?;
+    Ok(Json(with_stats(&state.store, record).await?))
+}
+
+/// `record` with its stats as `store` has them.
+async fn with_stats(store: &Store, record: QueueRecord) -> StoreResult<QueueView> {
+    let stats = store.queue_stats(Some(&record.name)).await?;
     let stats = stats.into_values().next().unwrap_or_default();
-    Ok(Json(QueueView::new(record, stats)))
+    Ok(QueueView::new(record, stats))
 }
 
 /// `PUT /v1/queues/{name}`: replaces the queue's settings (not whether it

@@ -231,6 +231,10 @@ pub struct ApiFlags {
     #[arg(long, env = "TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", default_value_t = ApiConfig::default().max_request_bytes_in_flight)]
     pub max_request_bytes_in_flight: usize,
 
+    /// PostgreSQL read replica for the read-only job and queue routes and the console's pages; a job it does not have yet is read from the primary (README, Configuration).
+    #[arg(long, env = "TASKFLOW_DATABASE_READ_URL")]
+    pub database_read_url: Option<String>,
+
     /// Threads the API runs requests on. 1: one thread does everything, the fewest wake-ups and least CPU per request; more lets requests parse and answer on several cores at once (README, Configuration).
     #[arg(long, env = "TASKFLOW_API_THREADS", default_value = "1")]
     pub threads: NonZeroUsize,
@@ -247,6 +251,7 @@ impl From<ApiFlags> for ApiConfig {
             request_header_timeout: flags.request_header_timeout.into(),
             request_body_timeout: flags.request_body_timeout.into(),
             max_request_bytes_in_flight: flags.max_request_bytes_in_flight,
+            database_read_url: flags.database_read_url,
         }
     }
 }

@@ -89,8 +89,15 @@ pub fn api_state(
     limits.validate()?;
     config.validate()?;
     let compiler = Compiler::new(compile.compiler_config()?, false);
+    let replica = config
+        .database_read_url
+        .as_deref()
+        .map(|url| backends.store.replica(url))
+        .transpose()
+        .context("invalid --database-read-url")?;
     Ok(ApiState::new(ApiParts {
         store: backends.store.clone(),
+        replica,
         redis: backends.redis.clone(),
         leases: backends.leases.clone(),
         waker: Waker::spawn(backends.redis.clone()),

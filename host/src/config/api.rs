@@ -55,6 +55,16 @@ pub struct ApiConfig {
     /// most this much. A request bigger than the whole budget waits until it
     /// is alone.
     pub max_request_bytes_in_flight: usize,
+
+    /// PostgreSQL read replica for the routes that only read jobs and
+    /// queues (`GET /v1/jobs`, `/v1/jobs/{id}`, `/v1/jobs/{id}/attempts`,
+    /// `/v1/queues`, `/v1/queues/{name}`) and the console's pages. Its lag
+    /// shows: a job may look a state behind. A job the replica does not
+    /// have yet is read from the primary, so a client always finds the job
+    /// it just created; a `wait` reads the primary, and everything that
+    /// writes (or logs in) uses the primary. None: everything reads the
+    /// primary.
+    pub database_read_url: Option<String>,
 }
 
 impl ApiConfig {
@@ -81,6 +91,7 @@ impl Default for ApiConfig {
             request_header_timeout: Duration::from_secs(10),
             request_body_timeout: Duration::from_secs(60),
             max_request_bytes_in_flight: 512 << 20,
+            database_read_url: None,
         }
     }
 }

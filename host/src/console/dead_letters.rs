@@ -57,10 +57,11 @@ pub async fn page(
     Extension(session): Extension<Session>,
     ConsoleQuery(done): ConsoleQuery<Done>,
 ) -> Result<Response, ConsoleError> {
-    let groups = state.store.dead_letter_groups(GROUPED_JOBS).await?;
+    let groups = state
+        .read(|store| async move { store.dead_letter_groups(GROUPED_JOBS).await })
+        .await?;
     let dead = state
-        .store
-        .job_counts(None)
+        .read(|store| async move { store.job_counts(None).await })
         .await?
         .values()
         .map(|counts| counts.get(JobState::Dead))

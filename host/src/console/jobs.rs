@@ -147,12 +147,21 @@ pub async fn page(
     ConsoleQuery(done): ConsoleQuery<Done>,
 ) -> Result<Response, ConsoleError> {
     let (jobs, resume_before, problem) = match filter(&state, &query).await? {
-        Ok((filter, None)) => (state.store.list_jobs(&filter).await?, None, None),
-        Ok((filter, Some(module))) => {
-            let page = state
-                .store
-                .list_module_jobs(&filter, &module, MODULE_SCAN)
+        Ok((filter, None)) => {
+            let filter = &filter;
+            let jobs = state
+                .read(|store| async move { store.list_jobs(filter).await })
                 .await?;
+            (jobs, None, None)
+        }
+        Ok((filter, Some(module))) => {
+            let (filter, module) = (&filter, &module);
+            let page =
+                state
+                    .read(|store| async move {
+                        store.list_module_jobs(filter, module, MODULE_SCAN).await
+                    })
+                    .await?;
             (page.jobs, page.resume_before, None)
         }
         Err(problem) => (Vec::new(), None, Some(problem)),
@@ -220,10 +229,16 @@ async fn filter(
     };
     let hash = match ModuleRef::parse("module", module)? {
         ModuleRef::Hash(hash) => hash.to_owned(),
-        ModuleRef::Name(name) => match state.store.module_names_for(&[name]).await?.remove(name) {
-            Some(hash) => hash,
-            None => return Ok(Err(format!("No module is named {name}."))),
-        },
+        ModuleRef::Name(name) => {
+            match state
+                .read(|store| async move { store.module_names_for(&[name]).await })
+                .await?
+                .remove(name)
+            {
+                Some(hash) => hash,
+                None => return Ok(Err(format!("No module is named {name}."))),
+            }
+        }
     };
     Ok(Ok((filter, Some(hash))))
 }

@@ -17,6 +17,12 @@
 //! checks every other route is). Pages refresh themselves by fetching
 //! their own address every few seconds (assets/console.js), with no
 //! server state per viewer.
+//!
+//! With a read replica (`--database-read-url`), the lists and overviews
+//! read it ([`crate::api::ApiParts::read`]); a job's own page, logins and
+//! every action use the primary, so a job's page shows what was just done
+//! to it, while a list shown right after a bulk action may lag it by the
+//! replica's delay.
 
 mod dead_letters;
 mod job;

@@ -52,12 +52,15 @@ pub async fn page(
     if let Some(after) = &query.after {
         check_module_hash("after", after)?;
     }
+    let after = query.after.as_deref();
     let modules = state
-        .store
-        .list_modules(query.after.as_deref(), PAGE_MODULES)
+        .read(|store| async move { store.list_modules(after, PAGE_MODULES).await })
         .await?;
     let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, hash) in state.store.list_module_names().await? {
+    let named = state
+        .read(|store| async move { store.list_module_names().await })
+        .await?;
+    for (name, hash) in named {
         names.entry(hash).or_default().push(name);
     }
     let now = Utc::now();

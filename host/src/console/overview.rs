@@ -62,8 +62,12 @@ pub async fn page(
     Extension(session): Extension<Session>,
     QueryParams(done): QueryParams<Done>,
 ) -> Result<Response, ConsoleError> {
-    let queues = state.store.queues_with_stats().await?;
-    let activity = state.store.activity_by_minute().await?;
+    let queues = state
+        .read(|store| async move { store.queues_with_stats().await })
+        .await?;
+    let activity = state
+        .read(|store| async move { store.activity_by_minute().await })
+        .await?;
     let now = Utc::now();
     let workers = state
         .redis

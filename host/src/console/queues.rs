@@ -100,8 +100,7 @@ pub async fn page(
     ConsoleQuery(done): ConsoleQuery<Done>,
 ) -> Result<Response, ConsoleError> {
     let queues = state
-        .store
-        .queues_with_stats()
+        .read(|store| async move { store.queues_with_stats().await })
         .await?
         .iter()
         .map(|(record, stats)| QueueLine::of(record, stats.jobs.get(JobState::Running)))

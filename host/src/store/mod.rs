@@ -217,6 +217,12 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// A store over the PostgreSQL at `url` (a read replica of this one),
+    /// with as many connections, for statements that only read.
+    pub fn replica(&self, url: &str) -> StoreResult<Self> {
+        Self::connect_lazy(url, self.pool.options().get_max_connections())
+    }
+
     /// The pool every statement of the store runs on; nothing outside the
     /// store sees it.
     fn pool(&self) -> &PgPool {

@@ -28,6 +28,7 @@ mod queue_stats;
 mod queues_api;
 mod race;
 mod recovery;
+mod replica;
 mod retention;
 mod sandbox;
 mod security;

@@ -1,8 +1,9 @@
 //! What the integration tests (`host/tests`), `taskflow-bench` and the
 //! chaos suite (`tests/chaos`) share, in one place: a database of their own
 //! ([`ScratchDatabase`]), free ports, percentiles, readings of a process's
-//! memory, where the built plugins are, and HTTP(S) servers for tasks to
-//! call ([`TestServers`]).
+//! memory, where the built plugins are, HTTP(S) servers for tasks to call
+//! ([`TestServers`]), and a PostgreSQL primary with a streaming replica
+//! ([`ReplicatedPostgres`]).
 //!
 //! TaskFlow's own statements stay in `taskflow::store`; the only SQL here
 //! creates and drops databases, which is the server's business, not
@@ -11,6 +12,7 @@
 mod database;
 mod http_server;
 mod process;
+mod replica;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
 pub use process::{
     context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes, user_and_system_cpu_micros,
 };
+pub use replica::ReplicatedPostgres;
 
 /// PostgreSQL server for tests and benchmarks: `DATABASE_URL`, or the local
 /// server. Each user creates its own database there.
