@@ -144,6 +144,7 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     let job = Arc::new(submission.clone());
     let (before, servers_before, client_before) =
         (deployment.api_usage(), Servers::read(), usage::own());
+    let redis_before = usage::redis_commands(&target.redis_url).await?;
     let elapsed = run_clients(&deployment, clients, count, (&bar, 1), move |api| {
         let job = job.clone();
         async move { api.submit(&job).await }
@@ -152,6 +153,7 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     let api = deployment.api_usage().since(before);
     let (postgres, redis) = Servers::read().since(&servers_before);
     let client = usage::own().since(client_before);
+    let redis_calls = usage::redis_commands(&target.redis_url).await? - redis_before;
     let rate = count as f64 / elapsed.as_secs_f64();
     bar.finish_and_clear();
     let without_http = if clients == 1 {
@@ -193,6 +195,12 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
             api.switches_per(count),
             "switches",
             switches_target,
+        ),
+        Figure::new(
+            "Redis commands per request",
+            redis_calls as f64 / count as f64,
+            "commands",
+            "report",
         ),
     ];
     if let Some(without_http) = without_http {
@@ -542,6 +550,7 @@ pub(crate) async fn drain(
         deployment.workers_usage(),
         Servers::read(),
     );
+    let redis_before = usage::redis_commands(&target.redis_url).await?;
     let drain_started = Instant::now();
     let mut peak_rss_bytes = 0;
     {
@@ -565,6 +574,7 @@ pub(crate) async fn drain(
     let api = deployment.api_usage().since(api_before);
     let workers = deployment.workers_usage().since(workers_before);
     let (postgres, redis) = Servers::read().since(&servers_before);
+    let redis_calls = usage::redis_commands(&target.redis_url).await? - redis_before;
     let calls = deployment.worker_db_calls().await? - calls_before;
     let claims = deployment.worker_db_calls_of("claim").await? - claims_before;
     let pruning = if setup.expired_jobs > 0 {
@@ -609,6 +619,12 @@ pub(crate) async fn drain(
             "worker database calls per job",
             calls as f64 / count as f64,
             "calls",
+            "report",
+        ),
+        Figure::new(
+            "Redis commands per job",
+            redis_calls as f64 / count as f64,
+            "commands",
             "report",
         ),
         Figure::new("worker peak RSS", peak_mib, "MiB", "≤ 150"),

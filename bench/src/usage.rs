@@ -102,6 +102,25 @@ impl Servers {
     }
 }
 
+/// Commands the Redis at `url` has run since it started (`INFO
+/// commandstats`, summed over commands): two readings give what a scenario
+/// cost Redis, in a count no machine changes. A reading adds two commands of
+/// its own (the connection's `HELLO` and the `INFO`).
+pub async fn redis_commands(url: &str) -> anyhow::Result<u64> {
+    let mut connection = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await?;
+    Ok(stats
+        .lines()
+        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next())
+        .filter_map(|calls| calls.parse::<u64>().ok())
+        .sum())
+}
+
 /// This process's usage so far: the benchmark's own clients.
 pub fn own() -> Usage {
     Usage::of([std::process::id()])
