@@ -27,6 +27,7 @@ pub mod serve;
 pub mod types;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
@@ -63,14 +64,21 @@ impl std::ops::Deref for ApiState {
     }
 }
 
+/// Longest a read waits for the read replica before it is made on the
+/// primary instead: a replica that stops answering (a frozen host, a
+/// partition that drops packets) must not hold the API's reads. Every read
+/// the replica serves is bounded (a page, a job, the queue counters) and
+/// takes milliseconds.
+pub const REPLICA_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How the read-only job and queue routes and the console's pages read:
 /// from the read replica if there is one, else from the primary. What
 /// writes, waits on a job or checks a login uses the primary alone.
 impl ApiParts {
     /// `read` on the replica; on the primary if there is no replica or the
-    /// replica fails (unreachable, or not yet replayed the migration that
-    /// made what `read` names): a replica makes reads cheaper, never a new
-    /// way for them to fail.
+    /// replica fails (unreachable, not yet replayed the migration that made
+    /// what `read` names, or silent for [`REPLICA_READ_TIMEOUT`]): a replica
+    /// makes reads cheaper, never a new way for them to fail.
     pub async fn read<T, Read>(&self, read: impl Fn(Store) -> Read) -> StoreResult<T>
     where
         Read: Future<Output = StoreResult<T>>,
@@ -97,12 +105,21 @@ impl ApiParts {
         Read: Future<Output = StoreResult<T>>,
     {
         if let Some(replica) = &self.replica {
-            let reason = match read(replica.clone()).await {
-                Ok(answer) if !on_primary(&answer) => return Ok(answer),
-                Ok(_) => "missing",
-                Err(error) => {
+            let reason = match tokio::time::timeout(REPLICA_READ_TIMEOUT, read(replica.clone()))
+                .await
+            {
+                Ok(Ok(answer)) if !on_primary(&answer) => return Ok(answer),
+                Ok(Ok(_)) => "missing",
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "the read replica failed a read; reading the primary");
                     "failed"
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?REPLICA_READ_TIMEOUT,
+                        "the read replica did not answer a read in time; reading the primary"
+                    );
+                    "timed_out"
                 }
             };
             metrics::counter!("taskflow_replica_fallbacks_total", "reason" => reason).increment(1);

@@ -1,7 +1,7 @@
 //! The API's read replica (`--database-read-url`) against a real streaming
 //! replica: which routes read it, that a client still finds the job it
 //! just created while the replica lags, and that a replica that fails (not
-//! yet migrated, or down) sends reads to the primary.
+//! yet migrated, frozen, or down) sends reads to the primary.
 
 use std::time::Duration;
 
@@ -72,6 +72,13 @@ async fn lists_read_the_replica_while_a_client_finds_its_new_job_and_waits_read_
             .then_some(())
     })
     .await;
+
+    postgres.freeze_replica().unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), listed())
+        .await
+        .expect("a frozen replica does not hold the API's reads");
+    assert_eq!(answer, vec![lagging, first], "the primary answers");
+    postgres.thaw_replica().unwrap();
 
     postgres.stop_replica();
     assert_eq!(

@@ -110,6 +110,67 @@ impl ReplicatedPostgres {
         self.on_replica("SELECT pg_wal_replay_resume()").await
     }
 
+    /// Freezes the replica (SIGSTOP to its postmaster and every backend):
+    /// it still accepts connections, in the kernel's backlog, and answers
+    /// nothing, as a frozen host does, until
+    /// [`ReplicatedPostgres::thaw_replica`].
+    ///
+    /// # Errors
+    ///
+    /// If its processes cannot be found or signalled.
+    pub fn freeze_replica(&self) -> anyhow::Result<()> {
+        self.signal_replica("STOP")
+    }
+
+    /// Lets a frozen replica go on.
+    ///
+    /// # Errors
+    ///
+    /// If its processes cannot be found or signalled.
+    pub fn thaw_replica(&self) -> anyhow::Result<()> {
+        self.signal_replica("CONT")
+    }
+
+    fn signal_replica(&self, signal: &str) -> anyhow::Result<()> {
+        let pids = self.replica_processes()?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(pids.iter().map(u32::to_string))
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pids:?} failed");
+        Ok(())
+    }
+
+    /// The replica's postmaster (first line of its `postmaster.pid`) and
+    /// its children.
+    fn replica_processes(&self) -> anyhow::Result<Vec<u32>> {
+        let pid_file = std::fs::read_to_string(self.dir.join("replica/postmaster.pid"))?;
+        let postmaster: u32 = pid_file
+            .lines()
+            .next()
+            .context("postmaster.pid is empty")?
+            .trim()
+            .parse()?;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // The parent's pid is the second field after the command name,
+            // which is in parentheses and may hold spaces.
+            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let fields = stat.rsplit_once(')')?.1.to_owned();
+                    fields.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
     /// Stops the replica at once, as a crash would.
     pub fn stop_replica(&self) {
         self.stop("replica");
@@ -213,6 +274,8 @@ impl ReplicatedPostgres {
 
 impl Drop for ReplicatedPostgres {
     fn drop(&mut self) {
+        // A frozen replica would not hear pg_ctl's signal.
+        let _ = self.thaw_replica();
         self.stop("replica");
         self.stop("primary");
         let _ = std::fs::remove_dir_all(&self.dir);
