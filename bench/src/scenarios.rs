@@ -153,7 +153,7 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
     let api = deployment.api_usage().since(before);
     let (postgres, redis) = Servers::read().since(&servers_before);
     let client = usage::own().since(client_before);
-    let redis_calls = usage::redis_commands(&target.redis_url).await? - redis_before;
+    let redis_calls = redis_commands_since(target, redis_before).await?;
     let rate = count as f64 / elapsed.as_secs_f64();
     bar.finish_and_clear();
     let without_http = if clients == 1 {
@@ -236,6 +236,14 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
         ],
     ));
     Ok(figures)
+}
+
+/// Redis's commands since it had run `before` of them.
+async fn redis_commands_since(target: &Target, before: u64) -> anyhow::Result<u64> {
+    usage::redis_commands(&target.redis_url)
+        .await?
+        .checked_sub(before)
+        .context("Redis's command counts went back during the scenario: was it restarted?")
 }
 
 /// CPU time per unit of work of each process that took part, and of all of
@@ -574,7 +582,7 @@ pub(crate) async fn drain(
     let api = deployment.api_usage().since(api_before);
     let workers = deployment.workers_usage().since(workers_before);
     let (postgres, redis) = Servers::read().since(&servers_before);
-    let redis_calls = usage::redis_commands(&target.redis_url).await? - redis_before;
+    let redis_calls = redis_commands_since(target, redis_before).await?;
     let calls = deployment.worker_db_calls().await? - calls_before;
     let claims = deployment.worker_db_calls_of("claim").await? - claims_before;
     let pruning = if setup.expired_jobs > 0 {

@@ -104,8 +104,8 @@ impl Servers {
 
 /// Commands the Redis at `url` has run since it started (`INFO
 /// commandstats`, summed over commands): two readings give what a scenario
-/// cost Redis, in a count no machine changes. A reading adds two commands of
-/// its own (the connection's `HELLO` and the `INFO`).
+/// cost Redis, in a count no machine changes. A reading adds a few commands
+/// of its own (the connection's `CLIENT SETINFO`s and the `INFO`).
 pub async fn redis_commands(url: &str) -> anyhow::Result<u64> {
     let mut connection = redis::Client::open(url)?
         .get_multiplexed_async_connection()

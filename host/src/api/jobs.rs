@@ -334,8 +334,11 @@ async fn attempts(
             })
         })
         .transpose()?;
+    // From the primary: a replica may have the job but not yet its latest
+    // attempt, which a client that waited for the job's end looks for next.
     let attempts = state
-        .read_found(|store| async move { store.list_attempts(id, after, limit).await })
+        .store
+        .list_attempts(id, after, limit)
         .await?
         .ok_or_else(|| job_not_found(id))?;
     let next_cursor = (attempts.len() as i64 == limit)

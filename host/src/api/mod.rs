@@ -23,11 +23,11 @@ pub mod jobs;
 pub mod modules;
 pub mod openapi;
 pub mod queues;
+pub mod replica;
 pub mod serve;
 pub mod types;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
@@ -41,6 +41,7 @@ use crate::config::{ApiConfig, ApiLimits};
 use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
 use crate::sandbox::Compiler;
 use crate::store::{Store, StoreResult};
+use replica::{Answer, Replica};
 
 /// What every handler can reach: one shared [`ApiParts`]. Axum clones the
 /// state for every request and every middleware it passes, so a clone is
@@ -64,21 +65,14 @@ impl std::ops::Deref for ApiState {
     }
 }
 
-/// Longest a read waits for the read replica before it is made on the
-/// primary instead: a replica that stops answering (a frozen host, a
-/// partition that drops packets) must not hold the API's reads. Every read
-/// the replica serves is bounded (a page, a job, the queue counters) and
-/// takes milliseconds.
-pub const REPLICA_READ_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// How the read-only job and queue routes and the console's pages read:
 /// from the read replica if there is one, else from the primary. What
 /// writes, waits on a job or checks a login uses the primary alone.
 impl ApiParts {
     /// `read` on the replica; on the primary if there is no replica or the
     /// replica fails (unreachable, not yet replayed the migration that made
-    /// what `read` names, or silent for [`REPLICA_READ_TIMEOUT`]): a replica
-    /// makes reads cheaper, never a new way for them to fail.
+    /// what `read` names, or silent for [`replica::READ_TIMEOUT`]): a
+    /// replica makes reads cheaper, never a new way for them to fail.
     pub async fn read<T, Read>(&self, read: impl Fn(Store) -> Read) -> StoreResult<T>
     where
         Read: Future<Output = StoreResult<T>>,
@@ -96,7 +90,10 @@ impl ApiParts {
         self.read_unless(read, Option::is_none).await
     }
 
-    async fn read_unless<T, Read>(
+    /// As [`ApiParts::read`], and an answer of the replica's for which
+    /// `on_primary` holds (it lacks what a client may just have written)
+    /// is read again on the primary.
+    pub async fn read_unless<T, Read>(
         &self,
         read: impl Fn(Store) -> Read,
         on_primary: impl Fn(&T) -> bool,
@@ -105,22 +102,12 @@ impl ApiParts {
         Read: Future<Output = StoreResult<T>>,
     {
         if let Some(replica) = &self.replica {
-            let reason = match tokio::time::timeout(REPLICA_READ_TIMEOUT, read(replica.clone()))
-                .await
-            {
-                Ok(Ok(answer)) if !on_primary(&answer) => return Ok(answer),
-                Ok(Ok(_)) => "missing",
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "the read replica failed a read; reading the primary");
-                    "failed"
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        timeout = ?REPLICA_READ_TIMEOUT,
-                        "the read replica did not answer a read in time; reading the primary"
-                    );
-                    "timed_out"
-                }
+            let reason = match replica.answer(&read).await {
+                Answer::Resting => "resting",
+                Answer::Read(answer) if !on_primary(&answer) => return Ok(answer),
+                Answer::Read(_) => "missing",
+                Answer::Failed => "failed",
+                Answer::TimedOut => "timed_out",
             };
             metrics::counter!("taskflow_replica_fallbacks_total", "reason" => reason).increment(1);
         }
@@ -133,8 +120,8 @@ pub struct ApiParts {
     /// PostgreSQL.
     pub store: Store,
     /// The read replica (`--database-read-url`), if any: see
-    /// [`ApiParts::reads`].
-    pub replica: Option<Store>,
+    /// [`ApiParts::read`].
+    pub replica: Option<Replica>,
     /// Redis, for readiness checks.
     pub redis: Redis,
     /// Leases, to revoke the lease of a cancelled running job.

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ApiArgs, ApiOnlyArgs, CommonArgs, MigrateArgs, WorkerArgs, WorkerOnlyArgs};
 use crate::api::auth::TokenHashes;
+use crate::api::replica::Replica;
 use crate::api::{self, ApiParts, ApiState};
 use crate::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
@@ -92,7 +93,10 @@ pub fn api_state(
     let replica = config
         .database_read_url
         .as_deref()
-        .map(|url| backends.store.replica(url))
+        .map(|url| {
+            let store = backends.store.replica(url, api::replica::READ_TIMEOUT)?;
+            Ok::<_, crate::store::StoreError>(Replica::new(store))
+        })
         .transpose()
         .context("invalid --database-read-url")?;
     Ok(ApiState::new(ApiParts {

@@ -57,11 +57,11 @@ pub struct ApiConfig {
     pub max_request_bytes_in_flight: usize,
 
     /// PostgreSQL read replica for the routes that only read jobs and
-    /// queues (`GET /v1/jobs`, `/v1/jobs/{id}`, `/v1/jobs/{id}/attempts`,
-    /// `/v1/queues`, `/v1/queues/{name}`) and the console's pages. Its lag
-    /// shows: a job may look a state behind. A job the replica does not
-    /// have yet is read from the primary, so a client always finds the job
-    /// it just created; a `wait` reads the primary, and everything that
+    /// queues (`GET /v1/jobs`, `/v1/jobs/{id}`, `/v1/queues`,
+    /// `/v1/queues/{name}`) and the console's lists. Its lag shows: a job
+    /// may look a state behind. A job the replica does not have yet is read
+    /// from the primary, so a client always finds the job it just created;
+    /// a `wait` and a job's attempts read the primary, and everything that
     /// writes (or logs in) uses the primary. None: everything reads the
     /// primary.
     pub database_read_url: Option<String>,

@@ -230,8 +230,12 @@ async fn filter(
     let hash = match ModuleRef::parse("module", module)? {
         ModuleRef::Hash(hash) => hash.to_owned(),
         ModuleRef::Name(name) => {
+            // A name just given is looked for on the primary too.
             match state
-                .read(|store| async move { store.module_names_for(&[name]).await })
+                .read_unless(
+                    |store| async move { store.module_names_for(&[name]).await },
+                    |names| !names.contains_key(name),
+                )
                 .await?
                 .remove(name)
             {

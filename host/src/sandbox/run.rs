@@ -100,10 +100,10 @@ impl Sandbox {
             let (result,) = run.call_async(&mut store, (&input,)).await?;
             wasmtime::Result::Ok(result)
         };
-        // The grant is looked at before the guest, at every wake-up: a grant
-        // that ended before the attempt started runs no guest code at all,
-        // and a worker resumed after a pause past its lease does not let a
-        // guest blocked in a host call go on. An outcome the guest returns
+        // The grant is polled before the guest: a grant that ended before
+        // the attempt started runs no guest code at all, and a worker
+        // resumed after a pause past its lease, whose grant timer is due, does
+        // not let a guest blocked in a host call go on. An outcome the guest returns
         // once the grant has ended (it was running wasm code when the worker
         // was paused, and finished before the next epoch tick) is not its
         // attempt's either (docs/failure-semantics.md, "Worker paused past

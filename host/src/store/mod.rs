@@ -206,21 +206,21 @@ impl Store {
     /// PostgreSQL to be up: connections are made on first use, so a process
     /// can start while the database restarts.
     pub fn connect_lazy(url: &str, max_connections: u32) -> StoreResult<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            // No ping before each use: that is a round trip per statement. A
-            // connection that broke fails its statement, which the callers
-            // retry, and the pool replaces it.
-            .test_before_acquire(false)
-            .connect_lazy(url)?;
+        let pool = pool_options(max_connections).connect_lazy(url)?;
         Ok(Self { pool })
     }
 
     /// A store over the PostgreSQL at `url` (a read replica of this one),
-    /// with as many connections, for statements that only read.
-    pub fn replica(&self, url: &str) -> StoreResult<Self> {
-        Self::connect_lazy(url, self.pool.options().get_max_connections())
+    /// with as many connections, for statements that only read. PostgreSQL
+    /// ends any statement of it after `statement_timeout`, so a read its
+    /// caller gave up on does not go on running there.
+    pub fn replica(&self, url: &str, statement_timeout: Duration) -> StoreResult<Self> {
+        let options = url
+            .parse::<sqlx::postgres::PgConnectOptions>()?
+            .options([("statement_timeout", millis(statement_timeout).to_string())]);
+        let pool =
+            pool_options(self.pool.options().get_max_connections()).connect_lazy_with(options);
+        Ok(Self { pool })
     }
 
     /// The pool every statement of the store runs on; nothing outside the
@@ -270,6 +270,17 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// How every pool of the store is made.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        // No ping before each use: that is a round trip per statement. A
+        // connection that broke fails its statement, which the callers
+        // retry, and the pool replaces it.
+        .test_before_acquire(false)
 }
 
 /// Counts one store call, by name: operators see the database load per

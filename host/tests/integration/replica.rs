@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use taskflow::api::replica::REST_AFTER_FAILURE;
 use taskflow::api::types::{JobQuery, SubmitJob};
 use taskflow::job::JobState;
 use taskflow_testkit::{ReplicatedPostgres, database_url};
@@ -74,16 +75,42 @@ async fn lists_read_the_replica_while_a_client_finds_its_new_job_and_waits_read_
     .await;
 
     postgres.freeze_replica().unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(30), listed())
-        .await
-        .expect("a frozen replica does not hold the API's reads");
-    assert_eq!(answer, vec![lagging, first], "the primary answers");
+    for _ in 0..2 {
+        let answer = tokio::time::timeout(Duration::from_secs(30), listed())
+            .await
+            .expect("a frozen replica does not hold the API's reads");
+        assert_eq!(answer, vec![lagging, first], "the primary answers");
+    }
+    assert_eq!(fallbacks(&api.url, "timed_out").await, 1);
+    assert_eq!(
+        fallbacks(&api.url, "resting").await,
+        1,
+        "after a timeout the replica is left alone"
+    );
     postgres.thaw_replica().unwrap();
 
+    tokio::time::sleep(REST_AFTER_FAILURE).await;
     postgres.stop_replica();
     assert_eq!(
         listed().await,
         vec![lagging, first],
         "with the replica down, the primary answers"
     );
+    assert_eq!(fallbacks(&api.url, "failed").await, 1);
+}
+
+/// How many reads the API at `url` made on the primary for `reason`
+/// (`taskflow_replica_fallbacks_total` on its `/metrics`).
+async fn fallbacks(url: &str, reason: &str) -> u64 {
+    let exposition = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("taskflow_replica_fallbacks_total{{reason=\"{reason}\"}} ");
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |count| count.trim().parse().unwrap())
 }

@@ -131,13 +131,21 @@ impl ReplicatedPostgres {
         self.signal_replica("CONT")
     }
 
+    /// Signals the postmaster, which must succeed, then each child, which
+    /// may have exited meanwhile.
     fn signal_replica(&self, signal: &str) -> anyhow::Result<()> {
         let pids = self.replica_processes()?;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .args(pids.iter().map(u32::to_string))
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{signal} {pids:?} failed");
+        for (index, pid) in pids.iter().enumerate() {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(
+                index > 0 || status.success(),
+                "kill -{signal} {pid} (the replica's postmaster) failed"
+            );
+        }
         Ok(())
     }
 
