@@ -93,15 +93,12 @@ pub fn api_state(
     let replica = config
         .database_read_url
         .as_deref()
-        .map(|url| {
-            let store = backends.store.replica(url, api::replica::READ_TIMEOUT)?;
-            Ok::<_, crate::store::StoreError>(Replica::new(store))
-        })
+        .map(|url| backends.store.replica(url, api::replica::READ_TIMEOUT))
         .transpose()
         .context("invalid --database-read-url")?;
     Ok(ApiState::new(ApiParts {
         store: backends.store.clone(),
-        replica,
+        replica: replica.map(Replica::new),
         redis: backends.redis.clone(),
         leases: backends.leases.clone(),
         waker: Waker::spawn(backends.redis.clone()),

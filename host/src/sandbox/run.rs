@@ -102,12 +102,12 @@ impl Sandbox {
         };
         // The grant is polled before the guest: a grant that ended before
         // the attempt started runs no guest code at all, and a worker
-        // resumed after a pause past its lease, whose grant timer is due, does
-        // not let a guest blocked in a host call go on. An outcome the guest returns
-        // once the grant has ended (it was running wasm code when the worker
-        // was paused, and finished before the next epoch tick) is not its
-        // attempt's either (docs/failure-semantics.md, "Worker paused past
-        // its lease").
+        // resumed after a pause past its lease, whose grant timer is due,
+        // does not let a guest blocked in a host call go on. An outcome the
+        // guest returns once the grant has ended (it was running wasm code
+        // when the worker was paused, and finished before the next epoch
+        // tick) is not its attempt's either (docs/failure-semantics.md,
+        // "Worker paused past its lease").
         let outcome = tokio::select! {
             biased;
             () = grant.invalidated() => Err(Interrupted::LeaseLost.into()),
