@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -34,7 +35,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::Redis;
-use super::wakeup::{Bursts, RESUBSCRIBE_DELAY, subscribe};
+use super::wakeup::{Bursts, RESUBSCRIBE_DELAY};
 
 /// The channel, under the deployment's key prefix.
 fn channel(redis: &Redis) -> String {
@@ -93,7 +94,7 @@ async fn publish(redis: Redis, receiver: mpsc::UnboundedReceiver<Uuid>) {
         }
         let message: Vec<u8> = burst.iter().flat_map(|id| *id.as_bytes()).collect();
         let mut connection = redis.connection.clone();
-        let mut command = redis::cmd("PUBLISH");
+        let mut command = redis::cmd(redis.deployment.publish_command());
         command.arg(channel(&redis)).arg(message);
         match command.query_async::<u64>(&mut connection).await {
             Ok(subscribers) => audience.heard_by(subscribers, Instant::now()),
@@ -241,8 +242,8 @@ async fn listen(redis: Redis, waiters: Weak<Waiters>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         drop(all);
-        match subscribe(&redis, &channels).await {
-            Ok(pubsub) => match serve(pubsub, &waiters, &stop).await {
+        match redis.deployment.subscribe(&channels).await {
+            Ok(messages) => match serve(messages, &waiters, &stop).await {
                 Subscription::Idle => continue,
                 Subscription::Lost => {
                     tracing::warn!("ending subscription lost; resubscribing");
@@ -270,10 +271,10 @@ enum Subscription {
     Over,
 }
 
-/// Wakes waiters from `pubsub`'s messages until nobody has waited for
-/// [`LINGER`], Redis goes away, or the watcher ends.
+/// Wakes waiters from the subscription's `messages` until nobody has
+/// waited for [`LINGER`], Redis goes away, or the watcher ends.
 async fn serve(
-    mut pubsub: redis::aio::PubSub,
+    mut messages: BoxStream<'static, Vec<u8>>,
     waiters: &Weak<Waiters>,
     stop: &CancellationToken,
 ) -> Subscription {
@@ -287,12 +288,11 @@ async fn serve(
     let mut caught_up = false;
     let mut idle_since: Option<Instant> = None;
     let mut check = tokio::time::interval(LINGER / 10);
-    let mut messages = pubsub.on_message();
     loop {
         tokio::select! {
             message = messages.next() => match (message, waiters.upgrade()) {
                 (Some(message), Some(waiters)) => {
-                    waiters.wake(ids_in(message.get_payload_bytes()));
+                    waiters.wake(ids_in(&message));
                 }
                 (None, _) => return Subscription::Lost,
                 (_, None) => return Subscription::Over,

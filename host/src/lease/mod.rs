@@ -16,6 +16,9 @@
 //!
 //! # Keys
 //!
+//! On a Redis Cluster (connection.rs) the prefix is wrapped in braces,
+//! `{taskflow:}`, so every key and channel below hashes to one slot.
+//!
 //! | key / channel              | value                       | written by          |
 //! |----------------------------|-----------------------------|---------------------|
 //! | `{prefix}lease:{job_id}`   | fencing token, or `revoked:`/`released:` + token; TTL = lease | worker; API and rescuer revoke |
@@ -24,6 +27,7 @@
 //! | `{prefix}ended`            | pub/sub channel: ids of jobs that ended | completer, rescuer, API |
 //! | `{prefix}workers`          | hash: worker id → presence JSON ([`presence`]) | worker |
 
+mod connection;
 pub mod endings;
 pub mod presence;
 pub mod wakeup;
@@ -32,11 +36,13 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
+
+use connection::Deployment;
 
 use crate::store::LeaseRef;
 
+pub use connection::Connection;
 pub use endings::{EndingAnnouncer, EndingWatcher};
 pub use presence::WorkerPresence;
 pub use wakeup::{Waker, WakeupListener};
@@ -47,12 +53,13 @@ pub use wakeup::{Waker, WakeupListener};
 #[error("redis error: {0}")]
 pub struct RedisError(#[from] redis::RedisError);
 
-/// A handle to Redis with TaskFlow's key prefix. Cheap to clone; clones share
-/// one multiplexed, automatically reconnecting connection.
+/// A handle to Redis (one server or a cluster) with TaskFlow's key prefix.
+/// Cheap to clone; clones share one multiplexed, automatically reconnecting
+/// connection.
 #[derive(Clone)]
 pub struct Redis {
-    client: redis::Client,
-    connection: ConnectionManager,
+    deployment: Deployment,
+    connection: Connection,
     prefix: String,
 }
 
@@ -64,26 +71,42 @@ impl std::fmt::Debug for Redis {
     }
 }
 
-/// How long one Redis command may take before it fails. A stalled Redis must
-/// never stall a worker: every caller has a fallback.
-const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl Redis {
-    /// Prepares a connection; it is made on first use, so a process can
-    /// start while Redis is down.
+    /// Prepares a connection to the server or cluster `url` names
+    /// (connection.rs); it is made on first use, so a process can start
+    /// while Redis is down. On a cluster `prefix` becomes the hash tag of
+    /// every key, so it may not contain braces itself.
     pub fn connect_lazy(url: &str, prefix: &str) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let deployment = Deployment::parse(url)?;
+        let prefix = if deployment.is_cluster() {
+            if prefix.contains(['{', '}']) {
+                return Err(RedisError(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "on a Redis Cluster the key prefix becomes a hash tag and may not contain braces",
+                ))));
+            }
+            format!("{{{prefix}}}")
+        } else {
+            prefix.to_owned()
+        };
         Ok(Self {
-            client,
-            connection,
-            prefix: prefix.to_owned(),
+            connection: deployment.connect_lazy()?,
+            deployment,
+            prefix,
         })
+    }
+
+    /// The prefix of every key and channel: the configured one, in braces
+    /// on a cluster.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection for raw commands, for tools that inspect TaskFlow's
+    /// keys (the chaos suite, tests); TaskFlow itself goes through the
+    /// typed functions of this module.
+    pub fn connection(&self) -> Connection {
+        self.connection.clone()
     }
 
     /// Logs a warning if Redis may evict keys on its own (see the module
@@ -106,7 +129,8 @@ impl Redis {
         }
     }
 
-    /// Whether Redis answers `PING`.
+    /// Whether Redis answers `PING` (on a cluster, every master the client
+    /// knows of).
     pub async fn ping(&self) -> Result<(), RedisError> {
         let mut connection = self.connection.clone();
         let _: String = redis::cmd("PING").query_async(&mut connection).await?;
@@ -261,16 +285,25 @@ return 0
     )
 });
 
-/// Returns how long (ms, by Redis's clock) the epoch key has existed,
-/// creating it if missing. KEYS[1]: the epoch key.
+/// Returns how long (ms, by Redis's clock) this server has held the epoch
+/// key, and starts it again from zero when the key is missing (a flush, or
+/// a restart without persistence) or was written by another server process
+/// (a restart, or a cluster failover: the promoted replica may lack writes
+/// its old master accepted, ADR 006). The key holds `<ms>:<run_id>`; where
+/// `INFO` is not allowed in scripts the run id is empty and only a missing
+/// key counts. KEYS[1]: the epoch key.
 static EPOCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local since = redis.call('GET', KEYS[1])
-if not since then
-  redis.call('SET', KEYS[1], now_ms)
+local ok, info = pcall(redis.call, 'INFO', 'server')
+local server = ok and string.match(info, 'run_id:(%x+)') or ''
+local held = redis.call('GET', KEYS[1])
+local since, held_by
+if held then since, held_by = string.match(held, '^(%d+):?(%x*)$') end
+if not since or held_by ~= server then
+  redis.call('SET', KEYS[1], now_ms .. ':' .. server)
   return 0
 end
 return now_ms - tonumber(since)
@@ -400,7 +433,8 @@ impl Leases {
 
     /// How long this Redis has held TaskFlow's state, by Redis's clock.
     ///
-    /// After a flush or a restart the answer starts again from zero. Until
+    /// After a flush, a restart or a failover the answer starts again from
+    /// zero. Until
     /// it exceeds one lease TTL, a missing lease key proves nothing (its
     /// holder may not have restored it yet), so the rescuer waits.
     pub async fn redis_age(&self) -> Result<Duration, RedisError> {
@@ -410,5 +444,31 @@ impl Leases {
             .invoke_async(&mut connection)
             .await?;
         Ok(Duration::from_millis(age_ms.max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Connections are made lazily, but on a runtime.
+    #[tokio::test]
+    async fn on_a_cluster_the_prefix_becomes_the_hash_tag_of_every_key() {
+        let redis = Redis::connect_lazy("redis+cluster://127.0.0.1:7000", "taskflow:").unwrap();
+        assert_eq!(redis.prefix(), "{taskflow:}");
+        assert_eq!(redis.key("epoch"), "{taskflow:}epoch");
+        let single = Redis::connect_lazy("redis://127.0.0.1:6379", "taskflow:").unwrap();
+        assert_eq!(
+            single.key("epoch"),
+            "taskflow:epoch",
+            "one server keeps its key names"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_refuses_a_prefix_with_braces_and_a_url_without_seeds() {
+        assert!(Redis::connect_lazy("redis+cluster://127.0.0.1:7000", "a{b}:").is_err());
+        assert!(Redis::connect_lazy("redis+cluster://", "taskflow:").is_err());
+        assert!(Redis::connect_lazy("redis://127.0.0.1:6379", "a{b}:").is_ok());
     }
 }

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{REDIS_RESPONSE_TIMEOUT, Redis, RedisError};
+use super::Redis;
 
 /// Publishes wake-ups without making anyone wait for Redis.
 ///
@@ -70,7 +70,9 @@ async fn publish(redis: Redis, receiver: mpsc::UnboundedReceiver<String>) {
         let queues: BTreeSet<&str> = burst.iter().map(String::as_str).collect();
         let mut pipe = redis::pipe();
         for queue in queues {
-            pipe.publish(redis.key(&format!("wake:{queue}")), "")
+            pipe.cmd(redis.deployment.publish_command())
+                .arg(redis.key(&format!("wake:{queue}")))
+                .arg("")
                 .ignore();
         }
         let mut connection = redis.connection.clone();
@@ -154,10 +156,9 @@ async fn listen(
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
-        match subscribe(&redis, &channels).await {
-            Ok(mut pubsub) => {
+        match redis.deployment.subscribe(&channels).await {
+            Ok(mut messages) => {
                 notify.notify_one();
-                let mut messages = pubsub.on_message();
                 loop {
                     tokio::select! {
                         message = messages.next() => match message {
@@ -177,25 +178,5 @@ async fn listen(
             () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
             () = shutdown.cancelled() => return,
         }
-    }
-}
-
-pub(super) async fn subscribe(
-    redis: &Redis,
-    channels: &[String],
-) -> Result<redis::aio::PubSub, RedisError> {
-    let connect = async {
-        let mut pubsub = redis.client.get_async_pubsub().await?;
-        for channel in channels {
-            pubsub.subscribe(channel).await?;
-        }
-        Ok::<_, redis::RedisError>(pubsub)
-    };
-    match tokio::time::timeout(REDIS_RESPONSE_TIMEOUT, connect).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(RedisError(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "timed out subscribing",
-        )))),
     }
 }

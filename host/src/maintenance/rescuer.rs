@@ -12,7 +12,9 @@
 //!
 //! and Redis has held TaskFlow's state for at least one TTL
 //! ([`Leases::redis_age`]): right after a flush or restart every key is
-//! missing, and live workers need one renewal round to restore theirs. If
+//! missing, and live workers need one renewal round to restore theirs;
+//! right after a cluster failover the promoted replica may lack the last
+//! renewals its old master accepted (ADR 006). If
 //! Redis is unreachable the rescuer does nothing; it cannot tell a dead
 //! worker from a live one.
 //!
@@ -62,8 +64,8 @@ pub struct RescueCounts {
     pub extended: usize,
     /// Attempts ended and their jobs sent to retry or dead.
     pub rescued: usize,
-    /// The pass was skipped: Redis was flushed or restarted less than one
-    /// TTL ago.
+    /// The pass was skipped: Redis was flushed, restarted or failed over
+    /// less than one TTL ago.
     pub in_grace_period: bool,
 }
 

@@ -3,11 +3,15 @@
 //! rescued, a release racing a late writer, a revocation racing a newer
 //! claim, and a flush. Each step is one script call, as the worker, the
 //! rescuer or the API makes it; the key's raw value is read back after each.
+//! Every scenario runs against the local Redis, and all of them again
+//! against a private Redis Cluster, where every key carries the hash tag
+//! (lease/connection.rs).
 
 use std::time::Duration;
 
-use taskflow::lease::{Leases, Redis, Renewal};
+use taskflow::lease::{Connection, Leases, Redis, Renewal};
 use taskflow::store::LeaseRef;
+use taskflow_testkit::RedisCluster;
 use uuid::Uuid;
 
 use crate::support::redis_url;
@@ -18,24 +22,20 @@ const TTL: Duration = Duration::from_secs(30);
 /// and a job id.
 struct Lab {
     leases: Leases,
-    raw: redis::aio::MultiplexedConnection,
+    raw: Connection,
     prefix: String,
     job_id: Uuid,
 }
 
 impl Lab {
-    async fn new() -> Self {
-        let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
-        let redis = Redis::connect_lazy(&redis_url(), &prefix).unwrap();
-        let raw = redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+    /// A lab on the Redis (or cluster) `url` names.
+    fn new(url: &str) -> Self {
+        let redis =
+            Redis::connect_lazy(url, &format!("tftest:{}:", Uuid::new_v4().simple())).unwrap();
         Self {
+            raw: redis.connection(),
+            prefix: redis.prefix().to_owned(),
             leases: Leases::new(redis, TTL),
-            raw,
-            prefix,
             job_id: Uuid::now_v7(),
         }
     }
@@ -88,9 +88,47 @@ impl Lab {
     }
 }
 
-#[tokio::test]
-async fn a_worker_paused_past_its_lease_cannot_renew_or_restore_once_rescued() {
-    let mut lab = Lab::new().await;
+/// Each scenario runs as a test of its own against the local Redis, and all
+/// of them in one test against a private Redis Cluster (starting one takes
+/// seconds).
+macro_rules! scenarios {
+    ($($scenario:ident),* $(,)?) => {
+        mod single_node {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(&mut super::Lab::new(&super::redis_url())).await;
+                }
+            )*
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn every_scenario_holds_on_a_redis_cluster() {
+            let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+                .await
+                .unwrap()
+                .expect("a Redis Cluster starts");
+            $(
+                let mut lab = Lab::new(&cluster.url());
+                assert!(lab.prefix.starts_with("{tftest:"), "every key carries the hash tag");
+                $scenario(&mut lab).await;
+            )*
+        }
+    };
+}
+
+scenarios!(
+    a_worker_paused_past_its_lease_cannot_renew_or_restore_once_rescued,
+    a_revoked_attempt_learns_it_at_its_next_renewal_and_cannot_restore_itself,
+    a_revocation_never_touches_a_newer_attempts_key,
+    a_released_lease_cannot_be_taken_back_by_its_own_or_an_older_attempt,
+    a_renewal_after_a_flush_writes_nothing_and_reports_the_key_missing,
+    the_rescuer_sees_the_holder_and_how_long_its_key_has_left,
+    redis_age_restarts_from_zero_when_the_epoch_key_is_lost,
+    redis_age_restarts_from_zero_when_another_server_process_wrote_the_epoch,
+);
+
+async fn a_worker_paused_past_its_lease_cannot_renew_or_restore_once_rescued(lab: &mut Lab) {
     // Attempt 1 claims and its heartbeat writes the key.
     assert!(lab.restore(1).await);
     assert_eq!(lab.renew(1).await, Renewal::Renewed);
@@ -111,9 +149,7 @@ async fn a_worker_paused_past_its_lease_cannot_renew_or_restore_once_rescued() {
     assert_eq!(lab.renew(2).await, Renewal::Renewed);
 }
 
-#[tokio::test]
-async fn a_revoked_attempt_learns_it_at_its_next_renewal_and_cannot_restore_itself() {
-    let mut lab = Lab::new().await;
+async fn a_revoked_attempt_learns_it_at_its_next_renewal_and_cannot_restore_itself(lab: &mut Lab) {
     assert!(lab.restore(7).await);
     // A user cancels the running job.
     lab.revoke(7).await;
@@ -123,9 +159,7 @@ async fn a_revoked_attempt_learns_it_at_its_next_renewal_and_cannot_restore_itse
     assert_eq!(lab.key().await.as_deref(), Some("revoked:7"));
 }
 
-#[tokio::test]
-async fn a_revocation_never_touches_a_newer_attempts_key() {
-    let mut lab = Lab::new().await;
+async fn a_revocation_never_touches_a_newer_attempts_key(lab: &mut Lab) {
     assert!(lab.restore(3).await);
     // A late revocation of attempt 2 (the rescuer read it a moment ago).
     lab.revoke(2).await;
@@ -139,9 +173,7 @@ async fn a_revocation_never_touches_a_newer_attempts_key() {
     assert!(lab.restore(5).await, "a newer attempt may overwrite it");
 }
 
-#[tokio::test]
-async fn a_released_lease_cannot_be_taken_back_by_its_own_or_an_older_attempt() {
-    let mut lab = Lab::new().await;
+async fn a_released_lease_cannot_be_taken_back_by_its_own_or_an_older_attempt(lab: &mut Lab) {
     assert!(lab.restore(4).await);
     // Attempt 4 finishes and releases its key.
     lab.release(4).await;
@@ -156,9 +188,7 @@ async fn a_released_lease_cannot_be_taken_back_by_its_own_or_an_older_attempt() 
     assert_eq!(lab.key().await.as_deref(), Some("5"));
 }
 
-#[tokio::test]
-async fn a_renewal_after_a_flush_writes_nothing_and_reports_the_key_missing() {
-    let mut lab = Lab::new().await;
+async fn a_renewal_after_a_flush_writes_nothing_and_reports_the_key_missing(lab: &mut Lab) {
     assert!(lab.restore(9).await);
     lab.flush().await;
     assert_eq!(lab.renew(9).await, Renewal::Missing);
@@ -167,9 +197,7 @@ async fn a_renewal_after_a_flush_writes_nothing_and_reports_the_key_missing() {
     assert_eq!(lab.renew(9).await, Renewal::Renewed);
 }
 
-#[tokio::test]
-async fn the_rescuer_sees_the_holder_and_how_long_its_key_has_left() {
-    let lab = Lab::new().await;
+async fn the_rescuer_sees_the_holder_and_how_long_its_key_has_left(lab: &mut Lab) {
     assert_eq!(lab.leases.holders(&[lab.job_id]).await.unwrap(), [None]);
     assert!(lab.restore(11).await);
     let holder = lab.leases.holders(&[lab.job_id]).await.unwrap()[0].unwrap();
@@ -183,9 +211,7 @@ async fn the_rescuer_sees_the_holder_and_how_long_its_key_has_left() {
     );
 }
 
-#[tokio::test]
-async fn redis_age_restarts_from_zero_when_the_epoch_key_is_lost() {
-    let mut lab = Lab::new().await;
+async fn redis_age_restarts_from_zero_when_the_epoch_key_is_lost(lab: &mut Lab) {
     assert_eq!(lab.leases.redis_age().await.unwrap(), Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let age = lab.leases.redis_age().await.unwrap();
@@ -196,4 +222,23 @@ async fn redis_age_restarts_from_zero_when_the_epoch_key_is_lost() {
         .await
         .unwrap();
     assert_eq!(lab.leases.redis_age().await.unwrap(), Duration::ZERO);
+}
+
+async fn redis_age_restarts_from_zero_when_another_server_process_wrote_the_epoch(lab: &mut Lab) {
+    // What a cluster failover (or a restart that kept its keys) looks like:
+    // the key says TaskFlow's state is old, but another server process
+    // wrote that, and this one may lack writes it accepted.
+    let () = redis::cmd("SET")
+        .arg(format!("{}epoch", lab.prefix))
+        .arg("1:0123abcd")
+        .query_async(&mut lab.raw)
+        .await
+        .unwrap();
+    assert_eq!(lab.leases.redis_age().await.unwrap(), Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let age = lab.leases.redis_age().await.unwrap();
+    assert!(
+        age >= Duration::from_millis(40),
+        "its own epoch ages: {age:?}"
+    );
 }

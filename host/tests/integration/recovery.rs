@@ -1,5 +1,7 @@
 //! Recovery from failures: a worker process killed mid-job, Redis losing
-//! every key mid-run, and PostgreSQL unreachable from a worker or the API.
+//! every key mid-run, a Redis Cluster failing over, and PostgreSQL
+//! unreachable from a worker or the API. The Redis cases run against one
+//! server and again against a private Redis Cluster.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -9,13 +11,42 @@ use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
+use taskflow_testkit::RedisCluster;
 use uuid::Uuid;
 
-use crate::support::{TcpProxy, TestApp, WorkerProcess, assert_state, eventually};
+use crate::support::{TcpProxy, TestApp, TestOptions, WorkerProcess, assert_state, eventually};
+
+/// A private Redis Cluster: `masters` masters with `replicas_per_master`
+/// replicas each.
+async fn redis_cluster(masters: usize, replicas_per_master: usize) -> RedisCluster {
+    tokio::task::spawn_blocking(move || RedisCluster::start(masters, replicas_per_master))
+        .await
+        .unwrap()
+        .expect("a Redis Cluster starts")
+}
+
+/// Test settings with the API and workers on `cluster`.
+fn on_cluster(cluster: &RedisCluster) -> TestOptions {
+    TestOptions {
+        redis_url: cluster.url(),
+        ..TestOptions::default()
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expires() {
-    let (app, module) = TestApp::start_with_plugin("misbehave").await;
+    a_killed_workers_job_is_rescued(TestOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_worker_process_was_killed_is_rescued_on_a_redis_cluster() {
+    let cluster = redis_cluster(3, 0).await;
+    a_killed_workers_job_is_rescued(on_cluster(&cluster)).await;
+}
+
+async fn a_killed_workers_job_is_rescued(options: TestOptions) {
+    let app = TestApp::start_with(options).await;
+    let module = app.upload("misbehave").await;
     let mut doomed = app.worker_process("doomed", &[], Stdio::null());
     let job = app
         .submit(&module, json!({"mode": "sleep", "ms": 2000}))
@@ -58,7 +89,18 @@ async fn a_job_whose_worker_process_was_killed_is_rescued_after_its_lease_expire
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run() {
-    let (app, module) = TestApp::start_with_plugin("misbehave").await;
+    every_job_finishes_once_through_flushes(TestOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_job_still_finishes_exactly_once_when_a_redis_cluster_loses_its_keys_mid_run() {
+    let cluster = redis_cluster(3, 0).await;
+    every_job_finishes_once_through_flushes(on_cluster(&cluster)).await;
+}
+
+async fn every_job_finishes_once_through_flushes(options: TestOptions) {
+    let app = TestApp::start_with(options).await;
+    let module = app.upload("misbehave").await;
     app.spawn_worker("w1");
     app.spawn_worker("w2");
     let ids = app
@@ -96,6 +138,118 @@ async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run
             "job {id} ran more than once: live leases were restored, not rescued"
         );
     }
+    app.finish().await;
+}
+
+/// A master of a Redis Cluster is killed while jobs run: its replica takes
+/// over within seconds, and since that is shorter than a lease nothing is
+/// lost, no attempt is ended, long jobs keep their leases through it,
+/// wake-ups and endings still arrive afterwards (the subscriptions moved to
+/// the promoted replica), and the API is ready though a node is still down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_cluster_failover_shorter_than_a_lease_costs_no_attempt() {
+    let mut cluster = redis_cluster(3, 1).await;
+    let app = TestApp::start_with(TestOptions {
+        lease_ttl: Duration::from_secs(10),
+        ..on_cluster(&cluster)
+    })
+    .await;
+    let module = app.upload("misbehave").await;
+    for id in ["w1", "w2"] {
+        let mut config = app.worker_config(id);
+        config.concurrency = Some(4);
+        // Only a wake-up starts a job soon: a subscription not restored
+        // after the failover shows as a job waiting an hour.
+        config.poll_interval = Duration::from_secs(3600);
+        app.spawn_worker_with(config);
+    }
+    // Jobs longer than a lease, which only heartbeats keep alive, and a
+    // stream of short ones.
+    let mut ids = app
+        .submit_many(&module, json!({"mode": "sleep", "ms": 12_000}), 2)
+        .await;
+    ids.extend(
+        app.submit_many(&module, json!({"mode": "sleep", "ms": 50}), 200)
+            .await,
+    );
+    eventually(Duration::from_secs(30), || async {
+        let done = app
+            .store()
+            .count_jobs_in(JobState::Succeeded)
+            .await
+            .unwrap();
+        (done >= 20).then_some(())
+    })
+    .await;
+
+    cluster
+        .kill_master_of(&app.redis_key("epoch"))
+        .expect("kill the master of TaskFlow's slot");
+    tokio::task::block_in_place(|| cluster.until_healthy()).expect("a replica takes over");
+
+    eventually(Duration::from_secs(60), || async {
+        let done = app
+            .store()
+            .count_jobs_in(JobState::Succeeded)
+            .await
+            .unwrap();
+        (done == ids.len() as i64).then_some(())
+    })
+    .await;
+    let attempts: HashMap<Uuid, i64> = app.store().attempts_per_job().await.unwrap();
+    for id in &ids {
+        assert_eq!(
+            attempts.get(id),
+            Some(&1),
+            "job {id} lost an attempt to the failover"
+        );
+    }
+    // The API is ready again: the dead node holds none of TaskFlow's keys.
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    // A job submitted now starts on its wake-up, and its waiting client
+    // hears of its end.
+    let job = app.submit(&module, json!({"mode": "succeed"})).await;
+    let job = app
+        .client
+        .wait(job.id, Duration::from_secs(20))
+        .await
+        .expect("woken after the failover, not polled");
+    assert_state(&job, JobState::Succeeded);
+    app.finish().await;
+}
+
+/// A dead replica holds none of TaskFlow's keys: the API stays ready and
+/// maintenance keeps a leader (readiness and the elector both ask Redis,
+/// and a worker that cannot reach it refuses to lead).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_redis_cluster_replica_leaves_the_api_ready_and_a_maintenance_leader() {
+    use taskflow::maintenance::elector::LEADERSHIP;
+    let mut cluster = redis_cluster(3, 1).await;
+    let (app, module) = {
+        let app = TestApp::start_with(on_cluster(&cluster)).await;
+        let module = app.upload("misbehave").await;
+        (app, module)
+    };
+    app.spawn_worker("w1");
+    eventually(Duration::from_secs(30), || async {
+        app.store().current_leader(LEADERSHIP).await.unwrap()
+    })
+    .await;
+    cluster.kill_a_replica().expect("kill a replica");
+    // Longer than the cluster's node timeout and than a leader term.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    // A job due in a moment starts only if the leader runs the scheduler.
+    let job = app
+        .submit_with(SubmitJob {
+            run_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(200)),
+            ..SubmitJob::new(module, json!({"mode": "succeed"}))
+        })
+        .await;
+    let job = app.wait_final(job.id).await;
+    assert_state(&job, JobState::Succeeded);
     app.finish().await;
 }
 

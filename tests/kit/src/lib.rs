@@ -2,8 +2,8 @@
 //! chaos suite (`tests/chaos`) share, in one place: a database of their own
 //! ([`ScratchDatabase`]), free ports, percentiles, readings of a process's
 //! memory, where the built plugins are, HTTP(S) servers for tasks to call
-//! ([`TestServers`]), and a PostgreSQL primary with a streaming replica
-//! ([`ReplicatedPostgres`]).
+//! ([`TestServers`]), a PostgreSQL primary with a streaming replica
+//! ([`ReplicatedPostgres`]), and a Redis Cluster ([`RedisCluster`]).
 //!
 //! TaskFlow's own statements stay in `taskflow::store`; the only SQL here
 //! creates and drops databases, which is the server's business, not
@@ -12,6 +12,7 @@
 mod database;
 mod http_server;
 mod process;
+mod redis_cluster;
 mod replica;
 
 use std::net::TcpListener;
@@ -22,6 +23,7 @@ pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
 pub use process::{
     context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes, user_and_system_cpu_micros,
 };
+pub use redis_cluster::RedisCluster;
 pub use replica::ReplicatedPostgres;
 
 /// PostgreSQL server for tests and benchmarks: `DATABASE_URL`, or the local

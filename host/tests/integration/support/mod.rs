@@ -63,6 +63,8 @@ pub struct TestOptions {
     pub compile: CompileConfig,
     /// The key queue secrets are sealed with; `None` stores none.
     pub secret_key: Option<SecretKey>,
+    /// The Redis (or Redis Cluster) the API and workers use.
+    pub redis_url: String,
 }
 
 /// The key tests seal secrets with (base64 of 32 bytes).
@@ -90,6 +92,7 @@ impl Default for TestOptions {
             },
             api_token_sha256: Vec::new(),
             secret_key: Some(SecretKey::parse(TEST_SECRET_KEY).expect("a valid key")),
+            redis_url: redis_url(),
         }
     }
 }
@@ -187,7 +190,7 @@ impl TestApp {
         let connections = Connections {
             database_url: db.url().to_owned(),
             database_max_connections: 16,
-            redis_url: redis_url(),
+            redis_url: options.redis_url.clone(),
             redis_prefix: format!("tftest:{}:", Uuid::new_v4().simple()),
         };
         let lease = LeaseConfig {
@@ -435,20 +438,25 @@ impl TestApp {
         self.store().count_jobs().await.unwrap()
     }
 
-    async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(redis_url()).expect("valid Redis URL");
-        client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis is reachable")
+    /// The name of this app's Redis key `suffix` (`epoch`,
+    /// `lease:<job>`…), hash tag included on a cluster.
+    pub fn redis_key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.backends.leases.redis().prefix())
+    }
+
+    /// A raw connection to this app's Redis (or cluster), and the prefix of
+    /// its keys there.
+    fn redis_connection(&self) -> (taskflow::lease::Connection, String) {
+        let redis = self.backends.leases.redis();
+        (redis.connection(), redis.prefix().to_owned())
     }
 
     /// Deletes every Redis key of this app: what a `FLUSHALL` does to it,
     /// without disturbing tests running alongside.
     pub async fn flush_redis(&self) -> usize {
-        let mut connection = self.redis_connection().await;
+        let (mut connection, prefix) = self.redis_connection();
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.connections.redis_prefix))
+            .arg(format!("{prefix}*"))
             .query_async(&mut connection)
             .await
             .expect("KEYS");
@@ -466,9 +474,9 @@ impl TestApp {
     /// lease TTL: what another worker's claim after a rescue does, so the
     /// holder's next renewal finds its lease lost.
     pub async fn take_over_lease(&self, id: Uuid, newer_token: i64) {
-        let mut connection = self.redis_connection().await;
+        let (mut connection, prefix) = self.redis_connection();
         let () = redis::cmd("SET")
-            .arg(format!("{}lease:{id}", self.connections.redis_prefix))
+            .arg(format!("{prefix}lease:{id}"))
             .arg(newer_token)
             .arg("PX")
             .arg(self.backends.leases.ttl().as_millis() as u64)

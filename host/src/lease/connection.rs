@@ -1,0 +1,268 @@
+//! How TaskFlow reaches Redis: one server, or a Redis Cluster.
+//!
+//! `REDIS_URL` names one server (`redis://host:port/db`) or a cluster
+//! (`redis+cluster://host:port,host:port,…`: seed nodes, from which the
+//! client learns the rest). On a cluster every key and channel carries one
+//! hash tag, the key prefix in braces (`{taskflow:}lease:…`), so all of them
+//! live in one slot and every script and pipeline stays one round trip
+//! (docs/adr/006-redis-cluster-one-hash-tag.md). Pub/sub on a cluster is sharded
+//! (`SSUBSCRIBE`/`SPUBLISH`): a message stays on the shard owning that
+//! slot instead of being broadcast to every node.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, PushKind, RedisFuture, Value};
+use tokio::sync::mpsc;
+
+use super::RedisError;
+
+/// How long one Redis command may take before it fails. A stalled Redis must
+/// never stall a worker: every caller has a fallback.
+pub(super) const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The URL scheme that names a cluster by its seed nodes.
+const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// The Redis a deployment uses, as `REDIS_URL` names it.
+#[derive(Clone)]
+pub(super) enum Deployment {
+    /// One server.
+    Single(redis::Client),
+    /// A Redis Cluster, and the seed URLs it was found through.
+    Cluster {
+        client: Box<ClusterClient>,
+        seeds: Vec<String>,
+    },
+}
+
+impl Deployment {
+    /// Parses `url`: `redis+cluster://` names a cluster, anything else one
+    /// server.
+    pub(super) fn parse(url: &str) -> Result<Self, RedisError> {
+        match cluster_seeds(url) {
+            Some(seeds) => Ok(Self::Cluster {
+                client: Box::new(cluster_client(&seeds, None)?),
+                seeds,
+            }),
+            None => Ok(Self::Single(redis::Client::open(url)?)),
+        }
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    /// A multiplexed connection that reconnects by itself, made on first use
+    /// so a process can start while Redis is down.
+    pub(super) fn connect_lazy(&self) -> Result<Connection, RedisError> {
+        match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                Ok(Connection::Single(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?))
+            }
+            Self::Cluster { client, .. } => Ok(Connection::Cluster(
+                client.get_pending_async_connection_with_config(ClusterConfig::new()),
+            )),
+        }
+    }
+
+    /// A fresh subscription to `channels`, which yields each message's
+    /// payload and ends when the subscription is lost.
+    ///
+    /// On a cluster the subscription is a new client built from the seeds,
+    /// so it reloads the slot map: the crate's own client does not
+    /// resubscribe after a failover (ADR 006), so a lost connection ends the
+    /// stream and the caller subscribes again.
+    pub(super) async fn subscribe(
+        &self,
+        channels: &[String],
+    ) -> Result<BoxStream<'static, Vec<u8>>, RedisError> {
+        let subscribe = async {
+            match self {
+                Self::Single(client) => {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    for channel in channels {
+                        pubsub.subscribe(channel).await?;
+                    }
+                    Ok(pubsub
+                        .into_on_message()
+                        .map(|message| message.get_payload_bytes().to_vec())
+                        .boxed())
+                }
+                Self::Cluster { seeds, .. } => {
+                    let (sender, receiver) = mpsc::unbounded_channel();
+                    let client = cluster_client(seeds, Some(sender))?;
+                    let mut connection = client.get_async_connection().await?;
+                    connection.ssubscribe(channels).await?;
+                    Ok(sharded_messages(connection, receiver))
+                }
+            }
+        };
+        match tokio::time::timeout(REDIS_RESPONSE_TIMEOUT, subscribe).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out subscribing",
+            )))),
+        }
+    }
+
+    /// The command that publishes on a channel: sharded on a cluster.
+    pub(super) fn publish_command(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "PUBLISH",
+            Self::Cluster { .. } => "SPUBLISH",
+        }
+    }
+}
+
+/// The payloads of the sharded messages pushed to `connection`, until a
+/// push says a node connection was lost. The connection lives as long as
+/// the stream.
+fn sharded_messages(
+    connection: ClusterConnection,
+    pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+) -> BoxStream<'static, Vec<u8>> {
+    futures::stream::unfold(
+        (connection, pushes),
+        |(connection, mut pushes)| async move {
+            loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    PushKind::SMessage => {
+                        if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
+                            return Some((payload, (connection, pushes)));
+                        }
+                    }
+                    PushKind::Disconnection => return None,
+                    _ => {}
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+/// A cluster client for `seeds`, with TaskFlow's timeouts; `pushes` receives
+/// pushed messages (which needs RESP3).
+fn cluster_client(
+    seeds: &[String],
+    pushes: Option<mpsc::UnboundedSender<redis::PushInfo>>,
+) -> Result<ClusterClient, RedisError> {
+    let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
+        .connection_timeout(REDIS_RESPONSE_TIMEOUT)
+        .response_timeout(REDIS_RESPONSE_TIMEOUT)
+        .overall_response_timeout(Some(REDIS_RESPONSE_TIMEOUT));
+    if let Some(pushes) = pushes {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes);
+    }
+    Ok(builder.build()?)
+}
+
+/// The seed URLs of `redis+cluster://[user:password@]host:port,host:port…`,
+/// each `redis://[user:password@]host:port`; `None` for any other URL.
+fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix(CLUSTER_SCHEME)?;
+    let rest = rest.trim_end_matches('/');
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .filter(|host| !host.is_empty())
+            .map(|host| format!("redis://{credentials}{host}"))
+            .collect(),
+    )
+}
+
+/// A connection to either kind of deployment; cheap to clone, clones share
+/// one multiplexed connection (per node, on a cluster).
+#[derive(Clone)]
+pub enum Connection {
+    /// To one server.
+    Single(ConnectionManager),
+    /// To a cluster: each command goes to the node owning its keys' slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_url_lists_its_seeds_with_their_credentials() {
+        assert_eq!(
+            cluster_seeds("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"),
+            Some(vec![
+                "redis://127.0.0.1:7000".to_owned(),
+                "redis://127.0.0.1:7001".to_owned()
+            ])
+        );
+        assert_eq!(
+            cluster_seeds("redis+cluster://user:p%40ss@a:1,b:2"),
+            Some(vec![
+                "redis://user:p%40ss@a:1".to_owned(),
+                "redis://user:p%40ss@b:2".to_owned()
+            ])
+        );
+        assert_eq!(cluster_seeds("redis://127.0.0.1:6379"), None);
+    }
+
+    #[test]
+    fn only_the_cluster_scheme_names_a_cluster() {
+        assert!(
+            Deployment::parse("redis+cluster://127.0.0.1:7000")
+                .unwrap()
+                .is_cluster()
+        );
+        assert!(
+            !Deployment::parse("redis://127.0.0.1:6379")
+                .unwrap()
+                .is_cluster()
+        );
+    }
+}
