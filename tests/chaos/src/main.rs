@@ -13,6 +13,10 @@
 //!
 //! `taskflow-chaos --jobs 2000` is the short variant `scripts/test` runs;
 //! `--jobs 6000 --rounds 4` is the long one recorded in docs/reliability.md.
+//! With `--redis-cluster` Redis is a private Redis Cluster (3 masters, each
+//! with a replica) and its faults are failovers instead: the master of
+//! TaskFlow's slot is killed, its replica takes over, and the old master
+//! rejoins as a replica; twice per round.
 
 mod analysis;
 mod audit;
@@ -36,7 +40,7 @@ use uuid::Uuid;
 use analysis::WorkerFate;
 use audit::analyse;
 use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup};
-use taskflow_testkit::free_port;
+use taskflow_testkit::{RedisCluster, free_port};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -84,12 +88,36 @@ struct Args {
     /// `--max-running-per-key`.
     #[arg(long, default_value_t = 4)]
     keys: usize,
+    /// Runs against a private Redis Cluster, with failovers as its faults
+    /// (see the module docs).
+    #[arg(long)]
+    redis_cluster: bool,
+}
+
+/// The Redis the run uses, and so the Redis faults it can inject.
+enum RedisUnderTest {
+    /// One server: flushed, restarted, and each worker reaching it through
+    /// a link that can be cut.
+    Single(RedisServer),
+    /// A cluster: failed over.
+    Cluster(RedisCluster),
+}
+
+impl RedisUnderTest {
+    fn url(&self) -> String {
+        match self {
+            Self::Single(server) => server.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
 }
 
 /// Everything the fault schedule works on.
 struct Chaos {
     setup: TaskflowSetup,
-    redis_port: u16,
+    /// The single Redis server's port; `None` on a cluster, whose clients
+    /// reach every node directly, so no link sits in between.
+    redis_port: Option<u16>,
     /// Each worker's way to Redis, by name.
     links: HashMap<String, RedisLink>,
     api: Taskflow,
@@ -105,16 +133,13 @@ impl Chaos {
     fn spawn_worker(&mut self) -> anyhow::Result<()> {
         self.next_worker += 1;
         let name = format!("worker-{}", self.next_worker);
-        let link = RedisLink::start(self.redis_port)?;
-        let worker = self.setup.spawn(
-            "worker",
-            &name,
-            &[
-                ("TASKFLOW_WORKER_ID", name.clone()),
-                ("REDIS_URL", link.url()),
-            ],
-        )?;
-        self.links.insert(name.clone(), link);
+        let mut env = vec![("TASKFLOW_WORKER_ID", name.clone())];
+        if let Some(port) = self.redis_port {
+            let link = RedisLink::start(port)?;
+            env.push(("REDIS_URL", link.url()));
+            self.links.insert(name.clone(), link);
+        }
+        let worker = self.setup.spawn("worker", &name, &env)?;
         self.fates.insert(name, WorkerFate::default());
         self.workers.push(worker);
         Ok(())
@@ -184,6 +209,16 @@ impl Chaos {
             tokio::time::sleep(for_how_long).await;
             heal.send_replace(false);
         });
+    }
+
+    /// Kills the master of TaskFlow's slot, waits for its replica to take
+    /// over, and starts the old master again, which rejoins as a replica.
+    fn fail_over(&mut self, cluster: &mut RedisCluster) -> anyhow::Result<()> {
+        let killed = cluster.kill_master_of("{chaos:}epoch")?;
+        self.count("Redis Cluster master SIGKILL (failover)");
+        cluster.until_healthy()?;
+        cluster.restart(killed)?;
+        cluster.until_healthy()
     }
 
     async fn restart_api(&mut self) -> anyhow::Result<()> {
@@ -307,7 +342,11 @@ async fn main() -> anyhow::Result<()> {
     let cache_dir =
         std::env::temp_dir().join(format!("taskflow-chaos-cache-{}", std::process::id()));
     let pg = PgCluster::start(&dir)?;
-    let mut redis = RedisServer::start()?;
+    let mut redis = if args.redis_cluster {
+        RedisUnderTest::Cluster(tokio::task::block_in_place(|| RedisCluster::start(3, 1))?)
+    } else {
+        RedisUnderTest::Single(RedisServer::start()?)
+    };
     let ttl = Duration::from_millis(args.lease_ttl_ms);
     let setup = TaskflowSetup {
         binary,
@@ -352,7 +391,10 @@ async fn main() -> anyhow::Result<()> {
 
     let mut chaos = Chaos {
         setup,
-        redis_port: redis.port,
+        redis_port: match &redis {
+            RedisUnderTest::Single(server) => Some(server.port),
+            RedisUnderTest::Cluster(_) => None,
+        },
         links: HashMap::new(),
         api,
         api_port,
@@ -385,18 +427,32 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep_until(at(5.0).into()).await;
         chaos.kill_a_worker()?;
         tokio::time::sleep_until(at(6.0).into()).await;
-        let mut connection = redis::Client::open(redis.url())?
-            .get_multiplexed_async_connection()
-            .await?;
-        let () = redis::cmd("FLUSHALL").query_async(&mut connection).await?;
-        chaos.count("Redis FLUSHALL");
+        match &mut redis {
+            RedisUnderTest::Single(server) => {
+                let mut connection = redis::Client::open(server.url())?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                let () = redis::cmd("FLUSHALL").query_async(&mut connection).await?;
+                chaos.count("Redis FLUSHALL");
+            }
+            RedisUnderTest::Cluster(cluster) => {
+                tokio::task::block_in_place(|| chaos.fail_over(cluster))?;
+            }
+        }
         tokio::time::sleep_until(at(8.0).into()).await;
         chaos.kill_a_worker()?;
         tokio::time::sleep_until(at(9.0).into()).await;
-        redis.restart(Duration::from_millis(500))?;
-        chaos.count("Redis restart (all keys lost)");
-        tokio::time::sleep_until(at(10.0).into()).await;
-        chaos.cut_a_worker_off_from_redis(ttl * 3);
+        match &mut redis {
+            RedisUnderTest::Single(server) => {
+                server.restart(Duration::from_millis(500))?;
+                chaos.count("Redis restart (all keys lost)");
+                tokio::time::sleep_until(at(10.0).into()).await;
+                chaos.cut_a_worker_off_from_redis(ttl * 3);
+            }
+            RedisUnderTest::Cluster(cluster) => {
+                tokio::task::block_in_place(|| chaos.fail_over(cluster))?;
+            }
+        }
         tokio::time::sleep_until(at(12.0).into()).await;
         pg.crash()?;
         chaos.count("PostgreSQL crash and restart");
@@ -472,7 +528,9 @@ async fn main() -> anyhow::Result<()> {
     }
     database.close().await;
     pg.stop();
-    redis.stop();
+    if let RedisUnderTest::Single(mut server) = redis {
+        server.stop();
+    }
     let _ = std::fs::remove_dir_all(&cache_dir);
     if !report.passed() {
         bail!(
