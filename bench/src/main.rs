@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use cluster::Target;
+use taskflow_testkit::RedisCluster;
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -46,6 +47,11 @@ struct BenchArgs {
     /// Redis; each run uses its own key prefix.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Use a private Redis Cluster (3 masters, started here) instead of
+    /// `--redis-url`, to compare with one Redis in the same session
+    /// (issue 16).
+    #[arg(long)]
+    pub redis_cluster: bool,
     /// Directory of the built plugins (default: next to the target directory
     /// this binary was built into).
     #[arg(long)]
@@ -152,10 +158,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{}: build it first (cargo build -p taskflow) or pass --taskflow",
         taskflow.display()
     );
+    let redis_cluster = if args.redis_cluster {
+        Some(tokio::task::spawn_blocking(|| RedisCluster::start(3, 0)).await??)
+    } else {
+        None
+    };
     let target = Target {
         taskflow,
         database_url: args.database_url.clone(),
-        redis_url: args.redis_url.clone(),
+        redis_url: redis_cluster
+            .as_ref()
+            .map_or_else(|| args.redis_url.clone(), RedisCluster::url),
         plugin_dir,
         cache_dir: std::env::temp_dir().join("taskflow-bench-cache"),
     };

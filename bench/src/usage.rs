@@ -103,22 +103,28 @@ impl Servers {
 }
 
 /// Commands the Redis at `url` has run since it started (`INFO
-/// commandstats`, summed over commands): two readings give what a scenario
-/// cost Redis, in a count no machine changes. A reading adds a few commands
-/// of its own (the connection's `CLIENT SETINFO`s and the `INFO`).
+/// commandstats`, summed over commands, and over the seed nodes of a
+/// cluster URL): two readings give what a scenario cost Redis, in a count
+/// no machine changes. A reading adds a few commands of its own (the
+/// connection's `CLIENT SETINFO`s and the `INFO`).
 pub async fn redis_commands(url: &str) -> anyhow::Result<u64> {
-    let mut connection = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection)
-        .await?;
-    Ok(stats
-        .lines()
-        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next())
-        .filter_map(|calls| calls.parse::<u64>().ok())
-        .sum())
+    let nodes = taskflow::lease::cluster_seeds(url).unwrap_or_else(|| vec![url.to_owned()]);
+    let mut total = 0;
+    for node in nodes {
+        let mut connection = redis::Client::open(node)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await?;
+        total += stats
+            .lines()
+            .filter_map(|line| line.split("calls=").nth(1)?.split(',').next())
+            .filter_map(|calls| calls.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
 }
 
 /// This process's usage so far: the benchmark's own clients.

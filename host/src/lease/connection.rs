@@ -175,7 +175,7 @@ fn cluster_client(
 
 /// The seed URLs of `redis+cluster://[user:password@]host:port,host:port…`,
 /// each `redis://[user:password@]host:port`; `None` for any other URL.
-fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
     let rest = url.strip_prefix(CLUSTER_SCHEME)?;
     let rest = rest.trim_end_matches('/');
     let (credentials, hosts) = match rest.rsplit_once('@') {

@@ -42,7 +42,7 @@ use connection::Deployment;
 
 use crate::store::LeaseRef;
 
-pub use connection::Connection;
+pub use connection::{Connection, cluster_seeds};
 pub use endings::{EndingAnnouncer, EndingWatcher};
 pub use presence::WorkerPresence;
 pub use wakeup::{Waker, WakeupListener};
