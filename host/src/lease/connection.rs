@@ -25,6 +25,9 @@ use super::RedisError;
 /// never stall a worker: every caller has a fallback.
 pub(super) const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a subscription waits for each cluster node to connect.
+const SUBSCRIBER_NODE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The URL scheme that names a cluster by its seed nodes.
 const CLUSTER_SCHEME: &str = "redis+cluster://";
 
@@ -58,7 +61,8 @@ impl Deployment {
     }
 
     /// A multiplexed connection that reconnects by itself, made on first use
-    /// so a process can start while Redis is down.
+    /// so a process can start while Redis is down. Must be called on a
+    /// Tokio runtime: a cluster's connection starts a task.
     pub(super) fn connect_lazy(&self) -> Result<Connection, RedisError> {
         match self {
             Self::Single(client) => {
@@ -72,8 +76,13 @@ impl Deployment {
                     config,
                 )?))
             }
+            // The config replaces the builder's timeouts, so it repeats them.
             Self::Cluster { client, .. } => Ok(Connection::Cluster(
-                client.get_pending_async_connection_with_config(ClusterConfig::new()),
+                client.get_pending_async_connection_with_config(
+                    ClusterConfig::new()
+                        .set_connection_timeout(REDIS_RESPONSE_TIMEOUT)
+                        .set_response_timeout(REDIS_RESPONSE_TIMEOUT),
+                ),
             )),
         }
     }
@@ -82,9 +91,11 @@ impl Deployment {
     /// payload and ends when the subscription is lost.
     ///
     /// On a cluster the subscription is a new client built from the seeds,
-    /// so it reloads the slot map: the crate's own client does not
-    /// resubscribe after a failover (ADR 006), so a lost connection ends the
-    /// stream and the caller subscribes again.
+    /// so it reloads the slot map. The crate's own client resubscribes only
+    /// after it refreshes its slot map, which nothing triggers on a
+    /// connection that only listens (ADR 006). So a node lost, or a
+    /// subscription the server dropped (a graceful failover), ends the
+    /// stream, and the caller subscribes again.
     pub(super) async fn subscribe(
         &self,
         channels: &[String],
@@ -146,7 +157,10 @@ fn sharded_messages(
                             return Some((payload, (connection, pushes)));
                         }
                     }
-                    PushKind::Disconnection => return None,
+                    // A node went away (a master killed), or the server
+                    // dropped the subscription itself (a graceful failover
+                    // or a slot migration: TaskFlow never unsubscribes).
+                    PushKind::Disconnection | PushKind::SUnsubscribe => return None,
                     _ => {}
                 }
             }
@@ -166,7 +180,11 @@ fn cluster_client(
         .response_timeout(REDIS_RESPONSE_TIMEOUT)
         .overall_response_timeout(Some(REDIS_RESPONSE_TIMEOUT));
     if let Some(pushes) = pushes {
+        // A subscription connects to every node, replicas too, before it
+        // subscribes; a node that drops packets must not use up the
+        // subscription's whole deadline.
         builder = builder
+            .connection_timeout(SUBSCRIBER_NODE_TIMEOUT)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(pushes);
     }

@@ -79,10 +79,10 @@ impl Redis {
     pub fn connect_lazy(url: &str, prefix: &str) -> Result<Self, RedisError> {
         let deployment = Deployment::parse(url)?;
         let prefix = if deployment.is_cluster() {
-            if prefix.contains(['{', '}']) {
+            if prefix.is_empty() || prefix.contains(['{', '}']) {
                 return Err(RedisError(redis::RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
-                    "on a Redis Cluster the key prefix becomes a hash tag and may not contain braces",
+                    "on a Redis Cluster the key prefix becomes a hash tag: it may not be empty or contain braces",
                 ))));
             }
             format!("{{{prefix}}}")
@@ -287,21 +287,26 @@ return 0
 
 /// Returns how long (ms, by Redis's clock) this server has held the epoch
 /// key, and starts it again from zero when the key is missing (a flush, or
-/// a restart without persistence) or was written by another server process
-/// (a restart, or a cluster failover: the promoted replica may lack writes
-/// its old master accepted, ADR 006). The key holds `<ms>:<run_id>`; where
-/// `INFO` is not allowed in scripts the run id is empty and only a missing
-/// key counts. KEYS[1]: the epoch key.
+/// a restart without persistence) or was written by another server, or by
+/// this one in another life: its `run_id` changes at a restart and its
+/// `master_replid` at a promotion (a cluster failover, where the promoted
+/// replica may lack writes its old master accepted, ADR 006). The key holds
+/// `<ms>:<run_id>-<master_replid>`; where `INFO` is not allowed in scripts
+/// that part is `-` and only a missing key counts. KEYS[1]: the epoch
+/// key.
 static EPOCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local ok, info = pcall(redis.call, 'INFO', 'server')
-local server = ok and string.match(info, 'run_id:(%x+)') or ''
+local function field(section, name)
+  local ok, info = pcall(redis.call, 'INFO', section)
+  return ok and string.match(info, name .. ':(%x+)') or ''
+end
+local server = field('server', 'run_id') .. '-' .. field('replication', 'master_replid')
 local held = redis.call('GET', KEYS[1])
 local since, held_by
-if held then since, held_by = string.match(held, '^(%d+):?(%x*)$') end
+if held then since, held_by = string.match(held, '^(%d+):?([%x%-]*)$') end
 if not since or held_by ~= server then
   redis.call('SET', KEYS[1], now_ms .. ':' .. server)
   return 0
@@ -468,6 +473,7 @@ mod tests {
     #[tokio::test]
     async fn a_cluster_refuses_a_prefix_with_braces_and_a_url_without_seeds() {
         assert!(Redis::connect_lazy("redis+cluster://127.0.0.1:7000", "a{b}:").is_err());
+        assert!(Redis::connect_lazy("redis+cluster://127.0.0.1:7000", "").is_err());
         assert!(Redis::connect_lazy("redis+cluster://", "taskflow:").is_err());
         assert!(Redis::connect_lazy("redis://127.0.0.1:6379", "a{b}:").is_ok());
     }

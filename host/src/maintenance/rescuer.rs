@@ -97,13 +97,20 @@ impl Rescuer {
         Self { traces, ..self }
     }
 
+    /// Whether Redis was flushed, restarted or failed over less than one
+    /// TTL ago, so a missing lease key proves nothing yet.
+    async fn in_grace_period(&self) -> Result<bool, RescueError> {
+        Ok(self.leases.redis_age().await? < self.leases.ttl())
+    }
+
     /// One pass over up to [`BATCH_SIZE`] expired leases.
     pub async fn rescue(&self) -> Result<RescueCounts, RescueError> {
-        if self.leases.redis_age().await? < self.leases.ttl() {
-            return Ok(RescueCounts {
-                in_grace_period: true,
-                ..Default::default()
-            });
+        let grace_period = RescueCounts {
+            in_grace_period: true,
+            ..Default::default()
+        };
+        if self.in_grace_period().await? {
+            return Ok(grace_period);
         }
         let candidates = self.store.running_past_lease(BATCH_SIZE).await?;
         if candidates.is_empty() {
@@ -118,6 +125,12 @@ impl Rescuer {
                 .partition(|(candidate, holder)| {
                     holder.is_some_and(|holder| holder.lease_token == candidate.lease_token)
                 });
+        // A failover between the check above and the read of the holders
+        // would make the promoted replica's missing keys look like dead
+        // workers: they are trusted only if the same Redis still answers.
+        if !gone.is_empty() && self.in_grace_period().await? {
+            return Ok(grace_period);
+        }
 
         let alive: Vec<_> = alive
             .iter()

@@ -146,6 +146,7 @@ async fn every_job_finishes_once_through_flushes(options: TestOptions) {
 /// lost, no attempt is ended, long jobs keep their leases through it,
 /// wake-ups and endings still arrive afterwards (the subscriptions moved to
 /// the promoted replica), and the API is ready though a node is still down.
+/// Then a graceful failover hands the slot back, and wake-ups still arrive.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_cluster_failover_shorter_than_a_lease_costs_no_attempt() {
     let mut cluster = redis_cluster(3, 1).await;
@@ -182,7 +183,7 @@ async fn a_redis_cluster_failover_shorter_than_a_lease_costs_no_attempt() {
     })
     .await;
 
-    cluster
+    let killed = cluster
         .kill_master_of(&app.redis_key("epoch"))
         .expect("kill the master of TaskFlow's slot");
     tokio::task::block_in_place(|| cluster.until_healthy()).expect("a replica takes over");
@@ -215,6 +216,23 @@ async fn a_redis_cluster_failover_shorter_than_a_lease_costs_no_attempt() {
         .wait(job.id, Duration::from_secs(20))
         .await
         .expect("woken after the failover, not polled");
+    assert_state(&job, JobState::Succeeded);
+
+    // The old master comes back as a replica and takes over again
+    // gracefully (`CLUSTER FAILOVER`): its successor stays up and drops
+    // the subscriptions with an unsubscribe instead of a disconnection.
+    tokio::task::block_in_place(|| {
+        cluster.restart(killed)?;
+        cluster.until_healthy()?;
+        cluster.fail_over_gracefully(&app.redis_key("epoch"))
+    })
+    .expect("a graceful failover");
+    let job = app.submit(&module, json!({"mode": "succeed"})).await;
+    let job = app
+        .client
+        .wait(job.id, Duration::from_secs(20))
+        .await
+        .expect("woken after the graceful failover, not polled");
     assert_state(&job, JobState::Succeeded);
     app.finish().await;
 }

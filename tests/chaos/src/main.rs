@@ -42,6 +42,9 @@ use audit::analyse;
 use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup};
 use taskflow_testkit::{RedisCluster, free_port};
 
+/// The prefix of the run's Redis keys.
+const REDIS_PREFIX: &str = "chaos:";
+
 /// Command-line options.
 #[derive(Debug, Parser)]
 #[command(about = "TaskFlow's fault-injection suite")]
@@ -214,7 +217,11 @@ impl Chaos {
     /// Kills the master of TaskFlow's slot, waits for its replica to take
     /// over, and starts the old master again, which rejoins as a replica.
     fn fail_over(&mut self, cluster: &mut RedisCluster) -> anyhow::Result<()> {
-        let killed = cluster.kill_master_of("{chaos:}epoch")?;
+        let epoch = format!(
+            "{}epoch",
+            taskflow::lease::Redis::connect_lazy(&cluster.url(), REDIS_PREFIX)?.prefix()
+        );
+        let killed = cluster.kill_master_of(&epoch)?;
         self.count("Redis Cluster master SIGKILL (failover)");
         cluster.until_healthy()?;
         cluster.restart(killed)?;
@@ -368,7 +375,7 @@ async fn main() -> anyhow::Result<()> {
             ("TASKFLOW_CACHE_DIR".into(), cache_dir.display().to_string()),
             ("TASKFLOW_BACKOFF_BASE".into(), "200ms".into()),
             ("TASKFLOW_BACKOFF_MAX".into(), "2s".into()),
-            ("TASKFLOW_REDIS_PREFIX".into(), "chaos:".into()),
+            ("TASKFLOW_REDIS_PREFIX".into(), REDIS_PREFIX.into()),
         ],
     };
     let api_port = free_port();

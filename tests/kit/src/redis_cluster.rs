@@ -52,7 +52,7 @@ impl RedisCluster {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let cluster = Self { _dir: dir, nodes };
         for node in &cluster.nodes {
-            settle(|| Ok(cli(node.port, &["PING"]).is_ok_and(|pong| pong.trim() == "PONG")))
+            settle(|| node.answers())
                 .with_context(|| format!("redis-server on port {} never answered", node.port))?;
         }
         let mut create = Command::new("redis-cli");
@@ -110,6 +110,31 @@ impl RedisCluster {
             .context("a live replica")?;
         node.kill();
         Ok(node.port)
+    }
+
+    /// Has a replica of the master serving `key`'s slot take over from it
+    /// gracefully (`CLUSTER FAILOVER`: the master hands over once the
+    /// replica has caught up, and stays up as a replica), and returns once
+    /// the cluster is healthy again.
+    pub fn fail_over_gracefully(&self, key: &str) -> anyhow::Result<()> {
+        let master = self.master_of(key)?;
+        let nodes = cli(master, &["CLUSTER", "NODES"])?;
+        let master_id = nodes
+            .lines()
+            .find(|line| line.contains("myself"))
+            .and_then(|line| line.split_whitespace().next())
+            .context("the master names itself")?;
+        let replica = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| {
+                fields.len() > 3 && fields[2].contains("slave") && fields[3] == master_id
+            })
+            .map(|fields| port_of(fields[1]))
+            .context("the master has a replica")??;
+        cli(replica, &["CLUSTER", "FAILOVER"])?;
+        settle(|| Ok(self.master_of(key)? == replica))?;
+        self.until_healthy()
     }
 
     /// Starts again the node killed on `port`; it rejoins the cluster as a
@@ -220,6 +245,13 @@ impl Node {
             .context("redis-server (Debian's redis-server) runs")?;
         self.process = Some(process);
         Ok(())
+    }
+
+    /// Whether our own server answers on the node's port: a free port
+    /// found earlier may since have been taken by another test's server.
+    fn answers(&self) -> anyhow::Result<bool> {
+        let pid = self.process.as_ref().context("not running")?.id();
+        Ok(cli(self.port, &["INFO", "server"])?.contains(&format!("process_id:{pid}\r")))
     }
 
     fn kill(&mut self) {
