@@ -108,7 +108,10 @@ impl Servers {
 /// no machine changes. A reading adds a few commands of its own (the
 /// connection's `CLIENT SETINFO`s and the `INFO`).
 pub async fn redis_commands(url: &str) -> anyhow::Result<u64> {
-    let nodes = taskflow::lease::cluster_seeds(url).unwrap_or_else(|| vec![url.to_owned()]);
+    let nodes = match taskflow::lease::cluster_seeds(url) {
+        Some(seeds) => seeds.map_err(anyhow::Error::msg)?,
+        None => vec![url.to_owned()],
+    };
     let mut total = 0;
     for node in nodes {
         let mut connection = redis::Client::open(node)?

@@ -48,7 +48,11 @@ impl Deployment {
     /// server.
     pub(super) fn parse(url: &str) -> Result<Self, RedisError> {
         match cluster_seeds(url) {
-            Some(seeds) => Ok(Self::Cluster {
+            Some(Err(form)) => Err(RedisError(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                form,
+            )))),
+            Some(Ok(seeds)) => Ok(Self::Cluster {
                 client: Box::new(cluster_client(&seeds, None)?),
                 seeds,
             }),
@@ -192,21 +196,37 @@ fn cluster_client(
 }
 
 /// The seed URLs of `redis+cluster://[user:password@]host:port,host:port…`,
-/// each `redis://[user:password@]host:port`; `None` for any other URL.
-pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+/// each `redis://[user:password@]host:port`; `None` for any other URL, and
+/// an error naming what is wrong for a cluster URL that is not of that form
+/// (credentials given once, before the first host, percent-encoded; no
+/// database, path or query: a cluster has only database 0).
+pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, &'static str>> {
     let rest = url.strip_prefix(CLUSTER_SCHEME)?;
-    let rest = rest.trim_end_matches('/');
-    let (credentials, hosts) = match rest.rsplit_once('@') {
-        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
-        None => (String::new(), rest),
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let first_host_ends = rest.find(',').unwrap_or(rest.len());
+    let (credentials, hosts) = match rest[..first_host_ends].rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
     };
-    Some(
-        hosts
-            .split(',')
-            .filter(|host| !host.is_empty())
+    let seeds: Vec<&str> = hosts.split(',').collect();
+    Some(if seeds.iter().any(|host| !is_host_and_port(host)) {
+        Err(
+            "a Redis Cluster URL is redis+cluster://[user:password@]host:port,host:port… \
+             (credentials once, no database, path or query)",
+        )
+    } else {
+        Ok(seeds
+            .into_iter()
             .map(|host| format!("redis://{credentials}{host}"))
-            .collect(),
-    )
+            .collect())
+    })
+}
+
+/// Whether `seed` is `host:port` and nothing more.
+fn is_host_and_port(seed: &str) -> bool {
+    seed.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(['@', '/', '?', '#', ' ']) && port.parse::<u16>().is_ok()
+    })
 }
 
 /// A connection to either kind of deployment; cheap to clone, clones share
@@ -255,19 +275,37 @@ mod tests {
     fn a_cluster_url_lists_its_seeds_with_their_credentials() {
         assert_eq!(
             cluster_seeds("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"),
-            Some(vec![
+            Some(Ok(vec![
                 "redis://127.0.0.1:7000".to_owned(),
                 "redis://127.0.0.1:7001".to_owned()
-            ])
+            ]))
         );
         assert_eq!(
             cluster_seeds("redis+cluster://user:p%40ss@a:1,b:2"),
-            Some(vec![
+            Some(Ok(vec![
                 "redis://user:p%40ss@a:1".to_owned(),
                 "redis://user:p%40ss@b:2".to_owned()
-            ])
+            ]))
         );
         assert_eq!(cluster_seeds("redis://127.0.0.1:6379"), None);
+    }
+
+    #[test]
+    fn a_cluster_url_of_another_form_is_refused_with_the_form_it_needs() {
+        for url in [
+            "redis+cluster://",
+            "redis+cluster://a:1,",
+            "redis+cluster://a:1/3",
+            "redis+cluster://a:1?protocol=resp3",
+            "redis+cluster://u:p@a:1,u:p@b:2",
+            "redis+cluster://a:1, b:2",
+            "redis+cluster://a",
+            "redis+cluster://a:99999",
+        ] {
+            let refused = cluster_seeds(url).expect("a cluster URL");
+            assert!(refused.is_err(), "{url}: {refused:?}");
+            assert!(Deployment::parse(url).is_err(), "{url}");
+        }
     }
 
     #[test]
