@@ -361,6 +361,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let backends = connect(&args.common, false, "taskflow-worker").await?;
     backends.redis.warn_if_evicting().await;
+    backends.redis.warn_if_scripts_cannot_read_info().await;
     let stopped = spawn_worker_from(
         &backends,
         &args.common,

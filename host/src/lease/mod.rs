@@ -129,6 +129,28 @@ impl Redis {
         }
     }
 
+    /// Logs a warning if scripts may not call `INFO` (an ACL without
+    /// `+info`, as on some managed Redis): the epoch key (`EPOCH_SCRIPT`)
+    /// then cannot tell a cluster failover or a restart that kept its keys,
+    /// and the rescuer skips the grace period they need (ADR 006).
+    pub async fn warn_if_scripts_cannot_read_info(&self) {
+        if let Ok(false) = self.scripts_can_read_info().await {
+            tracing::warn!(
+                "Redis refuses INFO to scripts: a failover or a restart that keeps keys will not restart the rescuer's grace period; allow +info for TaskFlow's user"
+            );
+        }
+    }
+
+    /// Whether a script may call `INFO`, as `EPOCH_SCRIPT` does.
+    pub async fn scripts_can_read_info(&self) -> Result<bool, RedisError> {
+        let mut connection = self.connection.clone();
+        let readable: bool = INFO_PROBE_SCRIPT
+            .key(self.key("epoch"))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(readable)
+    }
+
     /// Whether Redis answers `PING` (on a cluster, every master the client
     /// knows of).
     pub async fn ping(&self) -> Result<(), RedisError> {
@@ -312,6 +334,18 @@ if not since or held_by ~= server then
   return 0
 end
 return now_ms - tonumber(since)
+",
+    )
+});
+
+/// Returns 1 if this script may call `INFO`, else 0. KEYS[1]: any of
+/// TaskFlow's keys, so a cluster runs it where `EPOCH_SCRIPT` runs.
+static INFO_PROBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ok = pcall(redis.call, 'INFO', 'server')
+if ok then return 1 end
+return 0
 ",
     )
 });

@@ -242,3 +242,32 @@ async fn redis_age_restarts_from_zero_when_another_server_process_wrote_the_epoc
         "its own epoch ages: {age:?}"
     );
 }
+
+/// An ACL user without `INFO` (as some managed Redis hand out): the probe
+/// behind the worker's startup warning sees it. Uses a user of its own on
+/// the local Redis, removed afterwards.
+#[tokio::test]
+async fn scripts_that_may_not_read_info_are_detected() {
+    let user = format!("tftest{}", Uuid::new_v4().simple());
+    let mut admin = Redis::connect_lazy(&redis_url(), "").unwrap().connection();
+    let () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", &user, "on", ">secret", "~*", "&*", "+@all", "-info",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
+    let as_user = redis_url().replacen("redis://", &format!("redis://{user}:secret@"), 1);
+    let limited = Redis::connect_lazy(&as_user, &prefix).unwrap();
+    let full = Redis::connect_lazy(&redis_url(), &prefix).unwrap();
+    let limited_sees = limited.scripts_can_read_info().await;
+    let full_sees = full.scripts_can_read_info().await;
+    let _: i64 = redis::cmd("ACL")
+        .arg(&["DELUSER", &user])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(!limited_sees.unwrap(), "INFO is refused to this user");
+    assert!(full_sees.unwrap());
+}
