@@ -271,3 +271,27 @@ async fn scripts_that_may_not_read_info_are_detected() {
     assert!(!limited_sees.unwrap(), "INFO is refused to this user");
     assert!(full_sees.unwrap());
 }
+
+/// After a failover to a node whose script cache is empty (a restarted
+/// node, promoted), the first lease script meets `NOSCRIPT`, and redis-rs
+/// loads the script on every node: that must not fail because some other
+/// node of the cluster is down at the time.
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_scripts_run_on_a_flushed_script_cache_while_another_node_is_down() {
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
+        .await
+        .unwrap()
+        .expect("a Redis Cluster starts");
+    let mut lab = Lab::new(&cluster.url());
+    assert!(lab.restore(1).await);
+    let ours = cluster.master_of(&lab.key_name()).unwrap();
+    tokio::task::block_in_place(|| cluster.kill_a_replica()).expect("kill a replica");
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut lab.raw)
+        .await
+        .unwrap();
+    assert_eq!(cluster.master_of(&lab.key_name()).unwrap(), ours);
+    assert_eq!(lab.renew(1).await, Renewal::Renewed);
+    assert_eq!(lab.key().await.as_deref(), Some("1"));
+}
