@@ -36,11 +36,8 @@ const CLUSTER_SCHEME: &str = "redis+cluster://";
 pub(super) enum Deployment {
     /// One server.
     Single(redis::Client),
-    /// A Redis Cluster, and the seed URLs it was found through.
-    Cluster {
-        client: Box<ClusterClient>,
-        seeds: Vec<String>,
-    },
+    /// A Redis Cluster, by the seed URLs it is found through.
+    Cluster(Vec<String>),
 }
 
 impl Deployment {
@@ -52,16 +49,13 @@ impl Deployment {
                 redis::ErrorKind::InvalidClientConfig,
                 form,
             )))),
-            Some(Ok(seeds)) => Ok(Self::Cluster {
-                client: Box::new(cluster_client(&seeds, None)?),
-                seeds,
-            }),
+            Some(Ok(seeds)) => Ok(Self::Cluster(seeds)),
             None => Ok(Self::Single(redis::Client::open(url)?)),
         }
     }
 
     pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster { .. })
+        matches!(self, Self::Cluster(_))
     }
 
     /// A multiplexed connection that reconnects by itself, made on first use
@@ -81,8 +75,8 @@ impl Deployment {
                 )?))
             }
             // The config replaces the builder's timeouts, so it repeats them.
-            Self::Cluster { client, .. } => Ok(Connection::Cluster(
-                client.get_pending_async_connection_with_config(
+            Self::Cluster(seeds) => Ok(Connection::Cluster(
+                cluster_client(seeds, None)?.get_pending_async_connection_with_config(
                     ClusterConfig::new()
                         .set_connection_timeout(REDIS_RESPONSE_TIMEOUT)
                         .set_response_timeout(REDIS_RESPONSE_TIMEOUT),
@@ -116,7 +110,7 @@ impl Deployment {
                         .map(|message| message.get_payload_bytes().to_vec())
                         .boxed())
                 }
-                Self::Cluster { seeds, .. } => {
+                Self::Cluster(seeds) => {
                     let (sender, receiver) = mpsc::unbounded_channel();
                     let client = cluster_client(seeds, Some(sender))?;
                     let mut connection = client.get_async_connection().await?;
@@ -138,7 +132,7 @@ impl Deployment {
     pub(super) fn publish_command(&self) -> &'static str {
         match self {
             Self::Single(_) => "PUBLISH",
-            Self::Cluster { .. } => "SPUBLISH",
+            Self::Cluster(_) => "SPUBLISH",
         }
     }
 }

@@ -244,11 +244,8 @@ async fn a_redis_cluster_failover_shorter_than_a_lease_costs_no_attempt() {
 async fn a_dead_redis_cluster_replica_leaves_the_api_ready_and_a_maintenance_leader() {
     use taskflow::maintenance::elector::LEADERSHIP;
     let mut cluster = redis_cluster(3, 1).await;
-    let (app, module) = {
-        let app = TestApp::start_with(on_cluster(&cluster)).await;
-        let module = app.upload("misbehave").await;
-        (app, module)
-    };
+    let app = TestApp::start_with(on_cluster(&cluster)).await;
+    let module = app.upload("misbehave").await;
     app.spawn_worker("w1");
     eventually(Duration::from_secs(30), || async {
         app.store().current_leader(LEADERSHIP).await.unwrap()

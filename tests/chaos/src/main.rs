@@ -102,15 +102,19 @@ enum RedisUnderTest {
     /// One server: flushed, restarted, and each worker reaching it through
     /// a link that can be cut.
     Single(RedisServer),
-    /// A cluster: failed over.
-    Cluster(RedisCluster),
+    /// A cluster: failed over, at the master of `epoch_key`'s slot, which
+    /// holds all of TaskFlow's keys.
+    Cluster {
+        cluster: RedisCluster,
+        epoch_key: String,
+    },
 }
 
 impl RedisUnderTest {
     fn url(&self) -> String {
         match self {
             Self::Single(server) => server.url(),
-            Self::Cluster(cluster) => cluster.url(),
+            Self::Cluster { cluster, .. } => cluster.url(),
         }
     }
 }
@@ -216,12 +220,8 @@ impl Chaos {
 
     /// Kills the master of TaskFlow's slot, waits for its replica to take
     /// over, and starts the old master again, which rejoins as a replica.
-    fn fail_over(&mut self, cluster: &mut RedisCluster) -> anyhow::Result<()> {
-        let epoch = format!(
-            "{}epoch",
-            taskflow::lease::Redis::connect_lazy(&cluster.url(), REDIS_PREFIX)?.prefix()
-        );
-        let killed = cluster.kill_master_of(&epoch)?;
+    fn fail_over(&mut self, cluster: &mut RedisCluster, epoch_key: &str) -> anyhow::Result<()> {
+        let killed = cluster.kill_master_of(epoch_key)?;
         self.count("Redis Cluster master SIGKILL (failover)");
         cluster.until_healthy()?;
         cluster.restart(killed)?;
@@ -350,7 +350,12 @@ async fn main() -> anyhow::Result<()> {
         std::env::temp_dir().join(format!("taskflow-chaos-cache-{}", std::process::id()));
     let pg = PgCluster::start(&dir)?;
     let mut redis = if args.redis_cluster {
-        RedisUnderTest::Cluster(tokio::task::block_in_place(|| RedisCluster::start(3, 1))?)
+        let cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 1))?;
+        let epoch_key = format!(
+            "{}epoch",
+            taskflow::lease::Redis::connect_lazy(&cluster.url(), REDIS_PREFIX)?.prefix()
+        );
+        RedisUnderTest::Cluster { cluster, epoch_key }
     } else {
         RedisUnderTest::Single(RedisServer::start()?)
     };
@@ -400,7 +405,7 @@ async fn main() -> anyhow::Result<()> {
         setup,
         redis_port: match &redis {
             RedisUnderTest::Single(server) => Some(server.port),
-            RedisUnderTest::Cluster(_) => None,
+            RedisUnderTest::Cluster { .. } => None,
         },
         links: HashMap::new(),
         api,
@@ -442,8 +447,8 @@ async fn main() -> anyhow::Result<()> {
                 let () = redis::cmd("FLUSHALL").query_async(&mut connection).await?;
                 chaos.count("Redis FLUSHALL");
             }
-            RedisUnderTest::Cluster(cluster) => {
-                tokio::task::block_in_place(|| chaos.fail_over(cluster))?;
+            RedisUnderTest::Cluster { cluster, epoch_key } => {
+                tokio::task::block_in_place(|| chaos.fail_over(cluster, epoch_key))?;
             }
         }
         tokio::time::sleep_until(at(8.0).into()).await;
@@ -456,8 +461,8 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep_until(at(10.0).into()).await;
                 chaos.cut_a_worker_off_from_redis(ttl * 3);
             }
-            RedisUnderTest::Cluster(cluster) => {
-                tokio::task::block_in_place(|| chaos.fail_over(cluster))?;
+            RedisUnderTest::Cluster { cluster, epoch_key } => {
+                tokio::task::block_in_place(|| chaos.fail_over(cluster, epoch_key))?;
             }
         }
         tokio::time::sleep_until(at(12.0).into()).await;
