@@ -4,12 +4,13 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use taskflow::client::Client;
 use taskflow::store::Store;
-use taskflow_testkit::{ScratchDatabase, free_port, rss_bytes};
+use taskflow_testkit::{PgBouncer, ScratchDatabase, free_port, rss_bytes};
 
 use super::usage::Usage;
 
@@ -18,6 +19,9 @@ use super::usage::Usage;
 pub struct Target {
     /// PostgreSQL server URL; each deployment creates its own database there.
     pub database_url: String,
+    /// A PgBouncer in transaction mode in front of that server, through
+    /// which the API and workers connect if set.
+    pub pgbouncer: Option<Arc<PgBouncer>>,
     /// Redis URL; each deployment uses its own key prefix.
     pub redis_url: String,
     /// The `taskflow` binary the deployment runs.
@@ -106,9 +110,15 @@ impl Deployment {
 
     fn spawn(&self, role: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
         let mut command = Command::new(&self.target.taskflow);
+        match &self.target.pgbouncer {
+            Some(bouncer) => command
+                .env("DATABASE_URL", bouncer.url_for(self.database.url())?)
+                .env("TASKFLOW_DATABASE_POOLER", "transaction")
+                .env("TASKFLOW_DATABASE_MIGRATION_URL", self.database.url()),
+            None => command.env("DATABASE_URL", self.database.url()),
+        };
         command
             .arg(role)
-            .env("DATABASE_URL", self.database.url())
             .env("REDIS_URL", &self.target.redis_url)
             .env("TASKFLOW_REDIS_PREFIX", &self.prefix)
             .env("TASKFLOW_CACHE_DIR", &self.target.cache_dir)

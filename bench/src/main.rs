@@ -18,11 +18,12 @@ mod usage;
 mod waiting;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 
 use cluster::Target;
-use taskflow_testkit::RedisCluster;
+use taskflow_testkit::{PgBouncer, RedisCluster};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -52,6 +53,12 @@ struct BenchArgs {
     /// (issue 16).
     #[arg(long)]
     pub redis_cluster: bool,
+    /// Run the API and workers through a private PgBouncer in transaction
+    /// mode (`--database-pooler transaction`, started here in front of
+    /// `--database-url`'s server), to compare with direct connections in
+    /// the same session (issue 16).
+    #[arg(long)]
+    pub pgbouncer: bool,
     /// Directory of the built plugins (default: next to the target directory
     /// this binary was built into).
     #[arg(long)]
@@ -61,6 +68,11 @@ struct BenchArgs {
     #[arg(long)]
     pub taskflow: Option<PathBuf>,
 }
+
+/// Server connections of `--pgbouncer`'s PgBouncer: what a deployment
+/// sized by docs/scaling.md would give these three processes, fewer than
+/// the 48 client connections they may open.
+const PGBOUNCER_SERVER_CONNECTIONS: u32 = 20;
 
 /// A benchmark scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -163,9 +175,20 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let pgbouncer = if args.pgbouncer {
+        let server = args.database_url.clone();
+        let bouncer = tokio::task::spawn_blocking(move || {
+            PgBouncer::start(&server, PGBOUNCER_SERVER_CONNECTIONS)
+        })
+        .await??;
+        Some(Arc::new(bouncer))
+    } else {
+        None
+    };
     let target = Target {
         taskflow,
         database_url: args.database_url.clone(),
+        pgbouncer,
         redis_url: redis_cluster
             .as_ref()
             .map_or_else(|| args.redis_url.clone(), RedisCluster::url),

@@ -17,6 +17,7 @@ use crate::config::{
 };
 use crate::job::{JobInput, SubmissionLimits};
 use crate::sandbox::OutboundLimits;
+use crate::store::DatabasePooler;
 
 /// The settings of flags type `T` given no arguments: environment variables
 /// where set, defaults otherwise. For embedders that configure TaskFlow
@@ -37,6 +38,14 @@ pub struct ConnectionFlags {
     #[arg(long, env = "DATABASE_URL", default_value_t = Connections::default().database_url)]
     pub database_url: String,
 
+    /// What DATABASE_URL reaches PostgreSQL through: none (or a session pool), or transaction (a transaction-mode pooler such as PgBouncer).
+    #[arg(long, env = "TASKFLOW_DATABASE_POOLER", default_value_t = Connections::default().database_pooler)]
+    pub database_pooler: DatabasePooler,
+
+    /// A direct (or session-pooled) URL of the same database, for creating it and applying migrations; needed with --database-pooler transaction.
+    #[arg(long, env = "TASKFLOW_DATABASE_MIGRATION_URL")]
+    pub database_migration_url: Option<String>,
+
     /// Most PostgreSQL connections this process opens.
     #[arg(long, env = "TASKFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = Connections::default().database_max_connections)]
     pub database_max_connections: u32,
@@ -54,6 +63,8 @@ impl From<ConnectionFlags> for Connections {
     fn from(flags: ConnectionFlags) -> Self {
         Self {
             database_url: flags.database_url,
+            database_pooler: flags.database_pooler,
+            database_migration_url: flags.database_migration_url,
             database_max_connections: flags.database_max_connections,
             redis_url: flags.redis_url,
             redis_prefix: flags.redis_prefix,

@@ -21,7 +21,7 @@ use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
 use crate::maintenance::{self, CounterFolder, Elector, Pruner, Rescuer, Scheduler};
 use crate::queue::{MalformedSecretKey, SecretKey};
 use crate::sandbox::Compiler;
-use crate::store::Store;
+use crate::store::{DatabasePooler, Store};
 use crate::telemetry::Traces;
 use crate::worker::Worker;
 
@@ -49,6 +49,7 @@ impl Backends {
         let store = Store::connect_lazy(
             &connections.database_url,
             connections.database_max_connections,
+            connections.database_pooler,
         )
         .context("invalid DATABASE_URL")?;
         let redis = Redis::connect_lazy(&connections.redis_url, &connections.redis_prefix)
@@ -64,18 +65,20 @@ impl Backends {
     }
 }
 
-/// Creates the database if it does not exist and applies migrations.
-pub async fn prepare_database(connections: &Connections) -> anyhow::Result<Store> {
-    let url = &connections.database_url;
+/// Creates the database if it does not exist and applies migrations, over
+/// a connection of their own that is closed afterwards.
+pub async fn prepare_database(connections: &Connections) -> anyhow::Result<()> {
+    let url = connections.migration_url()?;
     if Store::create_database_if_missing(url)
         .await
-        .context("cannot reach PostgreSQL (DATABASE_URL) or create its database")?
+        .context("cannot reach PostgreSQL (TASKFLOW_DATABASE_MIGRATION_URL, else DATABASE_URL) or create its database")?
     {
         tracing::info!("created the database");
     }
-    let store = Store::connect_lazy(url, 2)?;
+    let store = Store::connect_lazy(url, 2, DatabasePooler::None)?;
     store.migrate().await.context("cannot apply migrations")?;
-    Ok(store)
+    store.close().await;
+    Ok(())
 }
 
 /// The API's state. Uploads are checked by unoptimised compiles in compiler

@@ -13,6 +13,8 @@ mod worker;
 
 use std::time::Duration;
 
+use crate::store::DatabasePooler;
+
 pub use api::ApiConfig;
 pub use limits::{ApiLimits, ExecutionLimits};
 pub use worker::{CompileConfig, WorkerConfig};
@@ -41,8 +43,23 @@ fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connections {
     /// PostgreSQL connection URL. `taskflow migrate`, `api` and `dev` create
-    /// the database if it is missing and apply migrations.
+    /// the database if it is missing and apply migrations (through
+    /// `database_migration_url` if set).
     pub database_url: String,
+
+    /// What `database_url` reaches PostgreSQL through. Behind a pooler in
+    /// transaction mode (PgBouncer's `pool_mode = transaction`) every
+    /// statement must be sent unnamed inside a transaction, which costs
+    /// round trips; direct connections and session pools need nothing
+    /// (ADR 007, `store/pool.rs`).
+    pub database_pooler: DatabasePooler,
+
+    /// A direct (or session-pooled) URL of the same database for creating
+    /// it and applying migrations, which hold an advisory lock across
+    /// transactions and so cannot go through a transaction-mode pooler.
+    /// Needed where `database_pooler` is `transaction` and the process
+    /// migrates (`taskflow api`, `migrate`, `dev`).
+    pub database_migration_url: Option<String>,
 
     /// Most PostgreSQL connections this process opens. Too low and requests
     /// queue for a connection; too high and PostgreSQL spends memory and
@@ -65,12 +82,27 @@ impl Connections {
             "--database-max-connections must be at least 2".into()
         })
     }
+
+    /// Where to create the database and apply migrations.
+    pub fn migration_url(&self) -> Result<&str, ConfigError> {
+        match (&self.database_migration_url, self.database_pooler) {
+            (Some(url), _) => Ok(url),
+            (None, DatabasePooler::None) => Ok(&self.database_url),
+            (None, DatabasePooler::Transaction) => Err(ConfigError::new(
+                "--database-pooler transaction needs --database-migration-url, a direct or \
+                 session-pooled URL of the same database: migrations hold an advisory lock \
+                 across transactions, which a transaction-mode pooler cannot keep",
+            )),
+        }
+    }
 }
 
 impl Default for Connections {
     fn default() -> Self {
         Self {
             database_url: "postgres://postgres@127.0.0.1:5432/taskflow".to_owned(),
+            database_pooler: DatabasePooler::None,
+            database_migration_url: None,
             database_max_connections: 16,
             redis_url: "redis://127.0.0.1:6379".to_owned(),
             redis_prefix: "taskflow:".to_owned(),

@@ -32,7 +32,7 @@ impl Store {
         super::statement("create_console_session");
         let mut tx = self.pool().begin().await?;
         sqlx::query!("DELETE FROM console_sessions WHERE expires_at < now()")
-            .execute(&mut *tx)
+            .execute(tx.statements())
             .await?;
         sqlx::query!(
             "INSERT INTO console_sessions (id_sha256, token_sha256, csrf_token, expires_at)
@@ -42,7 +42,7 @@ impl Store {
             csrf_token,
             lifetime.as_secs_f64()
         )
-        .execute(&mut *tx)
+        .execute(tx.statements())
         .await?;
         tx.commit().await?;
         Ok(())

@@ -262,7 +262,7 @@ impl Store {
             &requests_dropped,
             &memory as &[Option<i64>]
         )
-        .fetch_all(&mut *connection)
+        .fetch_all(connection.statements())
         .await?;
         Ok(attempts
             .iter()

@@ -165,7 +165,7 @@ impl Store {
             r#"SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1) AS "exists!""#,
             id
         )
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.statements())
         .await?;
         if !exists {
             return Ok(None);
@@ -184,7 +184,7 @@ impl Store {
             after_lease_token,
             limit
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(tx.statements())
         .await?;
         tx.commit().await?;
         Ok(Some(attempts))

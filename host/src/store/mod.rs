@@ -34,6 +34,7 @@ pub mod jobs;
 pub mod leadership;
 pub mod module_names;
 pub mod modules;
+mod pool;
 pub mod prune;
 pub mod queue_stats;
 pub mod queues;
@@ -47,9 +48,9 @@ mod submitter;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres};
+use std::borrow::Cow;
+
+use sqlx::Postgres;
 use uuid::Uuid;
 
 use crate::job::JobState;
@@ -63,6 +64,7 @@ pub use fixtures::FillerJobs;
 pub use jobs::{JobFilter, ModuleJobs};
 pub use module_names::{ModuleDeletion, ModuleInUse, NameMove};
 pub use modules::ModuleRecord;
+pub use pool::DatabasePooler;
 pub use prune::Pruned;
 pub use queues::{QueueGrants, QueueRecord};
 pub use records::{JobDetail, JobRecord};
@@ -198,34 +200,57 @@ pub const LARGE_STATEMENT_BYTES: usize = 4 << 20;
 /// Handle to PostgreSQL. Cheap to clone; clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: PgPool,
+    pool: pool::Pool,
 }
 
 impl Store {
-    /// Connects a pool of at most `max_connections`. Does not wait for
-    /// PostgreSQL to be up: connections are made on first use, so a process
-    /// can start while the database restarts.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> StoreResult<Self> {
-        let pool = pool_options(max_connections).connect_lazy(url)?;
-        Ok(Self { pool })
+    /// Connects a pool of at most `max_connections`, through `pooler`. Does
+    /// not wait for PostgreSQL to be up: connections are made on first use,
+    /// so a process can start while the database restarts.
+    pub fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        pooler: DatabasePooler,
+    ) -> StoreResult<Self> {
+        Ok(Self {
+            pool: pool::Pool::connect_lazy(
+                url.parse()?,
+                max_connections,
+                pooler,
+                Cow::Borrowed("BEGIN"),
+            ),
+        })
     }
 
     /// A store over the PostgreSQL at `url` (a read replica of this one),
     /// with as many connections, for statements that only read. PostgreSQL
     /// ends any statement of it after `statement_timeout`, so a read its
-    /// caller gave up on does not go on running there.
+    /// caller gave up on does not go on running there. Directly, the timeout
+    /// is a startup option of each connection; through a transaction-mode
+    /// pooler, which refuses startup options, a `SET LOCAL` in the
+    /// transaction each statement runs in anyway.
     pub fn replica(&self, url: &str, statement_timeout: Duration) -> StoreResult<Self> {
-        let options = url
-            .parse::<sqlx::postgres::PgConnectOptions>()?
-            .options([("statement_timeout", millis(statement_timeout).to_string())]);
-        let pool =
-            pool_options(self.pool.options().get_max_connections()).connect_lazy_with(options);
-        Ok(Self { pool })
+        let options = url.parse::<sqlx::postgres::PgConnectOptions>()?;
+        let timeout = millis(statement_timeout);
+        let pooler = self.pool.pooler();
+        let (options, begin) = match pooler {
+            DatabasePooler::None => (
+                options.options([("statement_timeout", timeout.to_string())]),
+                Cow::Borrowed("BEGIN"),
+            ),
+            DatabasePooler::Transaction => (
+                options,
+                Cow::Owned(format!("BEGIN; SET LOCAL statement_timeout = {timeout}")),
+            ),
+        };
+        Ok(Self {
+            pool: pool::Pool::connect_lazy(options, self.pool.max_connections(), pooler, begin),
+        })
     }
 
     /// The pool every statement of the store runs on; nothing outside the
     /// store sees it.
-    fn pool(&self) -> &PgPool {
+    fn pool(&self) -> &pool::Pool {
         &self.pool
     }
 
@@ -237,7 +262,7 @@ impl Store {
     /// A pooled connection for a statement whose parameters take `bytes`;
     /// closed after use rather than pooled if that is more than
     /// [`LARGE_STATEMENT_BYTES`].
-    async fn connection_for(&self, bytes: usize) -> StoreResult<PoolConnection<Postgres>> {
+    async fn connection_for(&self, bytes: usize) -> StoreResult<pool::Connection> {
         let mut connection = self.pool.acquire().await?;
         if bytes > LARGE_STATEMENT_BYTES {
             connection.close_on_drop();
@@ -246,9 +271,11 @@ impl Store {
     }
 
     /// Applies pending migrations. Safe to run concurrently from several
-    /// processes: sqlx serialises them with an advisory lock.
+    /// processes: sqlx serialises them with an advisory lock, which is held
+    /// across transactions, so this store must not be behind a
+    /// transaction-mode pooler.
     pub async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(self.pool.sqlx()).await?;
         Ok(())
     }
 
@@ -266,21 +293,10 @@ impl Store {
     /// Whether PostgreSQL answers a trivial query.
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query!("SELECT 1 AS one")
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         Ok(())
     }
-}
-
-/// How every pool of the store is made.
-fn pool_options(max_connections: u32) -> PgPoolOptions {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        // No ping before each use: that is a round trip per statement. A
-        // connection that broke fails its statement, which the callers
-        // retry, and the pool replaces it.
-        .test_before_acquire(false)
 }
 
 /// Counts one store call, by name: operators see the database load per

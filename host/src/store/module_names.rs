@@ -66,7 +66,7 @@ impl Store {
             "SELECT module_hash FROM module_names WHERE name = $1 FOR UPDATE",
             name
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.statements())
         .await?;
         let moved = sqlx::query_as!(
             NameMove,
@@ -84,7 +84,7 @@ impl Store {
             moved_by,
             before
         )
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.statements())
         .await
         .map_err(|error| match &error {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
@@ -165,7 +165,7 @@ impl Store {
             "SELECT 1 AS one FROM modules WHERE hash = $1 FOR UPDATE",
             hash
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.statements())
         .await?
         .is_some();
         if !exists {
@@ -175,7 +175,7 @@ impl Store {
             "SELECT name FROM module_names WHERE module_hash = $1 ORDER BY name",
             hash
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(tx.statements())
         .await?;
         let unfinished_jobs = sqlx::query_scalar!(
             "SELECT id FROM jobs
@@ -183,7 +183,7 @@ impl Store {
              LIMIT 5",
             hash
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(tx.statements())
         .await?;
         if !names.is_empty() || !unfinished_jobs.is_empty() {
             return Ok(ModuleDeletion::InUse(ModuleInUse {
@@ -192,7 +192,7 @@ impl Store {
             }));
         }
         sqlx::query!("DELETE FROM modules WHERE hash = $1", hash)
-            .execute(&mut *tx)
+            .execute(tx.statements())
             .await?;
         tx.commit().await?;
         Ok(ModuleDeletion::Deleted)

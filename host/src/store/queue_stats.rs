@@ -230,16 +230,16 @@ impl Store {
                )
                SELECT count(*) AS "folded!" FROM folded"#
         )
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.statements())
         .await?;
         sqlx::query!("DELETE FROM queue_state_counts WHERE jobs = 0")
-            .execute(&mut *tx)
+            .execute(tx.statements())
             .await?;
         sqlx::query!(
             "DELETE FROM queue_activity WHERE bucket < now() - $1 * interval '1 second'",
             ACTIVITY_KEPT.as_secs() as f64
         )
-        .execute(&mut *tx)
+        .execute(tx.statements())
         .await?;
         tx.commit().await?;
         Ok(folded.unsigned_abs())

@@ -103,7 +103,7 @@ impl Store {
             keep(settings.retention.dead),
             keep(settings.retention.cancelled)
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.statements())
         .await?
         .ok_or_else(|| StoreError::QueueChanged(name.to_owned()))?;
         let kept: Vec<String> = settings.secrets.keys().cloned().collect();
@@ -112,7 +112,7 @@ impl Store {
             name,
             &kept
         )
-        .execute(&mut *tx)
+        .execute(tx.statements())
         .await?;
         for (secret, hosts) in &settings.secrets {
             let hosts = host_texts(hosts);
@@ -132,7 +132,7 @@ impl Store {
                     value.nonce,
                     value.ciphertext
                 )
-                .execute(&mut *tx)
+                .execute(tx.statements())
                 .await?
                 .rows_affected(),
                 None => sqlx::query!(
@@ -142,7 +142,7 @@ impl Store {
                     secret,
                     &hosts
                 )
-                .execute(&mut *tx)
+                .execute(tx.statements())
                 .await?
                 .rows_affected(),
             };

@@ -250,7 +250,7 @@ impl Store {
             while tokio::time::Instant::now() < deadline {
                 sqlx::query("INSERT INTO reference_rows (payload) VALUES ($1)")
                     .bind("x")
-                    .execute(&mut *connection)
+                    .execute(connection.statements())
                     .await?;
                 committed += 1;
             }

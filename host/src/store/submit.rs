@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::pool::Statements;
 use super::records::{JobRecord, job_columns};
 use super::{Store, StoreError, StoreResult};
 use crate::job::{JobState, NewJob, TraceContext};
@@ -90,12 +91,15 @@ impl Store {
             .await?;
         if jobs.len() == 1 {
             return all_or_error(
-                self.insert_jobs_independently(&mut connection, jobs)
+                self.insert_jobs_independently(connection.statements(), jobs)
                     .await?,
             );
         }
-        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-        let submitted = all_or_error(self.insert_jobs_independently(&mut tx, jobs).await?)?;
+        let mut tx = connection.begin().await?;
+        let submitted = all_or_error(
+            self.insert_jobs_independently(tx.statements(), jobs)
+                .await?,
+        )?;
         tx.commit().await?;
         Ok(submitted)
     }
@@ -111,9 +115,9 @@ impl Store {
     /// not inserted, two lookups: the jobs owning their keys, and which of
     /// their modules are unknown. Per job: the inserted job, the existing
     /// one, an idempotency conflict, or an unknown module.
-    pub async fn insert_jobs_independently(
+    pub(crate) async fn insert_jobs_independently(
         &self,
-        connection: &mut sqlx::PgConnection,
+        mut connection: Statements<'_>,
         jobs: &[NewJob],
     ) -> StoreResult<Vec<StoreResult<Submitted>>> {
         super::statement("insert_jobs");
@@ -180,7 +184,7 @@ impl Store {
             &concurrency_keys as &[Option<&str>],
             &traces as &[Option<TraceContext>]
         )
-        .fetch_all(&mut *connection)
+        .fetch_all(connection.reborrow())
         .await;
         let inserted = inserted?;
 
@@ -193,7 +197,7 @@ impl Store {
         // Several jobs of one group may carry the same key (a client retrying
         // concurrently): they all resolve to the one job that owns it.
         let lookups = async {
-            let existing = existing_for_duplicates(connection, &duplicates).await?;
+            let existing = existing_for_duplicates(connection.reborrow(), &duplicates).await?;
             let unknown = unknown_modules(connection, &duplicates).await?;
             StoreResult::Ok((existing, unknown))
         };
@@ -270,7 +274,7 @@ fn all_or_error(results: Vec<StoreResult<Submitted>>) -> StoreResult<Vec<Submitt
 
 /// Which of the modules `jobs` name were never uploaded.
 async fn unknown_modules(
-    connection: &mut sqlx::PgConnection,
+    connection: Statements<'_>,
     jobs: &[&NewJob],
 ) -> StoreResult<std::collections::HashSet<String>> {
     if jobs.is_empty() {
@@ -291,7 +295,7 @@ async fn unknown_modules(
 /// The committed jobs owning the idempotency keys of `duplicates`, with
 /// their fingerprints, by key.
 async fn existing_for_duplicates(
-    connection: &mut sqlx::PgConnection,
+    connection: Statements<'_>,
     duplicates: &[&NewJob],
 ) -> StoreResult<std::collections::HashMap<String, (JobRecord, Option<Vec<u8>>)>> {
     #[derive(sqlx::FromRow)]

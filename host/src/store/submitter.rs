@@ -16,14 +16,12 @@
 //! threads: more than the rest of a request's CPU on some machines
 //! (docs/benchmarks.md, issue 15).
 
-use sqlx::Postgres;
-use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{LARGE_STATEMENT_BYTES, Store, StoreError, StoreResult, Submitted};
+use super::{LARGE_STATEMENT_BYTES, Store, StoreError, StoreResult, Submitted, pool};
 use crate::job::NewJob;
 
 /// Most submissions written by one statement.
@@ -132,7 +130,7 @@ impl Drop for Writing<'_> {
 #[derive(Debug)]
 struct Writer {
     store: Store,
-    connection: Option<PoolConnection<Postgres>>,
+    connection: Option<pool::Connection>,
 }
 
 impl Writer {
@@ -214,7 +212,9 @@ impl Writer {
             Some(connection) => connection,
             empty => empty.insert(self.store.pool.acquire().await?),
         };
-        self.store.insert_jobs_independently(connection, jobs).await
+        self.store
+            .insert_jobs_independently(connection.statements(), jobs)
+            .await
     }
 }
 

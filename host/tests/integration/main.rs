@@ -23,6 +23,7 @@ mod modules_api;
 mod openapi;
 mod outbound;
 mod plugins;
+mod pooler;
 mod queue_limits;
 mod queue_stats;
 mod queues_api;

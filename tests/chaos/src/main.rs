@@ -16,7 +16,10 @@
 //! With `--redis-cluster` Redis is a private Redis Cluster (3 masters, each
 //! with a replica) and its faults are failovers instead: the master of
 //! TaskFlow's slot is killed, its replica takes over, and the old master
-//! rejoins as a replica; twice per round.
+//! rejoins as a replica; twice per round. With `--pgbouncer` the API and
+//! workers reach PostgreSQL through a PgBouncer in transaction mode with
+//! fewer server connections than they have (`--database-pooler
+//! transaction`); the PostgreSQL crash then happens behind it.
 
 mod analysis;
 mod audit;
@@ -40,7 +43,7 @@ use uuid::Uuid;
 use analysis::WorkerFate;
 use audit::analyse;
 use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup};
-use taskflow_testkit::{RedisCluster, free_port};
+use taskflow_testkit::{PgBouncer, RedisCluster, free_port};
 
 /// The prefix of the run's Redis keys.
 const REDIS_PREFIX: &str = "chaos:";
@@ -95,7 +98,15 @@ struct Args {
     /// (see the module docs).
     #[arg(long)]
     redis_cluster: bool,
+    /// Runs the API and workers through a private PgBouncer in transaction
+    /// mode (see the module docs).
+    #[arg(long)]
+    pgbouncer: bool,
 }
+
+/// Server connections the run's PgBouncer keeps: fewer than the API and
+/// workers open, so that they share them.
+const PGBOUNCER_SERVER_CONNECTIONS: u32 = 12;
 
 /// The Redis the run uses, and so the Redis faults it can inject.
 enum RedisUnderTest {
@@ -360,28 +371,52 @@ async fn main() -> anyhow::Result<()> {
         RedisUnderTest::Single(RedisServer::start()?)
     };
     let ttl = Duration::from_millis(args.lease_ttl_ms);
+    let direct_url = pg.url("taskflow");
+    let pgbouncer = args
+        .pgbouncer
+        .then(|| PgBouncer::start(&direct_url, PGBOUNCER_SERVER_CONNECTIONS))
+        .transpose()?;
+    let mut env = match &pgbouncer {
+        Some(_) => vec![
+            (
+                "TASKFLOW_DATABASE_POOLER".to_owned(),
+                "transaction".to_owned(),
+            ),
+            (
+                "TASKFLOW_DATABASE_MIGRATION_URL".to_owned(),
+                direct_url.clone(),
+            ),
+        ],
+        None => Vec::new(),
+    };
     let setup = TaskflowSetup {
         binary,
-        database_url: pg.url("taskflow"),
+        database_url: match &pgbouncer {
+            Some(bouncer) => bouncer.url_for(&direct_url)?,
+            None => direct_url,
+        },
         redis_url: redis.url(),
         dir: dir.clone(),
-        env: vec![
-            (
-                "TASKFLOW_LEASE_TTL".into(),
-                format!("{}ms", args.lease_ttl_ms),
-            ),
-            ("TASKFLOW_MAINTENANCE_INTERVAL".into(), "250ms".into()),
-            ("TASKFLOW_LEADER_TERM".into(), "2s".into()),
-            ("TASKFLOW_POLL_INTERVAL".into(), "500ms".into()),
-            (
-                "TASKFLOW_WORKER_CONCURRENCY".into(),
-                args.concurrency.to_string(),
-            ),
-            ("TASKFLOW_CACHE_DIR".into(), cache_dir.display().to_string()),
-            ("TASKFLOW_BACKOFF_BASE".into(), "200ms".into()),
-            ("TASKFLOW_BACKOFF_MAX".into(), "2s".into()),
-            ("TASKFLOW_REDIS_PREFIX".into(), REDIS_PREFIX.into()),
-        ],
+        env: {
+            env.extend([
+                (
+                    "TASKFLOW_LEASE_TTL".into(),
+                    format!("{}ms", args.lease_ttl_ms),
+                ),
+                ("TASKFLOW_MAINTENANCE_INTERVAL".into(), "250ms".into()),
+                ("TASKFLOW_LEADER_TERM".into(), "2s".into()),
+                ("TASKFLOW_POLL_INTERVAL".into(), "500ms".into()),
+                (
+                    "TASKFLOW_WORKER_CONCURRENCY".into(),
+                    args.concurrency.to_string(),
+                ),
+                ("TASKFLOW_CACHE_DIR".into(), cache_dir.display().to_string()),
+                ("TASKFLOW_BACKOFF_BASE".into(), "200ms".into()),
+                ("TASKFLOW_BACKOFF_MAX".into(), "2s".into()),
+                ("TASKFLOW_REDIS_PREFIX".into(), REDIS_PREFIX.into()),
+            ]);
+            env
+        },
     };
     let api_port = free_port();
     let api = spawn_api(&setup, api_port)?;

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
-use taskflow::store::Store;
+use taskflow::store::{DatabasePooler, Store};
 use uuid::Uuid;
 
 /// A freshly created and migrated database, with a [`Store`] over it.
@@ -25,6 +25,26 @@ pub fn database_url(server_url: &str, name: &str) -> String {
             format!("{}/{name}", &server_url[..slash])
         }
         _ => format!("{server_url}/{name}"),
+    }
+}
+
+/// A table lock held by [`ScratchDatabase::lock_table`].
+#[derive(Debug)]
+pub struct HeldLock {
+    connection: PgConnection,
+}
+
+impl HeldLock {
+    /// Ends the lock's transaction.
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot be reached.
+    pub async fn release(mut self) -> anyhow::Result<()> {
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut self.connection)
+            .await?;
+        Ok(self.connection.close().await?)
     }
 }
 
@@ -57,7 +77,7 @@ impl ScratchDatabase {
             .with_context(|| format!("cannot create database {name}"))?;
         admin.close().await?;
         let url = database_url(server_url, &name);
-        let store = Store::connect_lazy(&url, max_connections)?;
+        let store = Store::connect_lazy(&url, max_connections, DatabasePooler::None)?;
         store.migrate().await?;
         Ok(Self {
             name,
@@ -65,6 +85,24 @@ impl ScratchDatabase {
             url,
             store,
         })
+    }
+
+    /// Takes `table`'s `ACCESS EXCLUSIVE` lock in a transaction of its own
+    /// and holds it until [`HeldLock::release`]: every statement that
+    /// touches the table waits meanwhile, as behind a long migration.
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot be reached or `table` does not exist.
+    pub async fn lock_table(&self, table: &str) -> anyhow::Result<HeldLock> {
+        let mut connection = PgConnection::connect(&self.url).await?;
+        sqlx::raw_sql(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .execute(&mut connection)
+        .await
+        .with_context(|| format!("cannot lock {table}"))?;
+        Ok(HeldLock { connection })
     }
 
     /// Its name.

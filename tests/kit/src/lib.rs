@@ -3,14 +3,16 @@
 //! ([`ScratchDatabase`]), free ports, percentiles, readings of a process's
 //! memory, where the built plugins are, HTTP(S) servers for tasks to call
 //! ([`TestServers`]), a PostgreSQL primary with a streaming replica
-//! ([`ReplicatedPostgres`]), and a Redis Cluster ([`RedisCluster`]).
+//! ([`ReplicatedPostgres`]), a Redis Cluster ([`RedisCluster`]) and a
+//! PgBouncer in transaction mode ([`PgBouncer`]).
 //!
 //! TaskFlow's own statements stay in `taskflow::store`; the only SQL here
-//! creates and drops databases, which is the server's business, not
-//! TaskFlow's.
+//! creates, drops and locks databases and tables, which is the server's
+//! business, not TaskFlow's.
 
 mod database;
 mod http_server;
+mod pgbouncer;
 mod process;
 mod redis_cluster;
 mod replica;
@@ -18,8 +20,9 @@ mod replica;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-pub use database::{ScratchDatabase, database_url};
+pub use database::{HeldLock, ScratchDatabase, database_url};
 pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
+pub use pgbouncer::PgBouncer;
 pub use process::{
     context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes, user_and_system_cpu_micros,
 };
@@ -82,6 +85,13 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("an ephemeral port")
         .port()
+}
+
+/// Whether this process runs as root, where PostgreSQL's programs and
+/// PgBouncer refuse to run.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").is_ok_and(|process| process.uid() == 0)
 }
 
 /// The `p`-th percentile (0-100) of `sorted` (ascending), by nearest rank;

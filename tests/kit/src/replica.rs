@@ -5,7 +5,6 @@
 //! when dropped.
 
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,7 +12,7 @@ use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
-use crate::free_port;
+use crate::{free_port, running_as_root};
 
 /// A primary and its streaming replica, both started.
 #[derive(Debug)]
@@ -303,10 +302,6 @@ fn server_programs() -> anyhow::Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
-}
-
-fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|process| process.uid() == 0)
 }
 
 fn args<'a>(arguments: impl IntoIterator<Item = &'a str>) -> impl Iterator<Item = OsString> {

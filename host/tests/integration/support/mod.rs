@@ -17,7 +17,7 @@ use taskflow::config::{
 };
 use taskflow::job::{Attempt, JobState};
 use taskflow::queue::SecretKey;
-use taskflow::store::Store;
+use taskflow::store::{DatabasePooler, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -29,7 +29,7 @@ mod store;
 pub use processes::{ApiProcess, TcpProxy, WorkerProcess};
 pub use store::{finished, new_job, rescue, store_with_jobs, success};
 pub use taskflow_testkit::{
-    BIG_BODY_BYTES, ScratchDatabase as TestDb, TestServers, plugin_path, redis_url,
+    BIG_BODY_BYTES, PgBouncer, ScratchDatabase as TestDb, TestServers, plugin_path, redis_url,
 };
 
 /// A component built from `plugins/<name>` by `scripts/build-plugins`.
@@ -65,6 +65,10 @@ pub struct TestOptions {
     pub secret_key: Option<SecretKey>,
     /// The Redis (or Redis Cluster) the API and workers use.
     pub redis_url: String,
+    /// A PgBouncer in transaction mode the API and workers reach
+    /// PostgreSQL through (`DatabasePooler::Transaction`); `None` connects
+    /// them directly. The test's own store ([`TestApp::store`]) is direct.
+    pub pgbouncer: Option<Arc<PgBouncer>>,
 }
 
 /// The key tests seal secrets with (base64 of 32 bytes).
@@ -93,6 +97,7 @@ impl Default for TestOptions {
             api_token_sha256: Vec::new(),
             secret_key: Some(SecretKey::parse(TEST_SECRET_KEY).expect("a valid key")),
             redis_url: redis_url(),
+            pgbouncer: None,
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct TestApp {
     /// Every worker started, so that [`TestApp::finish`] stops those still
     /// running before it drops their database.
     workers: std::sync::Mutex<Vec<WorkerTask>>,
+    /// Kept running until the app is dropped.
+    _pgbouncer: Option<Arc<PgBouncer>>,
 }
 
 /// A worker's task, until someone waits for it to end.
@@ -187,8 +194,17 @@ impl TestApp {
         configure: impl FnOnce(&mut ApiConfig),
     ) -> Self {
         let db = test_database().await;
+        let (database_url, database_pooler) = match &options.pgbouncer {
+            Some(bouncer) => (
+                bouncer.url_for(db.url()).expect("a PostgreSQL URL"),
+                DatabasePooler::Transaction,
+            ),
+            None => (db.url().to_owned(), DatabasePooler::None),
+        };
         let connections = Connections {
-            database_url: db.url().to_owned(),
+            database_url,
+            database_pooler,
+            database_migration_url: Some(db.url().to_owned()),
             database_max_connections: 16,
             redis_url: options.redis_url.clone(),
             redis_prefix: format!("tftest:{}:", Uuid::new_v4().simple()),
@@ -229,6 +245,7 @@ impl TestApp {
             shutdown,
             api,
             workers: Default::default(),
+            _pgbouncer: options.pgbouncer,
         }
     }
 
