@@ -9,6 +9,7 @@
 //! the compiler, not TaskFlow.
 
 mod cluster;
+mod fleet;
 mod http;
 mod in_process;
 mod operations;
@@ -107,6 +108,9 @@ pub enum Scenario {
     /// `GET /v1/jobs/{id}?wait=`: a job's finish to the waiting client's
     /// answer, and the API's memory with 1,000 clients waiting.
     LongPoll,
+    /// 100 workers of one slot each drain 20,000 no-op jobs: the
+    /// connections PostgreSQL holds for them (run with --pgbouncer).
+    Fleet,
 }
 
 /// One figure of one run.

@@ -228,6 +228,21 @@ impl Store {
         .ok()
     }
 
+    /// Connections PostgreSQL has open to this store's database (every
+    /// client's, this store's own included), and its `max_connections`:
+    /// what a deployment's connection budget is measured against.
+    pub async fn connections_open(&self) -> StoreResult<(i64, i64)> {
+        super::statement("connections_open");
+        let row = sqlx::query!(
+            r#"SELECT (SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database()) AS "open!",
+                      current_setting('max_connections')::bigint AS "max!""#
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok((row.open, row.max))
+    }
+
     /// The physical reference the benchmark compares rates with
     /// (bench/src/reference.rs): one-row INSERTs into `reference_rows`, a
     /// table made for it, each its own transaction and commit, as pgbench
