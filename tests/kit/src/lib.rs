@@ -3,8 +3,9 @@
 //! ([`ScratchDatabase`]), free ports, percentiles, readings of a process's
 //! memory, where the built plugins are, HTTP(S) servers for tasks to call
 //! ([`TestServers`]), a PostgreSQL primary with a streaming replica
-//! ([`ReplicatedPostgres`]), a Redis Cluster ([`RedisCluster`]) and a
-//! PgBouncer in transaction mode ([`PgBouncer`]).
+//! ([`ReplicatedPostgres`]), a Redis Cluster ([`RedisCluster`]), a
+//! PgBouncer in transaction mode ([`PgBouncer`]) and a network of hosts in
+//! Linux network namespaces ([`Network`]).
 //!
 //! TaskFlow's own statements stay in `taskflow::store`; the only SQL here
 //! creates, drops and locks databases and tables, which is the server's
@@ -12,6 +13,7 @@
 
 mod database;
 mod http_server;
+mod network;
 mod pgbouncer;
 mod process;
 mod redis_cluster;
@@ -22,6 +24,7 @@ use std::path::PathBuf;
 
 pub use database::{HeldLock, ScratchDatabase, database_url};
 pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
+pub use network::{Host, Network, SUBNET};
 pub use pgbouncer::PgBouncer;
 pub use process::{
     context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes, user_and_system_cpu_micros,

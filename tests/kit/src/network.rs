@@ -1,0 +1,279 @@
+//! A private network of Linux network namespaces, one per host of a
+//! multi-host test (issue 16): each host is a namespace with one veth
+//! interface on a bridge that lives in a namespace of its own, so nothing
+//! of the machine's own network is touched. Hosts get addresses in
+//! [`SUBNET`], which exists only on that bridge: no host has a route
+//! anywhere else, so whatever runs inside can only reach addresses the
+//! network made.
+//!
+//! A partition between two hosts ([`Network::cut`]) gives each of them a
+//! static neighbour entry for the other that names a MAC address no host
+//! has: their frames to each other go out, and nobody takes them. Packets
+//! are dropped without an answer both ways, as on a lost link: a new
+//! connection hangs in `SYN_SENT`, an open one retransmits, while either
+//! host still reaches every other (`tc netem` and iptables are not
+//! available on this kind of machine; a blackhole route would fail new
+//! connections at once with `EINVAL`, which no real partition does).
+//!
+//! The namespaces go away when the network is dropped, and also when the
+//! process that made it is killed: a watchdog process in a session of its
+//! own waits for end-of-file on a pipe only the owner holds, then kills
+//! what still runs in the namespaces and deletes them.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use uuid::Uuid;
+
+/// The addresses hosts get: `10.77.0.2` onwards. Every network has its own
+/// bridge, so concurrent networks may use the same subnet.
+pub const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 77, 0, 0), 24);
+
+/// The MAC address a cut host's frames go to. Hosts' interfaces get
+/// `02:77:00:00:00:<last byte of the address>`, and no host's address
+/// ends in 255 (the broadcast address), so none has it.
+const NOBODY: &str = "02:77:00:00:00:ff";
+
+/// Most hosts a network holds (the subnet's size, less the network and
+/// broadcast addresses and `.1`, kept free).
+const MOST_HOSTS: usize = 253;
+
+/// A running network; see the [module docs](self).
+#[derive(Debug)]
+pub struct Network {
+    id: String,
+    hosts: Vec<Host>,
+    /// Closed on drop (or by the kernel when the owner dies), which starts
+    /// the watchdog's cleanup.
+    watchdog_pipe: Option<ChildStdin>,
+    watchdog: Child,
+}
+
+/// One host of a [`Network`].
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// What the test calls it.
+    pub name: String,
+    /// Its network namespace (`ip netns` name).
+    pub namespace: String,
+    /// Its address on the network.
+    pub address: Ipv4Addr,
+}
+
+impl Network {
+    /// Creates a network of the hosts `names`, each in a namespace of its
+    /// own with an address in [`SUBNET`], in the order given.
+    ///
+    /// # Errors
+    ///
+    /// If network namespaces cannot be made here (not root, or no `ip`),
+    /// or a name repeats.
+    pub fn create(names: &[&str]) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=MOST_HOSTS).contains(&names.len()),
+            "a network holds 1 to {MOST_HOSTS} hosts"
+        );
+        let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let hosts: Vec<Host> = names
+            .iter()
+            .zip(2_u8..)
+            .map(|(name, last)| {
+                let [a, b, c, _] = SUBNET.0.octets();
+                Host {
+                    name: (*name).to_owned(),
+                    namespace: format!("tfnet-{id}-{name}"),
+                    address: Ipv4Addr::new(a, b, c, last),
+                }
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        anyhow::ensure!(
+            hosts.iter().all(|host| seen.insert(&host.name)),
+            "host names repeat: {names:?}"
+        );
+        let hub = format!("tfnet-{id}-hub");
+        let mut namespaces: Vec<String> = hosts.iter().map(|h| h.namespace.clone()).collect();
+        namespaces.push(hub.clone());
+        // The watchdog first, so that whatever is made below is removed
+        // however this process ends.
+        let (watchdog, pipe) = spawn_watchdog(&namespaces)?;
+        let network = Self {
+            id,
+            hosts,
+            watchdog_pipe: Some(pipe),
+            watchdog,
+        };
+        network.build(&hub)?;
+        Ok(network)
+    }
+
+    fn build(&self, hub: &str) -> anyhow::Result<()> {
+        ip(["netns", "add", hub])?;
+        ip(["-n", hub, "link", "add", "bridge0", "type", "bridge"])?;
+        ip(["-n", hub, "link", "set", "bridge0", "up"])?;
+        for (index, host) in self.hosts.iter().enumerate() {
+            let namespace = host.namespace.as_str();
+            ip(["netns", "add", namespace])?;
+            // Interface names are at most 15 bytes.
+            let (outer, inner) = (
+                format!("v{}{index}h", self.id),
+                format!("v{}{index}n", self.id),
+            );
+            ip([
+                "link", "add", &outer, "netns", hub, "type", "veth", "peer", "name", &inner,
+                "netns", namespace,
+            ])?;
+            ip(["-n", hub, "link", "set", &outer, "master", "bridge0", "up"])?;
+            ip(["-n", namespace, "link", "set", &inner, "name", "eth0"])?;
+            let mac = format!("02:77:00:00:00:{:02x}", host.address.octets()[3]);
+            ip(["-n", namespace, "link", "set", "eth0", "address", &mac])?;
+            let address = format!("{}/{}", host.address, SUBNET.1);
+            ip(["-n", namespace, "addr", "add", &address, "dev", "eth0"])?;
+            ip(["-n", namespace, "link", "set", "eth0", "up"])?;
+            ip(["-n", namespace, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// The network's id, part of every namespace's name
+    /// (`tfnet-<id>-<host>`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The host named `name`.
+    ///
+    /// # Panics
+    ///
+    /// If the network has no such host (a mistake in the test).
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|host| host.name == name)
+            .unwrap_or_else(|| panic!("no host {name} in this network"))
+    }
+
+    /// `program` to be run on host `name`: `ip netns exec` in its namespace.
+    pub fn command(&self, name: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.host(name).namespace])
+            .arg(program);
+        command
+    }
+
+    /// Cuts hosts `a` and `b` off from each other, both ways, until
+    /// [`Network::heal`]; see the [module docs](self).
+    ///
+    /// # Errors
+    ///
+    /// If a neighbour entry cannot be set.
+    pub fn cut(&self, a: &str, b: &str) -> anyhow::Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            let (from, to) = (self.host(from), self.host(to).address.to_string());
+            ip([
+                "-n",
+                &from.namespace,
+                "neigh",
+                "replace",
+                &to,
+                "lladdr",
+                NOBODY,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Network::cut`]: the hosts learn each other's address again.
+    ///
+    /// # Errors
+    ///
+    /// If `a` and `b` are not cut off from each other.
+    pub fn heal(&self, a: &str, b: &str) -> anyhow::Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            let (from, to) = (self.host(from), self.host(to).address.to_string());
+            ip(["-n", &from.namespace, "neigh", "del", &to, "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
+    /// The network namespaces of this network that exist now.
+    ///
+    /// # Errors
+    ///
+    /// If `ip netns list` fails.
+    pub fn existing_namespaces(id: &str) -> anyhow::Result<Vec<String>> {
+        let output = Command::new("ip").args(["netns", "list"]).output()?;
+        anyhow::ensure!(output.status.success(), "ip netns list failed");
+        let prefix = format!("tfnet-{id}-");
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| name.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        drop(self.watchdog_pipe.take());
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// Starts the watchdog: a shell in a session of its own (so a signal to
+/// the owner's process group spares it) that reads its standard input to
+/// its end, then kills every process left in `namespaces` and deletes
+/// them. It says `ready` first, so nothing is made before it can clean up.
+fn spawn_watchdog(namespaces: &[String]) -> anyhow::Result<(Child, ChildStdin)> {
+    let script = r#"echo ready; cat >/dev/null
+for ns in "$@"; do
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
+  ip netns del "$ns" 2>/dev/null
+done
+true"#;
+    let mut child = Command::new("setsid")
+        .args(["sh", "-c", script, "tfnet-watchdog"])
+        .args(namespaces)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the network's watchdog (setsid, sh)")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("the watchdog's output")?).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        bail!("the network's watchdog did not start");
+    }
+    let pipe = child.stdin.take().context("the watchdog's input")?;
+    Ok((child, pipe))
+}
+
+/// Runs `ip` with `arguments`, failing with its message.
+fn ip<S: AsRef<std::ffi::OsStr>>(arguments: impl IntoIterator<Item = S>) -> anyhow::Result<()> {
+    let arguments: Vec<S> = arguments.into_iter().collect();
+    let output = Command::new("ip")
+        .args(&arguments)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run ip (iproute2)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "ip {} failed: {}",
+        arguments
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}

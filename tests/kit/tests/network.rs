@@ -1,0 +1,128 @@
+//! The multi-host network of tests/kit (`Network`): hosts reach each other
+//! and nothing else, a cut drops the traffic of exactly the pair it names,
+//! and the namespaces go away on drop and when their owner is killed.
+//! Needs root (network namespaces); `scripts/test` skips these by name,
+//! with a notice, where namespaces cannot be made.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use taskflow_testkit::Network;
+
+/// A Redis server of its own on host `name`, listening on its address.
+struct RedisOn(Child);
+
+impl RedisOn {
+    fn start(network: &Network, name: &str) -> Self {
+        let address = network.host(name).address.to_string();
+        let child = network
+            .command(name, "redis-server")
+            .args(["--bind", &address, "--port", "6379", "--save", ""])
+            .args(["--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let redis = Self(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !answers(network, name, name) {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+}
+
+impl Drop for RedisOn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether host `from` gets an answer from the Redis on host `to` within
+/// 2 s.
+fn answers(network: &Network, from: &str, to: &str) -> bool {
+    let address = network.host(to).address.to_string();
+    network
+        .command(from, "timeout")
+        .args(["2", "redis-cli", "-h", &address, "-p", "6379", "ping"])
+        .output()
+        .is_ok_and(|output| output.status.success() && output.stdout.starts_with(b"PONG"))
+}
+
+#[test]
+fn hosts_reach_each_other_and_a_cut_drops_only_the_pair_it_names() {
+    let network = Network::create(&["db", "w1", "w2"]).expect("namespaces can be made");
+    let _redis = RedisOn::start(&network, "db");
+    assert!(answers(&network, "w1", "db"));
+    assert!(answers(&network, "w2", "db"));
+
+    // No host has a route beyond the network's subnet.
+    let routes = Command::new("ip")
+        .args(["-n", &network.host("w1").namespace, "route"])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(!routes.contains("default"), "{routes}");
+
+    network.cut("w1", "db").unwrap();
+    let started = Instant::now();
+    assert!(
+        !answers(&network, "w1", "db"),
+        "w1 reached db through the cut"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "the cut refused the connection instead of dropping it"
+    );
+    assert!(answers(&network, "w2", "db"), "the cut of w1 cut w2 too");
+
+    network.heal("w1", "db").unwrap();
+    assert!(
+        answers(&network, "w1", "db"),
+        "the heal did not reconnect w1"
+    );
+}
+
+#[test]
+fn dropping_the_network_removes_its_namespaces() {
+    let network = Network::create(&["a", "b"]).expect("namespaces can be made");
+    let id = network.id().to_owned();
+    assert_eq!(Network::existing_namespaces(&id).unwrap().len(), 3);
+    drop(network);
+    assert_eq!(
+        Network::existing_namespaces(&id).unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_killed_owner_leaves_no_namespace_behind() {
+    let mut owner = Command::new(env!("CARGO_BIN_EXE_taskflow-network-owner"))
+        .args(["a", "b", "c"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    BufReader::new(owner.stdout.take().unwrap())
+        .read_line(&mut id)
+        .unwrap();
+    let id = id.trim().to_owned();
+    assert_eq!(
+        Network::existing_namespaces(&id).unwrap().len(),
+        4,
+        "{id:?}"
+    );
+
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Network::existing_namespaces(&id).unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "namespaces of a killed owner still exist after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
