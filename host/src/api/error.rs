@@ -179,7 +179,9 @@ impl ApiError {
             ),
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
             | StoreError::Database(sqlx::Error::PoolClosed) => Self::unavailable(error),
-            StoreError::Database(_) | StoreError::Migration(_) => Self::internal(error),
+            StoreError::Database(_) | StoreError::Migration(_) | StoreError::SessionRequired(_) => {
+                Self::internal(error)
+            }
         }
     }
 }

@@ -45,10 +45,9 @@ pub mod stats;
 pub mod submit;
 mod submitter;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::borrow::Cow;
 
 use sqlx::Postgres;
 use uuid::Uuid;
@@ -64,7 +63,7 @@ pub use fixtures::FillerJobs;
 pub use jobs::{JobFilter, ModuleJobs};
 pub use module_names::{ModuleDeletion, ModuleInUse, NameMove};
 pub use modules::ModuleRecord;
-pub use pool::DatabasePooler;
+pub use pool::{DatabasePooler, UnknownPooler};
 pub use prune::Pruned;
 pub use queues::{QueueGrants, QueueRecord};
 pub use records::{JobDetail, JobRecord};
@@ -141,6 +140,10 @@ pub enum StoreError {
     /// A conditional write found the queue changed since it was read.
     #[error("queue {0} changed while this change was made")]
     QueueChanged(String),
+    /// The store is behind a transaction-mode pooler and the operation
+    /// needs a session (a direct or session-pooled connection).
+    #[error("this needs a direct database connection, not a transaction-mode pooler: {0}")]
+    SessionRequired(&'static str),
     /// The group-commit writers stopped (the runtime is shutting down).
     #[error("the submission writer stopped")]
     WriterStopped,
@@ -275,7 +278,13 @@ impl Store {
     /// across transactions, so this store must not be behind a
     /// transaction-mode pooler.
     pub async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(self.pool.sqlx()).await?;
+        let pool = self
+            .pool
+            .with_sessions()
+            .ok_or(StoreError::SessionRequired(
+                "migrations hold an advisory lock across transactions",
+            ))?;
+        MIGRATOR.run(pool).await?;
         Ok(())
     }
 

@@ -51,31 +51,34 @@ pub enum DatabasePooler {
 }
 
 impl DatabasePooler {
-    const NAMES: [(&'static str, DatabasePooler); 2] = [
-        ("none", DatabasePooler::None),
-        ("transaction", DatabasePooler::Transaction),
-    ];
+    /// Its name in settings (`TASKFLOW_DATABASE_POOLER`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabasePooler::None => "none",
+            DatabasePooler::Transaction => "transaction",
+        }
+    }
 }
 
+/// A setting that names no [`DatabasePooler`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a pooler mode: use none or transaction")]
+pub struct UnknownPooler(String);
+
 impl FromStr for DatabasePooler {
-    type Err = String;
+    type Err = UnknownPooler;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::NAMES
-            .iter()
-            .find(|(name, _)| *name == text)
-            .map(|(_, pooler)| *pooler)
-            .ok_or_else(|| format!("{text:?} is not a pooler mode: use none or transaction"))
+        [DatabasePooler::None, DatabasePooler::Transaction]
+            .into_iter()
+            .find(|pooler| pooler.as_str() == text)
+            .ok_or_else(|| UnknownPooler(text.to_owned()))
     }
 }
 
 impl fmt::Display for DatabasePooler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (name, _) = Self::NAMES
-            .iter()
-            .find(|(_, pooler)| pooler == self)
-            .expect("every pooler mode has a name");
-        f.write_str(name)
+        f.write_str(self.as_str())
     }
 }
 
@@ -127,9 +130,10 @@ impl Pool {
         self.pool.options().get_max_connections()
     }
 
-    /// The pool itself, for what needs a session (migrations).
-    pub(crate) fn sqlx(&self) -> &PgPool {
-        &self.pool
+    /// The pool itself, for what needs a session (migrations); `None`
+    /// through a transaction-mode pooler, which keeps none.
+    pub(crate) fn with_sessions(&self) -> Option<&PgPool> {
+        (self.pooler == DatabasePooler::None).then_some(&self.pool)
     }
 
     pub(crate) async fn close(&self) {
@@ -236,6 +240,8 @@ impl Transaction<'_> {
 pub(crate) struct Statements<'c> {
     connection: &'c mut PgConnection,
     pooler: DatabasePooler,
+    /// What opens the transaction of a statement made outside one; unused
+    /// inside one (a [`Transaction`]'s statements).
     begin: &'c str,
 }
 
@@ -257,7 +263,7 @@ type Results<'e> = BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Erro
 fn fetch_many<'e, 'q: 'e, E>(
     connection: &'e mut PgConnection,
     pooler: DatabasePooler,
-    begin: String,
+    begin: &str,
     query: E,
 ) -> Results<'e>
 where
@@ -268,14 +274,17 @@ where
         DatabasePooler::Transaction if connection.is_in_transaction() => {
             connection.fetch_many(Unnamed(query))
         }
-        DatabasePooler::Transaction => async move {
-            let mut tx = connection.begin_with(begin).await?;
-            let results: Vec<_> = tx.fetch_many(Unnamed(query)).try_collect().await?;
-            tx.commit().await?;
-            Ok(futures::stream::iter(results.into_iter().map(Ok)))
+        DatabasePooler::Transaction => {
+            let begin = begin.to_owned();
+            async move {
+                let mut tx = connection.begin_with(begin).await?;
+                let results: Vec<_> = tx.fetch_many(Unnamed(query)).try_collect().await?;
+                tx.commit().await?;
+                Ok(futures::stream::iter(results.into_iter().map(Ok)))
+            }
+            .try_flatten_stream()
+            .boxed()
         }
-        .try_flatten_stream()
-        .boxed(),
     }
 }
 
@@ -283,7 +292,7 @@ where
 fn fetch_optional<'e, 'q: 'e, E>(
     connection: &'e mut PgConnection,
     pooler: DatabasePooler,
-    begin: String,
+    begin: &str,
     query: E,
 ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
 where
@@ -294,13 +303,16 @@ where
         DatabasePooler::Transaction if connection.is_in_transaction() => {
             connection.fetch_optional(Unnamed(query))
         }
-        DatabasePooler::Transaction => async move {
-            let mut tx = connection.begin_with(begin).await?;
-            let row = tx.fetch_optional(Unnamed(query)).await?;
-            tx.commit().await?;
-            Ok(row)
+        DatabasePooler::Transaction => {
+            let begin = begin.to_owned();
+            async move {
+                let mut tx = connection.begin_with(begin).await?;
+                let row = tx.fetch_optional(Unnamed(query)).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+            .boxed()
         }
-        .boxed(),
     }
 }
 
@@ -314,18 +326,15 @@ impl<'p> Executor<'p> for &'p Pool {
     {
         match self.pooler {
             DatabasePooler::None => self.pool.fetch_many(query),
-            DatabasePooler::Transaction => {
-                let begin = self.begin.to_string();
-                async move {
-                    let mut connection = self.pool.acquire().await?;
-                    let results: Vec<_> = fetch_many(&mut connection, self.pooler, begin, query)
-                        .try_collect()
-                        .await?;
-                    Ok(futures::stream::iter(results.into_iter().map(Ok)))
-                }
-                .try_flatten_stream()
-                .boxed()
+            DatabasePooler::Transaction => async move {
+                let mut connection = self.pool.acquire().await?;
+                let results: Vec<_> = fetch_many(&mut connection, self.pooler, &self.begin, query)
+                    .try_collect()
+                    .await?;
+                Ok(futures::stream::iter(results.into_iter().map(Ok)))
             }
+            .try_flatten_stream()
+            .boxed(),
         }
     }
 
@@ -339,14 +348,11 @@ impl<'p> Executor<'p> for &'p Pool {
     {
         match self.pooler {
             DatabasePooler::None => self.pool.fetch_optional(query),
-            DatabasePooler::Transaction => {
-                let begin = self.begin.to_string();
-                async move {
-                    let mut connection = self.pool.acquire().await?;
-                    fetch_optional(&mut connection, self.pooler, begin, query).await
-                }
-                .boxed()
+            DatabasePooler::Transaction => async move {
+                let mut connection = self.pool.acquire().await?;
+                fetch_optional(&mut connection, self.pooler, &self.begin, query).await
             }
+            .boxed(),
         }
     }
 
@@ -358,7 +364,10 @@ impl<'p> Executor<'p> for &'p Pool {
     where
         'p: 'e,
     {
-        self.pool.prepare_with(sql, parameters)
+        match self.pooler {
+            DatabasePooler::None => self.pool.prepare_with(sql, parameters),
+            DatabasePooler::Transaction => named_statement_refused(),
+        }
     }
 
     fn describe<'e, 'q: 'e>(
@@ -368,7 +377,10 @@ impl<'p> Executor<'p> for &'p Pool {
     where
         'p: 'e,
     {
-        self.pool.describe(sql)
+        match self.pooler {
+            DatabasePooler::None => self.pool.describe(sql),
+            DatabasePooler::Transaction => named_statement_refused(),
+        }
     }
 }
 
@@ -380,7 +392,7 @@ impl<'c> Executor<'c> for Statements<'c> {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        fetch_many(self.connection, self.pooler, self.begin.to_owned(), query)
+        fetch_many(self.connection, self.pooler, self.begin, query)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -391,7 +403,7 @@ impl<'c> Executor<'c> for Statements<'c> {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        fetch_optional(self.connection, self.pooler, self.begin.to_owned(), query)
+        fetch_optional(self.connection, self.pooler, self.begin, query)
     }
 
     fn prepare_with<'e, 'q: 'e>(
@@ -402,7 +414,10 @@ impl<'c> Executor<'c> for Statements<'c> {
     where
         'c: 'e,
     {
-        self.connection.prepare_with(sql, parameters)
+        match self.pooler {
+            DatabasePooler::None => self.connection.prepare_with(sql, parameters),
+            DatabasePooler::Transaction => named_statement_refused(),
+        }
     }
 
     fn describe<'e, 'q: 'e>(
@@ -412,8 +427,21 @@ impl<'c> Executor<'c> for Statements<'c> {
     where
         'c: 'e,
     {
-        self.connection.describe(sql)
+        match self.pooler {
+            DatabasePooler::None => self.connection.describe(sql),
+            DatabasePooler::Transaction => named_statement_refused(),
+        }
     }
+}
+
+/// What `prepare` and `describe` answer through a transaction-mode pooler:
+/// sqlx would prepare a named statement that outlives the transaction on
+/// a server connection other clients share. The store calls neither.
+fn named_statement_refused<'e, T: Send + 'e>() -> BoxFuture<'e, Result<T, sqlx::Error>> {
+    futures::future::ready(Err(sqlx::Error::Configuration(
+        "prepared statements cannot be kept through a transaction-mode pooler".into(),
+    )))
+    .boxed()
 }
 
 /// `query`, sent as an unnamed statement: prepared and run in one

@@ -93,6 +93,10 @@ impl Network {
             hosts.iter().all(|host| seen.insert(&host.name)),
             "host names repeat: {names:?}"
         );
+        anyhow::ensure!(
+            !seen.contains(&"hub".to_owned()),
+            "hub names the network's bridge namespace, not a host"
+        );
         let hub = format!("tfnet-{id}-hub");
         let mut namespaces: Vec<String> = hosts.iter().map(|h| h.namespace.clone()).collect();
         namespaces.push(hub.clone());
@@ -131,6 +135,12 @@ impl Network {
             ip(["-n", namespace, "link", "set", "eth0", "address", &mac])?;
             let address = format!("{}/{}", host.address, SUBNET.1);
             ip(["-n", namespace, "addr", "add", &address, "dev", "eth0"])?;
+            // IPv4 only: an IPv6 link-local address would let hosts reach
+            // each other past a cut, which only sets IPv4 neighbours.
+            for scope in ["all", "default"] {
+                let setting = format!("net.ipv6.conf.{scope}.disable_ipv6=1");
+                ip(["netns", "exec", namespace, "sysctl", "-qw", &setting])?;
+            }
             ip(["-n", namespace, "link", "set", "eth0", "up"])?;
             ip(["-n", namespace, "link", "set", "lo", "up"])?;
         }
@@ -170,6 +180,10 @@ impl Network {
     /// # Errors
     ///
     /// If a neighbour entry cannot be set.
+    ///
+    /// # Panics
+    ///
+    /// If the network has no such host (a mistake in the test).
     pub fn cut(&self, a: &str, b: &str) -> anyhow::Result<()> {
         for (from, to) in [(a, b), (b, a)] {
             let (from, to) = (self.host(from), self.host(to).address.to_string());
@@ -190,11 +204,16 @@ impl Network {
         Ok(())
     }
 
-    /// Undoes [`Network::cut`]: the hosts learn each other's address again.
+    /// Undoes [`Network::cut`]: the hosts learn each other's address again
+    /// (for a pair that was not cut, they forget and relearn it).
     ///
     /// # Errors
     ///
-    /// If `a` and `b` are not cut off from each other.
+    /// If either host has no neighbour entry for the other.
+    ///
+    /// # Panics
+    ///
+    /// If the network has no such host (a mistake in the test).
     pub fn heal(&self, a: &str, b: &str) -> anyhow::Result<()> {
         for (from, to) in [(a, b), (b, a)] {
             let (from, to) = (self.host(from), self.host(to).address.to_string());
@@ -233,9 +252,16 @@ impl Drop for Network {
 /// its end, then kills every process left in `namespaces` and deletes
 /// them. It says `ready` first, so nothing is made before it can clean up.
 fn spawn_watchdog(namespaces: &[String]) -> anyhow::Result<(Child, ChildStdin)> {
-    let script = r#"echo ready; cat >/dev/null
+    // Killed until none is left, as a process may fork meanwhile; its
+    // output goes nowhere once `ready` is said, since the owner that read
+    // it may be gone.
+    let script = r#"echo ready; exec >/dev/null; cat
 for ns in "$@"; do
-  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    pids=$(ip netns pids "$ns" 2>/dev/null)
+    [ -z "$pids" ] && break
+    kill -9 $pids 2>/dev/null; sleep 0.1
+  done
   ip netns del "$ns" 2>/dev/null
 done
 true"#;

@@ -48,6 +48,7 @@ impl PgBouncer {
              auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
              default_pool_size = {server_connections}\nmax_client_conn = 2000\n\
              ignore_startup_parameters = extra_float_digits\n\
+             idle_transaction_timeout = 60\n\
              logfile = {log}\nlog_connections = 0\nlog_disconnections = 0\n",
             host = server.get_host(),
             server_port = server.get_port(),

@@ -10,34 +10,24 @@ use std::time::{Duration, Instant};
 
 use taskflow_testkit::Network;
 
-/// A Redis server of its own on host `name`, listening on its address.
-struct RedisOn(Child);
-
-impl RedisOn {
-    fn start(network: &Network, name: &str) -> Self {
-        let address = network.host(name).address.to_string();
-        let child = network
-            .command(name, "redis-server")
-            .args(["--bind", &address, "--port", "6379", "--save", ""])
-            .args(["--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        let redis = Self(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !answers(network, name, name) {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
+/// Starts a Redis server of its own on host `name`, listening on its
+/// address, killed when the result is dropped.
+fn start_redis_on(network: &Network, name: &str) -> KilledOnDrop {
+    let address = network.host(name).address.to_string();
+    let child = network
+        .command(name, "redis-server")
+        .args(["--bind", &address, "--port", "6379", "--save", ""])
+        .args(["--protected-mode", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server runs");
+    let redis = KilledOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !answers(network, name, name) {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-impl Drop for RedisOn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    redis
 }
 
 /// Whether host `from` gets an answer from the Redis on host `to` within
@@ -54,7 +44,7 @@ fn answers(network: &Network, from: &str, to: &str) -> bool {
 #[test]
 fn hosts_reach_each_other_and_a_cut_drops_only_the_pair_it_names() {
     let network = Network::create(&["db", "w1", "w2"]).expect("namespaces can be made");
-    let _redis = RedisOn::start(&network, "db");
+    let _redis = start_redis_on(&network, "db");
     assert!(answers(&network, "w1", "db"));
     assert!(answers(&network, "w2", "db"));
 
@@ -65,6 +55,12 @@ fn hosts_reach_each_other_and_a_cut_drops_only_the_pair_it_names() {
         .unwrap();
     let routes = String::from_utf8_lossy(&routes.stdout);
     assert!(!routes.contains("default"), "{routes}");
+    // Nor an IPv6 address, by which a cut host would still be reached.
+    let addresses = Command::new("ip")
+        .args(["-n", &network.host("w1").namespace, "-6", "addr"])
+        .output()
+        .unwrap();
+    assert!(addresses.stdout.is_empty(), "{addresses:?}");
 
     network.cut("w1", "db").unwrap();
     let started = Instant::now();
@@ -97,15 +93,28 @@ fn dropping_the_network_removes_its_namespaces() {
     );
 }
 
+/// A child process killed when dropped, so a failed assertion does not
+/// leave it (and its network) behind.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_killed_owner_leaves_no_namespace_behind() {
-    let mut owner = Command::new(env!("CARGO_BIN_EXE_taskflow-network-owner"))
-        .args(["a", "b", "c"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut owner = KilledOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_taskflow-network-owner"))
+            .args(["a", "b", "c"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut id = String::new();
-    BufReader::new(owner.stdout.take().unwrap())
+    BufReader::new(owner.0.stdout.take().unwrap())
         .read_line(&mut id)
         .unwrap();
     let id = id.trim().to_owned();
@@ -115,8 +124,7 @@ fn a_killed_owner_leaves_no_namespace_behind() {
         "{id:?}"
     );
 
-    owner.kill().unwrap();
-    owner.wait().unwrap();
+    drop(owner);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Network::existing_namespaces(&id).unwrap().is_empty() {
         assert!(
