@@ -166,3 +166,38 @@ impl Default for LeaseConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_pooler_needs_a_migration_url_and_a_direct_url_does_not() {
+        let direct = Connections::default();
+        assert_eq!(direct.migration_url().unwrap(), direct.database_url);
+
+        let pooled = Connections {
+            database_pooler: DatabasePooler::Transaction,
+            ..Connections::default()
+        };
+        assert!(pooled.migration_url().is_err());
+
+        let session = "postgres://postgres@db:5432/taskflow".to_owned();
+        let migrating = Connections {
+            database_migration_url: Some(session.clone()),
+            ..pooled
+        };
+        assert_eq!(migrating.migration_url().unwrap(), session);
+    }
+
+    #[test]
+    fn pooler_modes_parse_from_their_names_and_nothing_else() {
+        for pooler in [DatabasePooler::None, DatabasePooler::Transaction] {
+            assert_eq!(
+                pooler.to_string().parse::<DatabasePooler>().unwrap(),
+                pooler
+            );
+        }
+        assert!("session".parse::<DatabasePooler>().is_err());
+    }
+}

@@ -364,10 +364,7 @@ impl<'p> Executor<'p> for &'p Pool {
     where
         'p: 'e,
     {
-        match self.pooler {
-            DatabasePooler::None => self.pool.prepare_with(sql, parameters),
-            DatabasePooler::Transaction => named_statement_refused(),
-        }
+        prepare_with(&self.pool, self.pooler, sql, parameters)
     }
 
     fn describe<'e, 'q: 'e>(
@@ -377,10 +374,7 @@ impl<'p> Executor<'p> for &'p Pool {
     where
         'p: 'e,
     {
-        match self.pooler {
-            DatabasePooler::None => self.pool.describe(sql),
-            DatabasePooler::Transaction => named_statement_refused(),
-        }
+        describe(&self.pool, self.pooler, sql)
     }
 }
 
@@ -414,10 +408,7 @@ impl<'c> Executor<'c> for Statements<'c> {
     where
         'c: 'e,
     {
-        match self.pooler {
-            DatabasePooler::None => self.connection.prepare_with(sql, parameters),
-            DatabasePooler::Transaction => named_statement_refused(),
-        }
+        prepare_with(self.connection, self.pooler, sql, parameters)
     }
 
     fn describe<'e, 'q: 'e>(
@@ -427,10 +418,34 @@ impl<'c> Executor<'c> for Statements<'c> {
     where
         'c: 'e,
     {
-        match self.pooler {
-            DatabasePooler::None => self.connection.describe(sql),
-            DatabasePooler::Transaction => named_statement_refused(),
-        }
+        describe(self.connection, self.pooler, sql)
+    }
+}
+
+/// `inner`'s prepared statement for `sql`; refused through a
+/// transaction-mode pooler ([`named_statement_refused`]).
+fn prepare_with<'e, 'q: 'e, X: Executor<'e, Database = Postgres>>(
+    inner: X,
+    pooler: DatabasePooler,
+    sql: &'q str,
+    parameters: &'e [PgTypeInfo],
+) -> BoxFuture<'e, Result<PgStatement<'q>, sqlx::Error>> {
+    match pooler {
+        DatabasePooler::None => inner.prepare_with(sql, parameters),
+        DatabasePooler::Transaction => named_statement_refused(),
+    }
+}
+
+/// `inner`'s description of `sql`; refused through a transaction-mode
+/// pooler, as describing prepares.
+fn describe<'e, 'q: 'e, X: Executor<'e, Database = Postgres>>(
+    inner: X,
+    pooler: DatabasePooler,
+    sql: &'q str,
+) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>> {
+    match pooler {
+        DatabasePooler::None => inner.describe(sql),
+        DatabasePooler::Transaction => named_statement_refused(),
     }
 }
 

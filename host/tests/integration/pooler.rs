@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::job::JobState;
-use taskflow::store::{DatabasePooler, JobFilter, Store};
+use taskflow::store::{DatabasePooler, JobFilter, Store, StoreError};
 use taskflow_testkit::PgBouncer;
 
 use crate::support::{TestApp, TestOptions, failing_every_attempt, new_job, test_database};
@@ -89,6 +89,11 @@ async fn every_kind_of_store_call_works_through_a_transaction_mode_pgbouncer() {
     let url = bouncer.url_for(db.url()).unwrap();
 
     let pooled = Store::connect_lazy(&url, 16, DatabasePooler::Transaction).unwrap();
+    // Migrations hold a session's advisory lock: never through the pooler.
+    assert!(matches!(
+        pooled.migrate().await,
+        Err(StoreError::SessionRequired(_))
+    ));
     let errors = every_kind_of_call(&pooled, &module).await;
     assert!(
         errors.is_empty(),
