@@ -288,32 +288,15 @@ where
     }
 }
 
-/// The first row of `query` on `connection`, sent as [`fetch_many`] sends it.
-fn fetch_optional<'e, 'q: 'e, E>(
-    connection: &'e mut PgConnection,
-    pooler: DatabasePooler,
-    begin: &str,
-    query: E,
-) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
-where
-    E: 'q + Execute<'q, Postgres>,
-{
-    match pooler {
-        DatabasePooler::None => connection.fetch_optional(query),
-        DatabasePooler::Transaction if connection.is_in_transaction() => {
-            connection.fetch_optional(Unnamed(query))
-        }
-        DatabasePooler::Transaction => {
-            let begin = begin.to_owned();
-            async move {
-                let mut tx = connection.begin_with(begin).await?;
-                let row = tx.fetch_optional(Unnamed(query)).await?;
-                tx.commit().await?;
-                Ok(row)
-            }
-            .boxed()
-        }
-    }
+/// The first row of `results`, read to their end as sqlx's own
+/// `fetch_optional` does: an error after the first row (a deferred
+/// constraint) still fails the statement.
+fn first_row(results: Results<'_>) -> BoxFuture<'_, Result<Option<PgRow>, sqlx::Error>> {
+    results
+        .try_filter_map(|result| futures::future::ok(result.right()))
+        .try_collect::<Vec<_>>()
+        .map_ok(|rows| rows.into_iter().next())
+        .boxed()
 }
 
 impl<'p> Executor<'p> for &'p Pool {
@@ -346,14 +329,7 @@ impl<'p> Executor<'p> for &'p Pool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        match self.pooler {
-            DatabasePooler::None => self.pool.fetch_optional(query),
-            DatabasePooler::Transaction => async move {
-                let mut connection = self.pool.acquire().await?;
-                fetch_optional(&mut connection, self.pooler, &self.begin, query).await
-            }
-            .boxed(),
-        }
+        first_row(self.fetch_many(query))
     }
 
     fn prepare_with<'e, 'q: 'e>(
@@ -397,7 +373,7 @@ impl<'c> Executor<'c> for Statements<'c> {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        fetch_optional(self.connection, self.pooler, self.begin, query)
+        first_row(self.fetch_many(query))
     }
 
     fn prepare_with<'e, 'q: 'e>(
