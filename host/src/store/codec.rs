@@ -40,6 +40,9 @@ macro_rules! stored_as_enum {
     };
 }
 
+// Each type here is also looked up up front on connections through a
+// transaction-mode pooler (`prime_type_caches` in store/pool.rs, ADR 007);
+// a new one must be added there.
 stored_as_enum!(JobState, "job_state", "_job_state");
 stored_as_enum!(AttemptOutcome, "attempt_outcome", "_attempt_outcome");
 
