@@ -110,13 +110,11 @@ impl Deployment {
 
     fn spawn(&self, role: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
         let mut command = Command::new(&self.target.taskflow);
-        match &self.target.pgbouncer {
-            Some(bouncer) => command
-                .env("DATABASE_URL", bouncer.url_for(self.database.url())?)
-                .env("TASKFLOW_DATABASE_POOLER", "transaction")
-                .env("TASKFLOW_DATABASE_MIGRATION_URL", self.database.url()),
-            None => command.env("DATABASE_URL", self.database.url()),
+        let database_env = match &self.target.pgbouncer {
+            Some(bouncer) => bouncer.taskflow_env(self.database.url())?.to_vec(),
+            None => vec![("DATABASE_URL", self.database.url().to_owned())],
         };
+        command.envs(database_env);
         command
             .arg(role)
             .env("REDIS_URL", &self.target.redis_url)

@@ -210,13 +210,7 @@ async fn a_redis_cluster_failover_shorter_than_a_lease_costs_no_attempt() {
     assert_eq!(status, 200, "{ready}");
     // A job submitted now starts on its wake-up, and its waiting client
     // hears of its end.
-    let job = app.submit(&module, json!({"mode": "succeed"})).await;
-    let job = app
-        .client
-        .wait(job.id, Duration::from_secs(20))
-        .await
-        .expect("woken after the failover, not polled");
-    assert_state(&job, JobState::Succeeded);
+    succeeds_on_its_wake_up(&app, &module, "woken after the failover, not polled").await;
 
     // The old master comes back as a replica and takes over again
     // gracefully (`CLUSTER FAILOVER`): its successor stays up and drops
@@ -227,14 +221,25 @@ async fn a_redis_cluster_failover_shorter_than_a_lease_costs_no_attempt() {
         cluster.fail_over_gracefully(&app.redis_key("epoch"))
     })
     .expect("a graceful failover");
-    let job = app.submit(&module, json!({"mode": "succeed"})).await;
+    succeeds_on_its_wake_up(
+        &app,
+        &module,
+        "woken after the graceful failover, not polled",
+    )
+    .await;
+    app.finish().await;
+}
+
+/// Submits a job of `module` and waits up to 20 s for it to succeed: with
+/// an hour-long poll interval, only a wake-up starts it in time.
+async fn succeeds_on_its_wake_up(app: &TestApp, module: &str, expectation: &str) {
+    let job = app.submit(module, json!({"mode": "succeed"})).await;
     let job = app
         .client
         .wait(job.id, Duration::from_secs(20))
         .await
-        .expect("woken after the graceful failover, not polled");
+        .expect(expectation);
     assert_state(&job, JobState::Succeeded);
-    app.finish().await;
 }
 
 /// A dead replica holds none of TaskFlow's keys: the API stays ready and

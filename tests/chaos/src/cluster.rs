@@ -274,9 +274,10 @@ pub struct Taskflow {
 #[derive(Clone)]
 pub struct TaskflowSetup {
     pub binary: PathBuf,
-    pub database_url: String,
     pub redis_url: String,
     pub dir: PathBuf,
+    /// Every setting but Redis's, `DATABASE_URL` included (through a
+    /// PgBouncer with `--pgbouncer`).
     pub env: Vec<(String, String)>,
 }
 
@@ -292,7 +293,6 @@ impl TaskflowSetup {
         let mut command = Command::new(&self.binary);
         command
             .arg(role)
-            .env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", &self.redis_url)
             .env("TASKFLOW_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,taskflow::attempt=debug")

@@ -376,25 +376,16 @@ async fn main() -> anyhow::Result<()> {
         .pgbouncer
         .then(|| PgBouncer::start(&direct_url, PGBOUNCER_SERVER_CONNECTIONS))
         .transpose()?;
-    let mut env = match &pgbouncer {
-        Some(_) => vec![
-            (
-                "TASKFLOW_DATABASE_POOLER".to_owned(),
-                "transaction".to_owned(),
-            ),
-            (
-                "TASKFLOW_DATABASE_MIGRATION_URL".to_owned(),
-                direct_url.clone(),
-            ),
-        ],
-        None => Vec::new(),
+    let database_env = match &pgbouncer {
+        Some(bouncer) => bouncer.taskflow_env(&direct_url)?.to_vec(),
+        None => vec![("DATABASE_URL", direct_url)],
     };
+    let mut env: Vec<(String, String)> = database_env
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
     let setup = TaskflowSetup {
         binary,
-        database_url: match &pgbouncer {
-            Some(bouncer) => bouncer.url_for(&direct_url)?,
-            None => direct_url,
-        },
         redis_url: redis.url(),
         dir: dir.clone(),
         env: {

@@ -101,6 +101,22 @@ impl PgBouncer {
         ))
     }
 
+    /// The environment of a `taskflow` process that reaches
+    /// `database_url`'s database through this PgBouncer: `DATABASE_URL`
+    /// through it, the pooler mode, and `database_url` itself for
+    /// migrations, which need a session (ADR 007).
+    ///
+    /// # Errors
+    ///
+    /// If `database_url` is not a PostgreSQL URL.
+    pub fn taskflow_env(&self, database_url: &str) -> anyhow::Result<[(&'static str, String); 3]> {
+        Ok([
+            ("DATABASE_URL", self.url_for(database_url)?),
+            ("TASKFLOW_DATABASE_POOLER", "transaction".to_owned()),
+            ("TASKFLOW_DATABASE_MIGRATION_URL", database_url.to_owned()),
+        ])
+    }
+
     fn until_listening(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
