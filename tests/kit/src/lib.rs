@@ -4,17 +4,21 @@
 //! memory, where the built plugins are, HTTP(S) servers for tasks to call
 //! ([`TestServers`]), a PostgreSQL primary with a streaming replica
 //! ([`ReplicatedPostgres`]), a Redis Cluster ([`RedisCluster`]), a
-//! PgBouncer in transaction mode ([`PgBouncer`]) and a network of hosts in
-//! Linux network namespaces ([`Network`]).
+//! PgBouncer in transaction mode ([`PgBouncer`]), a PostgreSQL and a Redis
+//! to crash ([`PrivatePostgres`], [`PrivateRedis`]), and a network of hosts
+//! in Linux network namespaces ([`Network`]) with links of a given latency
+//! ([`DelayProxy`]).
 //!
 //! TaskFlow's own statements stay in `taskflow::store`; the only SQL here
 //! creates, drops and locks databases and tables, which is the server's
 //! business, not TaskFlow's.
 
 mod database;
+mod delay_proxy;
 mod http_server;
 mod network;
 mod pgbouncer;
+mod private_servers;
 mod process;
 mod redis_cluster;
 mod replica;
@@ -23,9 +27,11 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 
 pub use database::{HeldLock, ScratchDatabase, database_url};
+pub use delay_proxy::{DelayProxy, delay_proxy_program};
 pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
-pub use network::{Host, Network, SUBNET};
+pub use network::{Host, Network, Place, SUBNET};
 pub use pgbouncer::PgBouncer;
+pub use private_servers::{PrivatePostgres, PrivateRedis};
 pub use process::{
     context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes, user_and_system_cpu_micros,
 };
@@ -88,6 +94,21 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("an ephemeral port")
         .port()
+}
+
+/// Where `initdb`, `pg_ctl` and `pg_basebackup` are: `pg_config --bindir`.
+fn server_programs() -> anyhow::Result<PathBuf> {
+    let output = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .map_err(|error| anyhow::anyhow!("pg_config is not installed: {error}"))?;
+    let bin = PathBuf::from(String::from_utf8(output.stdout)?.trim());
+    anyhow::ensure!(
+        bin.join("initdb").exists(),
+        "PostgreSQL's server programs are not in {}",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 /// Whether this process runs as root, where PostgreSQL's programs and

@@ -15,11 +15,16 @@
 //! available on this kind of machine; a blackhole route would fail new
 //! connections at once with `EINVAL`, which no real partition does).
 //!
+//! A process joins a host by [`Host::command`] (`ip netns exec`); a test
+//! program joins one itself, client and all, by [`Network::enter`]. Servers
+//! that tests start on a host or on loopback alike take a [`Place`].
+//!
 //! The namespaces go away when the network is dropped, and also when the
 //! process that made it is killed: a watchdog process in a session of its
 //! own waits for end-of-file on a pipe only the owner holds, then kills
 //! what still runs in the namespaces and deletes them.
 
+use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -60,6 +65,48 @@ pub struct Host {
     pub namespace: String,
     /// Its address on the network.
     pub address: Ipv4Addr,
+}
+
+impl Host {
+    /// `program` to be run on this host: `ip netns exec` in its namespace.
+    /// `ip` execs `program` in its own place, so the child's pid is the
+    /// program's.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.namespace])
+            .arg(program);
+        command
+    }
+}
+
+/// Where a test starts a server or a process: on this machine's loopback,
+/// or on a host of a [`Network`].
+#[derive(Debug, Clone, Default)]
+pub enum Place {
+    /// This machine, on `127.0.0.1`.
+    #[default]
+    Loopback,
+    /// A host of a network, on its address.
+    On(Host),
+}
+
+impl Place {
+    /// The address a server here listens on and is reached at.
+    pub fn address(&self) -> Ipv4Addr {
+        match self {
+            Self::Loopback => Ipv4Addr::LOCALHOST,
+            Self::On(host) => host.address,
+        }
+    }
+
+    /// `program` to be run here.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        match self {
+            Self::Loopback => Command::new(program),
+            Self::On(host) => host.command(program),
+        }
+    }
 }
 
 impl Network {
@@ -165,13 +212,44 @@ impl Network {
             .unwrap_or_else(|| panic!("no host {name} in this network"))
     }
 
-    /// `program` to be run on host `name`: `ip netns exec` in its namespace.
-    pub fn command(&self, name: &str, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.host(name).namespace])
-            .arg(program);
-        command
+    /// `program` to be run on host `name` ([`Host::command`]).
+    ///
+    /// # Panics
+    ///
+    /// If the network has no such host (a mistake in the test).
+    pub fn command(&self, name: &str, program: impl AsRef<OsStr>) -> Command {
+        self.host(name).command(program)
+    }
+
+    /// Host `name` as a [`Place`].
+    ///
+    /// # Panics
+    ///
+    /// If the network has no such host (a mistake in the test).
+    pub fn place(&self, name: &str) -> Place {
+        Place::On(self.host(name).clone())
+    }
+
+    /// Moves the calling thread onto host `name` (`setns(2)`): the sockets
+    /// it opens from now on, and the threads and processes it starts, are
+    /// on that host's network. Called before a program starts its other
+    /// threads (its async runtime, say), it moves the whole program, which
+    /// then reaches every host as that host's neighbours do; threads that
+    /// already run stay where they were.
+    ///
+    /// # Errors
+    ///
+    /// If the namespace cannot be opened or joined (not root).
+    ///
+    /// # Panics
+    ///
+    /// If the network has no such host (a mistake in the test).
+    pub fn enter(&self, name: &str) -> anyhow::Result<()> {
+        let path = format!("/var/run/netns/{}", self.host(name).namespace);
+        let namespace =
+            std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+        nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("cannot join {path}"))
     }
 
     /// Cuts hosts `a` and `b` off from each other, both ways, until
@@ -251,14 +329,19 @@ impl Drop for Network {
 /// the owner's process group spares it) that reads its standard input to
 /// its end, then kills every process left in `namespaces` and deletes
 /// them. It says `ready` first, so nothing is made before it can clean up.
+///
+/// The owner itself is spared: it is in one of the namespaces if it
+/// entered a host ([`Network::enter`]), and drops the network while it
+/// still has work to do (report an error, say).
 fn spawn_watchdog(namespaces: &[String]) -> anyhow::Result<(Child, ChildStdin)> {
     // Killed until none is left, as a process may fork meanwhile; its
     // output goes nowhere once `ready` is said, since the owner that read
     // it may be gone.
     let script = r#"echo ready; exec >/dev/null; cat
+owner=$1; shift
 for ns in "$@"; do
   for _ in 1 2 3 4 5 6 7 8 9 10; do
-    pids=$(ip netns pids "$ns" 2>/dev/null)
+    pids=$(ip netns pids "$ns" 2>/dev/null | grep -vx "$owner")
     [ -z "$pids" ] && break
     kill -9 $pids 2>/dev/null; sleep 0.1
   done
@@ -267,6 +350,7 @@ done
 true"#;
     let mut child = Command::new("setsid")
         .args(["sh", "-c", script, "tfnet-watchdog"])
+        .arg(std::process::id().to_string())
         .args(namespaces)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

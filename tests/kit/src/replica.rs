@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
-use crate::{free_port, running_as_root};
+use crate::{free_port, running_as_root, server_programs};
 
 /// A primary and its streaming replica, both started.
 #[derive(Debug)]
@@ -287,21 +287,6 @@ impl Drop for ReplicatedPostgres {
         self.stop("primary");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Where `initdb`, `pg_ctl` and `pg_basebackup` are: `pg_config --bindir`.
-fn server_programs() -> anyhow::Result<PathBuf> {
-    let output = Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .context("pg_config is not installed")?;
-    let bin = PathBuf::from(String::from_utf8(output.stdout)?.trim());
-    anyhow::ensure!(
-        bin.join("initdb").exists(),
-        "PostgreSQL's server programs are not in {}",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 fn args<'a>(arguments: impl IntoIterator<Item = &'a str>) -> impl Iterator<Item = OsString> {

@@ -1,6 +1,8 @@
 //! The multi-host network of tests/kit (`Network`): hosts reach each other
 //! and nothing else, a cut drops the traffic of exactly the pair it names,
-//! and the namespaces go away on drop and when their owner is killed.
+//! a program that enters a host works from there with servers started at
+//! other hosts, a delayed link between hosts delays, and the namespaces go
+//! away on drop and when their owner is killed.
 //! Needs root (network namespaces); `scripts/test` skips these by name,
 //! with a notice, where namespaces cannot be made.
 
@@ -8,7 +10,10 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use taskflow_testkit::Network;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddrV4, TcpStream};
+
+use taskflow_testkit::{DelayProxy, Network, PrivateRedis};
 
 /// Starts a Redis server of its own on host `name`, listening on its
 /// address, killed when the result is dropped.
@@ -79,6 +84,55 @@ fn hosts_reach_each_other_and_a_cut_drops_only_the_pair_it_names() {
         answers(&network, "w1", "db"),
         "the heal did not reconnect w1"
     );
+}
+
+/// The time a `PING` to the Redis at `address` takes to be answered.
+fn ping(address: SocketAddrV4) -> std::io::Result<Duration> {
+    let mut stream = TcpStream::connect_timeout(&address.into(), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let started = Instant::now();
+    stream.write_all(b"PING\r\n")?;
+    let mut answer = [0; 7];
+    stream.read_exact(&mut answer)?;
+    assert_eq!(&answer, b"+PONG\r\n");
+    Ok(started.elapsed())
+}
+
+#[test]
+fn a_program_on_a_host_reaches_servers_on_others_directly_and_through_a_delayed_link() {
+    let network = Network::create(&["client", "redis"]).expect("namespaces can be made");
+    // On a thread of its own, as this test's process is shared with others
+    // under `cargo test`: entering moves only the calling thread.
+    thread_on(&network, "client", |network| {
+        // The machine's own Redis is on another network now.
+        assert!(ping("127.0.0.1:6379".parse().unwrap()).is_err());
+        let redis = PrivateRedis::start(network.place("redis")).expect("redis starts on its host");
+        assert_eq!(redis.address().ip(), &network.host("redis").address);
+        let direct = ping(redis.address()).expect("the client reaches the redis host");
+
+        let one_way = Duration::from_millis(10);
+        let listen = SocketAddrV4::new(network.host("redis").address, 16_379);
+        let link = DelayProxy::start(&network.place("redis"), listen, redis.address(), one_way)
+            .expect("the proxy starts on the redis host");
+        let delayed = ping(link.address()).expect("the client reaches redis through the link");
+        assert!(
+            delayed >= 2 * one_way,
+            "through the link {delayed:?}, directly {direct:?}"
+        );
+    });
+}
+
+/// Runs `work` on a thread that has entered host `name` of `network`.
+fn thread_on(network: &Network, name: &str, work: impl FnOnce(&Network) + Send) {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                network.enter(name).expect("the thread enters the host");
+                work(network);
+            })
+            .join()
+            .expect("the work on the host succeeds");
+    });
 }
 
 #[test]
