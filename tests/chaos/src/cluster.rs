@@ -1,201 +1,16 @@
-//! The processes under test, each a real OS process the suite can kill,
-//! pause and restart: a private PostgreSQL cluster, a private Redis, the
-//! TaskFlow API and workers.
+//! The TaskFlow processes under test, each a real OS process the suite can
+//! kill, pause and restart, and the link through which a worker on
+//! loopback reaches Redis. PostgreSQL and Redis are the testkit's
+//! `PrivatePostgres` and `PrivateRedis`.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use taskflow_testkit::free_port;
-
-fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing listens on port {port} after {timeout:?}")
-}
-
-/// A PostgreSQL cluster of our own, on its own port, so it can be crashed
-/// without disturbing anything else on the machine.
-pub struct PgCluster {
-    bin: PathBuf,
-    data: PathBuf,
-    log: PathBuf,
-    pub port: u16,
-    as_postgres: bool,
-}
-
-impl PgCluster {
-    /// Creates (initdb, trust auth) and starts a cluster under `dir`.
-    pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .context("PostgreSQL server binaries not found under /usr/lib/postgresql")?
-            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-            .filter(|bin| bin.join("initdb").exists())
-            .max()
-            .context("no initdb under /usr/lib/postgresql/*/bin")?;
-        // PostgreSQL refuses to run as root; CI runs as root.
-        let as_postgres = nix::unistd::geteuid().is_root();
-        let data = dir.join("pg");
-        std::fs::create_dir_all(dir)?;
-        if as_postgres {
-            Command::new("chown")
-                .args(["postgres", dir.to_str().unwrap()])
-                .status()?;
-        }
-        let cluster = Self {
-            bin,
-            log: dir.join("pg.log"),
-            data,
-            port: free_port(),
-            as_postgres,
-        };
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                cluster.data.to_str().unwrap(),
-                "--auth=trust",
-                "-U",
-                "postgres",
-                "-N",
-            ],
-        )?;
-        cluster.up()?;
-        Ok(cluster)
-    }
-
-    /// The URL of database `name` in this cluster.
-    pub fn url(&self, name: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
-        let program = self.bin.join(tool);
-        let mut command = if self.as_postgres {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&program);
-            command
-        } else {
-            Command::new(&program)
-        };
-        let output = command.args(args).current_dir("/").output()?;
-        if !output.status.success() {
-            bail!(
-                "{tool} {args:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    /// Starts the server and waits until it accepts connections.
-    pub fn up(&self) -> anyhow::Result<()> {
-        let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1", self.port);
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-l",
-                self.log.to_str().unwrap(),
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
-        )?;
-        wait_for_port(self.port, Duration::from_secs(30))
-    }
-
-    /// Crashes the server: `immediate` shutdown skips the checkpoint, like a
-    /// power cut from PostgreSQL's point of view.
-    pub fn crash(&self) -> anyhow::Result<()> {
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        )
-    }
-
-    /// Stops the server for good (again on drop; stopping twice is harmless).
-    pub fn stop(&self) {
-        let _ = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
-        );
-    }
-}
-
-/// A Redis server of our own, without persistence: a restart loses every key.
-pub struct RedisServer {
-    child: Child,
-    pub port: u16,
-}
-
-impl RedisServer {
-    pub fn start() -> anyhow::Result<Self> {
-        Self::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> anyhow::Result<Self> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("redis-server not found")?;
-        wait_for_port(port, Duration::from_secs(10))?;
-        Ok(Self { child, port })
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server and starts a fresh, empty one on the same port.
-    pub fn restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
-        self.stop();
-        std::thread::sleep(down_for);
-        let fresh = Self::start_on(self.port)?;
-        let _old = std::mem::replace(self, fresh);
-        Ok(())
-    }
-
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use taskflow_testkit::Place;
 
 /// One worker's way to Redis: a TCP proxy the suite can turn into a black
 /// hole, as a partition that drops packets does: nothing is forwarded any
@@ -268,6 +83,8 @@ async fn forward(
 pub struct Taskflow {
     child: Child,
     pub name: String,
+    /// Where it runs.
+    pub place: Place,
 }
 
 /// What every TaskFlow process of the suite shares.
@@ -282,15 +99,17 @@ pub struct TaskflowSetup {
 }
 
 impl TaskflowSetup {
-    /// Starts `taskflow <role>` named `name` with extra environment.
+    /// Starts `taskflow <role>` named `name` at `place` with extra
+    /// environment.
     pub fn spawn(
         &self,
         role: &str,
         name: &str,
+        place: &Place,
         extra: &[(&str, String)],
     ) -> anyhow::Result<Taskflow> {
         let log = self.dir.join(format!("{name}.log"));
-        let mut command = Command::new(&self.binary);
+        let mut command = place.command(&self.binary);
         command
             .arg(role)
             .env("REDIS_URL", &self.redis_url)
@@ -307,6 +126,7 @@ impl TaskflowSetup {
         Ok(Taskflow {
             child: command.spawn()?,
             name: name.to_owned(),
+            place: place.clone(),
         })
     }
 }
@@ -343,19 +163,7 @@ impl Taskflow {
 }
 
 // Whatever happens to the suite (a failed check, an error, a panic), it must
-// not leave servers running behind it.
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+// not leave processes running behind it.
 
 impl Drop for Taskflow {
     fn drop(&mut self) {

@@ -1,7 +1,7 @@
 //! TaskFlow's fault-injection suite.
 //!
-//! Starts a private PostgreSQL cluster, a private Redis, the API and several
-//! workers as separate OS processes, submits jobs through the API with
+//! Starts a private PostgreSQL cluster, a private Redis, two API processes
+//! and several workers as separate OS processes, submits jobs through the API with
 //! idempotency keys, and while they run: SIGKILLs workers (and starts
 //! replacements), SIGSTOPs one past its lease and resumes it, cuts one off
 //! from Redis by a black hole, kills and restarts the API mid-submission,
@@ -20,12 +20,21 @@
 //! workers reach PostgreSQL through a PgBouncer in transaction mode with
 //! fewer server connections than they have (`--database-pooler
 //! transaction`); the PostgreSQL crash then happens behind it.
+//!
+//! With `--network` every process runs on a host of its own in a private
+//! network of Linux network namespaces (testkit `Network`): PostgreSQL,
+//! Redis, each API, each worker's host, and the suite itself as the
+//! client. The black-hole link to Redis gives way to real partitions: one
+//! worker's host is cut off from Redis only, another's from PostgreSQL
+//! only, a third's from both, each for `--partition-ttls` lease TTLs,
+//! while the other faults go on (issue 16).
 
 mod analysis;
 mod audit;
 mod cluster;
 
 use std::collections::HashMap;
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,8 +51,10 @@ use uuid::Uuid;
 
 use analysis::WorkerFate;
 use audit::analyse;
-use cluster::{PgCluster, RedisLink, RedisServer, Taskflow, TaskflowSetup};
-use taskflow_testkit::{PgBouncer, RedisCluster, free_port};
+use cluster::{RedisLink, Taskflow, TaskflowSetup};
+use taskflow_testkit::{
+    Network, PgBouncer, Place, PrivatePostgres, PrivateRedis, RedisCluster, free_port,
+};
 
 /// The prefix of the run's Redis keys.
 const REDIS_PREFIX: &str = "chaos:";
@@ -102,6 +113,62 @@ struct Args {
     /// mode (see the module docs).
     #[arg(long)]
     pgbouncer: bool,
+    /// Runs every process on a host of its own, with partitions as the
+    /// network faults (see the module docs). Needs root.
+    #[arg(long, conflicts_with_all = ["redis_cluster", "pgbouncer"])]
+    network: bool,
+    /// How long each partition of `--network` lasts, in lease TTLs.
+    #[arg(long, default_value_t = 3)]
+    partition_ttls: u32,
+}
+
+/// API processes the suite runs; the first is the one it kills.
+const APIS: usize = 2;
+
+/// Where each process of the run goes: everything on loopback, or with
+/// `--network` each on a host of its own, named as below.
+struct Placement {
+    network: Option<Arc<Network>>,
+}
+
+impl Placement {
+    const CLIENT: &str = "client";
+    const POSTGRES: &str = "postgres";
+    const REDIS: &str = "redis";
+
+    /// Makes the network of `--network`, with a host for each API and
+    /// each of `workers` worker slots (a worker killed is replaced on its
+    /// slot's host), and moves this program onto its client host: call it
+    /// before the runtime starts, so that every thread is there.
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        if !args.network {
+            return Ok(Self { network: None });
+        }
+        let mut names: Vec<String> = [Self::CLIENT, Self::POSTGRES, Self::REDIS]
+            .map(str::to_owned)
+            .to_vec();
+        names.extend((1..=APIS).map(Self::api));
+        names.extend((1..=args.workers).map(Self::worker));
+        let network = Network::create(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+        network.enter(Self::CLIENT)?;
+        Ok(Self {
+            network: Some(Arc::new(network)),
+        })
+    }
+
+    fn api(number: usize) -> String {
+        format!("api-{number}")
+    }
+
+    fn worker(slot: usize) -> String {
+        format!("worker-host-{slot}")
+    }
+
+    fn place(&self, host: &str) -> Place {
+        self.network
+            .as_ref()
+            .map_or(Place::Loopback, |network| network.place(host))
+    }
 }
 
 /// Server connections the run's PgBouncer keeps: fewer than the API and
@@ -110,9 +177,9 @@ const PGBOUNCER_SERVER_CONNECTIONS: u32 = 12;
 
 /// The Redis the run uses, and so the Redis faults it can inject.
 enum RedisUnderTest {
-    /// One server: flushed, restarted, and each worker reaching it through
-    /// a link that can be cut.
-    Single(RedisServer),
+    /// One server: flushed, restarted, and each worker on loopback
+    /// reaching it through a link that can be cut.
+    Single(PrivateRedis),
     /// A cluster: failed over, at the master of `epoch_key`'s slot, which
     /// holds all of TaskFlow's keys.
     Cluster {
@@ -130,25 +197,59 @@ impl RedisUnderTest {
     }
 }
 
+/// What a partition of `--network` cuts a worker's host off from.
+#[derive(Debug, Clone, Copy)]
+enum Partition {
+    Redis,
+    Postgres,
+    Both,
+}
+
+impl Partition {
+    fn hosts(self) -> &'static [&'static str] {
+        match self {
+            Self::Redis => &[Placement::REDIS],
+            Self::Postgres => &[Placement::POSTGRES],
+            Self::Both => &[Placement::REDIS, Placement::POSTGRES],
+        }
+    }
+
+    fn fault(self) -> &'static str {
+        match self {
+            Self::Redis => "worker host cut off from Redis (partition)",
+            Self::Postgres => "worker host cut off from PostgreSQL (partition)",
+            Self::Both => "worker host cut off from Redis and PostgreSQL (partition)",
+        }
+    }
+}
+
 /// Everything the fault schedule works on.
 struct Chaos {
     setup: TaskflowSetup,
-    /// The single Redis server's port; `None` on a cluster, whose clients
-    /// reach every node directly, so no link sits in between.
+    placement: Placement,
+    /// The single Redis server's port, for the links of workers on
+    /// loopback; `None` on a cluster, whose clients reach every node
+    /// directly, and on a network, where partitions cut the real path.
     redis_port: Option<u16>,
     /// Each worker's way to Redis, by name.
     links: HashMap<String, RedisLink>,
-    api: Taskflow,
-    api_port: u16,
+    apis: Vec<Taskflow>,
+    api_addresses: Vec<SocketAddrV4>,
     workers: Vec<Taskflow>,
     next_worker: usize,
     fates: HashMap<String, WorkerFate>,
+    /// Until when each partitioned worker is cut off, by name: no other
+    /// fault picks it meanwhile.
+    partitioned_until: HashMap<String, Instant>,
+    /// The partitions' heals, awaited before the audit.
+    heals: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     faults: HashMap<&'static str, usize>,
     random: u64,
 }
 
 impl Chaos {
-    fn spawn_worker(&mut self) -> anyhow::Result<()> {
+    /// Starts a worker on the host of worker slot `slot`.
+    fn spawn_worker(&mut self, place: Place) -> anyhow::Result<()> {
         self.next_worker += 1;
         let name = format!("worker-{}", self.next_worker);
         let mut env = vec![("TASKFLOW_WORKER_ID", name.clone())];
@@ -157,27 +258,35 @@ impl Chaos {
             env.push(("REDIS_URL", link.url()));
             self.links.insert(name.clone(), link);
         }
-        let worker = self.setup.spawn("worker", &name, &env)?;
+        let worker = self.setup.spawn("worker", &name, &place, &env)?;
         self.fates.insert(name, WorkerFate::default());
         self.workers.push(worker);
         Ok(())
     }
 
-    /// A worker that is not paused, chosen by a fixed-seed generator.
-    fn pick_worker(&mut self) -> usize {
+    /// A worker that is neither paused nor partitioned, chosen by a
+    /// fixed-seed generator; `None` if every worker is.
+    fn pick_worker(&mut self) -> Option<usize> {
+        let now = Instant::now();
         let running: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
-                self.fates[&self.workers[i].name]
+                let name = &self.workers[i].name;
+                let resumed = self.fates[name]
                     .paused
                     .last()
-                    .is_none_or(|(_, resumed)| *resumed <= Utc::now())
+                    .is_none_or(|(_, resumed)| *resumed <= Utc::now());
+                let connected = self
+                    .partitioned_until
+                    .get(name)
+                    .is_none_or(|until| *until <= now);
+                resumed && connected
             })
             .collect();
         self.random = self
             .random
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        running[(self.random >> 33) as usize % running.len()]
+        (!running.is_empty()).then(|| running[(self.random >> 33) as usize % running.len()])
     }
 
     fn count(&mut self, fault: &'static str) {
@@ -185,17 +294,30 @@ impl Chaos {
         println!("chaos: {fault}");
     }
 
+    /// Picks a worker for `fault`, or says that none could be.
+    fn pick_worker_for(&mut self, fault: &str) -> Option<usize> {
+        let picked = self.pick_worker();
+        if picked.is_none() {
+            println!("chaos: skipped {fault}: every worker is paused or partitioned");
+        }
+        picked
+    }
+
     fn kill_a_worker(&mut self) -> anyhow::Result<()> {
-        let index = self.pick_worker();
+        let Some(index) = self.pick_worker_for("a kill") else {
+            return Ok(());
+        };
         let mut worker = self.workers.remove(index);
         worker.kill()?;
         self.fates.get_mut(&worker.name).unwrap().killed_at = Some(Utc::now());
         self.count("worker SIGKILL");
-        self.spawn_worker()
+        self.spawn_worker(worker.place.clone())
     }
 
     async fn pause_a_worker(&mut self, for_how_long: Duration) -> anyhow::Result<()> {
-        let index = self.pick_worker();
+        let Some(index) = self.pick_worker_for("a pause") else {
+            return Ok(());
+        };
         let worker = &self.workers[index];
         worker.signal(Signal::SIGSTOP)?;
         let stopped = Utc::now();
@@ -218,7 +340,9 @@ impl Chaos {
     /// commands time out, its leases cannot be renewed, and the other
     /// workers must rescue its jobs without two executions overlapping.
     fn cut_a_worker_off_from_redis(&mut self, for_how_long: Duration) {
-        let index = self.pick_worker();
+        let Some(index) = self.pick_worker_for("a black hole") else {
+            return;
+        };
         let name = self.workers[index].name.clone();
         self.links[&name].black_hole();
         self.count("worker cut off from Redis (black hole)");
@@ -227,6 +351,45 @@ impl Chaos {
             tokio::time::sleep(for_how_long).await;
             heal.send_replace(false);
         });
+    }
+
+    /// Cuts a worker's host off from what `partition` names, both ways,
+    /// for `for_how_long` (`--network` only): its packets to them and
+    /// theirs to it are dropped without an answer, as on a lost link.
+    fn partition_a_worker(
+        &mut self,
+        partition: Partition,
+        for_how_long: Duration,
+    ) -> anyhow::Result<()> {
+        let network = self
+            .placement
+            .network
+            .clone()
+            .context("partitions need --network")?;
+        let Some(index) = self.pick_worker_for(partition.fault()) else {
+            return Ok(());
+        };
+        let worker = &self.workers[index];
+        let Place::On(host) = &worker.place else {
+            bail!("{} does not run on a host of the network", worker.name);
+        };
+        let host = host.name.clone();
+        for server in partition.hosts() {
+            network.cut(&host, server)?;
+        }
+        self.partitioned_until
+            .insert(worker.name.clone(), Instant::now() + for_how_long);
+        let name = worker.name.clone();
+        self.count(partition.fault());
+        println!("chaos:   {name} on {host}, for {for_how_long:?}");
+        self.heals.push(tokio::spawn(async move {
+            tokio::time::sleep(for_how_long).await;
+            for server in partition.hosts() {
+                network.heal(&host, server)?;
+            }
+            Ok(())
+        }));
+        Ok(())
     }
 
     /// Kills the master of TaskFlow's slot, waits for its replica to take
@@ -239,28 +402,39 @@ impl Chaos {
         cluster.until_healthy()
     }
 
+    /// Kills the first API mid-submission and starts it again; the other
+    /// goes on serving.
     async fn restart_api(&mut self) -> anyhow::Result<()> {
-        self.api.kill()?;
+        self.apis[0].kill()?;
         self.count("API SIGKILL mid-submission");
         tokio::time::sleep(Duration::from_millis(700)).await;
-        self.api = spawn_api(&self.setup, self.api_port)?;
+        self.apis[0] = spawn_api(&self.setup, &self.apis[0].place, self.api_addresses[0], 1)?;
         Ok(())
     }
 }
 
-fn spawn_api(setup: &TaskflowSetup, port: u16) -> anyhow::Result<Taskflow> {
+/// Starts API number `number`, listening on `address`.
+fn spawn_api(
+    setup: &TaskflowSetup,
+    place: &Place,
+    address: SocketAddrV4,
+    number: usize,
+) -> anyhow::Result<Taskflow> {
     setup.spawn(
         "api",
-        "api",
-        &[("TASKFLOW_LISTEN", format!("127.0.0.1:{port}"))],
+        &Placement::api(number),
+        place,
+        &[("TASKFLOW_LISTEN", address.to_string())],
     )
 }
 
 /// Submits `count` jobs from 8 concurrent clients, each retrying with the same
-/// idempotency key until the API accepts it (through API restarts and
-/// database crashes). Returns the job ids and how many retries it took.
+/// idempotency key until an API accepts it (through API restarts and
+/// database crashes). Each try goes to the next API of `apis`, so a retry
+/// may reach another API than the try it repeats. Returns the job ids and
+/// how many retries it took.
 async fn submit_all(
-    client: Client,
+    apis: Vec<Client>,
     module: String,
     count: usize,
     keys: Option<usize>,
@@ -270,8 +444,8 @@ async fn submit_all(
     let retries = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let (client, module, next, ids, retries) = (
-                client.clone(),
+            let (apis, module, next, ids, retries) = (
+                apis.clone(),
                 module.clone(),
                 next.clone(),
                 ids.clone(),
@@ -291,8 +465,8 @@ async fn submit_all(
                         concurrency_key: keys.map(|keys| format!("tenant-{}", i % keys)),
                         ..SubmitJob::default()
                     };
-                    loop {
-                        match client.submit(&job).await {
+                    for api in apis.iter().cycle().skip(i) {
+                        match api.submit(&job).await {
                             Ok(submitted) => {
                                 ids.lock().unwrap()[i] = submitted.job.id;
                                 break;
@@ -330,9 +504,16 @@ where
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let placement = Placement::new(&args)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args, placement))
+}
+
+async fn run(args: Args, placement: Placement) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("taskflow-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -359,7 +540,7 @@ async fn main() -> anyhow::Result<()> {
     // as root.
     let cache_dir =
         std::env::temp_dir().join(format!("taskflow-chaos-cache-{}", std::process::id()));
-    let pg = PgCluster::start(&dir)?;
+    let pg = PrivatePostgres::start(&dir, placement.place(Placement::POSTGRES))?;
     let mut redis = if args.redis_cluster {
         let cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 1))?;
         let epoch_key = format!(
@@ -368,7 +549,7 @@ async fn main() -> anyhow::Result<()> {
         );
         RedisUnderTest::Cluster { cluster, epoch_key }
     } else {
-        RedisUnderTest::Single(RedisServer::start()?)
+        RedisUnderTest::Single(PrivateRedis::start(placement.place(Placement::REDIS))?)
     };
     let ttl = Duration::from_millis(args.lease_ttl_ms);
     let direct_url = pg.url("taskflow");
@@ -384,7 +565,7 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
-    let setup = TaskflowSetup {
+    let mut setup = TaskflowSetup {
         binary,
         redis_url: redis.url(),
         dir: dir.clone(),
@@ -409,13 +590,28 @@ async fn main() -> anyhow::Result<()> {
             env
         },
     };
-    let api_port = free_port();
-    let api = spawn_api(&setup, api_port)?;
-    let client = Client::new(&format!("http://127.0.0.1:{api_port}"));
-    wait_until(Duration::from_secs(60), "the API", || async {
-        client.list_modules(Some(1), None).await.is_ok()
-    })
-    .await?;
+    // An API off loopback serves only clients with a token.
+    let token = args.network.then(|| {
+        let (token, hash) = taskflow::api::auth::create_token();
+        setup.env.push(("TASKFLOW_API_TOKEN_SHA256".into(), hash));
+        token
+    });
+    let mut apis = Vec::new();
+    let mut api_addresses = Vec::new();
+    let mut clients = Vec::new();
+    for number in 1..=APIS {
+        let place = placement.place(&Placement::api(number));
+        let address = SocketAddrV4::new(place.address(), free_port());
+        apis.push(spawn_api(&setup, &place, address, number)?);
+        let client = Client::new(&format!("http://{address}")).with_token(token.clone());
+        wait_until(Duration::from_secs(60), "the API", || async {
+            client.list_modules(Some(1), None).await.is_ok()
+        })
+        .await?;
+        api_addresses.push(address);
+        clients.push(client);
+    }
+    let client = clients[0].clone();
     let module = client.push_module(plugin_bytes).await?.0.hash;
     let limited = args.max_running.is_some() || args.max_running_per_key.is_some();
     if limited {
@@ -430,25 +626,31 @@ async fn main() -> anyhow::Result<()> {
     let mut chaos = Chaos {
         setup,
         redis_port: match &redis {
-            RedisUnderTest::Single(server) => Some(server.port),
+            RedisUnderTest::Single(_) if args.network => None,
+            RedisUnderTest::Single(server) => Some(server.address().port()),
             RedisUnderTest::Cluster { .. } => None,
         },
+        placement,
         links: HashMap::new(),
-        api,
-        api_port,
+        apis,
+        api_addresses,
         workers: Vec::new(),
         next_worker: 0,
         fates: HashMap::new(),
+        partitioned_until: HashMap::new(),
+        heals: Vec::new(),
         faults: HashMap::new(),
         random: args.seed,
     };
-    for _ in 0..args.workers {
-        chaos.spawn_worker()?;
+    for slot in 1..=args.workers {
+        let place = chaos.placement.place(&Placement::worker(slot));
+        chaos.spawn_worker(place)?;
     }
     // For the audit, which reads PostgreSQL directly (audit.rs says why).
     let database = sqlx::PgPool::connect(&pg.url("taskflow")).await?;
     let keys = args.max_running_per_key.map(|_| args.keys.max(1));
-    let submitter = tokio::spawn(submit_all(client.clone(), module, args.jobs, keys));
+    let submitter = tokio::spawn(submit_all(clients, module, args.jobs, keys));
+    let partition = ttl * args.partition_ttls;
 
     // The fault schedule: (seconds into the round, fault).
     for round in 0..args.rounds {
@@ -458,8 +660,16 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep_until(at(0.3).into()).await;
             chaos.restart_api().await?;
         }
+        if args.network {
+            tokio::time::sleep_until(at(1.0).into()).await;
+            chaos.partition_a_worker(Partition::Redis, partition)?;
+        }
         tokio::time::sleep_until(at(2.0).into()).await;
         chaos.kill_a_worker()?;
+        if args.network {
+            tokio::time::sleep_until(at(3.0).into()).await;
+            chaos.partition_a_worker(Partition::Postgres, partition)?;
+        }
         tokio::time::sleep_until(at(4.0).into()).await;
         chaos.pause_a_worker(ttl * 3).await?;
         tokio::time::sleep_until(at(5.0).into()).await;
@@ -485,7 +695,11 @@ async fn main() -> anyhow::Result<()> {
                 server.restart(Duration::from_millis(500))?;
                 chaos.count("Redis restart (all keys lost)");
                 tokio::time::sleep_until(at(10.0).into()).await;
-                chaos.cut_a_worker_off_from_redis(ttl * 3);
+                if args.network {
+                    chaos.partition_a_worker(Partition::Both, partition)?;
+                } else {
+                    chaos.cut_a_worker_off_from_redis(ttl * 3);
+                }
             }
             RedisUnderTest::Cluster { cluster, epoch_key } => {
                 tokio::task::block_in_place(|| chaos.fail_over(cluster, epoch_key))?;
@@ -501,6 +715,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (ids, submit_retries) = submitter.await?;
+    for heal in chaos.heals.drain(..) {
+        heal.await??;
+    }
     wait_until(Duration::from_secs(300), "every job to finish", || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'dead', 'cancelled')",
@@ -515,7 +732,9 @@ async fn main() -> anyhow::Result<()> {
     for worker in &mut chaos.workers {
         worker.stop(Duration::from_secs(20));
     }
-    chaos.api.stop(Duration::from_secs(5));
+    for api in &mut chaos.apis {
+        api.stop(Duration::from_secs(5));
+    }
 
     let limits = limited.then_some((args.max_running, args.max_running_per_key));
     let report = analyse(
