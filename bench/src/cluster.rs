@@ -1,6 +1,7 @@
 //! A TaskFlow deployment for one benchmark: a fresh database on the local
 //! PostgreSQL, a fresh Redis key prefix, and the API and workers as separate
-//! `taskflow` processes, exactly as they run in production.
+//! `taskflow` processes, exactly as they run in production: on this
+//! machine, or on hosts of a private network (`network` scenario).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use taskflow::client::Client;
 use taskflow::store::Store;
-use taskflow_testkit::{PgBouncer, ScratchDatabase, free_port, rss_bytes};
+use taskflow_testkit::{Network, PgBouncer, Place, ScratchDatabase, free_port, rss_bytes};
 
 use super::usage::Usage;
 
@@ -31,6 +32,30 @@ pub struct Target {
     /// Where workers keep compiled modules (shared across deployments, so
     /// compile time stays out of the measurements).
     pub cache_dir: PathBuf,
+    /// Where the API and the workers run.
+    pub placement: Placement,
+    /// The private network this benchmark runs on, if it was asked for
+    /// (the `network` scenario); the benchmark itself is on its client
+    /// host.
+    pub network: Option<Arc<Network>>,
+}
+
+/// Where a deployment's processes run.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The API's place.
+    pub api: Place,
+    /// Worker `i` runs at `workers[i % len]`; on loopback when empty.
+    pub workers: Vec<Place>,
+}
+
+impl Placement {
+    fn worker(&self, index: usize) -> Place {
+        match self.workers.len() {
+            0 => Place::Loopback,
+            len => self.workers[index % len].clone(),
+        }
+    }
 }
 
 /// A running deployment. Dropping it kills its processes; [`Deployment::stop`]
@@ -42,6 +67,9 @@ pub struct Deployment {
     /// Client of the deployment's API.
     pub client: Client,
     api_url: String,
+    /// The API's token, when it serves off loopback, where it refuses to
+    /// run without one.
+    token: Option<String>,
     processes: Processes,
 }
 
@@ -53,13 +81,13 @@ struct Processes {
 
 struct Worker {
     child: Child,
-    metrics_port: u16,
+    metrics: std::net::SocketAddrV4,
 }
 
 impl Worker {
     /// The text of its `/metrics`.
     async fn metrics(&self) -> reqwest::Result<String> {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+        reqwest::get(format!("http://{}/metrics", self.metrics))
             .await?
             .text()
             .await
@@ -73,21 +101,30 @@ impl Deployment {
         let database = ScratchDatabase::create(&target.database_url, "taskflow_bench", 4)
             .await
             .context("cannot create the benchmark database")?;
-        let port = free_port();
-        let api_url = format!("http://127.0.0.1:{port}");
+        let api_address = std::net::SocketAddrV4::new(target.placement.api.address(), free_port());
+        let api_url = format!("http://{api_address}");
+        let (token, token_sha256) = match target.placement.api {
+            Place::Loopback => (None, None),
+            Place::On(_) => {
+                let (token, hash) = taskflow::api::auth::create_token();
+                (Some(token), Some(hash))
+            }
+        };
         let mut deployment = Self {
             target: target.clone(),
             prefix: format!("taskflow-bench-{suffix}:"),
-            client: Client::new(&api_url),
+            client: Client::new(&api_url).with_token(token.clone()),
             api_url,
+            token,
             processes: Processes {
                 api: Command::new("true").spawn()?,
                 workers: Vec::new(),
             },
             database,
         };
-        deployment.processes.api =
-            deployment.spawn("api", &[("TASKFLOW_LISTEN", format!("127.0.0.1:{port}"))])?;
+        let mut settings = vec![("TASKFLOW_LISTEN", api_address.to_string())];
+        settings.extend(token_sha256.map(|hash| ("TASKFLOW_API_TOKEN_SHA256", hash)));
+        deployment.processes.api = deployment.spawn("api", &target.placement.api, &settings)?;
         for _ in 0..200 {
             if deployment.client.list_modules(Some(1), None).await.is_ok() {
                 return Ok(deployment);
@@ -105,11 +142,11 @@ impl Deployment {
     /// A client of the deployment's API with connections of its own, for a
     /// client that runs on a runtime of its own.
     pub fn new_client(&self) -> Client {
-        Client::new(&self.api_url)
+        Client::new(&self.api_url).with_token(self.token.clone())
     }
 
-    fn spawn(&self, role: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
-        let mut command = Command::new(&self.target.taskflow);
+    fn spawn(&self, role: &str, place: &Place, extra: &[(&str, String)]) -> anyhow::Result<Child> {
+        let mut command = place.command(&self.target.taskflow);
         let database_env = match &self.target.pgbouncer {
             Some(bouncer) => bouncer.taskflow_env(self.database.url())?.to_vec(),
             None => vec![("DATABASE_URL", self.database.url().to_owned())],
@@ -130,25 +167,21 @@ impl Deployment {
 
     /// Starts a worker running `concurrency` jobs at once.
     pub fn start_worker(&mut self, concurrency: usize) -> anyhow::Result<()> {
-        let metrics_port = free_port();
+        let place = self.target.placement.worker(self.processes.workers.len());
+        let metrics = std::net::SocketAddrV4::new(place.address(), free_port());
         let child = self.spawn(
             "worker",
+            &place,
             &[
                 ("TASKFLOW_WORKER_CONCURRENCY", concurrency.to_string()),
-                (
-                    "TASKFLOW_WORKER_METRICS_LISTEN",
-                    format!("127.0.0.1:{metrics_port}"),
-                ),
+                ("TASKFLOW_WORKER_METRICS_LISTEN", metrics.to_string()),
                 (
                     "TASKFLOW_WORKER_ID",
                     format!("bench-{}", self.processes.workers.len() + 1),
                 ),
             ],
         )?;
-        self.processes.workers.push(Worker {
-            child,
-            metrics_port,
-        });
+        self.processes.workers.push(Worker { child, metrics });
         Ok(())
     }
 

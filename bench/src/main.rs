@@ -12,6 +12,7 @@ mod cluster;
 mod fleet;
 mod http;
 mod in_process;
+mod network;
 mod operations;
 mod reference;
 mod scenarios;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 
-use cluster::Target;
+use cluster::{Placement, Target};
 use taskflow_testkit::{PgBouncer, RedisCluster};
 
 /// The command line.
@@ -111,6 +112,10 @@ pub enum Scenario {
     /// 100 workers of one slot each drain 20,000 no-op jobs: the
     /// connections PostgreSQL holds for them (run with --pgbouncer).
     Fleet,
+    /// The drain and sequential submissions with the servers, the API and
+    /// the workers on hosts of a private network, at 0, 1 and 5 ms RTT,
+    /// beside all on one host. Needs root; not part of `all`.
+    Network,
 }
 
 /// One figure of one run.
@@ -147,14 +152,22 @@ fn main() -> anyhow::Result<()> {
     // under the worker's setting.
     taskflow::telemetry::no_error_backtraces_by_default();
     let args = BenchArgs::parse();
+    let network = args
+        .scenarios
+        .contains(&Scenario::Network)
+        .then(network::enter_network)
+        .transpose()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(args))
+        .block_on(run(args, network))
 }
 
 /// Runs the chosen scenarios and prints the table.
-async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(
+    args: BenchArgs,
+    network: Option<Arc<taskflow_testkit::Network>>,
+) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; build with --release for meaningful figures");
     }
@@ -198,12 +211,14 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map_or_else(|| args.redis_url.clone(), RedisCluster::url),
         plugin_dir,
         cache_dir: std::env::temp_dir().join("taskflow-bench-cache"),
+        placement: Placement::default(),
+        network,
     };
     let scenarios: Vec<Scenario> = if args.scenarios.contains(&Scenario::All) {
         Scenario::value_variants()
             .iter()
             .copied()
-            .filter(|s| *s != Scenario::All)
+            .filter(|s| ![Scenario::All, Scenario::Network].contains(s))
             .collect()
     } else {
         args.scenarios.clone()

@@ -24,8 +24,8 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
     let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
     match scenario {
         Scenario::All => unreachable!("expanded by the caller"),
-        Scenario::Submit => submit(target, scaled(20_000), 1).await,
-        Scenario::SubmitConcurrent => submit(target, scaled(20_000), 32).await,
+        Scenario::Submit => Ok(submit(target, scaled(20_000), 1).await?.figures),
+        Scenario::SubmitConcurrent => Ok(submit(target, scaled(20_000), 32).await?.figures),
         Scenario::SubmitBatch => submit_batch(target, scaled(100)).await,
         Scenario::Drain => drain_beside_reference(target, scaled(20_000)).await,
         Scenario::DrainLimited => drain_limited(target, scaled(20_000)).await,
@@ -40,6 +40,7 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
             operations::prune_while_draining(target, scaled(20_000), scaled(1_000_000)).await
         }
         Scenario::Fleet => super::fleet::fleet(target, scaled(100), scaled(20_000)).await,
+        Scenario::Network => super::network::network(target, scaled(5_000), scaled(1_000)).await,
     }
 }
 
@@ -134,9 +135,21 @@ where
     Ok(started.elapsed())
 }
 
+/// Submissions' figures, and their rate and reference for comparisons.
+pub(crate) struct Submitted {
+    pub figures: Vec<Figure>,
+    pub jobs_per_second: f64,
+    /// One-row INSERT + COMMIT per second from as many connections.
+    pub reference_per_second: f64,
+}
+
 /// `count` single-job submissions from `clients` concurrent clients, beside
 /// the reference of as many connections, and what the API spent on each.
-async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result<Vec<Figure>> {
+pub(crate) async fn submit(
+    target: &Target,
+    count: usize,
+    clients: usize,
+) -> anyhow::Result<Submitted> {
     let reference = reference::inserts(target, clients).await?;
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
@@ -236,7 +249,11 @@ async fn submit(target: &Target, count: usize, clients: usize) -> anyhow::Result
             ("client", client),
         ],
     ));
-    Ok(figures)
+    Ok(Submitted {
+        figures,
+        jobs_per_second: rate,
+        reference_per_second: reference.per_second,
+    })
 }
 
 /// Redis's commands since it had run `before` of them.
