@@ -26,6 +26,26 @@ pub struct Execution {
 pub struct WorkerFate {
     pub killed_at: Option<DateTime<Utc>>,
     pub paused: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// When its host was cut off from Redis, PostgreSQL or both
+    /// (`--network`).
+    pub partitioned: Vec<DateTime<Utc>>,
+}
+
+impl WorkerFate {
+    /// The first moment in `[from, to]` the worker vanished from the
+    /// others' view: was killed, paused or partitioned.
+    pub fn first_vanished_within(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        self.killed_at
+            .into_iter()
+            .chain(self.paused.iter().map(|(stop, _)| *stop))
+            .chain(self.partitioned.iter().copied())
+            .filter(|at| (from..=to).contains(at))
+            .min()
+    }
 }
 
 /// Executions and stale-outcome warnings read from the workers' JSON logs.
@@ -246,8 +266,8 @@ mod tests {
         };
         let mut fates = HashMap::new();
         let paused = WorkerFate {
-            killed_at: None,
             paused: vec![(at(100), at(10_000))],
+            ..WorkerFate::default()
         };
         fates.insert("zombie".to_owned(), paused);
         fates.insert("healthy".to_owned(), WorkerFate::default());
@@ -275,8 +295,8 @@ mod tests {
         fates.insert(
             "zombie".to_owned(),
             WorkerFate {
-                killed_at: None,
                 paused: vec![(at(100), at(10_000))],
+                ..WorkerFate::default()
             },
         );
         fates.insert("healthy".to_owned(), WorkerFate::default());
@@ -308,10 +328,34 @@ mod tests {
             "dead".to_owned(),
             WorkerFate {
                 killed_at: Some(at(1_000)),
-                paused: vec![],
+                ..WorkerFate::default()
             },
         );
         fates.insert("alive".to_owned(), WorkerFate::default());
         assert!(overlaps(&logs, &fates, at(5_000)).is_empty());
+    }
+
+    #[test]
+    fn a_rescue_is_timed_from_the_first_fault_while_its_attempt_ran() {
+        let fate = WorkerFate {
+            killed_at: Some(at(30_000)),
+            paused: vec![(at(1_000), at(7_000))],
+            partitioned: vec![at(21_000), at(12_000)],
+        };
+        // A pause long over when the attempt began does not count: a later
+        // rescue of it had another cause.
+        assert_eq!(fate.first_vanished_within(at(8_000), at(11_000)), None);
+        assert_eq!(
+            fate.first_vanished_within(at(8_000), at(25_000)),
+            Some(at(12_000))
+        );
+        assert_eq!(
+            fate.first_vanished_within(at(0), at(3_000)),
+            Some(at(1_000))
+        );
+        assert_eq!(
+            fate.first_vanished_within(at(22_000), at(31_000)),
+            Some(at(30_000))
+        );
     }
 }

@@ -137,20 +137,18 @@ pub async fn analyse(
     .await?;
 
     // Every attempt the rescuer ended, timed from the moment its worker
-    // vanished (was killed, or paused past its lease).
-    let rescues: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT worker_id, finished_at FROM job_attempts WHERE outcome = 'lease_expired'",
+    // vanished (was killed, paused past its lease or partitioned) while the
+    // attempt ran; rescues after Redis lost its keys, with no such fault,
+    // are not timed.
+    let rescues: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT worker_id, started_at, finished_at FROM job_attempts \
+         WHERE outcome = 'lease_expired'",
     )
     .fetch_all(database)
     .await?;
     let mut rescue_ms = Vec::new();
-    for (worker, rescued) in &rescues {
-        let fate = &chaos.fates[worker];
-        let vanished = fate
-            .killed_at
-            .into_iter()
-            .chain(fate.paused.iter().map(|(stop, _)| *stop));
-        if let Some(vanished) = vanished.filter(|at| at <= rescued).max() {
+    for (worker, started, rescued) in &rescues {
+        if let Some(vanished) = chaos.fates[worker].first_vanished_within(*started, *rescued) {
             rescue_ms.push((*rescued - vanished).num_milliseconds() as f64);
         }
     }

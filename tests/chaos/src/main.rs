@@ -380,6 +380,9 @@ impl Chaos {
         self.partitioned_until
             .insert(worker.name.clone(), Instant::now() + for_how_long);
         let name = worker.name.clone();
+        if let Some(fate) = self.fates.get_mut(&name) {
+            fate.partitioned.push(Utc::now());
+        }
         self.count(partition.fault());
         println!("chaos:   {name} on {host}, for {for_how_long:?}");
         self.heals.push(tokio::spawn(async move {
