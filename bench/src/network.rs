@@ -191,9 +191,21 @@ pub async fn network(
                 drain_target,
             ),
             Figure::new(
+                format!("{label}: worker database calls per drained job"),
+                drained.calls_per_job,
+                "calls",
+                "report",
+            ),
+            Figure::new(
                 format!("{label}: sequential submit"),
                 submit_rate,
                 "jobs/s",
+                "report",
+            ),
+            Figure::new(
+                format!("{label}: sequential submit, mean time per request"),
+                1e3 / submit_rate,
+                "ms",
                 "report",
             ),
             Figure::new(
