@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use taskflow::client::Client;
 use taskflow::store::Store;
-use taskflow_testkit::{Network, PgBouncer, Place, ScratchDatabase, free_port, rss_bytes};
+use taskflow_testkit::{Network, PgBouncer, Place, ScratchDatabase, rss_bytes};
 
 use super::usage::Usage;
 
@@ -101,7 +101,7 @@ impl Deployment {
         let database = ScratchDatabase::create(&target.database_url, "taskflow_bench", 4)
             .await
             .context("cannot create the benchmark database")?;
-        let api_address = std::net::SocketAddrV4::new(target.placement.api.address(), free_port());
+        let api_address = target.placement.api.free_address();
         let api_url = format!("http://{api_address}");
         let (token, token_sha256) = match target.placement.api {
             Place::Loopback => (None, None),
@@ -168,7 +168,7 @@ impl Deployment {
     /// Starts a worker running `concurrency` jobs at once.
     pub fn start_worker(&mut self, concurrency: usize) -> anyhow::Result<()> {
         let place = self.target.placement.worker(self.processes.workers.len());
-        let metrics = std::net::SocketAddrV4::new(place.address(), free_port());
+        let metrics = place.free_address();
         let child = self.spawn(
             "worker",
             &place,

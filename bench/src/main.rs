@@ -152,11 +152,13 @@ fn main() -> anyhow::Result<()> {
     // under the worker's setting.
     taskflow::telemetry::no_error_backtraces_by_default();
     let args = BenchArgs::parse();
-    let network = args
-        .scenarios
-        .contains(&Scenario::Network)
-        .then(network::enter_network)
-        .transpose()?;
+    let networked = args.scenarios.contains(&Scenario::Network);
+    anyhow::ensure!(
+        !networked || (args.scenarios.len() == 1 && !args.redis_cluster && !args.pgbouncer),
+        "the network scenario runs alone, without --redis-cluster or --pgbouncer: it moves the \
+         benchmark onto a host of its own network, where this machine's servers cannot be reached"
+    );
+    let network = networked.then(network::enter_network).transpose()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use taskflow_testkit::{DelayProxy, Network, Place, PrivatePostgres, PrivateRedis, free_port};
+use taskflow_testkit::{DelayProxy, Network, Place, PrivatePostgres, PrivateRedis};
 
 use super::Figure;
 use super::cluster::{Placement, Target};
@@ -106,8 +106,7 @@ impl Links {
         one_way: Duration,
     ) -> anyhow::Result<Self> {
         let link = |target: SocketAddrV4| {
-            let listen = SocketAddrV4::new(servers.address(), free_port());
-            DelayProxy::start(servers, listen, target, one_way)
+            DelayProxy::start(servers, servers.free_address(), target, one_way)
         };
         Ok(Self {
             postgres: link(postgres)?,
@@ -134,13 +133,13 @@ pub async fn network(
         "the network scenario needs its network made before the benchmark starts: \
          name it on the command line (it is not part of `all`), as root",
     )?;
-    let dir = std::env::temp_dir().join(format!(
-        "taskflow-bench-network-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    // Removed when dropped, after the servers (declared later) stop.
+    let dir = tempfile::Builder::new()
+        .prefix("taskflow-bench-network-")
+        .tempdir()?;
     let servers = network.place(SERVERS);
     let (postgres, redis) = tokio::task::spawn_blocking({
-        let (dir, servers) = (dir.clone(), servers.clone());
+        let (dir, servers) = (dir.path().to_owned(), servers.clone());
         move || {
             anyhow::Ok((
                 PrivatePostgres::start(&dir, servers.clone())?,
@@ -241,8 +240,6 @@ pub async fn network(
             ]);
         }
     }
-    drop((postgres, redis));
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(figures)
 }
 

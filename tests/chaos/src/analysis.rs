@@ -26,8 +26,9 @@ pub struct Execution {
 pub struct WorkerFate {
     pub killed_at: Option<DateTime<Utc>>,
     pub paused: Vec<(DateTime<Utc>, DateTime<Utc>)>,
-    /// When its host was cut off from Redis, PostgreSQL or both
-    /// (`--network`).
+    /// When its host was cut off from Redis, alone or with PostgreSQL
+    /// (`--network`): its leases lapse then. Cut off from PostgreSQL only,
+    /// it keeps them.
     pub partitioned: Vec<DateTime<Utc>>,
 }
 

@@ -24,9 +24,9 @@
 //! With `--network` every process runs on a host of its own in a private
 //! network of Linux network namespaces (testkit `Network`): PostgreSQL,
 //! Redis, each API, each worker's host, and the suite itself as the
-//! client. The black-hole link to Redis gives way to real partitions: one
+//! client. The black-hole link to Redis gives way to real partitions: a
 //! worker's host is cut off from Redis only, another's from PostgreSQL
-//! only, a third's from both, each for `--partition-ttls` lease TTLs,
+//! only, then one's (any that is not cut off then) from both, each for `--partition-ttls` lease TTLs,
 //! while the other faults go on (issue 16).
 
 mod analysis;
@@ -52,9 +52,7 @@ use uuid::Uuid;
 use analysis::WorkerFate;
 use audit::analyse;
 use cluster::{RedisLink, Taskflow, TaskflowSetup};
-use taskflow_testkit::{
-    Network, PgBouncer, Place, PrivatePostgres, PrivateRedis, RedisCluster, free_port,
-};
+use taskflow_testkit::{Network, PgBouncer, Place, PrivatePostgres, PrivateRedis, RedisCluster};
 
 /// The prefix of the run's Redis keys.
 const REDIS_PREFIX: &str = "chaos:";
@@ -214,6 +212,12 @@ impl Partition {
         }
     }
 
+    /// Whether the worker's leases lapse: it cannot renew them in Redis
+    /// (cut off from PostgreSQL only, it keeps them).
+    fn loses_leases(self) -> bool {
+        !matches!(self, Self::Postgres)
+    }
+
     fn fault(self) -> &'static str {
         match self {
             Self::Redis => "worker host cut off from Redis (partition)",
@@ -248,7 +252,7 @@ struct Chaos {
 }
 
 impl Chaos {
-    /// Starts a worker on the host of worker slot `slot`.
+    /// Starts a worker at `place`: its slot's host, or loopback.
     fn spawn_worker(&mut self, place: Place) -> anyhow::Result<()> {
         self.next_worker += 1;
         let name = format!("worker-{}", self.next_worker);
@@ -380,7 +384,9 @@ impl Chaos {
         self.partitioned_until
             .insert(worker.name.clone(), Instant::now() + for_how_long);
         let name = worker.name.clone();
-        if let Some(fate) = self.fates.get_mut(&name) {
+        if partition.loses_leases()
+            && let Some(fate) = self.fates.get_mut(&name)
+        {
             fate.partitioned.push(Utc::now());
         }
         self.count(partition.fault());
@@ -510,6 +516,9 @@ where
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let placement = Placement::new(&args)?;
+    // Held until the run has stopped its processes and servers: dropping
+    // the network kills whatever still runs on it.
+    let _network = placement.network.clone();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -604,7 +613,7 @@ async fn run(args: Args, placement: Placement) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for number in 1..=APIS {
         let place = placement.place(&Placement::api(number));
-        let address = SocketAddrV4::new(place.address(), free_port());
+        let address = place.free_address();
         apis.push(spawn_api(&setup, &place, address, number)?);
         let client = Client::new(&format!("http://{address}")).with_token(token.clone());
         wait_until(Duration::from_secs(60), "the API", || async {

@@ -26,8 +26,9 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use anyhow::{Context as _, bail};
 use uuid::Uuid;
@@ -40,6 +41,15 @@ pub const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 77, 0, 0), 24);
 /// `02:77:00:00:00:<last byte of the address>`, and no host's address
 /// ends in 255 (the broadcast address), so none has it.
 const NOBODY: &str = "02:77:00:00:00:ff";
+
+/// The ports [`Place::free_address`] hands out on hosts: below Linux's
+/// ephemeral range (`ip_local_port_range`, 32768–60999 by default), so an
+/// outgoing connection of a host never holds one. A port probed free in
+/// the caller's namespace says nothing of another namespace's.
+const HOST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next of [`HOST_PORTS`] to hand out, counted from its start.
+static NEXT_HOST_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// Most hosts a network holds (the subnet's size, less the network and
 /// broadcast addresses and `.1`, kept free).
@@ -78,13 +88,27 @@ impl Host {
             .arg(program);
         command
     }
+
+    /// Moves the calling thread onto this host; see [`Network::enter`].
+    ///
+    /// # Errors
+    ///
+    /// If the namespace cannot be opened or joined (not root).
+    pub fn enter(&self) -> anyhow::Result<()> {
+        let path = format!("/var/run/netns/{}", self.namespace);
+        let namespace =
+            std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+        nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("cannot join {path}"))
+    }
 }
 
-/// Where a test starts a server or a process: on this machine's loopback,
+/// Where a test starts a server or a process: on the caller's loopback,
 /// or on a host of a [`Network`].
 #[derive(Debug, Clone, Default)]
 pub enum Place {
-    /// This machine, on `127.0.0.1`.
+    /// Where the caller runs, on `127.0.0.1`: this machine's own network,
+    /// or the host the caller entered ([`Network::enter`]).
     #[default]
     Loopback,
     /// A host of a network, on its address.
@@ -98,6 +122,21 @@ impl Place {
             Self::Loopback => Ipv4Addr::LOCALHOST,
             Self::On(host) => host.address,
         }
+    }
+
+    /// An address here that nothing listens on: a free ephemeral port on
+    /// loopback; on a host, the next of `HOST_PORTS` (20000–31999), which no other
+    /// listener of this process got and no outgoing connection uses (they
+    /// take ports from 32768 up), whichever host it is on.
+    pub fn free_address(&self) -> SocketAddrV4 {
+        let port = match self {
+            Self::Loopback => crate::free_port(),
+            Self::On(_) => {
+                let span = HOST_PORTS.end - HOST_PORTS.start;
+                HOST_PORTS.start + NEXT_HOST_PORT.fetch_add(1, Ordering::Relaxed) % span
+            }
+        };
+        SocketAddrV4::new(self.address(), port)
     }
 
     /// `program` to be run here.
@@ -245,11 +284,7 @@ impl Network {
     ///
     /// If the network has no such host (a mistake in the test).
     pub fn enter(&self, name: &str) -> anyhow::Result<()> {
-        let path = format!("/var/run/netns/{}", self.host(name).namespace);
-        let namespace =
-            std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
-        nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("cannot join {path}"))
+        self.host(name).enter()
     }
 
     /// Cuts hosts `a` and `b` off from each other, both ways, until

@@ -3,10 +3,11 @@
 //! suite crashes and restarts them, which the machine's own servers must
 //! never go through; the network bench puts them on hosts of their own.
 //!
-//! A server on a host is reached from wherever the caller runs: a program
-//! that works with one enters the network first
+//! Each waits until it listens from its own host, so the caller may start
+//! it from anywhere; to use one on a host, the caller joins the network
 //! ([`Network::enter`](crate::Network::enter)).
 
+use std::ffi::OsString;
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::{Place, free_port, running_as_root, server_programs};
+use crate::{Place, running_as_root, server_programs};
 
 /// A PostgreSQL cluster of a test's own (`initdb`, trust authentication,
 /// PostgreSQL's default durability), stopped when dropped.
@@ -43,7 +44,7 @@ impl PrivatePostgres {
         let server = Self {
             bin: server_programs()?,
             dir: dir.to_owned(),
-            address: SocketAddrV4::new(place.address(), free_port()),
+            address: place.free_address(),
             place,
         };
         server.run(
@@ -100,7 +101,7 @@ impl PrivatePostgres {
                 "start",
             ],
         )?;
-        wait_for_port(self.address, Duration::from_secs(30))
+        wait_for_port(&self.place, self.address, Duration::from_secs(30))
     }
 
     /// Crashes the server: an `immediate` stop skips the checkpoint, as a
@@ -129,27 +130,43 @@ impl PrivatePostgres {
     /// Runs server program `tool` at the server's place, as the user the
     /// server runs as.
     fn run(&self, tool: &str, arguments: &[&str]) -> anyhow::Result<()> {
-        let program = self.bin.join(tool);
-        let mut command = if running_as_root() {
-            let mut command = self.place.command("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&program);
-            command
-        } else {
-            self.place.command(&program)
-        };
-        let output = command
-            .args(arguments)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {tool}"))?;
-        anyhow::ensure!(
-            output.status.success(),
-            "{tool} {arguments:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
+        run_as_server_user(
+            &self.place,
+            self.bin.join(tool).into(),
+            arguments.iter().map(OsString::from),
+        )
     }
+}
+
+/// Runs `program` at `place` as the user PostgreSQL's servers run as
+/// (`postgres` when running as root, which PostgreSQL refuses), failing
+/// with its output.
+pub(crate) fn run_as_server_user(
+    place: &Place,
+    program: OsString,
+    arguments: impl IntoIterator<Item = OsString>,
+) -> anyhow::Result<()> {
+    let mut command = if running_as_root() {
+        let mut command = place.command("runuser");
+        command.args(["-u", "postgres", "--"]).arg(&program);
+        command
+    } else {
+        place.command(&program)
+    };
+    let output = command
+        .args(arguments)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} failed: {}{}",
+        program.to_string_lossy(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 impl Drop for PrivatePostgres {
@@ -174,7 +191,7 @@ impl PrivateRedis {
     ///
     /// If `redis-server` is missing or its port does not open within 10 s.
     pub fn start(place: Place) -> anyhow::Result<Self> {
-        let address = SocketAddrV4::new(place.address(), free_port());
+        let address = place.free_address();
         let mut server = Self {
             child: None,
             place,
@@ -227,7 +244,7 @@ impl PrivateRedis {
             command.args(["--protected-mode", "no"]);
         }
         self.child = Some(command.spawn().context("redis-server not found")?);
-        wait_for_port(self.address, Duration::from_secs(10))
+        wait_for_port(&self.place, self.address, Duration::from_secs(10))
     }
 }
 
@@ -237,8 +254,24 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// Waits until something accepts connections on `address`.
-fn wait_for_port(address: SocketAddrV4, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until something accepts connections on `address` at `place`,
+/// trying from a thread on `place` itself.
+fn wait_for_port(place: &Place, address: SocketAddrV4, timeout: Duration) -> anyhow::Result<()> {
+    match place {
+        Place::Loopback => wait_for_port_here(address, timeout),
+        Place::On(host) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    host.enter()?;
+                    wait_for_port_here(address, timeout)
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }),
+    }
+}
+
+fn wait_for_port_here(address: SocketAddrV4, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&address.into(), Duration::from_millis(500)).is_ok() {

@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
-use crate::{free_port, running_as_root, server_programs};
+use crate::private_servers::run_as_server_user;
+use crate::{Place, free_port, server_programs};
 
 /// A primary and its streaming replica, both started.
 #[derive(Debug)]
@@ -255,27 +256,7 @@ impl ReplicatedPostgres {
         program: impl Into<OsString>,
         arguments: impl IntoIterator<Item = OsString>,
     ) -> anyhow::Result<()> {
-        let program = program.into();
-        let mut command = if running_as_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&program);
-            command
-        } else {
-            Command::new(&program)
-        };
-        let output = command
-            .args(arguments)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
-        anyhow::ensure!(
-            output.status.success(),
-            "{} failed: {}{}",
-            program.to_string_lossy(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
+        run_as_server_user(&Place::Loopback, program.into(), arguments)
     }
 }
 

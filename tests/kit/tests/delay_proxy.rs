@@ -100,3 +100,29 @@ fn every_byte_arrives_in_order_and_a_half_close_is_passed_on() {
     assert_eq!(echoed.len(), sent.len());
     assert!(echoed == sent, "bytes changed or reordered on the way");
 }
+
+#[test]
+fn a_sender_faster_than_its_receiver_is_slowed_as_on_a_full_link() {
+    // A server that accepts and never reads.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, listener.local_addr().unwrap().port());
+    let held = thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+    let proxy = proxy_to(target, Duration::from_micros(500));
+    let mut stream = TcpStream::connect(proxy.address()).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    // Socket buffers on the way hold a few MiB; a proxy that read without
+    // bound would take all of it.
+    let chunk = vec![0_u8; 1 << 20];
+    let mut written = 0;
+    while written < 256 << 20 && stream.write_all(&chunk).is_ok() {
+        written += chunk.len();
+    }
+    assert!(
+        written < 64 << 20,
+        "{} MiB went into a link whose receiver reads nothing",
+        written >> 20
+    );
+    drop(held);
+}

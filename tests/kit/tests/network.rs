@@ -15,33 +15,12 @@ use std::net::{SocketAddrV4, TcpStream};
 
 use taskflow_testkit::{DelayProxy, Network, PrivateRedis};
 
-/// Starts a Redis server of its own on host `name`, listening on its
-/// address, killed when the result is dropped.
-fn start_redis_on(network: &Network, name: &str) -> KilledOnDrop {
-    let address = network.host(name).address.to_string();
-    let child = network
-        .command(name, "redis-server")
-        .args(["--bind", &address, "--port", "6379", "--save", ""])
-        .args(["--protected-mode", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server runs");
-    let redis = KilledOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !answers(network, name, name) {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    redis
-}
-
-/// Whether host `from` gets an answer from the Redis on host `to` within
-/// 2 s.
-fn answers(network: &Network, from: &str, to: &str) -> bool {
-    let address = network.host(to).address.to_string();
+/// Whether host `from` gets an answer from the Redis at `redis` within 2 s.
+fn answers(network: &Network, from: &str, redis: SocketAddrV4) -> bool {
     network
         .command(from, "timeout")
-        .args(["2", "redis-cli", "-h", &address, "-p", "6379", "ping"])
+        .args(["2", "redis-cli", "-h", &redis.ip().to_string()])
+        .args(["-p", &redis.port().to_string(), "ping"])
         .output()
         .is_ok_and(|output| output.status.success() && output.stdout.starts_with(b"PONG"))
 }
@@ -49,9 +28,10 @@ fn answers(network: &Network, from: &str, to: &str) -> bool {
 #[test]
 fn hosts_reach_each_other_and_a_cut_drops_only_the_pair_it_names() {
     let network = Network::create(&["db", "w1", "w2"]).expect("namespaces can be made");
-    let _redis = start_redis_on(&network, "db");
-    assert!(answers(&network, "w1", "db"));
-    assert!(answers(&network, "w2", "db"));
+    let redis = PrivateRedis::start(network.place("db")).expect("redis starts on db");
+    let redis = redis.address();
+    assert!(answers(&network, "w1", redis));
+    assert!(answers(&network, "w2", redis));
 
     // No host has a route beyond the network's subnet.
     let routes = Command::new("ip")
@@ -70,18 +50,18 @@ fn hosts_reach_each_other_and_a_cut_drops_only_the_pair_it_names() {
     network.cut("w1", "db").unwrap();
     let started = Instant::now();
     assert!(
-        !answers(&network, "w1", "db"),
+        !answers(&network, "w1", redis),
         "w1 reached db through the cut"
     );
     assert!(
         started.elapsed() >= Duration::from_millis(1900),
         "the cut refused the connection instead of dropping it"
     );
-    assert!(answers(&network, "w2", "db"), "the cut of w1 cut w2 too");
+    assert!(answers(&network, "w2", redis), "the cut of w1 cut w2 too");
 
     network.heal("w1", "db").unwrap();
     assert!(
-        answers(&network, "w1", "db"),
+        answers(&network, "w1", redis),
         "the heal did not reconnect w1"
     );
 }
@@ -111,9 +91,14 @@ fn a_program_on_a_host_reaches_servers_on_others_directly_and_through_a_delayed_
         let direct = ping(redis.address()).expect("the client reaches the redis host");
 
         let one_way = Duration::from_millis(10);
-        let listen = SocketAddrV4::new(network.host("redis").address, 16_379);
-        let link = DelayProxy::start(&network.place("redis"), listen, redis.address(), one_way)
-            .expect("the proxy starts on the redis host");
+        let redis_host = network.place("redis");
+        let link = DelayProxy::start(
+            &redis_host,
+            redis_host.free_address(),
+            redis.address(),
+            one_way,
+        )
+        .expect("the proxy starts on the redis host");
         let delayed = ping(link.address()).expect("the client reaches redis through the link");
         assert!(
             delayed >= 2 * one_way,

@@ -9,7 +9,11 @@
 //! reads with the time it arrived, and a writer thread, which writes each
 //! chunk, in order, at that time plus the delay: a chunk that arrives while
 //! an earlier one waits is not delayed twice, so pipelined requests keep
-//! their spacing, as on a wire. Writers sleep with a timer slack of 1 µs
+//! their spacing, as on a wire. The end of a stream is delayed likewise: a
+//! close is passed on as a close of that direction, a failed read or write
+//! as a close of both ends. At most
+//! [`IN_FLIGHT_CHUNKS`] wait in between, after which the reader stops
+//! reading and TCP's flow control slows the sender, as a full link would. Writers sleep with a timer slack of 1 µs
 //! (`PR_SET_TIMERSLACK`): the default 50 µs would be a tenth of a 0.5 ms
 //! delay. Four threads and their wake-ups per connection are what a link
 //! in user space costs; the bench reports the proxy's CPU time.
@@ -25,6 +29,9 @@ use anyhow::Context as _;
 /// Most bytes read at once.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Most chunks read and not yet written, per direction of a connection.
+const IN_FLIGHT_CHUNKS: usize = 16;
+
 fn main() -> anyhow::Result<()> {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let [listen, target, delay_us] = arguments.as_slice() else {
@@ -36,11 +43,16 @@ fn main() -> anyhow::Result<()> {
     println!("ready");
     std::io::stdout().flush()?;
     for client in listener.incoming() {
-        let Ok(client) = client else { continue };
+        let Ok(client) = client else {
+            // Out of descriptors, say: wait for some to be closed rather
+            // than spin.
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         let target = target.clone();
-        thread::spawn(move || {
-            // A client whose server cannot be reached is closed, as the
-            // server's refusal would close it.
+        // A client whose server cannot be reached, or that no thread can be
+        // made for, is closed, as the server's refusal would close it.
+        let _ = thread::Builder::new().spawn(move || {
             if let Ok(server) = TcpStream::connect(&target) {
                 let _ = link(client, server, delay);
             }
@@ -55,46 +67,77 @@ fn link(client: TcpStream, server: TcpStream, delay: Duration) -> std::io::Resul
     server.set_nodelay(true)?;
     let upstream = {
         let (from, to) = (client.try_clone()?, server.try_clone()?);
-        thread::spawn(move || forward(from, to, delay))
+        thread::Builder::new().spawn(move || forward(from, to, delay))?
     };
     forward(server, client, delay);
     let _ = upstream.join();
     Ok(())
 }
 
-/// Reads `from` until it ends and writes what it read to `to`, each chunk
-/// `delay` after it arrived. The end of `from` is passed on as the end of
-/// what `to` gets; a failed write ends both.
+/// What a reader saw, stamped with when.
+enum Arrival {
+    Bytes(Vec<u8>),
+    /// The sender closed its side.
+    End,
+    /// The connection failed (a reset): both ends are shut.
+    Failure,
+}
+
+/// Reads `from` until it ends and writes what it read to `to`, each chunk,
+/// and then the end, `delay` after it arrived.
 fn forward(from: TcpStream, to: TcpStream, delay: Duration) {
-    let (chunks, delayed) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let (arrivals, delayed) = mpsc::sync_channel::<(Instant, Arrival)>(IN_FLIGHT_CHUNKS);
     let Ok(reader_side) = from.try_clone() else {
         return;
     };
-    let writer = thread::spawn(move || {
-        let _ = nix::sys::prctl::set_timerslack(1_000);
-        let mut to = to;
-        for (arrived, chunk) in delayed {
-            if let Some(wait) = (arrived + delay).checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
-            }
-            if to.write_all(&chunk).is_err() {
-                let _ = to.shutdown(Shutdown::Both);
-                let _ = reader_side.shutdown(Shutdown::Both);
-                return;
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
+    let Ok(writer) =
+        thread::Builder::new().spawn(move || write_delayed(&delayed, to, &reader_side, delay))
+    else {
+        let _ = from.shutdown(Shutdown::Both);
+        return;
+    };
     let mut from = from;
     let mut buffer = vec![0; CHUNK_BYTES];
-    while let Ok(read @ 1..) = from.read(&mut buffer) {
-        if chunks
-            .send((Instant::now(), buffer[..read].to_vec()))
-            .is_err()
-        {
+    loop {
+        let arrival = match from.read(&mut buffer) {
+            Ok(0) => Arrival::End,
+            Ok(read) => Arrival::Bytes(buffer[..read].to_vec()),
+            Err(_) => Arrival::Failure,
+        };
+        let last = !matches!(arrival, Arrival::Bytes(_));
+        if arrivals.send((Instant::now(), arrival)).is_err() || last {
             break;
         }
     }
-    drop(chunks);
+    drop(arrivals);
     let _ = writer.join();
+}
+
+/// Writes each arrival to `to` when it is due; a failed write, or a
+/// failure read, shuts both `to` and the reader's side.
+fn write_delayed(
+    delayed: &mpsc::Receiver<(Instant, Arrival)>,
+    mut to: TcpStream,
+    reader_side: &TcpStream,
+    delay: Duration,
+) {
+    let _ = nix::sys::prctl::set_timerslack(1_000);
+    for (arrived, arrival) in delayed {
+        if let Some(wait) = (arrived + delay).checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let failed = match arrival {
+            Arrival::Bytes(chunk) => to.write_all(&chunk).is_err(),
+            Arrival::End => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Arrival::Failure => true,
+        };
+        if failed {
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = reader_side.shutdown(Shutdown::Both);
+            return;
+        }
+    }
 }
