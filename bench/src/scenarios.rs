@@ -40,7 +40,7 @@ pub async fn run(scenario: Scenario, target: &Target, scale: f64) -> anyhow::Res
             operations::prune_while_draining(target, scaled(20_000), scaled(1_000_000)).await
         }
         Scenario::Fleet => super::fleet::fleet(target, scaled(100), scaled(20_000)).await,
-        Scenario::Network => super::network::network(target, scaled(5_000), scaled(1_000)).await,
+        Scenario::Network => super::network::network(target, scaled(20_000), scaled(1_000)).await,
     }
 }
 
