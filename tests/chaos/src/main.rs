@@ -26,33 +26,34 @@
 //! Redis, each API, each worker's host, and the suite itself as the
 //! client. The black-hole link to Redis gives way to real partitions: a
 //! worker's host is cut off from Redis only, another's from PostgreSQL
-//! only, then one's (any that is not cut off then) from both, each for `--partition-ttls` lease TTLs,
-//! while the other faults go on (issue 16).
+//! only, then one's (any not cut off at the time) from both, each for
+//! `--partition-ttls` lease TTLs, while the other faults go on (issue 16).
+//!
+//! `faults.rs` holds the faults, `placement.rs` where each process runs,
+//! `submit.rs` the clients, and `audit.rs` with `analysis.rs` the checks.
 
 mod analysis;
 mod audit;
 mod cluster;
+mod faults;
+mod placement;
+mod submit;
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::Utc;
 use clap::Parser;
-use nix::sys::signal::Signal;
-use serde_json::json;
-use taskflow::api::types::{PutQueue, SubmitJob};
+use taskflow::api::types::PutQueue;
 use taskflow::client::Client;
-use uuid::Uuid;
 
-use analysis::WorkerFate;
 use audit::analyse;
-use cluster::{RedisLink, Taskflow, TaskflowSetup};
-use taskflow_testkit::{Network, PgBouncer, Place, PrivatePostgres, PrivateRedis, RedisCluster};
+use cluster::TaskflowSetup;
+use faults::{Chaos, Partition, RedisUnderTest, spawn_api};
+use placement::{APIS, Placement};
+use submit::{submit_all, wait_until};
+use taskflow_testkit::{PgBouncer, PrivatePostgres, PrivateRedis, RedisCluster};
 
 /// The prefix of the run's Redis keys.
 const REDIS_PREFIX: &str = "chaos:";
@@ -120,398 +121,9 @@ struct Args {
     partition_ttls: u32,
 }
 
-/// API processes the suite runs; the first is the one it kills.
-const APIS: usize = 2;
-
-/// Where each process of the run goes: everything on loopback, or with
-/// `--network` each on a host of its own, named as below.
-struct Placement {
-    network: Option<Arc<Network>>,
-}
-
-impl Placement {
-    const CLIENT: &str = "client";
-    const POSTGRES: &str = "postgres";
-    const REDIS: &str = "redis";
-
-    /// Makes the network of `--network`, with a host for each API and
-    /// each of `workers` worker slots (a worker killed is replaced on its
-    /// slot's host), and moves this program onto its client host: call it
-    /// before the runtime starts, so that every thread is there.
-    fn new(args: &Args) -> anyhow::Result<Self> {
-        if !args.network {
-            return Ok(Self { network: None });
-        }
-        let mut names: Vec<String> = [Self::CLIENT, Self::POSTGRES, Self::REDIS]
-            .map(str::to_owned)
-            .to_vec();
-        names.extend((1..=APIS).map(Self::api));
-        names.extend((1..=args.workers).map(Self::worker));
-        let network = Network::create(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
-        network.enter(Self::CLIENT)?;
-        Ok(Self {
-            network: Some(Arc::new(network)),
-        })
-    }
-
-    fn api(number: usize) -> String {
-        format!("api-{number}")
-    }
-
-    fn worker(slot: usize) -> String {
-        format!("worker-host-{slot}")
-    }
-
-    fn place(&self, host: &str) -> Place {
-        self.network
-            .as_ref()
-            .map_or(Place::Loopback, |network| network.place(host))
-    }
-}
-
 /// Server connections the run's PgBouncer keeps: fewer than the API and
 /// workers open, so that they share them.
 const PGBOUNCER_SERVER_CONNECTIONS: u32 = 12;
-
-/// The Redis the run uses, and so the Redis faults it can inject.
-enum RedisUnderTest {
-    /// One server: flushed, restarted, and each worker on loopback
-    /// reaching it through a link that can be cut.
-    Single(PrivateRedis),
-    /// A cluster: failed over, at the master of `epoch_key`'s slot, which
-    /// holds all of TaskFlow's keys.
-    Cluster {
-        cluster: RedisCluster,
-        epoch_key: String,
-    },
-}
-
-impl RedisUnderTest {
-    fn url(&self) -> String {
-        match self {
-            Self::Single(server) => server.url(),
-            Self::Cluster { cluster, .. } => cluster.url(),
-        }
-    }
-}
-
-/// What a partition of `--network` cuts a worker's host off from.
-#[derive(Debug, Clone, Copy)]
-enum Partition {
-    Redis,
-    Postgres,
-    Both,
-}
-
-impl Partition {
-    fn hosts(self) -> &'static [&'static str] {
-        match self {
-            Self::Redis => &[Placement::REDIS],
-            Self::Postgres => &[Placement::POSTGRES],
-            Self::Both => &[Placement::REDIS, Placement::POSTGRES],
-        }
-    }
-
-    /// Whether the worker's leases lapse: it cannot renew them in Redis
-    /// (cut off from PostgreSQL only, it keeps them).
-    fn loses_leases(self) -> bool {
-        !matches!(self, Self::Postgres)
-    }
-
-    fn fault(self) -> &'static str {
-        match self {
-            Self::Redis => "worker host cut off from Redis (partition)",
-            Self::Postgres => "worker host cut off from PostgreSQL (partition)",
-            Self::Both => "worker host cut off from Redis and PostgreSQL (partition)",
-        }
-    }
-}
-
-/// Everything the fault schedule works on.
-struct Chaos {
-    setup: TaskflowSetup,
-    placement: Placement,
-    /// The single Redis server's port, for the links of workers on
-    /// loopback; `None` on a cluster, whose clients reach every node
-    /// directly, and on a network, where partitions cut the real path.
-    redis_port: Option<u16>,
-    /// Each worker's way to Redis, by name.
-    links: HashMap<String, RedisLink>,
-    apis: Vec<Taskflow>,
-    api_addresses: Vec<SocketAddrV4>,
-    workers: Vec<Taskflow>,
-    next_worker: usize,
-    fates: HashMap<String, WorkerFate>,
-    /// Until when each partitioned worker is cut off, by name: no other
-    /// fault picks it meanwhile.
-    partitioned_until: HashMap<String, Instant>,
-    /// The partitions' heals, awaited before the audit.
-    heals: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    faults: HashMap<&'static str, usize>,
-    random: u64,
-}
-
-impl Chaos {
-    /// Starts a worker at `place`: its slot's host, or loopback.
-    fn spawn_worker(&mut self, place: Place) -> anyhow::Result<()> {
-        self.next_worker += 1;
-        let name = format!("worker-{}", self.next_worker);
-        let mut env = vec![("TASKFLOW_WORKER_ID", name.clone())];
-        if let Some(port) = self.redis_port {
-            let link = RedisLink::start(port)?;
-            env.push(("REDIS_URL", link.url()));
-            self.links.insert(name.clone(), link);
-        }
-        let worker = self.setup.spawn("worker", &name, &place, &env)?;
-        self.fates.insert(name, WorkerFate::default());
-        self.workers.push(worker);
-        Ok(())
-    }
-
-    /// A worker that is neither paused nor partitioned, chosen by a
-    /// fixed-seed generator; `None` if every worker is.
-    fn pick_worker(&mut self) -> Option<usize> {
-        let now = Instant::now();
-        let running: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| {
-                let name = &self.workers[i].name;
-                let resumed = self.fates[name]
-                    .paused
-                    .last()
-                    .is_none_or(|(_, resumed)| *resumed <= Utc::now());
-                let connected = self
-                    .partitioned_until
-                    .get(name)
-                    .is_none_or(|until| *until <= now);
-                resumed && connected
-            })
-            .collect();
-        self.random = self
-            .random
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (!running.is_empty()).then(|| running[(self.random >> 33) as usize % running.len()])
-    }
-
-    fn count(&mut self, fault: &'static str) {
-        *self.faults.entry(fault).or_default() += 1;
-        println!("chaos: {fault}");
-    }
-
-    /// Picks a worker for `fault`, or says that none could be.
-    fn pick_worker_for(&mut self, fault: &str) -> Option<usize> {
-        let picked = self.pick_worker();
-        if picked.is_none() {
-            println!("chaos: skipped {fault}: every worker is paused or partitioned");
-        }
-        picked
-    }
-
-    fn kill_a_worker(&mut self) -> anyhow::Result<()> {
-        let Some(index) = self.pick_worker_for("a kill") else {
-            return Ok(());
-        };
-        let mut worker = self.workers.remove(index);
-        worker.kill()?;
-        self.fates.get_mut(&worker.name).unwrap().killed_at = Some(Utc::now());
-        self.count("worker SIGKILL");
-        self.spawn_worker(worker.place.clone())
-    }
-
-    async fn pause_a_worker(&mut self, for_how_long: Duration) -> anyhow::Result<()> {
-        let Some(index) = self.pick_worker_for("a pause") else {
-            return Ok(());
-        };
-        let worker = &self.workers[index];
-        worker.signal(Signal::SIGSTOP)?;
-        let stopped = Utc::now();
-        let name = worker.name.clone();
-        let pid = worker.pid();
-        self.fates
-            .get_mut(&name)
-            .unwrap()
-            .paused
-            .push((stopped, stopped + for_how_long));
-        self.count("worker SIGSTOP past its lease");
-        tokio::spawn(async move {
-            tokio::time::sleep(for_how_long).await;
-            let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
-        });
-        Ok(())
-    }
-
-    /// Cuts a worker off from Redis by a black hole for `for_how_long`: its
-    /// commands time out, its leases cannot be renewed, and the other
-    /// workers must rescue its jobs without two executions overlapping.
-    fn cut_a_worker_off_from_redis(&mut self, for_how_long: Duration) {
-        let Some(index) = self.pick_worker_for("a black hole") else {
-            return;
-        };
-        let name = self.workers[index].name.clone();
-        self.links[&name].black_hole();
-        self.count("worker cut off from Redis (black hole)");
-        let heal = self.links[&name].heal_handle();
-        tokio::spawn(async move {
-            tokio::time::sleep(for_how_long).await;
-            heal.send_replace(false);
-        });
-    }
-
-    /// Cuts a worker's host off from what `partition` names, both ways,
-    /// for `for_how_long` (`--network` only): its packets to them and
-    /// theirs to it are dropped without an answer, as on a lost link.
-    fn partition_a_worker(
-        &mut self,
-        partition: Partition,
-        for_how_long: Duration,
-    ) -> anyhow::Result<()> {
-        let network = self
-            .placement
-            .network
-            .clone()
-            .context("partitions need --network")?;
-        let Some(index) = self.pick_worker_for(partition.fault()) else {
-            return Ok(());
-        };
-        let worker = &self.workers[index];
-        let Place::On(host) = &worker.place else {
-            bail!("{} does not run on a host of the network", worker.name);
-        };
-        let host = host.name.clone();
-        for server in partition.hosts() {
-            network.cut(&host, server)?;
-        }
-        self.partitioned_until
-            .insert(worker.name.clone(), Instant::now() + for_how_long);
-        let name = worker.name.clone();
-        if partition.loses_leases()
-            && let Some(fate) = self.fates.get_mut(&name)
-        {
-            fate.partitioned.push(Utc::now());
-        }
-        self.count(partition.fault());
-        println!("chaos:   {name} on {host}, for {for_how_long:?}");
-        self.heals.push(tokio::spawn(async move {
-            tokio::time::sleep(for_how_long).await;
-            for server in partition.hosts() {
-                network.heal(&host, server)?;
-            }
-            Ok(())
-        }));
-        Ok(())
-    }
-
-    /// Kills the master of TaskFlow's slot, waits for its replica to take
-    /// over, and starts the old master again, which rejoins as a replica.
-    fn fail_over(&mut self, cluster: &mut RedisCluster, epoch_key: &str) -> anyhow::Result<()> {
-        let killed = cluster.kill_master_of(epoch_key)?;
-        self.count("Redis Cluster master SIGKILL (failover)");
-        cluster.until_healthy()?;
-        cluster.restart(killed)?;
-        cluster.until_healthy()
-    }
-
-    /// Kills the first API mid-submission and starts it again; the other
-    /// goes on serving.
-    async fn restart_api(&mut self) -> anyhow::Result<()> {
-        self.apis[0].kill()?;
-        self.count("API SIGKILL mid-submission");
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        self.apis[0] = spawn_api(&self.setup, &self.apis[0].place, self.api_addresses[0], 1)?;
-        Ok(())
-    }
-}
-
-/// Starts API number `number`, listening on `address`.
-fn spawn_api(
-    setup: &TaskflowSetup,
-    place: &Place,
-    address: SocketAddrV4,
-    number: usize,
-) -> anyhow::Result<Taskflow> {
-    setup.spawn(
-        "api",
-        &Placement::api(number),
-        place,
-        &[("TASKFLOW_LISTEN", address.to_string())],
-    )
-}
-
-/// Submits `count` jobs from 8 concurrent clients, each retrying with the same
-/// idempotency key until an API accepts it (through API restarts and
-/// database crashes). Each try goes to the next API of `apis`, so a retry
-/// may reach another API than the try it repeats. Returns the job ids and
-/// how many retries it took.
-async fn submit_all(
-    apis: Vec<Client>,
-    module: String,
-    count: usize,
-    keys: Option<usize>,
-) -> (Vec<Uuid>, usize) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let ids = Arc::new(Mutex::new(vec![Uuid::nil(); count]));
-    let retries = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (apis, module, next, ids, retries) = (
-                apis.clone(),
-                module.clone(),
-                next.clone(),
-                ids.clone(),
-                retries.clone(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        return;
-                    }
-                    let job = SubmitJob {
-                        module: module.clone(),
-                        input: Some(json!({"mode": "sleep", "ms": 30 + (i * 37) % 170}).into()),
-                        idempotency_key: Some(format!("chaos-{i}")),
-                        max_attempts: Some(25),
-                        concurrency_key: keys.map(|keys| format!("tenant-{}", i % keys)),
-                        ..SubmitJob::default()
-                    };
-                    for api in apis.iter().cycle().skip(i) {
-                        match api.submit(&job).await {
-                            Ok(submitted) => {
-                                ids.lock().unwrap()[i] = submitted.job.id;
-                                break;
-                            }
-                            Err(_) => {
-                                retries.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.await.expect("submitter task");
-    }
-    let ids = ids.lock().unwrap().clone();
-    (ids, retries.load(Ordering::Relaxed))
-}
-
-async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut ready: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !ready().await {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
