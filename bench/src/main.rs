@@ -9,6 +9,7 @@
 //! the compiler, not TaskFlow.
 
 mod cluster;
+mod drains;
 mod fleet;
 mod http;
 mod in_process;
@@ -16,6 +17,7 @@ mod network;
 mod operations;
 mod reference;
 mod scenarios;
+mod submissions;
 mod usage;
 mod waiting;
 

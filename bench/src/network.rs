@@ -21,7 +21,8 @@ use taskflow_testkit::{DelayProxy, Network, Place, PrivatePostgres, PrivateRedis
 
 use super::Figure;
 use super::cluster::{Placement, Target};
-use super::scenarios::{DrainSetup, drain, submit};
+use super::drains::{DrainSetup, drain};
+use super::submissions::submit;
 
 /// The host the benchmark runs on.
 const CLIENT: &str = "client";

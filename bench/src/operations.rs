@@ -12,7 +12,7 @@ use taskflow_testkit::percentile;
 
 use super::Figure;
 use super::cluster::{Deployment, Target};
-use super::scenarios::{DrainSetup, EXPIRED_QUEUE, drain};
+use super::drains::{DrainSetup, EXPIRED_QUEUE, drain};
 
 /// How many queues the listing's jobs are spread over.
 const QUEUES: usize = 20;

@@ -1,0 +1,354 @@
+//! Drain scenarios: queued no-op jobs drained by two workers, alone, beside
+//! the reference, and alternately with and without queue limits.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use taskflow::api::types::{PutQueue, RateBody, SubmitBatch, SubmitJob};
+use taskflow_testkit::percentile;
+
+use super::Figure;
+use super::cluster::Target;
+use super::scenarios::{
+    cores, cpu_budget, job, redis_commands_since, wait_succeeded, warm_deployment,
+};
+use super::usage::{self, Servers};
+use super::{operations, reference};
+
+/// What a drain runs against.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DrainSetup {
+    /// Settings of the drained queue.
+    pub limits: Option<PutQueue>,
+    /// Finished jobs past their retention, on queue [`EXPIRED_QUEUE`], for
+    /// the pruner to delete while the drain runs.
+    pub expired_jobs: u64,
+}
+
+/// The queue of [`DrainSetup::expired_jobs`].
+pub(crate) const EXPIRED_QUEUE: &str = "archive";
+
+/// A drain's figures, and its rate for comparisons.
+pub(crate) struct Drained {
+    pub figures: Vec<Figure>,
+    pub jobs_per_second: f64,
+    /// PostgreSQL commits per drained job (every client's).
+    pub commits_per_job: f64,
+    /// The workers' store calls per drained job.
+    pub calls_per_job: f64,
+    /// The workers' claims per drained job.
+    pub claims_per_job: f64,
+    /// How fast the pruner deleted [`DrainSetup::expired_jobs`].
+    pub pruning: Option<PruneRates>,
+}
+
+/// Expired jobs deleted per second.
+pub(crate) struct PruneRates {
+    /// While the drain ran.
+    pub while_draining: f64,
+    /// After it, with the workers idle.
+    pub alone: f64,
+}
+
+/// The limits of the limited drain: far above what two workers can run at
+/// once (each claims at most its slots plus 256 ahead) or start in a second.
+fn limits_far_above_the_drain() -> PutQueue {
+    PutQueue {
+        max_running: Some(10_000),
+        rate: Some(RateBody {
+            limit: 10_000_000,
+            period: "1s".into(),
+        }),
+        ..PutQueue::default()
+    }
+}
+
+/// How many pairs of drains (without limits, then with) the limited drain
+/// runs.
+const LIMITED_DRAIN_PAIRS: usize = 5;
+
+/// Drains without limits and with [`limits_far_above_the_drain`],
+/// alternating, [`LIMITED_DRAIN_PAIRS`] times, and reports the median of
+/// the pairs' ratios (each pair ran back to back, so a machine whose speed
+/// drifts between pairs, as shared machines' does by tens of percent within
+/// minutes, moves both sides of a ratio alike), the lowest and highest
+/// ratio, the best rate of each side, and the machine-independent counts
+/// of the last pair.
+pub(crate) async fn drain_limited(target: &Target, count: usize) -> anyhow::Result<Vec<Figure>> {
+    let mut unlimited = Vec::new();
+    let mut limited = Vec::new();
+    let mut last = None;
+    for _ in 0..LIMITED_DRAIN_PAIRS {
+        let without = drain(target, count, &DrainSetup::default()).await?;
+        unlimited.push(without.jobs_per_second);
+        let limited_setup = DrainSetup {
+            limits: Some(limits_far_above_the_drain()),
+            ..DrainSetup::default()
+        };
+        let with_limits = drain(target, count, &limited_setup).await?;
+        limited.push(with_limits.jobs_per_second);
+        last = Some((without, with_limits));
+    }
+    let mut ratios: Vec<f64> = limited.iter().zip(&unlimited).map(|(l, u)| l / u).collect();
+    ratios.sort_by(f64::total_cmp);
+    let (without, with_limits) = last.context("the drains ran")?;
+    let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+    Ok(vec![
+        Figure::new(
+            "commits per job, no limits",
+            without.commits_per_job,
+            "commits",
+            "report",
+        ),
+        Figure::new(
+            "commits per job, limited",
+            with_limits.commits_per_job,
+            "commits",
+            "report",
+        ),
+        Figure::new(
+            "worker database calls per job, no limits",
+            without.calls_per_job,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "worker database calls per job, limited",
+            with_limits.calls_per_job,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "worker claims per job, no limits",
+            without.claims_per_job,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "worker claims per job, limited",
+            with_limits.claims_per_job,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "drained, no limits (best)",
+            best(&unlimited),
+            "jobs/s",
+            "report",
+        ),
+        Figure::new(
+            "drained, max_running and rate set (best)",
+            best(&limited),
+            "jobs/s",
+            "report",
+        ),
+        Figure::new(
+            "limited / unlimited, lowest pair",
+            ratios[0],
+            "ratio",
+            "report",
+        ),
+        Figure::new(
+            "limited / unlimited, highest pair",
+            ratios[ratios.len() - 1],
+            "ratio",
+            "report",
+        ),
+        Figure::new(
+            "limited / unlimited, median of the pairs",
+            percentile(&ratios, 50.0),
+            "ratio",
+            "≥ 0.9",
+        ),
+    ])
+}
+
+/// The drain of `count` no-op jobs, and its rate over the one-connection
+/// reference measured just before.
+pub(crate) async fn drain_beside_reference(
+    target: &Target,
+    count: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let reference = reference::inserts(target, 1).await?;
+    let drained = drain(target, count, &DrainSetup::default()).await?;
+    let mut figures = drained.figures;
+    figures.extend([
+        Figure::new(
+            "reference: one-row INSERT + COMMIT, 1 connection",
+            reference.per_second,
+            "tps",
+            "report",
+        ),
+        Figure::new(
+            "drained / reference",
+            drained.jobs_per_second / reference.per_second,
+            "ratio",
+            "≥ 5",
+        ),
+    ]);
+    Ok(figures)
+}
+
+/// Queues `count` no-op jobs as `setup` says, then lets two workers drain
+/// them.
+pub(crate) async fn drain(
+    target: &Target,
+    count: usize,
+    setup: &DrainSetup,
+) -> anyhow::Result<Drained> {
+    let (mut deployment, module) = warm_deployment(target, 2, cores(), "noop").await?;
+    if let Some(limits) = &setup.limits {
+        deployment.client.put_queue("default", limits).await?;
+    }
+    if setup.expired_jobs > 0 {
+        operations::insert_expired(deployment.store(), &module, setup.expired_jobs).await?;
+        // As a table that has held them for days would be: vacuumed, so
+        // autovacuum's pass over the fresh rows does not run during the drain.
+        deployment.store().vacuum_jobs().await?;
+    }
+    let warmup = 8;
+    for _ in 0..warmup {
+        deployment.client.submit(&job(&module)).await?;
+    }
+    wait_succeeded(deployment.store(), warmup, "warming up").await?;
+
+    // Every job falls due at the same moment, so the drain starts with the
+    // whole backlog in place and the workers already warm.
+    let run_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let mut remaining = count;
+    while remaining > 0 {
+        let size = remaining.min(1000);
+        let jobs = vec![
+            SubmitJob {
+                run_at: Some(run_at),
+                ..job(&module)
+            };
+            size
+        ];
+        deployment
+            .client
+            .submit_batch(&SubmitBatch { jobs })
+            .await?;
+        remaining -= size;
+    }
+    let (commits_before, calls_before, claims_before, statements_before) = (
+        deployment.store().commits().await?,
+        deployment.worker_db_calls().await?,
+        deployment.worker_db_calls_of("claim").await?,
+        deployment.store().statements_run().await,
+    );
+    // Nothing starts before the jobs fall due: the pruner's rate is
+    // measured over the drain itself.
+    let until_due = (run_at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(until_due).await;
+    let expired_before = operations::expired_left(deployment.store()).await?;
+    let (api_before, workers_before, servers_before) = (
+        deployment.api_usage(),
+        deployment.workers_usage(),
+        Servers::read(),
+    );
+    let redis_before = usage::redis_commands(&target.redis_url).await?;
+    let drain_started = Instant::now();
+    let mut peak_rss_bytes = 0;
+    {
+        let wait = wait_succeeded(deployment.store(), warmup + count, "draining");
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                result = &mut wait => { result?; break; }
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    let rss = deployment.worker_rss_bytes().into_iter().max().unwrap_or(0);
+                    peak_rss_bytes = peak_rss_bytes.max(rss);
+                }
+            }
+        }
+    }
+    let drained_s = deployment
+        .store()
+        .drained_seconds_after(run_at)
+        .await?
+        .context("no job was drained")?;
+    let api = deployment.api_usage().since(api_before);
+    let workers = deployment.workers_usage().since(workers_before);
+    let (postgres, redis) = Servers::read().since(&servers_before);
+    let redis_calls = redis_commands_since(target, redis_before).await?;
+    let calls = deployment.worker_db_calls().await? - calls_before;
+    let claims = deployment.worker_db_calls_of("claim").await? - claims_before;
+    let pruning = if setup.expired_jobs > 0 {
+        let while_draining = (expired_before - operations::expired_left(deployment.store()).await?)
+            as f64
+            / drain_started.elapsed().as_secs_f64();
+        let alone = operations::prune_rate_alone(deployment.store()).await?;
+        Some(PruneRates {
+            while_draining,
+            alone,
+        })
+    } else {
+        None
+    };
+    deployment.stop_workers().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let commits = deployment.store().commits().await? - commits_before;
+    let statements = deployment.store().statements_run().await;
+    let peak_mib = peak_rss_bytes as f64 / f64::from(1 << 20);
+    deployment.stop().await?;
+    let mut figures = vec![
+        Figure::new("drained", count as f64 / drained_s, "jobs/s", "report"),
+        Figure::new(
+            "PostgreSQL commits per job",
+            commits as f64 / count as f64,
+            "commits",
+            "≤ 0.1",
+        ),
+    ];
+    // Every statement of the database in the window: the workers', and the
+    // benchmark's own progress polls (a few dozen).
+    if let (Some(before), Some(after)) = (statements_before, statements) {
+        figures.push(Figure::new(
+            "PostgreSQL statements per job",
+            (after - before) as f64 / count as f64,
+            "statements",
+            "report",
+        ));
+    }
+    figures.extend([
+        Figure::new(
+            "worker database calls per job",
+            calls as f64 / count as f64,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "Redis commands per job",
+            redis_calls as f64 / count as f64,
+            "commands",
+            "report",
+        ),
+        Figure::new("worker peak RSS", peak_mib, "MiB", "≤ 150"),
+        Figure::new(
+            "context switches per job, API + workers",
+            (api.switches + workers.switches) as f64 / count as f64,
+            "switches",
+            "≤ 0.5",
+        ),
+    ]);
+    figures.extend(cpu_budget(
+        count,
+        "job",
+        &[
+            ("workers'", workers),
+            ("API", api),
+            ("PostgreSQL", postgres),
+            ("Redis", redis),
+        ],
+    ));
+    Ok(Drained {
+        figures,
+        jobs_per_second: count as f64 / drained_s,
+        commits_per_job: commits as f64 / count as f64,
+        calls_per_job: calls as f64 / count as f64,
+        claims_per_job: claims as f64 / count as f64,
+        pruning,
+    })
+}

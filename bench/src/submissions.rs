@@ -1,0 +1,217 @@
+//! Submission scenarios: one job per request from one client or many, and
+//! batches, each beside PostgreSQL's one-row INSERT + COMMIT of as many
+//! connections.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+
+use taskflow::api::types::SubmitBatch;
+use taskflow::client::{Client, ClientError};
+
+use super::Figure;
+use super::cluster::{Deployment, Target};
+use super::reference;
+use super::scenarios::{cpu_budget, job, progress, redis_commands_since};
+use super::usage::{self, Servers};
+
+/// Runs `clients` clients at once, each making its share of `requests`
+/// calls of `request` and moving `bar` by `step` after each, and returns how
+/// long they took together.
+///
+/// Each client is a thread of its own with its own single-threaded runtime
+/// and connection, as separate client programs would be. On the benchmark's
+/// shared multi-threaded runtime every response hopped between its threads,
+/// which cost the sequential client a tenth of its rate (docs/benchmarks.md).
+async fn run_clients<F, Fut, T>(
+    deployment: &Deployment,
+    clients: usize,
+    requests: usize,
+    (bar, step): (&ProgressBar, u64),
+    request: F,
+) -> anyhow::Result<Duration>
+where
+    F: Fn(Client) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let (api, request, bar) = (deployment.new_client(), request.clone(), bar.clone());
+            let share = requests / clients + usize::from(client < requests % clients);
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async {
+                        for _ in 0..share {
+                            request(api.clone()).await?;
+                            bar.inc(step);
+                        }
+                        anyhow::Ok(())
+                    })
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        threads.into_iter().try_for_each(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
+    .await??;
+    Ok(started.elapsed())
+}
+
+/// Submissions' figures, and their rate and reference for comparisons.
+pub(crate) struct Submitted {
+    pub figures: Vec<Figure>,
+    pub jobs_per_second: f64,
+    /// One-row INSERT + COMMIT per second from as many connections.
+    pub reference_per_second: f64,
+}
+
+/// `count` single-job submissions from `clients` concurrent clients, beside
+/// the reference of as many connections, and what the API spent on each.
+pub(crate) async fn submit(
+    target: &Target,
+    count: usize,
+    clients: usize,
+) -> anyhow::Result<Submitted> {
+    let reference = reference::inserts(target, clients).await?;
+    let deployment = Deployment::start(target).await?;
+    let module = deployment.upload("noop").await?;
+    let bar = progress(count, "submitting");
+    let submission = job(&module);
+    let job = Arc::new(submission.clone());
+    let (before, servers_before, client_before) =
+        (deployment.api_usage(), Servers::read(), usage::own());
+    let redis_before = usage::redis_commands(&target.redis_url).await?;
+    let elapsed = run_clients(&deployment, clients, count, (&bar, 1), move |api| {
+        let job = job.clone();
+        async move { api.submit(&job).await }
+    })
+    .await?;
+    let api = deployment.api_usage().since(before);
+    let (postgres, redis) = Servers::read().since(&servers_before);
+    let client = usage::own().since(client_before);
+    let redis_calls = redis_commands_since(target, redis_before).await?;
+    let rate = count as f64 / elapsed.as_secs_f64();
+    bar.finish_and_clear();
+    let without_http = if clients == 1 {
+        Some(reference::store_submissions(deployment.store(), &submission).await?)
+    } else {
+        None
+    };
+    deployment.stop().await?;
+    let (ratio_target, switches_target) = if clients == 1 {
+        ("≥ 0.75", "≤ 2")
+    } else {
+        ("≥ 1.0", "report")
+    };
+    let mut figures = vec![
+        Figure::new("submitted", rate, "jobs/s", "report"),
+        Figure::new(
+            format!(
+                "reference: one-row INSERT + COMMIT, {clients} connection{}",
+                if clients == 1 { "" } else { "s" }
+            ),
+            reference.per_second,
+            "tps",
+            "report",
+        ),
+        Figure::new(
+            "submitted / reference",
+            rate / reference.per_second,
+            "ratio",
+            ratio_target,
+        ),
+        Figure::new(
+            "reference: PostgreSQL CPU per INSERT + COMMIT",
+            reference.postgres_cpu_micros,
+            "µs",
+            "report",
+        ),
+        Figure::new(
+            "API context switches per request",
+            api.switches_per(count),
+            "switches",
+            switches_target,
+        ),
+        Figure::new(
+            "Redis commands per request",
+            redis_calls as f64 / count as f64,
+            "commands",
+            "report",
+        ),
+    ];
+    if let Some(without_http) = without_http {
+        figures.extend([
+            Figure::new(
+                "the same jobs straight through the store, no HTTP",
+                without_http,
+                "jobs/s",
+                "report",
+            ),
+            Figure::new(
+                "store alone / reference",
+                without_http / reference.per_second,
+                "ratio",
+                "report",
+            ),
+            Figure::new(
+                "submitted / store alone",
+                rate / without_http,
+                "ratio",
+                "report",
+            ),
+        ]);
+    }
+    figures.extend(cpu_budget(
+        count,
+        "request",
+        &[
+            ("API", api),
+            ("PostgreSQL", postgres),
+            ("Redis", redis),
+            ("client", client),
+        ],
+    ));
+    Ok(Submitted {
+        figures,
+        jobs_per_second: rate,
+        reference_per_second: reference.per_second,
+    })
+}
+
+/// `requests` batch submissions of 1,000 jobs each: from one client, one
+/// after another, then from two clients at once (one per core).
+pub(crate) async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Figure>> {
+    let deployment = Deployment::start(target).await?;
+    let module = deployment.upload("noop").await?;
+    let batch = Arc::new(SubmitBatch {
+        jobs: vec![job(&module); 1000],
+    });
+    let mut rates = Vec::new();
+    for clients in [1, 2] {
+        let bar = progress(
+            requests * 1000,
+            &format!("submitting ({clients} client(s))"),
+        );
+        let batch = batch.clone();
+        let elapsed = run_clients(&deployment, clients, requests, (&bar, 1000), move |api| {
+            let batch = batch.clone();
+            async move { api.submit_batch(&batch).await }
+        })
+        .await?;
+        rates.push((requests * 1000) as f64 / elapsed.as_secs_f64());
+        bar.finish_and_clear();
+    }
+    deployment.stop().await?;
+    Ok(vec![
+        Figure::new("submitted, 1 client", rates[0], "jobs/s", "≥ 100000"),
+        Figure::new("submitted, 2 clients", rates[1], "jobs/s", "≥ 100000"),
+    ])
+}
