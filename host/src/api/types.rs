@@ -1,23 +1,25 @@
 //! The API's request and response bodies, shared by the server and the
 //! `taskflow` CLI client so both always agree on the wire format.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod modules;
 pub mod queues;
 
+pub use modules::{
+    ModuleNameList, ModuleNameView, ModulePage, ModuleQuery, ModuleView, NameMoveView,
+};
 pub use queues::{
     ActivityView, JobCountsView, PatchQueue, PutQueue, PutSecret, QueueList, QueueStatsView,
     QueueView, RateBody, RetentionBody, SecretView,
 };
 
 use crate::job::{Attempt, FieldError, JobInput, JobSpec, JobState, attempts_used};
-use crate::store::{JobDetail, JobRecord, ModuleRecord, NameMove};
+use crate::store::{JobDetail, JobRecord};
 
 /// `POST /v1/jobs`: a job to run. Only `module` and one of `input` /
 /// `input_base64` are required; every other field has a server default.
@@ -393,97 +395,6 @@ pub struct AttemptList {
 pub struct AttemptQuery {
     /// Page size (default 20, at most 100: an attempt carries up to
     /// `--max-log-bytes` of log).
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// A module as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModuleView {
-    /// SHA-256 of the component, hex; jobs name the module by it.
-    pub hash: String,
-    /// Size in bytes.
-    pub size_bytes: i64,
-    /// First upload.
-    pub created_at: DateTime<Utc>,
-    /// The names pointing at it (on `GET /v1/modules/{hash}` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub names: Option<Vec<String>>,
-}
-
-impl From<ModuleRecord> for ModuleView {
-    fn from(record: ModuleRecord) -> Self {
-        Self {
-            hash: record.hash,
-            size_bytes: record.size_bytes,
-            created_at: record.created_at,
-            names: None,
-        }
-    }
-}
-
-/// One move of a module name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NameMoveView {
-    /// The name.
-    pub name: String,
-    /// The module it points at since this move.
-    pub module: String,
-    /// The module it pointed at before (absent: the name was new).
-    pub previous: Option<String>,
-    /// Who moved it: `token:` and the first 12 hex digits of the SHA-256
-    /// of the caller's token, or `anonymous`.
-    pub moved_by: String,
-    /// When.
-    pub moved_at: DateTime<Utc>,
-}
-
-impl From<NameMove> for NameMoveView {
-    fn from(moved: NameMove) -> Self {
-        Self {
-            name: moved.name,
-            module: moved.to_hash,
-            previous: moved.from_hash,
-            moved_by: moved.moved_by,
-            moved_at: moved.moved_at,
-        }
-    }
-}
-
-/// `GET /v1/module-names/{name}`: where a name points and how it got there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModuleNameView {
-    /// The name.
-    pub name: String,
-    /// The module it points at.
-    pub module: String,
-    /// Its moves, newest first (the latest 100).
-    pub history: Vec<NameMoveView>,
-}
-
-/// `GET /v1/module-names`: every name and where it points.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModuleNameList {
-    /// Name to module hash.
-    pub names: BTreeMap<String, String>,
-}
-
-/// A page of modules, in hash order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModulePage {
-    /// The modules.
-    pub modules: Vec<ModuleView>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// Query of `GET /v1/modules`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ModuleQuery {
-    /// Page size (default 50, at most 500).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
