@@ -41,7 +41,11 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use uuid::Uuid;
 
 use crate::job::TraceContext;
-use crate::store::{ClaimedJob, FinishedAttempt, Store, Submitted, Transition};
+use crate::store::{ClaimedJob, FinishedAttempt, Store, Transition};
+
+mod submission;
+
+pub use submission::Submission;
 
 /// How long one export may take before it is abandoned.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -374,43 +378,6 @@ fn wanted(set: impl Fn(&str) -> Option<String>) -> Result<bool, TracesError> {
     Ok(true)
 }
 
-/// The span of a submission, open until [`Submission::end`].
-pub struct Submission {
-    span: Option<opentelemetry_sdk::trace::Span>,
-    context: Option<TraceContext>,
-}
-
-impl Submission {
-    /// The context to store with the submitted jobs: this span's, or the
-    /// caller's when traces are off.
-    pub fn context(&self) -> Option<TraceContext> {
-        self.context
-    }
-
-    /// Ends the span with what came of the submission: the jobs, or the
-    /// code of the error answered (never its message, which may quote the
-    /// request).
-    pub fn end(self, result: Result<&[Submitted], &'static str>) {
-        let Some(mut span) = self.span else {
-            return;
-        };
-        match result {
-            Ok(submitted) => {
-                if let [one] = submitted {
-                    span.set_attributes([
-                        KeyValue::new("messaging.destination.name", one.job.queue.clone()),
-                        KeyValue::new("messaging.message.id", one.job.id.to_string()),
-                    ]);
-                }
-                let created = submitted.iter().filter(|s| s.created).count();
-                span.set_attribute(KeyValue::new("taskflow.created", created as i64));
-            }
-            Err(code) => span.set_status(Status::error(code)),
-        }
-        span.end();
-    }
-}
-
 /// The attributes every span of a job starts with, after OpenTelemetry's
 /// messaging conventions: a job is a message, its queue the destination.
 fn messaging(operation_type: &'static str, operation: &'static str) -> Vec<KeyValue> {
@@ -468,52 +435,4 @@ fn blocking_client() -> Result<reqwest::blocking::Client, TracesError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn wanted_with(vars: &[(&str, &str)]) -> Result<bool, TracesError> {
-        wanted(|name| {
-            vars.iter()
-                .find(|(key, _)| *key == name)
-                .map(|(_, value)| (*value).to_owned())
-                .filter(|value| !value.is_empty())
-        })
-    }
-
-    #[test]
-    fn traces_are_on_only_with_an_endpoint_and_not_disabled() {
-        assert!(!wanted_with(&[]).unwrap());
-        assert!(!wanted_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).unwrap());
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
-        assert!(wanted_with(&[endpoint]).unwrap());
-        let traces_endpoint = (
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "http://c:4318/v1/traces",
-        );
-        assert!(wanted_with(&[traces_endpoint]).unwrap());
-        assert!(!wanted_with(&[endpoint, ("OTEL_SDK_DISABLED", "true")]).unwrap());
-        let protobuf = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
-        assert!(wanted_with(&[endpoint, protobuf]).unwrap());
-    }
-
-    #[test]
-    fn what_cannot_be_exported_is_refused_at_startup() {
-        let https = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
-        assert!(matches!(
-            wanted_with(&[https]),
-            Err(TracesError::NotPlainHttp(url)) if url == "https://collector:4318"
-        ));
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
-        for variable in [
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        ] {
-            assert!(matches!(
-                wanted_with(&[endpoint, (variable, "grpc")]),
-                Err(TracesError::UnsupportedProtocol { value, .. }) if value == "grpc"
-            ));
-        }
-        // Off is off, whatever else is set.
-        assert!(!wanted_with(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap());
-    }
-}
+mod tests;
