@@ -1,4 +1,5 @@
-//! Job submission, reads, cancel and retry.
+//! Job submission, reads and deletion; cancel and retry are in
+//! job_actions.rs.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -20,10 +21,8 @@ use super::types::{
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::ApiLimits;
-use crate::job::{
-    FailureKind, FieldError, JobSpec, JobState, ModuleNames, TraceContext, check_queue_name,
-};
-use crate::store::{JobFilter, JobRecord, LeaseRef, Submitted};
+use crate::job::{FieldError, JobSpec, JobState, ModuleNames, TraceContext, check_queue_name};
+use crate::store::{JobFilter, Submitted};
 
 /// Request-body overhead allowed beyond the input itself (field names,
 /// options, JSON escaping of a JSON input).
@@ -36,8 +35,6 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(submit_batch))
         .routes(routes!(get_one, delete))
         .routes(routes!(attempts))
-        .routes(routes!(cancel))
-        .routes(routes!(retry))
 }
 
 impl BodyLimit for SubmitJob {
@@ -398,73 +395,6 @@ async fn list(
         jobs: jobs.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
-}
-
-/// `POST /v1/jobs/{id}/cancel`: stops a job that has not finished. A running
-/// attempt is told to stop through its lease.
-#[utoipa::path(post, operation_id = "cancel_job", path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id")),
-    responses(
-        (status = 200, description = "Cancelled", body = JobView),
-        (status = 404, description = "`job_not_found`", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the job has finished", body = ErrorBody),
-    ))]
-async fn cancel(
-    State(state): State<ApiState>,
-    PathParams(id): PathParams<Uuid>,
-) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(cancel_job(&state, id).await?.into()))
-}
-
-/// Cancels job `id` if it has not finished, tells a worker running it to
-/// stop, and wakes those waiting on it: `POST /v1/jobs/{id}/cancel` and the
-/// console's cancel buttons.
-pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, ApiError> {
-    let cancelled = state
-        .store
-        .cancel_if_unfinished(id, FailureKind::Cancelled.code())
-        .await?;
-    let running = cancelled
-        .job
-        .lease_token
-        .filter(|_| cancelled.previous == JobState::Running);
-    if let Some(lease_token) = running
-        && let Err(error) = state
-            .leases
-            .revoke(&[LeaseRef {
-                job_id: id,
-                lease_token,
-            }])
-            .await
-    {
-        // The cancel is committed; the worker's result will be discarded.
-        // It just keeps running until its attempt ends on its own.
-        tracing::warn!(%error, job_id = %id, "could not revoke the lease of a cancelled running job");
-    }
-    state.ending_announcer.announce([id]);
-    Ok(cancelled.job)
-}
-
-/// `POST /v1/jobs/{id}/retry`: requeues a dead or cancelled job with a fresh
-/// set of attempts.
-#[utoipa::path(post, operation_id = "retry_job", path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id")),
-    responses(
-        (status = 200, description = "Requeued with a fresh set of attempts", body = JobView),
-        (status = 404, description = "`job_not_found`", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the job is not dead or cancelled", body = ErrorBody),
-    ))]
-async fn retry(
-    State(state): State<ApiState>,
-    PathParams(id): PathParams<Uuid>,
-) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(retry_job(&state, id).await?.into()))
-}
-
-/// Requeues job `id` if it is dead or cancelled and wakes its queue's
-/// workers: `POST /v1/jobs/{id}/retry` and the console's retry buttons.
-pub(crate) async fn retry_job(state: &ApiState, id: Uuid) -> Result<JobRecord, ApiError> {
-    let job = state.store.requeue_if_finished(id).await?;
-    state.waker.wake([job.queue.as_str()]);
-    Ok(job)
 }
 
 /// `DELETE /v1/jobs/{id}`: removes a finished job and its attempts, and

@@ -7,7 +7,8 @@
 //!
 //! - [`modules`]: `PUT /v1/modules`, `GET /v1/modules[/{hash}]`
 //! - [`jobs`]: `POST /v1/jobs[/batch]`, `GET /v1/jobs[/{id}[/attempts]]`,
-//!   `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`
+//!   `DELETE /v1/jobs/{id}`
+//! - [`job_actions`]: `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`
 //! - [`openapi`]: the contract, `GET /openapi.json` (docs/openapi.json)
 //! - the web console at `/ui` ([`crate::console`]), with its own login
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod job_actions;
 pub mod jobs;
 pub mod modules;
 pub mod openapi;
@@ -177,6 +179,7 @@ fn authenticated_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .merge(modules::router())
         .merge(jobs::router())
+        .merge(job_actions::router())
         .merge(queues::router())
 }
 

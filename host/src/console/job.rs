@@ -17,7 +17,7 @@ use super::view::{
 };
 use super::{ConsolePath, ConsoleQuery};
 use crate::api::ApiState;
-use crate::api::jobs::{cancel_job, retry_job};
+use crate::api::job_actions::{cancel_job, retry_job};
 use crate::job::{Attempt, JobState, attempts_used};
 
 /// Most attempts the page shows (the oldest; the API pages through all).

@@ -16,7 +16,7 @@ use super::session::Session;
 use super::view::{Chrome, ConsoleError, Done, ago, plural, redirect_with, render, short_hash};
 use super::{Confirm, ConsoleQuery};
 use crate::api::ApiState;
-use crate::api::jobs::{cancel_job, retry_job};
+use crate::api::job_actions::{cancel_job, retry_job};
 use crate::job::{IdPrefix, JobState, ModuleRef, attempts_used, check_queue_name};
 use crate::store::{JobFilter, JobRecord};
 
