@@ -1,6 +1,6 @@
-//! Submission scenarios: one job per request from one client or many, and
-//! batches, each beside PostgreSQL's one-row INSERT + COMMIT of as many
-//! connections.
+//! Submission scenarios: single-job requests from one client or many, each
+//! beside PostgreSQL's one-row INSERT + COMMIT of as many connections; and
+//! batches of 1,000 jobs from one and two clients.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! `GET /ui/jobs/{id}`: one job, its payloads and its attempts; and its
 //! retry and cancel buttons (`POST /ui/jobs/{id}/retry|cancel`), which do
-//! what the API's routes do (api/jobs.rs, `retry_job`, `cancel_job`).
+//! what the API's routes do (api/job_actions.rs, `retry_job`, `cancel_job`).
 
 use askama::Template;
 use axum::Extension;

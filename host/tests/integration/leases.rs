@@ -1,4 +1,4 @@
-//! The Lua lease scripts (`lease/mod.rs`) replayed against a real Redis
+//! The Lua lease scripts (`lease/leases.rs`) replayed against a real Redis
 //! through the interleavings that matter: a worker paused past its lease and
 //! rescued, a release racing a late writer, a revocation racing a newer
 //! claim, and a flush. Each step is one script call, as the worker, the

@@ -17,7 +17,7 @@ pub struct Placement {
 }
 
 impl Placement {
-    pub const CLIENT: &str = "client";
+    const CLIENT: &str = "client";
     pub const POSTGRES: &str = "postgres";
     pub const REDIS: &str = "redis";
 

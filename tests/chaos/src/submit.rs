@@ -1,5 +1,6 @@
-//! The suite's clients: submissions through the APIs, and waiting on the
-//! database.
+//! The suite's clients: submissions through the APIs ([`submit_all`]), and
+//! the polling wait for the APIs to answer and the jobs to finish
+//! ([`wait_until`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

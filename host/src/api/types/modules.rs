@@ -1,4 +1,5 @@
-//! The bodies of the module routes (`/v1/modules`, api/modules.rs):
+//! The bodies of the module routes (`/v1/modules` and `/v1/module-names`,
+//! api/modules.rs):
 //! modules, their names and the history of each name.
 
 use std::collections::BTreeMap;

@@ -14,7 +14,7 @@ use super::{DatabasePooler, Pool, Statements};
 type Results<'e> = BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>;
 
 /// `query` on `connection`, unnamed and in a transaction where `pooler`
-/// needs it (the module's comment says why).
+/// needs it (store/pool.rs's module docs say why).
 fn fetch_many<'e, 'q: 'e, E>(
     connection: &'e mut PgConnection,
     pooler: DatabasePooler,
