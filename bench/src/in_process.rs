@@ -8,7 +8,8 @@ use uuid::Uuid;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use taskflow::config::{CompileConfig, ExecutionLimits};
-use taskflow::sandbox::{Attempt, AttemptLimits, JobContext, RunGrant, Sandbox};
+use taskflow::job::AttemptLimits;
+use taskflow::sandbox::{Attempt, JobContext, RunGrant, Sandbox};
 use taskflow_testkit::percentile;
 
 use super::Figure;

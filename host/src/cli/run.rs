@@ -5,7 +5,6 @@
 //! here works in production. Nothing touches PostgreSQL or Redis.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -17,7 +16,7 @@ use super::flags::{
 };
 use crate::config::CompileConfig;
 use crate::job::{JobSpec, ModuleNames};
-use crate::sandbox::{Attempt, AttemptLimits, Grants, JobContext, LogLine, RunGrant, Sandbox};
+use crate::sandbox::{Attempt, Grants, JobContext, LogLine, RunGrant, Sandbox};
 
 /// `taskflow run`.
 #[derive(Debug, Args)]
@@ -102,6 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 failure.message
             )
         })?;
+    let limits = job.limits();
     let execution = sandbox
         .run(
             &task,
@@ -113,11 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     max_attempts: 1,
                     queue: job.queue,
                 },
-                limits: AttemptLimits {
-                    timeout: Duration::from_millis(job.timeout_ms as u64),
-                    fuel: job.fuel as u64,
-                    memory_bytes: job.memory_limit_bytes as u64,
-                },
+                limits,
                 grant: RunGrant::unlimited(),
                 // A local run has no queue to grant anything.
                 grants: Grants::default(),

@@ -107,6 +107,30 @@ pub fn attempts_used(attempt: i32, attempt_base: i32) -> u32 {
     u32::try_from(attempt.saturating_sub(attempt_base)).unwrap_or(0)
 }
 
+/// What an attempt may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimits {
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// CPU budget in fuel units.
+    pub fuel: u64,
+    /// Limit on the sum of the guest's linear memories.
+    pub memory_bytes: u64,
+}
+
+impl AttemptLimits {
+    /// The limits a job's columns hold (`timeout_ms`, `fuel`,
+    /// `memory_limit_bytes`), which [`JobSpec::resolve`](super::JobSpec::resolve)
+    /// keeps positive; a negative one, never stored, would read as 0.
+    pub fn from_columns(timeout_ms: i32, fuel: i64, memory_limit_bytes: i64) -> Self {
+        Self {
+            timeout: Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
+            fuel: u64::try_from(fuel).unwrap_or(0),
+            memory_bytes: u64::try_from(memory_limit_bytes).unwrap_or(0),
+        }
+    }
+}
+
 /// What a finished attempt consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -219,6 +243,16 @@ pub struct Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_read_from_columns_in_their_units_and_never_below_zero() {
+        let limits = AttemptLimits::from_columns(1_500, 1 << 40, 64 << 20);
+        assert_eq!(limits.timeout, Duration::from_millis(1_500));
+        assert_eq!((limits.fuel, limits.memory_bytes), (1 << 40, 64 << 20));
+        let negative = AttemptLimits::from_columns(-1, -1, -1);
+        assert_eq!(negative.timeout, Duration::ZERO);
+        assert_eq!((negative.fuel, negative.memory_bytes), (0, 0));
+    }
 
     #[test]
     fn each_end_names_one_outcome_and_one_next_state() {

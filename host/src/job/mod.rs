@@ -26,7 +26,8 @@ pub mod state;
 pub mod trace_context;
 
 pub use attempt::{
-    AfterFailure, Attempt, AttemptEnd, AttemptLog, AttemptRequests, Usage, attempts_used,
+    AfterFailure, Attempt, AttemptEnd, AttemptLimits, AttemptLog, AttemptRequests, Usage,
+    attempts_used,
 };
 pub use failure::{Failure, FailureKind};
 pub use id_prefix::IdPrefix;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use uuid::Uuid;
 
+use super::attempt::AttemptLimits;
 use super::input::JobInput;
 use super::names::{ModuleRef, check_queue_name};
 use super::trace_context::TraceContext;
@@ -111,6 +112,13 @@ pub struct NewJob {
     /// The span its spans are children of; not part of the fingerprint (a
     /// retried submission may come from another trace).
     pub trace: Option<TraceContext>,
+}
+
+impl NewJob {
+    /// What each of its attempts may use.
+    pub fn limits(&self) -> AttemptLimits {
+        AttemptLimits::from_columns(self.timeout_ms, self.fuel, self.memory_limit_bytes)
+    }
 }
 
 /// A field of a submission that cannot be accepted.

@@ -7,18 +7,7 @@ use super::bindings::JobContext;
 use super::capture::CapturedLog;
 use super::grant::RunGrant;
 use super::outbound::{Grants, RequestLog};
-use crate::job::Failure;
-
-/// What an attempt may use.
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptLimits {
-    /// Wall-clock limit.
-    pub timeout: Duration,
-    /// CPU budget in fuel units.
-    pub fuel: u64,
-    /// Limit on the sum of the guest's linear memories.
-    pub memory_bytes: u64,
-}
+use crate::job::{AttemptLimits, Failure};
 
 /// One attempt to run.
 #[derive(Debug)]

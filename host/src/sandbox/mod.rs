@@ -72,7 +72,7 @@ use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-pub use attempt::{Attempt, AttemptLimits, Execution};
+pub use attempt::{Attempt, Execution};
 pub use bindings::JobContext;
 pub use cache::{CacheSource, FAILED_COMPILE_MEMORY};
 pub use capture::{CapturedLog, LogLine, LogSource};

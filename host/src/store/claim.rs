@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::execution::LeaseRef;
 use super::{Store, StoreResult, millis};
-use crate::job::TraceContext;
+use crate::job::{AttemptLimits, TraceContext};
 
 /// A job a worker has claimed, with everything needed to run it.
 #[derive(Debug, Clone)]
@@ -60,6 +60,11 @@ pub struct ClaimedJob {
 }
 
 impl ClaimedJob {
+    /// What this attempt may use.
+    pub fn limits(&self) -> AttemptLimits {
+        AttemptLimits::from_columns(self.timeout_ms, self.fuel, self.memory_limit_bytes)
+    }
+
     /// This attempt's lease.
     pub fn lease(&self) -> LeaseRef {
         LeaseRef {

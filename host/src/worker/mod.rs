@@ -48,9 +48,7 @@ use outcome::{AttemptIdentity, settle_attempt};
 use crate::config::{ExecutionLimits, RetryPolicy, WorkerConfig};
 use crate::job::{Failure, FailureKind, attempts_used};
 use crate::lease::{Leases, Redis, WakeupListener};
-use crate::sandbox::{
-    Attempt, AttemptLimits, CompilerConfig, Execution, JobContext, RunGrant, Sandbox,
-};
+use crate::sandbox::{Attempt, CompilerConfig, Execution, JobContext, RunGrant, Sandbox};
 use crate::store::{ClaimPath, ClaimedJob, Store};
 use crate::telemetry::Traces;
 
@@ -321,7 +319,7 @@ impl Worker {
     /// before taking an execution slot, so a compile never holds one, then
     /// runs the guest. The slot is released as soon as the guest is done.
     async fn execute(&self, job: &mut ClaimedJob, grant: Arc<RunGrant>, claim: Claim) -> Execution {
-        let give_up_at = Instant::now() + Duration::from_millis(job.timeout_ms as u64);
+        let give_up_at = Instant::now() + job.limits().timeout;
         let prepared = self
             .sandbox
             .prepare(
@@ -355,11 +353,7 @@ impl Worker {
                 max_attempts: job.max_attempts as u32,
                 queue: job.queue.clone(),
             },
-            limits: AttemptLimits {
-                timeout: Duration::from_millis(job.timeout_ms as u64),
-                fuel: job.fuel as u64,
-                memory_bytes: job.memory_limit_bytes as u64,
-            },
+            limits: job.limits(),
             grant,
             grants,
         };

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 use taskflow::sandbox::{
-    Attempt, AttemptLimits, CacheSource, JobContext, PreparedTask, RunGrant, Sandbox, SandboxConfig,
+    Attempt, CacheSource, JobContext, PreparedTask, RunGrant, Sandbox, SandboxConfig,
 };
 
 use taskflow::config::ExecutionLimits;
-use taskflow::job::FailureKind;
+use taskflow::job::{AttemptLimits, FailureKind};
 
 use crate::support::{compile_config, plugin};
 

@@ -54,6 +54,48 @@ fn first_row(results: Results<'_>) -> BoxFuture<'_, Result<Option<PgRow>, sqlx::
         .boxed()
 }
 
+/// The methods both executors write alike once their `fetch_many` is
+/// written: `fetch_optional` takes its first row, `prepare_with` and
+/// `describe` go to `$inner` (an expression over `$this`, the executor)
+/// unless the pooler refuses them.
+macro_rules! methods_over_fetch_many {
+    ($executor:lifetime, |$this:ident| $inner:expr) => {
+        fn fetch_optional<'e, 'q: 'e, E>(
+            self,
+            query: E,
+        ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+        where
+            $executor: 'e,
+            E: 'q + Execute<'q, Postgres>,
+        {
+            first_row(self.fetch_many(query))
+        }
+
+        fn prepare_with<'e, 'q: 'e>(
+            self,
+            sql: &'q str,
+            parameters: &'e [PgTypeInfo],
+        ) -> BoxFuture<'e, Result<PgStatement<'q>, sqlx::Error>>
+        where
+            $executor: 'e,
+        {
+            let $this = self;
+            prepare_with($inner, $this.pooler, sql, parameters)
+        }
+
+        fn describe<'e, 'q: 'e>(
+            self,
+            sql: &'q str,
+        ) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
+        where
+            $executor: 'e,
+        {
+            let $this = self;
+            describe($inner, $this.pooler, sql)
+        }
+    };
+}
+
 impl<'p> Executor<'p> for &'p Pool {
     type Database = Postgres;
 
@@ -76,37 +118,7 @@ impl<'p> Executor<'p> for &'p Pool {
         }
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
-    where
-        'p: 'e,
-        E: 'q + Execute<'q, Postgres>,
-    {
-        first_row(self.fetch_many(query))
-    }
-
-    fn prepare_with<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-        parameters: &'e [PgTypeInfo],
-    ) -> BoxFuture<'e, Result<PgStatement<'q>, sqlx::Error>>
-    where
-        'p: 'e,
-    {
-        prepare_with(&self.pool, self.pooler, sql, parameters)
-    }
-
-    fn describe<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-    ) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
-    where
-        'p: 'e,
-    {
-        describe(&self.pool, self.pooler, sql)
-    }
+    methods_over_fetch_many!('p, |pool| &pool.pool);
 }
 
 impl<'c> Executor<'c> for Statements<'c> {
@@ -120,37 +132,7 @@ impl<'c> Executor<'c> for Statements<'c> {
         fetch_many(self.connection, self.pooler, self.begin, query)
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, Postgres>,
-    {
-        first_row(self.fetch_many(query))
-    }
-
-    fn prepare_with<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-        parameters: &'e [PgTypeInfo],
-    ) -> BoxFuture<'e, Result<PgStatement<'q>, sqlx::Error>>
-    where
-        'c: 'e,
-    {
-        prepare_with(self.connection, self.pooler, sql, parameters)
-    }
-
-    fn describe<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-    ) -> BoxFuture<'e, Result<Describe<Postgres>, sqlx::Error>>
-    where
-        'c: 'e,
-    {
-        describe(self.connection, self.pooler, sql)
-    }
+    methods_over_fetch_many!('c, |statements| statements.connection);
 }
 
 /// `inner`'s prepared statement for `sql`; refused through a
