@@ -39,8 +39,18 @@ pub(crate) struct Drained {
     pub calls_per_job: f64,
     /// The workers' claims per drained job.
     pub claims_per_job: f64,
+    /// CPU time per drained job, in microseconds: the workers' and
+    /// PostgreSQL's (every process of it).
+    pub cpu_micros_per_job: CpuPerJob,
     /// How fast the pruner deleted [`DrainSetup::expired_jobs`].
     pub pruning: Option<PruneRates>,
+}
+
+/// Where a drained job's CPU time went, in microseconds.
+#[derive(Clone, Copy)]
+pub(crate) struct CpuPerJob {
+    pub workers: f64,
+    pub postgres: f64,
 }
 
 /// Expired jobs deleted per second.
@@ -129,6 +139,30 @@ pub(crate) async fn drain_limited(target: &Target, count: usize) -> anyhow::Resu
             "worker claims per job, limited",
             with_limits.claims_per_job,
             "calls",
+            "report",
+        ),
+        Figure::new(
+            "workers' CPU per job, no limits",
+            without.cpu_micros_per_job.workers,
+            "µs",
+            "report",
+        ),
+        Figure::new(
+            "workers' CPU per job, limited",
+            with_limits.cpu_micros_per_job.workers,
+            "µs",
+            "report",
+        ),
+        Figure::new(
+            "PostgreSQL CPU per job, no limits",
+            without.cpu_micros_per_job.postgres,
+            "µs",
+            "report",
+        ),
+        Figure::new(
+            "PostgreSQL CPU per job, limited",
+            with_limits.cpu_micros_per_job.postgres,
+            "µs",
             "report",
         ),
         Figure::new(
@@ -349,6 +383,10 @@ pub(crate) async fn drain(
         commits_per_job: commits as f64 / count as f64,
         calls_per_job: calls as f64 / count as f64,
         claims_per_job: claims as f64 / count as f64,
+        cpu_micros_per_job: CpuPerJob {
+            workers: workers.cpu_micros_per(count),
+            postgres: postgres.cpu_micros_per(count),
+        },
         pruning,
     })
 }
