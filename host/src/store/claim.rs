@@ -44,12 +44,8 @@ pub struct ClaimedJob {
     pub attempt_base: i32,
     /// Attempts allowed between user retries.
     pub max_attempts: i32,
-    /// Wall-clock limit.
-    pub timeout_ms: i32,
-    /// CPU budget.
-    pub fuel: i64,
-    /// Linear-memory limit.
-    pub memory_limit_bytes: i64,
+    /// What the attempt may use.
+    pub limits: AttemptLimits,
     /// The fencing token of this attempt.
     pub lease_token: i64,
     /// When the attempt started, by PostgreSQL's clock.
@@ -60,17 +56,54 @@ pub struct ClaimedJob {
 }
 
 impl ClaimedJob {
-    /// What this attempt may use.
-    pub fn limits(&self) -> AttemptLimits {
-        AttemptLimits::from_columns(self.timeout_ms, self.fuel, self.memory_limit_bytes)
-    }
-
     /// This attempt's lease.
     pub fn lease(&self) -> LeaseRef {
         LeaseRef {
             job_id: self.id,
             lease_token: self.lease_token,
         }
+    }
+}
+
+/// A row of either claim statement. Every column is optional because the
+/// limited claim's function declares none `NOT NULL`, and it answers an
+/// unlimited queue with one row of `NULL`s.
+struct ClaimRow {
+    id: Option<Uuid>,
+    module_hash: Option<String>,
+    queue: Option<String>,
+    input: Option<Vec<u8>>,
+    attempt: Option<i32>,
+    attempt_base: Option<i32>,
+    max_attempts: Option<i32>,
+    timeout_ms: Option<i32>,
+    fuel: Option<i64>,
+    memory_limit_bytes: Option<i64>,
+    lease_token: Option<i64>,
+    attempted_at: Option<DateTime<Utc>>,
+    run_at: Option<DateTime<Utc>>,
+}
+
+impl ClaimRow {
+    /// The claimed job, or `None` for the row of `NULL`s.
+    fn job(self) -> Option<ClaimedJob> {
+        Some(ClaimedJob {
+            id: self.id?,
+            module_hash: self.module_hash?,
+            queue: self.queue?,
+            input: self.input?,
+            attempt: self.attempt?,
+            attempt_base: self.attempt_base?,
+            max_attempts: self.max_attempts?,
+            limits: AttemptLimits::from_columns(
+                self.timeout_ms?,
+                self.fuel?,
+                self.memory_limit_bytes?,
+            ),
+            lease_token: self.lease_token?,
+            attempted_at: self.attempted_at?,
+            run_at: self.run_at?,
+        })
     }
 }
 
@@ -160,8 +193,8 @@ impl Store {
         lease_ttl: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
         super::statement("claim_unlimited");
-        Ok(sqlx::query_as!(
-            ClaimedJob,
+        let rows = sqlx::query_as!(
+            ClaimRow,
             r#"WITH due AS (
                  SELECT id FROM jobs
                  WHERE state = 'available' AND queue = $1
@@ -185,12 +218,12 @@ impl Store {
                  INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
                  SELECT $1, 'available', 'running', count(*) FROM claimed HAVING count(*) > 0
              )
-             SELECT id AS "id!", module_hash AS "module_hash!", queue AS "queue!",
-                    input AS "input!", attempt AS "attempt!", attempt_base AS "attempt_base!",
-                    max_attempts AS "max_attempts!", timeout_ms AS "timeout_ms!",
-                    fuel AS "fuel!", memory_limit_bytes AS "memory_limit_bytes!",
-                    lease_token AS "lease_token!", attempted_at AS "attempted_at!",
-                    run_at AS "run_at!"
+             SELECT id AS "id?", module_hash AS "module_hash?", queue AS "queue?",
+                    input AS "input?", attempt AS "attempt?", attempt_base AS "attempt_base?",
+                    max_attempts AS "max_attempts?", timeout_ms AS "timeout_ms?",
+                    fuel AS "fuel?", memory_limit_bytes AS "memory_limit_bytes?",
+                    lease_token AS "lease_token?", attempted_at AS "attempted_at?",
+                    run_at AS "run_at?"
              FROM claimed"#,
             queue,
             limit as i64,
@@ -198,7 +231,8 @@ impl Store {
             millis(lease_ttl) as f64
         )
         .fetch_all(self.pool())
-        .await?)
+        .await?;
+        Ok(rows.into_iter().filter_map(ClaimRow::job).collect())
     }
 
     /// Whether `queue` is paused or limited, read without a lock: asked only
@@ -228,10 +262,10 @@ impl Store {
         lease_ttl: Duration,
     ) -> StoreResult<Claimed> {
         super::statement("claim_limited");
-        let rows = sqlx::query!(
-            "SELECT unlimited, id, module_hash, queue, input, attempt, attempt_base,
-                    max_attempts, timeout_ms, fuel, memory_limit_bytes, lease_token,
-                    attempted_at, run_at
+        let rows = sqlx::query_as!(
+            ClaimRow,
+            "SELECT id, module_hash, queue, input, attempt, attempt_base, max_attempts,
+                    timeout_ms, fuel, memory_limit_bytes, lease_token, attempted_at, run_at
              FROM claim_limited_jobs($1, $2, $3, $4, $5, $6)",
             queue,
             worker_id,
@@ -242,7 +276,10 @@ impl Store {
         )
         .fetch_all(self.pool())
         .await?;
-        if rows.first().is_some_and(|row| row.unlimited == Some(true)) {
+        // The function answers a queue that is no longer limited with one row
+        // of `NULL`s (its `unlimited` column set), and a claimed job's row
+        // always has an id.
+        if rows.first().is_some_and(|row| row.id.is_none()) {
             // The limits were lifted since this worker last looked.
             let jobs = self
                 .claim_unlimited(queue, worker_id, limit, lease_ttl)
@@ -252,26 +289,7 @@ impl Store {
                 next_path: ClaimPath::Plain,
             });
         }
-        let jobs = rows
-            .into_iter()
-            .filter_map(|row| {
-                Some(ClaimedJob {
-                    id: row.id?,
-                    module_hash: row.module_hash?,
-                    queue: row.queue?,
-                    input: row.input?,
-                    attempt: row.attempt?,
-                    attempt_base: row.attempt_base?,
-                    max_attempts: row.max_attempts?,
-                    timeout_ms: row.timeout_ms?,
-                    fuel: row.fuel?,
-                    memory_limit_bytes: row.memory_limit_bytes?,
-                    lease_token: row.lease_token?,
-                    attempted_at: row.attempted_at?,
-                    run_at: row.run_at?,
-                })
-            })
-            .collect();
+        let jobs = rows.into_iter().filter_map(ClaimRow::job).collect();
         Ok(Claimed {
             jobs,
             next_path: ClaimPath::Limited,

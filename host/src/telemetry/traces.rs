@@ -244,7 +244,10 @@ impl Traces {
                     "taskflow.job.next_state",
                     finished.end.next_state().as_str(),
                 ),
-                KeyValue::new("taskflow.fuel_limit", job.fuel),
+                KeyValue::new(
+                    "taskflow.fuel_limit",
+                    i64::try_from(job.limits.fuel).unwrap_or(i64::MAX),
+                ),
             ],
         );
         if let Some(usage) = &finished.usage {

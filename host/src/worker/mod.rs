@@ -319,7 +319,7 @@ impl Worker {
     /// before taking an execution slot, so a compile never holds one, then
     /// runs the guest. The slot is released as soon as the guest is done.
     async fn execute(&self, job: &mut ClaimedJob, grant: Arc<RunGrant>, claim: Claim) -> Execution {
-        let give_up_at = Instant::now() + job.limits().timeout;
+        let give_up_at = Instant::now() + job.limits.timeout;
         let prepared = self
             .sandbox
             .prepare(
@@ -353,7 +353,7 @@ impl Worker {
                 max_attempts: job.max_attempts as u32,
                 queue: job.queue.clone(),
             },
-            limits: job.limits(),
+            limits: job.limits,
             grant,
             grants,
         };
