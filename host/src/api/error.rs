@@ -169,6 +169,12 @@ impl ApiError {
             StoreError::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", error.to_string())
             }
+            StoreError::NameMoved(_) => {
+                Self::new(StatusCode::CONFLICT, "name_moved", error.to_string())
+            }
+            StoreError::ModuleDeleted { .. } => {
+                Self::new(StatusCode::CONFLICT, "module_deleted", error.to_string())
+            }
             StoreError::Database(_) if error.is_refusal() => Self::bad_request(
                 "invalid_value",
                 format!(

@@ -70,7 +70,7 @@ pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, 
     responses(
         (status = 200, description = "Requeued with a fresh set of attempts", body = JobView),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the job is not dead or cancelled", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the job is not dead or cancelled; `module_deleted`: its module was deleted", body = ErrorBody),
     ))]
 async fn retry(
     State(state): State<ApiState>,

@@ -211,7 +211,7 @@ async fn name_module(
     check_module_name("name", &name)?;
     let moved = state
         .store
-        .move_module_name(&name, &hash, &caller(&headers))
+        .move_module_name(&name, &hash, &caller(&headers), None)
         .await?;
     tracing::info!(name = %name, hash = %hash, previous = ?moved.from_hash, by = %moved.moved_by, "module name moved");
     Ok(Json(moved.into()))
@@ -267,7 +267,7 @@ async fn name_moves(state: &ApiState, name: &str, limit: i64) -> Result<Vec<Name
     responses(
         (status = 200, description = "The name points where its latest move took it from", body = NameMoveView),
         (status = 404, description = "`module_name_not_found`", body = ErrorBody),
-        (status = 409, description = "`no_previous_module`: the name's first move has nothing to go back to", body = ErrorBody),
+        (status = 409, description = "`no_previous_module`: the name's first move has nothing to go back to; `name_moved`: it was moved meanwhile", body = ErrorBody),
     ))]
 async fn roll_back_name(
     State(state): State<ApiState>,
@@ -285,7 +285,7 @@ async fn roll_back_name(
     };
     let moved = state
         .store
-        .move_module_name(&name, previous, &caller(&headers))
+        .move_module_name(&name, previous, &caller(&headers), Some(&latest.to_hash))
         .await?;
     tracing::info!(name = %name, hash = %previous, by = %moved.moved_by, "module name rolled back");
     Ok(Json(moved.into()))

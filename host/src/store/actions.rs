@@ -26,6 +26,15 @@ struct GuardedUpdate {
     previous: Option<JobState>,
 }
 
+/// A requeue's row: the guarded update, and whether the job's module still
+/// exists.
+#[derive(sqlx::FromRow)]
+struct GuardedRequeue {
+    #[sqlx(flatten)]
+    guarded: GuardedUpdate,
+    module_kept: bool,
+}
+
 impl Store {
     /// Cancels a job that has not finished.
     ///
@@ -94,12 +103,21 @@ impl Store {
 
     /// Requeues a dead or cancelled job with a fresh set of attempts.
     ///
-    /// Guard: `state IN (dead, cancelled)`. Earlier attempts are kept.
+    /// Guard: `state IN (dead, cancelled)`, and its module still exists.
+    /// The module's row is share-locked for the statement, so a module
+    /// delete (`delete_module_if_unused`, which locks that row before it
+    /// looks for unfinished jobs) either sees the requeued job or deletes
+    /// the module first and this finds it gone ([`StoreError::ModuleDeleted`]).
+    /// Earlier attempts are kept.
     pub async fn requeue_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
         super::statement("requeue_if_finished");
-        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+        let row = sqlx::query_as::<_, GuardedRequeue>(concat!(
             "WITH target AS (
-                 SELECT id, state FROM jobs WHERE id = $1 FOR UPDATE
+                 SELECT id, state, module_hash FROM jobs WHERE id = $1 FOR UPDATE
+             ),
+             module AS (
+                 SELECT m.hash FROM modules m, target t WHERE m.hash = t.module_hash
+                 FOR KEY SHARE OF m
              ),
              requeued AS (
                  UPDATE jobs j
@@ -107,6 +125,7 @@ impl Store {
                      finished_at = NULL, updated_at = now()
                  FROM target t
                  WHERE j.id = t.id AND t.state IN ('dead', 'cancelled')
+                   AND EXISTS (SELECT 1 FROM module)
                  RETURNING j.*
              ),
              logged AS (
@@ -115,18 +134,31 @@ impl Store {
              )
              SELECT ",
             job_columns!(""),
-            ", true AS applied, NULL::job_state AS previous FROM requeued
+            ", true AS applied, NULL::job_state AS previous, true AS module_kept
+             FROM requeued
              UNION ALL
              SELECT ",
             job_columns!(""),
-            ", false AS applied, NULL::job_state AS previous FROM jobs
-             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM requeued)"
+            ", false AS applied, NULL::job_state AS previous,
+               EXISTS (SELECT 1 FROM module) AS module_kept
+             FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM requeued)"
         ))
         .bind(id)
         .fetch_optional(self.pool())
         .await?;
-        let row = applied(row, id, "retry", "dead or cancelled")?;
-        Ok(row.job)
+        match row {
+            Some(row)
+                if !row.guarded.applied
+                    && matches!(row.guarded.job.state, JobState::Dead | JobState::Cancelled)
+                    && !row.module_kept =>
+            {
+                Err(StoreError::ModuleDeleted {
+                    id,
+                    module_hash: row.guarded.job.module_hash,
+                })
+            }
+            row => Ok(applied(row.map(|row| row.guarded), id, "retry", "dead or cancelled")?.job),
+        }
     }
 
     /// Deletes a finished job and its attempts, returning it as it was.

@@ -49,7 +49,9 @@ impl Store {
     /// attempts, as [`Store::requeue_if_finished`] does one job. Returns
     /// how many it requeued per queue (to wake their workers); call again
     /// until it requeues none: a job that dies again after `died_by` is not
-    /// taken twice, so that loop ends. Skips rows another transaction
+    /// taken twice, so that loop ends. Requeues none once the module is
+    /// deleted (its row is share-locked, as by `requeue_if_finished`).
+    /// Skips rows another transaction
     /// holds, so it never waits behind a worker or a user.
     pub async fn requeue_dead_group(
         &self,
@@ -60,11 +62,15 @@ impl Store {
     ) -> StoreResult<RequeuedByQueue> {
         super::statement("requeue_dead_group");
         let rows = sqlx::query!(
-            r#"WITH target AS (
+            r#"WITH module AS (
+                   SELECT hash FROM modules WHERE hash = $1 FOR KEY SHARE
+               ),
+               target AS (
                    SELECT id FROM jobs
                    WHERE state = 'dead' AND module_hash = $1
                      AND (last_error->>'kind') IS NOT DISTINCT FROM $2
                      AND finished_at <= $3
+                     AND EXISTS (SELECT 1 FROM module)
                    LIMIT $4
                    FOR UPDATE SKIP LOCKED
                ),

@@ -124,6 +124,20 @@ pub enum StoreError {
         /// The states the action applies to, for the message.
         allowed: &'static str,
     },
+    /// The job's module was deleted (`DELETE /v1/modules/{hash}`), so it
+    /// cannot run again.
+    #[error(
+        "job {id} runs module {module_hash}, which was deleted; submit it again with a module that exists"
+    )]
+    ModuleDeleted {
+        /// The job.
+        id: Uuid,
+        /// The module it names.
+        module_hash: String,
+    },
+    /// A module name was moved since the caller read where it points.
+    #[error("module name {0} was moved meanwhile; read its moves again")]
+    NameMoved(String),
     /// PostgreSQL failed or is unreachable; callers may retry.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

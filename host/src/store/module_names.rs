@@ -46,28 +46,45 @@ pub struct ModuleInUse {
 }
 
 impl Store {
-    /// Points `name` at module `hash`, as `moved_by`, and records the move,
-    /// in one transaction that holds the name's row lock from reading where
-    /// it pointed to writing the move: the name and its history never
-    /// disagree, even when two moves race.
+    /// Points `name` at module `hash`, as `moved_by`, and records the move;
+    /// with `if_pointing_at`, only if the name points at that module now (a
+    /// rollback's guard against a move made since it read the history).
+    ///
+    /// One transaction that holds a lock on the name from reading where it
+    /// pointed to writing the move: a transaction-level advisory lock, not
+    /// the name's row lock, because a name not yet created has no row to
+    /// lock and two first moves would both record it as new. So the name
+    /// and its history never disagree, even when moves race.
     ///
     /// # Errors
     ///
-    /// [`StoreError::UnknownModules`] if no module has this hash.
+    /// [`StoreError::UnknownModules`] if no module has this hash;
+    /// [`StoreError::NameMoved`] if the name does not point at
+    /// `if_pointing_at`. Nothing is written then.
     pub async fn move_module_name(
         &self,
         name: &str,
         hash: &str,
         moved_by: &str,
+        if_pointing_at: Option<&str>,
     ) -> StoreResult<NameMove> {
         super::statement("move_module_name");
         let mut tx = self.pool().begin().await?;
-        let before = sqlx::query_scalar!(
-            "SELECT module_hash FROM module_names WHERE name = $1 FOR UPDATE",
+        sqlx::query_scalar!(
+            r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock(hashtextextended('module_name:' || $1, 0))"#,
             name
         )
-        .fetch_optional(tx.statements())
+        .fetch_one(tx.statements())
         .await?;
+        let before =
+            sqlx::query_scalar!("SELECT module_hash FROM module_names WHERE name = $1", name)
+                .fetch_optional(tx.statements())
+                .await?;
+        if let Some(expected) = if_pointing_at
+            && before.as_deref() != Some(expected)
+        {
+            return Err(StoreError::NameMoved(name.to_owned()));
+        }
         let moved = sqlx::query_as!(
             NameMove,
             r#"WITH moved AS (

@@ -57,7 +57,7 @@ const PRUNE_FINISHED: &str = r#"WITH RECURSIVE names AS (
          WHERE n.queue IS NOT NULL AND s.keep_s > 0
      ),
      expired AS (
-         SELECT e.id FROM cutoffs c CROSS JOIN LATERAL (
+         SELECT e.id, c.state, c.before FROM cutoffs c CROSS JOIN LATERAL (
              SELECT j.id FROM jobs j
              WHERE j.queue = c.queue AND j.state = c.state
                AND j.state IN ('succeeded', 'dead', 'cancelled')
@@ -69,7 +69,7 @@ const PRUNE_FINISHED: &str = r#"WITH RECURSIVE names AS (
      ),
      deleted AS (
          DELETE FROM jobs j USING expired e
-         WHERE j.id = e.id AND j.state IN ('succeeded', 'dead', 'cancelled')
+         WHERE j.id = e.id AND j.state = e.state AND j.finished_at < e.before
          RETURNING j.queue, j.state
      ),
      logged AS (
@@ -88,9 +88,11 @@ impl Store {
     /// finds the queues that have finished jobs, then each queue's and
     /// state's expired entries are read from the oldest, so a pass reads
     /// only what it deletes (plus one entry per queue), however many jobs
-    /// are kept. Guard: the job is still finished when its row is deleted
-    /// (a concurrent retry wins). It locks only the rows it deletes, which
-    /// no claim or submission touches.
+    /// are kept. Guard: the job is still in the state, and finished as long
+    /// ago, as when it was found expired; PostgreSQL checks that against the
+    /// row's newest version, so a job retried meanwhile, even one that
+    /// finished again at once, is kept. It locks only the rows it deletes,
+    /// which no claim or submission touches.
     pub async fn prune_finished(&self, limit: usize) -> StoreResult<Pruned> {
         super::statement("prune_finished");
         let states: Vec<JobState> = with_prune_arguments(PRUNE_FINISHED, limit)
@@ -101,7 +103,7 @@ impl Store {
             match state {
                 JobState::Succeeded => pruned.succeeded += 1,
                 JobState::Dead => pruned.dead += 1,
-                // The guard lets only finished states through.
+                // The guard lets only the finished states it selected through.
                 _ => pruned.cancelled += 1,
             }
         }

@@ -84,6 +84,10 @@ impl Store {
                  max_running = EXCLUDED.max_running,
                  max_running_per_key = EXCLUDED.max_running_per_key,
                  rate_limit = EXCLUDED.rate_limit, rate_period_ms = EXCLUDED.rate_period_ms,
+                 (rate_buckets, rate_counts) = (
+                     SELECT r.buckets, r.counts
+                     FROM rate_buckets_for_period(queues.rate_buckets, queues.rate_counts,
+                                                  queues.rate_period_ms, EXCLUDED.rate_period_ms) r),
                  retain_succeeded_s = EXCLUDED.retain_succeeded_s,
                  retain_dead_s = EXCLUDED.retain_dead_s,
                  retain_cancelled_s = EXCLUDED.retain_cancelled_s,

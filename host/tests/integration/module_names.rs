@@ -5,8 +5,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::job::JobState;
+use taskflow::store::StoreError;
 
-use crate::support::{TestApp, assert_api_error, assert_state};
+use crate::support::{TestApp, assert_api_error, assert_state, test_database};
 
 const NAME: &str = "task:stable";
 
@@ -111,6 +112,15 @@ async fn a_module_in_use_is_not_deleted_and_one_unused_is() {
         .send_json(Method::DELETE, &format!("/v1/modules/{hello}"), "")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // The cancelled job cannot come back to run a module that is gone.
+    assert_api_error(
+        "retried after its module was deleted",
+        &app.send_json(Method::POST, &format!("/v1/jobs/{}/retry", waiting.id), "")
+            .await,
+        StatusCode::CONFLICT,
+        "module_deleted",
+        &hello,
+    );
     app.finish().await;
 }
 
@@ -190,4 +200,60 @@ async fn bad_names_and_unknown_modules_get_a_4xx_naming_the_field() {
     assert_eq!(batch["error"]["field"], "jobs[1].module", "{batch}");
     assert_eq!(app.job_count().await, 0, "no job of the batch was created");
     app.finish().await;
+}
+
+/// Two first moves of a new name, racing: the second records the first's
+/// module as where the name pointed before, so the history agrees with the
+/// name and a rollback goes back to the first's module. The held
+/// transaction stops the first move at its module's foreign-key check,
+/// after it read that the name pointed nowhere, until the second has
+/// started too.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_first_moves_of_a_name_record_one_after_the_other() {
+    let db = test_database().await;
+    let store = db.store().clone();
+    let (first, second) = ("1".repeat(64), "2".repeat(64));
+    for module in [&first, &second] {
+        store.insert_module(module, b"\0asm").await.unwrap();
+    }
+    let mut held = db
+        .begin_held(&format!(
+            "SELECT 1 FROM modules WHERE hash = '{first}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let move_to = |module: String| {
+        let store = store.clone();
+        tokio::spawn(async move { store.move_module_name("x", &module, "test", None).await })
+    };
+    let first_move = move_to(first.clone());
+    held.until_waiting(1).await.unwrap();
+    let second_move = move_to(second.clone());
+    held.until_waiting(2).await.unwrap();
+    held.release().await.unwrap();
+    first_move.await.unwrap().unwrap();
+    let second_moved = second_move.await.unwrap().unwrap();
+
+    assert_eq!(second_moved.from_hash.as_deref(), Some(first.as_str()));
+    let moves = store.module_name_moves("x", 10).await.unwrap();
+    let history: Vec<_> = moves
+        .iter()
+        .map(|moved| (moved.from_hash.clone(), moved.to_hash.clone()))
+        .collect();
+    assert_eq!(
+        history,
+        [(Some(first.clone()), second.clone()), (None, first.clone())],
+        "newest first"
+    );
+    // A rollback moves the name back only from where it read it pointed.
+    let stale = store
+        .move_module_name("x", &first, "test", Some(&first))
+        .await;
+    assert!(matches!(stale, Err(StoreError::NameMoved(_))), "{stale:?}");
+    let rolled_back = store
+        .move_module_name("x", &first, "test", Some(&second))
+        .await
+        .unwrap();
+    assert_eq!(rolled_back.from_hash, Some(second));
+    db.drop_database().await.unwrap();
 }

@@ -159,6 +159,39 @@ async fn a_rate_admits_its_limit_per_window_and_the_rest_wait_their_turn() {
     app.finish().await;
 }
 
+/// A rate's starts are counted in buckets of a twentieth of its period, so
+/// a new period renumbers them (`rate_buckets_for_period`, put_queue in
+/// store/queues.rs): the starts made before the change count in the new
+/// period's windows, for as long as those windows hold them and no longer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_starts_before_a_rate_period_change_count_in_the_new_windows() {
+    let (app, store) = limited_store(
+        json!({"rate": {"limit": 5, "period": "2s"}}),
+        jobs_keyed(&[None; 12]),
+    )
+    .await;
+    assert_eq!(claim(&store, "w1", 10).await.len(), 5);
+    app.set_default_queue(json!({"rate": {"limit": 5, "period": "1s"}}))
+        .await;
+    assert!(
+        claim(&store, "w1", 10).await.is_empty(),
+        "a shorter period's window still holds the starts made under the longer one"
+    );
+    app.set_default_queue(json!({"rate": {"limit": 5, "period": "2s"}}))
+        .await;
+    assert!(claim(&store, "w1", 10).await.is_empty());
+    let later = eventually(Duration::from_secs(5), || async {
+        Some(claim(&store, "w1", 10).await).filter(|jobs| !jobs.is_empty())
+    })
+    .await;
+    assert_eq!(
+        later.len(),
+        5,
+        "the starts leave a longer period's window once older than it"
+    );
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_queue_accepts_jobs_but_starts_none_until_resumed() {
     let (app, module) = TestApp::start_running("hello").await;

@@ -123,6 +123,49 @@ async fn the_pruner_deletes_exactly_the_expired_jobs_of_each_state_and_frees_the
     app.finish().await;
 }
 
+/// A job the pruner found expired but that finished again before its
+/// delete reached it (a user retried it, and it ended at once) is kept:
+/// it is no longer what was found expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_finished_again_while_the_pruner_read_it_is_kept() {
+    let db = test_database().await;
+    let store = db.store().clone();
+    let module = "a".repeat(64);
+    store.insert_module(&module, b"\0asm").await.unwrap();
+    let old_dead = FillerJobs {
+        module_hash: &module,
+        queue: "default",
+        state: JobState::Dead,
+        count: 1,
+        age: Duration::from_secs(31 * 86_400),
+        priorities: 1,
+    };
+    store.insert_filler_jobs(&old_dead).await.unwrap();
+    let id = store.job_ids().await.unwrap()[0];
+
+    let mut writer = db
+        .begin_held(&format!("SELECT 1 FROM jobs WHERE id = '{id}' FOR UPDATE"))
+        .await
+        .unwrap();
+    let pruner = Pruner::new(store.clone());
+    let pruning = tokio::spawn(async move { pruner.prune().await });
+    writer.until_waiting(1).await.unwrap();
+    // What a retry and an immediate cancel leave behind.
+    writer
+        .execute(&format!(
+            "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
+             WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+    writer.commit().await.unwrap();
+
+    assert_eq!(pruning.await.unwrap().unwrap(), Pruned::default());
+    let kept = store.get_job(id).await.unwrap().expect("the job is kept");
+    assert_eq!(kept.job.state, JobState::Cancelled);
+    db.drop_database().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pruner_reads_the_retention_index_not_the_table() {
     let db = test_database().await;

@@ -28,22 +28,76 @@ pub fn database_url(server_url: &str, name: &str) -> String {
     }
 }
 
-/// A table lock held by [`ScratchDatabase::lock_table`].
+/// A transaction left open on a connection of its own, holding the locks
+/// its statements took ([`ScratchDatabase::begin_held`]): a test's way of
+/// standing in another writer's way at a chosen moment.
 #[derive(Debug)]
-pub struct HeldLock {
+pub struct HeldTransaction {
     connection: PgConnection,
 }
 
-impl HeldLock {
-    /// Ends the lock's transaction.
+impl HeldTransaction {
+    /// Runs `sql` (one or more statements) inside the transaction.
+    ///
+    /// # Errors
+    ///
+    /// If the server refuses.
+    pub async fn execute(&mut self, sql: &str) -> anyhow::Result<()> {
+        sqlx::raw_sql(sql)
+            .execute(&mut self.connection)
+            .await
+            .with_context(|| format!("cannot run {sql}"))?;
+        Ok(())
+    }
+
+    /// Returns once `statements` statements of other connections to the
+    /// same database wait for a lock, as ones blocked by this transaction
+    /// (or by each other) do.
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot be reached, or fewer wait for ten seconds.
+    pub async fn until_waiting(&mut self, statements: i64) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut self.connection)
+            .await?;
+            if waiting >= statements {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{waiting} statements wait for a lock, not {statements}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot be reached or refuses.
+    pub async fn commit(self) -> anyhow::Result<()> {
+        self.end("COMMIT").await
+    }
+
+    /// Rolls the transaction back.
     ///
     /// # Errors
     ///
     /// If the server cannot be reached.
-    pub async fn release(mut self) -> anyhow::Result<()> {
-        sqlx::raw_sql("ROLLBACK")
-            .execute(&mut self.connection)
-            .await?;
+    pub async fn release(self) -> anyhow::Result<()> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(mut self, how: &str) -> anyhow::Result<()> {
+        sqlx::raw_sql(how).execute(&mut self.connection).await?;
         Ok(self.connection.close().await?)
     }
 }
@@ -88,21 +142,31 @@ impl ScratchDatabase {
     }
 
     /// Takes `table`'s `ACCESS EXCLUSIVE` lock in a transaction of its own
-    /// and holds it until [`HeldLock::release`]: every statement that
+    /// and holds it until [`HeldTransaction::release`]: every statement that
     /// touches the table waits meanwhile, as behind a long migration.
     ///
     /// # Errors
     ///
     /// If the server cannot be reached or `table` does not exist.
-    pub async fn lock_table(&self, table: &str) -> anyhow::Result<HeldLock> {
-        let mut connection = PgConnection::connect(&self.url).await?;
-        sqlx::raw_sql(&format!(
-            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
-        ))
-        .execute(&mut connection)
-        .await
-        .with_context(|| format!("cannot lock {table}"))?;
-        Ok(HeldLock { connection })
+    pub async fn lock_table(&self, table: &str) -> anyhow::Result<HeldTransaction> {
+        self.begin_held(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            .await
+    }
+
+    /// Opens a transaction on a connection of its own, runs `sql` in it,
+    /// and leaves it open until [`HeldTransaction::commit`] or
+    /// [`HeldTransaction::release`].
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot be reached or refuses `sql`.
+    pub async fn begin_held(&self, sql: &str) -> anyhow::Result<HeldTransaction> {
+        let mut held = HeldTransaction {
+            connection: PgConnection::connect(&self.url).await?,
+        };
+        held.execute("BEGIN").await?;
+        held.execute(sql).await?;
+        Ok(held)
     }
 
     /// Its name.
