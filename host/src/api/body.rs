@@ -70,6 +70,11 @@ impl RequestBudget {
         self.capacity - self.bytes.available_permits()
     }
 
+    /// How long a body may take to arrive (`--request-body-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Reserves `bytes`, waiting up to the timeout. A request bigger than
     /// the whole budget reserves all of it (and so waits until it is alone).
     async fn reserve(&self, bytes: usize) -> Result<Reservation, ApiError> {
@@ -191,7 +196,8 @@ impl<T: DeserializeOwned + BodyLimit> FromRequest<ApiState> for JsonBody<T> {
 }
 
 /// Parses `bytes` into `T`; a mistake is a 400 naming where it is, in its
-/// message (`jobs[3].fuel: invalid value…`) and its `field`.
+/// message (`jobs[3].fuel: invalid value…`) and its `field`. The message
+/// never repeats a value of the body ([`without_values`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -202,18 +208,39 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             "invalid_json"
         };
+        let message = without_values(&inner.to_string());
         if path == "." {
-            return ApiError::bad_request(code, inner.to_string());
+            return ApiError::bad_request(code, message);
         }
         ApiError {
             field: Some(path.clone()),
-            ..ApiError::bad_request(code, format!("{path}: {inner}"))
+            ..ApiError::bad_request(code, format!("{path}: {message}"))
         }
     })?;
     deserializer
         .end()
         .map_err(|error| ApiError::bad_request("invalid_json", error.to_string()))?;
     Ok(value)
+}
+
+/// serde's message for a value of the wrong type or range without the
+/// value: `invalid type: string "sk_live…", expected a sequence` becomes
+/// `invalid type: string, expected a sequence`. A value in the wrong place
+/// may be a secret (a queue's `secrets`), and an error message reaches the
+/// response, the client's terminal and logs. serde words these messages
+/// `invalid type: {what was found}, expected {what}`; the found part is cut
+/// to its kind, and the expected part, serde's own words, is kept, found
+/// from the end since a string value may contain `, expected` itself.
+pub fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(found) = message.strip_prefix(prefix)
+            && let Some(at) = found.rfind(", expected ")
+        {
+            let kind = found[..at].split([' ', ',']).next().unwrap_or_default();
+            return format!("{prefix}{kind}{}", &found[at..]);
+        }
+    }
+    message.to_owned()
 }
 
 /// Whether the request says its body is JSON (`application/json` or
@@ -230,4 +257,27 @@ fn is_json(headers: &HeaderMap) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_values;
+
+    #[test]
+    fn messages_keep_what_was_expected_and_lose_what_was_sent() {
+        assert_eq!(
+            without_values(
+                r#"invalid type: string "sk, expected x", expected a sequence at line 1 column 9"#
+            ),
+            "invalid type: string, expected a sequence at line 1 column 9"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `-1`, expected u64"),
+            "invalid value: integer, expected u64"
+        );
+        assert_eq!(
+            without_values("missing field `value`"),
+            "missing field `value`"
+        );
+    }
 }

@@ -158,9 +158,10 @@ impl ApiError {
                 "idempotency_conflict",
                 error.to_string(),
             ),
-            StoreError::MissingSecretValue(_) => {
-                Self::bad_request("invalid_field", error.to_string())
-            }
+            StoreError::MissingSecretValue(name) => Self {
+                field: Some(format!("secrets.{name}.value")),
+                ..Self::bad_request("invalid_field", error.to_string())
+            },
             StoreError::Raced => Self::new(StatusCode::CONFLICT, "raced", error.to_string()),
             StoreError::QueueChanged(_) => {
                 Self::new(StatusCode::CONFLICT, "queue_changed", error.to_string())

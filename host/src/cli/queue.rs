@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::ClientArgs;
 use super::client::print;
+use crate::api::body::without_values;
 use crate::api::types::{
     PatchQueue, PutQueue, PutSecret, QueueStatsView, QueueView, RateBody, RetentionBody,
 };
@@ -202,7 +203,9 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
                 Some(file) => {
                     let text = std::fs::read(file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
+                    // Without the values: the file holds secrets.
                     serde_json::from_slice(&text)
+                        .map_err(|error| anyhow::anyhow!(without_values(&error.to_string())))
                         .with_context(|| format!("{} is not a queue's settings", file.display()))?
                 }
                 None => settings_from_flags(&args),

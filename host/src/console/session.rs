@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, to_bytes};
+use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -70,7 +70,7 @@ pub async fn require_session(
         Err(error) => return error.into_response(),
     };
     if !is_read(request.method()) {
-        request = match checked_form(request, &session).await {
+        request = match checked_form(&state, request, &session).await {
             Ok(request) => request,
             Err(error) => return error.into_response(),
         };
@@ -176,18 +176,17 @@ fn logged_out(method: &Method) -> Response {
     }
 }
 
-/// The request with its form read (at most [`FORM_MAX_BYTES`]), if the
-/// form carries the session's CSRF token and no browser marked it
-/// cross-site; the body is handed on unchanged.
-async fn checked_form(request: Request, session: &Session) -> Result<Request, ConsoleError> {
+/// The request with its form read ([`read_form`]), if the form carries the
+/// session's CSRF token and no browser marked it cross-site; the body is
+/// handed on unchanged.
+async fn checked_form(
+    state: &ApiState,
+    request: Request,
+    session: &Session,
+) -> Result<Request, ConsoleError> {
     refuse_cross_site(request.headers())?;
     let (parts, body) = request.into_parts();
-    let bytes = to_bytes(body, FORM_MAX_BYTES).await.map_err(|_| {
-        ConsoleError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("A console form may send at most {FORM_MAX_BYTES} bytes."),
-        )
-    })?;
+    let bytes = read_form(state, body).await?;
     let sent = form_urlencoded::parse(&bytes)
         .find(|(name, _)| name == "csrf")
         .map(|(_, value)| value.into_owned())
@@ -199,6 +198,25 @@ async fn checked_form(request: Request, session: &Session) -> Result<Request, Co
         ));
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// Reads a console form's body: at most [`FORM_MAX_BYTES`], within the
+/// API's request body timeout (`--request-body-timeout`), as the API reads
+/// its own bodies (api/body.rs): a client that sends its headers and then
+/// nothing holds its connection that long and no longer.
+async fn read_form(state: &ApiState, body: Body) -> Result<Bytes, ConsoleError> {
+    let timeout = state.budget.timeout();
+    match tokio::time::timeout(timeout, to_bytes(body, FORM_MAX_BYTES)).await {
+        Err(_) => Err(ConsoleError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("The form did not arrive in time ({} s).", timeout.as_secs()),
+        )),
+        Ok(Err(_)) => Err(ConsoleError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("A console form may send at most {FORM_MAX_BYTES} bytes."),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 /// Refuses a request a browser says came from another site.
@@ -220,20 +238,18 @@ pub async fn login_page(State(state): State<ApiState>) -> Response {
     render(StatusCode::OK, &Login { refused: false })
 }
 
-/// The login form's fields.
-#[derive(Debug, serde::Deserialize)]
-pub struct LoginForm {
-    token: String,
-}
-
-/// `POST /ui/login`: a session for an accepted token.
+/// `POST /ui/login`: a session for an accepted token (the form's `token`).
 pub async fn log_in(
     State(state): State<ApiState>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<LoginForm>,
+    request: Request,
 ) -> Result<Response, ConsoleError> {
-    refuse_cross_site(&headers)?;
-    let token = form.token.trim();
+    refuse_cross_site(request.headers())?;
+    let form = read_form(&state, request.into_body()).await?;
+    let token = form_urlencoded::parse(&form)
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    let token = token.trim();
     if !state.tokens.is_open() && !state.tokens.accepts(token) {
         return Ok(render(StatusCode::UNAUTHORIZED, &Login { refused: true }));
     }

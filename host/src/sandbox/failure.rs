@@ -1,7 +1,10 @@
 //! Why an attempt failed, precisely: [`classify`] turns what wasmtime
 //! reports into a [`Failure`] of the job domain (`job/failure.rs`).
 
+use wasmtime::component::ResourceTableError;
+
 use super::capture::{CapturedLog, LogSource};
+use super::guest::RESOURCE_BYTES;
 use crate::job::{Failure, FailureKind};
 
 /// Why the host interrupted the guest; raised from the epoch callback and
@@ -44,6 +47,16 @@ pub(super) fn classify(
     }
     if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
         return Failure::new(FailureKind::MemoryLimit, exceeded.to_string());
+    }
+    if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
+        return Failure::new(
+            FailureKind::MemoryLimit,
+            format!(
+                "the guest held more host resources (streams, header maps, requests…) at once \
+                 than its memory limit allows, at {} KiB each",
+                RESOURCE_BYTES / 1024
+            ),
+        );
     }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => Failure::new(

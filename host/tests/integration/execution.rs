@@ -222,6 +222,33 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
     app.finish().await;
 }
 
+/// What the host holds for a guest outside its linear memory (header maps
+/// here: wasi:http lets one hold 64 KiB) counts against the same memory
+/// limit, in resources of the guest's table (sandbox/guest.rs), so a guest
+/// that hoards them fails its own job and the worker keeps its memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_hoarding_host_resources_fails_its_job_with_memory_limit() {
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let mut hoarding = single_attempt(
+        &module,
+        json!({"mode": "hoard_headers", "count": 20_000, "bytes": 60_000}),
+    );
+    hoarding.memory_limit_bytes = Some(16 << 20);
+    let job = app.submit_with(hoarding).await;
+    let job = app.wait_final(job.id).await;
+    assert_state(&job, JobState::Dead);
+    let attempts = app.attempts(job.id).await;
+    assert_eq!(
+        attempts[0].error_kind.as_deref(),
+        Some("memory_limit"),
+        "{:?}",
+        attempts[0].error_message
+    );
+    let healthy = app.run(&module, json!({"mode": "succeed"})).await;
+    assert_state(&healthy, JobState::Succeeded);
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
     let mut options = crate::support::TestOptions::default();

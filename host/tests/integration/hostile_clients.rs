@@ -141,19 +141,30 @@ async fn a_body_that_arrives_too_slowly_gets_408() {
         api.request_body_timeout = Duration::from_secs(1);
     })
     .await;
-    let mut stream = connect_and_send(
-        &app.url,
-        b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-          content-length: 100\r\n\r\n{\"module\":",
-    )
-    .await;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
-        .await
-        .expect("the server answers and closes")
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("body_timeout"), "{answer}");
+    // The API's JSON, and the console's login form, which no session guards.
+    let requests: [(&[u8], &str); 2] = [
+        (
+            b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"module\":",
+            "body_timeout",
+        ),
+        (
+            b"POST /ui/login HTTP/1.1\r\nhost: x\r\n\
+              content-type: application/x-www-form-urlencoded\r\n\
+              content-length: 100\r\n\r\ntoken=",
+            "in time",
+        ),
+    ];
+    for (request, says) in requests {
+        let mut stream = connect_and_send(&app.url, request).await;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("the server answers and closes")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(says), "{answer}");
+    }
     app.finish().await;
 }
 

@@ -142,6 +142,16 @@ async fn bad_settings_get_a_4xx_naming_the_field_and_never_echo_a_secret() {
         ),
         (
             "/v1/queues/payments",
+            with(json!({"secrets": {"api_key": SECRET}})),
+            "secrets.api_key",
+        ),
+        (
+            "/v1/queues/payments",
+            with(json!({"secrets": {"api_key": {"value": SECRET, "allowed_hosts": SECRET}}})),
+            "secrets.api_key.allowed_hosts",
+        ),
+        (
+            "/v1/queues/payments",
             with(json!({"surprise": 1})),
             "surprise",
         ),
@@ -152,6 +162,7 @@ async fn bad_settings_get_a_4xx_naming_the_field_and_never_echo_a_secret() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {answer}");
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(field), "{message:?} should name {field:?}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
         assert!(!answer.to_string().contains(SECRET), "{answer}");
     }
     let (_, got) = app.get_json("/v1/queues/payments").await;

@@ -52,6 +52,11 @@ enum Mode {
     /// `blocking-write-and-flush`, which takes at most 4096), and reports
     /// what the call returned if it did not trap.
     RawWrite { bytes: usize, blocking: bool },
+    /// Makes `count` wasi:http header maps holding one `bytes`-byte value
+    /// each and never drops them: memory the host holds for the guest,
+    /// outside its linear memory. Reports how many it made, and the error
+    /// that stopped it if one did without a trap.
+    HoardHeaders { count: usize, bytes: usize },
 }
 
 fn json(value: serde_json::Value) -> Bytes {
@@ -121,6 +126,7 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             Ok(json(serde_json::json!({})))
         }
         Mode::RawWrite { bytes, blocking } => Ok(json(raw_write(bytes, blocking))),
+        Mode::HoardHeaders { count, bytes } => Ok(json(hoard_headers(count, bytes))),
         Mode::Burn { iterations } => {
             let mut hash: u64 = 0xcbf29ce484222325;
             for i in 0..iterations {
@@ -179,6 +185,24 @@ fn raw_write(bytes: usize, blocking: bool) -> serde_json::Value {
 #[cfg(not(target_arch = "wasm32"))]
 fn raw_write(_bytes: usize, _blocking: bool) -> serde_json::Value {
     serde_json::json!({ "result": "not on WASI" })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn hoard_headers(count: usize, bytes: usize) -> serde_json::Value {
+    let value = vec![b'h'; bytes];
+    for made in 0..count {
+        let fields = wasip2::http::types::Fields::new();
+        if let Err(error) = fields.append("x-hoard", &value) {
+            return serde_json::json!({ "made": made, "error": format!("{error:?}") });
+        }
+        std::mem::forget(fields);
+    }
+    serde_json::json!({ "made": count })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn hoard_headers(_count: usize, _bytes: usize) -> serde_json::Value {
+    serde_json::json!({ "made": 0, "error": "not on WASI" })
 }
 
 // Unbounded on purpose: the host must stop it with `stack_overflow`. The

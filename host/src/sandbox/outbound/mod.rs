@@ -183,6 +183,12 @@ impl WasiHttpHooks for AttemptHttp {
         }
     }
 
+    /// What one write to an outgoing body may hand the host to buffer
+    /// (`RESOURCE_BYTES`, sandbox/guest.rs).
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        super::guest::RESOURCE_BYTES
+    }
+
     fn p2_error_from_hyper(
         &mut self,
         error: &hyper::Error,
