@@ -26,7 +26,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ApiError, ApiState};
@@ -158,10 +158,22 @@ async fn collect(
     Ok(Some(bytes.freeze()))
 }
 
-/// Request types that say how big their JSON body may be.
-pub trait BodyLimit {
+/// Request types that say how big their JSON body may be, and how it is
+/// parsed.
+pub trait BodyLimit: DeserializeOwned {
     /// Largest body, in bytes, under `limits`.
     fn max_body_bytes(limits: &ApiLimits) -> usize;
+
+    /// Parses a body of this type: whole, by [`parse_json`], unless the type
+    /// holds a list `limits` caps, which is refused as soon as it passes the
+    /// cap (`SubmitBatch`, api/batch.rs).
+    ///
+    /// # Errors
+    ///
+    /// A 4xx naming what is wrong.
+    fn parse(bytes: &[u8], _limits: &ApiLimits) -> Result<Self, ApiError> {
+        parse_json(bytes)
+    }
 }
 
 /// A JSON body parsed into `T` after [`read`], with the reservation that
@@ -170,7 +182,7 @@ pub trait BodyLimit {
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T, pub Reservation);
 
-impl<T: DeserializeOwned + BodyLimit> FromRequest<ApiState> for JsonBody<T> {
+impl<T: BodyLimit> FromRequest<ApiState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &ApiState) -> Result<Self, ApiError> {
@@ -191,7 +203,7 @@ impl<T: DeserializeOwned + BodyLimit> FromRequest<ApiState> for JsonBody<T> {
             JSON_MEMORY_FACTOR,
         )
         .await?;
-        Ok(JsonBody(parse_json(&bytes)?, reservation))
+        Ok(JsonBody(T::parse(&bytes, &state.limits)?, reservation))
     }
 }
 
@@ -199,10 +211,23 @@ impl<T: DeserializeOwned + BodyLimit> FromRequest<ApiState> for JsonBody<T> {
 /// message (`jobs[3].fuel: invalid value…`) and its `field`. The message
 /// never repeats a value of the body ([`without_values`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    parse_json_seed(bytes, std::marker::PhantomData::<T>)
+}
+
+/// [`parse_json`] through a seed, for a parse that needs more than the
+/// bytes (a limit it applies while it reads, api/batch.rs).
+pub fn parse_json_seed<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = seed.deserialize(serde_path_to_error::Deserializer::new(
+        &mut deserializer,
+        &mut track,
+    ));
+    let value = parsed.map_err(|inner| {
+        let path = track.path().to_string();
         let code = if inner.is_data() {
             "invalid_field"
         } else {

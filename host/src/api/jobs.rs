@@ -13,7 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::body::{BodyLimit, JsonBody};
+use super::batch::{CappedBatch, CappedJobs};
+use super::body::{BodyLimit, JsonBody, parse_json_seed};
 use super::error::ErrorBody;
 use super::types::{
     AttemptList, AttemptQuery, BatchEntry, JobPage, JobQuery, JobView, JobWaitQuery, SubmitBatch,
@@ -50,6 +51,22 @@ impl BodyLimit for SubmitBatch {
         SubmitJob::max_body_bytes(limits)
             .saturating_mul(limits.max_batch_jobs)
             .min(limits.max_batch_request_bytes)
+    }
+
+    /// Refused with 413 `batch_too_large` as soon as the list passes
+    /// `--max-batch-jobs`, before the jobs past it are built (api/batch.rs).
+    fn parse(bytes: &[u8], limits: &ApiLimits) -> Result<Self, ApiError> {
+        let max_jobs = limits.max_batch_jobs;
+        match parse_json_seed(bytes, CappedBatch { max_jobs })? {
+            CappedJobs::Within(jobs) => Ok(SubmitBatch { jobs }),
+            CappedJobs::Over(count) => Err(ApiError {
+                field: Some("jobs".to_owned()),
+                ..ApiError::too_large(
+                    "batch_too_large",
+                    format!("a batch may hold at most {max_jobs} jobs; this one has {count}"),
+                )
+            }),
+        }
     }
 }
 
@@ -160,20 +177,10 @@ async fn submit_all(
     request: SubmitBatch,
     trace: Option<TraceContext>,
 ) -> Result<Vec<Submitted>, ApiError> {
-    let limit = state.limits.max_batch_jobs;
     if request.jobs.is_empty() {
         return Err(ApiError::bad_request(
             "empty_batch",
             "jobs must hold at least one job",
-        ));
-    }
-    if request.jobs.len() > limit {
-        return Err(ApiError::too_large(
-            "batch_too_large",
-            format!(
-                "a batch may hold at most {limit} jobs; this one has {}",
-                request.jobs.len()
-            ),
         ));
     }
     let limits = &state.limits.submission;

@@ -17,6 +17,7 @@
 //! - [`types`]: request and response bodies, shared with the CLI client
 
 pub mod auth;
+mod batch;
 pub mod body;
 pub mod error;
 pub mod health;

@@ -135,6 +135,59 @@ async fn parallel_maximum_size_batches_hold_no_more_memory_than_the_in_flight_bu
     app.finish().await;
 }
 
+/// A batch body within its byte limit but of millions of tiny jobs is
+/// refused as soon as its list passes `--max-batch-jobs` (api/batch.rs),
+/// before the jobs past it are built: parsed whole, 60 MiB of
+/// `{"module":""}` became 4 million `SubmitJob`s, over a gigabyte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_millions_of_tiny_jobs_is_refused_before_they_are_built() {
+    const BODY_BYTES: usize = 60 << 20;
+    let app = TestApp::start().await;
+    let api = app.api_process(&[]).await;
+    let submit = |body: String| async {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/jobs/batch", api.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    // Warm up: the process's own working set, before the big body.
+    let (_, answer) = submit(r#"{"jobs": []}"#.to_owned()).await;
+    assert_eq!(answer["error"]["code"], "empty_batch", "{answer}");
+    let before = api.peak_rss_bytes();
+
+    let tiny = r#"{"module":""},"#;
+    let jobs = BODY_BYTES / tiny.len();
+    let mut body = String::with_capacity(BODY_BYTES + 16);
+    body.push_str(r#"{"jobs":["#);
+    for _ in 0..jobs {
+        body.push_str(tiny);
+    }
+    body.pop();
+    body.push_str("]}");
+    let (status, answer) = submit(body).await;
+    let grew = api.peak_rss_bytes().saturating_sub(before);
+    // The body itself, read into one buffer, and the allocator's slack.
+    assert!(
+        grew <= 3 * BODY_BYTES as u64,
+        "a {} MiB batch of {jobs} tiny jobs grew the API by {} MiB",
+        BODY_BYTES >> 20,
+        grew >> 20
+    );
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["error"]["code"], "batch_too_large");
+    assert_eq!(answer["error"]["field"], "jobs");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("this one has {jobs}")),
+        "{message}"
+    );
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_arrives_too_slowly_gets_408() {
     let app = TestApp::start_with_api(TestOptions::default(), |api| {
