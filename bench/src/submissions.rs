@@ -20,10 +20,15 @@ use super::usage::{self, Servers};
 /// calls of `request` and moving `bar` by `step` after each, and returns how
 /// long they took together.
 ///
-/// Each client is a thread of its own with its own single-threaded runtime
-/// and connection, as separate client programs would be. On the benchmark's
-/// shared multi-threaded runtime every response hopped between its threads,
-/// which cost the sequential client a tenth of its rate (docs/benchmarks.md).
+/// Every client has a connection of its own, and all of them share one
+/// single-threaded runtime on a thread of its own: the way `pgbench -j 1`
+/// and the reference ([`reference::inserts`]) drive their connections, and
+/// the least a load generator can take from the two cores the API and
+/// PostgreSQL need, since real clients run on other machines. On the
+/// benchmark's shared multi-threaded runtime every response hopped between
+/// its threads; with a thread per client, 32 threads on two cores cost the
+/// clients more CPU per request than the API (docs/benchmarks.md, "The
+/// load generator").
 async fn run_clients<F, Fut, T>(
     deployment: &Deployment,
     clients: usize,
@@ -32,34 +37,36 @@ async fn run_clients<F, Fut, T>(
     request: F,
 ) -> anyhow::Result<Duration>
 where
-    F: Fn(Client) -> Fut + Clone + Send + 'static,
+    F: Fn(Client) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, ClientError>>,
 {
+    let apis: Vec<Client> = (0..clients).map(|_| deployment.new_client()).collect();
+    let bar = bar.clone();
     let started = Instant::now();
-    let threads: Vec<_> = (0..clients)
-        .map(|client| {
-            let (api, request, bar) = (deployment.new_client(), request.clone(), bar.clone());
-            let share = requests / clients + usize::from(client < requests % clients);
-            std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(async {
+    let thread = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let loops = apis.into_iter().enumerate().map(|(client, api)| {
+                    let share = requests / clients + usize::from(client < requests % clients);
+                    let (request, bar) = (&request, &bar);
+                    async move {
                         for _ in 0..share {
                             request(api.clone()).await?;
                             bar.inc(step);
                         }
                         anyhow::Ok(())
-                    })
+                    }
+                });
+                futures::future::try_join_all(loops).await?;
+                anyhow::Ok(())
             })
-        })
-        .collect();
+    });
     tokio::task::spawn_blocking(move || {
-        threads.into_iter().try_for_each(|thread| {
-            thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
     .await??;
     Ok(started.elapsed())
