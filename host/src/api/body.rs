@@ -13,7 +13,7 @@
 //!   `--request-body-timeout` (503 while waiting for room, 408 once reading).
 //!
 //! JSON bodies ([`JsonBody`]) are then parsed straight into their request
-//! type: job inputs stay unparsed text ([`JsonInput`](super::types::JsonInput))
+//! type: job inputs stay unparsed text ([`JsonText`](super::types::JsonText))
 //! until `JobSpec::resolve` (`job/spec.rs`) has checked their size, so no request is ever turned
 //! into a `serde_json::Value` tree.
 

@@ -38,7 +38,7 @@ pub struct SubmitJob {
     pub module: String,
     /// Input as JSON; the task receives its UTF-8 encoding, compacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<JsonInput>,
+    pub input: Option<JsonText>,
     /// Input as raw bytes, base64-encoded; for binary payloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
@@ -124,15 +124,17 @@ impl SubmitJob {
     }
 }
 
-/// A job's input as JSON text, kept as the client sent it: the server checks
-/// its size and compacts it in one streaming pass ([`JobSpec::resolve`])
-/// without ever building a tree of it.
+/// JSON kept as text, never parsed into a tree: a job's input as the client
+/// sent it (the server checks its size and compacts it in one streaming
+/// pass, [`JobSpec::resolve`]), and a job's input and output as the API
+/// shows them ([`render_payload`]). A tree of a 1 MiB array of numbers
+/// takes tens of megabytes.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = serde_json::Value)]
-pub struct JsonInput(Box<serde_json::value::RawValue>);
+#[schema(value_type = serde_json::Value, as = JsonInput)]
+pub struct JsonText(Box<serde_json::value::RawValue>);
 
-impl JsonInput {
+impl JsonText {
     /// The JSON text.
     pub fn text(&self) -> &str {
         self.0.get()
@@ -148,15 +150,33 @@ impl JsonInput {
     }
 }
 
-impl From<serde_json::Value> for JsonInput {
+impl From<serde_json::Value> for JsonText {
     fn from(value: serde_json::Value) -> Self {
         Self(serde_json::value::to_raw_value(&value).expect("a JSON value serializes"))
     }
 }
 
-impl PartialEq for JsonInput {
+impl JsonText {
+    /// The value as a tree, for a client that wants to look inside it.
+    ///
+    /// # Errors
+    ///
+    /// If the value nests deeper than a tree may (serde_json's recursion
+    /// limit).
+    pub fn value(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::from_str(self.text())
+    }
+}
+
+impl PartialEq for JsonText {
     fn eq(&self, other: &Self) -> bool {
         self.text() == other.text()
+    }
+}
+
+impl std::fmt::Display for JsonText {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.text())
     }
 }
 
@@ -222,13 +242,15 @@ pub struct JobView {
     pub traceparent: Option<String>,
     /// Input as JSON, when it is JSON (single-job reads only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<serde_json::Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub input: Option<JsonText>,
     /// Input as base64, when it is not JSON (single-job reads only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
     /// Output as JSON, when it is JSON (single-job reads only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<serde_json::Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub output: Option<JsonText>,
     /// Output as base64, when it is not JSON (single-job reads only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_base64: Option<String>,
@@ -299,10 +321,11 @@ impl From<JobDetail> for JobView {
     }
 }
 
-/// Bytes as JSON when they are JSON, as base64 otherwise.
-pub fn render_payload(bytes: &[u8]) -> (Option<serde_json::Value>, Option<String>) {
+/// Bytes as JSON when they are JSON, as base64 otherwise; checked without
+/// building a tree ([`JsonText`]).
+pub fn render_payload(bytes: &[u8]) -> (Option<JsonText>, Option<String>) {
     match serde_json::from_slice(bytes) {
-        Ok(value) => (Some(value), None),
+        Ok(text) => (Some(JsonText(text)), None),
         Err(_) => (None, Some(BASE64.encode(bytes))),
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::flags::{AttemptLimitFlags, InputFlags};
 use super::{ClientArgs, JobCommand, ModuleCommand, PageArgs};
 use crate::api::types::{
-    AttemptList, JobQuery, JobView, JsonInput, ModuleView, NameMoveView, SubmitJob,
+    AttemptList, JobQuery, JobView, JsonText, ModuleView, NameMoveView, SubmitJob,
 };
 use crate::job::JobInput;
 
@@ -223,7 +223,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
     match args.input.read()? {
         JobInput::Json(json) => {
-            request.input = Some(JsonInput::parse(&json).context("--input must be valid JSON")?);
+            request.input = Some(JsonText::parse(&json).context("--input must be valid JSON")?);
         }
         JobInput::Base64(encoded) => request.input_base64 = Some(encoded),
         JobInput::Bytes(bytes) => {

@@ -51,7 +51,7 @@ pub struct RunArgs {
 struct Report<'a> {
     succeeded: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    output: Option<serde_json::Value>,
+    output: Option<crate::api::types::JsonText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

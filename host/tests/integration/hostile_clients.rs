@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use taskflow::api::types::{JsonText, SubmitJob};
 use taskflow::cli::server::{api_state, spawn_api};
 use taskflow::config::ApiConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -184,6 +185,45 @@ async fn a_batch_of_millions_of_tiny_jobs_is_refused_before_they_are_built() {
     assert!(
         message.contains(&format!("this one has {jobs}")),
         "{message}"
+    );
+    app.finish().await;
+}
+
+/// Reading a job returns its input and output as the JSON text they are
+/// stored as (`JsonText`, api/types.rs), never parsed into a tree: a tree
+/// of a 1 MB array of zeros takes 16 MB, for each read in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_a_job_with_a_large_json_input_builds_no_tree_of_it() {
+    let app = TestApp::start().await;
+    let api = app.api_process(&[]).await;
+    let (module, _) = api.client.push_module(plugin("hello")).await.unwrap();
+    let zeros = format!("[{}0]", "0,".repeat(499_000));
+    let big = SubmitJob {
+        input: Some(JsonText::parse(&zeros).unwrap()),
+        ..SubmitJob::new(module.hash.clone(), json!(null))
+    };
+    let big = api.client.submit(&big).await.unwrap().job.id;
+    let small = api
+        .client
+        .submit(&SubmitJob::new(module.hash, json!({"name": "Ada"})))
+        .await
+        .unwrap();
+    // Warm up: a read's own working set, before the big one.
+    api.client.get_job(small.job.id).await.unwrap();
+    let before = api.peak_rss_bytes();
+
+    let read = api.client.get_job(big).await.unwrap();
+    let grew = api.peak_rss_bytes().saturating_sub(before);
+    assert_eq!(
+        read.input.map(|input| input.text().len()),
+        Some(zeros.len())
+    );
+    // The row, the text copied out of it, and the response: about 3 MB.
+    assert!(
+        grew <= 8 << 20,
+        "reading a job with a {} kB input grew the API by {} MiB",
+        zeros.len() / 1000,
+        grew >> 20
     );
     app.finish().await;
 }

@@ -11,7 +11,7 @@ use taskflow::sandbox::OutboundLimits;
 
 use crate::support::{
     BIG_BODY_BYTES, TestApp, TestOptions, TestServers, TestWorker, assert_state, eventually,
-    single_attempt,
+    single_attempt, tree,
 };
 
 const SECRET: &str = "whsec_outbound-test-value-7731";
@@ -95,7 +95,7 @@ async fn granted_get_and_signed_post_go_through_and_are_recorded() {
     )
     .await;
     assert_state(&fetched, JobState::Succeeded);
-    let output = fetched.output.clone().unwrap();
+    let output = tree(&fetched.output).unwrap();
     assert_eq!(output["status"], 200);
     assert_eq!(output["size"], 5);
     let requests = requests_of(&app, &fetched).await;
@@ -227,7 +227,7 @@ async fn redirects_are_returned_not_followed_and_caps_and_timeouts_fail_only_the
     )
     .await;
     assert_state(&redirected, JobState::Succeeded);
-    assert_eq!(redirected.output.clone().unwrap()["status"], 302);
+    assert_eq!(tree(&redirected.output).unwrap()["status"], 302);
     assert_eq!(
         requests_of(&app, &redirected).await.len(),
         1,
@@ -298,7 +298,7 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
     let flood = json!({"mode": "flood", "url": format!("{other}/hello"), "count": 10});
     let flood = run(&app, &probe, flood).await;
     assert_state(&flood, JobState::Succeeded);
-    let summary = flood.output.clone().unwrap();
+    let summary = tree(&flood.output).unwrap();
     assert_eq!(summary["ok"], 3);
     assert_eq!(summary["failed"], 7);
     let records = requests_of(&app, &flood).await;
@@ -374,7 +374,7 @@ async fn a_task_reads_its_queues_configuration_and_nothing_else() {
     for (name, value) in [("region", json!("eu-west")), ("unset", Value::Null)] {
         let job = run(&app, &probe, json!({"mode": "config", "name": name})).await;
         assert_state(&job, JobState::Succeeded);
-        let output = job.output.unwrap();
+        let output = tree(&job.output).unwrap();
         assert_eq!(output["value"], value, "{name}");
         assert_eq!(output["keys"], json!(["mode", "region"]));
     }
@@ -394,7 +394,7 @@ async fn a_component_built_against_taskflow_task_0_1_0_still_runs() {
         .unwrap();
     let job = app.run(&module.hash, json!({"name": "old"})).await;
     assert_state(&job, JobState::Succeeded);
-    assert_eq!(job.output.unwrap()["greeting"], "Hello, old!");
+    assert_eq!(tree(&job.output).unwrap()["greeting"], "Hello, old!");
     app.finish().await;
 }
 

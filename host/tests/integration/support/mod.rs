@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use taskflow::api::types::{JobView, SubmitJob};
+use taskflow::api::types::{JobView, JsonText, SubmitJob};
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
@@ -547,6 +547,13 @@ pub fn failing_every_attempt(module: &str, attempts: u32, message: &str) -> Subm
             serde_json::json!({"mode": "retryable_error", "message": message}),
         )
     }
+}
+
+/// A job's input or output as a tree: the API sends them as JSON text
+/// ([`JsonText`]) and a test looks inside.
+pub fn tree(text: &Option<JsonText>) -> Option<Value> {
+    text.as_ref()
+        .map(|text| text.value().expect("the API sends one JSON value"))
 }
 
 /// Asserts that an API `answer` to `case` is the error `code` with
