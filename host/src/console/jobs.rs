@@ -284,8 +284,14 @@ impl BulkForm {
                         .map_err(|_| bad("id: every id must be a job id"))?,
                 ),
                 "confirm" => confirmed = value == "yes",
-                // Only a jobs page: never a redirect off the console.
-                "back" if value.starts_with("/ui/jobs") => back = value.into_owned(),
+                // Only a jobs page (never a redirect off the console) that
+                // can be a `Location` header: no control characters.
+                "back"
+                    if value.starts_with("/ui/jobs")
+                        && value.bytes().all(|byte| byte.is_ascii_graphic()) =>
+                {
+                    back = value.into_owned();
+                }
                 _ => {}
             }
         }

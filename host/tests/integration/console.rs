@@ -469,3 +469,52 @@ async fn every_page_works_at_desktop_and_phone_width_with_every_control_labelled
     browser.close().await;
     app.finish().await;
 }
+
+/// A bulk form's `back` is followed only when it is a jobs page that can
+/// be a `Location`: one holding a control character (`%0A` decoded) used
+/// to pass the prefix check, act on the jobs, and then fail to redirect
+/// with a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_action_with_an_unusable_back_address_redirects_to_the_jobs_page() {
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    let job = app.submit(&module, json!({"name": "queued"})).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The console is open (no tokens): its first page opens a session.
+    let page = http
+        .get(format!("{}/ui/jobs", app.url))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries a CSRF token");
+    let response = http
+        .post(format!("{}/ui/jobs/bulk", app.url))
+        .header(COOKIE, &cookie)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={csrf}&action=cancel&id={}&confirm=yes&back=/ui/jobs%0Ax",
+            job.id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION].to_str().unwrap();
+    assert!(location.starts_with("/ui/jobs?"), "{location}");
+    until_state(&app, job.id, JobState::Cancelled).await;
+    app.finish().await;
+}
