@@ -16,8 +16,10 @@
 //! apart: exactly when a pass asked for sooner (the scheduler's next due
 //! job), else after the interval plus a little jitter, so services do not
 //! fire in step. Their
-//! statements are guarded and skip locked rows, so the brief overlap of two
-//! leaders that [`elector`] allows costs nothing but duplicate work.
+//! statements are guarded (each re-checks what it selected a row by), so
+//! the brief overlap of two leaders that [`elector`] allows costs nothing
+//! but duplicate work; the scheduler and rescuer skip locked rows, the
+//! pruner waits for the few it deletes (store/prune.rs).
 
 pub mod counter_folder;
 pub mod elector;

@@ -74,7 +74,8 @@ impl From<RetentionBody> for RetentionSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateBody {
-    /// Starts per window, 1 to 10000.
+    /// Starts per window, 1 to 2147483647 (what PostgreSQL's `integer`
+    /// holds).
     pub limit: u32,
     /// The window: `"1s"`, `"1m"`, `"1h 30m"`; at least 1 s.
     pub period: String,
