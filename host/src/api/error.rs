@@ -70,6 +70,15 @@ impl ApiError {
         }
     }
 
+    /// The same answer, naming `field`: the part of the request it is
+    /// about (`limit`, `jobs[3].module`).
+    pub fn for_field(self, field: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..self
+        }
+    }
+
     /// 400: the request is malformed or a field is out of range.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)

@@ -23,7 +23,7 @@ use super::types::{
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::ApiLimits;
 use crate::job::{FieldError, JobSpec, JobState, ModuleNames, TraceContext, check_queue_name};
-use crate::store::{JobFilter, Submitted};
+use crate::store::{JobFilter, StoreError, Submitted};
 
 /// Request-body overhead allowed beyond the input itself (field names,
 /// options, JSON escaping of a JSON input).
@@ -59,13 +59,11 @@ impl BodyLimit for SubmitBatch {
         let max_jobs = limits.max_batch_jobs;
         match parse_json_seed(bytes, CappedBatch { max_jobs })? {
             CappedJobs::Within(jobs) => Ok(SubmitBatch { jobs }),
-            CappedJobs::Over(count) => Err(ApiError {
-                field: Some("jobs".to_owned()),
-                ..ApiError::too_large(
-                    "batch_too_large",
-                    format!("a batch may hold at most {max_jobs} jobs; this one has {count}"),
-                )
-            }),
+            CappedJobs::Over(count) => Err(ApiError::too_large(
+                "batch_too_large",
+                format!("a batch may hold at most {max_jobs} jobs; this one has {count}"),
+            )
+            .for_field("jobs")),
         }
     }
 }
@@ -116,7 +114,14 @@ async fn submit_one(
     let names = module_names(state, std::slice::from_ref(&spec)).await?;
     let mut job = spec.resolve(&state.limits.submission, &names)?;
     job.trace = trace;
-    Ok(state.submitter.submit(job).await?)
+    state.submitter.submit(job).await.map_err(|error| {
+        let answer = ApiError::from(error);
+        if answer.code == "module_not_found" {
+            answer.for_field("module")
+        } else {
+            answer
+        }
+    })
 }
 
 /// The caller's span, from its `traceparent` header: none if it sent none,
@@ -178,10 +183,10 @@ async fn submit_all(
     trace: Option<TraceContext>,
 ) -> Result<Vec<Submitted>, ApiError> {
     if request.jobs.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_batch",
-            "jobs must hold at least one job",
-        ));
+        return Err(
+            ApiError::bad_request("empty_batch", "jobs must hold at least one job")
+                .for_field("jobs"),
+        );
     }
     let limits = &state.limits.submission;
     let specs = request
@@ -207,12 +212,29 @@ async fn submit_all(
             return Err(ApiError::bad_request(
                 "duplicate_idempotency_key",
                 format!("jobs[{index}].idempotency_key: {key:?} appears twice in this batch"),
-            ));
+            )
+            .for_field(format!("jobs[{index}].idempotency_key")));
         }
         job.trace = trace;
         jobs.push(job);
     }
-    Ok(state.store.insert_jobs(&jobs).await?)
+    state
+        .store
+        .insert_jobs(&jobs)
+        .await
+        .map_err(|error| match &error {
+            StoreError::UnknownModules(hashes) => {
+                let index = jobs
+                    .iter()
+                    .position(|job| hashes.contains(&job.module_hash));
+                let answer = ApiError::from(error);
+                match index {
+                    Some(index) => answer.for_field(format!("jobs[{index}].module")),
+                    None => answer,
+                }
+            }
+            _ => error.into(),
+        })
 }
 
 /// Where the module names `specs` give point now: one lookup for all of
@@ -335,6 +357,7 @@ async fn attempts(
                     "invalid_cursor",
                     "cursor must be a next_cursor from a previous page",
                 )
+                .for_field("cursor")
             })
         })
         .transpose()?;
@@ -375,6 +398,7 @@ async fn list(
                     "invalid_cursor",
                     "cursor must be a next_cursor from a previous page",
                 )
+                .for_field("cursor")
             })
         })
         .transpose()?;

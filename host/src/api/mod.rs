@@ -239,14 +239,14 @@ pub struct QueryParams<T>(pub T);
 /// Resolves a page size: `default` when absent, an error above `max`.
 fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<i64, ApiError> {
     match limit.unwrap_or(default) {
-        0 => Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be at least 1",
-        )),
+        0 => Err(
+            ApiError::bad_request("invalid_limit", "limit must be at least 1").for_field("limit"),
+        ),
         n if n > max => Err(ApiError::bad_request(
             "invalid_limit",
             format!("limit must be at most {max}"),
-        )),
+        )
+        .for_field("limit")),
         n => Ok(i64::from(n)),
     }
 }

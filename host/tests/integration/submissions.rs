@@ -337,3 +337,58 @@ async fn the_api_answers_a_crowd_on_one_thread_or_on_as_many_as_asked() {
     assert!(stderr.contains("--threads"), "{stderr}");
     app.finish().await;
 }
+
+/// Every 4xx of a submission or a listing names, in `field`, the part of
+/// the request it is about, so a client can point at it without parsing
+/// the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_4xx_of_a_submission_or_a_listing_names_its_field() {
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    let unknown = "0".repeat(64);
+    let job =
+        |module: &str, key: &str| json!({"module": module, "input": {}, "idempotency_key": key});
+    let cases = [
+        (app.get_json("/v1/jobs?limit=0").await, "limit"),
+        (app.get_json("/v1/jobs?limit=100000").await, "limit"),
+        (app.get_json("/v1/jobs?cursor=nope").await, "cursor"),
+        (app.get_json("/v1/modules?limit=0").await, "limit"),
+        (
+            app.post_json(
+                "/v1/jobs",
+                &json!({"module": unknown, "input": {}}).to_string(),
+            )
+            .await,
+            "module",
+        ),
+        (
+            app.post_json("/v1/jobs/batch", r#"{"jobs": []}"#).await,
+            "jobs",
+        ),
+        (
+            app.post_json(
+                "/v1/jobs/batch",
+                &json!({"jobs": [job(&module, "a"), job(&module, "a")]}).to_string(),
+            )
+            .await,
+            "jobs[1].idempotency_key",
+        ),
+        (
+            app.post_json(
+                "/v1/jobs/batch",
+                &json!({"jobs": [job(&module, "b"), job(&unknown, "c")]}).to_string(),
+            )
+            .await,
+            "jobs[1].module",
+        ),
+    ];
+    for ((status, answer), field) in cases {
+        assert!(status.is_client_error(), "{field}: {status} {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    assert_eq!(
+        app.store().count_jobs().await.unwrap(),
+        0,
+        "nothing written"
+    );
+    app.finish().await;
+}
