@@ -261,7 +261,12 @@ pub fn without_values(message: &str) -> String {
         if let Some(found) = message.strip_prefix(prefix)
             && let Some(at) = found.rfind(", expected ")
         {
-            let kind = found[..at].split([' ', ',']).next().unwrap_or_default();
+            // `string "…"`, ``floating point `1.5` ``: the words before the value.
+            let kind = found[..at]
+                .split(['"', '`'])
+                .next()
+                .unwrap_or_default()
+                .trim_end();
             return format!("{prefix}{kind}{}", &found[at..]);
         }
     }
@@ -299,6 +304,14 @@ mod tests {
         assert_eq!(
             without_values("invalid value: integer `-1`, expected u64"),
             "invalid value: integer, expected u64"
+        );
+        assert_eq!(
+            without_values("invalid type: floating point `1.5`, expected u32"),
+            "invalid type: floating point, expected u32"
+        );
+        assert_eq!(
+            without_values("invalid type: map, expected a string"),
+            "invalid type: map, expected a string"
         );
         assert_eq!(
             without_values("missing field `value`"),

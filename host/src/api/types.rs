@@ -1,14 +1,15 @@
 //! The API's request and response bodies, shared by the server and the
 //! `taskflow` CLI client so both always agree on the wire format.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod json_text;
 pub mod modules;
 pub mod queues;
+
+pub use json_text::{JsonText, render_payload};
 
 pub use modules::{
     ModuleNameList, ModuleNameView, ModulePage, ModuleQuery, ModuleView, NameMoveView,
@@ -92,7 +93,7 @@ impl SubmitJob {
     pub fn into_spec(self) -> Result<JobSpec, FieldError> {
         let input = match (self.input, self.input_base64) {
             // The raw text moves into the spec: no copy of a large input.
-            (Some(json), None) => JobInput::Json(Box::<str>::from(json.0).into_string()),
+            (Some(json), None) => JobInput::Json(json.into_text()),
             (None, Some(encoded)) => JobInput::Base64(encoded),
             (Some(_), Some(_)) => {
                 return Err(FieldError::invalid(
@@ -121,62 +122,6 @@ impl SubmitJob {
             idempotency_key: self.idempotency_key,
             concurrency_key: self.concurrency_key,
         })
-    }
-}
-
-/// JSON kept as text, never parsed into a tree: a job's input as the client
-/// sent it (the server checks its size and compacts it in one streaming
-/// pass, [`JobSpec::resolve`]), and a job's input and output as the API
-/// shows them ([`render_payload`]). A tree of a 1 MiB array of numbers
-/// takes tens of megabytes.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(transparent)]
-#[schema(value_type = serde_json::Value, as = JsonInput)]
-pub struct JsonText(Box<serde_json::value::RawValue>);
-
-impl JsonText {
-    /// The JSON text.
-    pub fn text(&self) -> &str {
-        self.0.get()
-    }
-
-    /// Parses JSON text.
-    ///
-    /// # Errors
-    ///
-    /// If `text` is not one JSON value.
-    pub fn parse(text: &str) -> serde_json::Result<Self> {
-        serde_json::from_str(text).map(Self)
-    }
-}
-
-impl From<serde_json::Value> for JsonText {
-    fn from(value: serde_json::Value) -> Self {
-        Self(serde_json::value::to_raw_value(&value).expect("a JSON value serializes"))
-    }
-}
-
-impl JsonText {
-    /// The value as a tree, for a client that wants to look inside it.
-    ///
-    /// # Errors
-    ///
-    /// If the value nests deeper than a tree may (serde_json's recursion
-    /// limit).
-    pub fn value(&self) -> serde_json::Result<serde_json::Value> {
-        serde_json::from_str(self.text())
-    }
-}
-
-impl PartialEq for JsonText {
-    fn eq(&self, other: &Self) -> bool {
-        self.text() == other.text()
-    }
-}
-
-impl std::fmt::Display for JsonText {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.text())
     }
 }
 
@@ -318,15 +263,6 @@ impl From<JobDetail> for JobView {
             });
         }
         view
-    }
-}
-
-/// Bytes as JSON when they are JSON, as base64 otherwise; checked without
-/// building a tree ([`JsonText`]).
-pub fn render_payload(bytes: &[u8]) -> (Option<JsonText>, Option<String>) {
-    match serde_json::from_slice(bytes) {
-        Ok(text) => (Some(JsonText(text)), None),
-        Err(_) => (None, Some(BASE64.encode(bytes))),
     }
 }
 

@@ -50,9 +50,9 @@ impl Store {
     /// how many it requeued per queue (to wake their workers); call again
     /// until it requeues none: a job that dies again after `died_by` is not
     /// taken twice, so that loop ends. Requeues none once the module is
-    /// deleted (its row is share-locked, as by `requeue_if_finished`).
-    /// Skips rows another transaction
-    /// holds, so it never waits behind a worker or a user.
+    /// deleted (its row is share-locked, as by `requeue_if_finished`, so
+    /// it waits for a module delete under way). Skips job rows another
+    /// transaction holds, so it never waits behind a worker or a user.
     pub async fn requeue_dead_group(
         &self,
         module_hash: &str,
