@@ -60,6 +60,11 @@ impl HeldTransaction {
     pub async fn until_waiting(&mut self, statements: i64) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
+            // Inside a transaction, PostgreSQL keeps showing the activity it
+            // read first, until told to read it again.
+            sqlx::query("SELECT pg_stat_clear_snapshot()")
+                .execute(&mut self.connection)
+                .await?;
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity
                  WHERE datname = current_database() AND pid <> pg_backend_pid()
