@@ -179,9 +179,6 @@ impl ApiError {
             StoreError::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", error.to_string())
             }
-            StoreError::NameMoved(_) => {
-                Self::new(StatusCode::CONFLICT, "name_moved", error.to_string())
-            }
             StoreError::ModuleDeleted { .. } => {
                 Self::new(StatusCode::CONFLICT, "module_deleted", error.to_string())
             }

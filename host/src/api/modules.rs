@@ -25,7 +25,7 @@ use super::types::{
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::job::{check_module_hash, check_module_name};
 use crate::sandbox::{CompileError, InvalidModule};
-use crate::store::{ModuleDeletion, ModuleRecord, NameMove};
+use crate::store::{ModuleDeletion, ModuleRecord, NameMove, NameRollback};
 
 /// Routes under `/v1/modules` and `/v1/module-names`.
 pub fn router() -> OpenApiRouter<ApiState> {
@@ -211,7 +211,7 @@ async fn name_module(
     check_module_name("name", &name)?;
     let moved = state
         .store
-        .move_module_name(&name, &hash, &caller(&headers), None)
+        .move_module_name(&name, &hash, &caller(&headers))
         .await?;
     tracing::info!(name = %name, hash = %hash, previous = ?moved.from_hash, by = %moved.moved_by, "module name moved");
     Ok(Json(moved.into()))
@@ -252,42 +252,50 @@ async fn name_moves(state: &ApiState, name: &str, limit: i64) -> Result<Vec<Name
     check_module_name("name", name)?;
     let moves = state.store.module_name_moves(name, limit).await?;
     if moves.is_empty() {
-        return Err(ApiError::not_found(
-            "module_name_not_found",
-            format!("no module is named {name}"),
-        ));
+        return Err(name_not_found(name));
     }
     Ok(moves)
 }
 
+fn name_not_found(name: &str) -> ApiError {
+    ApiError::not_found(
+        "module_name_not_found",
+        format!("no module is named {name}"),
+    )
+}
+
 /// `POST /v1/module-names/{name}/rollback`: points the name back where its
 /// latest move took it from (itself a recorded move, so a second rollback
-/// undoes the first).
+/// undoes the first); the latest move when the rollback runs
+/// ([`Store::roll_back_module_name`](crate::store::Store::roll_back_module_name)).
 #[utoipa::path(post, operation_id = "roll_back_module_name", path = "/v1/module-names/{name}/rollback", tag = "modules", params(("name" = String, Path, description = "A module name: `[a-z0-9][a-z0-9._-]*(:[a-z0-9._-]+)?`")),
     responses(
         (status = 200, description = "The name points where its latest move took it from", body = NameMoveView),
-        (status = 404, description = "`module_name_not_found`", body = ErrorBody),
-        (status = 409, description = "`no_previous_module`: the name's first move has nothing to go back to; `name_moved`: it was moved meanwhile", body = ErrorBody),
+        (status = 404, description = "`module_name_not_found`; `module_not_found`: the module it pointed at before was deleted", body = ErrorBody),
+        (status = 409, description = "`no_previous_module`: the name's first move has nothing to go back to", body = ErrorBody),
     ))]
 async fn roll_back_name(
     State(state): State<ApiState>,
     headers: HeaderMap,
     PathParams(name): PathParams<String>,
 ) -> Result<Json<NameMoveView>, ApiError> {
-    let latest = name_moves(&state, &name, 1).await?;
-    let latest = &latest[0];
-    let Some(previous) = &latest.from_hash else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_previous_module",
-            format!("{name} pointed nowhere before {}", latest.to_hash),
-        ));
-    };
-    let moved = state
+    check_module_name("name", &name)?;
+    let moved = match state
         .store
-        .move_module_name(&name, previous, &caller(&headers), Some(&latest.to_hash))
-        .await?;
-    tracing::info!(name = %name, hash = %previous, by = %moved.moved_by, "module name rolled back");
+        .roll_back_module_name(&name, &caller(&headers))
+        .await?
+    {
+        NameRollback::Moved(moved) => moved,
+        NameRollback::NoSuchName => return Err(name_not_found(&name)),
+        NameRollback::NothingBefore { points_at } => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_previous_module",
+                format!("{name} pointed nowhere before {points_at}"),
+            ));
+        }
+    };
+    tracing::info!(name = %name, hash = %moved.to_hash, by = %moved.moved_by, "module name rolled back");
     Ok(Json(moved.into()))
 }
 

@@ -61,7 +61,7 @@ pub use dead_letters::DeadLetterGroup;
 pub use execution::{FinishedAttempt, LeaseRef};
 pub use fixtures::FillerJobs;
 pub use jobs::{JobFilter, ModuleJobs};
-pub use module_names::{ModuleDeletion, ModuleInUse, NameMove};
+pub use module_names::{ModuleDeletion, ModuleInUse, NameMove, NameRollback};
 pub use modules::ModuleRecord;
 pub use pool::{DatabasePooler, UnknownPooler};
 pub use prune::Pruned;
@@ -99,11 +99,10 @@ pub enum StoreError {
         /// The job that owns it.
         job_id: Uuid,
     },
-    /// The submission raced with the upload of its module; nothing was
-    /// written and a retry succeeds.
-    #[error(
-        "the submission raced with a concurrent change of its module; nothing was written, retry"
-    )]
+    /// The request raced with a change of its module (a submission with
+    /// its upload, an upload with deletes); nothing was written and a retry
+    /// succeeds.
+    #[error("the request raced with a concurrent change of its module; nothing was written, retry")]
     Raced,
     /// A follow-up read after a write failed; the jobs the error is
     /// reported for were not written.
@@ -135,9 +134,6 @@ pub enum StoreError {
         /// The module it names.
         module_hash: String,
     },
-    /// A module name was moved since the caller read where it points.
-    #[error("module name {0} was moved meanwhile; read its moves again")]
-    NameMoved(String),
     /// PostgreSQL failed or is unreachable; callers may retry.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::pool::Transaction;
 use super::{Store, StoreError, StoreResult};
 
 /// One move of a name.
@@ -36,6 +37,20 @@ pub enum ModuleDeletion {
     InUse(ModuleInUse),
 }
 
+/// What a rollback of a name did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameRollback {
+    /// The name points where its latest move took it from; this move.
+    Moved(NameMove),
+    /// No name is `name`.
+    NoSuchName,
+    /// Its only move created it; it points at `points_at`.
+    NothingBefore {
+        /// Where it points.
+        points_at: String,
+    },
+}
+
 /// Why a module cannot be deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleInUse {
@@ -46,71 +61,66 @@ pub struct ModuleInUse {
 }
 
 impl Store {
-    /// Points `name` at module `hash`, as `moved_by`, and records the move;
-    /// with `if_pointing_at`, only if the name points at that module now (a
-    /// rollback's guard against a move made since it read the history).
-    ///
-    /// One transaction that holds a lock on the name from reading where it
-    /// pointed to writing the move: a transaction-level advisory lock, not
-    /// the name's row lock, because a name not yet created has no row to
-    /// lock and two first moves would both record it as new. So the name
-    /// and its history never disagree, even when moves race.
+    /// Points `name` at module `hash`, as `moved_by`, and records the move.
     ///
     /// # Errors
     ///
-    /// [`StoreError::UnknownModules`] if no module has this hash;
-    /// [`StoreError::NameMoved`] if the name does not point at
-    /// `if_pointing_at`. Nothing is written then.
+    /// [`StoreError::UnknownModules`] if no module has this hash; nothing
+    /// is written then.
     pub async fn move_module_name(
         &self,
         name: &str,
         hash: &str,
         moved_by: &str,
-        if_pointing_at: Option<&str>,
     ) -> StoreResult<NameMove> {
         super::statement("move_module_name");
         let mut tx = self.pool().begin().await?;
-        sqlx::query_scalar!(
-            r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock(hashtextextended('module_name:' || $1, 0))"#,
-            name
-        )
-        .fetch_one(tx.statements())
-        .await?;
+        lock_name(&mut tx, name).await?;
         let before =
             sqlx::query_scalar!("SELECT module_hash FROM module_names WHERE name = $1", name)
                 .fetch_optional(tx.statements())
                 .await?;
-        if let Some(expected) = if_pointing_at
-            && before.as_deref() != Some(expected)
-        {
-            return Err(StoreError::NameMoved(name.to_owned()));
-        }
-        let moved = sqlx::query_as!(
-            NameMove,
-            r#"WITH moved AS (
-                 INSERT INTO module_names (name, module_hash) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE
-                 SET module_hash = EXCLUDED.module_hash, updated_at = now()
-                 RETURNING name
-             )
-             INSERT INTO module_name_moves (name, from_hash, to_hash, moved_by)
-             SELECT $1, $4, $2, $3 FROM moved
-             RETURNING name, from_hash, to_hash, moved_by, moved_at"#,
-            name,
-            hash,
-            moved_by,
-            before
-        )
-        .fetch_one(tx.statements())
-        .await
-        .map_err(|error| match &error {
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                StoreError::UnknownModules(vec![hash.to_owned()])
-            }
-            _ => error.into(),
-        })?;
+        let moved = record_move(&mut tx, name, before.as_deref(), hash, moved_by).await?;
         tx.commit().await?;
         Ok(moved)
+    }
+
+    /// Points `name` back where its latest move took it from, as
+    /// `moved_by`, and records that as a move of its own (so a second
+    /// rollback undoes the first). The latest move is read under the
+    /// name's lock, so a rollback undoes the move that is latest when it
+    /// runs, however many moves came since its caller looked.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownModules`] if the module it would point at was
+    /// deleted since; nothing is written then.
+    pub async fn roll_back_module_name(
+        &self,
+        name: &str,
+        moved_by: &str,
+    ) -> StoreResult<NameRollback> {
+        super::statement("roll_back_module_name");
+        let mut tx = self.pool().begin().await?;
+        lock_name(&mut tx, name).await?;
+        let latest = sqlx::query!(
+            "SELECT from_hash, to_hash FROM module_name_moves
+             WHERE name = $1 ORDER BY id DESC LIMIT 1",
+            name
+        )
+        .fetch_optional(tx.statements())
+        .await?;
+        let Some(latest) = latest else {
+            return Ok(NameRollback::NoSuchName);
+        };
+        let Some(previous) = latest.from_hash else {
+            return Ok(NameRollback::NothingBefore {
+                points_at: latest.to_hash,
+            });
+        };
+        let moved = record_move(&mut tx, name, Some(&latest.to_hash), &previous, moved_by).await?;
+        tx.commit().await?;
+        Ok(NameRollback::Moved(moved))
     }
 
     /// The moves of `name`, newest first, up to `limit`.
@@ -214,4 +224,54 @@ impl Store {
         tx.commit().await?;
         Ok(ModuleDeletion::Deleted)
     }
+}
+
+/// Takes the lock every move of `name` holds from reading where it points
+/// to writing the move: a transaction-level advisory lock, not the name's
+/// row lock, because a name not yet created has no row to lock and two
+/// first moves would both record it as new. So the name and its history
+/// never disagree, even when moves race.
+async fn lock_name(tx: &mut Transaction<'_>, name: &str) -> StoreResult<()> {
+    sqlx::query_scalar!(
+        r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock(hashtextextended('module_name:' || $1, 0))"#,
+        name
+    )
+    .fetch_one(tx.statements())
+    .await?;
+    Ok(())
+}
+
+/// Points `name`, which points at `before` now, at `hash` and records the
+/// move; under [`lock_name`].
+async fn record_move(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    before: Option<&str>,
+    hash: &str,
+    moved_by: &str,
+) -> StoreResult<NameMove> {
+    sqlx::query_as!(
+        NameMove,
+        r#"WITH moved AS (
+             INSERT INTO module_names (name, module_hash) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE
+             SET module_hash = EXCLUDED.module_hash, updated_at = now()
+             RETURNING name
+         )
+         INSERT INTO module_name_moves (name, from_hash, to_hash, moved_by)
+         SELECT $1, $4, $2, $3 FROM moved
+         RETURNING name, from_hash, to_hash, moved_by, moved_at"#,
+        name,
+        hash,
+        moved_by,
+        before
+    )
+    .fetch_one(tx.statements())
+    .await
+    .map_err(|error| match &error {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::UnknownModules(vec![hash.to_owned()])
+        }
+        _ => error.into(),
+    })
 }

@@ -3,7 +3,11 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Store, StoreResult};
+use super::{Store, StoreError, StoreResult};
+
+/// How many times [`Store::insert_module`] inserts a module that deletes
+/// keep removing before it gives up.
+const INSERT_TRIES: usize = 3;
 
 /// A stored module, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,6 +25,11 @@ impl Store {
     /// again returns the original record. The caller computes `hash` from
     /// `bytes` and has validated them.
     ///
+    /// An upload that finds the module stored reads the stored record; a
+    /// delete can land between the two, and then the module is stored
+    /// again. Only a delete landing that way each of [`INSERT_TRIES`] times
+    /// makes the upload fail ([`StoreError::Raced`]).
+    ///
     /// A new module also refreshes the table's statistics. Every job insert
     /// checks its module exists, and PostgreSQL caches one plan for that
     /// statement only once it can cost it: without statistics (autovacuum
@@ -30,8 +39,26 @@ impl Store {
     /// (docs/benchmarks.md). Uploads are rare and dominated by compiling
     /// the component; `ANALYZE` samples a bounded number of rows.
     pub async fn insert_module(&self, hash: &str, bytes: &[u8]) -> StoreResult<ModuleRecord> {
+        for _ in 0..INSERT_TRIES {
+            if let Some(inserted) = self.insert_new_module(hash, bytes).await? {
+                self.analyze_modules().await;
+                return Ok(inserted);
+            }
+            if let Some(stored) = self.get_module(hash).await? {
+                return Ok(stored);
+            }
+        }
+        Err(StoreError::Raced)
+    }
+
+    /// Inserts the module unless one has its hash: its record if inserted.
+    async fn insert_new_module(
+        &self,
+        hash: &str,
+        bytes: &[u8],
+    ) -> StoreResult<Option<ModuleRecord>> {
         super::statement("insert_module");
-        let inserted = sqlx::query_as!(
+        Ok(sqlx::query_as!(
             ModuleRecord,
             "INSERT INTO modules (hash, size_bytes, bytes) VALUES ($1, $2, $3)
              ON CONFLICT (hash) DO NOTHING
@@ -41,17 +68,7 @@ impl Store {
             bytes
         )
         .fetch_optional(self.pool())
-        .await?;
-        match inserted {
-            Some(record) => {
-                self.analyze_modules().await;
-                Ok(record)
-            }
-            None => Ok(self
-                .get_module(hash)
-                .await?
-                .expect("a module that conflicted on insert exists")),
-        }
+        .await?)
     }
 
     /// `ANALYZE modules`. A failure is only logged: the module is stored,

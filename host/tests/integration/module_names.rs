@@ -1,11 +1,14 @@
 //! Module names: submit by `name:tag`, move and roll back the name, and
 //! delete a module only when nothing uses it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::job::JobState;
-use taskflow::store::StoreError;
+use taskflow::store::ModuleDeletion;
 
 use crate::support::{TestApp, assert_api_error, assert_state, test_database, tree};
 
@@ -224,7 +227,7 @@ async fn racing_first_moves_of_a_name_record_one_after_the_other() {
         .unwrap();
     let move_to = |module: String| {
         let store = store.clone();
-        tokio::spawn(async move { store.move_module_name("x", &module, "test", None).await })
+        tokio::spawn(async move { store.move_module_name("x", &module, "test").await })
     };
     let first_move = move_to(first.clone());
     held.until_waiting(1).await.unwrap();
@@ -245,15 +248,90 @@ async fn racing_first_moves_of_a_name_record_one_after_the_other() {
         [(Some(first.clone()), second.clone()), (None, first.clone())],
         "newest first"
     );
-    // A rollback moves the name back only from where it read it pointed.
-    let stale = store
-        .move_module_name("x", &first, "test", Some(&first))
-        .await;
-    assert!(matches!(stale, Err(StoreError::NameMoved(_))), "{stale:?}");
-    let rolled_back = store
-        .move_module_name("x", &first, "test", Some(&second))
+    db.drop_database().await.unwrap();
+}
+
+/// Uploads of a module that is being deleted again and again each answer
+/// with the module: stored anew, or found stored, never an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_racing_deletes_of_their_module_always_answer_with_it() {
+    const UPLOADS: usize = 400;
+    let db = test_database().await;
+    let store = db.store().clone();
+    let hash = "d".repeat(64);
+    let uploading = Arc::new(AtomicBool::new(true));
+    let deleter = tokio::spawn({
+        let (store, hash, uploading) = (store.clone(), hash.clone(), uploading.clone());
+        async move {
+            let mut deleted = 0;
+            while uploading.load(Ordering::Relaxed) {
+                if store.delete_module_if_unused(&hash).await.unwrap() == ModuleDeletion::Deleted {
+                    deleted += 1;
+                }
+            }
+            deleted
+        }
+    });
+    for _ in 0..UPLOADS {
+        let stored = store.insert_module(&hash, b"\0asm").await.unwrap();
+        assert_eq!(stored.hash, hash);
+    }
+    uploading.store(false, Ordering::Relaxed);
+    let deleted = deleter.await.unwrap();
+    assert!(deleted > 0, "the deletes raced the uploads");
+    db.drop_database().await.unwrap();
+}
+
+/// A rollback undoes the move that is the name's latest when the rollback
+/// holds the name, not the one it saw on its way there: here the name went
+/// A→B, and B→C→B while the rollback waited, so it goes back to C.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_undoes_the_latest_move_however_many_came_while_it_waited() {
+    let app = TestApp::start().await;
+    let [a, b, c] = ["a", "b", "c"].map(|digit| digit.repeat(64));
+    for module in [&a, &b, &c] {
+        app.store().insert_module(module, b"\0asm").await.unwrap();
+    }
+    for module in [&a, &b] {
+        app.store()
+            .move_module_name("x", module, "test")
+            .await
+            .unwrap();
+    }
+    let mut other_mover = app
+        .db
+        .begin_held("SELECT pg_advisory_xact_lock(hashtextextended('module_name:x', 0))")
         .await
         .unwrap();
-    assert_eq!(rolled_back.from_hash, Some(second));
-    db.drop_database().await.unwrap();
+    let rollback = tokio::spawn({
+        let (http, url) = (
+            app.http(),
+            format!("{}/v1/module-names/x/rollback", app.url),
+        );
+        async move {
+            let answer = http.post(url).send().await.unwrap();
+            (
+                answer.status(),
+                answer.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    });
+    other_mover.until_waiting(1).await.unwrap();
+    other_mover
+        .execute(&format!(
+            "UPDATE module_names SET module_hash = '{b}' WHERE name = 'x';
+             INSERT INTO module_name_moves (name, from_hash, to_hash, moved_by)
+             VALUES ('x', '{b}', '{c}', 'other'), ('x', '{c}', '{b}', 'other')"
+        ))
+        .await
+        .unwrap();
+    other_mover.commit().await.unwrap();
+
+    let (status, rolled) = rollback.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{rolled}");
+    assert_eq!(
+        (&rolled["module"], &rolled["previous"]),
+        (&json!(c), &json!(b))
+    );
+    app.finish().await;
 }

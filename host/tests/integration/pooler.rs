@@ -66,7 +66,7 @@ async fn one_client(store: &Store, module: &str, index: usize) -> Vec<String> {
             .map(|_| ());
         let name = format!("client-{index}-{round}");
         let moved = store
-            .move_module_name(&name, module, "test", None)
+            .move_module_name(&name, module, "test")
             .await
             .map(|_| ());
         for result in [single.map(|_| ()), batch.map(|_| ()), read, list, moved] {
