@@ -165,9 +165,27 @@ impl Store {
     ///
     /// Guard: `state IN (succeeded, dead, cancelled)`: no worker writes to
     /// a finished job (its outcome write requires `running`), so nothing
-    /// can race the delete but a retry, which the row lock orders. Its
-    /// idempotency key is free again once it is gone.
+    /// can race the delete but a retry or another delete (the pruner's),
+    /// which the row lock orders. Its idempotency key is free again once it
+    /// is gone.
+    ///
+    /// The statement reports the job as its snapshot saw it, from before
+    /// any write it waited for: a finished job whose delete did not apply
+    /// was changed or deleted by that write, so the statement runs again,
+    /// with a snapshot that shows what it did (the job gone, or retried).
     pub async fn delete_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
+        let mut row = self.try_delete_if_finished(id).await?;
+        if row
+            .as_ref()
+            .is_some_and(|row| !row.applied && row.job.state.is_final())
+        {
+            row = self.try_delete_if_finished(id).await?;
+        }
+        Ok(applied(row, id, "delete", "succeeded, dead or cancelled")?.job)
+    }
+
+    /// One run of [`Store::delete_if_finished`]'s statement.
+    async fn try_delete_if_finished(&self, id: Uuid) -> StoreResult<Option<GuardedUpdate>> {
         super::statement("delete_if_finished");
         // The outer SELECT reads the statement's snapshot, from before the
         // delete: the job as it was, and whether the guard matched.
@@ -189,8 +207,7 @@ impl Store {
         .bind(id)
         .fetch_optional(self.pool())
         .await?;
-        let row = applied(row, id, "delete", "succeeded, dead or cancelled")?;
-        Ok(row.job)
+        Ok(row)
     }
 }
 

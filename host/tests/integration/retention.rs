@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
 use taskflow::maintenance::Pruner;
-use taskflow::store::{ClaimPath, FillerJobs, Pruned, Store};
+use taskflow::store::{ClaimPath, FillerJobs, Pruned, Store, StoreError};
 use uuid::Uuid;
 
 use crate::support::{TestApp, new_job, success, test_database};
@@ -163,6 +163,36 @@ async fn a_job_that_finished_again_while_the_pruner_read_it_is_kept() {
     assert_eq!(pruning.await.unwrap().unwrap(), Pruned::default());
     let kept = store.get_job(id).await.unwrap().expect("the job is kept");
     assert_eq!(kept.job.state, JobState::Cancelled);
+    db.drop_database().await.unwrap();
+}
+
+/// A user's delete of a job the pruner deletes first answers that the job
+/// does not exist, not that a succeeded job cannot be deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_that_waited_for_the_pruner_finds_the_job_gone() {
+    let db = test_database().await;
+    let store = db.store().clone();
+    store
+        .insert_module(&"a".repeat(64), b"\0asm")
+        .await
+        .unwrap();
+    let id = finished_job(&store, "default", JobState::Succeeded, None).await;
+    let mut pruner = db
+        .begin_held(&format!("DELETE FROM jobs WHERE id = '{id}'"))
+        .await
+        .unwrap();
+    let delete = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_if_finished(id).await }
+    });
+    pruner.until_waiting(1).await.unwrap();
+    pruner.commit().await.unwrap();
+
+    let answer = delete.await.unwrap();
+    assert!(
+        matches!(answer, Err(StoreError::JobNotFound(gone)) if gone == id),
+        "{answer:?}"
+    );
     db.drop_database().await.unwrap();
 }
 
