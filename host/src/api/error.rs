@@ -7,7 +7,6 @@
 //! leaks internals: the details go to the server log.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -134,18 +133,6 @@ impl From<FieldError> for ApiError {
             field: Some(error.field),
             ..answer
         }
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        Self::bad_request("invalid_path", rejection.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        Self::bad_request("invalid_query", rejection.body_text())
     }
 }
 

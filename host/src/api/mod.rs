@@ -25,6 +25,7 @@ pub mod job_actions;
 pub mod jobs;
 pub mod modules;
 pub mod openapi;
+mod params;
 pub mod queues;
 pub mod replica;
 pub mod serve;
@@ -33,12 +34,12 @@ pub mod types;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
+pub use params::{PathParams, QueryParams};
 
 use crate::config::{ApiConfig, ApiLimits};
 use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
@@ -225,16 +226,6 @@ async fn method_not_allowed() -> ApiError {
         "this route does not accept that method",
     )
 }
-
-/// Path parameters whose rejections are [`ApiError`]s.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct PathParams<T>(pub T);
-
-/// A query string whose rejections are [`ApiError`]s.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct QueryParams<T>(pub T);
 
 /// Resolves a page size: `default` when absent, an error above `max`.
 fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<i64, ApiError> {

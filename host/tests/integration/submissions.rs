@@ -118,13 +118,21 @@ async fn invalid_submissions_get_a_4xx_naming_the_problem_and_write_nothing() {
         "{response}"
     );
 
-    for path in ["/v1/jobs/not-a-uuid", "/v1/jobs/not-a-uuid/attempts"] {
+    // Path and query mistakes name their field too.
+    let mistakes = [
+        ("/v1/jobs/not-a-uuid", "invalid_path", "id"),
+        ("/v1/jobs/not-a-uuid/attempts", "invalid_path", "id"),
+        ("/v1/jobs?state=bogus", "invalid_query", "state"),
+        ("/v1/jobs?limit=-1", "invalid_query", "limit"),
+        ("/v1/modules?limit=many", "invalid_query", "limit"),
+        ("/v1/jobs?bogus=1", "invalid_query", "bogus"),
+    ];
+    for (path, code, field) in mistakes {
         let (status, body) = app.get_json(path).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
-        assert_eq!(body["error"]["code"], "invalid_path");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+        assert_eq!(body["error"]["field"], field, "{path}: {body}");
     }
-    let response = app.get("/v1/jobs?state=bogus").await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let (status, body) = app.get_json("/v1/nowhere").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "route_not_found");
