@@ -8,7 +8,8 @@
 //! - **memory**: a request first reserves its body size, times what parsing
 //!   it costs, from one budget shared by every request in flight
 //!   ([`RequestBudget`], `--max-request-bytes-in-flight`), and holds it until
-//!   its response is ready; a request that finds no room waits, unread;
+//!   its response is ready; a request that finds no room waits, unread. A
+//!   body of unknown length reserves as its bytes arrive ([`read`]);
 //! - **time**: waiting for room and receiving the body both fall within
 //!   `--request-body-timeout` (503 while waiting for room, 408 once reading).
 //!
@@ -49,7 +50,7 @@ pub struct RequestBudget {
 #[derive(Debug)]
 #[must_use = "the reservation must live as long as the request's data"]
 pub struct Reservation {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 }
 
 impl RequestBudget {
@@ -75,28 +76,59 @@ impl RequestBudget {
         self.timeout
     }
 
-    /// Reserves `bytes`, waiting up to the timeout. A request bigger than
+    /// Reserves `bytes`, waiting until `deadline`. A request bigger than
     /// the whole budget reserves all of it (and so waits until it is alone).
-    async fn reserve(&self, bytes: usize) -> Result<Reservation, ApiError> {
+    async fn reserve(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Reservation, ApiError> {
         let wanted = bytes.clamp(1, self.capacity) as u32;
         let permit =
-            tokio::time::timeout(self.timeout, self.bytes.clone().acquire_many_owned(wanted))
+            tokio::time::timeout_at(deadline, self.bytes.clone().acquire_many_owned(wanted))
                 .await
                 .map_err(|_| {
                     ApiError::busy("the server is holding as many request bodies as it may; retry")
                 })?
                 .map_err(ApiError::internal)?;
         metrics::gauge!("taskflow_api_request_bytes_reserved").set(self.reserved() as f64);
-        Ok(Reservation { _permit: permit })
+        Ok(Reservation { permit })
+    }
+
+    /// Adds `bytes` to `reservation`, waiting until `deadline`. Like a
+    /// first reservation, it never grows past the whole budget.
+    async fn grow(
+        &self,
+        reservation: &mut Reservation,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
+        let held = reservation.permit.num_permits();
+        let more = bytes.min(self.capacity.saturating_sub(held));
+        if more > 0 {
+            let extra = self.reserve(more, deadline).await?;
+            reservation.permit.merge(extra.permit);
+        }
+        Ok(())
     }
 }
 
+/// The room a body of unknown length (chunked) reserves first; it reserves
+/// more, doubling, as its bytes arrive.
+const UNKNOWN_LENGTH_FIRST_ROOM: usize = 64 << 10;
+
 /// Reads a request body of at most `limit` bytes, holding `factor` times
 /// its size of the budget; see the [module docs](self).
+///
+/// A body of declared length reserves its room at once and is read into
+/// one buffer of that size (so it is copied once). One of unknown length
+/// reserves room as its bytes arrive, so one that stalls holds room for no
+/// more than twice what it sent: reserving its route's whole limit up front let two
+/// stalled 64 MiB batches hold the default budget for the body timeout.
 pub async fn read(
     budget: &RequestBudget,
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
     limit: usize,
     factor: usize,
 ) -> Result<(Bytes, Reservation), ApiError> {
@@ -113,49 +145,54 @@ pub async fn read(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    let size = declared.map_or(limit, |length| length as usize);
     let deadline = tokio::time::Instant::now() + budget.timeout;
-    let reservation = budget.reserve(size.saturating_mul(factor)).await?;
-    let collected = tokio::time::timeout_at(deadline, collect(body, size, limit))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {:?}",
-                    budget.timeout
-                ),
-            )
-        })?;
-    match collected {
-        Ok(Some(bytes)) => Ok((bytes, reservation)),
-        Ok(None) => Err(too_large()),
-        Err(error) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("the request body could not be read: {error}"),
-        )),
-    }
-}
-
-/// The body's bytes in one buffer sized for the `expected` length (so they
-/// are copied once), or `None` once they pass `limit`.
-async fn collect(
-    mut body: Body,
-    expected: usize,
-    limit: usize,
-) -> Result<Option<Bytes>, axum::Error> {
-    let mut bytes = BytesMut::with_capacity(expected.min(limit));
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
+    let mut room = declared.map_or(UNKNOWN_LENGTH_FIRST_ROOM.min(limit), |length| {
+        length as usize
+    });
+    let mut reservation = budget
+        .reserve(room.saturating_mul(factor), deadline)
+        .await?;
+    let mut bytes = BytesMut::with_capacity(room);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive within {:?}",
+                        budget.timeout
+                    ),
+                ));
+            }
+            Ok(None) => return Ok((bytes.freeze(), reservation)),
+            Ok(Some(frame)) => frame.map_err(|error| {
+                ApiError::bad_request(
+                    "bad_body",
+                    format!("the request body could not be read: {error}"),
+                )
+            })?,
+        };
+        let Ok(data) = frame.into_data() else {
             continue;
         };
-        if bytes.len() + data.len() > limit {
-            return Ok(None);
+        let length = bytes.len() + data.len();
+        if length > limit {
+            return Err(too_large());
+        }
+        if length > room {
+            let grown = length.max(room.saturating_mul(2)).min(limit);
+            budget
+                .grow(
+                    &mut reservation,
+                    (grown - room).saturating_mul(factor),
+                    deadline,
+                )
+                .await?;
+            room = grown;
         }
         bytes.extend_from_slice(&data);
     }
-    Ok(Some(bytes.freeze()))
 }
 
 /// Request types that say how big their JSON body may be, and how it is

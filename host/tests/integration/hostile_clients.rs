@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use taskflow::api::body::JSON_MEMORY_FACTOR;
 use taskflow::api::types::{JsonText, SubmitJob};
 use taskflow::cli::server::{api_state, spawn_api};
 use taskflow::config::ApiConfig;
@@ -258,6 +259,57 @@ async fn a_body_that_arrives_too_slowly_gets_408() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains(says), "{answer}");
     }
+    app.finish().await;
+}
+
+/// The API's `taskflow_api_request_bytes_reserved` gauge, from its
+/// `/metrics` (0 before any request reserved).
+async fn request_bytes_reserved(url: &str) -> u64 {
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("taskflow_api_request_bytes_reserved "))
+        .map_or(0, |value| value.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// A body sent without a length reserves the in-flight budget as its bytes
+/// arrive, not its route's whole limit: two chunked batches that stall
+/// after 10 bytes (each may grow to 64 MiB, 256 MiB parsed) leave room for
+/// everyone else for as long as they stall.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_bodies_without_a_length_hold_no_room_they_have_not_used() {
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    let batch_limit = TestOptions::default().limits.max_batch_request_bytes;
+    let api = app
+        .api_process(&[(
+            "TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT",
+            &(2 * JSON_MEMORY_FACTOR * batch_limit).to_string(),
+        )])
+        .await;
+    let stalled = b"POST /v1/jobs/batch HTTP/1.1\r\nhost: x\r\n\
+                    content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+                    a\r\n{\"jobs\": [\r\n";
+    let _stalled = [
+        connect_and_send(&api.url, stalled).await,
+        connect_and_send(&api.url, stalled).await,
+    ];
+    let reserved = eventually(Duration::from_secs(10), || async {
+        Some(request_bytes_reserved(&api.url).await).filter(|&bytes| bytes > 0)
+    })
+    .await;
+    assert!(
+        reserved <= 1 << 20,
+        "stalled bodies of 10 bytes hold {} MiB of the budget",
+        reserved >> 20
+    );
+
+    let submitted = api.client.submit(&SubmitJob::new(&module, json!({}))).await;
+    assert!(submitted.is_ok(), "{submitted:?}");
     app.finish().await;
 }
 
