@@ -1,9 +1,13 @@
 //! The maintenance services, one pass at a time, and the election of the
 //! worker that runs them.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use serde_json::json;
+use taskflow::api::types::SubmitJob;
 use taskflow::job::JobState;
 use taskflow::lease::{Leases, Redis, Waker};
 use taskflow::maintenance::elector::LEADERSHIP;
@@ -11,7 +15,9 @@ use taskflow::maintenance::{Elector, Rescuer, Scheduler, Service};
 use taskflow::store::{ClaimPath, Store};
 use uuid::Uuid;
 
-use crate::support::{new_job, redis_url, store_with_jobs};
+use crate::support::{
+    TestApp, WorkerProcess, assert_state, eventually, new_job, redis_url, store_with_jobs,
+};
 
 fn redis() -> Redis {
     Redis::connect_lazy(
@@ -197,4 +203,47 @@ async fn a_worker_cut_off_from_redis_does_not_lead_and_a_leader_that_loses_redis
         "it resigned, so a worker that can reach Redis is elected at once"
     );
     db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_within_seconds() {
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
+    let mut workers: HashMap<String, WorkerProcess> = ["a", "b"]
+        .into_iter()
+        .map(|id| (id.to_owned(), app.worker_process(id, &[], Stdio::null())))
+        .collect();
+    let leader = eventually(Duration::from_secs(30), || async {
+        app.store().current_leader(LEADERSHIP).await.unwrap()
+    })
+    .await;
+    let mut dead = workers.remove(&leader).expect("the leader is one of ours");
+    dead.kill().expect("SIGKILL the leader");
+    dead.wait().unwrap();
+    let killed_at = Instant::now();
+
+    // A job due in a moment starts only if some worker runs the scheduler.
+    let job = app
+        .submit_with(SubmitJob {
+            run_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(500)),
+            ..SubmitJob::new(module, json!({"mode": "succeed"}))
+        })
+        .await;
+    let successor = eventually(Duration::from_secs(10), || async {
+        let current = app.store().current_leader(LEADERSHIP).await.unwrap();
+        current.filter(|current| *current != leader)
+    })
+    .await;
+    let handed_over_after = killed_at.elapsed();
+    assert!(
+        handed_over_after < Duration::from_secs(5),
+        "maintenance handed over {handed_over_after:?} after the leader died (term 1 s)"
+    );
+    let job = app.wait_final(job.id).await;
+    assert_state(&job, JobState::Succeeded);
+    assert_eq!(job.worker_id.as_deref(), Some(successor.as_str()));
+    for (_, mut worker) in workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    app.finish().await;
 }

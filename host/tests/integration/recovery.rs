@@ -14,7 +14,7 @@ use taskflow::job::JobState;
 use taskflow_testkit::RedisCluster;
 use uuid::Uuid;
 
-use crate::support::{TcpProxy, TestApp, TestOptions, WorkerProcess, assert_state, eventually};
+use crate::support::{TcpProxy, TestApp, TestOptions, assert_state, eventually};
 
 /// A private Redis Cluster: `masters` masters with `replicas_per_master`
 /// replicas each.
@@ -383,70 +383,5 @@ async fn a_job_running_for_several_lease_ttls_keeps_its_lease_through_heartbeats
         job.attempt, 1,
         "the lease (TTL 1 s) was renewed, never rescued"
     );
-    app.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
-    let app = TestApp::start().await;
-    let mut config = app.worker_config("w1");
-    config.poll_interval = Duration::from_secs(3600);
-    app.spawn_worker_with(config);
-    let module = app.upload("hello").await;
-    // Let the worker find the queue empty and go to sleep.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for _ in 0..3 {
-        let job = app.submit(&module, json!({})).await;
-        let job = app
-            .client
-            .wait(job.id, Duration::from_secs(20))
-            .await
-            .expect("woken, not polled");
-        assert_eq!(job.state, JobState::Succeeded);
-    }
-    app.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_within_seconds() {
-    use taskflow::maintenance::elector::LEADERSHIP;
-    let (app, module) = TestApp::start_with_plugin("misbehave").await;
-    let mut workers: HashMap<String, WorkerProcess> = ["a", "b"]
-        .into_iter()
-        .map(|id| (id.to_owned(), app.worker_process(id, &[], Stdio::null())))
-        .collect();
-    let leader = eventually(Duration::from_secs(30), || async {
-        app.store().current_leader(LEADERSHIP).await.unwrap()
-    })
-    .await;
-    let mut dead = workers.remove(&leader).expect("the leader is one of ours");
-    dead.kill().expect("SIGKILL the leader");
-    dead.wait().unwrap();
-    let killed_at = Instant::now();
-
-    // A job due in a moment starts only if some worker runs the scheduler.
-    let job = app
-        .submit_with(SubmitJob {
-            run_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(500)),
-            ..SubmitJob::new(module, json!({"mode": "succeed"}))
-        })
-        .await;
-    let successor = eventually(Duration::from_secs(10), || async {
-        let current = app.store().current_leader(LEADERSHIP).await.unwrap();
-        current.filter(|current| *current != leader)
-    })
-    .await;
-    let handed_over_after = killed_at.elapsed();
-    assert!(
-        handed_over_after < Duration::from_secs(5),
-        "maintenance handed over {handed_over_after:?} after the leader died (term 1 s)"
-    );
-    let job = app.wait_final(job.id).await;
-    assert_state(&job, JobState::Succeeded);
-    assert_eq!(job.worker_id.as_deref(), Some(successor.as_str()));
-    for (_, mut worker) in workers {
-        let _ = worker.kill();
-        let _ = worker.wait();
-    }
     app.finish().await;
 }

@@ -3,11 +3,13 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use serde_json::json;
+use taskflow::job::JobState;
 use taskflow::lease::wakeup::PUBLISH_INTERVAL;
 use taskflow::lease::{Redis, Waker};
 use uuid::Uuid;
 
-use crate::support::redis_url;
+use crate::support::{TestApp, redis_url};
 
 /// A stream of wake-ups is published at most once per interval (each
 /// `PUBLISH` wakes Redis and every subscribed worker), and the last one
@@ -54,4 +56,25 @@ async fn a_stream_of_wake_ups_is_published_at_most_once_per_interval_and_the_las
         received.last().unwrap() >= &last_wake,
         "the wake-ups after the last message were lost"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
+    let app = TestApp::start().await;
+    let mut config = app.worker_config("w1");
+    config.poll_interval = Duration::from_secs(3600);
+    app.spawn_worker_with(config);
+    let module = app.upload("hello").await;
+    // Let the worker find the queue empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let job = app.submit(&module, json!({})).await;
+        let job = app
+            .client
+            .wait(job.id, Duration::from_secs(20))
+            .await
+            .expect("woken, not polled");
+        assert_eq!(job.state, JobState::Succeeded);
+    }
+    app.finish().await;
 }

@@ -7,15 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use taskflow::api::types::{JobView, JsonText, SubmitJob};
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
-use taskflow::job::{Attempt, JobState};
 use taskflow::queue::SecretKey;
 use taskflow::store::{DatabasePooler, Store};
 use tokio::task::JoinHandle;
@@ -23,9 +20,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod browser;
+mod http;
+mod jobs;
 mod processes;
 mod store;
 
+pub use http::assert_api_error;
+pub use jobs::{assert_state, failing_every_attempt, keyed, single_attempt, tree};
 pub use processes::{ApiProcess, TcpProxy, WorkerProcess};
 pub use store::{finished, new_job, rescue, store_with_jobs, success};
 pub use taskflow_testkit::{
@@ -333,128 +334,6 @@ impl TestApp {
         TestWorker { id, shutdown, task }
     }
 
-    /// Uploads a plugin and returns its hash.
-    pub async fn upload(&self, name: &str) -> String {
-        self.client
-            .push_module(plugin(name))
-            .await
-            .expect("plugin uploads")
-            .0
-            .hash
-    }
-
-    /// Submits a job of `module` with JSON `input` and default options.
-    pub async fn submit(&self, module: &str, input: Value) -> JobView {
-        self.submit_with(SubmitJob::new(module, input)).await
-    }
-
-    pub async fn submit_with(&self, job: SubmitJob) -> JobView {
-        self.client.submit(&job).await.expect("job submits").job
-    }
-
-    /// Waits (up to a minute) for a job to reach a final state.
-    pub async fn wait_final(&self, id: Uuid) -> JobView {
-        self.client
-            .wait(id, Duration::from_secs(60))
-            .await
-            .expect("job finishes")
-    }
-
-    /// Submits a job of `module` with JSON `input` and default options, and
-    /// waits for its final state.
-    pub async fn run(&self, module: &str, input: Value) -> JobView {
-        self.run_with(SubmitJob::new(module, input)).await
-    }
-
-    /// Submits `job` and waits for its final state.
-    pub async fn run_with(&self, job: SubmitJob) -> JobView {
-        let id = self.submit_with(job).await.id;
-        self.wait_final(id).await
-    }
-
-    /// Every attempt of job `id`, oldest first.
-    pub async fn attempts(&self, id: Uuid) -> Vec<Attempt> {
-        self.client.attempts(id).await.expect("attempts").attempts
-    }
-
-    /// Raw HTTP against the API, for requests the typed client cannot make.
-    pub fn http(&self) -> reqwest::Client {
-        reqwest::Client::new()
-    }
-
-    /// POSTs `body` as JSON to `path`; every answer, error or not, is JSON.
-    pub async fn post_json(&self, path: &str, body: &str) -> (reqwest::StatusCode, Value) {
-        self.send_json(reqwest::Method::POST, path, body).await
-    }
-
-    /// GETs `path`; every answer, error or not, is JSON.
-    pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
-        json_answer(self.http().get(format!("{}{path}", self.url))).await
-    }
-
-    /// GETs `path`, for tests that look at more than the status and JSON.
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http()
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("the API answers")
-    }
-
-    /// PUTs `body` as JSON to `path`.
-    pub async fn put_json(&self, path: &str, body: &str) -> (reqwest::StatusCode, Value) {
-        self.send_json(reqwest::Method::PUT, path, body).await
-    }
-
-    /// Sends `body` as JSON to `path` with `method`.
-    pub async fn send_json(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: &str,
-    ) -> (reqwest::StatusCode, Value) {
-        let request = self
-            .http()
-            .request(method, format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-        json_answer(request).await
-    }
-
-    /// PUTs `body` to `path`.
-    pub async fn put(&self, path: &str, body: Vec<u8>) -> (reqwest::StatusCode, Value) {
-        json_answer(self.http().put(format!("{}{path}", self.url)).body(body)).await
-    }
-
-    /// Sets the `default` queue's `settings` (hosts, secrets, config) and
-    /// checks that the API took them.
-    pub async fn set_default_queue(&self, settings: Value) {
-        let (status, answer) = self
-            .put_json("/v1/queues/default", &settings.to_string())
-            .await;
-        assert!(status.is_success(), "{answer}");
-    }
-
-    /// Submits `count` jobs of `module` with `input`, in one batch; their ids.
-    pub async fn submit_many(&self, module: &str, input: Value, count: usize) -> Vec<Uuid> {
-        let jobs = (0..count)
-            .map(|_| SubmitJob::new(module.to_owned(), input.clone()))
-            .collect();
-        self.client
-            .submit_batch(&taskflow::api::types::SubmitBatch { jobs })
-            .await
-            .unwrap()
-            .jobs
-            .iter()
-            .map(|job| job.id)
-            .collect()
-    }
-
-    /// How many jobs the database holds.
-    pub async fn job_count(&self) -> i64 {
-        self.store().count_jobs().await.unwrap()
-    }
-
     /// The name of this app's Redis key `suffix` (`epoch`,
     /// `lease:<job>`…), hash tag included on a cluster.
     pub fn redis_key(&self, suffix: &str) -> String {
@@ -517,80 +396,6 @@ impl TestApp {
             .await
             .expect("drop the test database");
     }
-}
-
-/// A job of `module` with JSON `input` allowed one attempt, so that its
-/// first failure is final.
-pub fn single_attempt(module: &str, input: Value) -> SubmitJob {
-    SubmitJob {
-        max_attempts: Some(1),
-        ..SubmitJob::new(module, input)
-    }
-}
-
-/// A job of `module` with JSON `input` submitted under idempotency `key`.
-pub fn keyed(module: &str, key: &str, input: Value) -> SubmitJob {
-    SubmitJob {
-        idempotency_key: Some(key.to_owned()),
-        ..SubmitJob::new(module, input)
-    }
-}
-
-/// A job of the `misbehave` plugin (`module`) that fails retryably with
-/// `message` on every one of its `attempts`, so that it ends dead after the
-/// last.
-pub fn failing_every_attempt(module: &str, attempts: u32, message: &str) -> SubmitJob {
-    SubmitJob {
-        max_attempts: Some(attempts),
-        ..SubmitJob::new(
-            module,
-            serde_json::json!({"mode": "retryable_error", "message": message}),
-        )
-    }
-}
-
-/// A job's input or output as a tree: the API sends them as JSON text
-/// ([`JsonText`]) and a test looks inside.
-pub fn tree(text: &Option<JsonText>) -> Option<Value> {
-    text.as_ref()
-        .map(|text| text.value().expect("the API sends one JSON value"))
-}
-
-/// Asserts that an API `answer` to `case` is the error `code` with
-/// `status`, and that its message mentions `mention` (what the caller
-/// must fix).
-#[track_caller]
-pub fn assert_api_error(
-    case: &str,
-    answer: &(reqwest::StatusCode, Value),
-    status: reqwest::StatusCode,
-    code: &str,
-    mention: &str,
-) {
-    let (actual, body) = answer;
-    assert_eq!(*actual, status, "{case} → {body}");
-    assert_eq!(body["error"]["code"], code, "{case} → {body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains(mention),
-        "{case}: {message:?} should mention {mention:?}"
-    );
-}
-
-/// Asserts that `job` ended in `state`, and shows its last error if not.
-#[track_caller]
-pub fn assert_state(job: &JobView, state: JobState) {
-    assert_eq!(job.state, state, "job {}: {:?}", job.id, job.last_error);
-}
-
-/// Sends `request` and reads its answer's status and JSON body.
-async fn json_answer(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (
-        status,
-        response.json().await.expect("every response is JSON"),
-    )
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for up to `timeout`.
