@@ -6,15 +6,17 @@
 //! configured) is claimed by one statement that never waits for another
 //! worker ([`Store::claim`]'s plain path). A queue that is paused or has
 //! limits (`queues.limited`, queue/limits.rs) is claimed by one call of a
-//! PL/pgSQL function that first locks the queue's row, then counts what its
-//! limits count with a snapshot taken after the lock ([`claim_limited`]),
-//! so the lock is held for the claim and its commit only: limited claims of
-//! one queue run one at a time, so two workers can never both see the last
-//! free slot. A rate is counted in buckets ([`RATE_BUCKETS`]), so a
-//! claim's cost does not grow with the rate. The plain statement skips a
-//! limited queue, so a worker that
-//! still thinks a queue unlimited cannot overrun a limit set since; it finds
-//! out and takes the limited path.
+//! PL/pgSQL function that first locks the queue's row, then works out what
+//! its limits leave from statements whose snapshots are taken after the
+//! lock ([`claim_limited`]), so the lock is held for the claim and its
+//! commit only: limited claims of one queue run one at a time, so two
+//! workers can never both see the last free slot. A rate is counted in
+//! buckets ([`RATE_BUCKETS`]), and `max_running` against an upper bound of
+//! the running jobs kept in the queue's row ([`RUNNING_BOUND_SETTLE`]), so
+//! a claim's cost grows neither with the rate nor with the jobs running.
+//! The plain statement skips a limited queue, so a worker that still
+//! thinks a queue unlimited cannot overrun a limit set since; it finds out
+//! and takes the limited path.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -143,6 +145,20 @@ const RATE_BUCKETS: i32 = 20;
 /// and so skipped) takes the rest.
 const PER_KEY_LOOKAHEAD: i32 = 16;
 
+/// How long after a change of a queue's settings its limited claims count
+/// the queue's running jobs at every call. After that, a claim takes the
+/// upper bound kept in the queue's row (its last count plus the jobs
+/// claimed since) when the bound leaves room for its whole batch, and
+/// counts only when it does not
+/// (migrations/20261210000001_limited_claim_running_bound.sql). The wait is
+/// for a plain claim whose snapshot predates the change that limited the
+/// queue: it may commit after a limited claim counted, and only a count
+/// taken after it committed includes its jobs. A plain claim is one
+/// statement that waits for no lock, so ten seconds is far past its commit
+/// unless the database itself stalls; a user sees the bound only as a
+/// cheaper claim, never as another limit.
+pub const RUNNING_BOUND_SETTLE: Duration = Duration::from_secs(10);
+
 impl Store {
     /// Claims up to `limit` due jobs of `queue` for `worker_id`, in priority
     /// order, and leases each for `lease_ttl`, taking `path` first (see the
@@ -248,12 +264,12 @@ impl Store {
         )
     }
 
-    /// The limited path: one call of `claim_limited_jobs`
-    /// (migrations/20261205000002_claim_limited_function.sql, returning
-    /// `run_at` since 20261206000001_claim_returns_run_at.sql), which locks
-    /// the queue's row, then, with a snapshot taken after the lock, claims
-    /// what its limits leave, in one round trip and one transaction; the
-    /// lock serializes only the limited claims of this queue.
+    /// The limited path: one call of `claim_limited_jobs` (its latest
+    /// version in migrations/20261210000001_limited_claim_running_bound.sql),
+    /// which locks the queue's row, then, with snapshots taken after the
+    /// lock, claims what its limits leave, in one round trip and one
+    /// transaction; the lock serializes only the limited claims of this
+    /// queue.
     async fn claim_limited(
         &self,
         queue: &str,
@@ -266,13 +282,14 @@ impl Store {
             ClaimRow,
             "SELECT id, module_hash, queue, input, attempt, attempt_base, max_attempts,
                     timeout_ms, fuel, memory_limit_bytes, lease_token, attempted_at, run_at
-             FROM claim_limited_jobs($1, $2, $3, $4, $5, $6)",
+             FROM claim_limited_jobs($1, $2, $3, $4, $5, $6, $7)",
             queue,
             worker_id,
             limit as i64,
             millis(lease_ttl) as f64,
             PER_KEY_LOOKAHEAD,
-            RATE_BUCKETS
+            RATE_BUCKETS,
+            millis(RUNNING_BOUND_SETTLE) as f64
         )
         .fetch_all(self.pool())
         .await?;

@@ -3,6 +3,8 @@
 //! under crashes, SIGSTOP and a Redis FLUSHALL are checked by the chaos
 //! suite (`taskflow-chaos --max-running`, in scripts/test).
 
+mod running_bound;
+
 use std::time::Duration;
 
 use futures::future::join_all;
