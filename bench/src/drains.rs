@@ -283,6 +283,13 @@ pub(crate) async fn drain(
             .await?;
         remaining -= size;
     }
+    // The counts start just before the jobs fall due, so that the idle
+    // workers' polls meanwhile (every 100 ms for a limited queue, every
+    // second otherwise) are not counted as the drain's.
+    let until_counted = (run_at - chrono::Utc::now() - chrono::Duration::milliseconds(100))
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(until_counted).await;
     let (commits_before, calls_before, claims_before, statements_before) = (
         deployment.store().commits().await?,
         deployment.worker_db_calls().await?,
