@@ -170,6 +170,11 @@ BEGIN
                c.lease_token, c.attempted_at, c.run_at
         FROM claimed c;
 
+    -- An idle poll that took the bound and found nothing leaves the row
+    -- as it was: no new version of it each poll.
+    IF cardinality(chosen) = 0 AND NOT counted_now THEN
+        RETURN;
+    END IF;
     -- The chosen jobs are locked by this transaction and were available,
     -- so the update above started every one of them.
     UPDATE queues SET
