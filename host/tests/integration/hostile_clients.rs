@@ -91,14 +91,21 @@ async fn parallel_maximum_size_batches_hold_no_more_memory_than_the_in_flight_bu
     const BUDGET: u64 = 160 << 20;
     const BATCH_BYTES: usize = 31 << 20;
     let app = TestApp::start().await;
+    // The server reads one of these bodies at a time and lets the others
+    // wait, the last for three bodies' time: on a slow, busy machine (a debug
+    // build beside a release build) that passed the default 60 s body
+    // timeout and the API answered 503 `busy`, as it should. Time is not
+    // what this test measures, so the server waits as long as it takes.
     let api = app
-        .api_process(&[("TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", &BUDGET.to_string())])
+        .api_process(&[
+            ("TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", &BUDGET.to_string()),
+            ("TASKFLOW_REQUEST_BODY_TIMEOUT", "10m"),
+        ])
         .await;
     let (module, _) = api.client.push_module(plugin("hello")).await.unwrap();
-    // The server reads one of these bodies at a time and lets the others
-    // wait (their sends stall on a full window); reqwest's default
-    // TCP_USER_TIMEOUT of 30 s would give up on a waiting one on a slow
-    // machine, which is the client's choice, not what this test measures.
+    // The waiting sends stall on a full window; reqwest's default
+    // TCP_USER_TIMEOUT of 30 s would give up on one on a slow machine,
+    // which is the client's choice, not what this test measures.
     let http = reqwest::Client::builder()
         .tcp_user_timeout(None)
         .build()
