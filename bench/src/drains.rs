@@ -210,6 +210,13 @@ pub(crate) async fn drain_limited(target: &Target, count: usize) -> anyhow::Resu
     ])
 }
 
+/// Sleeps until `at` by the wall clock (at once if it has passed): the
+/// moments a drain waits for are PostgreSQL `run_at` times.
+async fn sleep_until(at: chrono::DateTime<chrono::Utc>) {
+    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left).await;
+}
+
 /// The drain of `count` no-op jobs, and its rate over the one-connection
 /// reference measured just before.
 pub(crate) async fn drain_beside_reference(
@@ -286,10 +293,7 @@ pub(crate) async fn drain(
     // The counts start just before the jobs fall due, so that the idle
     // workers' polls meanwhile (every 100 ms for a limited queue, every
     // second otherwise) are not counted as the drain's.
-    let until_counted = (run_at - chrono::Utc::now() - chrono::Duration::milliseconds(100))
-        .to_std()
-        .unwrap_or_default();
-    tokio::time::sleep(until_counted).await;
+    sleep_until(run_at - chrono::Duration::milliseconds(100)).await;
     let (commits_before, calls_before, claims_before, statements_before) = (
         deployment.store().commits().await?,
         deployment.worker_db_calls().await?,
@@ -298,8 +302,7 @@ pub(crate) async fn drain(
     );
     // Nothing starts before the jobs fall due: the pruner's rate is
     // measured over the drain itself.
-    let until_due = (run_at - chrono::Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(until_due).await;
+    sleep_until(run_at).await;
     let expired_before = operations::expired_left(deployment.store()).await?;
     let (api_before, workers_before, servers_before) = (
         deployment.api_usage(),
