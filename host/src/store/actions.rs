@@ -2,6 +2,8 @@
 
 use uuid::Uuid;
 
+use super::pool::Transaction;
+use super::prune::delete_attempts_of;
 use super::records::{JobRecord, job_columns};
 use super::{Store, StoreError, StoreResult};
 use crate::job::JobState;
@@ -173,42 +175,51 @@ impl Store {
     /// any write it waited for: a finished job whose delete did not apply
     /// was changed or deleted by that write, so the statement runs again,
     /// with a snapshot that shows what it did (the job gone, or retried).
+    /// Its attempts are deleted by the next statement of the same
+    /// transaction ([`delete_attempts_of`]).
     pub async fn delete_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
-        let mut row = self.try_delete_if_finished(id).await?;
+        let mut tx = self.pool().begin().await?;
+        let mut row = try_delete_if_finished(&mut tx, id).await?;
         if row
             .as_ref()
             .is_some_and(|row| !row.applied && row.job.state.is_final())
         {
-            row = self.try_delete_if_finished(id).await?;
+            row = try_delete_if_finished(&mut tx, id).await?;
         }
-        Ok(applied(row, id, "delete", "succeeded, dead or cancelled")?.job)
+        let job = applied(row, id, "delete", "succeeded, dead or cancelled")?.job;
+        delete_attempts_of(&mut tx, &[id]).await?;
+        tx.commit().await?;
+        Ok(job)
     }
+}
 
-    /// One run of [`Store::delete_if_finished`]'s statement.
-    async fn try_delete_if_finished(&self, id: Uuid) -> StoreResult<Option<GuardedUpdate>> {
-        super::statement("delete_if_finished");
-        // The outer SELECT reads the statement's snapshot, from before the
-        // delete: the job as it was, and whether the guard matched.
-        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
-            "WITH deleted AS (
-                 DELETE FROM jobs
-                 WHERE id = $1 AND state IN ('succeeded', 'dead', 'cancelled')
-                 RETURNING id, queue, state
-             ),
-             logged AS (
-                 INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
-                 SELECT queue, state, NULL, 1 FROM deleted
-             )
-             SELECT ",
-            job_columns!(""),
-            ", EXISTS (SELECT 1 FROM deleted) AS applied, NULL::job_state AS previous
-             FROM jobs WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row)
-    }
+/// One run of [`Store::delete_if_finished`]'s statement.
+async fn try_delete_if_finished(
+    tx: &mut Transaction<'_>,
+    id: Uuid,
+) -> StoreResult<Option<GuardedUpdate>> {
+    super::statement("delete_if_finished");
+    // The outer SELECT reads the statement's snapshot, from before the
+    // delete: the job as it was, and whether the guard matched.
+    let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+        "WITH deleted AS (
+             DELETE FROM jobs
+             WHERE id = $1 AND state IN ('succeeded', 'dead', 'cancelled')
+             RETURNING id, queue, state
+         ),
+         logged AS (
+             INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
+             SELECT queue, state, NULL, 1 FROM deleted
+         )
+         SELECT ",
+        job_columns!(""),
+        ", EXISTS (SELECT 1 FROM deleted) AS applied, NULL::job_state AS previous
+         FROM jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(tx.statements())
+    .await?;
+    Ok(row)
 }
 
 /// The row of a guarded update of job `id`, or why it did not apply: no such

@@ -1,11 +1,13 @@
 //! Where a job is pruned: finished jobs past their queue's retention are
-//! deleted with their attempts (`ON DELETE CASCADE`), freeing their
+//! deleted with their attempts ([`delete_attempts_of`]), freeing their
 //! idempotency keys. Used by the pruner (maintenance/pruner.rs).
 
 use sqlx::Postgres;
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::query::QueryScalar;
+use sqlx::query::QueryAs;
+use uuid::Uuid;
 
+use super::pool::Transaction;
 use super::{Store, StoreResult};
 use crate::job::JobState;
 use crate::queue::{KeepFor, Retention};
@@ -70,13 +72,13 @@ const PRUNE_FINISHED: &str = r#"WITH RECURSIVE names AS (
      deleted AS (
          DELETE FROM jobs j USING expired e
          WHERE j.id = e.id AND j.state = e.state AND j.finished_at < e.before
-         RETURNING j.queue, j.state
+         RETURNING j.id, j.queue, j.state
      ),
      logged AS (
          INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
          SELECT queue, state, NULL, count(*) FROM deleted GROUP BY queue, state
      )
-     SELECT state FROM deleted"#;
+     SELECT id, state FROM deleted"#;
 
 impl Store {
     /// Deletes up to `limit` finished jobs that have been finished longer
@@ -92,14 +94,18 @@ impl Store {
     /// ago, as when it was found expired; PostgreSQL checks that against the
     /// row's newest version, so a job retried meanwhile, even one that
     /// finished again at once, is kept. It locks only the rows it deletes,
-    /// which no claim or submission touches.
+    /// which no claim or submission touches, and then their attempts.
     pub async fn prune_finished(&self, limit: usize) -> StoreResult<Pruned> {
         super::statement("prune_finished");
-        let states: Vec<JobState> = with_prune_arguments(PRUNE_FINISHED, limit)
-            .fetch_all(self.pool())
+        let mut tx = self.pool().begin().await?;
+        let deleted: Vec<(Uuid, JobState)> = with_prune_arguments(PRUNE_FINISHED, limit)
+            .fetch_all(tx.statements())
             .await?;
+        let ids: Vec<Uuid> = deleted.iter().map(|(id, _)| *id).collect();
+        delete_attempts_of(&mut tx, &ids).await?;
+        tx.commit().await?;
         let mut pruned = Pruned::default();
-        for state in states {
+        for (_, state) in deleted {
             match state {
                 JobState::Succeeded => pruned.succeeded += 1,
                 JobState::Dead => pruned.dead += 1,
@@ -116,24 +122,47 @@ impl Store {
     pub async fn explain_prune_finished(&self, limit: usize) -> StoreResult<String> {
         super::statement("explain_prune_finished");
         let explain = format!("EXPLAIN {PRUNE_FINISHED}");
-        let lines: Vec<String> = with_prune_arguments(&explain, limit)
+        let lines: Vec<(String,)> = with_prune_arguments(&explain, limit)
             .fetch_all(self.pool())
             .await?;
-        Ok(lines.join("\n"))
+        Ok(lines
+            .into_iter()
+            .map(|(line,)| line)
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
+}
+
+/// Deletes the attempt records of `jobs`, which the caller's transaction
+/// has just deleted (there is no foreign key to cascade: migration
+/// 20261211000001). It must be a statement of its own, after the jobs'
+/// delete: that one's snapshot may predate an attempt recorded by the
+/// transaction it waited for (a job requeued, run and finished again
+/// meanwhile), and this one starts after that committed. No attempt can be
+/// recorded after it either: recording one updates the job's row, which
+/// the caller's delete holds until it commits.
+pub(super) async fn delete_attempts_of(tx: &mut Transaction<'_>, jobs: &[Uuid]) -> StoreResult<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    super::statement("delete_attempts_of");
+    sqlx::query!("DELETE FROM job_attempts WHERE job_id = ANY($1)", jobs)
+        .execute(tx.statements())
+        .await?;
+    Ok(())
 }
 
 /// `sql` ([`PRUNE_FINISHED`], or a statement around it) with its
 /// arguments: the batch size `limit` and the default retention of each
 /// finished state, in seconds.
-fn with_prune_arguments<O>(sql: &str, limit: usize) -> QueryScalar<'_, Postgres, O, PgArguments>
+fn with_prune_arguments<O>(sql: &str, limit: usize) -> QueryAs<'_, Postgres, O, PgArguments>
 where
-    (O,): for<'r> sqlx::FromRow<'r, PgRow>,
+    O: for<'r> sqlx::FromRow<'r, PgRow>,
 {
     let [succeeded, dead, cancelled] = Retention::default()
         .effective()
         .map(|(_, keep): (JobState, KeepFor)| keep.as_seconds());
-    sqlx::query_scalar(sql)
+    sqlx::query_as(sql)
         .bind(limit as i64)
         .bind(succeeded)
         .bind(dead)

@@ -196,6 +196,64 @@ async fn a_delete_that_waited_for_the_pruner_finds_the_job_gone() {
     db.drop_database().await.unwrap();
 }
 
+/// A deleted job takes its attempts with it, and only its own: no attempt
+/// record outlives its job (`Store::delete_if_finished`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_job_takes_its_attempts_with_it() {
+    let db = test_database().await;
+    let store = db.store().clone();
+    store
+        .insert_module(&"a".repeat(64), b"\0asm")
+        .await
+        .unwrap();
+    let deleted = finished_job(&store, "default", JobState::Dead, None).await;
+    let kept = finished_job(&store, "default", JobState::Succeeded, None).await;
+
+    store.delete_if_finished(deleted).await.unwrap();
+    let attempts = store.attempts_per_job().await.unwrap();
+    assert_eq!(attempts.get(&deleted), None);
+    assert_eq!(attempts.get(&kept), Some(&1));
+    db.drop_database().await.unwrap();
+}
+
+/// A dead job that was requeued, run and finished again while a delete of
+/// it waited for its row is deleted with all its attempts, the one recorded
+/// after the delete's statement began too: the attempts are deleted by a
+/// statement that starts once the job's row is the delete's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_finished_again_while_its_delete_waited_leaves_no_attempt() {
+    let db = test_database().await;
+    let store = db.store().clone();
+    store
+        .insert_module(&"a".repeat(64), b"\0asm")
+        .await
+        .unwrap();
+    let id = finished_job(&store, "default", JobState::Dead, None).await;
+    // What a requeue, a claim and the attempt's end leave behind, held
+    // uncommitted until the delete waits for the row.
+    let mut finisher = db
+        .begin_held(&format!(
+            "UPDATE jobs SET state = 'succeeded', attempt = attempt + 1,
+                 lease_token = nextval('lease_tokens'), finished_at = now(), updated_at = now()
+             WHERE id = '{id}';
+             INSERT INTO job_attempts (job_id, lease_token, attempt, worker_id, started_at, outcome)
+             SELECT id, lease_token, attempt, 'w2', now(), 'succeeded' FROM jobs WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+    let delete = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_if_finished(id).await }
+    });
+    finisher.until_waiting(1).await.unwrap();
+    finisher.commit().await.unwrap();
+
+    delete.await.unwrap().unwrap();
+    assert!(store.get_job(id).await.unwrap().is_none());
+    assert_eq!(store.attempts_per_job().await.unwrap().get(&id), None);
+    db.drop_database().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pruner_reads_the_retention_index_not_the_table() {
     let db = test_database().await;

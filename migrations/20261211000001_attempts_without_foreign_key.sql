@@ -1,0 +1,15 @@
+-- Attempt records keep no foreign key to their job. The key cost
+-- PostgreSQL a `SELECT … FOR KEY SHARE` of the job's row for every record
+-- inserted, about a tenth of its CPU per drained job (docs/benchmarks.md,
+-- "Where the time goes", issue 15), and it guarded nothing the statements
+-- do not guard already (as for `jobs.module_hash`, migration 2):
+-- * Records are inserted only by the statement that moves their job out of
+--   `running` or cancels it (`Store::finish_if_lease_matches`,
+--   `Store::cancel_if_unfinished`), which updates the job's row and so
+--   holds it until it commits: a record always has a job when it is written.
+-- * Jobs are deleted only when finished (`Store::prune_finished`,
+--   `Store::delete_if_finished`), and their records with them, by a
+--   second statement of the same transaction (`delete_attempts_of` in
+--   host/src/store/prune.rs). It starts once the job's row is the delete's,
+--   so it sees every record written before, and none can be written after.
+ALTER TABLE job_attempts DROP CONSTRAINT job_attempts_job_id_fkey;
