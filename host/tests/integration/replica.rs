@@ -97,6 +97,8 @@ async fn lists_read_the_replica_while_a_client_finds_its_new_job_and_waits_read_
         "with the replica down, the primary answers"
     );
     assert_eq!(fallbacks(&api.url, "failed").await, 1);
+    drop(api);
+    app.finish().await;
 }
 
 /// How many reads the API at `url` made on the primary for `reason`

@@ -197,6 +197,12 @@ impl Traced {
         }
     }
 
+    /// Stops the API process and the app, and drops the database.
+    async fn finish(self) {
+        drop(self.api);
+        self.app.finish().await;
+    }
+
     /// A worker process named `id` that exports to the collector, with
     /// `env` on top; killed when dropped.
     fn worker(&self, id: &str, env: &[(&str, &str)]) -> WorkerProcess {
@@ -297,6 +303,7 @@ async fn one_trace_shows_a_job_from_its_submission_to_its_finish_across_processe
     assert_eq!(attempts[1].text("taskflow.outcome"), "succeeded");
     assert!(!attempts[1].is_error);
     assert_eq!(finishes[1].text("taskflow.job.next_state"), "succeeded");
+    traced.finish().await;
 }
 
 #[tokio::test]
@@ -328,6 +335,7 @@ async fn a_caller_that_does_not_sample_its_trace_gets_no_spans_of_its_job() {
     let stored = TraceContext::parse_traceparent(&stored.traceparent.unwrap()).unwrap();
     assert_eq!(stored.trace_id, unsampled.trace_id);
     assert!(!stored.is_sampled(), "the decision travels with the job");
+    traced.finish().await;
 }
 
 #[tokio::test]
@@ -362,6 +370,7 @@ async fn a_rescued_attempt_ends_in_the_trace_as_a_finish_by_the_rescuer() {
     assert_eq!(rescue.text("taskflow.job.next_state"), "retrying");
     let submit = named(&spans, "job submit")[0];
     assert_eq!(rescue.parent_span_id, submit.span_id);
+    traced.finish().await;
 }
 
 #[tokio::test]

@@ -8,13 +8,16 @@ use uuid::Uuid;
 
 /// A freshly created and migrated database, with a [`Store`] over it.
 /// [`ScratchDatabase::drop_database`] removes it with everything in it;
-/// one left behind by a failed test is harmless (its name is unique).
+/// so does letting it go without that call (a test that panics, or forgets
+/// to), blocking its thread meanwhile, so that no run leaves databases
+/// behind on the server.
 #[derive(Debug)]
 pub struct ScratchDatabase {
     name: String,
     server_url: String,
     url: String,
     store: Store,
+    dropped: bool,
 }
 
 /// The URL of database `name` on the server of `server_url` (whatever
@@ -143,6 +146,7 @@ impl ScratchDatabase {
             server_url: server_url.to_owned(),
             url,
             store,
+            dropped: false,
         })
     }
 
@@ -195,19 +199,46 @@ impl ScratchDatabase {
     /// # Errors
     ///
     /// If the server cannot be reached or refuses.
-    pub async fn drop_database(self) -> anyhow::Result<()> {
+    pub async fn drop_database(mut self) -> anyhow::Result<()> {
         self.store.close().await;
-        let mut admin = PgConnection::connect(&self.server_url).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
+        self.dropped = true;
+        drop_database(&self.server_url, &self.name).await
+    }
+}
+
+impl Drop for ScratchDatabase {
+    /// Drops the database if [`ScratchDatabase::drop_database`] did not,
+    /// from a thread of its own: a drop cannot wait for a future, and may
+    /// run on a runtime that is shutting down or in a panicking test.
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        let dropping = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a runtime")?
+                .block_on(drop_database(&server_url, &name))
+        });
+        match dropping.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("{error:#}"),
+            Err(_) => eprintln!("dropping database {} panicked", self.name),
+        }
+    }
+}
+
+/// `DROP DATABASE {name}`, disconnecting anyone still connected.
+async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(server_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut admin)
         .await
-        .with_context(|| format!("cannot drop database {}", self.name))?;
-        admin.close().await?;
-        Ok(())
-    }
+        .with_context(|| format!("cannot drop database {name}"))?;
+    admin.close().await?;
+    Ok(())
 }
 
 #[cfg(test)]
