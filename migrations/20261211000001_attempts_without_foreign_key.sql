@@ -1,7 +1,7 @@
 -- Attempt records keep no foreign key to their job. The key cost
 -- PostgreSQL a `SELECT … FOR KEY SHARE` of the job's row for every record
--- inserted, about a tenth of its CPU per drained job (docs/benchmarks.md,
--- "Where the time goes", issue 15), and it guarded nothing the statements
+-- inserted, a tenth to a seventh of its CPU per drained job (docs/benchmarks.md,
+-- "The attempts' foreign key, dropped"), and it guarded nothing the statements
 -- do not guard already (as for `jobs.module_hash`, migration 2):
 -- * Records are inserted only by the statement that moves their job out of
 --   `running` or cancels it (`Store::finish_if_lease_matches`,
