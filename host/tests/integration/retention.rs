@@ -6,10 +6,11 @@ use std::time::Duration;
 use serde_json::json;
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
 use taskflow::maintenance::Pruner;
-use taskflow::store::{ClaimPath, FillerJobs, Pruned, Store, StoreError};
+use taskflow::store::{ClaimPath, FillerJobs, JobRecord, Pruned, Store, StoreError};
+use taskflow_testkit::HeldTransaction;
 use uuid::Uuid;
 
-use crate::support::{TestApp, new_job, success, test_database};
+use crate::support::{TestApp, TestDb, new_job, success, test_database};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -43,6 +44,33 @@ async fn finished_job(store: &Store, queue: &str, state: JobState, key: Option<&
     }
     store.finish_if_lease_matches(&[outcome]).await.unwrap();
     job.id
+}
+
+/// A test database holding the module [`finished_job`] names.
+async fn database_with_module() -> (TestDb, Store) {
+    let db = test_database().await;
+    let store = db.store().clone();
+    store
+        .insert_module(&"a".repeat(64), b"\0asm")
+        .await
+        .unwrap();
+    (db, store)
+}
+
+/// What a user's delete of job `id` answers when it started while `writer`
+/// held the job's row, and `writer` then committed.
+async fn delete_behind(
+    mut writer: HeldTransaction,
+    store: &Store,
+    id: Uuid,
+) -> Result<JobRecord, StoreError> {
+    let delete = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_if_finished(id).await }
+    });
+    writer.until_waiting(1).await.unwrap();
+    writer.commit().await.unwrap();
+    delete.await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,25 +198,14 @@ async fn a_job_that_finished_again_while_the_pruner_read_it_is_kept() {
 /// does not exist, not that a succeeded job cannot be deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_that_waited_for_the_pruner_finds_the_job_gone() {
-    let db = test_database().await;
-    let store = db.store().clone();
-    store
-        .insert_module(&"a".repeat(64), b"\0asm")
-        .await
-        .unwrap();
+    let (db, store) = database_with_module().await;
     let id = finished_job(&store, "default", JobState::Succeeded, None).await;
-    let mut pruner = db
+    let pruner = db
         .begin_held(&format!("DELETE FROM jobs WHERE id = '{id}'"))
         .await
         .unwrap();
-    let delete = tokio::spawn({
-        let store = store.clone();
-        async move { store.delete_if_finished(id).await }
-    });
-    pruner.until_waiting(1).await.unwrap();
-    pruner.commit().await.unwrap();
 
-    let answer = delete.await.unwrap();
+    let answer = delete_behind(pruner, &store, id).await;
     assert!(
         matches!(answer, Err(StoreError::JobNotFound(gone)) if gone == id),
         "{answer:?}"
@@ -200,12 +217,7 @@ async fn a_delete_that_waited_for_the_pruner_finds_the_job_gone() {
 /// record outlives its job (`Store::delete_if_finished`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_job_takes_its_attempts_with_it() {
-    let db = test_database().await;
-    let store = db.store().clone();
-    store
-        .insert_module(&"a".repeat(64), b"\0asm")
-        .await
-        .unwrap();
+    let (db, store) = database_with_module().await;
     let deleted = finished_job(&store, "default", JobState::Dead, None).await;
     let kept = finished_job(&store, "default", JobState::Succeeded, None).await;
 
@@ -222,16 +234,11 @@ async fn a_deleted_job_takes_its_attempts_with_it() {
 /// statement that starts once the job's row is the delete's.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_that_finished_again_while_its_delete_waited_leaves_no_attempt() {
-    let db = test_database().await;
-    let store = db.store().clone();
-    store
-        .insert_module(&"a".repeat(64), b"\0asm")
-        .await
-        .unwrap();
+    let (db, store) = database_with_module().await;
     let id = finished_job(&store, "default", JobState::Dead, None).await;
     // What a requeue, a claim and the attempt's end leave behind, held
     // uncommitted until the delete waits for the row.
-    let mut finisher = db
+    let finisher = db
         .begin_held(&format!(
             "UPDATE jobs SET state = 'succeeded', attempt = attempt + 1,
                  lease_token = nextval('lease_tokens'), finished_at = now(), updated_at = now()
@@ -241,14 +248,8 @@ async fn a_job_that_finished_again_while_its_delete_waited_leaves_no_attempt() {
         ))
         .await
         .unwrap();
-    let delete = tokio::spawn({
-        let store = store.clone();
-        async move { store.delete_if_finished(id).await }
-    });
-    finisher.until_waiting(1).await.unwrap();
-    finisher.commit().await.unwrap();
 
-    delete.await.unwrap().unwrap();
+    delete_behind(finisher, &store, id).await.unwrap();
     assert!(store.get_job(id).await.unwrap().is_none());
     assert_eq!(store.attempts_per_job().await.unwrap().get(&id), None);
     db.drop_database().await.unwrap();
