@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use taskflow::api::types::{PutQueue, RateBody, SubmitBatch, SubmitJob};
-use taskflow::store::RUNNING_BOUND_SETTLE;
 use taskflow_testkit::percentile;
 
 use super::Figure;
@@ -25,9 +24,6 @@ pub(crate) struct DrainSetup {
     /// Finished jobs past their retention, on queue [`EXPIRED_QUEUE`], for
     /// the pruner to delete while the drain runs.
     pub expired_jobs: u64,
-    /// Whether the drain starts only once a limit set as it began has
-    /// settled ([`RUNNING_BOUND_SETTLE`]), as a queue limited long ago has.
-    pub settled: bool,
 }
 
 /// The queue of [`DrainSetup::expired_jobs`].
@@ -93,16 +89,9 @@ pub(crate) async fn drain_limited(target: &Target, count: usize) -> anyhow::Resu
     let mut unlimited = Vec::new();
     let mut limited = Vec::new();
     let mut last = None;
-    // A queue runs for months under the limits it was given, so both sides
-    // start draining once a limit set as they began has settled; both wait
-    // alike.
-    let unlimited_setup = DrainSetup {
-        settled: true,
-        ..DrainSetup::default()
-    };
+    let unlimited_setup = DrainSetup::default();
     let limited_setup = DrainSetup {
         limits: Some(limits_far_above_the_drain()),
-        settled: true,
         ..DrainSetup::default()
     };
     for _ in 0..LIMITED_DRAIN_PAIRS {
@@ -254,7 +243,6 @@ pub(crate) async fn drain(
     if let Some(limits) = &setup.limits {
         deployment.client.put_queue("default", limits).await?;
     }
-    let settled_at = Instant::now() + RUNNING_BOUND_SETTLE + Duration::from_secs(1);
     if setup.expired_jobs > 0 {
         operations::insert_expired(deployment.store(), &module, setup.expired_jobs).await?;
         // As a table that has held them for days would be: vacuumed, so
@@ -269,11 +257,7 @@ pub(crate) async fn drain(
 
     // Every job falls due at the same moment, so the drain starts with the
     // whole backlog in place and the workers already warm.
-    let mut due_in = Duration::from_secs(2);
-    if setup.settled {
-        due_in = due_in.max(settled_at.saturating_duration_since(Instant::now()));
-    }
-    let run_at = chrono::Utc::now() + chrono::Duration::from_std(due_in)?;
+    let run_at = chrono::Utc::now() + chrono::Duration::seconds(2);
     let mut remaining = count;
     while remaining > 0 {
         let size = remaining.min(1000);

@@ -92,8 +92,8 @@ pub enum Scenario {
     /// Drain 20,000 queued no-op jobs with the API and 2 workers.
     Drain,
     /// The drain five times each, alternately without limits and with
-    /// `max_running` and a rate set far above it (each starting once a limit
-    /// set as it began has settled): the cost of a limited claim.
+    /// `max_running` and a rate set far above it: the cost of a limited
+    /// claim.
     DrainLimited,
     /// Enqueue-to-start latency at 200 jobs/s for 20 s.
     Latency,

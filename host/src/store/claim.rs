@@ -12,11 +12,22 @@
 //! commit only: limited claims of one queue run one at a time, so two
 //! workers can never both see the last free slot. A rate is counted in
 //! buckets ([`RATE_BUCKETS`]), and `max_running` against an upper bound of
-//! the running jobs kept in the queue's row ([`RUNNING_BOUND_SETTLE`]), so
-//! a claim's cost grows neither with the rate nor with the jobs running.
+//! the running jobs kept in the queue's row (`running_bound`: the last
+//! count plus every job claimed since; every write of the queue's settings
+//! clears it, and the next limited claim counts), so a claim's cost grows
+//! neither with the rate nor with the jobs running.
+//!
 //! The plain statement skips a limited queue, so a worker that still
 //! thinks a queue unlimited cannot overrun a limit set since; it finds out
-//! and takes the limited path.
+//! and takes the limited path. Its snapshot predates anything it waits
+//! for, so it asks the function `plain_claim_may_take`
+//! (migrations/20261212000001_plain_claim_gate.sql), which takes the
+//! queue's settings lock shared and reads `queues` only then, with a
+//! snapshot of its own. Every write of the queue's settings takes that lock
+//! exclusively (`lock_queue_settings` in queues.rs): a limit or a pause
+//! waits for the plain claims past the gate to commit, and the plain claims
+//! behind it see it. So the first limited claim after a limit counts every
+//! job a plain claim started.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -145,20 +156,6 @@ const RATE_BUCKETS: i32 = 20;
 /// and so skipped) takes the rest.
 const PER_KEY_LOOKAHEAD: i32 = 16;
 
-/// How long after a change of a queue's settings its limited claims count
-/// the queue's running jobs at every call. After that, a claim takes the
-/// upper bound kept in the queue's row (its last count plus the jobs
-/// claimed since) when the bound leaves room for its whole batch, and
-/// counts only when it does not
-/// (migrations/20261210000001_limited_claim_running_bound.sql). The wait is
-/// for a plain claim whose snapshot predates the change that limited the
-/// queue: it may commit after a limited claim counted, and only a count
-/// taken after it committed includes its jobs. A plain claim is one
-/// statement that waits for no lock, so ten seconds is far past its commit
-/// unless the database itself stalls; a user sees the bound only as a
-/// cheaper claim, never as another limit.
-pub const RUNNING_BOUND_SETTLE: Duration = Duration::from_secs(10);
-
 impl Store {
     /// Claims up to `limit` due jobs of `queue` for `worker_id`, in priority
     /// order, and leases each for `lease_ttl`, taking `path` first (see the
@@ -168,7 +165,8 @@ impl Store {
     /// LOCKED` so concurrent workers never claim the same job. Each claimed
     /// job gets a fresh fencing token. The plain path is one statement served
     /// by `jobs_claim_idx` (no table scan however many jobs wait); it claims
-    /// nothing of a paused or limited queue. The limited path claims nothing
+    /// nothing of a paused or limited queue, and shares the queue's settings
+    /// lock until it commits. The limited path claims nothing
     /// of a paused queue and no more than its limits leave.
     pub async fn claim(
         &self,
@@ -200,7 +198,9 @@ impl Store {
         self.claim_limited(queue, worker_id, limit, lease_ttl).await
     }
 
-    /// The plain path: one statement, skipping a limited queue.
+    /// The plain path: one statement, skipping a limited queue. The gate is
+    /// an uncorrelated subquery, so PostgreSQL asks it once, before the
+    /// scan (`One-Time Filter`), and claims nothing when it says no.
     async fn claim_unlimited(
         &self,
         queue: &str,
@@ -214,7 +214,7 @@ impl Store {
             r#"WITH due AS (
                  SELECT id FROM jobs
                  WHERE state = 'available' AND queue = $1
-                   AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = $1 AND q.limited)
+                   AND (SELECT plain_claim_may_take($1))
                  ORDER BY priority DESC, run_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED
@@ -265,7 +265,7 @@ impl Store {
     }
 
     /// The limited path: one call of `claim_limited_jobs` (its latest
-    /// version in migrations/20261210000001_limited_claim_running_bound.sql),
+    /// version in migrations/20261212000001_plain_claim_gate.sql),
     /// which locks the queue's row, then, with snapshots taken after the
     /// lock, claims what its limits leave, in one round trip and one
     /// transaction; the lock serializes only the limited claims of this
@@ -282,14 +282,13 @@ impl Store {
             ClaimRow,
             "SELECT id, module_hash, queue, input, attempt, attempt_base, max_attempts,
                     timeout_ms, fuel, memory_limit_bytes, lease_token, attempted_at, run_at
-             FROM claim_limited_jobs($1, $2, $3, $4, $5, $6, $7)",
+             FROM claim_limited_jobs($1, $2, $3, $4, $5, $6)",
             queue,
             worker_id,
             limit as i64,
             millis(lease_ttl) as f64,
             PER_KEY_LOOKAHEAD,
-            RATE_BUCKETS,
-            millis(RUNNING_BOUND_SETTLE) as f64
+            RATE_BUCKETS
         )
         .fetch_all(self.pool())
         .await?;

@@ -55,7 +55,7 @@ use uuid::Uuid;
 use crate::job::JobState;
 
 pub use actions::CancelOutcome;
-pub use claim::{ClaimPath, Claimed, ClaimedJob, RUNNING_BOUND_SETTLE};
+pub use claim::{ClaimPath, Claimed, ClaimedJob};
 pub use console_sessions::ConsoleSession;
 pub use dead_letters::DeadLetterGroup;
 pub use execution::{FinishedAttempt, LeaseRef};

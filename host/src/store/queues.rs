@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
+use super::pool::Transaction;
 use super::{Store, StoreError, StoreResult};
 use crate::queue::{
     AllowedHost, KeepFor, QueueLimits, QueueSettings, Rate, Retention, SealedSecret,
@@ -71,6 +72,7 @@ impl Store {
     ) -> StoreResult<QueueRecord> {
         super::statement("put_queue");
         let mut tx = self.pool().begin().await?;
+        lock_queue_settings(&mut tx, name).await?;
         let config = Json(&settings.config);
         let limits = LimitColumns::from(&settings.limits);
         let keep = |keep: Option<KeepFor>| keep.map(KeepFor::as_seconds);
@@ -91,7 +93,7 @@ impl Store {
                  retain_succeeded_s = EXCLUDED.retain_succeeded_s,
                  retain_dead_s = EXCLUDED.retain_dead_s,
                  retain_cancelled_s = EXCLUDED.retain_cancelled_s,
-                 updated_at = now()
+                 running_bound = NULL, updated_at = now()
              WHERE NOT $8 OR queues.updated_at IS NOT DISTINCT FROM $9
              RETURNING created_at, updated_at, paused",
             name,
@@ -165,18 +167,22 @@ impl Store {
     }
 
     /// Pauses or resumes queue `name`, configuring it if it never was (with
-    /// no grants and no limits, as before). Claims already under way finish;
-    /// none starts after this commits.
+    /// no grants and no limits, as before). Claims already under way finish
+    /// first (it waits for them); none starts after this commits.
     pub async fn set_queue_paused(&self, name: &str, paused: bool) -> StoreResult<QueueRecord> {
         super::statement("set_queue_paused");
+        let mut tx = self.pool().begin().await?;
+        lock_queue_settings(&mut tx, name).await?;
         sqlx::query!(
             "INSERT INTO queues (name, paused) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()",
+             ON CONFLICT (name) DO UPDATE
+             SET paused = EXCLUDED.paused, running_bound = NULL, updated_at = now()",
             name,
             paused
         )
-        .execute(self.pool())
+        .execute(tx.statements())
         .await?;
+        tx.commit().await?;
         self.queue(name).await
     }
 
@@ -371,4 +377,21 @@ impl TryFrom<LimitColumns> for QueueLimits {
             rate,
         })
     }
+}
+
+/// Takes the lock every write of queue `name`'s settings holds until it
+/// commits, exclusively. Plain claims of the queue hold it shared while
+/// they run (`plain_claim_may_take`, claim.rs): the write waits for those
+/// under way, and those behind it read what it wrote, so a limit or a
+/// pause never misses a plain claim's jobs. An advisory lock, because a
+/// queue never configured has no row to lock; its key is the function's.
+async fn lock_queue_settings(tx: &mut Transaction<'_>, name: &str) -> StoreResult<()> {
+    sqlx::query_scalar!(
+        r#"SELECT 1 AS "locked!"
+           FROM pg_advisory_xact_lock(hashtextextended('queue_settings:' || $1, 0))"#,
+        name
+    )
+    .fetch_one(tx.statements())
+    .await?;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! suite (`taskflow-chaos --max-running`, in scripts/test).
 
 mod running_bound;
+mod settings_during_claims;
 
 use std::time::Duration;
 
@@ -53,6 +54,11 @@ async fn claim(store: &Store, worker: &str, limit: usize) -> Vec<taskflow::store
         .jobs
 }
 
+/// How many jobs run now.
+async fn running(store: &Store) -> i64 {
+    store.count_jobs_in(JobState::Running).await.unwrap()
+}
+
 fn spans_overlapping(spans: &[AttemptSpan]) -> usize {
     most_overlapping(spans.iter().map(|span| {
         (
@@ -84,7 +90,7 @@ async fn claims_racing_for_the_last_slots_never_overrun_max_running() {
     let claimed: Vec<_> = join_all(claims).await;
     assert_eq!(claimed.iter().map(|c| c.jobs.len()).sum::<usize>(), 3);
     assert!(claimed.iter().all(|c| c.next_path == ClaimPath::Limited));
-    assert_eq!(store.count_jobs_in(JobState::Running).await.unwrap(), 3);
+    assert_eq!(running(&store).await, 3);
 
     // A slot comes back when a running attempt ends, and only one.
     let running = claimed.into_iter().flat_map(|c| c.jobs).next().unwrap();
