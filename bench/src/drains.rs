@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use taskflow::api::types::{PutQueue, RateBody, SubmitBatch, SubmitJob};
+use taskflow::api::types::{PutQueue, SubmitBatch, SubmitJob};
+use taskflow::queue::RateSpec;
 use taskflow_testkit::percentile;
 
 use super::Figure;
@@ -66,7 +67,7 @@ pub(crate) struct PruneRates {
 fn limits_far_above_the_drain() -> PutQueue {
     PutQueue {
         max_running: Some(10_000),
-        rate: Some(RateBody {
+        rate: Some(RateSpec {
             limit: 10_000_000,
             period: "1s".into(),
         }),

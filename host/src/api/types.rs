@@ -16,7 +16,7 @@ pub use modules::{
 };
 pub use queues::{
     ActivityView, JobCountsView, PatchQueue, PutQueue, PutSecret, QueueList, QueueStatsView,
-    QueueView, RateBody, RetentionBody, SecretView,
+    QueueView, SecretView,
 };
 
 use crate::job::{Attempt, FieldError, JobInput, JobSpec, JobState, attempts_used};

@@ -10,10 +10,8 @@ use clap::{Args, Subcommand};
 use super::ClientArgs;
 use super::client::print;
 use crate::api::body::without_values;
-use crate::api::types::{
-    PatchQueue, PutQueue, PutSecret, QueueStatsView, QueueView, RateBody, RetentionBody,
-};
-use crate::queue::SecretValue;
+use crate::api::types::{PatchQueue, PutQueue, PutSecret, QueueStatsView, QueueView};
+use crate::queue::{RateSpec, RetentionSpec, SecretValue};
 
 /// `taskflow queue …`.
 #[derive(Debug, Subcommand)]
@@ -120,7 +118,7 @@ pub struct LimitFlags {
     /// Most attempt starts in any window of PERIOD, as N/PERIOD (`20/1s`,
     /// `100/1m`).
     #[arg(long, value_name = "N/PERIOD|none", value_parser = rate_or_none)]
-    pub rate: Option<OrNone<RateBody>>,
+    pub rate: Option<OrNone<RateSpec>>,
 }
 
 /// A limit's value on the command line, or `none` to remove it (a newtype,
@@ -157,13 +155,13 @@ pub struct RetentionFlags {
 
 impl RetentionFlags {
     /// The retention these flags give, if any.
-    fn body(&self) -> Option<RetentionBody> {
-        let body = RetentionBody {
+    fn body(&self) -> Option<RetentionSpec> {
+        let body = RetentionSpec {
             succeeded: self.retain_succeeded.clone(),
             dead: self.retain_dead.clone(),
             cancelled: self.retain_cancelled.clone(),
         };
-        (body != RetentionBody::default()).then_some(body)
+        (body != RetentionSpec::default()).then_some(body)
     }
 }
 
@@ -176,14 +174,14 @@ fn count_or_none(text: &str) -> Result<OrNone<u32>, String> {
         .map_err(|_| "expected a whole number or none".to_owned())
 }
 
-fn rate_or_none(text: &str) -> Result<OrNone<RateBody>, String> {
+fn rate_or_none(text: &str) -> Result<OrNone<RateSpec>, String> {
     if text == "none" {
         return Ok(OrNone(None));
     }
     let (limit, period) = text
         .split_once('/')
         .ok_or_else(|| "expected N/PERIOD, such as 20/1s, or none".to_owned())?;
-    Ok(OrNone(Some(RateBody {
+    Ok(OrNone(Some(RateSpec {
         limit: limit
             .parse()
             .map_err(|_| format!("{limit:?} is not a whole number"))?,

@@ -66,12 +66,15 @@ pub struct LimitsSpec {
     pub rate: Option<RateSpec>,
 }
 
-/// A rate as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `rate` of a queue: at most `limit` starts in any window of `period`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RateBody)]
 pub struct RateSpec {
-    /// Starts per window.
+    /// Starts per window, 1 to 2147483647 (what PostgreSQL's `integer`
+    /// holds).
     pub limit: u32,
-    /// The window, as `humantime` reads it (`"1s"`, `"500ms"`, `"1h 30m"`).
+    /// The window: `"1s"`, `"1m"`, `"1h 30m"`; at least 1 s.
     pub period: String,
 }
 

@@ -57,15 +57,23 @@ impl Retention {
     }
 }
 
-/// Retention as written: per state, a duration or `"forever"`; `None`
-/// takes the default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `retention` of a queue: per finished state, how long its jobs are kept
+/// after they finish: a duration (`"7d"`, `"36h"`) or `"forever"`. A state
+/// left out takes the default: succeeded 7 days, dead and cancelled 30.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RetentionBody)]
 pub struct RetentionSpec {
     /// Succeeded jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub succeeded: Option<String>,
     /// Dead jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead: Option<String>,
     /// Cancelled jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<String>,
 }
 

@@ -37,48 +37,10 @@ pub struct PutQueue {
     pub max_running_per_key: Option<u32>,
     /// Most attempt starts in any window of a period (absent: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<RateBody>,
+    pub rate: Option<RateSpec>,
     /// How long finished jobs are kept, per state (absent: the defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<RetentionBody>,
-}
-
-/// `retention` of a queue: per finished state, how long its jobs are kept
-/// after they finish: a duration (`"7d"`, `"36h"`) or `"forever"`. A state
-/// left out takes the default: succeeded 7 days, dead and cancelled 30.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionBody {
-    /// Succeeded jobs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub succeeded: Option<String>,
-    /// Dead jobs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead: Option<String>,
-    /// Cancelled jobs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancelled: Option<String>,
-}
-
-impl From<RetentionBody> for RetentionSpec {
-    fn from(body: RetentionBody) -> Self {
-        Self {
-            succeeded: body.succeeded,
-            dead: body.dead,
-            cancelled: body.cancelled,
-        }
-    }
-}
-
-/// `rate` of a queue: at most `limit` starts in any window of `period`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RateBody {
-    /// Starts per window, 1 to 2147483647 (what PostgreSQL's `integer`
-    /// holds).
-    pub limit: u32,
-    /// The window: `"1s"`, `"1m"`, `"1h 30m"`; at least 1 s.
-    pub period: String,
+    pub retention: Option<RetentionSpec>,
 }
 
 /// `PATCH /v1/queues/{name}`: the fields given replace the stored ones, the
@@ -116,10 +78,10 @@ pub struct PatchQueue {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
-    pub rate: Option<Option<RateBody>>,
+    pub rate: Option<Option<RateSpec>>,
     /// Changes the retention of the states it names; the others stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<RetentionBody>,
+    pub retention: Option<RetentionSpec>,
 }
 
 /// A field that is present, as `null` or a value: absent ones stay `None`
@@ -140,10 +102,7 @@ impl PatchQueue {
             max_running_per_key: self
                 .max_running_per_key
                 .unwrap_or(current.limits.max_running_per_key),
-            rate: self
-                .rate
-                .map(|rate| rate.map(RateSpec::from))
-                .unwrap_or(current.limits.rate),
+            rate: self.rate.unwrap_or(current.limits.rate),
         };
         QueueSpec {
             allowed_hosts: self.allowed_hosts.unwrap_or(current.allowed_hosts),
@@ -158,24 +117,6 @@ impl PatchQueue {
                 },
                 None => current.retention,
             },
-        }
-    }
-}
-
-impl From<RateBody> for RateSpec {
-    fn from(rate: RateBody) -> Self {
-        Self {
-            limit: rate.limit,
-            period: rate.period,
-        }
-    }
-}
-
-impl From<RateSpec> for RateBody {
-    fn from(rate: RateSpec) -> Self {
-        Self {
-            limit: rate.limit,
-            period: rate.period,
         }
     }
 }
@@ -202,9 +143,9 @@ impl From<PutQueue> for QueueSpec {
             limits: LimitsSpec {
                 max_running: put.max_running,
                 max_running_per_key: put.max_running_per_key,
-                rate: put.rate.map(RateSpec::from),
+                rate: put.rate,
             },
-            retention: put.retention.map(Into::into).unwrap_or_default(),
+            retention: put.retention.unwrap_or_default(),
         }
     }
 }
@@ -243,9 +184,9 @@ pub struct QueueView {
     pub max_running_per_key: Option<u32>,
     /// Most attempt starts in any window of a period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<RateBody>,
+    pub rate: Option<RateSpec>,
     /// How long finished jobs are kept, per state, defaults filled in.
-    pub retention: RetentionBody,
+    pub retention: RetentionSpec,
     /// When the settings were first written (absent: never configured).
     pub created_at: Option<DateTime<Utc>>,
     /// When they last changed.
@@ -389,7 +330,7 @@ impl QueueView {
             paused: record.paused,
             max_running: limits.max_running,
             max_running_per_key: limits.max_running_per_key,
-            rate: limits.rate.map(RateBody::from),
+            rate: limits.rate,
             retention: retention_view(&record.settings.retention),
             created_at: record.created_at,
             updated_at: record.updated_at,
@@ -399,8 +340,8 @@ impl QueueView {
 }
 
 /// Every state's retention as it applies, defaults included.
-fn retention_view(retention: &Retention) -> RetentionBody {
-    let mut view = RetentionBody::default();
+fn retention_view(retention: &Retention) -> RetentionSpec {
+    let mut view = RetentionSpec::default();
     for (state, keep) in retention.effective() {
         let text = Some(keep.to_text());
         match state {
