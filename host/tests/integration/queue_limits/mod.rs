@@ -220,20 +220,25 @@ async fn a_paused_queue_accepts_jobs_but_starts_none_until_resumed() {
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn three_workers_never_run_more_than_max_running_and_keys_more_than_theirs() {
+/// Three workers of four slots each run `count` jobs (20 ms sleeps of the
+/// `misbehave` plugin, job `i` with concurrency key `key_of(i)`) on queue
+/// `default`, limited by `limits`; the attempts' spans once every job
+/// succeeded.
+async fn three_workers_run(
+    limits: serde_json::Value,
+    key_of: impl Fn(usize) -> Option<String>,
+    count: usize,
+) -> (TestApp, Vec<AttemptSpan>) {
     let (app, module) = TestApp::start_with_plugin("misbehave").await;
-    app.set_default_queue(json!({"max_running": 3, "max_running_per_key": 1}))
-        .await;
+    app.set_default_queue(limits).await;
     for worker in ["w1", "w2", "w3"] {
         let mut config = app.worker_config(worker);
         config.concurrency = Some(4);
         app.spawn_worker_with(config);
     }
-    let tenants = ["t1", "t2", "t3", "t4"];
-    let jobs: Vec<SubmitJob> = (0..120)
+    let jobs: Vec<SubmitJob> = (0..count)
         .map(|i| SubmitJob {
-            concurrency_key: Some(tenants[i % tenants.len()].into()),
+            concurrency_key: key_of(i),
             ..SubmitJob::new(&module, json!({"mode": "sleep", "ms": 20}))
         })
         .collect();
@@ -252,7 +257,19 @@ async fn three_workers_never_run_more_than_max_running_and_keys_more_than_theirs
         assert_state(&app.wait_final(id).await, JobState::Succeeded);
     }
     let spans = app.store().attempt_spans("default").await.unwrap();
-    assert_eq!(spans.len(), 120);
+    assert_eq!(spans.len(), count);
+    (app, spans)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_never_run_more_than_max_running_and_keys_more_than_theirs() {
+    let tenants = ["t1", "t2", "t3", "t4"];
+    let (app, spans) = three_workers_run(
+        json!({"max_running": 3, "max_running_per_key": 1}),
+        |i| Some(tenants[i % tenants.len()].into()),
+        120,
+    )
+    .await;
     assert_eq!(
         spans_overlapping(&spans),
         3,
@@ -266,6 +283,22 @@ async fn three_workers_never_run_more_than_max_running_and_keys_more_than_theirs
             .collect();
         assert_eq!(spans_overlapping(&theirs), 1, "{tenant}");
     }
+    app.finish().await;
+}
+
+/// With `max_running` alone, a claim takes the running bound when it
+/// leaves room for the batch and counts otherwise (store/claim.rs); the
+/// other workers test covers only a per-key limit, which counts at every
+/// claim. Twelve slots against a limit of eight, freeing one or two at a
+/// time, take both turns while jobs start and end.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_never_run_more_than_max_running_taken_from_the_bound() {
+    let (app, spans) = three_workers_run(json!({"max_running": 8}), |_| None, 240).await;
+    assert_eq!(
+        spans_overlapping(&spans),
+        8,
+        "the limit is reached, never passed"
+    );
     app.finish().await;
 }
 
