@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::flags::{AttemptLimitFlags, InputFlags};
+use super::job_flags::{AttemptLimitFlags, InputFlags};
 use super::{ClientArgs, JobCommand, ModuleCommand, PageArgs};
 use crate::api::types::{
     AttemptList, JobQuery, JobView, JsonText, ModuleView, NameMoveView, SubmitJob,

@@ -8,14 +8,13 @@
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Command, FromArgMatches};
 
 use crate::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
-use crate::job::{JobInput, SubmissionLimits};
+use crate::job::SubmissionLimits;
 use crate::sandbox::OutboundLimits;
 use crate::store::DatabasePooler;
 
@@ -335,16 +334,28 @@ pub struct WorkerFlags {
 }
 
 impl From<WorkerFlags> for WorkerConfig {
+    /// Field by field, so a flag added to [`WorkerFlags`] does not compile
+    /// until it reaches the config.
     fn from(flags: WorkerFlags) -> Self {
+        let WorkerFlags {
+            worker_id,
+            queues,
+            concurrency,
+            cache_dir,
+            poll_interval,
+            maintenance_interval,
+            leader_term,
+            metrics_listen,
+        } = flags;
         Self {
-            worker_id: flags.worker_id,
-            queues: flags.queues,
-            concurrency: flags.concurrency,
-            cache_dir: flags.cache_dir,
-            poll_interval: flags.poll_interval.into(),
-            maintenance_interval: flags.maintenance_interval.into(),
-            leader_term: flags.leader_term.into(),
-            metrics_listen: flags.metrics_listen,
+            worker_id,
+            queues,
+            concurrency,
+            cache_dir,
+            poll_interval: poll_interval.into(),
+            maintenance_interval: maintenance_interval.into(),
+            leader_term: leader_term.into(),
+            metrics_listen,
             secret_key: None,
         }
     }
@@ -397,47 +408,4 @@ impl ExecutionFlags {
             extra_ca_certs: self.extra_ca_certs.clone(),
         }
     }
-}
-
-/// A task's input on the command line (`taskflow job submit`, `taskflow
-/// run`).
-#[derive(Debug, Clone, Args)]
-pub struct InputFlags {
-    /// Input as JSON; `null` when neither this nor `--input-file` is given.
-    #[arg(long, conflicts_with = "input_file")]
-    pub input: Option<String>,
-    /// Read the input bytes from this file (passed as-is).
-    #[arg(long)]
-    pub input_file: Option<PathBuf>,
-}
-
-impl InputFlags {
-    /// The input these flags give.
-    ///
-    /// # Errors
-    ///
-    /// If `--input-file` cannot be read.
-    pub fn read(&self) -> anyhow::Result<JobInput> {
-        Ok(match (&self.input, &self.input_file) {
-            (Some(json), _) => JobInput::Json(json.clone()),
-            (None, Some(file)) => JobInput::Bytes(
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
-            ),
-            (None, None) => JobInput::Json("null".to_owned()),
-        })
-    }
-}
-
-/// A job's own limits on the command line; unset takes the default.
-#[derive(Debug, Clone, Args)]
-pub struct AttemptLimitFlags {
-    /// Wall-clock limit per attempt, in milliseconds.
-    #[arg(long)]
-    pub timeout_ms: Option<u64>,
-    /// CPU budget per attempt, in fuel units.
-    #[arg(long)]
-    pub fuel: Option<u64>,
-    /// Memory limit per attempt, in bytes.
-    #[arg(long)]
-    pub memory_limit_bytes: Option<u64>,
 }

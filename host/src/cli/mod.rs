@@ -5,6 +5,7 @@
 pub mod client;
 pub mod dev;
 pub mod flags;
+pub mod job_flags;
 pub mod queue;
 pub mod run;
 pub mod server;

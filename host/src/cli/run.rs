@@ -11,9 +11,8 @@ use clap::Args;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::flags::{
-    AttemptLimitFlags, CompileFlags, ExecutionFlags, InputFlags, MemoryLimitFlag, SubmissionFlags,
-};
+use super::flags::{CompileFlags, ExecutionFlags, MemoryLimitFlag, SubmissionFlags};
+use super::job_flags::{AttemptLimitFlags, InputFlags};
 use crate::config::CompileConfig;
 use crate::job::{JobSpec, ModuleNames};
 use crate::sandbox::{Attempt, Grants, JobContext, LogLine, RunGrant, Sandbox};

@@ -51,13 +51,22 @@ pub struct NameMoveView {
 }
 
 impl From<NameMove> for NameMoveView {
+    /// Field by field, so a field added to [`NameMove`] does not compile
+    /// until the view decides what to show.
     fn from(moved: NameMove) -> Self {
+        let NameMove {
+            name,
+            from_hash,
+            to_hash,
+            moved_by,
+            moved_at,
+        } = moved;
         Self {
-            name: moved.name,
-            module: moved.to_hash,
-            previous: moved.from_hash,
-            moved_by: moved.moved_by,
-            moved_at: moved.moved_at,
+            name,
+            module: to_hash,
+            previous: from_hash,
+            moved_by,
+            moved_at,
         }
     }
 }

@@ -135,17 +135,28 @@ pub struct PutSecret {
 }
 
 impl From<PutQueue> for QueueSpec {
+    /// Field by field, so a field added to [`PutQueue`] does not compile
+    /// until it reaches the settings.
     fn from(put: PutQueue) -> Self {
+        let PutQueue {
+            allowed_hosts,
+            config,
+            secrets,
+            max_running,
+            max_running_per_key,
+            rate,
+            retention,
+        } = put;
         Self {
-            allowed_hosts: put.allowed_hosts,
-            config: put.config,
-            secrets: secrets_spec(put.secrets),
+            allowed_hosts,
+            config,
+            secrets: secrets_spec(secrets),
             limits: LimitsSpec {
-                max_running: put.max_running,
-                max_running_per_key: put.max_running_per_key,
-                rate: put.rate,
+                max_running,
+                max_running_per_key,
+                rate,
             },
-            retention: put.retention.unwrap_or_default(),
+            retention: retention.unwrap_or_default(),
         }
     }
 }
