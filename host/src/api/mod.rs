@@ -11,7 +11,10 @@
 //! - [`job_actions`]: `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`
 //! - [`openapi`]: the contract, `GET /openapi.json` (docs/openapi.json)
-//! - the web console at `/ui` ([`crate::console`]), with its own login
+//! - front ends served beside the API that log their users in themselves:
+//!   the web console at `/ui` (`console/`, which builds on this module and
+//!   is handed to [`serve`] by `cli/server.rs`, so neither imports the other
+//!   back)
 //! - [`auth`]: bearer tokens on every `/v1` route
 //! - [`error`]: the one error type, `{"error": {"code", "message"}}`
 //! - [`types`]: request and response bodies, shared with the CLI client
@@ -157,11 +160,13 @@ pub struct ApiParts {
     pub traces: crate::telemetry::Traces,
 }
 
-/// All routes, with their state.
-pub fn router(state: ApiState) -> Router {
-    // Everything but the probes, the contract and the console (which
-    // has its own login) sits behind the token check, unknown paths included, so a stranger cannot even tell which
-    // routes exist.
+/// All routes, with their state: the API's own and `front_ends`, routes
+/// that sit outside the token check because they authenticate their users
+/// themselves (the console's login).
+pub fn router(state: ApiState, front_ends: Router<ApiState>) -> Router {
+    // Everything but the probes, the contract and the front ends sits
+    // behind the token check, unknown paths included, so a stranger cannot
+    // even tell which routes exist.
     let authenticated = Router::from(authenticated_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -170,7 +175,7 @@ pub fn router(state: ApiState) -> Router {
             auth::require_token,
         ));
     Router::from(public_routes())
-        .merge(crate::console::router(state.clone()))
+        .merge(front_ends)
         .merge(authenticated)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -197,19 +202,20 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     openapi::document(routes)
 }
 
-/// Serves the API on `listener` until `shutdown`, finishing requests in
-/// flight, under the connection limits of its configuration
-/// ([`serve::serve`]).
+/// Serves the API and `front_ends` ([`router`]) on `listener` until
+/// `shutdown`, finishing requests in flight, under the connection limits of
+/// its configuration ([`serve::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    front_ends: Router<ApiState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let limits = serve::ConnectionLimits {
         max_connections: state.config.max_connections,
         header_timeout: state.config.request_header_timeout,
     };
-    serve::serve(listener, router(state), limits, shutdown).await
+    serve::serve(listener, router(state, front_ends), limits, shutdown).await
 }
 
 async fn not_found() -> ApiError {

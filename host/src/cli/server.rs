@@ -17,6 +17,7 @@ use crate::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
+use crate::console;
 use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
 use crate::maintenance::{self, CounterFolder, Elector, Pruner, Rescuer, Scheduler};
 use crate::queue::{MalformedSecretKey, SecretKey};
@@ -147,7 +148,9 @@ pub async fn spawn_api(
              on that network is trusted"
         );
     }
-    Ok((address, tokio::spawn(api::serve(listener, state, shutdown))))
+    let console = console::router(state.clone());
+    let server = api::serve(listener, state, console, shutdown);
+    Ok((address, tokio::spawn(server)))
 }
 
 /// Starts a worker, its maintenance services (which run while its elector
