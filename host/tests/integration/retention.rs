@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
-use taskflow::maintenance::Pruner;
+use taskflow::maintenance::pruner::{BATCH_SIZE, PAUSE_BETWEEN_BATCHES};
+use taskflow::maintenance::{Pruner, Service};
 use taskflow::store::{ClaimPath, FillerJobs, JobRecord, Pruned, Store, StoreError};
 use taskflow_testkit::HeldTransaction;
 use uuid::Uuid;
@@ -149,6 +150,33 @@ async fn the_pruner_deletes_exactly_the_expired_jobs_of_each_state_and_frees_the
     let submitted = store.insert_jobs(&[again]).await.unwrap();
     assert!(submitted[0].created);
     app.finish().await;
+}
+
+/// A backlog drains batch after batch: a full batch asks for the next pass
+/// after a short pause rather than a whole interval, and the short batch
+/// that ends the backlog asks for nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pruner_asks_for_its_next_pass_soon_only_after_a_full_batch() {
+    let (db, store) = database_with_module().await;
+    let expired = FillerJobs {
+        module_hash: &"a".repeat(64),
+        queue: "default",
+        state: JobState::Succeeded,
+        count: BATCH_SIZE as u64 + 5,
+        age: Duration::from_secs(8 * 86_400),
+        priorities: 1,
+    };
+    store.insert_filler_jobs(&expired).await.unwrap();
+    let pruner = Pruner::new(store.clone());
+
+    assert_eq!(
+        pruner.run_once().await.unwrap(),
+        Some(PAUSE_BETWEEN_BATCHES)
+    );
+    assert_eq!(store.job_ids().await.unwrap().len(), 5);
+    assert_eq!(pruner.run_once().await.unwrap(), None);
+    assert!(store.job_ids().await.unwrap().is_empty());
+    db.drop_database().await.unwrap();
 }
 
 /// A job the pruner found expired but that finished again before its
