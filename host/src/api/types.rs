@@ -8,6 +8,7 @@ use uuid::Uuid;
 mod json_text;
 pub mod modules;
 pub mod queues;
+mod schemas;
 
 pub use json_text::{JsonText, render_payload};
 

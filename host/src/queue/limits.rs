@@ -67,9 +67,8 @@ pub struct LimitsSpec {
 }
 
 /// `rate` of a queue: at most `limit` starts in any window of `period`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(as = RateBody)]
 pub struct RateSpec {
     /// Starts per window, 1 to 2147483647 (what PostgreSQL's `integer`
     /// holds).

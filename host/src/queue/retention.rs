@@ -60,11 +60,8 @@ impl Retention {
 /// `retention` of a queue: per finished state, how long its jobs are kept
 /// after they finish: a duration (`"7d"`, `"36h"`) or `"forever"`. A state
 /// left out takes the default: succeeded 7 days, dead and cancelled 30.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(as = RetentionBody)]
 pub struct RetentionSpec {
     /// Succeeded jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
