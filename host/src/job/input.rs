@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::spec::{FieldError, Problem};
+use super::field_error::{FieldError, Problem};
 
 /// A task's input as the client gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,8 @@
 //! - [`spec`]: a submission ([`JobSpec`]) checked against the server's
 //!   [`SubmissionLimits`] into a [`NewJob`], or the [`FieldError`] that
 //!   names what is wrong.
+//! - [`field_error`]: what is wrong with a field a client wrote
+//!   ([`FieldError`]), shared by submissions and queue settings.
 //! - [`names`]: queue and module-hash rules.
 //! - [`attempt`]: how an attempt ended ([`AttemptEnd`]), what it used, and
 //!   how many attempts a job has used ([`attempts_used`]).
@@ -18,6 +20,7 @@
 
 pub mod attempt;
 pub mod failure;
+pub mod field_error;
 pub mod id_prefix;
 pub mod input;
 pub mod names;
@@ -30,6 +33,7 @@ pub use attempt::{
     attempts_used,
 };
 pub use failure::{Failure, FailureKind};
+pub use field_error::{FieldError, Problem};
 pub use id_prefix::IdPrefix;
 pub use input::JobInput;
 pub use names::{
@@ -37,8 +41,7 @@ pub use names::{
     is_valid_module_name, is_valid_queue_name,
 };
 pub use spec::{
-    DEFAULT_QUEUE, FieldError, JobSpec, MIN_MEMORY_LIMIT_BYTES, ModuleNames, NewJob, Problem,
-    SubmissionLimits,
+    DEFAULT_QUEUE, JobSpec, MIN_MEMORY_LIMIT_BYTES, ModuleNames, NewJob, SubmissionLimits,
 };
 pub use state::{AttemptOutcome, JobState};
 pub use trace_context::TraceContext;

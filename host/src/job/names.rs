@@ -1,7 +1,7 @@
 //! What names a queue and a module: the rules every entry point checks
 //! (submissions, queries, worker configuration).
 
-use super::spec::{FieldError, Problem};
+use super::field_error::{FieldError, Problem};
 
 /// Whether `name` is a valid queue name: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
 /// Queue names appear in Redis channel names and metrics labels, so they are
