@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::bindings::Level;
-use super::streams::CaptureStream;
 use crate::job::AttemptLog;
 
 /// What one stored line costs beyond its message: the JSON object around it
@@ -139,16 +138,6 @@ impl LogCapture {
         if !rest.is_empty() {
             state.append(source, rest);
         }
-    }
-
-    /// The guest's stdout, as a WASI stream.
-    pub fn stdout(self: &Arc<Self>) -> CaptureStream {
-        CaptureStream::new(self.clone(), LogSource::Stdout)
-    }
-
-    /// The guest's stderr, as a WASI stream.
-    pub fn stderr(self: &Arc<Self>) -> CaptureStream {
-        CaptureStream::new(self.clone(), LogSource::Stderr)
     }
 
     /// Ends the capture: flushes unterminated stdout/stderr lines and

@@ -18,6 +18,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use super::EPOCH_TICK;
 use super::bindings::TaskPre;
 use super::guest::{self, GuestState};
+use super::resources::MAX_TABLE_ELEMENTS;
 use super::streams;
 
 /// WebAssembly stack a guest may use. Deep enough for real programs; runaway
@@ -35,7 +36,6 @@ const ASYNC_STACK_SIZE: usize = 2 << 20;
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
 const MAX_TABLES_PER_COMPONENT: u32 = 16;
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Bytes at the start of each pooled memory and table kept resident between
 /// attempts: resetting them with `memset` is cheaper than returning the pages

@@ -4,7 +4,7 @@
 use wasmtime::component::ResourceTableError;
 
 use super::capture::{CapturedLog, LogSource};
-use super::guest::RESOURCE_BYTES;
+use super::resources::RESOURCE_BYTES;
 use crate::job::{Failure, FailureKind};
 
 /// Why the host interrupted the guest; raised from the epoch callback and

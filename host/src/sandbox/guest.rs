@@ -11,37 +11,12 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{JobContext, Level};
-use super::capture::LogCapture;
+use super::capture::{LogCapture, LogSource};
 use super::clocks::{AttemptMonotonicClock, CoarseWallClock};
 use super::failure::MemoryLimitExceeded;
 use super::outbound::{AttemptHttp, AttemptOutbound};
-
-/// Most table elements one attempt may allocate. Tables hold function
-/// references; real programs use thousands, not millions.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-
-/// Most bytes the host holds for one resource a guest creates: a wasi:http
-/// header map (`WasiHttpCtx::set_field_size_limit`, which counts their
-/// in-memory size) or what one write to an outgoing body buffers
-/// (`AttemptHttp::p2_outgoing_body_chunk_size`). Lower than wasi-http's
-/// defaults (128 KiB and 1 MiB): the resource budget below is counted in
-/// these.
-pub(super) const RESOURCE_BYTES: usize = 64 * 1024;
-
-/// Fewest resources an attempt may hold at once, however small its memory
-/// limit: what a guest needs for its streams, pollables and a few requests.
-const MIN_RESOURCES: usize = 64;
-
-/// How many resources (streams, header maps, requests, pollables…) an
-/// attempt with `memory_limit_bytes` may hold at once. What the host keeps
-/// for them lives outside the guest's linear memory, where the memory
-/// limiter does not see it; capped so, it can reach about the memory limit
-/// again, not the 1,000,000 entries wasmtime allows by default (at 128 KiB
-/// a header map, a worker's whole memory). A guest that asks for more
-/// fails its own attempt with `memory_limit` (sandbox/failure.rs).
-pub(super) fn resource_capacity(memory_limit_bytes: usize) -> usize {
-    (memory_limit_bytes / RESOURCE_BYTES).max(MIN_RESOURCES)
-}
+use super::resources::{MAX_TABLE_ELEMENTS, RESOURCE_BYTES, resource_capacity};
+use super::streams::CaptureStream;
 
 /// Everything one attempt's `Store` holds. Created fresh per attempt and
 /// dropped with the store, so nothing leaks from one job into the next.
@@ -71,8 +46,8 @@ impl GuestState {
         config: BTreeMap<String, String>,
     ) -> Self {
         let wasi = WasiCtx::builder()
-            .stdout(log.stdout())
-            .stderr(log.stderr())
+            .stdout(CaptureStream::new(log.clone(), LogSource::Stdout))
+            .stderr(CaptureStream::new(log.clone(), LogSource::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)

@@ -61,6 +61,7 @@ pub mod outbound;
 mod output;
 mod prepare;
 mod private_dir;
+mod resources;
 mod run;
 mod streams;
 

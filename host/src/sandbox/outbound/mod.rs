@@ -184,9 +184,9 @@ impl WasiHttpHooks for AttemptHttp {
     }
 
     /// What one write to an outgoing body may hand the host to buffer
-    /// (`RESOURCE_BYTES`, sandbox/guest.rs).
+    /// (`RESOURCE_BYTES`, sandbox/resources.rs).
     fn p2_outgoing_body_chunk_size(&mut self) -> usize {
-        super::guest::RESOURCE_BYTES
+        super::resources::RESOURCE_BYTES
     }
 
     fn p2_error_from_hyper(
