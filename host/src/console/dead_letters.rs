@@ -68,7 +68,9 @@ pub async fn page(
         .sum();
     let now = Utc::now();
     let page = DeadLetters {
-        chrome: Chrome::new(&session, state.tokens.is_open(), "dead-letters").with_notice(&done),
+        chrome: session
+            .chrome(state.tokens.is_open(), "dead-letters")
+            .with_notice(&done),
         grouped: groups.iter().map(|group| group.jobs).sum(),
         groups: groups
             .into_iter()
@@ -107,7 +109,7 @@ pub async fn retry(
     let kind = (!form.kind.is_empty()).then_some(form.kind.as_str());
     if form.confirm.as_deref() != Some("yes") {
         let page = Confirm {
-            chrome: Chrome::new(&session, state.tokens.is_open(), "dead-letters"),
+            chrome: session.chrome(state.tokens.is_open(), "dead-letters"),
             question: format!(
                 "Retry all {} dead job{} of module {} that ended with {}?",
                 form.jobs,

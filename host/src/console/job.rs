@@ -217,7 +217,9 @@ pub async fn page(
     });
     let more_attempts = attempts.len() as i64 > PAGE_ATTEMPTS;
     let page = JobPage {
-        chrome: Chrome::new(&session, state.tokens.is_open(), "jobs").with_notice(&done),
+        chrome: session
+            .chrome(state.tokens.is_open(), "jobs")
+            .with_notice(&done),
         id,
         state: job.state,
         facts,

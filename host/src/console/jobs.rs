@@ -180,7 +180,9 @@ pub async fn page(
     });
     let before = JobsQuery::field(&query.before).and_then(|before| before.parse().ok());
     let page = JobsPage {
-        chrome: Chrome::new(&session, state.tokens.is_open(), "jobs").with_notice(&done),
+        chrome: session
+            .chrome(state.tokens.is_open(), "jobs")
+            .with_notice(&done),
         here: query.href(before),
         problem,
         searched,
@@ -334,7 +336,7 @@ pub async fn bulk(
         ];
         fields.extend(form.ids.iter().map(|id| ("id".to_owned(), id.to_string())));
         let page = Confirm {
-            chrome: Chrome::new(&session, state.tokens.is_open(), "jobs"),
+            chrome: session.chrome(state.tokens.is_open(), "jobs"),
             question: format!("{verb} {count} job{}?", plural(count)),
             detail: match form.action {
                 BulkAction::Retry => {

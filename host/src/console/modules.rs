@@ -72,7 +72,7 @@ pub async fn page(
         })
         .flatten();
     let page = Modules {
-        chrome: Chrome::new(&session, state.tokens.is_open(), "modules"),
+        chrome: session.chrome(state.tokens.is_open(), "modules"),
         modules: modules
             .into_iter()
             .map(|module| ModuleLine {

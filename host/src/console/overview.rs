@@ -75,7 +75,9 @@ pub async fn page(
         .await
         .map_err(|error| format!("Redis did not answer ({error}); workers cannot be listed."));
     let page = Overview {
-        chrome: Chrome::new(&session, state.tokens.is_open(), "overview").with_notice(&done),
+        chrome: session
+            .chrome(state.tokens.is_open(), "overview")
+            .with_notice(&done),
         queues: queues
             .into_iter()
             .map(|(record, stats)| QueueLine {

@@ -106,7 +106,9 @@ pub async fn page(
         .map(|(record, stats)| QueueLine::of(record, stats.jobs.get(JobState::Running)))
         .collect();
     let page = Queues {
-        chrome: Chrome::new(&session, state.tokens.is_open(), "queues").with_notice(&done),
+        chrome: session
+            .chrome(state.tokens.is_open(), "queues")
+            .with_notice(&done),
         queues,
     };
     Ok(render(StatusCode::OK, &page))

@@ -29,7 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use sha2::{Digest, Sha256};
 
-use super::view::{ConsoleError, Login, render};
+use super::view::{Chrome, ConsoleError, Login, render};
 use crate::api::ApiState;
 use crate::api::auth::{constant_time_eq, digest};
 
@@ -50,6 +50,19 @@ pub struct Session {
     id_sha256: [u8; 32],
     /// What its forms must send back as `csrf`.
     pub csrf_token: String,
+}
+
+impl Session {
+    /// The frame of page `active` for this session, on an API that is
+    /// `open` (no login, so no logout).
+    pub fn chrome(&self, open: bool, active: &'static str) -> Chrome {
+        Chrome {
+            csrf: self.csrf_token.clone(),
+            open,
+            active,
+            notice: None,
+        }
+    }
 }
 
 /// Middleware of every console route but login and the assets: finds the

@@ -11,7 +11,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 
-use super::session::Session;
 use crate::api::ApiError;
 use crate::store::StoreError;
 
@@ -29,16 +28,6 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    /// The frame of page `active` for `session`.
-    pub fn new(session: &Session, open: bool, active: &'static str) -> Self {
-        Self {
-            csrf: session.csrf_token.clone(),
-            open,
-            active,
-            notice: None,
-        }
-    }
-
     /// The same frame with the notice of `done`.
     pub fn with_notice(mut self, done: &Done) -> Self {
         self.notice = done.text();
