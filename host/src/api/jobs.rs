@@ -17,8 +17,8 @@ use super::batch::{CappedBatch, CappedJobs};
 use super::body::{BodyLimit, JsonBody, parse_json_seed};
 use super::error::ErrorBody;
 use super::types::{
-    AttemptList, AttemptQuery, BatchEntry, JobPage, JobQuery, JobView, JobWaitQuery, SubmitBatch,
-    SubmitJob, SubmittedBatch, SubmittedJob,
+    AttemptList, AttemptQuery, AttemptView, BatchEntry, JobPage, JobQuery, JobView, JobWaitQuery,
+    SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::config::ApiLimits;
@@ -373,7 +373,7 @@ async fn attempts(
         .flatten();
     Ok(Json(AttemptList {
         job_id: id,
-        attempts,
+        attempts: attempts.into_iter().map(AttemptView::from).collect(),
         next_cursor,
     }))
 }

@@ -5,11 +5,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod attempts;
 mod json_text;
 pub mod modules;
 pub mod queues;
 mod schemas;
 
+pub use attempts::{AttemptList, AttemptQuery, AttemptView};
 pub use json_text::{JsonText, render_payload};
 
 pub use modules::{
@@ -20,7 +22,7 @@ pub use queues::{
     QueueView, SecretView,
 };
 
-use crate::job::{Attempt, FieldError, JobInput, JobSpec, JobState, attempts_used};
+use crate::job::{FieldError, JobInput, JobSpec, JobState, attempts_used};
 use crate::store::{JobDetail, JobRecord};
 
 /// `POST /v1/jobs`: a job to run. Only `module` and one of `input` /
@@ -356,31 +358,6 @@ pub struct JobQuery {
     /// Only jobs on this queue.
     pub queue: Option<String>,
     /// Page size (default 50, at most 500).
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// `GET /v1/jobs/{id}/attempts`: a page of attempts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AttemptList {
-    /// The job.
-    pub job_id: Uuid,
-    /// Its finished attempts, oldest first. A running attempt appears once
-    /// it ends; the job itself shows it meanwhile.
-    pub attempts: Vec<Attempt>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    #[serde(default)]
-    pub next_cursor: Option<String>,
-}
-
-/// Query of `GET /v1/jobs/{id}/attempts`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct AttemptQuery {
-    /// Page size (default 20, at most 100: an attempt carries up to
-    /// `--max-log-bytes` of log).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

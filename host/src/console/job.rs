@@ -18,7 +18,8 @@ use super::view::{
 use super::{ConsolePath, ConsoleQuery};
 use crate::api::ApiState;
 use crate::api::job_actions::{cancel_job, retry_job};
-use crate::job::{Attempt, JobState, attempts_used};
+use crate::job::{JobState, attempts_used};
+use crate::store::AttemptRecord;
 
 /// Most attempts the page shows (the oldest; the API pages through all).
 const PAGE_ATTEMPTS: i64 = 100;
@@ -42,7 +43,7 @@ struct RequestLine {
 
 /// One attempt, as the timeline shows it.
 struct AttemptLine {
-    attempt: Attempt,
+    attempt: AttemptRecord,
     started: String,
     duration: String,
     fuel: String,
@@ -52,7 +53,7 @@ struct AttemptLine {
 }
 
 impl AttemptLine {
-    fn of(attempt: Attempt) -> Self {
+    fn of(attempt: AttemptRecord) -> Self {
         let text = |value: &serde_json::Value, key: &str| {
             value
                 .get(key)
@@ -94,9 +95,10 @@ impl AttemptLine {
             .collect();
         Self {
             started: timestamp(attempt.started_at),
-            duration: attempt
-                .duration_ms
-                .map_or_else(|| "—".to_owned(), |ms| format!("{ms:.1} ms")),
+            duration: attempt.duration_us.map_or_else(
+                || "—".to_owned(),
+                |us| format!("{:.1} ms", us as f64 / 1000.0),
+            ),
             fuel: attempt
                 .fuel_consumed
                 .map_or_else(|| "—".to_owned(), |fuel| fuel.to_string()),

@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
 use super::failure::{Failure, FailureKind};
 use super::state::{AttemptOutcome, JobState};
 
@@ -197,47 +194,73 @@ impl AttemptLog {
     }
 }
 
-/// One finished attempt of a job, as recorded (`job_attempts`) and as
-/// `GET /v1/jobs/{id}/attempts` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Attempt {
-    /// Number over the job's life, from 1.
-    pub attempt: i32,
-    /// Fencing token it held.
-    pub lease_token: i64,
-    /// Worker that ran it.
-    pub worker_id: String,
-    /// Start.
-    pub started_at: DateTime<Utc>,
-    /// End.
-    pub finished_at: DateTime<Utc>,
-    /// How it ended.
-    pub outcome: AttemptOutcome,
-    /// Machine-readable failure reason (`timeout`, `fuel_exhausted`, …).
-    pub error_kind: Option<String>,
-    /// Failure message.
-    pub error_message: Option<String>,
-    /// Fuel burned.
-    pub fuel_consumed: Option<i64>,
-    /// Peak linear memory of the guest, in bytes (absent for attempts
-    /// recorded before TaskFlow measured it, and for rescued or cancelled
-    /// ones).
-    #[serde(default)]
-    pub memory_bytes: Option<i64>,
-    /// Wall time in milliseconds.
-    pub duration_ms: Option<f64>,
-    /// Captured guest log: `[{"source", "level"?, "message"}]`.
-    pub logs: serde_json::Value,
-    /// Log lines dropped past the per-attempt bound.
-    pub logs_dropped: i64,
-    /// Outbound HTTP requests: `[{method, url, status?, error?, reason?,
-    /// denied, bytes_out, bytes_in, duration_ms}]`; the URL has no query
-    /// string, and no header or body is ever recorded.
-    #[serde(default)]
-    pub requests: serde_json::Value,
-    /// Requests made past the per-attempt bound on records.
-    #[serde(default)]
-    pub requests_dropped: i64,
+/// How a recorded attempt ended (`job_attempts`): a success with nothing
+/// more, any other outcome with the error that ended it. The columns it is
+/// read from could pair a success with an error; this cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedEnd {
+    /// The task returned an output.
+    Succeeded,
+    /// The task failed, or the sandbox or the worker stopped it.
+    Failed(RecordedError),
+    /// The rescuer ended it after its worker stopped renewing the lease.
+    LeaseExpired(RecordedError),
+    /// A user cancelled the job while it ran.
+    Cancelled(RecordedError),
+}
+
+/// The error that ended a recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedError {
+    /// A [`FailureKind`] code, `lease_expired` or `cancelled`.
+    pub kind: String,
+    /// For a person.
+    pub message: String,
+}
+
+impl RecordedEnd {
+    /// The end the columns `outcome`, `error_kind` and `error_message`
+    /// record. Every statement that records an attempt writes an error
+    /// with each outcome but a success, and none with a success
+    /// (store/execution.rs, store/actions.rs); a row written otherwise
+    /// reads as its outcome, with an empty kind or message where it has
+    /// none.
+    pub fn from_columns(
+        outcome: AttemptOutcome,
+        kind: Option<String>,
+        message: Option<String>,
+    ) -> Self {
+        let error = || RecordedError {
+            kind: kind.unwrap_or_default(),
+            message: message.unwrap_or_default(),
+        };
+        match outcome {
+            AttemptOutcome::Succeeded => RecordedEnd::Succeeded,
+            AttemptOutcome::Failed => RecordedEnd::Failed(error()),
+            AttemptOutcome::LeaseExpired => RecordedEnd::LeaseExpired(error()),
+            AttemptOutcome::Cancelled => RecordedEnd::Cancelled(error()),
+        }
+    }
+
+    /// Its outcome.
+    pub fn outcome(&self) -> AttemptOutcome {
+        match self {
+            RecordedEnd::Succeeded => AttemptOutcome::Succeeded,
+            RecordedEnd::Failed(_) => AttemptOutcome::Failed,
+            RecordedEnd::LeaseExpired(_) => AttemptOutcome::LeaseExpired,
+            RecordedEnd::Cancelled(_) => AttemptOutcome::Cancelled,
+        }
+    }
+
+    /// The error that ended it; `None` for a success.
+    pub fn error(&self) -> Option<&RecordedError> {
+        match self {
+            RecordedEnd::Succeeded => None,
+            RecordedEnd::Failed(error)
+            | RecordedEnd::LeaseExpired(error)
+            | RecordedEnd::Cancelled(error) => Some(error),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -302,5 +325,32 @@ mod tests {
                 dropped: 5
             }
         );
+    }
+
+    #[test]
+    fn a_recorded_end_reads_an_error_with_every_outcome_but_a_success() {
+        let end = |outcome, kind: Option<&str>| {
+            RecordedEnd::from_columns(outcome, kind.map(str::to_owned), Some("why".to_owned()))
+        };
+        let success = end(AttemptOutcome::Succeeded, Some("stray"));
+        assert_eq!(
+            (success.outcome(), success.error()),
+            (AttemptOutcome::Succeeded, None)
+        );
+        for outcome in [
+            AttemptOutcome::Failed,
+            AttemptOutcome::LeaseExpired,
+            AttemptOutcome::Cancelled,
+        ] {
+            let ended = end(outcome, Some("timeout"));
+            assert_eq!(ended.outcome(), outcome);
+            let error = ended.error().expect("an error");
+            assert_eq!(
+                (error.kind.as_str(), error.message.as_str()),
+                ("timeout", "why")
+            );
+            let without_kind = end(outcome, None);
+            assert_eq!(without_kind.error().map(|e| e.kind.as_str()), Some(""));
+        }
     }
 }

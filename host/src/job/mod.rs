@@ -29,8 +29,8 @@ pub mod state;
 pub mod trace_context;
 
 pub use attempt::{
-    AfterFailure, Attempt, AttemptEnd, AttemptLimits, AttemptLog, AttemptRequests, Usage,
-    attempts_used,
+    AfterFailure, AttemptEnd, AttemptLimits, AttemptLog, AttemptRequests, RecordedEnd,
+    RecordedError, Usage, attempts_used,
 };
 pub use failure::{Failure, FailureKind};
 pub use field_error::{FieldError, Problem};

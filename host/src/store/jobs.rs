@@ -2,9 +2,9 @@
 
 use uuid::Uuid;
 
-use super::records::{JobDetail, JobRecord, job_columns};
+use super::records::{AttemptRecord, JobDetail, JobRecord, job_columns};
 use super::{Store, StoreResult};
-use crate::job::{Attempt, AttemptOutcome, IdPrefix, JobState};
+use crate::job::{AttemptOutcome, IdPrefix, JobState, RecordedEnd};
 
 /// Filters of [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
@@ -158,7 +158,7 @@ impl Store {
         id: Uuid,
         after_lease_token: Option<i64>,
         limit: i64,
-    ) -> StoreResult<Option<Vec<Attempt>>> {
+    ) -> StoreResult<Option<Vec<AttemptRecord>>> {
         super::statement("list_attempts");
         let mut tx = self.pool().begin().await?;
         let exists = sqlx::query_scalar!(
@@ -170,11 +170,10 @@ impl Store {
         if !exists {
             return Ok(None);
         }
-        let attempts = sqlx::query_as!(
-            Attempt,
+        let rows = sqlx::query!(
             r#"SELECT attempt, lease_token, worker_id, started_at, finished_at,
                     outcome AS "outcome: AttemptOutcome", error_kind, error_message,
-                    fuel_consumed, memory_bytes, duration_us / 1000.0::float8 AS duration_ms,
+                    fuel_consumed, memory_bytes, duration_us,
                     logs, logs_dropped, requests, requests_dropped
              FROM job_attempts
              WHERE job_id = $1 AND ($2::bigint IS NULL OR lease_token > $2)
@@ -186,6 +185,24 @@ impl Store {
         )
         .fetch_all(tx.statements())
         .await?;
+        let attempts = rows
+            .into_iter()
+            .map(|row| AttemptRecord {
+                attempt: row.attempt,
+                lease_token: row.lease_token,
+                worker_id: row.worker_id,
+                started_at: row.started_at,
+                finished_at: row.finished_at,
+                end: RecordedEnd::from_columns(row.outcome, row.error_kind, row.error_message),
+                fuel_consumed: row.fuel_consumed,
+                memory_bytes: row.memory_bytes,
+                duration_us: row.duration_us,
+                logs: row.logs,
+                logs_dropped: row.logs_dropped,
+                requests: row.requests,
+                requests_dropped: row.requests_dropped,
+            })
+            .collect();
         tx.commit().await?;
         Ok(Some(attempts))
     }

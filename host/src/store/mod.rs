@@ -66,7 +66,7 @@ pub use modules::ModuleRecord;
 pub use pool::{DatabasePooler, UnknownPooler};
 pub use prune::Pruned;
 pub use queues::{QueueGrants, QueueRecord};
-pub use records::{JobDetail, JobRecord};
+pub use records::{AttemptRecord, JobDetail, JobRecord};
 pub use rescue::RunningLease;
 pub use stats::{AttemptSpan, JobTimes};
 pub use submit::Submitted;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::job::{JobState, TraceContext};
+use crate::job::{JobState, RecordedEnd, TraceContext};
 
 /// Columns of [`JobRecord`], shared by every statement that returns one.
 macro_rules! job_columns {
@@ -122,4 +122,39 @@ pub struct JobDetail {
     pub last_fuel_consumed: Option<i64>,
     /// Wall time of the latest finished attempt, in microseconds.
     pub last_duration_us: Option<i64>,
+}
+
+/// One finished attempt of a job, as recorded (`job_attempts`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    /// Number over the job's life, from 1.
+    pub attempt: i32,
+    /// Fencing token it held.
+    pub lease_token: i64,
+    /// Worker that ran it.
+    pub worker_id: String,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: DateTime<Utc>,
+    /// How it ended.
+    pub end: RecordedEnd,
+    /// Fuel burned.
+    pub fuel_consumed: Option<i64>,
+    /// Peak linear memory of the guest, in bytes (none for attempts
+    /// recorded before TaskFlow measured it, and for rescued or cancelled
+    /// ones).
+    pub memory_bytes: Option<i64>,
+    /// Wall time, in microseconds.
+    pub duration_us: Option<i64>,
+    /// Captured guest log: `[{"source", "level"?, "message"}]`.
+    pub logs: serde_json::Value,
+    /// Log lines dropped past the per-attempt bound.
+    pub logs_dropped: i64,
+    /// Outbound HTTP requests: `[{method, url, status?, error?, reason?,
+    /// denied, bytes_out, bytes_in, duration_ms}]`; the URL has no query
+    /// string, and no header or body is ever recorded.
+    pub requests: serde_json::Value,
+    /// Requests made past the per-attempt bound on records.
+    pub requests_dropped: i64,
 }

@@ -85,16 +85,9 @@ async fn an_outcome_postgres_refuses_is_recorded_as_failed_and_the_others_are_wr
         .unwrap()
         .unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].error_kind.as_deref(), Some("outcome_rejected"));
-    assert!(
-        attempts[0]
-            .error_message
-            .as_deref()
-            .unwrap()
-            .contains("22P05"),
-        "{:?}",
-        attempts[0].error_message
-    );
+    let error = attempts[0].end.error().expect("a failure");
+    assert_eq!(error.kind, "outcome_rejected");
+    assert!(error.message.contains("22P05"), "{}", error.message);
     assert_eq!(
         attempts[0].logs_dropped, 1,
         "its log line is counted, not kept"

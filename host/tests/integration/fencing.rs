@@ -83,7 +83,7 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
     let attempts = store.list_attempts(id, None, 100).await.unwrap().unwrap();
     let outcomes: Vec<_> = attempts
         .iter()
-        .map(|a| (a.lease_token, a.outcome))
+        .map(|a| (a.lease_token, a.end.outcome()))
         .collect();
     assert_eq!(
         outcomes,
@@ -109,7 +109,7 @@ async fn a_cancel_wins_over_a_running_attempt_that_finishes_later() {
     assert_eq!(job.job.state, JobState::Cancelled);
     let attempts = store.list_attempts(id, None, 100).await.unwrap().unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome, AttemptOutcome::Cancelled);
+    assert_eq!(attempts[0].end.outcome(), AttemptOutcome::Cancelled);
     db.drop_database().await.unwrap();
 }
 

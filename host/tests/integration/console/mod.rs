@@ -97,6 +97,14 @@ async fn a_person_logs_in_with_a_token_and_retries_a_failed_job_from_its_page() 
     let page = browser.page_text().await;
     assert!(page.contains("dead"), "{page}");
     assert!(page.contains("the upstream said no"), "{page}");
+    // The attempt's own record in the timeline: its outcome and the error
+    // that ended it.
+    let attempt = browser.text(".timeline li").await;
+    assert!(attempt.contains("Attempt 1 failed"), "{attempt}");
+    assert!(
+        attempt.contains("guest_error: the upstream said no"),
+        "{attempt}"
+    );
     assert_eq!(attempts_in_postgres(&app, failed).await, 1);
 
     browser.click("form[action$='/retry'] button").await;

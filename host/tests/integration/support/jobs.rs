@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use taskflow::api::types::AttemptView;
 use taskflow::api::types::{JobView, JsonText, SubmitJob};
-use taskflow::job::{Attempt, JobState};
+use taskflow::job::JobState;
 use uuid::Uuid;
 
 use super::{TestApp, plugin};
@@ -51,7 +52,7 @@ impl TestApp {
     }
 
     /// Every attempt of job `id`, oldest first.
-    pub async fn attempts(&self, id: Uuid) -> Vec<Attempt> {
+    pub async fn attempts(&self, id: Uuid) -> Vec<AttemptView> {
         self.client.attempts(id).await.expect("attempts").attempts
     }
 
