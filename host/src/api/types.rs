@@ -25,6 +25,12 @@ pub use queues::{
 use crate::job::{FieldError, JobInput, JobSpec, JobState, attempts_used};
 use crate::store::{JobDetail, JobRecord};
 
+/// Microseconds as stored (`duration_us` columns) in the milliseconds views
+/// show.
+pub fn micros_as_millis(micros: i64) -> f64 {
+    micros as f64 / 1000.0
+}
+
 /// `POST /v1/jobs`: a job to run. Only `module` and one of `input` /
 /// `input_base64` are required; every other field has a server default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -288,7 +294,7 @@ impl From<JobDetail> for JobView {
         if detail.last_fuel_consumed.is_some() || detail.last_duration_us.is_some() {
             view.resource_use = Some(ResourceUse {
                 fuel_consumed: detail.last_fuel_consumed,
-                duration_ms: detail.last_duration_us.map(|us| us as f64 / 1000.0),
+                duration_ms: detail.last_duration_us.map(micros_as_millis),
             });
         }
         view

@@ -18,6 +18,7 @@ use super::view::{
 use super::{ConsolePath, ConsoleQuery};
 use crate::api::ApiState;
 use crate::api::job_actions::{cancel_job, retry_job};
+use crate::api::types::micros_as_millis;
 use crate::job::{JobState, attempts_used};
 use crate::store::AttemptRecord;
 
@@ -97,7 +98,7 @@ impl AttemptLine {
             started: timestamp(attempt.started_at),
             duration: attempt.duration_us.map_or_else(
                 || "—".to_owned(),
-                |us| format!("{:.1} ms", us as f64 / 1000.0),
+                |us| format!("{:.1} ms", micros_as_millis(us)),
             ),
             fuel: attempt
                 .fuel_consumed

@@ -12,11 +12,11 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{JobContext, Level};
 use super::capture::{LogCapture, LogSource};
+use super::capture_stream::CaptureStream;
 use super::clocks::{AttemptMonotonicClock, CoarseWallClock};
 use super::failure::MemoryLimitExceeded;
 use super::outbound::{AttemptHttp, AttemptOutbound};
 use super::resources::{MAX_TABLE_ELEMENTS, RESOURCE_BYTES, resource_capacity};
-use super::streams::CaptureStream;
 
 /// Everything one attempt's `Store` holds. Created fresh per attempt and
 /// dropped with the store, so nothing leaks from one job into the next.

@@ -47,6 +47,7 @@
 //! The deadline therefore covers everything: guest code and host calls.
 
 pub mod capture;
+mod capture_stream;
 pub mod clocks;
 pub mod compiler;
 pub mod failure;

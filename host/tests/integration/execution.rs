@@ -224,7 +224,7 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
 
 /// What the host holds for a guest outside its linear memory (header maps
 /// here: wasi:http lets one hold 64 KiB) counts against the same memory
-/// limit, in resources of the guest's table (sandbox/guest.rs), so a guest
+/// limit, in resources of the guest's table (sandbox/resources.rs), so a guest
 /// that hoards them fails its own job and the worker keeps its memory.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_hoarding_host_resources_fails_its_job_with_memory_limit() {

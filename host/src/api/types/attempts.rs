@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::micros_as_millis;
 use crate::job::AttemptOutcome;
 use crate::store::AttemptRecord;
 
@@ -95,19 +96,23 @@ impl From<AttemptRecord> for AttemptView {
             requests,
             requests_dropped,
         } = record;
-        let error = end.error();
+        let outcome = end.outcome();
+        let (error_kind, error_message) = match end.into_error() {
+            Some(error) => (Some(error.kind), Some(error.message)),
+            None => (None, None),
+        };
         Self {
             attempt,
             lease_token,
             worker_id,
             started_at,
             finished_at,
-            outcome: end.outcome(),
-            error_kind: error.map(|error| error.kind.clone()),
-            error_message: error.map(|error| error.message.clone()),
+            outcome,
+            error_kind,
+            error_message,
             fuel_consumed,
             memory_bytes,
-            duration_ms: duration_us.map(|us| us as f64 / 1000.0),
+            duration_ms: duration_us.map(micros_as_millis),
             logs,
             logs_dropped,
             requests,

@@ -92,12 +92,12 @@ impl ToSchema for RateSpec {
 
 impl PartialSchema for RetentionSpec {
     fn schema() -> RefOr<Schema> {
-        let keep = |state| {
+        let keep = |description| {
             property(
                 [Type::String, Type::Null]
                     .into_iter()
                     .collect::<SchemaType>(),
-                state,
+                description,
             )
         };
         closed_object(

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use taskflow::api::types::AttemptView;
-use taskflow::api::types::{JobView, JsonText, SubmitJob};
+use taskflow::api::types::{AttemptView, JobView, JsonText, SubmitJob};
 use taskflow::job::JobState;
 use uuid::Uuid;
 
