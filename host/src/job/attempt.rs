@@ -253,16 +253,6 @@ impl RecordedEnd {
     }
 
     /// The error that ended it; `None` for a success.
-    pub fn into_error(self) -> Option<RecordedError> {
-        match self {
-            RecordedEnd::Succeeded => None,
-            RecordedEnd::Failed(error)
-            | RecordedEnd::LeaseExpired(error)
-            | RecordedEnd::Cancelled(error) => Some(error),
-        }
-    }
-
-    /// The error that ended it, borrowed; `None` for a success.
     pub fn error(&self) -> Option<&RecordedError> {
         match self {
             RecordedEnd::Succeeded => None,

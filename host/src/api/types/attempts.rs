@@ -97,10 +97,9 @@ impl From<AttemptRecord> for AttemptView {
             requests_dropped,
         } = record;
         let outcome = end.outcome();
-        let (error_kind, error_message) = match end.into_error() {
-            Some(error) => (Some(error.kind), Some(error.message)),
-            None => (None, None),
-        };
+        let error = end.error();
+        let error_kind = error.map(|error| error.kind.clone());
+        let error_message = error.map(|error| error.message.clone());
         Self {
             attempt,
             lease_token,
