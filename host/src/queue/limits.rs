@@ -1,8 +1,9 @@
 //! How a queue's jobs may start: at most so many running at once across the
 //! cluster (in all, and per concurrency key), and at most so many starts in
 //! any window of a period. A queue with no limits claims as it always did;
-//! one with limits is claimed under its row lock (`Store::claim_limited` in
-//! store/claim.rs), so the limits hold whatever the number of workers.
+//! one with limits reserves its places under its row lock before it claims
+//! (`Store::claim_limited` in store/claim.rs), so the limits hold whatever
+//! the number of workers.
 
 use std::num::NonZeroU32;
 use std::time::Duration;

@@ -5,17 +5,23 @@
 //! Two paths. A queue with no limits (most of them, and every queue never
 //! configured) is claimed by one statement that never waits for another
 //! worker ([`Store::claim`]'s plain path). A queue that is paused or has
-//! limits (`queues.limited`, queue/limits.rs) is claimed by one call of a
-//! PL/pgSQL function that first locks the queue's row, then works out what
-//! its limits leave from statements whose snapshots are taken after the
-//! lock ([`claim_limited`]), so the lock is held for the claim and its
-//! commit only: limited claims of one queue run one at a time, so two
-//! workers can never both see the last free slot. A rate is counted in
-//! buckets ([`RATE_BUCKETS`]), and `max_running` against an upper bound of
-//! the running jobs kept in the queue's row (`running_bound`: the last
-//! count plus every job claimed since; every write of the queue's settings
-//! clears it, and the next limited claim counts), so a claim's cost grows
-//! neither with the rate nor with the jobs running.
+//! limits (`queues.limited`, queue/limits.rs) is claimed in two short
+//! transactions ([`Store::reserve_places`], then [`Store::claim_reserved`]):
+//! the first locks the queue's row, works out what its limits leave from
+//! statements whose snapshots are taken after the lock, reserves that many
+//! places and commits; the second claims up to them without the queue's
+//! lock. So the limited claims of one queue take turns only for the few
+//! small writes of a reservation, never for each other's update of the jobs
+//! they claim, and two workers can never both see the last free slot. A
+//! rate is counted in buckets ([`RATE_BUCKETS`]), and `max_running` against
+//! an upper bound of the running jobs kept in the queue's row
+//! (`running_bound`: the last count plus every place reserved since; every
+//! write of the queue's settings clears it, and the next reservation
+//! counts), so a claim's cost grows neither with the rate nor with the jobs
+//! running. How reservations expire, are counted and give back what they did
+//! not use is in migrations/20261213000001_claim_reservations.sql. A queue
+//! with a per-key limit is claimed in one transaction under the row's lock
+//! (`claim_limited_jobs`), since its count is per key.
 //!
 //! The plain statement skips a limited queue, so a worker that still
 //! thinks a queue unlimited cannot overrun a limit set since; it finds out
@@ -27,7 +33,8 @@
 //! exclusively (`lock_queue_settings` in queues.rs): a limit or a pause
 //! waits for the plain claims past the gate to commit, and the plain claims
 //! behind it see it. So the first limited claim after a limit counts every
-//! job a plain claim started.
+//! job a plain claim started. The write also deletes the queue's
+//! reservations, waiting for the claims of those already taken up.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -156,6 +163,25 @@ const RATE_BUCKETS: i32 = 20;
 /// and so skipped) takes the rest.
 const PER_KEY_LOOKAHEAD: i32 = 16;
 
+/// How long a reservation's places wait for their claim (at most one rate
+/// bucket, on a queue with a rate). The claim follows at once, so only a
+/// worker that stalls or dies between the two runs past it; its places come
+/// back with the first reservation after that.
+pub const RESERVATION_EXPIRY: Duration = Duration::from_secs(2);
+
+/// What [`Store::reserve_places`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The queue has no limits (any more): claim it on the plain path.
+    Unlimited,
+    /// The queue has a per-key limit: claim it under its row lock.
+    Keyed,
+    /// The queue is paused, full, or has no job waiting.
+    Nothing,
+    /// Places reserved, by the reservation's id.
+    Places(i64),
+}
+
 impl Store {
     /// Claims up to `limit` due jobs of `queue` for `worker_id`, in priority
     /// order, and leases each for `lease_ttl`, taking `path` first (see the
@@ -264,13 +290,98 @@ impl Store {
         )
     }
 
-    /// The limited path: one call of `claim_limited_jobs` (its latest
-    /// version in migrations/20261212000001_plain_claim_gate.sql),
-    /// which locks the queue's row, then, with snapshots taken after the
-    /// lock, claims what its limits leave, in one round trip and one
-    /// transaction; the lock serializes only the limited claims of this
-    /// queue.
+    /// The limited path. A queue without a per-key limit is claimed in two
+    /// short transactions, so that the queue's row is locked only for the
+    /// first: `reserve_claim_places` works out what the limits leave under
+    /// the row's lock and reserves that many places, then
+    /// `claim_reserved_jobs` claims up to them without it (both in
+    /// migrations/20261213000001_claim_reservations.sql, which says how
+    /// reservations are folded back, expire and are counted). A queue with a
+    /// per-key limit is claimed under the row's lock ([`Self::claim_locked`]).
     async fn claim_limited(
+        &self,
+        queue: &str,
+        worker_id: &str,
+        limit: usize,
+        lease_ttl: Duration,
+    ) -> StoreResult<Claimed> {
+        let jobs = match self.reserve_places(queue, limit).await? {
+            Reservation::Unlimited => {
+                return self
+                    .claim_after_limits_lifted(queue, worker_id, limit, lease_ttl)
+                    .await;
+            }
+            Reservation::Keyed => {
+                return self.claim_locked(queue, worker_id, limit, lease_ttl).await;
+            }
+            Reservation::Nothing => Vec::new(),
+            Reservation::Places(reservation) => {
+                self.claim_reserved(reservation, worker_id, lease_ttl)
+                    .await?
+            }
+        };
+        Ok(Claimed {
+            jobs,
+            next_path: ClaimPath::Limited,
+        })
+    }
+
+    /// Reserves places for a claim of up to `limit` jobs of `queue`: the
+    /// first step of the limited path (public so that tests can stop a
+    /// claim between its steps, as a stalled worker does).
+    pub async fn reserve_places(&self, queue: &str, limit: usize) -> StoreResult<Reservation> {
+        super::statement("reserve_claim_places");
+        let row = sqlx::query!(
+            r#"SELECT unlimited AS "unlimited!", keyed AS "keyed!", reservation
+             FROM reserve_claim_places($1, $2, $3, $4)"#,
+            queue,
+            limit as i64,
+            RATE_BUCKETS,
+            millis(RESERVATION_EXPIRY) as f64
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            None => Reservation::Nothing,
+            Some(row) if row.unlimited => Reservation::Unlimited,
+            Some(row) if row.keyed => Reservation::Keyed,
+            Some(row) => row
+                .reservation
+                .map_or(Reservation::Nothing, Reservation::Places),
+        })
+    }
+
+    /// Claims up to the places of `reservation`, leased for `lease_ttl`:
+    /// the second step of the limited path. Nothing once the reservation
+    /// has expired or is gone.
+    pub async fn claim_reserved(
+        &self,
+        reservation: i64,
+        worker_id: &str,
+        lease_ttl: Duration,
+    ) -> StoreResult<Vec<ClaimedJob>> {
+        super::statement("claim_reserved_jobs");
+        let rows = sqlx::query_as!(
+            ClaimRow,
+            "SELECT id, module_hash, queue, input, attempt, attempt_base, max_attempts,
+                    timeout_ms, fuel, memory_limit_bytes, lease_token, attempted_at, run_at
+             FROM claim_reserved_jobs($1, $2, $3)",
+            reservation,
+            worker_id,
+            millis(lease_ttl) as f64
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().filter_map(ClaimRow::job).collect())
+    }
+
+    /// The locked claim, for a queue with a per-key limit: one call of
+    /// `claim_limited_jobs` (its latest version in
+    /// migrations/20261213000001_claim_reservations.sql), which locks the
+    /// queue's row, then, with snapshots taken after the lock, claims what
+    /// its limits leave, in one round trip and one transaction; the lock
+    /// serializes the limited claims of this queue.
+    async fn claim_locked(
         &self,
         queue: &str,
         worker_id: &str,
@@ -296,19 +407,32 @@ impl Store {
         // of `NULL`s (its `unlimited` column set), and a claimed job's row
         // always has an id.
         if rows.first().is_some_and(|row| row.id.is_none()) {
-            // The limits were lifted since this worker last looked.
-            let jobs = self
-                .claim_unlimited(queue, worker_id, limit, lease_ttl)
-                .await?;
-            return Ok(Claimed {
-                jobs,
-                next_path: ClaimPath::Plain,
-            });
+            return self
+                .claim_after_limits_lifted(queue, worker_id, limit, lease_ttl)
+                .await;
         }
         let jobs = rows.into_iter().filter_map(ClaimRow::job).collect();
         Ok(Claimed {
             jobs,
             next_path: ClaimPath::Limited,
+        })
+    }
+
+    /// The plain claim, for a queue whose limits were lifted since this
+    /// worker last looked.
+    async fn claim_after_limits_lifted(
+        &self,
+        queue: &str,
+        worker_id: &str,
+        limit: usize,
+        lease_ttl: Duration,
+    ) -> StoreResult<Claimed> {
+        let jobs = self
+            .claim_unlimited(queue, worker_id, limit, lease_ttl)
+            .await?;
+        Ok(Claimed {
+            jobs,
+            next_path: ClaimPath::Plain,
         })
     }
 

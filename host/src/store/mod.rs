@@ -55,7 +55,7 @@ use uuid::Uuid;
 use crate::job::JobState;
 
 pub use actions::CancelOutcome;
-pub use claim::{ClaimPath, Claimed, ClaimedJob};
+pub use claim::{ClaimPath, Claimed, ClaimedJob, RESERVATION_EXPIRY, Reservation};
 pub use console_sessions::ConsoleSession;
 pub use dead_letters::DeadLetterGroup;
 pub use execution::{FinishedAttempt, LeaseRef};

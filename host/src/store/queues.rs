@@ -112,6 +112,7 @@ impl Store {
         .fetch_optional(tx.statements())
         .await?
         .ok_or_else(|| StoreError::QueueChanged(name.to_owned()))?;
+        delete_reservations(&mut tx, name).await?;
         let kept: Vec<String> = settings.secrets.keys().cloned().collect();
         sqlx::query!(
             "DELETE FROM queue_secrets WHERE queue = $1 AND NOT (name = ANY($2))",
@@ -182,6 +183,7 @@ impl Store {
         )
         .execute(tx.statements())
         .await?;
+        delete_reservations(&mut tx, name).await?;
         tx.commit().await?;
         self.queue(name).await
     }
@@ -393,5 +395,18 @@ async fn lock_queue_settings(tx: &mut Transaction<'_>, name: &str) -> StoreResul
     )
     .fetch_one(tx.statements())
     .await?;
+    Ok(())
+}
+
+/// Deletes the reservations of queue `name` (claim.rs), once the write
+/// holds the queue's row: it waits for the claims that locked their
+/// reservation first, and any other claim finds its reservation gone and
+/// claims nothing. So no claim starts a job under settings older than the
+/// write's, and no reservation returns its unused places to rate buckets
+/// the write has renumbered.
+async fn delete_reservations(tx: &mut Transaction<'_>, name: &str) -> StoreResult<()> {
+    sqlx::query!("DELETE FROM claim_reservations WHERE queue = $1", name)
+        .execute(tx.statements())
+        .await?;
     Ok(())
 }
