@@ -24,8 +24,8 @@
 -- A claimer that stalls or dies between the two leaves its reservation
 -- unclaimed. Once it expires, its claim takes nothing, and the next
 -- reservation deletes it and returns its places. A claim that locked the
--- reservation's row before that commits before the deletion goes on, and
--- is then folded as done.
+-- reservation's row in time keeps it: the fold skips a locked row (counted
+-- as unclaimed meanwhile) and folds it as done once the claim commits.
 --
 -- A count (when the bound leaves no room) adds to the running jobs, in
 -- the same snapshot, every place a reservation holds and has not used: a
@@ -134,7 +134,6 @@ DECLARE
     moved_buckets bigint[];
     moved_counts int[];
     running_now bigint;
-    counted_now boolean := false;
     reserved_at timestamptz;
     expires timestamptz;
     now_bucket bigint;
@@ -159,10 +158,17 @@ BEGIN
     END IF;
     bucket_ms := lim.rate_period_ms::float8 / p_buckets;
 
+    -- A reservation whose claim holds its row (a claim that locked it just
+    -- before it expired) is left for a later fold, not waited for: until
+    -- then it counts as unclaimed.
     folded_at := clock_timestamp();
-    WITH folded AS (
-        DELETE FROM claim_reservations r
+    WITH done AS (
+        SELECT r.id FROM claim_reservations r
         WHERE r.queue = p_queue AND (r.started IS NOT NULL OR r.expires_at < folded_at)
+        FOR UPDATE SKIP LOCKED
+    ),
+    folded AS (
+        DELETE FROM claim_reservations r USING done WHERE r.id = done.id
         RETURNING r.rate_bucket, r.places, COALESCE(r.started, 0) AS started, r.started_at
     ),
     moves AS (
@@ -173,18 +179,23 @@ BEGIN
         FROM folded f
         WHERE f.rate_bucket IS NOT NULL AND f.started > 0
     )
-    SELECT (SELECT COALESCE(sum(f.places - f.started), 0) FROM folded f),
-           (SELECT array_agg(m.b) FROM moves m), (SELECT array_agg(m.c) FROM moves m)
+    SELECT (SELECT COALESCE(sum(f.places - f.started), 0) FROM folded f), m.buckets, m.counts
+    FROM (SELECT array_agg(m.b) AS buckets, array_agg(m.c) AS counts FROM moves m) AS m
     INTO returned, moved_buckets, moved_counts;
 
     -- Each statement below takes its snapshot after the lock was granted.
-    IF lim.max_running IS NOT NULL THEN
+    -- Nothing is reserved, or counted, while no job waits: polling an idle
+    -- queue writes nothing. Places a claim then finds no job for come back
+    -- at the next fold.
+    IF NOT EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'available' AND j.queue = p_queue) THEN
+        budget := 0;
+        running_now := lim.running_bound - returned;
+    ELSIF lim.max_running IS NOT NULL THEN
         IF lim.running_bound IS NOT NULL
            AND lim.running_bound - returned + p_limit <= lim.max_running THEN
             running_now := lim.running_bound - returned;
         ELSE
             running_now := running_or_reserved(p_queue);
-            counted_now := true;
         END IF;
         budget := LEAST(budget, lim.max_running - running_now);
     END IF;
@@ -200,13 +211,7 @@ BEGIN
                                moved_counts, now_bucket - p_buckets) r, unnest(r.counts) AS c;
         budget := LEAST(budget, lim.rate_limit - window_starts);
     END IF;
-    -- Nothing reserved while no job waits, so that polling an idle queue
-    -- writes nothing. Places a claim then finds no job for come back at
-    -- the next reservation.
-    IF budget <= 0 OR NOT EXISTS (
-           SELECT 1 FROM jobs j WHERE j.state = 'available' AND j.queue = p_queue) THEN
-        budget := 0;
-    END IF;
+    budget := GREATEST(budget, 0);
 
     IF budget > 0 THEN
         INSERT INTO claim_reservations (queue, places, rate_bucket, expires_at)
@@ -215,9 +220,10 @@ BEGIN
         RETURN QUERY SELECT false, false, new_id;
     END IF;
 
-    -- An idle poll that took the bound and folded nothing leaves the row
-    -- as it was: no new version of it each poll.
-    IF budget = 0 AND NOT counted_now AND returned = 0 AND moved_buckets IS NULL THEN
+    -- A poll that reserved and folded nothing leaves the row as it was: no
+    -- new version of it each poll of an idle or a full queue. (A count it
+    -- made is not kept: it left no room, so the next poll counts again.)
+    IF budget = 0 AND returned = 0 AND moved_buckets IS NULL THEN
         RETURN;
     END IF;
     UPDATE queues SET
@@ -271,9 +277,11 @@ END
 $fn$;
 
 -- The locked claim, now taken by queues with a per-key limit only, as in
--- migration 20261212000001 except that its count adds the places of
--- reservations (a worker may get here for a queue whose per-key limit was
--- lifted since it looked).
+-- migration 20261212000001 except that the count of a queue without one
+-- adds the places of reservations (a worker may get here for a queue whose
+-- per-key limit was lifted since it looked; a queue with one has no
+-- reservations), and that it starts its jobs through start_claimed_jobs
+-- and counts its starts through rate_counts_added.
 CREATE OR REPLACE FUNCTION claim_limited_jobs(p_queue text, p_worker text, p_limit bigint,
                                    p_ttl_ms float8, p_lookahead int, p_buckets int)
 RETURNS TABLE (unlimited boolean, id uuid, module_hash text, queue text, input bytea,

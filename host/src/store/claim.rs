@@ -136,7 +136,9 @@ pub enum ClaimPath {
     /// One statement, no lock (the queue is unlimited, as far as known).
     #[default]
     Plain,
-    /// Under the queue's row lock, counting its limits.
+    /// Counting its limits under the queue's row lock: places reserved in
+    /// one short transaction, then claimed in another (or, with a per-key
+    /// limit, claimed in the same one).
     Limited,
 }
 
@@ -151,10 +153,12 @@ pub struct Claimed {
 
 /// How many buckets a rate period is counted in. A start at time `t` counts
 /// in bucket `floor(t / (period / RATE_BUCKETS))`; a claim at `t` counts
-/// every start in the buckets from the one holding `t - period` to its own,
-/// which holds every start of the window `(t - period, t]` and perhaps a
-/// few older ones. So it never admits more than the rate, and admits at
-/// least `RATE_BUCKETS / (RATE_BUCKETS + 1)` of it over a full window.
+/// every start in the buckets from the one holding `t - period` on (later
+/// ones hold the places of reservations in flight, counted at their
+/// expiry), which holds every start of the window `(t - period, t]` and
+/// perhaps a few older ones. So it never admits more than the rate, and,
+/// while no reservation is in flight, at least
+/// `RATE_BUCKETS / (RATE_BUCKETS + 1)` of it over a full window.
 const RATE_BUCKETS: i32 = 20;
 
 /// How far past its free slots a per-key claim looks for jobs of keys
@@ -163,10 +167,12 @@ const RATE_BUCKETS: i32 = 20;
 /// and so skipped) takes the rest.
 const PER_KEY_LOOKAHEAD: i32 = 16;
 
-/// How long a reservation's places wait for their claim (at most one rate
-/// bucket, on a queue with a rate). The claim follows at once, so only a
-/// worker that stalls or dies between the two runs past it; its places come
-/// back with the first reservation after that.
+/// How long a reservation's places wait for their claim. The claim follows
+/// at once, so only a worker that stalls or dies between the two runs past
+/// it; its places come back with the first reservation after that. On a
+/// queue with a rate, its places count as starts in the bucket of its expiry
+/// until they are folded, so a longer expiry would hold back more of the
+/// rate while claims are in flight.
 pub const RESERVATION_EXPIRY: Duration = Duration::from_secs(2);
 
 /// What [`Store::reserve_places`] got.
@@ -297,7 +303,9 @@ impl Store {
     /// `claim_reserved_jobs` claims up to them without it (both in
     /// migrations/20261213000001_claim_reservations.sql, which says how
     /// reservations are folded back, expire and are counted). A queue with a
-    /// per-key limit is claimed under the row's lock ([`Self::claim_locked`]).
+    /// per-key limit is claimed under the row's lock ([`Self::claim_locked`]),
+    /// after the reservation's call has said so: a round trip more than
+    /// before reservations, on a path that counts at every claim anyway.
     async fn claim_limited(
         &self,
         queue: &str,

@@ -35,6 +35,11 @@ async fn a_count_sees_the_places_of_a_reservation_not_yet_claimed() {
     // five: it counts, and finds no job running but two places reserved.
     assert_eq!(claim(&store, "w2", 5).await.len(), 1);
     assert_eq!(claim_reserved(&store, stalled).await, 2);
+    assert_eq!(
+        claim_reserved(&store, stalled).await,
+        0,
+        "one claim per reservation"
+    );
     assert_eq!(running(&store).await, 3);
     app.finish().await;
 }
@@ -59,6 +64,39 @@ async fn a_reservation_left_unclaimed_expires_and_its_places_come_back() {
         "the places came back"
     );
     assert_eq!(claim_reserved(&store, stalled).await, 0);
+    assert_eq!(running(&store).await, 3);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reservation_does_not_wait_for_a_claim_that_holds_an_expired_reservation() {
+    let (app, store) = limited_store(json!({"max_running": 3}), jobs_keyed(&[None; 10])).await;
+    let slow = reserve(&store, 3).await;
+    // The claim takes up its reservation in time, then waits for the held
+    // transaction at its first `nextval('lease_tokens')` until long after
+    // the reservation has expired.
+    let mut tokens = app
+        .db
+        .begin_held("ALTER SEQUENCE lease_tokens INCREMENT BY 1")
+        .await
+        .unwrap();
+    let slow_claim = tokio::spawn({
+        let store = store.clone();
+        async move { claim_reserved(&store, slow).await }
+    });
+    tokens.until_waiting(1).await.unwrap();
+    tokio::time::sleep(RESERVATION_EXPIRY + Duration::from_millis(100)).await;
+
+    // The next reservation leaves it unfolded, counted as three places.
+    tokio::select! {
+        taken = claim(&store, "w2", 3) => assert!(taken.is_empty(), "took {}", taken.len()),
+        waited = tokens.until_waiting(2) => panic!(
+            "a reservation waited for a claim under way, holding the queue's row: {waited:?}"
+        ),
+    }
+    tokens.commit().await.unwrap();
+    assert_eq!(slow_claim.await.unwrap(), 3);
+    assert!(claim(&store, "w2", 3).await.is_empty());
     assert_eq!(running(&store).await, 3);
     app.finish().await;
 }
