@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskflow::store::{RESERVATION_EXPIRY, Reservation, Store};
+use taskflow_testkit::HeldTransaction;
+use tokio::task::JoinHandle;
 
 use super::{TTL, claim, jobs_keyed, limited_store, running};
+use crate::support::TestApp;
 
 /// Reserves places for a claim of up to `limit` jobs of `default`.
 async fn reserve(store: &Store, limit: usize) -> i64 {
@@ -25,6 +28,27 @@ async fn claim_reserved(store: &Store, reservation: i64) -> usize {
         .await
         .unwrap()
         .len()
+}
+
+/// The claim of `reservation`, held after it has locked its reservation and
+/// before it starts any job: the held transaction's `ALTER SEQUENCE` makes
+/// its first `nextval('lease_tokens')` wait until the transaction ends.
+async fn a_held_claim(
+    app: &TestApp,
+    store: &Store,
+    reservation: i64,
+) -> (HeldTransaction, JoinHandle<usize>) {
+    let mut tokens = app
+        .db
+        .begin_held("ALTER SEQUENCE lease_tokens INCREMENT BY 1")
+        .await
+        .unwrap();
+    let claim = tokio::spawn({
+        let store = store.clone();
+        async move { claim_reserved(&store, reservation).await }
+    });
+    tokens.until_waiting(1).await.unwrap();
+    (tokens, claim)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,19 +96,9 @@ async fn a_reservation_left_unclaimed_expires_and_its_places_come_back() {
 async fn a_reservation_does_not_wait_for_a_claim_that_holds_an_expired_reservation() {
     let (app, store) = limited_store(json!({"max_running": 3}), jobs_keyed(&[None; 10])).await;
     let slow = reserve(&store, 3).await;
-    // The claim takes up its reservation in time, then waits for the held
-    // transaction at its first `nextval('lease_tokens')` until long after
-    // the reservation has expired.
-    let mut tokens = app
-        .db
-        .begin_held("ALTER SEQUENCE lease_tokens INCREMENT BY 1")
-        .await
-        .unwrap();
-    let slow_claim = tokio::spawn({
-        let store = store.clone();
-        async move { claim_reserved(&store, slow).await }
-    });
-    tokens.until_waiting(1).await.unwrap();
+    // The claim takes up its reservation in time, then is held until long
+    // after the reservation has expired.
+    let (mut tokens, slow_claim) = a_held_claim(&app, &store, slow).await;
     tokio::time::sleep(RESERVATION_EXPIRY + Duration::from_millis(100)).await;
 
     // The next reservation leaves it unfolded, counted as three places.
@@ -133,18 +147,7 @@ async fn a_pause_waits_for_a_reserved_claim_under_way_and_revokes_the_other_rese
     let (app, store) = limited_store(json!({"max_running": 10}), jobs_keyed(&[None; 10])).await;
     let under_way = reserve(&store, 3).await;
     let revoked = reserve(&store, 3).await;
-    // The claim of the first locks its reservation, then waits for the
-    // held transaction at its first `nextval('lease_tokens')`.
-    let mut tokens = app
-        .db
-        .begin_held("ALTER SEQUENCE lease_tokens INCREMENT BY 1")
-        .await
-        .unwrap();
-    let claim = tokio::spawn({
-        let store = store.clone();
-        async move { claim_reserved(&store, under_way).await }
-    });
-    tokens.until_waiting(1).await.unwrap();
+    let (mut tokens, claim) = a_held_claim(&app, &store, under_way).await;
 
     let mut pause = Box::pin(store.set_queue_paused("default", true));
     tokio::select! {
