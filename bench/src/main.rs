@@ -91,9 +91,9 @@ pub enum Scenario {
     SubmitBatch,
     /// Drain 20,000 queued no-op jobs with the API and 2 workers.
     Drain,
-    /// The drain five times each, alternately without limits and with
-    /// `max_running` and a rate set far above it: the cost of a limited
-    /// claim.
+    /// The drain six times each, in pairs without limits and with
+    /// `max_running` and a rate set far above it (which side drains first
+    /// alternates): the cost of a limited claim.
     DrainLimited,
     /// Enqueue-to-start latency at 200 jobs/s for 20 s.
     Latency,
