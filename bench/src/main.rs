@@ -263,10 +263,37 @@ fn print_table(rows: &[(Scenario, Vec<Vec<Figure>>)]) {
     }
 }
 
+/// A figure of a hundred or more as a whole number, a smaller one to two
+/// decimals, and one under 0.1 to three significant digits: per-job counts
+/// such as claims or commits per job (a few hundredths) would otherwise
+/// round away the difference between two runs.
 fn format_value(value: f64) -> String {
     if value >= 100.0 {
         format!("{value:.0}")
-    } else {
+    } else if value == 0.0 || value.abs() >= 0.1 || !value.is_finite() {
         format!("{value:.2}")
+    } else {
+        let decimals = (2.0 - value.abs().log10().floor()) as usize;
+        format!("{value:.decimals$}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_value;
+
+    #[test]
+    fn small_per_job_counts_keep_three_significant_digits() {
+        assert_eq!(format_value(0.0238), "0.0238");
+        assert_eq!(format_value(0.05), "0.0500");
+        assert_eq!(format_value(0.001234), "0.00123");
+    }
+
+    #[test]
+    fn larger_figures_keep_their_usual_precision() {
+        assert_eq!(format_value(0.0), "0.00");
+        assert_eq!(format_value(0.5), "0.50");
+        assert_eq!(format_value(42.25), "42.25");
+        assert_eq!(format_value(12_345.6), "12346");
     }
 }
