@@ -10,7 +10,7 @@ use taskflow::queue::RateSpec;
 use taskflow_testkit::percentile;
 
 use super::Figure;
-use super::cluster::Target;
+use super::cluster::{Deployment, Target};
 use super::scenarios::{
     cores, cpu_budget, job, redis_commands_since, wait_succeeded, warm_deployment,
 };
@@ -37,14 +37,53 @@ pub(crate) struct Drained {
     /// PostgreSQL commits per drained job (every client's).
     pub commits_per_job: f64,
     /// The workers' store calls per drained job.
-    pub calls_per_job: f64,
-    /// The workers' claims per drained job.
-    pub claims_per_job: f64,
+    pub calls_per_job: WorkerCalls,
     /// CPU time per drained job, in microseconds: the workers' and
     /// PostgreSQL's (every process of it).
     pub cpu_micros_per_job: CpuPerJob,
     /// How fast the pruner deleted [`DrainSetup::expired_jobs`].
     pub pruning: Option<PruneRates>,
+}
+
+/// The workers' store calls (from their `taskflow_db_calls_total`), in all
+/// and of the statements that a limited claim changes: claims, the
+/// reservations before them, and the completions that follow.
+#[derive(Clone, Copy)]
+pub(crate) struct WorkerCalls {
+    pub all: f64,
+    pub claims: f64,
+    pub reservations: f64,
+    pub completions: f64,
+}
+
+impl WorkerCalls {
+    async fn read(deployment: &Deployment) -> anyhow::Result<Self> {
+        Ok(Self {
+            all: deployment.worker_db_calls().await? as f64,
+            claims: deployment.worker_db_calls_of("claim").await? as f64,
+            reservations: deployment.worker_db_calls_of("reserve").await? as f64,
+            completions: deployment.worker_db_calls_of("finish").await? as f64,
+        })
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            all: self.all - before.all,
+            claims: self.claims - before.claims,
+            reservations: self.reservations - before.reservations,
+            completions: self.completions - before.completions,
+        }
+    }
+
+    fn per_job(&self, jobs: usize) -> Self {
+        let jobs = jobs as f64;
+        Self {
+            all: self.all / jobs,
+            claims: self.claims / jobs,
+            reservations: self.reservations / jobs,
+            completions: self.completions / jobs,
+        }
+    }
 }
 
 /// Where a drained job's CPU time went, in microseconds.
@@ -142,25 +181,43 @@ pub(crate) async fn drain_limited(target: &Target, count: usize) -> anyhow::Resu
         ),
         Figure::new(
             "worker database calls per job, no limits",
-            without.calls_per_job,
+            without.calls_per_job.all,
             "calls",
             "report",
         ),
         Figure::new(
             "worker database calls per job, limited",
-            with_limits.calls_per_job,
+            with_limits.calls_per_job.all,
             "calls",
             "report",
         ),
         Figure::new(
             "worker claims per job, no limits",
-            without.claims_per_job,
+            without.calls_per_job.claims,
             "calls",
             "report",
         ),
         Figure::new(
             "worker claims per job, limited",
-            with_limits.claims_per_job,
+            with_limits.calls_per_job.claims,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "worker reservations per job, limited",
+            with_limits.calls_per_job.reservations,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "worker completion statements per job, no limits",
+            without.calls_per_job.completions,
+            "calls",
+            "report",
+        ),
+        Figure::new(
+            "worker completion statements per job, limited",
+            with_limits.calls_per_job.completions,
             "calls",
             "report",
         ),
@@ -308,10 +365,9 @@ pub(crate) async fn drain(
     // workers' polls meanwhile (every 100 ms for a limited queue, every
     // second otherwise) are not counted as the drain's.
     sleep_until(run_at - chrono::Duration::milliseconds(100)).await;
-    let (commits_before, calls_before, claims_before, statements_before) = (
+    let (commits_before, calls_before, statements_before) = (
         deployment.store().commits().await?,
-        deployment.worker_db_calls().await?,
-        deployment.worker_db_calls_of("claim").await?,
+        WorkerCalls::read(&deployment).await?,
         deployment.store().statements_run().await,
     );
     // Nothing starts before the jobs fall due: the pruner's rate is
@@ -348,8 +404,10 @@ pub(crate) async fn drain(
     let workers = deployment.workers_usage().since(workers_before);
     let (postgres, redis) = Servers::read().since(&servers_before);
     let redis_calls = redis_commands_since(target, redis_before).await?;
-    let calls = deployment.worker_db_calls().await? - calls_before;
-    let claims = deployment.worker_db_calls_of("claim").await? - claims_before;
+    let calls = WorkerCalls::read(&deployment)
+        .await?
+        .since(&calls_before)
+        .per_job(count);
     let pruning = if setup.expired_jobs > 0 {
         let while_draining = (expired_before - operations::expired_left(deployment.store()).await?)
             as f64
@@ -390,7 +448,7 @@ pub(crate) async fn drain(
     figures.extend([
         Figure::new(
             "worker database calls per job",
-            calls as f64 / count as f64,
+            calls.all,
             "calls",
             "report",
         ),
@@ -422,8 +480,7 @@ pub(crate) async fn drain(
         figures,
         jobs_per_second: count as f64 / drained_s,
         commits_per_job: commits as f64 / count as f64,
-        calls_per_job: calls as f64 / count as f64,
-        claims_per_job: claims as f64 / count as f64,
+        calls_per_job: calls,
         cpu_micros_per_job: CpuPerJob {
             workers: workers.cpu_micros_per(count),
             postgres: postgres.cpu_micros_per(count),

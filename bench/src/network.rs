@@ -192,7 +192,7 @@ pub async fn network(
             ),
             Figure::new(
                 format!("{label}: worker database calls per drained job"),
-                drained.calls_per_job,
+                drained.calls_per_job.all,
                 "calls",
                 "report",
             ),
