@@ -36,7 +36,7 @@ pub(crate) struct Drained {
     pub jobs_per_second: f64,
     /// PostgreSQL commits per drained job (every client's).
     pub commits_per_job: f64,
-    /// The workers' store calls per drained job.
+    /// The workers' store calls per drained job, in all and by statement.
     pub calls_per_job: WorkerCalls,
     /// CPU time per drained job, in microseconds: the workers' and
     /// PostgreSQL's (every process of it).
@@ -51,8 +51,11 @@ pub(crate) struct Drained {
 #[derive(Clone, Copy)]
 pub(crate) struct WorkerCalls {
     pub all: f64,
+    /// Claim statements of either path (`claim_*`).
     pub claims: f64,
+    /// A limited claim's first step (`reserve_claim_places`).
     pub reservations: f64,
+    /// Batches of outcomes written (`finish_if_lease_matches`).
     pub completions: f64,
 }
 
