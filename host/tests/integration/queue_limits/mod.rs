@@ -7,6 +7,7 @@ mod reservations;
 mod running_bound;
 mod settings_during_claims;
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -15,7 +16,8 @@ use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::job::{JobState, NewJob};
 use taskflow::store::{AttemptSpan, ClaimPath, Store};
-use taskflow_testkit::{most_in_window, most_overlapping};
+use taskflow_testkit::{HeldTransaction, most_in_window, most_overlapping};
+use tokio::task::JoinHandle;
 
 use crate::support::{
     TestApp, assert_api_error, assert_state, eventually, new_job, success, test_database,
@@ -58,6 +60,24 @@ async fn claim(store: &Store, worker: &str, limit: usize) -> Vec<taskflow::store
 /// How many jobs run now.
 async fn running(store: &Store) -> i64 {
     store.count_jobs_in(JobState::Running).await.unwrap()
+}
+
+/// Runs `claim` in a task, held at its first `nextval('lease_tokens')`
+/// (after its snapshot and its row locks, before it starts a job): the
+/// returned transaction's `ALTER SEQUENCE` makes it wait until that
+/// transaction ends.
+async fn held_at_its_lease_tokens<T: Send + 'static>(
+    app: &TestApp,
+    claim: impl Future<Output = T> + Send + 'static,
+) -> (HeldTransaction, JoinHandle<T>) {
+    let mut tokens = app
+        .db
+        .begin_held("ALTER SEQUENCE lease_tokens INCREMENT BY 1")
+        .await
+        .unwrap();
+    let claim = tokio::spawn(claim);
+    tokens.until_waiting(1).await.unwrap();
+    (tokens, claim)
 }
 
 fn spans_overlapping(spans: &[AttemptSpan]) -> usize {

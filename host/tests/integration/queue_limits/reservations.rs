@@ -11,7 +11,7 @@ use taskflow::store::{RESERVATION_EXPIRY, Reservation, Store};
 use taskflow_testkit::HeldTransaction;
 use tokio::task::JoinHandle;
 
-use super::{TTL, claim, jobs_keyed, limited_store, running};
+use super::{TTL, claim, held_at_its_lease_tokens, jobs_keyed, limited_store, running};
 use crate::support::TestApp;
 
 /// Reserves places for a claim of up to `limit` jobs of `default`.
@@ -38,17 +38,12 @@ async fn a_held_claim(
     store: &Store,
     reservation: i64,
 ) -> (HeldTransaction, JoinHandle<usize>) {
-    let mut tokens = app
-        .db
-        .begin_held("ALTER SEQUENCE lease_tokens INCREMENT BY 1")
-        .await
-        .unwrap();
-    let claim = tokio::spawn({
-        let store = store.clone();
-        async move { claim_reserved(&store, reservation).await }
-    });
-    tokens.until_waiting(1).await.unwrap();
-    (tokens, claim)
+    let store = store.clone();
+    held_at_its_lease_tokens(
+        app,
+        async move { claim_reserved(&store, reservation).await },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use taskflow::store::{ClaimPath, ClaimedJob, Store};
 use taskflow_testkit::HeldTransaction;
 use tokio::task::JoinHandle;
 
-use super::{TTL, claim, jobs_keyed, limited_store, running};
+use super::{TTL, claim, held_at_its_lease_tokens, jobs_keyed, limited_store, running};
 use crate::support::TestApp;
 
 /// Six unlimited jobs on `default`, and a worker's plain claim of three of
@@ -21,16 +21,9 @@ use crate::support::TestApp;
 /// `nextval('lease_tokens')` wait.
 async fn a_held_plain_claim() -> (TestApp, Store, HeldTransaction, JoinHandle<Vec<ClaimedJob>>) {
     let (app, store) = limited_store(json!({}), jobs_keyed(&[None; 6])).await;
-    let mut tokens = app
-        .db
-        .begin_held("ALTER SEQUENCE lease_tokens INCREMENT BY 1")
-        .await
-        .unwrap();
-    let plain = tokio::spawn({
-        let store = store.clone();
-        async move { claim(&store, "plain", 3).await }
-    });
-    tokens.until_waiting(1).await.unwrap();
+    let claimer = store.clone();
+    let (tokens, plain) =
+        held_at_its_lease_tokens(&app, async move { claim(&claimer, "plain", 3).await }).await;
     (app, store, tokens, plain)
 }
 
