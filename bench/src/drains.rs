@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use taskflow::api::types::{PutQueue, SubmitBatch, SubmitJob};
 use taskflow::queue::RateSpec;
-use taskflow_testkit::percentile;
+use taskflow_testkit::median;
 
 use super::Figure;
 use super::cluster::{Deployment, Target};
@@ -274,7 +274,7 @@ pub(crate) async fn drain_limited(target: &Target, count: usize) -> anyhow::Resu
         ),
         Figure::new(
             "limited / unlimited, median of the pairs",
-            percentile(&ratios, 50.0),
+            median(&ratios),
             "ratio",
             "≥ 0.9",
         ),
@@ -282,7 +282,7 @@ pub(crate) async fn drain_limited(target: &Target, count: usize) -> anyhow::Resu
         // as on two cores: it moves far less with the machine's noise.
         Figure::new(
             "CPU per job (workers + PostgreSQL), unlimited / limited, median of the pairs",
-            percentile(&cpu_ratios, 50.0),
+            median(&cpu_ratios),
             "ratio",
             "report",
         ),

@@ -92,7 +92,7 @@ async fn per_request(
     }
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
-        taskflow_testkit::percentile(&values, 50.0)
+        taskflow_testkit::median(&values)
     };
     let of = |spent: &[Spent], field: fn(&Spent) -> f64| median(spent.iter().map(field).collect());
     let difference = median(

@@ -254,7 +254,7 @@ fn print_table(rows: &[(Scenario, Vec<Vec<Figure>>)]) {
                 "| {scenario:?} | {} | {} | {} | {} | {} | {} |",
                 figure.name,
                 format_value(values[0]),
-                format_value(values[values.len() / 2]),
+                format_value(taskflow_testkit::median(&values)),
                 format_value(values[values.len() - 1]),
                 figure.unit,
                 figure.target

@@ -128,6 +128,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// The median of `sorted` (ascending): its middle value, or the mean of its
+/// two middle values when it holds an even number; NaN when it is empty.
+/// For the few values of a benchmark's pairs or runs, where the 50th
+/// percentile by nearest rank ([`percentile`]) would take the lower of the
+/// two middle values and so lean low.
+pub fn median(sorted: &[f64]) -> f64 {
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => sorted[middle],
+        _ => (sorted[middle - 1] + sorted[middle]) / 2.0,
+    }
+}
+
 /// Where `scripts/build-plugins` puts the components of `plugins/`:
 /// `TASKFLOW_PLUGIN_DIR`, else `wasm32-wasip2/plugin` in the target
 /// directory (`CARGO_TARGET_DIR`, else `target/` of the workspace).
@@ -159,6 +173,14 @@ mod tests {
         assert_eq!(percentile(&values, 99.0), 10.0);
         assert_eq!(percentile(&values, 0.0), 1.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[0.75, 0.76, 0.80, 1.0, 1.06, 1.07]), 0.9);
+        assert_eq!(median(&[1.0, 2.0, 3.0]), 2.0);
+        assert_eq!(median(&[4.0]), 4.0);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]
