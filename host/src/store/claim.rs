@@ -8,18 +8,23 @@
 //! limits (`queues.limited`, queue/limits.rs) is claimed in two short
 //! transactions ([`Store::reserve_places`], then [`Store::claim_reserved`]):
 //! the first locks the queue's row, works out what its limits leave from
-//! statements whose snapshots are taken after the lock, reserves that many
-//! places and commits; the second claims up to them without the queue's
-//! lock. So the limited claims of one queue take turns only for the few
-//! small writes of a reservation, never for each other's update of the jobs
-//! they claim, and two workers can never both see the last free slot. A
+//! statements whose snapshots are taken after the lock, reserves places
+//! and commits; the second claims up to them without the queue's lock.
+//! Far from the limits, a reservation takes places for several claims of
+//! its worker ([`CLAIMS_PER_RESERVATION`]), which it carries in its
+//! [`ClaimPath`] until they are used. So the limited claims of one queue
+//! take turns only for the few small writes of a reservation, never for
+//! each other's update of the jobs they claim, and two workers can never
+//! both see the last free slot. A
 //! rate is counted in buckets ([`RATE_BUCKETS`]), and `max_running` against
 //! an upper bound of the running jobs kept in the queue's row
 //! (`running_bound`: the last count plus every place reserved since; every
 //! write of the queue's settings clears it, and the next reservation
 //! counts), so a claim's cost grows neither with the rate nor with the jobs
 //! running. How reservations expire, are counted and give back what they did
-//! not use is in migrations/20261213000001_claim_reservations.sql. A queue
+//! not use is in migrations/20261213000001_claim_reservations.sql, and how
+//! one serves several claims in
+//! migrations/20261216000001_reservations_serve_several_claims.sql. A queue
 //! with a per-key limit is claimed in one transaction under the row's lock
 //! (`claim_limited_jobs`), since its count is per key.
 //!
@@ -138,8 +143,36 @@ pub enum ClaimPath {
     Plain,
     /// Counting its limits under the queue's row lock: places reserved in
     /// one short transaction, then claimed in another (or, with a per-key
-    /// limit, claimed in the same one).
-    Limited,
+    /// limit, claimed in the same one). With the reservation the last
+    /// claim left open, if any: the next claims take its places first.
+    Limited(Option<OpenReservation>),
+}
+
+impl ClaimPath {
+    /// Whether this is the limited path.
+    pub fn is_limited(&self) -> bool {
+        matches!(self, Self::Limited(_))
+    }
+}
+
+/// A reservation whose places a worker may still claim: reserved ahead
+/// for several claims while its queue was far from its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReservation {
+    /// The reservation's id.
+    pub id: i64,
+    /// Its places not yet claimed.
+    pub left: usize,
+}
+
+impl OpenReservation {
+    /// What is left open after a claim of up to `limit` took `claimed` of
+    /// its places: nothing once the claim came back short or took the last
+    /// place, which closes the reservation (`claim_reserved_jobs`).
+    fn after_claiming(self, limit: usize, claimed: usize) -> Option<Self> {
+        let left = self.left.saturating_sub(claimed);
+        (claimed == limit.min(self.left) && left > 0).then_some(Self { left, ..self })
+    }
 }
 
 /// What a claim got.
@@ -167,12 +200,22 @@ const RATE_BUCKETS: i32 = 20;
 /// and so skipped) takes the rest.
 const PER_KEY_LOOKAHEAD: i32 = 16;
 
-/// How long a reservation's places wait for their claim. The claim follows
-/// at once, so only a worker that stalls or dies between the two runs past
-/// it; its places come back with the first reservation after that. On a
-/// queue with a rate, its places count as starts in the bucket of its expiry
-/// until they are folded, so a longer expiry would hold back more of the
-/// rate while claims are in flight.
+/// For how many claims a reservation takes places while its queue is far
+/// from its limits: never more than half of what the limits leave, so
+/// that as much again is left to the other workers, and near a limit a
+/// reservation takes what one claim asks. Each reservation is a
+/// transaction under the queue's row lock (about 1 ms of PostgreSQL's CPU,
+/// docs/benchmarks.md, "Queue limits"); serving several claims with one
+/// cuts that per job.
+pub const CLAIMS_PER_RESERVATION: i32 = 4;
+
+/// How long a reservation's places wait for their claims. The first claim
+/// follows at once, so only a worker that stalls or dies between the two
+/// runs past it, or one whose later claims come slowly (long jobs) with
+/// places left; its places come back with the first reservation after
+/// that. On a queue with a rate, its places count as starts in the bucket
+/// of its expiry until they are folded, so a longer expiry would hold back
+/// more of the rate while reservations are open.
 pub const RESERVATION_EXPIRY: Duration = Duration::from_secs(2);
 
 /// What [`Store::reserve_places`] got.
@@ -184,8 +227,8 @@ pub enum Reservation {
     Keyed,
     /// The queue is paused, full, or has no job waiting.
     Nothing,
-    /// Places reserved, by the reservation's id.
-    Places(i64),
+    /// Places reserved.
+    Places(OpenReservation),
 }
 
 impl Store {
@@ -208,26 +251,31 @@ impl Store {
         lease_ttl: Duration,
         path: ClaimPath,
     ) -> StoreResult<Claimed> {
-        if path == ClaimPath::Plain {
-            let jobs = self
-                .claim_unlimited(queue, worker_id, limit, lease_ttl)
-                .await?;
-            if jobs.len() == limit || !self.queue_is_limited(queue).await? {
-                return Ok(Claimed {
-                    jobs,
-                    next_path: ClaimPath::Plain,
-                });
+        let open = match path {
+            ClaimPath::Limited(open) => open,
+            ClaimPath::Plain => {
+                let jobs = self
+                    .claim_unlimited(queue, worker_id, limit, lease_ttl)
+                    .await?;
+                if jobs.len() == limit || !self.queue_is_limited(queue).await? {
+                    return Ok(Claimed {
+                        jobs,
+                        next_path: ClaimPath::Plain,
+                    });
+                }
+                if !jobs.is_empty() {
+                    // Claimed just before a limit was set, which applies to
+                    // the claims after it.
+                    return Ok(Claimed {
+                        jobs,
+                        next_path: ClaimPath::Limited(None),
+                    });
+                }
+                None
             }
-            if !jobs.is_empty() {
-                // Claimed just before a limit was set, which applies to the
-                // claims after it.
-                return Ok(Claimed {
-                    jobs,
-                    next_path: ClaimPath::Limited,
-                });
-            }
-        }
-        self.claim_limited(queue, worker_id, limit, lease_ttl).await
+        };
+        self.claim_limited(queue, worker_id, limit, lease_ttl, open)
+            .await
     }
 
     /// The plain path: one statement, skipping a limited queue. The gate is
@@ -299,51 +347,83 @@ impl Store {
     /// The limited path. A queue without a per-key limit is claimed in two
     /// short transactions, so that the queue's row is locked only for the
     /// first: `reserve_claim_places` works out what the limits leave under
-    /// the row's lock and reserves that many places, then
-    /// `claim_reserved_jobs` claims up to them without it (both in
-    /// migrations/20261213000001_claim_reservations.sql, which says how
-    /// reservations are folded back, expire and are counted). A queue with a
-    /// per-key limit is claimed under the row's lock ([`Self::claim_locked`]),
-    /// after the reservation's call has said so: a round trip more than
-    /// before reservations, on a path that counts at every claim anyway.
+    /// the row's lock and reserves places, then `claim_reserved_jobs`
+    /// claims up to them without it (both in
+    /// migrations/20261216000001_reservations_serve_several_claims.sql,
+    /// which says how reservations serve several claims, are folded back,
+    /// expire and are counted). A claim takes the places of the
+    /// reservation `open` first, if it has any left, and reserves anew when
+    /// that one has none for it (closed, expired, or revoked by a settings
+    /// write). A queue with a per-key limit is claimed under the row's lock
+    /// ([`Self::claim_locked`]), after the reservation's call has said so.
     async fn claim_limited(
         &self,
         queue: &str,
         worker_id: &str,
         limit: usize,
         lease_ttl: Duration,
+        open: Option<OpenReservation>,
     ) -> StoreResult<Claimed> {
-        let jobs = match self.reserve_places(queue, limit).await? {
+        let mut jobs = Vec::new();
+        if let Some(open) = open {
+            jobs = self
+                .claim_reserved(open.id, worker_id, limit, lease_ttl)
+                .await?;
+            let ran_out = jobs.len() == open.left;
+            if jobs.len() == limit || (!jobs.is_empty() && !ran_out) {
+                // Full, or short because no more jobs wait.
+                return Ok(Claimed {
+                    next_path: ClaimPath::Limited(open.after_claiming(limit, jobs.len())),
+                    jobs,
+                });
+            }
+            // Its places ran out before the claim's limit, or it had none
+            // for the claim: reserve for the rest.
+        }
+        let limit = limit - jobs.len();
+        let mut claimed = match self.reserve_places(queue, limit).await? {
             Reservation::Unlimited => {
-                return self
-                    .claim_after_limits_lifted(queue, worker_id, limit, lease_ttl)
-                    .await;
-            }
-            Reservation::Keyed => {
-                return self.claim_locked(queue, worker_id, limit, lease_ttl).await;
-            }
-            Reservation::Nothing => Vec::new(),
-            Reservation::Places(reservation) => {
-                self.claim_reserved(reservation, worker_id, lease_ttl)
+                self.claim_after_limits_lifted(queue, worker_id, limit, lease_ttl)
                     .await?
             }
+            Reservation::Keyed => {
+                self.claim_locked(queue, worker_id, limit, lease_ttl)
+                    .await?
+            }
+            Reservation::Nothing => Claimed {
+                jobs: Vec::new(),
+                next_path: ClaimPath::Limited(None),
+            },
+            Reservation::Places(reservation) => {
+                let jobs = self
+                    .claim_reserved(reservation.id, worker_id, limit, lease_ttl)
+                    .await?;
+                Claimed {
+                    next_path: ClaimPath::Limited(reservation.after_claiming(limit, jobs.len())),
+                    jobs,
+                }
+            }
         };
+        // The jobs claimed from the reservation left open come first.
+        jobs.append(&mut claimed.jobs);
         Ok(Claimed {
             jobs,
-            next_path: ClaimPath::Limited,
+            next_path: claimed.next_path,
         })
     }
 
-    /// Reserves places for a claim of up to `limit` jobs of `queue`: the
+    /// Reserves places for claims of up to `limit` jobs of `queue`: the
     /// first step of the limited path (public so that tests can stop a
-    /// claim between its steps, as a stalled worker does).
+    /// claim between its steps, as a stalled worker does). Far from the
+    /// queue's limits, places for [`CLAIMS_PER_RESERVATION`] claims.
     pub async fn reserve_places(&self, queue: &str, limit: usize) -> StoreResult<Reservation> {
         super::statement("reserve_claim_places");
         let row = sqlx::query!(
-            r#"SELECT unlimited AS "unlimited!", keyed AS "keyed!", reservation
-             FROM reserve_claim_places($1, $2, $3, $4)"#,
+            r#"SELECT unlimited AS "unlimited!", keyed AS "keyed!", reservation, places
+             FROM reserve_claim_places($1, $2, $3, $4, $5)"#,
             queue,
             limit as i64,
+            CLAIMS_PER_RESERVATION,
             RATE_BUCKETS,
             millis(RESERVATION_EXPIRY) as f64
         )
@@ -353,19 +433,25 @@ impl Store {
             None => Reservation::Nothing,
             Some(row) if row.unlimited => Reservation::Unlimited,
             Some(row) if row.keyed => Reservation::Keyed,
-            Some(row) => row
-                .reservation
-                .map_or(Reservation::Nothing, Reservation::Places),
+            Some(row) => match (row.reservation, row.places) {
+                (Some(id), Some(places)) => Reservation::Places(OpenReservation {
+                    id,
+                    left: usize::try_from(places).unwrap_or(0),
+                }),
+                _ => Reservation::Nothing,
+            },
         })
     }
 
-    /// Claims up to the places of `reservation`, leased for `lease_ttl`:
-    /// the second step of the limited path. Nothing once the reservation
-    /// has expired or is gone.
+    /// Claims up to `limit` of the places `reservation` has left, leased
+    /// for `lease_ttl`: the second step of the limited path. Nothing once
+    /// the reservation is closed, has expired or is gone; a claim that
+    /// comes back short, or uses its last place, closes it.
     pub async fn claim_reserved(
         &self,
         reservation: i64,
         worker_id: &str,
+        limit: usize,
         lease_ttl: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
         super::statement("claim_reserved_jobs");
@@ -373,9 +459,10 @@ impl Store {
             ClaimRow,
             "SELECT id, module_hash, queue, input, attempt, attempt_base, max_attempts,
                     timeout_ms, fuel, memory_limit_bytes, lease_token, attempted_at, run_at
-             FROM claim_reserved_jobs($1, $2, $3)",
+             FROM claim_reserved_jobs($1, $2, $3, $4)",
             reservation,
             worker_id,
+            limit as i64,
             millis(lease_ttl) as f64
         )
         .fetch_all(self.pool())
@@ -422,7 +509,7 @@ impl Store {
         let jobs = rows.into_iter().filter_map(ClaimRow::job).collect();
         Ok(Claimed {
             jobs,
-            next_path: ClaimPath::Limited,
+            next_path: ClaimPath::Limited(None),
         })
     }
 

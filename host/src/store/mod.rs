@@ -55,7 +55,10 @@ use uuid::Uuid;
 use crate::job::JobState;
 
 pub use actions::CancelOutcome;
-pub use claim::{ClaimPath, Claimed, ClaimedJob, RESERVATION_EXPIRY, Reservation};
+pub use claim::{
+    CLAIMS_PER_RESERVATION, ClaimPath, Claimed, ClaimedJob, OpenReservation, RESERVATION_EXPIRY,
+    Reservation,
+};
 pub use console_sessions::ConsoleSession;
 pub use dead_letters::DeadLetterGroup;
 pub use execution::{FinishedAttempt, LeaseRef};

@@ -250,7 +250,7 @@ impl Worker {
             // A limited queue's capacity comes back when a running job of it
             // ends anywhere, or its rate window moves on: nothing announces
             // either, so such a queue is asked again sooner.
-            let idle = if paths.contains(&ClaimPath::Limited) {
+            let idle = if paths.iter().any(ClaimPath::is_limited) {
                 self.config.poll_interval.min(LIMITED_POLL_INTERVAL)
             } else {
                 self.config.poll_interval

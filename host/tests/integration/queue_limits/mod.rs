@@ -100,7 +100,7 @@ async fn claims_racing_for_the_last_slots_never_overrun_max_running() {
             let path = if i % 2 == 0 {
                 ClaimPath::Plain
             } else {
-                ClaimPath::Limited
+                ClaimPath::Limited(None)
             };
             store
                 .claim("default", &format!("w{i}"), 5, TTL, path)
@@ -110,7 +110,7 @@ async fn claims_racing_for_the_last_slots_never_overrun_max_running() {
     });
     let claimed: Vec<_> = join_all(claims).await;
     assert_eq!(claimed.iter().map(|c| c.jobs.len()).sum::<usize>(), 3);
-    assert!(claimed.iter().all(|c| c.next_path == ClaimPath::Limited));
+    assert!(claimed.iter().all(|c| c.next_path.is_limited()));
     assert_eq!(running(&store).await, 3);
 
     // A slot comes back when a running attempt ends, and only one.
@@ -125,7 +125,7 @@ async fn claims_racing_for_the_last_slots_never_overrun_max_running() {
     // Lifting the limit lets the plain path claim again.
     app.set_default_queue(json!({})).await;
     let claimed = store
-        .claim("default", "w3", 5, TTL, ClaimPath::Limited)
+        .claim("default", "w3", 5, TTL, ClaimPath::Limited(None))
         .await
         .unwrap();
     assert_eq!(

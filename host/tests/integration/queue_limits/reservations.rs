@@ -7,24 +7,36 @@
 use std::time::Duration;
 
 use serde_json::json;
-use taskflow::store::{RESERVATION_EXPIRY, Reservation, Store};
+use taskflow::store::{
+    CLAIMS_PER_RESERVATION, ClaimPath, OpenReservation, RESERVATION_EXPIRY, Reservation, Store,
+};
 use taskflow_testkit::HeldTransaction;
 use tokio::task::JoinHandle;
 
 use super::{TTL, claim, held_at_its_lease_tokens, jobs_keyed, limited_store, running};
 use crate::support::TestApp;
 
-/// Reserves places for a claim of up to `limit` jobs of `default`.
-async fn reserve(store: &Store, limit: usize) -> i64 {
+/// Reserves places for claims of up to `limit` jobs of `default`.
+async fn reserve_for(store: &Store, limit: usize) -> OpenReservation {
     match store.reserve_places("default", limit).await.unwrap() {
         Reservation::Places(reservation) => reservation,
         other => panic!("reserved no places: {other:?}"),
     }
 }
 
+/// The reservation's id, for a claim of up to `limit` jobs.
+async fn reserve(store: &Store, limit: usize) -> i64 {
+    reserve_for(store, limit).await.id
+}
+
+/// Claims every place `reservation` has left.
 async fn claim_reserved(store: &Store, reservation: i64) -> usize {
+    claim_up_to(store, reservation, 1_000).await
+}
+
+async fn claim_up_to(store: &Store, reservation: i64, limit: usize) -> usize {
     store
-        .claim_reserved(reservation, "stalled", TTL)
+        .claim_reserved(reservation, "stalled", limit, TTL)
         .await
         .unwrap()
         .len()
@@ -57,7 +69,7 @@ async fn a_count_sees_the_places_of_a_reservation_not_yet_claimed() {
     assert_eq!(
         claim_reserved(&store, stalled).await,
         0,
-        "one claim per reservation"
+        "its places are used"
     );
     assert_eq!(running(&store).await, 3);
     app.finish().await;
@@ -139,7 +151,8 @@ async fn the_places_a_claim_did_not_use_return_to_the_rate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pause_waits_for_a_reserved_claim_under_way_and_revokes_the_other_reservations() {
-    let (app, store) = limited_store(json!({"max_running": 10}), jobs_keyed(&[None; 10])).await;
+    // Room for the two reservations' three places each, and no more.
+    let (app, store) = limited_store(json!({"max_running": 6}), jobs_keyed(&[None; 10])).await;
     let under_way = reserve(&store, 3).await;
     let revoked = reserve(&store, 3).await;
     let (mut tokens, claim) = a_held_claim(&app, &store, under_way).await;
@@ -160,5 +173,64 @@ async fn a_pause_waits_for_a_reserved_claim_under_way_and_revokes_the_other_rese
         "no claim starts a job after the pause"
     );
     assert_eq!(running(&store).await, 3);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn far_from_its_limits_a_reservation_serves_several_claims_until_one_comes_back_short() {
+    let (app, store) = limited_store(json!({"max_running": 1000}), jobs_keyed(&[None; 23])).await;
+    let claims = CLAIMS_PER_RESERVATION as usize;
+    let ahead = reserve_for(&store, 5).await;
+    assert_eq!(ahead.left, 5 * claims, "places for several claims");
+    for _ in 0..claims {
+        assert_eq!(claim_up_to(&store, ahead.id, 5).await, 5);
+    }
+    assert_eq!(
+        claim_up_to(&store, ahead.id, 5).await,
+        0,
+        "its places are used"
+    );
+
+    // Through the store's claim: the reservation is carried in the path.
+    let first = store
+        .claim("default", "w1", 2, TTL, ClaimPath::Limited(None))
+        .await
+        .unwrap();
+    assert_eq!(first.jobs.len(), 2);
+    let ClaimPath::Limited(Some(open)) = first.next_path else {
+        panic!("no reservation left open: {:?}", first.next_path);
+    };
+    assert_eq!(open.left, 2 * claims - 2);
+    let short = store
+        .claim("default", "w1", 2, TTL, first.next_path)
+        .await
+        .unwrap();
+    assert_eq!(short.jobs.len(), 1, "one job was left");
+    assert_eq!(
+        short.next_path,
+        ClaimPath::Limited(None),
+        "a short claim closes its reservation"
+    );
+    store.insert_jobs(&jobs_keyed(&[None; 3])).await.unwrap();
+    assert_eq!(
+        claim_up_to(&store, open.id, 2).await,
+        0,
+        "a closed reservation serves no claim"
+    );
+    assert_eq!(running(&store).await, 5 * claims as i64 + 3);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn near_its_limits_a_reservation_takes_only_what_its_claim_asks() {
+    let (app, store) = limited_store(json!({"max_running": 8}), jobs_keyed(&[None; 20])).await;
+    // Places for several claims would take more than half of the eight.
+    let first = reserve_for(&store, 5).await;
+    assert_eq!(first.left, 5);
+    let second = reserve_for(&store, 5).await;
+    assert_eq!(second.left, 3, "what the limit leaves");
+    assert_eq!(claim_reserved(&store, first.id).await, 5);
+    assert_eq!(claim_reserved(&store, second.id).await, 3);
+    assert_eq!(running(&store).await, 8);
     app.finish().await;
 }

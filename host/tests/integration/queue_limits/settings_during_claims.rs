@@ -54,11 +54,11 @@ async fn a_limit_set_during_a_plain_claim_waits_for_it_and_counts_its_jobs() {
 
     assert_eq!(plain.await.unwrap().len(), 3, "the plain claim came first");
     let after = store
-        .claim("default", "limited", 3, TTL, ClaimPath::Limited)
+        .claim("default", "limited", 3, TTL, ClaimPath::Limited(None))
         .await
         .unwrap();
     assert!(after.jobs.is_empty(), "the limit's three places are taken");
-    assert_eq!(after.next_path, ClaimPath::Limited);
+    assert!(after.next_path.is_limited());
     assert_eq!(running(&store).await, 3);
     app.finish().await;
 }
@@ -74,7 +74,7 @@ async fn a_pause_during_a_plain_claim_waits_for_it_and_no_claim_starts_after() {
     pause.await;
 
     assert_eq!(plain.await.unwrap().len(), 3, "the plain claim came first");
-    for path in [ClaimPath::Plain, ClaimPath::Limited] {
+    for path in [ClaimPath::Plain, ClaimPath::Limited(None)] {
         let after = store.claim("default", "after", 3, TTL, path).await.unwrap();
         assert!(
             after.jobs.is_empty(),
