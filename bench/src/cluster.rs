@@ -297,25 +297,14 @@ impl Deployment {
         Ok(())
     }
 
-    /// Database calls the workers have made, by their `/metrics`.
-    pub async fn worker_db_calls(&self) -> anyhow::Result<u64> {
-        self.worker_db_calls_of("").await
-    }
-
-    /// Database calls the workers have made of the store functions whose
-    /// names start with `prefix` (`claim`: every claim statement).
-    pub async fn worker_db_calls_of(&self, prefix: &str) -> anyhow::Result<u64> {
-        let series = format!("taskflow_db_calls_total{{statement=\"{prefix}");
-        let mut total = 0;
+    /// The database calls the workers have made so far, read from one
+    /// fetch of each worker's `/metrics`.
+    pub async fn worker_db_calls(&self) -> anyhow::Result<DbCalls> {
+        let mut metrics = Vec::with_capacity(self.processes.workers.len());
         for worker in &self.processes.workers {
-            let text = worker.metrics().await?;
-            total += text
-                .lines()
-                .filter(|line| line.starts_with(&series))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64;
+            metrics.push(worker.metrics().await?);
         }
-        Ok(total)
+        Ok(DbCalls { metrics })
     }
 
     /// Kills everything and drops the database.
@@ -340,4 +329,28 @@ fn nix_kill(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus>
     Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .status()
+}
+
+/// The workers' `taskflow_db_calls_total`, as their `/metrics` gave it.
+pub struct DbCalls {
+    metrics: Vec<String>,
+}
+
+impl DbCalls {
+    /// Calls of every store function.
+    pub fn all(&self) -> u64 {
+        self.of("")
+    }
+
+    /// Calls of the store functions whose names start with `prefix`
+    /// (`claim`: every claim statement).
+    pub fn of(&self, prefix: &str) -> u64 {
+        let series = format!("taskflow_db_calls_total{{statement=\"{prefix}");
+        self.metrics
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter(|line| line.starts_with(&series))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
 }

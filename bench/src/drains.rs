@@ -61,11 +61,12 @@ pub(crate) struct WorkerCalls {
 
 impl WorkerCalls {
     async fn read(deployment: &Deployment) -> anyhow::Result<Self> {
+        let calls = deployment.worker_db_calls().await?;
         Ok(Self {
-            all: deployment.worker_db_calls().await? as f64,
-            claims: deployment.worker_db_calls_of("claim").await? as f64,
-            reservations: deployment.worker_db_calls_of("reserve").await? as f64,
-            completions: deployment.worker_db_calls_of("finish").await? as f64,
+            all: calls.all() as f64,
+            claims: calls.of("claim") as f64,
+            reservations: calls.of("reserve") as f64,
+            completions: calls.of("finish") as f64,
         })
     }
 

@@ -224,7 +224,7 @@ async fn drain(
     };
     deployment.client.put_queue("default", &grants).await?;
     let input = json!({"url": format!("{origin}/hello")});
-    let calls_before = deployment.worker_db_calls().await?;
+    let calls_before = deployment.worker_db_calls().await?.all();
     let started = Instant::now();
     let mut remaining = count;
     while remaining > 0 {
@@ -245,7 +245,7 @@ async fn drain(
         .await
         .context("the fetch jobs did not all succeed")?;
     let seconds = started.elapsed().as_secs_f64();
-    let calls = deployment.worker_db_calls().await? - calls_before;
+    let calls = deployment.worker_db_calls().await?.all() - calls_before;
     deployment.stop().await?;
     Ok(vec![
         Figure::new(
