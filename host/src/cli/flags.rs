@@ -45,7 +45,7 @@ pub struct ConnectionFlags {
     #[arg(long, env = "TASKFLOW_DATABASE_MIGRATION_URL")]
     pub database_migration_url: Option<String>,
 
-    /// Most PostgreSQL connections this process opens.
+    /// Most PostgreSQL connections in this process's pool; a worker opens one more, of its own, for its claims.
     #[arg(long, env = "TASKFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = Connections::default().database_max_connections)]
     pub database_max_connections: u32,
 

@@ -61,9 +61,11 @@ pub struct Connections {
     /// migrates (`taskflow api`, `migrate`, `dev`).
     pub database_migration_url: Option<String>,
 
-    /// Most PostgreSQL connections this process opens. Too low and requests
-    /// queue for a connection; too high and PostgreSQL spends memory and
-    /// context switches on idle backends.
+    /// Most PostgreSQL connections in this process's pool. Too low and
+    /// requests queue for a connection; too high and PostgreSQL spends
+    /// memory and context switches on idle backends. A worker opens one
+    /// more, of its own, for its claims
+    /// ([`Store::single_connection`](crate::store::Store::single_connection)).
     pub database_max_connections: u32,
 
     /// Redis connection URL. Redis only coordinates (leases, wake-ups): it

@@ -264,6 +264,20 @@ impl Store {
         })
     }
 
+    /// A store over one connection of its own to the same database, for a
+    /// caller that sends one statement at a time, the same few again and
+    /// again: a worker's claims ([`Worker`](crate::worker::Worker)).
+    /// PostgreSQL then plans those statements, and compiles the PL/pgSQL
+    /// functions they call, once on that connection, rather than once on
+    /// each connection of the pool, which lends its idle connections in
+    /// turn; and they never wait for a connection behind other statements.
+    /// Made lazily, like the pool it comes from.
+    pub fn single_connection(&self) -> Self {
+        Self {
+            pool: self.pool.single_connection(),
+        }
+    }
+
     /// The pool every statement of the store runs on; nothing outside the
     /// store sees it.
     fn pool(&self) -> &pool::Pool {

@@ -121,6 +121,17 @@ impl Pool {
         }
     }
 
+    /// A pool of one connection, with this one's options, pooler and
+    /// `begin`.
+    pub(crate) fn single_connection(&self) -> Self {
+        Self::connect_lazy(
+            (*self.pool.connect_options()).clone(),
+            1,
+            self.pooler,
+            self.begin.clone(),
+        )
+    }
+
     pub(crate) fn pooler(&self) -> DatabasePooler {
         self.pooler
     }

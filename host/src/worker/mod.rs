@@ -6,7 +6,8 @@
 //!    to start soon ([`Capacity`]), from PostgreSQL
 //!    ([`Store::claim`]): one statement, `FOR UPDATE SKIP LOCKED`, fresh
 //!    fencing token per job; a paused or limited queue under its row lock,
-//!    no more than its limits leave (store/claim.rs).
+//!    no more than its limits leave (store/claim.rs). Claims go over a
+//!    connection of their own ([`Store::single_connection`]).
 //! 2. **Lease** them: PostgreSQL's claim holds each for one TTL, and the
 //!    [`Heartbeat`] writes and renews the Redis lease key of every attempt
 //!    still in [`InFlight`] every third of a TTL (short jobs finish before
@@ -67,6 +68,9 @@ pub struct Worker {
     concurrency: usize,
     retry: RetryPolicy,
     store: Store,
+    /// The claim loop's store: a connection of its own
+    /// ([`Store::single_connection`]), one more than `store`'s pool.
+    claims: Store,
     redis: Redis,
     leases: Leases,
     sandbox: Sandbox,
@@ -112,6 +116,7 @@ impl Worker {
             config,
             concurrency,
             retry,
+            claims: store.single_connection(),
             store,
             redis,
             leases,
@@ -213,7 +218,7 @@ impl Worker {
             let lease_valid_until = Instant::now() + self.leases.ttl();
             let claim_began = SystemTime::now();
             let claimed = match self
-                .store
+                .claims
                 .claim(
                     &queues[index],
                     &self.id,
