@@ -12,7 +12,7 @@
 //! and commits; the second claims up to them without the queue's lock.
 //! Far from the limits, a reservation takes places for several claims of
 //! its worker ([`CLAIMS_PER_RESERVATION`]), which it carries in its
-//! [`ClaimPath`] until they are used. So the limited claims of one queue
+//! [`ClaimPath`] until a claim needs more places than are left. So the limited claims of one queue
 //! take turns only for the few small writes of a reservation, never for
 //! each other's update of the jobs they claim, and two workers can never
 //! both see the last free slot. A
@@ -348,13 +348,17 @@ impl Store {
     /// short transactions, so that the queue's row is locked only for the
     /// first: `reserve_claim_places` works out what the limits leave under
     /// the row's lock and reserves places, then `claim_reserved_jobs`
-    /// claims up to them without it (both in
+    /// claims up to them without it (the latter in
     /// migrations/20261216000001_reservations_serve_several_claims.sql,
     /// which says how reservations serve several claims, are folded back,
-    /// expire and are counted). A claim takes the places of the
-    /// reservation `open` first, if it has any left, and reserves anew when
-    /// that one has none for it (closed, expired, or revoked by a settings
-    /// write). A queue with a per-key limit is claimed under the row's lock
+    /// expire and are counted; the former's latest version in
+    /// migrations/20261217000001_claims_never_split.sql). A claim takes
+    /// its jobs from the reservation `open` if that has places for all of
+    /// them, and otherwise reserves anew, closing `open` in the same
+    /// transaction: so a claim is one round trip, or two, never split
+    /// between reservations. It also reserves anew when `open` had none
+    /// for it (closed, expired, or revoked by a settings write). A queue
+    /// with a per-key limit is claimed under the row's lock
     /// ([`Self::claim_locked`]), after the reservation's call has said so.
     async fn claim_limited(
         &self,
@@ -364,68 +368,55 @@ impl Store {
         lease_ttl: Duration,
         open: Option<OpenReservation>,
     ) -> StoreResult<Claimed> {
-        let mut jobs = Vec::new();
-        if let Some(open) = open {
-            jobs = self
-                .claim_reserved(open.id, worker_id, limit, lease_ttl)
-                .await?;
-            let ran_out = jobs.len() == open.left;
-            if jobs.len() == limit || (!jobs.is_empty() && !ran_out) {
+        if let Some(open) = open.filter(|open| open.left >= limit) {
+            let claimed = self.claim_from(open, worker_id, limit, lease_ttl).await?;
+            if !claimed.jobs.is_empty() {
                 // Full, or short because no more jobs wait.
-                return Ok(Claimed {
-                    next_path: ClaimPath::Limited(open.after_claiming(limit, jobs.len())),
-                    jobs,
-                });
+                return Ok(claimed);
             }
-            // Its places ran out before the claim's limit, or it had none
-            // for the claim: reserve for the rest.
+            // It had none for the claim: closed, expired, or revoked by a
+            // settings write.
         }
-        let limit = limit - jobs.len();
-        let mut claimed = match self.reserve_places(queue, limit).await? {
+        let closing = open.map(|open| open.id);
+        match self.reserve_places(queue, limit, closing).await? {
             Reservation::Unlimited => {
                 self.claim_after_limits_lifted(queue, worker_id, limit, lease_ttl)
-                    .await?
+                    .await
             }
-            Reservation::Keyed => {
-                self.claim_locked(queue, worker_id, limit, lease_ttl)
-                    .await?
-            }
-            Reservation::Nothing => Claimed {
+            Reservation::Keyed => self.claim_locked(queue, worker_id, limit, lease_ttl).await,
+            Reservation::Nothing => Ok(Claimed {
                 jobs: Vec::new(),
                 next_path: ClaimPath::Limited(None),
-            },
+            }),
             Reservation::Places(reservation) => {
-                let jobs = self
-                    .claim_reserved(reservation.id, worker_id, limit, lease_ttl)
-                    .await?;
-                Claimed {
-                    next_path: ClaimPath::Limited(reservation.after_claiming(limit, jobs.len())),
-                    jobs,
-                }
+                self.claim_from(reservation, worker_id, limit, lease_ttl)
+                    .await
             }
-        };
-        // The jobs claimed from the reservation left open come first.
-        jobs.append(&mut claimed.jobs);
-        Ok(Claimed {
-            jobs,
-            next_path: claimed.next_path,
-        })
+        }
     }
 
     /// Reserves places for claims of up to `limit` jobs of `queue`: the
     /// first step of the limited path (public so that tests can stop a
     /// claim between its steps, as a stalled worker does). Far from the
     /// queue's limits, places for [`CLAIMS_PER_RESERVATION`] claims.
-    pub async fn reserve_places(&self, queue: &str, limit: usize) -> StoreResult<Reservation> {
+    /// Closes the caller's reservation `closing` first, if given, and gives
+    /// back its unused places.
+    pub async fn reserve_places(
+        &self,
+        queue: &str,
+        limit: usize,
+        closing: Option<i64>,
+    ) -> StoreResult<Reservation> {
         super::statement("reserve_claim_places");
         let row = sqlx::query!(
             r#"SELECT unlimited AS "unlimited!", keyed AS "keyed!", reservation, places
-             FROM reserve_claim_places($1, $2, $3, $4, $5)"#,
+             FROM reserve_claim_places($1, $2, $3, $4, $5, $6)"#,
             queue,
             limit as i64,
             CLAIMS_PER_RESERVATION,
             RATE_BUCKETS,
-            millis(RESERVATION_EXPIRY) as f64
+            millis(RESERVATION_EXPIRY) as f64,
+            closing
         )
         .fetch_optional(self.pool())
         .await?;
@@ -440,6 +431,24 @@ impl Store {
                 }),
                 _ => Reservation::Nothing,
             },
+        })
+    }
+
+    /// Claims up to `limit` of the places `reservation` has left, and says
+    /// what it leaves open for the next claim.
+    async fn claim_from(
+        &self,
+        reservation: OpenReservation,
+        worker_id: &str,
+        limit: usize,
+        lease_ttl: Duration,
+    ) -> StoreResult<Claimed> {
+        let jobs = self
+            .claim_reserved(reservation.id, worker_id, limit, lease_ttl)
+            .await?;
+        Ok(Claimed {
+            next_path: ClaimPath::Limited(reservation.after_claiming(limit, jobs.len())),
+            jobs,
         })
     }
 

@@ -18,7 +18,7 @@ use crate::support::TestApp;
 
 /// Reserves places for claims of up to `limit` jobs of `default`.
 async fn reserve_for(store: &Store, limit: usize) -> OpenReservation {
-    match store.reserve_places("default", limit).await.unwrap() {
+    match store.reserve_places("default", limit, None).await.unwrap() {
         Reservation::Places(reservation) => reservation,
         other => panic!("reserved no places: {other:?}"),
     }
@@ -218,6 +218,43 @@ async fn far_from_its_limits_a_reservation_serves_several_claims_until_one_comes
         "a closed reservation serves no claim"
     );
     assert_eq!(running(&store).await, 5 * claims as i64 + 3);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_its_open_reservation_cannot_fill_takes_all_its_jobs_from_a_new_one() {
+    let (app, store) = limited_store(json!({"max_running": 1000}), jobs_keyed(&[None; 30])).await;
+    let claims = CLAIMS_PER_RESERVATION as usize;
+    let mut path = ClaimPath::Limited(None);
+    for _ in 1..claims {
+        path = store
+            .claim("default", "w1", 4, TTL, path)
+            .await
+            .unwrap()
+            .next_path;
+    }
+    let ClaimPath::Limited(Some(open)) = path else {
+        panic!("no reservation left open: {path:?}");
+    };
+    assert_eq!(open.left, 4, "places for one more claim of four");
+
+    let bigger = store.claim("default", "w1", 6, TTL, path).await.unwrap();
+    assert_eq!(bigger.jobs.len(), 6);
+    let ClaimPath::Limited(Some(new)) = bigger.next_path else {
+        panic!("no reservation left open: {:?}", bigger.next_path);
+    };
+    assert_ne!(new.id, open.id);
+    assert_eq!(
+        new.left,
+        6 * claims - 6,
+        "one new reservation, for claims of six, served the whole claim"
+    );
+    assert_eq!(
+        claim_up_to(&store, open.id, 4).await,
+        0,
+        "the reservation it outgrew is closed"
+    );
+    assert_eq!(running(&store).await, 4 * (claims as i64 - 1) + 6);
     app.finish().await;
 }
 
