@@ -12,19 +12,21 @@
 //! and commits; the second claims up to them without the queue's lock.
 //! Far from the limits, a reservation takes places for several claims of
 //! its worker ([`CLAIMS_PER_RESERVATION`]), which it carries in its
-//! [`ClaimPath`] until a claim needs more places than are left. So the limited claims of one queue
-//! take turns only for the few small writes of a reservation, never for
-//! each other's update of the jobs they claim, and two workers can never
-//! both see the last free slot. A
+//! [`ClaimPath`] until a claim needs more places than are left. So the
+//! limited claims of one queue take turns only for the few small writes
+//! of a reservation, never for each other's update of the jobs they
+//! claim, and two workers can never both see the last free slot. A
 //! rate is counted in buckets ([`RATE_BUCKETS`]), and `max_running` against
 //! an upper bound of the running jobs kept in the queue's row
 //! (`running_bound`: the last count plus every place reserved since; every
 //! write of the queue's settings clears it, and the next reservation
 //! counts), so a claim's cost grows neither with the rate nor with the jobs
 //! running. How reservations expire, are counted and give back what they did
-//! not use is in migrations/20261213000001_claim_reservations.sql, and how
+//! not use is in migrations/20261213000001_claim_reservations.sql, how
 //! one serves several claims in
-//! migrations/20261216000001_reservations_serve_several_claims.sql. A queue
+//! migrations/20261216000001_reservations_serve_several_claims.sql, and
+//! how a claim that outgrows one closes it in
+//! migrations/20261217000001_claims_never_split.sql. A queue
 //! with a per-key limit is claimed in one transaction under the row's lock
 //! (`claim_limited_jobs`), since its count is per key.
 //!
