@@ -157,7 +157,7 @@ pub enum StoreError {
     /// needs a session (a direct or session-pooled connection).
     #[error("this needs a direct database connection, not a transaction-mode pooler: {0}")]
     SessionRequired(&'static str),
-    /// The group-commit writers stopped (the runtime is shutting down).
+    /// The group-commit writer stopped (the runtime is shutting down).
     #[error("the submission writer stopped")]
     WriterStopped,
 }
