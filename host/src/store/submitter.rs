@@ -11,9 +11,9 @@
 //!
 //! There is one group writer, so at most two writes are in flight: a lone
 //! one (below) and a group. With two group writers, 32 clients formed
-//! groups of 7.6 jobs on average instead of 10.5, PostgreSQL spent 33–36 µs
-//! of CPU per job instead of 24, and the API answered a fifth fewer requests
-//! a second (docs/benchmarks.md, "One group writer").
+//! groups of 7.6 jobs on average instead of 10.5, PostgreSQL spent about
+//! 34 µs of CPU per job instead of 24, and 15 % fewer requests were
+//! answered a second (docs/benchmarks.md, "One group writer").
 //!
 //! A lone request waits for nobody, nor for another task: when nothing is
 //! being written, it writes its job from its own task
