@@ -67,6 +67,7 @@ pub struct Deployment {
     /// Client of the deployment's API.
     pub client: Client,
     api_url: String,
+    api_address: std::net::SocketAddrV4,
     /// The API's token, when it serves off loopback, where it refuses to
     /// run without one.
     token: Option<String>,
@@ -115,6 +116,7 @@ impl Deployment {
             prefix: format!("taskflow-bench-{suffix}:"),
             client: Client::new(&api_url).with_token(token.clone()),
             api_url,
+            api_address,
             token,
             processes: Processes {
                 api: Command::new("true").spawn()?,
@@ -143,6 +145,12 @@ impl Deployment {
     /// client that runs on a runtime of its own.
     pub fn new_client(&self) -> Client {
         Client::new(&self.api_url).with_token(self.token.clone())
+    }
+
+    /// Where the API listens and the token it wants, if any: for a client
+    /// that speaks HTTP itself.
+    pub fn api_endpoint(&self) -> (std::net::SocketAddrV4, Option<&str>) {
+        (self.api_address, self.token.as_deref())
     }
 
     fn spawn(&self, role: &str, place: &Place, extra: &[(&str, String)]) -> anyhow::Result<Child> {

@@ -2,13 +2,19 @@
 //! beside PostgreSQL's one-row INSERT + COMMIT of as many connections; and
 //! batches of 1,000 jobs from one and two clients.
 
-use std::sync::Arc;
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
+use tokio::net::TcpStream;
 
 use taskflow::api::types::SubmitBatch;
-use taskflow::client::{Client, ClientError};
 
 use super::Figure;
 use super::cluster::{Deployment, Target};
@@ -17,7 +23,7 @@ use super::scenarios::{cpu_budget, job, progress, redis_commands_since};
 use super::usage::{self, Servers};
 
 /// Runs `clients` clients at once, each making its share of `requests`
-/// calls of `request` and moving `bar` by `step` after each, and returns how
+/// posts of `post` and moving `bar` by `step` after each, and returns how
 /// long they took together.
 ///
 /// Every client has a connection of its own, and all of them share one
@@ -28,19 +34,17 @@ use super::usage::{self, Servers};
 /// benchmark's shared multi-threaded runtime every response hopped between
 /// its threads; with a thread per client, 32 threads on two cores cost the
 /// clients more CPU per request than the API (docs/benchmarks.md, "The
-/// load generator").
-async fn run_clients<F, Fut, T>(
-    deployment: &Deployment,
+/// load generator"). For the same reason the clients speak HTTP through
+/// hyper with the body serialized once ([`Post`]), not through
+/// `taskflow::client::Client`, whose serde and reqwest layers cost as much
+/// CPU per request as the API's handling of it under 32 clients
+/// (docs/benchmarks.md, "A lighter load generator").
+async fn run_clients(
     clients: usize,
     requests: usize,
     (bar, step): (&ProgressBar, u64),
-    request: F,
-) -> anyhow::Result<Duration>
-where
-    F: Fn(Client) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    let apis: Vec<Client> = (0..clients).map(|_| deployment.new_client()).collect();
+    post: Post,
+) -> anyhow::Result<Duration> {
     let bar = bar.clone();
     let started = Instant::now();
     let thread = std::thread::spawn(move || {
@@ -48,12 +52,13 @@ where
             .enable_all()
             .build()?
             .block_on(async {
-                let loops = apis.into_iter().enumerate().map(|(client, api)| {
+                let loops = (0..clients).map(|client| {
                     let share = requests / clients + usize::from(client < requests % clients);
-                    let (request, bar) = (&request, &bar);
+                    let (post, bar) = (&post, &bar);
                     async move {
+                        let mut connection = post.connect().await?;
                         for _ in 0..share {
-                            request(api.clone()).await?;
+                            post.send(&mut connection).await?;
                             bar.inc(step);
                         }
                         anyhow::Ok(())
@@ -70,6 +75,70 @@ where
     })
     .await??;
     Ok(started.elapsed())
+}
+
+/// The one request a benchmark client repeats: a JSON body, serialized
+/// once, posted to a path of the deployment's API.
+struct Post {
+    address: SocketAddrV4,
+    path: &'static str,
+    host: HeaderValue,
+    authorization: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl Post {
+    fn new(
+        deployment: &Deployment,
+        path: &'static str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<Self> {
+        let (address, token) = deployment.api_endpoint();
+        Ok(Self {
+            address,
+            path,
+            host: HeaderValue::from_str(&address.to_string())?,
+            authorization: token
+                .map(|token| HeaderValue::from_str(&format!("Bearer {token}")))
+                .transpose()?,
+            body: Bytes::from(serde_json::to_vec(body)?),
+        })
+    }
+
+    /// A keep-alive connection to the API, its driver spawned on the
+    /// current runtime.
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect(self.address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Posts the body once on `connection` and reads the whole answer; an
+    /// answer other than a success is an error naming it.
+    async fn send(&self, connection: &mut SendRequest<Full<Bytes>>) -> anyhow::Result<()> {
+        let mut request = Request::post(self.path)
+            .header(HOST, &self.host)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(self.body.clone()))?;
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
+        }
+        connection.ready().await?;
+        let response = connection.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "POST {} answered {status}: {}",
+            self.path,
+            String::from_utf8_lossy(&body)
+        );
+        Ok(())
+    }
 }
 
 /// Submissions' figures, and their rate and reference for comparisons.
@@ -92,15 +161,11 @@ pub(crate) async fn submit(
     let module = deployment.upload("noop").await?;
     let bar = progress(count, "submitting");
     let submission = job(&module);
-    let job = Arc::new(submission.clone());
+    let post = Post::new(&deployment, "/v1/jobs", &submission)?;
     let (before, servers_before, client_before) =
         (deployment.api_usage(), Servers::read(), usage::own());
     let redis_before = usage::redis_commands(&target.redis_url).await?;
-    let elapsed = run_clients(&deployment, clients, count, (&bar, 1), move |api| {
-        let job = job.clone();
-        async move { api.submit(&job).await }
-    })
-    .await?;
+    let elapsed = run_clients(clients, count, (&bar, 1), post).await?;
     let api = deployment.api_usage().since(before);
     let (postgres, redis) = Servers::read().since(&servers_before);
     let client = usage::own().since(client_before);
@@ -198,21 +263,17 @@ pub(crate) async fn submit(
 pub(crate) async fn submit_batch(target: &Target, requests: usize) -> anyhow::Result<Vec<Figure>> {
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
-    let batch = Arc::new(SubmitBatch {
+    let batch = SubmitBatch {
         jobs: vec![job(&module); 1000],
-    });
+    };
     let mut rates = Vec::new();
     for clients in [1, 2] {
         let bar = progress(
             requests * 1000,
             &format!("submitting ({clients} client(s))"),
         );
-        let batch = batch.clone();
-        let elapsed = run_clients(&deployment, clients, requests, (&bar, 1000), move |api| {
-            let batch = batch.clone();
-            async move { api.submit_batch(&batch).await }
-        })
-        .await?;
+        let post = Post::new(&deployment, "/v1/jobs/batch", &batch)?;
+        let elapsed = run_clients(clients, requests, (&bar, 1000), post).await?;
         rates.push((requests * 1000) as f64 / elapsed.as_secs_f64());
         bar.finish_and_clear();
     }
