@@ -369,8 +369,9 @@ pub(crate) async fn drain(
     // workers' polls meanwhile (every 100 ms for a limited queue, every
     // second otherwise) are not counted as the drain's.
     sleep_until(run_at - chrono::Duration::milliseconds(100)).await;
-    let (commits_before, calls_before, statements_before) = (
+    let (commits_before, wal_before, calls_before, statements_before) = (
         deployment.store().commits().await?,
+        deployment.store().wal_bytes_written().await?,
         WorkerCalls::read(&deployment).await?,
         deployment.store().statements_run().await,
     );
@@ -427,6 +428,7 @@ pub(crate) async fn drain(
     deployment.stop_workers().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let commits = deployment.store().commits().await? - commits_before;
+    let wal = deployment.store().wal_bytes_written().await? - wal_before;
     let statements = deployment.store().statements_run().await;
     let peak_mib = peak_rss_bytes as f64 / f64::from(1 << 20);
     deployment.stop().await?;
@@ -437,6 +439,12 @@ pub(crate) async fn drain(
             commits as f64 / count as f64,
             "commits",
             "≤ 0.1",
+        ),
+        Figure::new(
+            "WAL bytes per job",
+            wal as f64 / count as f64,
+            "bytes",
+            "report",
         ),
     ];
     // Every statement of the database in the window: the workers', and the

@@ -26,6 +26,8 @@ pub struct Reference {
     /// PostgreSQL's CPU time per INSERT + COMMIT, in microseconds (all its
     /// processes: the backends, the WAL writer…).
     pub postgres_cpu_micros: f64,
+    /// Write-ahead log written per INSERT + COMMIT, in bytes.
+    pub wal_bytes: f64,
 }
 
 /// One-row INSERT + COMMIT from `connections` connections.
@@ -36,17 +38,19 @@ pub async fn inserts(target: &Target, connections: usize) -> anyhow::Result<Refe
         u32::try_from(connections)?,
     )
     .await?;
-    let before = Servers::read();
-    let committed = database
-        .store()
+    let store = database.store();
+    let (before, wal_before) = (Servers::read(), store.wal_bytes_written().await?);
+    let committed = store
         .reference_inserts(connections, REFERENCE_DURATION)
         .await;
     let (postgres, _) = Servers::read().since(&before);
+    let wal = store.wal_bytes_written().await? - wal_before;
     database.drop_database().await?;
     let committed = committed?;
     Ok(Reference {
         per_second: committed as f64 / REFERENCE_DURATION.as_secs_f64(),
         postgres_cpu_micros: postgres.cpu_micros_per(usize::try_from(committed)?),
+        wal_bytes: wal as f64 / committed as f64,
     })
 }
 

@@ -165,7 +165,9 @@ pub(crate) async fn submit(
     let (before, servers_before, client_before) =
         (deployment.api_usage(), Servers::read(), usage::own());
     let redis_before = usage::redis_commands(&target.redis_url).await?;
+    let wal_before = deployment.store().wal_bytes_written().await?;
     let elapsed = run_clients(clients, count, (&bar, 1), post).await?;
+    let wal = deployment.store().wal_bytes_written().await? - wal_before;
     let api = deployment.api_usage().since(before);
     let (postgres, redis) = Servers::read().since(&servers_before);
     let client = usage::own().since(client_before);
@@ -204,6 +206,18 @@ pub(crate) async fn submit(
             "reference: PostgreSQL CPU per INSERT + COMMIT",
             reference.postgres_cpu_micros,
             "µs",
+            "report",
+        ),
+        Figure::new(
+            "WAL bytes per request",
+            wal as f64 / count as f64,
+            "bytes",
+            "report",
+        ),
+        Figure::new(
+            "reference: WAL bytes per INSERT + COMMIT",
+            reference.wal_bytes,
+            "bytes",
             "report",
         ),
         Figure::new(

@@ -198,6 +198,18 @@ impl Store {
         .await?)
     }
 
+    /// How far the server's write-ahead log has grown, in bytes: the
+    /// difference between two readings is what everything on the server
+    /// wrote between them (every database's, not only this store's).
+    pub async fn wal_bytes_written(&self) -> StoreResult<i64> {
+        super::statement("wal_bytes_written");
+        Ok(sqlx::query_scalar!(
+            r#"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS "bytes!""#
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     /// Statements PostgreSQL has run in this store's database so far, by
     /// `pg_stat_statements`; `None` where the server does not load it (it
     /// must be listed in `shared_preload_libraries`, which a stock server
