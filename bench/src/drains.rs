@@ -430,6 +430,8 @@ pub(crate) async fn drain(
     let commits = deployment.store().commits().await? - commits_before;
     let wal = deployment.store().wal_bytes_written().await? - wal_before;
     let statements = deployment.store().statements_run().await;
+    let table_bytes_per_job = deployment.store().jobs_table_bytes().await? as f64
+        / deployment.store().count_jobs().await?.max(1) as f64;
     let peak_mib = peak_rss_bytes as f64 / f64::from(1 << 20);
     deployment.stop().await?;
     let mut figures = vec![
@@ -443,6 +445,12 @@ pub(crate) async fn drain(
         Figure::new(
             "WAL bytes per job",
             wal as f64 / count as f64,
+            "bytes",
+            "report",
+        ),
+        Figure::new(
+            "jobs table bytes per job, after the drain",
+            table_bytes_per_job,
             "bytes",
             "report",
         ),

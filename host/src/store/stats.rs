@@ -210,6 +210,19 @@ impl Store {
         .await?)
     }
 
+    /// The bytes `jobs` takes on disk: its heap, free space map and
+    /// visibility map, without its indexes (`pg_table_size`). Divided by
+    /// the jobs it holds, it shows what the table's fillfactor costs in
+    /// space (migration 20261218000001).
+    pub async fn jobs_table_bytes(&self) -> StoreResult<i64> {
+        super::statement("jobs_table_bytes");
+        Ok(
+            sqlx::query_scalar!(r#"SELECT pg_table_size('jobs') AS "bytes!""#)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
     /// Statements PostgreSQL has run in this store's database so far, by
     /// `pg_stat_statements`; `None` where the server does not load it (it
     /// must be listed in `shared_preload_libraries`, which a stock server
