@@ -13,12 +13,13 @@ use taskflow::job::{AttemptLimits, FailureKind};
 
 use crate::support::{compile_config, plugin};
 
-fn config() -> SandboxConfig {
+/// A sandbox of `slots` slots.
+fn config(slots: usize) -> SandboxConfig {
     let limits = ExecutionLimits {
         max_memory_bytes: 64 << 20,
         ..ExecutionLimits::default()
     };
-    limits.sandbox_config(2, None, compile_config().compiler_config().unwrap())
+    limits.sandbox_config(slots, None, compile_config().compiler_config().unwrap())
 }
 
 /// A cache directory path of this test's own, not created yet.
@@ -32,7 +33,7 @@ fn fresh_cache_dir() -> std::path::PathBuf {
 fn sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
     Sandbox::new(SandboxConfig {
         cache_dir,
-        ..config()
+        ..config(2)
     })
     .expect("sandbox starts")
 }
@@ -153,7 +154,7 @@ async fn a_cache_directory_others_could_change_is_refused_at_start() {
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
     let refused = Sandbox::new(SandboxConfig {
         cache_dir: Some(shared.join("taskflow-cache")),
-        ..config()
+        ..config(2)
     })
     .err()
     .expect("a cache under a world-writable directory is refused");
@@ -162,6 +163,48 @@ async fn a_cache_directory_others_could_change_is_refused_at_start() {
         "{refused}"
     );
     std::fs::remove_dir_all(root).unwrap();
+}
+
+/// Runs the `misbehave` plugin with `input` and returns its `marks`.
+async fn marks_seen(sandbox: &Sandbox, task: &PreparedTask, input: &str) -> u64 {
+    let execution = sandbox
+        .run(task, attempt(input, 1 << 40, RunGrant::unlimited()))
+        .await;
+    let output: serde_json::Value = serde_json::from_slice(&execution.result.unwrap()).unwrap();
+    output["marks"].as_u64().unwrap()
+}
+
+/// With one slot, every attempt runs in the memory the previous one used,
+/// which the pooling allocator resets rather than unmaps (only the pages
+/// the guest wrote, found with `PAGEMAP_SCAN` where the kernel has it:
+/// sandbox/engine.rs, `pooling_config`). Nothing an attempt wrote may
+/// survive into the next: not its stack, not its heap within the part kept
+/// resident or beyond it, not memory it grew. `mark` first shows the search
+/// finds what is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_sees_nothing_the_previous_attempt_wrote_in_its_memory() {
+    let sandbox = Sandbox::new(config(1)).expect("sandbox starts");
+    let (task, _) = prepare(&sandbox, plugin("misbehave")).await;
+    let marked_bytes = 4 << 20;
+    for round in 0..3 {
+        let written = marks_seen(
+            &sandbox,
+            &task,
+            &format!(r#"{{"mode":"mark","bytes":{marked_bytes}}}"#),
+        )
+        .await;
+        assert!(
+            written >= marked_bytes / 8,
+            "round {round}: {written} marks written"
+        );
+        let left = marks_seen(
+            &sandbox,
+            &task,
+            &format!(r#"{{"mode":"find_marks","reserve":{}}}"#, 2 * marked_bytes),
+        )
+        .await;
+        assert_eq!(left, 0, "round {round}: marks left by the previous attempt");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -57,7 +57,20 @@ enum Mode {
     /// outside its linear memory. Reports how many it made, and the error
     /// that stopped it if one did without a trap.
     HoardHeaders { count: usize, bytes: usize },
+    /// Fills `bytes` bytes of fresh heap and a buffer on its stack with
+    /// [`MARK`], then reports how many marks its linear memory holds
+    /// (`{"marks": n}`): what proves [`Mode::FindMarks`] finds marks.
+    Mark { bytes: usize },
+    /// Reserves `reserve` bytes of heap without writing them (growing the
+    /// memory as a big task would), then reports how many [`MARK`]s its
+    /// linear memory holds: any is a previous attempt's.
+    FindMarks { reserve: usize },
 }
+
+/// A word nothing writes by chance. The code compares with it and writes it
+/// as an immediate, so linear memory holds it only where [`Mode::Mark`] put
+/// it.
+const MARK: u64 = 0x7a5c_f10e_d1e5_0a11;
 
 fn json(value: serde_json::Value) -> Bytes {
     Bytes(serde_json::to_vec(&value).expect("JSON values serialize"))
@@ -127,6 +140,19 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
         }
         Mode::RawWrite { bytes, blocking } => Ok(json(raw_write(bytes, blocking))),
         Mode::HoardHeaders { count, bytes } => Ok(json(hoard_headers(count, bytes))),
+        Mode::Mark { bytes } => {
+            let heap = std::hint::black_box(vec![MARK; bytes / 8]);
+            let stack = std::hint::black_box([MARK; 512]);
+            let marks = marks_in_memory();
+            drop((heap, stack));
+            Ok(json(serde_json::json!({ "marks": marks })))
+        }
+        Mode::FindMarks { reserve } => {
+            let reserved = std::hint::black_box(Vec::<u8>::with_capacity(reserve));
+            let marks = marks_in_memory();
+            drop(reserved);
+            Ok(json(serde_json::json!({ "marks": marks })))
+        }
         Mode::Burn { iterations } => {
             let mut hash: u64 = 0xcbf29ce484222325;
             for i in 0..iterations {
@@ -203,6 +229,26 @@ fn hoard_headers(count: usize, bytes: usize) -> serde_json::Value {
 #[cfg(not(target_arch = "wasm32"))]
 fn hoard_headers(_count: usize, _bytes: usize) -> serde_json::Value {
     serde_json::json!({ "made": 0, "error": "not on WASI" })
+}
+
+/// How many 8-byte-aligned words of the whole linear memory equal
+/// [`MARK`], whoever wrote them. Reads raw addresses on purpose: the memory
+/// the host handed this attempt is what is being checked, not Rust's objects.
+#[cfg(target_arch = "wasm32")]
+fn marks_in_memory() -> usize {
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    // Address 0 is the null pointer to Rust; the first word is skipped.
+    (8..end)
+        .step_by(8)
+        // SAFETY: every address below the memory's size is mapped and
+        // readable in WebAssembly; a volatile read is not optimized away.
+        .filter(|&address| unsafe { std::ptr::read_volatile(address as *const u64) } == MARK)
+        .count()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn marks_in_memory() -> usize {
+    0
 }
 
 // Unbounded on purpose: the host must stop it with `stack_overflow`. The
