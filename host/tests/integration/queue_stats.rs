@@ -55,6 +55,10 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     jobs.push(on("other", None));
     store.insert_jobs(&jobs).await.unwrap();
     assert_counts_exact(store, "submissions").await;
+    // A lone job has an insert of its own (store/submit.rs, `insert_one`).
+    store.insert_jobs(&[on("default", None)]).await.unwrap();
+    store.insert_jobs(&[on("lone", later)]).await.unwrap();
+    assert_counts_exact(store, "lone submissions").await;
     let unknown = NewJob {
         module_hash: "b".repeat(64),
         ..on("default", None)

@@ -1,11 +1,15 @@
-//! The store's group-commit writer (`store/submitter.rs`) against a real
-//! PostgreSQL: one refused submission among grouped ones, and lone writes
-//! whose caller stops waiting.
+//! The store's group-commit writer (`store/submitter.rs`) and its insert
+//! (`store/submit.rs`) against a real PostgreSQL: one refused submission
+//! among grouped ones, lone writes whose caller stops waiting, and a lone
+//! job stored as it would be in a group.
 
+use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
-use taskflow::job::NewJob;
+use taskflow::job::{JobState, NewJob, TraceContext};
+use taskflow::store::JobDetail;
+use uuid::Uuid;
 
-use crate::support::{TestApp, new_job};
+use crate::support::{TestApp, new_job, test_database};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
@@ -75,4 +79,90 @@ async fn after_an_abandoned_lone_write_the_next_submission_gets_its_own_answer()
     assert!((21..=41).contains(&count), "{count} jobs");
     drop(submitter);
     app.finish().await;
+}
+
+/// A lone job has a statement of its own (`insert_one` in store/submit.rs;
+/// a group's is `insert_many`): every column it writes, and the answer it
+/// builds from its `RETURNING`, must be what a group's statement gives the
+/// same job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_job_is_stored_as_the_same_job_in_a_group_is() {
+    let db = test_database().await;
+    let store = db.store();
+    let module = "a".repeat(64);
+    store.insert_module(&module, b"\0asm").await.unwrap();
+    let every_field = NewJob {
+        queue: "other".into(),
+        priority: -3,
+        input: vec![0, 1, 2, 255],
+        max_attempts: 2,
+        timeout_ms: 77,
+        fuel: 12_345,
+        memory_limit_bytes: 1 << 22,
+        run_at: Some(Utc::now() + chrono::Duration::hours(1)),
+        idempotency_key: Some("key".into()),
+        request_fingerprint: Some(vec![7; 32]),
+        concurrency_key: Some("tenant-1".into()),
+        trace: TraceContext::parse_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ..new_job(&module)
+    };
+    for template in [new_job(&module), every_field] {
+        let copy = |suffix: &str| NewJob {
+            id: Uuid::now_v7(),
+            idempotency_key: template
+                .idempotency_key
+                .as_ref()
+                .map(|k| format!("{k}-{suffix}")),
+            ..template.clone()
+        };
+        let (alone, grouped) = (copy("alone"), copy("grouped"));
+        let answered = store
+            .insert_jobs(std::slice::from_ref(&alone))
+            .await
+            .unwrap();
+        store
+            .insert_jobs(&[grouped.clone(), new_job(&module)])
+            .await
+            .unwrap();
+        let stored_alone = store.get_job(alone.id).await.unwrap().unwrap();
+        let stored_grouped = store.get_job(grouped.id).await.unwrap().unwrap();
+        assert_eq!(
+            format!("{:?}", answered[0].job),
+            format!("{:?}", stored_alone.job)
+        );
+        assert_eq!(comparable(stored_alone), comparable(stored_grouped));
+
+        // The fingerprint was stored: the same request again is answered
+        // with the job it created.
+        if alone.idempotency_key.is_some() {
+            let again = NewJob {
+                id: Uuid::now_v7(),
+                ..alone.clone()
+            };
+            let answered = store.insert_jobs(&[again]).await.unwrap();
+            assert!(!answered[0].created);
+            assert_eq!(answered[0].job.id, alone.id);
+        }
+    }
+    db.drop_database().await.unwrap();
+}
+
+/// A stored job without what differs between two submissions of the same
+/// job: its id, key and the time it was inserted (a due job's `run_at` is
+/// that time).
+fn comparable(detail: JobDetail) -> String {
+    let mut job = detail.job;
+    let inserted = job.created_at;
+    assert_eq!(job.updated_at, inserted, "{job:?}");
+    if job.state == JobState::Available {
+        assert_eq!(job.run_at, inserted, "{job:?}");
+        job.run_at = DateTime::UNIX_EPOCH;
+    }
+    job.id = Uuid::nil();
+    job.idempotency_key = None;
+    job.created_at = DateTime::UNIX_EPOCH;
+    job.updated_at = DateTime::UNIX_EPOCH;
+    format!("{job:?} {:?} {:?}", detail.input, detail.output)
 }
