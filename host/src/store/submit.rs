@@ -264,11 +264,12 @@ async fn insert_many(connection: Statements<'_>, jobs: &[NewJob]) -> StoreResult
 }
 
 /// The insert of [`Store::insert_jobs_independently`] for one job: the same
-/// rows written as [`insert_many`] writes them, with the job's values as
-/// parameters instead of arrays. A lone submission is what a sequential
-/// client makes, and this form costs PostgreSQL about a sixth less CPU than
-/// unnesting fourteen one-element arrays (docs/benchmarks.md, "What a
-/// submission costs PostgreSQL").
+/// row [`insert_many`] writes, from the job's values as parameters instead
+/// of arrays. A lone submission is what a sequential client makes, and this
+/// form costs PostgreSQL about a sixth less CPU than unnesting fourteen
+/// one-element arrays (docs/benchmarks.md, "What a submission costs
+/// PostgreSQL, part by part"). `submitter::a_lone_job_is_stored_as_the_same_job_in_a_group_is`
+/// holds the two to the same row.
 async fn insert_one(connection: Statements<'_>, job: &NewJob) -> StoreResult<Vec<Inserted>> {
     super::statement("insert_jobs");
     Ok(sqlx::query_as!(
