@@ -193,7 +193,8 @@ impl Store {
 }
 
 /// The insert of [`Store::insert_jobs_independently`] for any number of
-/// jobs: one array per column, unnested into rows.
+/// jobs: one array per column, unnested into rows. What it writes for a job,
+/// [`insert_one`] writes for a lone one: a change to either belongs in both.
 async fn insert_many(connection: Statements<'_>, jobs: &[NewJob]) -> StoreResult<Vec<Inserted>> {
     super::statement("insert_jobs");
     let column = |f: fn(&NewJob) -> i64| jobs.iter().map(f).collect::<Vec<_>>();
@@ -268,8 +269,10 @@ async fn insert_many(connection: Statements<'_>, jobs: &[NewJob]) -> StoreResult
 /// of arrays. A lone submission is what a sequential client makes, and this
 /// form costs PostgreSQL about a sixth less CPU than unnesting fourteen
 /// one-element arrays (docs/benchmarks.md, "What a submission costs
-/// PostgreSQL, part by part"). `submitter::a_lone_job_is_stored_as_the_same_job_in_a_group_is`
-/// holds the two to the same row.
+/// PostgreSQL, part by part"). The two statements must write the same row:
+/// the integration test
+/// `submitter::a_lone_job_is_stored_as_the_same_job_in_a_group_is` holds
+/// them to it, column by column.
 async fn insert_one(connection: Statements<'_>, job: &NewJob) -> StoreResult<Vec<Inserted>> {
     super::statement("insert_jobs");
     Ok(sqlx::query_as!(
