@@ -103,8 +103,11 @@ async fn a_lone_job_is_stored_as_the_same_job_in_a_group_is() {
         idempotency_key: Some("key".into()),
         request_fingerprint: Some(vec![7; 32]),
         concurrency_key: Some("tenant-1".into()),
-        trace: TraceContext::parse_traceparent(
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        trace: Some(
+            TraceContext::parse_traceparent(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .unwrap(),
         ),
         ..new_job(&module)
     };
