@@ -2,9 +2,11 @@
 //! run, so a ratio holds on any machine: PostgreSQL's one-row INSERT, each
 //! its own commit (one WAL flush each, as a submission's), from one
 //! connection and from 32 (`Store::reference_inserts`). On a fresh
-//! database of its own, while no deployment runs. Beside it, the API's own
-//! statement without the API ([`store_submissions`]), which tells the cost
-//! of what a submission writes from the cost of serving it over HTTP.
+//! database of its own, while no deployment runs. Beside it, for a lone
+//! submission, the job's own row written by a plain INSERT ([`job_rows`])
+//! and the API's own statement without the API ([`store_submissions`]):
+//! together they tell what the row costs, what TaskFlow's statement adds
+//! to it, and what serving it over HTTP adds to that.
 
 use std::time::{Duration, Instant};
 
@@ -32,17 +34,50 @@ pub struct Reference {
 
 /// One-row INSERT + COMMIT from `connections` connections.
 pub async fn inserts(target: &Target, connections: usize) -> anyhow::Result<Reference> {
-    let database = ScratchDatabase::create(
-        &target.database_url,
+    let connections_u32 = u32::try_from(connections)?;
+    measure(
+        target,
         "taskflow_bench_reference",
-        u32::try_from(connections)?,
+        connections_u32,
+        async |store| {
+            store
+                .reference_inserts(connections, REFERENCE_DURATION)
+                .await
+        },
     )
-    .await?;
+    .await
+}
+
+/// `job`'s own row written again and again by a plain INSERT + COMMIT from
+/// one connection (`Store::reference_job_rows`): what PostgreSQL makes of
+/// a job's row before TaskFlow's statement and the API add anything, and
+/// so how much of the distance to the one-row reference is the row itself
+/// (docs/benchmarks.md, "What a submission costs PostgreSQL, part by
+/// part").
+pub async fn job_rows(target: &Target, job: &SubmitJob) -> anyhow::Result<Reference> {
+    let job = job
+        .clone()
+        .into_spec()?
+        .resolve(&SubmissionLimits::default(), &ModuleNames::new())?;
+    measure(target, "taskflow_bench_job_rows", 1, async |store| {
+        store.reference_job_rows(&job, REFERENCE_DURATION).await
+    })
+    .await
+}
+
+/// Runs `commits` (which returns how many it committed in
+/// [`REFERENCE_DURATION`]) on a fresh database of its own, with
+/// `connections` connections, and what PostgreSQL spent on it.
+async fn measure(
+    target: &Target,
+    prefix: &str,
+    connections: u32,
+    commits: impl AsyncFnOnce(&Store) -> taskflow::store::StoreResult<u64>,
+) -> anyhow::Result<Reference> {
+    let database = ScratchDatabase::create(&target.database_url, prefix, connections).await?;
     let store = database.store();
     let (before, wal_before) = (Servers::read(), store.wal_bytes_written().await?);
-    let committed = store
-        .reference_inserts(connections, REFERENCE_DURATION)
-        .await;
+    let committed = commits(store).await;
     let (postgres, _) = Servers::read().since(&before);
     let wal = store.wal_bytes_written().await? - wal_before;
     database.drop_database().await?;

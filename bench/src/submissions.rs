@@ -180,6 +180,15 @@ pub(crate) async fn submit(
         None
     };
     deployment.stop().await?;
+    // For a sequential client, the parts of a submission's cost: the
+    // store's statement without HTTP (above), and the job's row alone.
+    let parts = match without_http {
+        Some(without_http) => Some((
+            without_http,
+            reference::job_rows(target, &submission).await?,
+        )),
+        None => None,
+    };
     let (ratio_target, switches_target) = if clients == 1 {
         ("≥ 0.75", "≤ 2")
     } else {
@@ -233,8 +242,38 @@ pub(crate) async fn submit(
             "report",
         ),
     ];
-    if let Some(without_http) = without_http {
+    if let Some((without_http, job_rows)) = parts {
         figures.extend([
+            Figure::new(
+                "reference: the job's own row, plain INSERT + COMMIT, 1 connection",
+                job_rows.per_second,
+                "tps",
+                "report",
+            ),
+            Figure::new(
+                "the job's own row / reference",
+                job_rows.per_second / reference.per_second,
+                "ratio",
+                "report",
+            ),
+            Figure::new(
+                "PostgreSQL CPU per job-row INSERT + COMMIT",
+                job_rows.postgres_cpu_micros,
+                "µs",
+                "report",
+            ),
+            Figure::new(
+                "WAL bytes per job-row INSERT + COMMIT",
+                job_rows.wal_bytes,
+                "bytes",
+                "report",
+            ),
+            Figure::new(
+                "submitted / the job's own row",
+                rate / job_rows.per_second,
+                "ratio",
+                "report",
+            ),
             Figure::new(
                 "the same jobs straight through the store, no HTTP",
                 without_http,

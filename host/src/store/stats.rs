@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, StoreResult};
-use crate::job::JobState;
+use crate::job::{JobState, NewJob, TraceContext};
 use crate::queue::JobCounts;
 
 /// When jobs were created, started and finished, for latency figures.
@@ -300,5 +300,51 @@ impl Store {
             .await?
             .into_iter()
             .sum())
+    }
+
+    /// The job's own row as a second reference (bench/src/reference.rs):
+    /// `job`'s row written into `jobs` by the plainest statement, a new id
+    /// each time, each its own transaction and commit, from one connection
+    /// for `duration`; what a submission costs PostgreSQL before TaskFlow's
+    /// statement adds anything ([`Store::insert_jobs_independently`] also
+    /// checks the module, handles idempotency keys and logs the transition
+    /// for the queue counters). Returns how many committed. For a scratch
+    /// database only: the rows name a module that may not exist, and a job
+    /// with an idempotency key fails its second insert.
+    pub async fn reference_job_rows(
+        &self,
+        job: &NewJob,
+        duration: std::time::Duration,
+    ) -> StoreResult<u64> {
+        super::statement("reference_job_rows");
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut connection = self.pool().acquire().await?;
+        let mut committed = 0_u64;
+        while tokio::time::Instant::now() < deadline {
+            sqlx::query!(
+                "INSERT INTO jobs (id, module_hash, queue, priority, state, input, max_attempts,
+                                   timeout_ms, fuel, memory_limit_bytes, run_at, idempotency_key,
+                                   request_fingerprint, concurrency_key, traceparent)
+                 VALUES ($1, $2, $3, $4, 'available', $5, $6, $7, $8, $9, now(), $10, $11, $12,
+                         $13)",
+                Uuid::now_v7(),
+                job.module_hash,
+                job.queue,
+                job.priority,
+                job.input,
+                job.max_attempts,
+                job.timeout_ms,
+                job.fuel,
+                job.memory_limit_bytes,
+                job.idempotency_key,
+                job.request_fingerprint,
+                job.concurrency_key,
+                job.trace as Option<TraceContext>
+            )
+            .execute(connection.statements())
+            .await?;
+            committed += 1;
+        }
+        Ok(committed)
     }
 }

@@ -152,6 +152,43 @@ async fn a_lone_job_is_stored_as_the_same_job_in_a_group_is() {
     db.drop_database().await.unwrap();
 }
 
+/// The benchmark's second reference (`Store::reference_job_rows`) writes
+/// the row a submission of the same job writes, no more and no less: its
+/// rate is meant to tell what the row itself costs PostgreSQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_job_row_reference_writes_the_row_a_submission_writes() {
+    let db = test_database().await;
+    let store = db.store();
+    let module = "b".repeat(64);
+    store.insert_module(&module, b"\0asm").await.unwrap();
+    let job = NewJob {
+        input: vec![9, 8, 7],
+        concurrency_key: Some("tenant-2".into()),
+        ..new_job(&module)
+    };
+    let submitted = store.insert_jobs(std::slice::from_ref(&job)).await.unwrap();
+    let written = store
+        .reference_job_rows(&job, std::time::Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(written > 0);
+
+    let stored = store
+        .list_jobs(&taskflow::store::JobFilter {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len() as u64, written + 1);
+    let submission = comparable(store.get_job(submitted[0].job.id).await.unwrap().unwrap());
+    for record in stored.iter().filter(|r| r.id != job.id) {
+        let row = store.get_job(record.id).await.unwrap().unwrap();
+        assert_eq!(comparable(row), submission);
+    }
+    db.drop_database().await.unwrap();
+}
+
 /// A stored job without what differs between two submissions of the same
 /// job: its id, key and the time it was inserted (a due job's `run_at` is
 /// that time).
