@@ -157,6 +157,14 @@ pub(crate) async fn submit(
     clients: usize,
 ) -> anyhow::Result<Submitted> {
     let reference = reference::inserts(target, clients).await?;
+    // For a sequential client, the job's own row beside the reference, in
+    // the same conditions: before the deployment, whose database's drop
+    // forces a checkpoint.
+    let job_rows = if clients == 1 {
+        Some(reference::job_rows(target).await?)
+    } else {
+        None
+    };
     let deployment = Deployment::start(target).await?;
     let module = deployment.upload("noop").await?;
     let bar = progress(count, "submitting");
@@ -180,15 +188,6 @@ pub(crate) async fn submit(
         None
     };
     deployment.stop().await?;
-    // For a sequential client, the parts of a submission's cost: the
-    // store's statement without HTTP (above), and the job's row alone.
-    let parts = match without_http {
-        Some(without_http) => Some((
-            without_http,
-            reference::job_rows(target, &submission).await?,
-        )),
-        None => None,
-    };
     let (ratio_target, switches_target) = if clients == 1 {
         ("≥ 0.75", "≤ 2")
     } else {
@@ -242,7 +241,7 @@ pub(crate) async fn submit(
             "report",
         ),
     ];
-    if let Some((without_http, job_rows)) = parts {
+    if let Some((without_http, job_rows)) = without_http.zip(job_rows) {
         figures.extend([
             Figure::new(
                 "reference: the job's own row, plain INSERT + COMMIT, 1 connection",
