@@ -310,7 +310,10 @@ impl Store {
     /// checks the module, handles idempotency keys and logs the transition
     /// for the queue counters). Returns how many committed. For a scratch
     /// database only: the rows name a module that may not exist, and a job
-    /// with an idempotency key fails its second insert.
+    /// with an idempotency key fails its second insert. A column a
+    /// submission comes to write belongs here too: the test
+    /// `submitter::the_job_row_reference_writes_the_row_a_submission_writes`
+    /// compares the rows.
     pub async fn reference_job_rows(
         &self,
         job: &NewJob,
