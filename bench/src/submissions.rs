@@ -285,6 +285,15 @@ pub(crate) async fn submit(
                 "ratio",
                 "report",
             ),
+            // The sequential ratio as the product of three factors of this
+            // run (docs/benchmarks.md, "The job's own row in every run"):
+            // the row (above), TaskFlow's statement, and HTTP (below).
+            Figure::new(
+                "store alone / the job's own row",
+                without_http / job_rows.per_second,
+                "ratio",
+                "report",
+            ),
             Figure::new(
                 "submitted / store alone",
                 rate / without_http,
