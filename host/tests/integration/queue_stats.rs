@@ -13,7 +13,7 @@ use taskflow::maintenance::{CounterFolder, Service};
 use taskflow::queue::{Activity, JobCounts, QueueLimits, QueueSettings, QueueStats};
 use taskflow::store::{ClaimPath, Store};
 
-use crate::support::{TestApp, new_job, rescue, success, test_database};
+use crate::support::{TestApp, new_job, rescue, stored_module, success, test_database};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -42,8 +42,7 @@ fn failed(next: AfterFailure) -> AttemptEnd {
 async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_not() {
     let db = test_database().await;
     let store = db.store();
-    let module = "a".repeat(64);
-    store.insert_module(&module, b"\0asm").await.unwrap();
+    let module = stored_module(store).await;
     let on = |queue: &str, run_at| NewJob {
         queue: queue.into(),
         run_at,

@@ -11,7 +11,7 @@ use taskflow::store::{ClaimPath, FillerJobs, JobRecord, Pruned, Store, StoreErro
 use taskflow_testkit::HeldTransaction;
 use uuid::Uuid;
 
-use crate::support::{TestApp, TestDb, new_job, success, test_database};
+use crate::support::{TestApp, TestDb, new_job, stored_module, success, test_database};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -186,8 +186,7 @@ async fn the_pruner_asks_for_its_next_pass_soon_only_after_a_full_batch() {
 async fn a_job_that_finished_again_while_the_pruner_read_it_is_kept() {
     let db = test_database().await;
     let store = db.store().clone();
-    let module = "a".repeat(64);
-    store.insert_module(&module, b"\0asm").await.unwrap();
+    let module = stored_module(&store).await;
     let old_dead = FillerJobs {
         module_hash: &module,
         queue: "default",
@@ -287,8 +286,7 @@ async fn a_job_that_finished_again_while_its_delete_waited_leaves_no_attempt() {
 async fn the_pruner_reads_the_retention_index_not_the_table() {
     let db = test_database().await;
     let store = db.store();
-    let module = "a".repeat(64);
-    store.insert_module(&module, b"\0asm").await.unwrap();
+    let module = stored_module(store).await;
     for queue in ["archive", "kept"] {
         let jobs = FillerJobs {
             module_hash: &module,

@@ -9,7 +9,7 @@ use taskflow::job::{JobState, NewJob, TraceContext};
 use taskflow::store::JobDetail;
 use uuid::Uuid;
 
-use crate::support::{TestApp, new_job, test_database};
+use crate::support::{TestApp, new_job, stored_module, test_database};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submission_postgres_refuses_fails_alone_in_its_group() {
@@ -89,8 +89,7 @@ async fn after_an_abandoned_lone_write_the_next_submission_gets_its_own_answer()
 async fn a_lone_job_is_stored_as_the_same_job_in_a_group_is() {
     let db = test_database().await;
     let store = db.store();
-    let module = "a".repeat(64);
-    store.insert_module(&module, b"\0asm").await.unwrap();
+    let module = stored_module(store).await;
     let every_field = NewJob {
         queue: "other".into(),
         priority: -3,
@@ -159,8 +158,7 @@ async fn a_lone_job_is_stored_as_the_same_job_in_a_group_is() {
 async fn the_job_row_reference_writes_the_row_a_submission_writes() {
     let db = test_database().await;
     let store = db.store();
-    let module = "b".repeat(64);
-    store.insert_module(&module, b"\0asm").await.unwrap();
+    let module = stored_module(store).await;
     let job = NewJob {
         input: vec![9, 8, 7],
         concurrency_key: Some("tenant-2".into()),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, AttemptRequests, NewJob};
-use taskflow::store::{ClaimedJob, FinishedAttempt};
+use taskflow::store::{ClaimedJob, FinishedAttempt, Store};
 use uuid::Uuid;
 
 use super::{TestDb, test_database};
@@ -12,15 +12,22 @@ use super::{TestDb, test_database};
 /// A database of its own holding `count` available jobs of one module
 /// (whose bytes are never run), for tests that play the store's statements.
 pub async fn store_with_jobs(count: usize) -> (TestDb, Vec<Uuid>) {
-    use sha2::Digest;
     let db = test_database().await;
     let store = db.store();
-    let bytes = b"not run by these tests".to_vec();
-    let hash = hex::encode(sha2::Sha256::digest(&bytes));
-    store.insert_module(&hash, &bytes).await.unwrap();
+    let hash = stored_module(store).await;
     let jobs: Vec<NewJob> = (0..count).map(|_| new_job(&hash)).collect();
     store.insert_jobs(&jobs).await.unwrap();
     (db, jobs.iter().map(|job| job.id).collect())
+}
+
+/// Stores a module whose bytes are never run, for jobs to name, and
+/// returns its hash.
+pub async fn stored_module(store: &Store) -> String {
+    use sha2::Digest;
+    let bytes = b"not run by these tests".to_vec();
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    store.insert_module(&hash, &bytes).await.unwrap();
+    hash
 }
 
 /// A job of `module_hash` with small limits, as the store takes it (past
