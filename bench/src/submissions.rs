@@ -235,6 +235,12 @@ pub(crate) async fn submit(
             switches_target,
         ),
         Figure::new(
+            "of them, involuntary (the API preempted)",
+            api.involuntary_switches_per(count),
+            "switches",
+            "report",
+        ),
+        Figure::new(
             "Redis commands per request",
             redis_calls as f64 / count as f64,
             "commands",

@@ -11,17 +11,24 @@ use std::collections::BTreeMap;
 pub struct Usage {
     /// User and system CPU time, in microseconds (10 ms resolution).
     pub cpu_micros: u64,
-    /// Context switches.
+    /// Context switches, of both kinds.
     pub switches: u64,
+    /// Of them, those where the scheduler took the core away to give
+    /// another process a turn (preemptions), rather than a thread waiting.
+    pub involuntary_switches: u64,
 }
 
 impl Usage {
     /// The usage of processes `pids` so far; a process that has exited
     /// counts nothing.
     pub fn of(pids: impl IntoIterator<Item = u32>) -> Self {
-        pids.into_iter().fold(Self::default(), |total, pid| Self {
-            cpu_micros: total.cpu_micros + taskflow_testkit::cpu_micros(pid).unwrap_or(0),
-            switches: total.switches + taskflow_testkit::context_switches(pid).unwrap_or(0),
+        pids.into_iter().fold(Self::default(), |total, pid| {
+            let switches = taskflow_testkit::context_switches(pid).unwrap_or_default();
+            Self {
+                cpu_micros: total.cpu_micros + taskflow_testkit::cpu_micros(pid).unwrap_or(0),
+                switches: total.switches + switches.total(),
+                involuntary_switches: total.involuntary_switches + switches.involuntary,
+            }
         })
     }
 
@@ -30,6 +37,9 @@ impl Usage {
         Self {
             cpu_micros: self.cpu_micros.saturating_sub(before.cpu_micros),
             switches: self.switches.saturating_sub(before.switches),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(before.involuntary_switches),
         }
     }
 
@@ -41,6 +51,11 @@ impl Usage {
     /// Context switches per unit of `count` units of work.
     pub fn switches_per(self, count: usize) -> f64 {
         self.switches as f64 / count as f64
+    }
+
+    /// Involuntary context switches per unit of `count` units of work.
+    pub fn involuntary_switches_per(self, count: usize) -> f64 {
+        self.involuntary_switches as f64 / count as f64
     }
 }
 
@@ -71,6 +86,7 @@ impl ServerUsage {
             .fold(Usage::default(), |total, usage| Usage {
                 cpu_micros: total.cpu_micros + usage.cpu_micros,
                 switches: total.switches + usage.switches,
+                involuntary_switches: total.involuntary_switches + usage.involuntary_switches,
             })
     }
 }

@@ -33,7 +33,8 @@ pub use network::{Host, Network, Place, SUBNET};
 pub use pgbouncer::PgBouncer;
 pub use private_servers::{PrivatePostgres, PrivateRedis};
 pub use process::{
-    context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes, user_and_system_cpu_micros,
+    ContextSwitches, context_switches, cpu_micros, peak_rss_bytes, pids_named, rss_bytes,
+    user_and_system_cpu_micros,
 };
 pub use redis_cluster::RedisCluster;
 pub use replica::ReplicatedPostgres;

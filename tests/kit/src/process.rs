@@ -27,17 +27,38 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     status_bytes(pid, "VmRSS:")
 }
 
-/// Context switches (voluntary and not) of every thread of process `pid`
-/// so far; `None` once it has exited.
-pub fn context_switches(pid: u32) -> Option<u64> {
-    let mut total = 0;
+/// Context switches of every thread of a process so far, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContextSwitches {
+    /// The thread gave up its core to wait (`voluntary_ctxt_switches`).
+    pub voluntary: u64,
+    /// The scheduler took the core from the thread while it could still
+    /// run, to give another task a turn (`nonvoluntary_ctxt_switches`).
+    pub involuntary: u64,
+}
+
+impl ContextSwitches {
+    /// Both kinds together.
+    pub fn total(self) -> u64 {
+        self.voluntary + self.involuntary
+    }
+}
+
+/// Context switches of every thread of process `pid` so far; `None` once
+/// it has exited.
+pub fn context_switches(pid: u32) -> Option<ContextSwitches> {
+    let mut total = ContextSwitches::default();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
-        total += status
-            .lines()
-            .filter(|line| line.contains("ctxt_switches:"))
-            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>();
+        for line in status.lines() {
+            let count =
+                |field: &str| -> Option<u64> { line.strip_prefix(field)?.trim().parse().ok() };
+            if let Some(count) = count("voluntary_ctxt_switches:") {
+                total.voluntary += count;
+            } else if let Some(count) = count("nonvoluntary_ctxt_switches:") {
+                total.involuntary += count;
+            }
+        }
     }
     Some(total)
 }
@@ -73,4 +94,25 @@ pub fn pids_named(name: &str) -> Vec<u32> {
                 .is_ok_and(|comm| comm.trim_end() == name)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_sleeps_counts_voluntary_switches() {
+        let pid = std::process::id();
+        let before = context_switches(pid).expect("this process is alive");
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let after = context_switches(pid).expect("this process is alive");
+        assert!(
+            after.voluntary >= before.voluntary + 20,
+            "20 sleeps, {before:?} then {after:?}"
+        );
+        assert!(after.involuntary >= before.involuntary);
+        assert_eq!(after.total(), after.voluntary + after.involuntary);
+    }
 }
