@@ -298,28 +298,23 @@ async fn sleep_until(at: chrono::DateTime<chrono::Utc>) {
 }
 
 /// The drain of `count` no-op jobs, and its rate over the one-connection
-/// reference measured just before.
+/// reference measured around it.
 pub(crate) async fn drain_beside_reference(
     target: &Target,
     count: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let reference = reference::inserts(target, 1).await?;
-    let drained = drain(target, count, &DrainSetup::default()).await?;
+    let (drained, reference) = reference::bracket(target, 1, async || {
+        drain(target, count, &DrainSetup::default()).await
+    })
+    .await?;
     let mut figures = drained.figures;
-    figures.extend([
-        Figure::new(
-            "reference: one-row INSERT + COMMIT, 1 connection",
-            reference.per_second,
-            "tps",
-            "report",
-        ),
-        Figure::new(
-            "drained / reference",
-            drained.jobs_per_second / reference.per_second,
-            "ratio",
-            "≥ 5",
-        ),
-    ]);
+    figures.extend(reference.figures(1));
+    figures.push(Figure::new(
+        "drained / reference",
+        drained.jobs_per_second / reference.mean().per_second,
+        "ratio",
+        "≥ 5",
+    ));
     Ok(figures)
 }
 

@@ -18,9 +18,9 @@ use taskflow::api::types::SubmitBatch;
 
 use super::Figure;
 use super::cluster::{Deployment, Target};
-use super::reference;
+use super::reference::{self, Reference};
 use super::scenarios::{cpu_budget, job, progress, redis_commands_since};
-use super::usage::{self, Servers};
+use super::usage::{self, Servers, Usage};
 
 /// Runs `clients` clients at once, each making its share of `requests`
 /// posts of `post` and moving `bar` by `step` after each, and returns how
@@ -145,8 +145,26 @@ impl Post {
 pub(crate) struct Submitted {
     pub figures: Vec<Figure>,
     pub jobs_per_second: f64,
-    /// One-row INSERT + COMMIT per second from as many connections.
+    /// One-row INSERT + COMMIT per second from as many connections, the
+    /// mean of before and after the submissions ([`reference::Bracket`]).
     pub reference_per_second: f64,
+}
+
+/// What one run of single-job submissions measured, between the two
+/// measurements of the reference.
+struct SubmissionRun {
+    /// Jobs per second.
+    rate: f64,
+    /// Write-ahead log written during the run, in bytes.
+    wal: i64,
+    api: Usage,
+    postgres: Usage,
+    redis: Usage,
+    client: Usage,
+    redis_calls: u64,
+    /// For a sequential client: the job's own row by a plain INSERT, and
+    /// the same submissions straight through the store (jobs per second).
+    parts: Option<(Reference, f64)>,
 }
 
 /// `count` single-job submissions from `clients` concurrent clients, beside
@@ -156,38 +174,22 @@ pub(crate) async fn submit(
     count: usize,
     clients: usize,
 ) -> anyhow::Result<Submitted> {
-    let reference = reference::inserts(target, clients).await?;
-    // For a sequential client, the job's own row beside the reference, in
-    // the same conditions: before the deployment, whose database's drop
-    // forces a checkpoint.
-    let job_rows = if clients == 1 {
-        Some(reference::job_rows(target).await?)
-    } else {
-        None
-    };
-    let deployment = Deployment::start(target).await?;
-    let module = deployment.upload("noop").await?;
-    let bar = progress(count, "submitting");
-    let submission = job(&module);
-    let post = Post::new(&deployment, "/v1/jobs", &submission)?;
-    let (before, servers_before, client_before) =
-        (deployment.api_usage(), Servers::read(), usage::own());
-    let redis_before = usage::redis_commands(&target.redis_url).await?;
-    let wal_before = deployment.store().wal_bytes_written().await?;
-    let elapsed = run_clients(clients, count, (&bar, 1), post).await?;
-    let wal = deployment.store().wal_bytes_written().await? - wal_before;
-    let api = deployment.api_usage().since(before);
-    let (postgres, redis) = Servers::read().since(&servers_before);
-    let client = usage::own().since(client_before);
-    let redis_calls = redis_commands_since(target, redis_before).await?;
-    let rate = count as f64 / elapsed.as_secs_f64();
-    bar.finish_and_clear();
-    let without_http = if clients == 1 {
-        Some(reference::store_submissions(deployment.store(), &submission).await?)
-    } else {
-        None
-    };
-    deployment.stop().await?;
+    let (run, reference) = reference::bracket(target, clients, async || {
+        submission_run(target, count, clients).await
+    })
+    .await?;
+    let SubmissionRun {
+        rate,
+        wal,
+        api,
+        postgres,
+        redis,
+        client,
+        redis_calls,
+        parts,
+    } = run;
+    let [reference_rate, drift] = reference.figures(clients);
+    let reference = reference.mean();
     let (ratio_target, switches_target) = if clients == 1 {
         ("≥ 0.75", "≤ 2")
     } else {
@@ -195,15 +197,8 @@ pub(crate) async fn submit(
     };
     let mut figures = vec![
         Figure::new("submitted", rate, "jobs/s", "report"),
-        Figure::new(
-            format!(
-                "reference: one-row INSERT + COMMIT, {clients} connection{}",
-                if clients == 1 { "" } else { "s" }
-            ),
-            reference.per_second,
-            "tps",
-            "report",
-        ),
+        reference_rate,
+        drift,
         Figure::new(
             "submitted / reference",
             rate / reference.per_second,
@@ -247,7 +242,7 @@ pub(crate) async fn submit(
             "report",
         ),
     ];
-    if let Some((without_http, job_rows)) = without_http.zip(job_rows) {
+    if let Some((job_rows, without_http)) = parts {
         figures.extend([
             Figure::new(
                 "reference: the job's own row, plain INSERT + COMMIT, 1 connection",
@@ -322,6 +317,58 @@ pub(crate) async fn submit(
         figures,
         jobs_per_second: rate,
         reference_per_second: reference.per_second,
+    })
+}
+
+/// The submissions of [`submit`] on a deployment of their own, and for a
+/// sequential client the job's own row before them and the store alone
+/// after them.
+async fn submission_run(
+    target: &Target,
+    count: usize,
+    clients: usize,
+) -> anyhow::Result<SubmissionRun> {
+    // For a sequential client, the job's own row beside the reference, in
+    // the same conditions: before the deployment, whose database's drop
+    // forces a checkpoint.
+    let job_rows = if clients == 1 {
+        Some(reference::job_rows(target).await?)
+    } else {
+        None
+    };
+    let deployment = Deployment::start(target).await?;
+    let module = deployment.upload("noop").await?;
+    let bar = progress(count, "submitting");
+    let submission = job(&module);
+    let post = Post::new(&deployment, "/v1/jobs", &submission)?;
+    let (before, servers_before, client_before) =
+        (deployment.api_usage(), Servers::read(), usage::own());
+    let redis_before = usage::redis_commands(&target.redis_url).await?;
+    let wal_before = deployment.store().wal_bytes_written().await?;
+    let elapsed = run_clients(clients, count, (&bar, 1), post).await?;
+    let wal = deployment.store().wal_bytes_written().await? - wal_before;
+    let api = deployment.api_usage().since(before);
+    let (postgres, redis) = Servers::read().since(&servers_before);
+    let client = usage::own().since(client_before);
+    let redis_calls = redis_commands_since(target, redis_before).await?;
+    bar.finish_and_clear();
+    let parts = match job_rows {
+        Some(job_rows) => Some((
+            job_rows,
+            reference::store_submissions(deployment.store(), &submission).await?,
+        )),
+        None => None,
+    };
+    deployment.stop().await?;
+    Ok(SubmissionRun {
+        rate: count as f64 / elapsed.as_secs_f64(),
+        wal,
+        api,
+        postgres,
+        redis,
+        client,
+        redis_calls,
+        parts,
     })
 }
 
