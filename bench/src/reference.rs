@@ -60,7 +60,8 @@ impl Bracket {
     /// A machine whose commits sped up or slowed down while the scenario
     /// ran moves both ends, and a rate measured between them is compared
     /// with the middle rather than with whichever end came first
-    /// (docs/benchmarks.md, "The reference, before and after").
+    /// (docs/benchmarks.md, "The reference before and after, on stop 48's
+    /// machine").
     pub fn mean(&self) -> Reference {
         self.before.mean(&self.after)
     }
