@@ -178,16 +178,6 @@ pub(crate) async fn submit(
         submission_run(target, count, clients).await
     })
     .await?;
-    let SubmissionRun {
-        rate,
-        wal,
-        api,
-        postgres,
-        redis,
-        client,
-        redis_calls,
-        parts,
-    } = run;
     let [reference_rate, drift] = reference.figures(clients);
     let reference = reference.mean();
     let (ratio_target, switches_target) = if clients == 1 {
@@ -196,12 +186,12 @@ pub(crate) async fn submit(
         ("≥ 1.0", "report")
     };
     let mut figures = vec![
-        Figure::new("submitted", rate, "jobs/s", "report"),
+        Figure::new("submitted", run.rate, "jobs/s", "report"),
         reference_rate,
         drift,
         Figure::new(
             "submitted / reference",
-            rate / reference.per_second,
+            run.rate / reference.per_second,
             "ratio",
             ratio_target,
         ),
@@ -213,7 +203,7 @@ pub(crate) async fn submit(
         ),
         Figure::new(
             "WAL bytes per request",
-            wal as f64 / count as f64,
+            run.wal as f64 / count as f64,
             "bytes",
             "report",
         ),
@@ -225,24 +215,24 @@ pub(crate) async fn submit(
         ),
         Figure::new(
             "API context switches per request",
-            api.switches_per(count),
+            run.api.switches_per(count),
             "switches",
             switches_target,
         ),
         Figure::new(
             "of them, involuntary (the API preempted)",
-            api.involuntary_switches_per(count),
+            run.api.involuntary_switches_per(count),
             "switches",
             "report",
         ),
         Figure::new(
             "Redis commands per request",
-            redis_calls as f64 / count as f64,
+            run.redis_calls as f64 / count as f64,
             "commands",
             "report",
         ),
     ];
-    if let Some((job_rows, without_http)) = parts {
+    if let Some((job_rows, without_http)) = run.parts {
         figures.extend([
             Figure::new(
                 "reference: the job's own row, plain INSERT + COMMIT, 1 connection",
@@ -270,7 +260,7 @@ pub(crate) async fn submit(
             ),
             Figure::new(
                 "submitted / the job's own row",
-                rate / job_rows.per_second,
+                run.rate / job_rows.per_second,
                 "ratio",
                 "report",
             ),
@@ -297,7 +287,7 @@ pub(crate) async fn submit(
             ),
             Figure::new(
                 "submitted / store alone",
-                rate / without_http,
+                run.rate / without_http,
                 "ratio",
                 "report",
             ),
@@ -307,15 +297,15 @@ pub(crate) async fn submit(
         count,
         "request",
         &[
-            ("API", api),
-            ("PostgreSQL", postgres),
-            ("Redis", redis),
-            ("client", client),
+            ("API", run.api),
+            ("PostgreSQL", run.postgres),
+            ("Redis", run.redis),
+            ("client", run.client),
         ],
     ));
     Ok(Submitted {
         figures,
-        jobs_per_second: rate,
+        jobs_per_second: run.rate,
         reference_per_second: reference.per_second,
     })
 }
