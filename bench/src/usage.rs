@@ -22,14 +22,16 @@ impl Usage {
     /// The usage of processes `pids` so far; a process that has exited
     /// counts nothing.
     pub fn of(pids: impl IntoIterator<Item = u32>) -> Self {
-        pids.into_iter().fold(Self::default(), |total, pid| {
-            let switches = taskflow_testkit::context_switches(pid).unwrap_or_default();
-            Self {
-                cpu_micros: total.cpu_micros + taskflow_testkit::cpu_micros(pid).unwrap_or(0),
-                switches: total.switches + switches.total(),
-                involuntary_switches: total.involuntary_switches + switches.involuntary,
-            }
-        })
+        pids.into_iter()
+            .map(|pid| {
+                let switches = taskflow_testkit::context_switches(pid).unwrap_or_default();
+                Self {
+                    cpu_micros: taskflow_testkit::cpu_micros(pid).unwrap_or(0),
+                    switches: switches.total(),
+                    involuntary_switches: switches.involuntary,
+                }
+            })
+            .sum()
     }
 
     /// What was spent between `before` and this reading.
@@ -59,6 +61,17 @@ impl Usage {
     }
 }
 
+/// The usage of several processes together.
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Self>>(usages: I) -> Self {
+        usages.fold(Self::default(), |total, usage| Self {
+            cpu_micros: total.cpu_micros + usage.cpu_micros,
+            switches: total.switches + usage.switches,
+            involuntary_switches: total.involuntary_switches + usage.involuntary_switches,
+        })
+    }
+}
+
 /// What each process of one program on this machine has spent so far:
 /// PostgreSQL's (`postgres`: backends, WAL writer, checkpointer…) or
 /// Redis's (`redis-server`). Kept per process, so that a backend starting
@@ -83,11 +96,7 @@ impl ServerUsage {
         self.0
             .iter()
             .map(|(pid, now)| now.since(before.0.get(pid).copied().unwrap_or_default()))
-            .fold(Usage::default(), |total, usage| Usage {
-                cpu_micros: total.cpu_micros + usage.cpu_micros,
-                switches: total.switches + usage.switches,
-                involuntary_switches: total.involuntary_switches + usage.involuntary_switches,
-            })
+            .sum()
     }
 }
 
