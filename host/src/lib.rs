@@ -25,6 +25,7 @@
 //!   scheduled and retrying jobs available when they fall due, the
 //!   [`maintenance::Rescuer`] recovers jobs whose worker died.
 //! - [`backoff`]: the deterministic retry schedule.
+//! - [`duration`]: durations as people write them, read one way everywhere.
 //! - [`config`] and [`cli`]: every knob, in one place, and the `taskflow`
 //!   binary's commands (server roles and the HTTP client).
 //!
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod console;
+pub mod duration;
 pub mod job;
 pub mod lease;
 pub mod maintenance;

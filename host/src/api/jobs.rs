@@ -297,12 +297,12 @@ fn wait_of(query: &JobWaitQuery) -> Result<Option<Duration>, ApiError> {
         return Ok(None);
     };
     let invalid = |message: String| ApiError::from(FieldError::invalid("wait", message));
-    let wait = humantime::parse_duration(text)
+    let wait = crate::duration::parse(text)
         .map_err(|error| invalid(format!("not a duration such as 30s: {error}")))?;
     if wait > MAX_JOB_WAIT {
         return Err(invalid(format!(
             "at most {}",
-            humantime::format_duration(MAX_JOB_WAIT)
+            crate::duration::format(MAX_JOB_WAIT)
         )));
     }
     Ok((!wait.is_zero()).then_some(wait))

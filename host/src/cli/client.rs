@@ -51,7 +51,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub wait: bool,
     /// How long `--wait` waits, e.g. `30s`, `5m`.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
     pub wait_timeout: Duration,
     /// API address and output format.
     #[command(flatten)]

@@ -14,6 +14,7 @@ use crate::config::{
     ApiConfig, ApiLimits, CompileConfig, Connections, ExecutionLimits, LeaseConfig, RetryPolicy,
     WorkerConfig,
 };
+use crate::duration::HumanDuration;
 use crate::job::SubmissionLimits;
 use crate::sandbox::OutboundLimits;
 use crate::store::DatabasePooler;
@@ -88,11 +89,11 @@ pub struct SubmissionFlags {
 
     /// Wall-clock limit of one attempt when the job does not say.
     #[arg(long, env = "TASKFLOW_DEFAULT_TIMEOUT", default_value_t = SubmissionLimits::default().default_timeout.into())]
-    pub default_timeout: humantime::Duration,
+    pub default_timeout: HumanDuration,
 
     /// Longest wall-clock limit a job may ask for.
     #[arg(long, env = "TASKFLOW_MAX_TIMEOUT", default_value_t = SubmissionLimits::default().max_timeout.into())]
-    pub max_timeout: humantime::Duration,
+    pub max_timeout: HumanDuration,
 
     /// CPU budget of one attempt, in fuel units (about one per WebAssembly instruction)
     #[arg(long, env = "TASKFLOW_DEFAULT_FUEL", default_value_t = SubmissionLimits::default().default_fuel)]
@@ -162,7 +163,7 @@ pub struct ExecutionFlags {
 
     /// Longest one outbound request may take (never past the attempt's deadline).
     #[arg(long, env = "TASKFLOW_OUTBOUND_REQUEST_TIMEOUT", default_value_t = OutboundLimits::default().request_timeout.into())]
-    pub outbound_request_timeout: humantime::Duration,
+    pub outbound_request_timeout: HumanDuration,
 
     /// PEM file of CA certificates trusted for outbound TLS besides the webpki roots.
     #[arg(long, env = "TASKFLOW_EXTRA_CA_CERTS")]
@@ -174,11 +175,11 @@ pub struct ExecutionFlags {
 pub struct RetryFlags {
     /// Delay before the second attempt.
     #[arg(long, env = "TASKFLOW_BACKOFF_BASE", default_value_t = RetryPolicy::default().backoff_base.into())]
-    pub backoff_base: humantime::Duration,
+    pub backoff_base: HumanDuration,
 
     /// Longest delay between two attempts.
     #[arg(long, env = "TASKFLOW_BACKOFF_MAX", default_value_t = RetryPolicy::default().backoff_max.into())]
-    pub backoff_max: humantime::Duration,
+    pub backoff_max: HumanDuration,
 }
 
 impl From<RetryFlags> for RetryPolicy {
@@ -195,7 +196,7 @@ impl From<RetryFlags> for RetryPolicy {
 pub struct LeaseFlags {
     /// How long a lease lives without renewal.
     #[arg(long, env = "TASKFLOW_LEASE_TTL", default_value_t = LeaseConfig::default().lease_ttl.into())]
-    pub lease_ttl: humantime::Duration,
+    pub lease_ttl: HumanDuration,
 }
 
 impl From<LeaseFlags> for LeaseConfig {
@@ -231,11 +232,11 @@ pub struct ApiFlags {
 
     /// Longest a connection may go without sending a complete request head: a new connection from its opening, a kept-alive one from the end of its previous response.
     #[arg(long, env = "TASKFLOW_REQUEST_HEADER_TIMEOUT", default_value_t = ApiConfig::default().request_header_timeout.into())]
-    pub request_header_timeout: humantime::Duration,
+    pub request_header_timeout: HumanDuration,
 
     /// Longest time to receive a request's whole body, and to wait for room in the in-flight budget (`--max-request-bytes-in-flight`) before reading it.
     #[arg(long, env = "TASKFLOW_REQUEST_BODY_TIMEOUT", default_value_t = ApiConfig::default().request_body_timeout.into())]
-    pub request_body_timeout: humantime::Duration,
+    pub request_body_timeout: HumanDuration,
 
     /// Most memory request bodies may hold at once, in bytes, summed over every request in flight.
     #[arg(long, env = "TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", default_value_t = ApiConfig::default().max_request_bytes_in_flight)]
@@ -271,7 +272,7 @@ impl From<ApiFlags> for ApiConfig {
 pub struct CompileFlags {
     /// Longest one compile may take;
     #[arg(long, env = "TASKFLOW_COMPILE_TIMEOUT", default_value_t = CompileConfig::default().compile_timeout.into())]
-    pub compile_timeout: humantime::Duration,
+    pub compile_timeout: HumanDuration,
 
     /// Most memory one compile may use, in bytes (the compiler process's `RLIMIT_DATA`: heap and private writable mappings).
     #[arg(long, env = "TASKFLOW_COMPILE_MEMORY_LIMIT_BYTES", default_value_t = CompileConfig::default().compile_memory_limit_bytes)]
@@ -318,15 +319,15 @@ pub struct WorkerFlags {
 
     /// Longest a worker with free capacity waits before looking for work on its own, in case a wake-up was lost (for example while Redis was down).
     #[arg(long, env = "TASKFLOW_POLL_INTERVAL", default_value_t = WorkerConfig::default().poll_interval.into())]
-    pub poll_interval: humantime::Duration,
+    pub poll_interval: HumanDuration,
 
     /// How often the maintenance services (scheduler, rescuer) run, on the one worker elected to run them (`maintenance/elector.rs`).
     #[arg(long, env = "TASKFLOW_MAINTENANCE_INTERVAL", default_value_t = WorkerConfig::default().maintenance_interval.into())]
-    pub maintenance_interval: humantime::Duration,
+    pub maintenance_interval: HumanDuration,
 
     /// How long the maintenance leader's term lasts unless renewed (every third of it).
     #[arg(long, env = "TASKFLOW_LEADER_TERM", default_value_t = WorkerConfig::default().leader_term.into())]
-    pub leader_term: humantime::Duration,
+    pub leader_term: HumanDuration,
 
     /// Address for this worker's Prometheus metrics (`/metrics`), off when unset.
     #[arg(long, env = "TASKFLOW_WORKER_METRICS_LISTEN")]

@@ -299,7 +299,7 @@ pub enum JobCommand {
         id: Uuid,
         /// Wait up to this long for the job to end (`30s`, `5m`), then show
         /// it as it is.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = crate::duration::parse)]
         wait: Option<Duration>,
         /// API address and output format.
         #[command(flatten)]

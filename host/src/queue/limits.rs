@@ -122,14 +122,14 @@ impl From<QueueLimits> for LimitsSpec {
             max_running_per_key: limits.max_running_per_key.map(NonZeroU32::get),
             rate: limits.rate.map(|rate| RateSpec {
                 limit: rate.limit.get(),
-                period: humantime::format_duration(rate.period).to_string(),
+                period: crate::duration::format(rate.period),
             }),
         }
     }
 }
 
 fn parse_period(field: &str, text: &str) -> Result<Duration, FieldError> {
-    let period = humantime::parse_duration(text).map_err(|error| {
+    let period = crate::duration::parse(text).map_err(|error| {
         FieldError::invalid(field, format!("not a duration such as 1s or 5m: {error}"))
     })?;
     if !(MIN_RATE_PERIOD..=MAX_RATE_PERIOD).contains(&period)
@@ -139,8 +139,8 @@ fn parse_period(field: &str, text: &str) -> Result<Duration, FieldError> {
             field,
             format!(
                 "must be whole milliseconds from {} to {}",
-                humantime::format_duration(MIN_RATE_PERIOD),
-                humantime::format_duration(MAX_RATE_PERIOD)
+                crate::duration::format(MIN_RATE_PERIOD),
+                crate::duration::format(MAX_RATE_PERIOD)
             ),
         ));
     }

@@ -116,7 +116,7 @@ impl KeepFor {
         if text == "forever" || text == "0" {
             return Ok(Self::Forever);
         }
-        let keep = humantime::parse_duration(text).map_err(|error| {
+        let keep = crate::duration::parse(text).map_err(|error| {
             FieldError::invalid(
                 field,
                 format!("not a duration such as 7d or 36h, nor forever: {error}"),
@@ -141,7 +141,7 @@ impl KeepFor {
     pub fn to_text(self) -> String {
         match self {
             Self::Forever => "forever".to_owned(),
-            Self::Duration(keep) => humantime::format_duration(keep).to_string(),
+            Self::Duration(keep) => crate::duration::format(keep),
         }
     }
 

@@ -321,6 +321,10 @@ async fn retention_is_checked_and_defaults_are_shown() {
         ),
         (json!({"retention": {"dead": "1.5s"}}), "retention.dead"),
         (
+            json!({"retention": {"dead": "18446744073709551615s 1000ms"}}),
+            "retention.dead",
+        ),
+        (
             json!({"retention": {"cancelled": "3651days"}}),
             "retention.cancelled",
         ),
