@@ -17,9 +17,17 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 /// The guest's clock resolution.
 pub const RESOLUTION: Duration = Duration::from_millis(1);
 
+/// `duration` rounded down to a whole number of [`RESOLUTION`]s. Counted
+/// in `u128` nanoseconds throughout: a wall clock holds about 1.8 × 10¹²
+/// milliseconds, which no `u32` tick count can.
 fn coarse(duration: Duration) -> Duration {
-    let ticks = duration.as_nanos() / RESOLUTION.as_nanos();
-    RESOLUTION * ticks as u32
+    const NANOS_PER_SECOND: u128 = 1_000_000_000;
+    let step = RESOLUTION.as_nanos();
+    let nanos = duration.as_nanos() / step * step;
+    Duration::new(
+        (nanos / NANOS_PER_SECOND) as u64,
+        (nanos % NANOS_PER_SECOND) as u32,
+    )
 }
 
 /// Wall-clock time, rounded down to [`RESOLUTION`].
@@ -66,6 +74,17 @@ impl HostMonotonicClock for AttemptMonotonicClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wall_clock_is_the_hosts_to_the_millisecond() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let wall = CoarseWallClock.now();
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert!(
+            before.saturating_sub(RESOLUTION) <= wall && wall <= after,
+            "the guest's wall clock reads {wall:?}, the host's {before:?}"
+        );
+    }
 
     #[test]
     fn clocks_tick_in_whole_milliseconds_and_monotonic_starts_at_zero() {
