@@ -3,6 +3,9 @@
 
 use wasmtime::component::ResourceTableError;
 
+use std::fmt::Write as _;
+
+use super::MAX_ERROR_MESSAGE_BYTES;
 use super::capture::{CapturedLog, LogSource};
 use super::resources::RESOURCE_BYTES;
 use crate::job::{Failure, FailureKind};
@@ -115,26 +118,61 @@ fn panic_message(log: &CapturedLog) -> Option<String> {
             && line.message.contains("panicked at")
     })?;
     let source = log.lines[start].source;
-    let mut message = log.lines[start..]
+    let message = log.lines[start..]
         .iter()
         .filter(|line| line.source == source)
         .map(|line| line.message.as_str())
         .collect::<Vec<_>>()
         .join("\n");
-    if message.len() > PANIC_MESSAGE_LIMIT {
-        let cut = (0..=PANIC_MESSAGE_LIMIT)
-            .rev()
-            .find(|&i| message.is_char_boundary(i))
-            .unwrap_or(0);
-        message.truncate(cut);
-    }
-    Some(message)
+    Some(Capped::cut(message, PANIC_MESSAGE_LIMIT))
 }
 
 /// The error and its causes on one line (wasmtime puts the trap reason and
-/// the guest backtrace in the chain).
+/// the guest backtrace in the chain), at most [`MAX_ERROR_MESSAGE_BYTES`].
+/// The backtrace names the guest's functions from its own name section,
+/// each up to 100,000 bytes, in up to 20 frames: formatting stops at the
+/// limit instead of building megabytes and cutting them.
 fn trap_message(error: &wasmtime::Error) -> String {
-    format!("{error:#}")
+    let mut message = Capped::new(MAX_ERROR_MESSAGE_BYTES);
+    // An error here only means the limit was reached.
+    let _ = write!(message, "{error:#}");
+    message.text
+}
+
+/// Text written to it up to `limit` bytes, cut at a character boundary;
+/// writing past the limit stops the formatting.
+pub(super) struct Capped {
+    text: String,
+    limit: usize,
+}
+
+impl Capped {
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            text: String::new(),
+            limit,
+        }
+    }
+
+    /// `text` cut to `limit` bytes.
+    pub(super) fn cut(text: String, limit: usize) -> String {
+        let mut capped = Self::new(limit);
+        // An error here only means the limit was reached.
+        let _ = capped.write_str(&text);
+        capped.text
+    }
+}
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let room = self.limit - self.text.len();
+        if text.len() <= room {
+            self.text.push_str(text);
+            return Ok(());
+        }
+        self.text.push_str(&text[..text.floor_char_boundary(room)]);
+        Err(std::fmt::Error)
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +186,21 @@ mod tests {
             level: None,
             message: message.to_owned(),
         }
+    }
+
+    #[test]
+    fn a_trap_message_stops_at_the_limit_whatever_the_guest_named_its_functions() {
+        let name = "é".repeat(300_000);
+        let error = wasmtime::Error::msg(format!("wasm backtrace: 0: {name}"))
+            .context("error while executing at wasm backtrace");
+        let failure = classify(&error, &CapturedLog::default(), 1, 1);
+        assert!(
+            failure.message.len() <= MAX_ERROR_MESSAGE_BYTES
+                && failure.message.len() > MAX_ERROR_MESSAGE_BYTES - 4,
+            "a {} byte message",
+            failure.message.len()
+        );
+        assert!(failure.message.starts_with("error while executing"));
     }
 
     #[test]

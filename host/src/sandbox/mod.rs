@@ -95,7 +95,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// outer timeout only catches guests blocked in a host call.
 const HOST_CALL_GRACE: Duration = Duration::from_millis(50);
 
-/// Longest guest error message kept.
+/// Longest error message of an attempt kept: the guest's own, or a trap's.
 const MAX_ERROR_MESSAGE_BYTES: usize = 8 << 10;
 
 /// How a [`Sandbox`] is sized.

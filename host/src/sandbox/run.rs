@@ -7,7 +7,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::TaskError;
 use super::capture::LogCapture;
-use super::failure::Interrupted;
+use super::failure::{Capped, Interrupted};
 use super::guest::GuestState;
 use super::outbound::{AttemptOutbound, RequestLog};
 use super::output::GuestOutput;
@@ -172,17 +172,9 @@ fn host_failure(log: &LogCapture, started: Instant, message: String) -> Executio
 }
 
 fn guest_failure(error: TaskError) -> Failure {
-    let mut message = error.message;
-    if message.len() > MAX_ERROR_MESSAGE_BYTES {
-        let cut = (0..=MAX_ERROR_MESSAGE_BYTES)
-            .rev()
-            .find(|&i| message.is_char_boundary(i))
-            .unwrap_or(0);
-        message.truncate(cut);
-    }
     Failure {
         kind: FailureKind::GuestError,
-        message,
+        message: Capped::cut(error.message, MAX_ERROR_MESSAGE_BYTES),
         retryable: error.retryable,
     }
 }
