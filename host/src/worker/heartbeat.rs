@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::lease::{Leases, Renewal};
 use crate::sandbox::RunGrant;
@@ -42,16 +41,17 @@ use crate::store::{LeaseRef, Store};
 /// An attempt this worker holds the lease of.
 #[derive(Debug, Clone)]
 struct Held {
-    lease_token: i64,
     grant: Arc<RunGrant>,
     /// Whether its lease key has been written to Redis.
     in_redis: bool,
 }
 
-/// The attempts a worker holds leases for.
+/// The attempts a worker holds leases for, by job and fencing token: a
+/// cancelled attempt and the job's next one, claimed by the same worker
+/// after a retry, are tracked (and renewed, or stopped) each on its own.
 #[derive(Debug, Clone, Default)]
 pub struct InFlight {
-    attempts: Arc<Mutex<HashMap<Uuid, Held>>>,
+    attempts: Arc<Mutex<HashMap<LeaseRef, Held>>>,
 }
 
 impl InFlight {
@@ -60,24 +60,17 @@ impl InFlight {
     pub fn register(&self, lease: LeaseRef, valid_until: Instant) -> Arc<RunGrant> {
         let grant = RunGrant::until(valid_until);
         let held = Held {
-            lease_token: lease.lease_token,
             grant: grant.clone(),
             in_redis: false,
         };
-        self.lock().insert(lease.job_id, held);
+        self.lock().insert(lease, held);
         grant
     }
 
     /// Stops tracking an attempt whose outcome is settled. Returns whether
     /// its lease key was written to Redis (and so should be released).
     pub fn remove(&self, lease: LeaseRef) -> bool {
-        let mut attempts = self.lock();
-        match attempts.get(&lease.job_id) {
-            Some(held) if held.lease_token == lease.lease_token => attempts
-                .remove(&lease.job_id)
-                .is_some_and(|held| held.in_redis),
-            _ => false,
-        }
+        self.lock().remove(&lease).is_some_and(|held| held.in_redis)
     }
 
     /// How many attempts are tracked.
@@ -93,30 +86,20 @@ impl InFlight {
     fn snapshot(&self) -> Vec<(LeaseRef, Held)> {
         self.lock()
             .iter()
-            .map(|(job_id, held)| {
-                (
-                    LeaseRef {
-                        job_id: *job_id,
-                        lease_token: held.lease_token,
-                    },
-                    held.clone(),
-                )
-            })
+            .map(|(lease, held)| (*lease, held.clone()))
             .collect()
     }
 
     fn mark_in_redis(&self, leases: &[LeaseRef]) {
         let mut attempts = self.lock();
         for lease in leases {
-            if let Some(held) = attempts.get_mut(&lease.job_id)
-                && held.lease_token == lease.lease_token
-            {
+            if let Some(held) = attempts.get_mut(lease) {
                 held.in_redis = true;
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Held>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseRef, Held>> {
         self.attempts
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -319,7 +302,49 @@ impl Heartbeat {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
     use super::*;
+
+    /// A cancelled attempt still running here, and the job's next attempt
+    /// claimed here after a retry: the heartbeat must see both, to stop the
+    /// first (its key now speaks for the second) and renew the second.
+    #[test]
+    fn a_jobs_next_attempt_on_the_same_worker_leaves_the_earlier_one_tracked() {
+        let in_flight = InFlight::default();
+        let job_id = Uuid::now_v7();
+        let first = LeaseRef {
+            job_id,
+            lease_token: 1,
+        };
+        let next = LeaseRef {
+            job_id,
+            lease_token: 2,
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        let first_grant = in_flight.register(first, until);
+        in_flight.register(next, until);
+        let mut tracked: Vec<LeaseRef> = in_flight.snapshot().into_iter().map(|(l, _)| l).collect();
+        tracked.sort_by_key(|lease| lease.lease_token);
+        assert_eq!(tracked, [first, next]);
+        let (_, held) = &in_flight
+            .snapshot()
+            .into_iter()
+            .find(|(l, _)| *l == first)
+            .unwrap();
+        assert!(Arc::ptr_eq(&held.grant, &first_grant));
+
+        in_flight.mark_in_redis(&[first]);
+        assert!(
+            in_flight.remove(first),
+            "the first attempt's key was written"
+        );
+        assert!(!in_flight.remove(first), "and is no longer tracked");
+        let left: Vec<LeaseRef> = in_flight.snapshot().into_iter().map(|(l, _)| l).collect();
+        assert_eq!(left, [next]);
+    }
 
     #[test]
     fn a_key_redis_still_holds_or_just_wrote_keeps_its_attempt() {
