@@ -100,14 +100,19 @@ impl Sandbox {
             artifact_bytes = artifact.len(),
             "compiled a module"
         );
+        // Loading an artifact this binary just compiled fails only when the
+        // component does not fit this worker's pooling allocator (a memory
+        // that starts above `--max-memory-limit-bytes`, too many memories,
+        // tables or instances): the module's fault, and the same on every
+        // attempt, so it is remembered like a failed compile.
         let owned_hash = hash.to_owned();
         let component = self
             .blocking(move |inner| inner.cache.load_compiled(&owned_hash, &artifact))
             .await
             .map_err(|error| {
                 (
-                    format!("cannot load compiled module {hash}: {error:#}"),
-                    false,
+                    format!("module {hash} cannot run on this worker: {error:#}"),
+                    true,
                 )
             })?;
         engine::task_pre(&self.inner.linker, &component).map_err(|message| (message, true))

@@ -89,6 +89,35 @@ async fn a_module_that_does_not_compile_in_time_fails_its_jobs_and_is_not_compil
     app.finish().await;
 }
 
+/// A module that compiles but does not fit the worker's pooling allocator
+/// (here: its memory starts bigger than the worker grants any attempt) can
+/// never run there; the failure is remembered like a failed compile, not
+/// compiled again for each attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_too_big_for_the_workers_pool_is_not_compiled_again_for_each_job() {
+    let (mut app, hello) = TestApp::start_with_plugin("hello").await;
+    app.execution.max_memory_bytes = 64 << 10;
+    app.spawn_worker("w1");
+    let tiny = || taskflow::api::types::SubmitJob {
+        memory_limit_bytes: Some(64 << 10),
+        ..single_attempt(&hello, json!({"name": "x"}))
+    };
+
+    let first = app.run_with(tiny()).await;
+    let error = first.last_error.unwrap();
+    assert_eq!(error["kind"], "module_unavailable", "{error}");
+    let second = app.run_with(tiny()).await;
+    let message = second.last_error.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("failed less than 10 minutes ago"),
+        "the failure is remembered, not compiled again: {message}"
+    );
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compile_that_needs_too_much_memory_fails_only_its_own_modules_jobs() {
     let (mut app, hello) = TestApp::start_with_plugin("hello").await;
