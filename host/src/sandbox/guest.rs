@@ -61,11 +61,7 @@ impl GuestState {
         Self {
             wasi,
             table,
-            limiter: AttemptLimiter {
-                memory_limit_bytes,
-                allocated_bytes: 0,
-                last_grant: 0,
-            },
+            limiter: AttemptLimiter::new(memory_limit_bytes),
             log,
             context,
             http,
@@ -157,24 +153,50 @@ fn add_secrets(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 }
 
 /// Enforces the attempt's memory limit on the sum of all the guest's
-/// memories (a component may have several).
+/// memories, and [`MAX_TABLE_ELEMENTS`] on the sum of all its tables (a
+/// component may have several of each: a cap per memory or per table would
+/// multiply by their number).
 ///
-/// Growth past the limit traps at once with [`MemoryLimitExceeded`] instead
-/// of returning -1 to the guest, so the attempt fails with a precise reason
-/// rather than a guest-specific out-of-memory abort.
+/// Memory growth past the limit traps at once with [`MemoryLimitExceeded`]
+/// instead of returning -1 to the guest, so the attempt fails with a precise
+/// reason rather than a guest-specific out-of-memory abort. Table growth
+/// past the cap fails as the guest's `table.grow` (-1), or its instantiation.
+///
+/// A grant is never taken back. Growth past the memory's or table's own
+/// declared maximum, which wasmtime refuses only after asking, is refused
+/// here before it is granted; what is left of `*_grow_failed` is the
+/// operating system refusing a growth this limiter granted, which leaves
+/// the attempt charged for memory it did not get, never the reverse.
 pub(super) struct AttemptLimiter {
     memory_limit_bytes: usize,
-    /// Bytes of linear memory granted so far; memories never shrink.
-    allocated_bytes: usize,
-    /// The latest grant, taken back if that growth then fails.
-    last_grant: usize,
+    /// Linear memory granted so far, over all memories.
+    memory_bytes: usize,
+    /// Table elements granted so far, over all tables.
+    table_elements: usize,
+}
+
+/// The sum `granted` reaches when one memory or table grows from `current`
+/// to `desired`; `None` if that passes its own declared `maximum`.
+fn grown(granted: usize, current: usize, desired: usize, maximum: Option<usize>) -> Option<usize> {
+    if maximum.is_some_and(|maximum| desired > maximum) {
+        return None;
+    }
+    Some(granted.saturating_add(desired.saturating_sub(current)))
 }
 
 impl AttemptLimiter {
+    pub(super) fn new(memory_limit_bytes: usize) -> Self {
+        Self {
+            memory_limit_bytes,
+            memory_bytes: 0,
+            table_elements: 0,
+        }
+    }
+
     /// Linear memory granted to the guest so far: its peak, as memories
     /// never shrink.
     pub(super) fn allocated_bytes(&self) -> usize {
-        self.allocated_bytes
+        self.memory_bytes
     }
 }
 
@@ -183,9 +205,11 @@ impl ResourceLimiter for AttemptLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self.allocated_bytes + desired.saturating_sub(current);
+        let Some(total) = grown(self.memory_bytes, current, desired, maximum) else {
+            return Ok(false);
+        };
         if total > self.memory_limit_bytes {
             return Err(MemoryLimitExceeded {
                 desired: total,
@@ -193,22 +217,76 @@ impl ResourceLimiter for AttemptLimiter {
             }
             .into());
         }
-        self.last_grant = total - self.allocated_bytes;
-        self.allocated_bytes = total;
+        self.memory_bytes = total;
         Ok(true)
-    }
-
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.allocated_bytes -= std::mem::take(&mut self.last_grant);
-        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        match grown(self.table_elements, current, desired, maximum) {
+            Some(total) if total <= MAX_TABLE_ELEMENTS => {
+                self.table_elements = total;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_elements_are_capped_over_all_of_an_attempts_tables() {
+        let mut limiter = AttemptLimiter::new(1 << 20);
+        let half = MAX_TABLE_ELEMENTS / 2;
+        assert!(limiter.table_growing(0, half, None).unwrap());
+        assert!(limiter.table_growing(0, half, None).unwrap());
+        assert!(
+            !limiter.table_growing(0, 1, None).unwrap(),
+            "a third table would pass the cap"
+        );
+        assert!(!limiter.table_growing(half, half + 1, None).unwrap());
+    }
+
+    /// Two tables of a real module: the second's growth passes the cap
+    /// the two share (each alone would be within it).
+    #[test]
+    fn a_guest_cannot_pass_the_table_cap_by_spreading_elements_over_tables() {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(
+            &engine,
+            r#"(module (table $a 1 funcref) (table $b 1 funcref)
+                 (func (export "grow") (param $by i32) (result i32 i32)
+                   (table.grow $a (ref.null func) (local.get $by))
+                   (table.grow $b (ref.null func) (local.get $by))))"#,
+        )
+        .unwrap();
+        let mut store = wasmtime::Store::new(&engine, AttemptLimiter::new(1 << 20));
+        store.limiter(|limiter| limiter);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let grow = instance
+            .get_typed_func::<i32, (i32, i32)>(&mut store, "grow")
+            .unwrap();
+        let half = (MAX_TABLE_ELEMENTS / 2) as i32;
+        assert_eq!(grow.call(&mut store, half).unwrap(), (1, -1));
+    }
+
+    #[test]
+    fn growth_past_a_declared_maximum_is_refused_and_not_charged() {
+        let mut limiter = AttemptLimiter::new(8 << 16);
+        assert!(
+            !limiter
+                .memory_growing(1 << 16, 3 << 16, Some(2 << 16))
+                .unwrap()
+        );
+        assert_eq!(limiter.allocated_bytes(), 0);
+        assert!(!limiter.table_growing(0, 10, Some(5)).unwrap());
+        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS, None).unwrap());
     }
 }
