@@ -37,6 +37,14 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
 const MAX_TABLES_PER_COMPONENT: u32 = 16;
 
+/// Memories an attempt takes from the pool besides its component's own: the
+/// GC heap wasmtime allocates, from the same pool, for a store whose guest
+/// uses GC references. `max_memories_per_component` does not count it, so
+/// without this room a few attempts of a component with the most memories
+/// and one GC instruction took every memory of the pool, and other jobs
+/// failed to instantiate.
+const GC_HEAPS_PER_ATTEMPT: u32 = 1;
+
 /// Bytes of each pooled memory and table kept resident between attempts:
 /// resetting them with `memset` is cheaper than returning the pages to the
 /// kernel and taking a page fault on each first touch by the next attempt.
@@ -101,7 +109,7 @@ fn pooling_config(pooling: Pooling) -> PoolingAllocationConfig {
         .total_component_instances(slots)
         .total_core_instances(slots * MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(slots * MAX_MEMORIES_PER_COMPONENT)
+        .total_memories(slots * (MAX_MEMORIES_PER_COMPONENT + GC_HEAPS_PER_ATTEMPT))
         .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
         .total_tables(slots * MAX_TABLES_PER_COMPONENT)
         .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
@@ -280,4 +288,46 @@ pub(super) fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::component::{Component, Linker};
+
+    use super::*;
+
+    /// A component with as many memories as a component may have, and a
+    /// core module using a GC struct (so its store needs a GC heap).
+    fn most_memories_and_a_gc_heap() -> String {
+        let memories: String = (0..MAX_MEMORIES_PER_COMPONENT)
+            .map(|_| "(core instance (instantiate $memory))")
+            .collect();
+        format!(
+            r#"(component
+                 (core module $memory (memory 1))
+                 {memories}
+                 (core module $gc
+                   (type $pair (struct (field i32) (field i32)))
+                   (func $start (drop (struct.new $pair (i32.const 1) (i32.const 2))))
+                   (start $start))
+                 (core instance (instantiate $gc)))"#
+        )
+    }
+
+    #[tokio::test]
+    async fn an_attempt_with_the_most_memories_and_a_gc_heap_fits_its_slot() {
+        let pooling = Pooling {
+            slots: 1,
+            max_memory_bytes: 1 << 20,
+        };
+        let engine = engine(false, Some(pooling)).unwrap();
+        let component = Component::new(&engine, most_memories_and_a_gc_heap()).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_fuel(1_000_000).unwrap();
+        store.set_epoch_deadline(1);
+        let instance = Linker::new(&engine)
+            .instantiate_async(&mut store, &component)
+            .await;
+        assert!(instance.is_ok(), "{:#}", instance.err().unwrap());
+    }
 }
