@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod attempts;
+mod capped;
 mod json_text;
 pub mod modules;
 pub mod queues;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::capped;
 use crate::job::JobState;
+use crate::queue::settings::{MAX_ALLOWED_HOSTS, MAX_CONFIG_ENTRIES, MAX_SECRETS};
 use crate::queue::{
     Activity, JobCounts, LimitsSpec, QueueSpec, QueueStats, RateSpec, Retention, RetentionSpec,
     SecretSpec, SecretValue,
@@ -19,14 +21,14 @@ use crate::store::QueueRecord;
 pub struct PutQueue {
     /// Hosts tasks may send requests to: `https://api.example.com`,
     /// `https://*.example.com:8443`, `http://10.0.0.5:9000`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "capped::list::<MAX_ALLOWED_HOSTS, _, _>")]
     pub allowed_hosts: Vec<String>,
     /// Values tasks may read.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "capped::map::<MAX_CONFIG_ENTRIES, _, _>")]
     pub config: BTreeMap<String, String>,
     /// Secrets by name. Left out: deleted. Without `value`: the stored value
     /// is kept and only its hosts change.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "capped::map::<MAX_SECRETS, _, _>")]
     pub secrets: BTreeMap<String, PutSecret>,
     /// Most jobs of the queue running at once, across all workers
     /// (absent: no limit).
@@ -49,14 +51,26 @@ pub struct PutQueue {
 #[serde(deny_unknown_fields)]
 pub struct PatchQueue {
     /// Replaces `allowed_hosts`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "capped::optional_list::<MAX_ALLOWED_HOSTS, _, _>",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allowed_hosts: Option<Vec<String>>,
     /// Replaces `config`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "capped::optional_map::<MAX_CONFIG_ENTRIES, _, _>",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub config: Option<BTreeMap<String, String>>,
     /// Replaces `secrets` (as in PUT: a secret without `value` keeps its
     /// stored one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "capped::optional_map::<MAX_SECRETS, _, _>",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secrets: Option<BTreeMap<String, PutSecret>>,
     /// Sets (a number) or removes (`null`) `max_running`.
     #[serde(
@@ -131,6 +145,7 @@ pub struct PutSecret {
     pub value: Option<SecretValue>,
     /// Hosts the value may be sent to (a request elsewhere that carries it
     /// is refused).
+    #[serde(deserialize_with = "capped::list::<MAX_ALLOWED_HOSTS, _, _>")]
     pub allowed_hosts: Vec<String>,
 }
 
