@@ -60,51 +60,102 @@ impl JobInput {
 enum CompactError {
     /// It is over the limit.
     TooLarge,
-    /// It is not a JSON value serde can read (a number out of range, nesting
-    /// past serde's recursion limit).
+    /// It is not a JSON value serde can read (a string with a lone
+    /// surrogate, a number past `f64`'s range, nesting past serde's
+    /// recursion limit).
     Invalid(serde_json::Error),
 }
 
-/// `text` (one JSON value) without insignificant whitespace, in one
-/// streaming pass that builds no tree and stops once the result would pass
-/// `limit` bytes.
+/// `text` (one JSON value) without insignificant whitespace, refused once
+/// the result would pass `limit` bytes. Everything else is kept as the
+/// client wrote it: numbers digit for digit (18446744073709551616 stays an
+/// integer, 3.14159265358979323846 keeps its digits, -0 stays -0) and
+/// strings escape for escape, so the task receives the client's value and
+/// not its nearest `f64`.
+///
+/// Two streaming passes, neither of which builds a tree: serde reads the
+/// whole value into a sink (so what it cannot read is refused, as before),
+/// then [`strip_whitespace`] copies the text.
 fn compact_json(text: &str, limit: usize) -> Result<Vec<u8>, CompactError> {
-    let mut output = CappedWriter {
-        bytes: Vec::with_capacity(text.len().min(limit)),
-        limit,
-        overflowed: false,
-    };
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let transcoded = serde_transcode::transcode(
+    serde_transcode::transcode(
         &mut deserializer,
-        &mut serde_json::Serializer::new(&mut output),
+        &mut serde_json::Serializer::new(std::io::sink()),
     )
-    .and_then(|()| deserializer.end());
-    match transcoded {
-        Ok(()) => Ok(output.bytes),
-        Err(_) if output.overflowed => Err(CompactError::TooLarge),
-        Err(error) => Err(CompactError::Invalid(error)),
-    }
+    .and_then(|()| deserializer.end())
+    .map_err(CompactError::Invalid)?;
+    strip_whitespace(text, limit).ok_or(CompactError::TooLarge)
 }
 
-/// A `Vec<u8>` writer that refuses to grow past `limit`.
-struct CappedWriter {
-    bytes: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
-}
-
-impl std::io::Write for CappedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.bytes.len() + buf.len() > self.limit {
-            self.overflowed = true;
-            return Err(std::io::Error::other("over the limit"));
+/// `json`, known to be valid JSON, without the whitespace between its
+/// tokens; `None` once that passes `limit` bytes. Outside strings, JSON's
+/// only whitespace is space, tab, line feed and carriage return, and inside
+/// them every byte is copied (a quote ends a string unless escaped).
+fn strip_whitespace(json: &str, limit: usize) -> Option<Vec<u8>> {
+    let mut compact = Vec::with_capacity(json.len().min(limit));
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        } else if byte == b'"' {
+            in_string = true;
         }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
+        if compact.len() == limit {
+            return None;
+        }
+        compact.push(byte);
+    }
+    Some(compact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compact(text: &str) -> Result<String, String> {
+        match compact_json(text, 1 << 10) {
+            Ok(bytes) => Ok(String::from_utf8(bytes).unwrap()),
+            Err(CompactError::TooLarge) => Err("too large".into()),
+            Err(CompactError::Invalid(error)) => Err(error.to_string()),
+        }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    #[test]
+    fn numbers_and_strings_reach_the_task_as_the_client_wrote_them() {
+        assert_eq!(
+            compact(
+                "{ \"id\" : 18446744073709551616,\n\t\"pi\": 3.14159265358979323846,\r\n \
+                 \"z\": -0, \"e\": 1E2, \"big\": -123456789012345678901234567890 }"
+            ),
+            Ok(r#"{"id":18446744073709551616,"pi":3.14159265358979323846,"z":-0,"e":1E2,"big":-123456789012345678901234567890}"#
+                .into())
+        );
+        assert_eq!(
+            compact(r#"[ "a b" , "q\" } { ", "\\", "\u00e9 \n" ]"#),
+            Ok(r#"["a b","q\" } { ","\\","\u00e9 \n"]"#.into())
+        );
+    }
+
+    #[test]
+    fn what_serde_cannot_read_is_refused_and_the_limit_holds() {
+        for invalid in [r#""\ud800""#, "1e400", "[1,]", "1 2", &"[".repeat(200)] {
+            assert!(compact(invalid).is_err(), "{invalid:.20}");
+        }
+        assert_eq!(
+            compact_json("[1, 2]", 5).map_err(|e| matches!(e, CompactError::TooLarge)),
+            Ok(b"[1,2]".to_vec())
+        );
+        assert!(matches!(
+            compact_json("[1, 2, 3]", 5),
+            Err(CompactError::TooLarge)
+        ));
     }
 }

@@ -273,6 +273,15 @@ async fn unicode_and_edge_case_payloads_round_trip_exactly_or_are_refused() {
         assert!(response["error"]["message"].is_string());
     }
     assert_eq!(app.job_count().await, 1);
+
+    // Numbers no f64 holds reach the task digit for digit.
+    let exact = r#"{"id":18446744073709551616,"pi":3.14159265358979323846,"z":-0}"#;
+    let body = format!(r#"{{"module": "{module}", "input": {exact}}}"#);
+    let (status, created) = app.post_json("/v1/jobs", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().parse().unwrap();
+    let stored = app.client.get_job(id).await.unwrap();
+    assert_eq!(stored.input.as_ref().map(|input| input.text()), Some(exact));
     app.finish().await;
 }
 
