@@ -95,19 +95,32 @@ impl RequestBudget {
         Ok(Reservation { permit })
     }
 
-    /// Adds `bytes` to `reservation`, waiting until `deadline`. Like a
+    /// Adds `bytes` to `reservation` if the budget has room now; like a
     /// first reservation, it never grows past the whole budget.
-    async fn grow(
-        &self,
-        reservation: &mut Reservation,
-        bytes: usize,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), ApiError> {
+    ///
+    /// It never waits: a request that waits for more room while holding
+    /// some can wait for requests that wait on it. Bodies growing side by
+    /// side, each holding part of what it needs, took the whole budget
+    /// between them and all waited out the body timeout. A request only
+    /// waits for its first reservation, when it holds nothing; past that, a
+    /// body that finds no room gets 503 `busy`, and its room goes to the
+    /// others.
+    fn grow(&self, reservation: &mut Reservation, bytes: usize) -> Result<(), ApiError> {
         let held = reservation.permit.num_permits();
         let more = bytes.min(self.capacity.saturating_sub(held));
         if more > 0 {
-            let extra = self.reserve(more, deadline).await?;
-            reservation.permit.merge(extra.permit);
+            let extra = self
+                .bytes
+                .clone()
+                .try_acquire_many_owned(more as u32)
+                .map_err(|_| {
+                    ApiError::busy(
+                        "the server is holding as many request bodies as it may and this one \
+                         outgrew its room; retry",
+                    )
+                })?;
+            reservation.permit.merge(extra);
+            metrics::gauge!("taskflow_api_request_bytes_reserved").set(self.reserved() as f64);
         }
         Ok(())
     }
@@ -125,6 +138,7 @@ const UNKNOWN_LENGTH_FIRST_ROOM: usize = 64 << 10;
 /// reserves room as its bytes arrive, so one that stalls holds room for no
 /// more than twice what it sent: reserving its route's whole limit up front let two
 /// stalled 64 MiB batches hold the default budget for the body timeout.
+/// Growing never waits ([`RequestBudget::grow`]).
 pub async fn read(
     budget: &RequestBudget,
     headers: &HeaderMap,
@@ -182,13 +196,7 @@ pub async fn read(
         }
         if length > room {
             let grown = length.max(room.saturating_mul(2)).min(limit);
-            budget
-                .grow(
-                    &mut reservation,
-                    (grown - room).saturating_mul(factor),
-                    deadline,
-                )
-                .await?;
+            budget.grow(&mut reservation, (grown - room).saturating_mul(factor))?;
             room = grown;
         }
         bytes.extend_from_slice(&data);
@@ -328,7 +336,59 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::without_values;
+    use super::*;
+
+    /// Four chunked bodies of 1 MiB, their frames sent in turn so they grow
+    /// together, under a budget that holds two: growing while holding room
+    /// left all four waiting on each other until the body timeout.
+    #[tokio::test]
+    async fn bodies_growing_side_by_side_never_wait_on_each_other() {
+        const FRAME: usize = 64 << 10;
+        const BODY: usize = 16 * FRAME;
+        let budget = RequestBudget::new(2 * BODY, Duration::from_secs(20));
+        let headers = HeaderMap::new();
+        let (senders, bodies): (Vec<_>, Vec<_>) = (0..4)
+            .map(|_| {
+                let (sender, frames) = tokio::sync::mpsc::channel::<Bytes>(1);
+                let body =
+                    Body::from_stream(futures::stream::unfold(frames, |mut frames| async move {
+                        let frame = frames.recv().await?;
+                        Some((Ok::<_, std::io::Error>(frame), frames))
+                    }));
+                (sender, body)
+            })
+            .unzip();
+        let reads = bodies
+            .into_iter()
+            .map(|body| read(&budget, &headers, body, BODY, 1));
+        let feed = async move {
+            for _ in 0..BODY / FRAME {
+                for sender in &senders {
+                    // A body refused drops its end: nothing to send it.
+                    let _ = sender.send(Bytes::from(vec![b' '; FRAME])).await;
+                }
+            }
+        };
+        let (results, ()) = tokio::join!(futures::future::join_all(reads), feed);
+
+        let mut read_whole = 0;
+        for result in results {
+            match result {
+                Ok((bytes, _reservation)) => {
+                    assert_eq!(bytes.len(), BODY);
+                    read_whole += 1;
+                }
+                Err(error) => assert_eq!(
+                    (error.status, error.code),
+                    (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+                    "{}",
+                    error.message
+                ),
+            }
+        }
+        assert!(read_whole >= 1, "every body was refused");
+        assert_eq!(budget.reserved(), 0, "every reservation was returned");
+    }
 
     #[test]
     fn messages_keep_what_was_expected_and_lose_what_was_sent() {
