@@ -13,7 +13,7 @@ use super::session::Session;
 use super::view::{Chrome, ConsoleError, Done, ago, plural, redirect_with, render, short_hash};
 use super::{Confirm, ConsoleForm, ConsoleQuery};
 use crate::api::ApiState;
-use crate::job::{JobState, check_module_hash};
+use crate::job::{JobState, check_failure_code, check_module_hash};
 use crate::store::DeadLetterGroup;
 
 /// Most dead jobs the page groups: the newest. Bounded so the page costs
@@ -107,6 +107,9 @@ pub async fn retry(
 ) -> Result<Response, ConsoleError> {
     check_module_hash("module", &form.module)?;
     let kind = (!form.kind.is_empty()).then_some(form.kind.as_str());
+    if let Some(kind) = kind {
+        check_failure_code("kind", kind)?;
+    }
     if form.confirm.as_deref() != Some("yes") {
         let page = Confirm {
             chrome: session.chrome(state.tokens.is_open(), "dead-letters"),

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use super::FieldError;
+
 /// What stopped an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -82,6 +84,36 @@ impl FailureKind {
     }
 }
 
+/// Longest failure code read back from a client, in bytes; every
+/// [`FailureKind::code`] is far shorter.
+const MAX_FAILURE_CODE_BYTES: usize = 64;
+
+/// Checks that `code`, as a client names a failure kind (the console's
+/// dead-letter groups), has the shape of a [`FailureKind::code`]: lowercase
+/// letters and underscores. A code of a kind no attempt ended with simply
+/// matches nothing; text that is not a code (a NUL, which PostgreSQL cannot
+/// compare) is refused before it reaches a statement.
+///
+/// # Errors
+///
+/// Empty, longer than 64 bytes, or another character.
+pub fn check_failure_code(field: &str, code: &str) -> Result<(), FieldError> {
+    let shaped = !code.is_empty()
+        && code.len() <= MAX_FAILURE_CODE_BYTES
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if shaped {
+        Ok(())
+    } else {
+        Err(FieldError::invalid(
+            field,
+            format!(
+                "must be an error kind such as guest_error: lowercase letters and underscores, \
+                 at most {MAX_FAILURE_CODE_BYTES} bytes"
+            ),
+        ))
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -109,6 +141,26 @@ impl Failure {
             kind,
             message: message.into(),
             retryable: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kinds_code_has_the_shape_clients_may_send_and_nothing_else_does() {
+        for kind in [
+            FailureKind::GuestError,
+            FailureKind::WorkerLimitExceeded,
+            FailureKind::OutcomeRejected,
+        ] {
+            assert_eq!(check_failure_code("kind", kind.code()), Ok(()));
+        }
+        for code in ["", "\0", "trap\0", "Trap", "guest-error", &"a".repeat(65)] {
+            let error = check_failure_code("kind", code).unwrap_err();
+            assert_eq!(error.field, "kind", "{code:?}");
         }
     }
 }

@@ -32,7 +32,7 @@ pub use attempt::{
     AfterFailure, AttemptEnd, AttemptLimits, AttemptLog, AttemptRequests, RecordedEnd,
     RecordedError, Usage, attempts_used,
 };
-pub use failure::{Failure, FailureKind};
+pub use failure::{Failure, FailureKind, check_failure_code};
 pub use field_error::{FieldError, Problem};
 pub use id_prefix::IdPrefix;
 pub use input::JobInput;
