@@ -153,18 +153,10 @@ async fn a_batch_of_millions_of_tiny_jobs_is_refused_before_they_are_built() {
     const BODY_BYTES: usize = 60 << 20;
     let app = TestApp::start().await;
     let api = app.api_process(&[]).await;
-    let submit = |body: String| async {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/jobs/batch", api.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json::<Value>().await.unwrap())
-    };
     // Warm up: the process's own working set, before the big body.
-    let (_, answer) = submit(r#"{"jobs": []}"#.to_owned()).await;
+    let (_, answer) = api
+        .send_json(reqwest::Method::POST, "/v1/jobs/batch", r#"{"jobs": []}"#)
+        .await;
     assert_eq!(answer["error"]["code"], "empty_batch", "{answer}");
     let before = api.peak_rss_bytes();
 
@@ -177,7 +169,9 @@ async fn a_batch_of_millions_of_tiny_jobs_is_refused_before_they_are_built() {
     }
     body.pop();
     body.push_str("]}");
-    let (status, answer) = submit(body).await;
+    let (status, answer) = api
+        .send_json(reqwest::Method::POST, "/v1/jobs/batch", &body)
+        .await;
     let grew = api.peak_rss_bytes().saturating_sub(before);
     // The body itself, read into one buffer, and the allocator's slack.
     assert!(
@@ -204,18 +198,10 @@ async fn a_batch_of_millions_of_tiny_jobs_is_refused_before_they_are_built() {
 async fn queue_settings_over_their_bounds_are_refused_before_they_are_built() {
     let app = TestApp::start().await;
     let api = app.api_process(&[]).await;
-    let send = |method: reqwest::Method, body: String| async {
-        let response = reqwest::Client::new()
-            .request(method, format!("{}/v1/queues/flood", api.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json::<Value>().await.unwrap())
-    };
     // Warm up: the process's own working set, before the big bodies.
-    let (status, _) = send(reqwest::Method::PUT, "{}".to_owned()).await;
+    let (status, _) = api
+        .send_json(reqwest::Method::PUT, "/v1/queues/flood", "{}")
+        .await;
     assert_eq!(status, StatusCode::OK);
     let before = api.peak_rss_bytes();
 
@@ -235,7 +221,9 @@ async fn queue_settings_over_their_bounds_are_refused_before_they_are_built() {
         (reqwest::Method::PATCH, &hosts, "allowed_hosts"),
         (reqwest::Method::PUT, &config, "config"),
     ] {
-        let (status, answer) = send(method.clone(), body.clone()).await;
+        let (status, answer) = api
+            .send_json(method.clone(), "/v1/queues/flood", body)
+            .await;
         assert_eq!(
             status,
             StatusCode::BAD_REQUEST,

@@ -42,12 +42,7 @@ impl TestApp {
         path: &str,
         body: &str,
     ) -> (reqwest::StatusCode, Value) {
-        let request = self
-            .http()
-            .request(method, format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-        json_answer(request).await
+        send_json(&self.url, method, path, body).await
     }
 
     /// PUTs `body` to `path`.
@@ -78,6 +73,21 @@ pub fn assert_api_error(
 }
 
 /// Sends `request` and reads its answer's status and JSON body.
+/// Sends `body` as JSON to `path` of the API at `url` with `method`; every
+/// answer, error or not, is JSON.
+pub async fn send_json(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: &str,
+) -> (reqwest::StatusCode, Value) {
+    let request = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    json_answer(request).await
+}
+
 async fn json_answer(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
     let response = request.send().await.unwrap();
     let status = response.status();

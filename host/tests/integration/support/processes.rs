@@ -170,6 +170,16 @@ impl Drop for WorkerProcess {
 }
 
 impl ApiProcess {
+    /// Sends `body` as JSON to `path` with `method`.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        super::http::send_json(&self.url, method, path, body).await
+    }
+
     /// The process's peak resident memory so far, in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
         taskflow_testkit::peak_rss_bytes(self.child.id()).expect("the API process is alive")
