@@ -125,9 +125,13 @@ impl Placeholders {
         let Some(prefix) = &self.prefix else {
             return Ok(());
         };
-        let mut replaced = Vec::new();
+        // Every value is filled before any is written, so a refusal leaves
+        // the headers as they were; values are replaced where they are, so
+        // a header given several times keeps all of them, in order.
+        let mut filled = Vec::with_capacity(headers.len());
         for (name, value) in headers.iter() {
             let Some(text) = value.to_str().ok().filter(|t| t.contains(&prefix.text)) else {
+                filled.push(None);
                 continue;
             };
             let substituted = fill(&prefix.text, text, |secret| {
@@ -142,13 +146,15 @@ impl Placeholders {
                     Err(Misuse::NotBoundTo(secret.to_owned(), target))
                 }
             })?;
-            replaced.push((name.clone(), substituted));
-        }
-        for (name, text) in replaced {
-            let mut value = HeaderValue::from_str(&text)
+            let mut value = HeaderValue::from_str(&substituted)
                 .map_err(|_| Misuse::InvalidHeader(name.to_string()))?;
             value.set_sensitive(true);
-            headers.insert(name, value);
+            filled.push(Some(value));
+        }
+        for ((_, value), filled) in headers.iter_mut().zip(filled) {
+            if let Some(filled) = filled {
+                *value = filled;
+            }
         }
         Ok(())
     }
@@ -225,6 +231,21 @@ mod tests {
         assert_eq!(headers["authorization"], "Bearer s3cr3t");
         assert!(headers["authorization"].is_sensitive());
         assert_eq!(headers["x-plain"], "untouched");
+    }
+
+    #[test]
+    fn a_header_given_several_times_keeps_every_value_in_order() {
+        let secrets = placeholders();
+        let token = secrets.placeholder("token").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("x-key", "first".parse().unwrap());
+        headers.append("x-key", format!("second {token}").parse().unwrap());
+        headers.append("x-key", "third".parse().unwrap());
+        secrets
+            .substitute(&mut headers, Scheme::Https, "api.example.com", 443)
+            .unwrap();
+        let values: Vec<_> = headers.get_all("x-key").iter().collect();
+        assert_eq!(values, ["first", "second s3cr3t", "third"]);
     }
 
     #[test]
