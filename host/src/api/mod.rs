@@ -214,6 +214,7 @@ pub async fn serve(
     let limits = serve::ConnectionLimits {
         max_connections: state.config.max_connections,
         header_timeout: state.config.request_header_timeout,
+        open_gauge: "taskflow_api_connections_open",
     };
     serve::serve(listener, router(state, front_ends), limits, shutdown).await
 }

@@ -1,4 +1,5 @@
-//! The API's HTTP/1.1 server: accepts connections under a cap and serves
+//! TaskFlow's HTTP/1.1 server, for the API and for a worker's `/metrics`
+//! (`telemetry::serve_metrics`): accepts connections under a cap and serves
 //! each with hyper, under the header-read timeout.
 //!
 //! axum's own `serve` sets no timer on hyper, so hyper's header-read timeout
@@ -39,6 +40,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Longest wait for a complete request head.
     pub header_timeout: Duration,
+    /// The gauge that counts the connections open.
+    pub open_gauge: &'static str,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets requests in
@@ -74,7 +77,7 @@ pub async fn serve(
         // Answers are small and clients wait for them: send each at once
         // rather than let Nagle's algorithm hold it back.
         let _ = tcp.set_nodelay(true);
-        let open = metrics::gauge!("taskflow_api_connections_open");
+        let open = metrics::gauge!(limits.open_gauge);
         open.increment(1.0);
         let connection =
             http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));

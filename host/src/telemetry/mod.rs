@@ -10,10 +10,14 @@
 pub mod traces;
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 pub use traces::Traces;
 
+use crate::api::serve::ConnectionLimits;
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Stops errors from capturing backtraces unless `RUST_LIB_BACKTRACE` asks
@@ -68,6 +72,16 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// How a worker's `/metrics` treats connections: a scraper or two, each
+/// sending its request at once. Served by axum's own `serve`, which sets no
+/// timer on hyper, idle connections were never closed, and enough of them
+/// took every file descriptor of the worker (`api/serve.rs`).
+const METRICS_CONNECTIONS: ConnectionLimits = ConnectionLimits {
+    max_connections: 16,
+    header_timeout: Duration::from_secs(5),
+    open_gauge: "taskflow_worker_metrics_connections_open",
+};
+
 /// Serves `/metrics` on `listen` until the process exits (workers have no
 /// other HTTP surface).
 pub async fn serve_metrics(listen: &str) -> std::io::Result<()> {
@@ -77,5 +91,5 @@ pub async fn serve_metrics(listen: &str) -> std::io::Result<()> {
         "/metrics",
         axum::routing::get(move || async move { handle.render() }),
     );
-    axum::serve(listener, app).await
+    crate::api::serve::serve(listener, app, METRICS_CONNECTIONS, CancellationToken::new()).await
 }

@@ -77,6 +77,51 @@ async fn idle_and_half_open_connections_are_capped_and_closed_and_never_lock_out
     app.finish().await;
 }
 
+/// A worker's `/metrics` has no authentication (scrapers have none), so it
+/// caps its connections and closes idle ones as the API does: served by
+/// axum's own `serve`, 100 idle clients held 100 of the worker's
+/// descriptors for as long as they liked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workers_metrics_endpoint_caps_and_closes_idle_connections() {
+    let app = TestApp::start().await;
+    let listen = format!("127.0.0.1:{}", taskflow_testkit::free_port());
+    let url = format!("http://{listen}");
+    let worker = app.worker_process(
+        "scraped",
+        &[("TASKFLOW_WORKER_METRICS_LISTEN", &listen)],
+        std::process::Stdio::null(),
+    );
+    let scrape = || async { reqwest::get(format!("{url}/metrics")).await.ok() };
+    eventually(Duration::from_secs(30), || async {
+        scrape()
+            .await
+            .filter(|answer| answer.status() == StatusCode::OK)
+    })
+    .await;
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", worker.id()))
+            .expect("the worker is alive")
+            .count()
+    };
+    let baseline = open_fds();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(connect_and_send(&url, b"GET /metrics HT").await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = open_fds().saturating_sub(baseline);
+    assert!(held <= 16 + 5, "100 idle clients hold {held} descriptors");
+
+    let closing = idle.iter_mut().map(closed_by_server);
+    let closed = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(closing))
+        .await
+        .expect("the worker closes idle connections");
+    assert!(closed.into_iter().all(|closed| closed));
+    let answer = scrape().await.expect("a scraper is served again");
+    assert_eq!(answer.status(), StatusCode::OK);
+    app.finish().await;
+}
+
 /// A batch of `jobs` jobs whose inputs are JSON arrays of zeros, `bytes`
 /// long in all: cheap to send, and a tree of `serde_json::Value`s many
 /// times that size once parsed.
