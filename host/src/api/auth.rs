@@ -9,13 +9,22 @@
 //! open, and says so loudly at startup (fine for `taskflow dev`, not for a
 //! shared deployment). `/healthz`, `/readyz` and `/metrics` stay open for
 //! probes and scrapers.
+//!
+//! An open API listens on loopback only (`cli::server::spawn_api`), but a
+//! browser on the same machine reaches loopback for any web page it shows:
+//! a cross-site form or `fetch` sends a request, and a DNS-rebound name makes
+//! the page same-origin with the API. [`require_local_host`] refuses every
+//! request an open API gets whose `Host`, or `Origin` when sent, is not a
+//! loopback name or address; the tools TaskFlow ships, `curl` and a
+//! browser opened on `http://127.0.0.1:…` or `http://localhost:…` all send
+//! such names.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
-use axum::http::header::{AUTHORIZATION, CONNECTION, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONNECTION, HOST, ORIGIN, WWW_AUTHENTICATE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
@@ -121,6 +130,69 @@ pub fn create_token() -> (String, String) {
 const REFUSED_BODY_DRAIN_BYTES: usize = 1 << 20;
 const REFUSED_BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Middleware: on an open API (no tokens, loopback only, not
+/// `--insecure-no-auth`), answers 403 to a request addressed to another
+/// host or sent by a page of another origin; see the [module docs](self).
+pub async fn require_local_host(
+    State(guard): State<LocalHostGuard>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !guard.0 {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let host_is_local = headers
+        .get(HOST)
+        .is_none_or(|host| host.to_str().is_ok_and(is_loopback_authority));
+    let origin_is_local = headers.get(ORIGIN).is_none_or(|origin| {
+        origin
+            .to_str()
+            .ok()
+            .and_then(|origin| origin.parse::<axum::http::Uri>().ok())
+            .and_then(|origin| {
+                origin
+                    .authority()
+                    .map(|a| is_loopback_authority(a.as_str()))
+            })
+            .unwrap_or(false)
+    });
+    if host_is_local && origin_is_local {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "not_local",
+        "this API has no tokens, so it answers only requests addressed to a loopback host \
+         (127.0.0.1, [::1], localhost) from no other origin; configure \
+         TASKFLOW_API_TOKEN_SHA256 to serve other names",
+    )
+    .into_response()
+}
+
+/// Whether [`require_local_host`] checks requests: the API is open and was
+/// not told every client of its network is trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalHostGuard(pub bool);
+
+/// Whether `authority` (`host[:port]`) names this machine: a loopback
+/// address, `localhost`, or a name under `.localhost` (which browsers
+/// resolve to loopback themselves, RFC 6761).
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _port)| host),
+    };
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 /// Middleware: lets the request through if auth is off or it carries an
 /// accepted bearer token; answers 401 and closes the connection otherwise.
 pub async fn require_token(
@@ -185,5 +257,33 @@ mod tests {
         assert!(!tokens.is_open());
         assert!(TokenHashes::parse::<&str>(&[]).unwrap().is_open());
         assert!(TokenHashes::parse(&["abc"]).is_err());
+    }
+
+    #[test]
+    fn loopback_names_and_addresses_with_or_without_a_port() {
+        for local in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "127.1.2.3:1",
+            "[::1]:8080",
+            "[::1]",
+            "localhost:8080",
+            "LocalHost",
+            "app.localhost:3000",
+        ] {
+            assert!(is_loopback_authority(local), "{local}");
+        }
+        for remote in [
+            "evil.example.com",
+            "evil.example.com:8080",
+            "localhost.evil.example.com",
+            "10.0.0.1:8080",
+            "[2001:db8::1]:8080",
+            "[::ffff:10.0.0.1]",
+            "",
+            "[",
+        ] {
+            assert!(!is_loopback_authority(remote), "{remote}");
+        }
     }
 }

@@ -174,9 +174,16 @@ pub fn router(state: ApiState, front_ends: Router<ApiState>) -> Router {
             state.tokens.clone(),
             auth::require_token,
         ));
+    // Every route, the front ends' too, answers an open API's browser
+    // visitors only from this machine's own names (auth.rs).
+    let guard = auth::LocalHostGuard(state.tokens.is_open() && !state.config.insecure_no_auth);
     Router::from(public_routes())
         .merge(front_ends)
         .merge(authenticated)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            auth::require_local_host,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

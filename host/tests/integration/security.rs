@@ -101,6 +101,59 @@ async fn with_tokens_configured_every_v1_route_demands_one_and_a_stranger_learns
     app.finish().await;
 }
 
+/// An open API (no tokens) on loopback answers only requests addressed
+/// to this machine's names: a web page in a browser here can send a
+/// cross-site request to it, or rebind its own name to 127.0.0.1 and read
+/// the answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_api_refuses_requests_addressed_to_other_hosts_or_sent_by_other_origins() {
+    let app = TestApp::start().await;
+    let address = app.url.trim_start_matches("http://");
+    let ask = |host: &str, origin: Option<&str>| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/v1/queues/default/pause", app.url))
+            .header("host", host);
+        match origin {
+            Some(origin) => request.header("origin", origin),
+            None => request,
+        }
+        .send()
+    };
+    for (host, origin) in [
+        ("rebound.example.com", None),
+        (
+            &format!(
+                "rebound.example.com:{}",
+                &address[address.rfind(':').unwrap() + 1..]
+            ),
+            None,
+        ),
+        (address, Some("https://evil.example.com")),
+        (address, Some("null")),
+    ] {
+        let answer = ask(host, origin).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{host} {origin:?}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_local", "{body}");
+    }
+    let (_, queue) = app.get_json("/v1/queues/default").await;
+    assert_eq!(
+        queue["paused"], false,
+        "no refused request paused it: {queue}"
+    );
+
+    let local_origin = format!("http://{address}");
+    for (host, origin) in [(address, Some(local_origin.as_str())), ("localhost", None)] {
+        let answer = ask(host, origin).await.unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{host} {origin:?}: {}",
+            answer.status()
+        );
+    }
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_reaches_no_file_socket_environment_or_fine_clock() {
     let (app, module) = TestApp::start_running("misbehave").await;
