@@ -1,6 +1,7 @@
 //! Liveness, readiness and metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, PoisonError};
 
 use axum::Json;
 use axum::extract::State;
@@ -99,7 +100,26 @@ async fn metrics(State(state): State<ApiState>) -> String {
     crate::telemetry::prometheus().render()
 }
 
+/// The queues whose gauges the last scrape set. The recorder is the
+/// process's (`telemetry::prometheus`), and so is this.
+static REPORTED_QUEUES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Sets each queue's gauges, and zeroes those of queues the counters no
+/// longer list (their last jobs were pruned or deleted): a gauge keeps the
+/// last value it was given, which would show jobs long gone.
 fn set_queue_gauges(queues: &BTreeMap<String, QueueStats>) {
+    let mut reported = REPORTED_QUEUES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for gone in reported.iter().filter(|queue| !queues.contains_key(*queue)) {
+        for state in JobState::ALL {
+            metrics::gauge!("taskflow_queue_jobs", "queue" => gone.clone(), "state" => state.as_str())
+                .set(0.0);
+        }
+        metrics::gauge!("taskflow_queue_oldest_available_seconds", "queue" => gone.clone())
+            .set(0.0);
+    }
+    *reported = queues.keys().cloned().collect();
     for (queue, stats) in queues {
         for state in JobState::ALL {
             metrics::gauge!("taskflow_queue_jobs", "queue" => queue.clone(), "state" => state.as_str())

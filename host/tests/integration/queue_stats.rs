@@ -238,3 +238,33 @@ async fn the_listing_shows_every_queue_with_its_jobs_activity_and_oldest_waiting
     assert!(oldest >= 0.02, "{oldest}");
     app.finish().await;
 }
+
+/// A queue whose last job is gone drops out of the counters; its gauges on
+/// `/metrics` then read 0, not the last count they were given.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gauges_of_a_queue_whose_jobs_are_all_gone_fall_to_zero() {
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    taskflow::telemetry::prometheus();
+    let job = app
+        .submit_with(taskflow::api::types::SubmitJob {
+            queue: Some("fleeting".into()),
+            ..taskflow::api::types::SubmitJob::new(module, json!({}))
+        })
+        .await;
+    app.client.cancel(job.id).await.unwrap();
+    let cancelled = r#"taskflow_queue_jobs{queue="fleeting",state="cancelled"}"#;
+    let scrape = || async { app.get("/metrics").await.text().await.unwrap() };
+    let gauge = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(cancelled))
+            .map(|value| value.trim().to_owned())
+    };
+    assert_eq!(gauge(&scrape().await).as_deref(), Some("1"));
+
+    app.client.delete_job(job.id).await.unwrap();
+    // Folded, the queue's counts are gone, not zero.
+    app.store().fold_job_transitions().await.unwrap();
+    assert_eq!(gauge(&scrape().await).as_deref(), Some("0"));
+    app.finish().await;
+}
