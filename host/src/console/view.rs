@@ -264,12 +264,16 @@ impl PayloadView {
         let truncated = bytes.len() > PAYLOAD_PREVIEW_BYTES;
         let start = &bytes[..bytes.len().min(PAYLOAD_PREVIEW_BYTES)];
         let json = (!truncated)
-            .then(|| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+            .then(|| serde_json::from_slice::<serde::de::IgnoredAny>(bytes).ok())
             .flatten()
-            .and_then(|value| serde_json::to_string_pretty(&value).ok());
+            .and_then(|_| pretty_json(bytes));
         let shown = match (json, std::str::from_utf8(start)) {
             (Some(json), _) => Payload::Json(json),
             (None, Ok(text)) => Payload::Text(text.to_owned()),
+            // The preview cut a character short: the text up to it.
+            (None, Err(error)) if truncated && error.error_len().is_none() => {
+                Payload::Text(String::from_utf8_lossy(&start[..error.valid_up_to()]).into_owned())
+            }
             (None, Err(_)) => Payload::Bytes {
                 hex: hex_dump(&start[..start.len().min(512)]),
                 base64: base64::engine::general_purpose::STANDARD.encode(start),
@@ -286,6 +290,50 @@ impl PayloadView {
     pub fn size_text(&self) -> String {
         bytes(self.size)
     }
+}
+
+/// `json`, valid JSON text, laid out as `serde_json::to_string_pretty` lays
+/// out a value, but from the text itself: a payload is shown as the job
+/// holds it, keys in their order, a repeated key repeated, numbers as
+/// written (a `serde_json::Value` sorted the keys, kept the last of a
+/// repeated one and rounded numbers past `f64`).
+fn pretty_json(json: &[u8]) -> Option<String> {
+    let tokens: Vec<(u8, bool)> = crate::job::input::json_tokens(json).collect();
+    let mut pretty = Vec::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let new_line = |pretty: &mut Vec<u8>, depth: usize| {
+        pretty.push(b'\n');
+        pretty.extend(std::iter::repeat_n(b' ', 2 * depth));
+    };
+    for (i, &(byte, in_string)) in tokens.iter().enumerate() {
+        if in_string {
+            pretty.push(byte);
+            continue;
+        }
+        match byte {
+            b'{' | b'[' => {
+                pretty.push(byte);
+                if !matches!(tokens.get(i + 1), Some((b'}' | b']', false))) {
+                    depth += 1;
+                    new_line(&mut pretty, depth);
+                }
+            }
+            b'}' | b']' => {
+                if !matches!(tokens.get(i.wrapping_sub(1)), Some((b'{' | b'[', false))) {
+                    depth = depth.saturating_sub(1);
+                    new_line(&mut pretty, depth);
+                }
+                pretty.push(byte);
+            }
+            b',' => {
+                pretty.push(byte);
+                new_line(&mut pretty, depth);
+            }
+            b':' => pretty.extend_from_slice(b": "),
+            _ => pretty.push(byte),
+        }
+    }
+    String::from_utf8(pretty).ok()
 }
 
 /// 16 bytes a line: offset, hex.
@@ -326,6 +374,37 @@ mod tests {
         let big = PayloadView::of(&vec![b'a'; PAYLOAD_PREVIEW_BYTES + 1]);
         assert!(big.truncated);
         assert_eq!(big.size, PAYLOAD_PREVIEW_BYTES as u64 + 1);
+    }
+
+    /// A payload is shown as the job holds it, laid out as
+    /// `serde_json::to_string_pretty` would lay out a value of it.
+    #[test]
+    fn json_payloads_keep_their_keys_and_numbers_as_written() {
+        let held = r#"{"b":1,"a":{},"b":[],"n":18446744073709551616,"z":-0,"s":"x, {y}: \"z\""}"#;
+        let expected = "{\n  \"b\": 1,\n  \"a\": {},\n  \"b\": [],\n  \
+                        \"n\": 18446744073709551616,\n  \"z\": -0,\n  \"s\": \"x, {y}: \\\"z\\\"\"\n}";
+        assert_eq!(
+            PayloadView::of(held.as_bytes()).shown,
+            Payload::Json(expected.to_owned())
+        );
+        let nested = br#"[{"a":[1,{"b":null}]},[],"t"]"#;
+        let as_serde = serde_json::to_string_pretty(
+            &serde_json::from_slice::<serde_json::Value>(nested).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(PayloadView::of(nested).shown, Payload::Json(as_serde));
+    }
+
+    #[test]
+    fn a_preview_cut_inside_a_character_shows_the_text_before_it() {
+        let mut text = "a".repeat(PAYLOAD_PREVIEW_BYTES - 1).into_bytes();
+        text.extend_from_slice("é and more".as_bytes());
+        let view = PayloadView::of(&text);
+        assert!(view.truncated);
+        assert_eq!(
+            view.shown,
+            Payload::Text("a".repeat(PAYLOAD_PREVIEW_BYTES - 1))
+        );
     }
 
     #[test]

@@ -88,13 +88,27 @@ fn compact_json(text: &str, limit: usize) -> Result<Vec<u8>, CompactError> {
 }
 
 /// `json`, known to be valid JSON, without the whitespace between its
-/// tokens; `None` once that passes `limit` bytes. Outside strings, JSON's
-/// only whitespace is space, tab, line feed and carriage return, and inside
-/// them every byte is copied (a quote ends a string unless escaped).
+/// tokens; `None` once that passes `limit` bytes.
 fn strip_whitespace(json: &str, limit: usize) -> Option<Vec<u8>> {
     let mut compact = Vec::with_capacity(json.len().min(limit));
+    for (byte, _) in json_tokens(json.as_bytes()) {
+        if compact.len() == limit {
+            return None;
+        }
+        compact.push(byte);
+    }
+    Some(compact)
+}
+
+/// The bytes of valid JSON text `json` but the whitespace between its
+/// tokens, each with whether it belongs to a string (quotes included).
+/// Outside strings, JSON's only whitespace is space, tab, line feed and
+/// carriage return; inside them every byte is kept (a quote ends a string
+/// unless escaped). The compact form of an input ([`JobInput::into_bytes`]),
+/// and what the console lays out again.
+pub fn json_tokens(json: &[u8]) -> impl Iterator<Item = (u8, bool)> + '_ {
     let (mut in_string, mut escaped) = (false, false);
-    for &byte in json.as_bytes() {
+    json.iter().copied().filter_map(move |byte| {
         if in_string {
             if escaped {
                 escaped = false;
@@ -103,17 +117,14 @@ fn strip_whitespace(json: &str, limit: usize) -> Option<Vec<u8>> {
             } else if byte == b'"' {
                 in_string = false;
             }
+            Some((byte, true))
         } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
-            continue;
-        } else if byte == b'"' {
-            in_string = true;
+            None
+        } else {
+            in_string = byte == b'"';
+            Some((byte, in_string))
         }
-        if compact.len() == limit {
-            return None;
-        }
-        compact.push(byte);
-    }
-    Some(compact)
+    })
 }
 
 #[cfg(test)]
