@@ -19,6 +19,7 @@ use crate::config::{
 };
 use crate::console;
 use crate::lease::{EndingAnnouncer, EndingWatcher, Leases, Redis, Waker};
+use crate::maintenance::elector::Office;
 use crate::maintenance::{self, CounterFolder, Elector, Pruner, Rescuer, Scheduler};
 use crate::queue::{MalformedSecretKey, SecretKey};
 use crate::sandbox::Compiler;
@@ -153,9 +154,9 @@ pub async fn spawn_api(
     Ok((address, tokio::spawn(server)))
 }
 
-/// Starts a worker, its maintenance services (which run while its elector
-/// holds the maintenance leadership) and its elector in tasks; the handle
-/// ends when all have stopped after `shutdown`.
+/// Starts a worker, its maintenance services (each runs while the worker
+/// holds its leadership: `maintenance/elector.rs`) and its two electors in
+/// tasks; the handle ends when all have stopped after `shutdown`.
 pub fn spawn_worker(
     backends: &Backends,
     config: WorkerConfig,
@@ -172,12 +173,16 @@ pub fn spawn_worker(
         ..config
     };
     let interval = config.maintenance_interval;
-    let elector = Elector::new(
-        backends.store.clone(),
-        backends.redis.clone(),
-        config.effective_worker_id(),
-        config.leader_term,
-    );
+    let elector = |office| {
+        Elector::new(
+            backends.store.clone(),
+            office,
+            config.effective_worker_id(),
+            config.leader_term,
+        )
+    };
+    let maintenance = elector(Office::Maintenance);
+    let rescue = elector(Office::Rescue(backends.redis.clone()));
     let scheduler = Scheduler::new(backends.store.clone(), Waker::spawn(backends.redis.clone()));
     let worker = Worker::new(
         config,
@@ -197,15 +202,16 @@ pub fn spawn_worker(
     .with_traces(backends.traces.clone());
     let pruner = Pruner::new(backends.store.clone());
     let counter_folder = CounterFolder::new(backends.store.clone());
-    let leadership = elector.leadership();
+    let (leadership, rescue_leadership) = (maintenance.leadership(), rescue.leadership());
     Ok(tokio::spawn(async move {
         tokio::join!(
             worker.run(shutdown.clone()),
             maintenance::run(scheduler, leadership.clone(), interval, shutdown.clone()),
-            maintenance::run(rescuer, leadership.clone(), interval, shutdown.clone()),
+            maintenance::run(rescuer, rescue_leadership, interval, shutdown.clone()),
             maintenance::run(pruner, leadership.clone(), interval, shutdown.clone()),
             maintenance::run(counter_folder, leadership, interval, shutdown.clone()),
-            elector.run(shutdown),
+            maintenance.run(shutdown.clone()),
+            rescue.run(shutdown),
         );
     }))
 }

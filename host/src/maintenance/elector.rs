@@ -15,10 +15,18 @@
 //! pass it had begun; every maintenance statement is guarded and skips
 //! locked rows, so that costs duplicate work, never a wrong result.
 //!
-//! A worker stands only while it can reach Redis too: the rescuer cannot
-//! tell a dead worker from a live one without it, so a leader cut off from
-//! Redis would hold up every rescue for as long as its partition lasts. A
-//! leader whose Redis stops answering resigns.
+//! There are two leaderships ([`Office`]), each with an elector of its own
+//! in every worker:
+//!
+//! - [`Office::Maintenance`]: the scheduler, the pruner and the counter
+//!   folder, which need PostgreSQL alone, so they go on while Redis is down
+//!   (retries and scheduled jobs keep starting, the counter log keeps being
+//!   folded);
+//! - [`Office::Rescue`]: the rescuer, which cannot tell a dead worker from a
+//!   live one without Redis. A worker stands for it only while it can reach
+//!   Redis, since a leader cut off from Redis would hold up every rescue for
+//!   as long as its partition lasts, and a leader whose Redis stops
+//!   answering resigns.
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +36,30 @@ use tokio_util::sync::CancellationToken;
 use crate::lease::Redis;
 use crate::store::Store;
 
-/// The name of the maintenance leadership in `maintenance_leader`.
-pub const LEADERSHIP: &str = "maintenance";
+/// The name of [`Office::Maintenance`] in `maintenance_leader`.
+pub const MAINTENANCE: &str = "maintenance";
+
+/// The name of [`Office::Rescue`] in `maintenance_leader`.
+pub const RESCUE: &str = "rescue";
+
+/// A leadership, and what a worker needs to stand for it.
+#[derive(Debug, Clone)]
+pub enum Office {
+    /// The services that need PostgreSQL alone.
+    Maintenance,
+    /// The rescuer: a worker stands only while this Redis answers.
+    Rescue(Redis),
+}
+
+impl Office {
+    /// Its name in `maintenance_leader`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Office::Maintenance => MAINTENANCE,
+            Office::Rescue(_) => RESCUE,
+        }
+    }
+}
 
 /// How long a leader's term lasts unless renewed, by default. A dead
 /// leader's services stop for up to this long; too short and a leader
@@ -41,7 +71,7 @@ pub const TERM_DEFAULT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Elector {
     store: Store,
-    redis: Redis,
+    office: Office,
     candidate: String,
     term: Duration,
     leading_until: watch::Sender<Option<Instant>>,
@@ -52,12 +82,12 @@ pub struct Elector {
 pub struct Leadership(watch::Receiver<Option<Instant>>);
 
 impl Elector {
-    /// An elector for the worker named `candidate`, with terms of `term`,
-    /// standing while `redis` answers.
-    pub fn new(store: Store, redis: Redis, candidate: String, term: Duration) -> Self {
+    /// An elector of `office` for the worker named `candidate`, with terms
+    /// of `term`.
+    pub fn new(store: Store, office: Office, candidate: String, term: Duration) -> Self {
         Self {
             store,
-            redis,
+            office,
             candidate,
             term,
             leading_until: watch::Sender::new(None),
@@ -85,9 +115,12 @@ impl Elector {
     /// worker need not wait for it to run out.
     async fn resign(&self) {
         if self.leading_until.send_replace(None).is_some()
-            && let Err(error) = self.store.resign_leader(LEADERSHIP, &self.candidate).await
+            && let Err(error) = self
+                .store
+                .resign_leader(self.office.name(), &self.candidate)
+                .await
         {
-            tracing::warn!(%error, "could not resign as maintenance leader; the term runs out");
+            tracing::warn!(%error, office = self.office.name(), "could not resign as leader; the term runs out");
         }
     }
 
@@ -95,33 +128,36 @@ impl Elector {
     /// answer. If PostgreSQL does not answer, the current term, if any, runs
     /// out on its own.
     pub async fn run_once(&self) {
-        if let Err(error) = self.redis.ping().await {
+        if let Office::Rescue(redis) = &self.office
+            && let Err(error) = redis.ping().await
+        {
             if self.leading_until.borrow().is_some() {
-                tracing::warn!(%error, worker_id = %self.candidate, "cannot reach Redis; resigning as maintenance leader");
+                tracing::warn!(%error, worker_id = %self.candidate, "cannot reach Redis; resigning as rescue leader");
             }
             self.resign().await;
             return;
         }
+        let office = self.office.name();
         let asked = Instant::now();
         let won = self
             .store
-            .elect_or_renew_leader(LEADERSHIP, &self.candidate, self.term)
+            .elect_or_renew_leader(office, &self.candidate, self.term)
             .await;
         let was_leading = self.leading_until.borrow().is_some();
         match won {
             Ok(true) => {
                 if !was_leading {
-                    tracing::info!(worker_id = %self.candidate, "elected maintenance leader");
+                    tracing::info!(worker_id = %self.candidate, office, "elected leader");
                 }
                 self.leading_until.send_replace(Some(asked + self.term));
             }
             Ok(false) => {
                 if was_leading {
-                    tracing::info!(worker_id = %self.candidate, "no longer maintenance leader");
+                    tracing::info!(worker_id = %self.candidate, office, "no longer leader");
                 }
                 self.leading_until.send_replace(None);
             }
-            Err(error) => tracing::warn!(%error, "maintenance election failed"),
+            Err(error) => tracing::warn!(%error, office, "election failed"),
         }
     }
 }

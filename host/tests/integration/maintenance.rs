@@ -10,7 +10,7 @@ use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::job::JobState;
 use taskflow::lease::{Leases, Redis, Waker};
-use taskflow::maintenance::elector::LEADERSHIP;
+use taskflow::maintenance::elector::{MAINTENANCE, Office, RESCUE};
 use taskflow::maintenance::{Elector, Rescuer, Scheduler, Service};
 use taskflow::store::{ClaimPath, Store};
 use uuid::Uuid;
@@ -39,9 +39,9 @@ async fn shut_down(elector: Elector) {
     elector.run(shutdown).await;
 }
 
-/// The worker that leads maintenance, as PostgreSQL records it.
+/// The worker that leads the rescues, as PostgreSQL records it.
 async fn current_leader(store: &Store) -> Option<String> {
-    store.current_leader(LEADERSHIP).await.unwrap()
+    store.current_leader(RESCUE).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,8 +138,8 @@ async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_it
     let (db, _) = store_with_jobs(0).await;
     let store = db.store().clone();
     let term = Duration::from_millis(600);
-    let first = Elector::new(store.clone(), redis(), "w1".into(), term);
-    let second = Elector::new(store.clone(), redis(), "w2".into(), term);
+    let first = Elector::new(store.clone(), Office::Rescue(redis()), "w1".into(), term);
+    let second = Elector::new(store.clone(), Office::Rescue(redis()), "w2".into(), term);
     let (one, two) = (first.leadership(), second.leadership());
 
     first.run_once().await;
@@ -166,14 +166,25 @@ async fn one_worker_leads_at_a_time_and_another_takes_over_when_it_resigns_or_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_worker_cut_off_from_redis_does_not_lead_and_a_leader_that_loses_redis_steps_down() {
+async fn a_worker_cut_off_from_redis_does_not_lead_rescues_and_a_rescue_leader_that_loses_redis_steps_down()
+ {
     let (db, _) = store_with_jobs(0).await;
     let store = db.store().clone();
     let term = Duration::from_secs(30);
     // Nothing listens on port 1: every Redis call fails at once.
     let unreachable = Redis::connect_lazy("redis://127.0.0.1:1", "tftest:").unwrap();
-    let cut_off = Elector::new(store.clone(), unreachable, "cut-off".into(), term);
-    let healthy = Elector::new(store.clone(), redis(), "healthy".into(), term);
+    let cut_off = Elector::new(
+        store.clone(),
+        Office::Rescue(unreachable),
+        "cut-off".into(),
+        term,
+    );
+    let healthy = Elector::new(
+        store.clone(),
+        Office::Rescue(redis()),
+        "healthy".into(),
+        term,
+    );
 
     // The rescuer needs Redis to tell a dead worker from a live one, so a
     // worker that cannot reach it must not take the leadership...
@@ -187,7 +198,9 @@ async fn a_worker_cut_off_from_redis_does_not_lead_and_a_leader_that_loses_redis
     let proxy = crate::support::TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let partitioned = Elector::new(
         store.clone(),
-        Redis::connect_lazy(&format!("redis://{}", proxy.address), "tftest:").unwrap(),
+        Office::Rescue(
+            Redis::connect_lazy(&format!("redis://{}", proxy.address), "tftest:").unwrap(),
+        ),
         "partitioned".into(),
         term,
     );
@@ -213,7 +226,7 @@ async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_with
         .map(|id| (id.to_owned(), app.worker_process(id, &[], Stdio::null())))
         .collect();
     let leader = eventually(Duration::from_secs(30), || async {
-        app.store().current_leader(LEADERSHIP).await.unwrap()
+        app.store().current_leader(MAINTENANCE).await.unwrap()
     })
     .await;
     let mut dead = workers.remove(&leader).expect("the leader is one of ours");
@@ -229,7 +242,7 @@ async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_with
         })
         .await;
     let successor = eventually(Duration::from_secs(10), || async {
-        let current = app.store().current_leader(LEADERSHIP).await.unwrap();
+        let current = app.store().current_leader(MAINTENANCE).await.unwrap();
         current.filter(|current| *current != leader)
     })
     .await;
@@ -245,5 +258,56 @@ async fn killing_the_maintenance_leader_hands_maintenance_to_another_worker_with
         let _ = worker.kill();
         let _ = worker.wait();
     }
+    app.finish().await;
+}
+
+/// The scheduler, the pruner and the counter folder need PostgreSQL alone:
+/// a worker that loses Redis keeps leading them, so a job due later still
+/// starts, while the rescues, which need Redis, wait for a leader that
+/// reaches it.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_that_need_only_postgres_go_on_while_redis_is_down() {
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
+    let proxy = crate::support::TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let redis_via_proxy = format!("redis://{}", proxy.address);
+    let _worker = app.worker_process(
+        "alone",
+        &[
+            ("REDIS_URL", &redis_via_proxy),
+            ("TASKFLOW_POLL_INTERVAL", "100ms"),
+        ],
+        Stdio::null(),
+    );
+    for office in [MAINTENANCE, RESCUE] {
+        eventually(Duration::from_secs(30), || async {
+            app.store().current_leader(office).await.unwrap()
+        })
+        .await;
+    }
+    proxy.cut().await;
+    // Longer than a term (1 s): a leadership that needed Redis has lapsed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.store().current_leader(RESCUE).await.unwrap(), None);
+    assert_eq!(
+        app.store()
+            .current_leader(MAINTENANCE)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("alone")
+    );
+
+    let job = app
+        .submit_with(SubmitJob {
+            run_at: Some(Utc::now() + chrono::Duration::milliseconds(300)),
+            ..SubmitJob::new(module, json!({"mode": "succeed"}))
+        })
+        .await;
+    let job = eventually(Duration::from_secs(30), || async {
+        let job = app.client.get_job(job.id).await.unwrap();
+        (job.state == JobState::Succeeded).then_some(job)
+    })
+    .await;
+    assert_eq!(job.worker_id.as_deref(), Some("alone"));
     app.finish().await;
 }

@@ -247,13 +247,13 @@ async fn succeeds_on_its_wake_up(app: &TestApp, module: &str, expectation: &str)
 /// and a worker that cannot reach it refuses to lead).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_redis_cluster_replica_leaves_the_api_ready_and_a_maintenance_leader() {
-    use taskflow::maintenance::elector::LEADERSHIP;
+    use taskflow::maintenance::elector::RESCUE;
     let mut cluster = redis_cluster(3, 1).await;
     let app = TestApp::start_with(on_cluster(&cluster)).await;
     let module = app.upload("misbehave").await;
     app.spawn_worker("w1");
     eventually(Duration::from_secs(30), || async {
-        app.store().current_leader(LEADERSHIP).await.unwrap()
+        app.store().current_leader(RESCUE).await.unwrap()
     })
     .await;
     cluster.kill_a_replica().expect("kill a replica");
