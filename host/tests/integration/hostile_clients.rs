@@ -335,12 +335,12 @@ async fn a_body_that_arrives_too_slowly_gets_408() {
     // The API's JSON, and the console's login form, which no session guards.
     let requests: [(&[u8], &str); 2] = [
         (
-            b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+            b"POST /v1/jobs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
               content-length: 100\r\n\r\n{\"module\":",
             "body_timeout",
         ),
         (
-            b"POST /ui/login HTTP/1.1\r\nhost: x\r\n\
+            b"POST /ui/login HTTP/1.1\r\nhost: localhost\r\n\
               content-type: application/x-www-form-urlencoded\r\n\
               content-length: 100\r\n\r\ntoken=",
             "in time",
@@ -388,7 +388,7 @@ async fn stalled_bodies_without_a_length_hold_no_room_they_have_not_used() {
             &(2 * JSON_MEMORY_FACTOR * batch_limit).to_string(),
         )])
         .await;
-    let stalled = b"POST /v1/jobs/batch HTTP/1.1\r\nhost: x\r\n\
+    let stalled = b"POST /v1/jobs/batch HTTP/1.1\r\nhost: localhost\r\n\
                     content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
                     a\r\n{\"jobs\": [\r\n";
     let _stalled = [
@@ -427,7 +427,7 @@ async fn uploads_beyond_the_compile_queue_get_503_with_retry_after_before_their_
     let (slow, refused) = eventually(Duration::from_secs(10), || async {
         let mut slow = connect_and_send(
             &app.url,
-            b"PUT /v1/modules HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n\0asm",
+            b"PUT /v1/modules HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n\0asm",
         )
         .await;
         let mut answer = [0u8; 16];
