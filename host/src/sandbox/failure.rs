@@ -1,9 +1,9 @@
 //! Why an attempt failed, precisely: [`classify`] turns what wasmtime
 //! reports into a [`Failure`] of the job domain (`job/failure.rs`).
 
-use wasmtime::component::ResourceTableError;
-
 use std::fmt::Write as _;
+
+use wasmtime::component::ResourceTableError;
 
 use super::MAX_ERROR_MESSAGE_BYTES;
 use super::capture::{CapturedLog, LogSource};
