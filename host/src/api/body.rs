@@ -66,6 +66,11 @@ impl RequestBudget {
         }
     }
 
+    /// Sets the gauge of [`RequestBudget::reserved`].
+    fn report_reserved(&self) {
+        metrics::gauge!("taskflow_api_request_bytes_reserved").set(self.reserved() as f64);
+    }
+
     /// Bytes reserved by requests in flight now.
     pub fn reserved(&self) -> usize {
         self.capacity - self.bytes.available_permits()
@@ -91,7 +96,7 @@ impl RequestBudget {
                     ApiError::busy("the server is holding as many request bodies as it may; retry")
                 })?
                 .map_err(ApiError::internal)?;
-        metrics::gauge!("taskflow_api_request_bytes_reserved").set(self.reserved() as f64);
+        self.report_reserved();
         Ok(Reservation { permit })
     }
 
@@ -120,7 +125,7 @@ impl RequestBudget {
                     )
                 })?;
             reservation.permit.merge(extra);
-            metrics::gauge!("taskflow_api_request_bytes_reserved").set(self.reserved() as f64);
+            self.report_reserved();
         }
         Ok(())
     }

@@ -112,21 +112,21 @@ fn set_queue_gauges(queues: &BTreeMap<String, QueueStats>) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     for gone in reported.iter().filter(|queue| !queues.contains_key(*queue)) {
-        for state in JobState::ALL {
-            metrics::gauge!("taskflow_queue_jobs", "queue" => gone.clone(), "state" => state.as_str())
-                .set(0.0);
-        }
-        metrics::gauge!("taskflow_queue_oldest_available_seconds", "queue" => gone.clone())
-            .set(0.0);
+        set_gauges_of(gone, &QueueStats::default());
     }
     *reported = queues.keys().cloned().collect();
     for (queue, stats) in queues {
-        for state in JobState::ALL {
-            metrics::gauge!("taskflow_queue_jobs", "queue" => queue.clone(), "state" => state.as_str())
-                .set(stats.jobs.get(state) as f64);
-        }
-        let oldest = stats.oldest_available_age.unwrap_or_default();
-        metrics::gauge!("taskflow_queue_oldest_available_seconds", "queue" => queue.clone())
-            .set(oldest.as_secs_f64());
+        set_gauges_of(queue, stats);
     }
+}
+
+/// Sets `queue`'s gauges to `stats`.
+fn set_gauges_of(queue: &str, stats: &QueueStats) {
+    for state in JobState::ALL {
+        metrics::gauge!("taskflow_queue_jobs", "queue" => queue.to_owned(), "state" => state.as_str())
+            .set(stats.jobs.get(state) as f64);
+    }
+    let oldest = stats.oldest_available_age.unwrap_or_default();
+    metrics::gauge!("taskflow_queue_oldest_available_seconds", "queue" => queue.to_owned())
+        .set(oldest.as_secs_f64());
 }
