@@ -16,6 +16,9 @@
 //! Operators: `eq`, `ne`, `lt`, `lte`, `gt`, `gte` (numbers compare as
 //! numbers, strings as strings, anything else never matches the ordering
 //! operators), `contains` (substring, or array element), `exists`.
+//! `sort_by` puts numbers first, then strings, then booleans, each kind in
+//! its own order, and records without the field (or with an object, array
+//! or null there) last, as they came.
 //! Output: `{"matched": n, "records": [...]}`, where `matched` counts records
 //! before `limit`.
 
@@ -79,11 +82,7 @@ fn jsonpipe(pipeline: Pipeline) -> Result<Output, TaskError> {
         .collect();
     let matched = records.len();
     if let Some(field) = &pipeline.sort_by {
-        records
-            .sort_by(|a, b| compare(lookup(a, field), lookup(b, field)).unwrap_or(Ordering::Equal));
-        if pipeline.descending {
-            records.reverse();
-        }
+        records.sort_by(|a, b| sort_order(lookup(a, field), lookup(b, field), pipeline.descending));
     }
     if let Some(limit) = pipeline.limit {
         records.truncate(limit);
@@ -110,6 +109,34 @@ fn compare(left: Option<&Value>, right: Option<&Value>) -> Option<Ordering> {
         (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
         _ => None,
     }
+}
+
+/// A total order for sorting, as `sort_by` needs: numbers, then strings,
+/// then booleans, each in its own order (reversed when `descending`), then
+/// every record without the field or with another kind of value, in the
+/// order they came.
+fn sort_order(left: Option<&Value>, right: Option<&Value>, descending: bool) -> Ordering {
+    fn kind(value: Option<&Value>) -> u8 {
+        match value {
+            Some(Value::Number(_)) => 0,
+            Some(Value::String(_)) => 1,
+            Some(Value::Bool(_)) => 2,
+            _ => 3,
+        }
+    }
+    let by_value = match (left, right) {
+        (Some(Value::Number(a)), Some(Value::Number(b))) => {
+            let as_f64 = |n: &serde_json::Number| n.as_f64().unwrap_or(f64::NAN);
+            as_f64(a).total_cmp(&as_f64(b))
+        }
+        _ => compare(left, right).unwrap_or(Ordering::Equal),
+    };
+    let by_value = if descending {
+        by_value.reverse()
+    } else {
+        by_value
+    };
+    kind(left).cmp(&kind(right)).then(by_value)
 }
 
 fn matches(record: &Value, condition: &Condition) -> bool {
@@ -187,6 +214,70 @@ mod tests {
             "where": [{"field": "s", "op": "gt", "value": 1}]
         }));
         assert_eq!(output.records, [json!({"s": 5})]);
+    }
+
+    /// Records without the field, or with a value of another kind, are
+    /// ordinary input: sorting must neither panic (Rust's sort may, on a
+    /// comparison that is not a total order) nor scramble the others.
+    #[test]
+    fn records_missing_the_sort_field_go_last_and_the_rest_are_in_order() {
+        let ages = [
+            Some(45),
+            Some(44),
+            Some(37),
+            Some(69),
+            Some(88),
+            Some(22),
+            Some(28),
+            Some(18),
+            Some(2),
+            Some(77),
+            Some(58),
+            None,
+            Some(26),
+            None,
+            None,
+            Some(72),
+            None,
+            Some(9),
+            Some(8),
+            Some(46),
+            Some(59),
+        ];
+        let records: Vec<Value> = ages
+            .iter()
+            .map(|age| age.map_or_else(|| json!({}), |age| json!({"age": age})))
+            .collect();
+        for descending in [false, true] {
+            let mut records = records.clone();
+            records.push(json!({"age": "unknown"}));
+            let output =
+                run(json!({"records": records, "sort_by": "age", "descending": descending}));
+            let sorted: Vec<Option<i64>> = output
+                .records
+                .iter()
+                .map(|record| record["age"].as_i64())
+                .collect();
+            let mut expected: Vec<i64> = ages.iter().flatten().copied().collect();
+            expected.sort_unstable();
+            if descending {
+                expected.reverse();
+            }
+            assert_eq!(
+                sorted[..expected.len()],
+                expected.iter().map(|&a| Some(a)).collect::<Vec<_>>()[..]
+            );
+            assert_eq!(
+                output.records[expected.len()],
+                json!({"age": "unknown"}),
+                "strings after numbers"
+            );
+            assert!(
+                output.records[expected.len() + 1..]
+                    .iter()
+                    .all(|r| r == &json!({}))
+            );
+        }
     }
 
     #[test]
