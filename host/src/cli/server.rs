@@ -216,7 +216,11 @@ pub fn spawn_worker(
     }))
 }
 
-/// A token cancelled on SIGINT or SIGTERM.
+/// A token cancelled on SIGINT or SIGTERM; a second signal of either kind
+/// exits at once with status 130. Either kind counts: a process manager
+/// sends SIGTERM again, a terminal SIGINT, and once tokio has installed its
+/// handler for a signal it keeps it for the life of the process, so the
+/// default action (exit) never comes back by itself.
 ///
 /// # Errors
 ///
@@ -227,13 +231,16 @@ pub fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install a SIGTERM handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        let mut signalled = async || {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        signalled().await;
         tracing::info!("shutting down: finishing work in progress (signal again to force)");
         cancel.cancel();
-        let _ = tokio::signal::ctrl_c().await;
+        signalled().await;
         std::process::exit(130);
     });
     Ok(token)

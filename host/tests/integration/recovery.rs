@@ -87,6 +87,67 @@ async fn a_killed_workers_job_is_rescued(options: TestOptions) {
     app.finish().await;
 }
 
+/// SIGTERM drains: the worker runs the attempt it holds to its end, writes
+/// its outcome and exits 0. A second SIGTERM during the drain exits at once
+/// with 130, as the docs promise of "a second signal" (process managers
+/// send SIGTERM again, not SIGINT).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_worker_finishes_its_job_first_and_a_second_signal_exits_at_once() {
+    let app = TestApp::start().await;
+    let module = app.upload("misbehave").await;
+    let running_on = |worker: &'static str, job: Uuid| {
+        let app = &app;
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                let job = app.client.get_job(job).await.unwrap();
+                (job.state == JobState::Running && job.worker_id.as_deref() == Some(worker))
+                    .then_some(())
+            })
+            .await
+        }
+    };
+
+    let mut drained = app.worker_process("drained", &[], Stdio::null());
+    let job = app
+        .submit(&module, json!({"mode": "sleep", "ms": 1500}))
+        .await;
+    running_on("drained", job.id).await;
+    drained.terminate();
+    let status = tokio::task::spawn_blocking(move || drained.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a drained worker exits 0");
+    let job = app.client.get_job(job.id).await.unwrap();
+    assert_state(&job, JobState::Succeeded);
+    assert_eq!(job.worker_id.as_deref(), Some("drained"));
+
+    let mut forced = app.worker_process("forced", &[], Stdio::null());
+    let job = app
+        .submit(&module, json!({"mode": "sleep", "ms": 60_000}))
+        .await;
+    running_on("forced", job.id).await;
+    forced.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        forced.try_wait().unwrap().is_none(),
+        "the first signal drains"
+    );
+    let signalled = Instant::now();
+    forced.terminate();
+    let status = loop {
+        if let Some(status) = forced.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "still draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(130), "after {:?}", signalled.elapsed());
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_job_still_finishes_exactly_once_when_redis_loses_its_keys_mid_run() {
     every_job_finishes_once_through_flushes(TestOptions::default()).await;

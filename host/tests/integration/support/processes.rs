@@ -162,6 +162,15 @@ impl std::ops::DerefMut for WorkerProcess {
     }
 }
 
+impl WorkerProcess {
+    /// Sends SIGTERM, as a process manager stops a service.
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_child(&self.0);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .expect("the worker process can be signalled");
+    }
+}
+
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
