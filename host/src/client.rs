@@ -40,9 +40,30 @@ pub enum ClientError {
     /// The API answered with something this client does not understand.
     #[error("unexpected response from the API: {0}")]
     Unexpected(String),
+    /// A module hash, name or queue name that cannot be one path segment
+    /// (`.` or `..`, which a URL resolves to another resource).
+    #[error("{0:?} cannot name a module or a queue")]
+    InvalidName(String),
     /// `wait` gave up.
     #[error("job {0} did not finish within {1:?}")]
     WaitTimedOut(Uuid, Duration),
+}
+
+/// Every byte but letters, digits and `-._~` is percent-encoded in a path
+/// segment, so a `/`, `?`, `#` or `%` in a name cannot change which
+/// resource a request reaches.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` as one path segment of a request's URL.
+fn segment(text: &str) -> Result<percent_encoding::PercentEncode<'_>, ClientError> {
+    if text.is_empty() || text == "." || text == ".." {
+        return Err(ClientError::InvalidName(text.to_owned()));
+    }
+    Ok(percent_encoding::utf8_percent_encode(text, SEGMENT))
 }
 
 /// A client of one TaskFlow API.
@@ -96,22 +117,29 @@ impl Client {
 
     /// A module's record.
     pub async fn get_module(&self, hash: &str) -> Result<ModuleView, ClientError> {
-        self.send(self.http.get(self.url(&format!("/v1/modules/{hash}"))))
-            .await
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/modules/{}", segment(hash)?))),
+        )
+        .await
     }
 
     /// Deletes a module nothing uses.
     pub async fn delete_module(&self, hash: &str) -> Result<ModuleView, ClientError> {
-        self.send(self.http.delete(self.url(&format!("/v1/modules/{hash}"))))
-            .await
+        self.send(
+            self.http
+                .delete(self.url(&format!("/v1/modules/{}", segment(hash)?))),
+        )
+        .await
     }
 
     /// Points `name` at module `hash`.
     pub async fn name_module(&self, hash: &str, name: &str) -> Result<NameMoveView, ClientError> {
-        self.send(
-            self.http
-                .put(self.url(&format!("/v1/modules/{hash}/names/{name}"))),
-        )
+        self.send(self.http.put(self.url(&format!(
+            "/v1/modules/{}/names/{}",
+            segment(hash)?,
+            segment(name)?
+        ))))
         .await
     }
 
@@ -122,15 +150,18 @@ impl Client {
 
     /// One module name, with its moves.
     pub async fn module_name(&self, name: &str) -> Result<ModuleNameView, ClientError> {
-        self.send(self.http.get(self.url(&format!("/v1/module-names/{name}"))))
-            .await
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/module-names/{}", segment(name)?))),
+        )
+        .await
     }
 
     /// Points `name` back where its latest move took it from.
     pub async fn roll_back_module_name(&self, name: &str) -> Result<NameMoveView, ClientError> {
         self.send(
             self.http
-                .post(self.url(&format!("/v1/module-names/{name}/rollback"))),
+                .post(self.url(&format!("/v1/module-names/{}/rollback", segment(name)?))),
         )
         .await
     }
@@ -154,15 +185,18 @@ impl Client {
 
     /// A queue's settings (secrets by name only).
     pub async fn get_queue(&self, name: &str) -> Result<QueueView, ClientError> {
-        self.send(self.http.get(self.url(&format!("/v1/queues/{name}"))))
-            .await
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/queues/{}", segment(name)?))),
+        )
+        .await
     }
 
     /// Replaces a queue's settings.
     pub async fn put_queue(&self, name: &str, queue: &PutQueue) -> Result<QueueView, ClientError> {
         self.send(
             self.http
-                .put(self.url(&format!("/v1/queues/{name}")))
+                .put(self.url(&format!("/v1/queues/{}", segment(name)?)))
                 .json(queue),
         )
         .await
@@ -176,7 +210,7 @@ impl Client {
     ) -> Result<QueueView, ClientError> {
         self.send(
             self.http
-                .patch(self.url(&format!("/v1/queues/{name}")))
+                .patch(self.url(&format!("/v1/queues/{}", segment(name)?)))
                 .json(patch),
         )
         .await
@@ -191,7 +225,7 @@ impl Client {
         let action = if paused { "pause" } else { "resume" };
         self.send(
             self.http
-                .post(self.url(&format!("/v1/queues/{name}/{action}"))),
+                .post(self.url(&format!("/v1/queues/{}/{action}", segment(name)?))),
         )
         .await
     }

@@ -2,16 +2,17 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 
 use super::job_flags::{AttemptLimitFlags, InputFlags};
+use super::terminal::printable;
 use super::{ClientArgs, JobCommand, ModuleCommand, PageArgs};
 use crate::api::types::{
     AttemptList, JobQuery, JobView, JsonText, ModuleView, NameMoveView, SubmitJob,
 };
-use crate::job::JobInput;
+use crate::job::{JobInput, JobState};
 
 /// `taskflow job submit`.
 #[derive(Debug, Args)]
@@ -244,7 +245,12 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         });
     }
     let job = client.wait(submitted.job.id, args.wait_timeout).await?;
-    print(&args.client, &job, || describe_job(&job))
+    print(&args.client, &job, || describe_job(&job))?;
+    // As `taskflow run` does, so that a script can tell.
+    if job.state != JobState::Succeeded {
+        bail!("job {} ended {}", job.id, job.state);
+    }
+    Ok(())
 }
 
 pub(super) fn print<T: Serialize>(
@@ -310,8 +316,8 @@ pub fn describe_job(job: &JobView) -> String {
     if let Some(error) = &job.last_error {
         lines.push(format!(
             "error     {}: {}",
-            error["kind"].as_str().unwrap_or("?"),
-            error["message"].as_str().unwrap_or("")
+            printable(error["kind"].as_str().unwrap_or("?")),
+            printable(error["message"].as_str().unwrap_or(""))
         ));
     }
     if let Some(output) = &job.output {
@@ -330,7 +336,9 @@ pub fn describe_attempts(list: &AttemptList) -> String {
     let mut lines = Vec::new();
     for attempt in &list.attempts {
         let reason = match (&attempt.error_kind, &attempt.error_message) {
-            (Some(kind), Some(message)) => format!(" [{kind}] {message}"),
+            (Some(kind), Some(message)) => {
+                format!(" [{}] {}", printable(kind), printable(message))
+            }
             _ => String::new(),
         };
         let memory = attempt
@@ -347,14 +355,14 @@ pub fn describe_attempts(list: &AttemptList) -> String {
             attempt.fuel_consumed.unwrap_or(0),
         ));
         for line in attempt.logs.as_array().into_iter().flatten() {
-            let source = line["source"].as_str().unwrap_or("?");
+            let source = printable(line["source"].as_str().unwrap_or("?"));
             let level = line["level"]
                 .as_str()
-                .map(|l| format!(" {l}"))
+                .map(|l| format!(" {}", printable(l)))
                 .unwrap_or_default();
             lines.push(format!(
                 "    {source}{level}: {}",
-                line["message"].as_str().unwrap_or("")
+                printable(line["message"].as_str().unwrap_or(""))
             ));
         }
         if attempt.logs_dropped > 0 {
@@ -383,18 +391,64 @@ pub fn describe_attempts(list: &AttemptList) -> String {
 fn describe_request(request: &serde_json::Value) -> String {
     let result = match (request["status"].as_u64(), request["error"].as_str()) {
         (_, Some(error)) => {
-            let reason = request["reason"].as_str().unwrap_or("");
-            format!("{} ({reason})", error.to_uppercase())
+            let reason = printable(request["reason"].as_str().unwrap_or(""));
+            format!("{} ({reason})", printable(&error.to_uppercase()))
         }
         (Some(status), None) => status.to_string(),
         (None, None) => "?".to_owned(),
     };
     format!(
         "    http {} {} -> {result} ({} B out, {} B in, {:.1} ms)",
-        request["method"].as_str().unwrap_or("?"),
-        request["url"].as_str().unwrap_or("?"),
+        printable(request["method"].as_str().unwrap_or("?")),
+        printable(request["url"].as_str().unwrap_or("?")),
         request["bytes_out"].as_u64().unwrap_or(0),
         request["bytes_in"].as_u64().unwrap_or(0),
         request["duration_ms"].as_f64().unwrap_or(0.0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::types::AttemptView;
+    use crate::job::AttemptOutcome;
+
+    /// What a task wrote reaches an operator's terminal: a guest that logs
+    /// an escape sequence (OSC 52 writes the clipboard, CSI 2J clears the
+    /// screen) must not get to run it there.
+    #[test]
+    fn what_a_task_wrote_is_printed_with_its_control_characters_escaped() {
+        let hostile = "\u{1b}]52;c;ZXZpbA==\u{7}\u{1b}[2J\u{9b}31m\u{202e}";
+        let attempt = AttemptView {
+            attempt: 1,
+            lease_token: 7,
+            worker_id: "w1".to_owned(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            outcome: AttemptOutcome::Failed,
+            error_kind: Some("guest_error".to_owned()),
+            error_message: Some(format!("failed {hostile}")),
+            fuel_consumed: Some(1),
+            memory_bytes: None,
+            duration_ms: Some(1.0),
+            logs: json!([{"source": "host_log", "level": "info", "message": hostile}]),
+            logs_dropped: 0,
+            requests: json!([{"method": "GET", "url": format!("https://example.com/{hostile}"),
+                              "error": "denied", "reason": hostile}]),
+            requests_dropped: 0,
+        };
+        let printed = describe_attempts(&AttemptList {
+            job_id: uuid::Uuid::nil(),
+            attempts: vec![attempt],
+            next_cursor: None,
+        });
+        let controls: Vec<char> = printed
+            .chars()
+            .filter(|&c| c != '\n' && (c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)))
+            .collect();
+        assert!(controls.is_empty(), "{controls:?} in {printed:?}");
+        assert!(printed.contains(r"\u{1b}]52;c;ZXZpbA=="), "{printed}");
+    }
 }

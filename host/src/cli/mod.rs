@@ -9,6 +9,7 @@ pub mod job_flags;
 pub mod queue;
 pub mod run;
 pub mod server;
+pub mod terminal;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::flags::{CompileFlags, ExecutionFlags, MemoryLimitFlag, SubmissionFlags};
 use super::job_flags::{AttemptLimitFlags, InputFlags};
+use super::terminal::printable;
 use crate::config::CompileConfig;
 use crate::job::{JobSpec, ModuleNames};
 use crate::sandbox::{Attempt, Grants, JobContext, LogLine, RunGrant, Sandbox};
@@ -147,7 +148,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         for line in &execution.log.lines {
             let level = line.level.map(|l| format!(" {l}")).unwrap_or_default();
-            eprintln!("{:?}{level}: {}", line.source, line.message);
+            eprintln!("{:?}{level}: {}", line.source, printable(&line.message));
         }
         if execution.log.dropped > 0 {
             eprintln!("({} log lines dropped)", execution.log.dropped);
@@ -168,7 +169,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!(
             "the task failed [{}, {retry}]: {}",
             failure.kind,
-            failure.message
+            printable(&failure.message)
         );
     }
     Ok(())

@@ -167,6 +167,33 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
     let waited: Value = serde_json::from_slice(&waited.stdout).unwrap();
     assert_eq!(waited["output"]["greeting"], "Hello, later!", "{waited}");
 
+    // A job that ends anywhere but `succeeded` fails the command, as
+    // `taskflow run` does, so a script can tell; the job is still printed.
+    let misbehave = run(vec![
+        "module".into(),
+        "push".into(),
+        plugin_path("misbehave").display().to_string(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    let misbehave: Value = serde_json::from_slice(&misbehave.stdout).unwrap();
+    let failed = run(vec![
+        "job".into(),
+        "submit".into(),
+        "--module".into(),
+        misbehave["hash"].as_str().unwrap().into(),
+        "--input".into(),
+        r#"{"mode":"fatal_error","message":"no"}"#.into(),
+        "--wait".into(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert_refused(&failed, "ended dead");
+    let dead: Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(dead["state"], "dead");
+
     let attempts = run(vec!["job".into(), "attempts".into(), id.clone()])
         .await
         .unwrap();
@@ -184,6 +211,15 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
     .await
     .unwrap();
     assert!(text(&listed.stdout).contains(&id));
+
+    // A name is one path segment, whatever it holds: `..` and `/` must
+    // not point the request at another resource (here, the job).
+    let retargeted = run(vec!["module".into(), "rm".into(), format!("../jobs/{id}")])
+        .await
+        .unwrap();
+    assert!(!retargeted.status.success(), "{}", text(&retargeted.stdout));
+    let kept = app.client.get_job(id.parse().unwrap()).await.unwrap();
+    assert_eq!(kept.id.to_string(), id, "the job is still there");
 
     let removed = run(vec!["job".into(), "rm".into(), id.clone()])
         .await
