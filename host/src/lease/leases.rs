@@ -155,7 +155,10 @@ return 0
 /// a restart without persistence) or was written by another server, or by
 /// this one in another life: its `run_id` changes at a restart and its
 /// `master_replid` at a promotion (a cluster failover, where the promoted
-/// replica may lack writes its old master accepted, ADR 006). The key holds
+/// replica may lack writes its old master accepted, ADR 006), or when
+/// Redis's clock now reads earlier than the key's start (a clock stepped
+/// back: clamping the negative age to zero would keep the rescuer in its
+/// grace period for as long as the step). The key holds
 /// `<ms>:<run_id>-<master_replid>`; where `INFO` is not allowed in scripts
 /// that part is `-` and only a missing key counts. KEYS[1]: the epoch
 /// key.
@@ -172,7 +175,7 @@ local server = field('server', 'run_id') .. '-' .. field('replication', 'master_
 local held = redis.call('GET', KEYS[1])
 local since, held_by
 if held then since, held_by = string.match(held, '^(%d+):?([%x%-]*)$') end
-if not since or held_by ~= server then
+if not since or held_by ~= server or now_ms < tonumber(since) then
   redis.call('SET', KEYS[1], now_ms .. ':' .. server)
   return 0
 end

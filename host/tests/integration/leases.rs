@@ -126,6 +126,7 @@ scenarios!(
     the_rescuer_sees_the_holder_and_how_long_its_key_has_left,
     redis_age_restarts_from_zero_when_the_epoch_key_is_lost,
     redis_age_restarts_from_zero_when_another_server_process_wrote_the_epoch,
+    redis_age_restarts_from_zero_when_the_redis_clock_stepped_back,
 );
 
 async fn a_worker_paused_past_its_lease_cannot_renew_or_restore_once_rescued(lab: &mut Lab) {
@@ -240,6 +241,35 @@ async fn redis_age_restarts_from_zero_when_another_server_process_wrote_the_epoc
     assert!(
         age >= Duration::from_millis(40),
         "its own epoch ages: {age:?}"
+    );
+}
+
+async fn redis_age_restarts_from_zero_when_the_redis_clock_stepped_back(lab: &mut Lab) {
+    // NTP correcting a fast clock, or a VM restored from a snapshot: the
+    // key's start now lies an hour in Redis's future. Clamping the
+    // negative age to zero kept the rescuer in its grace period for that
+    // hour, rescuing nothing; starting again costs one TTL.
+    let key = format!("{}epoch", lab.prefix);
+    assert_eq!(lab.leases.redis_age().await.unwrap(), Duration::ZERO);
+    let held: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut lab.raw)
+        .await
+        .unwrap();
+    let (since, server) = held.split_once(':').unwrap();
+    let ahead = since.parse::<u64>().unwrap() + 3_600_000;
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("{ahead}:{server}"))
+        .query_async(&mut lab.raw)
+        .await
+        .unwrap();
+    assert_eq!(lab.leases.redis_age().await.unwrap(), Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let age = lab.leases.redis_age().await.unwrap();
+    assert!(
+        age >= Duration::from_millis(40),
+        "the epoch ages again: {age:?}"
     );
 }
 
