@@ -242,7 +242,7 @@ async fn listen(redis: Redis, waiters: Weak<Waiters>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         drop(all);
-        match redis.deployment.subscribe(&channels).await {
+        match redis.subscribe(&channels).await {
             Ok(messages) => match serve(messages, &waiters, &stop).await {
                 Subscription::Idle => continue,
                 Subscription::Lost => {

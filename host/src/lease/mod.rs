@@ -26,11 +26,13 @@
 //! | `{prefix}wake:{queue}`     | pub/sub channel             | API, scheduler      |
 //! | `{prefix}ended`            | pub/sub channel: ids of jobs that ended | completer, rescuer, API |
 //! | `{prefix}workers`          | hash: worker id → presence JSON ([`presence`]) | worker |
+//! | `{prefix}probe:{id}`       | pub/sub channel of one subscription: its liveness probes (subscription.rs) | that subscriber |
 
 mod connection;
 pub mod endings;
 mod leases;
 pub mod presence;
+mod subscription;
 pub mod wakeup;
 
 use std::sync::LazyLock;

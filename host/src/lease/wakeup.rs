@@ -156,7 +156,7 @@ async fn listen(
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
-        match redis.deployment.subscribe(&channels).await {
+        match redis.subscribe(&channels).await {
             Ok(mut messages) => {
                 notify.notify_one();
                 loop {

@@ -9,7 +9,7 @@ use taskflow::lease::wakeup::PUBLISH_INTERVAL;
 use taskflow::lease::{Redis, Waker};
 use uuid::Uuid;
 
-use crate::support::{TestApp, redis_url};
+use crate::support::{TcpProxy, TestApp, redis_url};
 
 /// A stream of wake-ups is published at most once per interval (each
 /// `PUBLISH` wakes Redis and every subscribed worker), and the last one
@@ -77,4 +77,33 @@ async fn an_idle_worker_is_woken_by_a_submission_rather_than_by_polling() {
         assert_eq!(job.state, JobState::Succeeded);
     }
     app.finish().await;
+}
+
+/// A subscription only listens, so a connection that went half-open (the
+/// server gone, the client never told) would stay silent for good, and
+/// every wake-up after it would be missed until the worker restarts: its
+/// jobs would wait for `--poll-interval`. The listener must notice and
+/// subscribe again, which wakes the worker once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wake_up_listener_whose_connection_went_half_open_subscribes_again() {
+    let redis_address = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("REDIS_URL is redis://host:port");
+    let proxy = TcpProxy::start(redis_address).await;
+    let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
+    let redis = Redis::connect_lazy(&format!("redis://{}", proxy.address), &prefix).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let woken =
+        taskflow::lease::wakeup::WakeupListener::spawn(redis, &["q".to_owned()], shutdown.clone());
+    tokio::time::timeout(Duration::from_secs(10), woken.notified())
+        .await
+        .expect("woken once subscribed");
+
+    proxy.sever_silently();
+    tokio::time::timeout(Duration::from_secs(30), woken.notified())
+        .await
+        .expect("the listener noticed it hears nothing and subscribed again");
+    shutdown.cancel();
 }

@@ -18,6 +18,7 @@ pub struct TcpProxy {
     pub address: SocketAddr,
     down: Arc<AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
+    sever: tokio::sync::watch::Sender<u64>,
     /// Connections being forwarded.
     live: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -29,20 +30,30 @@ impl TcpProxy {
         let down = Arc::new(AtomicBool::new(false));
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (cut, _) = tokio::sync::watch::channel(0u64);
-        let (accept_down, accept_cut, accept_live) = (down.clone(), cut.clone(), live.clone());
+        let (sever, _) = tokio::sync::watch::channel(0u64);
+        let (accept_down, accept_cut, accept_sever, accept_live) =
+            (down.clone(), cut.clone(), sever.clone(), live.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if accept_down.load(Ordering::Acquire) {
                     continue; // dropping the socket refuses the connection
                 }
                 let mut cuts = accept_cut.subscribe();
+                let mut severs = accept_sever.subscribe();
                 let live = accept_live.clone();
                 live.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cuts.changed() => {}
+                        let severed = tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                            _ = cuts.changed() => false,
+                            _ = severs.changed() => true,
+                        };
+                        if severed {
+                            drop(server);
+                            // The client hears nothing, until a cut or
+                            // the proxy's end closes its side too.
+                            let _ = cuts.changed().await;
                         }
                     }
                     live.fetch_sub(1, Ordering::AcqRel);
@@ -53,8 +64,18 @@ impl TcpProxy {
             address,
             down,
             cut,
+            sever,
             live,
         }
+    }
+
+    /// Closes the server's side of every open connection and leaves the
+    /// client's open and silent: a half-open connection, what a client
+    /// keeps when a partition hid the server's FIN (a NAT or load balancer
+    /// that dropped an idle flow, a server restarted behind a partition).
+    /// New connections are forwarded as usual.
+    pub fn sever_silently(&self) {
+        self.sever.send_modify(|generation| *generation += 1);
     }
 
     /// Cuts every open connection and refuses new ones until
