@@ -26,7 +26,7 @@ impl Url {
     /// Parses an absolute `http://` or `https://` URL.
     pub(crate) fn parse(text: &str) -> Result<Self, HttpError> {
         let invalid = |reason: &str| HttpError::InvalidUrl {
-            url: without_query(text).to_owned(),
+            url: shown(text),
             reason: reason.to_owned(),
         };
         let (scheme, rest) = text
@@ -72,6 +72,24 @@ impl Url {
 /// `text` up to its query or fragment.
 fn without_query(text: &str) -> &str {
     text.split(['?', '#']).next().unwrap_or_default()
+}
+
+/// A URL that did not parse, as an error may show it: without its query,
+/// fragment or credentials (`user:password@`), which may carry secrets.
+fn shown(text: &str) -> String {
+    let text = without_query(text);
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, text),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}{path}"),
+        None => format!("{host}{path}"),
+    }
 }
 
 /// Checks `host[:port]` and returns it with the host in lowercase.
@@ -204,5 +222,20 @@ mod tests {
             error.to_string().contains("ftp://example.com/hook"),
             "{error}"
         );
+    }
+
+    /// The message goes into the attempt's record, like the query it
+    /// already leaves out: the credentials of a refused URL must not.
+    #[test]
+    fn messages_leave_out_credentials() {
+        for url in [
+            "https://api:s3cret@example.com/x",
+            "ftp://api:s3cret@example.com/x",
+            "api:s3cret@example.com/x",
+        ] {
+            let error = Url::parse(url).unwrap_err().to_string();
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(error.contains("example.com/x"), "{error}");
+        }
     }
 }
