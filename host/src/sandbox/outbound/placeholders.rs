@@ -130,11 +130,16 @@ impl Placeholders {
         // a header given several times keeps all of them, in order.
         let mut filled = Vec::with_capacity(headers.len());
         for (name, value) in headers.iter() {
-            let Some(text) = value.to_str().ok().filter(|t| t.contains(&prefix.text)) else {
+            // As bytes: a value may hold any byte but control characters
+            // (wasi:http passes them through), and `to_str` fails on
+            // anything past ASCII, which would send the placeholder as it
+            // is, to any host.
+            let text = value.as_bytes();
+            if find(text, prefix.text.as_bytes()).is_none() {
                 filled.push(None);
                 continue;
-            };
-            let substituted = fill(&prefix.text, text, |secret| {
+            }
+            let substituted = fill(prefix.text.as_bytes(), text, |secret| {
                 let granted = self
                     .secrets
                     .get(secret)
@@ -146,7 +151,7 @@ impl Placeholders {
                     Err(Misuse::NotBoundTo(secret.to_owned(), target))
                 }
             })?;
-            let mut value = HeaderValue::from_str(&substituted)
+            let mut value = HeaderValue::from_bytes(&substituted)
                 .map_err(|_| Misuse::InvalidHeader(name.to_string()))?;
             value.set_sensitive(true);
             filled.push(Some(value));
@@ -161,26 +166,34 @@ impl Placeholders {
 }
 
 /// `text` with each placeholder (starting with `prefix`) replaced by what
-/// `value_of` says.
+/// `value_of` says of the secret it names.
 fn fill<'a>(
-    prefix: &str,
-    text: &str,
+    prefix: &[u8],
+    text: &[u8],
     value_of: impl Fn(&str) -> Result<&'a str, Misuse>,
-) -> Result<String, Misuse> {
-    let mut out = String::with_capacity(text.len());
+) -> Result<Vec<u8>, Misuse> {
+    let mut out = Vec::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find(prefix) {
-        out.push_str(&rest[..start]);
+    while let Some(start) = find(rest, prefix) {
+        out.extend_from_slice(&rest[..start]);
         let after = &rest[start + prefix.len()..];
-        let Some(end) = after.find(SUFFIX) else {
-            out.push_str(&rest[start..]);
+        let Some(end) = find(after, SUFFIX.as_bytes()) else {
+            out.extend_from_slice(&rest[start..]);
             return Ok(out);
         };
-        out.push_str(value_of(&after[..end])?);
+        let secret = String::from_utf8_lossy(&after[..end]);
+        out.extend_from_slice(value_of(&secret)?.as_bytes());
         rest = &after[end + SUFFIX.len()..];
     }
-    out.push_str(rest);
+    out.extend_from_slice(rest);
     Ok(out)
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 /// `{` and `}` as a URL encodes them, which is how a placeholder pasted into
@@ -231,6 +244,29 @@ mod tests {
         assert_eq!(headers["authorization"], "Bearer s3cr3t");
         assert!(headers["authorization"].is_sensitive());
         assert_eq!(headers["x-plain"], "untouched");
+    }
+
+    /// wasi:http takes header values as bytes, and the SDK passes UTF-8:
+    /// a value that is not visible ASCII still has its placeholders
+    /// filled for a bound host, and refused for any other.
+    #[test]
+    fn a_placeholder_in_a_value_with_non_ascii_bytes_is_filled_or_refused_all_the_same() {
+        let secrets = placeholders();
+        let token = secrets.placeholder("token").unwrap();
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_bytes(format!("café {token}").as_bytes()).unwrap();
+        headers.insert("x-note", value);
+
+        let refused =
+            secrets.substitute(&mut headers.clone(), Scheme::Https, "evil.example.com", 443);
+        assert!(
+            matches!(refused, Err(Misuse::NotBoundTo(..))),
+            "{refused:?}"
+        );
+        secrets
+            .substitute(&mut headers, Scheme::Https, "api.example.com", 443)
+            .unwrap();
+        assert_eq!(headers["x-note"].as_bytes(), "café s3cr3t".as_bytes());
     }
 
     #[test]
