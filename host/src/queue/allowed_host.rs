@@ -243,8 +243,9 @@ fn canonical(address: IpAddr) -> IpAddr {
 /// Whether `address` is on the public internet: not loopback, private,
 /// link-local (which holds the cloud metadata service, 169.254.169.254),
 /// unique-local, carrier-grade NAT, benchmarking, IETF protocol
-/// assignments, reserved, unspecified, broadcast or multicast; an IPv6
-/// address that embeds an IPv4 one (mapped, NAT64, 6to4) is judged by it.
+/// assignments, reserved, unspecified, broadcast, multicast or local-use
+/// NAT64 (`64:ff9b:1::/48`); an IPv6 address that embeds an IPv4 one
+/// (mapped, well-known NAT64, 6to4) is judged by it.
 /// A task reaches any other address only through an entry that names it
 /// ([`AllowedHost::names_address`]).
 pub fn is_public_address(address: IpAddr) -> bool {
@@ -292,12 +293,18 @@ fn is_public_v6(address: Ipv6Addr) -> bool {
         _ => {}
     }
     let site_local = first & 0xffc0 == 0xfec0;
+    // The local-use NAT64 prefix (RFC 8215), never global: a network that
+    // runs a translator on it places the IPv4 address anywhere in the
+    // /48 (its prefix length is the operator's choice), so none of it is
+    // judged by an address it may embed.
+    let local_use_nat64 = address.segments()[..3] == [0x64, 0xff9b, 1];
     !(address.is_loopback()
         || address.is_unspecified()
         || address.is_multicast()
         || unique_local
         || link_local
         || site_local
+        || local_use_nat64
         || deprecated_ipv4_compatible)
 }
 

@@ -133,6 +133,8 @@ fn internal_addresses_are_not_public() {
         "::ffff:127.0.0.1",
         "::ffff:169.254.169.254",
         "64:ff9b::a00:1",
+        "64:ff9b:1::a9fe:a9fe",
+        "64:ff9b:1:a9fe:a9:fe00::",
         "2002:7f00:1::",
         "fec0::1",
         "198.18.0.1",
