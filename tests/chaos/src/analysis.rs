@@ -233,6 +233,49 @@ pub fn overlaps(
     found
 }
 
+/// A success PostgreSQL accepted, as its attempt record has it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AcceptedSuccess {
+    pub job_id: Uuid,
+    pub lease_token: i64,
+    pub worker_id: String,
+}
+
+/// The accepted successes no worker logged: no execution by that worker,
+/// of that job, under that token, ended `succeeded`. The fencing check
+/// reads PostgreSQL alone, whose rows the code under test writes; this one
+/// holds them against what the workers did, so an outcome written under
+/// another attempt's token (or by nobody's execution) is caught. It also
+/// fails a run whose logs could not be read, where the overlap check would
+/// find nothing to compare.
+pub fn unlogged_successes<'a>(
+    logs: &WorkerLogs,
+    accepted: &'a [AcceptedSuccess],
+) -> Vec<&'a AcceptedSuccess> {
+    let logged: std::collections::HashSet<(&str, Uuid, i64)> = logs
+        .executions
+        .iter()
+        .filter(|execution| execution.outcome.as_deref() == Some("succeeded"))
+        .map(|execution| {
+            (
+                execution.worker.as_str(),
+                execution.job_id,
+                execution.lease_token,
+            )
+        })
+        .collect();
+    accepted
+        .iter()
+        .filter(|success| {
+            !logged.contains(&(
+                success.worker_id.as_str(),
+                success.job_id,
+                success.lease_token,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +400,33 @@ mod tests {
         assert_eq!(
             fate.first_vanished_within(at(22_000), at(31_000)),
             Some(at(30_000))
+        );
+    }
+    #[test]
+    fn a_success_no_worker_logged_under_its_token_is_caught() {
+        let mut a = execution("a", 5, 0, Some(10));
+        a.outcome = Some("succeeded".into());
+        let logs = WorkerLogs {
+            executions: vec![a],
+            stale_outcomes: 0,
+        };
+        let accepted = |worker: &str, token| AcceptedSuccess {
+            job_id: Uuid::nil(),
+            lease_token: token,
+            worker_id: worker.into(),
+        };
+        let good = [accepted("a", 5)];
+        assert!(unlogged_successes(&logs, &good).is_empty());
+        // Worker a's late success written under the job's newer token 6.
+        let wrong_token = [accepted("a", 6)];
+        assert_eq!(unlogged_successes(&logs, &wrong_token), [&wrong_token[0]]);
+        let wrong_worker = [accepted("b", 5)];
+        assert_eq!(unlogged_successes(&logs, &wrong_worker).len(), 1);
+        let unread = WorkerLogs::default();
+        assert_eq!(
+            unlogged_successes(&unread, &good).len(),
+            1,
+            "no logs, no pass"
         );
     }
 }

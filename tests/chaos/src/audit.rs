@@ -28,6 +28,10 @@ pub struct Report {
     pub overlapping_pairs: usize,
     pub overlaps: Vec<Overlap>,
     pub fencing_violations: i64,
+    /// Successes PostgreSQL accepted that no worker's log shows: no
+    /// execution by the attempt's worker, of that job, under that token,
+    /// ended `succeeded` (`analysis::unlogged_successes`).
+    pub unlogged_successes: usize,
     /// Queues and states whose count by the queue counters (the listing's,
     /// migrations/20261205000001_queue_counts.sql) differs from a count of
     /// the rows.
@@ -75,6 +79,7 @@ impl Report {
             && self.duplicates == 0
             && self.overlapping_pairs == 0
             && self.fencing_violations == 0
+            && self.unlogged_successes == 0
             && self.counter_mismatches == 0
             && self.jobs_succeeded as usize == self.jobs_submitted
             && self.limits.as_ref().is_none_or(LimitsSeen::held)
@@ -95,11 +100,21 @@ pub async fn analyse(
     let now: DateTime<Utc> = Utc::now();
     let overlaps = analysis::overlaps(&logs, &chaos.fates, now);
 
-    let (jobs_in_database, distinct_keys, jobs_succeeded): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT idempotency_key), count(*) FILTER (WHERE state = 'succeeded') FROM jobs",
+    let (jobs_in_database, jobs_succeeded): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE state = 'succeeded') FROM jobs")
+            .fetch_one(database)
+            .await?;
+    let distinct_ids = ids.iter().collect::<std::collections::HashSet<_>>().len();
+    let accepted: Vec<analysis::AcceptedSuccess> = sqlx::query_as(
+        "SELECT a.job_id, a.lease_token, a.worker_id FROM job_attempts a
+         WHERE a.outcome = 'succeeded'",
     )
-    .fetch_one(database)
+    .fetch_all(database)
     .await?;
+    let unlogged = analysis::unlogged_successes(&logs, &accepted);
+    for success in unlogged.iter().take(10) {
+        eprintln!("an accepted success no worker logged: {success:?}");
+    }
     let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(database)
@@ -179,12 +194,15 @@ pub async fn analyse(
         jobs_in_database,
         jobs_succeeded,
         lost: ids.len() - found.len(),
-        duplicates: jobs_in_database - distinct_keys,
+        // Jobs no submission accounts for: every client resubmits with
+        // its key until it is answered, and each answer names one job.
+        duplicates: jobs_in_database - distinct_ids as i64,
         submit_retries,
         executions: logs.executions.len(),
         overlapping_pairs: overlaps.len(),
         overlaps,
         fencing_violations,
+        unlogged_successes: unlogged.len(),
         counter_mismatches,
         stale_outcomes_rejected: logs.stale_outcomes,
         rescued: rescue_ms.len(),

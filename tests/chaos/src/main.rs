@@ -338,7 +338,7 @@ async fn run(args: Args, placement: Placement) -> anyhow::Result<()> {
         chaos.kill_a_worker()?;
     }
 
-    let (ids, submit_retries) = submitter.await?;
+    let (ids, submit_retries) = submitter.await??;
     for heal in chaos.heals.drain(..) {
         heal.await??;
     }
@@ -378,7 +378,7 @@ async fn run(args: Args, placement: Placement) -> anyhow::Result<()> {
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
     println!(
         "chaos summary: jobs={} terminal={} lost={} duplicates={} overlapping_executions={} \
-         fencing_violations={} counter_mismatches={} stale_outcomes_rejected={} rescued={} rescue_p50={:.0}ms rescue_max={:.0}ms \
+         fencing_violations={} unlogged_successes={} counter_mismatches={} stale_outcomes_rejected={} rescued={} rescue_p50={:.0}ms rescue_max={:.0}ms \
          faults={:?} duration={:.1}s report={}",
         report.jobs_submitted,
         report.jobs_succeeded,
@@ -386,6 +386,7 @@ async fn run(args: Args, placement: Placement) -> anyhow::Result<()> {
         report.duplicates,
         report.overlapping_pairs,
         report.fencing_violations,
+        report.unlogged_successes,
         report.counter_mismatches,
         report.stale_outcomes_rejected,
         report.rescued,

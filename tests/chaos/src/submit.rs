@@ -9,20 +9,32 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
-use taskflow::client::Client;
+use taskflow::client::{Client, ClientError};
 use uuid::Uuid;
+
+/// How long one submission may keep failing. The longest fault the suite
+/// injects on the submission path (PostgreSQL crashed and restarted, an API
+/// killed and restarted) lasts seconds; a submission refused for longer
+/// shows a defect, and must fail the run rather than hang it.
+const SUBMISSION_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Submits `count` jobs from 8 concurrent clients, each retrying with the same
 /// idempotency key until an API accepts it (through API restarts and
 /// database crashes). Each try goes to the next API of `apis`, so a retry
 /// may reach another API than the try it repeats. Returns the job ids and
 /// how many retries it took.
+///
+/// # Errors
+///
+/// A submission the API refused as a client error (4xx but 408 and 429:
+/// nothing the suite does makes one legitimate), or one still failing
+/// after [`SUBMISSION_DEADLINE`].
 pub async fn submit_all(
     apis: Vec<Client>,
     module: String,
     count: usize,
     keys: Option<usize>,
-) -> (Vec<Uuid>, usize) {
+) -> anyhow::Result<(Vec<Uuid>, usize)> {
     let next = Arc::new(AtomicUsize::new(0));
     let ids = Arc::new(Mutex::new(vec![Uuid::nil(); count]));
     let retries = Arc::new(AtomicUsize::new(0));
@@ -39,7 +51,7 @@ pub async fn submit_all(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= count {
-                        return;
+                        return Ok(());
                     }
                     let job = SubmitJob {
                         module: module.clone(),
@@ -49,11 +61,21 @@ pub async fn submit_all(
                         concurrency_key: keys.map(|keys| format!("tenant-{}", i % keys)),
                         ..SubmitJob::default()
                     };
+                    let deadline = Instant::now() + SUBMISSION_DEADLINE;
                     for api in apis.iter().cycle().skip(i) {
                         match api.submit(&job).await {
                             Ok(submitted) => {
                                 ids.lock().unwrap()[i] = submitted.job.id;
                                 break;
+                            }
+                            Err(ClientError::Api { status, code, message })
+                                if status.is_client_error()
+                                    && !matches!(status.as_u16(), 408 | 429) =>
+                            {
+                                bail!("submission {i} refused: {message} ({status}, {code})");
+                            }
+                            Err(error) if Instant::now() > deadline => {
+                                bail!("submission {i} still failing after {SUBMISSION_DEADLINE:?}: {error}");
                             }
                             Err(_) => {
                                 retries.fetch_add(1, Ordering::Relaxed);
@@ -67,10 +89,10 @@ pub async fn submit_all(
         })
         .collect();
     for client in clients {
-        client.await.expect("submitter task");
+        client.await??;
     }
     let ids = ids.lock().unwrap().clone();
-    (ids, retries.load(Ordering::Relaxed))
+    Ok((ids, retries.load(Ordering::Relaxed)))
 }
 
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut ready: F) -> anyhow::Result<()>
