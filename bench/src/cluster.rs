@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use taskflow::client::Client;
 use taskflow::store::Store;
-use taskflow_testkit::{Network, PgBouncer, Place, ScratchDatabase, rss_bytes};
+use taskflow_testkit::{Network, PgBouncer, Place, ScratchDatabase, peak_rss_bytes, rss_bytes};
 
 use super::usage::Usage;
 
@@ -280,12 +280,12 @@ impl Deployment {
             .unwrap_or(0.0))
     }
 
-    /// Resident memory of each worker, in bytes.
-    pub fn worker_rss_bytes(&self) -> Vec<u64> {
+    /// The peak resident memory of each worker so far (`VmHWM`), in bytes.
+    pub fn worker_peak_rss_bytes(&self) -> Vec<u64> {
         self.processes
             .workers
             .iter()
-            .filter_map(|worker| rss_bytes(worker.child.id()))
+            .filter_map(|worker| peak_rss_bytes(worker.child.id()))
             .collect()
     }
 

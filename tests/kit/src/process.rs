@@ -44,12 +44,18 @@ impl ContextSwitches {
     }
 }
 
-/// Context switches of every thread of process `pid` so far; `None` once
-/// it has exited.
+/// Context switches of every live thread of process `pid` so far; `None`
+/// once it has exited. A thread that exits while it is read counts
+/// nothing, rather than making the whole reading fail.
 pub fn context_switches(pid: u32) -> Option<ContextSwitches> {
     let mut total = ContextSwitches::default();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        let Some(status) = task
+            .ok()
+            .and_then(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        else {
+            continue;
+        };
         for line in status.lines() {
             let count =
                 |field: &str| -> Option<u64> { line.strip_prefix(field)?.trim().parse().ok() };
@@ -99,6 +105,34 @@ pub fn pids_named(name: &str) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Threads come and go in a process (tokio's blocking pool lets idle
+    /// ones exit): one exiting while the others are read must not turn
+    /// the whole process's reading into nothing, which the bench then
+    /// counted as 0.
+    #[test]
+    fn threads_exiting_while_they_are_read_do_not_void_the_reading() {
+        let pid = std::process::id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let threads: Vec<_> = (0..8).map(|_| std::thread::spawn(|| ())).collect();
+                    threads.into_iter().for_each(|t| t.join().unwrap());
+                }
+            })
+        };
+        let readings = (0..3000)
+            .filter(|_| context_switches(pid).is_none())
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
+        assert_eq!(
+            readings, 0,
+            "readings of a live process that came back empty"
+        );
+    }
 
     #[test]
     fn a_thread_that_sleeps_counts_voluntary_switches() {
