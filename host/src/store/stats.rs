@@ -283,9 +283,13 @@ impl Store {
         sqlx::query("CREATE TABLE IF NOT EXISTS reference_rows (id bigserial, payload text)")
             .execute(self.pool())
             .await?;
+        // Every connection is open before the clock starts: the pool opens
+        // them lazily, and 31 connection set-ups inside the window would
+        // lower the 32-connection reference.
+        let opened =
+            futures::future::try_join_all((0..connections).map(|_| self.pool().acquire())).await?;
         let deadline = tokio::time::Instant::now() + duration;
-        let loops = (0..connections).map(|_| async {
-            let mut connection = self.pool().acquire().await?;
+        let loops = opened.into_iter().map(|mut connection| async move {
             let mut committed = 0_u64;
             while tokio::time::Instant::now() < deadline {
                 sqlx::query("INSERT INTO reference_rows (payload) VALUES ($1)")
