@@ -69,7 +69,18 @@ struct CaptureState {
     dropped: u64,
     stdout: Option<Partial>,
     stderr: Option<Partial>,
+    /// The SDK's panic report, if the guest's latest line was one
+    /// ([`CapturedLog::panic_report`]).
+    panic_report: Option<String>,
 }
+
+/// How far into a `host.log` line "panicked at" is looked for: the SDK's
+/// hook starts its line with it.
+const PANIC_MARK_WINDOW: usize = 256;
+
+/// The most of a panic report kept, apart from the log or in the
+/// attempt's error message.
+pub const PANIC_REPORT_BYTES: usize = 2048;
 
 /// An unterminated stdout or stderr line. Its raw bytes are bounded by the
 /// room left in the log, so a guest writing one endless line cannot grow it
@@ -89,6 +100,14 @@ pub struct CapturedLog {
     /// Lines dropped past the bound, or cut short by it. Saturates instead
     /// of overflowing.
     pub dropped: u64,
+    /// The SDK's panic report (a `host.log` line saying `panicked at`, cut
+    /// at [`PANIC_REPORT_BYTES`]) when it was the last line the guest
+    /// completed, kept whether or not the bound kept the line: a panic is
+    /// told from any other abort by it (`sandbox/failure.rs`), so a full
+    /// log must not turn a panic into a retryable trap, and an earlier line
+    /// that merely mentions "panicked at" must not turn a later abort into
+    /// a panic.
+    pub panic_report: Option<String>,
 }
 
 impl CapturedLog {
@@ -114,6 +133,7 @@ impl LogCapture {
                 dropped: 0,
                 stdout: None,
                 stderr: None,
+                panic_report: None,
             }),
         })
     }
@@ -133,6 +153,8 @@ impl LogCapture {
         while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
             state.append(source, &rest[..newline]);
             state.end_line(source);
+            // The guest went on after its last host.log line.
+            state.panic_report = None;
             rest = &rest[newline + 1..];
         }
         if !rest.is_empty() {
@@ -152,6 +174,7 @@ impl LogCapture {
         CapturedLog {
             lines: std::mem::take(&mut state.lines),
             dropped: state.dropped,
+            panic_report: state.panic_report.take(),
         }
     }
 
@@ -167,6 +190,7 @@ impl LogCapture {
 impl CaptureState {
     /// Keeps a whole line if its stored size fits, counts it dropped if not.
     fn push(&mut self, source: LogSource, level: Option<&'static str>, message: &str) {
+        self.panic_report = panic_report(message);
         let room = self.room();
         // `stored_len` is at least the length: a message longer than the room
         // is dropped without reading it.
@@ -244,6 +268,19 @@ impl CaptureState {
             _ => &mut self.stdout,
         }
     }
+}
+
+/// `message`, cut at [`PANIC_REPORT_BYTES`], if its start says "panicked
+/// at"; only that much of it is read or copied.
+fn panic_report(message: &str) -> Option<String> {
+    const MARK: &[u8] = b"panicked at";
+    let window = &message.as_bytes()[..message.len().min(PANIC_MARK_WINDOW)];
+    if !window.windows(MARK.len()).any(|part| part == MARK) {
+        return None;
+    }
+    Some(storable(
+        &message[..message.floor_char_boundary(PANIC_REPORT_BYTES)],
+    ))
 }
 
 /// Bytes `message` takes inside a JSON string: quotes and backslashes are

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use wasmtime::component::ResourceTableError;
 
 use super::MAX_ERROR_MESSAGE_BYTES;
-use super::capture::{CapturedLog, LogSource};
+use super::capture::{CapturedLog, LogSource, PANIC_REPORT_BYTES};
 use super::resources::RESOURCE_BYTES;
 use crate::job::{Failure, FailureKind};
 
@@ -28,9 +28,6 @@ pub(super) struct MemoryLimitExceeded {
     pub desired: usize,
     pub limit: usize,
 }
-
-/// Longest panic message kept in the attempt's error message.
-const PANIC_MESSAGE_LIMIT: usize = 2048;
 
 /// Turns an error from instantiating or calling the guest into a [`Failure`].
 pub(super) fn classify(
@@ -109,13 +106,16 @@ fn is_shadow_stack_overflow(error: &wasmtime::Error) -> bool {
     })
 }
 
-/// The panic report a Rust guest left before aborting: the line containing
-/// "panicked at" (written to the log by the SDK's panic hook, or to stderr
-/// by Rust's default hook) and the lines of the same source after it.
+/// The panic report a Rust guest left before aborting: the SDK's hook's
+/// line, kept apart from the log for this ([`CapturedLog::panic_report`]),
+/// or else, from Rust's default hook, the stderr line containing "panicked
+/// at" and the stderr lines after it, if the log's bound kept them.
 fn panic_message(log: &CapturedLog) -> Option<String> {
+    if let Some(report) = &log.panic_report {
+        return Some(report.clone());
+    }
     let start = log.lines.iter().position(|line| {
-        matches!(line.source, LogSource::Stderr | LogSource::Log)
-            && line.message.contains("panicked at")
+        line.source == LogSource::Stderr && line.message.contains("panicked at")
     })?;
     let source = log.lines[start].source;
     let message = log.lines[start..]
@@ -124,7 +124,7 @@ fn panic_message(log: &CapturedLog) -> Option<String> {
         .map(|line| line.message.as_str())
         .collect::<Vec<_>>()
         .join("\n");
-    Some(Capped::cut(message, PANIC_MESSAGE_LIMIT))
+    Some(Capped::cut(message, PANIC_REPORT_BYTES))
 }
 
 /// The error and its causes on one line (wasmtime puts the trap reason and
@@ -178,7 +178,8 @@ impl std::fmt::Write for Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::capture::LogLine;
+    use crate::sandbox::bindings::Level;
+    use crate::sandbox::capture::{LogCapture, LogLine};
 
     fn line(source: LogSource, message: &str) -> LogLine {
         LogLine {
@@ -215,7 +216,7 @@ mod tests {
                 line(LogSource::Stdout, "unrelated"),
                 line(LogSource::Stderr, "index out of bounds"),
             ],
-            dropped: 0,
+            ..CapturedLog::default()
         };
         assert_eq!(
             panic_message(&log).as_deref(),
@@ -242,19 +243,40 @@ mod tests {
     }
 
     #[test]
-    fn finds_a_panic_logged_by_the_sdk_hook_and_nothing_when_there_is_none() {
-        let logged = CapturedLog {
-            lines: vec![line(LogSource::Log, "panicked at src/lib.rs:3:9: boom")],
-            dropped: 0,
-        };
+    fn finds_a_panic_reported_by_the_sdk_hook_and_nothing_when_there_is_none() {
+        let capture = LogCapture::new(1024);
+        capture.log(Level::Info, "the task logs that it panicked at noon");
+        capture.log(Level::Error, "panicked at src/lib.rs:3:9: boom");
         assert_eq!(
-            panic_message(&logged).as_deref(),
+            panic_message(&capture.finish()).as_deref(),
             Some("panicked at src/lib.rs:3:9: boom")
         );
-        let quiet = CapturedLog {
-            lines: vec![line(LogSource::Stdout, "fine")],
-            dropped: 0,
-        };
-        assert_eq!(panic_message(&quiet), None);
+
+        // A line that mentions a panic, then the guest goes on and aborts
+        // for another reason: not a panic.
+        let capture = LogCapture::new(1024);
+        capture.log(Level::Info, "the worker panicked at noon");
+        capture.write(LogSource::Stdout, b"working\n");
+        assert_eq!(panic_message(&capture.finish()), None);
+        let capture = LogCapture::new(1024);
+        capture.log(Level::Info, "the worker panicked at noon");
+        capture.log(Level::Info, "and then recovered");
+        assert_eq!(panic_message(&capture.finish()), None);
+    }
+
+    #[test]
+    fn a_panic_report_is_kept_when_the_log_is_full() {
+        let capture = LogCapture::new(256);
+        capture.log(Level::Info, &"x".repeat(300));
+        let report = format!("panicked at src/lib.rs:3:9: {}", "y".repeat(5000));
+        capture.log(Level::Error, &report);
+        let log = capture.finish();
+        assert!(log.lines.is_empty(), "the bound dropped both lines");
+        let message = panic_message(&log).unwrap();
+        assert!(
+            message.starts_with("panicked at src/lib.rs:3:9: yyy"),
+            "{message}"
+        );
+        assert!(message.len() <= PANIC_REPORT_BYTES, "{}", message.len());
     }
 }

@@ -162,6 +162,15 @@ async fn each_limit_fails_its_own_job_with_its_own_reason_while_the_worker_keeps
             }),
         ),
         (
+            "panic",
+            // A panic line longer than the whole log bound (64 KiB): the
+            // log drops it, and it is still a panic, not a retryable trap.
+            hostile(
+                json!({"mode": "panic", "message": format!("it broke {}", "x".repeat(70_000))}),
+                |j| j.max_attempts = Some(3),
+            ),
+        ),
+        (
             "output_too_large",
             hostile(json!({"mode": "big_output", "bytes": 2 << 20}), |_| {}),
         ),
