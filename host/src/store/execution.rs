@@ -10,6 +10,8 @@
 //! was rescued and claimed again) changes nothing. See
 //! `docs/adr/001-fencing-tokens.md`.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -104,7 +106,8 @@ impl Store {
     /// the next state, in one statement for the whole batch.
     ///
     /// Guard, per job: `state = 'running' AND lease_token = <the attempt's
-    /// token>`. An attempt whose guard does not match (the job was rescued,
+    /// token>`, and for a rescue (outcome `lease_expired`) also
+    /// `lease_expires_at < now()` (see [`Store::confirm_leases`]). An attempt whose guard does not match (the job was rescued,
     /// cancelled, or claimed again) is not recorded and its job is untouched:
     /// the result says [`Transition::Stale`] and the caller discards it.
     /// Only its outbound requests are kept: they are put on the record the
@@ -215,6 +218,9 @@ impl Store {
                      updated_at = now()
                  FROM input i
                  WHERE j.id = i.job_id AND j.state = 'running' AND j.lease_token = i.lease_token
+                   -- A rescue also needs the lease's deadline passed: a
+                   -- worker that confirmed its lease meanwhile moved it.
+                   AND (i.outcome <> 'lease_expired' OR j.lease_expires_at < now())
                  RETURNING j.id, j.lease_token, j.queue, j.state
              ),
              logged AS (
@@ -276,21 +282,32 @@ impl Store {
             .collect())
     }
 
-    /// Which of `leases` are still current: the job is running under that
-    /// token. A worker asks this when Redis lost its lease keys, before
-    /// trusting that it still holds them.
-    pub async fn leases_still_held(&self, leases: &[LeaseRef]) -> StoreResult<Vec<LeaseRef>> {
-        super::statement("leases_still_held");
+    /// Which of `leases` are still current (the job is running under that
+    /// token), pushing each one's `lease_expires_at` out to at least `ttl`
+    /// from now. A worker asks this when Redis lost its lease keys, before
+    /// it writes them back and extends its grants by `ttl`: a rescue needs
+    /// the deadline passed ([`Store::finish_if_lease_matches`]), so one
+    /// that read a key missing just before cannot end an attempt confirmed
+    /// meanwhile, and one that commits first makes the confirmation fail.
+    pub async fn confirm_leases(
+        &self,
+        leases: &[LeaseRef],
+        ttl: Duration,
+    ) -> StoreResult<Vec<LeaseRef>> {
+        super::statement("confirm_leases");
         let ids: Vec<Uuid> = leases.iter().map(|l| l.job_id).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.lease_token).collect();
         Ok(sqlx::query_as!(
             LeaseRef,
-            r#"SELECT j.id AS job_id, j.lease_token AS "lease_token!"
-             FROM jobs j JOIN unnest($1::uuid[], $2::bigint[]) AS l(id, token)
-                  ON j.id = l.id AND j.lease_token = l.token
-             WHERE j.state = 'running'"#,
+            r#"UPDATE jobs j
+             SET lease_expires_at = GREATEST(j.lease_expires_at,
+                                             now() + $3 * interval '1 millisecond')
+             FROM unnest($1::uuid[], $2::bigint[]) AS l(id, token)
+             WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+             RETURNING j.id AS job_id, j.lease_token AS "lease_token!""#,
             &ids,
-            &tokens
+            &tokens,
+            millis(ttl) as f64
         )
         .fetch_all(self.pool())
         .await?)

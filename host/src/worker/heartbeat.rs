@@ -270,7 +270,7 @@ impl Heartbeat {
         }
         let confirmation = tokio::time::timeout(
             self.leases.renew_interval(),
-            self.store.leases_still_held(missing),
+            self.store.confirm_leases(missing, self.leases.ttl()),
         );
         let confirmed = match confirmation.await {
             Ok(Ok(held)) => held,

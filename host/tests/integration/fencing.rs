@@ -9,7 +9,7 @@ use taskflow::job::{AttemptOutcome, JobState};
 use taskflow::store::{ClaimPath, ClaimedJob, FinishedAttempt, Store, Transition};
 use uuid::Uuid;
 
-use crate::support::{TestDb, rescue, store_with_jobs, success};
+use crate::support::{TestDb, lease_lapses, rescue, store_with_jobs, success};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -57,6 +57,7 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
     );
 
     // The paused worker's lease expires; the rescuer ends its attempt.
+    lease_lapses(&store, &old).await;
     let rescue = rescue(&old, "paused-worker");
     assert_eq!(finish(&store, &rescue).await, Transition::Applied);
     assert_eq!(store.promote_due(10).await.unwrap(), ["default"]);
@@ -134,5 +135,39 @@ async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished() {
             .unwrap(),
         0
     );
+    db.drop_database().await.unwrap();
+}
+
+/// A worker whose lease key went missing (Redis flushed) asks PostgreSQL to
+/// confirm its lease, and on a yes writes the key back and extends its
+/// grant by a TTL. A rescuer that read the key missing just before must
+/// then not end the attempt: the worker would run on for up to a renewal
+/// interval while the job's next attempt starts after a shorter backoff.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_confirmed_after_the_rescuers_check_cannot_be_rescued() {
+    let (db, store, id) = store_with_job().await;
+    let job = claim_one(&store, "w").await;
+    lease_lapses(&store, &job).await;
+    // The rescuer finds the lease past its deadline (and its key missing).
+    let candidates = store.running_past_lease(10).await.unwrap();
+    assert_eq!(candidates.len(), 1);
+
+    // The worker's heartbeat confirms it first.
+    assert_eq!(
+        store.confirm_leases(&[job.lease()], TTL).await.unwrap(),
+        [job.lease()]
+    );
+    let rescue = rescue(&job, "w");
+    assert_eq!(
+        finish(&store, &rescue).await,
+        Transition::Stale,
+        "the lease was confirmed"
+    );
+    let current = store.get_job(id).await.unwrap().unwrap().job;
+    assert_eq!(current.state, JobState::Running);
+
+    // Once the worker stops confirming and the deadline passes, it goes.
+    lease_lapses(&store, &job).await;
+    assert_eq!(finish(&store, &rescue).await, Transition::Applied);
     db.drop_database().await.unwrap();
 }

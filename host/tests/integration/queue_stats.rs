@@ -13,7 +13,9 @@ use taskflow::maintenance::{CounterFolder, Service};
 use taskflow::queue::{Activity, JobCounts, QueueLimits, QueueSettings, QueueStats};
 use taskflow::store::{ClaimPath, Store};
 
-use crate::support::{TestApp, new_job, rescue, stored_module, success, test_database};
+use crate::support::{
+    TestApp, lease_lapses, new_job, rescue, stored_module, success, test_database,
+};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -78,6 +80,7 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     let retry_now = AfterFailure::Retry {
         delay: Duration::ZERO,
     };
+    lease_lapses(store, &claimed[4]).await;
     let ends = [
         success(&claimed[0], "w1", b"{}"),
         success(&claimed[1], "w1", b"{}"),

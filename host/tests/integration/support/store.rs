@@ -78,6 +78,18 @@ pub fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt
     )
 }
 
+/// Moves the deadline of `job`'s lease to now, as if its worker had
+/// stopped renewing it: a rescue applies only once it has passed
+/// (`Store::finish_if_lease_matches`).
+pub async fn lease_lapses(store: &Store, job: &ClaimedJob) {
+    let updated = store
+        .extend_leases_if_token_matches(&[(job.lease(), Duration::ZERO)])
+        .await
+        .unwrap();
+    assert_eq!(updated, 1, "the job runs under this lease");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
 /// A rescue of `job`'s attempt on `worker`, retried at once.
 pub fn rescue(job: &ClaimedJob, worker: &str) -> FinishedAttempt {
     finished(
