@@ -58,6 +58,18 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// The start of a body an error quotes, as printable text (a server's
+/// page may hold anything).
+fn quoted(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY_BYTES)]);
+    let more = if body.len() > QUOTED_BODY_BYTES {
+        "…"
+    } else {
+        ""
+    };
+    format!("{}{more}", crate::cli::terminal::printable(&text))
+}
+
 /// `text` as one path segment of a request's URL.
 fn segment(text: &str) -> Result<percent_encoding::PercentEncode<'_>, ClientError> {
     if text.is_empty() || text == "." || text == ".." {
@@ -65,6 +77,19 @@ fn segment(text: &str) -> Result<percent_encoding::PercentEncode<'_>, ClientErro
     }
     Ok(percent_encoding::utf8_percent_encode(text, SEGMENT))
 }
+
+/// Most bytes of a successful response the client reads: more than any
+/// answer of the API (PostgreSQL holds no value over 1 GB), and a bound on
+/// a server that never ends its body.
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+/// Most bytes of an error response the client reads. The API's errors are
+/// small JSON objects; anything bigger is a proxy's page or a hostile
+/// server, and only its start is quoted ([`QUOTED_BODY_BYTES`]).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// Most bytes of a response body an error message quotes.
+const QUOTED_BODY_BYTES: usize = 512;
 
 /// A client of one TaskFlow API.
 #[derive(Debug, Clone)]
@@ -277,16 +302,31 @@ impl Client {
     }
 
     /// Every finished attempt of a job, following the pages.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Unexpected`] for pages that do not advance: one with
+    /// a next cursor but no attempt, or one whose next cursor is the one it
+    /// was asked with.
     pub async fn attempts(&self, id: Uuid) -> Result<AttemptList, ClientError> {
         let mut all = self.attempts_page(id, &AttemptQuery::default()).await?;
+        let mut asked = None;
+        let mut page_was_empty = all.attempts.is_empty();
         while let Some(cursor) = all.next_cursor.take() {
+            if page_was_empty || asked.as_ref() == Some(&cursor) {
+                return Err(ClientError::Unexpected(format!(
+                    "the pages of job {id}'s attempts do not advance (cursor {cursor:?})"
+                )));
+            }
             let query = AttemptQuery {
-                cursor: Some(cursor),
+                cursor: Some(cursor.clone()),
                 ..AttemptQuery::default()
             };
             let page = self.attempts_page(id, &query).await?;
+            page_was_empty = page.attempts.is_empty();
             all.attempts.extend(page.attempts);
             all.next_cursor = page.next_cursor;
+            asked = Some(cursor);
         }
         Ok(all)
     }
@@ -384,28 +424,55 @@ impl Client {
                 source,
             })?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
         if !status.is_success() {
+            let body = self.body(response, MAX_ERROR_BODY_BYTES).await?;
             return Err(match serde_json::from_slice::<ErrorBody>(&body) {
                 Ok(error) => ClientError::Api {
                     status,
                     code: error.error.code,
                     message: error.error.message,
                 },
-                Err(_) => {
-                    ClientError::Unexpected(format!("{status}: {}", String::from_utf8_lossy(&body)))
-                }
+                Err(_) => ClientError::Unexpected(format!("{status}: {}", quoted(&body))),
             });
         }
-        let value = serde_json::from_slice(&body).map_err(|error| {
-            ClientError::Unexpected(format!("{error}: {}", String::from_utf8_lossy(&body)))
-        })?;
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(ClientError::Unexpected(format!(
+                "a response of {} bytes",
+                response.content_length().unwrap_or_default()
+            )));
+        }
+        let body = self.body(response, MAX_RESPONSE_BYTES).await?;
+        if body.len() >= MAX_RESPONSE_BYTES {
+            return Err(ClientError::Unexpected(format!(
+                "a response over {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        let value = serde_json::from_slice(&body)
+            .map_err(|error| ClientError::Unexpected(format!("{error}: {}", quoted(&body))))?;
         Ok((status, value))
+    }
+
+    /// At most `limit` bytes of `response`'s body: reading stops there.
+    async fn body(
+        &self,
+        mut response: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut body = Vec::new();
+        while body.len() < limit {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                })?;
+            let Some(chunk) = chunk else { break };
+            body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]);
+        }
+        Ok(body)
     }
 }

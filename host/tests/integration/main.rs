@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod client;
 mod compile;
 mod completer;
 mod console;
