@@ -2,8 +2,9 @@
 //! one field of the hash `{prefix}workers` (its id → its slots, busy slots
 //! and queues, and when it wrote them) every [`PRESENCE_INTERVAL`], and
 //! removes it when it stops. Readers show the workers seen within
-//! [`PRESENCE_RECENT`] and forget those silent for [`PRESENCE_FORGOTTEN`]
-//! (a worker that was killed never removes its field).
+//! [`PRESENCE_RECENT`]; readers and every worker now and then forget those
+//! silent for [`PRESENCE_FORGOTTEN`] (a worker that was killed never
+//! removes its field).
 //!
 //! Nothing decides anything from this: a flushed Redis empties the list
 //! until the next round, and a worker's clock skew only shifts its "seen"
@@ -74,6 +75,27 @@ impl Redis {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<WorkerPresence>, RedisError> {
+        let (mut recent, forgotten) = self.workers_by_silence(now).await?;
+        self.forget_workers(&forgotten).await?;
+        recent.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        Ok(recent)
+    }
+
+    /// Removes the workers silent past [`PRESENCE_FORGOTTEN`] and fields
+    /// that do not parse: a killed worker never withdraws its field, so
+    /// without this a fleet whose workers come and go would grow the hash
+    /// without bound (`worker/presence.rs` calls it).
+    pub async fn forget_silent_workers(&self, now: DateTime<Utc>) -> Result<(), RedisError> {
+        let (_, forgotten) = self.workers_by_silence(now).await?;
+        self.forget_workers(&forgotten).await
+    }
+
+    /// The workers seen within [`PRESENCE_RECENT`] of `now`, and the ids of
+    /// those to forget.
+    async fn workers_by_silence(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<WorkerPresence>, Vec<String>), RedisError> {
         let mut connection = self.connection.clone();
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.key("workers"))
@@ -97,14 +119,19 @@ impl Redis {
                 Err(_) => forgotten.push(worker_id),
             }
         }
-        if !forgotten.is_empty() {
-            let () = redis::cmd("HDEL")
-                .arg(self.key("workers"))
-                .arg(&forgotten)
-                .query_async(&mut connection)
-                .await?;
+        Ok((recent, forgotten))
+    }
+
+    async fn forget_workers(&self, worker_ids: &[String]) -> Result<(), RedisError> {
+        if worker_ids.is_empty() {
+            return Ok(());
         }
-        recent.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        Ok(recent)
+        let mut connection = self.connection.clone();
+        let () = redis::cmd("HDEL")
+            .arg(self.key("workers"))
+            .arg(worker_ids)
+            .query_async(&mut connection)
+            .await?;
+        Ok(())
     }
 }

@@ -11,9 +11,14 @@ use super::Capacity;
 use crate::lease::presence::PRESENCE_INTERVAL;
 use crate::lease::{Redis, WorkerPresence};
 
-/// Announces the worker until `stop`, then withdraws it. A failed write is
-/// logged at debug level and tried again next round: presence is only
-/// shown, never relied on.
+/// Rounds between two sweeps of long-silent workers' fields (one at the
+/// first round): a worker's `HGETALL` of the hash every ten minutes.
+const FORGET_EVERY_ROUNDS: u32 = 300;
+
+/// Announces the worker until `stop`, then withdraws it; now and then
+/// forgets workers long silent (`Redis::forget_silent_workers`). A failed
+/// write is logged at debug level and tried again next round: presence is
+/// only shown, never relied on.
 pub async fn announce_until(
     redis: Redis,
     worker_id: String,
@@ -23,10 +28,15 @@ pub async fn announce_until(
 ) {
     let mut every = tokio::time::interval(PRESENCE_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for round in 0_u32.. {
         tokio::select! {
             _ = every.tick() => {}
             () = stop.cancelled() => break,
+        }
+        if round % FORGET_EVERY_ROUNDS == 0
+            && let Err(error) = redis.forget_silent_workers(chrono::Utc::now()).await
+        {
+            tracing::debug!(%error, "could not forget long-silent workers");
         }
         let presence = WorkerPresence {
             worker_id: worker_id.clone(),

@@ -311,3 +311,47 @@ async fn services_that_need_only_postgres_go_on_while_redis_is_down() {
     assert_eq!(job.worker_id.as_deref(), Some("alone"));
     app.finish().await;
 }
+
+/// Workers that were killed never withdraw their presence, and only the
+/// console's overview used to forget them: a fleet whose pods come and go
+/// grew `{prefix}workers` without bound in a Redis that must not evict.
+/// Each worker forgets the long-silent ones as it announces itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_silent_for_an_hour_are_forgotten_without_anyone_reading_the_console() {
+    use taskflow::lease::WorkerPresence;
+
+    let app = TestApp::start().await;
+    let redis = &app.backends.redis;
+    let silent_since = Utc::now() - chrono::Duration::hours(2);
+    for id in ["killed-1", "killed-2"] {
+        let presence = WorkerPresence {
+            worker_id: id.to_owned(),
+            slots: 1,
+            busy: 0,
+            queues: vec!["default".to_owned()],
+            seen_at: silent_since,
+        };
+        redis.announce_worker(&presence).await.unwrap();
+    }
+    let key = format!("{}workers", redis.prefix());
+    let fields = || async {
+        let mut connection = redis.connection();
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        fields
+    };
+    assert_eq!(fields().await.len(), 2);
+
+    app.spawn_worker("alive");
+    let left = eventually(Duration::from_secs(10), || async {
+        let mut left = fields().await;
+        left.sort();
+        (left == ["alive"]).then_some(left)
+    })
+    .await;
+    assert_eq!(left, ["alive"]);
+    app.finish().await;
+}
