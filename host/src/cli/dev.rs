@@ -43,6 +43,10 @@ pub struct DevArgs {
     /// The demo component; built from plugins/hello when not given.
     #[arg(long)]
     pub plugin: Option<PathBuf>,
+    /// The outbound demo's component; built from plugins/fetch when not
+    /// given. With both given, the demo needs neither cargo nor the source.
+    #[arg(long)]
+    pub fetch_plugin: Option<PathBuf>,
     /// Stop after the demo job instead of serving until Ctrl-C.
     #[arg(long)]
     pub exit_after_demo: bool,
@@ -81,15 +85,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("The API is open (no TASKFLOW_API_TOKEN_SHA256 configured): do not expose it.");
     }
 
-    let plugin = match args.plugin {
-        Some(path) => path,
-        None => build_plugin("taskflow-plugin-hello").await?,
-    };
-    demo(&url, &plugin).await?;
-    outbound_demo(&url, &build_plugin("taskflow-plugin-fetch").await?).await?;
-    println!("\nSee both jobs, their attempts and the queues in the console: {url}/ui");
-
-    if args.exit_after_demo {
+    let demos = demos(&url, args.plugin, args.fetch_plugin).await;
+    // A failed demo stops everything the way Ctrl-C does: workers drain.
+    if demos.is_err() || args.exit_after_demo {
         shutdown.cancel();
     } else {
         println!("\nServing until Ctrl-C. Try: taskflow job list --api {url}");
@@ -99,7 +97,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let served = api.await;
     backends.traces.flush().await;
+    demos?;
     served??;
+    Ok(())
+}
+
+/// Both demos, from the components given or built here.
+async fn demos(
+    url: &str,
+    plugin: Option<PathBuf>,
+    fetch_plugin: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let plugin = match plugin {
+        Some(path) => path,
+        None => build_plugin("taskflow-plugin-hello").await?,
+    };
+    demo(url, &plugin).await?;
+    let fetch_plugin = match fetch_plugin {
+        Some(path) => path,
+        None => build_plugin("taskflow-plugin-fetch").await?,
+    };
+    outbound_demo(url, &fetch_plugin).await?;
+    println!("\nSee both jobs, their attempts and the queues in the console: {url}/ui");
     Ok(())
 }
 
@@ -198,27 +217,30 @@ async fn run_and_show(client: &Client, job: &SubmitJob, expected: JobState) -> a
 pub async fn build_plugin(package: &str) -> anyhow::Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     println!("building {package} for wasm32-wasip2 …");
-    let output =
-        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--profile",
-                "plugin",
-                "--target",
-                "wasm32-wasip2",
-                "-p",
-                package,
-            ])
-            .args(["--message-format", "json-render-diagnostics"])
-            .current_dir(&workspace)
-            .stderr(Stdio::inherit())
-            .output()
-            .await
-            .context("cannot run cargo to build the plugin (or pass --plugin FILE)")?;
+    let output = tokio::process::Command::new(
+        std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+    )
+    .args([
+        "build",
+        "--profile",
+        "plugin",
+        "--target",
+        "wasm32-wasip2",
+        "-p",
+        package,
+    ])
+    .args(["--message-format", "json-render-diagnostics"])
+    .current_dir(&workspace)
+    .stderr(Stdio::inherit())
+    .output()
+    .await
+    .context(
+        "cannot run cargo to build the plugin (or pass --plugin FILE and --fetch-plugin FILE)",
+    )?;
     if !output.status.success() {
         bail!(
             "building {package} failed; is the wasm32-wasip2 target installed? \
-             (rustup target add wasm32-wasip2)"
+             (rustup target add wasm32-wasip2; or pass --plugin FILE and --fetch-plugin FILE)"
         );
     }
     String::from_utf8_lossy(&output.stdout)

@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{TestApp, plugin_path};
+use crate::support::{TestApp, plugin_path, test_database};
 
 fn taskflow(args: &[&str]) -> Output {
     taskflow_with_env(args, &[])
@@ -387,4 +387,45 @@ async fn the_cli_limits_pauses_and_resumes_a_queue_and_names_and_removes_modules
     );
     assert!(ok(cli(args(&format!("module rm {noop}"))).await.unwrap()).contains("deleted"));
     app.finish().await;
+}
+
+/// `taskflow dev` with its demo components given runs its whole demo from
+/// them: no cargo, no source tree (`CARGO=/bin/false` fails any build).
+#[tokio::test(flavor = "multi_thread")]
+async fn taskflow_dev_runs_its_demo_from_given_components_without_building() {
+    let db = test_database().await;
+    let (url, prefix) = (
+        db.url().to_owned(),
+        format!("tftest:{}:", uuid::Uuid::new_v4().simple()),
+    );
+    let (hello, fetch) = (plugin_path("hello"), plugin_path("fetch"));
+    let output = tokio::task::spawn_blocking(move || {
+        taskflow_with_env(
+            &[
+                "dev",
+                "--plugin",
+                hello.to_str().unwrap(),
+                "--fetch-plugin",
+                fetch.to_str().unwrap(),
+                "--exit-after-demo",
+            ],
+            &[
+                ("DATABASE_URL", &url),
+                ("TASKFLOW_REDIS_PREFIX", &prefix),
+                ("TASKFLOW_LISTEN", "127.0.0.1:0"),
+                ("CARGO", "/bin/false"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("Hello, TaskFlow!"), "{stdout}");
+    assert!(!stdout.contains("building"), "{stdout}");
+    db.drop_database().await.unwrap();
 }
