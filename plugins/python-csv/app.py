@@ -23,22 +23,31 @@ from wit_world.imports.taskflow_task_types import TaskError
 
 def http_get(url: str) -> tuple[int, bytes]:
     """GETs `url` and returns its status and body. The host checks the URL
-    against the queue's allowed hosts; a refusal arrives as an error code."""
+    against the queue's allowed hosts; a refusal arrives as an error code,
+    and fails the job for good, as a body over a size limit does; other
+    failures (a timeout, a refused connection) are worth a retry. As the
+    Rust SDK's errors (docs/sdk.md), messages never repeat the query."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("http", "https"):
-        raise fatal(f"url must start with http:// or https://: {url!r}")
-    authority, _, path = rest.partition("/")
+        raise fatal(f"url must start with http:// or https://: {shown(url)!r}")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path_with_query = rest[:end], rest[end:]
+    if not path_with_query.startswith("/"):
+        path_with_query = "/" + path_with_query
     request = http.OutgoingRequest(http.Fields())
     request.set_scheme(http.Scheme_Https() if scheme == "https" else http.Scheme_Http())
-    request.set_authority(authority)
-    request.set_path_with_query("/" + path)
+    try:
+        request.set_authority(authority)
+        request.set_path_with_query(path_with_query)
+    except Err:
+        raise fatal(f"not a valid URL: {shown(url)!r}")
     future = outgoing_handler.handle(request, None)
     while (answer := future.get()) is None:
         future.subscribe().block()
     if isinstance(answer.value, Err):
         code = answer.value.value
-        retryable = not isinstance(code, http.ErrorCode_HttpRequestDenied)
-        raise Err(TaskError(message=f"GET {scheme}://{authority}/{path.split('?')[0]}: {code}", retryable=retryable))
+        fatal_code = isinstance(code, http.ErrorCode_HttpRequestDenied) or "Size" in type(code).__name__
+        raise Err(TaskError(message=f"GET {shown(url)}: {code}", retryable=not fatal_code))
     response = answer.value.value
     status = response.status()
     body = response.consume()
@@ -50,8 +59,24 @@ def http_get(url: str) -> tuple[int, bytes]:
         except Err as error:
             if isinstance(error.value, streams.StreamError_Closed):
                 break
-            raise Err(TaskError(message=f"reading {url!r} failed", retryable=True))
+            raise Err(TaskError(message=f"reading {shown(url)} failed", retryable=True))
     return status, b"".join(chunks)
+
+
+def shown(url: str) -> str:
+    """`url` as a message may show it: without its query or fragment, which
+    may carry tokens, or credentials."""
+    url = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
+
+
+def status_failure(url: str, status: int) -> Err:
+    """A failed GET: retried when the server may answer later (408, 429,
+    5xx), fatal otherwise, as the SDK's `error_for_status` decides."""
+    retryable = status in (408, 429) or status >= 500
+    return Err(TaskError(message=f"GET {shown(url)} answered {status}", retryable=retryable))
 
 
 def fatal(message: str) -> Err:
@@ -66,9 +91,12 @@ class WitWorld(wit_world.WitWorld):
             delimiter = request.get("delimiter", ",")
             if "url" in request:
                 status, body = http_get(request["url"])
-                if status != 200:
-                    raise fatal(f"GET {request['url']!r} answered {status}")
-                text = body.decode()
+                if not 200 <= status < 300:
+                    raise status_failure(request["url"], status)
+                try:
+                    text = body.decode()
+                except UnicodeDecodeError:
+                    raise fatal(f"GET {shown(request['url'])} answered with a body that is not UTF-8 text")
             else:
                 text = request["csv"]
         except (ValueError, KeyError, TypeError, AttributeError) as error:

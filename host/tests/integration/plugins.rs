@@ -143,6 +143,26 @@ async fn a_task_written_in_python_runs_end_to_end() {
     let attempt = &app.attempts(fetched.id).await[0];
     assert_eq!(attempt.requests[0]["status"], 200);
 
+    // As the SDK's table has it (docs/sdk.md): a 503 is worth a retry and
+    // a 404 is not, and neither message repeats the URL's query, which may
+    // carry a token.
+    for (path, attempts) in [("unavailable", 2), ("missing", 1)] {
+        let url = format!("{origin}/{path}?token=t0ps3cret");
+        let failed = app
+            .run_with(SubmitJob {
+                max_attempts: Some(2),
+                ..python(json!({ "url": url }))
+            })
+            .await;
+        assert_eq!(failed.state, JobState::Dead, "{path}");
+        assert_eq!(failed.attempt, attempts, "{path}");
+        let message = failed.last_error.unwrap()["message"].to_string();
+        assert!(
+            message.contains(path) && !message.contains("t0ps3cret"),
+            "{message}"
+        );
+    }
+
     let bad = app.run_with(python(json!({"rows": []}))).await;
     assert_eq!(bad.state, JobState::Dead);
     assert_eq!(bad.attempt, 1, "the Python task's error said not to retry");

@@ -6,7 +6,7 @@
 //! Routes: `/hello` (200 `hello`), `/csv` (two rows), `/echo` (the request body back),
 //! `/redirect` (302 to `Location` from `?to=`), `/slow` (headers after 10
 //! s), `/slow-once` (like `/slow` the first time, at once after), `/big` (a
-//! 4 MiB body, streamed), anything else 404. Every request is
+//! 4 MiB body, streamed), `/unavailable` (503), anything else 404. Every request is
 //! kept, headers and body, so a test can see what reached the server.
 
 use std::convert::Infallible;
@@ -224,6 +224,7 @@ async fn respond(
             );
             Response::new(StreamBody::new(frames).boxed())
         }
+        "/unavailable" => full(503, Bytes::from_static(b"try later")),
         _ => full(404, Bytes::new()),
     })
 }
