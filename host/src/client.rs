@@ -416,13 +416,7 @@ impl Client {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if !status.is_success() {
             let body = self.body(response, MAX_ERROR_BODY_BYTES).await?;
@@ -455,6 +449,13 @@ impl Client {
         Ok((status, value))
     }
 
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        }
+    }
+
     /// At most `limit` bytes of `response`'s body: reading stops there.
     async fn body(
         &self,
@@ -463,13 +464,7 @@ impl Client {
     ) -> Result<Vec<u8>, ClientError> {
         let mut body = Vec::new();
         while body.len() < limit {
-            let chunk = response
-                .chunk()
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    url: self.base.clone(),
-                    source,
-                })?;
+            let chunk = response.chunk().await.map_err(|e| self.unreachable(e))?;
             let Some(chunk) = chunk else { break };
             body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]);
         }

@@ -59,13 +59,7 @@ impl Redis {
 
     /// Removes a worker's presence (it is stopping).
     pub async fn withdraw_worker(&self, worker_id: &str) -> Result<(), RedisError> {
-        let mut connection = self.connection.clone();
-        let () = redis::cmd("HDEL")
-            .arg(self.key("workers"))
-            .arg(worker_id)
-            .query_async(&mut connection)
-            .await?;
-        Ok(())
+        self.forget_workers(&[worker_id.to_owned()]).await
     }
 
     /// The workers seen within [`PRESENCE_RECENT`] of `now`, by id; removes
