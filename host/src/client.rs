@@ -88,6 +88,10 @@ const MAX_RESPONSE_BYTES: usize = 1 << 30;
 /// server, and only its start is quoted ([`QUOTED_BODY_BYTES`]).
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
+/// The least time between two reads of a job `get_job_when_ended` makes,
+/// for a server that answers without waiting.
+const EARLY_ANSWER_PAUSE: Duration = Duration::from_millis(250);
+
 /// Most bytes of a response body an error message quotes.
 const QUOTED_BODY_BYTES: usize = 512;
 
@@ -373,9 +377,8 @@ impl Client {
     ) -> Result<JobView, ClientError> {
         let deadline = Instant::now() + at_most;
         loop {
-            let wait = deadline
-                .saturating_duration_since(Instant::now())
-                .min(MAX_JOB_WAIT);
+            let asked = Instant::now();
+            let wait = deadline.saturating_duration_since(asked).min(MAX_JOB_WAIT);
             let job: JobView = self
                 .send(
                     self.http
@@ -386,6 +389,11 @@ impl Client {
             if job.state.is_final() || Instant::now() >= deadline {
                 return Ok(job);
             }
+            // An answer long before the wait asked for, with the job not
+            // ended: a server that does not long-poll (an older API, a
+            // proxy that drops the query). Ask again at a polling pace.
+            let next = (asked + EARLY_ANSWER_PAUSE).min(deadline);
+            tokio::time::sleep_until(next.into()).await;
         }
     }
 
