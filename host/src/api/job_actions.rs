@@ -68,7 +68,7 @@ pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, 
 /// set of attempts.
 #[utoipa::path(post, operation_id = "retry_job", path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id")),
     responses(
-        (status = 200, description = "Requeued with a fresh set of attempts", body = JobView),
+        (status = 200, description = "Requeued with a fresh set of attempts: `available`, or `scheduled` one lease TTL after the cancel when the cancel ended a running attempt (its guest stops by then)", body = JobView),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the job is not dead or cancelled; `module_deleted`: its module was deleted", body = ErrorBody),
     ))]
@@ -82,7 +82,10 @@ async fn retry(
 /// Requeues job `id` if it is dead or cancelled and wakes its queue's
 /// workers: `POST /v1/jobs/{id}/retry` and the console's retry buttons.
 pub(crate) async fn retry_job(state: &ApiState, id: Uuid) -> Result<JobRecord, ApiError> {
-    let job = state.store.requeue_if_finished(id).await?;
+    let job = state
+        .store
+        .requeue_if_finished(id, state.leases.ttl())
+        .await?;
     state.waker.wake([job.queue.as_str()]);
     Ok(job)
 }

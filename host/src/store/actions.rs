@@ -1,5 +1,7 @@
 //! A user's actions on a job: cancel, retry (requeue) and delete.
 
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use super::pool::Transaction;
@@ -111,28 +113,46 @@ impl Store {
     /// looks for unfinished jobs) either sees the requeued job or deletes
     /// the module first and this finds it gone ([`StoreError::ModuleDeleted`]).
     /// Earlier attempts are kept.
-    pub async fn requeue_if_finished(&self, id: Uuid) -> StoreResult<JobRecord> {
+    ///
+    /// A job whose cancel ended a running attempt is requeued as
+    /// `scheduled`, to run `settle` (the lease TTL) after the cancel: its
+    /// guest runs until its worker's next heartbeat round reads the
+    /// revocation, up to a third of a TTL, and the next attempt must not
+    /// start before (docs/failure-semantics.md, "Cancel, then retry").
+    pub async fn requeue_if_finished(&self, id: Uuid, settle: Duration) -> StoreResult<JobRecord> {
         super::statement("requeue_if_finished");
         let row = sqlx::query_as::<_, GuardedRequeue>(concat!(
             "WITH target AS (
-                 SELECT id, state, module_hash FROM jobs WHERE id = $1 FOR UPDATE
+                 SELECT id, state, module_hash, lease_token, finished_at
+                 FROM jobs WHERE id = $1 FOR UPDATE
              ),
              module AS (
                  SELECT m.hash FROM modules m, target t WHERE m.hash = t.module_hash
                  FOR KEY SHARE OF m
              ),
+             -- One row: now, or when a cancelled attempt's guest has stopped.
+             settled AS (
+                 SELECT GREATEST(now(), max(t.finished_at + $2 * interval '1 millisecond')) AS at
+                 FROM target t
+                 WHERE t.state = 'cancelled' AND EXISTS (
+                     SELECT 1 FROM job_attempts a
+                     WHERE a.job_id = t.id AND a.lease_token = t.lease_token
+                       AND a.outcome = 'cancelled' AND a.finished_at = t.finished_at)
+             ),
              requeued AS (
                  UPDATE jobs j
-                 SET state = 'available', attempt_base = j.attempt, run_at = now(),
+                 SET state = CASE WHEN s.at > now() THEN 'scheduled'::job_state
+                                  ELSE 'available'::job_state END,
+                     attempt_base = j.attempt, run_at = s.at,
                      finished_at = NULL, updated_at = now()
-                 FROM target t
+                 FROM target t, settled s
                  WHERE j.id = t.id AND t.state IN ('dead', 'cancelled')
                    AND EXISTS (SELECT 1 FROM module)
                  RETURNING j.*
              ),
              logged AS (
                  INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
-                 SELECT r.queue, t.state, 'available', 1 FROM target t JOIN requeued r ON r.id = t.id
+                 SELECT r.queue, t.state, r.state, 1 FROM target t JOIN requeued r ON r.id = t.id
              )
              SELECT ",
             job_columns!(""),
@@ -146,6 +166,7 @@ impl Store {
              FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM requeued)"
         ))
         .bind(id)
+        .bind(super::millis(settle) as f64)
         .fetch_optional(self.pool())
         .await?;
         match row {

@@ -171,3 +171,42 @@ async fn a_lease_confirmed_after_the_rescuers_check_cannot_be_rescued() {
     assert_eq!(finish(&store, &rescue).await, Transition::Applied);
     db.drop_database().await.unwrap();
 }
+
+/// A cancelled attempt's guest runs until its worker's next heartbeat
+/// round reads the revocation (up to a third of a TTL). A retry right
+/// after the cancel must not let the job's next attempt start meanwhile:
+/// it waits one TTL from the cancel, as a scheduled job. A job cancelled
+/// while it waited has no guest running and is available at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_right_after_cancelling_a_running_job_waits_for_its_guest_to_stop() {
+    let (db, ids) = store_with_jobs(2).await;
+    let store = db.store().clone();
+    let running = claim_one(&store, "w").await;
+    let cancelled = store
+        .cancel_if_unfinished(running.id, "cancelled")
+        .await
+        .unwrap();
+    assert_eq!(cancelled.previous, JobState::Running);
+    let waiting = ids.iter().copied().find(|id| *id != running.id).unwrap();
+    store
+        .cancel_if_unfinished(waiting, "cancelled")
+        .await
+        .unwrap();
+
+    let requeued = store.requeue_if_finished(running.id, TTL).await.unwrap();
+    assert_eq!(requeued.state, JobState::Scheduled);
+    let settled_at = cancelled.job.finished_at.unwrap() + TTL;
+    assert!(
+        requeued.run_at >= settled_at,
+        "{} < {settled_at}",
+        requeued.run_at
+    );
+    assert!(
+        store.promote_due(10).await.unwrap().is_empty(),
+        "not due yet"
+    );
+
+    let requeued = store.requeue_if_finished(waiting, TTL).await.unwrap();
+    assert_eq!(requeued.state, JobState::Available);
+    db.drop_database().await.unwrap();
+}

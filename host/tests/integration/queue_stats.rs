@@ -137,7 +137,10 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
         .cancel_if_unfinished(claimed[3].id, "enough")
         .await
         .unwrap();
-    store.requeue_if_finished(claimed[3].id).await.unwrap();
+    store
+        .requeue_if_finished(claimed[3].id, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_counts_exact(store, "a retry by a user").await;
     store.delete_if_finished(claimed[0].id).await.unwrap();
     assert_counts_exact(store, "a deletion").await;
