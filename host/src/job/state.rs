@@ -53,9 +53,12 @@ pub enum JobState {
     /// Finished with an output. Terminal.
     Succeeded,
     /// Failed for good: a non-retryable error or no attempts left. This is
-    /// the dead-letter state; a user's retry makes it `available` again.
+    /// the dead-letter state; a user's retry makes it `available` again
+    /// (see [`Cancelled`](Self::Cancelled) for when it is `scheduled`).
     Dead,
-    /// Stopped by a user. A user's retry makes it `available` again.
+    /// Stopped by a user. A user's retry makes it `available` again, or
+    /// `scheduled` until one lease TTL after a cancel that ended a running
+    /// attempt, whose guest may run until then (`Store::requeue_if_finished`).
     Cancelled,
 }
 

@@ -114,8 +114,8 @@ impl Store {
     /// the module first and this finds it gone ([`StoreError::ModuleDeleted`]).
     /// Earlier attempts are kept.
     ///
-    /// A job whose cancel ended a running attempt is requeued as
-    /// `scheduled`, to run `settle` (the lease TTL) after the cancel: its
+    /// A job whose cancel ended a running attempt less than `settle` (the
+    /// lease TTL) ago is requeued as `scheduled`, to run then: its
     /// guest runs until its worker's next heartbeat round reads the
     /// revocation, up to a third of a TTL, and the next attempt must not
     /// start before (docs/failure-semantics.md, "Cancel, then retry").
@@ -123,21 +123,19 @@ impl Store {
         super::statement("requeue_if_finished");
         let row = sqlx::query_as::<_, GuardedRequeue>(concat!(
             "WITH target AS (
-                 SELECT id, state, module_hash, lease_token, finished_at
-                 FROM jobs WHERE id = $1 FOR UPDATE
+                 SELECT id, state, module_hash FROM jobs WHERE id = $1 FOR UPDATE
              ),
              module AS (
                  SELECT m.hash FROM modules m, target t WHERE m.hash = t.module_hash
                  FOR KEY SHARE OF m
              ),
-             -- One row: now, or when a cancelled attempt's guest has stopped.
+             -- One row: now, or when the guest of the job's latest attempt
+             -- ended by a cancel has stopped (a later cancel, of the job
+             -- waiting for that moment, ends no attempt).
              settled AS (
-                 SELECT GREATEST(now(), max(t.finished_at + $2 * interval '1 millisecond')) AS at
-                 FROM target t
-                 WHERE t.state = 'cancelled' AND EXISTS (
-                     SELECT 1 FROM job_attempts a
-                     WHERE a.job_id = t.id AND a.lease_token = t.lease_token
-                       AND a.outcome = 'cancelled' AND a.finished_at = t.finished_at)
+                 SELECT GREATEST(now(), max(a.finished_at) + $2 * interval '1 millisecond') AS at
+                 FROM job_attempts a
+                 WHERE a.job_id = $1 AND a.outcome = 'cancelled'
              ),
              requeued AS (
                  UPDATE jobs j

@@ -206,6 +206,20 @@ async fn a_retry_right_after_cancelling_a_running_job_waits_for_its_guest_to_sto
         "not due yet"
     );
 
+    // Cancelled again while it waits, and retried: still not before the
+    // first cancel's guest has stopped.
+    store
+        .cancel_if_unfinished(running.id, "cancelled")
+        .await
+        .unwrap();
+    let again = store.requeue_if_finished(running.id, TTL).await.unwrap();
+    assert_eq!(again.state, JobState::Scheduled);
+    assert!(
+        again.run_at >= settled_at,
+        "{} < {settled_at}",
+        again.run_at
+    );
+
     let requeued = store.requeue_if_finished(waiting, TTL).await.unwrap();
     assert_eq!(requeued.state, JobState::Available);
     db.drop_database().await.unwrap();
