@@ -65,11 +65,14 @@ def http_get(url: str) -> tuple[int, bytes]:
 
 def shown(url: str) -> str:
     """`url` as a message may show it: without its query or fragment, which
-    may carry tokens, or credentials."""
-    url = url.split("?", 1)[0].split("#", 1)[0]
+    may carry tokens, or credentials. A password may hold an unencoded `/`,
+    `?` or `#`, so everything up to the last `@` goes."""
     scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
+    if not sep:
+        scheme, rest = "", url
+    credentials, at, after = rest.rpartition("@")
+    rest = "…@" + after if at else rest
+    return scheme + sep + rest.split("?", 1)[0].split("#", 1)[0]
 
 
 def status_failure(url: str, status: int) -> Err:

@@ -76,19 +76,16 @@ fn without_query(text: &str) -> &str {
 
 /// A URL that did not parse, as an error may show it: without its query,
 /// fragment or credentials (`user:password@`), which may carry secrets.
+/// A password may hold an unencoded `/`, `?` or `#` (which is why the URL
+/// did not parse), so everything up to the last `@` goes, whatever it is.
 fn shown(text: &str) -> String {
-    let text = without_query(text);
     let (scheme, rest) = match text.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, text),
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    match scheme {
-        Some(scheme) => format!("{scheme}://{host}{path}"),
-        None => format!("{host}{path}"),
+    match rest.rsplit_once('@') {
+        Some((_, after)) => format!("{scheme}…@{}", without_query(after)),
+        None => format!("{scheme}{}", without_query(rest)),
     }
 }
 
@@ -229,12 +226,19 @@ mod tests {
     #[test]
     fn messages_leave_out_credentials() {
         for url in [
-            "https://api:s3cret@example.com/x",
-            "ftp://api:s3cret@example.com/x",
-            "api:s3cret@example.com/x",
+            "https://api:pa55w0rd@example.com/x",
+            "ftp://api:pa55w0rd@example.com/x",
+            "api:pa55w0rd@example.com/x",
+            // Unencoded `/`, `?` or `#` in the password.
+            "https://api:pa55/w0rd@example.com/x",
+            "https://api:pa55?w0rd@example.com/x",
+            "https://api:pa55#w0rd@example.com/x",
         ] {
             let error = Url::parse(url).unwrap_err().to_string();
-            assert!(!error.contains("s3cret"), "{error}");
+            assert!(
+                !error.contains("pa55") && !error.contains("w0rd"),
+                "{error}"
+            );
             assert!(error.contains("example.com/x"), "{error}");
         }
     }
