@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::job_flags::{AttemptLimitFlags, InputFlags};
-use super::terminal::printable;
+use super::terminal::{printable, printable_json};
 use super::{ClientArgs, JobCommand, ModuleCommand, PageArgs};
 use crate::api::types::{
     AttemptList, JobQuery, JobView, JsonText, ModuleView, NameMoveView, SubmitJob,
@@ -259,7 +259,7 @@ pub(super) fn print<T: Serialize>(
     human: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        println!("{}", printable_json(&serde_json::to_string_pretty(value)?));
     } else {
         println!("{}", human());
     }
@@ -321,7 +321,7 @@ pub fn describe_job(job: &JobView) -> String {
         ));
     }
     if let Some(output) = &job.output {
-        lines.push(format!("output    {output}"));
+        lines.push(format!("output    {}", printable(&output.to_string())));
     } else if let Some(output) = &job.output_base64 {
         lines.push(format!("output    (base64) {output}"));
     }

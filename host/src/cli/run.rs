@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::flags::{CompileFlags, ExecutionFlags, MemoryLimitFlag, SubmissionFlags};
 use super::job_flags::{AttemptLimitFlags, InputFlags};
-use super::terminal::printable;
+use super::terminal::{printable, printable_json};
 use crate::config::CompileConfig;
 use crate::job::{JobSpec, ModuleNames};
 use crate::sandbox::{Attempt, Grants, JobContext, LogLine, RunGrant, Sandbox};
@@ -144,7 +144,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             logs: &execution.log.lines,
             logs_dropped: execution.log.dropped,
         };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!(
+            "{}",
+            printable_json(&serde_json::to_string_pretty(&report)?)
+        );
     } else {
         for line in &execution.log.lines {
             let level = line.level.map(|l| format!(" {l}")).unwrap_or_default();
@@ -155,7 +158,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         eprintln!("{} fuel, {duration_ms:.3} ms", execution.fuel_consumed);
         match (&output, &output_base64) {
-            (Some(json), _) => println!("{json}"),
+            (Some(json), _) => println!("{}", printable(&json.to_string())),
             (None, Some(base64)) => println!("(base64) {base64}"),
             (None, None) => {}
         }

@@ -5,8 +5,9 @@
 //! escape sequence in them would run in the terminal of whoever inspects
 //! the job: OSC 52 writes the clipboard, CSI sequences move the cursor and
 //! rewrite what is already on screen, and bidirectional overrides reorder
-//! what is shown. `--json` output needs none of this: JSON escapes control
-//! characters, and a program reads it.
+//! what is shown. `--json` output is JSON, which escapes C0 controls but not
+//! C1 ones (U+009B is a CSI to some terminals) nor bidi overrides:
+//! [`printable_json`] escapes those too, as JSON does (`\u009b`).
 
 use std::borrow::Cow;
 
@@ -28,6 +29,24 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(escaped)
 }
 
+/// Serialized JSON with every character [`printable`] escapes written as
+/// a JSON escape (`\u009b`): still the same JSON, since such characters
+/// can only occur inside its strings.
+pub fn printable_json(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(is_unsafe) {
+        return Cow::Borrowed(json);
+    }
+    let mut escaped = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_unsafe(c) {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
 fn is_unsafe(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t')
         || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -36,6 +55,18 @@ fn is_unsafe(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_keeps_its_value_and_loses_its_controls() {
+        let value = serde_json::json!({"output": "a\u{9b}31m\u{202e}b\u{1b}"});
+        let json = serde_json::to_string(&value).unwrap();
+        let shown = printable_json(&json);
+        assert!(!shown.chars().any(is_unsafe), "{shown}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&shown).unwrap(),
+            value
+        );
+    }
 
     #[test]
     fn plain_text_is_borrowed_and_controls_are_escaped() {
