@@ -15,31 +15,26 @@ use std::borrow::Cow;
 /// bidirectional override or isolate, written as a Rust escape
 /// (`\u{1b}`).
 pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_unsafe) {
-        return Cow::Borrowed(text);
-    }
-    let mut escaped = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if is_unsafe(c) {
-            escaped.extend(c.escape_unicode());
-        } else {
-            escaped.push(c);
-        }
-    }
-    Cow::Owned(escaped)
+    escape_unsafe(text, |c| c.escape_unicode().to_string())
 }
 
 /// Serialized JSON with every character [`printable`] escapes written as
 /// a JSON escape (`\u009b`): still the same JSON, since such characters
 /// can only occur inside its strings.
 pub fn printable_json(json: &str) -> Cow<'_, str> {
-    if !json.chars().any(is_unsafe) {
-        return Cow::Borrowed(json);
+    escape_unsafe(json, |c| format!("\\u{:04x}", u32::from(c)))
+}
+
+/// `text` with each character [`is_unsafe`] says is unsafe replaced by
+/// `escape` of it; borrowed when there is none.
+fn escape_unsafe(text: &str, escape: fn(char) -> String) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
     }
-    let mut escaped = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
         if is_unsafe(c) {
-            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+            escaped.push_str(&escape(c));
         } else {
             escaped.push(c);
         }
