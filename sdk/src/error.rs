@@ -44,6 +44,12 @@ impl TaskError {
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
+
+    /// The message and whether to retry, taken apart without copying the
+    /// message (it may be large, and guest memory is bounded).
+    pub(crate) fn into_parts(self) -> (String, bool) {
+        (self.message, self.retryable)
+    }
 }
 
 impl fmt::Display for TaskError {

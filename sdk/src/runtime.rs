@@ -42,9 +42,9 @@ pub fn run<I, O, E: Into<TaskError>>(
     decode(input)
         .and_then(|input| task(input).map_err(Into::into))
         .and_then(encode)
-        .map_err(|error| WitTaskError {
-            message: error.message().to_owned(),
-            retryable: error.is_retryable(),
+        .map_err(|error| {
+            let (message, retryable) = error.into_parts();
+            WitTaskError { message, retryable }
         })
 }
 

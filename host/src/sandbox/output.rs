@@ -1,5 +1,6 @@
 //! The output a task returns, copied out of guest memory only when it is
-//! within the output limit.
+//! within the output limit; and the error it returns, whose message is
+//! copied only as far as it is kept ([`GuestError`]).
 //!
 //! `run` returns `result<list<u8>, task-error>`. Lifted as a `Vec<u8>`, the
 //! list would be copied into the host whatever its length, before TaskFlow
@@ -20,8 +21,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use wasmtime::component::__internal::wasmtime_environ::component::StringEncoding;
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
-use wasmtime::component::{ComponentType, Lift, WasmList};
+use wasmtime::component::{ComponentType, Lift, WasmList, WasmStr};
+
+use super::MAX_ERROR_MESSAGE_BYTES;
+use super::failure::Capped;
 
 /// The largest output any sandbox of this process accepts: the bound of
 /// what is copied out of a guest. Each sandbox then applies its own limit
@@ -94,4 +99,102 @@ impl GuestOutput {
             <u8 as Lift>::linear_lift_list_from_memory(cx, list)?,
         ))
     }
+}
+
+/// The `task-error` a task returned, its message copied out of guest memory
+/// only up to [`MAX_ERROR_MESSAGE_BYTES`], as it is stored: lifted as the
+/// generated record, a guest's message would be copied whole first, and a
+/// task could make the worker copy most of its memory to keep 8 KiB.
+#[derive(Debug, ComponentType, Lift)]
+#[component(record)]
+pub(super) struct GuestError {
+    /// The message, cut.
+    pub message: CutMessage,
+    /// Whether the task asked to be retried.
+    pub retryable: bool,
+}
+
+/// A guest's `string`, of which only the first [`MAX_ERROR_MESSAGE_BYTES`]
+/// are copied.
+#[derive(Debug)]
+pub(super) struct CutMessage(pub String);
+
+// SAFETY: the representation is exactly `WasmStr`'s (`string`): the same
+// lowered form, ABI and type check.
+unsafe impl ComponentType for CutMessage {
+    type Lower = <WasmStr as ComponentType>::Lower;
+
+    const ABI: CanonicalAbiInfo = <WasmStr as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <WasmStr as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: lifting goes through `WasmStr`'s own lifting first (which checks
+// alignment and bounds and charges fuel), then reads a prefix of the bytes
+// it checked, at the pointer and length it read from the same place.
+unsafe impl Lift for CutMessage {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        <WasmStr as Lift>::linear_lift_from_flat(cx, ty, src)?;
+        Self::read(cx, src[0].get_u32(), src[1].get_u32())
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        <WasmStr as Lift>::linear_lift_from_memory(cx, ty, bytes)?;
+        let word = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok());
+        let (Some(ptr), Some(len)) = (word(0), word(4)) else {
+            wasmtime::bail!("a string's pointer and length take 8 bytes");
+        };
+        Self::read(cx, u32::from_le_bytes(ptr), u32::from_le_bytes(len))
+    }
+}
+
+impl CutMessage {
+    /// The first [`MAX_ERROR_MESSAGE_BYTES`] of the string at `ptr` of
+    /// `len` units (bytes for UTF-8 and Latin-1, 16-bit units for UTF-16),
+    /// decoded; invalid sequences become U+FFFD.
+    fn read(cx: &mut LiftContext<'_>, ptr: u32, len: u32) -> wasmtime::Result<Self> {
+        let (ptr, len) = (ptr as usize, len as usize);
+        let memory = cx.memory();
+        let text = match cx.options().string_encoding {
+            StringEncoding::Utf8 => {
+                let bytes = &memory[ptr..][..len.min(MAX_ERROR_MESSAGE_BYTES)];
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+            StringEncoding::Utf16 => utf16(&memory[ptr..], len),
+            StringEncoding::CompactUtf16 if len & UTF16_TAG != 0 => {
+                utf16(&memory[ptr..], len ^ UTF16_TAG)
+            }
+            StringEncoding::CompactUtf16 => memory[ptr..][..len.min(MAX_ERROR_MESSAGE_BYTES)]
+                .iter()
+                .map(|&byte| char::from(byte))
+                .collect(),
+        };
+        Ok(Self(Capped::cut(text, MAX_ERROR_MESSAGE_BYTES)))
+    }
+}
+
+/// The tag of a compact UTF-16 string's length that says it is UTF-16.
+const UTF16_TAG: usize = 1 << 31;
+
+/// The first units of a UTF-16 string of `units` units at the start of
+/// `memory`, as many as can make [`MAX_ERROR_MESSAGE_BYTES`] of UTF-8.
+fn utf16(memory: &[u8], units: usize) -> String {
+    let units = units.min(MAX_ERROR_MESSAGE_BYTES);
+    char::decode_utf16(
+        memory[..units * 2]
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]])),
+    )
+    .map(|unit| unit.unwrap_or(char::REPLACEMENT_CHARACTER))
+    .collect()
 }

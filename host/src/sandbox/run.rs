@@ -5,13 +5,12 @@ use std::time::Instant;
 
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::TaskError;
 use super::capture::LogCapture;
-use super::failure::{Capped, Interrupted};
+use super::failure::Interrupted;
 use super::guest::GuestState;
 use super::outbound::{AttemptOutbound, RequestLog};
-use super::output::GuestOutput;
-use super::{Attempt, Execution, HOST_CALL_GRACE, MAX_ERROR_MESSAGE_BYTES, PreparedTask, Sandbox};
+use super::output::{GuestError, GuestOutput};
+use super::{Attempt, Execution, HOST_CALL_GRACE, PreparedTask, Sandbox};
 use crate::job::{Failure, FailureKind};
 
 impl Sandbox {
@@ -95,8 +94,9 @@ impl Sandbox {
                 .instance_pre()
                 .instantiate_async(&mut store)
                 .await?;
-            let run = instance
-                .get_typed_func::<(&[u8],), (Result<GuestOutput, TaskError>,)>(&mut store, "run")?;
+            let run = instance.get_typed_func::<(&[u8],), (Result<GuestOutput, GuestError>,)>(
+                &mut store, "run",
+            )?;
             let (result,) = run.call_async(&mut store, (&input,)).await?;
             wasmtime::Result::Ok(result)
         };
@@ -171,10 +171,10 @@ fn host_failure(log: &LogCapture, started: Instant, message: String) -> Executio
     }
 }
 
-fn guest_failure(error: TaskError) -> Failure {
+fn guest_failure(error: GuestError) -> Failure {
     Failure {
         kind: FailureKind::GuestError,
-        message: Capped::cut(error.message, MAX_ERROR_MESSAGE_BYTES),
+        message: error.message.0,
         retryable: error.retryable,
     }
 }

@@ -327,6 +327,38 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
     app.finish().await;
 }
 
+/// The same for a guest's error: its message is cut at 8 KiB, and only
+/// that much is copied out of guest memory, not the whole of it first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_error_message_is_cut_without_being_copied_out_of_the_guest() {
+    const MESSAGE: u64 = 192 << 20;
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let before = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap();
+    let job = app
+        .run_with(SubmitJob {
+            memory_limit_bytes: Some(256 << 20),
+            ..single_attempt(&module, json!({"mode": "big_error", "bytes": MESSAGE}))
+        })
+        .await;
+    assert_eq!(job.state, JobState::Dead);
+    let error = job.last_error.unwrap();
+    assert_eq!(error["kind"], "guest_error", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("eeee") && message.len() <= 8 << 10,
+        "{}",
+        message.len()
+    );
+    let grew = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap() - before;
+    assert!(
+        grew < MESSAGE * 3 / 2,
+        "a {} MiB error message grew the worker by {} MiB",
+        MESSAGE >> 20,
+        grew >> 20
+    );
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_beyond_what_the_stream_permits_traps_before_it_is_copied() {
     let (app, module) = TestApp::start_running("misbehave").await;

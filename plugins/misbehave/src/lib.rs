@@ -33,6 +33,8 @@ enum Mode {
     FailUntil { succeed_on: u32 },
     /// Returns `bytes` bytes of output.
     BigOutput { bytes: usize },
+    /// Fails, not retryably, with a message of `bytes` bytes.
+    BigError { bytes: usize },
     /// Logs `lines` lines of `width` characters through `host.log`, and the
     /// same to stdout.
     LogSpam { lines: usize, width: usize },
@@ -115,6 +117,7 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             }
         }
         Mode::BigOutput { bytes } => Ok(Bytes(vec![b'x'; bytes])),
+        Mode::BigError { bytes } => Err(TaskError::fatal("e".repeat(bytes))),
         Mode::LogSpam { lines, width } => {
             let line = "y".repeat(width);
             for _ in 0..lines {
