@@ -31,6 +31,22 @@ impl ConfigError {
     }
 }
 
+/// The longest a duration flag may be when TaskFlow adds it to
+/// PostgreSQL's `now()` (a retry's `run_at`, a lease's deadline, a
+/// leadership's term): longer than any sensible setting and far below what
+/// a timestamp holds, so a typo fails at start-up, not in every statement.
+pub const MAX_TIMESTAMP_OFFSET: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// Refuses `value` of `flag` past [`MAX_TIMESTAMP_OFFSET`].
+fn check_timestamp_offset(flag: &str, value: Duration) -> Result<(), ConfigError> {
+    check(value <= MAX_TIMESTAMP_OFFSET, || {
+        format!(
+            "{flag} must be at most {} days",
+            MAX_TIMESTAMP_OFFSET.as_secs() / (24 * 3600)
+        )
+    })
+}
+
 fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
     if ok {
         Ok(())
@@ -127,7 +143,8 @@ impl RetryPolicy {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(self.backoff_base <= self.backoff_max, || {
             "--backoff-base must be at most --backoff-max".into()
-        })
+        })?;
+        check_timestamp_offset("--backoff-max", self.backoff_max)
     }
 }
 
@@ -157,7 +174,8 @@ impl LeaseConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(self.lease_ttl >= Duration::from_millis(300), || {
             "--lease-ttl must be at least 300ms".into()
-        })
+        })?;
+        check_timestamp_offset("--lease-ttl", self.lease_ttl)
     }
 }
 
@@ -190,6 +208,29 @@ mod tests {
             ..pooled
         };
         assert_eq!(migrating.migration_url().unwrap(), session);
+    }
+
+    /// These durations are added to PostgreSQL's `now()` (a retry's
+    /// `run_at`, a lease's deadline, a leadership's term): one past what a
+    /// timestamp holds made every such statement fail at run time, not the
+    /// flag at start-up.
+    #[test]
+    fn durations_added_to_timestamps_are_refused_past_ten_years() {
+        let ages = crate::duration::parse("300000y").unwrap();
+        let retry = RetryPolicy {
+            backoff_max: ages,
+            ..RetryPolicy::default()
+        };
+        assert!(retry.validate().is_err());
+        let lease = LeaseConfig { lease_ttl: ages };
+        assert!(lease.validate().is_err());
+        let worker = WorkerConfig {
+            leader_term: ages,
+            ..WorkerConfig::default()
+        };
+        assert!(worker.validate().is_err());
+        let decade = crate::duration::parse("3650d").unwrap();
+        assert!(LeaseConfig { lease_ttl: decade }.validate().is_ok());
     }
 
     #[test]

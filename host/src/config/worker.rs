@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConfigError, check};
+use super::{ConfigError, check, check_timestamp_offset};
 use crate::job::DEFAULT_QUEUE;
 use crate::sandbox::CompilerConfig;
 
@@ -153,7 +153,8 @@ impl WorkerConfig {
         })?;
         check(self.leader_term >= Duration::from_millis(300), || {
             "--leader-term must be at least 300ms".into()
-        })
+        })?;
+        check_timestamp_offset("--leader-term", self.leader_term)
     }
 
     /// Jobs run at once: the configured value, or one per core.
