@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use taskflow::api::types::SubmitJob;
+use serde_json::{Value, json};
+use taskflow::api::types::{JobView, SubmitJob};
 use taskflow::backoff::retry_delay;
 use taskflow::job::JobState;
 
@@ -295,17 +295,39 @@ async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
-    const OUTPUT: u64 = 192 << 20;
-    let (app, module) = TestApp::start_running("misbehave").await;
+/// Runs `input` of the misbehave plugin once under a 256 MiB memory limit
+/// and returns the job with how much this process's peak memory (the
+/// worker runs in it) grew meanwhile.
+async fn run_measuring_growth(app: &TestApp, module: &str, input: Value) -> (JobView, u64) {
     let before = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap();
     let job = app
         .run_with(SubmitJob {
             memory_limit_bytes: Some(256 << 20),
-            ..single_attempt(&module, json!({"mode": "big_output", "bytes": OUTPUT}))
+            ..single_attempt(module, input)
         })
         .await;
+    let grew = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap() - before;
+    (job, grew)
+}
+
+/// The guest's own memory holds `bytes` of `what` once; copying them into
+/// the worker would hold them twice.
+#[track_caller]
+fn assert_not_copied(what: &str, bytes: u64, grew: u64) {
+    assert!(
+        grew < bytes * 3 / 2,
+        "a {} MiB {what} grew the worker by {} MiB",
+        bytes >> 20,
+        grew >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
+    const OUTPUT: u64 = 192 << 20;
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let input = json!({"mode": "big_output", "bytes": OUTPUT});
+    let (job, grew) = run_measuring_growth(&app, &module, input).await;
     let error = job.last_error.unwrap();
     assert_eq!(error["kind"], "output_too_large", "{error}");
     assert!(
@@ -315,15 +337,7 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
             .contains(&OUTPUT.to_string()),
         "{error}"
     );
-    // The guest's own memory holds the output once; copying it into the
-    // worker would hold it twice.
-    let grew = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap() - before;
-    assert!(
-        grew < OUTPUT * 3 / 2,
-        "a {} MiB output grew the worker by {} MiB",
-        OUTPUT >> 20,
-        grew >> 20
-    );
+    assert_not_copied("output", OUTPUT, grew);
     app.finish().await;
 }
 
@@ -333,13 +347,8 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
 async fn a_big_error_message_is_cut_without_being_copied_out_of_the_guest() {
     const MESSAGE: u64 = 192 << 20;
     let (app, module) = TestApp::start_running("misbehave").await;
-    let before = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap();
-    let job = app
-        .run_with(SubmitJob {
-            memory_limit_bytes: Some(256 << 20),
-            ..single_attempt(&module, json!({"mode": "big_error", "bytes": MESSAGE}))
-        })
-        .await;
+    let input = json!({"mode": "big_error", "bytes": MESSAGE});
+    let (job, grew) = run_measuring_growth(&app, &module, input).await;
     assert_eq!(job.state, JobState::Dead);
     let error = job.last_error.unwrap();
     assert_eq!(error["kind"], "guest_error", "{error}");
@@ -349,13 +358,7 @@ async fn a_big_error_message_is_cut_without_being_copied_out_of_the_guest() {
         "{}",
         message.len()
     );
-    let grew = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap() - before;
-    assert!(
-        grew < MESSAGE * 3 / 2,
-        "a {} MiB error message grew the worker by {} MiB",
-        MESSAGE >> 20,
-        grew >> 20
-    );
+    assert_not_copied("error message", MESSAGE, grew);
     app.finish().await;
 }
 
