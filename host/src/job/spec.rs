@@ -280,7 +280,11 @@ fn latest_run_at() -> DateTime<Utc> {
 }
 
 /// A digest of everything a submission asks for, so a retried request (same
-/// key, same fingerprint) is told apart from a conflicting one.
+/// key, same fingerprint) is told apart from a conflicting one. Every field
+/// is of fixed length, ends in a NUL no name may hold, or is the last,
+/// and each optional one starts with a tag byte of its own: no two
+/// requests write the same bytes. (A request with neither optional field
+/// or only a concurrency key digests as it did before the `run_at` tag.)
 fn fingerprint(job: &NewJob, module_as_written: &str) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(module_as_written.as_bytes());
@@ -295,6 +299,7 @@ fn fingerprint(job: &NewJob, module_as_written: &str) -> Vec<u8> {
     hasher.update(job.fuel.to_be_bytes());
     hasher.update(job.memory_limit_bytes.to_be_bytes());
     if let Some(run_at) = job.run_at {
+        hasher.update([2]);
         hasher.update(run_at.timestamp_micros().to_be_bytes());
     }
     if let Some(key) = &job.concurrency_key {

@@ -180,6 +180,31 @@ fn an_idempotent_submission_is_fingerprinted_by_what_it_asks_for() {
     assert_ne!(keyed("1"), keyed("2"));
 }
 
+/// Each optional field is tagged in the fingerprint: before, a `run_at`
+/// (8 bytes, untagged) could read as a concurrency key (a tag byte, then
+/// the key) and a different request with the same key returned the first
+/// one's job.
+#[test]
+fn no_run_at_fingerprints_as_a_concurrency_key() {
+    let run_at_micros = i64::from_be_bytes(*b"\x01abcdefg");
+    let scheduled = JobSpec {
+        idempotency_key: Some("k".into()),
+        run_at: DateTime::from_timestamp_micros(run_at_micros),
+        ..spec(JobInput::Json("1".into()))
+    };
+    let keyed = JobSpec {
+        idempotency_key: Some("k".into()),
+        concurrency_key: Some("abcdefg".into()),
+        ..spec(JobInput::Json("1".into()))
+    };
+    let fingerprint = |spec: JobSpec| {
+        spec.resolve(&limits(), &ModuleNames::new())
+            .unwrap()
+            .request_fingerprint
+    };
+    assert_ne!(fingerprint(scheduled), fingerprint(keyed));
+}
+
 #[test]
 fn a_nested_error_names_its_parent() {
     let error = FieldError::invalid("fuel", "bad").within("jobs[3]");
