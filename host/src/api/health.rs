@@ -1,11 +1,12 @@
 //! Liveness, readiness and metrics.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::fmt::Write;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use metrics_exporter_prometheus::formatting::{sanitize_label_value, write_type_line};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -92,41 +93,53 @@ fn dependency_status<E: std::fmt::Display>(name: &str, result: Result<(), E>) ->
 #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<ApiState>) -> String {
+    let mut page = crate::telemetry::prometheus().render();
     match state.store.queue_stats(None).await {
-        Ok(queues) => set_queue_gauges(&queues),
-        // The scrape still answers, with the gauges as they were.
+        Ok(queues) => write_queue_gauges(&mut page, &queues),
+        // The scrape still answers, without figures it cannot vouch for.
         Err(error) => tracing::warn!(%error, "cannot read the queue counters for /metrics"),
     }
-    crate::telemetry::prometheus().render()
+    page
 }
 
-/// The queues whose gauges the last scrape set. The recorder is the
-/// process's (`telemetry::prometheus`), and so is this.
-static REPORTED_QUEUES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-
-/// Sets each queue's gauges, and zeroes those of queues the counters no
-/// longer list (their last jobs were pruned or deleted): a gauge keeps the
-/// last value it was given, which would show jobs long gone.
-fn set_queue_gauges(queues: &BTreeMap<String, QueueStats>) {
-    let mut reported = REPORTED_QUEUES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    for gone in reported.iter().filter(|queue| !queues.contains_key(*queue)) {
-        set_gauges_of(gone, &QueueStats::default());
+/// Appends each queue's gauges to `page`. They are written here, not
+/// registered with the process's recorder: a recorder keeps every label set
+/// it was ever given, so the gauges of every queue that ever existed
+/// (queues come and go with their jobs) would stay in memory and in every
+/// scrape for the life of the process. A queue whose last jobs were
+/// pruned or deleted simply leaves the scrape.
+fn write_queue_gauges(page: &mut String, queues: &BTreeMap<String, QueueStats>) {
+    if queues.is_empty() {
+        return;
     }
-    *reported = queues.keys().cloned().collect();
-    for (queue, stats) in queues {
-        set_gauges_of(queue, stats);
+    let labelled: Vec<(String, &QueueStats)> = queues
+        .iter()
+        .map(|(queue, stats)| (sanitize_label_value(queue), stats))
+        .collect();
+    write_type_line(page, "taskflow_queue_jobs", None, None, "gauge");
+    for (queue, stats) in &labelled {
+        for state in JobState::ALL {
+            let jobs = stats.jobs.get(state);
+            let _ = writeln!(
+                page,
+                "taskflow_queue_jobs{{queue=\"{queue}\",state=\"{}\"}} {jobs}",
+                state.as_str()
+            );
+        }
     }
-}
-
-/// Sets `queue`'s gauges to `stats`.
-fn set_gauges_of(queue: &str, stats: &QueueStats) {
-    for state in JobState::ALL {
-        metrics::gauge!("taskflow_queue_jobs", "queue" => queue.to_owned(), "state" => state.as_str())
-            .set(stats.jobs.get(state) as f64);
+    write_type_line(
+        page,
+        "taskflow_queue_oldest_available_seconds",
+        None,
+        None,
+        "gauge",
+    );
+    for (queue, stats) in &labelled {
+        let oldest = stats.oldest_available_age.unwrap_or_default();
+        let _ = writeln!(
+            page,
+            "taskflow_queue_oldest_available_seconds{{queue=\"{queue}\"}} {}",
+            oldest.as_secs_f64()
+        );
     }
-    let oldest = stats.oldest_available_age.unwrap_or_default();
-    metrics::gauge!("taskflow_queue_oldest_available_seconds", "queue" => queue.to_owned())
-        .set(oldest.as_secs_f64());
 }
