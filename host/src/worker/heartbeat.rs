@@ -15,6 +15,12 @@
 //!   attempt whose grant has already lapsed (the worker was paused) is
 //!   treated as missing instead;
 //! - renewed: the grant is extended to (time the renewal was sent + TTL);
+//! - written or renewed, but Redis answered only after the grant had lapsed
+//!   (**late**): treated as missing. The grant's end comes before the
+//!   claim's deadline in PostgreSQL, and the rescuer reads keys only past
+//!   that deadline, so a write answered while the grant holds was in Redis
+//!   before any rescuer could read the key missing; one answered later may
+//!   have landed between a rescuer's read and its rescue;
 //! - missing (the key vanished: Redis was flushed, or this worker was paused
 //!   past its TTL): the key is written again and the grant extended only if
 //!   PostgreSQL first confirms the job is still running under this token, so
@@ -117,6 +123,29 @@ enum Observed {
     /// A fresh attempt whose grant lapsed before its key was written (the
     /// worker was paused): as good as missing.
     Lapsed,
+    /// A key written or renewed, but answered after the attempt's grant
+    /// lapsed: it may have landed after a rescuer read it missing, so it is
+    /// as good as missing.
+    Late,
+}
+
+impl Observed {
+    /// What Redis saw of an attempt whose grant was `in_time` when Redis
+    /// answered: a write or renewal answered late proves nothing.
+    fn answered(self, in_time: bool) -> Self {
+        match self {
+            Self::Written(true) | Self::Renewal(Renewal::Renewed) if !in_time => Self::Late,
+            seen => seen,
+        }
+    }
+
+    /// Whether only PostgreSQL can say if the lease is still held.
+    fn needs_confirmation(self) -> bool {
+        matches!(
+            self,
+            Self::Renewal(Renewal::Missing) | Self::Lapsed | Self::Late
+        )
+    }
 }
 
 /// What a round decides for one attempt.
@@ -141,7 +170,7 @@ fn verdict(observed: Observed, confirmed: Option<bool>) -> Verdict {
         Observed::Written(written) => held(written),
         Observed::Renewal(Renewal::Renewed) => Verdict::Held,
         Observed::Renewal(Renewal::Lost) => Verdict::Lost,
-        Observed::Renewal(Renewal::Missing) | Observed::Lapsed => {
+        Observed::Renewal(Renewal::Missing) | Observed::Lapsed | Observed::Late => {
             confirmed.map_or(Verdict::Unknown, held)
         }
     }
@@ -207,39 +236,32 @@ impl Heartbeat {
                 return HeartbeatCounts::default();
             }
         };
-        let mut missing = refs(&lapsed);
-        missing.extend(
-            written_refs
-                .iter()
-                .zip(&renewals)
-                .filter(|(_, r)| **r == Renewal::Missing)
-                .map(|(l, _)| *l),
-        );
-        let restored = self.restore_confirmed(&missing).await;
-
-        let confirmed = |lease: &LeaseRef| restored.as_ref().map(|held| held.contains(lease));
-        let mut verdicts: Vec<(&(LeaseRef, Held), Verdict)> = Vec::with_capacity(held.len());
-        verdicts.extend(
-            fresh
-                .iter()
-                .zip(&written_now)
-                .map(|(attempt, written)| (*attempt, verdict(Observed::Written(*written), None))),
-        );
-        verdicts.extend(written.iter().zip(&renewals).map(|(attempt, renewal)| {
-            let observed = Observed::Renewal(*renewal);
-            (*attempt, verdict(observed, confirmed(&attempt.0)))
+        let replied_at = Instant::now();
+        let in_time = |attempt: &(LeaseRef, Held)| attempt.1.grant.is_valid_at(replied_at);
+        let mut observed: Vec<(&(LeaseRef, Held), Observed)> = Vec::with_capacity(held.len());
+        observed.extend(fresh.iter().zip(&written_now).map(|(attempt, written)| {
+            let seen = Observed::Written(*written).answered(in_time(attempt));
+            (*attempt, seen)
         }));
-        verdicts.extend(
-            lapsed
-                .iter()
-                .map(|attempt| (*attempt, verdict(Observed::Lapsed, confirmed(&attempt.0)))),
-        );
+        observed.extend(written.iter().zip(&renewals).map(|(attempt, renewal)| {
+            let seen = Observed::Renewal(*renewal).answered(in_time(attempt));
+            (*attempt, seen)
+        }));
+        observed.extend(lapsed.iter().map(|attempt| (*attempt, Observed::Lapsed)));
 
         let valid_until = sent_at + self.leases.ttl();
+        let unproven: Vec<LeaseRef> = observed
+            .iter()
+            .filter(|(_, seen)| seen.needs_confirmation())
+            .map(|((lease, _), _)| *lease)
+            .collect();
+        let restored = self.restore_confirmed(&unproven, valid_until).await;
+        let confirmed = |lease: &LeaseRef| restored.as_ref().map(|held| held.contains(lease));
+
         let mut counts = HeartbeatCounts::default();
         let mut now_in_redis = Vec::new();
-        for ((lease, held), verdict) in verdicts {
-            match verdict {
+        for ((lease, held), seen) in observed {
+            match verdict(seen, confirmed(lease)) {
                 Verdict::Held => {
                     held.grant.extend_until(valid_until);
                     now_in_redis.push(*lease);
@@ -258,13 +280,21 @@ impl Heartbeat {
     }
 
     /// Of `missing` leases, those PostgreSQL confirms as current and whose
-    /// keys could be written again; `None` if either store cannot answer.
+    /// keys could be written again by `valid_until`, the end of the grant
+    /// the round may give; `None` if either store cannot answer in time.
+    /// The confirmation moves the lease's deadline in PostgreSQL past
+    /// `valid_until`, so a key written back by then is in Redis before any
+    /// rescuer could read it missing.
     ///
     /// PostgreSQL gets at most one renewal interval to answer: while it is
     /// unreachable a connection attempt may wait for the pool's timeout,
     /// and this round must not hold up the next one, which renews every
     /// other lease of the worker through Redis alone.
-    async fn restore_confirmed(&self, missing: &[LeaseRef]) -> Option<Vec<LeaseRef>> {
+    async fn restore_confirmed(
+        &self,
+        missing: &[LeaseRef],
+        valid_until: Instant,
+    ) -> Option<Vec<LeaseRef>> {
         if missing.is_empty() {
             return Some(Vec::new());
         }
@@ -284,6 +314,10 @@ impl Heartbeat {
             }
         };
         match self.leases.restore(&confirmed).await {
+            Ok(_) if Instant::now() >= valid_until => {
+                tracing::warn!("Redis wrote back leases PostgreSQL confirmed too late to count");
+                None
+            }
             Ok(held) => Some(
                 confirmed
                     .into_iter()
@@ -366,10 +400,27 @@ mod tests {
 
     #[test]
     fn a_missing_key_is_held_only_if_postgres_confirms_it() {
-        for missing in [Observed::Renewal(Renewal::Missing), Observed::Lapsed] {
+        for missing in [
+            Observed::Renewal(Renewal::Missing),
+            Observed::Lapsed,
+            Observed::Late,
+        ] {
             assert_eq!(verdict(missing, Some(true)), Verdict::Held, "{missing:?}");
             assert_eq!(verdict(missing, Some(false)), Verdict::Lost, "{missing:?}");
             assert_eq!(verdict(missing, None), Verdict::Unknown, "{missing:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_or_renewal_answered_after_the_grant_lapsed_needs_postgres() {
+        for seen in [Observed::Written(true), Observed::Renewal(Renewal::Renewed)] {
+            assert_eq!(seen.answered(true), seen);
+            assert_eq!(seen.answered(false), Observed::Late);
+        }
+        assert!(Observed::Late.needs_confirmation());
+        for lost in [Observed::Written(false), Observed::Renewal(Renewal::Lost)] {
+            assert_eq!(lost.answered(false), lost, "lost, in time or not");
+            assert!(!lost.needs_confirmation());
         }
     }
 }

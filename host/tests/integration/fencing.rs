@@ -1,12 +1,16 @@
 //! Fencing tokens: only the attempt holding the current token may finish a
 //! job. These exercise the store directly (a database per test,
 //! `support::store_with_jobs`), playing each actor's statements in the order that breaks
-//! naive queues.
+//! naive queues; where a worker's heartbeat takes part, its rounds run
+//! against a Redis of the test's own.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use taskflow::job::{AttemptOutcome, JobState};
+use taskflow::lease::{Leases, Redis};
 use taskflow::store::{ClaimPath, ClaimedJob, FinishedAttempt, Store, Transition};
+use taskflow::worker::{Heartbeat, InFlight};
+use taskflow_testkit::{Place, PrivateRedis};
 use uuid::Uuid;
 
 use crate::support::{TestDb, lease_lapses, rescue, store_with_jobs, success};
@@ -169,6 +173,69 @@ async fn a_lease_confirmed_after_the_rescuers_check_cannot_be_rescued() {
     // Once the worker stops confirming and the deadline passes, it goes.
     lease_lapses(&store, &job).await;
     assert_eq!(finish(&store, &rescue).await, Transition::Applied);
+    db.drop_database().await.unwrap();
+}
+
+/// A fresh attempt's first key write can be held up on its way to Redis
+/// (a slow network, a Redis busy or paused) until after the claim's
+/// deadline, and land between the rescuer's read of the key (missing) and
+/// its rescue. The heartbeat must not then take the written key as proof
+/// that it still holds the lease: its grant would run one more TTL while
+/// the rescued job's next attempt starts after its backoff.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_the_lease() {
+    let (db, store, _) = store_with_job().await;
+    let redis_server = PrivateRedis::start(Place::Loopback).unwrap();
+    let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
+    let connect = || Redis::connect_lazy(&redis_server.url(), &prefix).unwrap();
+    let worker = Heartbeat {
+        in_flight: InFlight::default(),
+        leases: Leases::new(connect(), TTL),
+        store: store.clone(),
+    };
+    let rescuers_leases = Leases::new(connect(), TTL);
+    let mut admin = connect().connection();
+
+    let job = claim_one(&store, "w").await;
+    // The worker's first round comes late in the claim's TTL: its grant has
+    // a moment left.
+    let grant = worker
+        .in_flight
+        .register(job.lease(), Instant::now() + Duration::from_millis(300));
+    // Redis holds writes back; the round's key write waits in it.
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let round = tokio::spawn(async move {
+        worker.run_once().await;
+        worker
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!grant.is_valid_at(Instant::now()), "the grant lapsed");
+
+    // The claim's deadline passes; the rescuer finds the lease past it and
+    // its key missing.
+    lease_lapses(&store, &job).await;
+    assert_eq!(store.running_past_lease(10).await.unwrap().len(), 1);
+    assert_eq!(rescuers_leases.holders(&[job.id]).await.unwrap(), [None]);
+
+    // The write lands and the round ends; then the rescue commits.
+    let () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _worker = round.await.unwrap();
+    let rescued = finish(&store, &rescue(&job, "w")).await == Transition::Applied;
+    let still_runs = grant.is_valid_at(Instant::now());
+    assert!(
+        !(rescued && still_runs),
+        "the job was rescued while its attempt may run on"
+    );
     db.drop_database().await.unwrap();
 }
 
