@@ -54,6 +54,13 @@ pub struct DevArgs {
 
 /// Runs `taskflow dev`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // The flag is `taskflow api`'s, shared through `ApiFlags`; here the API
+    // shares its runtime with the workers (`Cli::runtime`), so it could
+    // only be ignored.
+    anyhow::ensure!(
+        args.api.api.threads.get() == 1,
+        "--threads (TASKFLOW_API_THREADS) is for `taskflow api`: `taskflow dev` runs its API and workers on one runtime, one thread per core"
+    );
     crate::telemetry::prometheus();
     let backends = connect(&args.common, true, "taskflow-dev").await?;
     let shutdown = shutdown_on_signal()?;

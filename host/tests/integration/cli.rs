@@ -95,6 +95,19 @@ fn taskflow_run_refuses_what_an_upload_would_refuse() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `--threads` sizes `taskflow api`'s runtime; `taskflow dev` runs on one
+/// runtime with its workers, and used to accept the flag and ignore it.
+#[test]
+fn taskflow_dev_refuses_the_apis_thread_count_it_cannot_honour() {
+    // Refused before it connects anywhere: no server answers here.
+    let nowhere = [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+    ];
+    let output = taskflow_with_env(&["dev", "--threads", "4", "--exit-after-demo"], &nowhere);
+    assert_refused(&output, "--threads");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_client_commands_push_submit_wait_and_inspect() {
     let app = TestApp::start().await;
