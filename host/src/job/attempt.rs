@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::failure::{Failure, FailureKind};
 use super::state::{AttemptOutcome, JobState};
 
@@ -28,6 +30,11 @@ pub enum AttemptEnd {
         message: String,
         /// Where the job goes.
         next: AfterFailure,
+        /// The lease's deadline (`lease_expires_at`) the rescuer found
+        /// passed. The rescue applies only while the job's deadline is still
+        /// this one: a worker that confirmed its lease since moved it
+        /// (`Store::confirm_leases`), however long the rescuer took.
+        deadline: DateTime<Utc>,
     },
 }
 
@@ -84,6 +91,14 @@ impl AttemptEnd {
         match self {
             AttemptEnd::Succeeded { .. } => None,
             AttemptEnd::Failed { next, .. } | AttemptEnd::LeaseExpired { next, .. } => Some(*next),
+        }
+    }
+
+    /// The lease deadline a rescue was decided on.
+    pub fn rescued_deadline(&self) -> Option<DateTime<Utc>> {
+        match self {
+            AttemptEnd::LeaseExpired { deadline, .. } => Some(*deadline),
+            _ => None,
         }
     }
 
@@ -294,10 +309,14 @@ mod tests {
         assert_eq!(retried.retry_delay(), Some(Duration::from_secs(2)));
         assert_eq!(retried.error(), Some((FailureKind::Trap, "boom")));
         assert_eq!(retried.output(), None);
+        let deadline = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let rescued = AttemptEnd::LeaseExpired {
             message: "gone".into(),
             next: AfterFailure::Dead,
+            deadline,
         };
+        assert_eq!(retried.rescued_deadline(), None);
+        assert_eq!(rescued.rescued_deadline(), Some(deadline));
         assert_eq!(rescued.outcome(), AttemptOutcome::LeaseExpired);
         assert_eq!(rescued.next_state(), JobState::Dead);
         assert_eq!(rescued.error(), Some((FailureKind::LeaseExpired, "gone")));

@@ -20,7 +20,10 @@
 //!
 //! A rescue is the same guarded write as a worker's finish
 //! ([`Store::finish_if_lease_matches`], outcome `lease_expired`), so it can
-//! never overwrite an attempt that finished or was claimed again meanwhile.
+//! never overwrite an attempt that finished or was claimed again meanwhile;
+//! it also needs the job's deadline unchanged since this pass read it, so
+//! it never ends a lease its worker confirmed meanwhile
+//! ([`Store::confirm_leases`]), however long the pass took.
 //! Afterwards the rescuer marks the attempt's lease key as revoked (unless a
 //! newer attempt already owns it): if the old worker was only paused and
 //! restored its key between the rescuer's check and its write, its next
@@ -199,6 +202,7 @@ impl Rescuer {
                     lease.worker_id
                 ),
                 next,
+                deadline: lease.lease_expires_at,
             },
             usage: None,
             log: AttemptLog::empty(),

@@ -107,7 +107,9 @@ impl Store {
     ///
     /// Guard, per job: `state = 'running' AND lease_token = <the attempt's
     /// token>`, and for a rescue (outcome `lease_expired`) also
-    /// `lease_expires_at < now()` (see [`Store::confirm_leases`]). An attempt whose guard does not match (the job was rescued,
+    /// `lease_expires_at` still the deadline the rescuer found passed
+    /// (`AttemptEnd::LeaseExpired::deadline`; see [`Store::confirm_leases`]).
+    /// An attempt whose guard does not match (the job was rescued,
     /// cancelled, or claimed again) is not recorded and its job is untouched:
     /// the result says [`Transition::Stale`] and the caller discards it.
     /// Only its outbound requests are kept: they are put on the record the
@@ -192,6 +194,8 @@ impl Store {
             .iter()
             .map(|a| saturating_i64(a.requests.dropped))
             .collect();
+        let rescued_deadlines: Vec<Option<DateTime<Utc>>> =
+            attempts.iter().map(|a| a.end.rescued_deadline()).collect();
         let applied: Vec<LeaseRef> = sqlx::query_as!(
             LeaseRef,
             r#"WITH input AS (
@@ -199,11 +203,12 @@ impl Store {
                                       $5::bigint[], $6::jsonb[], $7::int[], $8::text[],
                                       $9::timestamptz[], $10::attempt_outcome[], $11::text[],
                                       $12::text[], $13::bigint[], $14::bigint[], $15::text[],
-                                      $16::bigint[], $17::text[], $18::bigint[], $19::bigint[])
+                                      $16::bigint[], $17::text[], $18::bigint[], $19::bigint[],
+                                      $20::timestamptz[])
                       AS i(job_id, lease_token, next_state, output, retry_delay_ms, last_error,
                            attempt, worker_id, started_at, outcome, error_kind, error_message,
                            fuel_consumed, duration_us, logs, logs_dropped, requests,
-                           requests_dropped, memory_bytes)
+                           requests_dropped, memory_bytes, rescued_deadline)
              ),
              finished AS (
                  UPDATE jobs j
@@ -218,9 +223,10 @@ impl Store {
                      updated_at = now()
                  FROM input i
                  WHERE j.id = i.job_id AND j.state = 'running' AND j.lease_token = i.lease_token
-                   -- A rescue also needs the lease's deadline passed: a
-                   -- worker that confirmed its lease meanwhile moved it.
-                   AND (i.outcome <> 'lease_expired' OR j.lease_expires_at < now())
+                   -- A rescue also needs the deadline it found passed
+                   -- unchanged: a worker that confirmed its lease since
+                   -- moved it, however long ago the rescuer read it.
+                   AND (i.outcome <> 'lease_expired' OR j.lease_expires_at = i.rescued_deadline)
                  RETURNING j.id, j.lease_token, j.queue, j.state
              ),
              logged AS (
@@ -266,7 +272,8 @@ impl Store {
             &dropped,
             &requests as &[&str],
             &requests_dropped,
-            &memory as &[Option<i64>]
+            &memory as &[Option<i64>],
+            &rescued_deadlines as &[Option<DateTime<Utc>>]
         )
         .fetch_all(connection.statements())
         .await?;
@@ -286,9 +293,10 @@ impl Store {
     /// token), pushing each one's `lease_expires_at` out to at least `ttl`
     /// from now. A worker asks this when Redis lost its lease keys, before
     /// it writes them back and extends its grants by `ttl`: a rescue needs
-    /// the deadline passed ([`Store::finish_if_lease_matches`]), so one
-    /// that read a key missing just before cannot end an attempt confirmed
-    /// meanwhile, and one that commits first makes the confirmation fail.
+    /// the deadline it found passed unchanged
+    /// ([`Store::finish_if_lease_matches`]), so one that read a key missing
+    /// before cannot end an attempt confirmed since, and one that commits
+    /// first makes the confirmation fail.
     pub async fn confirm_leases(
         &self,
         leases: &[LeaseRef],

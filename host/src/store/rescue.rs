@@ -26,6 +26,9 @@ pub struct RunningLease {
     pub worker_id: String,
     /// When the attempt started.
     pub attempted_at: DateTime<Utc>,
+    /// Its lease's deadline, passed when read; a rescue decided on it
+    /// applies only while it is unchanged (`AttemptEnd::LeaseExpired`).
+    pub lease_expires_at: DateTime<Utc>,
 }
 
 impl RunningLease {
@@ -48,7 +51,8 @@ impl Store {
             RunningLease,
             // Every claim sets these and nothing clears them: a running job has them.
             r#"SELECT id AS job_id, lease_token AS "lease_token!", attempt, attempt_base,
-                    max_attempts, worker_id AS "worker_id!", attempted_at AS "attempted_at!"
+                    max_attempts, worker_id AS "worker_id!", attempted_at AS "attempted_at!",
+                    lease_expires_at AS "lease_expires_at!"
              FROM jobs
              WHERE state = 'running' AND lease_expires_at < now()
              ORDER BY lease_expires_at

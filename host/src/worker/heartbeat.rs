@@ -18,13 +18,17 @@
 //! - written or renewed, but Redis answered only after the grant had lapsed
 //!   (**late**): treated as missing. The grant's end comes before the
 //!   claim's deadline in PostgreSQL, and the rescuer reads keys only past
-//!   that deadline, so a write answered while the grant holds was in Redis
-//!   before any rescuer could read the key missing; one answered later may
-//!   have landed between a rescuer's read and its rescue;
+//!   that deadline, so a first write answered while the grant holds was in
+//!   Redis before any rescuer could read the key missing; one answered
+//!   later may have landed between a rescuer's read and its rescue. (A late
+//!   renewal found the key alive, but a key restored late may be what kept
+//!   it so; asking PostgreSQL costs a statement only in this rare case.);
 //! - missing (the key vanished: Redis was flushed, or this worker was paused
 //!   past its TTL): the key is written again and the grant extended only if
-//!   PostgreSQL first confirms the job is still running under this token, so
-//!   a worker that was rescued while away can never put its stale token back
+//!   PostgreSQL first confirms the job is still running under this token
+//!   (which moves its deadline, so no rescue decided before applies), and
+//!   Redis answers the write before the end of the grant it gives; so a
+//!   worker that was rescued while away can never put its stale token back
 //!   over a live attempt's key;
 //! - lost (another token, a revocation, or a newer attempt's release marker
 //!   in the key): revoked at once.
@@ -284,7 +288,8 @@ impl Heartbeat {
     /// the round may give; `None` if either store cannot answer in time.
     /// The confirmation moves the lease's deadline in PostgreSQL past
     /// `valid_until`, so a key written back by then is in Redis before any
-    /// rescuer could read it missing.
+    /// rescuer reads it past that deadline, and a rescuer that read it
+    /// missing before finds the deadline it decided on gone.
     ///
     /// PostgreSQL gets at most one renewal interval to answer: while it is
     /// unreachable a connection attempt may wait for the pool's timeout,

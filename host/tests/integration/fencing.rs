@@ -61,8 +61,8 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
     );
 
     // The paused worker's lease expires; the rescuer ends its attempt.
-    lease_lapses(&store, &old).await;
-    let rescue = rescue(&old, "paused-worker");
+    let deadline = lease_lapses(&store, &old).await;
+    let rescue = rescue(&old, "paused-worker", deadline);
     assert_eq!(finish(&store, &rescue).await, Transition::Applied);
     assert_eq!(store.promote_due(10).await.unwrap(), ["default"]);
     let new = claim_one(&store, "healthy-worker").await;
@@ -122,11 +122,13 @@ async fn a_cancel_wins_over_a_running_attempt_that_finishes_later() {
 async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished() {
     let (db, store, id) = store_with_job().await;
     let job = claim_one(&store, "w").await;
+    // A rescuer reads the job as running past its lease's deadline...
+    let deadline = lease_lapses(&store, &job).await;
     let finished = success(&job, "w", b"1");
     assert_eq!(finish(&store, &finished).await, Transition::Applied);
 
-    // A rescuer that read the job as running a moment earlier acts now.
-    let rescue = rescue(&job, "w");
+    // ...and acts once the worker's outcome is in.
+    let rescue = rescue(&job, "w", deadline);
     assert_eq!(finish(&store, &rescue).await, Transition::Stale);
     assert_eq!(
         store.get_job(id).await.unwrap().unwrap().job.state,
@@ -151,19 +153,16 @@ async fn the_rescuer_cannot_overwrite_an_attempt_that_just_finished() {
 async fn a_lease_confirmed_after_the_rescuers_check_cannot_be_rescued() {
     let (db, store, id) = store_with_job().await;
     let job = claim_one(&store, "w").await;
-    lease_lapses(&store, &job).await;
     // The rescuer finds the lease past its deadline (and its key missing).
-    let candidates = store.running_past_lease(10).await.unwrap();
-    assert_eq!(candidates.len(), 1);
+    let found = lease_lapses(&store, &job).await;
 
     // The worker's heartbeat confirms it first.
     assert_eq!(
         store.confirm_leases(&[job.lease()], TTL).await.unwrap(),
         [job.lease()]
     );
-    let rescue = rescue(&job, "w");
     assert_eq!(
-        finish(&store, &rescue).await,
+        finish(&store, &rescue(&job, "w", found)).await,
         Transition::Stale,
         "the lease was confirmed"
     );
@@ -171,8 +170,37 @@ async fn a_lease_confirmed_after_the_rescuers_check_cannot_be_rescued() {
     assert_eq!(current.state, JobState::Running);
 
     // Once the worker stops confirming and the deadline passes, it goes.
-    lease_lapses(&store, &job).await;
-    assert_eq!(finish(&store, &rescue).await, Transition::Applied);
+    let passed = lease_lapses(&store, &job).await;
+    assert_eq!(
+        finish(&store, &rescue(&job, "w", passed)).await,
+        Transition::Applied
+    );
+    db.drop_database().await.unwrap();
+}
+
+/// A rescuer that read a lease past its deadline and stalled (its process
+/// paused, its host swapping) can commit after the worker confirmed the
+/// lease and after that confirmed deadline passed too, while the worker
+/// keeps its key alive in Redis. The rescue was decided on a deadline that
+/// no longer holds: it must not apply, however late it comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rescue_decided_on_a_deadline_the_worker_moved_since_does_not_apply() {
+    let (db, store, id) = store_with_job().await;
+    let job = claim_one(&store, "w").await;
+    let found = lease_lapses(&store, &job).await;
+    store.confirm_leases(&[job.lease()], TTL).await.unwrap();
+    // The confirmed deadline passes in turn (the worker renews its key in
+    // Redis alone; only the rescuer moves the deadline of a live lease).
+    let moved = lease_lapses(&store, &job).await;
+    assert_ne!(found, moved);
+
+    assert_eq!(
+        finish(&store, &rescue(&job, "w", found)).await,
+        Transition::Stale,
+        "the stalled rescuer's decision"
+    );
+    let current = store.get_job(id).await.unwrap().unwrap().job;
+    assert_eq!(current.state, JobState::Running);
     db.drop_database().await.unwrap();
 }
 
@@ -195,32 +223,35 @@ async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_
     };
     let rescuers_leases = Leases::new(connect(), TTL);
     let mut admin = connect().connection();
+    // Every connection is open before Redis is paused.
+    worker.leases.redis().ping().await.unwrap();
+    rescuers_leases.redis().ping().await.unwrap();
 
     let job = claim_one(&store, "w").await;
-    // The worker's first round comes late in the claim's TTL: its grant has
-    // a moment left.
-    let grant = worker
-        .in_flight
-        .register(job.lease(), Instant::now() + Duration::from_millis(300));
-    // Redis holds writes back; the round's key write waits in it.
+    // Redis holds writes back (reads go on); the round's key write will
+    // wait in it, for less than the client's 2 s response timeout.
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(60_000)
+        .arg(10_000)
         .arg("WRITE")
         .query_async(&mut admin)
         .await
         .unwrap();
+    // The worker's first round comes late in the claim's TTL: its grant has
+    // a moment left when the round sends the write.
+    let grant = worker
+        .in_flight
+        .register(job.lease(), Instant::now() + Duration::from_millis(500));
     let round = tokio::spawn(async move {
-        worker.run_once().await;
-        worker
+        let counts = worker.run_once().await;
+        (worker, counts)
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(!grant.is_valid_at(Instant::now()), "the grant lapsed");
 
     // The claim's deadline passes; the rescuer finds the lease past it and
     // its key missing.
-    lease_lapses(&store, &job).await;
-    assert_eq!(store.running_past_lease(10).await.unwrap().len(), 1);
+    let found = lease_lapses(&store, &job).await;
     assert_eq!(rescuers_leases.holders(&[job.id]).await.unwrap(), [None]);
 
     // The write lands and the round ends; then the rescue commits.
@@ -229,12 +260,13 @@ async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_
         .query_async(&mut admin)
         .await
         .unwrap();
-    let _worker = round.await.unwrap();
-    let rescued = finish(&store, &rescue(&job, "w")).await == Transition::Applied;
-    let still_runs = grant.is_valid_at(Instant::now());
-    assert!(
-        !(rescued && still_runs),
-        "the job was rescued while its attempt may run on"
+    let (_worker, counts) = round.await.unwrap();
+    assert_eq!(counts.renewed, 1, "the round held the lease: {counts:?}");
+    assert!(grant.is_valid_at(Instant::now()));
+    assert_eq!(
+        finish(&store, &rescue(&job, "w", found)).await,
+        Transition::Stale,
+        "the job was rescued while its attempt ran on"
     );
     db.drop_database().await.unwrap();
 }

@@ -80,13 +80,13 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     let retry_now = AfterFailure::Retry {
         delay: Duration::ZERO,
     };
-    lease_lapses(store, &claimed[4]).await;
+    let deadline = lease_lapses(store, &claimed[4]).await;
     let ends = [
         success(&claimed[0], "w1", b"{}"),
         success(&claimed[1], "w1", b"{}"),
         crate::support::finished(&claimed[2], "w1", failed(retry_now)),
         crate::support::finished(&claimed[3], "w1", failed(AfterFailure::Dead)),
-        rescue(&claimed[4], "w1"),
+        rescue(&claimed[4], "w1", deadline),
     ];
     store.finish_if_lease_matches(&ends).await.unwrap();
     assert_counts_exact(store, "finishes").await;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use taskflow::job::{AfterFailure, AttemptEnd, AttemptLog, AttemptRequests, NewJob};
 use taskflow::store::{ClaimedJob, FinishedAttempt, Store};
 use uuid::Uuid;
@@ -79,19 +80,26 @@ pub fn success(job: &ClaimedJob, worker: &str, output: &[u8]) -> FinishedAttempt
 }
 
 /// Moves the deadline of `job`'s lease to now, as if its worker had
-/// stopped renewing it: a rescue applies only once it has passed
+/// stopped renewing it, and returns it as the rescuer then reads it
+/// (`Store::running_past_lease`): a rescue applies only on that deadline
 /// (`Store::finish_if_lease_matches`).
-pub async fn lease_lapses(store: &Store, job: &ClaimedJob) {
+pub async fn lease_lapses(store: &Store, job: &ClaimedJob) -> DateTime<Utc> {
     let updated = store
         .extend_leases_if_token_matches(&[(job.lease(), Duration::ZERO)])
         .await
         .unwrap();
     assert_eq!(updated, 1, "the job runs under this lease");
     tokio::time::sleep(Duration::from_millis(5)).await;
+    let past = store.running_past_lease(1000).await.unwrap();
+    past.iter()
+        .find(|running| running.lease() == job.lease())
+        .expect("the lease is past its deadline")
+        .lease_expires_at
 }
 
-/// A rescue of `job`'s attempt on `worker`, retried at once.
-pub fn rescue(job: &ClaimedJob, worker: &str) -> FinishedAttempt {
+/// A rescue of `job`'s attempt on `worker`, decided on its lease's
+/// `deadline` (see [`lease_lapses`]), retried at once.
+pub fn rescue(job: &ClaimedJob, worker: &str, deadline: DateTime<Utc>) -> FinishedAttempt {
     finished(
         job,
         worker,
@@ -100,6 +108,7 @@ pub fn rescue(job: &ClaimedJob, worker: &str) -> FinishedAttempt {
             next: AfterFailure::Retry {
                 delay: Duration::ZERO,
             },
+            deadline,
         },
     )
 }
