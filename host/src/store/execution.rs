@@ -103,7 +103,8 @@ impl FinishedAttempt {
 
 impl Store {
     /// Ends attempts: records each in `job_attempts` and moves its job to
-    /// the next state, in one statement for the whole batch.
+    /// the next state, in one statement for the whole batch, locking the
+    /// jobs in id order (`in_lock_order`).
     ///
     /// Guard, per job: `state = 'running' AND lease_token = <the attempt's
     /// token>`, and for a rescue (outcome `lease_expired`) also
@@ -133,7 +134,8 @@ impl Store {
         let mut connection = self
             .connection_for(attempts.iter().map(FinishedAttempt::size_bytes).sum())
             .await?;
-        let errors: Vec<Option<(&str, String)>> = attempts
+        let ordered = super::in_lock_order(attempts, |a| a.lease.job_id);
+        let errors: Vec<Option<(&str, String)>> = ordered
             .iter()
             .map(|a| {
                 a.end
@@ -149,18 +151,18 @@ impl Store {
                     .map(|(kind, message)| serde_json::json!({ "kind": kind, "message": message }))
             })
             .collect();
-        let job_ids: Vec<Uuid> = attempts.iter().map(|a| a.lease.job_id).collect();
-        let tokens: Vec<i64> = attempts.iter().map(|a| a.lease.lease_token).collect();
-        let next_states: Vec<JobState> = attempts.iter().map(|a| a.end.next_state()).collect();
-        let outputs: Vec<Option<&[u8]>> = attempts.iter().map(|a| a.end.output()).collect();
-        let retry_delays: Vec<Option<i64>> = attempts
+        let job_ids: Vec<Uuid> = ordered.iter().map(|a| a.lease.job_id).collect();
+        let tokens: Vec<i64> = ordered.iter().map(|a| a.lease.lease_token).collect();
+        let next_states: Vec<JobState> = ordered.iter().map(|a| a.end.next_state()).collect();
+        let outputs: Vec<Option<&[u8]>> = ordered.iter().map(|a| a.end.output()).collect();
+        let retry_delays: Vec<Option<i64>> = ordered
             .iter()
             .map(|a| a.end.retry_delay().map(millis))
             .collect();
-        let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
-        let workers: Vec<&str> = attempts.iter().map(|a| a.worker_id.as_str()).collect();
-        let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
-        let outcomes: Vec<AttemptOutcome> = attempts.iter().map(|a| a.end.outcome()).collect();
+        let numbers: Vec<i32> = ordered.iter().map(|a| a.attempt).collect();
+        let workers: Vec<&str> = ordered.iter().map(|a| a.worker_id.as_str()).collect();
+        let started: Vec<DateTime<Utc>> = ordered.iter().map(|a| a.started_at).collect();
+        let outcomes: Vec<AttemptOutcome> = ordered.iter().map(|a| a.end.outcome()).collect();
         let kinds: Vec<Option<&str>> = errors
             .iter()
             .map(|error| error.as_ref().map(|(kind, _)| *kind))
@@ -169,33 +171,33 @@ impl Store {
             .iter()
             .map(|error| error.as_ref().map(|(_, message)| message.as_str()))
             .collect();
-        let fuel: Vec<Option<i64>> = attempts
+        let fuel: Vec<Option<i64>> = ordered
             .iter()
             .map(|a| a.usage.map(|u| saturating_i64(u.fuel_consumed)))
             .collect();
-        let memory: Vec<Option<i64>> = attempts
+        let memory: Vec<Option<i64>> = ordered
             .iter()
             .map(|a| a.usage.map(|u| saturating_i64(u.memory_bytes)))
             .collect();
-        let durations: Vec<Option<i64>> = attempts
+        let durations: Vec<Option<i64>> = ordered
             .iter()
             .map(|a| a.usage.map(|u| saturating_i64(u.duration.as_micros())))
             .collect();
-        let logs: Vec<&str> = attempts.iter().map(|a| a.log.lines_json.as_str()).collect();
-        let dropped: Vec<i64> = attempts
+        let logs: Vec<&str> = ordered.iter().map(|a| a.log.lines_json.as_str()).collect();
+        let dropped: Vec<i64> = ordered
             .iter()
             .map(|a| saturating_i64(a.log.dropped))
             .collect();
-        let requests: Vec<&str> = attempts
+        let requests: Vec<&str> = ordered
             .iter()
             .map(|a| a.requests.records_json.as_str())
             .collect();
-        let requests_dropped: Vec<i64> = attempts
+        let requests_dropped: Vec<i64> = ordered
             .iter()
             .map(|a| saturating_i64(a.requests.dropped))
             .collect();
         let rescued_deadlines: Vec<Option<DateTime<Utc>>> =
-            attempts.iter().map(|a| a.end.rescued_deadline()).collect();
+            ordered.iter().map(|a| a.end.rescued_deadline()).collect();
         let applied: Vec<LeaseRef> = sqlx::query_as!(
             LeaseRef,
             r#"WITH input AS (
@@ -291,7 +293,7 @@ impl Store {
 
     /// Which of `leases` are still current (the job is running under that
     /// token), pushing each one's `lease_expires_at` out to at least `ttl`
-    /// from now. A worker asks this when Redis lost its lease keys, before
+    /// from now (locking the jobs in id order, `in_lock_order`). A worker asks this when Redis lost its lease keys, before
     /// it writes them back and extends its grants by `ttl`: a rescue needs
     /// the deadline it found passed unchanged
     /// ([`Store::finish_if_lease_matches`]), so one that read a key missing
@@ -303,6 +305,7 @@ impl Store {
         ttl: Duration,
     ) -> StoreResult<Vec<LeaseRef>> {
         super::statement("confirm_leases");
+        let leases = super::in_lock_order(leases, |lease| lease.job_id);
         let ids: Vec<Uuid> = leases.iter().map(|l| l.job_id).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.lease_token).collect();
         Ok(sqlx::query_as!(

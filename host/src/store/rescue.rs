@@ -67,7 +67,8 @@ impl Store {
     /// their Redis key expires unless renewed, so the rescuer looks again
     /// exactly when the lease could next be gone.
     ///
-    /// Guard: `state = 'running' AND lease_token = <token>`.
+    /// Guard: `state = 'running' AND lease_token = <token>`. Rows are
+    /// locked in job id order (`in_lock_order`).
     pub async fn extend_leases_if_token_matches(
         &self,
         leases: &[(LeaseRef, Duration)],
@@ -76,6 +77,7 @@ impl Store {
             return Ok(0);
         }
         super::statement("extend_leases_if_token_matches");
+        let leases = super::in_lock_order(leases, |(lease, _)| lease.job_id);
         let ids: Vec<Uuid> = leases.iter().map(|(l, _)| l.job_id).collect();
         let tokens: Vec<i64> = leases.iter().map(|(l, _)| l.lease_token).collect();
         let expire_in_ms: Vec<i64> = leases.iter().map(|(_, until)| millis(*until)).collect();

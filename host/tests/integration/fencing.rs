@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use sqlx::{Connection, PgConnection};
 use taskflow::job::{AttemptOutcome, JobState};
 use taskflow::lease::{Leases, Redis};
-use taskflow::store::{ClaimPath, ClaimedJob, FinishedAttempt, Store, Transition};
+use taskflow::store::{ClaimPath, ClaimedJob, DatabasePooler, FinishedAttempt, Store, Transition};
 use taskflow::worker::{Heartbeat, InFlight};
 use taskflow_testkit::{Place, PrivateRedis};
 use uuid::Uuid;
@@ -268,6 +269,61 @@ async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_
         Transition::Stale,
         "the job was rescued while its attempt ran on"
     );
+    db.drop_database().await.unwrap();
+}
+
+/// A worker's outcomes, the rescuer's extensions and a heartbeat's
+/// confirmations each update a batch of jobs in one statement, which locks
+/// the rows in the order of its input when PostgreSQL probes the primary
+/// key for each element (its plan for a small batch among many running
+/// jobs; here hash and merge joins are also ruled out). Two batches of the same jobs in opposite orders deadlocked,
+/// and one of them failed after `deadlock_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_of_the_same_jobs_in_opposite_orders_do_not_deadlock() {
+    // Enough running jobs that probing the primary key for each element of
+    // a small batch is the plan.
+    let (db, _) = store_with_jobs(1000).await;
+    let mut claimed = db
+        .store()
+        .claim("default", "w", 1000, TTL, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    claimed.sort_by_key(|job| job.id);
+    let mut admin = PgConnection::connect(db.url()).await.unwrap();
+    let name = db.name();
+    for sql in [
+        "ANALYZE jobs".to_owned(),
+        format!("ALTER DATABASE {name} SET enable_hashjoin = off"),
+        format!("ALTER DATABASE {name} SET enable_mergejoin = off"),
+        // Each row takes a while to update, so the two batches overlap.
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql
+         AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$"
+            .to_owned(),
+        "CREATE TRIGGER slow_row BEFORE UPDATE ON jobs
+         FOR EACH ROW EXECUTE FUNCTION slow_row()"
+            .to_owned(),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    // Connections opened from now on plan without hash or merge joins.
+    let store = Store::connect_lazy(db.url(), 4, DatabasePooler::None).unwrap();
+
+    let extensions = [(claimed[0].lease(), TTL), (claimed[1].lease(), TTL)];
+    let outcomes = [
+        success(&claimed[1], "w", b"1"),
+        success(&claimed[0], "w", b"1"),
+    ];
+    let (extended, finished) = tokio::join!(
+        store.extend_leases_if_token_matches(&extensions),
+        store.finish_if_lease_matches(&outcomes),
+    );
+    extended.unwrap();
+    assert_eq!(
+        finished.unwrap(),
+        [Transition::Applied, Transition::Applied]
+    );
+    store.close().await;
     db.drop_database().await.unwrap();
 }
 
