@@ -31,13 +31,22 @@ impl Store {
         super::statement("dead_letter_groups");
         Ok(sqlx::query_as!(
             DeadLetterGroup,
-            r#"SELECT module_hash AS "module_hash!", last_error->>'kind' AS error_kind,
-                      count(*) AS "jobs!", max(finished_at) AS newest,
-                      (array_agg(last_error->>'message' ORDER BY id DESC))[1] AS example_message
-               FROM (SELECT id, module_hash, last_error, finished_at FROM jobs
-                     WHERE state = 'dead' ORDER BY id DESC LIMIT $1) newest_dead
-               GROUP BY 1, 2
-               ORDER BY 3 DESC, 1, 2"#,
+            // The example is looked up once per group, by id: gathering the
+            // messages (8 KiB each, at most) to keep one copied and sorted
+            // megabytes per page view.
+            r#"WITH newest_dead AS (
+                   SELECT id, module_hash, last_error->>'kind' AS error_kind, finished_at
+                   FROM jobs WHERE state = 'dead' ORDER BY id DESC LIMIT $1
+               ),
+               groups AS (
+                   SELECT module_hash, error_kind, count(*) AS jobs, max(finished_at) AS newest,
+                          (array_agg(id ORDER BY id DESC))[1] AS example_id
+                   FROM newest_dead GROUP BY 1, 2
+               )
+               SELECT g.module_hash AS "module_hash!", g.error_kind, g.jobs AS "jobs!",
+                      g.newest, j.last_error->>'message' AS example_message
+               FROM groups g JOIN jobs j ON j.id = g.example_id
+               ORDER BY g.jobs DESC, g.module_hash, g.error_kind"#,
             scan_limit
         )
         .fetch_all(self.pool())

@@ -4,16 +4,24 @@
 
 use std::time::Duration;
 
+use sqlx::{Connection, PgConnection};
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, IdPrefix, NewJob};
-use taskflow::store::{ClaimPath, JobFilter, Store};
+use taskflow::store::{ClaimPath, DatabasePooler, JobFilter, Store};
 use uuid::Uuid;
 
 use crate::support::{finished, new_job, test_database};
 
 const TTL: Duration = Duration::from_secs(30);
 
-/// Submits jobs of `module`, claims them and ends each dead with `kind`.
-async fn dead_jobs(store: &Store, module: &str, kind: FailureKind, count: usize) -> Vec<Uuid> {
+/// Submits jobs of `module`, claims them and ends each dead with `kind`
+/// and a message naming the job, `padding` bytes long at least.
+async fn dead_jobs(
+    store: &Store,
+    module: &str,
+    kind: FailureKind,
+    count: usize,
+    padding: usize,
+) -> Vec<Uuid> {
     let jobs: Vec<NewJob> = (0..count).map(|_| new_job(module)).collect();
     store.insert_jobs(&jobs).await.unwrap();
     let claimed = store
@@ -26,7 +34,7 @@ async fn dead_jobs(store: &Store, module: &str, kind: FailureKind, count: usize)
         .iter()
         .map(|job| {
             let end = AttemptEnd::Failed {
-                failure: Failure::new(kind, format!("{} failed", job.id)),
+                failure: Failure::new(kind, format!("{} failed{:padding$}", job.id, "")),
                 next: AfterFailure::Dead,
             };
             finished(job, "w1", end)
@@ -42,14 +50,66 @@ async fn module(store: &Store, byte: char) -> String {
     hash
 }
 
+/// Each group's example message is the newest job's, read once. The
+/// statement used to gather every message of a group (up to the scan
+/// limit's worth, 8 KiB each for guests that fill theirs) into an array and
+/// sort it: tens of megabytes, spilled to disk, at every view of the page.
+#[tokio::test(flavor = "multi_thread")]
+async fn grouping_dead_jobs_does_not_gather_their_messages() {
+    let db = test_database().await;
+    let a = module(db.store(), 'a').await;
+    let ids = dead_jobs(db.store(), &a, FailureKind::GuestError, 2000, 8 * 1024).await;
+    db.store().close().await;
+    let mut admin = PgConnection::connect(db.url()).await.unwrap();
+    let name = db.name();
+    let before = temp_bytes_once_alone(&mut admin, name).await;
+    sqlx::query(&format!("ALTER DATABASE {name} SET work_mem = '1MB'"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let store = Store::connect_lazy(db.url(), 1, DatabasePooler::None).unwrap();
+
+    let groups = store.dead_letter_groups(10_000).await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].jobs, 2000);
+    let example = groups[0].example_message.as_deref().unwrap();
+    assert!(example.starts_with(&format!("{} failed", ids[1999])));
+
+    store.close().await;
+    let after = temp_bytes_once_alone(&mut admin, name).await;
+    assert_eq!(after - before, 0, "the grouping spilled to disk");
+    admin.close().await.unwrap();
+    db.drop_database().await.unwrap();
+}
+
+/// The bytes of temporary files written in database `name`, once `admin`
+/// is its only connection: a backend reports them by the time it has left.
+async fn temp_bytes_once_alone(admin: &mut PgConnection, name: &str) -> i64 {
+    loop {
+        let (temp_bytes, others): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT temp_bytes FROM pg_stat_database WHERE datname = $1),
+                    (SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = $1 AND pid <> pg_backend_pid())",
+        )
+        .bind(name)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        if others == 0 {
+            return temp_bytes;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_jobs_group_by_module_and_error_and_a_group_is_requeued_whole_once() {
     let db = test_database().await;
     let store = db.store();
     let (a, b) = (module(store, 'a').await, module(store, 'b').await);
-    let timeouts = dead_jobs(store, &a, FailureKind::Timeout, 3).await;
-    let a_errors = dead_jobs(store, &a, FailureKind::GuestError, 2).await;
-    let b_timeouts = dead_jobs(store, &b, FailureKind::Timeout, 1).await;
+    let timeouts = dead_jobs(store, &a, FailureKind::Timeout, 3, 0).await;
+    let a_errors = dead_jobs(store, &a, FailureKind::GuestError, 2, 0).await;
+    let b_timeouts = dead_jobs(store, &b, FailureKind::Timeout, 1, 0).await;
 
     let groups = store.dead_letter_groups(100).await.unwrap();
     let summary: Vec<(String, Option<String>, i64)> = groups
