@@ -9,9 +9,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
+use super::ConsoleQuery;
 use super::session::Session;
 use super::view::{Chrome, ConsoleError, Done, duration, render};
-use crate::api::{ApiState, QueryParams};
+use crate::api::ApiState;
 use crate::job::JobState;
 use crate::lease::WorkerPresence;
 use crate::queue::{Activity, QueueStats};
@@ -60,7 +61,7 @@ impl Overview {
 pub async fn page(
     State(state): State<ApiState>,
     Extension(session): Extension<Session>,
-    QueryParams(done): QueryParams<Done>,
+    ConsoleQuery(done): ConsoleQuery<Done>,
 ) -> Result<Response, ConsoleError> {
     let queues = state
         .read(|store| async move { store.queues_with_stats().await })

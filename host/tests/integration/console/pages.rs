@@ -1,5 +1,6 @@
 //! The console's pages at desktop and phone width, every control labelled
-//! and reachable by keyboard, and a bulk action's return address.
+//! and reachable by keyboard, their answer to a query they cannot read,
+//! and a bulk action's return address.
 
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION};
@@ -115,6 +116,33 @@ async fn every_page_works_at_desktop_and_phone_width_with_every_control_labelled
         .await;
     assert!(browser.page_text().await.contains(&dead.to_string()));
     browser.close().await;
+    app.finish().await;
+}
+
+/// A query string a page cannot read gets the console's error page, with
+/// the headers every page carries: the overview used the API's query
+/// extractor, and answered with the API's JSON error and none of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_a_page_cannot_read_gets_an_error_page_with_the_consoles_headers() {
+    let app = TestApp::start().await;
+    for page in ["/ui", "/ui/jobs", "/ui/queues", "/ui/dead-letters"] {
+        let response = reqwest::get(format!("{}{page}?count=x", app.url))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{page}");
+        let headers = response.headers();
+        assert!(
+            headers[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{page}: {headers:?}"
+        );
+        assert!(
+            headers.contains_key("content-security-policy"),
+            "{page}: {headers:?}"
+        );
+    }
     app.finish().await;
 }
 
