@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes, to_bytes};
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use super::view::{Chrome, ConsoleError, Login, render};
 use crate::api::ApiState;
 use crate::api::auth::{constant_time_eq, digest};
+use crate::api::body::Reservation;
 
 /// The cookie holding the session id.
 pub const SESSION_COOKIE: &str = "taskflow_session";
@@ -82,9 +83,14 @@ pub async fn require_session(
         Ok(None) => return logged_out(request.method()),
         Err(error) => return error.into_response(),
     };
+    // A form's share of the request budget is held until its answer is.
+    let mut _form_reservation = None;
     if !is_read(request.method()) {
         request = match checked_form(&state, request, &session).await {
-            Ok(request) => request,
+            Ok((request, reservation)) => {
+                _form_reservation = Some(reservation);
+                request
+            }
             Err(error) => return error.into_response(),
         };
     }
@@ -191,15 +197,15 @@ fn logged_out(method: &Method) -> Response {
 
 /// The request with its form read ([`read_form`]), if the form carries the
 /// session's CSRF token and no browser marked it cross-site; the body is
-/// handed on unchanged.
+/// handed on unchanged, with the form's share of the request budget.
 async fn checked_form(
     state: &ApiState,
     request: Request,
     session: &Session,
-) -> Result<Request, ConsoleError> {
+) -> Result<(Request, Reservation), ConsoleError> {
     refuse_cross_site(request.headers())?;
     let (parts, body) = request.into_parts();
-    let bytes = read_form(state, body).await?;
+    let (bytes, reservation) = read_form(state, &parts.headers, body).await?;
     let sent = form_urlencoded::parse(&bytes)
         .find(|(name, _)| name == "csrf")
         .map(|(_, value)| value.into_owned())
@@ -210,26 +216,20 @@ async fn checked_form(
             "This form is missing its CSRF token or has an old one. Reload the page and try again.",
         ));
     }
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok((Request::from_parts(parts, Body::from(bytes)), reservation))
 }
 
-/// Reads a console form's body: at most [`FORM_MAX_BYTES`], within the
-/// API's request body timeout (`--request-body-timeout`), as the API reads
-/// its own bodies (api/body.rs): a client that sends its headers and then
-/// nothing holds its connection that long and no longer.
-async fn read_form(state: &ApiState, body: Body) -> Result<Bytes, ConsoleError> {
-    let timeout = state.budget.timeout();
-    match tokio::time::timeout(timeout, to_bytes(body, FORM_MAX_BYTES)).await {
-        Err(_) => Err(ConsoleError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("The form did not arrive in time ({} s).", timeout.as_secs()),
-        )),
-        Ok(Err(_)) => Err(ConsoleError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("A console form may send at most {FORM_MAX_BYTES} bytes."),
-        )),
-        Ok(Ok(bytes)) => Ok(bytes),
-    }
+/// Reads a console form's body as the API reads its own (`api::body::read`):
+/// at most [`FORM_MAX_BYTES`] (a larger declared length is refused before a
+/// byte is read), from the memory budget every request in flight shares
+/// (`--max-request-bytes-in-flight`), within `--request-body-timeout`. The
+/// caller holds the [`Reservation`] until its answer is ready.
+async fn read_form(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Reservation), ConsoleError> {
+    Ok(crate::api::body::read(&state.budget, headers, body, FORM_MAX_BYTES, 1).await?)
 }
 
 /// Refuses a request a browser says came from another site.
@@ -257,7 +257,8 @@ pub async fn log_in(
     request: Request,
 ) -> Result<Response, ConsoleError> {
     refuse_cross_site(request.headers())?;
-    let form = read_form(&state, request.into_body()).await?;
+    let (parts, body) = request.into_parts();
+    let (form, _reservation) = read_form(&state, &parts.headers, body).await?;
     let token = form_urlencoded::parse(&form)
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.into_owned())
