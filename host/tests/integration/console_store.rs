@@ -9,7 +9,7 @@ use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, IdPrefix, Ne
 use taskflow::store::{ClaimPath, DatabasePooler, JobFilter, Store};
 use uuid::Uuid;
 
-use crate::support::{finished, new_job, test_database};
+use crate::support::{eventually, finished, new_job, test_database};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -83,23 +83,23 @@ async fn grouping_dead_jobs_does_not_gather_their_messages() {
 }
 
 /// The bytes of temporary files written in database `name`, once `admin`
-/// is its only connection: a backend reports them by the time it has left.
+/// is its only client: a backend reports them by the time it has left.
 async fn temp_bytes_once_alone(admin: &mut PgConnection, name: &str) -> i64 {
-    loop {
+    let admin = tokio::sync::Mutex::new(admin);
+    eventually(Duration::from_secs(30), || async {
         let (temp_bytes, others): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT temp_bytes FROM pg_stat_database WHERE datname = $1),
                     (SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = $1 AND pid <> pg_backend_pid())",
+                     WHERE datname = $1 AND backend_type = 'client backend'
+                       AND pid <> pg_backend_pid())",
         )
         .bind(name)
-        .fetch_one(&mut *admin)
+        .fetch_one(&mut **admin.lock().await)
         .await
         .unwrap();
-        if others == 0 {
-            return temp_bytes;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (others == 0).then_some(temp_bytes)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
