@@ -79,6 +79,9 @@ impl Done {
 pub struct ConsoleError {
     status: StatusCode,
     message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), as the
+    /// API's error said.
+    retry_after_secs: Option<u32>,
 }
 
 impl ConsoleError {
@@ -87,13 +90,17 @@ impl ConsoleError {
         Self {
             status,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 }
 
 impl From<ApiError> for ConsoleError {
     fn from(error: ApiError) -> Self {
-        Self::new(error.status, error.message)
+        Self {
+            retry_after_secs: error.retry_after_secs,
+            ..Self::new(error.status, error.message)
+        }
     }
 }
 
@@ -125,7 +132,13 @@ impl IntoResponse for ConsoleError {
             reason: self.status.canonical_reason().unwrap_or("Error"),
             message: &self.message,
         };
-        render(self.status, &page)
+        let mut response = render(self.status, &page);
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -352,6 +365,16 @@ fn hex_dump(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A console form that finds no room in the request budget gets the
+    /// API's 503 `busy`; its page must keep the `Retry-After` every such
+    /// answer carries (README), which it used to drop.
+    #[test]
+    fn an_error_page_keeps_the_apis_retry_after() {
+        let page = ConsoleError::from(ApiError::busy("no room")).into_response();
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(page.headers()[header::RETRY_AFTER], "1");
+    }
 
     #[test]
     fn payloads_show_as_json_text_or_bytes() {
