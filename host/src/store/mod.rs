@@ -356,10 +356,13 @@ fn saturating_i64(count: impl TryInto<i64>) -> i64 {
 /// `items` in job id order, for a statement that updates a batch of jobs:
 /// it locks their rows in the order of its input arrays when PostgreSQL
 /// probes the primary key for each element (its plan for a small batch
-/// among many running jobs), so two batches holding the same jobs in opposite orders (a
-/// worker's outcomes, the rescuer's extensions, a heartbeat's
-/// confirmations) would deadlock, and one of them fail after
-/// `deadlock_timeout`.
+/// among many running jobs), so two batches holding the same jobs in
+/// opposite orders (a worker's outcomes, the rescuer's extensions, a
+/// heartbeat's confirmations) would deadlock, and one of them fail after
+/// `deadlock_timeout`. This orders that plan only: a batch joined by hash
+/// or merge locks in the order it reads `jobs`, and two batches planned
+/// differently may still meet in opposite orders (then one fails and its
+/// caller retries it).
 fn in_lock_order<T>(items: &[T], job_id: impl Fn(&T) -> Uuid) -> Vec<&T> {
     let mut ordered: Vec<&T> = items.iter().collect();
     ordered.sort_by_key(|item| job_id(item));

@@ -229,8 +229,10 @@ async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_
     rescuers_leases.redis().ping().await.unwrap();
 
     let job = claim_one(&store, "w").await;
+    // The claim's deadline passes; a rescuer will find the lease past it.
+    let found = lease_lapses(&store, &job).await;
     // Redis holds writes back (reads go on); the round's key write will
-    // wait in it, for less than the client's 2 s response timeout.
+    // wait in it, well within the client's 2 s response timeout.
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(10_000)
@@ -242,18 +244,15 @@ async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_
     // a moment left when the round sends the write.
     let grant = worker
         .in_flight
-        .register(job.lease(), Instant::now() + Duration::from_millis(500));
+        .register(job.lease(), Instant::now() + Duration::from_millis(300));
     let round = tokio::spawn(async move {
         let counts = worker.run_once().await;
         (worker, counts)
     });
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!grant.is_valid_at(Instant::now()), "the grant lapsed");
-
-    // The claim's deadline passes; the rescuer finds the lease past it and
-    // its key missing.
-    let found = lease_lapses(&store, &job).await;
+    // The rescuer reads the key missing.
     assert_eq!(rescuers_leases.holders(&[job.id]).await.unwrap(), [None]);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!grant.is_valid_at(Instant::now()), "the grant lapsed");
 
     // The write lands and the round ends; then the rescue commits.
     let () = redis::cmd("CLIENT")
