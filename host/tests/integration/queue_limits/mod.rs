@@ -274,11 +274,22 @@ async fn three_workers_run(
             .unwrap();
         ids.extend(submitted.jobs.iter().map(|job| job.id));
     }
-    for id in ids {
-        assert_state(&app.wait_final(id).await, JobState::Succeeded);
+    for id in &ids {
+        assert_state(&app.wait_final(*id).await, JobState::Succeeded);
     }
     let spans = app.store().attempt_spans("default").await.unwrap();
-    assert_eq!(spans.len(), count);
+    if spans.len() != count {
+        // Which attempts ended otherwise, and why, for whoever reads the failure.
+        let mut retried = Vec::new();
+        for id in &ids {
+            let attempts = app.store().list_attempts(*id, None, 10).await.unwrap();
+            let attempts = attempts.unwrap_or_default();
+            if attempts.len() > 1 {
+                retried.push(format!("{attempts:?}"));
+            }
+        }
+        panic!("{} attempts of {count} jobs: {retried:#?}", spans.len());
+    }
     (app, spans)
 }
 
