@@ -353,19 +353,23 @@ fn saturating_i64(count: impl TryInto<i64>) -> i64 {
     count.try_into().unwrap_or(i64::MAX)
 }
 
-/// `items` in job id order, for a statement that updates a batch of jobs:
-/// it locks their rows in the order of its input arrays when PostgreSQL
-/// probes the primary key for each element (its plan for a small batch
-/// among many running jobs), so two batches holding the same jobs in
-/// opposite orders (a worker's outcomes, the rescuer's extensions, a
-/// heartbeat's confirmations) would deadlock, and one of them fail after
-/// `deadlock_timeout`. This orders that plan only: a batch joined by hash
-/// or merge locks in the order it reads `jobs`, and two batches planned
+/// `items` in the order of `key`: the order in which a batch statement
+/// should take its rows' locks. A statement that updates jobs `FROM
+/// unnest(...)` locks their rows in the order of its input arrays when
+/// PostgreSQL probes the primary key for each element (its plan for a small
+/// batch among many running jobs), and an insert waits at each idempotency
+/// key another transaction wrote and has not committed, in the order it
+/// inserts. So two batches holding the same jobs or keys in opposite orders
+/// (a worker's outcomes, the rescuer's extensions, a heartbeat's
+/// confirmations; two groups of submissions) would deadlock, and one of
+/// them fail after `deadlock_timeout`. Updates order by job id, inserts by
+/// idempotency key. This orders those plans only: a batch joined by hash or
+/// merge locks in the order it reads `jobs`, and two batches planned
 /// differently may still meet in opposite orders (then one fails and its
 /// caller retries it).
-fn in_lock_order<T>(items: &[T], job_id: impl Fn(&T) -> Uuid) -> Vec<&T> {
+fn in_lock_order<'a, T, K: Ord>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
     let mut ordered: Vec<&T> = items.iter().collect();
-    ordered.sort_by_key(|item| job_id(item));
+    ordered.sort_by_key(|item| key(item));
     ordered
 }
 

@@ -195,9 +195,11 @@ impl Store {
 /// The insert of [`Store::insert_jobs_independently`] for any number of
 /// jobs: one array per column, unnested into rows. What it writes for a job,
 /// [`insert_one`] writes for a lone one: a change to either belongs in both.
+/// It inserts in idempotency key order (`in_lock_order`).
 async fn insert_many(connection: Statements<'_>, jobs: &[NewJob]) -> StoreResult<Vec<Inserted>> {
     super::statement("insert_jobs");
-    let column = |f: fn(&NewJob) -> i64| jobs.iter().map(f).collect::<Vec<_>>();
+    let jobs = super::in_lock_order(jobs, |job| job.idempotency_key.as_deref());
+    let column = |f: fn(&NewJob) -> i64| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     let modules: Vec<&str> = jobs.iter().map(|j| j.module_hash.as_str()).collect();
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();

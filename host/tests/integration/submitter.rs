@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
+use sqlx::{Connection, PgConnection};
 use taskflow::job::{JobState, NewJob, TraceContext};
 use taskflow::store::JobDetail;
 use uuid::Uuid;
@@ -147,6 +148,56 @@ async fn a_lone_job_is_stored_as_the_same_job_in_a_group_is() {
             assert!(!answered[0].created);
             assert_eq!(answered[0].job.id, alone.id);
         }
+    }
+    db.drop_database().await.unwrap();
+}
+
+/// Two batches that carry the same idempotency keys in opposite orders
+/// (two clients retrying the same pair, two API instances' groups): each
+/// insert waits at a key the other has written and not committed. Written
+/// in their own order, the batches deadlocked and one failed after
+/// `deadlock_timeout`; written in key order, the second waits for the
+/// first and is answered with its jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_with_the_same_keys_in_opposite_orders_do_not_deadlock() {
+    let db = test_database().await;
+    let store = db.store();
+    let module = stored_module(store).await;
+    let mut admin = PgConnection::connect(db.url()).await.unwrap();
+    for sql in [
+        // Each row takes a while to insert, so the two batches overlap.
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql
+         AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$",
+        "CREATE TRIGGER slow_row BEFORE INSERT ON jobs
+         FOR EACH ROW EXECUTE FUNCTION slow_row()",
+    ] {
+        sqlx::query(sql).execute(&mut admin).await.unwrap();
+    }
+    let keyed = |key: &str| NewJob {
+        idempotency_key: Some(key.into()),
+        request_fingerprint: Some(key.as_bytes().to_vec()),
+        ..new_job(&module)
+    };
+    let forward = [keyed("a"), keyed("b")];
+    let backward = [keyed("b"), keyed("a")];
+    let (forward_answer, backward_answer) =
+        tokio::join!(store.insert_jobs(&forward), store.insert_jobs(&backward));
+    let (forward_answer, backward_answer) = (forward_answer.unwrap(), backward_answer.unwrap());
+    // Whichever committed first created both; the other was given them.
+    let created = |answer: &[taskflow::store::Submitted]| {
+        answer.iter().filter(|submitted| submitted.created).count()
+    };
+    let mut created = [created(&forward_answer), created(&backward_answer)];
+    created.sort();
+    assert_eq!(created, [0, 2]);
+    let owner = |answer: &[taskflow::store::Submitted], key: &str| {
+        answer
+            .iter()
+            .find(|submitted| submitted.job.idempotency_key.as_deref() == Some(key))
+            .map(|submitted| submitted.job.id)
+    };
+    for key in ["a", "b"] {
+        assert_eq!(owner(&forward_answer, key), owner(&backward_answer, key));
     }
     db.drop_database().await.unwrap();
 }
