@@ -373,8 +373,64 @@ fn in_lock_order<'a, T, K: Ord>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec
     ordered
 }
 
+/// The rows of an `EXPLAIN`, one line each: what the tests of a
+/// statement's index use read.
+fn plan_text(lines: Vec<(String,)>) -> String {
+    lines
+        .into_iter()
+        .map(|(line,)| line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `text` as PostgreSQL's `text` can hold it: NUL characters (which it
 /// refuses) replaced by U+FFFD. A guest's error message may contain them.
 fn storable_text(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
+}
+
+/// The rules of docs/data-model.md, "Changing the schema", that a
+/// migration's text shows, for every migration written since them.
+#[cfg(test)]
+mod migration_rules {
+    use super::MIGRATOR;
+
+    /// The first migration written to the rules; earlier ones cannot change
+    /// (their checksums are applied).
+    const FIRST_UNDER_THE_RULES: i64 = 20261219000001;
+
+    /// The migration's statements, upper case, without comment lines.
+    fn statements(sql: &str) -> String {
+        sql.lines()
+            .filter(|line| !line.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .to_uppercase()
+    }
+
+    #[test]
+    fn migrations_build_indexes_concurrently_and_alter_tables_with_a_lock_timeout() {
+        let mut checked = 0;
+        for migration in MIGRATOR
+            .iter()
+            .filter(|migration| migration.version >= FIRST_UNDER_THE_RULES)
+        {
+            let sql = statements(&migration.sql);
+            let name = format!("{} {}", migration.version, migration.description);
+            if sql.contains("CREATE INDEX") || sql.contains("CREATE UNIQUE INDEX") {
+                assert!(
+                    migration.no_tx && sql.contains("INDEX CONCURRENTLY"),
+                    "{name}: build indexes CONCURRENTLY, in a `-- no-transaction` file"
+                );
+            }
+            if sql.contains("ALTER TABLE") {
+                assert!(
+                    sql.contains("LOCK_TIMEOUT"),
+                    "{name}: set a lock_timeout before altering a table"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 0, "no migration is under the rules");
+    }
 }

@@ -122,14 +122,10 @@ impl Store {
     pub async fn explain_prune_finished(&self, limit: usize) -> StoreResult<String> {
         super::statement("explain_prune_finished");
         let explain = format!("EXPLAIN {PRUNE_FINISHED}");
-        let lines: Vec<(String,)> = with_prune_arguments(&explain, limit)
+        let lines = with_prune_arguments(&explain, limit)
             .fetch_all(self.pool())
             .await?;
-        Ok(lines
-            .into_iter()
-            .map(|(line,)| line)
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(super::plan_text(lines))
     }
 }
 

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 
 use super::{QueueRecord, Store, StoreResult};
 use crate::job::JobState;
@@ -235,13 +238,34 @@ impl Store {
         sqlx::query!("DELETE FROM queue_state_counts WHERE jobs = 0")
             .execute(tx.statements())
             .await?;
-        sqlx::query!(
-            "DELETE FROM queue_activity WHERE bucket < now() - $1 * interval '1 second'",
-            ACTIVITY_KEPT.as_secs() as f64
-        )
-        .execute(tx.statements())
-        .await?;
+        forget_old_activity(FORGET_OLD_ACTIVITY)
+            .execute(tx.statements())
+            .await?;
         tx.commit().await?;
         Ok(folded.unsigned_abs())
     }
+
+    /// PostgreSQL's plan for the fold's deletion of old activity, one line
+    /// per row of `EXPLAIN`: what the test of its index use reads.
+    pub async fn explain_forget_old_activity(&self) -> StoreResult<String> {
+        super::statement("explain_forget_old_activity");
+        let explain = format!("EXPLAIN {FORGET_OLD_ACTIVITY}");
+        let lines = forget_old_activity(&explain)
+            .try_map(|row| <(String,) as sqlx::FromRow<_>>::from_row(&row))
+            .fetch_all(self.pool())
+            .await?;
+        Ok(super::plan_text(lines))
+    }
+}
+
+/// Forgets the buckets older than [`ACTIVITY_KEPT`], reading the index on
+/// `bucket` (migration `20261219000001`), not the table: the folder runs it
+/// every maintenance interval.
+const FORGET_OLD_ACTIVITY: &str =
+    "DELETE FROM queue_activity WHERE bucket < now() - $1 * interval '1 second'";
+
+/// `sql` ([`FORGET_OLD_ACTIVITY`], or a statement around it) with its
+/// argument.
+fn forget_old_activity(sql: &str) -> Query<'_, Postgres, PgArguments> {
+    sqlx::query(sql).bind(ACTIVITY_KEPT.as_secs_f64())
 }

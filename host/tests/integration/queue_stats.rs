@@ -1,5 +1,5 @@
-//! The queue listing's counts (store/queue_stats.rs): kept by the `jobs`
-//! triggers, they equal a count of the rows after every kind of statement
+//! The queue listing's counts (store/queue_stats.rs): kept by the store
+//! statements that move jobs, they equal a count of the rows after every kind of statement
 //! that moves jobs, folded or not, and a running cluster shows them at
 //! `GET /v1/queues`.
 
@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde_json::json;
+use sqlx::{Connection, PgConnection};
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, JobState, NewJob};
 use taskflow::maintenance::{CounterFolder, Service};
 use taskflow::queue::{Activity, JobCounts, QueueLimits, QueueSettings, QueueStats};
@@ -279,4 +280,43 @@ async fn the_gauges_of_a_queue_whose_jobs_are_all_gone_leave_the_scrape() {
         "the queue's series are gone:\n{metrics}"
     );
     app.finish().await;
+}
+
+/// The counter folder forgets activity older than two hours on every pass,
+/// so it finds at most one bucket per queue to delete: through the index on
+/// `bucket`, not by reading every queue's two hours of buckets.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_folder_forgets_old_activity_through_the_bucket_index() {
+    const QUEUES: i64 = 200;
+    const BUCKETS_KEPT: i64 = 720;
+    let db = test_database().await;
+    let store = db.store();
+    let mut admin = PgConnection::connect(db.url()).await.unwrap();
+    // Two hours and one bucket per queue; the oldest are 5 s past what the
+    // folder keeps, the newest 5 s from it.
+    sqlx::query(
+        "INSERT INTO queue_activity (queue, bucket, started, succeeded, failed)
+         SELECT 'queue-' || q, now() - interval '5 seconds' - b * interval '10 seconds', 1, 1, 0
+         FROM generate_series(1, $1) q, generate_series(0, $2) b",
+    )
+    .bind(QUEUES)
+    .bind(BUCKETS_KEPT)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE queue_activity")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let plan = store.explain_forget_old_activity().await.unwrap();
+    assert!(plan.contains("queue_activity_bucket_idx"), "{plan}");
+    store.fold_job_transitions().await.unwrap();
+    let (kept,): (i64,) = sqlx::query_as("SELECT count(*) FROM queue_activity")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(kept, QUEUES * BUCKETS_KEPT);
+    admin.close().await.unwrap();
+    db.drop_database().await.unwrap();
 }

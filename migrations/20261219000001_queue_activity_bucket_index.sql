@@ -1,0 +1,14 @@
+-- no-transaction
+-- The counter folder forgets buckets older than two hours every maintenance
+-- interval (`forget_old_activity` in host/src/store/queue_stats.rs). Without
+-- an index on `bucket` each pass read the whole table, one row per queue and
+-- 10-second bucket, to delete at most one bucket per queue.
+--
+-- Built CONCURRENTLY, so that the folder's upserts go on while it builds on
+-- a live database (docs/data-model.md, "Changing the schema"): that needs a
+-- migration outside a transaction (the first line) of one statement, since
+-- PostgreSQL runs a multi-statement string as one transaction. A build that
+-- fails leaves an invalid index behind and this file unapplied: drop the
+-- index (`DROP INDEX CONCURRENTLY queue_activity_bucket_idx`) and migrate
+-- again.
+CREATE INDEX CONCURRENTLY queue_activity_bucket_idx ON queue_activity (bucket);
