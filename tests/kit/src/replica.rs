@@ -60,7 +60,11 @@ impl ReplicatedPostgres {
     }
 
     /// Waits until the replica has applied everything the primary has
-    /// written so far.
+    /// written so far: up to the primary's WAL insert position, not its
+    /// write position. With `synchronous_commit = off` (these servers) a
+    /// commit's record can wait in the primary's WAL buffers for the WAL
+    /// writer, and the replica caught up with the write position without
+    /// the commit: it went on showing the transaction as running.
     ///
     /// # Errors
     ///
@@ -68,7 +72,7 @@ impl ReplicatedPostgres {
     /// up within 30 s.
     pub async fn caught_up(&self) -> anyhow::Result<()> {
         let mut primary = PgConnection::connect(&self.primary_url).await?;
-        let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        let written: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
             .fetch_one(&mut primary)
             .await?;
         primary.close().await?;
