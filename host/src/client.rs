@@ -10,8 +10,8 @@ use crate::api::error::ErrorBody;
 use crate::api::jobs::MAX_JOB_WAIT;
 use crate::api::types::{
     AttemptList, AttemptQuery, JobPage, JobQuery, JobView, ModuleNameList, ModuleNameView,
-    ModulePage, ModuleView, NameMoveView, PatchQueue, PutQueue, QueueList, QueueView, SubmitBatch,
-    SubmitJob, SubmittedBatch, SubmittedJob,
+    ModulePage, ModuleView, NameMoveView, PageQuery, PatchQueue, PutQueue, QueueList, QueueView,
+    SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
 };
 
 /// What went wrong talking to the API.
@@ -172,9 +172,21 @@ impl Client {
         .await
     }
 
-    /// Every module name and where it points.
-    pub async fn module_names(&self) -> Result<ModuleNameList, ClientError> {
-        self.send(self.http.get(self.url("/v1/module-names"))).await
+    /// A page of module names and where they point.
+    pub async fn module_names(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<ModuleNameList, ClientError> {
+        self.send(
+            self.http
+                .get(self.url("/v1/module-names"))
+                .query(&PageQuery {
+                    limit,
+                    cursor: cursor.map(str::to_owned),
+                }),
+        )
+        .await
     }
 
     /// One module name, with its moves.
@@ -201,15 +213,11 @@ impl Client {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<ModulePage, ClientError> {
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if let Some(limit) = limit {
-            query.push(("limit", limit.to_string()));
-        }
-        if let Some(cursor) = cursor {
-            query.push(("cursor", cursor.to_owned()));
-        }
-        self.send(self.http.get(self.url("/v1/modules")).query(&query))
-            .await
+        self.send(self.http.get(self.url("/v1/modules")).query(&PageQuery {
+            limit,
+            cursor: cursor.map(str::to_owned),
+        }))
+        .await
     }
 
     /// A queue's settings (secrets by name only).

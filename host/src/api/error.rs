@@ -166,6 +166,9 @@ impl ApiError {
             StoreError::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", error.to_string())
             }
+            StoreError::TooManyNames { .. } => {
+                Self::new(StatusCode::CONFLICT, "too_many_names", error.to_string())
+            }
             StoreError::ModuleDeleted { .. } => {
                 Self::new(StatusCode::CONFLICT, "module_deleted", error.to_string())
             }

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use super::auth::caller;
 use super::error::ErrorBody;
 use super::types::{
-    ModuleNameList, ModuleNameView, ModulePage, ModuleQuery, ModuleView, NameMoveView,
+    ModuleNameList, ModuleNameView, ModulePage, ModuleView, NameMoveView, PageQuery,
 };
 use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
 use crate::job::{check_module_hash, check_module_name};
@@ -201,6 +201,7 @@ async fn delete_one(
     responses(
         (status = 200, description = "The name now points at the module; the move is recorded", body = NameMoveView),
         (status = 404, description = "`module_not_found`", body = ErrorBody),
+        (status = 409, description = "`too_many_names`: as many names as a module may have (100) point at it already", body = ErrorBody),
     ))]
 async fn name_module(
     State(state): State<ApiState>,
@@ -217,13 +218,30 @@ async fn name_module(
     Ok(Json(moved.into()))
 }
 
-/// `GET /v1/module-names`.
-#[utoipa::path(get, operation_id = "list_module_names", path = "/v1/module-names", tag = "modules",
-    responses((status = 200, description = "Every name and where it points", body = ModuleNameList)))]
-async fn list_names(State(state): State<ApiState>) -> Result<Json<ModuleNameList>, ApiError> {
-    let names = state.store.list_module_names().await?;
+/// `GET /v1/module-names?limit=&cursor=`: names in name order.
+#[utoipa::path(get, operation_id = "list_module_names", path = "/v1/module-names", tag = "modules", params(PageQuery),
+    responses(
+        (status = 200, description = "A page of names and where they point, in name order", body = ModuleNameList),
+        (status = 400, description = "`invalid_limit`, `invalid_field` (cursor)", body = ErrorBody),
+    ))]
+async fn list_names(
+    State(state): State<ApiState>,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<ModuleNameList>, ApiError> {
+    let limit = page_limit(query.limit, PAGE_DEFAULT, PAGE_MAX)?;
+    if let Some(cursor) = &query.cursor {
+        check_module_name("cursor", cursor)?;
+    }
+    let names = state
+        .store
+        .list_module_names(query.cursor.as_deref(), limit)
+        .await?;
+    let next_cursor = (names.len() as i64 == limit)
+        .then(|| names.last().map(|(name, _)| name.clone()))
+        .flatten();
     Ok(Json(ModuleNameList {
         names: names.into_iter().collect(),
+        next_cursor,
     }))
 }
 
@@ -272,7 +290,7 @@ fn name_not_found(name: &str) -> ApiError {
     responses(
         (status = 200, description = "The name points where its latest move took it from", body = NameMoveView),
         (status = 404, description = "`module_name_not_found`; `module_not_found`: the module it pointed at before was deleted", body = ErrorBody),
-        (status = 409, description = "`no_previous_module`: the name's first move has nothing to go back to", body = ErrorBody),
+        (status = 409, description = "`no_previous_module`: the name's first move has nothing to go back to; `too_many_names`: the module it would point at has as many names as a module may have (100)", body = ErrorBody),
     ))]
 async fn roll_back_name(
     State(state): State<ApiState>,
@@ -300,14 +318,14 @@ async fn roll_back_name(
 }
 
 /// `GET /v1/modules?limit=&cursor=`: modules in hash order.
-#[utoipa::path(get, operation_id = "list_modules", path = "/v1/modules", tag = "modules", params(ModuleQuery),
+#[utoipa::path(get, operation_id = "list_modules", path = "/v1/modules", tag = "modules", params(PageQuery),
     responses(
         (status = 200, description = "A page of modules in hash order", body = ModulePage),
         (status = 400, description = "`invalid_limit`, `invalid_field` (cursor)", body = ErrorBody),
     ))]
 async fn list(
     State(state): State<ApiState>,
-    QueryParams(query): QueryParams<ModuleQuery>,
+    QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<ModulePage>, ApiError> {
     let limit = page_limit(query.limit, PAGE_DEFAULT, PAGE_MAX)?;
     if let Some(cursor) = &query.cursor {

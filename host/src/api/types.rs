@@ -16,7 +16,7 @@ pub use attempts::{AttemptList, AttemptQuery, AttemptView};
 pub use json_text::{JsonText, render_payload};
 
 pub use modules::{
-    ModuleNameList, ModuleNameView, ModulePage, ModuleQuery, ModuleView, NameMoveView,
+    ModuleNameList, ModuleNameView, ModulePage, ModuleView, NameMoveView, PageQuery,
 };
 pub use queues::{
     ActivityView, JobCountsView, PatchQueue, PutQueue, PutSecret, QueueList, QueueStatsView,

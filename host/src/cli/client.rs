@@ -86,19 +86,30 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             let moved = client.client().name_module(&hash, &name).await?;
             print(&client, &moved, || describe_move(&moved))
         }
-        ModuleCommand::Names { name: None, client } => {
-            let list = client.client().module_names().await?;
+        ModuleCommand::Names {
+            name: None,
+            page: PageArgs { limit, cursor },
+            client,
+        } => {
+            let list = client
+                .client()
+                .module_names(limit, cursor.as_deref())
+                .await?;
             print(&client, &list, || {
-                let lines: Vec<String> = list
+                let mut lines: Vec<String> = list
                     .names
                     .iter()
                     .map(|(name, hash)| format!("{name}  {hash}"))
                     .collect();
+                if let Some(cursor) = &list.next_cursor {
+                    lines.push(format!("more: --cursor {cursor}"));
+                }
                 lines.join("\n")
             })
         }
         ModuleCommand::Names {
             name: Some(name),
+            page: _,
             client,
         } => {
             let view = client.client().module_name(&name).await?;

@@ -263,10 +263,13 @@ pub enum ModuleCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List every name, or show one name's module and moves.
+    /// List names, a page at a time, or show one name's module and moves.
     Names {
         /// The name to show.
         name: Option<String>,
+        /// Which page, when listing.
+        #[command(flatten)]
+        page: PageArgs,
         /// API address and output format.
         #[command(flatten)]
         client: ClientArgs,

@@ -3,8 +3,6 @@
 //! order. There is no count of those jobs: no index serves one (see
 //! [`Store::list_module_jobs`](crate::store::Store::list_module_jobs)).
 
-use std::collections::BTreeMap;
-
 use askama::Template;
 use axum::Extension;
 use axum::extract::State;
@@ -56,13 +54,11 @@ pub async fn page(
     let modules = state
         .read(|store| async move { store.list_modules(after, PAGE_MODULES).await })
         .await?;
-    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let named = state
-        .read(|store| async move { store.list_module_names().await })
+    let hashes: Vec<&str> = modules.iter().map(|module| module.hash.as_str()).collect();
+    let hashes = &hashes;
+    let mut names = state
+        .read(|store| async move { store.names_of_modules(hashes).await })
         .await?;
-    for (name, hash) in named {
-        names.entry(hash).or_default().push(name);
-    }
     let now = Utc::now();
     let next = (modules.len() as i64 == PAGE_MODULES)
         .then(|| {

@@ -37,8 +37,8 @@ pub use field_error::{FieldError, Problem};
 pub use id_prefix::IdPrefix;
 pub use input::JobInput;
 pub use names::{
-    ModuleRef, check_module_hash, check_module_name, check_queue_name, is_valid_module_hash,
-    is_valid_module_name, is_valid_queue_name,
+    MAX_NAMES_PER_MODULE, ModuleRef, check_module_hash, check_module_name, check_queue_name,
+    is_valid_module_hash, is_valid_module_name, is_valid_queue_name,
 };
 pub use spec::{
     DEFAULT_QUEUE, JobSpec, MIN_MEMORY_LIMIT_BYTES, ModuleNames, NewJob, SubmissionLimits,

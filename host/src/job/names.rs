@@ -54,6 +54,12 @@ pub fn check_module_hash(field: &str, hash: &str) -> Result<(), FieldError> {
 /// Longest module name, in bytes.
 pub const MAX_MODULE_NAME_BYTES: usize = 128;
 
+/// Most names that may point at one module at once. What shows a module's
+/// names (`GET /v1/modules/{hash}`, the console's pages, a refused delete)
+/// reads them all, so this bounds that read; a move or rollback that would
+/// pass it is refused.
+pub const MAX_NAMES_PER_MODULE: usize = 100;
+
 /// Whether `name` is a module name: `[a-z0-9][a-z0-9._-]*`, optionally
 /// followed by `:` and a tag of `[a-z0-9._-]+` (`resize`, `resize:stable`),
 /// at most [`MAX_MODULE_NAME_BYTES`], and not itself a hash (a reference

@@ -160,6 +160,18 @@ pub enum StoreError {
     /// The group-commit writer stopped (the runtime is shutting down).
     #[error("the submission writer stopped")]
     WriterStopped,
+    /// A move would point more than `limit` names at module `hash`
+    /// ([`crate::job::MAX_NAMES_PER_MODULE`]); nothing was written.
+    #[error(
+        "module {hash} has {limit} names already, the most a module may have; \
+         point one of them elsewhere first"
+    )]
+    TooManyNames {
+        /// The module.
+        hash: String,
+        /// The most names a module may have.
+        limit: usize,
+    },
 }
 
 impl StoreError {

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::pool::Transaction;
 use super::{Store, StoreError, StoreResult};
+use crate::job::MAX_NAMES_PER_MODULE;
 
 /// One move of a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +66,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`StoreError::UnknownModules`] if no module has this hash; nothing
-    /// is written then.
+    /// [`StoreError::UnknownModules`] if no module has this hash,
+    /// [`StoreError::TooManyNames`] if it has as many names as a module may
+    /// have; nothing is written then.
     pub async fn move_module_name(
         &self,
         name: &str,
@@ -94,7 +96,8 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::UnknownModules`] if the module it would point at was
-    /// deleted since; nothing is written then.
+    /// deleted since, [`StoreError::TooManyNames`] if that module has as
+    /// many names as a module may have; nothing is written then.
     pub async fn roll_back_module_name(
         &self,
         name: &str,
@@ -137,28 +140,56 @@ impl Store {
         .await?)
     }
 
-    /// Every name and the hash it points at, by name.
-    pub async fn list_module_names(&self) -> StoreResult<Vec<(String, String)>> {
+    /// A page of names and the hashes they point at, by name: the first
+    /// `limit` after `after`.
+    pub async fn list_module_names(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, String)>> {
         super::statement("list_module_names");
-        Ok(
-            sqlx::query!("SELECT name, module_hash FROM module_names ORDER BY name")
-                .fetch_all(self.pool())
-                .await?
-                .into_iter()
-                .map(|row| (row.name, row.module_hash))
-                .collect(),
-        )
-    }
-
-    /// The names pointing at module `hash`.
-    pub async fn names_of_module(&self, hash: &str) -> StoreResult<Vec<String>> {
-        super::statement("names_of_module");
-        Ok(sqlx::query_scalar!(
-            "SELECT name FROM module_names WHERE module_hash = $1 ORDER BY name",
-            hash
+        Ok(sqlx::query!(
+            "SELECT name, module_hash FROM module_names
+             WHERE $1::text IS NULL OR name > $1
+             ORDER BY name LIMIT $2",
+            after,
+            limit
         )
         .fetch_all(self.pool())
-        .await?)
+        .await?
+        .into_iter()
+        .map(|row| (row.name, row.module_hash))
+        .collect())
+    }
+
+    /// The names pointing at each of `hashes` (at most
+    /// [`MAX_NAMES_PER_MODULE`] each), by hash, each module's by name.
+    pub async fn names_of_modules(
+        &self,
+        hashes: &[&str],
+    ) -> StoreResult<HashMap<String, Vec<String>>> {
+        super::statement("names_of_modules");
+        let rows = sqlx::query!(
+            "SELECT module_hash, name FROM module_names
+             WHERE module_hash = ANY($1) ORDER BY module_hash, name",
+            hashes as &[&str]
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut names: HashMap<String, Vec<String>> = HashMap::new();
+        for row in rows {
+            names.entry(row.module_hash).or_default().push(row.name);
+        }
+        Ok(names)
+    }
+
+    /// The names pointing at module `hash`, by name.
+    pub async fn names_of_module(&self, hash: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .names_of_modules(&[hash])
+            .await?
+            .remove(hash)
+            .unwrap_or_default())
     }
 
     /// The hashes `names` point at now (names that point nowhere are left
@@ -242,7 +273,16 @@ async fn lock_name(tx: &mut Transaction<'_>, name: &str) -> StoreResult<()> {
 }
 
 /// Points `name`, which points at `before` now, at `hash` and records the
-/// move; under [`lock_name`].
+/// move; under [`lock_name`]. Holds module `hash`'s row lock from counting
+/// its names to the move, so concurrent moves onto one module cannot pass
+/// [`MAX_NAMES_PER_MODULE`] together, and the module cannot be deleted
+/// meanwhile ([`Store::delete_module_if_unused`] takes the same lock).
+///
+/// # Errors
+///
+/// [`StoreError::UnknownModules`] if no module has this hash,
+/// [`StoreError::TooManyNames`] if other names point at it as many times
+/// as a module may be named.
 async fn record_move(
     tx: &mut Transaction<'_>,
     name: &str,
@@ -250,7 +290,29 @@ async fn record_move(
     hash: &str,
     moved_by: &str,
 ) -> StoreResult<NameMove> {
-    sqlx::query_as!(
+    let limit = MAX_NAMES_PER_MODULE as i64;
+    let other_names = sqlx::query_scalar!(
+        r#"SELECT (SELECT count(*) FROM (SELECT 1 FROM module_names n
+                                          WHERE n.module_hash = m.hash AND n.name <> $2
+                                          LIMIT $3) AS named) AS "names!"
+           FROM modules m WHERE m.hash = $1 FOR NO KEY UPDATE OF m"#,
+        hash,
+        name,
+        limit
+    )
+    .fetch_optional(tx.statements())
+    .await?;
+    match other_names {
+        None => return Err(StoreError::UnknownModules(vec![hash.to_owned()])),
+        Some(names) if names >= limit => {
+            return Err(StoreError::TooManyNames {
+                hash: hash.to_owned(),
+                limit: MAX_NAMES_PER_MODULE,
+            });
+        }
+        Some(_) => {}
+    }
+    Ok(sqlx::query_as!(
         NameMove,
         r#"WITH moved AS (
              INSERT INTO module_names (name, module_hash) VALUES ($1, $2)
@@ -267,11 +329,5 @@ async fn record_move(
         before
     )
     .fetch_one(tx.statements())
-    .await
-    .map_err(|error| match &error {
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            StoreError::UnknownModules(vec![hash.to_owned()])
-        }
-        _ => error.into(),
-    })
+    .await?)
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
-use taskflow::job::JobState;
+use taskflow::job::{JobState, MAX_NAMES_PER_MODULE};
 use taskflow::store::ModuleDeletion;
 
 use crate::support::{TestApp, assert_api_error, assert_state, test_database, tree};
@@ -76,6 +76,85 @@ async fn a_job_runs_the_hash_its_name_had_at_submit_through_retries_and_rollback
     assert_eq!(module["names"], json!([NAME]));
     let (_, all) = app.get_json("/v1/module-names").await;
     assert_eq!(all["names"], json!({NAME: misbehave}));
+    app.finish().await;
+}
+
+/// What lists names reads a bounded number of rows: `GET /v1/module-names`
+/// comes a page at a time, and a module takes at most
+/// `MAX_NAMES_PER_MODULE` names, so the names of one module (its view, the
+/// console's pages) are a bounded read too.
+#[tokio::test(flavor = "multi_thread")]
+async fn names_come_a_page_at_a_time_and_a_module_takes_a_bounded_number() {
+    let (app, hello) = TestApp::start_with_plugin("hello").await;
+    let spare = app.upload("noop").await;
+    let name_at = |hash: &str, name: &str| format!("/v1/modules/{hash}/names/{name}");
+    for i in 0..MAX_NAMES_PER_MODULE {
+        let (status, moved) = app
+            .put_json(&name_at(&hello, &format!("n-{i:03}")), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{moved}");
+    }
+    let too_many = |case: &str, answer| {
+        assert_api_error(
+            case,
+            &answer,
+            StatusCode::CONFLICT,
+            "too_many_names",
+            &MAX_NAMES_PER_MODULE.to_string(),
+        )
+    };
+    too_many(
+        "one name more",
+        app.send_json(Method::PUT, &name_at(&hello, "one-more"), "")
+            .await,
+    );
+    // A name that points at it already may be pointed at it again.
+    let (status, _) = app.put_json(&name_at(&hello, "n-000"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    // A rollback that would give it one name more is refused too.
+    app.put_json(&name_at(&spare, "n-000"), "").await;
+    app.put_json(&name_at(&hello, "one-more"), "").await;
+    too_many(
+        "rolled back onto it",
+        app.post_json("/v1/module-names/n-000/rollback", "").await,
+    );
+    let (_, module) = app.get_json(&format!("/v1/modules/{hello}")).await;
+    assert_eq!(
+        module["names"].as_array().unwrap().len(),
+        MAX_NAMES_PER_MODULE
+    );
+
+    let mut listed: Vec<String> = Vec::new();
+    let mut path = "/v1/module-names?limit=40".to_owned();
+    loop {
+        let (status, page) = app.get_json(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let names = page["names"].as_object().unwrap();
+        assert!(names.len() <= 40, "{page}");
+        listed.extend(names.keys().cloned());
+        let Some(cursor) = page["next_cursor"].as_str() else {
+            break;
+        };
+        path = format!("/v1/module-names?limit=40&cursor={cursor}");
+    }
+    let mut every: Vec<String> = (0..MAX_NAMES_PER_MODULE)
+        .map(|i| format!("n-{i:03}"))
+        .chain(["one-more".to_owned()])
+        .collect();
+    every.sort();
+    assert_eq!(listed, every);
+    let (_, first) = app.get_json("/v1/module-names").await;
+    assert_eq!(first["names"].as_object().unwrap().len(), 50, "{first}");
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("cursor=..", "cursor"),
+        ("cursor=Upper", "cursor"),
+    ] {
+        let (status, answer) = app.get_json(&format!("/v1/module-names?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{query}: {answer}");
+    }
     app.finish().await;
 }
 

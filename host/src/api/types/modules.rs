@@ -82,11 +82,14 @@ pub struct ModuleNameView {
     pub history: Vec<NameMoveView>,
 }
 
-/// `GET /v1/module-names`: every name and where it points.
+/// `GET /v1/module-names`: a page of names and where they point, in name
+/// order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleNameList {
     /// Name to module hash.
     pub names: BTreeMap<String, String>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// A page of modules, in hash order.
@@ -98,11 +101,12 @@ pub struct ModulePage {
     pub next_cursor: Option<String>,
 }
 
-/// Query of `GET /v1/modules`.
+/// Query of a listing paged by cursor: `GET /v1/modules` (the cursor is
+/// a hash) and `GET /v1/module-names` (a name).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ModuleQuery {
+pub struct PageQuery {
     /// Page size (default 50, at most 500).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
