@@ -11,7 +11,10 @@
 //!   its response is ready; a request that finds no room waits, unread. A
 //!   body of unknown length reserves as its bytes arrive ([`read`]);
 //! - **time**: waiting for room and receiving the body both fall within
-//!   `--request-body-timeout` (503 while waiting for room, 408 once reading).
+//!   `--request-body-timeout` (503 while waiting for room, 408 once reading),
+//!   and a body of declared length that has its room must keep the pace that
+//!   brings it whole by then ([`Pace`]; 408 `body_too_slow`), so a stalled
+//!   body gives its room back within seconds.
 //!
 //! JSON bodies ([`JsonBody`]) are then parsed straight into their request
 //! type: job inputs stay unparsed text ([`JsonText`](super::types::JsonText))
@@ -135,11 +138,51 @@ impl RequestBudget {
 /// more, doubling, as its bytes arrive.
 const UNKNOWN_LENGTH_FIRST_ROOM: usize = 64 << 10;
 
+/// How long a body of declared length may take to get going once it has
+/// its room, before [`Pace`] holds it to its pace.
+const PACE_GRACE: Duration = Duration::from_secs(5);
+
+/// The pace a body of declared length must keep once it holds its room:
+/// from [`PACE_GRACE`] after reading starts, a share of its bytes no
+/// smaller than the share of the time left to the body timeout that has
+/// passed. Its room is reserved whole before a byte is read (so big bodies
+/// take turns rather than fail halfway), and a body that stalled held that
+/// room until the body timeout: two stalled 64 MiB batches held the default
+/// budget for a minute, and every other request waited. A body that keeps
+/// the pace arrives whole in time; one that falls behind would not have.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    from: tokio::time::Instant,
+    until: tokio::time::Instant,
+    length: usize,
+}
+
+impl Pace {
+    /// The pace of a `length`-byte body read from now until `until`.
+    fn new(length: usize, until: tokio::time::Instant) -> Self {
+        Self {
+            from: tokio::time::Instant::now() + PACE_GRACE,
+            until,
+            length,
+        }
+    }
+
+    /// When more than `received` bytes must have arrived.
+    fn next_byte_due(&self, received: usize) -> tokio::time::Instant {
+        if self.length == 0 || self.from >= self.until {
+            return self.until;
+        }
+        let share = (received + 1).min(self.length) as f64 / self.length as f64;
+        self.from + (self.until - self.from).mul_f64(share)
+    }
+}
+
 /// Reads a request body of at most `limit` bytes, holding `factor` times
 /// its size of the budget; see the [module docs](self).
 ///
-/// A body of declared length reserves its room at once and is read into
-/// one buffer of that size (so it is copied once). One of unknown length
+/// A body of declared length reserves its room at once, is read into one
+/// buffer of that size (so it is copied once), and must keep its [`Pace`].
+/// One of unknown length
 /// reserves room as its bytes arrive, so one that stalls holds room for no
 /// more than twice what it sent: reserving its route's whole limit up front let two
 /// stalled 64 MiB batches hold the default budget for the body timeout.
@@ -171,9 +214,24 @@ pub async fn read(
     let mut reservation = budget
         .reserve(room.saturating_mul(factor), deadline)
         .await?;
+    let pace = declared.map(|length| Pace::new(length as usize, deadline));
     let mut bytes = BytesMut::with_capacity(room);
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+        let due = pace.map_or(deadline, |pace| pace.next_byte_due(bytes.len()));
+        let frame = match tokio::time::timeout_at(due, body.frame()).await {
+            Err(_) if due < deadline => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_too_slow",
+                    format!(
+                        "the request body fell behind: {} of {} bytes arrived, too few to \
+                         arrive whole within {:?}",
+                        bytes.len(),
+                        declared.unwrap_or_default(),
+                        budget.timeout
+                    ),
+                ));
+            }
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,

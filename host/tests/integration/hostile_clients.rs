@@ -447,6 +447,57 @@ async fn stalled_bodies_without_a_length_hold_no_room_they_have_not_used() {
     app.finish().await;
 }
 
+/// A body of declared length reserves that length at once, so that big
+/// bodies take turns rather than fail, and must then keep the pace that
+/// brings it whole within the body timeout (after a grace of a few
+/// seconds): one that falls behind is refused, 408 `body_too_slow`, and
+/// gives its room back. Two batches that declared the largest length a
+/// batch may have and stalled after 10 bytes held the whole budget for the
+/// body timeout (here ten minutes), and every other request waited.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_bodies_of_declared_length_give_their_room_back_when_they_fall_behind() {
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    let batch_limit = TestOptions::default().limits.max_batch_request_bytes;
+    let budget = 2 * JSON_MEMORY_FACTOR * batch_limit;
+    let api = app
+        .api_process(&[
+            ("TASKFLOW_MAX_REQUEST_BYTES_IN_FLIGHT", &budget.to_string()),
+            ("TASKFLOW_REQUEST_BODY_TIMEOUT", "10m"),
+        ])
+        .await;
+    let stalled = format!(
+        "POST /v1/jobs/batch HTTP/1.1\r\nhost: localhost\r\n\
+         content-type: application/json\r\ncontent-length: {batch_limit}\r\n\r\n{{\"jobs\": ["
+    );
+    let mut stalled = [
+        connect_and_send(&api.url, stalled.as_bytes()).await,
+        connect_and_send(&api.url, stalled.as_bytes()).await,
+    ];
+    eventually(Duration::from_secs(10), || async {
+        (request_bytes_reserved(&api.url).await >= budget as u64).then_some(())
+    })
+    .await;
+
+    // Another client waits for their room, and gets it once they fall
+    // behind; it would wait out the body timeout otherwise.
+    let submitted = tokio::time::timeout(
+        Duration::from_secs(60),
+        api.client.submit(&SubmitJob::new(&module, json!({}))),
+    )
+    .await;
+    assert!(matches!(submitted, Ok(Ok(_))), "{submitted:?}");
+    for stream in &mut stalled {
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut answer))
+            .await
+            .expect("the stalled body is answered")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_too_slow"), "{answer}");
+    }
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_beyond_the_compile_queue_get_503_with_retry_after_before_their_body_is_read() {
     let mut options = TestOptions::default();
