@@ -215,6 +215,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// the binary so a deployed `taskflow` can migrate its own database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// How often a process waiting for another's migrations asks for its turn
+/// ([`Store::migrate`]).
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
+
 /// Bytes of one statement's parameters above which the connection that
 /// carried it is closed after use instead of returning to the pool.
 ///
@@ -313,9 +317,18 @@ impl Store {
     }
 
     /// Applies pending migrations. Safe to run concurrently from several
-    /// processes: sqlx serialises them with an advisory lock, which is held
+    /// processes: they take turns under a session advisory lock, held
     /// across transactions, so this store must not be behind a
     /// transaction-mode pooler.
+    ///
+    /// A process waits for its turn between statements, asking for the lock
+    /// every [`MIGRATION_LOCK_POLL`], never inside one: sqlx's own lock
+    /// waits in `pg_advisory_lock`, a statement that holds a snapshot while
+    /// it waits, and `CREATE INDEX CONCURRENTLY` (which a migration may run:
+    /// docs/data-model.md, "Changing the schema") waits for every older
+    /// snapshot to end, so the process running it and one waiting for its
+    /// turn waited for each other for good. sqlx's lock is still taken
+    /// after ours, and is then free unless another tool migrates.
     pub async fn migrate(&self) -> StoreResult<()> {
         let pool = self
             .pool
@@ -323,8 +336,25 @@ impl Store {
             .ok_or(StoreError::SessionRequired(
                 "migrations hold an advisory lock across transactions",
             ))?;
-        MIGRATOR.run(pool).await?;
-        Ok(())
+        let mut session = pool.acquire().await?;
+        let mut waited = false;
+        while !sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_lock(hashtextextended('taskflow:migrations', 0)) AS "taken!""#
+        )
+        .fetch_one(&mut *session)
+        .await?
+        {
+            if !waited {
+                tracing::info!("another process is migrating the database; waiting for it");
+                waited = true;
+            }
+            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+        }
+        let migrated = MIGRATOR.run(&mut *session).await;
+        // Closing the session releases the lock, whatever happened.
+        let closed = session.close().await;
+        migrated?;
+        Ok(closed?)
     }
 
     /// Creates the database `url` names if it does not exist; returns
@@ -411,12 +441,14 @@ mod migration_rules {
     /// (their checksums are applied).
     const FIRST_UNDER_THE_RULES: i64 = 20261219000001;
 
-    /// The migration's statements, upper case, without comment lines.
+    /// The migration's statements, upper case, without comment lines, each
+    /// run of white space one space.
     fn statements(sql: &str) -> String {
         sql.lines()
             .filter(|line| !line.trim_start().starts_with("--"))
+            .flat_map(str::split_whitespace)
             .collect::<Vec<_>>()
-            .join("\n")
+            .join(" ")
             .to_uppercase()
     }
 
@@ -435,10 +467,15 @@ mod migration_rules {
                     "{name}: build indexes CONCURRENTLY, in a `-- no-transaction` file"
                 );
             }
-            if sql.contains("ALTER TABLE") {
+            if let Some(altered) = sql.find("ALTER TABLE") {
+                let timeout = sql.find("LOCK_TIMEOUT");
                 assert!(
-                    sql.contains("LOCK_TIMEOUT"),
+                    timeout.is_some_and(|at| at < altered),
                     "{name}: set a lock_timeout before altering a table"
+                );
+                assert!(
+                    !(migration.no_tx && sql.contains("SET LOCAL")),
+                    "{name}: SET LOCAL does nothing outside a transaction"
                 );
             }
             checked += 1;

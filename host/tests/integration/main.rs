@@ -19,6 +19,7 @@ mod jobs_api;
 mod leases;
 mod long_poll;
 mod maintenance;
+mod migrations;
 mod module_names;
 mod modules_api;
 mod openapi;
