@@ -266,6 +266,7 @@ pub enum ModuleCommand {
     /// List names, a page at a time, or show one name's module and moves.
     Names {
         /// The name to show.
+        #[arg(conflicts_with_all = ["limit", "cursor"])]
         name: Option<String>,
         /// Which page, when listing.
         #[command(flatten)]

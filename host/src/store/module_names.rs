@@ -141,7 +141,10 @@ impl Store {
     }
 
     /// A page of names and the hashes they point at, by name: the first
-    /// `limit` after `after`.
+    /// `limit` after `after`. Every name sorts after `''`, so the first page
+    /// is the same range scan of the primary key as the others (a generic
+    /// plan of `$1 IS NULL OR name > $1` would read every name before the
+    /// cursor).
     pub async fn list_module_names(
         &self,
         after: Option<&str>,
@@ -150,7 +153,7 @@ impl Store {
         super::statement("list_module_names");
         Ok(sqlx::query!(
             "SELECT name, module_hash FROM module_names
-             WHERE $1::text IS NULL OR name > $1
+             WHERE name > COALESCE($1, '')
              ORDER BY name LIMIT $2",
             after,
             limit
@@ -162,8 +165,9 @@ impl Store {
         .collect())
     }
 
-    /// The names pointing at each of `hashes` (at most
-    /// [`MAX_NAMES_PER_MODULE`] each), by hash, each module's by name.
+    /// The names pointing at each of `hashes`, by hash, each module's by
+    /// name: at most [`MAX_NAMES_PER_MODULE`] each, unless a module was
+    /// given more before that limit existed.
     pub async fn names_of_modules(
         &self,
         hashes: &[&str],
@@ -290,27 +294,36 @@ async fn record_move(
     hash: &str,
     moved_by: &str,
 ) -> StoreResult<NameMove> {
+    let exists = sqlx::query_scalar!(
+        "SELECT 1 AS one FROM modules WHERE hash = $1 FOR NO KEY UPDATE",
+        hash
+    )
+    .fetch_optional(tx.statements())
+    .await?
+    .is_some();
+    if !exists {
+        return Err(StoreError::UnknownModules(vec![hash.to_owned()]));
+    }
+    // A statement of its own, after the lock: its snapshot includes the
+    // names of a move that held the lock before. Counted in the locking
+    // statement, they were left out (its snapshot predates the wait), and
+    // two moves onto a module of 99 names both counted 99.
     let limit = MAX_NAMES_PER_MODULE as i64;
     let other_names = sqlx::query_scalar!(
-        r#"SELECT (SELECT count(*) FROM (SELECT 1 FROM module_names n
-                                          WHERE n.module_hash = m.hash AND n.name <> $2
-                                          LIMIT $3) AS named) AS "names!"
-           FROM modules m WHERE m.hash = $1 FOR NO KEY UPDATE OF m"#,
+        r#"SELECT count(*) AS "names!" FROM (SELECT 1 FROM module_names
+                                             WHERE module_hash = $1 AND name <> $2
+                                             LIMIT $3) AS named"#,
         hash,
         name,
         limit
     )
-    .fetch_optional(tx.statements())
+    .fetch_one(tx.statements())
     .await?;
-    match other_names {
-        None => return Err(StoreError::UnknownModules(vec![hash.to_owned()])),
-        Some(names) if names >= limit => {
-            return Err(StoreError::TooManyNames {
-                hash: hash.to_owned(),
-                limit: MAX_NAMES_PER_MODULE,
-            });
-        }
-        Some(_) => {}
+    if other_names >= limit {
+        return Err(StoreError::TooManyNames {
+            hash: hash.to_owned(),
+            limit: MAX_NAMES_PER_MODULE,
+        });
     }
     Ok(sqlx::query_as!(
         NameMove,

@@ -383,6 +383,24 @@ async fn the_cli_limits_pauses_and_resumes_a_queue_and_names_and_removes_modules
         4,
         "the name and its 3 moves: {history}"
     );
+    ok(cli(args(&format!("module name {hello} greeter:next")))
+        .await
+        .unwrap());
+    let first = ok(cli(args("module names --limit 1")).await.unwrap());
+    assert_eq!(
+        first,
+        format!("greeter:next  {hello}\nmore: --cursor greeter:next\n")
+    );
+    let rest = ok(cli(args("module names --limit 1 --cursor greeter:next"))
+        .await
+        .unwrap());
+    assert!(rest.starts_with("greeter:stable "), "{rest}");
+    assert_refused(
+        &cli(args("module names greeter:stable --limit 1"))
+            .await
+            .unwrap(),
+        "cannot be used with",
+    );
     let submitted = ok(cli(args(
         "job submit --module greeter:stable --queue emails --input {} --json",
     ))

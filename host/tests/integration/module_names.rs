@@ -8,9 +8,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::job::{JobState, MAX_NAMES_PER_MODULE};
-use taskflow::store::ModuleDeletion;
+use taskflow::store::{ModuleDeletion, StoreError};
 
-use crate::support::{TestApp, assert_api_error, assert_state, test_database, tree};
+use crate::support::{TestApp, assert_api_error, assert_state, stored_module, test_database, tree};
 
 const NAME: &str = "task:stable";
 
@@ -156,6 +156,48 @@ async fn names_come_a_page_at_a_time_and_a_module_takes_a_bounded_number() {
         assert_eq!(answer["error"]["field"], field, "{query}: {answer}");
     }
     app.finish().await;
+}
+
+/// A move onto a module counts the module's names under its row lock, in
+/// a statement after the lock's: counted in the statement that took the
+/// lock, they were read from a snapshot older than the wait, so a move
+/// that waited for another's missed the name it made, and two moves onto a
+/// module of 99 names left it 101.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_that_waited_for_another_counts_the_name_the_other_made() {
+    let db = test_database().await;
+    let store = db.store();
+    let module = stored_module(store).await;
+    for i in 0..MAX_NAMES_PER_MODULE - 1 {
+        store
+            .move_module_name(&format!("n-{i:03}"), &module, "test")
+            .await
+            .unwrap();
+    }
+    // Another move onto the module, holding its lock: the 100th name.
+    let mut other = db
+        .begin_held(&format!(
+            "SELECT 1 FROM modules WHERE hash = '{module}' FOR NO KEY UPDATE;
+             INSERT INTO module_names (name, module_hash) VALUES ('other', '{module}')"
+        ))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let (store, module) = (store.clone(), module.clone());
+        async move { store.move_module_name("waiting", &module, "test").await }
+    });
+    other.until_waiting(1).await.unwrap();
+    other.commit().await.unwrap();
+    let moved = waiting.await.unwrap();
+    assert!(
+        matches!(moved, Err(StoreError::TooManyNames { .. })),
+        "{moved:?}"
+    );
+    assert_eq!(
+        store.names_of_module(&module).await.unwrap().len(),
+        MAX_NAMES_PER_MODULE
+    );
+    db.drop_database().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
