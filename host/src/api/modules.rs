@@ -222,7 +222,7 @@ async fn name_module(
 #[utoipa::path(get, operation_id = "list_module_names", path = "/v1/module-names", tag = "modules", params(PageQuery),
     responses(
         (status = 200, description = "A page of names and where they point, in name order", body = ModuleNameList),
-        (status = 400, description = "`invalid_limit`, `invalid_field` (cursor)", body = ErrorBody),
+        (status = 400, description = "`invalid_limit`, `invalid_field` (cursor), `invalid_query`", body = ErrorBody),
     ))]
 async fn list_names(
     State(state): State<ApiState>,
@@ -321,7 +321,7 @@ async fn roll_back_name(
 #[utoipa::path(get, operation_id = "list_modules", path = "/v1/modules", tag = "modules", params(PageQuery),
     responses(
         (status = 200, description = "A page of modules in hash order", body = ModulePage),
-        (status = 400, description = "`invalid_limit`, `invalid_field` (cursor)", body = ErrorBody),
+        (status = 400, description = "`invalid_limit`, `invalid_field` (cursor), `invalid_query`", body = ErrorBody),
     ))]
 async fn list(
     State(state): State<ApiState>,

@@ -127,6 +127,12 @@ fn add_common_responses(operation: &mut Operation) {
                 "`invalid_json`, `invalid_field` (with `field`), `bad_body`: the body is not \
                  what the operation takes",
             ),
+            (
+                "408",
+                "`body_timeout`: the body did not arrive within the body timeout; \
+                 `body_too_slow`: a body of declared length fell behind the pace that \
+                 would bring it whole in time",
+            ),
             ("413", "`body_too_large`: the body exceeds its limit"),
             (
                 "415",
