@@ -20,7 +20,9 @@ use super::types::{
     AttemptList, AttemptQuery, AttemptView, BatchEntry, JobPage, JobQuery, JobView, JobWaitQuery,
     SubmitBatch, SubmitJob, SubmittedBatch, SubmittedJob,
 };
-use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
+use super::{
+    ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, next_cursor, page_limit,
+};
 use crate::config::ApiLimits;
 use crate::job::{FieldError, JobSpec, JobState, ModuleNames, TraceContext, check_queue_name};
 use crate::store::{JobFilter, StoreError, Submitted};
@@ -368,9 +370,7 @@ async fn attempts(
         .list_attempts(id, after, limit)
         .await?
         .ok_or_else(|| job_not_found(id))?;
-    let next_cursor = (attempts.len() as i64 == limit)
-        .then(|| attempts.last().map(|a| a.lease_token.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&attempts, limit, |a| a.lease_token.to_string());
     Ok(Json(AttemptList {
         job_id: id,
         attempts: attempts.into_iter().map(AttemptView::from).collect(),
@@ -419,9 +419,7 @@ async fn list(
     let jobs = state
         .read(|store| async move { store.list_jobs(filter).await })
         .await?;
-    let next_cursor = (jobs.len() as i64 == limit)
-        .then(|| jobs.last().map(|j| j.id.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&jobs, limit, |j| j.id.to_string());
     Ok(Json(JobPage {
         jobs: jobs.into_iter().map(Into::into).collect(),
         next_cursor,

@@ -256,6 +256,14 @@ fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<i64, ApiErro
     }
 }
 
+/// The cursor of the page after `page`, a full page of `limit` items (a
+/// shorter one is the last): what `cursor` makes of its last item.
+fn next_cursor<T>(page: &[T], limit: i64, cursor: impl Fn(&T) -> String) -> Option<String> {
+    (page.len() as i64 == limit)
+        .then(|| page.last().map(cursor))
+        .flatten()
+}
+
 /// Default and largest page size of list routes.
 const PAGE_DEFAULT: u32 = 50;
 const PAGE_MAX: u32 = 500;

@@ -22,7 +22,9 @@ use super::error::ErrorBody;
 use super::types::{
     ModuleNameList, ModuleNameView, ModulePage, ModuleView, NameMoveView, PageQuery,
 };
-use super::{ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, page_limit};
+use super::{
+    ApiError, ApiState, PAGE_DEFAULT, PAGE_MAX, PathParams, QueryParams, next_cursor, page_limit,
+};
 use crate::job::{check_module_hash, check_module_name};
 use crate::sandbox::{CompileError, InvalidModule};
 use crate::store::{ModuleDeletion, ModuleRecord, NameMove, NameRollback};
@@ -236,9 +238,7 @@ async fn list_names(
         .store
         .list_module_names(query.cursor.as_deref(), limit)
         .await?;
-    let next_cursor = (names.len() as i64 == limit)
-        .then(|| names.last().map(|(name, _)| name.clone()))
-        .flatten();
+    let next_cursor = next_cursor(&names, limit, |(name, _)| name.clone());
     Ok(Json(ModuleNameList {
         names: names.into_iter().collect(),
         next_cursor,
@@ -335,9 +335,7 @@ async fn list(
         .store
         .list_modules(query.cursor.as_deref(), limit)
         .await?;
-    let next_cursor = (modules.len() as i64 == limit)
-        .then(|| modules.last().map(|m| m.hash.clone()))
-        .flatten();
+    let next_cursor = next_cursor(&modules, limit, |m| m.hash.clone());
     Ok(Json(ModulePage {
         modules: modules.into_iter().map(Into::into).collect(),
         next_cursor,
