@@ -337,6 +337,10 @@ impl Store {
                 "migrations hold an advisory lock across transactions",
             ))?;
         let mut session = pool.acquire().await?;
+        // Never back to the pool holding the lock, even if this future is
+        // dropped midway: a closed session releases its advisory locks (a
+        // session-mode pooler's too, by its default `DISCARD ALL`).
+        session.close_on_drop();
         let mut waited = false;
         while !sqlx::query_scalar!(
             r#"SELECT pg_try_advisory_lock(hashtextextended('taskflow:migrations', 0)) AS "taken!""#
@@ -351,7 +355,6 @@ impl Store {
             tokio::time::sleep(MIGRATION_LOCK_POLL).await;
         }
         let migrated = MIGRATOR.run(&mut *session).await;
-        // Closing the session releases the lock, whatever happened.
         let closed = session.close().await;
         migrated?;
         Ok(closed?)
@@ -468,14 +471,14 @@ mod migration_rules {
                 );
             }
             if let Some(altered) = sql.find("ALTER TABLE") {
-                let timeout = sql.find("LOCK_TIMEOUT");
+                // SET LOCAL: a plain SET would outlast the migration on the
+                // migrator's session, into a later CONCURRENTLY build,
+                // whose waits it would time out.
+                let timeout = sql.find("SET LOCAL LOCK_TIMEOUT");
                 assert!(
-                    timeout.is_some_and(|at| at < altered),
-                    "{name}: set a lock_timeout before altering a table"
-                );
-                assert!(
-                    !(migration.no_tx && sql.contains("SET LOCAL")),
-                    "{name}: SET LOCAL does nothing outside a transaction"
+                    !migration.no_tx && timeout.is_some_and(|at| at < altered),
+                    "{name}: alter a table in a transaction that first runs \
+                     SET LOCAL lock_timeout"
                 );
             }
             checked += 1;

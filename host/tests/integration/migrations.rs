@@ -2,9 +2,10 @@
 //! that start together migrate one database together.
 
 use sqlx::{Connection, PgConnection};
-use taskflow::store::{DatabasePooler, Store};
-use taskflow_testkit::{database_url, server_database_url};
-use uuid::Uuid;
+use taskflow::store::{DatabasePooler, MIGRATOR, Store};
+use taskflow_testkit::server_database_url;
+
+use crate::support::TestDb;
 
 /// Each `taskflow api` migrates at start, so instances started together
 /// migrate one new database together. One waited for the other's
@@ -16,36 +17,31 @@ use uuid::Uuid;
 /// start.
 #[tokio::test(flavor = "multi_thread")]
 async fn processes_that_migrate_one_new_database_together_all_succeed() {
-    let server = server_database_url();
-    let name = format!("taskflow_migrate_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
+    let db = TestDb::create_unmigrated(&server_database_url(), "taskflow_migrate", 2)
         .await
         .unwrap();
-    let url = database_url(&server, &name);
     let instances: Vec<Store> = (0..3)
-        .map(|_| Store::connect_lazy(&url, 2, DatabasePooler::None).unwrap())
+        .map(|_| Store::connect_lazy(db.url(), 2, DatabasePooler::None).unwrap())
         .collect();
 
     let migrated = futures::future::join_all(instances.iter().map(Store::migrate)).await;
     for (instance, result) in migrated.iter().enumerate() {
         assert!(result.is_ok(), "instance {instance}: {result:?}");
     }
-    let mut database = PgConnection::connect(&url).await.unwrap();
-    let invalid: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid OR NOT indisready")
-            .fetch_one(&mut database)
-            .await
-            .unwrap();
+    let mut database = PgConnection::connect(db.url()).await.unwrap();
+    let (applied, invalid): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM _sqlx_migrations WHERE success),
+                (SELECT count(*) FROM pg_index WHERE NOT indisvalid OR NOT indisready)",
+    )
+    .fetch_one(&mut database)
+    .await
+    .unwrap();
+    assert_eq!(applied as usize, MIGRATOR.iter().count());
     assert_eq!(invalid, 0, "an index build was left unfinished");
 
     database.close().await.unwrap();
     for instance in &instances {
         instance.close().await;
     }
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    db.drop_database().await.unwrap();
 }

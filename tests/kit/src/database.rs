@@ -123,6 +123,23 @@ impl ScratchDatabase {
         prefix: &str,
         max_connections: u32,
     ) -> anyhow::Result<Self> {
+        let database = Self::create_unmigrated(server_url, prefix, max_connections).await?;
+        database.store.migrate().await?;
+        Ok(database)
+    }
+
+    /// As [`ScratchDatabase::create`], without migrating it: for tests of
+    /// migrating itself.
+    ///
+    /// # Errors
+    ///
+    /// If `prefix` is not lowercase ASCII letters, digits and `_`, or the
+    /// server refuses.
+    pub async fn create_unmigrated(
+        server_url: &str,
+        prefix: &str,
+        max_connections: u32,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             prefix
                 .bytes()
@@ -140,7 +157,6 @@ impl ScratchDatabase {
         admin.close().await?;
         let url = database_url(server_url, &name);
         let store = Store::connect_lazy(&url, max_connections, DatabasePooler::None)?;
-        store.migrate().await?;
         Ok(Self {
             name,
             server_url: server_url.to_owned(),
