@@ -102,7 +102,9 @@ impl Store {
         )
     }
 
-    /// Modules in hash order, starting after `after` (keyset pagination).
+    /// Modules in hash order, starting after `after` (keyset pagination;
+    /// every hash sorts after `''`, so each page is a range scan of the
+    /// primary key, as in [`Store::list_module_names`]).
     pub async fn list_modules(
         &self,
         after: Option<&str>,
@@ -112,7 +114,7 @@ impl Store {
         Ok(sqlx::query_as!(
             ModuleRecord,
             "SELECT hash, size_bytes, created_at FROM modules
-             WHERE $1::text IS NULL OR hash > $1
+             WHERE hash > COALESCE($1, '')
              ORDER BY hash LIMIT $2",
             after,
             limit
