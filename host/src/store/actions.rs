@@ -114,28 +114,41 @@ impl Store {
     /// the module first and this finds it gone ([`StoreError::ModuleDeleted`]).
     /// Earlier attempts are kept.
     ///
-    /// A job whose cancel ended a running attempt less than `settle` (the
-    /// lease TTL) ago is requeued as `scheduled`, to run then: its
-    /// guest runs until its worker's next heartbeat round reads the
-    /// revocation, up to a third of a TTL, and the next attempt must not
-    /// start before (docs/failure-semantics.md, "Cancel, then retry").
-    pub async fn requeue_if_finished(&self, id: Uuid, settle: Duration) -> StoreResult<JobRecord> {
+    /// A job whose latest attempt was ended by a cancel less than that
+    /// attempt's lease TTL ago (as its worker was granted it, `lease_ttl_ms`)
+    /// is requeued as `scheduled`, to run then: its guest runs until its
+    /// worker's next heartbeat round reads the revocation, up to a third of
+    /// that TTL, and the next attempt must not start before
+    /// (docs/failure-semantics.md, "Cancel, then retry"). `fallback_ttl`
+    /// (the caller's own lease TTL) stands in for an attempt claimed before
+    /// TTLs were recorded.
+    pub async fn requeue_if_finished(
+        &self,
+        id: Uuid,
+        fallback_ttl: Duration,
+    ) -> StoreResult<JobRecord> {
         super::statement("requeue_if_finished");
         let row = sqlx::query_as::<_, GuardedRequeue>(concat!(
             "WITH target AS (
-                 SELECT id, state, module_hash FROM jobs WHERE id = $1 FOR UPDATE
+                 SELECT id, state, module_hash, lease_token, lease_ttl_ms
+                 FROM jobs WHERE id = $1 FOR UPDATE
              ),
              module AS (
                  SELECT m.hash FROM modules m, target t WHERE m.hash = t.module_hash
                  FOR KEY SHARE OF m
              ),
-             -- One row: now, or when the guest of the job's latest attempt
-             -- ended by a cancel has stopped (a later cancel, of the job
-             -- waiting for that moment, ends no attempt).
+             -- One row: now, or, if a cancel ended the job's latest attempt
+             -- (the job's lease token is that attempt's), when its guest
+             -- has surely stopped. A later cancel, of the job waiting for
+             -- that moment, ends no attempt and so changes nothing.
              settled AS (
-                 SELECT GREATEST(now(), max(a.finished_at) + $2 * interval '1 millisecond') AS at
-                 FROM job_attempts a
-                 WHERE a.job_id = $1 AND a.outcome = 'cancelled'
+                 SELECT GREATEST(now(), max(a.finished_at)
+                        + COALESCE(t.lease_ttl_ms, $2) * interval '1 millisecond') AS at
+                 FROM target t
+                 LEFT JOIN job_attempts a
+                   ON a.job_id = t.id AND a.lease_token = t.lease_token
+                  AND a.outcome = 'cancelled'
+                 GROUP BY t.lease_ttl_ms
              ),
              requeued AS (
                  UPDATE jobs j
@@ -164,7 +177,7 @@ impl Store {
              FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM requeued)"
         ))
         .bind(id)
-        .bind(super::millis(settle) as f64)
+        .bind(super::millis(fallback_ttl))
         .fetch_optional(self.pool())
         .await?;
         match row {

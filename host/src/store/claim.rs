@@ -306,6 +306,7 @@ impl Store {
                  SET state = 'running', attempt = j.attempt + 1,
                      lease_token = nextval('lease_tokens'), worker_id = $3,
                      lease_expires_at = now() + $4 * interval '1 millisecond',
+                     lease_ttl_ms = ceil($4::float8)::bigint,
                      attempted_at = now(), updated_at = now()
                  FROM due WHERE j.id = due.id
                  RETURNING j.id, j.module_hash, j.queue, j.input, j.attempt, j.attempt_base,

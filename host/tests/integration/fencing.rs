@@ -4,17 +4,22 @@
 //! naive queues; where a worker's heartbeat takes part, its rounds run
 //! against a Redis of the test's own.
 
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use taskflow::job::{AttemptOutcome, JobState};
+use taskflow::job::{AttemptOutcome, JobState, NewJob};
 use taskflow::lease::{Leases, Redis};
+use taskflow::queue::{QueueLimits, QueueSettings};
 use taskflow::store::{ClaimPath, ClaimedJob, DatabasePooler, FinishedAttempt, Store, Transition};
 use taskflow::worker::{Heartbeat, InFlight};
 use taskflow_testkit::{Place, PrivateRedis};
 use uuid::Uuid;
 
-use crate::support::{TestDb, lease_lapses, rescue, store_with_jobs, success};
+use crate::support::{
+    TestDb, lease_lapses, new_job, rescue, store_with_jobs, stored_module, success, test_database,
+};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -376,5 +381,67 @@ async fn a_retry_right_after_cancelling_a_running_job_waits_for_its_guest_to_sto
 
     let requeued = store.requeue_if_finished(waiting, TTL).await.unwrap();
     assert_eq!(requeued.state, JobState::Available);
+    db.drop_database().await.unwrap();
+}
+
+/// The wait is the TTL the cancelled attempt's worker was granted, not the
+/// API's own `--lease-ttl`: a worker with a longer TTL renews, and so reads
+/// the revocation, less often, and its guest stops later. Each claim path
+/// records its TTL: the plain claim, a limited queue's reservation and a
+/// per-key limit's claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_a_cancel_waits_out_the_ttl_its_worker_was_granted() {
+    const WORKERS_TTL: Duration = Duration::from_secs(120);
+    const APIS_TTL: Duration = Duration::from_secs(1);
+    let db = test_database().await;
+    let store = db.store().clone();
+    let hash = stored_module(&store).await;
+    let limited = |limits| QueueSettings {
+        limits,
+        ..QueueSettings::default()
+    };
+    let at_most_ten = QueueLimits {
+        max_running: NonZeroU32::new(10),
+        ..QueueLimits::default()
+    };
+    let one_per_key = QueueLimits {
+        max_running_per_key: NonZeroU32::new(1),
+        ..QueueLimits::default()
+    };
+    for (queue, limits) in [("limited", at_most_ten), ("keyed", one_per_key)] {
+        store
+            .put_queue(queue, &limited(limits), &BTreeMap::new(), None)
+            .await
+            .unwrap();
+    }
+
+    for queue in ["default", "limited", "keyed"] {
+        let job = NewJob {
+            queue: queue.into(),
+            concurrency_key: Some("k".into()),
+            ..new_job(&hash)
+        };
+        store.insert_jobs(std::slice::from_ref(&job)).await.unwrap();
+        let claimed = store
+            .claim(queue, "w", 1, WORKERS_TTL, ClaimPath::Plain)
+            .await
+            .unwrap()
+            .jobs;
+        assert_eq!(claimed.len(), 1, "{queue}: one job claimed");
+        let cancelled = store
+            .cancel_if_unfinished(job.id, "cancelled")
+            .await
+            .unwrap();
+        assert_eq!(cancelled.previous, JobState::Running, "{queue}");
+
+        let requeued = store.requeue_if_finished(job.id, APIS_TTL).await.unwrap();
+        let settled_at = cancelled.job.finished_at.unwrap() + WORKERS_TTL;
+        assert_eq!(requeued.state, JobState::Scheduled, "{queue}");
+        assert!(
+            requeued.run_at >= settled_at,
+            "{queue}: {} < {settled_at}",
+            requeued.run_at
+        );
+    }
     db.drop_database().await.unwrap();
 }
