@@ -217,9 +217,12 @@ fn check_count(field: &str, count: usize, max: usize) -> Result<(), FieldError> 
     Ok(())
 }
 
+/// The longest configuration key or secret name, in bytes.
+pub const MAX_KEY_BYTES: usize = 64;
+
 /// Configuration keys and secret names: 1-64 of `A-Z a-z 0-9 _ . -`.
 fn check_key(field: &str, key: &str) -> Result<(), FieldError> {
-    let valid = (1..=64).contains(&key.len())
+    let valid = (1..=MAX_KEY_BYTES).contains(&key.len())
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
-use wasmtime::component::{Linker, ResourceTable, WasmStr};
+use wasmtime::component::{Linker, ResourceTable, WasmList, WasmStr};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -17,6 +17,7 @@ use super::clocks::{AttemptMonotonicClock, CoarseWallClock};
 use super::failure::MemoryLimitExceeded;
 use super::outbound::{AttemptHttp, AttemptOutbound};
 use super::resources::{MAX_TABLE_ELEMENTS, RESOURCE_BYTES, resource_capacity};
+use crate::queue::settings::MAX_KEY_BYTES;
 
 /// Everything one attempt's `Store` holds. Created fresh per attempt and
 /// dropped with the store, so nothing leaks from one job into the next.
@@ -133,23 +134,49 @@ fn add_host_interfaces(linker: &mut Linker<GuestState>, version: &str) -> wasmti
 
 /// `taskflow:task/secrets`: a secret's placeholder and HMACs keyed with it
 /// (`outbound/placeholders.rs`); never its value.
+///
+/// Names and data are read where they lie in guest memory ([`WasmStr`],
+/// [`WasmList`]) rather than copied out first, since a guest may pass
+/// anything up to its memory limit; and a name too long for any secret is
+/// refused without being echoed, since an escaped echo of control
+/// characters would be six times its size.
 fn add_secrets(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
-    let missing = |name: &str| format!("the job's queue grants no secret {name:?}");
     let mut secrets = linker.instance(SECRETS_INTERFACE)?;
-    secrets.func_wrap("placeholder", move |store, (name,): (String,)| {
+    secrets.func_wrap("placeholder", |store, (name,): (WasmStr,)| {
+        let name = name.to_str(&store)?;
         let outbound = &store.data().outbound;
-        Ok((outbound.placeholder(&name).ok_or_else(|| missing(&name)),))
+        let answer = grantable(&name)
+            .and_then(|name| outbound.placeholder(name).ok_or_else(|| not_granted(name)));
+        Ok((answer,))
     })?;
     secrets.func_wrap(
         "hmac-sha256",
-        move |store, (name, data): (String, Vec<u8>)| {
+        |store, (name, data): (WasmStr, WasmList<u8>)| {
+            let name = name.to_str(&store)?;
+            let data = data.as_le_slice(&store);
             let outbound = &store.data().outbound;
-            Ok((outbound
-                .hmac_sha256(&name, &data)
-                .ok_or_else(|| missing(&name)),))
+            let answer = grantable(&name).and_then(|name| {
+                outbound
+                    .hmac_sha256(name, data)
+                    .ok_or_else(|| not_granted(name))
+            });
+            Ok((answer,))
         },
     )?;
     Ok(())
+}
+
+/// `name`, if a queue could grant a secret by that name.
+fn grantable(name: &str) -> Result<&str, String> {
+    if name.len() > MAX_KEY_BYTES {
+        Err(format!("no secret has a name over {MAX_KEY_BYTES} bytes"))
+    } else {
+        Ok(name)
+    }
+}
+
+fn not_granted(name: &str) -> String {
+    format!("the job's queue grants no secret {name:?}")
 }
 
 /// Enforces the attempt's memory limit on the sum of all the guest's

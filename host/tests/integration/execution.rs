@@ -341,6 +341,47 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
     app.finish().await;
 }
 
+/// A secret's name comes from the guest: one longer than any secret's is
+/// refused, by both secret calls, without being copied out of guest memory
+/// or echoed back (escaped, its control characters would take six times
+/// its size in the worker, and more than the guest's memory limit to hand
+/// back).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_secret_name_is_refused_without_being_copied_or_echoed() {
+    const NAME: u64 = 48 << 20;
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let input = json!({"mode": "secret_calls", "name_bytes": NAME, "data_bytes": 0});
+    let (job, grew) = run_measuring_growth(&app, &module, input).await;
+    assert_state(&job, JobState::Succeeded);
+    let answers = tree(&job.output).unwrap();
+    for call in ["placeholder", "hmac"] {
+        assert_eq!(
+            answers[call]["error"], "no secret has a name over 64 bytes",
+            "{answers}"
+        );
+    }
+    assert_not_copied("secret name", NAME, grew);
+    app.finish().await;
+}
+
+/// The data a guest signs with a secret (`secrets.hmac-sha256`) is hashed
+/// where it lies in guest memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_to_sign_is_not_copied_out_of_the_guest() {
+    const DATA: u64 = 128 << 20;
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let input = json!({"mode": "secret_calls", "name_bytes": 0, "data_bytes": DATA});
+    let (job, grew) = run_measuring_growth(&app, &module, input).await;
+    assert_state(&job, JobState::Succeeded);
+    let answers = tree(&job.output).unwrap();
+    assert_eq!(
+        answers["hmac"]["error"], "the job's queue grants no secret \"k\"",
+        "{answers}"
+    );
+    assert_not_copied("signed data", DATA, grew);
+    app.finish().await;
+}
+
 /// The same for a guest's error: its message is cut at 8 KiB, and only
 /// that much is copied out of guest memory, not the whole of it first.
 #[tokio::test(flavor = "multi_thread")]

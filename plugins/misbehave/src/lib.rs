@@ -49,6 +49,15 @@ enum Mode {
     Probe,
     /// Burns roughly `iterations` loop iterations, then succeeds with a checksum.
     Burn { iterations: u64 },
+    /// Asks the host for the placeholder of a secret whose name is
+    /// `name_bytes` control characters (`"k"` if 0), then for an HMAC of
+    /// `data_bytes` bytes under that name, straight through the bindings,
+    /// and reports each answer's error (cut to 200 characters) and its
+    /// length: what a hostile guest could make the host copy or echo.
+    SecretCalls {
+        name_bytes: usize,
+        data_bytes: usize,
+    },
     /// Writes `bytes` bytes to stdout in one raw WASI call, ignoring the
     /// permit `check-write` grants (`blocking`: through
     /// `blocking-write-and-flush`, which takes at most 4096), and reports
@@ -156,6 +165,10 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             drop(reserved);
             Ok(json(serde_json::json!({ "marks": marks })))
         }
+        Mode::SecretCalls {
+            name_bytes,
+            data_bytes,
+        } => Ok(json(secret_calls(name_bytes, data_bytes))),
         Mode::Burn { iterations } => {
             let mut hash: u64 = 0xcbf29ce484222325;
             for i in 0..iterations {
@@ -164,6 +177,23 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
             Ok(json(serde_json::json!({ "checksum": hash })))
         }
     }
+}
+
+fn secret_calls(name_bytes: usize, data_bytes: usize) -> serde_json::Value {
+    use taskflow_sdk::bindings::taskflow::task::secrets;
+    fn reported<T>(answer: Result<T, String>) -> serde_json::Value {
+        let error = answer.err().unwrap_or_default();
+        let start: String = error.chars().take(200).collect();
+        serde_json::json!({ "error": start, "bytes": error.len() })
+    }
+    let name = match name_bytes {
+        0 => "k".to_owned(),
+        bytes => "\u{1}".repeat(bytes),
+    };
+    let placeholder = reported(secrets::placeholder(&name));
+    let data = std::hint::black_box(vec![7u8; data_bytes]);
+    let hmac = reported(secrets::hmac_sha256(&name, &data));
+    serde_json::json!({ "placeholder": placeholder, "hmac": hmac })
 }
 
 /// What each forbidden operation returned: `"denied: <error>"` or
