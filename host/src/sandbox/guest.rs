@@ -137,15 +137,16 @@ fn add_host_interfaces(linker: &mut Linker<GuestState>, version: &str) -> wasmti
 ///
 /// Names and data are read where they lie in guest memory ([`WasmStr`],
 /// [`WasmList`]) rather than copied out first, since a guest may pass
-/// anything up to its memory limit; and a name too long for any secret is
-/// refused without being echoed, since an escaped echo of control
-/// characters would be six times its size.
+/// anything up to its memory limit (a UTF-16 guest's strings are still
+/// transcoded, as [`WasmStr::to_str`] does); and a name too long for any
+/// secret is refused without being echoed, since an escaped echo of control
+/// characters would be up to six times its size.
 fn add_secrets(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     let mut secrets = linker.instance(SECRETS_INTERFACE)?;
     secrets.func_wrap("placeholder", |store, (name,): (WasmStr,)| {
         let name = name.to_str(&store)?;
         let outbound = &store.data().outbound;
-        let answer = grantable(&name)
+        let answer = short_enough_for_a_secret(&name)
             .and_then(|name| outbound.placeholder(name).ok_or_else(|| not_granted(name)));
         Ok((answer,))
     })?;
@@ -155,7 +156,7 @@ fn add_secrets(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             let name = name.to_str(&store)?;
             let data = data.as_le_slice(&store);
             let outbound = &store.data().outbound;
-            let answer = grantable(&name).and_then(|name| {
+            let answer = short_enough_for_a_secret(&name).and_then(|name| {
                 outbound
                     .hmac_sha256(name, data)
                     .ok_or_else(|| not_granted(name))
@@ -166,8 +167,9 @@ fn add_secrets(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// `name`, if a queue could grant a secret by that name.
-fn grantable(name: &str) -> Result<&str, String> {
+/// `name`, unless it is longer than any secret's name can be (and so is
+/// not worth echoing in an answer).
+fn short_enough_for_a_secret(name: &str) -> Result<&str, String> {
     if name.len() > MAX_KEY_BYTES {
         Err(format!("no secret has a name over {MAX_KEY_BYTES} bytes"))
     } else {
@@ -175,6 +177,7 @@ fn grantable(name: &str) -> Result<&str, String> {
     }
 }
 
+/// The answer for a name the job's queue grants no secret under.
 fn not_granted(name: &str) -> String {
     format!("the job's queue grants no secret {name:?}")
 }

@@ -359,6 +359,7 @@ async fn a_long_secret_name_is_refused_without_being_copied_or_echoed() {
             answers[call]["error"], "no secret has a name over 64 bytes",
             "{answers}"
         );
+        assert_eq!(answers[call]["bytes"], 34, "the whole answer: {answers}");
     }
     assert_not_copied("secret name", NAME, grew);
     app.finish().await;
