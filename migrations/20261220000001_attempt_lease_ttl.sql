@@ -1,12 +1,15 @@
 -- The lease TTL each claim granted, kept on the job like `worker_id` and
--- `attempted_at`: a retry after a cancel waits it out from the cancel, so
--- that the job's next attempt cannot start while the cancelled guest may
--- still run (`requeue_if_finished` in host/src/store/actions.rs). Before,
--- the retry waited the API's own `--lease-ttl`, and a worker given a TTL
--- over three times longer could still be running the guest when the next
--- attempt started. NULL for claims made before this migration, or by the
--- plain claim of a binary that predates it: the retry then falls back on
--- the API's TTL.
+-- `attempted_at`, so that what ends an attempt outside its worker waits for
+-- that worker's next heartbeat round: a retry after a cancel waits it out
+-- from the cancel (`requeue_if_finished` in host/src/store/actions.rs), a
+-- revocation marker lasts as long (`Leases::revoke`), and the rescuer trusts
+-- a key missing after Redis lost its keys only once it has passed
+-- (host/src/maintenance/rescuer.rs). Before, each used the TTL of the API or
+-- rescuer doing it, and a worker given a TTL over three times longer could
+-- still run a cancelled or rescued guest when the job's next attempt
+-- started. NULL for claims made before this migration; the plain claim of a
+-- binary that predates it leaves an earlier claim's value. Each reader
+-- therefore waits at least its own TTL too.
 --
 -- A column without a default changes only the catalog; the lock timeout
 -- bounds how long the ALTER may queue behind running transactions, and

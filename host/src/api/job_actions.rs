@@ -50,10 +50,13 @@ pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, 
     if let Some(lease_token) = running
         && let Err(error) = state
             .leases
-            .revoke(&[LeaseRef {
-                job_id: id,
-                lease_token,
-            }])
+            .revoke(
+                &[LeaseRef {
+                    job_id: id,
+                    lease_token,
+                }],
+                cancelled.lease_ttl,
+            )
             .await
     {
         // The cancel is committed; the worker's result will be discarded.
@@ -68,7 +71,7 @@ pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, 
 /// set of attempts.
 #[utoipa::path(post, operation_id = "retry_job", path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = Uuid, Path, description = "The job's id")),
     responses(
-        (status = 200, description = "Requeued with a fresh set of attempts: `available`, or `scheduled` one lease TTL (the worker's) after the cancel when the cancel ended a running attempt (its guest stops by then)", body = JobView),
+        (status = 200, description = "Requeued with a fresh set of attempts: `available`, or `scheduled` one lease TTL (the worker's, or the API's if longer) after the cancel when the cancel ended a running attempt (its guest stops by then)", body = JobView),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the job is not dead or cancelled; `module_deleted`: its module was deleted", body = ErrorBody),
     ))]

@@ -57,7 +57,7 @@ pub enum JobState {
     /// (see [`Cancelled`](Self::Cancelled) for when it is `scheduled`).
     Dead,
     /// Stopped by a user. A user's retry makes it `available` again, or
-    /// `scheduled` until one lease TTL (its worker's) after a cancel that
+    /// `scheduled` until one lease TTL (its worker's, or the API's if longer) after a cancel that
     /// ended a running attempt, whose guest may run until then
     /// (`Store::requeue_if_finished`).
     Cancelled,

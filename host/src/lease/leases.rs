@@ -206,20 +206,17 @@ impl Leases {
         self.ttl / 3
     }
 
-    fn ttl_ms(&self) -> u64 {
-        self.ttl.as_millis() as u64
-    }
-
     /// Runs one of the per-lease scripts over `leases` in one round trip:
-    /// KEYS are their lease keys, ARGV[1] the TTL in ms and ARGV[1 + i] the
+    /// KEYS are their lease keys, ARGV[1] `ttl` in ms and ARGV[1 + i] the
     /// token of KEYS[i], the calling convention all four share.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         script: &Script,
+        ttl: Duration,
         leases: &[LeaseRef],
     ) -> Result<T, RedisError> {
         let mut invocation = script.prepare_invoke();
-        invocation.arg(self.ttl_ms());
+        invocation.arg(ttl.as_millis() as u64);
         for lease in leases {
             invocation
                 .key(self.redis.lease_key(lease.job_id))
@@ -234,7 +231,7 @@ impl Leases {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let codes: Vec<i64> = self.invoke(&RENEW_SCRIPT, leases).await?;
+        let codes: Vec<i64> = self.invoke(&RENEW_SCRIPT, self.ttl, leases).await?;
         Ok(codes
             .into_iter()
             .map(|code| match code {
@@ -253,7 +250,7 @@ impl Leases {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let codes: Vec<i64> = self.invoke(&RESTORE_SCRIPT, leases).await?;
+        let codes: Vec<i64> = self.invoke(&RESTORE_SCRIPT, self.ttl, leases).await?;
         Ok(codes.into_iter().map(|code| code == 1).collect())
     }
 
@@ -262,20 +259,30 @@ impl Leases {
         if leases.is_empty() {
             return Ok(());
         }
-        let () = self.invoke(&RELEASE_SCRIPT, leases).await?;
+        let () = self.invoke(&RELEASE_SCRIPT, self.ttl, leases).await?;
         Ok(())
     }
 
     /// Marks attempts' leases as revoked (unless the key speaks for a newer
     /// attempt), so a worker still running one learns at its next
     /// renewal that it must stop: used when a running job is cancelled, and
-    /// by the rescuer for the attempts it ended. The marker expires after
-    /// one TTL.
-    pub async fn revoke(&self, leases: &[LeaseRef]) -> Result<(), RedisError> {
+    /// by the rescuer for the attempts it ended.
+    ///
+    /// The marker lasts one TTL, or `longest_granted` (the longest TTL
+    /// their claims granted, `jobs.lease_ttl_ms`) if that is longer: a
+    /// worker given a longer TTL than this process renews less often, and
+    /// an attempt whose first round has not yet written its key would
+    /// write it over a marker that expired first (`RESTORE_SCRIPT`).
+    pub async fn revoke(
+        &self,
+        leases: &[LeaseRef],
+        longest_granted: Option<Duration>,
+    ) -> Result<(), RedisError> {
         if leases.is_empty() {
             return Ok(());
         }
-        let () = self.invoke(&REVOKE_SCRIPT, leases).await?;
+        let ttl = longest_granted.map_or(self.ttl, |granted| granted.max(self.ttl));
+        let () = self.invoke(&REVOKE_SCRIPT, ttl, leases).await?;
         Ok(())
     }
 

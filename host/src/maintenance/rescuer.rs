@@ -11,8 +11,10 @@
 //!    worker stopped renewing and the key expired, or it never got written).
 //!
 //! and Redis has held TaskFlow's state for at least one TTL
-//! ([`Leases::redis_age`]): right after a flush or restart every key is
-//! missing, and live workers need one renewal round to restore theirs;
+//! ([`Leases::redis_age`]), the rescuer's and the one the attempt's claim
+//! granted (`jobs.lease_ttl_ms`, which workers set with their own
+//! `--lease-ttl`): right after a flush or restart every key is missing, and
+//! live workers need one renewal round to restore theirs;
 //! right after a cluster failover the promoted replica may lack the last
 //! renewals its old master accepted (ADR 006). If
 //! Redis is unreachable the rescuer does nothing; it cannot tell a dead
@@ -100,10 +102,12 @@ impl Rescuer {
         Self { traces, ..self }
     }
 
-    /// Whether Redis was flushed, restarted or failed over less than one
-    /// TTL ago, so a missing lease key proves nothing yet.
-    async fn in_grace_period(&self) -> Result<bool, RescueError> {
-        Ok(self.leases.redis_age().await? < self.leases.ttl())
+    /// How long Redis has kept its keys, or `None` if it was flushed,
+    /// restarted or failed over less than one TTL ago, so a missing lease
+    /// key proves nothing yet.
+    async fn keys_kept_for(&self) -> Result<Option<Duration>, RescueError> {
+        let age = self.leases.redis_age().await?;
+        Ok((age >= self.leases.ttl()).then_some(age))
     }
 
     /// One pass over up to [`BATCH_SIZE`] expired leases.
@@ -112,26 +116,31 @@ impl Rescuer {
             in_grace_period: true,
             ..Default::default()
         };
-        if self.in_grace_period().await? {
+        let Some(kept_for) = self.keys_kept_for().await? else {
             return Ok(grace_period);
-        }
+        };
         let candidates = self.store.running_past_lease(BATCH_SIZE).await?;
         if candidates.is_empty() {
             return Ok(RescueCounts::default());
         }
         let ids: Vec<_> = candidates.iter().map(|c| c.job_id).collect();
         let holders = self.leases.holders(&ids).await?;
-        let (alive, gone): (Vec<_>, Vec<_>) =
+        let (alive, mut gone): (Vec<_>, Vec<_>) =
             candidates
                 .into_iter()
                 .zip(holders)
                 .partition(|(candidate, holder)| {
                     holder.is_some_and(|holder| holder.lease_token == candidate.lease_token)
                 });
+        // A worker restores its keys at its next heartbeat round, so a key
+        // missing since Redis lost its keys proves nothing until the TTL
+        // its claim granted has passed too: longer than ours, its worker
+        // renews less often. Such a lease is checked again next pass.
+        gone.retain(|(candidate, _)| candidate.lease_ttl().is_none_or(|ttl| ttl <= kept_for));
         // A failover between the check above and the read of the holders
         // would make the promoted replica's missing keys look like dead
         // workers: they are trusted only if the same Redis still answers.
-        if !gone.is_empty() && self.in_grace_period().await? {
+        if !gone.is_empty() && self.keys_kept_for().await?.is_none() {
             return Ok(grace_period);
         }
 
@@ -170,7 +179,8 @@ impl Rescuer {
         let rescued: Vec<_> = rescued.iter().map(|rescue| rescue.lease).collect();
         // A worker that was only paused may come back and find its key
         // missing; the marker makes its next renewal report the lease lost.
-        if let Err(error) = self.leases.revoke(&rescued).await {
+        let longest_granted = gone.iter().filter_map(|(c, _)| c.lease_ttl()).max();
+        if let Err(error) = self.leases.revoke(&rescued, longest_granted).await {
             tracing::warn!(%error, "cannot mark rescued leases as revoked");
         }
         let rescued = rescued.len();

@@ -18,6 +18,9 @@ pub struct CancelOutcome {
     /// Its state before; `Running` means a worker may still be executing it
     /// and should be told to stop.
     pub previous: JobState,
+    /// The lease TTL the job's latest claim granted (`lease_ttl_ms`), if
+    /// recorded: how long a revocation of that attempt must last.
+    pub lease_ttl: Option<Duration>,
 }
 
 /// The row a guarded single-job update returns: the job, whether the guard
@@ -28,6 +31,15 @@ struct GuardedUpdate {
     job: JobRecord,
     applied: bool,
     previous: Option<JobState>,
+}
+
+/// A cancel's row: the guarded update, and the TTL of the job's latest
+/// claim.
+#[derive(sqlx::FromRow)]
+struct GuardedCancel {
+    #[sqlx(flatten)]
+    guarded: GuardedUpdate,
+    lease_ttl_ms: Option<i64>,
 }
 
 /// A requeue's row: the guarded update, and whether the job's module still
@@ -53,9 +65,9 @@ impl Store {
         error_kind: &str,
     ) -> StoreResult<CancelOutcome> {
         super::statement("cancel_if_unfinished");
-        let row = sqlx::query_as::<_, GuardedUpdate>(concat!(
+        let row = sqlx::query_as::<_, GuardedCancel>(concat!(
             "WITH target AS (
-                 SELECT id, state, lease_token, attempt, worker_id, attempted_at
+                 SELECT id, state, lease_token, attempt, worker_id, attempted_at, lease_ttl_ms
                  FROM jobs WHERE id = $1 FOR UPDATE
              ),
              cancelled AS (
@@ -80,12 +92,12 @@ impl Store {
              )
              SELECT ",
             job_columns!("c."),
-            ", true AS applied, t.state AS previous
+            ", true AS applied, t.state AS previous, t.lease_ttl_ms
              FROM target t JOIN cancelled c ON c.id = t.id
              UNION ALL
              SELECT ",
             job_columns!("j."),
-            ", false AS applied, j.state AS previous
+            ", false AS applied, j.state AS previous, j.lease_ttl_ms
              FROM jobs j
              WHERE j.id = $1 AND NOT EXISTS (SELECT 1 FROM cancelled)"
         ))
@@ -93,8 +105,12 @@ impl Store {
         .bind(error_kind)
         .fetch_optional(self.pool())
         .await?;
+        let lease_ttl = row
+            .as_ref()
+            .and_then(|row| row.lease_ttl_ms)
+            .map(super::from_millis);
         let row = applied(
-            row,
+            row.map(|row| row.guarded),
             id,
             "cancel",
             "scheduled, available, running or retrying",
@@ -102,6 +118,7 @@ impl Store {
         Ok(CancelOutcome {
             previous: row.previous.unwrap_or(row.job.state),
             job: row.job,
+            lease_ttl,
         })
     }
 
@@ -119,14 +136,11 @@ impl Store {
     /// is requeued as `scheduled`, to run then: its guest runs until its
     /// worker's next heartbeat round reads the revocation, up to a third of
     /// that TTL, and the next attempt must not start before
-    /// (docs/failure-semantics.md, "Cancel, then retry"). `fallback_ttl`
-    /// (the caller's own lease TTL) stands in for an attempt claimed before
-    /// TTLs were recorded.
-    pub async fn requeue_if_finished(
-        &self,
-        id: Uuid,
-        fallback_ttl: Duration,
-    ) -> StoreResult<JobRecord> {
+    /// (docs/failure-semantics.md, "Cancel, then retry"). It waits at least
+    /// `own_ttl` (the caller's lease TTL), which stands in for a TTL not
+    /// recorded: the plain claim of a binary older than the column writes
+    /// none, and so leaves an earlier claim's.
+    pub async fn requeue_if_finished(&self, id: Uuid, own_ttl: Duration) -> StoreResult<JobRecord> {
         super::statement("requeue_if_finished");
         let row = sqlx::query_as::<_, GuardedRequeue>(concat!(
             "WITH target AS (
@@ -143,7 +157,7 @@ impl Store {
              -- that moment, ends no attempt and so changes nothing.
              settled AS (
                  SELECT GREATEST(now(), max(a.finished_at)
-                        + COALESCE(t.lease_ttl_ms, $2) * interval '1 millisecond') AS at
+                        + GREATEST(t.lease_ttl_ms, $2) * interval '1 millisecond') AS at
                  FROM target t
                  LEFT JOIN job_attempts a
                    ON a.job_id = t.id AND a.lease_token = t.lease_token
@@ -177,7 +191,7 @@ impl Store {
              FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM requeued)"
         ))
         .bind(id)
-        .bind(super::millis(fallback_ttl))
+        .bind(super::millis(own_ttl))
         .fetch_optional(self.pool())
         .await?;
         match row {

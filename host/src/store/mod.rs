@@ -393,6 +393,12 @@ fn millis(duration: Duration) -> i64 {
     saturating_i64(duration.as_millis())
 }
 
+/// A duration stored as whole milliseconds (`lease_ttl_ms`), the inverse of
+/// [`millis`].
+fn from_millis(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(0).unsigned_abs())
+}
+
 /// A count as PostgreSQL's `bigint`, capped at its largest value.
 fn saturating_i64(count: impl TryInto<i64>) -> i64 {
     count.try_into().unwrap_or(i64::MAX)

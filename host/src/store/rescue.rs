@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{LeaseRef, Store, StoreResult, millis};
+use super::{LeaseRef, Store, StoreResult, from_millis, millis};
 
 /// A running job whose lease the rescuer should check.
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub struct RunningLease {
     /// Its lease's deadline, passed when read; a rescue decided on it
     /// applies only while it is unchanged (`AttemptEnd::LeaseExpired`).
     pub lease_expires_at: DateTime<Utc>,
+    /// The lease TTL its claim granted, in ms (NULL if claimed before it was
+    /// recorded).
+    pub lease_ttl_ms: Option<i64>,
 }
 
 impl RunningLease {
@@ -38,6 +41,11 @@ impl RunningLease {
             job_id: self.job_id,
             lease_token: self.lease_token,
         }
+    }
+
+    /// The lease TTL its claim granted, if recorded.
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        self.lease_ttl_ms.map(from_millis)
     }
 }
 
@@ -52,7 +60,7 @@ impl Store {
             // Every claim sets these and nothing clears them: a running job has them.
             r#"SELECT id AS job_id, lease_token AS "lease_token!", attempt, attempt_base,
                     max_attempts, worker_id AS "worker_id!", attempted_at AS "attempted_at!",
-                    lease_expires_at AS "lease_expires_at!"
+                    lease_expires_at AS "lease_expires_at!", lease_ttl_ms
              FROM jobs
              WHERE state = 'running' AND lease_expires_at < now()
              ORDER BY lease_expires_at

@@ -384,11 +384,11 @@ async fn a_retry_right_after_cancelling_a_running_job_waits_for_its_guest_to_sto
     db.drop_database().await.unwrap();
 }
 
-/// The wait is the TTL the cancelled attempt's worker was granted, not the
-/// API's own `--lease-ttl`: a worker with a longer TTL renews, and so reads
-/// the revocation, less often, and its guest stops later. Each claim path
-/// records its TTL: the plain claim, a limited queue's reservation and a
-/// per-key limit's claim.
+/// The wait is the TTL the cancelled attempt's worker was granted where
+/// that is longer than the API's own `--lease-ttl`: a worker with a longer
+/// TTL renews, and so reads the revocation, less often, and its guest stops
+/// later. Each claim path records its TTL: the plain claim, a limited
+/// queue's reservation and a per-key limit's claim.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_after_a_cancel_waits_out_the_ttl_its_worker_was_granted() {
     const WORKERS_TTL: Duration = Duration::from_secs(120);
@@ -443,5 +443,31 @@ async fn a_retry_after_a_cancel_waits_out_the_ttl_its_worker_was_granted() {
             requeued.run_at
         );
     }
+
+    // Never shorter than the API's own TTL, which stands in for a TTL not
+    // recorded (or left by an earlier claim).
+    let job = new_job(&hash);
+    store.insert_jobs(std::slice::from_ref(&job)).await.unwrap();
+    let claimed = store
+        .claim("default", "w", 1, APIS_TTL, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), 1);
+    let cancelled = store
+        .cancel_if_unfinished(job.id, "cancelled")
+        .await
+        .unwrap();
+    assert_eq!(cancelled.lease_ttl, Some(APIS_TTL));
+    let requeued = store
+        .requeue_if_finished(job.id, WORKERS_TTL)
+        .await
+        .unwrap();
+    let settled_at = cancelled.job.finished_at.unwrap() + WORKERS_TTL;
+    assert!(
+        requeued.run_at >= settled_at,
+        "{} < {settled_at}",
+        requeued.run_at
+    );
     db.drop_database().await.unwrap();
 }

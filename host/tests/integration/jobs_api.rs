@@ -8,8 +8,11 @@ use serde_json::json;
 use taskflow::api::types::{JobQuery, SubmitBatch, SubmitJob};
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
+use taskflow::store::ClaimPath;
 
-use crate::support::{TestApp, assert_state, eventually, failing_every_attempt, keyed, tree};
+use crate::support::{
+    TestApp, assert_state, eventually, failing_every_attempt, keyed, new_job, stored_module, tree,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submitted_job_runs_and_its_output_and_log_are_stored() {
@@ -275,5 +278,32 @@ async fn attempts_come_in_pages_oldest_first() {
             .await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
     }
+    app.finish().await;
+}
+
+/// The API's revocation of a cancelled attempt lasts as long as the TTL the
+/// attempt's worker was granted, though the API's own is shorter (1 s
+/// here): that worker's next round, up to a third of its TTL away, must
+/// still find it, or an attempt that has not yet written its key would
+/// write it and run on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancels_revocation_lasts_the_ttl_the_workers_claim_granted() {
+    let app = TestApp::start().await;
+    let store = app.store();
+    let job = new_job(&stored_module(store).await);
+    store.insert_jobs(std::slice::from_ref(&job)).await.unwrap();
+    let workers_ttl = Duration::from_secs(120);
+    let claimed = store
+        .claim("default", "w", 1, workers_ttl, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), 1);
+
+    let cancelled = app.client.cancel(job.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    let key = format!("lease:{}", job.id);
+    let lasts = app.redis_pttl(&key).await;
+    assert!(lasts > workers_ttl / 2, "the marker lasts {lasts:?}");
     app.finish().await;
 }

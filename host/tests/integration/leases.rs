@@ -60,6 +60,16 @@ impl Lab {
             .unwrap()
     }
 
+    /// How long the lease key has left.
+    async fn pttl(&mut self) -> Duration {
+        let ms: i64 = redis::cmd("PTTL")
+            .arg(self.key_name())
+            .query_async(&mut self.raw)
+            .await
+            .unwrap();
+        Duration::from_millis(ms.max(0).unsigned_abs())
+    }
+
     /// What a flush does to this lease: the key is gone.
     async fn flush(&mut self) {
         let () = redis::cmd("DEL")
@@ -79,7 +89,10 @@ impl Lab {
 
     /// What the rescuer or a cancel does to attempt `token`.
     async fn revoke(&self, token: i64) {
-        self.leases.revoke(&[self.lease(token)]).await.unwrap();
+        self.leases
+            .revoke(&[self.lease(token)], None)
+            .await
+            .unwrap();
     }
 
     /// What attempt `token`'s worker does once it finished.
@@ -127,6 +140,7 @@ scenarios!(
     redis_age_restarts_from_zero_when_the_epoch_key_is_lost,
     redis_age_restarts_from_zero_when_another_server_process_wrote_the_epoch,
     redis_age_restarts_from_zero_when_the_redis_clock_stepped_back,
+    a_revocation_lasts_as_long_as_the_longest_ttl_granted,
 );
 
 async fn a_worker_paused_past_its_lease_cannot_renew_or_restore_once_rescued(lab: &mut Lab) {
@@ -172,6 +186,27 @@ async fn a_revocation_never_touches_a_newer_attempts_key(lab: &mut Lab) {
     lab.revoke(4).await;
     assert!(!lab.restore(4).await);
     assert!(lab.restore(5).await, "a newer attempt may overwrite it");
+}
+
+/// A revocation by an API (or rescuer) whose own TTL is shorter than the
+/// worker's must still be there at that worker's next round, up to a third
+/// of its TTL away: an attempt whose first round finds its key missing
+/// writes it (`restore`) and runs on.
+async fn a_revocation_lasts_as_long_as_the_longest_ttl_granted(lab: &mut Lab) {
+    lab.leases
+        .revoke(&[lab.lease(8)], Some(TTL * 4))
+        .await
+        .unwrap();
+    let lasts = lab.pttl().await;
+    assert!(lasts > TTL * 3, "{lasts:?}");
+    // Never shorter than the revoker's own TTL.
+    lab.leases
+        .revoke(&[lab.lease(9)], Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let lasts = lab.pttl().await;
+    assert!(lasts > TTL / 2, "{lasts:?}");
+    assert_eq!(lab.key().await.as_deref(), Some("revoked:9"));
 }
 
 async fn a_released_lease_cannot_be_taken_back_by_its_own_or_an_older_attempt(lab: &mut Lab) {

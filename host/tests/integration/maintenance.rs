@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::json;
+use sqlx::{Connection, PgConnection};
 use taskflow::api::types::SubmitJob;
 use taskflow::job::JobState;
 use taskflow::lease::{Leases, Redis, Waker};
@@ -130,6 +131,53 @@ async fn the_rescuer_ends_attempts_whose_lease_is_gone_and_extends_those_still_h
     let rescued = store.get_job(abandoned.id).await.unwrap().unwrap();
     assert_eq!(rescued.job.state, JobState::Retrying);
     assert_eq!(rescued.job.last_error.unwrap().0["kind"], "lease_expired");
+    db.drop_database().await.unwrap();
+}
+
+/// After Redis lost its keys, a missing key proves nothing until its own
+/// worker had time to restore it: a worker given a longer TTL than the
+/// rescuer's renews less often, so its attempts wait out the TTL their
+/// claim granted before the rescuer trusts their missing keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_redis_lost_its_keys_the_rescuer_waits_out_each_attempts_own_ttl() {
+    let ttl = Duration::from_millis(200);
+    let (db, _) = store_with_jobs(2).await;
+    let store = db.store().clone();
+    let rescuer = Rescuer::new(
+        store.clone(),
+        leases(ttl),
+        taskflow::config::RetryPolicy {
+            backoff_base: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(60),
+        },
+    );
+    // Redis was just met, as after a flush: nothing is rescued for one TTL.
+    assert!(rescuer.rescue().await.unwrap().in_grace_period);
+    let claim = async |worker_ttl| {
+        let mut claimed = store
+            .claim("default", "w", 1, worker_ttl, ClaimPath::Plain)
+            .await
+            .unwrap()
+            .jobs;
+        claimed.remove(0).id
+    };
+    let short = claim(ttl).await;
+    let long = claim(Duration::from_secs(60)).await;
+    // Both deadlines pass, as they do once the rescuer confirmed a lease
+    // whose key then vanished; neither key is in Redis.
+    let mut admin = PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 millisecond'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+
+    let counts = rescuer.rescue().await.unwrap();
+    assert!(!counts.in_grace_period);
+    assert_eq!(counts.rescued, 1, "{counts:?}");
+    let state = async |id| store.get_job(id).await.unwrap().unwrap().job.state;
+    assert_eq!(state(short).await, JobState::Retrying);
+    assert_eq!(state(long).await, JobState::Running);
     db.drop_database().await.unwrap();
 }
 

@@ -347,6 +347,18 @@ impl TestApp {
         (redis.connection(), redis.prefix().to_owned())
     }
 
+    /// How long this app's Redis key `suffix` has left (zero if it has no
+    /// expiry or does not exist).
+    pub async fn redis_pttl(&self, suffix: &str) -> Duration {
+        let (mut connection, prefix) = self.redis_connection();
+        let ms: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}{suffix}"))
+            .query_async(&mut connection)
+            .await
+            .expect("PTTL");
+        Duration::from_millis(ms.max(0).unsigned_abs())
+    }
+
     /// Deletes every Redis key of this app: what a `FLUSHALL` does to it,
     /// without disturbing tests running alongside.
     pub async fn flush_redis(&self) -> usize {
