@@ -315,8 +315,9 @@ impl Leases {
     ///
     /// After a flush, a restart or a failover the answer starts again from
     /// zero. Until
-    /// it exceeds one lease TTL, a missing lease key proves nothing (its
-    /// holder may not have restored it yet), so the rescuer waits.
+    /// it exceeds one lease TTL (the attempt's own, if its claim granted a
+    /// longer one), a missing lease key proves nothing (its holder may not
+    /// have restored it yet), so the rescuer waits.
     pub async fn redis_age(&self) -> Result<Duration, RedisError> {
         let mut connection = self.redis.connection.clone();
         let age_ms: i64 = EPOCH_SCRIPT

@@ -119,24 +119,19 @@ impl Rescuer {
         let Some(kept_for) = self.keys_kept_for().await? else {
             return Ok(grace_period);
         };
-        let candidates = self.store.running_past_lease(BATCH_SIZE).await?;
+        let candidates = self.store.running_past_lease(BATCH_SIZE, kept_for).await?;
         if candidates.is_empty() {
             return Ok(RescueCounts::default());
         }
         let ids: Vec<_> = candidates.iter().map(|c| c.job_id).collect();
         let holders = self.leases.holders(&ids).await?;
-        let (alive, mut gone): (Vec<_>, Vec<_>) =
+        let (alive, gone): (Vec<_>, Vec<_>) =
             candidates
                 .into_iter()
                 .zip(holders)
                 .partition(|(candidate, holder)| {
                     holder.is_some_and(|holder| holder.lease_token == candidate.lease_token)
                 });
-        // A worker restores its keys at its next heartbeat round, so a key
-        // missing since Redis lost its keys proves nothing until the TTL
-        // its claim granted has passed too: longer than ours, its worker
-        // renews less often. Such a lease is checked again next pass.
-        gone.retain(|(candidate, _)| candidate.lease_ttl().is_none_or(|ttl| ttl <= kept_for));
         // A failover between the check above and the read of the holders
         // would make the promoted replica's missing keys look like dead
         // workers: they are trusted only if the same Redis still answers.

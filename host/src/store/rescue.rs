@@ -53,7 +53,20 @@ impl Store {
     /// Running jobs whose `lease_expires_at` has passed, oldest first: the
     /// rescuer asks Redis whether their leases are still alive. Served by
     /// `jobs_lease_idx`.
-    pub async fn running_past_lease(&self, limit: usize) -> StoreResult<Vec<RunningLease>> {
+    ///
+    /// Only attempts whose claim granted a TTL of at most `keys_kept_for`
+    /// (how long Redis has kept its keys, [`Leases::redis_age`]): a worker
+    /// restores its keys at its next heartbeat round, so after Redis lost
+    /// them a missing key proves nothing until its own TTL has passed too.
+    /// Filtered here, not after, so that such leases never fill the batch
+    /// ahead of others.
+    ///
+    /// [`Leases::redis_age`]: crate::lease::Leases::redis_age
+    pub async fn running_past_lease(
+        &self,
+        limit: usize,
+        keys_kept_for: Duration,
+    ) -> StoreResult<Vec<RunningLease>> {
         super::statement("running_past_lease");
         Ok(sqlx::query_as!(
             RunningLease,
@@ -63,9 +76,11 @@ impl Store {
                     lease_expires_at AS "lease_expires_at!", lease_ttl_ms
              FROM jobs
              WHERE state = 'running' AND lease_expires_at < now()
+               AND (lease_ttl_ms IS NULL OR lease_ttl_ms <= $2)
              ORDER BY lease_expires_at
              LIMIT $1"#,
-            limit as i64
+            limit as i64,
+            millis(keys_kept_for)
         )
         .fetch_all(self.pool())
         .await?)

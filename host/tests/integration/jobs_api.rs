@@ -303,6 +303,10 @@ async fn a_cancels_revocation_lasts_the_ttl_the_workers_claim_granted() {
     let cancelled = app.client.cancel(job.id).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     let key = format!("lease:{}", job.id);
+    assert_eq!(
+        app.redis_value(&key).await,
+        Some(format!("revoked:{}", claimed[0].lease_token))
+    );
     let lasts = app.redis_pttl(&key).await;
     assert!(lasts > workers_ttl / 2, "the marker lasts {lasts:?}");
     app.finish().await;

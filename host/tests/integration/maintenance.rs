@@ -161,8 +161,9 @@ async fn after_redis_lost_its_keys_the_rescuer_waits_out_each_attempts_own_ttl()
             .jobs;
         claimed.remove(0).id
     };
+    let longer_ttl = Duration::from_secs(2);
     let short = claim(ttl).await;
-    let long = claim(Duration::from_secs(60)).await;
+    let long = claim(longer_ttl).await;
     // Both deadlines pass, as they do once the rescuer confirmed a lease
     // whose key then vanished; neither key is in Redis.
     let mut admin = PgConnection::connect(db.url()).await.unwrap();
@@ -174,10 +175,17 @@ async fn after_redis_lost_its_keys_the_rescuer_waits_out_each_attempts_own_ttl()
 
     let counts = rescuer.rescue().await.unwrap();
     assert!(!counts.in_grace_period);
-    assert_eq!(counts.rescued, 1, "{counts:?}");
+    assert_eq!((counts.examined, counts.rescued), (1, 1), "{counts:?}");
     let state = async |id| store.get_job(id).await.unwrap().unwrap().job.state;
     assert_eq!(state(short).await, JobState::Retrying);
     assert_eq!(state(long).await, JobState::Running);
+
+    // Once Redis has kept its keys for the longer TTL too, that key's
+    // absence is trusted.
+    tokio::time::sleep(longer_ttl).await;
+    let counts = rescuer.rescue().await.unwrap();
+    assert_eq!((counts.examined, counts.rescued), (1, 1), "{counts:?}");
+    assert_eq!(state(long).await, JobState::Retrying);
     db.drop_database().await.unwrap();
 }
 

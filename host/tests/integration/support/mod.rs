@@ -347,6 +347,16 @@ impl TestApp {
         (redis.connection(), redis.prefix().to_owned())
     }
 
+    /// The value of this app's Redis key `suffix`.
+    pub async fn redis_value(&self, suffix: &str) -> Option<String> {
+        let (mut connection, prefix) = self.redis_connection();
+        redis::cmd("GET")
+            .arg(format!("{prefix}{suffix}"))
+            .query_async(&mut connection)
+            .await
+            .expect("GET")
+    }
+
     /// How long this app's Redis key `suffix` has left (zero if it has no
     /// expiry or does not exist).
     pub async fn redis_pttl(&self, suffix: &str) -> Duration {

@@ -90,7 +90,7 @@ pub async fn lease_lapses(store: &Store, job: &ClaimedJob) -> DateTime<Utc> {
         .unwrap();
     assert_eq!(updated, 1, "the job runs under this lease");
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let past = store.running_past_lease(1000).await.unwrap();
+    let past = store.running_past_lease(1000, Duration::MAX).await.unwrap();
     past.iter()
         .find(|running| running.lease() == job.lease())
         .expect("the lease is past its deadline")
