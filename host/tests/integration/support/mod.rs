@@ -27,7 +27,7 @@ mod store;
 
 pub use http::assert_api_error;
 pub use jobs::{assert_state, failing_every_attempt, keyed, single_attempt, tree};
-pub use processes::{ApiProcess, TcpProxy, WorkerProcess};
+pub use processes::{ApiProcess, TcpProxy, WorkerProcess, accepted_connections};
 pub use store::{finished, lease_lapses, new_job, rescue, store_with_jobs, stored_module, success};
 pub use taskflow_testkit::{
     BIG_BODY_BYTES, PgBouncer, ScratchDatabase as TestDb, TestServers, plugin_path, redis_url,

@@ -227,12 +227,59 @@ impl ApiProcess {
             .count()
     }
 
-    /// File descriptors the process has open.
-    pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .expect("the API process is alive")
-            .count()
+    /// Connections the process has accepted and still holds.
+    pub fn accepted_connections(&self) -> usize {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok());
+        accepted_connections(self.child.id(), port.expect("the URL ends in a port"))
     }
+}
+
+/// How many TCP connections to local `port` process `pid` holds: its socket
+/// descriptors that `/proc/net/tcp{,6}` lists on that port, other than the
+/// listener. Connections waiting in the listen backlog have no descriptor
+/// yet, and the process's other descriptors (database and Redis
+/// connections opened meanwhile) do not count.
+pub fn accepted_connections(pid: u32, port: u16) -> usize {
+    let sockets: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process is alive")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    const LISTEN: &str = "0A";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    line.split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|fields| {
+            // sl local_address rem_address st … uid timeout inode
+            let local_port = fields[1].rsplit(':').next();
+            local_port.and_then(|hex| u16::from_str_radix(hex, 16).ok()) == Some(port)
+                && fields[3] != LISTEN
+                && sockets.contains(&fields[9])
+        })
+        .count()
 }
 
 impl Drop for ApiProcess {
