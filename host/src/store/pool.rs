@@ -146,7 +146,19 @@ impl Pool {
         (self.pooler == DatabasePooler::None).then_some(&self.pool)
     }
 
+    /// Closes every connection, once each is back in the pool.
+    ///
+    /// sqlx 0.8's `Pool::close` alone can return with one still open
+    /// (launchbadge/sqlx#3217, fixed in 0.9): a dropped connection goes
+    /// back in a task of its own, which pings the server first, and one
+    /// that set off before `close` and arrives after `close` emptied the
+    /// idle queue stays there, open, for as long as the pool lives. `close`
+    /// waits for connections in use anyway; waiting here until every one
+    /// is idle leaves none on its way back.
     pub(crate) async fn close(&self) {
+        while self.pool.num_idle() < self.pool.size() as usize {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.pool.close().await;
     }
 

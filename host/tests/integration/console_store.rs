@@ -9,7 +9,7 @@ use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, IdPrefix, Ne
 use taskflow::store::{ClaimPath, DatabasePooler, JobFilter, Store};
 use uuid::Uuid;
 
-use crate::support::{eventually, finished, new_job, test_database};
+use crate::support::{clients_of_database, eventually, finished, new_job, test_database};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -60,7 +60,9 @@ async fn grouping_dead_jobs_does_not_gather_their_messages() {
     let a = module(db.store(), 'a').await;
     let ids = dead_jobs(db.store(), &a, FailureKind::GuestError, 2000, 8 * 1024).await;
     db.store().close().await;
-    let mut admin = PgConnection::connect(db.url()).await.unwrap();
+    let mut admin = PgConnection::connect(&taskflow_testkit::server_database_url())
+        .await
+        .unwrap();
     let name = db.name();
     let before = temp_bytes_once_alone(&mut admin, name).await;
     sqlx::query(&format!("ALTER DATABASE {name} SET work_mem = '1MB'"))
@@ -82,24 +84,19 @@ async fn grouping_dead_jobs_does_not_gather_their_messages() {
     db.drop_database().await.unwrap();
 }
 
-/// The bytes of temporary files written in database `name`, once `admin`
-/// is its only client: a backend reports them by the time it has left.
+/// The bytes of temporary files written in database `name`, once it has no
+/// client (`admin` is connected to another): a backend reports them by the
+/// time it has left.
 async fn temp_bytes_once_alone(admin: &mut PgConnection, name: &str) -> i64 {
-    let admin = tokio::sync::Mutex::new(admin);
     eventually(Duration::from_secs(30), || async {
-        let (temp_bytes, others): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT temp_bytes FROM pg_stat_database WHERE datname = $1),
-                    (SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = $1 AND backend_type = 'client backend'
-                       AND pid <> pg_backend_pid())",
-        )
-        .bind(name)
-        .fetch_one(&mut **admin.lock().await)
-        .await
-        .unwrap();
-        (others == 0).then_some(temp_bytes)
+        (clients_of_database(name).await == 0).then_some(())
     })
-    .await
+    .await;
+    sqlx::query_scalar("SELECT temp_bytes FROM pg_stat_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(admin)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

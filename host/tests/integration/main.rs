@@ -35,6 +35,7 @@ mod replica;
 mod retention;
 mod sandbox;
 mod security;
+mod store_connections;
 mod submissions;
 mod submitter;
 mod traces;

@@ -11,7 +11,7 @@ use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::client::ClientError;
 use taskflow::job::JobState;
-use taskflow_testkit::RedisCluster;
+use taskflow_testkit::{RedisCluster, database_url_through, server_address};
 use uuid::Uuid;
 
 use crate::support::{TcpProxy, TestApp, TestOptions, assert_state, eventually};
@@ -337,8 +337,8 @@ async fn a_dead_redis_cluster_replica_leaves_the_api_ready_and_a_maintenance_lea
 #[tokio::test(flavor = "multi_thread")]
 async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_back() {
     let (app, module) = TestApp::start_with_plugin("misbehave").await;
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxied_url = format!("postgres://postgres@{}/{}", proxy.address, app.db.name());
+    let proxy = TcpProxy::start(server_address(app.db.url()).unwrap().into()).await;
+    let proxied_url = database_url_through(app.db.url(), proxy.address).unwrap();
     app.spawn_worker_via(&proxied_url, "partitioned");
     // One job first: the module imports wasi:http, so an attempt reads its
     // queue's grants (worker/grants.rs, cached) before it starts, and one
@@ -387,13 +387,9 @@ async fn outcomes_finished_while_postgres_is_unreachable_are_written_once_it_is_
 #[tokio::test(flavor = "multi_thread")]
 async fn submissions_fail_retryably_while_postgres_is_unreachable_and_succeed_once_it_is_back() {
     let (app, module) = TestApp::start_with_plugin("noop").await;
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(server_address(app.db.url()).unwrap().into()).await;
     let api = app
-        .spawn_api_via(&format!(
-            "postgres://postgres@{}/{}",
-            proxy.address,
-            app.db.name()
-        ))
+        .spawn_api_via(&database_url_through(app.db.url(), proxy.address).unwrap())
         .await;
     let job = SubmitJob::new(module, json!({}));
     let mut accepted = Vec::new();

@@ -1,7 +1,10 @@
 //! A database of its own on a PostgreSQL server, for one test, one
 //! benchmark run or one demo.
 
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs as _};
+
 use anyhow::Context as _;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection as _, PgConnection};
 use taskflow::store::{DatabasePooler, Store};
 use uuid::Uuid;
@@ -29,6 +32,43 @@ pub fn database_url(server_url: &str, name: &str) -> String {
         }
         _ => format!("{server_url}/{name}"),
     }
+}
+
+/// `database_url` with its server replaced by `address`: the same database
+/// and user, reached through what listens there (a pooler, a delay proxy).
+///
+/// # Errors
+///
+/// If `database_url` is not a PostgreSQL URL.
+pub fn database_url_through(
+    database_url: &str,
+    address: impl Into<SocketAddr>,
+) -> anyhow::Result<String> {
+    let options: PgConnectOptions = database_url.parse()?;
+    let address = address.into();
+    let database = options.get_database().unwrap_or(options.get_username());
+    Ok(format!(
+        "postgres://{}@{address}/{database}",
+        options.get_username()
+    ))
+}
+
+/// The IPv4 address of the server `database_url` names, for something put
+/// in front of it to forward to.
+///
+/// # Errors
+///
+/// If `database_url` is not a PostgreSQL URL, or its host has no IPv4
+/// address (a Unix socket directory, say).
+pub fn server_address(database_url: &str) -> anyhow::Result<SocketAddrV4> {
+    let options: PgConnectOptions = database_url.parse()?;
+    (options.get_host(), options.get_port())
+        .to_socket_addrs()?
+        .find_map(|address| match address {
+            SocketAddr::V4(address) => Some(address),
+            SocketAddr::V6(_) => None,
+        })
+        .with_context(|| format!("{} has no IPv4 address", options.get_host()))
 }
 
 /// A transaction left open on a connection of its own, holding the locks

@@ -26,7 +26,9 @@ mod replica;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-pub use database::{HeldTransaction, ScratchDatabase, database_url};
+pub use database::{
+    HeldTransaction, ScratchDatabase, database_url, database_url_through, server_address,
+};
 pub use delay_proxy::{DelayProxy, delay_proxy_program};
 pub use http_server::{BIG_BODY_BYTES, Seen, TestServers};
 pub use network::{Host, Network, Place, SUBNET};

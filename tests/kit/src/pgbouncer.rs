@@ -4,6 +4,7 @@
 //! its own and killed when dropped. Run as root, it runs as the `postgres`
 //! user, since PgBouncer refuses to run as root.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
 use tempfile::TempDir;
 
-use crate::{free_port, running_as_root};
+use crate::{database_url_through, free_port, running_as_root};
 
 /// A running PgBouncer; see the [module docs](self).
 #[derive(Debug)]
@@ -92,13 +93,10 @@ impl PgBouncer {
     ///
     /// If `database_url` is not a PostgreSQL URL.
     pub fn url_for(&self, database_url: &str) -> anyhow::Result<String> {
-        let options: PgConnectOptions = database_url.parse()?;
-        let database = options.get_database().unwrap_or(options.get_username());
-        Ok(format!(
-            "postgres://{}@127.0.0.1:{}/{database}",
-            options.get_username(),
-            self.port
-        ))
+        database_url_through(
+            database_url,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port),
+        )
     }
 
     /// The environment of a `taskflow` process that reaches

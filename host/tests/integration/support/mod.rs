@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::{Connection as _, PgConnection};
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
@@ -418,6 +419,24 @@ impl TestApp {
             .await
             .expect("drop the test database");
     }
+}
+
+/// How many client connections database `name` has, counted from a
+/// connection to another database of the same server.
+pub async fn clients_of_database(name: &str) -> i64 {
+    let mut admin = PgConnection::connect(&taskflow_testkit::server_database_url())
+        .await
+        .expect("PostgreSQL is reachable");
+    let clients = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = $1 AND backend_type = 'client backend'",
+    )
+    .bind(name)
+    .fetch_one(&mut admin)
+    .await
+    .expect("pg_stat_activity is readable");
+    admin.close().await.expect("the connection closes");
+    clients
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for up to `timeout`.
