@@ -146,20 +146,22 @@ impl Pool {
         (self.pooler == DatabasePooler::None).then_some(&self.pool)
     }
 
-    /// Closes every connection, once each is back in the pool.
+    /// Closes every connection, waiting for those in use to come back.
     ///
     /// sqlx 0.8's `Pool::close` alone can return with one still open
-    /// (launchbadge/sqlx#3217, fixed in 0.9): a dropped connection goes
-    /// back in a task of its own, which pings the server first, and one
-    /// that set off before `close` and arrives after `close` emptied the
-    /// idle queue stays there, open, for as long as the pool lives. `close`
-    /// waits for connections in use anyway; waiting here until every one
-    /// is idle leaves none on its way back.
+    /// (launchbadge/sqlx#3217, fixed by launchbadge/sqlx#3952 after 0.8.6):
+    /// a dropped connection goes back in a task of its own, which pings the
+    /// server first, and one that set off before the pool was closed and
+    /// arrives after `close` emptied the idle queue stays there, open, for
+    /// as long as the pool lives. Every connection that comes back once the
+    /// pool is closed is closed instead, so closing again until none is
+    /// left catches those few.
     pub(crate) async fn close(&self) {
-        while self.pool.num_idle() < self.pool.size() as usize {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
         self.pool.close().await;
+        while self.pool.size() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.pool.close().await;
+        }
     }
 
     pub(crate) async fn acquire(&self) -> Result<Connection, sqlx::Error> {

@@ -9,7 +9,7 @@ use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, IdPrefix, Ne
 use taskflow::store::{ClaimPath, DatabasePooler, JobFilter, Store};
 use uuid::Uuid;
 
-use crate::support::{clients_of_database, eventually, finished, new_job, test_database};
+use crate::support::{finished, new_job, test_database, until_no_clients};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -88,10 +88,7 @@ async fn grouping_dead_jobs_does_not_gather_their_messages() {
 /// client (`admin` is connected to another): a backend reports them by the
 /// time it has left.
 async fn temp_bytes_once_alone(admin: &mut PgConnection, name: &str) -> i64 {
-    eventually(Duration::from_secs(30), || async {
-        (clients_of_database(name).await == 0).then_some(())
-    })
-    .await;
+    until_no_clients(admin, name).await;
     sqlx::query_scalar("SELECT temp_bytes FROM pg_stat_database WHERE datname = $1")
         .bind(name)
         .fetch_one(admin)

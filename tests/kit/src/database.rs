@@ -1,11 +1,11 @@
 //! A database of its own on a PostgreSQL server, for one test, one
 //! benchmark run or one demo.
 
-use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs as _};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, ToSocketAddrs as _};
 
 use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection as _, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
 use taskflow::store::{DatabasePooler, Store};
 use uuid::Uuid;
 
@@ -34,8 +34,9 @@ pub fn database_url(server_url: &str, name: &str) -> String {
     }
 }
 
-/// `database_url` with its server replaced by `address`: the same database
-/// and user, reached through what listens there (a pooler, a delay proxy).
+/// `database_url` with its server replaced by `address`: the same
+/// database, credentials and settings, reached through what listens there
+/// (a pooler, a proxy).
 ///
 /// # Errors
 ///
@@ -44,13 +45,17 @@ pub fn database_url_through(
     database_url: &str,
     address: impl Into<SocketAddr>,
 ) -> anyhow::Result<String> {
-    let options: PgConnectOptions = database_url.parse()?;
     let address = address.into();
-    let database = options.get_database().unwrap_or(options.get_username());
-    Ok(format!(
-        "postgres://{}@{address}/{database}",
-        options.get_username()
-    ))
+    let host = match address.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let options: PgConnectOptions = database_url.parse()?;
+    Ok(options
+        .host(&host)
+        .port(address.port())
+        .to_url_lossy()
+        .to_string())
 }
 
 /// The IPv4 address of the server `database_url` names, for something put
@@ -58,17 +63,25 @@ pub fn database_url_through(
 ///
 /// # Errors
 ///
-/// If `database_url` is not a PostgreSQL URL, or its host has no IPv4
-/// address (a Unix socket directory, say).
+/// If `database_url` is not a PostgreSQL URL, names a Unix socket, or its
+/// host has no IPv4 address.
 pub fn server_address(database_url: &str) -> anyhow::Result<SocketAddrV4> {
     let options: PgConnectOptions = database_url.parse()?;
-    (options.get_host(), options.get_port())
+    anyhow::ensure!(
+        options.get_socket().is_none(),
+        "{database_url} names a Unix socket, not an address"
+    );
+    let host = options
+        .get_host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    (host, options.get_port())
         .to_socket_addrs()?
         .find_map(|address| match address {
             SocketAddr::V4(address) => Some(address),
             SocketAddr::V6(_) => None,
         })
-        .with_context(|| format!("{} has no IPv4 address", options.get_host()))
+        .with_context(|| format!("{host} has no IPv4 address"))
 }
 
 /// A transaction left open on a connection of its own, holding the locks
@@ -300,6 +313,33 @@ async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_through_another_address_keeps_its_database_credentials_and_settings() {
+        let through = database_url_through(
+            "postgres://u:p%40ss@db.example:5432/jobs?sslmode=disable&application_name=t",
+            SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 6000),
+        )
+        .unwrap();
+        let options: PgConnectOptions = through.parse().unwrap();
+        assert_eq!(
+            (options.get_host(), options.get_port()),
+            ("127.0.0.1", 6000)
+        );
+        assert_eq!(options.get_username(), "u");
+        assert_eq!(options.get_database(), Some("jobs"));
+        assert!(through.contains("u:p%40ss@"), "{through}");
+        assert!(through.contains("sslmode=disable"), "{through}");
+    }
+
+    #[test]
+    fn a_socket_url_has_no_server_address() {
+        assert!(server_address("postgres:///jobs?host=/var/run/postgresql").is_err());
+        assert_eq!(
+            server_address("postgres://u@127.0.0.1:5433/jobs").unwrap(),
+            SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 5433)
+        );
+    }
 
     #[test]
     fn the_database_of_a_server_url_is_replaced() {

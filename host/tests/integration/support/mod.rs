@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Connection as _, PgConnection};
+use sqlx::PgConnection;
 use taskflow::cli::server::{Backends, api_state, spawn_api, spawn_worker};
 use taskflow::client::Client;
 use taskflow::config::{
@@ -421,22 +421,29 @@ impl TestApp {
     }
 }
 
-/// How many client connections database `name` has, counted from a
-/// connection to another database of the same server.
-pub async fn clients_of_database(name: &str) -> i64 {
-    let mut admin = PgConnection::connect(&taskflow_testkit::server_database_url())
+/// Returns once database `name` has no client connection, nor a parallel
+/// worker of one, as seen from `admin`, a connection to another database of
+/// the same server. Panics after 30 s.
+pub async fn until_no_clients(admin: &mut PgConnection, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let clients: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = $1 AND backend_type IN ('client backend', 'parallel worker')",
+        )
+        .bind(name)
+        .fetch_one(&mut *admin)
         .await
-        .expect("PostgreSQL is reachable");
-    let clients = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = $1 AND backend_type = 'client backend'",
-    )
-    .bind(name)
-    .fetch_one(&mut admin)
-    .await
-    .expect("pg_stat_activity is readable");
-    admin.close().await.expect("the connection closes");
-    clients
+        .expect("pg_stat_activity is readable");
+        if clients == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "database {name} still has {clients} clients after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for up to `timeout`.
