@@ -425,25 +425,19 @@ impl TestApp {
 /// worker of one, as seen from `admin`, a connection to another database of
 /// the same server. Panics after 30 s.
 pub async fn until_no_clients(admin: &mut PgConnection, name: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let admin = tokio::sync::Mutex::new(admin);
+    eventually(Duration::from_secs(30), || async {
         let clients: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = $1 AND backend_type IN ('client backend', 'parallel worker')",
         )
         .bind(name)
-        .fetch_one(&mut *admin)
+        .fetch_one(&mut **admin.lock().await)
         .await
         .expect("pg_stat_activity is readable");
-        if clients == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "database {name} still has {clients} clients after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (clients == 0).then_some(())
+    })
+    .await;
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for up to `timeout`.
