@@ -41,7 +41,7 @@ async fn cancel(
 pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, ApiError> {
     let cancelled = state
         .store
-        .cancel_if_unfinished(id, FailureKind::Cancelled.code())
+        .cancel_if_unfinished(id, FailureKind::Cancelled.code(), state.leases.ttl())
         .await?;
     let running = cancelled
         .job

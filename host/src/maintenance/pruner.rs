@@ -1,6 +1,8 @@
 //! The pruner: deletes finished jobs once their queue's retention has
 //! passed (queue/retention.rs), with their attempts and idempotency keys, so
-//! the tables hold days of history rather than everything ever run.
+//! the tables hold days of history rather than everything ever run. Each
+//! pass also deletes the places cancelled attempts held under their queue's
+//! limits once they have lapsed ([`Store::forget_lapsed_places`]).
 //!
 //! Each pass is one bounded statement ([`Store::prune_finished`]) that
 //! locks only the rows it deletes. A full batch asks for the next pass after
@@ -31,8 +33,9 @@ impl Pruner {
         Self { store }
     }
 
-    /// One batch.
+    /// One batch, and the lapsed places.
     pub async fn prune(&self) -> Result<Pruned, StoreError> {
+        self.store.forget_lapsed_places().await?;
         let pruned = self.store.prune_finished(BATCH_SIZE).await?;
         metrics::counter!("taskflow_jobs_pruned_total").increment(pruned.total());
         Ok(pruned)

@@ -59,10 +59,19 @@ impl Store {
     /// the worker's later write finds the job no longer running and is
     /// discarded; the caller should also revoke the attempt's lease so the
     /// worker stops early. `error_kind` is recorded on that attempt.
+    ///
+    /// The attempt keeps its place under the queue's limits
+    /// (`stopping_attempts`, migration `20261221000001`) until its worker
+    /// reports it ([`Store::finish_if_lease_matches`]) or, failing that,
+    /// until its guest has surely stopped: one lease TTL after the cancel,
+    /// the one its claim granted or `own_ttl` (the caller's) if longer, as
+    /// [`Store::requeue_if_finished`] waits. The pruner deletes it after
+    /// that ([`Store::forget_lapsed_places`]).
     pub async fn cancel_if_unfinished(
         &self,
         id: Uuid,
         error_kind: &str,
+        own_ttl: Duration,
     ) -> StoreResult<CancelOutcome> {
         super::statement("cancel_if_unfinished");
         let row = sqlx::query_as::<_, GuardedCancel>(concat!(
@@ -86,6 +95,14 @@ impl Store {
                  FROM target t JOIN cancelled c ON c.id = t.id
                  WHERE t.state = 'running'
              ),
+             held AS (
+                 INSERT INTO stopping_attempts (job_id, lease_token, queue, concurrency_key,
+                                                held_until)
+                 SELECT t.id, t.lease_token, c.queue, c.concurrency_key,
+                        now() + GREATEST(t.lease_ttl_ms, $3) * interval '1 millisecond'
+                 FROM target t JOIN cancelled c ON c.id = t.id
+                 WHERE t.state = 'running'
+             ),
              logged AS (
                  INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
                  SELECT c.queue, t.state, 'cancelled', 1 FROM target t JOIN cancelled c ON c.id = t.id
@@ -103,6 +120,7 @@ impl Store {
         ))
         .bind(id)
         .bind(error_kind)
+        .bind(super::millis(own_ttl))
         .fetch_optional(self.pool())
         .await?;
         let lease_ttl = row

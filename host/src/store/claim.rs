@@ -28,7 +28,9 @@
 //! how a claim that outgrows one closes it in
 //! migrations/20261217000001_claims_never_split.sql. A queue
 //! with a per-key limit is claimed in one transaction under the row's lock
-//! (`claim_limited_jobs`), since its count is per key.
+//! (`claim_limited_jobs`), since its count is per key. Every count includes
+//! the places that attempts ended by a cancel hold until their guests stop
+//! (migrations/20261221000001_cancelled_attempts_hold_their_places.sql).
 //!
 //! The plain statement skips a limited queue, so a worker that still
 //! thinks a queue unlimited cannot overrun a limit set since; it finds out
@@ -484,7 +486,8 @@ impl Store {
 
     /// The locked claim, for a queue with a per-key limit: one call of
     /// `claim_limited_jobs` (its latest version in
-    /// migrations/20261213000001_claim_reservations.sql), which locks the
+    /// migrations/20261221000001_cancelled_attempts_hold_their_places.sql,
+    /// whose counts add the places cancelled attempts hold), which locks the
     /// queue's row, then, with snapshots taken after the lock, claims what
     /// its limits leave, in one round trip and one transaction; the lock
     /// serializes the limited claims of this queue.

@@ -113,7 +113,11 @@ impl Store {
     /// An attempt whose guard does not match (the job was rescued,
     /// cancelled, or claimed again) is not recorded and its job is untouched:
     /// the result says [`Transition::Stale`] and the caller discards it.
-    /// Only its outbound requests are kept: they are put on the record the
+    /// A worker's outcome for an attempt that a cancel ended frees the place
+    /// the cancel held for it ([`Store::cancel_if_unfinished`]), unless the
+    /// cancel committed while this statement ran (the place then lapses on
+    /// its own, one TTL after the cancel). Only its outbound requests are
+    /// kept: they are put on the record the
     /// cancel or the rescue wrote for that very attempt (same job and token;
     /// the statement's snapshot does not see the rows it inserts), so the
     /// requests an attempt made are on its record whoever ended it, unless
@@ -234,6 +238,21 @@ impl Store {
              logged AS (
                  INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
                  SELECT queue, 'running', state, count(*) FROM finished GROUP BY queue, state
+             ),
+             -- The worker's report of an attempt a cancel ended: its guest
+             -- has stopped, so the place it held under its queue's limits
+             -- is free (`cancel_if_unfinished`). Not a rescue's: a rescuer
+             -- cannot know that. A row another transaction holds is left
+             -- (it is being deleted, or lapses by itself): this statement
+             -- never waits on one, so it adds no lock order to the jobs'.
+             released AS (
+                 DELETE FROM stopping_attempts s
+                 WHERE (s.job_id, s.lease_token) IN (
+                     SELECT h.job_id, h.lease_token
+                     FROM stopping_attempts h
+                     JOIN input i ON i.job_id = h.job_id AND i.lease_token = h.lease_token
+                     WHERE i.outcome <> 'lease_expired'
+                     FOR UPDATE OF h SKIP LOCKED)
              ),
              stale AS MATERIALIZED (
                  SELECT i.job_id, i.lease_token, i.requests, i.requests_dropped

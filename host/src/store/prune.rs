@@ -1,6 +1,7 @@
 //! Where a job is pruned: finished jobs past their queue's retention are
 //! deleted with their attempts ([`delete_attempts_of`]), freeing their
-//! idempotency keys. Used by the pruner (maintenance/pruner.rs).
+//! idempotency keys; so are the places cancelled attempts held under their
+//! queue's limits, once lapsed. Used by the pruner (maintenance/pruner.rs).
 
 use sqlx::Postgres;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -114,6 +115,18 @@ impl Store {
             }
         }
         Ok(pruned)
+    }
+
+    /// Deletes the places that attempts ended by a cancel held past their
+    /// `held_until` ([`Store::cancel_if_unfinished`]): no count reads them
+    /// any more, and the worker that would have deleted each on its report
+    /// has died, or reported while the cancel committed. Returns how many.
+    pub async fn forget_lapsed_places(&self) -> StoreResult<u64> {
+        super::statement("forget_lapsed_places");
+        let deleted = sqlx::query!("DELETE FROM stopping_attempts WHERE held_until <= now()")
+            .execute(self.pool())
+            .await?;
+        Ok(deleted.rows_affected())
     }
 
     /// PostgreSQL's plan for [`Store::prune_finished`] with a batch of

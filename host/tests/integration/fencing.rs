@@ -110,7 +110,10 @@ async fn a_stale_workers_outcome_is_rejected_and_the_current_one_accepted() {
 async fn a_cancel_wins_over_a_running_attempt_that_finishes_later() {
     let (db, store, id) = store_with_job().await;
     let running = claim_one(&store, "w").await;
-    let cancelled = store.cancel_if_unfinished(id, "cancelled").await.unwrap();
+    let cancelled = store
+        .cancel_if_unfinished(id, "cancelled", TTL)
+        .await
+        .unwrap();
     assert_eq!(cancelled.previous, JobState::Running);
     assert_eq!(cancelled.job.state, JobState::Cancelled);
 
@@ -342,13 +345,13 @@ async fn a_retry_right_after_cancelling_a_running_job_waits_for_its_guest_to_sto
     let store = db.store().clone();
     let running = claim_one(&store, "w").await;
     let cancelled = store
-        .cancel_if_unfinished(running.id, "cancelled")
+        .cancel_if_unfinished(running.id, "cancelled", TTL)
         .await
         .unwrap();
     assert_eq!(cancelled.previous, JobState::Running);
     let waiting = ids.iter().copied().find(|id| *id != running.id).unwrap();
     store
-        .cancel_if_unfinished(waiting, "cancelled")
+        .cancel_if_unfinished(waiting, "cancelled", TTL)
         .await
         .unwrap();
 
@@ -368,7 +371,7 @@ async fn a_retry_right_after_cancelling_a_running_job_waits_for_its_guest_to_sto
     // Cancelled again while it waits, and retried: still not before the
     // first cancel's guest has stopped.
     store
-        .cancel_if_unfinished(running.id, "cancelled")
+        .cancel_if_unfinished(running.id, "cancelled", TTL)
         .await
         .unwrap();
     let again = store.requeue_if_finished(running.id, TTL).await.unwrap();
@@ -429,7 +432,7 @@ async fn a_retry_after_a_cancel_waits_out_the_ttl_its_worker_was_granted() {
             .jobs;
         assert_eq!(claimed.len(), 1, "{queue}: one job claimed");
         let cancelled = store
-            .cancel_if_unfinished(job.id, "cancelled")
+            .cancel_if_unfinished(job.id, "cancelled", APIS_TTL)
             .await
             .unwrap();
         assert_eq!(cancelled.previous, JobState::Running, "{queue}");
@@ -455,7 +458,7 @@ async fn a_retry_after_a_cancel_waits_out_the_ttl_its_worker_was_granted() {
         .jobs;
     assert_eq!(claimed.len(), 1);
     let cancelled = store
-        .cancel_if_unfinished(job.id, "cancelled")
+        .cancel_if_unfinished(job.id, "cancelled", APIS_TTL)
         .await
         .unwrap();
     assert_eq!(cancelled.lease_ttl, Some(APIS_TTL));

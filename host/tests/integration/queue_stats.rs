@@ -93,11 +93,11 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     assert_counts_exact(store, "finishes").await;
 
     store
-        .cancel_if_unfinished(claimed[5].id, "enough")
+        .cancel_if_unfinished(claimed[5].id, "enough", TTL)
         .await
         .unwrap();
     store
-        .cancel_if_unfinished(jobs[9].id, "enough")
+        .cancel_if_unfinished(jobs[9].id, "enough", TTL)
         .await
         .unwrap();
     assert_counts_exact(store, "cancels").await;
@@ -135,7 +135,7 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
     assert_eq!(requeued, vec![("default".to_owned(), 1)]);
     assert_counts_exact(store, "a dead-letter group retried").await;
     store
-        .cancel_if_unfinished(claimed[3].id, "enough")
+        .cancel_if_unfinished(claimed[3].id, "enough", TTL)
         .await
         .unwrap();
     store

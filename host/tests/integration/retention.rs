@@ -25,7 +25,7 @@ async fn finished_job(store: &Store, queue: &str, state: JobState, key: Option<&
     store.insert_jobs(std::slice::from_ref(&job)).await.unwrap();
     if state == JobState::Cancelled {
         store
-            .cancel_if_unfinished(job.id, "cancelled")
+            .cancel_if_unfinished(job.id, "cancelled", TTL)
             .await
             .unwrap();
         return job.id;

@@ -3,6 +3,7 @@
 //! under crashes, SIGSTOP and a Redis FLUSHALL are checked by the chaos
 //! suite (`taskflow-chaos --max-running`, in scripts/test).
 
+mod cancelled_places;
 mod reservations;
 mod running_bound;
 mod settings_during_claims;
