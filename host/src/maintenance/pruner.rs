@@ -1,11 +1,11 @@
 //! The pruner: deletes finished jobs once their queue's retention has
 //! passed (queue/retention.rs), with their attempts and idempotency keys, so
-//! the tables hold days of history rather than everything ever run. Each
-//! pass also deletes the places cancelled attempts held under their queue's
-//! limits once they have lapsed ([`Store::forget_lapsed_places`]).
+//! the tables hold days of history rather than everything ever run.
 //!
 //! Each pass is one bounded statement ([`Store::prune_finished`]) that
-//! locks only the rows it deletes. A full batch asks for the next pass after
+//! locks only the rows it deletes, after one that deletes the places
+//! cancelled attempts held past their TTL ([`Store::forget_lapsed_places`]:
+//! a table of as many rows as attempts cancelled in the last TTL or so). A full batch asks for the next pass after
 //! [`PAUSE_BETWEEN_BATCHES`], so a backlog of millions drains steadily
 //! without taking PostgreSQL from the workers; a short batch means the
 //! backlog is gone, and the pruner waits for its interval.
@@ -33,9 +33,8 @@ impl Pruner {
         Self { store }
     }
 
-    /// One batch, and the lapsed places.
+    /// One batch.
     pub async fn prune(&self) -> Result<Pruned, StoreError> {
-        self.store.forget_lapsed_places().await?;
         let pruned = self.store.prune_finished(BATCH_SIZE).await?;
         metrics::counter!("taskflow_jobs_pruned_total").increment(pruned.total());
         Ok(pruned)
@@ -47,6 +46,13 @@ impl Service for Pruner {
     type Error = StoreError;
 
     async fn run_once(&self) -> Result<Option<Duration>, StoreError> {
+        let forgotten = self.store.forget_lapsed_places().await?;
+        if forgotten > 0 {
+            tracing::debug!(
+                forgotten,
+                "forgot places cancelled attempts held past their TTL"
+            );
+        }
         let pruned = self.prune().await?;
         if pruned.total() > 0 {
             tracing::info!(

@@ -17,7 +17,8 @@
 //! of a reservation, never for each other's update of the jobs they
 //! claim, and two workers can never both see the last free slot. A
 //! rate is counted in buckets ([`RATE_BUCKETS`]), and `max_running` against
-//! an upper bound of the running jobs kept in the queue's row
+//! an upper bound of the running jobs (and the places reserved, or held
+//! by cancelled attempts) kept in the queue's row
 //! (`running_bound`: the last count plus every place reserved since; every
 //! write of the queue's settings clears it, and the next reservation
 //! counts), so a claim's cost grows neither with the rate nor with the jobs
