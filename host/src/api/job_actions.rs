@@ -60,7 +60,8 @@ pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, 
             .await
     {
         // The cancel is committed; the worker's result will be discarded.
-        // It just keeps running until its attempt ends on its own.
+        // Its heartbeat learns of the cancel from PostgreSQL instead, at
+        // its second round at most (`Heartbeat::stop_ended`).
         tracing::warn!(%error, job_id = %id, "could not revoke the lease of a cancelled running job");
     }
     state.ending_announcer.announce([id]);

@@ -311,6 +311,27 @@ impl Store {
     }
 
     /// Which of `leases` are still current (the job is running under that
+    /// token), changing nothing: what a worker's heartbeat asks of the
+    /// attempts it renews, to stop those a cancel or a rescue ended whose
+    /// revocation never reached Redis (`Heartbeat::stop_ended`).
+    pub async fn still_running(&self, leases: &[LeaseRef]) -> StoreResult<Vec<LeaseRef>> {
+        super::statement("still_running");
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.job_id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.lease_token).collect();
+        Ok(sqlx::query_as!(
+            LeaseRef,
+            r#"SELECT j.id AS job_id, j.lease_token AS "lease_token!"
+             FROM jobs j JOIN unnest($1::uuid[], $2::bigint[]) AS l(id, token)
+               ON j.id = l.id AND j.lease_token = l.token
+             WHERE j.state = 'running'"#,
+            &ids,
+            &tokens,
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Which of `leases` are still current (the job is running under that
     /// token), pushing each one's `lease_expires_at` out to at least `ttl`
     /// from now (locking the jobs in id order, `in_lock_order`). A worker asks this when Redis lost its lease keys, before
     /// it writes them back and extends its grants by `ttl`: a rescue needs

@@ -33,6 +33,18 @@
 //! - lost (another token, a revocation, or a newer attempt's release marker
 //!   in the key): revoked at once.
 //!
+//! Beside each round, PostgreSQL is asked which of the attempts whose keys
+//! a round has written still run ([`Heartbeat::stop_ended`]); the others
+//! are revoked. A cancel or a rescue ends an attempt in PostgreSQL first
+//! and only then writes `revoked:` into its key, and a cancelling API that
+//! cannot reach Redis while this worker can would otherwise leave a key
+//! this worker goes on renewing: the guest would run to its end, past the
+//! moment a retry of the job may start (`Store::requeue_if_finished`) and
+//! the place it held under its queue's limits frees. So a cancelled guest
+//! stops within two rounds whichever store its canceller reached. An
+//! attempt that ends within a round is never asked about: a worker whose
+//! jobs are short sends no such statement.
+//!
 //! If Redis cannot be reached, no grant is extended, so each attempt stops
 //! one TTL after its last confirmed renewal. That is the price of the
 //! guarantee: a worker that cannot prove it holds a lease must assume the
@@ -210,8 +222,50 @@ impl Heartbeat {
                 _ = interval.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            self.run_once().await;
+            tokio::join!(self.run_once(), self.stop_ended());
         }
+    }
+
+    /// Revokes the grants of the attempts, among those whose keys a round
+    /// has written, that PostgreSQL says no longer run (a cancel or a
+    /// rescue ended them, or their outcome has just been written); returns
+    /// how many. PostgreSQL gets one renewal interval to answer; without
+    /// its answer nothing changes, and Redis's word stands.
+    pub async fn stop_ended(&self) -> usize {
+        let written: Vec<(LeaseRef, Held)> = self
+            .in_flight
+            .snapshot()
+            .into_iter()
+            .filter(|(_, held)| held.in_redis)
+            .collect();
+        if written.is_empty() {
+            return 0;
+        }
+        let leases: Vec<LeaseRef> = written.iter().map(|(lease, _)| *lease).collect();
+        let asked = tokio::time::timeout(
+            self.leases.renew_interval(),
+            self.store.still_running(&leases),
+        );
+        let running = match asked.await {
+            Ok(Ok(running)) => running,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot ask PostgreSQL which attempts still run");
+                return 0;
+            }
+            Err(_) => {
+                tracing::warn!("PostgreSQL did not say in time which attempts still run");
+                return 0;
+            }
+        };
+        let mut stopped = 0;
+        for (lease, held) in written {
+            if !running.contains(&lease) && held.grant.is_valid_at(Instant::now()) {
+                tracing::info!(job_id = %lease.job_id, lease_token = lease.lease_token, "the attempt ended in PostgreSQL; stopping it");
+                held.grant.revoke();
+                stopped += 1;
+            }
+        }
+        stopped
     }
 
     /// One renewal round.

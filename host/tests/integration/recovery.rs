@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use taskflow::api::types::SubmitJob;
 use taskflow::client::ClientError;
+use taskflow::config::WorkerConfig;
 use taskflow::job::JobState;
 use taskflow_testkit::{RedisCluster, database_url_through, server_address};
 use uuid::Uuid;
@@ -440,5 +441,47 @@ async fn a_job_running_for_several_lease_ttls_keeps_its_lease_through_heartbeats
         job.attempt, 1,
         "the lease (TTL 1 s) was renewed, never rescued"
     );
+    app.finish().await;
+}
+
+/// An API that cannot reach Redis still cancels (PostgreSQL is the truth),
+/// but writes no revocation: the worker's key keeps the attempt's token and
+/// renews. The worker learns of the cancel from PostgreSQL instead
+/// (`Heartbeat::stop_ended`) and stops the guest within two heartbeat
+/// rounds, long before the guest's own end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_whose_revocation_cannot_reach_redis_still_stops_the_guest() {
+    let (app, module) = TestApp::start_with_plugin("misbehave").await;
+    app.spawn_worker_with(WorkerConfig {
+        concurrency: Some(1),
+        ..app.worker_config("w1")
+    });
+    // Compiled and cached first, so that the spinning attempt takes the
+    // only slot as soon as it is claimed, before the next job can.
+    let warm_up = app.run(&module, json!({"mode": "succeed"})).await;
+    assert_state(&warm_up, JobState::Succeeded);
+    let spinning = app
+        .submit_with(SubmitJob {
+            timeout_ms: Some(60_000),
+            fuel: Some(1_000_000_000_000),
+            ..SubmitJob::new(module.clone(), json!({"mode": "spin"}))
+        })
+        .await;
+    eventually(Duration::from_secs(10), || async {
+        let job = app.client.get_job(spinning.id).await.unwrap();
+        (job.state == JobState::Running).then_some(())
+    })
+    .await;
+
+    let cut_off = app.spawn_api_with_redis("redis://127.0.0.1:1").await;
+    let cancelled = cut_off.cancel(spinning.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+
+    // The worker's only slot frees once the spinning guest stops.
+    let next = app.submit(&module, json!({"mode": "succeed"})).await;
+    let done = tokio::time::timeout(Duration::from_secs(20), app.wait_final(next.id))
+        .await
+        .expect("the cancelled guest stopped, long before its 60 s");
+    assert_state(&done, JobState::Succeeded);
     app.finish().await;
 }

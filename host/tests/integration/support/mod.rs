@@ -288,7 +288,21 @@ impl TestApp {
     /// (e.g. through a [`TcpProxy`]), and returns a client of it. It stops
     /// with the test.
     pub async fn spawn_api_via(&self, database_url: &str) -> Client {
-        let backends = self.backends_via(database_url);
+        self.spawn_api_on(self.backends_via(database_url)).await
+    }
+
+    /// Starts a second API whose Redis is `redis_url` (e.g. an address
+    /// nothing listens on), and returns a client of it. It stops with the
+    /// test.
+    pub async fn spawn_api_with_redis(&self, redis_url: &str) -> Client {
+        let connections = Connections {
+            redis_url: redis_url.to_owned(),
+            ..self.connections.clone()
+        };
+        self.spawn_api_on(self.backends_on(connections)).await
+    }
+
+    async fn spawn_api_on(&self, backends: Backends) -> Client {
         let config = ApiConfig {
             listen: "127.0.0.1:0".into(),
             ..ApiConfig::default()
@@ -303,10 +317,14 @@ impl TestApp {
 
     /// The test's backends, but with PostgreSQL at `database_url`.
     fn backends_via(&self, database_url: &str) -> Backends {
-        let connections = Connections {
+        self.backends_on(Connections {
             database_url: database_url.to_owned(),
             ..self.connections.clone()
-        };
+        })
+    }
+
+    /// Backends like the test's, over `connections`.
+    fn backends_on(&self, connections: Connections) -> Backends {
         let lease = LeaseConfig {
             lease_ttl: self.backends.leases.ttl(),
         };
