@@ -61,7 +61,7 @@ pub(crate) async fn cancel_job(state: &ApiState, id: Uuid) -> Result<JobRecord, 
     {
         // The cancel is committed; the worker's result will be discarded.
         // Its heartbeat learns of the cancel from PostgreSQL instead, at
-        // its second round at most (`Heartbeat::stop_ended`).
+        // its next round (`Heartbeat::stop_ended`).
         tracing::warn!(%error, job_id = %id, "could not revoke the lease of a cancelled running job");
     }
     state.ending_announcer.announce([id]);

@@ -153,7 +153,9 @@ impl Store {
     /// attempt's lease TTL ago (as its worker was granted it, `lease_ttl_ms`)
     /// is requeued as `scheduled`, to run then: its guest runs until its
     /// worker's next heartbeat round reads the revocation, up to a third of
-    /// that TTL, and the next attempt must not start before
+    /// that TTL (two thirds, if the revocation missed Redis and PostgreSQL
+    /// takes the round it is given to say so), and the next attempt must
+    /// not start before
     /// (docs/failure-semantics.md, "Cancel, then retry"). It waits at least
     /// `own_ttl` (the caller's lease TTL), which stands in for a TTL not
     /// recorded: the plain claim of a binary older than the column writes

@@ -312,7 +312,7 @@ impl Store {
 
     /// Which of `leases` are still current (the job is running under that
     /// token), changing nothing: what a worker's heartbeat asks of the
-    /// attempts it renews, to stop those a cancel or a rescue ended whose
+    /// attempts it holds, to stop those a cancel or a rescue ended whose
     /// revocation never reached Redis (`Heartbeat::stop_ended`).
     pub async fn still_running(&self, leases: &[LeaseRef]) -> StoreResult<Vec<LeaseRef>> {
         super::statement("still_running");

@@ -33,24 +33,25 @@
 //! - lost (another token, a revocation, or a newer attempt's release marker
 //!   in the key): revoked at once.
 //!
-//! Beside each round, PostgreSQL is asked which of the attempts whose keys
-//! a round has written still run ([`Heartbeat::stop_ended`]); the others
-//! are revoked. A cancel or a rescue ends an attempt in PostgreSQL first
-//! and only then writes `revoked:` into its key, and a cancelling API that
-//! cannot reach Redis while this worker can would otherwise leave a key
-//! this worker goes on renewing: the guest would run to its end, past the
-//! moment a retry of the job may start (`Store::requeue_if_finished`) and
-//! the place it held under its queue's limits frees. So a cancelled guest
-//! stops within two rounds whichever store its canceller reached. An
-//! attempt that ends within a round is never asked about: a worker whose
-//! jobs are short sends no such statement.
+//! Beside each round, PostgreSQL is asked which of the worker's attempts
+//! still run ([`Heartbeat::stop_ended`]); the others are revoked. A cancel
+//! or a rescue ends an attempt in PostgreSQL first and only then writes
+//! `revoked:` into its key, and a cancelling API that cannot reach Redis
+//! while this worker can would otherwise leave a key this worker goes on
+//! renewing (or, after a flush, writes afresh): the guest would run to its
+//! end, past the moment a retry of the job may start
+//! (`Store::requeue_if_finished`) and the place it held under its queue's
+//! limits frees. So a cancelled guest stops at the first round after the
+//! cancel, once PostgreSQL answers, whichever store its canceller reached.
+//! That is one read per round, of the primary key of each attempt held: a
+//! few per TTL, whatever the worker's rate of jobs.
 //!
 //! If Redis cannot be reached, no grant is extended, so each attempt stops
 //! one TTL after its last confirmed renewal. That is the price of the
 //! guarantee: a worker that cannot prove it holds a lease must assume the
 //! rescuer may have given the job to someone else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -93,6 +94,11 @@ impl InFlight {
     /// its lease key was written to Redis (and so should be released).
     pub fn remove(&self, lease: LeaseRef) -> bool {
         self.lock().remove(&lease).is_some_and(|held| held.in_redis)
+    }
+
+    /// Whether `lease`'s attempt is tracked: its outcome is not settled.
+    fn contains(&self, lease: LeaseRef) -> bool {
+        self.lock().contains_key(&lease)
     }
 
     /// How many attempts are tracked.
@@ -226,28 +232,23 @@ impl Heartbeat {
         }
     }
 
-    /// Revokes the grants of the attempts, among those whose keys a round
-    /// has written, that PostgreSQL says no longer run (a cancel or a
-    /// rescue ended them, or their outcome has just been written); returns
-    /// how many. PostgreSQL gets one renewal interval to answer; without
-    /// its answer nothing changes, and Redis's word stands.
+    /// Revokes the grants of the attempts held that PostgreSQL says no
+    /// longer run (a cancel or a rescue ended them); returns how many.
+    /// PostgreSQL gets one renewal interval to answer; without its answer
+    /// nothing changes, and Redis's word stands. An attempt whose outcome
+    /// the completer wrote meanwhile has left [`InFlight`] and is skipped.
     pub async fn stop_ended(&self) -> usize {
-        let written: Vec<(LeaseRef, Held)> = self
-            .in_flight
-            .snapshot()
-            .into_iter()
-            .filter(|(_, held)| held.in_redis)
-            .collect();
-        if written.is_empty() {
+        let held = self.in_flight.snapshot();
+        if held.is_empty() {
             return 0;
         }
-        let leases: Vec<LeaseRef> = written.iter().map(|(lease, _)| *lease).collect();
+        let leases: Vec<LeaseRef> = held.iter().map(|(lease, _)| *lease).collect();
         let asked = tokio::time::timeout(
             self.leases.renew_interval(),
             self.store.still_running(&leases),
         );
-        let running = match asked.await {
-            Ok(Ok(running)) => running,
+        let running: HashSet<LeaseRef> = match asked.await {
+            Ok(Ok(running)) => running.into_iter().collect(),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot ask PostgreSQL which attempts still run");
                 return 0;
@@ -258,8 +259,9 @@ impl Heartbeat {
             }
         };
         let mut stopped = 0;
-        for (lease, held) in written {
-            if !running.contains(&lease) && held.grant.is_valid_at(Instant::now()) {
+        for (lease, held) in held {
+            let ended = !running.contains(&lease) && self.in_flight.contains(lease);
+            if ended && held.grant.is_valid_at(Instant::now()) {
                 tracing::info!(job_id = %lease.job_id, lease_token = lease.lease_token, "the attempt ended in PostgreSQL; stopping it");
                 held.grant.revoke();
                 stopped += 1;
