@@ -11,7 +11,7 @@ use taskflow::job::JobState;
 use taskflow::store::ClaimPath;
 
 use crate::support::{
-    TestApp, assert_state, eventually, failing_every_attempt, keyed, new_job, stored_module, tree,
+    TestApp, assert_state, failing_every_attempt, keyed, new_job, stored_module, tree,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,18 +150,7 @@ async fn cancel_stops_waiting_and_running_jobs_and_retry_requeues_them() {
 
     // Running: a job that would spin for a minute.
     app.spawn_worker("w1");
-    let spinning = app
-        .submit_with(SubmitJob {
-            timeout_ms: Some(60_000),
-            fuel: Some(1_000_000_000_000),
-            ..SubmitJob::new(module.clone(), json!({"mode": "spin"}))
-        })
-        .await;
-    eventually(Duration::from_secs(10), || async {
-        let job = app.client.get_job(spinning.id).await.unwrap();
-        (job.state == JobState::Running).then_some(())
-    })
-    .await;
+    let spinning = app.spinning(&module).await;
     assert_eq!(
         app.client.cancel(spinning.id).await.unwrap().state,
         JobState::Cancelled

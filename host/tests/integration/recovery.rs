@@ -460,19 +460,7 @@ async fn a_cancel_whose_revocation_cannot_reach_redis_still_stops_the_guest() {
     // only slot as soon as it is claimed, before the next job can.
     let warm_up = app.run(&module, json!({"mode": "succeed"})).await;
     assert_state(&warm_up, JobState::Succeeded);
-    let spinning = app
-        .submit_with(SubmitJob {
-            timeout_ms: Some(60_000),
-            // As much as a job may have: the timeout ends it, not fuel.
-            fuel: Some(100_000_000_000_000),
-            ..SubmitJob::new(module.clone(), json!({"mode": "spin"}))
-        })
-        .await;
-    eventually(Duration::from_secs(10), || async {
-        let job = app.client.get_job(spinning.id).await.unwrap();
-        (job.state == JobState::Running).then_some(())
-    })
-    .await;
+    let spinning = app.spinning(&module).await;
 
     let cut_off = app.spawn_api_with_redis("redis://127.0.0.1:1").await;
     let cancelled = cut_off.cancel(spinning.id).await.unwrap();

@@ -8,7 +8,7 @@ use taskflow::api::types::{AttemptView, JobView, JsonText, SubmitJob};
 use taskflow::job::JobState;
 use uuid::Uuid;
 
-use super::{TestApp, plugin};
+use super::{TestApp, eventually, plugin};
 
 impl TestApp {
     /// Uploads a plugin and returns its hash.
@@ -28,6 +28,24 @@ impl TestApp {
 
     pub async fn submit_with(&self, job: SubmitJob) -> JobView {
         self.client.submit(&job).await.expect("job submits").job
+    }
+
+    /// Submits a job of the `misbehave` plugin's `module` that spins until
+    /// its 60 s timeout (it may have all the fuel a job can), and waits
+    /// until a worker runs it.
+    pub async fn spinning(&self, module: &str) -> JobView {
+        let job = self
+            .submit_with(SubmitJob {
+                timeout_ms: Some(60_000),
+                fuel: Some(100_000_000_000_000),
+                ..SubmitJob::new(module, serde_json::json!({"mode": "spin"}))
+            })
+            .await;
+        eventually(Duration::from_secs(10), || async {
+            let seen = self.client.get_job(job.id).await.unwrap();
+            (seen.state == JobState::Running).then_some(seen)
+        })
+        .await
     }
 
     /// Waits (up to a minute) for a job to reach a final state.
