@@ -2,13 +2,14 @@
 //! passed (queue/retention.rs), with their attempts and idempotency keys, so
 //! the tables hold days of history rather than everything ever run.
 //!
-//! Each pass is one bounded statement ([`Store::prune_finished`]) that
-//! locks only the rows it deletes, after one that deletes the places
-//! cancelled attempts held past their TTL ([`Store::forget_lapsed_places`]:
-//! a table of as many rows as attempts cancelled in the last TTL or so). A full batch asks for the next pass after
-//! [`PAUSE_BETWEEN_BATCHES`], so a backlog of millions drains steadily
-//! without taking PostgreSQL from the workers; a short batch means the
-//! backlog is gone, and the pruner waits for its interval.
+//! Each pass is two statements: one that deletes the places cancelled
+//! attempts held past their TTL ([`Store::forget_lapsed_places`], a table
+//! of as many rows as attempts cancelled in the last TTL or so), then one
+//! bounded [`Store::prune_finished`] that locks only the rows it deletes.
+//! A full batch asks for the next pass after [`PAUSE_BETWEEN_BATCHES`], so
+//! a backlog of millions drains steadily without taking PostgreSQL from the
+//! workers; a short batch means the backlog is gone, and the pruner waits
+//! for its interval.
 
 use std::time::Duration;
 

@@ -113,11 +113,7 @@ impl Store {
     /// An attempt whose guard does not match (the job was rescued,
     /// cancelled, or claimed again) is not recorded and its job is untouched:
     /// the result says [`Transition::Stale`] and the caller discards it.
-    /// A worker's outcome for an attempt that a cancel ended frees the place
-    /// the cancel held for it ([`Store::cancel_if_unfinished`]), unless the
-    /// cancel committed while this statement ran (the place then lapses on
-    /// its own, one TTL after the cancel). Only its outbound requests are
-    /// kept: they are put on the record the
+    /// Only its outbound requests are kept: they are put on the record the
     /// cancel or the rescue wrote for that very attempt (same job and token;
     /// the statement's snapshot does not see the rows it inserts), so the
     /// requests an attempt made are on its record whoever ended it, unless
@@ -127,6 +123,11 @@ impl Store {
     /// plan made while `job_attempts` looked empty (a young table, before
     /// autovacuum analyzes it) compared each of its rows with every outcome,
     /// half a second per batch of 512 (docs/benchmarks.md, issue 13).
+    ///
+    /// A worker's outcome for an attempt that a cancel ended also frees the
+    /// place the cancel held for it under its queue's limits
+    /// ([`Store::cancel_if_unfinished`]), unless the cancel committed while
+    /// this statement ran (the place then lapses one TTL after the cancel).
     pub async fn finish_if_lease_matches(
         &self,
         attempts: &[FinishedAttempt],

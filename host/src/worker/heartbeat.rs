@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lease::{Leases, Renewal};
 use crate::sandbox::RunGrant;
-use crate::store::{LeaseRef, Store};
+use crate::store::{LeaseRef, Store, StoreResult};
 
 /// An attempt this worker holds the lease of.
 #[derive(Debug, Clone)]
@@ -204,7 +204,8 @@ pub struct Heartbeat {
     pub in_flight: InFlight,
     /// Where the leases live.
     pub leases: Leases,
-    /// Where restored leases are confirmed.
+    /// Where restored leases are confirmed, and which attempts still run
+    /// is asked.
     pub store: Store,
 }
 
@@ -218,8 +219,9 @@ pub struct HeartbeatCounts {
 }
 
 impl Heartbeat {
-    /// Renews every in-flight lease every third of the lease TTL until
-    /// `shutdown`.
+    /// Every third of the lease TTL until `shutdown`, renews every
+    /// in-flight lease ([`Heartbeat::run_once`]) and, beside it, stops the
+    /// attempts PostgreSQL says have ended ([`Heartbeat::stop_ended`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(self.leases.renew_interval());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -236,31 +238,24 @@ impl Heartbeat {
     /// longer run (a cancel or a rescue ended them); returns how many.
     /// PostgreSQL gets one renewal interval to answer; without its answer
     /// nothing changes, and Redis's word stands. An attempt whose outcome
-    /// the completer wrote meanwhile has left [`InFlight`] and is skipped.
+    /// the completer wrote meanwhile has usually left [`InFlight`] and is
+    /// skipped; one caught between the write and its removal has its grant
+    /// revoked after its guest returned, which changes nothing.
     pub async fn stop_ended(&self) -> usize {
         let held = self.in_flight.snapshot();
         if held.is_empty() {
             return 0;
         }
         let leases: Vec<LeaseRef> = held.iter().map(|(lease, _)| *lease).collect();
-        let asked = tokio::time::timeout(
-            self.leases.renew_interval(),
-            self.store.still_running(&leases),
-        );
-        let running: HashSet<LeaseRef> = match asked.await {
-            Ok(Ok(running)) => running.into_iter().collect(),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot ask PostgreSQL which attempts still run");
-                return 0;
-            }
-            Err(_) => {
-                tracing::warn!("PostgreSQL did not say in time which attempts still run");
-                return 0;
-            }
+        let asked = self.store.still_running(&leases);
+        let Some(running) = self.in_time("check which attempts still run", asked).await else {
+            return 0;
         };
+        let running: HashSet<LeaseRef> = running.into_iter().collect();
         let mut stopped = 0;
         for (lease, held) in held {
             let ended = !running.contains(&lease) && self.in_flight.contains(lease);
+            // A grant already revoked or lapsed has stopped its guest.
             if ended && held.grant.is_valid_at(Instant::now()) {
                 tracing::info!(job_id = %lease.job_id, lease_token = lease.lease_token, "the attempt ended in PostgreSQL; stopping it");
                 held.grant.revoke();
@@ -339,6 +334,29 @@ impl Heartbeat {
         counts
     }
 
+    /// PostgreSQL's answer to `question` (to `what` it was asked to do), if
+    /// it comes within one renewal interval; else `None`, logged. While
+    /// PostgreSQL is unreachable a connection attempt may wait for the
+    /// pool's timeout, and a round must not hold up the next one, which
+    /// renews every other lease of the worker through Redis alone.
+    async fn in_time<T>(
+        &self,
+        what: &str,
+        question: impl Future<Output = StoreResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.leases.renew_interval(), question).await {
+            Ok(Ok(answer)) => Some(answer),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot {what} with PostgreSQL");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("PostgreSQL did not {what} in time");
+                None
+            }
+        }
+    }
+
     /// Of `missing` leases, those PostgreSQL confirms as current and whose
     /// keys could be written again by `valid_until`, the end of the grant
     /// the round may give; `None` if either store cannot answer in time.
@@ -347,10 +365,8 @@ impl Heartbeat {
     /// rescuer reads it past that deadline, and a rescuer that read it
     /// missing before finds the deadline it decided on gone.
     ///
-    /// PostgreSQL gets at most one renewal interval to answer: while it is
-    /// unreachable a connection attempt may wait for the pool's timeout,
-    /// and this round must not hold up the next one, which renews every
-    /// other lease of the worker through Redis alone.
+    /// PostgreSQL gets at most one renewal interval to answer
+    /// ([`Heartbeat::in_time`]).
     async fn restore_confirmed(
         &self,
         missing: &[LeaseRef],
@@ -359,21 +375,10 @@ impl Heartbeat {
         if missing.is_empty() {
             return Some(Vec::new());
         }
-        let confirmation = tokio::time::timeout(
-            self.leases.renew_interval(),
-            self.store.confirm_leases(missing, self.leases.ttl()),
-        );
-        let confirmed = match confirmation.await {
-            Ok(Ok(held)) => held,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot confirm leases missing from Redis with PostgreSQL");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!("PostgreSQL did not confirm leases missing from Redis in time");
-                return None;
-            }
-        };
+        let confirmation = self.store.confirm_leases(missing, self.leases.ttl());
+        let confirmed = self
+            .in_time("confirm leases missing from Redis", confirmation)
+            .await?;
         match self.leases.restore(&confirmed).await {
             Ok(_) if Instant::now() >= valid_until => {
                 tracing::warn!("Redis wrote back leases PostgreSQL confirmed too late to count");

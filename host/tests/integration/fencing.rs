@@ -18,7 +18,8 @@ use taskflow_testkit::{Place, PrivateRedis};
 use uuid::Uuid;
 
 use crate::support::{
-    TestDb, lease_lapses, new_job, rescue, store_with_jobs, stored_module, success, test_database,
+    TestDb, lease_lapses, new_job, redis_url, rescue, store_with_jobs, stored_module, success,
+    test_database,
 };
 
 const TTL: Duration = Duration::from_secs(30);
@@ -275,6 +276,41 @@ async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_
         finish(&store, &rescue(&job, "w", found)).await,
         Transition::Stale,
         "the job was rescued while its attempt ran on"
+    );
+    db.drop_database().await.unwrap();
+}
+
+/// A cancel whose revocation never reached Redis leaves the attempt's key
+/// with its token, which the worker would go on renewing. The heartbeat's
+/// read of PostgreSQL (`Heartbeat::stop_ended`) stops that attempt, and
+/// only that one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heartbeat_stops_the_attempts_postgres_says_ended_and_no_other() {
+    let (db, _) = store_with_jobs(2).await;
+    let store = db.store().clone();
+    let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
+    let worker = Heartbeat {
+        in_flight: InFlight::default(),
+        leases: Leases::new(Redis::connect_lazy(&redis_url(), &prefix).unwrap(), TTL),
+        store: store.clone(),
+    };
+    let (cancelled, running) = (claim_one(&store, "w").await, claim_one(&store, "w").await);
+    let until = Instant::now() + TTL;
+    let cancelled_grant = worker.in_flight.register(cancelled.lease(), until);
+    let running_grant = worker.in_flight.register(running.lease(), until);
+
+    assert_eq!(worker.stop_ended().await, 0, "both still run");
+    store
+        .cancel_if_unfinished(cancelled.id, "cancelled", TTL)
+        .await
+        .unwrap();
+    assert_eq!(worker.stop_ended().await, 1);
+    assert!(!cancelled_grant.is_valid_at(Instant::now()), "stopped");
+    assert!(running_grant.is_valid_at(Instant::now()), "left running");
+    assert_eq!(
+        worker.stop_ended().await,
+        0,
+        "a stopped attempt counts once"
     );
     db.drop_database().await.unwrap();
 }
