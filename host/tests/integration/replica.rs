@@ -18,8 +18,8 @@ use crate::support::{TestApp, eventually, plugin};
 async fn lists_read_the_replica_while_a_client_finds_its_new_job_and_waits_read_the_primary() {
     let postgres = ReplicatedPostgres::start().expect("a primary and a replica start");
     let app = TestApp::start().await;
-    let primary = database_url(postgres.primary_url(), "taskflow");
-    let replica = database_url(postgres.replica_url(), "taskflow");
+    let primary = database_url(postgres.primary_url(), "taskflow").unwrap();
+    let replica = database_url(postgres.replica_url(), "taskflow").unwrap();
     let api = app
         .api_process(&[
             ("DATABASE_URL", primary.as_str()),

@@ -1,12 +1,13 @@
 //! A database of its own on a PostgreSQL server, for one test, one
 //! benchmark run or one demo.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, ToSocketAddrs as _};
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs as _};
 
 use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
+use sqlx::{Connection as _, PgConnection};
 use taskflow::store::{DatabasePooler, Store};
+use url::Url;
 use uuid::Uuid;
 
 /// A freshly created and migrated database, with a [`Store`] over it.
@@ -23,39 +24,53 @@ pub struct ScratchDatabase {
     dropped: bool,
 }
 
-/// The URL of database `name` on the server of `server_url` (whatever
-/// database `server_url` names is replaced).
-pub fn database_url(server_url: &str, name: &str) -> String {
-    match server_url.rfind('/') {
-        Some(slash) if slash > server_url.find("//").map_or(0, |at| at + 1) => {
-            format!("{}/{name}", &server_url[..slash])
-        }
-        _ => format!("{server_url}/{name}"),
-    }
+/// The URL of database `name` on the server of `server_url`: whatever
+/// database `server_url` names is replaced, and its credentials and
+/// settings (`?sslmode=…`, `?host=` a socket directory, …) are kept.
+///
+/// # Errors
+///
+/// If `server_url` is not a URL.
+pub fn database_url(server_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = Url::parse(server_url).with_context(|| format!("not a URL: {server_url}"))?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.into())
 }
 
 /// `database_url` with its server replaced by `address`: the same
 /// database, credentials and settings, reached through what listens there
-/// (a pooler, a proxy).
+/// (a pooler, a proxy). A server named in the settings (`?host=` a
+/// socket directory, `?hostaddr=`, `?port=`) is dropped, since it would
+/// take precedence over `address`.
 ///
 /// # Errors
 ///
-/// If `database_url` is not a PostgreSQL URL.
+/// If `database_url` is not a URL, or is one that cannot name a server.
 pub fn database_url_through(
     database_url: &str,
     address: impl Into<SocketAddr>,
 ) -> anyhow::Result<String> {
     let address = address.into();
-    let host = match address.ip() {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("[{ip}]"),
-    };
-    let options: PgConnectOptions = database_url.parse()?;
-    Ok(options
-        .host(&host)
-        .port(address.port())
-        .to_url_lossy()
-        .to_string())
+    let mut url = Url::parse(database_url).with_context(|| format!("not a URL: {database_url}"))?;
+    let names_a_server = |key: &str| matches!(key, "host" | "hostaddr" | "port");
+    if url.query_pairs().any(|(key, _)| names_a_server(&key)) {
+        // Rebuilt only then: re-encoding would change how the other
+        // settings are spelt (a space as `+`, which libpq reads as is).
+        let settings: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| !names_a_server(key))
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !settings.is_empty() {
+            url.query_pairs_mut().extend_pairs(settings);
+        }
+    }
+    url.set_ip_host(address.ip())
+        .map_err(|()| anyhow::anyhow!("{database_url} cannot name a server"))?;
+    url.set_port(Some(address.port()))
+        .map_err(|()| anyhow::anyhow!("{database_url} cannot name a port"))?;
+    Ok(url.into())
 }
 
 /// The IPv4 address of the server `database_url` names, for something put
@@ -208,7 +223,7 @@ impl ScratchDatabase {
             .await
             .with_context(|| format!("cannot create database {name}"))?;
         admin.close().await?;
-        let url = database_url(server_url, &name);
+        let url = database_url(server_url, &name)?;
         let store = Store::connect_lazy(&url, max_connections, DatabasePooler::None)?;
         Ok(Self {
             name,
@@ -330,6 +345,25 @@ mod tests {
         assert_eq!(options.get_database(), Some("jobs"));
         assert!(through.contains("u:p%40ss@"), "{through}");
         assert!(through.contains("sslmode=disable"), "{through}");
+        assert!(through.contains("application_name=t"), "{through}");
+        assert_eq!(options.get_application_name(), Some("t"));
+    }
+
+    #[test]
+    fn a_socket_url_through_an_address_names_only_that_address() {
+        let through = database_url_through(
+            "postgres:///jobs?host=/var/run/postgresql&port=5433&options=-c%20work_mem%3D8MB",
+            SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 6000),
+        )
+        .unwrap();
+        let options: PgConnectOptions = through.parse().unwrap();
+        assert_eq!(options.get_socket(), None, "{through}");
+        assert_eq!(
+            (options.get_host(), options.get_port()),
+            ("127.0.0.1", 6000)
+        );
+        assert_eq!(options.get_database(), Some("jobs"));
+        assert_eq!(options.get_options(), Some("-c work_mem=8MB"), "{through}");
     }
 
     #[test]
@@ -344,12 +378,28 @@ mod tests {
     #[test]
     fn the_database_of_a_server_url_is_replaced() {
         assert_eq!(
-            database_url("postgres://u@h:5432/postgres", "t1"),
+            database_url("postgres://u@h:5432/postgres", "t1").unwrap(),
             "postgres://u@h:5432/t1"
         );
         assert_eq!(
-            database_url("postgres://u@h:5432", "t1"),
+            database_url("postgres://u@h:5432", "t1").unwrap(),
             "postgres://u@h:5432/t1"
+        );
+    }
+
+    #[test]
+    fn replacing_the_database_keeps_the_urls_settings() {
+        assert_eq!(
+            database_url(
+                "postgres://u:p%40ss@h:5432/postgres?sslmode=require&application_name=ci",
+                "t1"
+            )
+            .unwrap(),
+            "postgres://u:p%40ss@h:5432/t1?sslmode=require&application_name=ci"
+        );
+        assert_eq!(
+            database_url("postgres:///postgres?host=/var/run/postgresql", "t1").unwrap(),
+            "postgres:///t1?host=/var/run/postgresql"
         );
     }
 }

@@ -91,7 +91,7 @@ impl PgBouncer {
     ///
     /// # Errors
     ///
-    /// If `database_url` is not a PostgreSQL URL.
+    /// If `database_url` is not a URL that can name a server.
     pub fn url_for(&self, database_url: &str) -> anyhow::Result<String> {
         database_url_through(
             database_url,
@@ -106,7 +106,7 @@ impl PgBouncer {
     ///
     /// # Errors
     ///
-    /// If `database_url` is not a PostgreSQL URL.
+    /// If `database_url` is not a URL that can name a server.
     pub fn taskflow_env(&self, database_url: &str) -> anyhow::Result<[(&'static str, String); 3]> {
         Ok([
             ("DATABASE_URL", self.url_for(database_url)?),
