@@ -87,7 +87,8 @@ fn dependency_status<E: std::fmt::Display>(name: &str, result: Result<(), E>) ->
 }
 
 /// `GET /metrics`: Prometheus text format, with each queue's jobs per
-/// state and the age of its oldest available job read at the scrape from
+/// state, the places its cancelled jobs hold while stopping, and the age
+/// of its oldest available job read at the scrape from
 /// the queue counters (`Store::queue_stats`: a few statements, no scan of
 /// the jobs, however many there are).
 #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "health",
@@ -126,6 +127,14 @@ fn write_queue_gauges(page: &mut String, queues: &BTreeMap<String, QueueStats>) 
                 state.as_str()
             );
         }
+    }
+    write_type_line(page, "taskflow_queue_stopping", None, None, "gauge");
+    for (queue, stats) in &labelled {
+        let _ = writeln!(
+            page,
+            "taskflow_queue_stopping{{queue=\"{queue}\"}} {}",
+            stats.stopping
+        );
     }
     write_type_line(
         page,

@@ -299,8 +299,8 @@ fn queue_table(queues: &[QueueView]) -> String {
     for queue in queues {
         let jobs = &queue.stats.jobs;
         let running = match queue.max_running {
-            Some(max) => format!("{}/{max}", jobs.running),
-            None => jobs.running.to_string(),
+            Some(max) => format!("{}/{max}", running_and_stopping(&queue.stats)),
+            None => running_and_stopping(&queue.stats),
         };
         let name = if queue.paused {
             format!("{} (paused)", queue.name)
@@ -321,6 +321,15 @@ fn queue_table(queues: &[QueueView]) -> String {
     lines.join("\n")
 }
 
+/// The jobs running, and after a `+` the places still held by cancelled
+/// ones stopping, if any: what the queue's `max_running` limits.
+fn running_and_stopping(stats: &QueueStatsView) -> String {
+    match stats.stopping {
+        0 => stats.jobs.running.to_string(),
+        stopping => format!("{}+{stopping}", stats.jobs.running),
+    }
+}
+
 /// How long the oldest available job has waited, for people: `-` if none.
 fn oldest_age(stats: &QueueStatsView) -> String {
     match stats.oldest_available_age_ms {
@@ -336,12 +345,16 @@ fn describe_queue(queue: &QueueView) -> String {
     let mut lines = vec![format!("queue {}", queue.name)];
     let jobs = &queue.stats.jobs;
     lines.push(format!(
-        "  jobs   {} scheduled, {} available (oldest waiting {}), {} running, {} retrying, \
+        "  jobs   {} scheduled, {} available (oldest waiting {}), {} running{}, {} retrying, \
          {} succeeded, {} dead, {} cancelled",
         jobs.scheduled,
         jobs.available,
         oldest_age(&queue.stats),
         jobs.running,
+        match queue.stats.stopping {
+            0 => String::new(),
+            stopping => format!(" (+{stopping} stopping)"),
+        },
         jobs.retrying,
         jobs.succeeded,
         jobs.dead,
@@ -395,4 +408,18 @@ fn describe_queue(queue: &QueueView) -> String {
         ));
     }
     lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_column_adds_the_places_cancelled_jobs_hold_while_stopping() {
+        let mut stats = QueueStatsView::default();
+        stats.jobs.running = 3;
+        assert_eq!(running_and_stopping(&stats), "3");
+        stats.stopping = 1;
+        assert_eq!(running_and_stopping(&stats), "3+1");
+    }
 }

@@ -15,7 +15,7 @@ use super::{ConsolePath, ConsoleQuery};
 use crate::api::ApiState;
 use crate::api::queues::pause_or_resume;
 use crate::job::JobState;
-use crate::queue::KeepFor;
+use crate::queue::{KeepFor, QueueStats};
 use crate::store::QueueRecord;
 
 /// One queue, as the page shows it.
@@ -24,6 +24,8 @@ struct QueueLine {
     paused: bool,
     configured: bool,
     running: u64,
+    /// Places still held by jobs cancelled while running (`QueueStats::stopping`).
+    stopping: u64,
     max_running: String,
     max_running_per_key: String,
     rate: String,
@@ -32,7 +34,7 @@ struct QueueLine {
 }
 
 impl QueueLine {
-    fn of(record: &QueueRecord, running: u64) -> Self {
+    fn of(record: &QueueRecord, stats: &QueueStats) -> Self {
         let limits = &record.settings.limits;
         let or_none = |limit: Option<std::num::NonZeroU32>| {
             limit.map_or_else(|| "none".to_owned(), |limit| limit.to_string())
@@ -53,7 +55,8 @@ impl QueueLine {
             name: record.name.clone(),
             paused: record.paused,
             configured: record.created_at.is_some(),
-            running,
+            running: stats.jobs.get(JobState::Running),
+            stopping: stats.stopping,
             max_running: or_none(limits.max_running),
             max_running_per_key: or_none(limits.max_running_per_key),
             rate: limits.rate.map_or_else(
@@ -103,7 +106,7 @@ pub async fn page(
         .read(|store| async move { store.queues_with_stats().await })
         .await?
         .iter()
-        .map(|(record, stats)| QueueLine::of(record, stats.jobs.get(JobState::Running)))
+        .map(|(record, stats)| QueueLine::of(record, stats))
         .collect();
     let page = Queues {
         chrome: session

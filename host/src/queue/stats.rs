@@ -1,7 +1,9 @@
-//! What a queue is doing: its jobs in each state and its recent starts,
-//! successes and failures, as `GET /v1/queues` shows them. The store reads
-//! them from counters its statements keep (store/queue_stats.rs), never by
-//! counting jobs, so a listing costs the same over ten jobs or ten million.
+//! What a queue is doing: its jobs in each state, the places its cancelled
+//! attempts still hold, and its recent starts, successes and failures, as
+//! `GET /v1/queues` shows them. The store reads them from counters its
+//! statements keep and from the few held places (store/queue_stats.rs),
+//! never by counting jobs, so a listing costs the same over ten jobs or ten
+//! million.
 
 use std::time::Duration;
 
@@ -58,6 +60,11 @@ impl std::ops::AddAssign for Activity {
 pub struct QueueStats {
     /// Its jobs, per state.
     pub jobs: JobCounts,
+    /// Places still held by attempts that were cancelled while running and
+    /// whose guest may not have stopped yet (the table `stopping_attempts`):
+    /// `max_running` and `max_running_per_key` count them beside the jobs
+    /// running.
+    pub stopping: u64,
     /// How long the job that has been due longest has waited for a worker;
     /// `None` when no job is available.
     pub oldest_available_age: Option<Duration>,

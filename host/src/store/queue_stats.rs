@@ -23,10 +23,11 @@ use crate::queue::{Activity, JobCounts, QueueStats};
 const ACTIVITY_KEPT: Duration = Duration::from_secs(2 * 3600);
 
 impl Store {
-    /// The stats of queue `name`, or of every queue that has jobs or had
-    /// attempts in the last hour (`None`), by queue. Three statements, each
-    /// reading counters, the unfolded log and, for queues with available
-    /// jobs, one index entry per distinct priority.
+    /// The stats of queue `name`, or of every queue that has jobs, holds
+    /// places of cancelled attempts or had attempts in the last hour
+    /// (`None`), by queue. Four statements, reading counters, the unfolded
+    /// log, the held places (a table of a few rows) and, for queues with
+    /// available jobs, one index entry per distinct priority.
     pub async fn queue_stats(
         &self,
         name: Option<&str>,
@@ -69,6 +70,10 @@ impl Store {
             }
         }
 
+        for (queue, places) in self.stopping_places(name).await? {
+            stats.entry(queue).or_default().stopping = places;
+        }
+
         let waiting: Vec<String> = stats
             .iter()
             .filter(|(_, queue)| queue.jobs.get(JobState::Available) > 0)
@@ -80,6 +85,26 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// The places under their limits that queue `name`, or every queue
+    /// (`None`), still holds for cancelled attempts (`stopping_attempts`),
+    /// counted as the limits count them (`running_or_reserved`, migrations/20261221000001).
+    async fn stopping_places(&self, name: Option<&str>) -> StoreResult<Vec<(String, u64)>> {
+        super::statement("stopping_places");
+        let rows = sqlx::query!(
+            r#"SELECT queue AS "queue!", count(*) AS "places!"
+               FROM stopping_attempts
+               WHERE held_until > now() AND ($1::text IS NULL OR queue = $1)
+               GROUP BY queue"#,
+            name
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.queue, u64::try_from(row.places).unwrap_or_default()))
+            .collect())
     }
 
     /// Every queue configured or holding jobs (or with attempts in the last

@@ -246,6 +246,58 @@ async fn the_listing_shows_every_queue_with_its_jobs_activity_and_oldest_waiting
     app.finish().await;
 }
 
+/// A running job cancelled keeps its place under the queue's limits until
+/// its guest stops (`Store::cancel_if_unfinished`): the listing, the
+/// scrape and the console show that place as `stopping`, so a full queue
+/// that starts nothing says why, until the worker reports the guest
+/// stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_running_job_shows_as_stopping_until_its_worker_reports_it() {
+    let (app, module) = TestApp::start_with_plugin("hello").await;
+    taskflow::telemetry::prometheus();
+    let job = app.submit(&module, json!({})).await;
+    let claimed = app
+        .store()
+        .claim("default", "w1", 1, TTL, ClaimPath::Plain)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(claimed.len(), 1);
+    app.client.cancel(job.id).await.unwrap();
+
+    let (_, queue) = app.get_json("/v1/queues/default").await;
+    let stats = &queue["stats"];
+    assert_eq!(stats["jobs"]["running"], 0, "{stats}");
+    assert_eq!(stats["jobs"]["cancelled"], 1, "{stats}");
+    assert_eq!(stats["stopping"], 1, "{stats}");
+    let stopping = r#"taskflow_queue_stopping{queue="default"} "#;
+    let gauge = |metrics: String| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(stopping).map(str::to_owned))
+    };
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(gauge(metrics).as_deref(), Some("1"));
+    for page in ["/ui", "/ui/queues"] {
+        let html = app.get(page).await.text().await.unwrap();
+        assert!(html.contains("0 + 1 stopping"), "{page}:\n{html}");
+    }
+
+    app.store()
+        .finish_if_lease_matches(&[success(&claimed[0], "w1", b"{}")])
+        .await
+        .unwrap();
+    let (_, queue) = app.get_json("/v1/queues/default").await;
+    assert_eq!(queue["stats"]["stopping"], 0, "{queue}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(gauge(metrics).as_deref(), Some("0"));
+    for page in ["/ui", "/ui/queues"] {
+        let html = app.get(page).await.text().await.unwrap();
+        assert!(!html.contains("1 stopping"), "{page}:\n{html}");
+    }
+    app.finish().await;
+}
+
 /// A queue whose last job is gone drops out of the counters, and its
 /// gauges out of `/metrics`: neither the last count they were given, nor a
 /// 0 kept in the process's recorder for as long as it runs (one set of

@@ -224,8 +224,15 @@ pub struct QueueView {
 /// What a queue is doing (`queue::QueueStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStatsView {
-    /// Its jobs per state; `running` is what `max_running` limits.
+    /// Its jobs per state.
     pub jobs: JobCountsView,
+    /// Places still held by jobs cancelled while running, until their
+    /// worker reports the guest stopped (at most one lease TTL after the
+    /// cancel): `max_running` and `max_running_per_key` count them beside
+    /// `jobs.running`. Absent in answers of servers from before it was
+    /// added: 0.
+    #[serde(default)]
+    pub stopping: u64,
     /// How long the job due longest has waited for a worker, in
     /// milliseconds (absent: no job is available).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +290,7 @@ impl From<QueueStats> for QueueStatsView {
     fn from(stats: QueueStats) -> Self {
         Self {
             jobs: stats.jobs.into(),
+            stopping: stats.stopping,
             oldest_available_age_ms: stats
                 .oldest_available_age
                 .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),

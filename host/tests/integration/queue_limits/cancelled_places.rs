@@ -33,6 +33,11 @@ async fn held_places(admin: &mut PgConnection) -> i64 {
         .unwrap()
 }
 
+/// The places the queue's stats show as held by stopping attempts.
+async fn stopping(store: &Store) -> u64 {
+    store.queue_stats(Some("default")).await.unwrap()["default"].stopping
+}
+
 /// Cancels `job` as an API with the tests' lease TTL does.
 async fn cancel(store: &Store, job: &ClaimedJob) {
     store
@@ -53,6 +58,7 @@ async fn a_cancelled_attempt_holds_its_place_until_its_worker_reports_it() {
             claim(&store, "w2", 1).await.is_empty(),
             "{limits}: the cancelled guest may still run"
         );
+        assert_eq!(stopping(&store).await, 1, "{limits}");
 
         // A rescuer that read the lease as lapsed before the cancel is
         // fenced out too, but it does not know the guest stopped.
@@ -65,6 +71,7 @@ async fn a_cancelled_attempt_holds_its_place_until_its_worker_reports_it() {
             claim(&store, "w2", 1).await.is_empty(),
             "{limits}: a rescue's report frees no place"
         );
+        assert_eq!(stopping(&store).await, 1, "{limits}");
 
         let reported = store
             .finish_if_lease_matches(&[success(&first[0], "w1", b"{}")])
@@ -76,6 +83,7 @@ async fn a_cancelled_attempt_holds_its_place_until_its_worker_reports_it() {
             1,
             "{limits}: the worker's report frees the place"
         );
+        assert_eq!(stopping(&store).await, 0, "{limits}");
         app.finish().await;
     }
 }
@@ -116,6 +124,11 @@ async fn a_cancelled_attempt_that_no_worker_reports_holds_its_place_one_ttl() {
             .unwrap();
         assert_eq!(claim(&store, "w2", 1).await.len(), 1, "{limits}: lapsed");
         assert_eq!(held_places(&mut admin).await, 1, "{limits}");
+        assert_eq!(
+            stopping(&store).await,
+            0,
+            "{limits}: a lapsed place is not shown"
+        );
         Pruner::new(store.clone()).run_once().await.unwrap();
         assert_eq!(held_places(&mut admin).await, 0, "{limits}");
         app.finish().await;
