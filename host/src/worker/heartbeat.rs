@@ -4,16 +4,18 @@
 //! until its outcome is committed (or found stale), including while the
 //! completer retries a write against an unreachable PostgreSQL. The
 //! [`Heartbeat`] runs every third of the lease TTL and writes or renews the
-//! lease key of every attempt (two scripts sent together, plus a third
-//! round for keys PostgreSQL had to confirm), extending or revoking each
-//! attempt's [`RunGrant`]:
+//! lease key of every attempt but those claimed moments ago (two scripts
+//! sent together, plus a third round for keys PostgreSQL had to confirm),
+//! extending or revoking each attempt's [`RunGrant`]:
 //!
-//! - **fresh** (claimed since the last round, no key written yet): the key is
-//!   written now. A claim's PostgreSQL lease runs for one TTL, so the rescuer
-//!   cannot act on a fresh attempt before this round: a job that finishes
-//!   within a third of a TTL, as most do, never touches Redis at all. A fresh
-//!   attempt whose grant has already lapsed (the worker was paused) is
-//!   treated as missing instead;
+//! - **fresh** (no key written yet): the key is written now, once the
+//!   attempt was claimed at least a quarter of an interval ago
+//!   ([`Heartbeat::unwritten_for`]); a younger one waits for the next round.
+//!   A claim's PostgreSQL lease runs for one TTL, so the rescuer cannot act
+//!   on a fresh attempt before its key is written: a job that settles
+//!   within a quarter of an interval, as most do, never touches Redis at
+//!   all. A fresh attempt whose grant has already lapsed (the worker was
+//!   paused) is treated as missing instead;
 //! - renewed: the grant is extended to (time the renewal was sent + TTL);
 //! - written or renewed, but Redis answered only after the grant had lapsed
 //!   (**late**): treated as missing. The grant's end comes before the
@@ -53,7 +55,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -219,8 +221,8 @@ pub struct HeartbeatCounts {
 }
 
 impl Heartbeat {
-    /// Every third of the lease TTL until `shutdown`, renews every
-    /// in-flight lease ([`Heartbeat::run_once`]) and, beside it, stops the
+    /// Every third of the lease TTL until `shutdown`, renews the in-flight
+    /// leases ([`Heartbeat::run_once`]) and, beside it, stops the
     /// attempts PostgreSQL says have ended ([`Heartbeat::stop_ended`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(self.leases.renew_interval());
@@ -265,13 +267,22 @@ impl Heartbeat {
         stopped
     }
 
-    /// One renewal round.
+    /// One renewal round. It leaves alone the attempts claimed too recently
+    /// to need a key ([`Heartbeat::unwritten_for`]).
     pub async fn run_once(&self) -> HeartbeatCounts {
-        let held = self.in_flight.snapshot();
+        let sent_at = Instant::now();
+        // A fresh grant still valid then was claimed within `unwritten_for`
+        // of now: it runs on its claim's TTL until a later round.
+        let young_until = sent_at + self.leases.ttl() - self.unwritten_for();
+        let held: Vec<(LeaseRef, Held)> = self
+            .in_flight
+            .snapshot()
+            .into_iter()
+            .filter(|(_, held)| held.in_redis || !held.grant.is_valid_at(young_until))
+            .collect();
         if held.is_empty() {
             return HeartbeatCounts::default();
         }
-        let sent_at = Instant::now();
         let (fresh, written): (Vec<_>, Vec<_>) = held.iter().partition(|(_, held)| !held.in_redis);
         let (fresh, lapsed): (Vec<_>, Vec<_>) = fresh
             .into_iter()
@@ -332,6 +343,19 @@ impl Heartbeat {
         }
         self.in_flight.mark_in_redis(&now_in_redis);
         counts
+    }
+
+    /// How long after its claim an attempt goes without a lease key: a
+    /// quarter of a renewal interval. Its claim keeps the rescuer away for
+    /// one TTL (three intervals), and the round that writes its key comes
+    /// at most 1¼ intervals after the claim, leaving 1¾: room for one lost
+    /// round, as a renewal has. Without the wait a round wrote the key of
+    /// every attempt held, even one claimed a moment before, and the
+    /// completer released it again moments after: four Redis commands for
+    /// each short job a round happened to catch, while claimed ahead,
+    /// running, or waiting for its outcome's batch.
+    fn unwritten_for(&self) -> Duration {
+        self.leases.renew_interval() / 4
     }
 
     /// PostgreSQL's answer to `question` (to `what` it was asked to do), if
@@ -402,8 +426,6 @@ impl Heartbeat {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use uuid::Uuid;
 
     use super::*;

@@ -10,8 +10,8 @@
 //!    connection of their own ([`Store::single_connection`]).
 //! 2. **Lease** them: PostgreSQL's claim holds each for one TTL, and the
 //!    [`Heartbeat`] writes and renews the Redis lease key of every attempt
-//!    still in [`InFlight`] every third of a TTL (short jobs finish before
-//!    they need one).
+//!    still in [`InFlight`] every third of a TTL, once it is a twelfth of
+//!    a TTL old (short jobs settle before they need one).
 //! 3. **Run** each in the [`Sandbox`], in a fresh store, under the job's
 //!    limits and its [`RunGrant`].
 //! 4. **Finish**: the slot is freed and the outcome goes to the
@@ -270,7 +270,8 @@ impl Worker {
 
     /// Spawns the executions of claimed jobs, which wait for a slot. Their
     /// leases are held in PostgreSQL by the claim; the heartbeat writes the
-    /// Redis keys of those still running at its next round.
+    /// Redis keys of those still held at its first round at least TTL/12
+    /// after the claim.
     async fn start(
         self: &Arc<Self>,
         claimed: Vec<ClaimedJob>,
@@ -290,7 +291,8 @@ impl Worker {
             .await;
         let batch = claimed.len();
         // No Redis round trip here: the heartbeat writes the lease keys of
-        // attempts still running at its next round (see `heartbeat`).
+        // attempts still held at its first round at least TTL/12 from now
+        // (see `heartbeat`).
         for mut job in claimed {
             let trace = traces.get(&job.id).copied();
             if let Some(trace) = trace {

@@ -315,6 +315,53 @@ async fn the_heartbeat_stops_the_attempts_postgres_says_ended_and_no_other() {
     db.drop_database().await.unwrap();
 }
 
+/// A claim holds its job in PostgreSQL for a whole TTL, so a round leaves
+/// alone the key of an attempt claimed less than a quarter of a renewal
+/// interval ago (`Heartbeat::run_once`): a job that settles within that,
+/// as the jobs of a drain do (claimed ahead, run, and waiting for their
+/// outcome's batch), never touches Redis. It wrote a key for every
+/// attempt held, even one claimed a millisecond before the round, and
+/// released it again right after: four Redis commands per job a round
+/// happened to catch. An attempt claimed longer ago gets its key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_round_writes_no_key_for_an_attempt_claimed_less_than_a_quarter_interval_ago() {
+    let (db, _) = store_with_jobs(2).await;
+    let store = db.store().clone();
+    let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
+    let worker = Heartbeat {
+        in_flight: InFlight::default(),
+        leases: Leases::new(Redis::connect_lazy(&redis_url(), &prefix).unwrap(), TTL),
+        store: store.clone(),
+    };
+    let (young, older) = (claim_one(&store, "w").await, claim_one(&store, "w").await);
+    let claimed_now = Instant::now() + TTL;
+    let young_grant = worker.in_flight.register(young.lease(), claimed_now);
+    let quarter = worker.leases.renew_interval() / 4;
+    let older_grant = worker
+        .in_flight
+        .register(older.lease(), claimed_now - quarter);
+
+    let counts = worker.run_once().await;
+    assert_eq!((counts.renewed, counts.lost), (1, 0), "{counts:?}");
+    let holders = worker.leases.holders(&[young.id, older.id]).await.unwrap();
+    assert_eq!(holders[0], None, "the young attempt has no key");
+    assert_eq!(
+        holders[1].map(|holder| holder.lease_token),
+        Some(older.lease_token)
+    );
+    assert!(
+        young_grant.is_valid_at(Instant::now()),
+        "its claim holds it"
+    );
+    assert!(older_grant.is_valid_at(Instant::now() + TTL - quarter));
+    assert!(
+        !worker.in_flight.remove(young.lease()),
+        "settled, it has no key to release"
+    );
+    assert!(worker.in_flight.remove(older.lease()));
+    db.drop_database().await.unwrap();
+}
+
 /// A worker's outcomes, the rescuer's extensions and a heartbeat's
 /// confirmations each update a batch of jobs in one statement, which locks
 /// the rows in the order of its input when PostgreSQL probes the primary

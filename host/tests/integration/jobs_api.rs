@@ -272,9 +272,9 @@ async fn attempts_come_in_pages_oldest_first() {
 
 /// The API's revocation of a cancelled attempt lasts as long as the TTL the
 /// attempt's worker was granted, though the API's own is shorter (1 s
-/// here): that worker's next round, up to a third of its TTL away, must
-/// still find it, or an attempt that has not yet written its key would
-/// write it and run on.
+/// here): that worker's round that writes the attempt's first key, up to
+/// 5/12 of its TTL away, must still find it, or the attempt would write
+/// its key and run on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancels_revocation_lasts_the_ttl_the_workers_claim_granted() {
     let app = TestApp::start().await;
