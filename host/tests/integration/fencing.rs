@@ -280,12 +280,9 @@ async fn a_first_key_write_that_lands_after_the_claims_deadline_is_not_proof_of_
     db.drop_database().await.unwrap();
 }
 
-/// A cancel whose revocation never reached Redis leaves the attempt's key
-/// with its token, which the worker would go on renewing. The heartbeat's
-/// read of PostgreSQL (`Heartbeat::stop_ended`) stops that attempt, and
-/// only that one.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_heartbeat_stops_the_attempts_postgres_says_ended_and_no_other() {
+/// A worker's heartbeat, on a key prefix of its own, and two jobs its
+/// worker claimed (not yet registered in its `InFlight`).
+async fn heartbeat_holding_two_claims() -> (TestDb, Heartbeat, [ClaimedJob; 2]) {
     let (db, _) = store_with_jobs(2).await;
     let store = db.store().clone();
     let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
@@ -294,7 +291,18 @@ async fn the_heartbeat_stops_the_attempts_postgres_says_ended_and_no_other() {
         leases: Leases::new(Redis::connect_lazy(&redis_url(), &prefix).unwrap(), TTL),
         store: store.clone(),
     };
-    let (cancelled, running) = (claim_one(&store, "w").await, claim_one(&store, "w").await);
+    let claims = [claim_one(&store, "w").await, claim_one(&store, "w").await];
+    (db, worker, claims)
+}
+
+/// A cancel whose revocation never reached Redis leaves the attempt's key
+/// with its token, which the worker would go on renewing. The heartbeat's
+/// read of PostgreSQL (`Heartbeat::stop_ended`) stops that attempt, and
+/// only that one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heartbeat_stops_the_attempts_postgres_says_ended_and_no_other() {
+    let (db, worker, [cancelled, running]) = heartbeat_holding_two_claims().await;
+    let store = &worker.store;
     let until = Instant::now() + TTL;
     let cancelled_grant = worker.in_flight.register(cancelled.lease(), until);
     let running_grant = worker.in_flight.register(running.lease(), until);
@@ -325,21 +333,11 @@ async fn the_heartbeat_stops_the_attempts_postgres_says_ended_and_no_other() {
 /// happened to catch. An attempt claimed longer ago gets its key.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_round_writes_no_key_for_an_attempt_claimed_less_than_a_quarter_interval_ago() {
-    let (db, _) = store_with_jobs(2).await;
-    let store = db.store().clone();
-    let prefix = format!("tftest:{}:", Uuid::new_v4().simple());
-    let worker = Heartbeat {
-        in_flight: InFlight::default(),
-        leases: Leases::new(Redis::connect_lazy(&redis_url(), &prefix).unwrap(), TTL),
-        store: store.clone(),
-    };
-    let (young, older) = (claim_one(&store, "w").await, claim_one(&store, "w").await);
-    let claimed_now = Instant::now() + TTL;
-    let young_grant = worker.in_flight.register(young.lease(), claimed_now);
+    let (db, worker, [young, older]) = heartbeat_holding_two_claims().await;
+    let until = Instant::now() + TTL;
+    let young_grant = worker.in_flight.register(young.lease(), until);
     let quarter = worker.leases.renew_interval() / 4;
-    let older_grant = worker
-        .in_flight
-        .register(older.lease(), claimed_now - quarter);
+    let older_grant = worker.in_flight.register(older.lease(), until - quarter);
 
     let counts = worker.run_once().await;
     assert_eq!((counts.renewed, counts.lost), (1, 0), "{counts:?}");
