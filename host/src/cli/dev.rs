@@ -177,7 +177,7 @@ async fn outbound_demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
 /// A client of the demo's API; with tokens configured, the demo
 /// authenticates like any client.
 fn demo_client(url: &str) -> Client {
-    Client::new(url).with_token(std::env::var("TASKFLOW_API_TOKEN").ok())
+    Client::new(url).with_token(super::api_token_from_env())
 }
 
 /// Uploads `plugin`, shows it, and returns its hash.

@@ -204,13 +204,10 @@ pub struct ClientArgs {
         global = true
     )]
     pub api_url: String,
-    /// API token (see `taskflow token create`).
-    #[arg(
-        long,
-        env = "TASKFLOW_API_TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
+    /// API token (see `taskflow token create`). Better set
+    /// TASKFLOW_API_TOKEN, read when this is absent: a flag's value shows
+    /// in `ps` to every user of the machine, so giving it warns.
+    #[arg(long, global = true)]
     pub token: Option<String>,
     /// Print JSON instead of human-readable text.
     #[arg(long, global = true)]
@@ -218,10 +215,26 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// A client of the configured API.
+    /// A client of the configured API, with the token of `--token` (after
+    /// a warning on stderr) or else of TASKFLOW_API_TOKEN.
     pub fn client(&self) -> crate::client::Client {
-        crate::client::Client::new(&self.api_url).with_token(self.token.clone())
+        let token = match &self.token {
+            Some(token) => {
+                eprintln!(
+                    "warning: --token shows the token to every user of this machine (ps, \
+                     /proc/<pid>/cmdline); set TASKFLOW_API_TOKEN instead"
+                );
+                Some(token.clone())
+            }
+            None => api_token_from_env(),
+        };
+        crate::client::Client::new(&self.api_url).with_token(token)
     }
+}
+
+/// The API token a client sends when no `--token` is given.
+pub fn api_token_from_env() -> Option<String> {
+    std::env::var("TASKFLOW_API_TOKEN").ok()
 }
 
 /// `taskflow module …`.

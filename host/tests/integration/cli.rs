@@ -252,6 +252,64 @@ async fn the_client_commands_push_submit_wait_and_inspect() {
     app.finish().await;
 }
 
+/// A client's token authenticates from `TASKFLOW_API_TOKEN` or `--token`;
+/// the flag warns, since its value shows in `ps` to every user of the
+/// machine (and in `/proc/<pid>/cmdline`), and the variable does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_on_the_command_line_works_and_warns_that_ps_shows_it() {
+    let (token, hash) = taskflow::api::auth::create_token();
+    let app = TestApp::start_with(crate::support::TestOptions {
+        api_token_sha256: vec![hash],
+        ..Default::default()
+    })
+    .await;
+    let list = |flag: Option<String>, env: Vec<(&'static str, String)>| {
+        let mut args = vec![
+            "module".to_owned(),
+            "list".to_owned(),
+            "--api".to_owned(),
+            app.url.clone(),
+        ];
+        args.extend(
+            flag.map(|token| ["--token".to_owned(), token])
+                .into_iter()
+                .flatten(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            taskflow_with_env(&args, &env)
+        })
+    };
+    let warning = "set TASKFLOW_API_TOKEN instead";
+
+    let flagged = list(Some(token.clone()), vec![]).await.unwrap();
+    assert!(flagged.status.success(), "{}", text(&flagged.stderr));
+    assert!(
+        text(&flagged.stderr).contains(warning),
+        "{}",
+        text(&flagged.stderr)
+    );
+    assert!(
+        !text(&flagged.stderr).contains(&token),
+        "the warning names no token"
+    );
+
+    let from_env = list(None, vec![("TASKFLOW_API_TOKEN", token.clone())])
+        .await
+        .unwrap();
+    assert!(from_env.status.success(), "{}", text(&from_env.stderr));
+    assert!(
+        !text(&from_env.stderr).contains(warning),
+        "{}",
+        text(&from_env.stderr)
+    );
+
+    let without = list(None, vec![]).await.unwrap();
+    assert_refused(&without, "unauthorized");
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_queue_commands_grant_hosts_config_and_a_secret_read_from_the_environment() {
     const SECRET: &str = "cli-secret-never-printed";
