@@ -65,7 +65,7 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
         ModuleCommand::Push { file, client } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let (module, created) = client.client().push_module(bytes).await?;
+            let (module, created) = client.client()?.push_module(bytes).await?;
             print(&client, &module, || {
                 let verb = if created {
                     "uploaded"
@@ -79,11 +79,11 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             })
         }
         ModuleCommand::Get { hash, client } => {
-            let module = client.client().get_module(&hash).await?;
+            let module = client.client()?.get_module(&hash).await?;
             print(&client, &module, || describe_module(&module))
         }
         ModuleCommand::Name { hash, name, client } => {
-            let moved = client.client().name_module(&hash, &name).await?;
+            let moved = client.client()?.name_module(&hash, &name).await?;
             print(&client, &moved, || describe_move(&moved))
         }
         ModuleCommand::Names {
@@ -92,7 +92,7 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             client,
         } => {
             let list = client
-                .client()
+                .client()?
                 .module_names(limit, cursor.as_deref())
                 .await?;
             print(&client, &list, || {
@@ -112,7 +112,7 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             page: _,
             client,
         } => {
-            let view = client.client().module_name(&name).await?;
+            let view = client.client()?.module_name(&name).await?;
             print(&client, &view, || {
                 let mut lines = vec![format!("{}  {}", view.name, view.module)];
                 lines.extend(
@@ -124,11 +124,11 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             })
         }
         ModuleCommand::Rollback { name, client } => {
-            let moved = client.client().roll_back_module_name(&name).await?;
+            let moved = client.client()?.roll_back_module_name(&name).await?;
             print(&client, &moved, || describe_move(&moved))
         }
         ModuleCommand::Rm { hash, client } => {
-            let module = client.client().delete_module(&hash).await?;
+            let module = client.client()?.delete_module(&hash).await?;
             print(&client, &module, || {
                 format!("module {} is deleted", module.hash)
             })
@@ -138,7 +138,7 @@ pub async fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             client,
         } => {
             let page = client
-                .client()
+                .client()?
                 .list_modules(limit, cursor.as_deref())
                 .await?;
             print(&client, &page, || {
@@ -158,8 +158,8 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
         JobCommand::Submit(args) => submit(args).await,
         JobCommand::Get { id, wait, client } => {
             let job = match wait {
-                Some(wait) => client.client().get_job_when_ended(id, wait).await?,
-                None => client.client().get_job(id).await?,
+                Some(wait) => client.client()?.get_job_when_ended(id, wait).await?,
+                None => client.client()?.get_job(id).await?,
             };
             print(&client, &job, || describe_job(&job))
         }
@@ -175,7 +175,7 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
                 limit,
                 cursor,
             };
-            let page = client.client().list_jobs(&query).await?;
+            let page = client.client()?.list_jobs(&query).await?;
             print(&client, &page, || {
                 let mut lines = vec![format!(
                     "{:<36}  {:<10}  {:<12}  {:>7}  CREATED",
@@ -198,21 +198,21 @@ pub async fn run_job(command: JobCommand) -> anyhow::Result<()> {
             })
         }
         JobCommand::Attempts { id, client } => {
-            let attempts = client.client().attempts(id).await?;
+            let attempts = client.client()?.attempts(id).await?;
             print(&client, &attempts, || describe_attempts(&attempts))
         }
         JobCommand::Cancel { id, client } => {
-            let job = client.client().cancel(id).await?;
+            let job = client.client()?.cancel(id).await?;
             print(&client, &job, || format!("job {} is {}", job.id, job.state))
         }
         JobCommand::Retry { id, client } => {
-            let job = client.client().retry(id).await?;
+            let job = client.client()?.retry(id).await?;
             print(&client, &job, || {
                 format!("job {} is {} again", job.id, job.state)
             })
         }
         JobCommand::Rm { id, client } => {
-            let job = client.client().delete_job(id).await?;
+            let job = client.client()?.delete_job(id).await?;
             print(&client, &job, || {
                 format!("job {} ({}) is deleted", job.id, job.state)
             })
@@ -243,7 +243,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             request.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
     }
-    let client = args.client.client().with_traceparent(args.traceparent);
+    let client = args.client.client()?.with_traceparent(args.traceparent);
     let submitted = client.submit(&request).await?;
     if !args.wait {
         return print(&args.client, &submitted, || {

@@ -131,7 +131,7 @@ async fn demos(
 
 /// Uploads the plugin, runs one job through the whole system and prints it.
 async fn demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
-    let client = demo_client(url);
+    let client = demo_client(url)?;
     let module = upload(&client, plugin).await?;
     let job = SubmitJob::new(module, serde_json::json!({ "name": "TaskFlow" }));
     run_and_show(&client, &job, JobState::Succeeded).await
@@ -144,7 +144,7 @@ const DEMO_QUEUE: &str = "demo";
 /// it with the `fetch` plugin from that queue (allowed) and from `default`
 /// (denied: it grants nothing).
 async fn outbound_demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
-    let client = demo_client(url);
+    let client = demo_client(url)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let origin = format!("http://{}", listener.local_addr()?);
     let service = axum::Router::new().route(
@@ -176,8 +176,8 @@ async fn outbound_demo(url: &str, plugin: &Path) -> anyhow::Result<()> {
 
 /// A client of the demo's API; with tokens configured, the demo
 /// authenticates like any client.
-fn demo_client(url: &str) -> Client {
-    Client::new(url).with_token(super::api_token_from_env())
+fn demo_client(url: &str) -> anyhow::Result<Client> {
+    Ok(Client::new(url).with_token(super::api_token_from_env()?))
 }
 
 /// Uploads `plugin`, shows it, and returns its hash.

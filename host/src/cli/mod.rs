@@ -217,7 +217,11 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// A client of the configured API, with the token of `--token` (after
     /// a warning on stderr) or else of TASKFLOW_API_TOKEN.
-    pub fn client(&self) -> crate::client::Client {
+    ///
+    /// # Errors
+    ///
+    /// If TASKFLOW_API_TOKEN is set but not UTF-8.
+    pub fn client(&self) -> anyhow::Result<crate::client::Client> {
         let token = match &self.token {
             Some(token) => {
                 eprintln!(
@@ -226,15 +230,25 @@ impl ClientArgs {
                 );
                 Some(token.clone())
             }
-            None => api_token_from_env(),
+            None => api_token_from_env()?,
         };
-        crate::client::Client::new(&self.api_url).with_token(token)
+        Ok(crate::client::Client::new(&self.api_url).with_token(token))
     }
 }
 
-/// The API token a client sends when no `--token` is given.
-pub fn api_token_from_env() -> Option<String> {
-    std::env::var("TASKFLOW_API_TOKEN").ok()
+/// The API token a client sends when no `--token` is given, if set.
+///
+/// # Errors
+///
+/// If it is set but not UTF-8: sent as no token, it would only earn a 401.
+pub fn api_token_from_env() -> anyhow::Result<Option<String>> {
+    match std::env::var("TASKFLOW_API_TOKEN") {
+        Ok(token) => Ok(Some(token)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("TASKFLOW_API_TOKEN is not UTF-8, so it cannot be an API token")
+        }
+    }
 }
 
 /// `taskflow module …`.

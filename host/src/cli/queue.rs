@@ -193,7 +193,7 @@ fn rate_or_none(text: &str) -> Result<OrNone<RateSpec>, String> {
 pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::Get { name, client } => {
-            let queue = client.client().get_queue(&name).await?;
+            let queue = client.client()?.get_queue(&name).await?;
             print(&client, &queue, || describe_queue(&queue))
         }
         QueueCommand::Set(args) => {
@@ -210,7 +210,7 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
             };
             let queue = args
                 .client
-                .client()
+                .client()?
                 .put_queue(&args.name, &settings)
                 .await?;
             print(&args.client, &queue, || describe_queue(&queue))
@@ -220,19 +220,23 @@ pub async fn run_queue(command: QueueCommand) -> anyhow::Result<()> {
                 retention: args.retention.body(),
                 ..args.limits.patch()
             };
-            let queue = args.client.client().patch_queue(&args.name, &patch).await?;
+            let queue = args
+                .client
+                .client()?
+                .patch_queue(&args.name, &patch)
+                .await?;
             print(&args.client, &queue, || describe_queue(&queue))
         }
         QueueCommand::Pause { name, client } => {
-            let queue = client.client().set_queue_paused(&name, true).await?;
+            let queue = client.client()?.set_queue_paused(&name, true).await?;
             print(&client, &queue, || describe_queue(&queue))
         }
         QueueCommand::Resume { name, client } => {
-            let queue = client.client().set_queue_paused(&name, false).await?;
+            let queue = client.client()?.set_queue_paused(&name, false).await?;
             print(&client, &queue, || describe_queue(&queue))
         }
         QueueCommand::List { client } => {
-            let list = client.client().list_queues().await?;
+            let list = client.client()?.list_queues().await?;
             print(&client, &list, || queue_table(&list.queues))
         }
     }

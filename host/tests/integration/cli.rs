@@ -14,6 +14,8 @@ fn taskflow_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_taskflow"))
         .args(args)
         .env("RUST_LOG", "warn")
+        // Whatever token the tests' environment holds is not the tests' own.
+        .env_remove("TASKFLOW_API_TOKEN")
         .envs(env.iter().copied())
         .output()
         .expect("the taskflow binary runs")
@@ -307,6 +309,24 @@ async fn a_token_on_the_command_line_works_and_warns_that_ps_shows_it() {
 
     let without = list(None, vec![]).await.unwrap();
     assert_refused(&without, "unauthorized");
+
+    // A variable that is not UTF-8 cannot hold a token: said so, rather
+    // than sent as no token and answered with a 401.
+    let url = app.url.clone();
+    let garbled = tokio::task::spawn_blocking(move || {
+        use std::os::unix::ffi::OsStrExt as _;
+        Command::new(env!("CARGO_BIN_EXE_taskflow"))
+            .args(["module", "list", "--api", &url])
+            .env(
+                "TASKFLOW_API_TOKEN",
+                std::ffi::OsStr::from_bytes(b"tf_\xff"),
+            )
+            .output()
+            .expect("the taskflow binary runs")
+    })
+    .await
+    .unwrap();
+    assert_refused(&garbled, "TASKFLOW_API_TOKEN is not UTF-8");
     app.finish().await;
 }
 
