@@ -271,9 +271,10 @@ impl Heartbeat {
     /// to need a key ([`Heartbeat::unwritten_for`]).
     pub async fn run_once(&self) -> HeartbeatCounts {
         let sent_at = Instant::now();
+        let valid_until = sent_at + self.leases.ttl();
         // A fresh grant still valid then was claimed within `unwritten_for`
         // of now: it runs on its claim's TTL until a later round.
-        let young_until = sent_at + self.leases.ttl() - self.unwritten_for();
+        let young_until = valid_until - self.unwritten_for();
         let held: Vec<(LeaseRef, Held)> = self
             .in_flight
             .snapshot()
@@ -315,7 +316,6 @@ impl Heartbeat {
         }));
         observed.extend(lapsed.iter().map(|attempt| (*attempt, Observed::Lapsed)));
 
-        let valid_until = sent_at + self.leases.ttl();
         let unproven: Vec<LeaseRef> = observed
             .iter()
             .filter(|(_, seen)| seen.needs_confirmation())

@@ -7,16 +7,16 @@ use serde_json::Value;
 use crate::support::{TestApp, plugin_path, test_database};
 
 fn taskflow(args: &[&str]) -> Output {
-    taskflow_with_env(args, &[])
+    taskflow_with_env::<&str>(args, &[])
 }
 
-fn taskflow_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+fn taskflow_with_env<V: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(&str, V)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_taskflow"))
         .args(args)
         .env("RUST_LOG", "warn")
         // Whatever token the tests' environment holds is not the tests' own.
         .env_remove("TASKFLOW_API_TOKEN")
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .output()
         .expect("the taskflow binary runs")
 }
@@ -315,14 +315,11 @@ async fn a_token_on_the_command_line_works_and_warns_that_ps_shows_it() {
     let url = app.url.clone();
     let garbled = tokio::task::spawn_blocking(move || {
         use std::os::unix::ffi::OsStrExt as _;
-        Command::new(env!("CARGO_BIN_EXE_taskflow"))
-            .args(["module", "list", "--api", &url])
-            .env(
-                "TASKFLOW_API_TOKEN",
-                std::ffi::OsStr::from_bytes(b"tf_\xff"),
-            )
-            .output()
-            .expect("the taskflow binary runs")
+        let token = std::ffi::OsStr::from_bytes(b"tf_\xff");
+        taskflow_with_env(
+            &["module", "list", "--api", &url],
+            &[("TASKFLOW_API_TOKEN", token)],
+        )
     })
     .await
     .unwrap();
@@ -519,8 +516,8 @@ async fn taskflow_dev_runs_its_demo_from_given_components_without_building() {
                 "--exit-after-demo",
             ],
             &[
-                ("DATABASE_URL", &url),
-                ("TASKFLOW_REDIS_PREFIX", &prefix),
+                ("DATABASE_URL", url.as_str()),
+                ("TASKFLOW_REDIS_PREFIX", prefix.as_str()),
                 ("TASKFLOW_LISTEN", "127.0.0.1:0"),
                 ("CARGO", "/bin/false"),
             ],
