@@ -10,7 +10,8 @@
 //! attempt's record too big to store.
 //!
 //! The capture takes borrowed bytes and copies only what it keeps: the host
-//! side of `host.log` hands it the message still in guest memory, and the
+//! side of `host.log` hands it the message still in guest memory (a UTF-16
+//! guest's transcoded, only if it could fit: `sandbox/guest_str.rs`), and the
 //! stdout/stderr streams hand it at most one write permit at a time
 //! (`sandbox/streams.rs`).
 
@@ -143,6 +144,23 @@ impl LogCapture {
     pub fn log(&self, level: Level, message: &str) {
         self.lock()
             .push(LogSource::Log, Some(level_name(level)), message);
+    }
+
+    /// The longest `host.log` message that could still be kept, in bytes:
+    /// a longer one is dropped whatever it says.
+    pub fn room_for_a_message(&self) -> usize {
+        self.lock().room().saturating_sub(LINE_OVERHEAD_BYTES)
+    }
+
+    /// Records a `host.log` call whose message was longer than
+    /// [`LogCapture::room_for_a_message`] and so was not read (a UTF-16
+    /// guest's, which reading would transcode: `sandbox/guest_str.rs`). The
+    /// line is dropped, and, unread, it is no panic report: only the SDK's
+    /// hook writes those, and the SDK's strings are UTF-8.
+    pub fn log_unread(&self) {
+        let mut state = self.lock();
+        state.panic_report = None;
+        state.drop_line();
     }
 
     /// Records bytes the guest wrote to stdout or stderr; lines end at `\n`.
@@ -372,6 +390,35 @@ mod tests {
         let log = capture.finish();
         assert_eq!(log.lines.len(), 2);
         assert_eq!(log.dropped, 3);
+    }
+
+    #[test]
+    fn the_room_for_a_message_is_exactly_the_longest_line_kept() {
+        let capture = LogCapture::new(LINE_OVERHEAD_BYTES + 10);
+        capture.write(LogSource::Stdout, b"abc");
+        let room = capture.room_for_a_message();
+        assert_eq!(room, 7, "the pending stdout bytes take room too");
+        capture.log(Level::Info, &"x".repeat(room + 1));
+        capture.log(Level::Info, &"x".repeat(room));
+        let log = capture.finish();
+        assert_eq!(log.lines.len(), 1);
+        assert_eq!(log.lines[0].message.len(), room);
+        assert_eq!(
+            log.dropped, 2,
+            "the longer message, then `abc`: no room left"
+        );
+        assert_eq!(LogCapture::new(3).room_for_a_message(), 0);
+    }
+
+    #[test]
+    fn an_unread_message_is_dropped_and_ends_a_panic_report() {
+        let capture = LogCapture::new(1024);
+        capture.log(Level::Error, "panicked at src/lib.rs:1:1");
+        capture.log_unread();
+        let log = capture.finish();
+        assert_eq!(log.lines.len(), 1);
+        assert_eq!(log.dropped, 1);
+        assert_eq!(log.panic_report, None);
     }
 
     #[test]

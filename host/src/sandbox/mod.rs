@@ -58,6 +58,7 @@ mod cache;
 mod engine;
 mod grant;
 mod guest;
+mod guest_str;
 pub mod outbound;
 mod output;
 mod prepare;

@@ -27,6 +27,7 @@ use wasmtime::component::{ComponentType, Lift, WasmList, WasmStr};
 
 use super::MAX_ERROR_MESSAGE_BYTES;
 use super::failure::Capped;
+use super::guest_str::{UTF16_TAG, pointer_and_length};
 
 /// The largest output any sandbox of this process accepts: the bound of
 /// what is copied out of a guest. Each sandbox then applies its own limit
@@ -150,11 +151,8 @@ unsafe impl Lift for CutMessage {
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
         <WasmStr as Lift>::linear_lift_from_memory(cx, ty, bytes)?;
-        let word = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok());
-        let (Some(ptr), Some(len)) = (word(0), word(4)) else {
-            wasmtime::bail!("a string's pointer and length take 8 bytes");
-        };
-        Self::read(cx, u32::from_le_bytes(ptr), u32::from_le_bytes(len))
+        let (ptr, len) = pointer_and_length(bytes)?;
+        Self::read(cx, ptr, len)
     }
 }
 
@@ -163,18 +161,17 @@ impl CutMessage {
     /// `len` units (bytes for UTF-8 and Latin-1, 16-bit units for UTF-16),
     /// decoded; invalid sequences become U+FFFD.
     fn read(cx: &mut LiftContext<'_>, ptr: u32, len: u32) -> wasmtime::Result<Self> {
-        let (ptr, len) = (ptr as usize, len as usize);
-        let memory = cx.memory();
+        let memory = &cx.memory()[ptr as usize..];
         let text = match cx.options().string_encoding {
             StringEncoding::Utf8 => {
-                let bytes = &memory[ptr..][..len.min(MAX_ERROR_MESSAGE_BYTES)];
+                let bytes = &memory[..(len as usize).min(MAX_ERROR_MESSAGE_BYTES)];
                 String::from_utf8_lossy(bytes).into_owned()
             }
-            StringEncoding::Utf16 => utf16(&memory[ptr..], len),
+            StringEncoding::Utf16 => utf16(memory, len as usize),
             StringEncoding::CompactUtf16 if len & UTF16_TAG != 0 => {
-                utf16(&memory[ptr..], len ^ UTF16_TAG)
+                utf16(memory, (len ^ UTF16_TAG) as usize)
             }
-            StringEncoding::CompactUtf16 => memory[ptr..][..len.min(MAX_ERROR_MESSAGE_BYTES)]
+            StringEncoding::CompactUtf16 => memory[..(len as usize).min(MAX_ERROR_MESSAGE_BYTES)]
                 .iter()
                 .map(|&byte| char::from(byte))
                 .collect(),
@@ -182,9 +179,6 @@ impl CutMessage {
         Ok(Self(Capped::cut(text, MAX_ERROR_MESSAGE_BYTES)))
     }
 }
-
-/// The tag of a compact UTF-16 string's length that says it is UTF-16.
-const UTF16_TAG: usize = 1 << 31;
 
 /// The first units of a UTF-16 string of `units` units at the start of
 /// `memory`, as many as can make [`MAX_ERROR_MESSAGE_BYTES`] of UTF-8.

@@ -2,12 +2,15 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use taskflow::api::types::{JobView, SubmitJob};
 use taskflow::backoff::retry_delay;
 use taskflow::job::JobState;
 
-use crate::support::{TestApp, assert_state, failing_every_attempt, single_attempt, tree};
+use crate::support::{
+    TaskWorld, TestApp, assert_state, failing_every_attempt, single_attempt, tree,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_job_retries_on_the_documented_schedule_then_is_dead_lettered() {
@@ -401,6 +404,81 @@ async fn a_big_error_message_is_cut_without_being_copied_out_of_the_guest() {
         message.len()
     );
     assert_not_copied("error message", MESSAGE, grew);
+    app.finish().await;
+}
+
+/// A task whose strings are UTF-16 (its canonical options'
+/// `string-encoding`), in
+/// WebAssembly text so that it can be exactly that: it logs a short
+/// message, then fills 64 MiB with `U+4E4E` (three bytes each in UTF-8)
+/// and passes those 32 Mi units as a log message and as a secret's name,
+/// and returns the name's answer: an error string, UTF-16 too.
+const UTF16_TASK: &str = r#"
+(module
+  (import "taskflow:task/host@0.2.0" "log" (func $log (param i32 i32 i32)))
+  (import "taskflow:task/secrets@0.2.0" "placeholder"
+    (func $placeholder (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  ;; "héllo 中" in UTF-16LE: 7 units
+  (data (i32.const 64) "\68\00\e9\00\6c\00\6c\00\6f\00\20\00\2d\4e")
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $at i32)
+    (local.set $at
+      (i32.and
+        (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+        (i32.sub (i32.const 0) (local.get 2))))
+    (global.set $heap (i32.add (local.get $at) (local.get 3)))
+    (local.get $at))
+  (func (export "run") (param i32 i32) (result i32)
+    (local $long i32)
+    (call $log (i32.const 2) (i32.const 64) (i32.const 7))
+    (local.set $long (i32.mul (memory.grow (i32.const 1024)) (i32.const 65536)))
+    (memory.fill (local.get $long) (i32.const 0x4e) (i32.const 0x4000000))
+    (call $log (i32.const 2) (local.get $long) (i32.const 0x2000000))
+    (call $placeholder (local.get $long) (i32.const 0x2000000) (i32.const 32))
+    ;; ok(the answer's message, as bytes): 16-bit units, twice as many bytes
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.load (i32.const 36)))
+    (i32.store (i32.const 24) (i32.shl (i32.load (i32.const 40)) (i32.const 1)))
+    (i32.const 16)))
+"#;
+
+/// A UTF-16 guest's string is transcoded to be read, into up to twice its
+/// size: a `host.log` message too long for the log and a secret's name too
+/// long for any secret are refused unread, and a short message still
+/// arrives whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_utf16_guests_long_strings_are_refused_without_being_transcoded() {
+    const FILLED: u64 = 64 << 20;
+    let module = wat::parse_str(UTF16_TASK).unwrap();
+    let component = TaskWorld::load()
+        .component(module, wit_component::StringEncoding::UTF16)
+        .unwrap();
+    let app = TestApp::start().await;
+    let module = app.upload_component(component).await;
+    app.spawn_worker("w1");
+
+    let (job, grew) = run_measuring_growth(&app, &module, json!({})).await;
+    assert_state(&job, JobState::Succeeded);
+    let output = base64::engine::general_purpose::STANDARD
+        .decode(job.output_base64.as_ref().unwrap())
+        .unwrap();
+    let units: Vec<u16> = output
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .collect();
+    assert_eq!(
+        String::from_utf16(&units).unwrap(),
+        "no secret has a name over 64 bytes"
+    );
+    let attempt = &app.attempts(job.id).await[0];
+    assert_eq!(
+        attempt.logs,
+        json!([{"source": "log", "level": "info", "message": "héllo 中"}])
+    );
+    assert_eq!(attempt.logs_dropped, 1, "the long message was dropped");
+    assert_not_copied("UTF-16 string", FILLED, grew);
     app.finish().await;
 }
 

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskflow::sandbox::{CompileError, Compiler};
 
-use crate::support::{TestApp, compile_config, plugin};
+use crate::support::{TaskWorld, TestApp, compile_config, plugin};
 
 fn cases(default: u32) -> u32 {
     std::env::var("TASKFLOW_FUZZ_CASES")
@@ -201,32 +201,11 @@ const EXPECTED_KINDS: &[&str] = &[
     "module_unavailable",
 ];
 
-/// The core module shape of a `taskflow:task` component: the imports and
-/// exports (`run`, `cabi_post_run`, `cabi_realloc`, `memory`) its core module
-/// must have, as `wit-component` derives them from `wit/`.
-fn task_world() -> (wit_parser::Resolve, wit_parser::WorldId, Vec<u8>) {
-    let mut resolve = wit_parser::Resolve::default();
-    let (package, _) = resolve
-        .push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit"))
-        .unwrap();
-    let world = resolve.select_world(&[package], Some("task")).unwrap();
-    let shape = wit_component::dummy_module(
-        &resolve,
-        world,
-        wit_parser::ManglingAndAbi::Legacy(wit_parser::LiftLowerAbi::Sync),
-    );
-    (resolve, world, shape)
-}
-
 /// A component made from `seed`: half the time a task of the right world
 /// whose code is random (`wasm-smith` fills in the task world's shape), half
 /// the time a random core module wrapped in a component (refused, but only
 /// after it compiled). `None` when the seed makes nothing encodable.
-fn generated_component(
-    world: &(wit_parser::Resolve, wit_parser::WorldId, Vec<u8>),
-    seed: &[u8],
-) -> Option<Vec<u8>> {
-    let (resolve, world_id, shape) = world;
+fn generated_component(world: &TaskWorld, shape: &[u8], seed: &[u8]) -> Option<Vec<u8>> {
     let mut input = arbitrary::Unstructured::new(&seed[1..]);
     let mut config = wasm_smith::Config {
         max_funcs: 20,
@@ -234,20 +213,10 @@ fn generated_component(
         ..wasm_smith::Config::default()
     };
     if seed[0].is_multiple_of(2) {
-        config.module_shape = Some(shape.clone());
-        let mut module = wasm_smith::Module::new(config, &mut input).ok()?.to_bytes();
-        wit_component::embed_component_metadata(
-            &mut module,
-            resolve,
-            *world_id,
-            wit_component::StringEncoding::UTF8,
-        )
-        .ok()?;
-        wit_component::ComponentEncoder::default()
-            .module(&module)
-            .ok()?
-            .validate(true)
-            .encode()
+        config.module_shape = Some(shape.to_vec());
+        let module = wasm_smith::Module::new(config, &mut input).ok()?.to_bytes();
+        world
+            .component(module, wit_component::StringEncoding::UTF8)
             .ok()
     } else {
         let module = wasm_smith::Module::new(config, &mut input).ok()?.to_bytes();
@@ -273,7 +242,8 @@ fn generated_components_never_get_a_5xx_compile_in_bounded_time_and_never_harm_a
         let _in_runtime = runtime.enter();
         app.spawn_worker("fuzz")
     };
-    let world = task_world();
+    let world = TaskWorld::load();
+    let shape = world.core_shape();
     let http = app.http();
     let jobs = std::cell::RefCell::new(Vec::new());
     let refused = std::cell::Cell::new(0);
@@ -284,7 +254,7 @@ fn generated_components_never_get_a_5xx_compile_in_bounded_time_and_never_harm_a
     let seeds = proptest::collection::vec(any::<u8>(), 2_048..16_384);
     runner
         .run(&seeds, |seed| {
-            let Some(component) = generated_component(&world, &seed) else {
+            let Some(component) = generated_component(&world, &shape, &seed) else {
                 return Ok(());
             };
             // The compile timeout bounds the answer: a compile that runs

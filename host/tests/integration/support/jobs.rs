@@ -13,10 +13,15 @@ use super::{TestApp, eventually, plugin};
 impl TestApp {
     /// Uploads a plugin and returns its hash.
     pub async fn upload(&self, name: &str) -> String {
+        self.upload_component(plugin(name)).await
+    }
+
+    /// Uploads a component and returns its hash.
+    pub async fn upload_component(&self, component: Vec<u8>) -> String {
         self.client
-            .push_module(plugin(name))
+            .push_module(component)
             .await
-            .expect("plugin uploads")
+            .expect("the component uploads")
             .0
             .hash
     }

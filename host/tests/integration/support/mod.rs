@@ -21,11 +21,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod browser;
+mod components;
 mod http;
 mod jobs;
 mod processes;
 mod store;
 
+pub use components::TaskWorld;
 pub use http::assert_api_error;
 pub use jobs::{assert_state, failing_every_attempt, keyed, single_attempt, tree};
 pub use processes::{ApiProcess, TcpProxy, WorkerProcess, accepted_connections};
