@@ -1,5 +1,6 @@
 //! Reads of jobs and their attempts, for the API and the CLI.
 
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::records::{AttemptRecord, JobDetail, JobRecord, job_columns};
@@ -104,6 +105,11 @@ impl Store {
     /// costs the same on any table. When the page is short because the
     /// bound was reached, the page also says where to resume: the oldest
     /// id read, to pass as `before`.
+    ///
+    /// One statement finds both, so the resume point is the oldest job of
+    /// the very jobs searched. Found by a second statement, it moved with
+    /// every job inserted, pruned or changing state in between, and the
+    /// next page repeated or skipped that many.
     pub async fn list_module_jobs(
         &self,
         filter: &JobFilter,
@@ -112,37 +118,40 @@ impl Store {
     ) -> StoreResult<ModuleJobs> {
         super::statement("list_module_jobs");
         let mut query = sqlx::QueryBuilder::new(concat!(
-            "SELECT ",
+            "SELECT * FROM (SELECT ",
             job_columns!(""),
-            " FROM (SELECT ",
-            job_columns!(""),
-            " FROM jobs WHERE true"
+            ", row_number() OVER (ORDER BY id DESC) AS read FROM jobs WHERE true"
         ));
         push_predicates(&mut query, filter);
+        // The module's jobs, and the last job the search may read whatever
+        // its module: it comes last, so it is cut off only behind a full
+        // page. Rows stream from the index, so a page found early stops
+        // the search there.
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(scan)
             .push(") newest WHERE module_hash = ")
             .push_bind(module_hash)
+            .push(" OR read = ")
+            .push_bind(scan)
             .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(filter.limit);
-        let jobs = query
-            .build_query_as::<JobRecord>()
-            .fetch_all(self.pool())
-            .await?;
+            .push_bind(filter.limit.saturating_add(1));
+        let rows = query.build().fetch_all(self.pool()).await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut last_read = None;
+        for row in &rows {
+            let job = JobRecord::from_row(row)?;
+            if row.try_get::<i64, _>("read")? == scan {
+                last_read = Some(job.id);
+            }
+            if job.module_hash == module_hash && (jobs.len() as i64) < filter.limit {
+                jobs.push(job);
+            }
+        }
         let resume_before = if jobs.len() as i64 == filter.limit {
             None
         } else {
-            let mut boundary = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE true");
-            push_predicates(&mut boundary, filter);
-            boundary
-                .push(" ORDER BY id DESC OFFSET ")
-                .push_bind(scan - 1)
-                .push(" LIMIT 1");
-            boundary
-                .build_query_scalar::<Uuid>()
-                .fetch_optional(self.pool())
-                .await?
+            last_read
         };
         Ok(ModuleJobs {
             jobs,

@@ -2,11 +2,14 @@
 //! PostgreSQL: dead jobs grouped and requeued a group at a time, a
 //! module's jobs searched in bounded steps, and the id-prefix filter.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 use taskflow::job::{AfterFailure, AttemptEnd, Failure, FailureKind, IdPrefix, NewJob};
 use taskflow::store::{ClaimPath, DatabasePooler, JobFilter, Store};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::support::{finished, new_job, test_database, until_no_clients};
@@ -281,6 +284,71 @@ async fn a_modules_jobs_are_searched_in_bounded_steps_and_jobs_found_by_the_star
         expected
     );
 
+    db.drop_database().await.unwrap();
+}
+
+/// A short page's resume point is the oldest job its own search read, so
+/// jobs inserted while the page is made neither repeat nor hide jobs on
+/// the next. Jobs arrive in pairs of `a` and `b` while the newest ten are
+/// searched for `a`'s, again and again: a resume point found after the
+/// search, two or more jobs later, would be younger than the search's
+/// oldest `a`, and the next page would show that job again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_modules_next_page_resumes_where_its_own_search_stopped_while_jobs_arrive() {
+    let db = test_database().await;
+    let store = db.store();
+    let (a, b) = (module(store, 'a').await, module(store, 'b').await);
+    let pair = {
+        let (a, b) = (a.clone(), b.clone());
+        move || [new_job(&a), new_job(&b)]
+    };
+    for _ in 0..10 {
+        store.insert_jobs(&pair()).await.unwrap();
+    }
+    let arriving = CancellationToken::new();
+    let pairs = Arc::new(AtomicUsize::new(0));
+    let inserter = tokio::spawn({
+        let (store, arriving, pairs) = (store.clone(), arriving.clone(), pairs.clone());
+        async move {
+            while !arriving.is_cancelled() {
+                store.insert_jobs(&pair()).await.unwrap();
+                pairs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let page = |before: Option<Uuid>| {
+        let a = a.clone();
+        async move {
+            let filter = JobFilter {
+                before,
+                limit: 10,
+                ..JobFilter::default()
+            };
+            store.list_module_jobs(&filter, &a, 10).await.unwrap()
+        }
+    };
+    // However fast commits are here, pages are made while 100 pairs arrive.
+    let mut made = 0;
+    while made < 300 || pairs.load(Ordering::Relaxed) < 100 {
+        let first = page(None).await;
+        let resume = first
+            .resume_before
+            .expect("five of a among the ten read: a short page");
+        let next = page(Some(resume)).await;
+        let shown: Vec<Uuid> = first.jobs.iter().map(|job| job.id).collect();
+        for job in &next.jobs {
+            assert!(
+                !shown.contains(&job.id),
+                "{} was on the first page too, which said to resume before {resume}",
+                job.id
+            );
+        }
+        assert_eq!(first.jobs.len(), 5);
+        assert_eq!(next.jobs.len(), 5, "the next ten read hold five of a");
+        made += 1;
+    }
+    arriving.cancel();
+    inserter.await.unwrap();
     db.drop_database().await.unwrap();
 }
 
