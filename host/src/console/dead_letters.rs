@@ -135,18 +135,21 @@ pub async fn retry(
     }
     let mut retried = 0;
     let died_by = Utc::now();
+    let mut after = None;
     loop {
-        let requeued = state
+        let pass = state
             .store
-            .requeue_dead_group(&form.module, kind, died_by, REQUEUE_BATCH)
+            .requeue_dead_group(&form.module, kind, died_by, after, REQUEUE_BATCH)
             .await?;
-        if requeued.is_empty() {
+        let Some(last_taken) = pass.last_taken else {
             break;
-        }
+        };
+        after = Some(last_taken);
         state
             .waker
-            .wake(requeued.iter().map(|(queue, _)| queue.as_str()));
-        retried += requeued
+            .wake(pass.requeued.iter().map(|(queue, _)| queue.as_str()));
+        retried += pass
+            .requeued
             .iter()
             .map(|(_, jobs)| jobs.unsigned_abs())
             .sum::<u64>();

@@ -2,6 +2,7 @@
 //! console's dead-letter page (host/src/console/dead_letters.rs).
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::{Store, StoreResult};
 
@@ -20,8 +21,15 @@ pub struct DeadLetterGroup {
     pub example_message: Option<String>,
 }
 
-/// One requeue pass over a group: how many jobs of each queue it requeued.
-pub type RequeuedByQueue = Vec<(String, i64)>;
+/// One requeue pass over a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequeuePass {
+    /// How many jobs of each queue it requeued (to wake their workers).
+    pub requeued: Vec<(String, i64)>,
+    /// The newest job of the group it took, where the next pass starts;
+    /// `None` once no job of the group is left past where it started.
+    pub last_taken: Option<Uuid>,
+}
 
 impl Store {
     /// Groups the newest `scan_limit` dead jobs by module and error kind,
@@ -55,32 +63,38 @@ impl Store {
 
     /// Requeues up to `limit` dead jobs of `module_hash` whose last error
     /// is of `error_kind` and that died by `died_by`, with a fresh set of
-    /// attempts, as [`Store::requeue_if_finished`] does one job. Returns
-    /// how many it requeued per queue (to wake their workers); call again
-    /// until it requeues none: a job that dies again after `died_by` is not
-    /// taken twice, so that loop ends. Requeues none once the module is
-    /// deleted (its row is share-locked, as by `requeue_if_finished`, so
-    /// it waits for a module delete under way). Skips job rows another
-    /// transaction holds, so it never waits behind a worker or a user.
+    /// attempts, as [`Store::requeue_if_finished`] does one job: the oldest
+    /// such jobs after job `after` (from the oldest when `None`). Call
+    /// again from the pass's [`RequeuePass::last_taken`] until it is
+    /// `None`: each pass starts where the last ended, so a group's retry
+    /// reads each dead job once, where a search from the oldest every time
+    /// read the older dead jobs of other groups once per pass. A job that
+    /// dies again after `died_by` is not taken twice. Requeues none once
+    /// the module is deleted (its row is share-locked, as by
+    /// `requeue_if_finished`, so it waits for a module delete under way).
+    /// Skips job rows another transaction holds, so it never waits behind
+    /// a worker or a user, and leaves them dead.
     pub async fn requeue_dead_group(
         &self,
         module_hash: &str,
         error_kind: Option<&str>,
         died_by: DateTime<Utc>,
+        after: Option<Uuid>,
         limit: i64,
-    ) -> StoreResult<RequeuedByQueue> {
+    ) -> StoreResult<RequeuePass> {
         super::statement("requeue_dead_group");
-        let rows = sqlx::query!(
+        let pass = sqlx::query!(
             r#"WITH module AS (
                    SELECT hash FROM modules WHERE hash = $1 FOR KEY SHARE
                ),
                target AS (
                    SELECT id FROM jobs
-                   WHERE state = 'dead' AND module_hash = $1
+                   WHERE state = 'dead' AND id > $4 AND module_hash = $1
                      AND (last_error->>'kind') IS NOT DISTINCT FROM $2
                      AND finished_at <= $3
                      AND EXISTS (SELECT 1 FROM module)
-                   LIMIT $4
+                   ORDER BY id
+                   LIMIT $5
                    FOR UPDATE SKIP LOCKED
                ),
                requeued AS (
@@ -98,14 +112,26 @@ impl Store {
                    INSERT INTO job_transition_log (queue, from_state, to_state, jobs)
                    SELECT queue, 'dead', 'available', jobs FROM by_queue
                )
-               SELECT queue AS "queue!", jobs AS "jobs!" FROM by_queue"#,
+               SELECT (SELECT id FROM target ORDER BY id DESC LIMIT 1) AS last_taken,
+                      (SELECT array_agg(queue ORDER BY queue) FROM by_queue) AS queues,
+                      (SELECT array_agg(jobs ORDER BY queue) FROM by_queue) AS jobs"#,
             module_hash,
             error_kind,
             died_by,
+            after.unwrap_or(Uuid::nil()),
             limit
         )
-        .fetch_all(self.pool())
+        .fetch_one(self.pool())
         .await?;
-        Ok(rows.into_iter().map(|row| (row.queue, row.jobs)).collect())
+        let requeued = pass
+            .queues
+            .unwrap_or_default()
+            .into_iter()
+            .zip(pass.jobs.unwrap_or_default())
+            .collect();
+        Ok(RequeuePass {
+            requeued,
+            last_taken: pass.last_taken,
+        })
     }
 }

@@ -128,11 +128,11 @@ async fn counts_equal_the_rows_after_every_statement_that_moves_jobs_folded_or_n
         .last_error
         .as_ref()
         .and_then(|error| error.0["kind"].as_str());
-    let requeued = store
-        .requeue_dead_group(&module, kind, chrono::Utc::now(), 10)
+    let pass = store
+        .requeue_dead_group(&module, kind, chrono::Utc::now(), None, 10)
         .await
         .unwrap();
-    assert_eq!(requeued, vec![("default".to_owned(), 1)]);
+    assert_eq!(pass.requeued, vec![("default".to_owned(), 1)]);
     assert_counts_exact(store, "a dead-letter group retried").await;
     store
         .cancel_if_unfinished(claimed[3].id, "enough", TTL)
