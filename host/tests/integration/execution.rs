@@ -407,13 +407,18 @@ async fn a_big_error_message_is_cut_without_being_copied_out_of_the_guest() {
     app.finish().await;
 }
 
-/// A task whose strings are UTF-16 (its canonical options'
-/// `string-encoding`), in
-/// WebAssembly text so that it can be exactly that: it logs a short
-/// message, then fills 64 MiB with `U+4E4E` (three bytes each in UTF-8)
-/// and passes those 32 Mi units as a log message and as a secret's name,
-/// and returns the name's answer: an error string, UTF-16 too.
-const UTF16_TASK: &str = r#"
+/// A task whose strings are UTF-16, in WebAssembly text so that it can be
+/// exactly that: it logs a short message, then fills 64 MiB with `U+4E4E`
+/// (three bytes each in UTF-8) and passes those 32 Mi units as a log
+/// message and as a secret's name, and returns the name's answer, an error
+/// string, as its bytes. `tag` is or-ed into the lengths it passes, as a
+/// Latin-1+UTF-16 task marks a string UTF-16; `answer_shift` turns the
+/// answer's length into bytes (1 for UTF-16 units).
+fn utf16_task(tag: u32, answer_shift: u32) -> String {
+    let short = 7 | tag;
+    let long = 0x200_0000 | tag;
+    format!(
+        r#"
 (module
   (import "taskflow:task/host@0.2.0" "log" (func $log (param i32 i32 i32)))
   (import "taskflow:task/secrets@0.2.0" "placeholder"
@@ -432,29 +437,33 @@ const UTF16_TASK: &str = r#"
     (local.get $at))
   (func (export "run") (param i32 i32) (result i32)
     (local $long i32)
-    (call $log (i32.const 2) (i32.const 64) (i32.const 7))
+    (call $log (i32.const 2) (i32.const 64) (i32.const {short}))
     (local.set $long (i32.mul (memory.grow (i32.const 1024)) (i32.const 65536)))
     (memory.fill (local.get $long) (i32.const 0x4e) (i32.const 0x4000000))
-    (call $log (i32.const 2) (local.get $long) (i32.const 0x2000000))
-    (call $placeholder (local.get $long) (i32.const 0x2000000) (i32.const 32))
-    ;; ok(the answer's message, as bytes): 16-bit units, twice as many bytes
+    (call $log (i32.const 2) (local.get $long) (i32.const {long}))
+    (call $placeholder (local.get $long) (i32.const {long}) (i32.const 32))
+    ;; ok(the answer's message, as bytes)
     (i32.store8 (i32.const 16) (i32.const 0))
     (i32.store (i32.const 20) (i32.load (i32.const 36)))
-    (i32.store (i32.const 24) (i32.shl (i32.load (i32.const 40)) (i32.const 1)))
+    (i32.store (i32.const 24) (i32.shl (i32.load (i32.const 40)) (i32.const {answer_shift})))
     (i32.const 16)))
-"#;
+"#
+    )
+}
 
-/// A UTF-16 guest's string is transcoded to be read, into up to twice its
-/// size: a `host.log` message too long for the log and a secret's name too
-/// long for any secret are refused unread, and a short message still
-/// arrives whole.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_utf16_guests_long_strings_are_refused_without_being_transcoded() {
-    const FILLED: u64 = 64 << 20;
-    let module = wat::parse_str(UTF16_TASK).unwrap();
-    let component = TaskWorld::load()
-        .component(module, wit_component::StringEncoding::UTF16)
-        .unwrap();
+/// Runs `task` (a [`utf16_task`] in `encoding`) on a worker of this
+/// process: a `host.log` message too long for the log and a secret's name
+/// too long for any secret are refused unread, a short message still
+/// arrives whole, and the worker grows by less than 1.5 times the 64 MiB
+/// the strings fill (transcoded, they would take 96 MiB more). The answer
+/// it returns, decoded by `decode`.
+async fn run_utf16_task(
+    task: String,
+    encoding: wit_component::StringEncoding,
+    decode: fn(&[u8]) -> String,
+) {
+    let module = wat::parse_str(task).unwrap();
+    let component = TaskWorld::load().component(module, encoding).unwrap();
     let app = TestApp::start().await;
     let module = app.upload_component(component).await;
     app.spawn_worker("w1");
@@ -464,22 +473,47 @@ async fn a_utf16_guests_long_strings_are_refused_without_being_transcoded() {
     let output = base64::engine::general_purpose::STANDARD
         .decode(job.output_base64.as_ref().unwrap())
         .unwrap();
-    let units: Vec<u16> = output
-        .chunks_exact(2)
-        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-        .collect();
-    assert_eq!(
-        String::from_utf16(&units).unwrap(),
-        "no secret has a name over 64 bytes"
-    );
+    assert_eq!(decode(&output), "no secret has a name over 64 bytes");
     let attempt = &app.attempts(job.id).await[0];
     assert_eq!(
         attempt.logs,
         json!([{"source": "log", "level": "info", "message": "héllo 中"}])
     );
     assert_eq!(attempt.logs_dropped, 1, "the long message was dropped");
-    assert_not_copied("UTF-16 string", FILLED, grew);
+    assert_not_copied("UTF-16 string", 64 << 20, grew);
     app.finish().await;
+}
+
+/// A UTF-16 guest's string is transcoded to be read, into up to twice its
+/// size; it is read only if it could be within the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_utf16_guests_long_strings_are_refused_without_being_transcoded() {
+    let utf16 = |bytes: &[u8]| {
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+            .collect();
+        String::from_utf16(&units).unwrap()
+    };
+    run_utf16_task(
+        utf16_task(0, 1),
+        wit_component::StringEncoding::UTF16,
+        utf16,
+    )
+    .await;
+}
+
+/// The same for a Latin-1+UTF-16 guest passing UTF-16 strings (the top
+/// bit of their lengths set). The host answers it in Latin-1, which its
+/// ASCII answer fits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_latin1_utf16_guests_long_strings_are_refused_without_being_transcoded() {
+    run_utf16_task(
+        utf16_task(1 << 31, 0),
+        wit_component::StringEncoding::CompactUTF16,
+        |bytes| String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
