@@ -66,14 +66,19 @@ impl Store {
     /// attempts, as [`Store::requeue_if_finished`] does one job: the oldest
     /// such jobs after job `after` (from the oldest when `None`). Call
     /// again from the pass's [`RequeuePass::last_taken`] until it is
-    /// `None`: each pass starts where the last ended, so a group's retry
-    /// reads each dead job once, where a search from the oldest every time
-    /// read the older dead jobs of other groups once per pass. A job that
-    /// dies again after `died_by` is not taken twice. Requeues none once
-    /// the module is deleted (its row is share-locked, as by
+    /// `None`: each pass starts where the last ended, so no pass reads
+    /// again the dead jobs the passes before went past, where a search
+    /// from the oldest every time read the older dead jobs of other groups
+    /// once per pass. (Whether a pass stops at `limit` jobs is the
+    /// planner's choice: on a small table it sorts every dead job past the
+    /// cursor instead of walking an index in order.) A job
+    /// requeued here that dies again is not taken twice: it lies behind
+    /// the cursor, and died after `died_by`. Nor is a job whose death
+    /// commits while the passes are already past it; it stays dead, like
+    /// the job rows another transaction holds, which a pass skips so that
+    /// it never waits behind a worker or a user. Requeues none once the
+    /// module is deleted (its row is share-locked, as by
     /// `requeue_if_finished`, so it waits for a module delete under way).
-    /// Skips job rows another transaction holds, so it never waits behind
-    /// a worker or a user, and leaves them dead.
     pub async fn requeue_dead_group(
         &self,
         module_hash: &str,
@@ -118,6 +123,8 @@ impl Store {
             module_hash,
             error_kind,
             died_by,
+            // Nil sorts before every id; `$4 IS NULL OR id > $4` would lose
+            // the index condition that lets a pass start at the cursor.
             after.unwrap_or(Uuid::nil()),
             limit
         )

@@ -120,7 +120,7 @@ impl Store {
         let mut query = sqlx::QueryBuilder::new(concat!(
             "SELECT * FROM (SELECT ",
             job_columns!(""),
-            ", row_number() OVER (ORDER BY id DESC) AS read FROM jobs WHERE true"
+            ", row_number() OVER (ORDER BY id DESC) AS scanned FROM jobs WHERE true"
         ));
         push_predicates(&mut query, filter);
         // The module's jobs, and the last job the search may read whatever
@@ -132,17 +132,17 @@ impl Store {
             .push_bind(scan)
             .push(") newest WHERE module_hash = ")
             .push_bind(module_hash)
-            .push(" OR read = ")
+            .push(" OR scanned = ")
             .push_bind(scan)
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(filter.limit.saturating_add(1));
         let rows = query.build().fetch_all(self.pool()).await?;
         let mut jobs = Vec::with_capacity(rows.len());
-        let mut last_read = None;
+        let mut oldest_scanned = None;
         for row in &rows {
             let job = JobRecord::from_row(row)?;
-            if row.try_get::<i64, _>("read")? == scan {
-                last_read = Some(job.id);
+            if row.try_get::<i64, _>("scanned")? == scan {
+                oldest_scanned = Some(job.id);
             }
             if job.module_hash == module_hash && (jobs.len() as i64) < filter.limit {
                 jobs.push(job);
@@ -151,7 +151,7 @@ impl Store {
         let resume_before = if jobs.len() as i64 == filter.limit {
             None
         } else {
-            last_read
+            oldest_scanned
         };
         Ok(ModuleJobs {
             jobs,

@@ -60,7 +60,7 @@ pub use claim::{
     Reservation,
 };
 pub use console_sessions::ConsoleSession;
-pub use dead_letters::DeadLetterGroup;
+pub use dead_letters::{DeadLetterGroup, RequeuePass};
 pub use execution::{FinishedAttempt, LeaseRef};
 pub use fixtures::FillerJobs;
 pub use jobs::{JobFilter, ModuleJobs};
