@@ -9,7 +9,8 @@ use taskflow::backoff::retry_delay;
 use taskflow::job::JobState;
 
 use crate::support::{
-    TaskWorld, TestApp, assert_state, failing_every_attempt, single_attempt, tree,
+    TaskWorld, TestApp, TestOptions, assert_state, failing_every_attempt, plugin, single_attempt,
+    tree,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,6 +302,22 @@ async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
 /// Runs `input` of the misbehave plugin once under a 256 MiB memory limit
 /// and returns the job with how much this process's peak memory (the
 /// worker runs in it) grew meanwhile.
+/// An app with one worker running `component`, for the tests that measure
+/// the worker's growth: their guests fill hundreds of MiB, and while tests
+/// run side by side on two cores a heartbeat round can come later than the
+/// tests' usual 1 s lease allows, ending the attempt with `lease_lost`
+/// before what they check. The lease has nothing to do with that.
+async fn start_with_roomy_leases(component: Vec<u8>) -> (TestApp, String) {
+    let app = TestApp::start_with(TestOptions {
+        lease_ttl: Duration::from_secs(10),
+        ..TestOptions::default()
+    })
+    .await;
+    let module = app.upload_component(component).await;
+    app.spawn_worker("w1");
+    (app, module)
+}
+
 async fn run_measuring_growth(app: &TestApp, module: &str, input: Value) -> (JobView, u64) {
     let before = taskflow_testkit::peak_rss_bytes(std::process::id()).unwrap();
     let job = app
@@ -328,7 +345,7 @@ fn assert_not_copied(what: &str, bytes: u64, grew: u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
     const OUTPUT: u64 = 192 << 20;
-    let (app, module) = TestApp::start_running("misbehave").await;
+    let (app, module) = start_with_roomy_leases(plugin("misbehave")).await;
     let input = json!({"mode": "big_output", "bytes": OUTPUT});
     let (job, grew) = run_measuring_growth(&app, &module, input).await;
     let error = job.last_error.unwrap();
@@ -352,7 +369,7 @@ async fn a_big_output_is_refused_without_being_copied_out_of_the_guest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_secret_name_is_refused_without_being_copied_or_echoed() {
     const NAME: u64 = 48 << 20;
-    let (app, module) = TestApp::start_running("misbehave").await;
+    let (app, module) = start_with_roomy_leases(plugin("misbehave")).await;
     let input = json!({"mode": "secret_calls", "name_bytes": NAME, "data_bytes": 0});
     let (job, grew) = run_measuring_growth(&app, &module, input).await;
     assert_state(&job, JobState::Succeeded);
@@ -373,7 +390,7 @@ async fn a_long_secret_name_is_refused_without_being_copied_or_echoed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn data_to_sign_is_not_copied_out_of_the_guest() {
     const DATA: u64 = 128 << 20;
-    let (app, module) = TestApp::start_running("misbehave").await;
+    let (app, module) = start_with_roomy_leases(plugin("misbehave")).await;
     let input = json!({"mode": "secret_calls", "name_bytes": 0, "data_bytes": DATA});
     let (job, grew) = run_measuring_growth(&app, &module, input).await;
     assert_state(&job, JobState::Succeeded);
@@ -391,7 +408,7 @@ async fn data_to_sign_is_not_copied_out_of_the_guest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_big_error_message_is_cut_without_being_copied_out_of_the_guest() {
     const MESSAGE: u64 = 192 << 20;
-    let (app, module) = TestApp::start_running("misbehave").await;
+    let (app, module) = start_with_roomy_leases(plugin("misbehave")).await;
     let input = json!({"mode": "big_error", "bytes": MESSAGE});
     let (job, grew) = run_measuring_growth(&app, &module, input).await;
     assert_eq!(job.state, JobState::Dead);
@@ -464,9 +481,7 @@ async fn run_utf16_task(
 ) {
     let module = wat::parse_str(task).unwrap();
     let component = TaskWorld::load().component(module, encoding).unwrap();
-    let app = TestApp::start().await;
-    let module = app.upload_component(component).await;
-    app.spawn_worker("w1");
+    let (app, module) = start_with_roomy_leases(component).await;
 
     let (job, grew) = run_measuring_growth(&app, &module, json!({})).await;
     assert_state(&job, JobState::Succeeded);
