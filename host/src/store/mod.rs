@@ -21,6 +21,8 @@
 //! - [`queue_stats`]: what each queue is doing, from counters the
 //!   statements that move jobs keep.
 //! - [`leadership`]: the maintenance leader's term.
+//! - `migrate`: where the schema is migrated, and the rules migrations
+//!   follow.
 //! - [`state`]: the job state machine.
 
 pub mod actions;
@@ -32,6 +34,7 @@ pub mod execution;
 pub mod fixtures;
 pub mod jobs;
 pub mod leadership;
+mod migrate;
 pub mod module_names;
 pub mod modules;
 mod pool;
@@ -64,6 +67,7 @@ pub use dead_letters::{DeadLetterGroup, RequeuePass};
 pub use execution::{FinishedAttempt, LeaseRef};
 pub use fixtures::FillerJobs;
 pub use jobs::{JobFilter, ModuleJobs};
+pub use migrate::MIGRATOR;
 pub use module_names::{ModuleDeletion, ModuleInUse, NameMove, NameRollback};
 pub use modules::ModuleRecord;
 pub use pool::{DatabasePooler, UnknownPooler};
@@ -211,14 +215,6 @@ impl StoreError {
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The migrations in the repository's `migrations/` directory, embedded in
-/// the binary so a deployed `taskflow` can migrate its own database.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// How often a process waiting for another's migrations asks for its turn
-/// ([`Store::migrate`]).
-const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
-
 /// Bytes of one statement's parameters above which the connection that
 /// carried it is closed after use instead of returning to the pool.
 ///
@@ -316,50 +312,6 @@ impl Store {
         Ok(connection)
     }
 
-    /// Applies pending migrations. Safe to run concurrently from several
-    /// processes: they take turns under a session advisory lock, held
-    /// across transactions, so this store must not be behind a
-    /// transaction-mode pooler.
-    ///
-    /// A process waits for its turn between statements, asking for the lock
-    /// every [`MIGRATION_LOCK_POLL`], never inside one: sqlx's own lock
-    /// waits in `pg_advisory_lock`, a statement that holds a snapshot while
-    /// it waits, and `CREATE INDEX CONCURRENTLY` (which a migration may run:
-    /// docs/data-model.md, "Changing the schema") waits for every older
-    /// snapshot to end, so the process running it and one waiting for its
-    /// turn waited for each other for good. sqlx's lock is still taken
-    /// after ours, and is then free unless another tool migrates.
-    pub async fn migrate(&self) -> StoreResult<()> {
-        let pool = self
-            .pool
-            .with_sessions()
-            .ok_or(StoreError::SessionRequired(
-                "migrations hold an advisory lock across transactions",
-            ))?;
-        let mut session = pool.acquire().await?;
-        // Never back to the pool holding the lock, even if this future is
-        // dropped midway: a closed session releases its advisory locks (a
-        // session-mode pooler's too, by its default `DISCARD ALL`).
-        session.close_on_drop();
-        let mut waited = false;
-        while !sqlx::query_scalar!(
-            r#"SELECT pg_try_advisory_lock(hashtextextended('taskflow:migrations', 0)) AS "taken!""#
-        )
-        .fetch_one(&mut *session)
-        .await?
-        {
-            if !waited {
-                tracing::info!("another process is migrating the database; waiting for it");
-                waited = true;
-            }
-            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
-        }
-        let migrated = MIGRATOR.run(&mut *session).await;
-        let closed = session.close().await;
-        migrated?;
-        Ok(closed?)
-    }
-
     /// Creates the database `url` names if it does not exist; returns
     /// whether it did.
     pub async fn create_database_if_missing(url: &str) -> StoreResult<bool> {
@@ -438,57 +390,4 @@ fn plan_text(lines: Vec<(String,)>) -> String {
 /// refuses) replaced by U+FFFD. A guest's error message may contain them.
 fn storable_text(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
-}
-
-/// The rules of docs/data-model.md, "Changing the schema", that a
-/// migration's text shows, for every migration written since them.
-#[cfg(test)]
-mod migration_rules {
-    use super::MIGRATOR;
-
-    /// The first migration written to the rules; earlier ones cannot change
-    /// (their checksums are applied).
-    const FIRST_UNDER_THE_RULES: i64 = 20261219000001;
-
-    /// The migration's statements, upper case, without comment lines, each
-    /// run of white space one space.
-    fn statements(sql: &str) -> String {
-        sql.lines()
-            .filter(|line| !line.trim_start().starts_with("--"))
-            .flat_map(str::split_whitespace)
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_uppercase()
-    }
-
-    #[test]
-    fn migrations_build_indexes_concurrently_and_alter_tables_with_a_lock_timeout() {
-        let mut checked = 0;
-        for migration in MIGRATOR
-            .iter()
-            .filter(|migration| migration.version >= FIRST_UNDER_THE_RULES)
-        {
-            let sql = statements(&migration.sql);
-            let name = format!("{} {}", migration.version, migration.description);
-            if sql.contains("CREATE INDEX") || sql.contains("CREATE UNIQUE INDEX") {
-                assert!(
-                    migration.no_tx && sql.contains("INDEX CONCURRENTLY"),
-                    "{name}: build indexes CONCURRENTLY, in a `-- no-transaction` file"
-                );
-            }
-            if let Some(altered) = sql.find("ALTER TABLE") {
-                // SET LOCAL: a plain SET would outlast the migration on the
-                // migrator's session, into a later CONCURRENTLY build,
-                // whose waits it would time out.
-                let timeout = sql.find("SET LOCAL LOCK_TIMEOUT");
-                assert!(
-                    !migration.no_tx && timeout.is_some_and(|at| at < altered),
-                    "{name}: alter a table in a transaction that first runs \
-                     SET LOCAL lock_timeout"
-                );
-            }
-            checked += 1;
-        }
-        assert!(checked > 0, "no migration is under the rules");
-    }
 }

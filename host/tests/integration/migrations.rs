@@ -1,6 +1,8 @@
 //! Migrations (`Store::migrate`) against a real PostgreSQL: API instances
 //! that start together migrate one database together.
 
+use std::time::Duration;
+
 use sqlx::{Connection, PgConnection};
 use taskflow::store::{DatabasePooler, MIGRATOR, Store};
 use taskflow_testkit::server_database_url;
@@ -43,5 +45,129 @@ async fn processes_that_migrate_one_new_database_together_all_succeed() {
     for instance in &instances {
         instance.close().await;
     }
+    db.drop_database().await.unwrap();
+}
+
+/// A migration that builds an index `CONCURRENTLY`, and the index.
+const INDEX_MIGRATION: i64 = 20261221000002;
+const INDEX: &str = "stopping_attempts_queue_idx";
+
+/// The state a run of [`INDEX_MIGRATION`] leaves when it is stopped during
+/// its build: the file unapplied and the index left behind, invalid. Here
+/// the build is cancelled while it waits, as `CREATE INDEX CONCURRENTLY`
+/// does, for an older snapshot to end: a repeatable-read transaction's.
+async fn interrupt_the_index_build(db: &TestDb) {
+    forget_the_index_migration(db).await;
+    let mut database = PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(&format!("DROP INDEX {INDEX}"))
+        .execute(&mut database)
+        .await
+        .unwrap();
+    let mut snapshot = db
+        .begin_held("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    let mut builder = PgConnection::connect(db.url()).await.unwrap();
+    let builder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut builder)
+        .await
+        .unwrap();
+    let sql = &MIGRATOR
+        .iter()
+        .find(|migration| migration.version == INDEX_MIGRATION)
+        .unwrap()
+        .sql;
+    let build = sqlx::raw_sql(sql).execute(&mut builder);
+    let cancel = async {
+        snapshot.until_waiting(1).await.unwrap();
+        sqlx::query_scalar::<_, bool>("SELECT pg_cancel_backend($1)")
+            .bind(builder_pid)
+            .fetch_one(&mut database)
+            .await
+            .unwrap()
+    };
+    let joined = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(build, cancel)
+    });
+    let (built, cancelled) = joined.await.expect("the build never waited");
+    assert!(cancelled && built.is_err(), "the build was not interrupted");
+    snapshot.release().await.unwrap();
+    database.close().await.unwrap();
+    assert_eq!(index_state(db).await, Some(false), "no invalid index left");
+}
+
+/// Forgets that [`INDEX_MIGRATION`] was applied, as sqlx does not record a
+/// `-- no-transaction` migration until its statement has returned.
+async fn forget_the_index_migration(db: &TestDb) {
+    let mut database = PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(INDEX_MIGRATION)
+        .execute(&mut database)
+        .await
+        .unwrap();
+    database.close().await.unwrap();
+}
+
+/// Whether [`INDEX`] is valid; `None` if it does not exist.
+async fn index_state(db: &TestDb) -> Option<bool> {
+    let mut database = PgConnection::connect(db.url()).await.unwrap();
+    let valid =
+        sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)")
+            .bind(INDEX)
+            .fetch_optional(&mut database)
+            .await
+            .unwrap();
+    database.close().await.unwrap();
+    valid
+}
+
+/// Whether [`INDEX_MIGRATION`] is recorded as applied.
+async fn index_migration_applied(db: &TestDb) -> bool {
+    let mut database = PgConnection::connect(db.url()).await.unwrap();
+    let applied = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+    )
+    .bind(INDEX_MIGRATION)
+    .fetch_one(&mut database)
+    .await
+    .unwrap();
+    database.close().await.unwrap();
+    applied
+}
+
+/// A `taskflow api` stopped while a migration built its index
+/// `CONCURRENTLY` (a rolling deploy's killed pod, a lost connection, a
+/// build PostgreSQL cancelled) left the index invalid and the file
+/// unapplied, and every later start failed on the index's name ("relation
+/// already exists") until someone dropped it by hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_whose_index_build_was_interrupted_is_applied_at_the_next_start() {
+    let db = TestDb::create(&server_database_url(), "taskflow_migrate", 2)
+        .await
+        .unwrap();
+    interrupt_the_index_build(&db).await;
+
+    db.store().migrate().await.unwrap();
+
+    assert_eq!(index_state(&db).await, Some(true));
+    assert!(index_migration_applied(&db).await);
+    db.drop_database().await.unwrap();
+}
+
+/// A process stopped after the build, before sqlx recorded the migration,
+/// leaves the index valid and the file unapplied: the same failure at
+/// every start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_stopped_after_its_index_build_is_applied_at_the_next_start() {
+    let db = TestDb::create(&server_database_url(), "taskflow_migrate", 2)
+        .await
+        .unwrap();
+    forget_the_index_migration(&db).await;
+    assert_eq!(index_state(&db).await, Some(true));
+
+    db.store().migrate().await.unwrap();
+
+    assert_eq!(index_state(&db).await, Some(true));
+    assert!(index_migration_applied(&db).await);
     db.drop_database().await.unwrap();
 }
