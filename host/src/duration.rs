@@ -4,7 +4,8 @@
 //! [`parse`] reads humantime's syntax but first refuses text that could make
 //! humantime 2.4 panic. Its `parse_duration` carries nanoseconds into
 //! seconds only above 10⁹, so a total of `u64::MAX` seconds plus exactly
-//! 10⁹ nanoseconds (`18446744073709551615s 1000ms`) reaches
+//! 10⁹ nanoseconds (`18446744073709551615s 1000ms`, or with white space
+//! inside the number, which humantime skips) reaches
 //! `Duration::new` uncarried, which panics on the overflow. No duration
 //! TaskFlow accepts comes near that: [`MAX_TEXT_BYTES`] and
 //! [`MAX_NUMBER_DIGITS`] keep every total under 2 × 10¹⁸ seconds.
@@ -45,9 +46,12 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(DurationError::TooLong);
     }
+    // humantime reads digits separated by white space as one number
+    // (`1844674407 3709551615s` is `u64::MAX` seconds), so a number is a
+    // run of digits and white space.
     let longest_number = text
-        .split(|c: char| !c.is_ascii_digit())
-        .map(str::len)
+        .split(|c: char| !(c.is_ascii_digit() || c.is_whitespace()))
+        .map(|number| number.bytes().filter(u8::is_ascii_digit).count())
         .max()
         .unwrap_or(0);
     if longest_number > MAX_NUMBER_DIGITS {
@@ -101,6 +105,8 @@ mod tests {
         assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse(" 5m  30s "), Ok(Duration::from_secs(330)));
+        assert_eq!(parse("1 000s"), Ok(Duration::from_secs(1000)));
         assert_eq!(parse("9999999999y").map(|d| d.as_secs() > 0), Ok(true));
         assert!(matches!(parse("soon"), Err(DurationError::Syntax(_))));
     }
@@ -113,6 +119,10 @@ mod tests {
             "18446744073709551615s 1000ms",
             "18446744073709551615s1000ms",
             "9223372036854775807s 9223372036854775808s 1000ms",
+            // humantime joins digits across white space into one number.
+            "1844674407 3709551615s 1000ms",
+            "1844674407\t3709551615s 1000ms",
+            "1844674407\u{2003}3709551615s 1000ms",
         ] {
             assert_eq!(parse(text), Err(DurationError::NumberTooLong), "{text}");
         }

@@ -112,8 +112,16 @@ async fn a_waiting_read_of_a_job_that_does_not_end_answers_at_its_deadline() {
 async fn a_wait_that_is_not_a_duration_or_too_long_is_refused_naming_it() {
     let (app, module) = TestApp::start_with_plugin("hello").await;
     let job = app.submit(&module, json!({"name": "x"})).await;
-    // The last would overflow inside humantime (crate::duration's docs).
-    for wait in ["soon", "-1s", "61s", "1h", "18446744073709551615s1000ms"] {
+    // The last two would overflow inside humantime (crate::duration's
+    // docs); it reads the last's digits across the spaces as one number.
+    for wait in [
+        "soon",
+        "-1s",
+        "61s",
+        "1h",
+        "18446744073709551615s1000ms",
+        "1844674407%203709551615s%201000ms",
+    ] {
         let answer = app
             .get_json(&format!("/v1/jobs/{}?wait={wait}", job.id))
             .await;

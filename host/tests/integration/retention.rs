@@ -325,6 +325,10 @@ async fn retention_is_checked_and_defaults_are_shown() {
             "retention.dead",
         ),
         (
+            json!({"retention": {"succeeded": "1844674407 3709551615s 1000ms"}}),
+            "retention.succeeded",
+        ),
+        (
             json!({"retention": {"cancelled": "3651days"}}),
             "retention.cancelled",
         ),

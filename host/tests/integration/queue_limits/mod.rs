@@ -408,6 +408,10 @@ async fn limits_round_trip_patch_changes_only_what_it_names_and_bad_ones_name_th
             r#"{"rate": {"limit": 5, "period": "18446744073709551615s 1000ms"}}"#,
             "rate.period",
         ),
+        (
+            r#"{"rate": {"limit": 5, "period": "1844674407 3709551615s 1000ms"}}"#,
+            "rate.period",
+        ),
         (r#"{"rate": {"limit": 0, "period": "1s"}}"#, "rate.limit"),
         (r#"{"rate": {"limit": 5}}"#, "rate"),
         (
