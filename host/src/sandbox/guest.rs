@@ -38,7 +38,8 @@ impl GuestState {
     /// environment, no arguments, no sockets, no name lookups; stdin is
     /// closed and stdout/stderr go to the attempt's log; the clocks are
     /// coarse (see [`super::clocks`]); randomness comes from the host's
-    /// cryptographic generator. Outbound HTTP and configuration are what the
+    /// cryptographic generator, at most [`random_bytes_cap`] bytes a call.
+    /// Outbound HTTP and configuration are what the
     /// job's queue grants, through `outbound` and `config`.
     pub(super) fn new(
         log: Arc<LogCapture>,
@@ -55,6 +56,7 @@ impl GuestState {
             .allow_ip_name_lookup(false)
             .wall_clock(CoarseWallClock)
             .monotonic_clock(AttemptMonotonicClock::new())
+            .max_random_size(random_bytes_cap(memory_limit_bytes))
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(resource_capacity(memory_limit_bytes));
@@ -90,6 +92,17 @@ impl WasiView for GuestState {
             table: &mut self.table,
         }
     }
+}
+
+/// The most bytes one `wasi:random` call may ask for: no more than the
+/// attempt's memory limit, which they must fit in. wasmtime-wasi makes them
+/// in a host buffer before copying them into the guest, outside the
+/// attempt's memory limit, and its own cap (64 MiB) does not know the
+/// limit: a job limited to 64 KiB could make the worker allocate and fill
+/// 64 MiB a call.
+fn random_bytes_cap(memory_limit_bytes: usize) -> u64 {
+    wasmtime_wasi::random::DEFAULT_MAX_SIZE
+        .min(u64::try_from(memory_limit_bytes).unwrap_or(u64::MAX))
 }
 
 /// Versions of the `taskflow:task` package served side by side

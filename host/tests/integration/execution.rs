@@ -262,6 +262,33 @@ async fn a_guest_hoarding_host_resources_fails_its_job_with_memory_limit() {
     app.finish().await;
 }
 
+/// `wasi:random` makes the bytes a guest asks for in a host buffer before
+/// copying them into the guest, so its cap is what a guest can make the
+/// worker allocate in one call, outside the job's memory limit: wasmtime's
+/// default cap is 64 MiB, for a job limited to 64 KiB as for any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_bytes_beyond_the_jobs_memory_limit_are_refused_before_the_host_makes_them() {
+    let (app, module) = TestApp::start_running("misbehave").await;
+    let limit: u64 = 1 << 20;
+    let asking = |bytes: u64| SubmitJob {
+        memory_limit_bytes: Some(limit),
+        ..single_attempt(&module, json!({"mode": "random_bytes", "bytes": bytes}))
+    };
+    let job = app.run_with(asking(32 << 20)).await;
+    assert_eq!(job.state, JobState::Dead, "{:?}", job.output);
+    let error = job.last_error.unwrap();
+    assert_eq!(error["kind"], "trap", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("exceeds limit {limit}")),
+        "{message}"
+    );
+    let job = app.run_with(asking(4096)).await;
+    assert_state(&job, JobState::Succeeded);
+    assert_eq!(tree(&job.output), Some(json!({"len": 4096})));
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_flood_is_bounded_by_stored_bytes_and_does_not_fail_the_job() {
     let mut options = crate::support::TestOptions::default();

@@ -72,6 +72,9 @@ enum Mode {
     /// [`MARK`], then reports how many marks its linear memory holds
     /// (`{"marks": n}`): what proves [`Mode::FindMarks`] finds marks.
     Mark { bytes: usize },
+    /// Asks `wasi:random` for `bytes` random bytes in one raw call, and
+    /// reports how many came: what a guest could make the host allocate.
+    RandomBytes { bytes: u64 },
     /// Reserves `reserve` bytes of heap without writing them (growing the
     /// memory as a big task would), then reports how many [`MARK`]s its
     /// linear memory holds: any is a previous attempt's.
@@ -152,6 +155,7 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
         }
         Mode::RawWrite { bytes, blocking } => Ok(json(raw_write(bytes, blocking))),
         Mode::HoardHeaders { count, bytes } => Ok(json(hoard_headers(count, bytes))),
+        Mode::RandomBytes { bytes } => Ok(json(random_bytes(bytes))),
         Mode::Mark { bytes } => {
             let heap = std::hint::black_box(vec![MARK; bytes / 8]);
             let stack = std::hint::black_box([MARK; 512]);
@@ -244,6 +248,16 @@ fn raw_write(bytes: usize, blocking: bool) -> serde_json::Value {
 #[cfg(not(target_arch = "wasm32"))]
 fn raw_write(_bytes: usize, _blocking: bool) -> serde_json::Value {
     serde_json::json!({ "result": "not on WASI" })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn random_bytes(bytes: u64) -> serde_json::Value {
+    serde_json::json!({ "len": wasip2::random::random::get_random_bytes(bytes).len() })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn random_bytes(_bytes: u64) -> serde_json::Value {
+    serde_json::json!({ "len": 0 })
 }
 
 #[cfg(target_arch = "wasm32")]
