@@ -8,13 +8,28 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::failure::Capped;
+
+/// The most bytes of a request's method, URL or reason a record keeps. The
+/// guest chooses them (a host name or path of megabytes, a made-up
+/// method), and the worker holds the first records of an attempt
+/// ([`Audit`]) until it ends: uncut, those held many copies of whatever the
+/// guest sent.
+pub const MAX_RECORDED_TEXT_BYTES: usize = 1024;
+
+/// `text` as a record keeps it: its first [`MAX_RECORDED_TEXT_BYTES`].
+fn recorded(text: impl Into<String>) -> String {
+    Capped::cut(text.into(), MAX_RECORDED_TEXT_BYTES)
+}
+
 /// One outbound request, as the attempt record keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
     /// `GET`, `POST`, …
     pub method: String,
     /// `scheme://host:port/path`: the query string is dropped (it often
-    /// carries tokens).
+    /// carries tokens); cut to [`MAX_RECORDED_TEXT_BYTES`], as are the
+    /// method and the reason.
     pub url: String,
     /// The response status, when one came.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,7 +70,7 @@ impl RequestMeter {
         let mut record = self.lock();
         record.denied = true;
         record.error = Some("denied".into());
-        record.reason = Some(reason.into());
+        record.reason = Some(recorded(reason));
         drop(record);
         self.end();
     }
@@ -65,7 +80,7 @@ impl RequestMeter {
         let mut record = self.lock();
         if record.error.is_none() {
             record.error = Some(error.into());
-            record.reason = Some(reason.into());
+            record.reason = Some(recorded(reason));
         }
         drop(record);
         self.end();
@@ -119,14 +134,15 @@ impl Audit {
         }
     }
 
-    /// Starts recording a request. Past the bound the meter still works
+    /// Starts recording a request, its method and URL cut to
+    /// [`MAX_RECORDED_TEXT_BYTES`]. Past the bound the meter still works
     /// (the caps need its counts) but is not kept.
     pub(super) fn start(&self, method: &str, url: String) -> Arc<RequestMeter> {
         let meter = Arc::new(RequestMeter {
             started: Instant::now(),
             record: Mutex::new(RequestRecord {
-                method: method.to_owned(),
-                url,
+                method: recorded(method),
+                url: recorded(url),
                 status: None,
                 error: None,
                 reason: None,

@@ -30,7 +30,7 @@ mod send;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -115,7 +115,9 @@ pub(super) struct AttemptOutbound {
     placeholders: Placeholders,
     deadline: tokio::time::Instant,
     grant: Arc<RunGrant>,
-    requests: AtomicU32,
+    /// Requests asked for, refused ones included. 64 bits, so that no
+    /// attempt, however long, counts past the cap and back to zero.
+    requests: AtomicU64,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
     audit: Audit,
@@ -137,7 +139,7 @@ impl AttemptOutbound {
             placeholders: Placeholders::new(grants.secrets),
             deadline: deadline.into(),
             grant,
-            requests: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             sent: Arc::default(),
             received: Arc::default(),
         })

@@ -27,6 +27,10 @@ pub(super) type Sent = (
     Box<dyn Future<Output = Result<(), Error>> + Send>,
 );
 
+/// The longest host name DNS can resolve. A longer one is refused before
+/// anything is formatted around it: the guest chooses it.
+const MAX_HOST_BYTES: usize = 253;
+
 /// Where a request goes, from its absolute URI.
 struct Target {
     scheme: Scheme,
@@ -138,10 +142,16 @@ impl AttemptOutbound {
         meter: &Arc<RequestMeter>,
     ) -> Result<Sent, Failure> {
         let limits = &self.limits;
-        if self.requests.fetch_add(1, Ordering::Relaxed) >= limits.max_requests {
+        if self.requests.fetch_add(1, Ordering::Relaxed) >= u64::from(limits.max_requests) {
             return Err(Failure::Denied(format!(
                 "past the cap of {} requests per attempt",
                 limits.max_requests
+            )));
+        }
+        if target.host.len() > MAX_HOST_BYTES {
+            return Err(Failure::Denied(format!(
+                "a host name of {} bytes; DNS allows at most {MAX_HOST_BYTES}",
+                target.host.len()
             )));
         }
         let grants: Vec<_> = self

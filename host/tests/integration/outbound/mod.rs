@@ -315,6 +315,50 @@ async fn a_secret_travels_only_to_its_hosts_and_a_flood_stops_at_the_cap() {
     app.finish().await;
 }
 
+/// A guest chooses its requests' URLs, and the worker keeps the first
+/// records of an attempt until it ends: a host name of hundreds of
+/// kilobytes, kept in the URL and in the denial's reason of every record,
+/// made the worker hold that many times over (gigabytes from a guest with
+/// the default 64 MiB of memory). A host name is refused past 253 bytes,
+/// the most DNS allows, and a record keeps the start of the URL only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_to_a_huge_host_name_is_refused_and_recorded_in_a_bounded_record() {
+    let servers = TestServers::start().await;
+    let http = format!("http://127.0.0.1:{}", servers.http.port());
+    let app = start(
+        &servers,
+        OutboundLimits::default(),
+        json!({"allowed_hosts": [http]}),
+    )
+    .await;
+    let probe = app.upload("http_probe").await;
+    let host = format!("{}.example.com", "a".repeat(400_000));
+    let url = format!("http://{host}/{}", "p".repeat(10_000));
+    let flood = run(
+        &app,
+        &probe,
+        json!({"mode": "flood", "url": url, "count": 3}),
+    )
+    .await;
+    assert_state(&flood, JobState::Succeeded);
+    assert_eq!(tree(&flood.output).unwrap()["failed"], 3);
+    let records = requests_of(&app, &flood).await;
+    assert_eq!(records.len(), 3);
+    for record in &records {
+        assert_eq!(record["denied"], true, "{:.300}", record.to_string());
+        let url = record["url"].as_str().unwrap();
+        let reason = record["reason"].as_str().unwrap();
+        assert!(url.starts_with("http://aaaa"), "{url:.100}");
+        assert!(url.len() <= 1024, "a URL of {} bytes was kept", url.len());
+        assert!(
+            reason.len() <= 1024 && reason.contains("253"),
+            "{reason:.300}"
+        );
+    }
+    assert!(servers.seen().is_empty());
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_reads_its_queues_configuration_and_nothing_else() {
     let servers = TestServers::start().await;
