@@ -123,9 +123,66 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     }
     add_secrets(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    bound_outgoing_request_names(linker)?;
     wasmtime_wasi_config::add_to_linker(linker, |state: &mut GuestState| {
         WasiConfig::from(&state.config)
     })
+}
+
+/// The `wasi:http` types interface wasmtime-wasi-http 48 links: components
+/// importing any 0.2 version are served by it.
+const WASI_HTTP_TYPES: &str = "wasi:http/types@0.2.12";
+
+/// The most bytes of a method or an authority an outgoing request keeps.
+/// wasmtime-wasi-http keeps whatever parses (the `http` crate bounds only
+/// the path, at 64 KiB) on a request the host holds outside the guest's
+/// memory, and a guest may hold as many requests as its resource table
+/// takes ([`resource_capacity`]): requests never sent, each keeping a
+/// method and an authority as long as the guest's memory, made the worker
+/// hold a thousand times that. A host name has at most 253 bytes and a
+/// method is a short word; 1 KiB leaves room for a port and user info.
+const MAX_REQUEST_NAME_BYTES: usize = 1024;
+
+/// Defines `outgoing-request.set-method` and `.set-authority` again over
+/// wasmtime-wasi-http's own, refusing (their `result`'s error) a method or
+/// an authority over [`MAX_REQUEST_NAME_BYTES`] and passing the rest on.
+/// The authority is read where it lies ([`GuestStr`]), so one too long is
+/// never copied; a method arrives copied, as the variant it is part of.
+fn bound_outgoing_request_names(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::p2::bindings::http::types::{
+        HostOutgoingRequest, Method, OutgoingRequest,
+    };
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(WASI_HTTP_TYPES)?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store, (request, authority): (Resource<OutgoingRequest>, Option<GuestStr>)| {
+            let authority = match authority {
+                Some(authority) => match authority.read(&store, MAX_REQUEST_NAME_BYTES)? {
+                    Some(authority) if authority.len() <= MAX_REQUEST_NAME_BYTES => {
+                        Some(authority.into_owned())
+                    }
+                    _ => return Ok((Err(()),)),
+                },
+                None => None,
+            };
+            let set = store.data_mut().http().set_authority(request, authority)?;
+            Ok((set,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store, (request, method): (Resource<OutgoingRequest>, Method)| {
+            if matches!(&method, Method::Other(name) if name.len() > MAX_REQUEST_NAME_BYTES) {
+                return Ok((Err(()),));
+            }
+            let set = store.data_mut().http().set_method(request, method)?;
+            Ok((set,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn add_host_interfaces(linker: &mut Linker<GuestState>, version: &str) -> wasmtime::Result<()> {

@@ -262,6 +262,30 @@ async fn a_guest_hoarding_host_resources_fails_its_job_with_memory_limit() {
     app.finish().await;
 }
 
+/// wasmtime-wasi-http keeps a request's method and authority, whatever
+/// their length, on a request the host holds outside the guest's memory,
+/// and a guest may hold hundreds of requests it never sends: a long name is
+/// refused when set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_requests_method_and_authority_past_a_kibibyte_are_refused_when_set() {
+    let (app, module) = TestApp::start_running("misbehave").await;
+    for (bytes, taken) in [(16, true), (1024, true), (1025, false), (4 << 20, false)] {
+        let job = app
+            .run(
+                &module,
+                json!({"mode": "long_request_names", "bytes": bytes}),
+            )
+            .await;
+        assert_state(&job, JobState::Succeeded);
+        assert_eq!(
+            tree(&job.output),
+            Some(json!({"method": taken, "authority": taken})),
+            "{bytes}"
+        );
+    }
+    app.finish().await;
+}
+
 /// `wasi:random` makes the bytes a guest asks for in a host buffer before
 /// copying them into the guest, so its cap is what a guest can make the
 /// worker allocate in one call, outside the job's memory limit: wasmtime's

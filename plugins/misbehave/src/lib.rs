@@ -72,6 +72,10 @@ enum Mode {
     /// [`MARK`], then reports how many marks its linear memory holds
     /// (`{"marks": n}`): what proves [`Mode::FindMarks`] finds marks.
     Mark { bytes: usize },
+    /// Makes a wasi:http outgoing request (never sent) and sets its method
+    /// and its authority to `bytes`-byte names, reporting whether the host
+    /// took each: what a guest could make the host keep per request.
+    LongRequestNames { bytes: usize },
     /// Asks `wasi:random` for `bytes` random bytes in one raw call, and
     /// reports how many came: what a guest could make the host allocate.
     RandomBytes { bytes: u64 },
@@ -156,6 +160,7 @@ fn misbehave(mode: Mode) -> Result<Bytes, TaskError> {
         Mode::RawWrite { bytes, blocking } => Ok(json(raw_write(bytes, blocking))),
         Mode::HoardHeaders { count, bytes } => Ok(json(hoard_headers(count, bytes))),
         Mode::RandomBytes { bytes } => Ok(json(random_bytes(bytes))),
+        Mode::LongRequestNames { bytes } => Ok(json(long_request_names(bytes))),
         Mode::Mark { bytes } => {
             let heap = std::hint::black_box(vec![MARK; bytes / 8]);
             let stack = std::hint::black_box([MARK; 512]);
@@ -248,6 +253,20 @@ fn raw_write(bytes: usize, blocking: bool) -> serde_json::Value {
 #[cfg(not(target_arch = "wasm32"))]
 fn raw_write(_bytes: usize, _blocking: bool) -> serde_json::Value {
     serde_json::json!({ "result": "not on WASI" })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn long_request_names(bytes: usize) -> serde_json::Value {
+    use wasip2::http::types::{Fields, Method, OutgoingRequest};
+    let request = OutgoingRequest::new(Fields::new());
+    let method = request.set_method(&Method::Other("M".repeat(bytes)));
+    let authority = request.set_authority(Some(&"a".repeat(bytes)));
+    serde_json::json!({ "method": method.is_ok(), "authority": authority.is_ok() })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn long_request_names(_bytes: usize) -> serde_json::Value {
+    serde_json::json!({ "method": false, "authority": false })
 }
 
 #[cfg(target_arch = "wasm32")]
