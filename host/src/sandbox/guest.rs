@@ -130,7 +130,11 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
 }
 
 /// The `wasi:http` types interface wasmtime-wasi-http 48 links: components
-/// importing any 0.2 version are served by it.
+/// importing any 0.2 version are served by it. Should an upgrade link
+/// another version, `bound_outgoing_request_names` would define a new
+/// instance beside it and the bound would be lost for most guests:
+/// `a_requests_method_and_authority_past_a_kibibyte_are_refused_when_set`
+/// (host/tests/integration/execution.rs) then fails.
 const WASI_HTTP_TYPES: &str = "wasi:http/types@0.2.12";
 
 /// The most bytes of a method or an authority an outgoing request keeps.
