@@ -154,12 +154,11 @@ impl Capped {
         }
     }
 
-    /// `text` cut to `limit` bytes.
-    pub(super) fn cut(text: String, limit: usize) -> String {
-        let mut capped = Self::new(limit);
-        // An error here only means the limit was reached.
-        let _ = capped.write_str(&text);
-        capped.text
+    /// `text` cut to `limit` bytes, in place: a text within the limit
+    /// (most are) is returned as it came, not copied.
+    pub(super) fn cut(mut text: String, limit: usize) -> String {
+        text.truncate(text.floor_char_boundary(limit));
+        text
     }
 }
 
